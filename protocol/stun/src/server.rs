@@ -1,0 +1,408 @@
+//! Sans-IO Binding server: reflexive address, RFC 5780 CHANGE-REQUEST / OTHER-ADDRESS /
+//! RESPONSE-ORIGIN, RFC 3489 compatibility, 420 for unknown comprehension-required attributes.
+
+use core::net::SocketAddr;
+
+use thiserror::Error;
+
+use crate::attribute::{types, Attribute, AttributeTypes, ErrorCode};
+use crate::encode::Encoder;
+use crate::error::{DecodeError, EncodeError};
+use crate::header::{Class, Method, MessageType};
+use crate::message::Message;
+
+/// Largest answer the server writes; callers should pass an output buffer at least this big.
+pub const MAX_RESPONSE_LEN: usize = 548;
+
+/// Server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The primary address (IP1:port1).
+    pub primary: SocketAddr,
+    /// RFC 5780 alternate address (IP2:port2). With it, the server listens on all four
+    /// combinations of the two IPs and two ports and honours CHANGE-REQUEST.
+    pub alternate: Option<SocketAddr>,
+    /// SOFTWARE to put in responses, if any.
+    pub software: Option<String>,
+}
+
+impl ServerConfig {
+    /// A plain server on one address.
+    pub fn new(primary: SocketAddr) -> Self {
+        ServerConfig {
+            primary,
+            alternate: None,
+            software: None,
+        }
+    }
+
+    /// Every local address the driver must listen on: one, or four with an alternate.
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        match self.alternate {
+            None => vec![self.primary],
+            Some(alt) => vec![
+                self.primary,
+                SocketAddr::new(self.primary.ip(), alt.port()),
+                SocketAddr::new(alt.ip(), self.primary.port()),
+                alt,
+            ],
+        }
+    }
+}
+
+/// What the driver must send: `len` bytes of the output buffer, from the local socket bound
+/// to `from`, to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The local address to send from (differs from the receiving one under CHANGE-REQUEST).
+    pub from: SocketAddr,
+    /// The destination.
+    pub to: SocketAddr,
+    /// Length of the response in the output buffer.
+    pub len: usize,
+}
+
+/// Why a datagram got no answer. Only that datagram is affected.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Ignored {
+    /// Not STUN, or malformed.
+    #[error("malformed: {0}")]
+    Malformed(#[from] DecodeError),
+    /// A STUN indication or response: nothing to answer.
+    #[error("not a request")]
+    NotARequest,
+    /// FINGERPRINT present and wrong.
+    #[error("bad FINGERPRINT")]
+    BadFingerprint,
+    /// The output buffer is too small for the answer.
+    #[error("cannot write the answer: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Running totals, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Success responses sent.
+    pub success: u64,
+    /// Error responses sent.
+    pub errors: u64,
+    /// Datagrams dropped as malformed or not STUN.
+    pub malformed: u64,
+    /// Indications and responses ignored.
+    pub ignored: u64,
+}
+
+/// A stateless Binding server. It allocates nothing per packet: answers go into the caller's buffer.
+#[derive(Debug, Clone)]
+pub struct BindingServer {
+    config: ServerConfig,
+    stats: ServerStats,
+}
+
+impl BindingServer {
+    /// A server with this configuration.
+    pub fn new(config: ServerConfig) -> Self {
+        BindingServer {
+            config,
+            stats: ServerStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// Answers one datagram that arrived on local socket `local` from `from`, writing the
+    /// response into `out` (at least [`MAX_RESPONSE_LEN`] bytes is always enough).
+    pub fn handle_packet(
+        &mut self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<Reply, Ignored> {
+        match self.answer(local, from, datagram, out) {
+            Ok((reply, true)) => {
+                self.stats.success += 1;
+                Ok(reply)
+            }
+            Ok((reply, false)) => {
+                self.stats.errors += 1;
+                Ok(reply)
+            }
+            Err(e) => {
+                match e {
+                    Ignored::Malformed(_) | Ignored::BadFingerprint => self.stats.malformed += 1,
+                    _ => self.stats.ignored += 1,
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the answer; the flag is true for a success response.
+    fn answer(
+        &self,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<(Reply, bool), Ignored> {
+        let msg = Message::parse_rfc3489(datagram)?;
+        let ty = msg.message_type();
+        if ty.class != Class::Request {
+            return Err(Ignored::NotARequest);
+        }
+        let modern = msg.has_magic_cookie();
+        if modern && msg.has_fingerprint() && msg.verify_fingerprint().is_err() {
+            return Err(Ignored::BadFingerprint);
+        }
+        let error_type = MessageType::new(ty.method, Class::Error);
+        let id = msg.xor_key();
+        let software = self.config.software.as_deref();
+        let reply_error = |out: &mut [u8], code: u16, reason: &str, unknown: &[u16]| {
+            let mut attrs = [Attribute::ErrorCode(ErrorCode::new(code, reason)), Attribute::Padding(&[]), Attribute::Padding(&[])];
+            let mut n = 1;
+            if !unknown.is_empty() {
+                attrs[n] = Attribute::UnknownAttributes(AttributeTypes::List(unknown));
+                n += 1;
+            }
+            if let Some(sw) = software {
+                attrs[n] = Attribute::Software(sw);
+                n += 1;
+            }
+            let mut enc = Encoder::with_raw_id(error_type, id).attributes(&attrs[..n]);
+            if modern {
+                enc = enc.fingerprint();
+            }
+            let len = enc.encode(&mut &mut out[..])?;
+            Ok((Reply { from: local, to: from, len }, false))
+        };
+        if ty.method != Method::BINDING {
+            return reply_error(out, ErrorCode::BAD_REQUEST, "Bad Request: unsupported method", &[]);
+        }
+        let mut unknown = [0u16; 16];
+        let mut n_unknown = 0;
+        for t in msg.unknown_comprehension_required() {
+            if n_unknown < unknown.len() {
+                unknown[n_unknown] = t;
+                n_unknown += 1;
+            }
+        }
+        if n_unknown > 0 {
+            return reply_error(out, ErrorCode::UNKNOWN_ATTRIBUTE, "Unknown Attribute", &unknown[..n_unknown]);
+        }
+        let mut change = None;
+        let mut response_port = None;
+        let mut padding = false;
+        for attr in msg.attributes() {
+            match attr {
+                Ok(Attribute::ChangeRequest(c)) => change = Some(c),
+                Ok(Attribute::ResponsePort(p)) => response_port = Some(p),
+                Ok(Attribute::Padding(_)) => padding = true,
+                Ok(_) => {}
+                Err(_) => return reply_error(out, ErrorCode::BAD_REQUEST, "Bad Request: malformed attribute", &[]),
+            }
+        }
+        if padding && response_port.is_some() {
+            return reply_error(out, ErrorCode::BAD_REQUEST, "Bad Request: PADDING with RESPONSE-PORT", &[]);
+        }
+        let mut reply_from = local;
+        if let Some(c) = change.filter(|c| c.change_ip || c.change_port) {
+            let Some(alt) = self.config.alternate else {
+                return reply_error(out, ErrorCode::UNKNOWN_ATTRIBUTE, "Unknown Attribute: no alternate address", &[types::CHANGE_REQUEST]);
+            };
+            let other_ip = if local.ip() == alt.ip() { self.config.primary.ip() } else { alt.ip() };
+            let other_port = if local.port() == alt.port() { self.config.primary.port() } else { alt.port() };
+            if c.change_ip {
+                reply_from.set_ip(other_ip);
+            }
+            if c.change_port {
+                reply_from.set_port(other_port);
+            }
+        }
+        let to = match response_port {
+            Some(p) => SocketAddr::new(from.ip(), p),
+            None => from,
+        };
+        let mut attrs = [Attribute::Padding(&[]); 4];
+        let mut n = 0;
+        let mut push = |a| {
+            attrs[n] = a;
+            n += 1;
+        };
+        if modern {
+            push(Attribute::XorMappedAddress(from));
+            if let Some(alt) = self.config.alternate {
+                push(Attribute::ResponseOrigin(reply_from));
+                push(Attribute::OtherAddress(alt));
+            }
+        } else {
+            push(Attribute::MappedAddress(from));
+            if let Some(alt) = self.config.alternate {
+                push(Attribute::SourceAddress(reply_from));
+                push(Attribute::ChangedAddress(alt));
+            }
+        }
+        if let Some(sw) = software {
+            push(Attribute::Software(sw));
+        }
+        let mut enc = Encoder::with_raw_id(MessageType::new(ty.method, Class::Success), id)
+            .attributes(&attrs[..n]);
+        if modern {
+            enc = enc.fingerprint();
+        }
+        let len = enc.encode(&mut &mut out[..])?;
+        Ok((Reply { from: reply_from, to, len }, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribute::ChangeRequest;
+    use crate::header::TransactionId;
+
+    fn request(attrs: &[Attribute<'_>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        Encoder::new(MessageType::BINDING_REQUEST, TransactionId([9; 12]))
+            .attributes(attrs)
+            .encode(&mut v)
+            .unwrap();
+        v
+    }
+
+    fn rfc5780_server() -> BindingServer {
+        BindingServer::new(ServerConfig {
+            primary: "192.0.2.1:3478".parse().unwrap(),
+            alternate: Some("192.0.2.2:3479".parse().unwrap()),
+            software: None,
+        })
+    }
+
+    #[test]
+    fn answers_with_xor_mapped_address_and_rfc5780_attributes() {
+        let mut s = rfc5780_server();
+        let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let r = s
+            .handle_packet(s.config().primary, client, &request(&[]), &mut out)
+            .unwrap();
+        assert_eq!(r.from, s.config().primary);
+        assert_eq!(r.to, client);
+        let m = Message::parse(&out[..r.len]).unwrap();
+        assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+        assert_eq!(m.transaction_id(), TransactionId([9; 12]));
+        assert!(m.verify_fingerprint().is_ok());
+        assert_eq!(m.mapped_address(), Some(client));
+        assert_eq!(
+            m.attribute(types::OTHER_ADDRESS),
+            Some(Ok(Attribute::OtherAddress("192.0.2.2:3479".parse().unwrap())))
+        );
+    }
+
+    #[test]
+    fn honours_change_request_from_every_local_address() {
+        let mut s = rfc5780_server();
+        let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let both = ChangeRequest { change_ip: true, change_port: true };
+        let port = ChangeRequest { change_ip: false, change_port: true };
+        let ip = ChangeRequest { change_ip: true, change_port: false };
+        let cases = [
+            ("192.0.2.1:3478", both, "192.0.2.2:3479"),
+            ("192.0.2.1:3478", port, "192.0.2.1:3479"),
+            ("192.0.2.1:3478", ip, "192.0.2.2:3478"),
+            ("192.0.2.2:3479", both, "192.0.2.1:3478"),
+            ("192.0.2.1:3479", ip, "192.0.2.2:3479"),
+        ];
+        for (local, cr, expect) in cases {
+            let req = request(&[Attribute::ChangeRequest(cr)]);
+            let r = s
+                .handle_packet(local.parse().unwrap(), client, &req, &mut out)
+                .unwrap();
+            assert_eq!(r.from, expect.parse().unwrap(), "{local} {cr:?}");
+            let m = Message::parse(&out[..r.len]).unwrap();
+            assert_eq!(
+                m.attribute(types::RESPONSE_ORIGIN),
+                Some(Ok(Attribute::ResponseOrigin(expect.parse().unwrap())))
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_required_attribute_gets_420_listing_it() {
+        let mut s = BindingServer::new(ServerConfig::new("192.0.2.1:3478".parse().unwrap()));
+        let req = request(&[Attribute::Other { attr_type: 0x7abc, value: b"x" }]);
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let r = s
+            .handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &req, &mut out)
+            .unwrap();
+        let m = Message::parse(&out[..r.len]).unwrap();
+        assert_eq!(m.message_type(), MessageType::BINDING_ERROR);
+        match m.attribute(types::ERROR_CODE) {
+            Some(Ok(Attribute::ErrorCode(e))) => assert_eq!(e.code, 420),
+            other => panic!("{other:?}"),
+        }
+        match m.attribute(types::UNKNOWN_ATTRIBUTES) {
+            Some(Ok(Attribute::UnknownAttributes(l))) => {
+                assert_eq!(l.iter().collect::<Vec<_>>(), [0x7abc])
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unknown optional attribute is ignored.
+        let req = request(&[Attribute::Other { attr_type: 0xfabc, value: b"x" }]);
+        let r = s
+            .handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &req, &mut out)
+            .unwrap();
+        let m = Message::parse(&out[..r.len]).unwrap();
+        assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
+    }
+
+    #[test]
+    fn change_request_without_alternate_is_refused_with_420() {
+        let mut s = BindingServer::new(ServerConfig::new("192.0.2.1:3478".parse().unwrap()));
+        let req = request(&[Attribute::ChangeRequest(ChangeRequest { change_ip: true, change_port: true })]);
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let r = s
+            .handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &req, &mut out)
+            .unwrap();
+        let m = Message::parse(&out[..r.len]).unwrap();
+        assert_eq!(m.message_type(), MessageType::BINDING_ERROR);
+        assert_eq!(s.stats().errors, 1);
+    }
+
+    #[test]
+    fn rfc3489_request_gets_mapped_source_and_changed_address() {
+        let mut s = rfc5780_server();
+        // RFC 3489 header: no cookie, 128-bit transaction ID.
+        let mut req = vec![0x00, 0x01, 0x00, 0x00];
+        req.extend_from_slice(&[0xAB; 16]);
+        let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let r = s.handle_packet(s.config().primary, client, &req, &mut out).unwrap();
+        let m = Message::parse_rfc3489(&out[..r.len]).unwrap();
+        assert_eq!(&out[4..20], &[0xAB; 16]);
+        assert_eq!(m.attribute(types::MAPPED_ADDRESS), Some(Ok(Attribute::MappedAddress(client))));
+        assert_eq!(
+            m.attribute(types::CHANGED_ADDRESS),
+            Some(Ok(Attribute::ChangedAddress("192.0.2.2:3479".parse().unwrap())))
+        );
+        assert!(m.attribute(types::XOR_MAPPED_ADDRESS).is_none());
+    }
+
+    #[test]
+    fn garbage_is_counted_and_ignored() {
+        let mut s = rfc5780_server();
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let r = s.handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &[1, 2, 3], &mut out);
+        assert!(matches!(r, Err(Ignored::Malformed(_))));
+        assert_eq!(s.stats().malformed, 1);
+    }
+}
