@@ -1,0 +1,151 @@
+//! The `burrow` binary.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use burrow::netcheck::ServerSpec;
+use burrow::stun_server::StunServer;
+use burrow_stun::ServerConfig;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "burrow", version, about = "NAT traversal and mesh networking")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a STUN server (RFC 8489; RFC 5780 NAT behaviour discovery with --alt).
+    Stun {
+        /// Primary address to listen on, e.g. 0.0.0.0:3478.
+        #[arg(long, default_value = "0.0.0.0:3478")]
+        listen: SocketAddr,
+        /// Alternate address (a second IP and port) for RFC 5780: the server then also
+        /// listens on both IPs' other ports and honours CHANGE-REQUEST.
+        #[arg(long)]
+        alt: Option<SocketAddr>,
+        /// Worker tasks per socket (default: one per CPU).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// SOFTWARE attribute to put in responses.
+        #[arg(long)]
+        software: Option<String>,
+    },
+    /// Report what kind of network this node sits behind.
+    Netcheck {
+        /// A STUN server as [REGION=]HOST:PORT; repeat for more. Servers sharing a REGION
+        /// are one region.
+        #[arg(long = "stun", value_name = "[REGION=]HOST:PORT", required = true)]
+        stun: Vec<ServerSpec>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
+    /// Load generator for `cargo xtask bench stun`: Binding requests at a server, as fast as it answers.
+    #[command(hide = true)]
+    StunLoad {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("burrow: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("burrow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Stun { listen, alt, workers, software } => {
+            if let Some(alt) = alt {
+                if alt.is_ipv4() != listen.is_ipv4() || alt.ip() == listen.ip() || alt.port() == listen.port() {
+                    bail!("--alt must differ from --listen in both IP and port, in the same address family");
+                }
+                if listen.port() == 0 || alt.port() == 0 {
+                    bail!("--listen and --alt need explicit ports when --alt is given");
+                }
+            }
+            let config = ServerConfig { primary: listen, alternate: alt, software };
+            let server = StunServer::bind(config).await.context("starting the STUN server")?;
+            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            tracing::info!(addrs = ?server.local_addrs(), rfc5780 = alt.is_some(), workers, "STUN server listening");
+            println!("listening on {}", server.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "));
+            let counters = server.counters();
+            server
+                .run(workers, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await;
+            tracing::info!(
+                success = counters.success.load(Ordering::Relaxed),
+                errors = counters.errors.load(Ordering::Relaxed),
+                malformed = counters.malformed.load(Ordering::Relaxed),
+                ignored = counters.ignored.load(Ordering::Relaxed),
+                "STUN server stopped"
+            );
+            Ok(())
+        }
+        Command::Netcheck { stun, json, timeout } => {
+            if !(timeout > 0.0 && timeout.is_finite()) {
+                bail!("--timeout must be a positive number of seconds");
+            }
+            let report = burrow::netcheck::run(&stun, Duration::from_secs_f64(timeout)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", burrow::netcheck::format_report(&report));
+            }
+            Ok(())
+        }
+        Command::StunLoad { target, threads, window, seconds } => {
+            let config = burrow::loadgen::LoadConfig {
+                target,
+                threads,
+                window,
+                duration: Duration::from_secs_f64(seconds),
+                loss_timeout: Duration::from_millis(200),
+            };
+            let r = tokio::task::spawn_blocking(move || burrow::loadgen::run(config)).await??;
+            println!(
+                "{{\"sent\":{},\"answered\":{},\"lost\":{},\"seconds\":{:.3},\"rate\":{:.1},\"loss\":{:.6}}}",
+                r.sent, r.answered, r.lost, r.seconds, r.rate(), r.loss()
+            );
+            Ok(())
+        }
+    }
+}

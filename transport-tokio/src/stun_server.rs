@@ -1,0 +1,147 @@
+//! `burrow stun`: a tokio UDP driver for [`burrow_stun::BindingServer`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use burrow_stun::{Class, MessageType};
+use burrow_stun::server::{BindingServer, Ignored, ServerConfig, MAX_RESPONSE_LEN};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+
+/// Totals across every socket and worker.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Success responses sent.
+    pub success: AtomicU64,
+    /// Error responses sent.
+    pub errors: AtomicU64,
+    /// Datagrams dropped as malformed.
+    pub malformed: AtomicU64,
+    /// Indications and responses ignored.
+    pub ignored: AtomicU64,
+    /// Answers that could not be sent.
+    pub send_failures: AtomicU64,
+}
+
+/// A bound STUN server: one socket per listen address (four with an RFC 5780 alternate).
+#[derive(Debug)]
+pub struct StunServer {
+    config: ServerConfig,
+    sockets: Arc<Vec<(SocketAddr, UdpSocket)>>,
+    counters: Arc<Counters>,
+}
+
+impl StunServer {
+    /// Binds every address the configuration needs. A primary port of 0 is allowed only
+    /// without an alternate; the chosen port is then written back into the configuration.
+    pub async fn bind(mut config: ServerConfig) -> io::Result<Self> {
+        if config.alternate.is_none() {
+            let socket = UdpSocket::bind(config.primary).await?;
+            config.primary = socket.local_addr()?;
+            return Ok(Self::from_sockets(config, vec![socket]));
+        }
+        let mut sockets = Vec::new();
+        for addr in config.listen_addresses() {
+            let socket = UdpSocket::bind(addr).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))
+            })?;
+            sockets.push(socket);
+        }
+        Ok(Self::from_sockets(config, sockets))
+    }
+
+    fn from_sockets(config: ServerConfig, sockets: Vec<UdpSocket>) -> Self {
+        let sockets = sockets
+            .into_iter()
+            .map(|s| (s.local_addr().expect("bound socket has an address"), s))
+            .collect();
+        StunServer {
+            config,
+            sockets: Arc::new(sockets),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    /// The configuration, with any port chosen at bind time filled in.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Every bound address.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// Shared counters, readable while the server runs.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    /// Serves until `shutdown` completes, with `workers` tasks per socket.
+    pub async fn run(self, workers: usize, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tasks = JoinSet::new();
+        for index in 0..self.sockets.len() {
+            for _ in 0..workers.max(1) {
+                let sockets = self.sockets.clone();
+                let counters = self.counters.clone();
+                let server = BindingServer::new(self.config.clone());
+                tasks.spawn(serve_socket(server, sockets, index, counters));
+            }
+        }
+        shutdown.await;
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Receives on socket `index` and answers from whichever socket the reply names.
+/// The buffers are reused: nothing is allocated per packet.
+async fn serve_socket(
+    mut server: BindingServer,
+    sockets: Arc<Vec<(SocketAddr, UdpSocket)>>,
+    index: usize,
+    counters: Arc<Counters>,
+) {
+    let (local, socket) = &sockets[index];
+    let mut buf = vec![0u8; 2048];
+    let mut out = vec![0u8; MAX_RESPONSE_LEN];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on Linux; keep serving.
+                tracing::trace!(%local, error = %e, "recv_from failed");
+                continue;
+            }
+        };
+        match server.handle_packet(*local, from, &buf[..n], &mut out) {
+            Ok(reply) => {
+                let sender = sockets
+                    .iter()
+                    .find(|(a, _)| *a == reply.from)
+                    .map_or(socket, |(_, s)| s);
+                let ok = sender.send_to(&out[..reply.len], reply.to).await.is_ok();
+                let class = MessageType::from_u16(u16::from_be_bytes([out[0], out[1]])).class;
+                let counter = match (ok, class) {
+                    (false, _) => &counters.send_failures,
+                    (true, Class::Error) => &counters.errors,
+                    (true, _) => &counters.success,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Ignored::Malformed(e)) => {
+                tracing::debug!(%from, error = %e, "dropped malformed datagram");
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Ignored::BadFingerprint) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::trace!(%from, reason = %e, "ignored datagram");
+                counters.ignored.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
