@@ -430,8 +430,8 @@ impl<'a> Attribute<'a> {
         })
     }
 
-    /// Writes type, length, value and zero padding. `value_len` comes from [`Self::value_len`].
-    pub(crate) fn write(&self, value_len: usize, xor_key: &[u8; 16], out: &mut impl Sink) {
+    /// Writes type, length, value and padding. `value_len` comes from [`Self::value_len`].
+    pub(crate) fn write(&self, value_len: usize, xor_key: &[u8; 16], pad_byte: u8, out: &mut impl Sink) {
         out.put(&self.attr_type().to_be_bytes());
         out.put(&(value_len as u16).to_be_bytes());
         let write_addr = |a: SocketAddr, out: &mut dyn FnMut(&[u8])| {
@@ -485,7 +485,7 @@ impl<'a> Attribute<'a> {
         }
         let pad = padding(value_len);
         if pad > 0 {
-            put(&[0u8; 3][..pad]);
+            put(&[pad_byte; 3][..pad]);
         }
     }
 }

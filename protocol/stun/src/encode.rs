@@ -34,6 +34,7 @@ pub struct Encoder<'a> {
     integrity: Option<&'a [u8]>,
     integrity_sha256: Option<&'a [u8]>,
     fingerprint: bool,
+    padding_byte: u8,
 }
 
 impl<'a> Encoder<'a> {
@@ -55,6 +56,7 @@ impl<'a> Encoder<'a> {
             integrity: None,
             integrity_sha256: None,
             fingerprint: false,
+            padding_byte: 0,
         }
     }
 
@@ -73,6 +75,13 @@ impl<'a> Encoder<'a> {
     /// Appends MESSAGE-INTEGRITY-SHA256 (full 32 bytes) keyed with `key`.
     pub fn message_integrity_sha256(mut self, key: &'a [u8]) -> Self {
         self.integrity_sha256 = Some(key);
+        self
+    }
+
+    /// Pads attribute values with `byte` instead of zero. RFC 8489 requires zero; RFC 5389
+    /// allowed any value, and the RFC 5769 test vectors pad with spaces (0x20).
+    pub fn padding_byte(mut self, byte: u8) -> Self {
+        self.padding_byte = byte;
         self
     }
 
@@ -146,17 +155,17 @@ impl<'a> Encoder<'a> {
         }
         for a in self.attributes {
             let len = a.value_len()?;
-            a.write(len, &self.id, &mut tee);
+            a.write(len, &self.id, self.padding_byte, &mut tee);
         }
         if let Some(mi) = tee.mi.take() {
             let mac = mi.finalize().into_bytes();
             let mut v = [0u8; 20];
             v.copy_from_slice(&mac);
-            Attribute::MessageIntegrity(v).write(20, &self.id, &mut tee);
+            Attribute::MessageIntegrity(v).write(20, &self.id, 0, &mut tee);
         }
         if let Some(mi256) = tee.mi256.take() {
             let mac = mi256.finalize().into_bytes();
-            Attribute::MessageIntegritySha256(&mac).write(32, &self.id, &mut tee);
+            Attribute::MessageIntegritySha256(&mac).write(32, &self.id, 0, &mut tee);
         }
         if let Some(crc) = tee.crc.take() {
             let fp = crc.finalize() ^ FINGERPRINT_XOR;
