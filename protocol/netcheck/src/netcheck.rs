@@ -389,7 +389,11 @@ impl Netcheck {
             MappingBehavior::Unknown => None,
         });
 
-        let port_allocation = port_allocation(&v4, self.config.local_v4);
+        let port_allocation = if v4.is_empty() {
+            port_allocation(&v6, self.config.local_v6)
+        } else {
+            port_allocation(&v4, self.config.local_v4)
+        };
 
         let mut region_latency = Vec::new();
         for (i, region) in self.config.regions.iter().enumerate() {

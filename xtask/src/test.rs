@@ -1,0 +1,109 @@
+//! `cargo xtask test` and `cargo xtask fuzz`.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Result};
+
+use crate::util::{apt_install, cargo, have, is_root, root, run as run_cmd};
+
+/// Third-party programs the interop tests run, with the Debian package that has each.
+const INTEROP: &[(&str, &str)] = &[
+    ("turnserver", "coturn"),
+    ("turnutils_stunclient", "coturn"),
+    ("stun", "stun-client"),
+];
+
+/// Fuzz targets, as in fuzz/Cargo.toml.
+const FUZZ_TARGETS: &[&str] = &["stun_decode", "stun_server", "netcheck_input"];
+
+pub fn run(install: bool) -> Result<()> {
+    let mut skipped = Vec::new();
+    let mut missing: Vec<&str> = INTEROP.iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| *pkg).collect();
+    missing.dedup();
+    let root_user = is_root();
+    if !missing.is_empty() && install && root_user && !apt_install(&missing) {
+        println!("xtask: apt-get install {} failed", missing.join(" "));
+    }
+    for (program, package) in INTEROP {
+        if !have(program) {
+            skipped.push(format!("SKIPPED interop tests needing {program}: package {package} is not installed{}",
+                if root_user { " (installation failed)" } else { " (run as root to install it)" }));
+        }
+    }
+    for s in &skipped {
+        println!("{s}");
+    }
+
+    let mut tests = if have_nextest() {
+        let mut c = cargo();
+        c.args(["nextest", "run", "--workspace", "--no-fail-fast", "--failure-output", "final"]);
+        c
+    } else {
+        let mut c = cargo();
+        c.args(["test", "--workspace", "--no-fail-fast"]);
+        c
+    };
+    if skipped.is_empty() && root_user {
+        // Everything is installed: an interop test that cannot find its tool is a failure.
+        tests.env("BURROW_REQUIRE_INTEROP", "1");
+    }
+    let unit = run_cmd(&mut tests);
+    let doc = run_cmd(cargo().args(["test", "--workspace", "--doc"]));
+    let campaign = fuzz_smoke();
+
+    for s in &skipped {
+        println!("{s}");
+    }
+    if let Err(e) = campaign {
+        println!("{e}");
+    }
+    match (unit, doc) {
+        (Ok(()), Ok(())) => {
+            println!("xtask test: all passed");
+            Ok(())
+        }
+        (u, d) => bail!("xtask test failed: {}", [u.err(), d.err()].into_iter().flatten().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
+    }
+}
+
+fn have_nextest() -> bool {
+    cargo().args(["nextest", "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn have_cargo_fuzz() -> bool {
+    Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A few seconds of real fuzzing per target when cargo-fuzz is there; corpus replay ran already.
+fn fuzz_smoke() -> Result<()> {
+    if !have_cargo_fuzz() {
+        println!("SKIPPED fuzz campaign: cargo-fuzz is not installed (the committed corpora were replayed as tests; `cargo install cargo-fuzz` to enable)");
+        return Ok(());
+    }
+    for target in FUZZ_TARGETS {
+        fuzz(target, 10)?;
+    }
+    Ok(())
+}
+
+pub fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    if !FUZZ_TARGETS.contains(&target) {
+        bail!("unknown fuzz target {target:?}; targets: {}", FUZZ_TARGETS.join(", "));
+    }
+    if !have_cargo_fuzz() {
+        bail!("cargo-fuzz is not installed: run `cargo install cargo-fuzz` (it uses the nightly toolchain)");
+    }
+    println!("xtask: fuzzing {target} for {seconds} s");
+    run_cmd(
+        Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(root()),
+    )
+}
