@@ -10,8 +10,11 @@ use burrow_stun::{Attribute, BindingServer, Encoder, Message, ServerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every fuzz target, by name, for corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("stun_decode", stun_decode),
     ("stun_server", stun_server),
     ("netcheck_input", netcheck_input),
@@ -21,7 +24,10 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 /// same attributes.
 pub fn stun_decode(data: &[u8]) {
     let _ = burrow_stun::is_stun(data);
-    for msg in [Message::parse(data), Message::parse_rfc3489(data)].into_iter().flatten() {
+    for msg in [Message::parse(data), Message::parse_rfc3489(data)]
+        .into_iter()
+        .flatten()
+    {
         let _ = msg.verify_fingerprint();
         let _ = msg.verify_integrity(b"key");
         let _ = msg.verify_integrity_sha256(b"key");
@@ -43,7 +49,10 @@ pub fn stun_decode(data: &[u8]) {
             continue; // e.g. a text value longer than burrow itself would send
         }
         let again = Message::parse_rfc3489(&out).expect("re-encoded message parses");
-        let back: Vec<Attribute<'_>> = again.attributes().map(|a| a.expect("re-encoded attribute decodes")).collect();
+        let back: Vec<Attribute<'_>> = again
+            .attributes()
+            .map(|a| a.expect("re-encoded attribute decodes"))
+            .collect();
         assert_eq!(attrs, back, "attributes survive a re-encode");
         assert_eq!(again.message_type(), msg.message_type());
     }
@@ -54,12 +63,17 @@ pub fn stun_decode(data: &[u8]) {
 pub fn stun_server(data: &[u8]) {
     let primary: SocketAddr = "192.0.2.1:3478".parse().expect("literal");
     let alt: SocketAddr = "192.0.2.2:3479".parse().expect("literal");
-    let mut server = BindingServer::new(ServerConfig { primary, alternate: Some(alt), software: Some("fuzz".into()) });
+    let mut server = BindingServer::new(ServerConfig {
+        primary,
+        alternate: Some(alt),
+        software: Some("fuzz".into()),
+    });
     let client: SocketAddr = "203.0.113.1:5000".parse().expect("literal");
     let mut out = [0u8; MAX_RESPONSE_LEN];
     for local in server.config().listen_addresses() {
         if let Ok(reply) = server.handle_packet(local, client, data, &mut out) {
-            let answer = Message::parse_rfc3489(&out[..reply.len]).expect("server writes valid STUN");
+            let answer =
+                Message::parse_rfc3489(&out[..reply.len]).expect("server writes valid STUN");
             assert_eq!(&out[4..20], &data[4..20], "transaction ID echoed");
             assert!(answer.attributes().all(|a| a.is_ok()));
             assert!(server.config().listen_addresses().contains(&reply.from));
@@ -72,10 +86,22 @@ pub fn stun_server(data: &[u8]) {
 pub fn netcheck_input(data: &[u8]) {
     use burrow_netcheck::{Config, Event, Netcheck, Region};
     let regions = vec![
-        Region { id: 1, code: "a".into(), servers: vec!["192.0.2.1:3478".parse().expect("literal")] },
-        Region { id: 2, code: "b".into(), servers: vec!["[2001:db8::1]:3478".parse().expect("literal")] },
+        Region {
+            id: 1,
+            code: "a".into(),
+            servers: vec!["192.0.2.1:3478".parse().expect("literal")],
+        },
+        Region {
+            id: 2,
+            code: "b".into(),
+            servers: vec!["[2001:db8::1]:3478".parse().expect("literal")],
+        },
     ];
-    let config = Config::new(regions, Some("10.0.0.1:4000".parse().expect("literal")), Some("[2001:db8::2]:4000".parse().expect("literal")));
+    let config = Config::new(
+        regions,
+        Some("10.0.0.1:4000".parse().expect("literal")),
+        Some("[2001:db8::2]:4000".parse().expect("literal")),
+    );
     let deadline = config.deadline;
     let mut check = Netcheck::new(config, ChaCha20Rng::seed_from_u64(0));
     let t0 = Instant::now();

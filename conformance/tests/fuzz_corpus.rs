@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
 }
 
 #[test]
@@ -15,7 +17,11 @@ fn every_target_has_a_corpus_and_it_replays_cleanly() {
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
-        assert!(files.len() >= 5, "{name}: corpus too small ({} inputs)", files.len());
+        assert!(
+            files.len() >= 5,
+            "{name}: corpus too small ({} inputs)",
+            files.len()
+        );
         for f in files {
             let data = std::fs::read(&f).unwrap();
             body(&data);

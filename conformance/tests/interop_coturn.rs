@@ -21,7 +21,14 @@ fn start_coturn(test: &str) -> Option<Coturn> {
     let dir = std::env::temp_dir().join(format!("burrow-coturn-{}-{p}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let child = Command::new(bin)
-        .args(["-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--no-auth"])
+        .args([
+            "-n",
+            "--stun-only",
+            "--no-cli",
+            "--no-tls",
+            "--no-dtls",
+            "--no-auth",
+        ])
         .args(["-L", "127.0.0.1", "-L", "127.0.0.2"])
         .args(["-p", &p.to_string(), "--alt-listening-port", &q.to_string()])
         .args(["--log-file", "stdout", "--simple-log"])
@@ -50,7 +57,8 @@ fn start_coturn(test: &str) -> Option<Coturn> {
 /// One Binding request over a plain socket; the raw response bytes and our socket address.
 fn binding(server: SocketAddr) -> Option<(Vec<u8>, SocketAddr)> {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let mut req = Vec::new();
     Encoder::new(MessageType::BINDING_REQUEST, TransactionId([0x42; 12]))
         .fingerprint()
@@ -64,13 +72,16 @@ fn binding(server: SocketAddr) -> Option<(Vec<u8>, SocketAddr)> {
 
 #[test]
 fn coturn_answers_parse_strictly_with_valid_fingerprint() {
-    let Some(coturn) = start_coturn("coturn_answers_parse_strictly_with_valid_fingerprint") else { return };
+    let Some(coturn) = start_coturn("coturn_answers_parse_strictly_with_valid_fingerprint") else {
+        return;
+    };
     let (bytes, me) = binding(coturn.primary).expect("coturn answers");
     let m = Message::parse(&bytes).expect("coturn's answer parses");
     assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
     assert_eq!(m.transaction_id(), TransactionId([0x42; 12]));
     if m.has_fingerprint() {
-        m.verify_fingerprint().expect("coturn's FINGERPRINT verifies");
+        m.verify_fingerprint()
+            .expect("coturn's FINGERPRINT verifies");
     }
     assert!(m.attributes().all(|a| a.is_ok()), "every attribute decodes");
     assert_eq!(m.mapped_address(), Some(me));
@@ -87,9 +98,13 @@ fn coturn_answers_parse_strictly_with_valid_fingerprint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netcheck_against_coturn_rfc5780() {
-    let Some(coturn) = start_coturn("netcheck_against_coturn_rfc5780") else { return };
+    let Some(coturn) = start_coturn("netcheck_against_coturn_rfc5780") else {
+        return;
+    };
     let spec = format!("coturn={}", coturn.primary).parse().unwrap();
-    let report = burrow::netcheck::run(&[spec], Duration::from_secs(5)).await.expect("report");
+    let report = burrow::netcheck::run(&[spec], Duration::from_secs(5))
+        .await
+        .expect("report");
     assert!(report.udp && report.ipv4);
     assert_eq!(report.global_v4.unwrap().ip().to_string(), "127.0.0.1");
     assert_eq!(report.nat_type, NatType::None);

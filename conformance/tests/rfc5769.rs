@@ -12,7 +12,9 @@ fn hex(s: &str) -> Vec<u8> {
 }
 
 const PASSWORD: &str = "VOkJxbRl1RmTxUk/WvJxBt";
-const TID: [u8; 12] = [0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae];
+const TID: [u8; 12] = [
+    0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
+];
 
 const SAMPLE_REQUEST: &str = "000100582112a442b7e7a701bc34d686fa87dfae802200105354554e207465737420636c69656e74002400046e0001ff80290008932ff9b151263b36000600096576746a3a68367659202020000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a280280004e57a3bcf";
 const SAMPLE_IPV4_RESPONSE: &str = "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220002000080001a147e112a643000800142b91f599fd9e90c38c7489f92af9ba53f06be7d780280004c07d4c96";
@@ -59,7 +61,10 @@ fn rfc5769_2_1_sample_request() {
         attrs,
         [
             Attribute::Software("STUN test client"),
-            Attribute::Other { attr_type: types::PRIORITY, value: &[0x6e, 0x00, 0x01, 0xff] },
+            Attribute::Other {
+                attr_type: types::PRIORITY,
+                value: &[0x6e, 0x00, 0x01, 0xff]
+            },
             Attribute::Other {
                 attr_type: types::ICE_CONTROLLED,
                 value: &[0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36]
@@ -68,7 +73,10 @@ fn rfc5769_2_1_sample_request() {
         ]
     );
     // PRIORITY and ICE-CONTROLLED are comprehension-required/optional ICE attributes.
-    assert_eq!(m.unknown_comprehension_required().collect::<Vec<_>>(), [types::PRIORITY]);
+    assert_eq!(
+        m.unknown_comprehension_required().collect::<Vec<_>>(),
+        [types::PRIORITY]
+    );
 
     let mut out = Vec::new();
     Encoder::new(MessageType::BINDING_REQUEST, TransactionId(TID))
@@ -93,7 +101,10 @@ fn check_response(vector: &str, expected: &str, len: usize) {
     let attrs = plain_attributes(&m);
     assert_eq!(
         attrs,
-        [Attribute::Software("test vector"), Attribute::XorMappedAddress(expected.parse().unwrap())]
+        [
+            Attribute::Software("test vector"),
+            Attribute::XorMappedAddress(expected.parse().unwrap())
+        ]
     );
     assert_eq!(m.mapped_address(), Some(expected.parse().unwrap()));
     let mut out = Vec::new();
@@ -115,7 +126,11 @@ fn rfc5769_2_2_sample_ipv4_response() {
 
 #[test]
 fn rfc5769_2_3_sample_ipv6_response() {
-    check_response(SAMPLE_IPV6_RESPONSE, "[2001:db8:1234:5678:11:2233:4455:6677]:32853", 92);
+    check_response(
+        SAMPLE_IPV6_RESPONSE,
+        "[2001:db8:1234:5678:11:2233:4455:6677]:32853",
+        92,
+    );
 }
 
 const USERNAME: &str = "\u{30DE}\u{30C8}\u{30EA}\u{30C3}\u{30AF}\u{30B9}";
@@ -135,7 +150,14 @@ fn rfc5769_2_4_long_term_request() {
     );
     m.verify_integrity(&k).unwrap();
     let attrs = plain_attributes(&m);
-    assert_eq!(attrs, [Attribute::Username(USERNAME), Attribute::Nonce(NONCE), Attribute::Realm(REALM)]);
+    assert_eq!(
+        attrs,
+        [
+            Attribute::Username(USERNAME),
+            Attribute::Nonce(NONCE),
+            Attribute::Realm(REALM)
+        ]
+    );
     let mut out = Vec::new();
     Encoder::new(MessageType::BINDING_REQUEST, m.transaction_id())
         .attributes(&attrs)
@@ -143,7 +165,10 @@ fn rfc5769_2_4_long_term_request() {
         .encode(&mut out)
         .unwrap();
     assert_eq!(out, bytes);
-    assert_eq!(m.verify_fingerprint(), Err(VerifyError::Missing("FINGERPRINT")));
+    assert_eq!(
+        m.verify_fingerprint(),
+        Err(VerifyError::Missing("FINGERPRINT"))
+    );
 }
 
 #[test]
@@ -153,10 +178,15 @@ fn rfc8489_b1_message_integrity_sha256() {
     let m = Message::parse(&bytes).unwrap();
     let k = key::long_term_sha256(USERNAME, REALM, "TheMatrIX");
     m.verify_integrity_sha256(&k).unwrap();
-    assert!(m.verify_integrity_sha256(&key::long_term_md5(USERNAME, REALM, "TheMatrIX")).is_err());
+    assert!(m
+        .verify_integrity_sha256(&key::long_term_md5(USERNAME, REALM, "TheMatrIX"))
+        .is_err());
     let attrs = plain_attributes(&m);
     assert_eq!(attrs.len(), 4);
-    assert_eq!(attrs[1], Attribute::Nonce("obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA"));
+    assert_eq!(
+        attrs[1],
+        Attribute::Nonce("obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA")
+    );
     assert_eq!(attrs[2], Attribute::Realm(REALM));
     let mut out = Vec::new();
     Encoder::new(MessageType::BINDING_REQUEST, m.transaction_id())

@@ -58,18 +58,26 @@ pub fn run(config: LoadConfig) -> io::Result<LoadResult> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for t in 0..config.threads.max(1) {
-        let socket = UdpSocket::bind(if config.target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        let socket = UdpSocket::bind(if config.target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        })?;
         socket.connect(config.target)?;
         socket.set_read_timeout(Some(config.loss_timeout))?;
         let stop = stop.clone();
-        handles.push(std::thread::spawn(move || worker(socket, t as u32, config, &stop)));
+        handles.push(std::thread::spawn(move || {
+            worker(socket, t as u32, config, &stop)
+        }));
     }
     let start = Instant::now();
     std::thread::sleep(config.duration);
     stop.store(true, Ordering::Relaxed);
     let mut total = LoadResult::default();
     for h in handles {
-        let r = h.join().map_err(|_| io::Error::other("load thread panicked"))??;
+        let r = h
+            .join()
+            .map_err(|_| io::Error::other("load thread panicked"))??;
         total.sent += r.sent;
         total.answered += r.answered;
         total.lost += r.lost;
@@ -78,7 +86,12 @@ pub fn run(config: LoadConfig) -> io::Result<LoadResult> {
     Ok(total)
 }
 
-fn worker(socket: UdpSocket, thread: u32, config: LoadConfig, stop: &AtomicBool) -> io::Result<LoadResult> {
+fn worker(
+    socket: UdpSocket,
+    thread: u32,
+    config: LoadConfig,
+    stop: &AtomicBool,
+) -> io::Result<LoadResult> {
     let mut r = LoadResult::default();
     let mut seq: u64 = 0;
     let mut req = Vec::with_capacity(64);
@@ -115,7 +128,12 @@ fn worker(socket: UdpSocket, thread: u32, config: LoadConfig, stop: &AtomicBool)
                     }
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 // The whole window went unanswered: count it lost and start a fresh one.
                 r.lost += outstanding as u64;
                 outstanding = 0;

@@ -73,7 +73,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("burrow: cannot start the runtime: {e}");
@@ -91,20 +94,43 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Stun { listen, alt, workers, software } => {
+        Command::Stun {
+            listen,
+            alt,
+            workers,
+            software,
+        } => {
             if let Some(alt) = alt {
-                if alt.is_ipv4() != listen.is_ipv4() || alt.ip() == listen.ip() || alt.port() == listen.port() {
+                if alt.is_ipv4() != listen.is_ipv4()
+                    || alt.ip() == listen.ip()
+                    || alt.port() == listen.port()
+                {
                     bail!("--alt must differ from --listen in both IP and port, in the same address family");
                 }
                 if listen.port() == 0 || alt.port() == 0 {
                     bail!("--listen and --alt need explicit ports when --alt is given");
                 }
             }
-            let config = ServerConfig { primary: listen, alternate: alt, software };
-            let server = StunServer::bind(config).await.context("starting the STUN server")?;
-            let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let config = ServerConfig {
+                primary: listen,
+                alternate: alt,
+                software,
+            };
+            let server = StunServer::bind(config)
+                .await
+                .context("starting the STUN server")?;
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             tracing::info!(addrs = ?server.local_addrs(), rfc5780 = alt.is_some(), workers, "STUN server listening");
-            println!("listening on {}", server.local_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "));
+            println!(
+                "listening on {}",
+                server
+                    .local_addrs()
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
             let counters = server.counters();
             server
                 .run(workers, async {
@@ -120,7 +146,11 @@ async fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Netcheck { stun, json, timeout } => {
+        Command::Netcheck {
+            stun,
+            json,
+            timeout,
+        } => {
             if !(timeout > 0.0 && timeout.is_finite()) {
                 bail!("--timeout must be a positive number of seconds");
             }
@@ -132,7 +162,12 @@ async fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::StunLoad { target, threads, window, seconds } => {
+        Command::StunLoad {
+            target,
+            threads,
+            window,
+            seconds,
+        } => {
             let config = burrow::loadgen::LoadConfig {
                 target,
                 threads,

@@ -29,7 +29,10 @@ impl std::str::FromStr for ServerSpec {
             Some((r, h)) => (r.to_owned(), h.to_owned()),
             None => (s.to_owned(), s.to_owned()),
         };
-        if host.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if host
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             return Err(format!("expected [REGION=]HOST:PORT, got {s:?}"));
         }
         Ok(ServerSpec { region, host })
@@ -108,12 +111,20 @@ pub async fn run(servers: &[ServerSpec], deadline: Duration) -> Result<Report, N
     let want_v4 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv4());
     let want_v6 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv6());
     let v4 = if want_v4 {
-        Some(UdpSocket::bind("0.0.0.0:0").await.map_err(NetcheckError::Bind)?)
+        Some(
+            UdpSocket::bind("0.0.0.0:0")
+                .await
+                .map_err(NetcheckError::Bind)?,
+        )
     } else {
         None
     };
     // IPv6 may be absent on this host; that is a finding, not an error.
-    let v6 = if want_v6 { UdpSocket::bind("[::]:0").await.ok() } else { None };
+    let v6 = if want_v6 {
+        UdpSocket::bind("[::]:0").await.ok()
+    } else {
+        None
+    };
     let tried = regions
         .iter()
         .flat_map(|r| &r.servers)
@@ -226,14 +237,20 @@ pub fn format_report(r: &Report) -> String {
     let _ = writeln!(s, "  * Mapping: {}", word(&r.mapping));
     let _ = writeln!(s, "  * Filtering: {}", word(&r.filtering));
     let alloc = match r.port_allocation {
-        burrow_netcheck::PortAllocation::Sequential { delta } => format!("sequential (delta {delta:+})"),
+        burrow_netcheck::PortAllocation::Sequential { delta } => {
+            format!("sequential (delta {delta:+})")
+        }
         other => word(&other),
     };
     let _ = writeln!(s, "  * Port allocation: {alloc}");
     let _ = writeln!(
         s,
         "  * Port mapping: {}",
-        if r.port_mapping.is_some() { "probed" } else { "not probed" }
+        if r.port_mapping.is_some() {
+            "probed"
+        } else {
+            "not probed"
+        }
     );
     if let Some(id) = r.preferred_region {
         if let Some(region) = r.region_latency.iter().find(|l| l.id == id) {
@@ -248,7 +265,13 @@ pub fn format_report(r: &Report) -> String {
     let _ = writeln!(s, "  * Region latency:");
     for l in &r.region_latency {
         let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ms"));
-        let _ = writeln!(s, "    - {}: v4 {}, v6 {}", l.code, ms(l.v4_ms), ms(l.v6_ms));
+        let _ = writeln!(
+            s,
+            "    - {}: v4 {}, v6 {}",
+            l.code,
+            ms(l.v4_ms),
+            ms(l.v6_ms)
+        );
     }
     s
 }

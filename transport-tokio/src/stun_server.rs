@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use burrow_stun::{Class, MessageType};
 use burrow_stun::server::{BindingServer, Ignored, ServerConfig, MAX_RESPONSE_LEN};
+use burrow_stun::{Class, MessageType};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
@@ -44,9 +44,9 @@ impl StunServer {
         }
         let mut sockets = Vec::new();
         for addr in config.listen_addresses() {
-            let socket = UdpSocket::bind(addr).await.map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot bind {addr}: {e}"))
-            })?;
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
             sockets.push(socket);
         }
         Ok(Self::from_sockets(config, sockets))

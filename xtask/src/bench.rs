@@ -39,8 +39,15 @@ struct Sample {
 }
 
 pub fn run(which: Which) -> Result<()> {
-    let Which::Stun { seconds, rounds, threads, window, no_write } = which;
-    if !have("turnserver") && !(is_root() && apt_install(&["coturn"])) {
+    let Which::Stun {
+        seconds,
+        rounds,
+        threads,
+        window,
+        no_write,
+    } = which;
+    let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
+    if !reference_ready {
         bail!("coturn's turnserver is needed as the reference: apt-get install coturn (as root)");
     }
     run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
@@ -48,21 +55,30 @@ pub fn run(which: Which) -> Result<()> {
 
     let bp = free_port();
     let mut b = Command::new(&burrow);
-    b.args(["stun", "--listen", &format!("127.0.0.1:{bp}")]).env("RUST_LOG", "warn");
+    b.args(["stun", "--listen", &format!("127.0.0.1:{bp}")])
+        .env("RUST_LOG", "warn");
     let _burrow = start(b, bp, "burrow stun")?;
 
     let cp = free_port();
     let dir = std::env::temp_dir().join(format!("burrow-bench-coturn-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut c = Command::new("turnserver");
-    c.args(["-n", "--stun-only", "--no-cli", "--no-tls", "--no-dtls", "--no-auth", "--no-rfc5780"])
-        .args(["-L", "127.0.0.1", "-p", &cp.to_string(), "--no-stdout-log"])
-        .arg("--log-file")
-        .arg(dir.join("turn.log"))
-        .arg("--pidfile")
-        .arg(dir.join("turn.pid"))
-        .arg("--userdb")
-        .arg(dir.join("turndb"));
+    c.args([
+        "-n",
+        "--stun-only",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--no-auth",
+        "--no-rfc5780",
+    ])
+    .args(["-L", "127.0.0.1", "-p", &cp.to_string(), "--no-stdout-log"])
+    .arg("--log-file")
+    .arg(dir.join("turn.log"))
+    .arg("--pidfile")
+    .arg(dir.join("turn.pid"))
+    .arg("--userdb")
+    .arg(dir.join("turndb"));
     let _coturn = start(c, cp, "turnserver")?;
 
     let coturn_version = Command::new("dpkg-query")
@@ -75,18 +91,39 @@ pub fn run(which: Which) -> Result<()> {
     let mut theirs = Vec::new();
     for round in 0..rounds {
         // Alternate the order so neither server always runs on a warmer machine.
-        let order: [(&str, u16); 2] = if round % 2 == 0 { [("burrow", bp), ("coturn", cp)] } else { [("coturn", cp), ("burrow", bp)] };
+        let order: [(&str, u16); 2] = if round % 2 == 0 {
+            [("burrow", bp), ("coturn", cp)]
+        } else {
+            [("coturn", cp), ("burrow", bp)]
+        };
         for (name, port) in order {
             let s = load(&burrow, port, seconds, threads, window)?;
-            println!("round {}: {name:>6}: {:>10.0} answered/s, loss {:.3}%", round + 1, s.rate, s.loss * 100.0);
-            if name == "burrow" { ours.push(s) } else { theirs.push(s) }
+            println!(
+                "round {}: {name:>6}: {:>10.0} answered/s, loss {:.3}%",
+                round + 1,
+                s.rate,
+                s.loss * 100.0
+            );
+            if name == "burrow" {
+                ours.push(s)
+            } else {
+                theirs.push(s)
+            }
         }
     }
     let (b, c) = (median(&ours), median(&theirs));
     let ratio = b.rate / c.rate;
     println!();
-    println!("burrow stun: {:.0} answered/s (loss {:.3}%)", b.rate, b.loss * 100.0);
-    println!("coturn {coturn_version}: {:.0} answered/s (loss {:.3}%)", c.rate, c.loss * 100.0);
+    println!(
+        "burrow stun: {:.0} answered/s (loss {:.3}%)",
+        b.rate,
+        b.loss * 100.0
+    );
+    println!(
+        "coturn {coturn_version}: {:.0} answered/s (loss {:.3}%)",
+        c.rate,
+        c.loss * 100.0
+    );
     println!("ratio burrow/coturn: {ratio:.2}x (target >= 1.0x)");
 
     if !no_write {
@@ -105,14 +142,22 @@ pub fn run(which: Which) -> Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             date = today(),
         );
-        write_section(&root().join("BENCHMARKS.md"), "STUN server throughput", &section)?;
+        write_section(
+            &root().join("BENCHMARKS.md"),
+            "STUN server throughput",
+            &section,
+        )?;
         println!("BENCHMARKS.md updated");
     }
     Ok(())
 }
 
 fn start(mut cmd: Command, port: u16, name: &str) -> Result<Guard> {
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("starting {name}"))?;
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
     let guard = Guard(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -125,9 +170,13 @@ fn start(mut cmd: Command, port: u16, name: &str) -> Result<Guard> {
 
 /// Whether a STUN server answers one Binding request on the port.
 fn answers(port: u16) -> bool {
-    let Ok(s) = UdpSocket::bind("127.0.0.1:0") else { return false };
+    let Ok(s) = UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-    let req = [0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    let req = [
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
     let mut buf = [0u8; 512];
     s.send_to(&req, ("127.0.0.1", port)).is_ok() && s.recv(&mut buf).is_ok_and(|n| n >= 20)
 }
@@ -135,11 +184,21 @@ fn answers(port: u16) -> bool {
 fn load(burrow: &Path, port: u16, seconds: f64, threads: usize, window: usize) -> Result<Sample> {
     let out = Command::new(burrow)
         .args(["stun-load", "--target", &format!("127.0.0.1:{port}")])
-        .args(["--seconds", &seconds.to_string(), "--threads", &threads.to_string(), "--window", &window.to_string()])
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--window",
+            &window.to_string(),
+        ])
         .env("RUST_LOG", "warn")
         .output()?;
     if !out.status.success() {
-        bail!("load generator failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "load generator failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(Sample {
@@ -171,10 +230,17 @@ fn write_section(path: &Path, title: &str, section: &str) -> Result<()> {
     let new = match old.find(&heading) {
         Some(start) => {
             let rest = &old[start + heading.len()..];
-            let end = rest.find("\n## ").map_or(old.len(), |i| start + heading.len() + i + 1);
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |i| start + heading.len() + i + 1);
             format!("{}{}{}", &old[..start], section, &old[end..])
         }
-        None => format!("{}{}{}", old, if old.ends_with("\n\n") { "" } else { "\n" }, section),
+        None => format!(
+            "{}{}{}",
+            old,
+            if old.ends_with("\n\n") { "" } else { "\n" },
+            section
+        ),
     };
     std::fs::write(path, new)?;
     Ok(())

@@ -32,7 +32,11 @@ pub fn run() -> Result<()> {
     let mut servers = vec![format!("loopback={primary}")];
     // A second server on [::1], when this host has IPv6 loopback, so both families show.
     let mut _v6 = None;
-    if let Some(port) = std::net::UdpSocket::bind("[::1]:0").ok().and_then(|s| s.local_addr().ok()).map(|a| a.port()) {
+    if let Some(port) = std::net::UdpSocket::bind("[::1]:0")
+        .ok()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.port())
+    {
         let v6 = format!("[::1]:{port}");
         println!("$ burrow stun --listen {v6}");
         let mut child = Command::new(&burrow)
@@ -49,7 +53,10 @@ pub fn run() -> Result<()> {
         servers.push(format!("loopback={v6}"));
     }
     println!();
-    let args: Vec<String> = servers.iter().flat_map(|s| ["--stun".to_owned(), s.clone()]).collect();
+    let args: Vec<String> = servers
+        .iter()
+        .flat_map(|s| ["--stun".to_owned(), s.clone()])
+        .collect();
     println!("$ burrow netcheck {}", args.join(" "));
     let status = Command::new(&burrow).arg("netcheck").args(&args).status()?;
     if !status.success() {

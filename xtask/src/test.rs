@@ -18,7 +18,11 @@ const FUZZ_TARGETS: &[&str] = &["stun_decode", "stun_server", "netcheck_input"];
 
 pub fn run(install: bool) -> Result<()> {
     let mut skipped = Vec::new();
-    let mut missing: Vec<&str> = INTEROP.iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| *pkg).collect();
+    let mut missing: Vec<&str> = INTEROP
+        .iter()
+        .filter(|(p, _)| !have(p))
+        .map(|(_, pkg)| *pkg)
+        .collect();
     missing.dedup();
     let root_user = is_root();
     if !missing.is_empty() && install && root_user && !apt_install(&missing) {
@@ -26,8 +30,14 @@ pub fn run(install: bool) -> Result<()> {
     }
     for (program, package) in INTEROP {
         if !have(program) {
-            skipped.push(format!("SKIPPED interop tests needing {program}: package {package} is not installed{}",
-                if root_user { " (installation failed)" } else { " (run as root to install it)" }));
+            skipped.push(format!(
+                "SKIPPED interop tests needing {program}: package {package} is not installed{}",
+                if root_user {
+                    " (installation failed)"
+                } else {
+                    " (run as root to install it)"
+                }
+            ));
         }
     }
     for s in &skipped {
@@ -36,7 +46,14 @@ pub fn run(install: bool) -> Result<()> {
 
     let mut tests = if have_nextest() {
         let mut c = cargo();
-        c.args(["nextest", "run", "--workspace", "--no-fail-fast", "--failure-output", "final"]);
+        c.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--no-fail-fast",
+            "--failure-output",
+            "final",
+        ]);
         c
     } else {
         let mut c = cargo();
@@ -62,12 +79,25 @@ pub fn run(install: bool) -> Result<()> {
             println!("xtask test: all passed");
             Ok(())
         }
-        (u, d) => bail!("xtask test failed: {}", [u.err(), d.err()].into_iter().flatten().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
+        (u, d) => bail!(
+            "xtask test failed: {}",
+            [u.err(), d.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     }
 }
 
 fn have_nextest() -> bool {
-    cargo().args(["nextest", "--version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn have_cargo_fuzz() -> bool {
@@ -94,7 +124,10 @@ fn fuzz_smoke() -> Result<()> {
 
 pub fn fuzz(target: &str, seconds: u64) -> Result<()> {
     if !FUZZ_TARGETS.contains(&target) {
-        bail!("unknown fuzz target {target:?}; targets: {}", FUZZ_TARGETS.join(", "));
+        bail!(
+            "unknown fuzz target {target:?}; targets: {}",
+            FUZZ_TARGETS.join(", ")
+        );
     }
     if !have_cargo_fuzz() {
         bail!("cargo-fuzz is not installed: run `cargo install cargo-fuzz` (it uses the nightly toolchain)");

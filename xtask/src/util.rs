@@ -32,7 +32,8 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Whether we run as root.
@@ -48,13 +49,16 @@ pub fn is_root() -> bool {
 pub fn apt_install(packages: &[&str]) -> bool {
     println!("xtask: installing {} with apt-get", packages.join(" "));
     let quiet = |c: &mut Command| {
-        c.env("DEBIAN_FRONTEND", "noninteractive").stdout(Stdio::null());
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null());
     };
     let mut update = Command::new("apt-get");
     update.args(["update", "-qq"]);
     quiet(&mut update);
     let mut install = Command::new("apt-get");
-    install.args(["install", "-y", "-qq", "--no-install-recommends"]).args(packages);
+    install
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages);
     quiet(&mut install);
     update.status().is_ok_and(|s| s.success()) && install.status().is_ok_and(|s| s.success())
 }
@@ -65,9 +69,11 @@ pub fn free_port_pair() -> (u16, u16) {
         let a = free_port();
         let b = free_port();
         if a != b
-            && [a, b]
-                .iter()
-                .all(|&p| ["127.0.0.1", "127.0.0.2"].iter().all(|ip| UdpSocket::bind((*ip, p)).is_ok()))
+            && [a, b].iter().all(|&p| {
+                ["127.0.0.1", "127.0.0.2"]
+                    .iter()
+                    .all(|ip| UdpSocket::bind((*ip, p)).is_ok())
+            })
         {
             return (a, b);
         }

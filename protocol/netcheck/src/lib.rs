@@ -6,4 +6,6 @@ mod netcheck;
 pub mod report;
 
 pub use netcheck::{Config, Error, Event, Netcheck, Region};
-pub use report::{FilteringBehavior, MappingBehavior, NatType, PortAllocation, PortMapping, RegionLatency, Report};
+pub use report::{
+    FilteringBehavior, MappingBehavior, NatType, PortAllocation, PortMapping, RegionLatency, Report,
+};

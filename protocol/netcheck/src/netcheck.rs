@@ -49,7 +49,11 @@ pub struct Config {
 impl Config {
     /// Defaults for everything but the regions and sockets: probes resend at 250 and 750 ms
     /// and give up at 1.75 s; the whole check ends within 5 s.
-    pub fn new(regions: Vec<Region>, local_v4: Option<SocketAddr>, local_v6: Option<SocketAddr>) -> Self {
+    pub fn new(
+        regions: Vec<Region>,
+        local_v4: Option<SocketAddr>,
+        local_v6: Option<SocketAddr>,
+    ) -> Self {
         Config {
             regions,
             local_v4,
@@ -196,7 +200,13 @@ impl Netcheck {
         Ok(())
     }
 
-    fn probe(&mut self, now: Instant, kind: ProbeKind, dst: SocketAddr, change: Option<ChangeRequest>) {
+    fn probe(
+        &mut self,
+        now: Instant,
+        kind: ProbeKind,
+        dst: SocketAddr,
+        change: Option<ChangeRequest>,
+    ) {
         let id = self.client.start(
             now,
             BindingRequest {
@@ -216,7 +226,12 @@ impl Netcheck {
     }
 
     /// Offers a datagram received on one of the driver's sockets.
-    pub fn handle_input(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) -> Result<(), Error> {
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<(), Error> {
         let r = self.client.handle_input(now, from, datagram);
         self.process(now);
         Ok(r?)
@@ -263,7 +278,9 @@ impl Netcheck {
                 StunEvent::Success(r) => (r.id, Some(r)),
                 StunEvent::ErrorResponse { id, .. } | StunEvent::TimedOut { id, .. } => (id, None),
             };
-            let Some(probe) = self.probes.remove(&id) else { continue };
+            let Some(probe) = self.probes.remove(&id) else {
+                continue;
+            };
             if let Some(r) = &answer {
                 self.answers.push(Answer {
                     kind: probe.kind,
@@ -291,8 +308,14 @@ impl Netcheck {
                                 alt_ip_port: None,
                             });
                             // Filtering first, before any packet goes to the alternate address.
-                            let both = ChangeRequest { change_ip: true, change_port: true };
-                            let port = ChangeRequest { change_ip: false, change_port: true };
+                            let both = ChangeRequest {
+                                change_ip: true,
+                                change_port: true,
+                            };
+                            let port = ChangeRequest {
+                                change_ip: false,
+                                change_port: true,
+                            };
                             self.probe(now, ProbeKind::FilterChangeBoth, probe.dst, Some(both));
                             self.probe(now, ProbeKind::FilterChangePort, probe.dst, Some(port));
                         }
@@ -375,8 +398,12 @@ impl Netcheck {
                     _ => FilteringBehavior::Unknown,
                 };
                 let mapping = match (b.alt_ip, b.alt_ip_port) {
-                    (Some(Some(m2)), _) if m2 == b.first_mapped => MappingBehavior::EndpointIndependent,
-                    (Some(Some(m2)), Some(Some(m3))) if m2 == m3 => MappingBehavior::AddressDependent,
+                    (Some(Some(m2)), _) if m2 == b.first_mapped => {
+                        MappingBehavior::EndpointIndependent
+                    }
+                    (Some(Some(m2)), Some(Some(m3))) if m2 == m3 => {
+                        MappingBehavior::AddressDependent
+                    }
                     (Some(Some(_)), Some(Some(_))) => MappingBehavior::AddressAndPortDependent,
                     _ => MappingBehavior::Unknown,
                 };
@@ -385,7 +412,9 @@ impl Netcheck {
         };
         let mapping_varies_by_dest_ip = mapping_varies_by_dest_ip.or(match mapping {
             MappingBehavior::EndpointIndependent => Some(false),
-            MappingBehavior::AddressDependent | MappingBehavior::AddressAndPortDependent => Some(true),
+            MappingBehavior::AddressDependent | MappingBehavior::AddressAndPortDependent => {
+                Some(true)
+            }
             MappingBehavior::Unknown => None,
         });
 
@@ -425,10 +454,13 @@ impl Netcheck {
             .map(|(_, id)| id);
 
         let udp = !answers.is_empty();
-        let is_local = |a: Option<SocketAddr>| a.is_some_and(|a| self.config.local_ips.contains(&a.ip()));
+        let is_local =
+            |a: Option<SocketAddr>| a.is_some_and(|a| self.config.local_ips.contains(&a.ip()));
         let nat_type = if !udp {
             NatType::UdpBlocked
-        } else if (global_v4.is_some() && is_local(global_v4)) || (global_v4.is_none() && is_local(global_v6)) {
+        } else if (global_v4.is_some() && is_local(global_v4))
+            || (global_v4.is_none() && is_local(global_v6))
+        {
             NatType::None
         } else {
             match mapping_varies_by_dest_ip {
@@ -496,11 +528,17 @@ fn port_allocation(set: &[&Answer], local: Option<SocketAddr>) -> PortAllocation
     }
     let mut distinct = ports.clone();
     distinct.dedup();
-    let deltas: Vec<i32> = distinct.windows(2).map(|w| w[1] as i32 - w[0] as i32).collect();
+    let deltas: Vec<i32> = distinct
+        .windows(2)
+        .map(|w| w[1] as i32 - w[0] as i32)
+        .collect();
     let same_sign = deltas.iter().all(|d| d.signum() == deltas[0].signum());
     let small = deltas.iter().all(|d| d.abs() <= MAX_SEQUENTIAL_STEP);
     if same_sign && small {
-        let delta = *deltas.iter().min_by_key(|d| d.abs()).expect("at least one delta");
+        let delta = *deltas
+            .iter()
+            .min_by_key(|d| d.abs())
+            .expect("at least one delta");
         PortAllocation::Sequential { delta }
     } else {
         PortAllocation::Random

@@ -1,13 +1,14 @@
 //! Netcheck against in-process STUN servers behind a small model of RFC 4787 NAT behaviour.
 //! The NAT model is a test fake of pure logic; real NAT boxes live in the simulator and lab.
 
-use std::collections::{BTreeMap, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_netcheck::{
-    Config, Event, FilteringBehavior, MappingBehavior, NatType, Netcheck, PortAllocation, Region, Report,
+    Config, Event, FilteringBehavior, MappingBehavior, NatType, Netcheck, PortAllocation, Region,
+    Report,
 };
 use burrow_stun::{BindingServer, ServerConfig};
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
@@ -59,7 +60,9 @@ impl World {
 
     /// Outbound translation: the source the server sees.
     fn outbound(&mut self, dst: SocketAddr) -> Option<SocketAddr> {
-        let Some(nat) = self.nat else { return Some(self.local) };
+        let Some(nat) = self.nat else {
+            return Some(self.local);
+        };
         if nat.blocked {
             return None;
         }
@@ -70,12 +73,19 @@ impl World {
                 let p = match nat.alloc {
                     Alloc::Preserve if self.mappings.is_empty() => self.local.port(),
                     Alloc::Preserve | Alloc::Sequential(_) => {
-                        let step = if let Alloc::Sequential(s) = nat.alloc { s } else { 1 };
+                        let step = if let Alloc::Sequential(s) = nat.alloc {
+                            s
+                        } else {
+                            1
+                        };
                         self.next_port += step;
                         self.next_port
                     }
                     Alloc::Random => {
-                        self.rng_state = self.rng_state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                        self.rng_state = self
+                            .rng_state
+                            .wrapping_mul(1_103_515_245)
+                            .wrapping_add(12345);
                         1024 + (self.rng_state >> 8) as u16 % 60000
                     }
                 };
@@ -133,7 +143,10 @@ fn run(nat: Option<Nat>, servers: Vec<(BindingServer, u64)>) -> (Report, Duratio
         contacted: Vec::new(),
         next_port: 50_000,
         rng_state: 99,
-        servers: servers.into_iter().map(|(s, ms)| (s, Duration::from_millis(ms))).collect(),
+        servers: servers
+            .into_iter()
+            .map(|(s, ms)| (s, Duration::from_millis(ms)))
+            .collect(),
     };
     let t0 = Instant::now();
     let mut check = Netcheck::new(config, ChaCha20Rng::seed_from_u64(5));
@@ -145,10 +158,14 @@ fn run(nat: Option<Nat>, servers: Vec<(BindingServer, u64)>) -> (Report, Duratio
     let mut now = t0;
     loop {
         while let Some(t) = check.poll_transmit() {
-            let Some(src) = world.outbound(t.dst) else { continue };
-            let Some(idx) = world.servers.iter().position(|(s, _)| {
-                s.config().listen_addresses().contains(&t.dst)
-            }) else {
+            let Some(src) = world.outbound(t.dst) else {
+                continue;
+            };
+            let Some(idx) = world
+                .servers
+                .iter()
+                .position(|(s, _)| s.config().listen_addresses().contains(&t.dst))
+            else {
                 continue;
             };
             let (server, rtt) = &mut world.servers[idx];
@@ -210,7 +227,12 @@ fn no_nat_reports_none_and_latency() {
 
 #[test]
 fn easy_nat_with_port_restricted_filtering() {
-    let nat = Nat { mapping: Dep::Independent, filtering: Dep::AddressAndPort, alloc: Alloc::Sequential(1), blocked: false };
+    let nat = Nat {
+        mapping: Dep::Independent,
+        filtering: Dep::AddressAndPort,
+        alloc: Alloc::Sequential(1),
+        blocked: false,
+    };
     let (r, _) = run(Some(nat), two_servers());
     assert_eq!(r.nat_type, NatType::Easy);
     assert_eq!(r.mapping, MappingBehavior::EndpointIndependent);
@@ -221,11 +243,19 @@ fn easy_nat_with_port_restricted_filtering() {
 
 #[test]
 fn full_cone_and_restricted_cone_filtering() {
-    let full = Nat { mapping: Dep::Independent, filtering: Dep::Independent, alloc: Alloc::Preserve, blocked: false };
+    let full = Nat {
+        mapping: Dep::Independent,
+        filtering: Dep::Independent,
+        alloc: Alloc::Preserve,
+        blocked: false,
+    };
     let (r, _) = run(Some(full), two_servers());
     assert_eq!(r.filtering, FilteringBehavior::EndpointIndependent);
     assert_eq!(r.port_allocation, PortAllocation::Preserving);
-    let restricted = Nat { filtering: Dep::Address, ..full };
+    let restricted = Nat {
+        filtering: Dep::Address,
+        ..full
+    };
     let (r, _) = run(Some(restricted), two_servers());
     assert_eq!(r.filtering, FilteringBehavior::AddressDependent);
     assert_eq!(r.nat_type, NatType::Easy);
@@ -233,7 +263,12 @@ fn full_cone_and_restricted_cone_filtering() {
 
 #[test]
 fn hard_nat_with_sequential_ports() {
-    let nat = Nat { mapping: Dep::AddressAndPort, filtering: Dep::AddressAndPort, alloc: Alloc::Sequential(2), blocked: false };
+    let nat = Nat {
+        mapping: Dep::AddressAndPort,
+        filtering: Dep::AddressAndPort,
+        alloc: Alloc::Sequential(2),
+        blocked: false,
+    };
     let (r, _) = run(Some(nat), two_servers());
     assert_eq!(r.nat_type, NatType::Hard);
     assert_eq!(r.mapping_varies_by_dest_ip, Some(true));
@@ -243,7 +278,12 @@ fn hard_nat_with_sequential_ports() {
 
 #[test]
 fn address_dependent_mapping_with_random_ports() {
-    let nat = Nat { mapping: Dep::Address, filtering: Dep::AddressAndPort, alloc: Alloc::Random, blocked: false };
+    let nat = Nat {
+        mapping: Dep::Address,
+        filtering: Dep::AddressAndPort,
+        alloc: Alloc::Random,
+        blocked: false,
+    };
     let (r, _) = run(Some(nat), two_servers());
     assert_eq!(r.nat_type, NatType::Hard);
     assert_eq!(r.mapping, MappingBehavior::AddressDependent);
@@ -252,14 +292,27 @@ fn address_dependent_mapping_with_random_ports() {
 
 #[test]
 fn hard_nat_detected_from_one_rfc5780_server_alone() {
-    let nat = Nat { mapping: Dep::AddressAndPort, filtering: Dep::AddressAndPort, alloc: Alloc::Sequential(1), blocked: false };
-    let (r, _) = run(Some(nat), vec![(rfc5780("192.0.2.1:3478", "192.0.2.2:3479"), 5)]);
+    let nat = Nat {
+        mapping: Dep::AddressAndPort,
+        filtering: Dep::AddressAndPort,
+        alloc: Alloc::Sequential(1),
+        blocked: false,
+    };
+    let (r, _) = run(
+        Some(nat),
+        vec![(rfc5780("192.0.2.1:3478", "192.0.2.2:3479"), 5)],
+    );
     assert_eq!(r.nat_type, NatType::Hard);
 }
 
 #[test]
 fn one_plain_server_cannot_tell() {
-    let nat = Nat { mapping: Dep::Independent, filtering: Dep::AddressAndPort, alloc: Alloc::Preserve, blocked: false };
+    let nat = Nat {
+        mapping: Dep::Independent,
+        filtering: Dep::AddressAndPort,
+        alloc: Alloc::Preserve,
+        blocked: false,
+    };
     let (r, _) = run(Some(nat), vec![(plain("192.0.2.1:3478"), 5)]);
     assert_eq!(r.nat_type, NatType::Unknown);
     assert_eq!(r.mapping_varies_by_dest_ip, None);
@@ -268,7 +321,12 @@ fn one_plain_server_cannot_tell() {
 
 #[test]
 fn udp_blocked_ends_within_the_deadline() {
-    let nat = Nat { mapping: Dep::Independent, filtering: Dep::Independent, alloc: Alloc::Preserve, blocked: true };
+    let nat = Nat {
+        mapping: Dep::Independent,
+        filtering: Dep::Independent,
+        alloc: Alloc::Preserve,
+        blocked: true,
+    };
     let (r, took) = run(Some(nat), two_servers());
     assert_eq!(r.nat_type, NatType::UdpBlocked);
     assert!(!r.udp && !r.ipv4 && !r.ipv6);
@@ -281,8 +339,19 @@ fn json_field_names_are_stable() {
     let (r, _) = run(None, two_servers());
     let v: serde_json::Value = serde_json::to_value(&r).unwrap();
     for field in [
-        "udp", "ipv4", "ipv6", "global_v4", "global_v6", "mapping_varies_by_dest_ip", "mapping",
-        "filtering", "port_allocation", "region_latency", "preferred_region", "port_mapping", "nat_type",
+        "udp",
+        "ipv4",
+        "ipv6",
+        "global_v4",
+        "global_v6",
+        "mapping_varies_by_dest_ip",
+        "mapping",
+        "filtering",
+        "port_allocation",
+        "region_latency",
+        "preferred_region",
+        "port_mapping",
+        "nat_type",
     ] {
         assert!(v.get(field).is_some(), "missing {field}");
     }

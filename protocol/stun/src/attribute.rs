@@ -94,7 +94,8 @@ impl ChangeRequest {
     const PORT: u32 = 0x2;
 
     fn to_u32(self) -> u32 {
-        (if self.change_ip { Self::IP } else { 0 }) | (if self.change_port { Self::PORT } else { 0 })
+        (if self.change_ip { Self::IP } else { 0 })
+            | (if self.change_port { Self::PORT } else { 0 })
     }
 }
 
@@ -399,9 +400,10 @@ impl<'a> Attribute<'a> {
             | Attribute::OtherAddress(a)
             | Attribute::SourceAddress(a)
             | Attribute::ChangedAddress(a) => addr(a),
-            Attribute::Username(s) | Attribute::Realm(s) | Attribute::Nonce(s) | Attribute::Software(s) => {
-                text(s, self.attr_type())?
-            }
+            Attribute::Username(s)
+            | Attribute::Realm(s)
+            | Attribute::Nonce(s)
+            | Attribute::Software(s) => text(s, self.attr_type())?,
             Attribute::MessageIntegrity(_) => 20,
             Attribute::MessageIntegritySha256(v) => {
                 if !(16..=32).contains(&v.len()) || v.len() % 4 != 0 {
@@ -409,7 +411,9 @@ impl<'a> Attribute<'a> {
                 }
                 v.len()
             }
-            Attribute::Fingerprint(_) | Attribute::ChangeRequest(_) | Attribute::ResponsePort(_) => 4,
+            Attribute::Fingerprint(_)
+            | Attribute::ChangeRequest(_)
+            | Attribute::ResponsePort(_) => 4,
             Attribute::ErrorCode(e) => {
                 if !(300..=699).contains(&e.code) {
                     return Err(EncodeError::InvalidErrorCode { code: e.code });
@@ -431,7 +435,13 @@ impl<'a> Attribute<'a> {
     }
 
     /// Writes type, length, value and padding. `value_len` comes from [`Self::value_len`].
-    pub(crate) fn write(&self, value_len: usize, xor_key: &[u8; 16], pad_byte: u8, out: &mut impl Sink) {
+    pub(crate) fn write(
+        &self,
+        value_len: usize,
+        xor_key: &[u8; 16],
+        pad_byte: u8,
+        out: &mut impl Sink,
+    ) {
         out.put(&self.attr_type().to_be_bytes());
         out.put(&(value_len as u16).to_be_bytes());
         let write_addr = |a: SocketAddr, out: &mut dyn FnMut(&[u8])| {
@@ -460,13 +470,14 @@ impl<'a> Attribute<'a> {
             | Attribute::SourceAddress(a)
             | Attribute::ChangedAddress(a) => write_addr(a, &mut put),
             Attribute::XorMappedAddress(a) => write_addr(xor_address(a, xor_key), &mut put),
-            Attribute::Username(s) | Attribute::Realm(s) | Attribute::Nonce(s) | Attribute::Software(s) => {
-                put(s.as_bytes())
-            }
+            Attribute::Username(s)
+            | Attribute::Realm(s)
+            | Attribute::Nonce(s)
+            | Attribute::Software(s) => put(s.as_bytes()),
             Attribute::MessageIntegrity(mac) => put(&mac),
-            Attribute::MessageIntegritySha256(v) | Attribute::Padding(v) | Attribute::Other { value: v, .. } => {
-                put(v)
-            }
+            Attribute::MessageIntegritySha256(v)
+            | Attribute::Padding(v)
+            | Attribute::Other { value: v, .. } => put(v),
             Attribute::Fingerprint(v) => put(&v.to_be_bytes()),
             Attribute::ChangeRequest(c) => put(&c.to_u32().to_be_bytes()),
             Attribute::ResponsePort(p) => {
@@ -500,14 +511,18 @@ mod tests {
     use super::*;
 
     const KEY: [u8; 16] = [
-        0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae,
+        0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf,
+        0xae,
     ];
 
     #[test]
     fn xor_mapped_v4_matches_rfc5769_example() {
         let v = [0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43];
         let a = Attribute::decode(types::XOR_MAPPED_ADDRESS, &v, &KEY).unwrap();
-        assert_eq!(a, Attribute::XorMappedAddress("192.0.2.1:32853".parse().unwrap()));
+        assert_eq!(
+            a,
+            Attribute::XorMappedAddress("192.0.2.1:32853".parse().unwrap())
+        );
     }
 
     #[test]
@@ -522,7 +537,10 @@ mod tests {
         ));
         assert!(matches!(
             Attribute::decode(types::ERROR_CODE, &[0, 0, 7, 0], &KEY),
-            Err(DecodeError::InvalidErrorCode { class: 7, number: 0 })
+            Err(DecodeError::InvalidErrorCode {
+                class: 7,
+                number: 0
+            })
         ));
         assert!(matches!(
             Attribute::decode(types::USERNAME, &[0xff, 0xfe], &KEY),

@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::attribute::{Attribute, ChangeRequest};
 use crate::encode::Encoder;
 use crate::error::{DecodeError, VerifyError};
-use crate::header::{Class, Method, MessageType, TransactionId};
+use crate::header::{Class, MessageType, Method, TransactionId};
 use crate::message::Message;
 
 /// Retransmission parameters (RFC 8489 §6.2.1).
@@ -447,7 +447,8 @@ mod tests {
             Err(ClientError::UnknownTransaction(TransactionId(other)))
         );
         let ok = encode_success(id, mapped);
-        c.handle_input(t0 + Duration::from_millis(20), server, &ok).unwrap();
+        c.handle_input(t0 + Duration::from_millis(20), server, &ok)
+            .unwrap();
         match c.poll_event().unwrap() {
             Event::Success(r) => {
                 assert_eq!(r.mapped, mapped);
@@ -470,7 +471,8 @@ mod tests {
         let id = c.start(t0, BindingRequest::to(server));
         c.handle_timeout(t0 + Duration::from_millis(500));
         let ok = encode_success(id, server);
-        c.handle_input(t0 + Duration::from_millis(600), server, &ok).unwrap();
+        c.handle_input(t0 + Duration::from_millis(600), server, &ok)
+            .unwrap();
         match c.poll_event().unwrap() {
             Event::Success(r) => assert_eq!(r.rtt, None),
             e => panic!("unexpected {e:?}"),

@@ -153,7 +153,12 @@ mod tests {
     #[test]
     fn type_round_trips_for_every_method_and_class() {
         for m in 0..0x1000u16 {
-            for class in [Class::Request, Class::Indication, Class::Success, Class::Error] {
+            for class in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
                 let t = MessageType::new(Method::new(m), class);
                 let wire = t.to_u16();
                 assert_eq!(wire & 0xC000, 0);

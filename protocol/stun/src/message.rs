@@ -164,8 +164,7 @@ impl<'a> Message<'a> {
         let xor_key = self.xor_key();
         let mut after_integrity = false;
         for (t, value) in self.raw_attributes() {
-            if after_integrity
-                && !matches!(t, types::MESSAGE_INTEGRITY_SHA256 | types::FINGERPRINT)
+            if after_integrity && !matches!(t, types::MESSAGE_INTEGRITY_SHA256 | types::FINGERPRINT)
             {
                 continue;
             }
@@ -355,7 +354,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_headers_with_typed_errors() {
-        assert_eq!(Message::parse(&[0; 5]).unwrap_err(), DecodeError::TooShort { len: 5 });
+        assert_eq!(
+            Message::parse(&[0; 5]).unwrap_err(),
+            DecodeError::TooShort { len: 5 }
+        );
         let mut h = header(0);
         h[0] = 0x80;
         assert_eq!(Message::parse(&h).unwrap_err(), DecodeError::NotStun);
@@ -385,7 +387,10 @@ mod tests {
         m.extend_from_slice(&[0x80, 0x22, 0x00, 0x09, b'a', b'b', b'c', b'd']);
         assert!(matches!(
             Message::parse(&m).unwrap_err(),
-            DecodeError::TruncatedAttribute { attr_type: 0x8022, .. }
+            DecodeError::TruncatedAttribute {
+                attr_type: 0x8022,
+                ..
+            }
         ));
     }
 
@@ -408,7 +413,10 @@ mod tests {
         m.extend_from_slice(&[0x00, 0x20, 0x00, 0x00]); // XOR-MAPPED (known; bad length)
         m.extend_from_slice(&[0x7f, 0x02, 0x00, 0x00]);
         let msg = Message::parse(&m).unwrap();
-        assert_eq!(msg.unknown_comprehension_required().collect::<Vec<_>>(), [0x7f01, 0x7f02]);
+        assert_eq!(
+            msg.unknown_comprehension_required().collect::<Vec<_>>(),
+            [0x7f01, 0x7f02]
+        );
         assert!(msg.attributes().any(|a| a.is_err()));
     }
 

@@ -8,7 +8,7 @@ use thiserror::Error;
 use crate::attribute::{types, Attribute, AttributeTypes, ErrorCode};
 use crate::encode::Encoder;
 use crate::error::{DecodeError, EncodeError};
-use crate::header::{Class, Method, MessageType};
+use crate::header::{Class, MessageType, Method};
 use crate::message::Message;
 
 /// Largest answer the server writes; callers should pass an output buffer at least this big.
@@ -167,7 +167,11 @@ impl BindingServer {
         let id = msg.xor_key();
         let software = self.config.software.as_deref();
         let reply_error = |out: &mut [u8], code: u16, reason: &str, unknown: &[u16]| {
-            let mut attrs = [Attribute::ErrorCode(ErrorCode::new(code, reason)), Attribute::Padding(&[]), Attribute::Padding(&[])];
+            let mut attrs = [
+                Attribute::ErrorCode(ErrorCode::new(code, reason)),
+                Attribute::Padding(&[]),
+                Attribute::Padding(&[]),
+            ];
             let mut n = 1;
             if !unknown.is_empty() {
                 attrs[n] = Attribute::UnknownAttributes(AttributeTypes::List(unknown));
@@ -182,10 +186,22 @@ impl BindingServer {
                 enc = enc.fingerprint();
             }
             let len = enc.encode(&mut &mut out[..])?;
-            Ok((Reply { from: local, to: from, len }, false))
+            Ok((
+                Reply {
+                    from: local,
+                    to: from,
+                    len,
+                },
+                false,
+            ))
         };
         if ty.method != Method::BINDING {
-            return reply_error(out, ErrorCode::BAD_REQUEST, "Bad Request: unsupported method", &[]);
+            return reply_error(
+                out,
+                ErrorCode::BAD_REQUEST,
+                "Bad Request: unsupported method",
+                &[],
+            );
         }
         let mut unknown = [0u16; 16];
         let mut n_unknown = 0;
@@ -196,7 +212,12 @@ impl BindingServer {
             }
         }
         if n_unknown > 0 {
-            return reply_error(out, ErrorCode::UNKNOWN_ATTRIBUTE, "Unknown Attribute", &unknown[..n_unknown]);
+            return reply_error(
+                out,
+                ErrorCode::UNKNOWN_ATTRIBUTE,
+                "Unknown Attribute",
+                &unknown[..n_unknown],
+            );
         }
         let mut change = None;
         let mut response_port = None;
@@ -207,19 +228,44 @@ impl BindingServer {
                 Ok(Attribute::ResponsePort(p)) => response_port = Some(p),
                 Ok(Attribute::Padding(_)) => padding = true,
                 Ok(_) => {}
-                Err(_) => return reply_error(out, ErrorCode::BAD_REQUEST, "Bad Request: malformed attribute", &[]),
+                Err(_) => {
+                    return reply_error(
+                        out,
+                        ErrorCode::BAD_REQUEST,
+                        "Bad Request: malformed attribute",
+                        &[],
+                    )
+                }
             }
         }
         if padding && response_port.is_some() {
-            return reply_error(out, ErrorCode::BAD_REQUEST, "Bad Request: PADDING with RESPONSE-PORT", &[]);
+            return reply_error(
+                out,
+                ErrorCode::BAD_REQUEST,
+                "Bad Request: PADDING with RESPONSE-PORT",
+                &[],
+            );
         }
         let mut reply_from = local;
         if let Some(c) = change.filter(|c| c.change_ip || c.change_port) {
             let Some(alt) = self.config.alternate else {
-                return reply_error(out, ErrorCode::UNKNOWN_ATTRIBUTE, "Unknown Attribute: no alternate address", &[types::CHANGE_REQUEST]);
+                return reply_error(
+                    out,
+                    ErrorCode::UNKNOWN_ATTRIBUTE,
+                    "Unknown Attribute: no alternate address",
+                    &[types::CHANGE_REQUEST],
+                );
             };
-            let other_ip = if local.ip() == alt.ip() { self.config.primary.ip() } else { alt.ip() };
-            let other_port = if local.port() == alt.port() { self.config.primary.port() } else { alt.port() };
+            let other_ip = if local.ip() == alt.ip() {
+                self.config.primary.ip()
+            } else {
+                alt.ip()
+            };
+            let other_port = if local.port() == alt.port() {
+                self.config.primary.port()
+            } else {
+                alt.port()
+            };
             if c.change_ip {
                 reply_from.set_ip(other_ip);
             }
@@ -259,7 +305,14 @@ impl BindingServer {
             enc = enc.fingerprint();
         }
         let len = enc.encode(&mut &mut out[..])?;
-        Ok((Reply { from: reply_from, to, len }, true))
+        Ok((
+            Reply {
+                from: reply_from,
+                to,
+                len,
+            },
+            true,
+        ))
     }
 }
 
@@ -303,7 +356,9 @@ mod tests {
         assert_eq!(m.mapped_address(), Some(client));
         assert_eq!(
             m.attribute(types::OTHER_ADDRESS),
-            Some(Ok(Attribute::OtherAddress("192.0.2.2:3479".parse().unwrap())))
+            Some(Ok(Attribute::OtherAddress(
+                "192.0.2.2:3479".parse().unwrap()
+            )))
         );
     }
 
@@ -312,9 +367,18 @@ mod tests {
         let mut s = rfc5780_server();
         let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
         let mut out = [0u8; MAX_RESPONSE_LEN];
-        let both = ChangeRequest { change_ip: true, change_port: true };
-        let port = ChangeRequest { change_ip: false, change_port: true };
-        let ip = ChangeRequest { change_ip: true, change_port: false };
+        let both = ChangeRequest {
+            change_ip: true,
+            change_port: true,
+        };
+        let port = ChangeRequest {
+            change_ip: false,
+            change_port: true,
+        };
+        let ip = ChangeRequest {
+            change_ip: true,
+            change_port: false,
+        };
         let cases = [
             ("192.0.2.1:3478", both, "192.0.2.2:3479"),
             ("192.0.2.1:3478", port, "192.0.2.1:3479"),
@@ -339,10 +403,18 @@ mod tests {
     #[test]
     fn unknown_required_attribute_gets_420_listing_it() {
         let mut s = BindingServer::new(ServerConfig::new("192.0.2.1:3478".parse().unwrap()));
-        let req = request(&[Attribute::Other { attr_type: 0x7abc, value: b"x" }]);
+        let req = request(&[Attribute::Other {
+            attr_type: 0x7abc,
+            value: b"x",
+        }]);
         let mut out = [0u8; MAX_RESPONSE_LEN];
         let r = s
-            .handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &req, &mut out)
+            .handle_packet(
+                s.config().primary,
+                "203.0.113.5:1".parse().unwrap(),
+                &req,
+                &mut out,
+            )
             .unwrap();
         let m = Message::parse(&out[..r.len]).unwrap();
         assert_eq!(m.message_type(), MessageType::BINDING_ERROR);
@@ -357,9 +429,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // An unknown optional attribute is ignored.
-        let req = request(&[Attribute::Other { attr_type: 0xfabc, value: b"x" }]);
+        let req = request(&[Attribute::Other {
+            attr_type: 0xfabc,
+            value: b"x",
+        }]);
         let r = s
-            .handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &req, &mut out)
+            .handle_packet(
+                s.config().primary,
+                "203.0.113.5:1".parse().unwrap(),
+                &req,
+                &mut out,
+            )
             .unwrap();
         let m = Message::parse(&out[..r.len]).unwrap();
         assert_eq!(m.message_type(), MessageType::BINDING_SUCCESS);
@@ -368,10 +448,18 @@ mod tests {
     #[test]
     fn change_request_without_alternate_is_refused_with_420() {
         let mut s = BindingServer::new(ServerConfig::new("192.0.2.1:3478".parse().unwrap()));
-        let req = request(&[Attribute::ChangeRequest(ChangeRequest { change_ip: true, change_port: true })]);
+        let req = request(&[Attribute::ChangeRequest(ChangeRequest {
+            change_ip: true,
+            change_port: true,
+        })]);
         let mut out = [0u8; MAX_RESPONSE_LEN];
         let r = s
-            .handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &req, &mut out)
+            .handle_packet(
+                s.config().primary,
+                "203.0.113.5:1".parse().unwrap(),
+                &req,
+                &mut out,
+            )
             .unwrap();
         let m = Message::parse(&out[..r.len]).unwrap();
         assert_eq!(m.message_type(), MessageType::BINDING_ERROR);
@@ -386,13 +474,20 @@ mod tests {
         req.extend_from_slice(&[0xAB; 16]);
         let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
         let mut out = [0u8; MAX_RESPONSE_LEN];
-        let r = s.handle_packet(s.config().primary, client, &req, &mut out).unwrap();
+        let r = s
+            .handle_packet(s.config().primary, client, &req, &mut out)
+            .unwrap();
         let m = Message::parse_rfc3489(&out[..r.len]).unwrap();
         assert_eq!(&out[4..20], &[0xAB; 16]);
-        assert_eq!(m.attribute(types::MAPPED_ADDRESS), Some(Ok(Attribute::MappedAddress(client))));
+        assert_eq!(
+            m.attribute(types::MAPPED_ADDRESS),
+            Some(Ok(Attribute::MappedAddress(client)))
+        );
         assert_eq!(
             m.attribute(types::CHANGED_ADDRESS),
-            Some(Ok(Attribute::ChangedAddress("192.0.2.2:3479".parse().unwrap())))
+            Some(Ok(Attribute::ChangedAddress(
+                "192.0.2.2:3479".parse().unwrap()
+            )))
         );
         assert!(m.attribute(types::XOR_MAPPED_ADDRESS).is_none());
     }
@@ -401,7 +496,12 @@ mod tests {
     fn garbage_is_counted_and_ignored() {
         let mut s = rfc5780_server();
         let mut out = [0u8; MAX_RESPONSE_LEN];
-        let r = s.handle_packet(s.config().primary, "203.0.113.5:1".parse().unwrap(), &[1, 2, 3], &mut out);
+        let r = s.handle_packet(
+            s.config().primary,
+            "203.0.113.5:1".parse().unwrap(),
+            &[1, 2, 3],
+            &mut out,
+        );
         assert!(matches!(r, Err(Ignored::Malformed(_))));
         assert_eq!(s.stats().malformed, 1);
     }

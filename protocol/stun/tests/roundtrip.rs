@@ -4,7 +4,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use burrow_stun::attribute::types;
-use burrow_stun::{Attribute, AttributeTypes, ChangeRequest, Class, Encoder, ErrorCode, Message, MessageType, Method, TransactionId};
+use burrow_stun::{
+    Attribute, AttributeTypes, ChangeRequest, Class, Encoder, ErrorCode, Message, MessageType,
+    Method, TransactionId,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -38,12 +41,18 @@ impl Owned {
             Owned::Error(c, r) => Attribute::ErrorCode(ErrorCode::new(*c, r)),
             Owned::Unknown(l) => Attribute::UnknownAttributes(AttributeTypes::List(l)),
             Owned::Alternate(a) => Attribute::AlternateServer(*a),
-            Owned::Change(ip, port) => Attribute::ChangeRequest(ChangeRequest { change_ip: *ip, change_port: *port }),
+            Owned::Change(ip, port) => Attribute::ChangeRequest(ChangeRequest {
+                change_ip: *ip,
+                change_port: *port,
+            }),
             Owned::Origin(a) => Attribute::ResponseOrigin(*a),
             Owned::Other(a) => Attribute::OtherAddress(*a),
             Owned::ResponsePort(p) => Attribute::ResponsePort(*p),
             Owned::Padding(v) => Attribute::Padding(v),
-            Owned::Opaque(t, v) => Attribute::Other { attr_type: *t, value: v },
+            Owned::Opaque(t, v) => Attribute::Other {
+                attr_type: *t,
+                value: v,
+            },
         }
     }
 }
@@ -102,13 +111,21 @@ fn attribute() -> impl Strategy<Value = Owned> {
         addr().prop_map(Owned::Other),
         any::<u16>().prop_map(Owned::ResponsePort),
         proptest::collection::vec(any::<u8>(), 0..64).prop_map(Owned::Padding),
-        (any::<u16>().prop_filter("unknown type", |t| !known(*t)), proptest::collection::vec(any::<u8>(), 0..64))
+        (
+            any::<u16>().prop_filter("unknown type", |t| !known(*t)),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
             .prop_map(|(t, v)| Owned::Opaque(t, v)),
     ]
 }
 
 fn class() -> impl Strategy<Value = Class> {
-    prop_oneof![Just(Class::Request), Just(Class::Indication), Just(Class::Success), Just(Class::Error)]
+    prop_oneof![
+        Just(Class::Request),
+        Just(Class::Indication),
+        Just(Class::Success),
+        Just(Class::Error)
+    ]
 }
 
 proptest! {
