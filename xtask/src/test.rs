@@ -64,31 +64,25 @@ pub fn run(install: bool) -> Result<()> {
         // Everything is installed: an interop test that cannot find its tool is a failure.
         tests.env("BURROW_REQUIRE_INTEROP", "1");
     }
-    let unit = run_cmd(&mut tests);
-    let doc = run_cmd(cargo().args(["test", "--workspace", "--doc"]));
+    // The test runner goes last, so its summary closes the output.
     let campaign = fuzz_smoke();
-
+    if let Err(e) = &campaign {
+        println!("xtask: fuzz campaign failed: {e}");
+    }
+    let doc = run_cmd(cargo().args(["test", "--workspace", "--doc"]));
+    let unit = run_cmd(&mut tests);
     for s in &skipped {
         println!("{s}");
     }
-    if let Err(e) = campaign {
-        println!("{e}");
+    let failures: Vec<String> = [campaign.err(), doc.err(), unit.err()]
+        .into_iter()
+        .flatten()
+        .map(|e| e.to_string())
+        .collect();
+    if !failures.is_empty() {
+        bail!("xtask test failed: {}", failures.join("; "));
     }
-    match (unit, doc) {
-        (Ok(()), Ok(())) => {
-            println!("xtask test: all passed");
-            Ok(())
-        }
-        (u, d) => bail!(
-            "xtask test failed: {}",
-            [u.err(), d.err()]
-                .into_iter()
-                .flatten()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-    }
+    Ok(())
 }
 
 fn have_nextest() -> bool {
