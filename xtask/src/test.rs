@@ -111,7 +111,20 @@ fn fuzz_smoke() -> Result<()> {
         return Ok(());
     }
     for target in FUZZ_TARGETS {
-        fuzz(target, 10)?;
+        // New inputs go to a scratch folder; the committed corpus only seeds the run.
+        let scratch = std::env::temp_dir().join(format!("burrow-fuzz-{target}-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        println!("xtask: fuzzing {target} for 10 s");
+        let r = run_cmd(
+            Command::new("cargo")
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(&scratch)
+                .arg(root().join("fuzz/corpus").join(target))
+                .args(["--", "-max_total_time=10", "-print_final_stats=1"])
+                .current_dir(root()),
+        );
+        let _ = std::fs::remove_dir_all(&scratch);
+        r?;
     }
     Ok(())
 }
