@@ -46,7 +46,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Give up after this many seconds.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = 6.0)]
         timeout: f64,
     },
     /// Load generator for `cargo xtask bench stun`: Binding requests at a server, as fast as it answers.

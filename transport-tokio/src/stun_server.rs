@@ -118,11 +118,11 @@ async fn serve_socket(
         };
         match server.handle_packet(*local, from, &buf[..n], &mut out) {
             Ok(reply) => {
-                let sender = sockets
-                    .iter()
-                    .find(|(a, _)| *a == reply.from)
-                    .map_or(socket, |(_, s)| s);
-                let ok = sender.send_to(&out[..reply.len], reply.to).await.is_ok();
+                // Never answer from another address than the one RESPONSE-ORIGIN names.
+                let ok = match sockets.iter().find(|(a, _)| *a == reply.from) {
+                    Some((_, sender)) => sender.send_to(&out[..reply.len], reply.to).await.is_ok(),
+                    None => false,
+                };
                 let class = MessageType::from_u16(u16::from_be_bytes([out[0], out[1]])).class;
                 let counter = match (ok, class) {
                     (false, _) => &counters.send_failures,

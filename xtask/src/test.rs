@@ -112,7 +112,8 @@ fn fuzz_smoke() -> Result<()> {
     }
     for target in FUZZ_TARGETS {
         // New inputs go to a scratch folder; the committed corpus only seeds the run.
-        let scratch = std::env::temp_dir().join(format!("burrow-fuzz-{target}-{}", std::process::id()));
+        let scratch =
+            std::env::temp_dir().join(format!("burrow-fuzz-{target}-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
         println!("xtask: fuzzing {target} for 10 s");
         let r = run_cmd(

@@ -48,7 +48,7 @@ pub struct Config {
 
 impl Config {
     /// Defaults for everything but the regions and sockets: probes resend at 250 and 750 ms
-    /// and give up at 1.75 s; the whole check ends within 5 s.
+    /// and give up at 1.75 s; the whole check (three rounds of probes at most) ends within 6 s.
     pub fn new(
         regions: Vec<Region>,
         local_v4: Option<SocketAddr>,
@@ -64,7 +64,7 @@ impl Config {
                 max_requests: 3,
                 last_wait_multiplier: 4,
             },
-            deadline: Duration::from_secs(5),
+            deadline: Duration::from_secs(6),
             software: None,
         }
     }
@@ -121,14 +121,25 @@ struct Answer {
     rtt: Option<Duration>,
 }
 
+/// How one RFC 5780 filtering probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A success response, from this address.
+    Answered(SocketAddr),
+    /// Nothing within the retransmission schedule: the NAT filtered the answer.
+    NoAnswer,
+    /// An error response: the server refused the test, which proves nothing about filtering.
+    Refused,
+}
+
 /// The RFC 5780 behaviour tests run against the first server that offers OTHER-ADDRESS.
 #[derive(Debug, Clone, Copy)]
 struct BehaviourTest {
     primary: SocketAddr,
     other: SocketAddr,
     first_mapped: SocketAddr,
-    filter_both: Option<bool>,
-    filter_port: Option<bool>,
+    filter_both: Option<Outcome>,
+    filter_port: Option<Outcome>,
     mapping_started: bool,
     alt_ip: Option<Option<SocketAddr>>,
     alt_ip_port: Option<Option<SocketAddr>>,
@@ -143,6 +154,7 @@ pub struct Netcheck {
     probes: BTreeMap<TransactionId, Probe>,
     answers: Vec<Answer>,
     behaviour: Option<BehaviourTest>,
+    first_round: Vec<SocketAddr>,
     next_seq: u32,
     deadline: Option<Instant>,
     done: bool,
@@ -166,6 +178,7 @@ impl Netcheck {
             probes: BTreeMap::new(),
             answers: Vec::new(),
             behaviour: None,
+            first_round: Vec::new(),
             next_seq: 0,
             deadline: None,
             done: false,
@@ -194,6 +207,7 @@ impl Netcheck {
         if planned.is_empty() {
             return Err(Error::NoServers);
         }
+        self.first_round = planned.iter().map(|&(_, s)| s).collect();
         for (region, server) in planned {
             self.probe(now, ProbeKind::Basic { region }, server, None);
         }
@@ -274,9 +288,10 @@ impl Netcheck {
 
     fn process(&mut self, now: Instant) {
         while let Some(ev) = self.client.poll_event() {
-            let (id, answer) = match ev {
-                StunEvent::Success(r) => (r.id, Some(r)),
-                StunEvent::ErrorResponse { id, .. } | StunEvent::TimedOut { id, .. } => (id, None),
+            let (id, answer, outcome) = match ev {
+                StunEvent::Success(r) => (r.id, Some(r), Outcome::Answered(r.received_from)),
+                StunEvent::ErrorResponse { id, .. } => (id, None, Outcome::Refused),
+                StunEvent::TimedOut { id, .. } => (id, None, Outcome::NoAnswer),
             };
             let Some(probe) = self.probes.remove(&id) else {
                 continue;
@@ -294,8 +309,18 @@ impl Netcheck {
             match probe.kind {
                 ProbeKind::Basic { .. } => {
                     if let (None, Some(r)) = (&self.behaviour, &answer) {
+                        // A usable server has a distinct alternate IP and port, and the first
+                        // round sent nothing to the addresses its answers would come from
+                        // (that would have opened the NAT's filter ahead of the test).
+                        let first_round = &self.first_round;
                         if let Some(other) = r.other_address.filter(|o| {
-                            o.is_ipv4() == probe.dst.is_ipv4() && o.ip() != probe.dst.ip()
+                            o.is_ipv4() == probe.dst.is_ipv4()
+                                && o.ip() != probe.dst.ip()
+                                && o.port() != probe.dst.port()
+                                && !first_round.iter().any(|d| {
+                                    d.ip() == o.ip()
+                                        || (d.ip() == probe.dst.ip() && d.port() == o.port())
+                                })
                         }) {
                             self.behaviour = Some(BehaviourTest {
                                 primary: probe.dst,
@@ -323,12 +348,12 @@ impl Netcheck {
                 }
                 ProbeKind::FilterChangeBoth => {
                     if let Some(b) = &mut self.behaviour {
-                        b.filter_both = Some(answer.is_some());
+                        b.filter_both = Some(outcome);
                     }
                 }
                 ProbeKind::FilterChangePort => {
                     if let Some(b) = &mut self.behaviour {
-                        b.filter_port = Some(answer.is_some());
+                        b.filter_port = Some(outcome);
                     }
                 }
                 ProbeKind::MappingAltIp => {
@@ -343,7 +368,9 @@ impl Netcheck {
                 }
             }
             if let Some(b) = self.behaviour {
-                if !b.mapping_started && b.filter_both.is_some() && b.filter_port.is_some() {
+                // Packets to the alternate IP would open the filter for the change-both answer,
+                // so the mapping test waits for it; the change-port answer is unaffected.
+                if !b.mapping_started && b.filter_both.is_some() {
                     if let Some(b) = &mut self.behaviour {
                         b.mapping_started = true;
                     }
@@ -391,10 +418,21 @@ impl Netcheck {
         let (mapping, filtering) = match &self.behaviour {
             None => (MappingBehavior::Unknown, FilteringBehavior::Unknown),
             Some(b) => {
+                // An answer counts only if it came from where the CHANGE-REQUEST asked;
+                // a server that ignores CHANGE-REQUEST proves nothing.
+                let from_port_change = SocketAddr::new(b.primary.ip(), b.other.port());
                 let filtering = match (b.filter_both, b.filter_port) {
-                    (Some(true), _) => FilteringBehavior::EndpointIndependent,
-                    (Some(false), Some(true)) => FilteringBehavior::AddressDependent,
-                    (Some(false), Some(false)) => FilteringBehavior::AddressAndPortDependent,
+                    (Some(Outcome::Answered(f)), _) if f == b.other => {
+                        FilteringBehavior::EndpointIndependent
+                    }
+                    (Some(Outcome::NoAnswer), Some(Outcome::Answered(f)))
+                        if f == from_port_change =>
+                    {
+                        FilteringBehavior::AddressDependent
+                    }
+                    (Some(Outcome::NoAnswer), Some(Outcome::NoAnswer)) => {
+                        FilteringBehavior::AddressAndPortDependent
+                    }
                     _ => FilteringBehavior::Unknown,
                 };
                 let mapping = match (b.alt_ip, b.alt_ip_port) {

@@ -47,6 +47,8 @@ struct World {
     next_port: u16,
     rng_state: u32,
     servers: Vec<(BindingServer, Duration)>,
+    /// Index of a server that ignores CHANGE-REQUEST: it answers from where it was asked.
+    liar: Option<usize>,
 }
 
 impl World {
@@ -124,6 +126,14 @@ fn plain(primary: &str) -> BindingServer {
 }
 
 fn run(nat: Option<Nat>, servers: Vec<(BindingServer, u64)>) -> (Report, Duration) {
+    run_with(nat, servers, None)
+}
+
+fn run_with(
+    nat: Option<Nat>,
+    servers: Vec<(BindingServer, u64)>,
+    liar: Option<usize>,
+) -> (Report, Duration) {
     let local: SocketAddr = "10.0.0.2:41000".parse().unwrap();
     let regions = servers
         .iter()
@@ -147,6 +157,7 @@ fn run(nat: Option<Nat>, servers: Vec<(BindingServer, u64)>) -> (Report, Duratio
             .into_iter()
             .map(|(s, ms)| (s, Duration::from_millis(ms)))
             .collect(),
+        liar,
     };
     let t0 = Instant::now();
     let mut check = Netcheck::new(config, ChaCha20Rng::seed_from_u64(5));
@@ -171,7 +182,10 @@ fn run(nat: Option<Nat>, servers: Vec<(BindingServer, u64)>) -> (Report, Duratio
             let (server, rtt) = &mut world.servers[idx];
             let rtt = *rtt;
             let mut out = [0u8; 548];
-            if let Ok(reply) = server.handle_packet(t.dst, src, &t.payload, &mut out) {
+            if let Ok(mut reply) = server.handle_packet(t.dst, src, &t.payload, &mut out) {
+                if world.liar == Some(idx) {
+                    reply.from = t.dst;
+                }
                 if world_allows(&world, reply.from, reply.to) {
                     seq += 1;
                     inflight.push(Reverse((now + rtt, seq)));
@@ -358,4 +372,37 @@ fn json_field_names_are_stable() {
     assert_eq!(v["nat_type"], "none");
     assert_eq!(v["filtering"], "endpoint-independent");
     assert_eq!(v["port_allocation"]["kind"], "preserving");
+}
+
+#[test]
+fn a_server_ignoring_change_request_proves_nothing_about_filtering() {
+    let full = Nat {
+        mapping: Dep::Independent,
+        filtering: Dep::Independent,
+        alloc: Alloc::Preserve,
+        blocked: false,
+    };
+    let (r, _) = run_with(Some(full), two_servers(), Some(0));
+    assert_eq!(r.filtering, FilteringBehavior::Unknown);
+    // Mapping is still measured: it needs only answers, not their source.
+    assert_eq!(r.mapping, MappingBehavior::EndpointIndependent);
+}
+
+#[test]
+fn first_round_traffic_to_the_alternate_ip_disqualifies_the_filtering_test() {
+    // The second server sits on the first one's alternate IP: probing it opens an
+    // address-dependent filter for that IP before the test could run.
+    let nat = Nat {
+        mapping: Dep::Independent,
+        filtering: Dep::Address,
+        alloc: Alloc::Preserve,
+        blocked: false,
+    };
+    let servers = vec![
+        (rfc5780("192.0.2.1:3478", "192.0.2.2:3479"), 10),
+        (plain("192.0.2.2:4000"), 10),
+    ];
+    let (r, _) = run(Some(nat), servers);
+    assert_eq!(r.filtering, FilteringBehavior::Unknown);
+    assert_eq!(r.nat_type, NatType::Easy);
 }

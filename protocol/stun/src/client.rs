@@ -43,9 +43,9 @@ impl RetransmitConfig {
         let mut rto = self.rto;
         for _ in 1..self.max_requests.max(1) {
             t += rto;
-            rto *= 2;
+            rto = rto.saturating_mul(2);
         }
-        t + self.rto * self.last_wait_multiplier
+        t.saturating_add(self.rto.saturating_mul(self.last_wait_multiplier))
     }
 }
 
@@ -243,7 +243,7 @@ impl BindingClient {
             deadline: now + rto,
         };
         if txn.sent >= self.config.retransmit.max_requests {
-            txn.deadline = now + rto * self.config.retransmit.last_wait_multiplier;
+            txn.deadline = now + rto.saturating_mul(self.config.retransmit.last_wait_multiplier);
         }
         self.transactions.insert(id, txn);
         id
@@ -349,9 +349,9 @@ impl BindingClient {
                 continue;
             }
             txn.sent += 1;
-            txn.rto *= 2;
+            txn.rto = txn.rto.saturating_mul(2);
             txn.deadline = if txn.sent >= cfg.max_requests {
-                now + cfg.rto * cfg.last_wait_multiplier
+                now + cfg.rto.saturating_mul(cfg.last_wait_multiplier)
             } else {
                 now + txn.rto
             };

@@ -14,6 +14,9 @@ use crate::message::Message;
 /// Largest answer the server writes; callers should pass an output buffer at least this big.
 pub const MAX_RESPONSE_LEN: usize = 548;
 
+/// Longest SOFTWARE value the server sends (RFC 8489: fewer than 128 characters).
+pub const MAX_SOFTWARE_LEN: usize = 128;
+
 /// Server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -100,8 +103,16 @@ pub struct BindingServer {
 }
 
 impl BindingServer {
-    /// A server with this configuration.
-    pub fn new(config: ServerConfig) -> Self {
+    /// A server with this configuration. SOFTWARE is cut to [`MAX_SOFTWARE_LEN`] bytes so
+    /// every answer fits [`MAX_RESPONSE_LEN`].
+    pub fn new(mut config: ServerConfig) -> Self {
+        if let Some(sw) = &mut config.software {
+            let mut end = sw.len().min(MAX_SOFTWARE_LEN);
+            while !sw.is_char_boundary(end) {
+                end -= 1;
+            }
+            sw.truncate(end);
+        }
         BindingServer {
             config,
             stats: ServerStats::default(),
@@ -246,9 +257,24 @@ impl BindingServer {
                 &[],
             );
         }
+        // The address a change-IP + change-port answer would come from, relative to the
+        // socket that received the request (RFC 5780 OTHER-ADDRESS).
+        let other = self.config.alternate.map(|alt| {
+            let ip = if local.ip() == alt.ip() {
+                self.config.primary.ip()
+            } else {
+                alt.ip()
+            };
+            let port = if local.port() == alt.port() {
+                self.config.primary.port()
+            } else {
+                alt.port()
+            };
+            SocketAddr::new(ip, port)
+        });
         let mut reply_from = local;
         if let Some(c) = change.filter(|c| c.change_ip || c.change_port) {
-            let Some(alt) = self.config.alternate else {
+            let Some(other) = other else {
                 return reply_error(
                     out,
                     ErrorCode::UNKNOWN_ATTRIBUTE,
@@ -256,21 +282,11 @@ impl BindingServer {
                     &[types::CHANGE_REQUEST],
                 );
             };
-            let other_ip = if local.ip() == alt.ip() {
-                self.config.primary.ip()
-            } else {
-                alt.ip()
-            };
-            let other_port = if local.port() == alt.port() {
-                self.config.primary.port()
-            } else {
-                alt.port()
-            };
             if c.change_ip {
-                reply_from.set_ip(other_ip);
+                reply_from.set_ip(other.ip());
             }
             if c.change_port {
-                reply_from.set_port(other_port);
+                reply_from.set_port(other.port());
             }
         }
         let to = match response_port {
@@ -283,17 +299,19 @@ impl BindingServer {
             attrs[n] = a;
             n += 1;
         };
+        // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; answer with the IPv4 form.
+        let mapped = SocketAddr::new(from.ip().to_canonical(), from.port());
         if modern {
-            push(Attribute::XorMappedAddress(from));
-            if let Some(alt) = self.config.alternate {
+            push(Attribute::XorMappedAddress(mapped));
+            if let Some(other) = other {
                 push(Attribute::ResponseOrigin(reply_from));
-                push(Attribute::OtherAddress(alt));
+                push(Attribute::OtherAddress(other));
             }
         } else {
-            push(Attribute::MappedAddress(from));
-            if let Some(alt) = self.config.alternate {
+            push(Attribute::MappedAddress(mapped));
+            if let Some(other) = other {
                 push(Attribute::SourceAddress(reply_from));
-                push(Attribute::ChangedAddress(alt));
+                push(Attribute::ChangedAddress(other));
             }
         }
         if let Some(sw) = software {
@@ -397,6 +415,21 @@ mod tests {
                 m.attribute(types::RESPONSE_ORIGIN),
                 Some(Ok(Attribute::ResponseOrigin(expect.parse().unwrap())))
             );
+            // OTHER-ADDRESS is the change-both source as seen from the receiving socket.
+            let both_from = s
+                .handle_packet(
+                    local.parse().unwrap(),
+                    client,
+                    &request(&[Attribute::ChangeRequest(both)]),
+                    &mut [0u8; MAX_RESPONSE_LEN],
+                )
+                .unwrap()
+                .from;
+            assert_eq!(
+                m.attribute(types::OTHER_ADDRESS),
+                Some(Ok(Attribute::OtherAddress(both_from)))
+            );
+            assert_ne!(both_from.ip(), local.parse::<SocketAddr>().unwrap().ip());
         }
     }
 
