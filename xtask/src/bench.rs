@@ -139,7 +139,7 @@ pub fn run(which: Which) -> Result<()> {
              **Ratio burrow/coturn: {ratio:.2}x** (target ≥ 1.0x). Measured {date}.\n",
             b.rate, b.loss * 100.0, c.rate, c.loss * 100.0,
             cores = std::thread::available_parallelism().map_or(1, |n| n.get()),
-            version = env!("CARGO_PKG_VERSION"),
+            version = burrow_version(&burrow),
             date = today(),
         );
         write_section(
@@ -211,6 +211,15 @@ fn median(samples: &[Sample]) -> Sample {
     let mut s = samples.to_vec();
     s.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     s[s.len() / 2]
+}
+
+/// "0.1.0" from `burrow --version`.
+fn burrow_version(burrow: &Path) -> String {
+    Command::new(burrow)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("burrow ").to_owned())
+        .unwrap_or_default()
 }
 
 fn today() -> String {
