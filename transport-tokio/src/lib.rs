@@ -4,3 +4,4 @@
 pub mod loadgen;
 pub mod netcheck;
 pub mod stun_server;
+pub mod transport;

@@ -4,13 +4,15 @@ use std::collections::BTreeMap;
 use std::future::pending;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burrow_netcheck::{Config, Event, Netcheck, Region, Report};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 use tokio::net::UdpSocket;
+
+use crate::transport::{now, UdpTransport};
 
 /// A STUN server as given on the command line: `[REGION=]HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,37 +113,40 @@ pub async fn run(servers: &[ServerSpec], deadline: Duration) -> Result<Report, N
     let want_v4 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv4());
     let want_v6 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv6());
     let v4 = if want_v4 {
-        Some(
-            UdpSocket::bind("0.0.0.0:0")
-                .await
-                .map_err(NetcheckError::Bind)?,
-        )
+        Some(UdpSocket::bind("0.0.0.0:0").await.map_err(NetcheckError::Bind)?)
     } else {
         None
     };
     // IPv6 may be absent on this host; that is a finding, not an error.
-    let v6 = if want_v6 {
-        UdpSocket::bind("[::]:0").await.ok()
-    } else {
-        None
-    };
+    let v6 = if want_v6 { UdpSocket::bind("[::]:0").await.ok() } else { None };
+    run_on(regions, v4, v6, local_ips(), deadline, ChaCha20Rng::from_os_rng()).await
+}
+
+/// Runs one network check over sockets the caller bound (tokio's, or the simulator's).
+pub async fn run_on<S: UdpTransport>(
+    regions: Vec<Region>,
+    v4: Option<S>,
+    v6: Option<S>,
+    local_ips: Vec<IpAddr>,
+    deadline: Duration,
+    rng: ChaCha20Rng,
+) -> Result<Report, NetcheckError> {
     let tried = regions
         .iter()
         .flat_map(|r| &r.servers)
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-
     let mut config = Config::new(
         regions,
         v4.as_ref().and_then(|s| s.local_addr().ok()),
         v6.as_ref().and_then(|s| s.local_addr().ok()),
     );
     config.deadline = deadline;
-    config.local_ips = local_ips();
+    config.local_ips = local_ips;
     config.software = Some(concat!("burrow ", env!("CARGO_PKG_VERSION")).to_owned());
-    let mut check = Netcheck::new(config, ChaCha20Rng::from_os_rng());
-    check.start(Instant::now())?;
+    let mut check = Netcheck::new(config, rng);
+    check.start(now())?;
 
     let mut buf4 = [0u8; 2048];
     let mut buf6 = [0u8; 2048];
@@ -164,27 +169,29 @@ pub async fn run(servers: &[ServerSpec], deadline: Duration) -> Result<Report, N
             return Ok(report);
         }
         let wake = check.poll_timeout().map(tokio::time::Instant::from_std);
+        // `biased`: a fixed polling order keeps simulated runs reproducible.
         tokio::select! {
+            biased;
             r = recv(&v4, &mut buf4) => {
                 if let Ok((n, from)) = r {
-                    if let Err(e) = check.handle_input(Instant::now(), from, &buf4[..n]) {
+                    if let Err(e) = check.handle_input(now(), from, &buf4[..n]) {
                         tracing::debug!(%from, error = %e, "ignored datagram");
                     }
                 }
             }
             r = recv(&v6, &mut buf6) => {
                 if let Ok((n, from)) = r {
-                    if let Err(e) = check.handle_input(Instant::now(), from, &buf6[..n]) {
+                    if let Err(e) = check.handle_input(now(), from, &buf6[..n]) {
                         tracing::debug!(%from, error = %e, "ignored datagram");
                     }
                 }
             }
-            _ = sleep_until(wake) => check.handle_timeout(Instant::now()),
+            _ = sleep_until(wake) => check.handle_timeout(now()),
         }
     }
 }
 
-async fn recv(socket: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+async fn recv<S: UdpTransport>(socket: &Option<S>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     match socket {
         Some(s) => s.recv_from(buf).await,
         None => pending().await,

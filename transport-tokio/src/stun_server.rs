@@ -10,6 +10,8 @@ use burrow_stun::{Class, MessageType};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
+use crate::transport::UdpTransport;
+
 /// Totals across every socket and worker.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -27,13 +29,13 @@ pub struct Counters {
 
 /// A bound STUN server: one socket per listen address (four with an RFC 5780 alternate).
 #[derive(Debug)]
-pub struct StunServer {
+pub struct StunServer<S = UdpSocket> {
     config: ServerConfig,
-    sockets: Arc<Vec<(SocketAddr, UdpSocket)>>,
+    sockets: Arc<Vec<(SocketAddr, S)>>,
     counters: Arc<Counters>,
 }
 
-impl StunServer {
+impl StunServer<UdpSocket> {
     /// Binds every address the configuration needs. A primary port of 0 is allowed only
     /// without an alternate; the chosen port is then written back into the configuration.
     pub async fn bind(mut config: ServerConfig) -> io::Result<Self> {
@@ -51,8 +53,12 @@ impl StunServer {
         }
         Ok(Self::from_sockets(config, sockets))
     }
+}
 
-    fn from_sockets(config: ServerConfig, sockets: Vec<UdpSocket>) -> Self {
+impl<S: UdpTransport> StunServer<S> {
+    /// A server over sockets the caller bound, one per address in
+    /// [`ServerConfig::listen_addresses`] (the simulator binds its own).
+    pub fn from_sockets(config: ServerConfig, sockets: Vec<S>) -> Self {
         let sockets = sockets
             .into_iter()
             .map(|s| (s.local_addr().expect("bound socket has an address"), s))
@@ -98,9 +104,9 @@ impl StunServer {
 
 /// Receives on socket `index` and answers from whichever socket the reply names.
 /// The buffers are reused: nothing is allocated per packet.
-async fn serve_socket(
+async fn serve_socket<S: UdpTransport>(
     mut server: BindingServer,
-    sockets: Arc<Vec<(SocketAddr, UdpSocket)>>,
+    sockets: Arc<Vec<(SocketAddr, S)>>,
     index: usize,
     counters: Arc<Counters>,
 ) {

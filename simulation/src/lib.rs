@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod nat;
+pub mod net;
+pub mod pcap;
+pub mod preset;
+pub mod wire;
+pub mod scenario;
+pub mod report;

@@ -1,0 +1,256 @@
+//! `burrow-sim` (run through `cargo xtask sim`): replays scenarios deterministically.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use burrow_sim::scenario::{self, Outcome, RunOptions, Scenario};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask sim", about = "Run burrow's deterministic network scenarios")]
+struct Cli {
+    /// A scenario file name in simulation/scenarios (without .toml) or a path; repeatable.
+    #[arg(long)]
+    scenario: Vec<String>,
+    /// The generated netcheck scenario for a NAT preset; repeatable.
+    #[arg(long)]
+    preset: Vec<String>,
+    /// Every preset's netcheck scenario (with 20 seeds unless --seed/--seeds say otherwise).
+    #[arg(long)]
+    matrix: bool,
+    /// One seed.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// A seed range A..B (inclusive).
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Write one pcap per link and run into DIR.
+    #[arg(long, value_name = "DIR")]
+    pcap: Option<PathBuf>,
+    /// Write report.json and report.html into DIR.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Print every outcome as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Print the event trace of each run (single runs only, for debugging).
+    #[arg(long)]
+    trace: bool,
+    /// Parallel simulations (default: CPUs).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// List presets and scenario files, then exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+fn load(name: &str) -> Result<Scenario> {
+    let path = if Path::new(name).exists() {
+        PathBuf::from(name)
+    } else {
+        scenarios_dir().join(format!("{name}.toml"))
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading scenario {}", path.display()))?;
+    Ok(Scenario::from_toml(&text).with_context(|| format!("in {}", path.display()))?)
+}
+
+fn parse_seeds(s: &str) -> Result<Vec<u64>> {
+    let (a, b) = s.split_once("..").context("--seeds takes A..B")?;
+    let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().trim_start_matches('=').parse()?);
+    if b < a {
+        bail!("--seeds {s}: empty range");
+    }
+    Ok((a..=b).collect())
+}
+
+/// A run to do: the scenario, how to name it for replay, and the seed.
+struct Job {
+    scenario: Scenario,
+    replay: String,
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("burrow-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<bool> {
+    let cli = Cli::parse();
+    if cli.list {
+        println!("presets:");
+        for p in burrow_sim::preset::NAMES {
+            println!("  {p:<22} {}", burrow_sim::preset::get(p).expect("listed").doc);
+        }
+        println!("scenarios ({}):", scenarios_dir().display());
+        for f in scenario_files()? {
+            println!("  {}", f.file_stem().unwrap_or_default().to_string_lossy());
+        }
+        return Ok(true);
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut presets = cli.preset.clone();
+    if cli.matrix {
+        presets.extend(burrow_sim::preset::NAMES.iter().map(|s| s.to_string()));
+    }
+    for p in &presets {
+        let s = scenario::netcheck_for_preset(p)
+            .with_context(|| format!("unknown preset {p:?} (known: {})", burrow_sim::preset::NAMES.join(", ")))?;
+        jobs.push(Job { scenario: s, replay: format!("--preset {p}") });
+    }
+    let mut names = cli.scenario.clone();
+    if names.is_empty() && presets.is_empty() {
+        names = scenario_files()?
+            .iter()
+            .map(|f| f.file_stem().unwrap_or_default().to_string_lossy().into_owned())
+            .collect();
+    }
+    for n in &names {
+        jobs.push(Job { scenario: load(n)?, replay: format!("--scenario {n}") });
+    }
+    let seeds = match (&cli.seed, &cli.seeds) {
+        (Some(s), _) => vec![*s],
+        (None, Some(r)) => parse_seeds(r)?,
+        (None, None) if cli.matrix => (1..=20).collect(),
+        (None, None) => vec![1],
+    };
+    let runs: Vec<(usize, u64)> = (0..jobs.len()).flat_map(|j| seeds.iter().map(move |&s| (j, s))).collect();
+    let options = RunOptions { capture: cli.pcap.is_some(), keep_trace: cli.trace };
+    let threads = cli.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+
+    let bar = indicatif::ProgressBar::new(runs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} {msg}").expect("template"),
+    );
+    if runs.len() < 2 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = std::time::Instant::now();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Outcome>>> = Mutex::new(vec![None; runs.len()]);
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(runs.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(j, seed)) = runs.get(i) else { break };
+                let job = &jobs[j];
+                match scenario::run(&job.scenario, seed, &options) {
+                    Ok((outcome, recorder)) => {
+                        if let Some(dir) = &cli.pcap {
+                            let sub = dir.join(format!("{}-seed{seed}", job.scenario.name.replace('/', "-")));
+                            if let Err(e) = recorder.write_pcaps(&sub, "link").map(|_| ()) {
+                                failure.lock().expect("lock").get_or_insert(e.into());
+                            }
+                        }
+                        if cli.trace {
+                            for line in recorder.trace_lines() {
+                                eprintln!("{line}");
+                            }
+                        }
+                        if !outcome.passed {
+                            bar.set_message(format!("{} FAILED", outcome.scenario));
+                        }
+                        results.lock().expect("lock")[i] = Some(outcome);
+                    }
+                    Err(e) => {
+                        failure.lock().expect("lock").get_or_insert(e.into());
+                    }
+                }
+                bar.inc(1);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = failure.into_inner().expect("lock") {
+        return Err(e);
+    }
+    let outcomes: Vec<Outcome> = results.into_inner().expect("lock").into_iter().flatten().collect();
+    let wall = started.elapsed();
+
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    } else {
+        print_summary(&outcomes, &jobs, wall);
+    }
+    if let Some(dir) = &cli.report {
+        burrow_sim::report::write(dir, &outcomes, wall)?;
+        eprintln!("report: {}", dir.join("report.html").display());
+    }
+    if let Some(dir) = &cli.pcap {
+        eprintln!("pcaps: {}", dir.display());
+    }
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
+    for o in &failed {
+        let replay = jobs.iter().find(|j| j.scenario.name == o.scenario).map_or(String::new(), |j| j.replay.clone());
+        eprintln!("FAILED {} seed {}: replay with `cargo xtask sim {replay} --seed {}`", o.scenario, o.seed, o.seed);
+        if let Some(e) = &o.error {
+            eprintln!("  error: {e}");
+        }
+        for m in &o.mismatches {
+            eprintln!("  {}: expected {}, got {}", m.field, m.expected, m.got);
+        }
+    }
+    Ok(failed.is_empty())
+}
+
+fn scenario_files() -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(scenarios_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn print_summary(outcomes: &[Outcome], jobs: &[Job], wall: std::time::Duration) {
+    println!("{:<32} {:>6} {:>7} {:>10} {:>10}  {}", "scenario", "seeds", "passed", "sim s", "wall ms", "netcheck verdicts");
+    for job in jobs {
+        let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == job.scenario.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let passed = mine.iter().filter(|o| o.passed).count();
+        let sim: f64 = mine.iter().map(|o| o.sim_ms as f64 / 1000.0).sum::<f64>() / mine.len() as f64;
+        let wall_ms: u64 = mine.iter().map(|o| o.wall_ms).sum::<u64>() / mine.len() as u64;
+        let mut verdicts: Vec<String> = mine
+            .iter()
+            .map(|o| match &o.result {
+                Some(r) => format!(
+                    "{} / {}",
+                    r["nat_type"].as_str().unwrap_or("?"),
+                    r["filtering"].as_str().unwrap_or("?")
+                ),
+                None => "no answer".into(),
+            })
+            .collect();
+        verdicts.sort();
+        verdicts.dedup();
+        println!(
+            "{:<32} {:>6} {:>7} {:>10.2} {:>10}  {}",
+            job.scenario.name,
+            mine.len(),
+            format!("{passed}/{}", mine.len()),
+            sim,
+            wall_ms,
+            verdicts.join(", ")
+        );
+    }
+    if outcomes.len() == 1 {
+        println!("trace hash: {} ({} events)", outcomes[0].trace_hash, outcomes[0].events);
+    }
+    let passed = outcomes.iter().filter(|o| o.passed).count();
+    println!("{} runs: {} passed, {} failed in {:.1} s", outcomes.len(), passed, outcomes.len() - passed, wall.as_secs_f64());
+}

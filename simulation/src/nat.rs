@@ -1,0 +1,409 @@
+//! The translation and filtering logic of a NAT or stateful firewall, in RFC 4787 terms.
+//! Pure: time and randomness come in, so its properties are tested directly.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::RngCore;
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+/// What a mapping (or a filter) depends on besides the internal endpoint (RFC 4787 §4.1, §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dependence {
+    /// The same for every remote endpoint.
+    EndpointIndependent,
+    /// Depends on the remote IP.
+    AddressDependent,
+    /// Depends on the remote IP and port.
+    AddressAndPortDependent,
+}
+
+/// How external ports are chosen for new mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PortAllocation {
+    /// Keep the internal port if it is free, else pick at random.
+    PreserveIfFree,
+    /// Each new mapping takes the previous port plus `stride`.
+    Sequential {
+        /// Step between consecutive mappings.
+        stride: u16,
+    },
+    /// Uniformly at random among free ports of the range.
+    Random,
+}
+
+/// Which traffic keeps a mapping alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refresh {
+    /// Only packets from inside (RFC 4787 REQ-6 allows this).
+    Outbound,
+    /// Packets in either direction.
+    Both,
+}
+
+/// A NAT's or firewall's behaviour.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatConfig {
+    /// Translate addresses (a NAT); false = stateful firewall keeping addresses as they are.
+    #[serde(default = "yes")]
+    pub translate: bool,
+    /// Mapping behaviour.
+    pub mapping: Dependence,
+    /// Filtering behaviour for inbound packets.
+    pub filtering: Dependence,
+    /// Port allocation for new mappings.
+    pub allocation: PortAllocation,
+    /// Lowest external port handed out.
+    #[serde(default = "low_port")]
+    pub port_low: u16,
+    /// Highest external port handed out.
+    #[serde(default = "high_port")]
+    pub port_high: u16,
+    /// Idle time after which a UDP session is forgotten (the seed: about 30 s).
+    #[serde(default = "thirty_seconds", with = "secs")]
+    pub timeout: Duration,
+    /// Which traffic refreshes a session.
+    #[serde(default = "outbound")]
+    pub refresh: Refresh,
+    /// Session table size; new flows beyond it are dropped and counted.
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// Deliver packets sent to the NAT's own public address back inside.
+    #[serde(default)]
+    pub hairpin: bool,
+    /// Drop all UDP.
+    #[serde(default)]
+    pub block_udp: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn low_port() -> u16 {
+    1024
+}
+fn high_port() -> u16 {
+    65535
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn outbound() -> Refresh {
+    Refresh::Outbound
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(serde::de::Error::custom("timeout must be a positive number of seconds"));
+        }
+        Ok(Duration::from_secs_f64(v))
+    }
+}
+
+/// Why a packet did not get through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Drop {
+    /// UDP is blocked outright.
+    Blocked,
+    /// The session table is full.
+    TableFull,
+    /// No external port is free.
+    NoPorts,
+    /// Inbound to a port with no live mapping.
+    NoMapping,
+    /// Inbound from an endpoint the filter does not admit.
+    Filtered,
+}
+
+/// Counters a box reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct NatStats {
+    /// Live sessions now.
+    pub sessions: usize,
+    /// Most sessions alive at once.
+    pub peak_sessions: usize,
+    /// Mappings created.
+    pub mappings_created: u64,
+    /// Sessions that timed out.
+    pub sessions_expired: u64,
+    /// New flows dropped because the table was full.
+    pub dropped_table_full: u64,
+    /// Inbound packets dropped by the filter.
+    pub dropped_filtered: u64,
+    /// Inbound packets to no live mapping.
+    pub dropped_no_mapping: u64,
+    /// Packets dropped because UDP is blocked.
+    pub dropped_blocked: u64,
+    /// New mappings refused for lack of ports.
+    pub dropped_no_ports: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Any,
+    Ip(IpAddr),
+    IpPort(SocketAddr),
+}
+
+#[derive(Debug, Clone)]
+struct Mapping {
+    internal: SocketAddr,
+    key: Key,
+    permanent: bool,
+    /// Remote endpoint → last activity.
+    sessions: BTreeMap<SocketAddr, Instant>,
+}
+
+/// The state of one NAT or firewall.
+#[derive(Debug)]
+pub struct NatTable {
+    config: NatConfig,
+    rng: ChaCha20Rng,
+    mappings: BTreeMap<u16, Mapping>,
+    by_key: BTreeMap<(SocketAddr, Key), u16>,
+    next_sequential: Option<u16>,
+    sessions: usize,
+    stats: NatStats,
+    closed: Vec<u16>,
+}
+
+impl NatTable {
+    /// An empty table.
+    pub fn new(config: NatConfig, rng: ChaCha20Rng) -> Self {
+        NatTable {
+            config,
+            rng,
+            mappings: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            next_sequential: None,
+            sessions: 0,
+            stats: NatStats::default(),
+            closed: Vec::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NatStats {
+        NatStats {
+            sessions: self.sessions,
+            ..self.stats
+        }
+    }
+
+    /// External ports whose mappings have gone since the last call (their sockets can close).
+    pub fn take_closed(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.closed)
+    }
+
+    /// External ports with a mapping right now.
+    pub fn external_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.mappings.keys().copied()
+    }
+
+    fn key(&self, remote: SocketAddr) -> Key {
+        match self.config.mapping {
+            Dependence::EndpointIndependent => Key::Any,
+            Dependence::AddressDependent => Key::Ip(remote.ip()),
+            Dependence::AddressAndPortDependent => Key::IpPort(remote),
+        }
+    }
+
+    /// A permanent, unfiltered mapping (a static port forward / an extra public address).
+    pub fn add_static(&mut self, internal: SocketAddr, external_port: u16) -> bool {
+        if self.mappings.contains_key(&external_port) {
+            return false;
+        }
+        self.mappings.insert(
+            external_port,
+            Mapping {
+                internal,
+                key: Key::Any,
+                permanent: true,
+                sessions: BTreeMap::new(),
+            },
+        );
+        self.by_key.insert((internal, Key::Any), external_port);
+        true
+    }
+
+    /// Drops sessions idle for the timeout, and mappings left without sessions.
+    fn expire(&mut self, now: Instant, port: u16) -> bool {
+        let timeout = self.config.timeout;
+        let Some(m) = self.mappings.get_mut(&port) else { return false };
+        if m.permanent {
+            return true;
+        }
+        let before = m.sessions.len();
+        m.sessions.retain(|_, last| now.saturating_duration_since(*last) < timeout);
+        let gone = before - m.sessions.len();
+        self.sessions -= gone;
+        self.stats.sessions_expired += gone as u64;
+        if m.sessions.is_empty() {
+            let m = self.mappings.remove(&port).expect("present");
+            self.by_key.remove(&(m.internal, m.key));
+            self.closed.push(port);
+            return false;
+        }
+        true
+    }
+
+    fn expire_all(&mut self, now: Instant) {
+        let ports: Vec<u16> = self.mappings.keys().copied().collect();
+        for p in ports {
+            self.expire(now, p);
+        }
+    }
+
+    fn allocate(&mut self, internal: SocketAddr) -> Option<u16> {
+        let (low, high) = (self.config.port_low, self.config.port_high.max(self.config.port_low));
+        if !self.config.translate {
+            return (!self.mappings.contains_key(&internal.port())).then_some(internal.port());
+        }
+        let span = (high - low) as u32 + 1;
+        let free = |p: u16, m: &BTreeMap<u16, Mapping>| !m.contains_key(&p);
+        match self.config.allocation {
+            PortAllocation::PreserveIfFree if (low..=high).contains(&internal.port()) && free(internal.port(), &self.mappings) => {
+                return Some(internal.port());
+            }
+            PortAllocation::Sequential { stride } => {
+                let stride = stride.max(1) as u32;
+                let mut next = match self.next_sequential {
+                    Some(n) => n as u32,
+                    None => low as u32 + self.rng.next_u32() % span,
+                };
+                for _ in 0..span {
+                    let p = low as u32 + (next - low as u32) % span;
+                    next = p + stride;
+                    if free(p as u16, &self.mappings) {
+                        self.next_sequential = Some((low as u32 + (next - low as u32) % span) as u16);
+                        return Some(p as u16);
+                    }
+                }
+                return None;
+            }
+            _ => {}
+        }
+        // Random: rejection sampling, then a scan from a random start.
+        for _ in 0..64 {
+            let p = (low as u32 + self.rng.next_u32() % span) as u16;
+            if free(p, &self.mappings) {
+                return Some(p);
+            }
+        }
+        let start = self.rng.next_u32() % span;
+        (0..span)
+            .map(|i| (low as u32 + (start + i) % span) as u16)
+            .find(|&p| free(p, &self.mappings))
+    }
+
+    /// An outbound packet from `internal` to `remote`: returns the external port it leaves from.
+    pub fn outbound(&mut self, now: Instant, internal: SocketAddr, remote: SocketAddr) -> Result<u16, Drop> {
+        if self.config.block_udp {
+            self.stats.dropped_blocked += 1;
+            return Err(Drop::Blocked);
+        }
+        let key = self.key(remote);
+        let existing = self.by_key.get(&(internal, key)).copied().filter(|&p| self.expire(now, p));
+        let has_session = existing
+            .and_then(|p| self.mappings.get(&p))
+            .is_some_and(|m| m.sessions.contains_key(&remote));
+        if !has_session && self.config.capacity.is_some_and(|cap| self.sessions >= cap) {
+            self.expire_all(now);
+            if self.config.capacity.is_some_and(|cap| self.sessions >= cap) {
+                self.stats.dropped_table_full += 1;
+                return Err(Drop::TableFull);
+            }
+        }
+        let port = match existing.filter(|p| self.mappings.contains_key(p)) {
+            Some(p) => p,
+            None => {
+                let Some(p) = self.allocate(internal) else {
+                    self.stats.dropped_no_ports += 1;
+                    return Err(Drop::NoPorts);
+                };
+                self.mappings.insert(
+                    p,
+                    Mapping {
+                        internal,
+                        key,
+                        permanent: false,
+                        sessions: BTreeMap::new(),
+                    },
+                );
+                self.by_key.insert((internal, key), p);
+                self.stats.mappings_created += 1;
+                p
+            }
+        };
+        let m = self.mappings.get_mut(&port).expect("just ensured");
+        if m.sessions.insert(remote, now).is_none() {
+            self.sessions += 1;
+            self.stats.peak_sessions = self.stats.peak_sessions.max(self.sessions);
+        }
+        Ok(port)
+    }
+
+    /// An inbound packet from `remote` to external port `port`: returns the internal endpoint.
+    pub fn inbound(&mut self, now: Instant, port: u16, remote: SocketAddr) -> Result<SocketAddr, Drop> {
+        if self.config.block_udp {
+            self.stats.dropped_blocked += 1;
+            return Err(Drop::Blocked);
+        }
+        if !self.expire(now, port) {
+            self.stats.dropped_no_mapping += 1;
+            return Err(Drop::NoMapping);
+        }
+        let timeout = self.config.timeout;
+        let m = self.mappings.get_mut(&port).expect("live after expire()");
+        if m.permanent {
+            return Ok(m.internal);
+        }
+        let live = |last: &Instant| now.saturating_duration_since(*last) < timeout;
+        let admitted = match self.config.filtering {
+            Dependence::EndpointIndependent => true,
+            Dependence::AddressDependent => m.sessions.iter().any(|(r, last)| r.ip() == remote.ip() && live(last)),
+            Dependence::AddressAndPortDependent => m.sessions.get(&remote).is_some_and(live),
+        };
+        if !admitted {
+            self.stats.dropped_filtered += 1;
+            return Err(Drop::Filtered);
+        }
+        if self.config.refresh == Refresh::Both {
+            // Refresh what the packet was admitted by: its own session, or under looser
+            // filtering the sessions that admitted it.
+            let filtering = self.config.filtering;
+            for (r, last) in m.sessions.iter_mut() {
+                let matches = match filtering {
+                    Dependence::EndpointIndependent => true,
+                    Dependence::AddressDependent => r.ip() == remote.ip(),
+                    Dependence::AddressAndPortDependent => *r == remote,
+                };
+                if matches && live(last) {
+                    *last = now;
+                }
+            }
+        }
+        Ok(m.internal)
+    }
+}

@@ -1,0 +1,101 @@
+//! Named NAT and firewall presets, and which real devices behave like each.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::nat::{Dependence::*, NatConfig, PortAllocation, Refresh};
+
+/// How a node reaches the Internet in a preset: what boxes sit in front of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Preset {
+    /// Preset name.
+    pub name: &'static str,
+    /// Which real devices behave like it.
+    pub doc: &'static str,
+    /// Boxes from the node outwards (empty: a host directly on the Internet).
+    pub chain: Vec<NatConfig>,
+}
+
+fn nat(mapping: crate::nat::Dependence, filtering: crate::nat::Dependence, allocation: PortAllocation) -> NatConfig {
+    NatConfig {
+        translate: true,
+        mapping,
+        filtering,
+        allocation,
+        port_low: 1024,
+        port_high: 65535,
+        timeout: Duration::from_secs(30),
+        refresh: Refresh::Outbound,
+        capacity: None,
+        hairpin: false,
+        block_udp: false,
+    }
+}
+
+/// Every preset name, in the order reports show them.
+pub const NAMES: &[&str] = &[
+    "open",
+    "firewall",
+    "easy",
+    "full-cone",
+    "restricted-cone",
+    "port-restricted-cone",
+    "hard",
+    "hard-sequential",
+    "cgnat",
+    "udp-blocked",
+    "srx300",
+];
+
+/// The box configuration of a single-box preset (`open` has none; `cgnat` is the carrier box alone).
+pub fn single(name: &str) -> Option<NatConfig> {
+    Some(match name {
+        "firewall" => NatConfig {
+            translate: false,
+            ..nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::PreserveIfFree)
+        },
+        "easy" => nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::PreserveIfFree),
+        "full-cone" => NatConfig {
+            refresh: Refresh::Both,
+            ..nat(EndpointIndependent, EndpointIndependent, PortAllocation::PreserveIfFree)
+        },
+        "restricted-cone" => nat(EndpointIndependent, AddressDependent, PortAllocation::PreserveIfFree),
+        "port-restricted-cone" => nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::Sequential { stride: 1 }),
+        "hard" => nat(AddressAndPortDependent, AddressAndPortDependent, PortAllocation::Random),
+        "hard-sequential" => nat(AddressAndPortDependent, AddressAndPortDependent, PortAllocation::Sequential { stride: 1 }),
+        "cgnat" => NatConfig {
+            port_low: 10_000,
+            port_high: 60_000,
+            ..nat(EndpointIndependent, AddressDependent, PortAllocation::Random)
+        },
+        "udp-blocked" => NatConfig {
+            block_udp: true,
+            ..nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::PreserveIfFree)
+        },
+        "srx300" => NatConfig {
+            capacity: Some(65_536),
+            ..nat(AddressAndPortDependent, AddressAndPortDependent, PortAllocation::Random)
+        },
+        _ => return None,
+    })
+}
+
+/// A named preset.
+pub fn get(name: &str) -> Option<Preset> {
+    let (name, doc, chain) = match name {
+        "open" => ("open", "A host with a public address and no firewall: a cloud VM with an open security group, a university lab machine.", vec![]),
+        "firewall" => ("firewall", "A public address behind a stateful firewall that does not translate: IPv6 home routers, Windows Defender Firewall, cloud security groups.", vec![single("firewall")?]),
+        "easy" => ("easy", "Endpoint-independent mapping, address-and-port-dependent filtering, port kept when free: Linux MASQUERADE (iptables/nftables), most OpenWrt and consumer routers.", vec![single("easy")?]),
+        "full-cone" => ("full-cone", "Endpoint-independent mapping and filtering: routers with full-cone NAT enabled, many game-console-friendly home gateways, UPnP-forwarded ports.", vec![single("full-cone")?]),
+        "restricted-cone" => ("restricted-cone", "Endpoint-independent mapping, address-dependent filtering: older consumer routers (RFC 3489 'restricted cone').", vec![single("restricted-cone")?]),
+        "port-restricted-cone" => ("port-restricted-cone", "Endpoint-independent mapping, address-and-port-dependent filtering, sequential ports: many small-office routers (RFC 3489 'port restricted cone').", vec![single("port-restricted-cone")?]),
+        "hard" => ("hard", "Mapping and filtering depend on the remote ip:port, random ports: enterprise firewalls with PAT (Cisco ASA, Fortinet, pfSense's default outbound NAT).", vec![single("hard")?]),
+        "hard-sequential" => ("hard-sequential", "Address-and-port-dependent mapping with sequential ports: older enterprise NATs and some carrier gear; predictable, so port prediction works.", vec![single("hard-sequential")?]),
+        "cgnat" => ("cgnat", "A home router (easy) behind a carrier-grade NAT (endpoint-independent mapping, address-dependent filtering, random ports from a pool): mobile networks and fibre ISPs short of IPv4.", vec![single("easy")?, single("cgnat")?]),
+        "udp-blocked" => ("udp-blocked", "UDP dropped outright: guest Wi-Fi and corporate networks that allow only TCP 80/443.", vec![single("udp-blocked")?]),
+        "srx300" => ("srx300", "Hard NAT with a 65,536-session table: a Juniper SRX300 branch firewall doing source NAT with PAT.", vec![single("srx300")?]),
+        _ => return None,
+    };
+    Some(Preset { name, doc, chain })
+}

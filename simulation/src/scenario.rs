@@ -1,0 +1,757 @@
+//! Scenario files: nodes, servers, boxes, links, a workload and expected outcomes; and running
+//! one scenario with one seed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burrow::stun_server::StunServer;
+use burrow_netcheck::{Region, Report};
+use burrow_stun::ServerConfig;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::capture::Recorder;
+use crate::nat::{Dependence, NatConfig, NatStats, NatTable, PortAllocation};
+use crate::net::{derive_seed, run_box, BoxKind, BoxSpec, BoxUplink, Link, LinkConfig, SimSocket, Uplink};
+use crate::wire::GATEWAY_PORT;
+
+/// A scenario, as written in `simulation/scenarios/*.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name shown in reports.
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// Simulated-time limit in seconds.
+    #[serde(default = "default_duration")]
+    pub duration_s: f64,
+    /// NAT boxes.
+    #[serde(default, rename = "box")]
+    pub boxes: Vec<BoxDef>,
+    /// Servers on the Internet.
+    #[serde(default, rename = "server")]
+    pub servers: Vec<ServerDef>,
+    /// burrow nodes.
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeDef>,
+    /// What runs.
+    pub workload: Workload,
+    /// What must come out.
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn default_duration() -> f64 {
+    60.0
+}
+
+/// A NAT box: a preset, or a full `nat` table, optionally behind another box.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxDef {
+    /// Name.
+    pub name: String,
+    /// A single-box preset name (see `preset::NAMES`; `cgnat` here is the carrier box alone).
+    #[serde(default)]
+    pub preset: Option<String>,
+    /// Explicit behaviour, instead of a preset.
+    #[serde(default)]
+    pub nat: Option<NatConfig>,
+    /// Public (outside) IP; assigned if absent.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// The box this one sits behind (carrier-grade NAT behind a home NAT).
+    #[serde(default)]
+    pub behind: Option<String>,
+    /// The link to the upstream.
+    #[serde(default)]
+    pub link: LinkConfig,
+}
+
+/// A server on the Internet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerDef {
+    /// Name.
+    pub name: String,
+    /// What it runs: `stun` (burrow's STUN server).
+    #[serde(default = "stun")]
+    pub kind: String,
+    /// Its IP; assigned if absent.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// Port.
+    #[serde(default = "stun_port")]
+    pub port: u16,
+    /// A second IP for RFC 5780 (an alias box holds it).
+    #[serde(default)]
+    pub alt_ip: Option<IpAddr>,
+    /// The RFC 5780 alternate port.
+    #[serde(default = "alt_port")]
+    pub alt_port: u16,
+    /// Region code for netcheck; the name if absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The link to the Internet.
+    #[serde(default)]
+    pub link: LinkConfig,
+}
+
+fn stun() -> String {
+    "stun".into()
+}
+fn stun_port() -> u16 {
+    3478
+}
+fn alt_port() -> u16 {
+    3479
+}
+
+/// A node: behind a box, or on the Internet (optionally with a stateful firewall).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDef {
+    /// Name.
+    pub name: String,
+    /// The box it sits behind; none = a public address.
+    #[serde(default)]
+    pub behind: Option<String>,
+    /// Its IP; assigned if absent.
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// A stateful firewall in front of a public node: a preset name or a `nat` table.
+    #[serde(default)]
+    pub firewall: Option<FirewallDef>,
+    /// The link to its box or the Internet.
+    #[serde(default = "lan")]
+    pub link: LinkConfig,
+}
+
+fn lan() -> LinkConfig {
+    LinkConfig::with_latency(1.0)
+}
+
+/// A firewall by preset name or explicit table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FirewallDef {
+    /// A preset name, e.g. "firewall".
+    Preset(String),
+    /// An explicit table (`translate = false`).
+    Table(NatConfig),
+}
+
+/// What the scenario runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Workload {
+    /// `burrow netcheck` on one node against some STUN servers.
+    Netcheck {
+        /// The node.
+        node: String,
+        /// The servers, each its own region unless they share a region code.
+        servers: Vec<String>,
+        /// Netcheck's overall deadline, seconds.
+        #[serde(default = "netcheck_deadline")]
+        deadline_s: f64,
+    },
+}
+
+fn netcheck_deadline() -> f64 {
+    6.0
+}
+
+/// Expected outcomes. With `derive = true` they follow from the boxes' properties; explicit
+/// fields override.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Derive expectations from the NAT chain in front of the node.
+    #[serde(default)]
+    pub derive: bool,
+    /// `udp`.
+    #[serde(default)]
+    pub udp: Option<bool>,
+    /// `nat_type`.
+    #[serde(default)]
+    pub nat_type: Option<String>,
+    /// `mapping_varies_by_dest_ip` ("true", "false" or "null").
+    #[serde(default)]
+    pub mapping_varies_by_dest_ip: Option<String>,
+    /// `filtering`.
+    #[serde(default)]
+    pub filtering: Option<String>,
+    /// `mapping`.
+    #[serde(default)]
+    pub mapping: Option<String>,
+    /// `port_allocation` kind.
+    #[serde(default)]
+    pub port_allocation: Option<String>,
+    /// IP of `global_v4`.
+    #[serde(default)]
+    pub global_ip: Option<IpAddr>,
+}
+
+/// A check that failed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mismatch {
+    /// Report field.
+    pub field: String,
+    /// Expected value.
+    pub expected: String,
+    /// Value seen.
+    pub got: String,
+}
+
+/// The result of one scenario with one seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Every expectation held.
+    pub passed: bool,
+    /// Why the run itself failed, if it did.
+    pub error: Option<String>,
+    /// Expectations that did not hold.
+    pub mismatches: Vec<Mismatch>,
+    /// The workload's result (the netcheck report).
+    pub result: Option<serde_json::Value>,
+    /// SHA-256 of the event trace.
+    pub trace_hash: String,
+    /// Number of trace events.
+    pub events: u64,
+    /// Simulated time, milliseconds.
+    pub sim_ms: u64,
+    /// Wall time, milliseconds.
+    pub wall_ms: u64,
+    /// Counters of every box.
+    pub boxes: BTreeMap<String, NatStats>,
+}
+
+/// Errors in a scenario's definition.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// Bad TOML.
+    #[error("cannot parse scenario: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A reference to something not defined, or a bad combination.
+    #[error("scenario {scenario}: {message}")]
+    Invalid {
+        /// Scenario name.
+        scenario: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Parses a TOML scenario.
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text)?;
+        s.layout()?;
+        Ok(s)
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> ScenarioError {
+        ScenarioError::Invalid {
+            scenario: self.name.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn box_config(&self, b: &BoxDef) -> Result<NatConfig, ScenarioError> {
+        match (&b.preset, &b.nat) {
+            (Some(p), None) => crate::preset::single(p).ok_or_else(|| {
+                self.invalid(format!("box {}: unknown preset {p:?} (open has no box; known: {})", b.name, crate::preset::NAMES.join(", ")))
+            }),
+            (None, Some(n)) => Ok(n.clone()),
+            _ => Err(self.invalid(format!("box {}: give exactly one of preset or nat", b.name))),
+        }
+    }
+
+    fn firewall_config(&self, n: &NodeDef) -> Result<Option<NatConfig>, ScenarioError> {
+        Ok(match &n.firewall {
+            None => None,
+            Some(FirewallDef::Preset(p)) => Some(
+                crate::preset::single(p).ok_or_else(|| self.invalid(format!("node {}: unknown firewall preset {p:?}", n.name)))?,
+            ),
+            Some(FirewallDef::Table(t)) => Some(t.clone()),
+        })
+    }
+
+    /// Checks references and assigns addresses.
+    fn layout(&self) -> Result<Layout, ScenarioError> {
+        let mut names = std::collections::BTreeSet::new();
+        for n in self.boxes.iter().map(|b| &b.name).chain(self.servers.iter().map(|s| &s.name)).chain(self.nodes.iter().map(|n| &n.name)) {
+            if !names.insert(n.clone()) {
+                return Err(self.invalid(format!("name {n:?} is used twice")));
+            }
+        }
+        let mut used: Vec<IpAddr> = Vec::new();
+        let mut take = |wanted: Option<IpAddr>, pool: [u8; 3], next: &mut u8| -> Result<IpAddr, String> {
+            let ip = match wanted {
+                Some(ip) => ip,
+                None => loop {
+                    *next += 1;
+                    let ip = IpAddr::V4(Ipv4Addr::new(pool[0], pool[1], pool[2], *next));
+                    if !used.contains(&ip) {
+                        break ip;
+                    }
+                },
+            };
+            if used.contains(&ip) {
+                return Err(format!("address {ip} is used twice"));
+            }
+            used.push(ip);
+            Ok(ip)
+        };
+        let mut layout = Layout::default();
+        let (mut next_server, mut next_box, mut next_node) = (0u8, 0u8, 0u8);
+        for s in &self.servers {
+            if s.kind != "stun" {
+                return Err(self.invalid(format!("server {}: unknown kind {:?} (known: stun)", s.name, s.kind)));
+            }
+            let ip = take(s.ip, [198, 51, 100], &mut next_server).map_err(|e| self.invalid(e))?;
+            let alt = s.alt_ip.map(|a| take(Some(a), [0, 0, 0], &mut 0)).transpose().map_err(|e| self.invalid(e))?;
+            if alt.is_some() && s.alt_port == s.port {
+                return Err(self.invalid(format!("server {}: alt_port must differ from port", s.name)));
+            }
+            layout.servers.insert(s.name.clone(), (ip, alt));
+        }
+        for (i, b) in self.boxes.iter().enumerate() {
+            self.box_config(b)?;
+            let ip = match &b.behind {
+                None => take(b.ip, [203, 0, 113], &mut next_box),
+                Some(_) => take(b.ip, [100, 64, i as u8], &mut 1),
+            }
+            .map_err(|e| self.invalid(e))?;
+            layout.boxes.insert(b.name.clone(), ip);
+        }
+        for b in &self.boxes {
+            if let Some(parent) = &b.behind {
+                if !layout.boxes.contains_key(parent) {
+                    return Err(self.invalid(format!("box {} is behind unknown box {parent:?}", b.name)));
+                }
+                // No cycles: walking up must end.
+                let mut seen = vec![b.name.clone()];
+                let mut cur = Some(parent.clone());
+                while let Some(c) = cur {
+                    if seen.contains(&c) {
+                        return Err(self.invalid(format!("boxes form a cycle through {c}")));
+                    }
+                    seen.push(c.clone());
+                    cur = self.boxes.iter().find(|x| x.name == c).and_then(|x| x.behind.clone());
+                }
+            }
+        }
+        for n in &self.nodes {
+            self.firewall_config(n)?;
+            let ip = match &n.behind {
+                None => take(n.ip, [192, 0, 2], &mut next_node),
+                Some(b) => {
+                    let idx = self.boxes.iter().position(|x| &x.name == b).ok_or_else(|| self.invalid(format!("node {} is behind unknown box {b:?}", n.name)))?;
+                    if n.firewall.is_some() {
+                        return Err(self.invalid(format!("node {}: a firewall is for public nodes; put the node behind a box instead", n.name)));
+                    }
+                    take(n.ip, [10, idx as u8, 0], &mut 1)
+                }
+            }
+            .map_err(|e| self.invalid(e))?;
+            layout.nodes.insert(n.name.clone(), ip);
+        }
+        match &self.workload {
+            Workload::Netcheck { node, servers, deadline_s } => {
+                if !layout.nodes.contains_key(node) {
+                    return Err(self.invalid(format!("workload node {node:?} is not defined")));
+                }
+                if servers.is_empty() {
+                    return Err(self.invalid("netcheck needs at least one server"));
+                }
+                for s in servers {
+                    if !layout.servers.contains_key(s) {
+                        return Err(self.invalid(format!("workload server {s:?} is not defined")));
+                    }
+                }
+                if !(*deadline_s > 0.0) {
+                    return Err(self.invalid("deadline_s must be positive"));
+                }
+            }
+        }
+        if !(self.duration_s > 0.0) {
+            return Err(self.invalid("duration_s must be positive"));
+        }
+        Ok(layout)
+    }
+
+    /// The NAT behaviours between `node` and the Internet, nearest first (its firewall, then
+    /// its box, that box's parent, …).
+    pub fn chain(&self, node: &str) -> Vec<(String, NatConfig, IpAddr)> {
+        let Ok(layout) = self.layout() else { return Vec::new() };
+        let mut out = Vec::new();
+        let Some(n) = self.nodes.iter().find(|n| n.name == node) else { return out };
+        if let Ok(Some(fw)) = self.firewall_config(n) {
+            out.push((format!("{}-firewall", n.name), fw, layout.nodes[&n.name]));
+        }
+        let mut cur = n.behind.clone();
+        while let Some(b) = cur {
+            let def = self.boxes.iter().find(|x| x.name == b).expect("validated");
+            out.push((b.clone(), self.box_config(def).expect("validated"), layout.boxes[&b]));
+            cur = def.behind.clone();
+        }
+        out
+    }
+}
+
+#[derive(Debug, Default)]
+struct Layout {
+    servers: BTreeMap<String, (IpAddr, Option<IpAddr>)>,
+    boxes: BTreeMap<String, IpAddr>,
+    nodes: BTreeMap<String, IpAddr>,
+}
+
+/// What the simulation collected besides the recorder.
+type Slot = Arc<Mutex<Option<Result<Report, String>>>>;
+
+/// Options for a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep packets for pcap files.
+    pub capture: bool,
+    /// Keep the trace text.
+    pub keep_trace: bool,
+}
+
+/// Runs `scenario` with `seed`; returns the outcome and the recorder (for pcaps and traces).
+pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outcome, Arc<Recorder>), ScenarioError> {
+    let layout = scenario.layout()?;
+    let recorder = Arc::new(Recorder::new(options.capture, options.keep_trace));
+    let wall = Instant::now();
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs_f64(scenario.duration_s))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::ZERO)
+        .max_message_latency(Duration::ZERO)
+        .udp_capacity(4096)
+        .rng_seed(seed)
+        .build();
+
+    // Boxes.
+    for b in &scenario.boxes {
+        let ip = layout.boxes[&b.name];
+        let uplink = match &b.behind {
+            None => BoxUplink::Internet(b.link),
+            Some(p) => BoxUplink::Behind(SocketAddr::new(layout.boxes[p], GATEWAY_PORT), b.link),
+        };
+        let spec = BoxSpec {
+            name: b.name.clone(),
+            ip,
+            kind: BoxKind::Nat(scenario.box_config(b)?),
+            uplink,
+            seed: derive_seed(seed, &format!("box:{}", b.name)),
+        };
+        let rec = recorder.clone();
+        sim.host(ip, move || run_box(spec.clone(), rec.clone(), seed));
+    }
+
+    // Servers (an alias box holds an RFC 5780 server's second IP).
+    for s in &scenario.servers {
+        let (ip, alt_ip) = layout.servers[&s.name];
+        if let Some(alt_ip) = alt_ip {
+            let spec = BoxSpec {
+                name: format!("{}-alt", s.name),
+                ip: alt_ip,
+                kind: BoxKind::Alias,
+                uplink: BoxUplink::Internet(s.link),
+                seed: 0,
+            };
+            let rec = recorder.clone();
+            sim.host(alt_ip, move || run_box(spec.clone(), rec.clone(), seed));
+        }
+        let (s, rec) = (s.clone(), recorder.clone());
+        sim.host(ip, move || {
+            let (s, rec) = (s.clone(), rec.clone());
+            async move {
+                let primary = SocketAddr::new(ip, s.port);
+                let alternate = alt_ip.map(|a| SocketAddr::new(a, s.alt_port));
+                let config = ServerConfig { primary, alternate, software: Some("burrow-sim".into()) };
+                let link = Link::new(&s.name, s.link, seed, rec.clone());
+                let direct = Uplink::Direct { link, capture: s.name.clone(), firewall: None };
+                let mut sockets = Vec::new();
+                for addr in config.listen_addresses() {
+                    if addr.ip() == ip {
+                        sockets.push(SimSocket::bind(addr, direct.clone(), rec.clone()).await?);
+                    } else {
+                        let lan = Link::new(&format!("{}-alt-lan", s.name), LinkConfig::with_latency(0.0), seed, rec.clone());
+                        sockets.push(SimSocket::bind_alias(ip, addr, SocketAddr::new(addr.ip(), GATEWAY_PORT), lan, rec.clone()).await?);
+                    }
+                }
+                StunServer::from_sockets(config, sockets).run(1, std::future::pending()).await;
+                Ok(())
+            }
+        });
+    }
+
+    // The workload.
+    let slot: Slot = Arc::new(Mutex::new(None));
+    match &scenario.workload {
+        Workload::Netcheck { node, servers, deadline_s } => {
+            let n = scenario.nodes.iter().find(|x| &x.name == node).expect("validated").clone();
+            let ip = layout.nodes[node];
+            let firewall = scenario.firewall_config(&n)?;
+            let gateway = n.behind.as_ref().map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT));
+            let mut regions: Vec<Region> = Vec::new();
+            for name in servers {
+                let def = scenario.servers.iter().find(|x| &x.name == name).expect("validated");
+                let code = def.region.clone().unwrap_or_else(|| def.name.clone());
+                let addr = SocketAddr::new(layout.servers[name].0, def.port);
+                match regions.iter_mut().find(|r| r.code == code) {
+                    Some(r) => r.servers.push(addr),
+                    None => regions.push(Region { id: regions.len() as u32 + 1, code, servers: vec![addr] }),
+                }
+            }
+            let deadline = Duration::from_secs_f64(*deadline_s);
+            let (rec, slot2) = (recorder.clone(), slot.clone());
+            sim.client(ip, async move {
+                let link = Link::new(&n.name, n.link, seed, rec.clone());
+                let uplink = match gateway {
+                    Some(gateway) => Uplink::Gateway { gateway, link },
+                    None => Uplink::Direct {
+                        link,
+                        capture: n.name.clone(),
+                        firewall: firewall.map(|fw| {
+                            Arc::new(Mutex::new(NatTable::new(fw, ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")))))
+                        }),
+                    },
+                };
+                let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink, rec.clone()).await?;
+                let rng = ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("node:{}", n.name)));
+                let r = burrow::netcheck::run_on(regions, Some(sock), None, vec![ip], deadline, rng).await;
+                let r = match r {
+                    Ok(report) => Ok(report),
+                    Err(burrow::netcheck::NetcheckError::NoAnswer { .. }) => Err("no STUN server answered".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match &r {
+                    Ok(report) => rec.event(format_args!("netcheck report {}", serde_json::to_string(report).unwrap_or_default())),
+                    Err(e) => rec.event(format_args!("netcheck error {e}")),
+                }
+                *slot2.lock().expect("slot") = Some(r);
+                Ok(())
+            });
+        }
+    }
+
+    let run_result = sim.run();
+    let sim_ms = sim.elapsed().as_millis() as u64;
+    let result = slot.lock().expect("slot").take();
+    let (trace_hash, events) = recorder.trace_hash();
+    let mut outcome = Outcome {
+        scenario: scenario.name.clone(),
+        seed,
+        passed: false,
+        error: run_result.err().map(|e| e.to_string()),
+        mismatches: Vec::new(),
+        result: None,
+        trace_hash,
+        events,
+        sim_ms,
+        wall_ms: wall.elapsed().as_millis() as u64,
+        boxes: recorder.boxes(),
+    };
+    match &scenario.workload {
+        Workload::Netcheck { node, .. } => {
+            let expected = expected_netcheck(scenario, node, &layout);
+            let report = match result {
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) if e == "no STUN server answered" => None,
+                Some(Err(e)) => {
+                    outcome.error.get_or_insert(e);
+                    None
+                }
+                None => {
+                    outcome.error.get_or_insert_with(|| "the workload did not finish".into());
+                    None
+                }
+            };
+            outcome.result = report.as_ref().map(|r| serde_json::to_value(r).expect("report serializes"));
+            outcome.mismatches = check_netcheck(&expected, report.as_ref());
+        }
+    }
+    outcome.passed = outcome.error.is_none() && outcome.mismatches.is_empty();
+    Ok((outcome, recorder))
+}
+
+/// Expected netcheck fields (`None` = not checked).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetcheckExpectation {
+    udp: Option<bool>,
+    nat_type: Option<String>,
+    mapping_varies_by_dest_ip: Option<String>,
+    filtering: Option<String>,
+    mapping: Option<String>,
+    port_allocation: Option<String>,
+    global_ip: Option<IpAddr>,
+}
+
+fn word<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Object(o)) => o.get("kind").and_then(|k| k.as_str()).unwrap_or("?").to_owned(),
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// What netcheck must report for a node, from the properties of the boxes in front of it.
+fn expected_netcheck(scenario: &Scenario, node: &str, layout: &Layout) -> NetcheckExpectation {
+    let e = &scenario.expect;
+    let mut x = NetcheckExpectation::default();
+    if e.derive {
+        let chain = scenario.chain(node);
+        let blocked = chain.iter().any(|(_, c, _)| c.block_udp);
+        let translating: Vec<&(String, NatConfig, IpAddr)> = chain.iter().filter(|(_, c, _)| c.translate).collect();
+        let varies = chain.iter().any(|(_, c, _)| c.mapping != Dependence::EndpointIndependent);
+        x.udp = Some(!blocked);
+        if blocked {
+            x.nat_type = Some("udp-blocked".into());
+        } else {
+            x.nat_type = Some(if translating.is_empty() { "none" } else if varies { "hard" } else { "easy" }.into());
+            x.mapping_varies_by_dest_ip = Some(varies.to_string());
+            let filtering = chain.iter().map(|(_, c, _)| c.filtering).max().unwrap_or(Dependence::EndpointIndependent);
+            x.filtering = Some(word(&filtering));
+            let mapping = chain.iter().map(|(_, c, _)| c.mapping).max().unwrap_or(Dependence::EndpointIndependent);
+            x.mapping = Some(word(&mapping));
+            x.global_ip = Some(translating.last().map_or(layout.nodes[node], |(_, _, ip)| *ip));
+            x.port_allocation = match translating.as_slice() {
+                [] => Some("preserving".into()),
+                [(_, c, _)] if c.mapping != Dependence::EndpointIndependent => match c.allocation {
+                    PortAllocation::Sequential { .. } => Some("sequential".into()),
+                    PortAllocation::Random => Some("random".into()),
+                    PortAllocation::PreserveIfFree => None,
+                },
+                _ => None,
+            };
+        }
+    }
+    if e.udp.is_some() {
+        x.udp = e.udp;
+    }
+    for (field, value) in [
+        (&mut x.nat_type, &e.nat_type),
+        (&mut x.mapping_varies_by_dest_ip, &e.mapping_varies_by_dest_ip),
+        (&mut x.filtering, &e.filtering),
+        (&mut x.mapping, &e.mapping),
+        (&mut x.port_allocation, &e.port_allocation),
+    ] {
+        if value.is_some() {
+            *field = value.clone();
+        }
+    }
+    if e.global_ip.is_some() {
+        x.global_ip = e.global_ip;
+    }
+    x
+}
+
+fn check_netcheck(x: &NetcheckExpectation, report: Option<&Report>) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    let mut check = |field: &str, expected: &Option<String>, got: String| {
+        if let Some(e) = expected {
+            if *e != got {
+                out.push(Mismatch { field: field.into(), expected: e.clone(), got });
+            }
+        }
+    };
+    let udp = report.is_some_and(|r| r.udp);
+    check("udp", &x.udp.map(|b| b.to_string()), udp.to_string());
+    match report {
+        None => {
+            // No server answered: netcheck's verdict is udp-blocked.
+            check("nat_type", &x.nat_type, "udp-blocked".into());
+        }
+        Some(r) => {
+            check("nat_type", &x.nat_type, word(&r.nat_type));
+            check(
+                "mapping_varies_by_dest_ip",
+                &x.mapping_varies_by_dest_ip,
+                r.mapping_varies_by_dest_ip.map_or("null".into(), |b| b.to_string()),
+            );
+            check("filtering", &x.filtering, word(&r.filtering));
+            check("mapping", &x.mapping, word(&r.mapping));
+            check("port_allocation", &x.port_allocation, word(&r.port_allocation));
+            check(
+                "global_v4",
+                &x.global_ip.map(|ip| ip.to_string()),
+                r.global_v4.map_or("null".into(), |a| a.ip().to_string()),
+            );
+        }
+    }
+    out
+}
+
+/// The netcheck scenario the matrix runs for a preset: a node behind the preset's boxes, two
+/// STUN servers on distinct public IPs, one of them offering RFC 5780.
+pub fn netcheck_for_preset(preset: &str) -> Option<Scenario> {
+    let p = crate::preset::get(preset)?;
+    let mut boxes = Vec::new();
+    let mut firewall = None;
+    let mut behind = None;
+    // Boxes outermost first, so each names its parent.
+    for (i, cfg) in p.chain.iter().enumerate().rev() {
+        if !cfg.translate {
+            firewall = Some(FirewallDef::Table(cfg.clone()));
+            continue;
+        }
+        let name = if i == 0 { "home".to_owned() } else { format!("carrier{i}") };
+        boxes.push(BoxDef {
+            name: name.clone(),
+            preset: None,
+            nat: Some(cfg.clone()),
+            ip: None,
+            behind: behind.clone(),
+            link: LinkConfig::with_latency(5.0),
+        });
+        behind = Some(name);
+    }
+    let server = |name: &str, alt: Option<&str>, ms: f64| ServerDef {
+        name: name.into(),
+        kind: "stun".into(),
+        ip: None,
+        port: 3478,
+        alt_ip: alt.map(|a| a.parse().expect("literal")),
+        alt_port: 3479,
+        region: None,
+        link: LinkConfig::with_latency(ms),
+    };
+    Some(Scenario {
+        name: format!("netcheck/{preset}"),
+        description: format!("netcheck behind the {preset} preset: {}", p.doc),
+        duration_s: 30.0,
+        boxes,
+        servers: vec![server("stun1", Some("198.51.100.200"), 10.0), server("stun2", None, 20.0)],
+        nodes: vec![NodeDef {
+            name: "node".into(),
+            behind,
+            ip: None,
+            firewall,
+            link: lan(),
+        }],
+        workload: Workload::Netcheck {
+            node: "node".into(),
+            servers: vec!["stun1".into(), "stun2".into()],
+            deadline_s: netcheck_deadline(),
+        },
+        expect: Expect {
+            derive: true,
+            ..Expect::default()
+        },
+    })
+}
