@@ -66,20 +66,32 @@ impl Recorder {
 
     /// Records a datagram crossing `link`, in the trace and (if capturing) for pcap.
     pub fn packet(&self, link: &str, src: SocketAddr, dst: SocketAddr, payload: &[u8]) {
-        self.event(format_args!("{link} {src} > {dst} len {} fnv {:016x}", payload.len(), fnv(payload)));
+        self.event(format_args!(
+            "{link} {src} > {dst} len {} fnv {:016x}",
+            payload.len(),
+            fnv(payload)
+        ));
         if self.capture {
-            self.links.lock().expect("links lock").entry(link.to_owned()).or_default().push(Packet {
-                at: now(),
-                src,
-                dst,
-                payload: payload.to_vec(),
-            });
+            self.links
+                .lock()
+                .expect("links lock")
+                .entry(link.to_owned())
+                .or_default()
+                .push(Packet {
+                    at: now(),
+                    src,
+                    dst,
+                    payload: payload.to_vec(),
+                });
         }
     }
 
     /// Publishes a box's counters.
     pub fn box_stats(&self, name: &str, stats: NatStats) {
-        self.boxes.lock().expect("boxes lock").insert(name.to_owned(), stats);
+        self.boxes
+            .lock()
+            .expect("boxes lock")
+            .insert(name.to_owned(), stats);
     }
 
     /// Every box's counters.
@@ -99,12 +111,16 @@ impl Recorder {
         self.trace.lock().expect("trace lock").2.clone()
     }
 
-    /// Writes one pcap per link into `dir`, named `PREFIX-LINK.pcap`.
-    pub fn write_pcaps(&self, dir: &Path, prefix: &str) -> std::io::Result<Vec<std::path::PathBuf>> {
+    /// Writes one pcap per link into `dir`, named `PREFIXLINK.pcap`.
+    pub fn write_pcaps(
+        &self,
+        dir: &Path,
+        prefix: &str,
+    ) -> std::io::Result<Vec<std::path::PathBuf>> {
         std::fs::create_dir_all(dir)?;
         let mut written = Vec::new();
         for (link, packets) in self.links.lock().expect("links lock").iter() {
-            let path = dir.join(format!("{prefix}-{link}.pcap"));
+            let path = dir.join(format!("{prefix}{link}.pcap"));
             crate::pcap::write(&path, packets)?;
             written.push(path);
         }
@@ -114,7 +130,9 @@ impl Recorder {
 
 /// FNV-1a, for a short fingerprint of a payload in the trace.
 pub fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether an address is IPv4 (pcap framing differs).

@@ -6,6 +6,6 @@ pub mod nat;
 pub mod net;
 pub mod pcap;
 pub mod preset;
-pub mod wire;
-pub mod scenario;
 pub mod report;
+pub mod scenario;
+pub mod wire;

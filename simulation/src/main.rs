@@ -10,7 +10,10 @@ use burrow_sim::scenario::{self, Outcome, RunOptions, Scenario};
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask sim", about = "Run burrow's deterministic network scenarios")]
+#[command(
+    name = "cargo xtask sim",
+    about = "Run burrow's deterministic network scenarios"
+)]
 struct Cli {
     /// A scenario file name in simulation/scenarios (without .toml) or a path; repeatable.
     #[arg(long)]
@@ -57,8 +60,9 @@ fn load(name: &str) -> Result<Scenario> {
     } else {
         scenarios_dir().join(format!("{name}.toml"))
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading scenario {}", path.display()))?;
-    Ok(Scenario::from_toml(&text).with_context(|| format!("in {}", path.display()))?)
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading scenario {}", path.display()))?;
+    Scenario::from_toml(&text).with_context(|| format!("in {}", path.display()))
 }
 
 fn parse_seeds(s: &str) -> Result<Vec<u64>> {
@@ -92,7 +96,10 @@ fn real_main() -> Result<bool> {
     if cli.list {
         println!("presets:");
         for p in burrow_sim::preset::NAMES {
-            println!("  {p:<22} {}", burrow_sim::preset::get(p).expect("listed").doc);
+            println!(
+                "  {p:<22} {}",
+                burrow_sim::preset::get(p).expect("listed").doc
+            );
         }
         println!("scenarios ({}):", scenarios_dir().display());
         for f in scenario_files()? {
@@ -106,19 +113,34 @@ fn real_main() -> Result<bool> {
         presets.extend(burrow_sim::preset::NAMES.iter().map(|s| s.to_string()));
     }
     for p in &presets {
-        let s = scenario::netcheck_for_preset(p)
-            .with_context(|| format!("unknown preset {p:?} (known: {})", burrow_sim::preset::NAMES.join(", ")))?;
-        jobs.push(Job { scenario: s, replay: format!("--preset {p}") });
+        let s = scenario::netcheck_for_preset(p).with_context(|| {
+            format!(
+                "unknown preset {p:?} (known: {})",
+                burrow_sim::preset::NAMES.join(", ")
+            )
+        })?;
+        jobs.push(Job {
+            scenario: s,
+            replay: format!("--preset {p}"),
+        });
     }
     let mut names = cli.scenario.clone();
     if names.is_empty() && presets.is_empty() {
         names = scenario_files()?
             .iter()
-            .map(|f| f.file_stem().unwrap_or_default().to_string_lossy().into_owned())
+            .map(|f| {
+                f.file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
     }
     for n in &names {
-        jobs.push(Job { scenario: load(n)?, replay: format!("--scenario {n}") });
+        jobs.push(Job {
+            scenario: load(n)?,
+            replay: format!("--scenario {n}"),
+        });
     }
     let seeds = match (&cli.seed, &cli.seeds) {
         (Some(s), _) => vec![*s],
@@ -126,13 +148,22 @@ fn real_main() -> Result<bool> {
         (None, None) if cli.matrix => (1..=20).collect(),
         (None, None) => vec![1],
     };
-    let runs: Vec<(usize, u64)> = (0..jobs.len()).flat_map(|j| seeds.iter().map(move |&s| (j, s))).collect();
-    let options = RunOptions { capture: cli.pcap.is_some(), keep_trace: cli.trace };
-    let threads = cli.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let runs: Vec<(usize, u64)> = (0..jobs.len())
+        .flat_map(|j| seeds.iter().map(move |&s| (j, s)))
+        .collect();
+    let options = RunOptions {
+        capture: cli.pcap.is_some(),
+        keep_trace: cli.trace,
+    };
+    let threads = cli
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
 
     let bar = indicatif::ProgressBar::new(runs.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} {msg}").expect("template"),
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} {msg}")
+            .expect("template"),
     );
     if runs.len() < 2 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -150,8 +181,11 @@ fn real_main() -> Result<bool> {
                 match scenario::run(&job.scenario, seed, &options) {
                     Ok((outcome, recorder)) => {
                         if let Some(dir) = &cli.pcap {
-                            let sub = dir.join(format!("{}-seed{seed}", job.scenario.name.replace('/', "-")));
-                            if let Err(e) = recorder.write_pcaps(&sub, "link").map(|_| ()) {
+                            let sub = dir.join(format!(
+                                "{}-seed{seed}",
+                                job.scenario.name.replace('/', "-")
+                            ));
+                            if let Err(e) = recorder.write_pcaps(&sub, "").map(|_| ()) {
                                 failure.lock().expect("lock").get_or_insert(e.into());
                             }
                         }
@@ -177,7 +211,12 @@ fn real_main() -> Result<bool> {
     if let Some(e) = failure.into_inner().expect("lock") {
         return Err(e);
     }
-    let outcomes: Vec<Outcome> = results.into_inner().expect("lock").into_iter().flatten().collect();
+    let outcomes: Vec<Outcome> = results
+        .into_inner()
+        .expect("lock")
+        .into_iter()
+        .flatten()
+        .collect();
     let wall = started.elapsed();
 
     if cli.json {
@@ -194,8 +233,14 @@ fn real_main() -> Result<bool> {
     }
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.passed).collect();
     for o in &failed {
-        let replay = jobs.iter().find(|j| j.scenario.name == o.scenario).map_or(String::new(), |j| j.replay.clone());
-        eprintln!("FAILED {} seed {}: replay with `cargo xtask sim {replay} --seed {}`", o.scenario, o.seed, o.seed);
+        let replay = jobs
+            .iter()
+            .find(|j| j.scenario.name == o.scenario)
+            .map_or(String::new(), |j| j.replay.clone());
+        eprintln!(
+            "FAILED {} seed {}: replay with `cargo xtask sim {replay} --seed {}`",
+            o.scenario, o.seed, o.seed
+        );
         if let Some(e) = &o.error {
             eprintln!("  error: {e}");
         }
@@ -216,14 +261,21 @@ fn scenario_files() -> Result<Vec<PathBuf>> {
 }
 
 fn print_summary(outcomes: &[Outcome], jobs: &[Job], wall: std::time::Duration) {
-    println!("{:<32} {:>6} {:>7} {:>10} {:>10}  {}", "scenario", "seeds", "passed", "sim s", "wall ms", "netcheck verdicts");
+    println!(
+        "{:<32} {:>6} {:>7} {:>10} {:>10}  netcheck verdicts",
+        "scenario", "seeds", "passed", "sim s", "wall ms"
+    );
     for job in jobs {
-        let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == job.scenario.name).collect();
+        let mine: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.scenario == job.scenario.name)
+            .collect();
         if mine.is_empty() {
             continue;
         }
         let passed = mine.iter().filter(|o| o.passed).count();
-        let sim: f64 = mine.iter().map(|o| o.sim_ms as f64 / 1000.0).sum::<f64>() / mine.len() as f64;
+        let sim: f64 =
+            mine.iter().map(|o| o.sim_ms as f64 / 1000.0).sum::<f64>() / mine.len() as f64;
         let wall_ms: u64 = mine.iter().map(|o| o.wall_ms).sum::<u64>() / mine.len() as u64;
         let mut verdicts: Vec<String> = mine
             .iter()
@@ -249,8 +301,17 @@ fn print_summary(outcomes: &[Outcome], jobs: &[Job], wall: std::time::Duration) 
         );
     }
     if outcomes.len() == 1 {
-        println!("trace hash: {} ({} events)", outcomes[0].trace_hash, outcomes[0].events);
+        println!(
+            "trace hash: {} ({} events)",
+            outcomes[0].trace_hash, outcomes[0].events
+        );
     }
     let passed = outcomes.iter().filter(|o| o.passed).count();
-    println!("{} runs: {} passed, {} failed in {:.1} s", outcomes.len(), passed, outcomes.len() - passed, wall.as_secs_f64());
+    println!(
+        "{} runs: {} passed, {} failed in {:.1} s",
+        outcomes.len(),
+        passed,
+        outcomes.len() - passed,
+        wall.as_secs_f64()
+    );
 }

@@ -109,7 +109,9 @@ mod secs {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let v = f64::deserialize(d)?;
         if !(v.is_finite() && v > 0.0) {
-            return Err(serde::de::Error::custom("timeout must be a positive number of seconds"));
+            return Err(serde::de::Error::custom(
+                "timeout must be a positive number of seconds",
+            ));
         }
         Ok(Duration::from_secs_f64(v))
     }
@@ -250,12 +252,15 @@ impl NatTable {
     /// Drops sessions idle for the timeout, and mappings left without sessions.
     fn expire(&mut self, now: Instant, port: u16) -> bool {
         let timeout = self.config.timeout;
-        let Some(m) = self.mappings.get_mut(&port) else { return false };
+        let Some(m) = self.mappings.get_mut(&port) else {
+            return false;
+        };
         if m.permanent {
             return true;
         }
         let before = m.sessions.len();
-        m.sessions.retain(|_, last| now.saturating_duration_since(*last) < timeout);
+        m.sessions
+            .retain(|_, last| now.saturating_duration_since(*last) < timeout);
         let gone = before - m.sessions.len();
         self.sessions -= gone;
         self.stats.sessions_expired += gone as u64;
@@ -276,14 +281,20 @@ impl NatTable {
     }
 
     fn allocate(&mut self, internal: SocketAddr) -> Option<u16> {
-        let (low, high) = (self.config.port_low, self.config.port_high.max(self.config.port_low));
+        let (low, high) = (
+            self.config.port_low,
+            self.config.port_high.max(self.config.port_low),
+        );
         if !self.config.translate {
             return (!self.mappings.contains_key(&internal.port())).then_some(internal.port());
         }
         let span = (high - low) as u32 + 1;
         let free = |p: u16, m: &BTreeMap<u16, Mapping>| !m.contains_key(&p);
         match self.config.allocation {
-            PortAllocation::PreserveIfFree if (low..=high).contains(&internal.port()) && free(internal.port(), &self.mappings) => {
+            PortAllocation::PreserveIfFree
+                if (low..=high).contains(&internal.port())
+                    && free(internal.port(), &self.mappings) =>
+            {
                 return Some(internal.port());
             }
             PortAllocation::Sequential { stride } => {
@@ -296,7 +307,8 @@ impl NatTable {
                     let p = low as u32 + (next - low as u32) % span;
                     next = p + stride;
                     if free(p as u16, &self.mappings) {
-                        self.next_sequential = Some((low as u32 + (next - low as u32) % span) as u16);
+                        self.next_sequential =
+                            Some((low as u32 + (next - low as u32) % span) as u16);
                         return Some(p as u16);
                     }
                 }
@@ -318,13 +330,22 @@ impl NatTable {
     }
 
     /// An outbound packet from `internal` to `remote`: returns the external port it leaves from.
-    pub fn outbound(&mut self, now: Instant, internal: SocketAddr, remote: SocketAddr) -> Result<u16, Drop> {
+    pub fn outbound(
+        &mut self,
+        now: Instant,
+        internal: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<u16, Drop> {
         if self.config.block_udp {
             self.stats.dropped_blocked += 1;
             return Err(Drop::Blocked);
         }
         let key = self.key(remote);
-        let existing = self.by_key.get(&(internal, key)).copied().filter(|&p| self.expire(now, p));
+        let existing = self
+            .by_key
+            .get(&(internal, key))
+            .copied()
+            .filter(|&p| self.expire(now, p));
         let has_session = existing
             .and_then(|p| self.mappings.get(&p))
             .is_some_and(|m| m.sessions.contains_key(&remote));
@@ -365,7 +386,12 @@ impl NatTable {
     }
 
     /// An inbound packet from `remote` to external port `port`: returns the internal endpoint.
-    pub fn inbound(&mut self, now: Instant, port: u16, remote: SocketAddr) -> Result<SocketAddr, Drop> {
+    pub fn inbound(
+        &mut self,
+        now: Instant,
+        port: u16,
+        remote: SocketAddr,
+    ) -> Result<SocketAddr, Drop> {
         if self.config.block_udp {
             self.stats.dropped_blocked += 1;
             return Err(Drop::Blocked);
@@ -382,7 +408,10 @@ impl NatTable {
         let live = |last: &Instant| now.saturating_duration_since(*last) < timeout;
         let admitted = match self.config.filtering {
             Dependence::EndpointIndependent => true,
-            Dependence::AddressDependent => m.sessions.iter().any(|(r, last)| r.ip() == remote.ip() && live(last)),
+            Dependence::AddressDependent => m
+                .sessions
+                .iter()
+                .any(|(r, last)| r.ip() == remote.ip() && live(last)),
             Dependence::AddressAndPortDependent => m.sessions.get(&remote).is_some_and(live),
         };
         if !admitted {

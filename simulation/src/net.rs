@@ -2,6 +2,7 @@
 //! sockets that reach the Internet directly or through a gateway box; and the boxes (NATs,
 //! and "alias" boxes that give a host a second public address).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -99,18 +100,32 @@ impl Link {
 
     /// Sends `bytes` to `dst` over turmoil after this link's latency, losing or duplicating
     /// it as configured. Never blocks the caller.
-    fn transmit(self: &Arc<Self>, sock: &Arc<turmoil::net::UdpSocket>, dst: SocketAddr, bytes: Vec<u8>) {
+    fn transmit(
+        self: &Arc<Self>,
+        sock: &Arc<turmoil::net::UdpSocket>,
+        dst: SocketAddr,
+        bytes: Vec<u8>,
+    ) {
         let delays: Vec<Duration> = {
             let mut rng = self.rng.lock().expect("link rng");
             if unit(&mut rng) < self.config.loss {
                 drop(rng);
-                self.recorder.event(format_args!("{} lost {} bytes to {dst}", self.name, bytes.len()));
+                self.recorder.event(format_args!(
+                    "{} lost {} bytes to {dst}",
+                    self.name,
+                    bytes.len()
+                ));
                 return;
             }
-            let copies = if unit(&mut rng) < self.config.duplicate { 2 } else { 1 };
+            let copies = if unit(&mut rng) < self.config.duplicate {
+                2
+            } else {
+                1
+            };
             (0..copies)
                 .map(|_| {
-                    let ms = self.config.latency_ms.max(0.0) + self.config.jitter_ms.max(0.0) * unit(&mut rng);
+                    let ms = self.config.latency_ms.max(0.0)
+                        + self.config.jitter_ms.max(0.0) * unit(&mut rng);
                     Duration::from_micros((ms * 1000.0) as u64)
                 })
                 .collect()
@@ -173,7 +188,11 @@ fn sim_now() -> std::time::Instant {
 
 impl SimSocket {
     /// Binds `addr` (this host's IP, port 0 for any) reaching the Internet through `uplink`.
-    pub async fn bind(addr: SocketAddr, uplink: Uplink, recorder: Arc<Recorder>) -> io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        uplink: Uplink,
+        recorder: Arc<Recorder>,
+    ) -> io::Result<Self> {
         // turmoil binds only the unspecified address; the host's address is what we claim.
         let any = SocketAddr::new(unspecified(addr.ip()), addr.port());
         let sock = turmoil::net::UdpSocket::bind(any).await?;
@@ -188,7 +207,13 @@ impl SimSocket {
 
     /// A socket that appears on `public` (an address of an alias box at `gateway`), for a
     /// host with a second public IP (an RFC 5780 STUN server).
-    pub async fn bind_alias(host_ip: IpAddr, public: SocketAddr, gateway: SocketAddr, link: Arc<Link>, recorder: Arc<Recorder>) -> io::Result<Self> {
+    pub async fn bind_alias(
+        host_ip: IpAddr,
+        public: SocketAddr,
+        gateway: SocketAddr,
+        link: Arc<Link>,
+        recorder: Arc<Recorder>,
+    ) -> io::Result<Self> {
         let sock = turmoil::net::UdpSocket::bind(SocketAddr::new(unspecified(host_ip), 0)).await?;
         // Control traffic is not impaired: the box must learn the binding.
         sock.send_to(&wire::bind(public.port()), gateway).await?;
@@ -207,10 +232,21 @@ impl UdpTransport for SimSocket {
             Uplink::Gateway { gateway, link } => {
                 link.transmit(&self.sock, *gateway, wire::data(target, buf));
             }
-            Uplink::Direct { link, capture, firewall } => {
+            Uplink::Direct {
+                link,
+                capture,
+                firewall,
+            } => {
                 if let Some(fw) = firewall {
-                    if let Err(drop) = fw.lock().expect("firewall").outbound(sim_now(), self.local, target) {
-                        self.recorder.event(format_args!("{capture} firewall drop {drop:?} {} > {target}", self.local));
+                    if let Err(drop) =
+                        fw.lock()
+                            .expect("firewall")
+                            .outbound(sim_now(), self.local, target)
+                    {
+                        self.recorder.event(format_args!(
+                            "{capture} firewall drop {drop:?} {} > {target}",
+                            self.local
+                        ));
                         return Ok(buf.len());
                     }
                 }
@@ -236,11 +272,20 @@ impl UdpTransport for SimSocket {
                         return Ok((len, peer));
                     }
                 }
-                Uplink::Direct { capture, firewall, .. } => {
+                Uplink::Direct {
+                    capture, firewall, ..
+                } => {
                     self.recorder.packet(capture, src, self.local, &tmp[..n]);
                     if let Some(fw) = firewall {
-                        if let Err(drop) = fw.lock().expect("firewall").inbound(sim_now(), self.local.port(), src) {
-                            self.recorder.event(format_args!("{capture} firewall drop {drop:?} {src} > {}", self.local));
+                        if let Err(drop) =
+                            fw.lock()
+                                .expect("firewall")
+                                .inbound(sim_now(), self.local.port(), src)
+                        {
+                            self.recorder.event(format_args!(
+                                "{capture} firewall drop {drop:?} {src} > {}",
+                                self.local
+                            ));
                             continue;
                         }
                     }
@@ -279,6 +324,9 @@ pub struct BoxSpec {
     pub uplink: BoxUplink,
     /// Seed for the NAT's port choices.
     pub seed: u64,
+    /// The links of the hosts behind the box, by inside address: the box sends inwards over
+    /// them, so a host's link impairs both directions.
+    pub inside_links: Vec<(IpAddr, LinkConfig)>,
 }
 
 /// A box's connection to its upstream.
@@ -293,7 +341,9 @@ pub enum BoxUplink {
 /// Runs a box forever: takes wrapped datagrams from inside hosts, translates and filters them,
 /// and relays answers back in.
 pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> turmoil::Result {
-    let inside = Arc::new(turmoil::net::UdpSocket::bind(SocketAddr::new(unspecified(spec.ip), GATEWAY_PORT)).await?);
+    let inside = Arc::new(
+        turmoil::net::UdpSocket::bind(SocketAddr::new(unspecified(spec.ip), GATEWAY_PORT)).await?,
+    );
     let (config, alias) = match &spec.kind {
         BoxKind::Nat(c) => (c.clone(), false),
         BoxKind::Alias => (
@@ -318,6 +368,30 @@ pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> t
     let (tx, mut rx) = mpsc::unbounded_channel::<(u16, SocketAddr, Vec<u8>)>();
     let mut outer: BTreeMap<u16, (Arc<SimSocket>, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let down: BTreeMap<IpAddr, Arc<Link>> = spec
+        .inside_links
+        .iter()
+        .map(|(ip, l)| {
+            (
+                *ip,
+                Link::new(
+                    &format!("{}-down-{ip}", spec.name),
+                    *l,
+                    sim_seed,
+                    recorder.clone(),
+                ),
+            )
+        })
+        .collect();
+    let send_in = |target: SocketAddr, bytes: Vec<u8>| match down.get(&target.ip()) {
+        Some(link) => link.transmit(&inside, target, bytes),
+        None => {
+            let sock = inside.clone();
+            tokio::spawn(async move {
+                let _ = sock.send_to(&bytes, target).await;
+            });
+        }
+    };
 
     async fn open_port(
         port: u16,
@@ -326,7 +400,14 @@ pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> t
         recorder: &Arc<Recorder>,
         tx: &mpsc::UnboundedSender<(u16, SocketAddr, Vec<u8>)>,
     ) -> io::Result<(Arc<SimSocket>, tokio::task::JoinHandle<()>)> {
-        let s = Arc::new(SimSocket::bind(SocketAddr::new(spec.ip, port), uplink.clone(), recorder.clone()).await?);
+        let s = Arc::new(
+            SimSocket::bind(
+                SocketAddr::new(spec.ip, port),
+                uplink.clone(),
+                recorder.clone(),
+            )
+            .await?,
+        );
         let (s2, tx) = (s.clone(), tx.clone());
         let task = tokio::spawn(async move {
             let mut b = vec![0u8; MAX_DATAGRAM];
@@ -346,8 +427,10 @@ pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> t
                 let (n, internal) = r?;
                 match wire::open(&buf[..n]) {
                     Some(Envelope::Bind(port)) if alias => {
-                        if table.add_static(internal, port) && !outer.contains_key(&port) {
-                            outer.insert(port, open_port(port, &spec, &uplink, &recorder, &tx).await?);
+                        if table.add_static(internal, port) {
+                            if let Entry::Vacant(slot) = outer.entry(port) {
+                                slot.insert(open_port(port, &spec, &uplink, &recorder, &tx).await?);
+                            }
                         }
                     }
                     Some(Envelope::Data(dst, payload)) => {
@@ -363,7 +446,7 @@ pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> t
                                     match table.inbound(now, dst.port(), from) {
                                         Ok(target) => {
                                             recorder.packet(&inside_name, from, target, payload);
-                                            inside.send_to(&wire::data(from, payload), target).await?;
+                                            send_in(target, wire::data(from, payload));
                                         }
                                         Err(drop) => recorder.event(format_args!("{} drop {drop:?} hairpin {from} > {dst}", spec.name)),
                                     }
@@ -373,8 +456,8 @@ pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> t
                         } else {
                             match table.outbound(now, internal, dst) {
                                 Ok(port) => {
-                                    if !outer.contains_key(&port) {
-                                        outer.insert(port, open_port(port, &spec, &uplink, &recorder, &tx).await?);
+                                    if let Entry::Vacant(slot) = outer.entry(port) {
+                                        slot.insert(open_port(port, &spec, &uplink, &recorder, &tx).await?);
                                     }
                                     let (sock, _) = &outer[&port];
                                     sock.send_to(payload, dst).await?;
@@ -390,7 +473,7 @@ pub async fn run_box(spec: BoxSpec, recorder: Arc<Recorder>, sim_seed: u64) -> t
                 match table.inbound(sim_now(), port, src) {
                     Ok(internal) => {
                         recorder.packet(&inside_name, src, internal, &payload);
-                        inside.send_to(&wire::data(src, &payload), internal).await?;
+                        send_in(internal, wire::data(src, &payload));
                     }
                     Err(drop) => recorder.event(format_args!("{} drop {drop:?} {src} > {}:{port}", spec.name, spec.ip)),
                 }

@@ -20,7 +20,8 @@ pub fn write(path: &Path, packets: &[Packet]) -> std::io::Result<()> {
         datalink: DataLink::RAW,
         ..PcapHeader::default()
     };
-    let mut w = PcapWriter::with_header(std::io::BufWriter::new(file), header).map_err(std::io::Error::other)?;
+    let mut w = PcapWriter::with_header(std::io::BufWriter::new(file), header)
+        .map_err(std::io::Error::other)?;
     for p in packets {
         let frame = ip_udp(p.src, p.dst, &p.payload);
         w.write_packet(&PcapPacket::new(EPOCH + p.at, frame.len() as u32, &frame))
@@ -114,9 +115,17 @@ mod tests {
 
     #[test]
     fn ipv4_header_checksum_verifies() {
-        let f = ip_udp("10.0.0.1:5000".parse().unwrap(), "198.51.100.1:3478".parse().unwrap(), b"abc");
+        let f = ip_udp(
+            "10.0.0.1:5000".parse().unwrap(),
+            "198.51.100.1:3478".parse().unwrap(),
+            b"abc",
+        );
         assert_eq!(f.len(), 20 + 8 + 3);
-        assert_eq!(checksum(&[&f[..20]]), 0, "a header with its checksum sums to zero");
+        assert_eq!(
+            checksum(&[&f[..20]]),
+            0,
+            "a header with its checksum sums to zero"
+        );
         // UDP checksum verifies over pseudo-header + segment.
         let mut pseudo = vec![10, 0, 0, 1, 198, 51, 100, 1, 0, 17, 0, 11];
         pseudo.extend_from_slice(&f[20..]);

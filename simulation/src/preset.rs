@@ -17,7 +17,11 @@ pub struct Preset {
     pub chain: Vec<NatConfig>,
 }
 
-fn nat(mapping: crate::nat::Dependence, filtering: crate::nat::Dependence, allocation: PortAllocation) -> NatConfig {
+fn nat(
+    mapping: crate::nat::Dependence,
+    filtering: crate::nat::Dependence,
+    allocation: PortAllocation,
+) -> NatConfig {
     NatConfig {
         translate: true,
         mapping,
@@ -53,29 +57,69 @@ pub fn single(name: &str) -> Option<NatConfig> {
     Some(match name {
         "firewall" => NatConfig {
             translate: false,
-            ..nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::PreserveIfFree)
+            ..nat(
+                EndpointIndependent,
+                AddressAndPortDependent,
+                PortAllocation::PreserveIfFree,
+            )
         },
-        "easy" => nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::PreserveIfFree),
+        "easy" => nat(
+            EndpointIndependent,
+            AddressAndPortDependent,
+            PortAllocation::PreserveIfFree,
+        ),
         "full-cone" => NatConfig {
             refresh: Refresh::Both,
-            ..nat(EndpointIndependent, EndpointIndependent, PortAllocation::PreserveIfFree)
+            ..nat(
+                EndpointIndependent,
+                EndpointIndependent,
+                PortAllocation::PreserveIfFree,
+            )
         },
-        "restricted-cone" => nat(EndpointIndependent, AddressDependent, PortAllocation::PreserveIfFree),
-        "port-restricted-cone" => nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::Sequential { stride: 1 }),
-        "hard" => nat(AddressAndPortDependent, AddressAndPortDependent, PortAllocation::Random),
-        "hard-sequential" => nat(AddressAndPortDependent, AddressAndPortDependent, PortAllocation::Sequential { stride: 1 }),
+        "restricted-cone" => nat(
+            EndpointIndependent,
+            AddressDependent,
+            PortAllocation::PreserveIfFree,
+        ),
+        "port-restricted-cone" => nat(
+            EndpointIndependent,
+            AddressAndPortDependent,
+            PortAllocation::Sequential { stride: 1 },
+        ),
+        "hard" => nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAllocation::Random,
+        ),
+        "hard-sequential" => nat(
+            AddressAndPortDependent,
+            AddressAndPortDependent,
+            PortAllocation::Sequential { stride: 1 },
+        ),
         "cgnat" => NatConfig {
             port_low: 10_000,
             port_high: 60_000,
-            ..nat(EndpointIndependent, AddressDependent, PortAllocation::Random)
+            ..nat(
+                EndpointIndependent,
+                AddressDependent,
+                PortAllocation::Random,
+            )
         },
         "udp-blocked" => NatConfig {
             block_udp: true,
-            ..nat(EndpointIndependent, AddressAndPortDependent, PortAllocation::PreserveIfFree)
+            ..nat(
+                EndpointIndependent,
+                AddressAndPortDependent,
+                PortAllocation::PreserveIfFree,
+            )
         },
         "srx300" => NatConfig {
             capacity: Some(65_536),
-            ..nat(AddressAndPortDependent, AddressAndPortDependent, PortAllocation::Random)
+            ..nat(
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAllocation::Random,
+            )
         },
         _ => return None,
     })

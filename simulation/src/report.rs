@@ -7,7 +7,10 @@ use std::time::Duration;
 use crate::scenario::Outcome;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Writes both files.
@@ -19,7 +22,10 @@ pub fn write(dir: &Path, outcomes: &[Outcome], wall: Duration) -> std::io::Resul
         "wall_seconds": wall.as_secs_f64(),
         "outcomes": outcomes,
     });
-    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     std::fs::write(dir.join("report.html"), html(outcomes, wall))?;
     Ok(())
 }
@@ -79,10 +85,16 @@ fn html(outcomes: &[Outcome], wall: Duration) -> String {
                         ));
                     }
                     for (name, b) in &o.boxes {
-                        title.push_str(&format!("{name}: peak {} sessions, {} filtered\n", b.peak_sessions, b.dropped_filtered));
+                        title.push_str(&format!(
+                            "{name}: peak {} sessions, {} filtered\n",
+                            b.peak_sessions, b.dropped_filtered
+                        ));
                     }
                     for m in &o.mismatches {
-                        title.push_str(&format!("MISMATCH {}: expected {}, got {}\n", m.field, m.expected, m.got));
+                        title.push_str(&format!(
+                            "MISMATCH {}: expected {}, got {}\n",
+                            m.field, m.expected, m.got
+                        ));
                     }
                     if let Some(e) = &o.error {
                         title.push_str(&format!("ERROR {e}\n"));

@@ -16,7 +16,9 @@ use thiserror::Error;
 
 use crate::capture::Recorder;
 use crate::nat::{Dependence, NatConfig, NatStats, NatTable, PortAllocation};
-use crate::net::{derive_seed, run_box, BoxKind, BoxSpec, BoxUplink, Link, LinkConfig, SimSocket, Uplink};
+use crate::net::{
+    derive_seed, run_box, BoxKind, BoxSpec, BoxUplink, Link, LinkConfig, SimSocket, Uplink,
+};
 use crate::wire::GATEWAY_PORT;
 
 /// A scenario, as written in `simulation/scenarios/*.toml`.
@@ -270,7 +272,11 @@ impl Scenario {
     fn box_config(&self, b: &BoxDef) -> Result<NatConfig, ScenarioError> {
         match (&b.preset, &b.nat) {
             (Some(p), None) => crate::preset::single(p).ok_or_else(|| {
-                self.invalid(format!("box {}: unknown preset {p:?} (open has no box; known: {})", b.name, crate::preset::NAMES.join(", ")))
+                self.invalid(format!(
+                    "box {}: unknown preset {p:?} (open has no box; known: {})",
+                    b.name,
+                    crate::preset::NAMES.join(", ")
+                ))
             }),
             (None, Some(n)) => Ok(n.clone()),
             _ => Err(self.invalid(format!("box {}: give exactly one of preset or nat", b.name))),
@@ -280,9 +286,9 @@ impl Scenario {
     fn firewall_config(&self, n: &NodeDef) -> Result<Option<NatConfig>, ScenarioError> {
         Ok(match &n.firewall {
             None => None,
-            Some(FirewallDef::Preset(p)) => Some(
-                crate::preset::single(p).ok_or_else(|| self.invalid(format!("node {}: unknown firewall preset {p:?}", n.name)))?,
-            ),
+            Some(FirewallDef::Preset(p)) => Some(crate::preset::single(p).ok_or_else(|| {
+                self.invalid(format!("node {}: unknown firewall preset {p:?}", n.name))
+            })?),
             Some(FirewallDef::Table(t)) => Some(t.clone()),
         })
     }
@@ -290,39 +296,55 @@ impl Scenario {
     /// Checks references and assigns addresses.
     fn layout(&self) -> Result<Layout, ScenarioError> {
         let mut names = std::collections::BTreeSet::new();
-        for n in self.boxes.iter().map(|b| &b.name).chain(self.servers.iter().map(|s| &s.name)).chain(self.nodes.iter().map(|n| &n.name)) {
+        for n in self
+            .boxes
+            .iter()
+            .map(|b| &b.name)
+            .chain(self.servers.iter().map(|s| &s.name))
+            .chain(self.nodes.iter().map(|n| &n.name))
+        {
             if !names.insert(n.clone()) {
                 return Err(self.invalid(format!("name {n:?} is used twice")));
             }
         }
         let mut used: Vec<IpAddr> = Vec::new();
-        let mut take = |wanted: Option<IpAddr>, pool: [u8; 3], next: &mut u8| -> Result<IpAddr, String> {
-            let ip = match wanted {
-                Some(ip) => ip,
-                None => loop {
-                    *next += 1;
-                    let ip = IpAddr::V4(Ipv4Addr::new(pool[0], pool[1], pool[2], *next));
-                    if !used.contains(&ip) {
-                        break ip;
-                    }
-                },
+        let mut take =
+            |wanted: Option<IpAddr>, pool: [u8; 3], next: &mut u8| -> Result<IpAddr, String> {
+                let ip = match wanted {
+                    Some(ip) => ip,
+                    None => loop {
+                        *next += 1;
+                        let ip = IpAddr::V4(Ipv4Addr::new(pool[0], pool[1], pool[2], *next));
+                        if !used.contains(&ip) {
+                            break ip;
+                        }
+                    },
+                };
+                if used.contains(&ip) {
+                    return Err(format!("address {ip} is used twice"));
+                }
+                used.push(ip);
+                Ok(ip)
             };
-            if used.contains(&ip) {
-                return Err(format!("address {ip} is used twice"));
-            }
-            used.push(ip);
-            Ok(ip)
-        };
         let mut layout = Layout::default();
         let (mut next_server, mut next_box, mut next_node) = (0u8, 0u8, 0u8);
         for s in &self.servers {
             if s.kind != "stun" {
-                return Err(self.invalid(format!("server {}: unknown kind {:?} (known: stun)", s.name, s.kind)));
+                return Err(self.invalid(format!(
+                    "server {}: unknown kind {:?} (known: stun)",
+                    s.name, s.kind
+                )));
             }
             let ip = take(s.ip, [198, 51, 100], &mut next_server).map_err(|e| self.invalid(e))?;
-            let alt = s.alt_ip.map(|a| take(Some(a), [0, 0, 0], &mut 0)).transpose().map_err(|e| self.invalid(e))?;
+            let alt = s
+                .alt_ip
+                .map(|a| take(Some(a), [0, 0, 0], &mut 0))
+                .transpose()
+                .map_err(|e| self.invalid(e))?;
             if alt.is_some() && s.alt_port == s.port {
-                return Err(self.invalid(format!("server {}: alt_port must differ from port", s.name)));
+                return Err(
+                    self.invalid(format!("server {}: alt_port must differ from port", s.name))
+                );
             }
             layout.servers.insert(s.name.clone(), (ip, alt));
         }
@@ -338,7 +360,9 @@ impl Scenario {
         for b in &self.boxes {
             if let Some(parent) = &b.behind {
                 if !layout.boxes.contains_key(parent) {
-                    return Err(self.invalid(format!("box {} is behind unknown box {parent:?}", b.name)));
+                    return Err(
+                        self.invalid(format!("box {} is behind unknown box {parent:?}", b.name))
+                    );
                 }
                 // No cycles: walking up must end.
                 let mut seen = vec![b.name.clone()];
@@ -348,7 +372,11 @@ impl Scenario {
                         return Err(self.invalid(format!("boxes form a cycle through {c}")));
                     }
                     seen.push(c.clone());
-                    cur = self.boxes.iter().find(|x| x.name == c).and_then(|x| x.behind.clone());
+                    cur = self
+                        .boxes
+                        .iter()
+                        .find(|x| x.name == c)
+                        .and_then(|x| x.behind.clone());
                 }
             }
         }
@@ -368,7 +396,11 @@ impl Scenario {
             layout.nodes.insert(n.name.clone(), ip);
         }
         match &self.workload {
-            Workload::Netcheck { node, servers, deadline_s } => {
+            Workload::Netcheck {
+                node,
+                servers,
+                deadline_s,
+            } => {
                 if !layout.nodes.contains_key(node) {
                     return Err(self.invalid(format!("workload node {node:?} is not defined")));
                 }
@@ -380,12 +412,12 @@ impl Scenario {
                         return Err(self.invalid(format!("workload server {s:?} is not defined")));
                     }
                 }
-                if !(*deadline_s > 0.0) {
+                if !deadline_s.is_finite() || *deadline_s <= 0.0 {
                     return Err(self.invalid("deadline_s must be positive"));
                 }
             }
         }
-        if !(self.duration_s > 0.0) {
+        if !self.duration_s.is_finite() || self.duration_s <= 0.0 {
             return Err(self.invalid("duration_s must be positive"));
         }
         Ok(layout)
@@ -394,16 +426,24 @@ impl Scenario {
     /// The NAT behaviours between `node` and the Internet, nearest first (its firewall, then
     /// its box, that box's parent, …).
     pub fn chain(&self, node: &str) -> Vec<(String, NatConfig, IpAddr)> {
-        let Ok(layout) = self.layout() else { return Vec::new() };
+        let Ok(layout) = self.layout() else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        let Some(n) = self.nodes.iter().find(|n| n.name == node) else { return out };
+        let Some(n) = self.nodes.iter().find(|n| n.name == node) else {
+            return out;
+        };
         if let Ok(Some(fw)) = self.firewall_config(n) {
             out.push((format!("{}-firewall", n.name), fw, layout.nodes[&n.name]));
         }
         let mut cur = n.behind.clone();
         while let Some(b) = cur {
             let def = self.boxes.iter().find(|x| x.name == b).expect("validated");
-            out.push((b.clone(), self.box_config(def).expect("validated"), layout.boxes[&b]));
+            out.push((
+                b.clone(),
+                self.box_config(def).expect("validated"),
+                layout.boxes[&b],
+            ));
             cur = def.behind.clone();
         }
         out
@@ -430,7 +470,11 @@ pub struct RunOptions {
 }
 
 /// Runs `scenario` with `seed`; returns the outcome and the recorder (for pcaps and traces).
-pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outcome, Arc<Recorder>), ScenarioError> {
+pub fn run(
+    scenario: &Scenario,
+    seed: u64,
+    options: &RunOptions,
+) -> Result<(Outcome, Arc<Recorder>), ScenarioError> {
     let layout = scenario.layout()?;
     let recorder = Arc::new(Recorder::new(options.capture, options.keep_trace));
     let wall = Instant::now();
@@ -456,6 +500,19 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outc
             kind: BoxKind::Nat(scenario.box_config(b)?),
             uplink,
             seed: derive_seed(seed, &format!("box:{}", b.name)),
+            inside_links: scenario
+                .nodes
+                .iter()
+                .filter(|n| n.behind.as_deref() == Some(b.name.as_str()))
+                .map(|n| (layout.nodes[&n.name], n.link))
+                .chain(
+                    scenario
+                        .boxes
+                        .iter()
+                        .filter(|c| c.behind.as_deref() == Some(b.name.as_str()))
+                        .map(|c| (layout.boxes[&c.name], c.link)),
+                )
+                .collect(),
         };
         let rec = recorder.clone();
         sim.host(ip, move || run_box(spec.clone(), rec.clone(), seed));
@@ -471,6 +528,7 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outc
                 kind: BoxKind::Alias,
                 uplink: BoxUplink::Internet(s.link),
                 seed: 0,
+                inside_links: Vec::new(),
             };
             let rec = recorder.clone();
             sim.host(alt_ip, move || run_box(spec.clone(), rec.clone(), seed));
@@ -481,19 +539,43 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outc
             async move {
                 let primary = SocketAddr::new(ip, s.port);
                 let alternate = alt_ip.map(|a| SocketAddr::new(a, s.alt_port));
-                let config = ServerConfig { primary, alternate, software: Some("burrow-sim".into()) };
+                let config = ServerConfig {
+                    primary,
+                    alternate,
+                    software: Some("burrow-sim".into()),
+                };
                 let link = Link::new(&s.name, s.link, seed, rec.clone());
-                let direct = Uplink::Direct { link, capture: s.name.clone(), firewall: None };
+                let direct = Uplink::Direct {
+                    link,
+                    capture: s.name.clone(),
+                    firewall: None,
+                };
                 let mut sockets = Vec::new();
                 for addr in config.listen_addresses() {
                     if addr.ip() == ip {
                         sockets.push(SimSocket::bind(addr, direct.clone(), rec.clone()).await?);
                     } else {
-                        let lan = Link::new(&format!("{}-alt-lan", s.name), LinkConfig::with_latency(0.0), seed, rec.clone());
-                        sockets.push(SimSocket::bind_alias(ip, addr, SocketAddr::new(addr.ip(), GATEWAY_PORT), lan, rec.clone()).await?);
+                        let lan = Link::new(
+                            &format!("{}-alt-lan", s.name),
+                            LinkConfig::with_latency(0.0),
+                            seed,
+                            rec.clone(),
+                        );
+                        sockets.push(
+                            SimSocket::bind_alias(
+                                ip,
+                                addr,
+                                SocketAddr::new(addr.ip(), GATEWAY_PORT),
+                                lan,
+                                rec.clone(),
+                            )
+                            .await?,
+                        );
                     }
                 }
-                StunServer::from_sockets(config, sockets).run(1, std::future::pending()).await;
+                StunServer::from_sockets(config, sockets)
+                    .run(1, std::future::pending())
+                    .await;
                 Ok(())
             }
         });
@@ -502,19 +584,39 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outc
     // The workload.
     let slot: Slot = Arc::new(Mutex::new(None));
     match &scenario.workload {
-        Workload::Netcheck { node, servers, deadline_s } => {
-            let n = scenario.nodes.iter().find(|x| &x.name == node).expect("validated").clone();
+        Workload::Netcheck {
+            node,
+            servers,
+            deadline_s,
+        } => {
+            let n = scenario
+                .nodes
+                .iter()
+                .find(|x| &x.name == node)
+                .expect("validated")
+                .clone();
             let ip = layout.nodes[node];
             let firewall = scenario.firewall_config(&n)?;
-            let gateway = n.behind.as_ref().map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT));
+            let gateway = n
+                .behind
+                .as_ref()
+                .map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT));
             let mut regions: Vec<Region> = Vec::new();
             for name in servers {
-                let def = scenario.servers.iter().find(|x| &x.name == name).expect("validated");
+                let def = scenario
+                    .servers
+                    .iter()
+                    .find(|x| &x.name == name)
+                    .expect("validated");
                 let code = def.region.clone().unwrap_or_else(|| def.name.clone());
                 let addr = SocketAddr::new(layout.servers[name].0, def.port);
                 match regions.iter_mut().find(|r| r.code == code) {
                     Some(r) => r.servers.push(addr),
-                    None => regions.push(Region { id: regions.len() as u32 + 1, code, servers: vec![addr] }),
+                    None => regions.push(Region {
+                        id: regions.len() as u32 + 1,
+                        code,
+                        servers: vec![addr],
+                    }),
                 }
             }
             let deadline = Duration::from_secs_f64(*deadline_s);
@@ -527,20 +629,31 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outc
                         link,
                         capture: n.name.clone(),
                         firewall: firewall.map(|fw| {
-                            Arc::new(Mutex::new(NatTable::new(fw, ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")))))
+                            Arc::new(Mutex::new(NatTable::new(
+                                fw,
+                                ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")),
+                            )))
                         }),
                     },
                 };
                 let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink, rec.clone()).await?;
-                let rng = ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("node:{}", n.name)));
-                let r = burrow::netcheck::run_on(regions, Some(sock), None, vec![ip], deadline, rng).await;
+                let rng =
+                    ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("node:{}", n.name)));
+                let r =
+                    burrow::netcheck::run_on(regions, Some(sock), None, vec![ip], deadline, rng)
+                        .await;
                 let r = match r {
                     Ok(report) => Ok(report),
-                    Err(burrow::netcheck::NetcheckError::NoAnswer { .. }) => Err("no STUN server answered".to_owned()),
+                    Err(burrow::netcheck::NetcheckError::NoAnswer { .. }) => {
+                        Err("no STUN server answered".to_owned())
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 match &r {
-                    Ok(report) => rec.event(format_args!("netcheck report {}", serde_json::to_string(report).unwrap_or_default())),
+                    Ok(report) => rec.event(format_args!(
+                        "netcheck report {}",
+                        serde_json::to_string(report).unwrap_or_default()
+                    )),
                     Err(e) => rec.event(format_args!("netcheck error {e}")),
                 }
                 *slot2.lock().expect("slot") = Some(r);
@@ -577,11 +690,15 @@ pub fn run(scenario: &Scenario, seed: u64, options: &RunOptions) -> Result<(Outc
                     None
                 }
                 None => {
-                    outcome.error.get_or_insert_with(|| "the workload did not finish".into());
+                    outcome
+                        .error
+                        .get_or_insert_with(|| "the workload did not finish".into());
                     None
                 }
             };
-            outcome.result = report.as_ref().map(|r| serde_json::to_value(r).expect("report serializes"));
+            outcome.result = report
+                .as_ref()
+                .map(|r| serde_json::to_value(r).expect("report serializes"));
             outcome.mismatches = check_netcheck(&expected, report.as_ref());
         }
     }
@@ -604,7 +721,11 @@ pub struct NetcheckExpectation {
 fn word<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
-        Ok(serde_json::Value::Object(o)) => o.get("kind").and_then(|k| k.as_str()).unwrap_or("?").to_owned(),
+        Ok(serde_json::Value::Object(o)) => o
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("?")
+            .to_owned(),
         Ok(other) => other.to_string(),
         Err(_) => "?".into(),
     }
@@ -617,19 +738,43 @@ fn expected_netcheck(scenario: &Scenario, node: &str, layout: &Layout) -> Netche
     if e.derive {
         let chain = scenario.chain(node);
         let blocked = chain.iter().any(|(_, c, _)| c.block_udp);
-        let translating: Vec<&(String, NatConfig, IpAddr)> = chain.iter().filter(|(_, c, _)| c.translate).collect();
-        let varies = chain.iter().any(|(_, c, _)| c.mapping != Dependence::EndpointIndependent);
+        let translating: Vec<&(String, NatConfig, IpAddr)> =
+            chain.iter().filter(|(_, c, _)| c.translate).collect();
+        let varies = chain
+            .iter()
+            .any(|(_, c, _)| c.mapping != Dependence::EndpointIndependent);
         x.udp = Some(!blocked);
         if blocked {
             x.nat_type = Some("udp-blocked".into());
         } else {
-            x.nat_type = Some(if translating.is_empty() { "none" } else if varies { "hard" } else { "easy" }.into());
+            x.nat_type = Some(
+                if translating.is_empty() {
+                    "none"
+                } else if varies {
+                    "hard"
+                } else {
+                    "easy"
+                }
+                .into(),
+            );
             x.mapping_varies_by_dest_ip = Some(varies.to_string());
-            let filtering = chain.iter().map(|(_, c, _)| c.filtering).max().unwrap_or(Dependence::EndpointIndependent);
+            let filtering = chain
+                .iter()
+                .map(|(_, c, _)| c.filtering)
+                .max()
+                .unwrap_or(Dependence::EndpointIndependent);
             x.filtering = Some(word(&filtering));
-            let mapping = chain.iter().map(|(_, c, _)| c.mapping).max().unwrap_or(Dependence::EndpointIndependent);
+            let mapping = chain
+                .iter()
+                .map(|(_, c, _)| c.mapping)
+                .max()
+                .unwrap_or(Dependence::EndpointIndependent);
             x.mapping = Some(word(&mapping));
-            x.global_ip = Some(translating.last().map_or(layout.nodes[node], |(_, _, ip)| *ip));
+            x.global_ip = Some(
+                translating
+                    .last()
+                    .map_or(layout.nodes[node], |(_, _, ip)| *ip),
+            );
             x.port_allocation = match translating.as_slice() {
                 [] => Some("preserving".into()),
                 [(_, c, _)] if c.mapping != Dependence::EndpointIndependent => match c.allocation {
@@ -646,7 +791,10 @@ fn expected_netcheck(scenario: &Scenario, node: &str, layout: &Layout) -> Netche
     }
     for (field, value) in [
         (&mut x.nat_type, &e.nat_type),
-        (&mut x.mapping_varies_by_dest_ip, &e.mapping_varies_by_dest_ip),
+        (
+            &mut x.mapping_varies_by_dest_ip,
+            &e.mapping_varies_by_dest_ip,
+        ),
         (&mut x.filtering, &e.filtering),
         (&mut x.mapping, &e.mapping),
         (&mut x.port_allocation, &e.port_allocation),
@@ -666,7 +814,11 @@ fn check_netcheck(x: &NetcheckExpectation, report: Option<&Report>) -> Vec<Misma
     let mut check = |field: &str, expected: &Option<String>, got: String| {
         if let Some(e) = expected {
             if *e != got {
-                out.push(Mismatch { field: field.into(), expected: e.clone(), got });
+                out.push(Mismatch {
+                    field: field.into(),
+                    expected: e.clone(),
+                    got,
+                });
             }
         }
     };
@@ -682,11 +834,16 @@ fn check_netcheck(x: &NetcheckExpectation, report: Option<&Report>) -> Vec<Misma
             check(
                 "mapping_varies_by_dest_ip",
                 &x.mapping_varies_by_dest_ip,
-                r.mapping_varies_by_dest_ip.map_or("null".into(), |b| b.to_string()),
+                r.mapping_varies_by_dest_ip
+                    .map_or("null".into(), |b| b.to_string()),
             );
             check("filtering", &x.filtering, word(&r.filtering));
             check("mapping", &x.mapping, word(&r.mapping));
-            check("port_allocation", &x.port_allocation, word(&r.port_allocation));
+            check(
+                "port_allocation",
+                &x.port_allocation,
+                word(&r.port_allocation),
+            );
             check(
                 "global_v4",
                 &x.global_ip.map(|ip| ip.to_string()),
@@ -710,7 +867,11 @@ pub fn netcheck_for_preset(preset: &str) -> Option<Scenario> {
             firewall = Some(FirewallDef::Table(cfg.clone()));
             continue;
         }
-        let name = if i == 0 { "home".to_owned() } else { format!("carrier{i}") };
+        let name = if i == 0 {
+            "home".to_owned()
+        } else {
+            format!("carrier{i}")
+        };
         boxes.push(BoxDef {
             name: name.clone(),
             preset: None,
@@ -736,7 +897,10 @@ pub fn netcheck_for_preset(preset: &str) -> Option<Scenario> {
         description: format!("netcheck behind the {preset} preset: {}", p.doc),
         duration_s: 30.0,
         boxes,
-        servers: vec![server("stun1", Some("198.51.100.200"), 10.0), server("stun2", None, 20.0)],
+        servers: vec![
+            server("stun1", Some("198.51.100.200"), 10.0),
+            server("stun2", None, 20.0),
+        ],
         nodes: vec![NodeDef {
             name: "node".into(),
             behind,

@@ -58,7 +58,9 @@ pub fn open(bytes: &[u8]) -> Option<Envelope<'_>> {
             let port = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
             Some(Envelope::Data(SocketAddr::new(ip, port), &rest[2..]))
         }
-        1 => Some(Envelope::Bind(u16::from_be_bytes(bytes.get(1..3)?.try_into().ok()?))),
+        1 => Some(Envelope::Bind(u16::from_be_bytes(
+            bytes.get(1..3)?.try_into().ok()?,
+        ))),
         _ => None,
     }
 }

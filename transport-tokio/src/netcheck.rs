@@ -113,13 +113,29 @@ pub async fn run(servers: &[ServerSpec], deadline: Duration) -> Result<Report, N
     let want_v4 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv4());
     let want_v6 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv6());
     let v4 = if want_v4 {
-        Some(UdpSocket::bind("0.0.0.0:0").await.map_err(NetcheckError::Bind)?)
+        Some(
+            UdpSocket::bind("0.0.0.0:0")
+                .await
+                .map_err(NetcheckError::Bind)?,
+        )
     } else {
         None
     };
     // IPv6 may be absent on this host; that is a finding, not an error.
-    let v6 = if want_v6 { UdpSocket::bind("[::]:0").await.ok() } else { None };
-    run_on(regions, v4, v6, local_ips(), deadline, ChaCha20Rng::from_os_rng()).await
+    let v6 = if want_v6 {
+        UdpSocket::bind("[::]:0").await.ok()
+    } else {
+        None
+    };
+    run_on(
+        regions,
+        v4,
+        v6,
+        local_ips(),
+        deadline,
+        ChaCha20Rng::from_os_rng(),
+    )
+    .await
 }
 
 /// Runs one network check over sockets the caller bound (tokio's, or the simulator's).
@@ -191,7 +207,10 @@ pub async fn run_on<S: UdpTransport>(
     }
 }
 
-async fn recv<S: UdpTransport>(socket: &Option<S>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+async fn recv<S: UdpTransport>(
+    socket: &Option<S>,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
     match socket {
         Some(s) => s.recv_from(buf).await,
         None => pending().await,

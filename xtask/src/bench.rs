@@ -218,7 +218,12 @@ fn burrow_version(burrow: &Path) -> String {
     Command::new(burrow)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("burrow ").to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .trim_start_matches("burrow ")
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 

@@ -31,6 +31,13 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Replay deterministic network scenarios (arguments go to burrow-sim; see --help).
+    #[command(disable_help_flag = true)]
+    Sim {
+        /// e.g. --matrix --report out/ | --scenario NAME --seed N | --seeds A..B | --pcap DIR | --json
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run a fuzz campaign on nightly with cargo-fuzz.
     Fuzz {
         /// Target name (fuzz/fuzz_targets/TARGET.rs).
@@ -41,6 +48,18 @@ enum Command {
     },
 }
 
+/// Builds the simulator in release mode and runs it with `args`, passing its exit status on.
+fn sim(args: &[String]) -> Result<()> {
+    util::run(util::cargo().args(["build", "--release", "--quiet", "-p", "burrow-sim"]))?;
+    let status = std::process::Command::new(util::root().join("target/release/burrow-sim"))
+        .args(args)
+        .status()?;
+    if !status.success() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -48,5 +67,6 @@ fn main() -> Result<()> {
         Command::Demo => demo::run(),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { target, seconds } => test::fuzz(&target, seconds),
+        Command::Sim { args } => sim(&args),
     }
 }

@@ -11,6 +11,7 @@ const INTEROP: &[(&str, &str)] = &[
     ("turnserver", "coturn"),
     ("turnutils_stunclient", "coturn"),
     ("stun", "stun-client"),
+    ("tshark", "tshark"),
 ];
 
 /// Fuzz targets, as in fuzz/Cargo.toml.
