@@ -21,9 +21,13 @@ struct Cli {
     /// The generated netcheck scenario for a NAT preset; repeatable.
     #[arg(long)]
     preset: Vec<String>,
-    /// Every preset's netcheck scenario (with 20 seeds unless --seed/--seeds say otherwise).
+    /// Every preset's netcheck scenario (with 20 seeds unless --seed/--seeds say otherwise),
+    /// plus the IPv6 runs of the presets IPv6 networks use (open, firewall).
     #[arg(long)]
     matrix: bool,
+    /// Run --preset scenarios over IPv6 (turmoil simulates one family per run).
+    #[arg(long)]
+    ipv6: bool,
     /// One seed.
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
@@ -112,17 +116,37 @@ fn real_main() -> Result<bool> {
     if cli.matrix {
         presets.extend(burrow_sim::preset::NAMES.iter().map(|s| s.to_string()));
     }
+    let family = if cli.ipv6 {
+        scenario::Family::Ipv6
+    } else {
+        scenario::Family::Ipv4
+    };
     for p in &presets {
-        let s = scenario::netcheck_for_preset(p).with_context(|| {
+        let s = scenario::netcheck_for_preset_in(p, family).with_context(|| {
             format!(
                 "unknown preset {p:?} (known: {})",
                 burrow_sim::preset::NAMES.join(", ")
             )
         })?;
+        let replay = if cli.ipv6 {
+            format!("--preset {p} --ipv6")
+        } else {
+            format!("--preset {p}")
+        };
         jobs.push(Job {
             scenario: s,
-            replay: format!("--preset {p}"),
+            replay,
         });
+    }
+    if cli.matrix && !cli.ipv6 {
+        for p in ["open", "firewall"] {
+            let s =
+                scenario::netcheck_for_preset_in(p, scenario::Family::Ipv6).expect("known preset");
+            jobs.push(Job {
+                scenario: s,
+                replay: format!("--preset {p} --ipv6"),
+            });
+        }
     }
     let mut names = cli.scenario.clone();
     if names.is_empty() && presets.is_empty() {

@@ -33,6 +33,9 @@ pub struct Scenario {
     /// Simulated-time limit in seconds.
     #[serde(default = "default_duration")]
     pub duration_s: f64,
+    /// Address family of the whole run (turmoil simulates one family at a time).
+    #[serde(default)]
+    pub family: Family,
     /// NAT boxes.
     #[serde(default, rename = "box")]
     pub boxes: Vec<BoxDef>,
@@ -51,6 +54,45 @@ pub struct Scenario {
 
 fn default_duration() -> f64 {
     60.0
+}
+
+/// The address family a scenario runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// IPv4 (documentation ranges 198.51.100/24, 203.0.113/24, 192.0.2/24; private 10/8, 100.64/10).
+    #[default]
+    Ipv4,
+    /// IPv6 (2001:db8::/32 public, fd00::/8 private).
+    Ipv6,
+}
+
+impl Family {
+    /// An address in the pool named by an IPv4-style prefix, host number `n`.
+    fn address(self, pool: [u8; 3], n: u8) -> IpAddr {
+        match self {
+            Family::Ipv4 => IpAddr::V4(Ipv4Addr::new(pool[0], pool[1], pool[2], n)),
+            Family::Ipv6 => {
+                let private = pool[0] == 10 || pool[0] == 100;
+                let (a, b) = if private {
+                    (0xfd00, pool[0] as u16)
+                } else {
+                    (0x2001, 0x0db8)
+                };
+                let c = if private {
+                    ((pool[1] as u16) << 8) | pool[2] as u16
+                } else {
+                    pool[0] as u16
+                };
+                let d = if private {
+                    0
+                } else {
+                    ((pool[1] as u16) << 8) | pool[2] as u16
+                };
+                IpAddr::V6(std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, n as u16))
+            }
+        }
+    }
 }
 
 /// A NAT box: a preset, or a full `nat` table, optionally behind another box.
@@ -94,6 +136,9 @@ pub struct ServerDef {
     /// A second IP for RFC 5780 (an alias box holds it).
     #[serde(default)]
     pub alt_ip: Option<IpAddr>,
+    /// Give the server an automatically chosen second IP (RFC 5780) when `alt_ip` is absent.
+    #[serde(default)]
+    pub rfc5780: bool,
     /// The RFC 5780 alternate port.
     #[serde(default = "alt_port")]
     pub alt_port: u16,
@@ -308,13 +353,14 @@ impl Scenario {
             }
         }
         let mut used: Vec<IpAddr> = Vec::new();
+        let family = self.family;
         let mut take =
             |wanted: Option<IpAddr>, pool: [u8; 3], next: &mut u8| -> Result<IpAddr, String> {
                 let ip = match wanted {
                     Some(ip) => ip,
                     None => loop {
                         *next += 1;
-                        let ip = IpAddr::V4(Ipv4Addr::new(pool[0], pool[1], pool[2], *next));
+                        let ip = family.address(pool, *next);
                         if !used.contains(&ip) {
                             break ip;
                         }
@@ -323,11 +369,18 @@ impl Scenario {
                 if used.contains(&ip) {
                     return Err(format!("address {ip} is used twice"));
                 }
+                if ip.is_ipv4() != (family == Family::Ipv4) {
+                    return Err(format!(
+                        "address {ip} is not in the scenario's family ({family:?})"
+                    ));
+                }
                 used.push(ip);
                 Ok(ip)
             };
         let mut layout = Layout::default();
         let (mut next_server, mut next_box, mut next_node) = (0u8, 0u8, 0u8);
+        // Automatic second IPs of RFC 5780 servers come from the top of the server range.
+        let mut next_alt = 199u8;
         for s in &self.servers {
             if s.kind != "stun" {
                 return Err(self.invalid(format!(
@@ -336,11 +389,13 @@ impl Scenario {
                 )));
             }
             let ip = take(s.ip, [198, 51, 100], &mut next_server).map_err(|e| self.invalid(e))?;
-            let alt = s
-                .alt_ip
-                .map(|a| take(Some(a), [0, 0, 0], &mut 0))
-                .transpose()
-                .map_err(|e| self.invalid(e))?;
+            let alt = match (s.alt_ip, s.rfc5780) {
+                (Some(a), _) => Some(take(Some(a), [0, 0, 0], &mut 0)),
+                (None, true) => Some(take(None, [198, 51, 100], &mut next_alt)),
+                (None, false) => None,
+            }
+            .transpose()
+            .map_err(|e| self.invalid(e))?;
             if alt.is_some() && s.alt_port == s.port {
                 return Err(
                     self.invalid(format!("server {}: alt_port must differ from port", s.name))
@@ -485,6 +540,10 @@ pub fn run(
         .max_message_latency(Duration::ZERO)
         .udp_capacity(4096)
         .rng_seed(seed)
+        .ip_version(match scenario.family {
+            Family::Ipv4 => turmoil::IpVersion::V4,
+            Family::Ipv6 => turmoil::IpVersion::V6,
+        })
         .build();
 
     // Boxes.
@@ -639,9 +698,12 @@ pub fn run(
                 let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink, rec.clone()).await?;
                 let rng =
                     ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("node:{}", n.name)));
-                let r =
-                    burrow::netcheck::run_on(regions, Some(sock), None, vec![ip], deadline, rng)
-                        .await;
+                let (v4, v6) = if ip.is_ipv4() {
+                    (Some(sock), None)
+                } else {
+                    (None, Some(sock))
+                };
+                let r = burrow::netcheck::run_on(regions, v4, v6, vec![ip], deadline, rng).await;
                 let r = match r {
                     Ok(report) => Ok(report),
                     Err(burrow::netcheck::NetcheckError::NoAnswer { .. }) => {
@@ -844,10 +906,14 @@ fn check_netcheck(x: &NetcheckExpectation, report: Option<&Report>) -> Vec<Misma
                 &x.port_allocation,
                 word(&r.port_allocation),
             );
+            let (field, global) = match x.global_ip {
+                Some(IpAddr::V6(_)) => ("global_v6", r.global_v6),
+                _ => ("global_v4", r.global_v4),
+            };
             check(
-                "global_v4",
+                field,
                 &x.global_ip.map(|ip| ip.to_string()),
-                r.global_v4.map_or("null".into(), |a| a.ip().to_string()),
+                global.map_or("null".into(), |a| a.ip().to_string()),
             );
         }
     }
@@ -857,6 +923,11 @@ fn check_netcheck(x: &NetcheckExpectation, report: Option<&Report>) -> Vec<Misma
 /// The netcheck scenario the matrix runs for a preset: a node behind the preset's boxes, two
 /// STUN servers on distinct public IPs, one of them offering RFC 5780.
 pub fn netcheck_for_preset(preset: &str) -> Option<Scenario> {
+    netcheck_for_preset_in(preset, Family::Ipv4)
+}
+
+/// [`netcheck_for_preset`] in a given address family.
+pub fn netcheck_for_preset_in(preset: &str, family: Family) -> Option<Scenario> {
     let p = crate::preset::get(preset)?;
     let mut boxes = Vec::new();
     let mut firewall = None;
@@ -882,25 +953,27 @@ pub fn netcheck_for_preset(preset: &str) -> Option<Scenario> {
         });
         behind = Some(name);
     }
-    let server = |name: &str, alt: Option<&str>, ms: f64| ServerDef {
+    let server = |name: &str, rfc5780: bool, ms: f64| ServerDef {
         name: name.into(),
         kind: "stun".into(),
         ip: None,
         port: 3478,
-        alt_ip: alt.map(|a| a.parse().expect("literal")),
+        alt_ip: None,
+        rfc5780,
         alt_port: 3479,
         region: None,
         link: LinkConfig::with_latency(ms),
     };
     Some(Scenario {
-        name: format!("netcheck/{preset}"),
+        name: match family {
+            Family::Ipv4 => format!("netcheck/{preset}"),
+            Family::Ipv6 => format!("netcheck-v6/{preset}"),
+        },
+        family,
         description: format!("netcheck behind the {preset} preset: {}", p.doc),
         duration_s: 30.0,
         boxes,
-        servers: vec![
-            server("stun1", Some("198.51.100.200"), 10.0),
-            server("stun2", None, 20.0),
-        ],
+        servers: vec![server("stun1", true, 10.0), server("stun2", false, 20.0)],
         nodes: vec![NodeDef {
             name: "node".into(),
             behind,

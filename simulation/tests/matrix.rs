@@ -23,6 +23,14 @@ fn netcheck_matrix_every_preset() {
 }
 
 #[test]
+fn netcheck_matrix_over_ipv6() {
+    for p in ["open", "firewall", "easy", "hard"] {
+        let s = scenario::netcheck_for_preset_in(p, scenario::Family::Ipv6).unwrap();
+        assert_passes(&s, 1..=2);
+    }
+}
+
+#[test]
 fn scenario_files_hold() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
     let mut n = 0;
@@ -34,7 +42,7 @@ fn scenario_files_hold() {
             n += 1;
         }
     }
-    assert!(n >= 4, "scenario files missing");
+    assert!(n >= 5, "scenario files missing");
 }
 
 #[test]
