@@ -21,6 +21,17 @@ pub enum Dependence {
     AddressAndPortDependent,
 }
 
+impl Dependence {
+    /// The RFC 4787 words, as netcheck reports them: "endpoint-independent", ….
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Dependence::EndpointIndependent => "endpoint-independent",
+            Dependence::AddressDependent => "address-dependent",
+            Dependence::AddressAndPortDependent => "address-and-port-dependent",
+        }
+    }
+}
+
 /// How external ports are chosen for new mappings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]

@@ -254,19 +254,19 @@ pub fn format_report(r: &Report) -> String {
             let _ = writeln!(s, "  * IPv6: {}", yn(r.ipv6));
         }
     }
-    let _ = writeln!(s, "  * NAT type: {}", word(&r.nat_type));
+    let _ = writeln!(s, "  * NAT type: {}", r.nat_type);
     let _ = writeln!(
         s,
         "  * Mapping varies by destination IP: {}",
         r.mapping_varies_by_dest_ip.map_or("unknown", yn)
     );
-    let _ = writeln!(s, "  * Mapping: {}", word(&r.mapping));
-    let _ = writeln!(s, "  * Filtering: {}", word(&r.filtering));
+    let _ = writeln!(s, "  * Mapping: {}", r.mapping);
+    let _ = writeln!(s, "  * Filtering: {}", r.filtering);
     let alloc = match r.port_allocation {
         burrow_netcheck::PortAllocation::Sequential { delta } => {
             format!("sequential (delta {delta:+})")
         }
-        other => word(&other),
+        other => other.kind().to_owned(),
     };
     let _ = writeln!(s, "  * Port allocation: {alloc}");
     let _ = writeln!(
@@ -300,17 +300,4 @@ pub fn format_report(r: &Report) -> String {
         );
     }
     s
-}
-
-/// The `--json` spelling of a report enum value ("address-and-port-dependent", "sequential", ...).
-fn word<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        Ok(serde_json::Value::Object(o)) => o
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or("?")
-            .to_owned(),
-        _ => "?".to_owned(),
-    }
 }

@@ -333,16 +333,18 @@ impl Netcheck {
                                 alt_ip_port: None,
                             });
                             // Filtering first, before any packet goes to the alternate address.
-                            let both = ChangeRequest {
-                                change_ip: true,
-                                change_port: true,
-                            };
-                            let port = ChangeRequest {
-                                change_ip: false,
-                                change_port: true,
-                            };
-                            self.probe(now, ProbeKind::FilterChangeBoth, probe.dst, Some(both));
-                            self.probe(now, ProbeKind::FilterChangePort, probe.dst, Some(port));
+                            self.probe(
+                                now,
+                                ProbeKind::FilterChangeBoth,
+                                probe.dst,
+                                Some(ChangeRequest::IP_AND_PORT),
+                            );
+                            self.probe(
+                                now,
+                                ProbeKind::FilterChangePort,
+                                probe.dst,
+                                Some(ChangeRequest::PORT),
+                            );
                         }
                     }
                 }

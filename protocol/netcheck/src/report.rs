@@ -122,3 +122,63 @@ pub struct Report {
     /// One-word summary.
     pub nat_type: NatType,
 }
+
+impl NatType {
+    /// The word `--json` uses: "none", "easy", "hard", "udp-blocked" or "unknown".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NatType::None => "none",
+            NatType::Easy => "easy",
+            NatType::Hard => "hard",
+            NatType::UdpBlocked => "udp-blocked",
+            NatType::Unknown => "unknown",
+        }
+    }
+}
+
+impl MappingBehavior {
+    /// The word `--json` uses, e.g. "endpoint-independent".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MappingBehavior::EndpointIndependent => "endpoint-independent",
+            MappingBehavior::AddressDependent => "address-dependent",
+            MappingBehavior::AddressAndPortDependent => "address-and-port-dependent",
+            MappingBehavior::Unknown => "unknown",
+        }
+    }
+}
+
+impl FilteringBehavior {
+    /// The word `--json` uses, e.g. "address-and-port-dependent".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FilteringBehavior::EndpointIndependent => "endpoint-independent",
+            FilteringBehavior::AddressDependent => "address-dependent",
+            FilteringBehavior::AddressAndPortDependent => "address-and-port-dependent",
+            FilteringBehavior::Unknown => "unknown",
+        }
+    }
+}
+
+impl PortAllocation {
+    /// The `kind` word `--json` uses: "preserving", "sequential", "random" or "unknown".
+    pub const fn kind(self) -> &'static str {
+        match self {
+            PortAllocation::Preserving => "preserving",
+            PortAllocation::Sequential { .. } => "sequential",
+            PortAllocation::Random => "random",
+            PortAllocation::Unknown => "unknown",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty => $f:ident),*) => {$(
+        impl core::fmt::Display for $t {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.$f())
+            }
+        }
+    )*};
+}
+display_as_str!(NatType => as_str, MappingBehavior => as_str, FilteringBehavior => as_str, PortAllocation => kind);

@@ -90,12 +90,28 @@ pub struct ChangeRequest {
 }
 
 impl ChangeRequest {
-    const IP: u32 = 0x4;
-    const PORT: u32 = 0x2;
+    const IP_BIT: u32 = 0x4;
+    const PORT_BIT: u32 = 0x2;
+
+    /// Answer from the alternate IP and port (RFC 5780 filtering test II).
+    pub const IP_AND_PORT: ChangeRequest = ChangeRequest {
+        change_ip: true,
+        change_port: true,
+    };
+    /// Answer from the alternate port only (RFC 5780 filtering test III).
+    pub const PORT: ChangeRequest = ChangeRequest {
+        change_ip: false,
+        change_port: true,
+    };
+    /// Answer from the alternate IP only.
+    pub const IP: ChangeRequest = ChangeRequest {
+        change_ip: true,
+        change_port: false,
+    };
 
     fn to_u32(self) -> u32 {
-        (if self.change_ip { Self::IP } else { 0 })
-            | (if self.change_port { Self::PORT } else { 0 })
+        (if self.change_ip { Self::IP_BIT } else { 0 })
+            | (if self.change_port { Self::PORT_BIT } else { 0 })
     }
 }
 
@@ -335,8 +351,8 @@ impl<'a> Attribute<'a> {
                 fixed_len(attr_type, value, 4)?;
                 let bits = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
                 Attribute::ChangeRequest(ChangeRequest {
-                    change_ip: bits & ChangeRequest::IP != 0,
-                    change_port: bits & ChangeRequest::PORT != 0,
+                    change_ip: bits & ChangeRequest::IP_BIT != 0,
+                    change_port: bits & ChangeRequest::PORT_BIT != 0,
                 })
             }
             RESPONSE_PORT => {

@@ -385,18 +385,11 @@ mod tests {
         let mut s = rfc5780_server();
         let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
         let mut out = [0u8; MAX_RESPONSE_LEN];
-        let both = ChangeRequest {
-            change_ip: true,
-            change_port: true,
-        };
-        let port = ChangeRequest {
-            change_ip: false,
-            change_port: true,
-        };
-        let ip = ChangeRequest {
-            change_ip: true,
-            change_port: false,
-        };
+        let (both, port, ip) = (
+            ChangeRequest::IP_AND_PORT,
+            ChangeRequest::PORT,
+            ChangeRequest::IP,
+        );
         let cases = [
             ("192.0.2.1:3478", both, "192.0.2.2:3479"),
             ("192.0.2.1:3478", port, "192.0.2.1:3479"),
