@@ -44,7 +44,8 @@ pub struct RingAead(ring::aead::LessSafeKey);
 #[cfg(feature = "ring")]
 impl TransportAead for RingAead {
     fn new(key: &[u8; 32]) -> Self {
-        let key = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key).expect("32-byte key");
+        let key =
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key).expect("32-byte key");
         RingAead(ring::aead::LessSafeKey::new(key))
     }
 
@@ -62,7 +63,13 @@ impl TransportAead for RingAead {
     fn open_in_place(&self, counter: u64, buf: &mut [u8], tag: &[u8; 16]) -> bool {
         let nonce = ring::aead::Nonce::assume_unique_for_key(crate::crypto::nonce(counter));
         self.0
-            .open_in_place_separate_tag(nonce, ring::aead::Aad::empty(), ring::aead::Tag::from(*tag), buf, 0..)
+            .open_in_place_separate_tag(
+                nonce,
+                ring::aead::Aad::empty(),
+                ring::aead::Tag::from(*tag),
+                buf,
+                0..,
+            )
             .is_ok()
     }
 }

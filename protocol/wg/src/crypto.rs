@@ -3,7 +3,7 @@
 
 use blake2::digest::{FixedOutput, KeyInit, Mac as _, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit as _};
+use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
 use hmac::SimpleHmac;
 
@@ -18,7 +18,8 @@ pub fn hash(parts: &[&[u8]]) -> [u8; 32] {
 
 /// `MAC(key, a ‖ b ‖ …)`: keyed BLAKE2s with a 16-byte output (not HMAC).
 pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    let mut m = <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(key).expect("key ≤ 32 bytes");
+    let mut m = <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(key)
+        .expect("key ≤ 32 bytes");
     for p in parts {
         Update::update(&mut m, p);
     }
@@ -26,7 +27,8 @@ pub fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut m = <SimpleHmac<Blake2s256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
+    let mut m =
+        <SimpleHmac<Blake2s256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key");
     for p in parts {
         Update::update(&mut m, p);
     }
@@ -75,7 +77,13 @@ pub fn aead_seal(key: &[u8; 32], counter: u64, plaintext: &[u8], ad: &[u8], out:
 }
 
 /// Opens `AEAD(key, counter, ·, ad)` from `ciphertext` (with tag) into `out`.
-pub fn aead_open(key: &[u8; 32], counter: u64, ciphertext: &[u8], ad: &[u8], out: &mut [u8]) -> bool {
+pub fn aead_open(
+    key: &[u8; 32],
+    counter: u64,
+    ciphertext: &[u8],
+    ad: &[u8],
+    out: &mut [u8],
+) -> bool {
     if ciphertext.len() < 16 || out.len() < ciphertext.len() - 16 {
         return false;
     }
@@ -102,7 +110,12 @@ pub fn xaead_seal(key: &[u8; 32], nonce: &[u8; 24], plaintext: &[u8; 16], ad: &[
 }
 
 /// Opens an XAEAD cookie.
-pub fn xaead_open(key: &[u8; 32], nonce: &[u8; 24], ciphertext: &[u8; 32], ad: &[u8]) -> Option<[u8; 16]> {
+pub fn xaead_open(
+    key: &[u8; 32],
+    nonce: &[u8; 24],
+    ciphertext: &[u8; 32],
+    ad: &[u8],
+) -> Option<[u8; 16]> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut buf = [0u8; 16];
     buf.copy_from_slice(&ciphertext[..16]);
@@ -117,15 +130,24 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn initial_chaining_key_and_hash() {
         let ci = hash(&[b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"]);
-        assert_eq!(ci.to_vec(), hex("60e26daef327efc02ec335e2a025d2d016eb4206f87277f52d38d1988b78cd36"));
+        assert_eq!(
+            ci.to_vec(),
+            hex("60e26daef327efc02ec335e2a025d2d016eb4206f87277f52d38d1988b78cd36")
+        );
         let hi = hash(&[&ci, b"WireGuard v1 zx2c4 Jason@zx2c4.com"]);
-        assert_eq!(hi.to_vec(), hex("2211b361081ac566691243db458ad5322d9c6c662293e8b70ee19c65ba079ef3"));
+        assert_eq!(
+            hi.to_vec(),
+            hex("2211b361081ac566691243db458ad5322d9c6c662293e8b70ee19c65ba079ef3")
+        );
     }
 
     #[test]

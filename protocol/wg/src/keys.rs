@@ -13,7 +13,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub struct KeyFormatError;
 
 fn decode(s: &str) -> Result<[u8; 32], KeyFormatError> {
-    let v = base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|_| KeyFormatError)?;
+    let v = base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .map_err(|_| KeyFormatError)?;
     v.try_into().map_err(|_| KeyFormatError)
 }
 
@@ -55,7 +57,9 @@ impl PrivateKey {
 
     /// Diffie–Hellman; `None` for an all-zero (low-order) result, which WireGuard rejects.
     pub(crate) fn diffie_hellman(&self, public: &[u8; 32]) -> Option<[u8; 32]> {
-        let shared = self.0.diffie_hellman(&x25519_dalek::PublicKey::from(*public));
+        let shared = self
+            .0
+            .diffie_hellman(&x25519_dalek::PublicKey::from(*public));
         shared.was_contributory().then(|| shared.to_bytes())
     }
 
@@ -136,6 +140,9 @@ mod tests {
         assert_eq!(format!("{k:?}"), "PrivateKey(redacted)");
         let again = PrivateKey::from_base64(&k.expose_base64()).unwrap();
         assert_eq!(again.public_key(), k.public_key());
-        assert_eq!(PrivateKey::from_base64("short").unwrap_err(), KeyFormatError);
+        assert_eq!(
+            PrivateKey::from_base64("short").unwrap_err(),
+            KeyFormatError
+        );
     }
 }

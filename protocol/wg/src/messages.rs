@@ -79,7 +79,11 @@ impl<'a> Message<'a> {
             if datagram.len() == expected {
                 Ok(())
             } else {
-                Err(ParseError::BadLength { kind, len: datagram.len(), expected })
+                Err(ParseError::BadLength {
+                    kind,
+                    len: datagram.len(),
+                    expected,
+                })
             }
         };
         Ok(match kind {
@@ -97,7 +101,11 @@ impl<'a> Message<'a> {
             }
             TYPE_TRANSPORT => {
                 if datagram.len() < KEEPALIVE_LEN {
-                    return Err(ParseError::BadLength { kind, len: datagram.len(), expected: KEEPALIVE_LEN });
+                    return Err(ParseError::BadLength {
+                        kind,
+                        len: datagram.len(),
+                        expected: KEEPALIVE_LEN,
+                    });
                 }
                 Message::Transport {
                     receiver: le32(&datagram[4..8]),
@@ -139,12 +147,19 @@ mod tests {
         assert_eq!(Message::parse(&[]), Err(ParseError::NotWireGuard));
         assert_eq!(Message::parse(&[1, 0, 0, 1]), Err(ParseError::NotWireGuard));
         assert_eq!(Message::parse(&[9, 0, 0, 0]), Err(ParseError::NotWireGuard));
-        assert!(matches!(Message::parse(&[1, 0, 0, 0, 5]), Err(ParseError::BadLength { kind: 1, .. })));
+        assert!(matches!(
+            Message::parse(&[1, 0, 0, 0, 5]),
+            Err(ParseError::BadLength { kind: 1, .. })
+        ));
         let mut t = vec![4, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
         t.extend_from_slice(&[0; 16]);
         assert_eq!(
             Message::parse(&t).unwrap(),
-            Message::Transport { receiver: 7, counter: 2, ciphertext: &[0; 16] }
+            Message::Transport {
+                receiver: 7,
+                counter: 2,
+                ciphertext: &[0; 16]
+            }
         );
         assert_eq!(transport_len(0), 32);
         assert_eq!(transport_len(1), 48);

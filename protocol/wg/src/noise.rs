@@ -53,7 +53,12 @@ pub fn cookie_key(owner: &PublicKey) -> [u8; 32] {
 }
 
 /// Writes mac1 (and mac2 if a cookie is given; zeros otherwise) at `mac1_at`.
-pub(crate) fn write_macs(msg: &mut [u8], mac1_at: usize, mac1_key: &[u8; 32], cookie: Option<&[u8; 16]>) -> [u8; 16] {
+pub(crate) fn write_macs(
+    msg: &mut [u8],
+    mac1_at: usize,
+    mac1_key: &[u8; 32],
+    cookie: Option<&[u8; 16]>,
+) -> [u8; 16] {
     let m1 = mac(mac1_key, &[&msg[..mac1_at]]);
     msg[mac1_at..mac1_at + 16].copy_from_slice(&m1);
     let m2 = cookie.map_or([0u8; 16], |c| mac(c, &[&msg[..mac1_at + 16]]));
@@ -141,7 +146,15 @@ pub fn create_initiation(
     k.zeroize();
     aead_seal(&k2, 0, &timestamp, &h, &mut msg[88..116]);
     h = hash(&[&h, &msg[88..116]]);
-    Some((msg, InitiatorState { ck, h, ephemeral, local_index }))
+    Some((
+        msg,
+        InitiatorState {
+            ck,
+            h,
+            ephemeral,
+            local_index,
+        },
+    ))
 }
 
 /// What the responder learned from an initiation.
@@ -172,7 +185,9 @@ pub fn consume_initiation(
     let e_pub: [u8; 32] = msg[8..40].try_into().expect("32 bytes");
     ck = kdf1(&ck, &e_pub);
     h = hash(&[&h, &e_pub]);
-    let es = local.diffie_hellman(&e_pub).ok_or(HandshakeError::DecryptFailed)?;
+    let es = local
+        .diffie_hellman(&e_pub)
+        .ok_or(HandshakeError::DecryptFailed)?;
     let (c, k) = kdf2(&ck, &es);
     ck = c;
     let mut peer = [0u8; 32];
@@ -189,7 +204,14 @@ pub fn consume_initiation(
         return Err(HandshakeError::DecryptFailed);
     }
     h = hash(&[&h, &msg[88..116]]);
-    Ok(ConsumedInitiation { ck, h, peer, timestamp, remote_index: le32(&msg[4..8]), e_pub })
+    Ok(ConsumedInitiation {
+        ck,
+        h,
+        peer,
+        timestamp,
+        remote_index: le32(&msg[4..8]),
+        e_pub,
+    })
 }
 
 /// Builds the response to a consumed initiation and derives the responder's session keys.
@@ -218,7 +240,15 @@ pub fn create_response(
     let (t1, t2) = kdf2(&ck, &[]);
     ck.zeroize();
     h.zeroize();
-    Some((msg, SessionKeys { send: t2, recv: t1, local_index, remote_index: init.remote_index }))
+    Some((
+        msg,
+        SessionKeys {
+            send: t2,
+            recv: t1,
+            local_index,
+            remote_index: init.remote_index,
+        },
+    ))
 }
 
 /// Consumes a response (mac1 already checked) and derives the initiator's session keys.
@@ -235,8 +265,19 @@ pub fn consume_response(
     let mut ck = state.ck;
     let mut h = hash(&[&state.h, &e_pub]);
     ck = kdf1(&ck, &e_pub);
-    ck = kdf1(&ck, &state.ephemeral.diffie_hellman(&e_pub).ok_or(HandshakeError::DecryptFailed)?);
-    ck = kdf1(&ck, &local.diffie_hellman(&e_pub).ok_or(HandshakeError::DecryptFailed)?);
+    ck = kdf1(
+        &ck,
+        &state
+            .ephemeral
+            .diffie_hellman(&e_pub)
+            .ok_or(HandshakeError::DecryptFailed)?,
+    );
+    ck = kdf1(
+        &ck,
+        &local
+            .diffie_hellman(&e_pub)
+            .ok_or(HandshakeError::DecryptFailed)?,
+    );
     let (c, tau, k) = kdf3(&ck, &psk.0);
     ck = c;
     h = hash(&[&h, &tau]);
@@ -246,12 +287,23 @@ pub fn consume_response(
     let (t1, t2) = kdf2(&ck, &[]);
     ck.zeroize();
     h.zeroize();
-    Ok(SessionKeys { send: t1, recv: t2, local_index: state.local_index, remote_index: le32(&msg[4..8]) })
+    Ok(SessionKeys {
+        send: t1,
+        recv: t2,
+        local_index: state.local_index,
+        remote_index: le32(&msg[4..8]),
+    })
 }
 
 /// Builds a cookie reply for a handshake message whose sender index is `receiver` and whose
 /// mac1 is `mac1`; `cookie` is `MAC(secret, source address)`.
-pub fn create_cookie_reply(local: &PublicKey, receiver: u32, mac1: &[u8; 16], cookie: &[u8; 16], nonce: [u8; 24]) -> [u8; COOKIE_REPLY_LEN] {
+pub fn create_cookie_reply(
+    local: &PublicKey,
+    receiver: u32,
+    mac1: &[u8; 16],
+    cookie: &[u8; 16],
+    nonce: [u8; 24],
+) -> [u8; COOKIE_REPLY_LEN] {
     let mut msg = [0u8; COOKIE_REPLY_LEN];
     msg[0] = TYPE_COOKIE_REPLY;
     msg[4..8].copy_from_slice(&receiver.to_le_bytes());
@@ -261,7 +313,11 @@ pub fn create_cookie_reply(local: &PublicKey, receiver: u32, mac1: &[u8; 16], co
 }
 
 /// Opens a cookie reply from `peer`, given the mac1 of the message it answers.
-pub fn consume_cookie_reply(peer: &PublicKey, msg: &[u8; COOKIE_REPLY_LEN], last_mac1: &[u8; 16]) -> Option<[u8; 16]> {
+pub fn consume_cookie_reply(
+    peer: &PublicKey,
+    msg: &[u8; COOKIE_REPLY_LEN],
+    last_mac1: &[u8; 16],
+) -> Option<[u8; 16]> {
     let nonce: [u8; 24] = msg[8..32].try_into().expect("24 bytes");
     let ct: [u8; 32] = msg[32..64].try_into().expect("32 bytes");
     xaead_open(&cookie_key(peer), &nonce, &ct, last_mac1)
@@ -272,7 +328,10 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn key(first: u8, fill: u8, last: u8) -> PrivateKey {
@@ -291,14 +350,24 @@ mod tests {
         let s_r = key(0x30, 0x33, 0x73);
         let e_r = key(0x40, 0x44, 0x44);
         let psk = PresharedKey::default();
-        assert_eq!(s_i.public_key().0.to_vec(), hex("7b4e909bbe7ffe44c465a220037d608ee35897d31ef972f07f74892cb0f73f13"));
-        assert_eq!(s_r.public_key().0.to_vec(), hex("7b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14"));
+        assert_eq!(
+            s_i.public_key().0.to_vec(),
+            hex("7b4e909bbe7ffe44c465a220037d608ee35897d31ef972f07f74892cb0f73f13")
+        );
+        assert_eq!(
+            s_r.public_key().0.to_vec(),
+            hex("7b0d47d93427f8311160781c7c733fd89f88970aef490d8aa0ee19a4cb8a1b14")
+        );
         let ts = tai64n(core::time::Duration::from_secs(1_700_000_000));
         assert_eq!(ts.to_vec(), hex("400000006553f10a00000000"));
         let ss = s_i.diffie_hellman(s_r.public_key().as_bytes()).unwrap();
-        let (mut m1, state) = create_initiation(&s_i, &s_r.public_key(), e_i, 0x11223344, ts, &ss).unwrap();
+        let (mut m1, state) =
+            create_initiation(&s_i, &s_r.public_key(), e_i, 0x11223344, ts, &ss).unwrap();
         let mac1_to_r = mac1_key(&s_r.public_key());
-        assert_eq!(mac1_to_r.to_vec(), hex("ddf789015bcda5a3f830d712ad1174928ee963c27985fd28b0d1cee19960d57c"));
+        assert_eq!(
+            mac1_to_r.to_vec(),
+            hex("ddf789015bcda5a3f830d712ad1174928ee963c27985fd28b0d1cee19960d57c")
+        );
         let sent_mac1 = write_macs(&mut m1, INITIATION_MAC1, &mac1_to_r, None);
         assert_eq!(m1.to_vec(), hex("01000000443322110faa684ed28867b97f4a6a2dee5df8ce974e76b7018e3f22a1c4cf2678570f203d95fc552c29d1bed66597b8ccddb5766350b66aad8baf1f3be1ddc6d207869c1b35fcf9165dca7274c2fc8309478ea5a698d106dde47e0325181bc100185094f7a123629882675ee6ca90bc6b8b619aad8c974b8d334605d932f71e00000000000000000000000000000000"));
 
@@ -310,8 +379,14 @@ mod tests {
         write_macs(&mut m2, RESPONSE_MAC1, &mac1_key(&s_i.public_key()), None);
         assert_eq!(m2.to_vec(), hex("020000008877665544332211ff2ee45601ec1b67310c7790404585ae697331eee1c1f8cf2419731c1fff3e6b32bbe62424fc2b26d53342f57a4396e9f245f0b1a2ce1d0f0c1e56884d41801100000000000000000000000000000000"));
         let keys_i = consume_response(&state, &s_i, &m2, &psk).unwrap();
-        assert_eq!(keys_i.send.to_vec(), hex("a34ccdf475340d322edbe5a9d5d7d53f4846da5413787bec742bf3046a20a0e1"));
-        assert_eq!(keys_i.recv.to_vec(), hex("bf099c99b6272d78fb6c67d6d3372e99001d3be1fc9e6c72041cfa6ad6e3ea3a"));
+        assert_eq!(
+            keys_i.send.to_vec(),
+            hex("a34ccdf475340d322edbe5a9d5d7d53f4846da5413787bec742bf3046a20a0e1")
+        );
+        assert_eq!(
+            keys_i.recv.to_vec(),
+            hex("bf099c99b6272d78fb6c67d6d3372e99001d3be1fc9e6c72041cfa6ad6e3ea3a")
+        );
         assert_eq!(keys_r.recv, keys_i.send);
         assert_eq!(keys_r.send, keys_i.recv);
         assert_eq!(keys_i.remote_index, 0x55667788);
@@ -323,17 +398,32 @@ mod tests {
         let mut tag = [0u8; 16];
         aead_seal(&keys_i.send, 0, &[], &[], &mut tag);
         ka.extend_from_slice(&tag);
-        assert_eq!(ka, hex("040000008877665500000000000000001d9612c4ffd267f43fd53646efb4f3ea"));
+        assert_eq!(
+            ka,
+            hex("040000008877665500000000000000001d9612c4ffd267f43fd53646efb4f3ea")
+        );
 
         // Cookie path.
         let cookie = mac(&[0x77; 32], &[&hex("c0000201ca6c")]);
         assert_eq!(cookie.to_vec(), hex("46c419ce02f997278ea19ed5a327151e"));
-        let m3 = create_cookie_reply(&s_r.public_key(), 0x11223344, &sent_mac1, &cookie, [0x99; 24]);
+        let m3 = create_cookie_reply(
+            &s_r.public_key(),
+            0x11223344,
+            &sent_mac1,
+            &cookie,
+            [0x99; 24],
+        );
         assert_eq!(m3.to_vec(), hex("0300000044332211999999999999999999999999999999999999999999999999977438950dee5f6d4c668133d1029f86f251df5c31271e3d38931f3da729da81"));
-        assert_eq!(consume_cookie_reply(&s_r.public_key(), &m3, &sent_mac1), Some(cookie));
+        assert_eq!(
+            consume_cookie_reply(&s_r.public_key(), &m3, &sent_mac1),
+            Some(cookie)
+        );
         let mut again = m1;
         write_macs(&mut again, INITIATION_MAC1, &mac1_to_r, Some(&cookie));
-        assert_eq!(again[132..148].to_vec(), hex("aa42429859e60439eb09b0923c6ece2b"));
+        assert_eq!(
+            again[132..148].to_vec(),
+            hex("aa42429859e60439eb09b0923c6ece2b")
+        );
         assert!(mac2_valid(&again, INITIATION_MAC1, &cookie));
     }
 }

@@ -1,0 +1,287 @@
+//! Many peers behind one static key: routes incoming messages to the right tunnel (by the
+//! initiator's static key for initiations, by receiver index for the rest) and runs the cookie
+//! mechanism when the driver says the device is under load.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::crypto::mac;
+use crate::keys::{PrivateKey, PublicKey};
+use crate::messages::*;
+use crate::noise::{self, HandshakeError};
+use crate::timers::COOKIE_REFRESH_TIME;
+use crate::tunnel::{Decapsulated, Encapsulated, Event, Tunnel, TunnelConfig};
+use crate::WgError;
+
+/// A peer's handle in a [`Device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub usize);
+
+/// What `Device::decapsulate` produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A peer's tunnel took the datagram.
+    Peer(PeerId, Decapsulated),
+    /// Under load and without a valid mac2: a cookie reply of this length is in the output
+    /// buffer; send it back to the datagram's source.
+    CookieReply(usize),
+}
+
+/// A WireGuard device: one static key, many peers.
+pub struct Device {
+    local: PrivateKey,
+    local_public: PublicKey,
+    mac1_to_us: [u8; 32],
+    peers: Vec<Tunnel>,
+    by_key: BTreeMap<PublicKey, PeerId>,
+    by_index: BTreeMap<u32, PeerId>,
+    indices: Vec<Vec<u32>>,
+    rng: ChaCha20Rng,
+    cookie_secret: [u8; 32],
+    cookie_secret_born: Instant,
+    under_load: bool,
+    epoch: (Instant, Duration),
+}
+
+impl core::fmt::Debug for Device {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Device")
+            .field("public_key", &self.local_public)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Device {
+    /// A device with no peers. `unix_time` is the wall-clock time at `now`.
+    pub fn new(
+        private_key: PrivateKey,
+        mut rng: ChaCha20Rng,
+        now: Instant,
+        unix_time: Duration,
+    ) -> Self {
+        let local_public = private_key.public_key();
+        let mut cookie_secret = [0u8; 32];
+        rng.fill_bytes(&mut cookie_secret);
+        Device {
+            mac1_to_us: noise::mac1_key(&local_public),
+            local: private_key,
+            local_public,
+            peers: Vec::new(),
+            by_key: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            indices: Vec::new(),
+            rng,
+            cookie_secret,
+            cookie_secret_born: now,
+            under_load: false,
+            epoch: (now, unix_time),
+        }
+    }
+
+    /// Our public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.local_public
+    }
+
+    /// Adds a peer (or returns the existing one with this key).
+    pub fn add_peer(
+        &mut self,
+        now: Instant,
+        peer: PublicKey,
+        preshared_key: Option<crate::PresharedKey>,
+        persistent_keepalive: Option<Duration>,
+    ) -> PeerId {
+        if let Some(id) = self.by_key.get(&peer) {
+            return *id;
+        }
+        let id = PeerId(self.peers.len());
+        let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        let unix = self.epoch.1 + now.saturating_duration_since(self.epoch.0);
+        self.peers.push(Tunnel::new(
+            TunnelConfig {
+                private_key: self.local.clone(),
+                peer,
+                preshared_key,
+                persistent_keepalive,
+            },
+            rng,
+            now,
+            unix,
+        ));
+        self.indices.push(Vec::new());
+        self.by_key.insert(peer, id);
+        id
+    }
+
+    /// The peer with this public key.
+    pub fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
+        self.by_key.get(key).copied()
+    }
+
+    /// A peer's tunnel.
+    pub fn tunnel(&self, id: PeerId) -> &Tunnel {
+        &self.peers[id.0]
+    }
+
+    /// A peer's tunnel, mutably (for `force_handshake` and the like).
+    pub fn tunnel_mut(&mut self, id: PeerId) -> &mut Tunnel {
+        &mut self.peers[id.0]
+    }
+
+    /// The driver's load signal: while set, handshakes need a valid mac2 (a cookie).
+    pub fn set_under_load(&mut self, under_load: bool) {
+        self.under_load = under_load;
+    }
+
+    fn sync_indices(&mut self, id: PeerId) {
+        for old in self.indices[id.0].drain(..) {
+            if self.by_index.get(&old) == Some(&id) {
+                self.by_index.remove(&old);
+            }
+        }
+        let now: Vec<u32> = self.peers[id.0].local_indices().collect();
+        for i in &now {
+            self.by_index.insert(*i, id);
+        }
+        self.indices[id.0] = now;
+    }
+
+    fn cookie_for(&mut self, now: Instant, src: SocketAddr) -> [u8; 16] {
+        if now.saturating_duration_since(self.cookie_secret_born) >= COOKIE_REFRESH_TIME {
+            self.rng.fill_bytes(&mut self.cookie_secret);
+            self.cookie_secret_born = now;
+        }
+        let mut addr = [0u8; 18];
+        let n = match src.ip() {
+            IpAddr::V4(ip) => {
+                addr[..4].copy_from_slice(&ip.octets());
+                4
+            }
+            IpAddr::V6(ip) => {
+                addr[..16].copy_from_slice(&ip.octets());
+                16
+            }
+        };
+        addr[n..n + 2].copy_from_slice(&src.port().to_be_bytes());
+        mac(&self.cookie_secret, &[&addr[..n + 2]])
+    }
+
+    /// Handles one datagram from `src`.
+    pub fn decapsulate(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<Received, WgError> {
+        let msg = Message::parse(datagram)?;
+        let mac1_at = match msg {
+            Message::Initiation(_) => Some(INITIATION_MAC1),
+            Message::Response(_) => Some(RESPONSE_MAC1),
+            _ => None,
+        };
+        if let Some(at) = mac1_at {
+            if !noise::mac1_valid(datagram, at, &self.mac1_to_us) {
+                return Err(HandshakeError::BadMac1.into());
+            }
+            if self.under_load {
+                let cookie = self.cookie_for(now, src);
+                if !noise::mac2_valid(datagram, at, &cookie) {
+                    let sender = le32(&datagram[4..8]);
+                    let mac1: [u8; 16] = datagram[at..at + 16].try_into().expect("16 bytes");
+                    let mut nonce = [0u8; 24];
+                    self.rng.fill_bytes(&mut nonce);
+                    let reply = noise::create_cookie_reply(
+                        &self.local_public,
+                        sender,
+                        &mac1,
+                        &cookie,
+                        nonce,
+                    );
+                    if out.len() < COOKIE_REPLY_LEN {
+                        return Err(WgError::BufferTooSmall {
+                            needed: COOKIE_REPLY_LEN,
+                        });
+                    }
+                    out[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
+                    return Ok(Received::CookieReply(COOKIE_REPLY_LEN));
+                }
+            }
+        }
+        let id = match msg {
+            Message::Initiation(m) => {
+                let by_key = &self.by_key;
+                let peers = &self.peers;
+                let mut found = None;
+                let consumed = noise::consume_initiation(&self.local, m, |p| {
+                    let id = *by_key.get(p)?;
+                    found = Some(id);
+                    peers[id.0].static_static()
+                })?;
+                let id = found.ok_or(HandshakeError::UnknownPeer)?;
+                self.peers[id.0].handle_initiation(now, consumed)?;
+                self.sync_indices(id);
+                return Ok(Received::Peer(id, Decapsulated::Handshake));
+            }
+            other => {
+                let index = other.receiver_index().expect("not an initiation");
+                *self
+                    .by_index
+                    .get(&index)
+                    .ok_or(WgError::UnknownIndex(index))?
+            }
+        };
+        let r = self.peers[id.0].decapsulate(now, datagram, out);
+        self.sync_indices(id);
+        Ok(Received::Peer(id, r?))
+    }
+
+    /// Encrypts a packet for a peer.
+    pub fn encapsulate(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<Encapsulated, WgError> {
+        let r = self.peers[peer.0].encapsulate(now, plaintext, out);
+        self.sync_indices(peer);
+        r
+    }
+
+    /// Runs every peer's due timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.peers.len() {
+            if self.peers[i].poll_timeout().is_some_and(|t| t <= now) {
+                self.peers[i].handle_timeout(now);
+                self.sync_indices(PeerId(i));
+            }
+        }
+    }
+
+    /// The earliest timer of any peer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers.iter().filter_map(|p| p.poll_timeout()).min()
+    }
+
+    /// The next datagram for some peer.
+    pub fn poll_transmit(&mut self) -> Option<(PeerId, Vec<u8>)> {
+        self.peers
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, p)| p.poll_transmit().map(|t| (PeerId(i), t)))
+    }
+
+    /// The next event of some peer.
+    pub fn poll_event(&mut self) -> Option<(PeerId, Event)> {
+        self.peers
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, p)| p.poll_event().map(|e| (PeerId(i), e)))
+    }
+}

@@ -1,0 +1,555 @@
+//! One peer: the handshake state, the previous / current / next keypairs, and the timers.
+//! Sans-IO: `now` comes in, datagrams to send go out through `poll_transmit`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rand_chacha::rand_core::RngCore;
+use rand_chacha::ChaCha20Rng;
+
+use crate::keys::{PresharedKey, PrivateKey, PublicKey};
+use crate::messages::*;
+use crate::noise::{self, ConsumedInitiation, HandshakeError, InitiatorState};
+use crate::replay::REJECT_AFTER_MESSAGES;
+use crate::session::Session;
+use crate::timers::*;
+use crate::WgError;
+
+/// Packets queued while no session exists; older ones are dropped beyond this.
+const MAX_QUEUED: usize = 256;
+
+/// What `encapsulate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encapsulated {
+    /// A transport message of this length is in the output buffer; send it to the peer.
+    Sent(usize),
+    /// No session yet: the packet is queued and a handshake is under way (see `poll_transmit`).
+    Queued,
+}
+
+/// What `decapsulate` produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decapsulated {
+    /// A plaintext packet of this length is in the output buffer (padding removed for IP packets).
+    Data(usize),
+    /// An authenticated keep-alive.
+    Keepalive,
+    /// A handshake message was consumed; answers, if any, wait in `poll_transmit`.
+    Handshake,
+}
+
+/// Something the driver may want to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A new session is usable; `initiator` says which side we were.
+    HandshakeCompleted {
+        /// Whether we initiated.
+        initiator: bool,
+    },
+    /// The handshake was retried for REKEY_ATTEMPT_TIME without an answer; queued packets dropped.
+    HandshakeGaveUp,
+    /// No session for KEY_ERASURE_TIME: every key was erased.
+    KeysErased,
+}
+
+struct Pending {
+    state: InitiatorState,
+    mac1: [u8; 16],
+}
+
+/// Tunnel configuration.
+#[derive(Debug, Clone)]
+pub struct TunnelConfig {
+    /// Our static private key.
+    pub private_key: PrivateKey,
+    /// The peer's static public key.
+    pub peer: PublicKey,
+    /// Optional pre-shared key.
+    pub preshared_key: Option<PresharedKey>,
+    /// Send a keep-alive after this long without sending (wg's PersistentKeepalive).
+    pub persistent_keepalive: Option<Duration>,
+}
+
+/// A WireGuard tunnel to one peer.
+pub struct Tunnel {
+    local: PrivateKey,
+    peer: PublicKey,
+    psk: PresharedKey,
+    static_static: Option<[u8; 32]>,
+    mac1_to_peer: [u8; 32],
+    mac1_to_us: [u8; 32],
+    persistent_keepalive: Option<Duration>,
+    rng: ChaCha20Rng,
+    epoch: (Instant, Duration),
+    previous: Option<Session>,
+    current: Option<Session>,
+    next: Option<Session>,
+    pending: Option<Pending>,
+    cookie: Option<([u8; 16], Instant)>,
+    last_initiation: Option<([u8; 12], Instant)>,
+    last_handshake_sent: Option<Instant>,
+    attempts_since: Option<Instant>,
+    retransmit_at: Option<Instant>,
+    keepalive_at: Option<Instant>,
+    dead_peer_at: Option<Instant>,
+    persistent_at: Option<Instant>,
+    last_session_at: Option<Instant>,
+    queued: VecDeque<Vec<u8>>,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+}
+
+impl core::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("peer", &self.peer)
+            .field("has_session", &self.current.is_some())
+            .field("handshake_pending", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tunnel {
+    /// A tunnel. `unix_time` is the wall-clock time at `now` (for TAI64N timestamps; the
+    /// tunnel never reads a clock). A persistent keep-alive starts a handshake at once.
+    pub fn new(config: TunnelConfig, rng: ChaCha20Rng, now: Instant, unix_time: Duration) -> Self {
+        let local_public = config.private_key.public_key();
+        let static_static = config.private_key.diffie_hellman(config.peer.as_bytes());
+        Tunnel {
+            mac1_to_peer: noise::mac1_key(&config.peer),
+            mac1_to_us: noise::mac1_key(&local_public),
+            static_static,
+            local: config.private_key,
+            peer: config.peer,
+            psk: config.preshared_key.unwrap_or_default(),
+            persistent_keepalive: config.persistent_keepalive,
+            rng,
+            epoch: (now, unix_time),
+            previous: None,
+            current: None,
+            next: None,
+            pending: None,
+            cookie: None,
+            last_initiation: None,
+            last_handshake_sent: None,
+            attempts_since: None,
+            retransmit_at: None,
+            keepalive_at: None,
+            dead_peer_at: None,
+            persistent_at: config.persistent_keepalive.map(|_| now),
+            last_session_at: None,
+            queued: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The peer's public key.
+    pub fn peer(&self) -> &PublicKey {
+        &self.peer
+    }
+
+    /// Whether a session is ready to carry data.
+    pub fn has_session(&self, now: Instant) -> bool {
+        self.current.as_ref().is_some_and(|s| usable(s, now))
+    }
+
+    /// Local indices this tunnel answers to (handshake in progress and live keypairs).
+    pub fn local_indices(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pending
+            .as_ref()
+            .map(|p| p.state.local_index)
+            .into_iter()
+            .chain(
+                [&self.previous, &self.current, &self.next]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.local_index),
+            )
+    }
+
+    fn unix_time(&self, now: Instant) -> Duration {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0)
+    }
+
+    fn fresh_index(&mut self) -> u32 {
+        loop {
+            let i = self.rng.next_u32();
+            if !self.local_indices().any(|x| x == i) {
+                return i;
+            }
+        }
+    }
+
+    fn ephemeral(&mut self) -> PrivateKey {
+        PrivateKey::generate(&mut self.rng)
+    }
+
+    /// Starts (or restarts) a handshake now, whatever the rate limit.
+    pub fn force_handshake(&mut self, now: Instant) {
+        let Some(ss) = self.static_static else { return };
+        let index = self.fresh_index();
+        let e = self.ephemeral();
+        let ts = noise::tai64n(self.unix_time(now));
+        let Some((mut msg, state)) =
+            noise::create_initiation(&self.local, &self.peer, e, index, ts, &ss)
+        else {
+            return;
+        };
+        let cookie = self
+            .cookie
+            .filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_REFRESH_TIME)
+            .map(|(c, _)| c);
+        let mac1 = noise::write_macs(
+            &mut msg,
+            INITIATION_MAC1,
+            &self.mac1_to_peer,
+            cookie.as_ref(),
+        );
+        self.pending = Some(Pending { state, mac1 });
+        self.transmits.push_back(msg.to_vec());
+        self.last_handshake_sent = Some(now);
+        self.attempts_since.get_or_insert(now);
+        let jitter = Duration::from_millis(self.rng.next_u64() % (REKEY_TIMEOUT_JITTER_MAX_MS + 1));
+        self.retransmit_at = Some(now + REKEY_TIMEOUT + jitter);
+    }
+
+    /// Starts a handshake unless one was sent less than REKEY_TIMEOUT ago.
+    fn maybe_handshake(&mut self, now: Instant) {
+        let recent = self.pending.is_some()
+            && self
+                .last_handshake_sent
+                .is_some_and(|t| now.saturating_duration_since(t) < REKEY_TIMEOUT);
+        if !recent {
+            self.force_handshake(now);
+        }
+    }
+
+    /// Encrypts one packet for the peer into `out` (at least `transport_len(plaintext.len())`).
+    pub fn encapsulate(
+        &mut self,
+        now: Instant,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<Encapsulated, WgError> {
+        let Some(session) = self.current.as_mut().filter(|s| usable(s, now)) else {
+            if self.queued.len() >= MAX_QUEUED {
+                self.queued.pop_front();
+            }
+            self.queued.push_back(plaintext.to_vec());
+            self.maybe_handshake(now);
+            return Ok(Encapsulated::Queued);
+        };
+        let len = session.seal(plaintext, out)?;
+        let rekey = session.initiator
+            && (now.saturating_duration_since(session.created) >= REKEY_AFTER_TIME
+                || session.send_counter >= REKEY_AFTER_MESSAGES);
+        self.on_sent(now, !plaintext.is_empty());
+        if rekey {
+            self.maybe_handshake(now);
+        }
+        Ok(Encapsulated::Sent(len))
+    }
+
+    fn on_sent(&mut self, now: Instant, data: bool) {
+        self.keepalive_at = None;
+        if data && self.dead_peer_at.is_none() {
+            self.dead_peer_at = Some(now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        }
+        if let Some(k) = self.persistent_keepalive {
+            self.persistent_at = Some(now + k);
+        }
+    }
+
+    fn on_authenticated_receive(&mut self, now: Instant, data: bool) {
+        self.dead_peer_at = None;
+        if data && self.keepalive_at.is_none() {
+            self.keepalive_at = Some(now + KEEPALIVE_TIMEOUT);
+        }
+        if let Some(k) = self.persistent_keepalive {
+            self.persistent_at = Some(now + k);
+        }
+    }
+
+    fn send_keepalive(&mut self, now: Instant) {
+        let mut buf = [0u8; KEEPALIVE_LEN];
+        if let Some(s) = self.current.as_mut().filter(|s| usable(s, now)) {
+            if s.seal(&[], &mut buf).is_ok() {
+                self.transmits.push_back(buf.to_vec());
+                self.on_sent(now, false);
+            }
+        } else {
+            self.maybe_handshake(now);
+        }
+    }
+
+    /// Decrypts or consumes one datagram from the peer; plaintext goes into `out`.
+    pub fn decapsulate(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<Decapsulated, WgError> {
+        match Message::parse(datagram)? {
+            Message::Initiation(m) => {
+                if !noise::mac1_valid(m, INITIATION_MAC1, &self.mac1_to_us) {
+                    return Err(HandshakeError::BadMac1.into());
+                }
+                let (peer, ss) = (self.peer, self.static_static);
+                let consumed = noise::consume_initiation(&self.local, m, |p| {
+                    (*p == peer).then_some(ss).flatten()
+                })?;
+                self.handle_initiation(now, consumed)?;
+                Ok(Decapsulated::Handshake)
+            }
+            Message::Response(m) => {
+                if !noise::mac1_valid(m, RESPONSE_MAC1, &self.mac1_to_us) {
+                    return Err(HandshakeError::BadMac1.into());
+                }
+                self.handle_response(now, m)?;
+                Ok(Decapsulated::Handshake)
+            }
+            Message::CookieReply(m) => {
+                let receiver = le32(&m[4..8]);
+                let pending = self
+                    .pending
+                    .as_ref()
+                    .filter(|p| p.state.local_index == receiver)
+                    .ok_or(HandshakeError::Unexpected)?;
+                let cookie = noise::consume_cookie_reply(&self.peer, m, &pending.mac1)
+                    .ok_or(HandshakeError::DecryptFailed)?;
+                self.cookie = Some((cookie, now));
+                Ok(Decapsulated::Handshake)
+            }
+            Message::Transport {
+                receiver,
+                counter,
+                ciphertext,
+            } => self.handle_transport(now, receiver, counter, ciphertext, out),
+        }
+    }
+
+    /// Answers an initiation already decrypted (by this tunnel or by a `Device`).
+    pub fn handle_initiation(
+        &mut self,
+        now: Instant,
+        init: ConsumedInitiation,
+    ) -> Result<(), WgError> {
+        if let Some((ts, at)) = self.last_initiation {
+            if init.timestamp <= ts {
+                return Err(HandshakeError::Replay.into());
+            }
+            if now.saturating_duration_since(at) < INITIATION_MIN_INTERVAL {
+                return Err(HandshakeError::Flood.into());
+            }
+        }
+        let index = self.fresh_index();
+        let e = self.ephemeral();
+        let (mut msg, keys) = noise::create_response(&init, &e, index, &self.psk)
+            .ok_or(HandshakeError::DecryptFailed)?;
+        let cookie = self
+            .cookie
+            .filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_REFRESH_TIME)
+            .map(|(c, _)| c);
+        noise::write_macs(&mut msg, RESPONSE_MAC1, &self.mac1_to_peer, cookie.as_ref());
+        self.last_initiation = Some((init.timestamp, now));
+        // The responder may not send on the new keypair until the initiator used it.
+        self.next = Some(Session::new(&keys, now, false));
+        self.last_session_at = Some(now);
+        self.transmits.push_back(msg.to_vec());
+        Ok(())
+    }
+
+    fn handle_response(&mut self, now: Instant, m: &[u8; RESPONSE_LEN]) -> Result<(), WgError> {
+        let pending = self.pending.as_ref().ok_or(HandshakeError::Unexpected)?;
+        let keys = noise::consume_response(&pending.state, &self.local, m, &self.psk)?;
+        self.pending = None;
+        self.retransmit_at = None;
+        self.attempts_since = None;
+        self.previous = self.current.take();
+        self.current = Some(Session::new(&keys, now, true));
+        self.next = None;
+        self.last_session_at = Some(now);
+        self.events
+            .push_back(Event::HandshakeCompleted { initiator: true });
+        // Key confirmation: data if any is queued, else a keep-alive.
+        if self.queued.is_empty() {
+            self.send_keepalive(now);
+        } else {
+            self.flush_queue(now);
+        }
+        Ok(())
+    }
+
+    fn flush_queue(&mut self, now: Instant) {
+        while let Some(p) = self.queued.pop_front() {
+            let mut buf = vec![0u8; transport_len(p.len())];
+            match self
+                .current
+                .as_mut()
+                .filter(|s| usable(s, now))
+                .map(|s| s.seal(&p, &mut buf))
+            {
+                Some(Ok(n)) => {
+                    buf.truncate(n);
+                    self.transmits.push_back(buf);
+                    self.on_sent(now, !p.is_empty());
+                }
+                _ => {
+                    self.queued.push_front(p);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_transport(
+        &mut self,
+        now: Instant,
+        receiver: u32,
+        counter: u64,
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<Decapsulated, WgError> {
+        let slot = if self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.local_index == receiver)
+        {
+            0
+        } else if self
+            .next
+            .as_ref()
+            .is_some_and(|s| s.local_index == receiver)
+        {
+            1
+        } else if self
+            .previous
+            .as_ref()
+            .is_some_and(|s| s.local_index == receiver)
+        {
+            2
+        } else {
+            return Err(WgError::UnknownIndex(receiver));
+        };
+        let session = match slot {
+            0 => self.current.as_mut(),
+            1 => self.next.as_mut(),
+            _ => self.previous.as_mut(),
+        }
+        .expect("found above");
+        if now.saturating_duration_since(session.created) >= REJECT_AFTER_TIME
+            || counter >= REJECT_AFTER_MESSAGES
+        {
+            return Err(WgError::NoSession);
+        }
+        let len = session.open(counter, ciphertext, out)?;
+        if slot == 1 {
+            // First packet on the responder's new keypair confirms it.
+            self.previous = self.current.take();
+            self.current = self.next.take();
+            self.events
+                .push_back(Event::HandshakeCompleted { initiator: false });
+            self.flush_queue(now);
+        }
+        self.on_authenticated_receive(now, len > 0);
+        if let Some(s) = &self.current {
+            if s.initiator && now.saturating_duration_since(s.created) >= REKEY_ON_RECEIVE_AGE {
+                self.maybe_handshake(now);
+            }
+        }
+        if len == 0 {
+            return Ok(Decapsulated::Keepalive);
+        }
+        Ok(Decapsulated::Data(ip_length(&out[..len]).unwrap_or(len)))
+    }
+
+    /// Runs whatever timers are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.retransmit_at.is_some_and(|t| now >= t) {
+            self.retransmit_at = None;
+            if self
+                .attempts_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= REKEY_ATTEMPT_TIME)
+            {
+                self.pending = None;
+                self.attempts_since = None;
+                self.queued.clear();
+                self.events.push_back(Event::HandshakeGaveUp);
+            } else if self.pending.is_some() {
+                self.force_handshake(now);
+            }
+        }
+        if self.dead_peer_at.is_some_and(|t| now >= t) {
+            self.dead_peer_at = None;
+            self.maybe_handshake(now);
+        }
+        if self.keepalive_at.is_some_and(|t| now >= t) {
+            self.keepalive_at = None;
+            if self.has_session(now) {
+                self.send_keepalive(now);
+            }
+        }
+        if self.persistent_at.is_some_and(|t| now >= t) {
+            self.persistent_at = None;
+            self.send_keepalive(now);
+            if let Some(k) = self.persistent_keepalive {
+                self.persistent_at.get_or_insert(now + k);
+            }
+        }
+        if self
+            .last_session_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= KEY_ERASURE_TIME)
+        {
+            self.previous = None;
+            self.current = None;
+            self.next = None;
+            self.pending = None;
+            self.last_session_at = None;
+            self.events.push_back(Event::KeysErased);
+        }
+    }
+
+    /// When `handle_timeout` should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.retransmit_at,
+            self.dead_peer_at,
+            self.keepalive_at,
+            self.persistent_at,
+            self.last_session_at.map(|t| t + KEY_ERASURE_TIME),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next datagram (handshake message, keep-alive or flushed data) for the peer.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub(crate) fn static_static(&self) -> Option<[u8; 32]> {
+        self.static_static
+    }
+}
+
+fn usable(s: &Session, now: Instant) -> bool {
+    now.saturating_duration_since(s.created) < REJECT_AFTER_TIME
+        && s.send_counter < REJECT_AFTER_MESSAGES
+}
+
+/// The length an IPv4/IPv6 header declares, to strip WireGuard's padding.
+fn ip_length(p: &[u8]) -> Option<usize> {
+    let len = match p.first()? >> 4 {
+        4 => u16::from_be_bytes([*p.get(2)?, *p.get(3)?]) as usize,
+        6 => 40 + u16::from_be_bytes([*p.get(4)?, *p.get(5)?]) as usize,
+        _ => return None,
+    };
+    (len <= p.len()).then_some(len)
+}
