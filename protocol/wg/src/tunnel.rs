@@ -88,6 +88,7 @@ pub struct Tunnel {
     cookie: Option<([u8; 16], Instant)>,
     last_initiation: Option<([u8; 12], Instant)>,
     last_handshake_sent: Option<Instant>,
+    last_timestamp: [u8; 12],
     attempts_since: Option<Instant>,
     retransmit_at: Option<Instant>,
     keepalive_at: Option<Instant>,
@@ -132,6 +133,7 @@ impl Tunnel {
             cookie: None,
             last_initiation: None,
             last_handshake_sent: None,
+            last_timestamp: [0; 12],
             attempts_since: None,
             retransmit_at: None,
             keepalive_at: None,
@@ -190,7 +192,8 @@ impl Tunnel {
         let Some(ss) = self.static_static else { return };
         let index = self.fresh_index();
         let e = self.ephemeral();
-        let ts = noise::tai64n(self.unix_time(now));
+        let ts = next_timestamp(noise::tai64n(self.unix_time(now)), &self.last_timestamp);
+        self.last_timestamp = ts;
         let Some((mut msg, state)) =
             noise::create_initiation(&self.local, &self.peer, e, index, ts, &ss)
         else {
@@ -539,6 +542,25 @@ impl Tunnel {
     }
 }
 
+/// A timestamp strictly after `last`: the peer rejects any initiation not newer than the one
+/// before, so two handshakes within one 16 ms tick (or after a clock step back) still go out.
+fn next_timestamp(candidate: [u8; 12], last: &[u8; 12]) -> [u8; 12] {
+    if candidate > *last {
+        return candidate;
+    }
+    let secs = u64::from_be_bytes(last[..8].try_into().expect("8 bytes"));
+    let nanos = u32::from_be_bytes(last[8..].try_into().expect("4 bytes")) as u64 + (1 << 24);
+    let (secs, nanos) = if nanos >= 1_000_000_000 {
+        (secs + 1, 0)
+    } else {
+        (secs, nanos)
+    };
+    let mut t = [0u8; 12];
+    t[..8].copy_from_slice(&secs.to_be_bytes());
+    t[8..].copy_from_slice(&(nanos as u32).to_be_bytes());
+    t
+}
+
 fn usable(s: &Session, now: Instant) -> bool {
     now.saturating_duration_since(s.created) < REJECT_AFTER_TIME
         && s.send_counter < REJECT_AFTER_MESSAGES
@@ -552,4 +574,23 @@ fn ip_length(p: &[u8]) -> Option<usize> {
         _ => return None,
     };
     (len <= p.len()).then_some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_timestamp;
+
+    #[test]
+    fn timestamps_strictly_increase() {
+        let t = crate::noise::tai64n(core::time::Duration::from_secs(1_700_000_000));
+        let n1 = next_timestamp(t, &t);
+        assert!(n1 > t);
+        let n2 = next_timestamp(t, &n1);
+        assert!(n2 > n1);
+        let late = crate::noise::tai64n(core::time::Duration::new(1_700_000_000, 999_999_999));
+        let wrapped = next_timestamp(t, &late);
+        assert!(wrapped > late);
+        let newer = crate::noise::tai64n(core::time::Duration::from_secs(1_700_000_100));
+        assert_eq!(next_timestamp(newer, &n2), newer);
+    }
 }
