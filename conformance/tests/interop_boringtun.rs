@@ -84,11 +84,8 @@ fn to_boring(b: &mut Tunn, datagram: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         TunnResult::WriteToNetwork(p) => {
             net.push(p.to_vec());
             // boringtun flushes queued packets on repeated calls with an empty datagram.
-            loop {
-                match b.decapsulate(Some(src), &[], &mut buf) {
-                    TunnResult::WriteToNetwork(p) => net.push(p.to_vec()),
-                    _ => break,
-                }
+            while let TunnResult::WriteToNetwork(p) = b.decapsulate(Some(src), &[], &mut buf) {
+                net.push(p.to_vec());
             }
         }
         TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
