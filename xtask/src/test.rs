@@ -15,7 +15,13 @@ const INTEROP: &[(&str, &str)] = &[
 ];
 
 /// Fuzz targets, as in fuzz/Cargo.toml.
-const FUZZ_TARGETS: &[&str] = &["stun_decode", "stun_server", "netcheck_input"];
+const FUZZ_TARGETS: &[&str] = &[
+    "stun_decode",
+    "stun_server",
+    "netcheck_input",
+    "wg_parse",
+    "wg_tunnel",
+];
 
 pub fn run(install: bool) -> Result<()> {
     let mut skipped = Vec::new();
