@@ -5,3 +5,5 @@ pub mod loadgen;
 pub mod netcheck;
 pub mod stun_server;
 pub mod transport;
+pub mod wg;
+pub mod wg_config;

@@ -49,6 +49,21 @@ enum Command {
         #[arg(long, default_value_t = 6.0)]
         timeout: f64,
     },
+    /// Run a WireGuard tunnel over a TUN device, from a wg-quick style config file.
+    /// Needs root (CAP_NET_ADMIN). SIGUSR1 forces a new handshake with every peer.
+    Wg {
+        /// The config file ([Interface] PrivateKey, ListenPort, Address; [Peer] PublicKey,
+        /// PresharedKey, Endpoint, AllowedIPs, PersistentKeepalive).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Interface name (default: the config file's name without .conf, as wg-quick does).
+        #[arg(long)]
+        interface: Option<String>,
+    },
+    /// Print a new private key (base64), like `wg genkey`.
+    Genkey,
+    /// Read a private key on stdin and print its public key, like `wg pubkey`.
+    Pubkey,
     /// Load generator for `cargo xtask bench stun`: Binding requests at a server, as fast as it answers.
     #[command(hide = true)]
     StunLoad {
@@ -160,6 +175,44 @@ async fn run(command: Command) -> Result<()> {
             } else {
                 print!("{}", burrow::netcheck::format_report(&report));
             }
+            Ok(())
+        }
+        Command::Wg { config, interface } => {
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("reading {}", config.display()))?;
+            let parsed: burrow::wg_config::WgConfig = text
+                .parse()
+                .with_context(|| format!("in {}", config.display()))?;
+            let name = interface.unwrap_or_else(|| {
+                config
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "burrow0".into())
+            });
+            if name.is_empty() || name.len() > 15 {
+                bail!("interface name {name:?} must be 1 to 15 characters (use --interface)");
+            }
+            burrow::wg::run(parsed, &name, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Genkey => {
+            let mut rng =
+                <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_os_rng();
+            println!(
+                "{}",
+                burrow_wg::PrivateKey::generate(&mut rng).expose_base64()
+            );
+            Ok(())
+        }
+        Command::Pubkey => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let key = burrow_wg::PrivateKey::from_base64(&line)
+                .context("reading a private key on stdin")?;
+            println!("{}", key.public_key());
             Ok(())
         }
         Command::StunLoad {

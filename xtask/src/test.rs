@@ -12,6 +12,11 @@ const INTEROP: &[(&str, &str)] = &[
     ("turnutils_stunclient", "coturn"),
     ("stun", "stun-client"),
     ("tshark", "tshark"),
+    ("wireguard-go", "wireguard-go"),
+    ("wg", "wireguard-tools"),
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("iperf3", "iperf3"),
 ];
 
 /// Fuzz targets, as in fuzz/Cargo.toml.

@@ -128,9 +128,10 @@ impl Device {
         &self.peers[id.0]
     }
 
-    /// A peer's tunnel, mutably (for `force_handshake` and the like).
-    pub fn tunnel_mut(&mut self, id: PeerId) -> &mut Tunnel {
-        &mut self.peers[id.0]
+    /// Starts a new handshake with a peer now (a forced rekey).
+    pub fn force_handshake(&mut self, now: Instant, id: PeerId) {
+        self.peers[id.0].force_handshake(now);
+        self.sync_indices(id);
     }
 
     /// The driver's load signal: while set, handshakes need a valid mac2 (a cookie).
