@@ -6,10 +6,10 @@
 pub trait TransportAead: Send + Sync + Sized {
     /// A cipher for `key`.
     fn new(key: &[u8; 32]) -> Self;
-    /// Encrypts `buf` in place under nonce `counter` (empty AD); returns the tag.
-    fn seal_in_place(&self, counter: u64, buf: &mut [u8]) -> [u8; 16];
+    /// Encrypts `buf` in place under nonce `counter` with associated data `ad`; returns the tag.
+    fn seal_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; 16];
     /// Decrypts `buf` in place; false (and `buf` unspecified) if the tag does not verify.
-    fn open_in_place(&self, counter: u64, buf: &mut [u8], tag: &[u8; 16]) -> bool;
+    fn open_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool;
 }
 
 /// RustCrypto's pure-Rust ChaCha20-Poly1305.
@@ -21,18 +21,18 @@ impl TransportAead for RustCryptoAead {
         RustCryptoAead(chacha20poly1305::ChaCha20Poly1305::new(key.into()))
     }
 
-    fn seal_in_place(&self, counter: u64, buf: &mut [u8]) -> [u8; 16] {
+    fn seal_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
         use chacha20poly1305::AeadInPlace;
         self.0
-            .encrypt_in_place_detached(&crate::crypto::nonce(counter).into(), &[], buf)
+            .encrypt_in_place_detached(&crate::crypto::nonce(counter).into(), ad, buf)
             .expect("transport packets fit ChaCha20's 256 GiB limit")
             .into()
     }
 
-    fn open_in_place(&self, counter: u64, buf: &mut [u8], tag: &[u8; 16]) -> bool {
+    fn open_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
         use chacha20poly1305::AeadInPlace;
         self.0
-            .decrypt_in_place_detached(&crate::crypto::nonce(counter).into(), &[], buf, tag.into())
+            .decrypt_in_place_detached(&crate::crypto::nonce(counter).into(), ad, buf, tag.into())
             .is_ok()
     }
 }
@@ -49,23 +49,23 @@ impl TransportAead for RingAead {
         RingAead(ring::aead::LessSafeKey::new(key))
     }
 
-    fn seal_in_place(&self, counter: u64, buf: &mut [u8]) -> [u8; 16] {
+    fn seal_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
         let nonce = ring::aead::Nonce::assume_unique_for_key(crate::crypto::nonce(counter));
         let tag = self
             .0
-            .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), buf)
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), buf)
             .expect("transport packets fit ChaCha20's limit");
         let mut out = [0u8; 16];
         out.copy_from_slice(tag.as_ref());
         out
     }
 
-    fn open_in_place(&self, counter: u64, buf: &mut [u8], tag: &[u8; 16]) -> bool {
+    fn open_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
         let nonce = ring::aead::Nonce::assume_unique_for_key(crate::crypto::nonce(counter));
         self.0
             .open_in_place_separate_tag(
                 nonce,
-                ring::aead::Aad::empty(),
+                ring::aead::Aad::from(ad),
                 ring::aead::Tag::from(*tag),
                 buf,
                 0..,
@@ -92,11 +92,11 @@ mod tests {
         for len in [0usize, 1, 15, 16, 17, 1420] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let (mut x, mut y) = (plain.clone(), plain.clone());
-            let (tx, ty) = (a.seal_in_place(9, &mut x), b.seal_in_place(9, &mut y));
+            let (tx, ty) = (a.seal_in_place(9, b"ad", &mut x), b.seal_in_place(9, b"ad", &mut y));
             assert_eq!(x, y, "ciphertext, len {len}");
             assert_eq!(tx, ty, "tag, len {len}");
-            assert!(b.open_in_place(9, &mut x, &tx));
-            assert!(a.open_in_place(9, &mut y, &ty));
+            assert!(b.open_in_place(9, b"ad", &mut x, &tx));
+            assert!(a.open_in_place(9, b"ad", &mut y, &ty));
             assert_eq!(x, plain);
             assert_eq!(y, plain);
         }

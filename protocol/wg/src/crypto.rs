@@ -4,7 +4,9 @@
 use blake2::digest::{FixedOutput, KeyInit, Mac as _, Update};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, XChaCha20Poly1305};
+use chacha20poly1305::XChaCha20Poly1305;
+
+use crate::aead::{DefaultAead, TransportAead};
 use hmac::SimpleHmac;
 
 /// `HASH(a ‖ b ‖ …)`: BLAKE2s-256.
@@ -35,26 +37,41 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// HMAC keyed with `prk`, set up once and cloned for each output block.
+fn expander(prk: &[u8; 32]) -> SimpleHmac<Blake2s256> {
+    <SimpleHmac<Blake2s256> as KeyInit>::new_from_slice(prk).expect("HMAC takes any key")
+}
+
+fn block(base: &SimpleHmac<Blake2s256>, parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = base.clone();
+    for p in parts {
+        Update::update(&mut m, p);
+    }
+    m.finalize().into_bytes().into()
+}
+
 /// `KDF1(key, input)`.
 pub fn kdf1(key: &[u8; 32], input: &[u8]) -> [u8; 32] {
     let prk = hmac(key, &[input]);
-    hmac(&prk, &[&[1]])
+    block(&expander(&prk), &[&[1]])
 }
 
 /// `KDF2(key, input)`.
 pub fn kdf2(key: &[u8; 32], input: &[u8]) -> ([u8; 32], [u8; 32]) {
     let prk = hmac(key, &[input]);
-    let t1 = hmac(&prk, &[&[1]]);
-    let t2 = hmac(&prk, &[&t1, &[2]]);
+    let e = expander(&prk);
+    let t1 = block(&e, &[&[1]]);
+    let t2 = block(&e, &[&t1, &[2]]);
     (t1, t2)
 }
 
 /// `KDF3(key, input)`.
 pub fn kdf3(key: &[u8; 32], input: &[u8]) -> ([u8; 32], [u8; 32], [u8; 32]) {
     let prk = hmac(key, &[input]);
-    let t1 = hmac(&prk, &[&[1]]);
-    let t2 = hmac(&prk, &[&t1, &[2]]);
-    let t3 = hmac(&prk, &[&t2, &[3]]);
+    let e = expander(&prk);
+    let t1 = block(&e, &[&[1]]);
+    let t2 = block(&e, &[&t1, &[2]]);
+    let t3 = block(&e, &[&t2, &[3]]);
     (t1, t2, t3)
 }
 
@@ -65,35 +82,26 @@ pub fn nonce(counter: u64) -> [u8; 12] {
     n
 }
 
-/// `AEAD(key, counter, plaintext, ad)` into `out` (plaintext length + 16).
+/// `AEAD(key, counter, plaintext, ad)` into `out` (plaintext length + 16), through the same
+/// backend as transport data.
 pub fn aead_seal(key: &[u8; 32], counter: u64, plaintext: &[u8], ad: &[u8], out: &mut [u8]) {
-    let cipher = ChaCha20Poly1305::new(key.into());
+    let cipher = DefaultAead::new(key);
     let (body, tag_out) = out.split_at_mut(plaintext.len());
     body.copy_from_slice(plaintext);
-    let tag = cipher
-        .encrypt_in_place_detached(&nonce(counter).into(), ad, body)
-        .expect("handshake fields are tiny");
+    let tag = cipher.seal_in_place(counter, ad, body);
     tag_out[..16].copy_from_slice(&tag);
 }
 
 /// Opens `AEAD(key, counter, ·, ad)` from `ciphertext` (with tag) into `out`.
-pub fn aead_open(
-    key: &[u8; 32],
-    counter: u64,
-    ciphertext: &[u8],
-    ad: &[u8],
-    out: &mut [u8],
-) -> bool {
+pub fn aead_open(key: &[u8; 32], counter: u64, ciphertext: &[u8], ad: &[u8], out: &mut [u8]) -> bool {
     if ciphertext.len() < 16 || out.len() < ciphertext.len() - 16 {
         return false;
     }
-    let cipher = ChaCha20Poly1305::new(key.into());
+    let cipher = DefaultAead::new(key);
     let (body, tag) = ciphertext.split_at(ciphertext.len() - 16);
     let out = &mut out[..body.len()];
     out.copy_from_slice(body);
-    cipher
-        .decrypt_in_place_detached(&nonce(counter).into(), ad, out, tag.into())
-        .is_ok()
+    cipher.open_in_place(counter, ad, out, tag.try_into().expect("16 bytes"))
 }
 
 /// `XAEAD(key, nonce, plaintext, ad)` (cookie replies).

@@ -23,14 +23,20 @@ fn encode(b: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// An X25519 static private key.
+/// An X25519 static private key (its public key computed once, at construction).
 #[derive(Clone, ZeroizeOnDrop)]
-pub struct PrivateKey(x25519_dalek::StaticSecret);
+pub struct PrivateKey {
+    secret: x25519_dalek::StaticSecret,
+    #[zeroize(skip)]
+    public: [u8; 32],
+}
 
 impl PrivateKey {
     /// From 32 bytes (clamped by X25519 when used).
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        PrivateKey(x25519_dalek::StaticSecret::from(bytes))
+        let secret = x25519_dalek::StaticSecret::from(bytes);
+        let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        PrivateKey { secret, public }
     }
 
     /// A fresh key from `rng`.
@@ -52,20 +58,20 @@ impl PrivateKey {
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(x25519_dalek::PublicKey::from(&self.0).to_bytes())
+        PublicKey(self.public)
     }
 
     /// Diffie–Hellman; `None` for an all-zero (low-order) result, which WireGuard rejects.
     pub(crate) fn diffie_hellman(&self, public: &[u8; 32]) -> Option<[u8; 32]> {
         let shared = self
-            .0
+            .secret
             .diffie_hellman(&x25519_dalek::PublicKey::from(*public));
         shared.was_contributory().then(|| shared.to_bytes())
     }
 
     /// The raw bytes, for the one place that must write a key out (`wg`-style genkey).
     pub fn expose_base64(&self) -> String {
-        encode(&self.0.to_bytes())
+        encode(&self.secret.to_bytes())
     }
 }
 

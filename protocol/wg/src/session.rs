@@ -51,7 +51,7 @@ impl Session {
         let body = &mut out[TRANSPORT_HEADER_LEN..TRANSPORT_HEADER_LEN + padded_len];
         body[..plaintext.len()].copy_from_slice(plaintext);
         body[plaintext.len()..].fill(0);
-        let tag = self.send.seal_in_place(counter, body);
+        let tag = self.send.seal_in_place(counter, &[], body);
         out[TRANSPORT_HEADER_LEN + padded_len..total].copy_from_slice(&tag);
         Ok(total)
     }
@@ -69,7 +69,7 @@ impl Session {
         }
         let tag: [u8; 16] = ciphertext[len..].try_into().expect("16 bytes");
         out[..len].copy_from_slice(&ciphertext[..len]);
-        if !self.recv.open_in_place(counter, &mut out[..len], &tag) {
+        if !self.recv.open_in_place(counter, &[], &mut out[..len], &tag) {
             return Err(WgError::DecryptFailed);
         }
         // The replay check comes only after the tag verified.
