@@ -32,9 +32,22 @@ fn ip_packet_of(len: usize) -> Vec<u8> {
 }
 
 fn burrow_pair(now: Instant) -> (Tunnel, Tunnel) {
-    let (ka, kb) = (PrivateKey::from_bytes([1; 32]), PrivateKey::from_bytes([2; 32]));
+    let (ka, kb) = (
+        PrivateKey::from_bytes([1; 32]),
+        PrivateKey::from_bytes([2; 32]),
+    );
     let mk = |own: &PrivateKey, peer: &PrivateKey, seed| {
-        Tunnel::new(TunnelConfig { private_key: own.clone(), peer: peer.public_key(), preshared_key: None, persistent_keepalive: None }, ChaCha20Rng::seed_from_u64(seed), now, UNIX)
+        Tunnel::new(
+            TunnelConfig {
+                private_key: own.clone(),
+                peer: peer.public_key(),
+                preshared_key: None,
+                persistent_keepalive: None,
+            },
+            ChaCha20Rng::seed_from_u64(seed),
+            now,
+            UNIX,
+        )
     };
     (mk(&ka, &kb, 1), mk(&kb, &ka, 2))
 }
@@ -47,13 +60,22 @@ fn burrow_handshake(a: &mut Tunnel, b: &mut Tunnel, now: Instant, out: &mut [u8]
     let resp = b.poll_transmit().expect("response");
     a.decapsulate(now, &resp, out).expect("initiator");
     let first = a.poll_transmit().expect("keep-alive");
-    assert_eq!(b.decapsulate(now, &first, out).expect("confirmation"), Decapsulated::Keepalive);
+    assert_eq!(
+        b.decapsulate(now, &first, out).expect("confirmation"),
+        Decapsulated::Keepalive
+    );
 }
 
 fn boring_pair() -> (Tunn, Tunn) {
-    let (sa, sb) = (x25519::StaticSecret::from([1u8; 32]), x25519::StaticSecret::from([2u8; 32]));
+    let (sa, sb) = (
+        x25519::StaticSecret::from([1u8; 32]),
+        x25519::StaticSecret::from([2u8; 32]),
+    );
     let (pa, pb) = (x25519::PublicKey::from(&sa), x25519::PublicKey::from(&sb));
-    (Tunn::new(sa, pb, None, None, 1, None), Tunn::new(sb, pa, None, None, 2, None))
+    (
+        Tunn::new(sa, pb, None, None, 1, None),
+        Tunn::new(sb, pa, None, None, 2, None),
+    )
 }
 
 fn net(step: &str, r: TunnResult<'_>) -> Vec<u8> {
@@ -99,7 +121,11 @@ fn best(rounds: usize, mut f: impl FnMut() -> f64) -> f64 {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (dur, rounds) = if quick { (Duration::from_millis(200), 2) } else { (Duration::from_secs(2), 5) };
+    let (dur, rounds) = if quick {
+        (Duration::from_millis(200), 2)
+    } else {
+        (Duration::from_secs(2), 5)
+    };
     let packet = ip_packet();
     let now = Instant::now();
 
@@ -117,12 +143,17 @@ fn main() {
     let mut buf = vec![0u8; 2048];
     let mut buf2 = vec![0u8; 2048];
     boring_handshake(&mut ba, &mut bb, &mut buf);
-    let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[7u8; 32]).unwrap());
+    let key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &[7u8; 32]).unwrap(),
+    );
     let mut counter = 0u64;
     let mut aead_buf = packet.clone();
     for _ in 0..rounds {
         burrow_tx = burrow_tx.max(rate(dur, || {
-            let Encapsulated::Sent(n) = a.encapsulate(now, black_box(&packet), &mut wire).unwrap() else { panic!() };
+            let Encapsulated::Sent(n) = a.encapsulate(now, black_box(&packet), &mut wire).unwrap()
+            else {
+                panic!()
+            };
             black_box(b.decapsulate(now, &wire[..n], &mut plain).unwrap());
         }));
         boring_tx = boring_tx.max(rate(dur, || {
@@ -142,10 +173,20 @@ fn main() {
             let mut nonce = [0u8; 12];
             nonce[4..].copy_from_slice(&counter.to_le_bytes());
             let tag = key
-                .seal_in_place_separate_tag(ring::aead::Nonce::assume_unique_for_key(nonce), ring::aead::Aad::empty(), &mut aead_buf)
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::empty(),
+                    &mut aead_buf,
+                )
                 .unwrap();
-            key.open_in_place_separate_tag(ring::aead::Nonce::assume_unique_for_key(nonce), ring::aead::Aad::empty(), tag, &mut aead_buf, 0..)
-                .unwrap();
+            key.open_in_place_separate_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                tag,
+                &mut aead_buf,
+                0..,
+            )
+            .unwrap();
             black_box(&aead_buf);
         }));
     }
@@ -158,7 +199,9 @@ fn main() {
             burrow_handshake(&mut a, &mut b, t, &mut plain);
         })
     });
-    let boring_hs = best(rounds, || rate(dur, || boring_handshake(&mut ba, &mut bb, &mut buf)));
+    let boring_hs = best(rounds, || {
+        rate(dur, || boring_handshake(&mut ba, &mut bb, &mut buf))
+    });
 
     println!(
         "{{\"packet_bytes\":{PACKET},\"transport\":{{\"burrow_per_s\":{burrow_tx:.0},\"boringtun_per_s\":{boring_tx:.0},\"aead_per_s\":{aead_tx:.0}}},\"handshakes\":{{\"burrow_per_s\":{burrow_hs:.0},\"boringtun_per_s\":{boring_hs:.0}}}}}"

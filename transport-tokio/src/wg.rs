@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use burrow_wg::{Decapsulated, Device, Encapsulated, PeerId, Received};
@@ -90,6 +91,31 @@ fn addresses(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
+/// Socket buffers as large as wireguard-go asks for, so bursts are not dropped by the kernel.
+const SOCKET_BUFFER: usize = 7 << 20;
+
+fn bind_udp(port: u16) -> io::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    for (set, name) in [
+        (
+            socket2::Socket::set_recv_buffer_size as fn(&socket2::Socket, usize) -> io::Result<()>,
+            "receive",
+        ),
+        (socket2::Socket::set_send_buffer_size, "send"),
+    ] {
+        if let Err(e) = set(&s, SOCKET_BUFFER) {
+            tracing::debug!(error = %e, "cannot enlarge the {name} buffer");
+        }
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// Handshake messages per second above which the device asks for cookies.
 const UNDER_LOAD_HANDSHAKES_PER_SECOND: u32 = 64;
 
@@ -100,12 +126,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WgRunError> {
     let iface = &config.interface;
-    let socket = UdpSocket::bind(("0.0.0.0", iface.listen_port))
-        .await
-        .map_err(|source| WgRunError::Bind {
-            port: iface.listen_port,
-            source,
-        })?;
+    let socket = bind_udp(iface.listen_port).map_err(|source| WgRunError::Bind {
+        port: iface.listen_port,
+        source,
+    })?;
     let mut tun_config = tun::Configuration::default();
     tun_config.tun_name(ifname).mtu(iface.mtu).up();
     let first_v4 = iface.addresses.iter().find(|a| a.addr.is_ipv4()).copied();
@@ -175,92 +199,189 @@ pub async fn run(
     }
     tracing::info!(interface = ifname, public_key = %device.public_key(), port = socket.local_addr()?.port(), peers = config.peers.len(), "burrow wg up");
 
-    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-    tokio::pin!(shutdown);
-    let mut from_tun = vec![0u8; 65_536];
-    let mut from_net = vec![0u8; 65_536];
-    let mut out = vec![0u8; 65_536 + 64];
-    let mut handshakes_this_second = 0u32;
-    let mut second_started = now();
-    loop {
+    let shared = Arc::new(Shared {
+        device: Mutex::new(device),
+        endpoints: Mutex::new(endpoints),
+        routes,
+    });
+    let socket = Arc::new(socket);
+    let tun = Arc::new(tun);
+    // Three tasks: TUN → network (encrypt), network → TUN (decrypt), and timers. They share
+    // the device behind a mutex held only for one seal or open, so both directions use a core.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(outbound(shared.clone(), tun.clone(), socket.clone()));
+    tasks.spawn(inbound(shared.clone(), tun.clone(), socket.clone()));
+    tasks.spawn(timers(shared.clone(), socket.clone(), config.peers.len()));
+    tokio::select! {
+        _ = shutdown => {}
+        Some(r) = tasks.join_next() => {
+            tasks.abort_all();
+            return match r {
+                Ok(r) => r,
+                Err(e) => Err(WgRunError::Io(io::Error::other(e))),
+            };
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// State the three tasks share.
+struct Shared {
+    device: Mutex<Device>,
+    endpoints: Mutex<Vec<Option<SocketAddr>>>,
+    routes: Vec<(IpNet, PeerId)>,
+}
+
+impl Shared {
+    /// Takes what the device wants sent, with each peer's current endpoint.
+    fn drain(&self, device: &mut Device, out: &mut Vec<(SocketAddr, Vec<u8>)>) {
+        let endpoints = self.endpoints.lock().expect("endpoints");
         while let Some((peer, datagram)) = device.poll_transmit() {
             if let Some(ep) = endpoints[peer.0] {
-                if let Err(e) = socket.send_to(&datagram, ep).await {
-                    tracing::debug!(%ep, error = %e, "send failed");
-                }
+                out.push((ep, datagram));
             }
         }
         while let Some((peer, event)) = device.poll_event() {
             tracing::info!(peer = %device.tunnel(peer).peer(), ?event, "tunnel event");
         }
-        let wake = device.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: new handshake with every peer");
-                for i in 0..config.peers.len() {
-                    device.force_handshake(now(), PeerId(i));
-                }
-            }
-            r = socket.recv_from(&mut from_net) => {
-                let (n, src) = r?;
-                let t = now();
-                if t.saturating_duration_since(second_started) >= Duration::from_secs(1) {
-                    second_started = t;
-                    handshakes_this_second = 0;
-                    device.set_under_load(false);
-                }
-                if matches!(from_net.first(), Some(1) | Some(2)) {
-                    handshakes_this_second += 1;
-                    if handshakes_this_second > UNDER_LOAD_HANDSHAKES_PER_SECOND {
-                        device.set_under_load(true);
-                    }
-                }
-                match device.decapsulate(t, src, &from_net[..n], &mut out) {
-                    Ok(Received::Peer(peer, result)) => {
-                        endpoints[peer.0] = Some(src); // roaming: answer where the peer is now
-                        if let Decapsulated::Data(len) = result {
-                            let packet = &out[..len];
-                            // Crypto-key routing: the inner source must be one of the peer's AllowedIPs.
-                            match addresses(packet) {
-                                Some((inner_src, _)) if route(&routes, inner_src) == Some(&peer) => {
-                                    tun.send(packet).await?;
-                                }
-                                _ => tracing::debug!(%src, "dropped a packet whose inner source the peer may not use"),
-                            }
-                        }
-                    }
-                    Ok(Received::CookieReply(len)) => {
-                        let _ = socket.send_to(&out[..len], src).await;
-                    }
-                    Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
-                }
-            }
-            r = tun.recv(&mut from_tun) => {
-                let n = r?;
-                let packet = &from_tun[..n];
-                let Some((_, dst)) = addresses(packet) else { continue };
-                let Some(&peer) = route(&routes, dst) else { continue };
-                match device.encapsulate(now(), peer, packet, &mut out) {
-                    Ok(Encapsulated::Sent(len)) => {
-                        if let Some(ep) = endpoints[peer.0] {
-                            let _ = socket.send_to(&out[..len], ep).await;
-                        }
-                    }
-                    Ok(Encapsulated::Queued) => {}
-                    Err(e) => tracing::debug!(error = %e, "packet not sent"),
-                }
-            }
-            _ = sleep_until(wake) => device.handle_timeout(now()),
-        }
     }
-    Ok(())
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+async fn send_all(socket: &UdpSocket, pending: &mut Vec<(SocketAddr, Vec<u8>)>) {
+    for (ep, d) in pending.drain(..) {
+        if let Err(e) = socket.send_to(&d, ep).await {
+            tracing::debug!(%ep, error = %e, "send failed");
+        }
+    }
+}
+
+async fn outbound(
+    shared: Arc<Shared>,
+    tun: Arc<tun::AsyncDevice>,
+    socket: Arc<UdpSocket>,
+) -> Result<(), WgRunError> {
+    let mut from_tun = vec![0u8; 65_536];
+    let mut out = vec![0u8; 65_536 + 64];
+    let mut pending = Vec::new();
+    loop {
+        let n = tun.recv(&mut from_tun).await?;
+        let packet = &from_tun[..n];
+        let Some((_, dst)) = addresses(packet) else {
+            continue;
+        };
+        let Some(&peer) = route(&shared.routes, dst) else {
+            continue;
+        };
+        let sent = {
+            let mut device = shared.device.lock().expect("device");
+            let r = device.encapsulate(now(), peer, packet, &mut out);
+            shared.drain(&mut device, &mut pending);
+            r
+        };
+        match sent {
+            Ok(Encapsulated::Sent(len)) => {
+                let ep = shared.endpoints.lock().expect("endpoints")[peer.0];
+                if let Some(ep) = ep {
+                    let _ = socket.send_to(&out[..len], ep).await;
+                }
+            }
+            Ok(Encapsulated::Queued) => {}
+            Err(e) => tracing::debug!(error = %e, "packet not sent"),
+        }
+        send_all(&socket, &mut pending).await;
+    }
+}
+
+async fn inbound(
+    shared: Arc<Shared>,
+    tun: Arc<tun::AsyncDevice>,
+    socket: Arc<UdpSocket>,
+) -> Result<(), WgRunError> {
+    let mut from_net = vec![0u8; 65_536];
+    let mut out = vec![0u8; 65_536 + 64];
+    let mut pending = Vec::new();
+    let mut handshakes_this_second = 0u32;
+    let mut second_started = now();
+    loop {
+        let (n, src) = socket.recv_from(&mut from_net).await?;
+        let t = now();
+        let result = {
+            let mut device = shared.device.lock().expect("device");
+            if t.saturating_duration_since(second_started) >= Duration::from_secs(1) {
+                second_started = t;
+                handshakes_this_second = 0;
+                device.set_under_load(false);
+            }
+            if matches!(from_net.first(), Some(1) | Some(2)) {
+                handshakes_this_second += 1;
+                if handshakes_this_second > UNDER_LOAD_HANDSHAKES_PER_SECOND {
+                    device.set_under_load(true);
+                }
+            }
+            let r = device.decapsulate(t, src, &from_net[..n], &mut out);
+            if let Ok(Received::Peer(peer, _)) = r {
+                // Roaming: answer where the peer is now.
+                shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+            }
+            shared.drain(&mut device, &mut pending);
+            r
+        };
+        match result {
+            Ok(Received::Peer(peer, Decapsulated::Data(len))) => {
+                let packet = &out[..len];
+                // Crypto-key routing: the inner source must be one of the peer's AllowedIPs.
+                match addresses(packet) {
+                    Some((inner_src, _)) if route(&shared.routes, inner_src) == Some(&peer) => {
+                        tun.send(packet).await?;
+                    }
+                    _ => {
+                        tracing::debug!(%src, "dropped a packet whose inner source the peer may not use")
+                    }
+                }
+            }
+            Ok(Received::Peer(..)) => {}
+            Ok(Received::CookieReply(len)) => {
+                let _ = socket.send_to(&out[..len], src).await;
+            }
+            Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
+        }
+        send_all(&socket, &mut pending).await;
+    }
+}
+
+async fn timers(
+    shared: Arc<Shared>,
+    socket: Arc<UdpSocket>,
+    peers: usize,
+) -> Result<(), WgRunError> {
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    let mut pending = Vec::new();
+    loop {
+        // Wake at the earliest timer, or within 100 ms to pick up timers the other tasks set.
+        let wake = shared
+            .device
+            .lock()
+            .expect("device")
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        let cap = tokio::time::Instant::now() + Duration::from_millis(100);
+        let at = wake.map_or(cap, |w| w.min(cap));
+        tokio::select! {
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: new handshake with every peer");
+                let mut device = shared.device.lock().expect("device");
+                for i in 0..peers {
+                    device.force_handshake(now(), PeerId(i));
+                }
+                shared.drain(&mut device, &mut pending);
+            }
+            _ = tokio::time::sleep_until(at) => {
+                let mut device = shared.device.lock().expect("device");
+                device.handle_timeout(now());
+                shared.drain(&mut device, &mut pending);
+            }
+        }
+        send_all(&socket, &mut pending).await;
     }
 }

@@ -30,6 +30,19 @@ pub enum Which {
         #[arg(long)]
         no_write: bool,
     },
+    /// WireGuard: seal+open and handshakes vs boringtun and the bare AEAD; TUN-to-TUN iperf3
+    /// vs wireguard-go between two network namespaces (root).
+    Wg {
+        /// Seconds per iperf3 measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Alternating TUN rounds per implementation; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Don't write BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,13 +52,20 @@ struct Sample {
 }
 
 pub fn run(which: Which) -> Result<()> {
-    let Which::Stun {
-        seconds,
-        rounds,
-        threads,
-        window,
-        no_write,
-    } = which;
+    let (seconds, rounds, threads, window, no_write) = match which {
+        Which::Stun {
+            seconds,
+            rounds,
+            threads,
+            window,
+            no_write,
+        } => (seconds, rounds, threads, window, no_write),
+        Which::Wg {
+            seconds,
+            rounds,
+            no_write,
+        } => return crate::wgbench::run(seconds, rounds, no_write),
+    };
     let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
     if !reference_ready {
         bail!("coturn's turnserver is needed as the reference: apt-get install coturn (as root)");
@@ -236,7 +256,7 @@ fn today() -> String {
 }
 
 /// Replaces (or appends) the `## {title}` section of a markdown file.
-fn write_section(path: &Path, title: &str, section: &str) -> Result<()> {
+pub fn write_section(path: &Path, title: &str, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| {
         "# Benchmarks\n\nFigures measured on this project's machines, each with the command that produced it.\n\n".to_owned()
     });

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod test;
 mod util;
+mod wgbench;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -92,7 +92,10 @@ mod tests {
         for len in [0usize, 1, 15, 16, 17, 1420] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
             let (mut x, mut y) = (plain.clone(), plain.clone());
-            let (tx, ty) = (a.seal_in_place(9, b"ad", &mut x), b.seal_in_place(9, b"ad", &mut y));
+            let (tx, ty) = (
+                a.seal_in_place(9, b"ad", &mut x),
+                b.seal_in_place(9, b"ad", &mut y),
+            );
             assert_eq!(x, y, "ciphertext, len {len}");
             assert_eq!(tx, ty, "tag, len {len}");
             assert!(b.open_in_place(9, b"ad", &mut x, &tx));

@@ -93,7 +93,13 @@ pub fn aead_seal(key: &[u8; 32], counter: u64, plaintext: &[u8], ad: &[u8], out:
 }
 
 /// Opens `AEAD(key, counter, ·, ad)` from `ciphertext` (with tag) into `out`.
-pub fn aead_open(key: &[u8; 32], counter: u64, ciphertext: &[u8], ad: &[u8], out: &mut [u8]) -> bool {
+pub fn aead_open(
+    key: &[u8; 32],
+    counter: u64,
+    ciphertext: &[u8],
+    ad: &[u8],
+    out: &mut [u8],
+) -> bool {
     if ciphertext.len() < 16 || out.len() < ciphertext.len() - 16 {
         return false;
     }

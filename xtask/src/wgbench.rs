@@ -1,0 +1,324 @@
+//! `cargo xtask bench wg`: burrow-wg against boringtun and the bare AEAD (in process), and
+//! `burrow wg` against wireguard-go TUN to TUN over veth between two network namespaces.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{apt_install, cargo, have, is_root, root, run as run_cmd, Guard};
+
+fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn wait_for(mut ok: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while !ok() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("timed out");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn link_exists(ns: &str, dev: &str) -> bool {
+    Command::new("ip")
+        .args(["-n", ns, "link", "show", dev])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Which implementation runs on both ends.
+#[derive(Clone, Copy, PartialEq)]
+enum Impl {
+    Burrow,
+    WireguardGo,
+}
+
+/// Brings up a two-namespace topology with `which` on both ends; measures iperf3 A→B.
+fn tun_throughput(which: Impl, burrow: &Path, seconds: u32) -> Result<f64> {
+    let id = std::process::id() % 10_000;
+    let (na, nb) = (format!("bba{id}"), format!("bbb{id}"));
+    let _ns = Namespaces(vec![na.clone(), nb.clone()]);
+    sh(&["ip", "netns", "add", &na])?;
+    sh(&["ip", "netns", "add", &nb])?;
+    sh(&[
+        "ip", "link", "add", "vba", "netns", &na, "type", "veth", "peer", "name", "vbb", "netns",
+        &nb,
+    ])?;
+    for (n, v, a) in [(&na, "vba", "10.98.0.1/24"), (&nb, "vbb", "10.98.0.2/24")] {
+        sh(&["ip", "-n", n, "addr", "add", a, "dev", v])?;
+        sh(&["ip", "-n", n, "link", "set", v, "up"])?;
+        sh(&["ip", "-n", n, "link", "set", "lo", "up"])?;
+    }
+    let dir = std::env::temp_dir().join(format!("burrow-wgbench-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let keys: Vec<(String, String)> = (0..2)
+        .map(|_| -> Result<(String, String)> {
+            let k = sh(&["wg", "genkey"])?.trim().to_owned();
+            let mut c = Command::new("wg")
+                .arg("pubkey")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            std::io::Write::write_all(&mut c.stdin.take().context("stdin")?, k.as_bytes())?;
+            let p = String::from_utf8(c.wait_with_output()?.stdout)?
+                .trim()
+                .to_owned();
+            Ok((k, p))
+        })
+        .collect::<Result<_>>()?;
+    let mut guards = Vec::new();
+    for (i, (ns, me, other_ep, inner, other_inner)) in [
+        (
+            &na,
+            0usize,
+            "10.98.0.2:51820",
+            "10.201.0.1/24",
+            "10.201.0.2/32",
+        ),
+        (&nb, 1, "10.98.0.1:51820", "10.201.0.2/24", "10.201.0.1/32"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ifname = format!("bwb{i}");
+        let (key, _) = &keys[me];
+        let (_, peer_pub) = &keys[1 - me];
+        match which {
+            Impl::Burrow => {
+                let conf = dir.join(format!("{ifname}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!("[Interface]\nPrivateKey = {key}\nListenPort = 51820\nAddress = {inner}\n[Peer]\nPublicKey = {peer_pub}\nEndpoint = {other_ep}\nAllowedIPs = {other_inner}\n"),
+                )?;
+                let child = Command::new("ip")
+                    .args(["netns", "exec", ns])
+                    .arg(burrow)
+                    .args(["wg", "--config"])
+                    .arg(&conf)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                guards.push(Guard(child));
+                wait_for(|| link_exists(ns, &ifname))?;
+            }
+            Impl::WireguardGo => {
+                let child = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        ns,
+                        "env",
+                        "WG_PROCESS_FOREGROUND=1",
+                        "wireguard-go",
+                        "-f",
+                        &ifname,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                guards.push(Guard(child));
+                wait_for(|| link_exists(ns, &ifname))?;
+                let kf = dir.join(format!("{ifname}.key"));
+                std::fs::write(&kf, key)?;
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "wg",
+                    "set",
+                    &ifname,
+                    "private-key",
+                    kf.to_str().context("path")?,
+                    "listen-port",
+                    "51820",
+                    "peer",
+                    peer_pub,
+                    "allowed-ips",
+                    other_inner,
+                    "endpoint",
+                    other_ep,
+                ])?;
+                sh(&["ip", "-n", ns, "addr", "add", inner, "dev", &ifname])?;
+                sh(&["ip", "-n", ns, "link", "set", &ifname, "up"])?;
+            }
+        }
+    }
+    // Handshake, then measure.
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &na,
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            "10.201.0.2",
+        ])
+        .output();
+    let server = Command::new("ip")
+        .args(["netns", "exec", &nb, "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _server = Guard(server);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &na,
+        "iperf3",
+        "-c",
+        "10.201.0.2",
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 result")?;
+    drop(guards);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(bps / 1e6)
+}
+
+pub fn run(seconds: u32, rounds: usize, no_write: bool) -> Result<()> {
+    // In-process figures.
+    let out = cargo()
+        .args(["bench", "-q", "-p", "burrow-conformance", "--bench", "wg"])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "wg micro-benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("benchmark output")?
+        .to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line)?;
+    let f = |a: &str, b: &str| v[a][b].as_f64().unwrap_or(0.0);
+    let (bt, bo, ae) = (
+        f("transport", "burrow_per_s"),
+        f("transport", "boringtun_per_s"),
+        f("transport", "aead_per_s"),
+    );
+    let (hb, ho) = (
+        f("handshakes", "burrow_per_s"),
+        f("handshakes", "boringtun_per_s"),
+    );
+    println!("transport seal+open 1420 B: burrow {bt:.0}/s, boringtun {bo:.0}/s ({:.2}x), bare AEAD {ae:.0}/s ({:.2}x of ceiling)", bt / bo, bt / ae);
+    println!(
+        "handshakes: burrow {hb:.0}/s, boringtun {ho:.0}/s ({:.2}x)",
+        hb / ho
+    );
+
+    // TUN to TUN.
+    let mut tun_line =
+        String::from("not measured: needs root, wireguard-go, wireguard-tools and iperf3");
+    let tools_ready = is_root()
+        && (["wireguard-go", "wg", "iperf3", "ip"]
+            .iter()
+            .all(|t| have(t))
+            || apt_install(&["wireguard-go", "wireguard-tools", "iperf3", "iproute2"]));
+    if tools_ready {
+        run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
+        let burrow = root().join("target/release/burrow");
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let order = if r % 2 == 0 {
+                [Impl::Burrow, Impl::WireguardGo]
+            } else {
+                [Impl::WireguardGo, Impl::Burrow]
+            };
+            for which in order {
+                let mbps = tun_throughput(which, &burrow, seconds)?;
+                println!(
+                    "round {}: {:>12}: {mbps:.0} Mbit/s",
+                    r + 1,
+                    if which == Impl::Burrow {
+                        "burrow wg"
+                    } else {
+                        "wireguard-go"
+                    }
+                );
+                if which == Impl::Burrow {
+                    ours.push(mbps)
+                } else {
+                    theirs.push(mbps)
+                }
+            }
+        }
+        ours.sort_by(f64::total_cmp);
+        theirs.sort_by(f64::total_cmp);
+        let (o, t) = (ours[ours.len() / 2], theirs[theirs.len() / 2]);
+        println!(
+            "TUN to TUN iperf3: burrow wg {o:.0} Mbit/s, wireguard-go {t:.0} Mbit/s ({:.2}x)",
+            o / t
+        );
+        tun_line = format!("| TUN→TUN TCP over veth (iperf3, {seconds} s, median of {rounds}) | {o:.0} Mbit/s | wireguard-go {t:.0} Mbit/s | **{:.2}×** | ≥ 1.0× (stretch 2×) |", o / t);
+    } else {
+        println!("SKIPPED TUN-to-TUN benchmark: {tun_line}");
+        tun_line = format!("| TUN→TUN TCP over veth | — | — | — | {tun_line} |");
+    }
+    if !no_write {
+        let cmd = format!("cargo xtask bench wg --seconds {seconds} --rounds {rounds}");
+        let section = format!(
+            "## WireGuard (burrow-wg)\n\nCommand: `{cmd}`\n\nIn process, one core, best of 5 rounds of 2 s, contenders interleaved; \
+             ring's ChaCha20-Poly1305 is the AEAD under both burrow-wg (default backend) and boringtun 0.7.1.\n\n\
+             | measure | burrow | reference | ratio | target |\n|---|---:|---:|---:|---|\n\
+             | seal + open, 1,420-byte transport packets | {bt:.0}/s | boringtun {bo:.0}/s | **{:.2}×** | ≥ 1.0× |\n\
+             | same, against the bare AEAD on the same buffers (ceiling) | {bt:.0}/s | ring {ae:.0}/s | **{:.2}×** | ≥ 0.90× |\n\
+             | complete handshakes (initiation → response → first data) | {hb:.0}/s | boringtun {ho:.0}/s | **{:.2}×** | ≥ 1.0× |\n\
+             {tun_line}\n\n\
+             Where the time goes: a handshake is eight X25519 operations (two fixed-base, six variable-base) \
+             in both implementations, on the same x25519-dalek, and they dominate, so parity is the expected \
+             result; burrow caches public keys and reuses HMAC state to shave what is left. Transport is one \
+             ChaCha20-Poly1305 seal and open, so both sit at the AEAD's ceiling. Through TUN devices, \
+             `burrow wg` encrypts and decrypts on separate tasks (one core each way) with 7 MiB socket \
+             buffers; no batched I/O (recvmmsg/GSO/TUN offload) yet, which is the road to the 2× stretch.\n\n\
+             Measured {}.\n",
+            bt / bo,
+            bt / ae,
+            hb / ho,
+            sh(&["date", "+%Y-%m-%d"]).unwrap_or_default().trim()
+        );
+        crate::bench::write_section(
+            &root().join("BENCHMARKS.md"),
+            "WireGuard (burrow-wg)",
+            &section,
+        )?;
+        println!("BENCHMARKS.md updated");
+    }
+    Ok(())
+}
