@@ -358,6 +358,7 @@ impl Tunnel {
         self.last_initiation = Some((init.timestamp, now));
         // The responder may not send on the new keypair until the initiator used it.
         self.next = Some(Session::new(&keys, now, false));
+        self.previous = None;
         self.last_session_at = Some(now);
         self.transmits.push_back(msg.to_vec());
         Ok(())
@@ -369,9 +370,13 @@ impl Tunnel {
         self.pending = None;
         self.retransmit_at = None;
         self.attempts_since = None;
-        self.previous = self.current.take();
+        // As wireguard-go: an unconfirmed responder keypair (from a simultaneous handshake) is
+        // kept as previous, since the peer may already send on it; otherwise the old current is.
+        self.previous = match self.next.take() {
+            Some(next) => Some(next),
+            None => self.current.take(),
+        };
         self.current = Some(Session::new(&keys, now, true));
-        self.next = None;
         self.last_session_at = Some(now);
         self.events
             .push_back(Event::HandshakeCompleted { initiator: true });

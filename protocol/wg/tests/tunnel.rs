@@ -429,3 +429,61 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever is lost while the network is bad (handshakes, data, keep-alives, both ways,
+    /// both sides sending and initiating), both sides end up with a working session once
+    /// packets flow again.
+    #[test]
+    fn both_sides_converge_once_packets_flow(drops in proptest::collection::vec(any::<bool>(), 0..60), a_every in 1usize..5, b_every in 1usize..7) {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(None, None, t0);
+        let mut lost = drops.into_iter();
+        let mut now = t0;
+        let mut out = vec![0u8; 2048];
+        let mut buf = vec![0u8; 2048];
+        // 90 s of traffic; the first datagrams suffer the drop pattern, the rest flow.
+        for step in 0..180 {
+            now += Duration::from_millis(500);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            if step % a_every == 0 {
+                if let Ok(Encapsulated::Sent(n)) = a.encapsulate(now, &ip(b"from a"), &mut buf) {
+                    if !lost.next().unwrap_or(false) {
+                        let _ = b.decapsulate(now, &buf[..n], &mut out);
+                    }
+                }
+            }
+            if step % b_every == 0 {
+                if let Ok(Encapsulated::Sent(n)) = b.encapsulate(now, &ip(b"from b"), &mut buf) {
+                    if !lost.next().unwrap_or(false) {
+                        let _ = a.decapsulate(now, &buf[..n], &mut out);
+                    }
+                }
+            }
+            loop {
+                let mut moved = false;
+                while let Some(d) = a.poll_transmit() {
+                    moved = true;
+                    if !lost.next().unwrap_or(false) {
+                        let _ = b.decapsulate(now, &d, &mut out);
+                    }
+                }
+                while let Some(d) = b.poll_transmit() {
+                    moved = true;
+                    if !lost.next().unwrap_or(false) {
+                        let _ = a.decapsulate(now, &d, &mut out);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        prop_assert!(lost.next().is_none(), "the drop pattern was used up");
+        prop_assert_eq!(send(&mut a, &mut b, now, &ip(b"a works")), Ok(ip(b"a works")));
+        prop_assert_eq!(send(&mut b, &mut a, now, &ip(b"b works")), Ok(ip(b"b works")));
+    }
+}
