@@ -69,6 +69,12 @@ impl PrivateKey {
         shared.was_contributory().then(|| shared.to_bytes())
     }
 
+    /// The X25519 shared secret with `peer` (for NaCl boxes such as DERP's ClientInfo);
+    /// `None` for a low-order peer key. The private key itself never leaves this type.
+    pub fn shared_secret(&self, peer: &PublicKey) -> Option<[u8; 32]> {
+        self.diffie_hellman(peer.as_bytes())
+    }
+
     /// The raw bytes, for the one place that must write a key out (`wg`-style genkey).
     pub fn expose_base64(&self) -> String {
         encode(&self.secret.to_bytes())
