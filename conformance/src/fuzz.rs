@@ -20,6 +20,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("netcheck_input", netcheck_input),
     ("wg_parse", wg_parse),
     ("wg_tunnel", wg_tunnel),
+    ("derp_frames", derp_frames),
+    ("derp_server", derp_server),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the
@@ -239,4 +241,85 @@ pub fn wg_tunnel(data: &[u8]) {
             wire.push(d);
         }
     }
+}
+
+/// Feeds arbitrary bytes to the DERP stream decoder in arbitrary pieces; every frame that
+/// decodes re-encodes to the same frame.
+pub fn derp_frames(data: &[u8]) {
+    use burrow_derp::{Frame, FrameDecoder};
+    let mut d = FrameDecoder::new();
+    let step = data.first().map_or(1, |b| (*b as usize % 17) + 1);
+    for chunk in data.chunks(step) {
+        d.extend(chunk);
+        while let Some(next) = d.next_frame() {
+            let Ok((t, payload)) = next else { return };
+            if let Ok(f) = Frame::decode(t, &payload) {
+                let bytes = f.to_vec();
+                assert_eq!(
+                    Frame::decode(bytes[0], &bytes[5..]),
+                    Ok(f),
+                    "re-encode changed the frame"
+                );
+            }
+        }
+    }
+}
+
+/// A relay with two honest clients and a third connection speaking arbitrary bytes: the
+/// garbage may close its own connection, but the honest clients keep relaying.
+pub fn derp_server(data: &[u8]) {
+    use burrow_derp::{Client, ClientEvent, ConnId, Server, ServerConfig};
+    use burrow_wg::PrivateKey;
+    let now = Instant::now();
+    let mut server = Server::new(
+        ServerConfig::new(PrivateKey::from_bytes([9; 32])),
+        ChaCha20Rng::seed_from_u64(0),
+    );
+    let mut a = Client::new(
+        PrivateKey::from_bytes([1; 32]),
+        None,
+        None,
+        ChaCha20Rng::seed_from_u64(1),
+    );
+    let mut b = Client::new(
+        PrivateKey::from_bytes([2; 32]),
+        None,
+        None,
+        ChaCha20Rng::seed_from_u64(2),
+    );
+    let pb = PrivateKey::from_bytes([2; 32]).public_key();
+    server.accept(now, ConnId(1));
+    server.accept(now, ConnId(2));
+    server.accept(now, ConnId(3));
+    let pump = |server: &mut Server, a: &mut Client, b: &mut Client| {
+        for _ in 0..6 {
+            while let Some((conn, bytes)) = server.poll_transmit(now) {
+                match conn {
+                    ConnId(1) => a.handle_bytes(&bytes).expect("honest client accepts"),
+                    ConnId(2) => b.handle_bytes(&bytes).expect("honest client accepts"),
+                    _ => {}
+                }
+            }
+            while let Some(x) = a.poll_transmit() {
+                server.handle_bytes(now, ConnId(1), &x);
+            }
+            while let Some(x) = b.poll_transmit() {
+                server.handle_bytes(now, ConnId(2), &x);
+            }
+            while server.poll_close().is_some() {}
+        }
+    };
+    pump(&mut server, &mut a, &mut b);
+    for chunk in data.chunks(64) {
+        server.handle_bytes(now, ConnId(3), chunk);
+    }
+    while server.poll_close().is_some() {}
+    a.send_packet(&pb, b"still relayed");
+    pump(&mut server, &mut a, &mut b);
+    let got = std::iter::from_fn(|| b.poll_event())
+        .any(|e| matches!(e, ClientEvent::Packet { ref data, .. } if data == b"still relayed"));
+    assert!(
+        got,
+        "garbage on one connection stopped relaying between others"
+    );
 }

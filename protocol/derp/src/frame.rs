@@ -201,7 +201,10 @@ impl<'a> Frame<'a> {
     /// Decodes one frame's payload.
     pub fn decode(frame_type: u8, p: &'a [u8]) -> Result<Self, FrameError> {
         use types::*;
-        let bad = || FrameError::BadLength { frame_type, len: p.len() };
+        let bad = || FrameError::BadLength {
+            frame_type,
+            len: p.len(),
+        };
         let at_least = |n: usize| if p.len() >= n { Ok(()) } else { Err(bad()) };
         let exactly = |n: usize| if p.len() == n { Ok(()) } else { Err(bad()) };
         Ok(match frame_type {
@@ -222,7 +225,10 @@ impl<'a> Frame<'a> {
             }
             SERVER_INFO => {
                 at_least(NONCE_LEN)?;
-                Frame::ServerInfo { nonce: p[..NONCE_LEN].try_into().expect("24"), sealed: &p[NONCE_LEN..] }
+                Frame::ServerInfo {
+                    nonce: p[..NONCE_LEN].try_into().expect("24"),
+                    sealed: &p[NONCE_LEN..],
+                }
             }
             SEND_PACKET | RECV_PACKET => {
                 at_least(KEY_LEN)?;
@@ -230,15 +236,23 @@ impl<'a> Frame<'a> {
                     return Err(bad());
                 }
                 if frame_type == SEND_PACKET {
-                    Frame::SendPacket { dst: key(p), packet: &p[KEY_LEN..] }
+                    Frame::SendPacket {
+                        dst: key(p),
+                        packet: &p[KEY_LEN..],
+                    }
                 } else {
-                    Frame::RecvPacket { src: key(p), packet: &p[KEY_LEN..] }
+                    Frame::RecvPacket {
+                        src: key(p),
+                        packet: &p[KEY_LEN..],
+                    }
                 }
             }
             KEEP_ALIVE => Frame::KeepAlive,
             NOTE_PREFERRED => {
                 exactly(1)?;
-                Frame::NotePreferred { preferred: p[0] != 0 }
+                Frame::NotePreferred {
+                    preferred: p[0] != 0,
+                }
             }
             PEER_GONE => {
                 at_least(KEY_LEN)?;
@@ -247,7 +261,10 @@ impl<'a> Frame<'a> {
                     1 => PeerGoneReason::NotHere,
                     x => PeerGoneReason::Other(x),
                 };
-                Frame::PeerGone { key: key(p), reason }
+                Frame::PeerGone {
+                    key: key(p),
+                    reason,
+                }
             }
             PEER_PRESENT => {
                 at_least(KEY_LEN)?;
@@ -258,14 +275,22 @@ impl<'a> Frame<'a> {
                     SocketAddr::new(ip, u16::from_be_bytes([p[KEY_LEN + 16], p[KEY_LEN + 17]]))
                 });
                 let flags = p.get(KEY_LEN + 18).copied();
-                Frame::PeerPresent { key: key(p), endpoint, flags }
+                Frame::PeerPresent {
+                    key: key(p),
+                    endpoint,
+                    flags,
+                }
             }
             FORWARD_PACKET => {
                 at_least(2 * KEY_LEN)?;
                 if p.len() - 2 * KEY_LEN > MAX_PACKET_SIZE {
                     return Err(bad());
                 }
-                Frame::ForwardPacket { src: key(p), dst: key(&p[KEY_LEN..]), packet: &p[2 * KEY_LEN..] }
+                Frame::ForwardPacket {
+                    src: key(p),
+                    dst: key(&p[KEY_LEN..]),
+                    packet: &p[2 * KEY_LEN..],
+                }
             }
             WATCH_CONNS => Frame::WatchConns,
             CLOSE_PEER => {
@@ -281,7 +306,9 @@ impl<'a> Frame<'a> {
                     Frame::Pong(data)
                 }
             }
-            HEALTH => Frame::Health { problem: std::str::from_utf8(p).map_err(|_| FrameError::BadUtf8)? },
+            HEALTH => Frame::Health {
+                problem: std::str::from_utf8(p).map_err(|_| FrameError::BadUtf8)?,
+            },
             RESTARTING => {
                 exactly(8)?;
                 Frame::Restarting {
@@ -289,7 +316,10 @@ impl<'a> Frame<'a> {
                     try_for_ms: u32::from_be_bytes(p[4..].try_into().expect("4")),
                 }
             }
-            other => Frame::Unknown { frame_type: other, payload: p },
+            other => Frame::Unknown {
+                frame_type: other,
+                payload: p,
+            },
         })
     }
 
@@ -323,12 +353,21 @@ impl<'a> Frame<'a> {
             Frame::ServerKey { .. } => MAGIC.len() + KEY_LEN,
             Frame::ClientInfo { sealed, .. } => KEY_LEN + NONCE_LEN + sealed.len(),
             Frame::ServerInfo { sealed, .. } => NONCE_LEN + sealed.len(),
-            Frame::SendPacket { packet, .. } | Frame::RecvPacket { packet, .. } => KEY_LEN + packet.len(),
+            Frame::SendPacket { packet, .. } | Frame::RecvPacket { packet, .. } => {
+                KEY_LEN + packet.len()
+            }
             Frame::KeepAlive | Frame::WatchConns => 0,
             Frame::NotePreferred { .. } => 1,
             Frame::PeerGone { .. } => KEY_LEN + 1,
-            Frame::PeerPresent { endpoint, flags, .. } => {
-                KEY_LEN + if endpoint.is_some() { 18 + usize::from(flags.is_some()) } else { 0 }
+            Frame::PeerPresent {
+                endpoint, flags, ..
+            } => {
+                KEY_LEN
+                    + if endpoint.is_some() {
+                        18 + usize::from(flags.is_some())
+                    } else {
+                        0
+                    }
             }
             Frame::ForwardPacket { packet, .. } => 2 * KEY_LEN + packet.len(),
             Frame::ClosePeer { .. } => KEY_LEN,
@@ -366,7 +405,11 @@ impl<'a> Frame<'a> {
                 out.put_slice(key);
                 out.put_u8(reason.to_u8());
             }
-            Frame::PeerPresent { key, endpoint, flags } => {
+            Frame::PeerPresent {
+                key,
+                endpoint,
+                flags,
+            } => {
                 out.put_slice(key);
                 if let Some(ep) = endpoint {
                     let ip = match ep.ip() {
@@ -388,7 +431,10 @@ impl<'a> Frame<'a> {
             Frame::ClosePeer { key } => out.put_slice(key),
             Frame::Ping(d) | Frame::Pong(d) => out.put_slice(d),
             Frame::Health { problem } => out.put_slice(problem.as_bytes()),
-            Frame::Restarting { reconnect_in_ms, try_for_ms } => {
+            Frame::Restarting {
+                reconnect_in_ms,
+                try_for_ms,
+            } => {
                 out.put_u32(*reconnect_in_ms);
                 out.put_u32(*try_for_ms);
             }
@@ -435,7 +481,10 @@ impl FrameDecoder {
         let frame_type = self.buf[0];
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if len > MAX_FRAME_SIZE {
-            return Some(Err(FrameError::TooLarge { len, max: MAX_FRAME_SIZE }));
+            return Some(Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_SIZE,
+            }));
         }
         if self.buf.len() < HEADER_LEN + len {
             self.buf.reserve(HEADER_LEN + len - self.buf.len());

@@ -2,7 +2,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod frame;
+pub mod info;
 pub mod nacl;
+pub mod server;
 
+pub use client::{Client, ClientError, ClientEvent};
 pub use frame::{Frame, FrameDecoder, FrameError, PeerGoneReason};
+pub use server::{CloseReason, ConnId, DropReason, MeshLink, Server, ServerConfig, Stats};

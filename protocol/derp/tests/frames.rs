@@ -7,7 +7,10 @@ use proptest::prelude::*;
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.split_whitespace().collect();
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 const K1: [u8; 32] = [0x11; 32];
@@ -17,26 +20,101 @@ const K2_HEX: &str = "2222222222222222222222222222222222222222222222222222222222
 
 fn golden() -> Vec<(Frame<'static>, Vec<u8>)> {
     vec![
-        (Frame::ServerKey { key: K1 }, hex(&format!("01 00000028 44455250f09f9491 {K1_HEX}"))),
-        (Frame::ClientInfo { key: K1, nonce: [0x33; 24], sealed: b"box" }, hex(&format!("02 0000003b {K1_HEX} {} 626f78", "33".repeat(24)))),
-        (Frame::ServerInfo { nonce: [0x44; 24], sealed: b"srv" }, hex(&format!("03 0000001b {} 737276", "44".repeat(24)))),
-        (Frame::SendPacket { dst: K2, packet: b"hi" }, hex(&format!("04 00000022 {K2_HEX} 6869"))),
-        (Frame::RecvPacket { src: K1, packet: b"hi" }, hex(&format!("05 00000022 {K1_HEX} 6869"))),
-        (Frame::KeepAlive, hex("06 00000000")),
-        (Frame::NotePreferred { preferred: true }, hex("07 00000001 01")),
-        (Frame::PeerGone { key: K1, reason: PeerGoneReason::NotHere }, hex(&format!("08 00000021 {K1_HEX} 01"))),
-        (Frame::PeerPresent { key: K2, endpoint: None, flags: None }, hex(&format!("09 00000020 {K2_HEX}"))),
         (
-            Frame::PeerPresent { key: K2, endpoint: Some("192.0.2.1:41641".parse().unwrap()), flags: Some(3) },
-            hex(&format!("09 00000033 {K2_HEX} 00000000000000000000ffffc0000201 a2a9 03")),
+            Frame::ServerKey { key: K1 },
+            hex(&format!("01 00000028 44455250f09f9491 {K1_HEX}")),
         ),
-        (Frame::ForwardPacket { src: K1, dst: K2, packet: b"x" }, hex(&format!("0a 00000041 {K1_HEX} {K2_HEX} 78"))),
+        (
+            Frame::ClientInfo {
+                key: K1,
+                nonce: [0x33; 24],
+                sealed: b"box",
+            },
+            hex(&format!("02 0000003b {K1_HEX} {} 626f78", "33".repeat(24))),
+        ),
+        (
+            Frame::ServerInfo {
+                nonce: [0x44; 24],
+                sealed: b"srv",
+            },
+            hex(&format!("03 0000001b {} 737276", "44".repeat(24))),
+        ),
+        (
+            Frame::SendPacket {
+                dst: K2,
+                packet: b"hi",
+            },
+            hex(&format!("04 00000022 {K2_HEX} 6869")),
+        ),
+        (
+            Frame::RecvPacket {
+                src: K1,
+                packet: b"hi",
+            },
+            hex(&format!("05 00000022 {K1_HEX} 6869")),
+        ),
+        (Frame::KeepAlive, hex("06 00000000")),
+        (
+            Frame::NotePreferred { preferred: true },
+            hex("07 00000001 01"),
+        ),
+        (
+            Frame::PeerGone {
+                key: K1,
+                reason: PeerGoneReason::NotHere,
+            },
+            hex(&format!("08 00000021 {K1_HEX} 01")),
+        ),
+        (
+            Frame::PeerPresent {
+                key: K2,
+                endpoint: None,
+                flags: None,
+            },
+            hex(&format!("09 00000020 {K2_HEX}")),
+        ),
+        (
+            Frame::PeerPresent {
+                key: K2,
+                endpoint: Some("192.0.2.1:41641".parse().unwrap()),
+                flags: Some(3),
+            },
+            hex(&format!(
+                "09 00000033 {K2_HEX} 00000000000000000000ffffc0000201 a2a9 03"
+            )),
+        ),
+        (
+            Frame::ForwardPacket {
+                src: K1,
+                dst: K2,
+                packet: b"x",
+            },
+            hex(&format!("0a 00000041 {K1_HEX} {K2_HEX} 78")),
+        ),
         (Frame::WatchConns, hex("10 00000000")),
-        (Frame::ClosePeer { key: K1 }, hex(&format!("11 00000020 {K1_HEX}"))),
-        (Frame::Ping([1, 2, 3, 4, 5, 6, 7, 8]), hex("12 00000008 0102030405060708")),
-        (Frame::Pong([1, 2, 3, 4, 5, 6, 7, 8]), hex("13 00000008 0102030405060708")),
-        (Frame::Health { problem: "down" }, hex("14 00000004 646f776e")),
-        (Frame::Restarting { reconnect_in_ms: 500, try_for_ms: 10_000 }, hex("15 00000008 000001f4 00002710")),
+        (
+            Frame::ClosePeer { key: K1 },
+            hex(&format!("11 00000020 {K1_HEX}")),
+        ),
+        (
+            Frame::Ping([1, 2, 3, 4, 5, 6, 7, 8]),
+            hex("12 00000008 0102030405060708"),
+        ),
+        (
+            Frame::Pong([1, 2, 3, 4, 5, 6, 7, 8]),
+            hex("13 00000008 0102030405060708"),
+        ),
+        (
+            Frame::Health { problem: "down" },
+            hex("14 00000004 646f776e"),
+        ),
+        (
+            Frame::Restarting {
+                reconnect_in_ms: 500,
+                try_for_ms: 10_000,
+            },
+            hex("15 00000008 000001f4 00002710"),
+        ),
     ]
 }
 
@@ -59,15 +137,42 @@ fn magic_is_derp_and_key_emoji() {
 
 #[test]
 fn malformed_frames_are_typed_errors() {
-    assert_eq!(Frame::decode(types::SERVER_KEY, &[0; 40]), Err(FrameError::BadMagic));
-    assert!(matches!(Frame::decode(types::SEND_PACKET, &[0; 31]), Err(FrameError::BadLength { .. })));
-    assert!(matches!(Frame::decode(types::PING, &[0; 7]), Err(FrameError::BadLength { .. })));
-    assert!(matches!(Frame::decode(types::NOTE_PREFERRED, &[]), Err(FrameError::BadLength { .. })));
-    assert_eq!(Frame::decode(types::HEALTH, &[0xff]), Err(FrameError::BadUtf8));
-    assert!(matches!(Frame::decode(0x7f, b"future"), Ok(Frame::Unknown { frame_type: 0x7f, .. })));
+    assert_eq!(
+        Frame::decode(types::SERVER_KEY, &[0; 40]),
+        Err(FrameError::BadMagic)
+    );
+    assert!(matches!(
+        Frame::decode(types::SEND_PACKET, &[0; 31]),
+        Err(FrameError::BadLength { .. })
+    ));
+    assert!(matches!(
+        Frame::decode(types::PING, &[0; 7]),
+        Err(FrameError::BadLength { .. })
+    ));
+    assert!(matches!(
+        Frame::decode(types::NOTE_PREFERRED, &[]),
+        Err(FrameError::BadLength { .. })
+    ));
+    assert_eq!(
+        Frame::decode(types::HEALTH, &[0xff]),
+        Err(FrameError::BadUtf8)
+    );
+    assert!(matches!(
+        Frame::decode(0x7f, b"future"),
+        Ok(Frame::Unknown {
+            frame_type: 0x7f,
+            ..
+        })
+    ));
     let mut d = FrameDecoder::new();
     d.extend(&[0x04, 0xff, 0xff, 0xff, 0xff]);
-    assert!(matches!(d.next_frame(), Some(Err(FrameError::TooLarge { max: MAX_FRAME_SIZE, .. }))));
+    assert!(matches!(
+        d.next_frame(),
+        Some(Err(FrameError::TooLarge {
+            max: MAX_FRAME_SIZE,
+            ..
+        }))
+    ));
 }
 
 proptest! {
