@@ -26,6 +26,8 @@ const FUZZ_TARGETS: &[&str] = &[
     "netcheck_input",
     "wg_parse",
     "wg_tunnel",
+    "derp_frames",
+    "derp_server",
 ];
 
 pub fn run(install: bool) -> Result<()> {
