@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod derp_client;
+pub mod derper;
 pub mod loadgen;
 pub mod netcheck;
 pub mod stun_server;

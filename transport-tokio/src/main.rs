@@ -60,6 +60,42 @@ enum Command {
         #[arg(long)]
         interface: Option<String>,
     },
+    /// Run a DERP relay (Tailscale-compatible, protocol 2) with optional STUN, TLS and mesh.
+    Derper {
+        /// TCP address for HTTP(S) and DERP.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        listen: SocketAddr,
+        /// UDP address for the STUN server.
+        #[arg(long)]
+        stun_listen: Option<SocketAddr>,
+        /// TLS certificate chain (PEM).
+        #[arg(long, requires = "tls_key", conflicts_with = "self_signed")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// Serve TLS with a fresh self-signed certificate for this host name.
+        #[arg(long)]
+        self_signed: Option<String>,
+        /// Write the self-signed certificate (DER) here, for clients to trust.
+        #[arg(long, requires = "self_signed")]
+        cert_out: Option<std::path::PathBuf>,
+        /// The relay's private key (base64), created if missing; a fresh key otherwise.
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
+        /// File holding the region's mesh key.
+        #[arg(long)]
+        mesh_key: Option<std::path::PathBuf>,
+        /// Another relay of the region to mesh with (http[s]://host:port/derp); repeatable.
+        #[arg(long, requires = "mesh_key")]
+        mesh_with: Vec<burrow::derp_client::DerpUrl>,
+        /// Per-client rate limit, bytes per second.
+        #[arg(long, requires = "burst")]
+        rate_limit: Option<u64>,
+        /// Per-client burst, bytes.
+        #[arg(long, requires = "rate_limit")]
+        burst: Option<u64>,
+    },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
@@ -76,6 +112,20 @@ enum Command {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+}
+
+/// Writes a secret file readable by its owner only.
+fn write_secret(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -196,6 +246,94 @@ async fn run(command: Command) -> Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
+            Ok(())
+        }
+        Command::Derper {
+            listen,
+            stun_listen,
+            tls_cert,
+            tls_key,
+            self_signed,
+            cert_out,
+            key_file,
+            mesh_key,
+            mesh_with,
+            rate_limit,
+            burst,
+        } => {
+            let private_key = match &key_file {
+                Some(path) if path.exists() => {
+                    burrow_wg::PrivateKey::from_base64(&std::fs::read_to_string(path)?)
+                        .with_context(|| format!("reading the key in {}", path.display()))?
+                }
+                other => {
+                    let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_os_rng();
+                    let k = burrow_wg::PrivateKey::generate(&mut rng);
+                    if let Some(path) = other {
+                        write_secret(path, &k.expose_base64())?;
+                    }
+                    k
+                }
+            };
+            let tls = match (&tls_cert, &tls_key, &self_signed) {
+                (Some(c), Some(k), _) => Some(
+                    burrow::derper::tls_from_files(c, k)
+                        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+                ),
+                (_, _, Some(host)) => {
+                    let (config, der) = burrow::derper::self_signed(host)
+                        .map_err(|e| anyhow::anyhow!("self-signed certificate: {e}"))?;
+                    if let Some(out) = &cert_out {
+                        std::fs::write(out, der)?;
+                    }
+                    Some(config)
+                }
+                _ => None,
+            };
+            let mesh_key = match &mesh_key {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let config = burrow::derper::DerperConfig {
+                private_key: private_key.clone(),
+                mesh_key: mesh_key.clone(),
+                mesh_with: mesh_with.clone(),
+                tls,
+                rate_limit: rate_limit.zip(burst),
+            };
+            let relay = burrow::derper::Relay::new(&config);
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let bound = listener.local_addr()?;
+            if let Some(stun) = stun_listen {
+                let server = StunServer::bind(ServerConfig::new(stun))
+                    .await
+                    .context("starting the STUN server")?;
+                tracing::info!(addr = %server.config().primary, "STUN server listening");
+                tokio::spawn(server.run(1, std::future::pending()));
+            }
+            for (i, url) in mesh_with.into_iter().enumerate() {
+                let key = mesh_key.clone().expect("clap requires --mesh-key");
+                tokio::spawn(burrow::derper::mesh_link(
+                    relay.clone(),
+                    burrow_derp::MeshLink(i as u32),
+                    url,
+                    private_key.clone(),
+                    key,
+                ));
+            }
+            tracing::info!(addr = %bound, public_key = %private_key.public_key(), tls = config.tls.is_some(), "DERP relay listening");
+            println!("listening on {bound}");
+            tokio::select! {
+                r = burrow::derper::serve(relay, listener) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
             Ok(())
         }
         Command::Genkey => {

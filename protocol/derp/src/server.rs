@@ -137,6 +137,7 @@ pub struct Server {
     mesh_links: BTreeSet<MeshLink>,
     mesh_out: VecDeque<(MeshLink, Bytes)>,
     ready: BTreeSet<ConnId>,
+    woken: BTreeSet<ConnId>,
     closing: VecDeque<(ConnId, CloseReason)>,
     stats: Stats,
 }
@@ -169,6 +170,7 @@ impl Server {
             mesh_links: BTreeSet::new(),
             mesh_out: VecDeque::new(),
             ready: BTreeSet::new(),
+            woken: BTreeSet::new(),
             closing: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -208,6 +210,7 @@ impl Server {
             .push_back(frame(Frame::ServerKey { key: self.public.0 }));
         self.conns.insert(conn, c);
         self.ready.insert(conn);
+        self.woken.insert(conn);
     }
 
     /// Bytes read from a connection.
@@ -288,6 +291,7 @@ impl Server {
                 }));
                 c.state = State::Active { key, mesh };
                 self.ready.insert(conn);
+                self.woken.insert(conn);
                 // A newer connection for the same key replaces the older one.
                 if let Some(old) = self.by_key.insert(key, conn) {
                     if old != conn {
@@ -390,6 +394,7 @@ impl Server {
             }
             queue.push_back(bytes);
             self.ready.insert(to);
+            self.woken.insert(to);
             self.stats.packets_relayed += 1;
             self.stats.bytes_relayed += packet.len() as u64;
         } else if let (false, Some(&link)) = (from_mesh, self.remote.get(&dst)) {
@@ -416,6 +421,7 @@ impl Server {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.control.push_back(bytes);
             self.ready.insert(conn);
+            self.woken.insert(conn);
         }
     }
 
@@ -542,6 +548,29 @@ impl Server {
             }
         }
         None
+    }
+
+    /// The next bytes for one connection: for a driver with a writer task per connection,
+    /// which takes only as fast as its socket accepts (the server's queues stay the bound).
+    pub fn poll_transmit_for(&mut self, now: Instant, conn: ConnId) -> Option<Bytes> {
+        let c = self.conns.get_mut(&conn)?;
+        let next = c
+            .control
+            .pop_front()
+            .or_else(|| c.disco.pop_front())
+            .or_else(|| c.data.pop_front());
+        if next.is_some() {
+            c.last_write = now;
+        }
+        if c.control.is_empty() && c.disco.is_empty() && c.data.is_empty() {
+            self.ready.remove(&conn);
+        }
+        next
+    }
+
+    /// Connections that got something to write since the last call (to wake their writers).
+    pub fn take_woken(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.woken).into_iter().collect()
     }
 
     /// The next connection to close, and why (its queues are already discarded).

@@ -1,0 +1,378 @@
+//! A tokio DERP client: connects over HTTP(S) upgrade, runs [`burrow_derp::Client`], and (as
+//! [`DerpClient`]) reconnects with jittered backoff, re-sending NotePreferred.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_derp::{Client, ClientEvent};
+use burrow_wg::{PrivateKey, PublicKey};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::derper::Stream;
+
+/// Where a relay is: `http://host:port/derp` or `https://host[:port]/derp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerpUrl {
+    /// TLS or not.
+    pub tls: bool,
+    /// Host name or IP.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path (normally `/derp`).
+    pub path: String,
+}
+
+impl FromStr for DerpUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "{s:?}: expected http://HOST:PORT/derp or https://HOST[:PORT]/derp"
+            ));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/derp"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?)
+            }
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        if host.is_empty() {
+            return Err(format!("{s:?}: no host"));
+        }
+        Ok(DerpUrl {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for DerpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}:{}{}",
+            if self.tls { "https" } else { "http" },
+            self.host,
+            self.port,
+            self.path
+        )
+    }
+}
+
+/// Extra trust anchors for TLS (a self-signed relay's certificate), on top of the web PKI.
+pub type ExtraRoots = Vec<Vec<u8>>;
+
+fn tls_connector(extra_roots: &ExtraRoots) -> io::Result<tokio_rustls::TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in extra_roots {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(io::Error::other)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// An authenticated DERP connection.
+pub struct RawConn {
+    rd: ReadHalf<Box<dyn Stream>>,
+    wr: WriteHalf<Box<dyn Stream>>,
+    /// The protocol state.
+    pub client: Client,
+}
+
+/// Connects, upgrades, and completes the DERP handshake (10 s limit).
+pub async fn connect_raw(
+    url: &DerpUrl,
+    key: PrivateKey,
+    mesh_key: Option<String>,
+    fast_start: bool,
+) -> io::Result<RawConn> {
+    connect_with_roots(url, key, mesh_key, fast_start, &Vec::new()).await
+}
+
+/// [`connect_raw`] trusting extra roots.
+pub async fn connect_with_roots(
+    url: &DerpUrl,
+    key: PrivateKey,
+    mesh_key: Option<String>,
+    fast_start: bool,
+    roots: &ExtraRoots,
+) -> io::Result<RawConn> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut stream: Box<dyn Stream> = if url.tls {
+            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                .map_err(io::Error::other)?;
+            Box::new(tls_connector(roots)?.connect(name, tcp).await?)
+        } else {
+            Box::new(tcp)
+        };
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
+            url.path,
+            url.host,
+            if fast_start {
+                "Derp-Fast-Start: 1\r\n"
+            } else {
+                ""
+            }
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut leftover = Vec::new();
+        if !fast_start {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1024];
+            loop {
+                let n = stream.read(&mut byte).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
+                head.extend_from_slice(&byte[..n]);
+                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                    leftover = head.split_off(end + 4);
+                    break;
+                }
+                if head.len() > 16 * 1024 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "response head too large",
+                    ));
+                }
+            }
+            if !head.starts_with(b"HTTP/1.1 101") {
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("relay refused the upgrade: {line}"),
+                ));
+            }
+        }
+        let mut client = Client::new(key, None, mesh_key, ChaCha20Rng::from_os_rng());
+        client.handle_bytes(&leftover).map_err(io::Error::other)?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = vec![0u8; 4096];
+        while !client.is_ready() {
+            while let Some(b) = client.poll_transmit() {
+                wr.write_all(&b).await?;
+            }
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
+        }
+        Ok(RawConn { rd, wr, client })
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "DERP handshake timed out"))?
+}
+
+impl RawConn {
+    /// Runs until the connection ends: writes raw frames from `outgoing` and whatever the
+    /// client queues, reads frames and hands each event to `on_event`.
+    pub async fn run(
+        mut self,
+        mut on_event: impl FnMut(ClientEvent),
+        outgoing: &mut mpsc::UnboundedReceiver<bytes::Bytes>,
+    ) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(b) = self.client.poll_transmit() {
+                self.wr.write_all(&b).await?;
+            }
+            while let Some(e) = self.client.poll_event() {
+                on_event(e);
+            }
+            tokio::select! {
+                r = self.rd.read(&mut buf) => {
+                    let n = r?;
+                    if n == 0 {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    }
+                    self.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
+                }
+                frame = outgoing.recv() => match frame {
+                    Some(f) => self.wr.write_all(&f).await?,
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+/// Connection state a [`DerpClient`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DerpState {
+    /// Connecting, or waiting to reconnect after `last_error`.
+    Connecting {
+        /// Why the last attempt or connection failed.
+        last_error: Option<String>,
+    },
+    /// Authenticated to the relay.
+    Connected,
+}
+
+enum Command {
+    Send(PublicKey, Vec<u8>),
+    NotePreferred(bool),
+}
+
+/// A DERP client that stays connected: reconnects with jittered exponential backoff
+/// (250 ms to 10 s), honours Restarting, and re-sends NotePreferred after each reconnect.
+pub struct DerpClient {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Packets and peer events from the relay.
+    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// The connection state.
+    pub state: watch::Receiver<DerpState>,
+}
+
+impl DerpClient {
+    /// Starts the client task.
+    pub fn spawn(url: DerpUrl, key: PrivateKey, roots: ExtraRoots) -> Self {
+        let (commands, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(DerpState::Connecting { last_error: None });
+        tokio::spawn(async move {
+            let mut rng = ChaCha20Rng::from_os_rng();
+            let mut backoff = Duration::from_millis(250);
+            let mut preferred: Option<bool> = None;
+            loop {
+                let mut wait = None;
+                let error = match connect_with_roots(&url, key.clone(), None, false, &roots).await {
+                    Ok(mut conn) => {
+                        backoff = Duration::from_millis(250);
+                        if let Some(p) = preferred {
+                            conn.client.note_preferred(p);
+                        }
+                        let _ = state_tx.send(DerpState::Connected);
+                        let r =
+                            drive(&mut conn, &mut cmd_rx, &ev_tx, &mut preferred, &mut wait).await;
+                        match r {
+                            Ok(()) => return, // the handle was dropped
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                };
+                tracing::debug!(%url, %error, "DERP connection lost");
+                let _ = state_tx.send(DerpState::Connecting {
+                    last_error: Some(error),
+                });
+                let delay = wait.unwrap_or_else(|| {
+                    let jitter = 0.75 + (rng.next_u32() as f64 / u32::MAX as f64) * 0.5;
+                    backoff.mul_f64(jitter)
+                });
+                tokio::time::sleep(delay).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+        DerpClient {
+            commands,
+            events,
+            state,
+        }
+    }
+
+    /// Relays a packet to `dst` (dropped while disconnected, as UDP would).
+    pub fn send(&self, dst: PublicKey, data: Vec<u8>) {
+        let _ = self.commands.send(Command::Send(dst, data));
+    }
+
+    /// Marks this relay as (not) our home; remembered across reconnects.
+    pub fn note_preferred(&self, preferred: bool) {
+        let _ = self.commands.send(Command::NotePreferred(preferred));
+    }
+}
+
+async fn drive(
+    conn: &mut RawConn,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    events: &mpsc::UnboundedSender<ClientEvent>,
+    preferred: &mut Option<bool>,
+    wait: &mut Option<Duration>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(b) = conn.client.poll_transmit() {
+            conn.wr.write_all(&b).await?;
+        }
+        while let Some(e) = conn.client.poll_event() {
+            if let ClientEvent::Restarting { reconnect_in, .. } = e {
+                *wait = Some(reconnect_in);
+            }
+            let _ = events.send(e);
+        }
+        tokio::select! {
+            r = conn.rd.read(&mut buf) => {
+                let n = r?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "relay closed the connection"));
+                }
+                conn.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
+            }
+            cmd = commands.recv() => match cmd {
+                Some(Command::Send(dst, data)) => conn.client.send_packet(&dst, &data),
+                Some(Command::NotePreferred(p)) => {
+                    *preferred = Some(p);
+                    conn.client.note_preferred(p);
+                }
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_relay_urls() {
+        let u: DerpUrl = "https://derp1.example.net/derp".parse().unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "derp1.example.net", 443, "/derp")
+        );
+        let u: DerpUrl = "http://127.0.0.1:8080".parse().unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (false, 8080, "/derp"));
+        assert_eq!(u.to_string(), "http://127.0.0.1:8080/derp");
+        assert!("ftp://x".parse::<DerpUrl>().is_err());
+        assert!("http://:80".parse::<DerpUrl>().is_err());
+    }
+}
