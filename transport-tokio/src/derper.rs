@@ -171,6 +171,16 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Tells every client the relay is restarting (reconnect in `reconnect_in`, keep trying
+    /// for `try_for`), so they come back without operator action.
+    pub fn announce_restart(&self, reconnect_in: Duration, try_for: Duration) {
+        let mut server = self.server.lock().expect("server");
+        server.announce_restart(reconnect_in, try_for);
+        self.dispatch(&mut server);
+    }
+}
+
 /// Serves HTTP(S) on `listener` until the task is dropped.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener) -> io::Result<()> {
     // Keep-alives.

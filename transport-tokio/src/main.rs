@@ -40,8 +40,15 @@ enum Command {
     Netcheck {
         /// A STUN server as [REGION=]HOST:PORT; repeat for more. Servers sharing a REGION
         /// are one region.
-        #[arg(long = "stun", value_name = "[REGION=]HOST:PORT", required = true)]
+        #[arg(
+            long = "stun",
+            value_name = "[REGION=]HOST:PORT",
+            required_unless_present = "derp_map"
+        )]
         stun: Vec<ServerSpec>,
+        /// A DERP map (Tailscale's JSON form): probe every region's relays' STUN ports.
+        #[arg(long, value_name = "FILE")]
+        derp_map: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -213,13 +220,35 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Netcheck {
             stun,
+            derp_map,
             json,
             timeout,
         } => {
             if !(timeout > 0.0 && timeout.is_finite()) {
                 bail!("--timeout must be a positive number of seconds");
             }
-            let report = burrow::netcheck::run(&stun, Duration::from_secs_f64(timeout)).await?;
+            let deadline = Duration::from_secs_f64(timeout);
+            let report = match derp_map {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let map = burrow_derp::DerpMap::from_json(&text)
+                        .with_context(|| format!("parsing the DERP map {}", path.display()))?;
+                    let mut regions = burrow::netcheck::resolve_derp_map(&map).await?;
+                    // Extra --stun servers join as their own regions after the map's.
+                    let base = regions.iter().map(|r| r.id).max().unwrap_or(0);
+                    for (i, mut r) in burrow::netcheck::resolve_regions(&stun)
+                        .await?
+                        .into_iter()
+                        .enumerate()
+                    {
+                        r.id = base + 1 + i as u32;
+                        regions.push(r);
+                    }
+                    burrow::netcheck::run_regions(regions, deadline).await?
+                }
+                None => burrow::netcheck::run(&stun, deadline).await?,
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -330,10 +359,16 @@ async fn run(command: Command) -> Result<()> {
             }
             tracing::info!(addr = %bound, public_key = %private_key.public_key(), tls = config.tls.is_some(), "DERP relay listening");
             println!("listening on {bound}");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
-                r = burrow::derper::serve(relay, listener) => r?,
+                r = burrow::derper::serve(relay.clone(), listener) => r?,
                 _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
+            // Ask clients to come back shortly, then give the writers a moment to send it.
+            relay.announce_restart(Duration::from_millis(500), Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(())
         }
         Command::Genkey => {

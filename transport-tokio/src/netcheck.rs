@@ -104,12 +104,67 @@ pub async fn resolve_regions(servers: &[ServerSpec]) -> Result<Vec<Region>, Netc
     Ok(regions)
 }
 
+/// The STUN servers of a DERP map's regions, resolved (fixed IPs first, then the host name).
+pub async fn resolve_derp_map(map: &burrow_derp::DerpMap) -> Result<Vec<Region>, NetcheckError> {
+    let mut regions = Vec::new();
+    for r in map.regions() {
+        let mut servers = Vec::new();
+        for node in &r.nodes {
+            let Some(port) = node.stun_port() else {
+                continue;
+            };
+            let fixed: Vec<SocketAddr> = node
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(node.ipv6.map(IpAddr::V6))
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect();
+            if fixed.is_empty() {
+                let host = format!("{}:{port}", node.host_name);
+                let found = tokio::net::lookup_host(host.as_str())
+                    .await
+                    .map_err(|source| NetcheckError::Resolve {
+                        host: host.clone(),
+                        source,
+                    })?;
+                let mut by_family = BTreeMap::new();
+                for a in found {
+                    by_family.entry(a.is_ipv4()).or_insert(a);
+                }
+                servers.extend(by_family.into_values());
+            } else {
+                servers.extend(fixed);
+            }
+        }
+        if !servers.is_empty() {
+            regions.push(Region {
+                id: r.id,
+                code: r.code.clone(),
+                servers,
+            });
+        }
+    }
+    Ok(regions)
+}
+
 /// Runs one network check against `servers` over real UDP sockets.
 pub async fn run(servers: &[ServerSpec], deadline: Duration) -> Result<Report, NetcheckError> {
     if servers.is_empty() {
         return Err(NetcheckError::NoServers);
     }
     let regions = resolve_regions(servers).await?;
+    run_regions(regions, deadline).await
+}
+
+/// Runs one network check against resolved regions (from `--stun` or a DERP map).
+pub async fn run_regions(
+    regions: Vec<Region>,
+    deadline: Duration,
+) -> Result<Report, NetcheckError> {
+    if regions.is_empty() {
+        return Err(NetcheckError::NoServers);
+    }
     let want_v4 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv4());
     let want_v6 = regions.iter().flat_map(|r| &r.servers).any(|a| a.is_ipv6());
     let v4 = if want_v4 {

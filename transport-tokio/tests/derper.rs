@@ -286,3 +286,66 @@ async fn two_meshed_relays_forward_between_their_clients() {
     let _ = (d1, d2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_relay_announces_its_restart() {
+    let d = derper(&["--listen", "127.0.0.1:0"]);
+    let url: DerpUrl = format!("http://{}/derp", d.1).parse().unwrap();
+    let mut a = DerpClient::spawn(url, key(1), vec![]);
+    connected(&mut a).await;
+    Command::new("kill")
+        .args(["-TERM", &d.0.id().to_string()])
+        .status()
+        .unwrap();
+    let restarting = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(ClientEvent::Restarting { reconnect_in, .. }) = a.events.recv().await {
+                return reconnect_in;
+            }
+        }
+    })
+    .await
+    .expect("Restarting announced");
+    assert_eq!(restarting, Duration::from_millis(500));
+}
+
+#[test]
+fn netcheck_reads_a_derp_map_and_measures_the_relay_region() {
+    let stun_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = derper(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--stun-listen",
+        &format!("127.0.0.1:{stun_port}"),
+    ]);
+    let dir = std::env::temp_dir().join(format!("burrow-derpmap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let map = dir.join("map.json");
+    std::fs::write(
+        &map,
+        format!(
+            r#"{{"Regions":{{"900":{{"RegionID":900,"RegionCode":"lo","RegionName":"Loopback","Nodes":[{{"Name":"900a","HostName":"localhost","IPv4":"127.0.0.1","STUNPort":{stun_port},"DERPPort":{},"InsecureForTests":true}}]}}}}}}"#,
+            d.1.port()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BURROW)
+        .args(["netcheck", "--json", "--derp-map", map.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["region_latency"][0]["code"], "lo");
+    assert_eq!(v["region_latency"][0]["id"], 900);
+    assert!(v["region_latency"][0]["latency_ms"].as_f64().is_some());
+    assert_eq!(v["preferred_region"], 900);
+    let _ = std::fs::remove_dir_all(&dir);
+}

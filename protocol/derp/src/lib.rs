@@ -5,9 +5,11 @@
 pub mod client;
 pub mod frame;
 pub mod info;
+pub mod map;
 pub mod nacl;
 pub mod server;
 
 pub use client::{Client, ClientError, ClientEvent};
 pub use frame::{Frame, FrameDecoder, FrameError, PeerGoneReason};
+pub use map::{DerpMap, DerpNode, DerpRegion};
 pub use server::{CloseReason, ConnId, DropReason, MeshLink, Server, ServerConfig, Stats};
