@@ -203,6 +203,17 @@ pub async fn connect_with_roots(
 }
 
 impl RawConn {
+    /// The connection's halves and protocol state, for load generators.
+    pub fn into_parts(
+        self,
+    ) -> (
+        ReadHalf<Box<dyn Stream>>,
+        WriteHalf<Box<dyn Stream>>,
+        Client,
+    ) {
+        (self.rd, self.wr, self.client)
+    }
+
     /// Runs until the connection ends: writes raw frames from `outgoing` and whatever the
     /// client queues, reads frames and hands each event to `on_event`.
     pub async fn run(

@@ -358,17 +358,25 @@ async fn run_derp(
     let writer = {
         let (relay, wake, closed) = (relay.clone(), wake.clone(), closed.clone());
         async move {
+            // Everything queued for this connection goes out in one write: one lock and one
+            // syscall per wake-up, not per frame.
+            let mut batch: Vec<u8> = Vec::new();
             loop {
                 loop {
-                    let next = relay
-                        .server
-                        .lock()
-                        .expect("server")
-                        .poll_transmit_for(now(), id);
-                    match next {
-                        Some(b) => wr.write_all(&b).await?,
-                        None => break,
+                    batch.clear();
+                    relay.server.lock().expect("server").write_transmit_for(
+                        now(),
+                        id,
+                        &mut batch,
+                        256 * 1024,
+                    );
+                    if batch.is_empty() {
+                        break;
                     }
+                    wr.write_all(&batch).await?;
+                }
+                if batch.capacity() > 64 * 1024 {
+                    batch = Vec::new(); // an idle connection keeps no large buffer
                 }
                 wr.flush().await?;
                 if closed.load(Ordering::SeqCst) {
@@ -382,9 +390,13 @@ async fn run_derp(
     let reader = {
         let (relay, closed) = (relay.clone(), closed.clone());
         async move {
-            let mut buf = vec![0u8; 64 * 1024];
+            // Small while idle (idle clients must cost little), larger once traffic fills it.
+            let mut buf = vec![0u8; 4096];
             loop {
                 let n = rd.read(&mut buf).await?;
+                if n == buf.len() && buf.len() < 64 * 1024 {
+                    buf.resize(64 * 1024, 0);
+                }
                 if n == 0 || closed.load(Ordering::SeqCst) {
                     return Ok::<(), io::Error>(());
                 }

@@ -3,6 +3,7 @@
 
 pub mod derp_client;
 pub mod derper;
+pub mod derpload;
 pub mod loadgen;
 pub mod netcheck;
 pub mod stun_server;

@@ -107,6 +107,25 @@ enum Command {
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
+    /// Load generator for `cargo xtask bench derp` (prints JSON).
+    #[command(hide = true)]
+    DerpLoad {
+        /// idle | throughput | latency
+        mode: String,
+        /// The relay (http://127.0.0.1:PORT/derp).
+        #[arg(long)]
+        url: Option<burrow::derp_client::DerpUrl>,
+        #[arg(long, default_value_t = 5000)]
+        count: u32,
+        #[arg(long, default_value_t = 4)]
+        pairs: u32,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
     /// Load generator for `cargo xtask bench stun`: Binding requests at a server, as fast as it answers.
     #[command(hide = true)]
     StunLoad {
@@ -386,6 +405,41 @@ async fn run(command: Command) -> Result<()> {
             let key = burrow_wg::PrivateKey::from_base64(&line)
                 .context("reading a private key on stdin")?;
             println!("{}", key.public_key());
+            Ok(())
+        }
+        Command::DerpLoad {
+            mode,
+            url,
+            count,
+            pairs,
+            size,
+            seconds,
+            rate,
+        } => {
+            use burrow::derpload as dl;
+            let url = || url.clone().context("--url is required for this mode");
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            match mode.as_str() {
+                "idle" => dl::idle(&url()?, count, Duration::from_secs_f64(seconds)).await?,
+                "throughput" => {
+                    let relay = dl::relay_throughput(&url()?, pairs, size, seconds).await?;
+                    let fwd = dl::forwarder().await?;
+                    let ceiling = dl::forwarder_throughput(fwd, pairs, size, seconds).await?;
+                    println!(
+                        "{{\"relay_bytes_per_s\":{:.0},\"relay_packets_per_s\":{:.0},\"ceiling_bytes_per_s\":{:.0},\"ceiling_packets_per_s\":{:.0}}}",
+                        relay.bytes_per_s, relay.packets_per_s, ceiling.bytes_per_s, ceiling.packets_per_s
+                    );
+                }
+                "latency" => {
+                    let (p50, p99) = dl::relay_latency(&url()?, rate, seconds).await?;
+                    let (t50, t99) = dl::tcp_latency(rate, seconds).await?;
+                    println!(
+                        "{{\"relay_p50_ms\":{:.4},\"relay_p99_ms\":{:.4},\"tcp_p50_ms\":{:.4},\"tcp_p99_ms\":{:.4}}}",
+                        ms(p50), ms(p99), ms(t50), ms(t99)
+                    );
+                }
+                other => bail!("unknown mode {other:?} (idle, throughput, latency)"),
+            }
             Ok(())
         }
         Command::StunLoad {

@@ -30,6 +30,21 @@ pub enum Which {
         #[arg(long)]
         no_write: bool,
     },
+    /// DERP: relay throughput vs a TCP forwarder, memory per idle client, added latency.
+    Derp {
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Throughput rounds; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Idle clients to hold.
+        #[arg(long, default_value_t = 5000)]
+        idle: u32,
+        /// Don't write BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
     /// WireGuard: seal+open and handshakes vs boringtun and the bare AEAD; TUN-to-TUN iperf3
     /// vs wireguard-go between two network namespaces (root).
     Wg {
@@ -65,6 +80,12 @@ pub fn run(which: Which) -> Result<()> {
             rounds,
             no_write,
         } => return crate::wgbench::run(seconds, rounds, no_write),
+        Which::Derp {
+            seconds,
+            rounds,
+            idle,
+            no_write,
+        } => return crate::derpbench::run(seconds, rounds, idle, no_write),
     };
     let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
     if !reference_ready {

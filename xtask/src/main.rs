@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod derpbench;
 mod test;
 mod util;
 mod wgbench;

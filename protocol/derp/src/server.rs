@@ -112,11 +112,25 @@ enum State {
     Active { key: [u8; 32], mesh: bool },
 }
 
+/// A relayed packet waiting in a queue: its RecvPacket header plus the packet bytes sliced
+/// from the sender's read buffer (no copy until the writer batches it).
+struct Out {
+    header: [u8; 37],
+    body: Bytes,
+}
+
+impl Out {
+    fn append_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.header);
+        out.extend_from_slice(&self.body);
+    }
+}
+
 struct Conn {
     state: State,
     decoder: FrameDecoder,
-    data: VecDeque<Bytes>,
-    disco: VecDeque<Bytes>,
+    data: VecDeque<Out>,
+    disco: VecDeque<Out>,
     control: VecDeque<Bytes>,
     last_write: Instant,
     tokens: f64,
@@ -223,9 +237,27 @@ impl Server {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
+            let active = match c.state {
+                State::Active { key, .. } => Some(key),
+                State::AwaitingClientInfo => None,
+            };
             let next = match c.decoder.next_frame() {
                 None => return,
                 Some(Err(e)) => Err(CloseReason::Malformed(e)),
+                // The hot path: relay a packet without copying it.
+                Some(Ok((crate::frame::types::SEND_PACKET, payload)))
+                    if active.is_some()
+                        && payload.len() >= 32
+                        && payload.len() - 32 <= crate::frame::MAX_PACKET_SIZE =>
+                {
+                    let dst: [u8; 32] = payload[..32].try_into().expect("32 bytes");
+                    if self.take_tokens(now, conn, payload.len() - 32) {
+                        self.route(active.expect("checked"), dst, payload.slice(32..), false);
+                    } else {
+                        self.count_drop(DropReason::RateLimited);
+                    }
+                    Ok(())
+                }
                 Some(Ok((t, payload))) => Frame::decode(t, &payload)
                     .map_err(CloseReason::from)
                     .and_then(|f| self.handle_frame(now, conn, f)),
@@ -310,14 +342,14 @@ impl Server {
                     self.count_drop(DropReason::RateLimited);
                     return Ok(());
                 }
-                self.route(key, dst, packet, false);
+                self.route(key, dst, Bytes::copy_from_slice(packet), false);
             }
             Frame::ForwardPacket { src, dst, packet } => {
                 if !mesh {
                     return Err(CloseReason::NotMeshPeer("ForwardPacket"));
                 }
                 self.stats.packets_forwarded += 1;
-                self.route(src, dst, packet, true);
+                self.route(src, dst, Bytes::copy_from_slice(packet), true);
             }
             Frame::NotePreferred { preferred } => {
                 c_mut(&mut self.conns, conn).preferred = preferred
@@ -376,10 +408,18 @@ impl Server {
         *self.stats.drops.entry(reason).or_default() += 1;
     }
 
-    fn route(&mut self, src: [u8; 32], dst: [u8; 32], packet: &[u8], from_mesh: bool) {
+    fn route(&mut self, src: [u8; 32], dst: [u8; 32], packet: Bytes, from_mesh: bool) {
         if let Some(&to) = self.by_key.get(&dst) {
-            let bytes = frame(Frame::RecvPacket { src, packet });
+            let mut header = [0u8; 37];
+            header[0] = crate::frame::types::RECV_PACKET;
+            header[1..5].copy_from_slice(&((32 + packet.len()) as u32).to_be_bytes());
+            header[5..].copy_from_slice(&src);
+            let packet_len = packet.len();
             let is_disco = packet.starts_with(DISCO_MAGIC);
+            let bytes = Out {
+                header,
+                body: packet,
+            };
             let (limit_data, limit_disco) =
                 (self.config.queue_limit, self.config.disco_queue_limit);
             let c = c_mut(&mut self.conns, to);
@@ -396,10 +436,16 @@ impl Server {
             self.ready.insert(to);
             self.woken.insert(to);
             self.stats.packets_relayed += 1;
-            self.stats.bytes_relayed += packet.len() as u64;
+            self.stats.bytes_relayed += packet_len as u64;
         } else if let (false, Some(&link)) = (from_mesh, self.remote.get(&dst)) {
-            self.mesh_out
-                .push_back((link, frame(Frame::ForwardPacket { src, dst, packet })));
+            self.mesh_out.push_back((
+                link,
+                frame(Frame::ForwardPacket {
+                    src,
+                    dst,
+                    packet: &packet,
+                }),
+            ));
             self.stats.packets_forwarded += 1;
         } else {
             self.count_drop(DropReason::UnknownDestination);
@@ -525,11 +571,12 @@ impl Server {
                 self.ready.remove(&id);
                 continue;
             };
-            let next = c
-                .control
-                .pop_front()
-                .or_else(|| c.disco.pop_front())
-                .or_else(|| c.data.pop_front());
+            let next = c.control.pop_front().or_else(|| {
+                c.disco
+                    .pop_front()
+                    .or_else(|| c.data.pop_front())
+                    .map(materialize)
+            });
             match next {
                 Some(b) => {
                     c.last_write = now;
@@ -554,11 +601,12 @@ impl Server {
     /// which takes only as fast as its socket accepts (the server's queues stay the bound).
     pub fn poll_transmit_for(&mut self, now: Instant, conn: ConnId) -> Option<Bytes> {
         let c = self.conns.get_mut(&conn)?;
-        let next = c
-            .control
-            .pop_front()
-            .or_else(|| c.disco.pop_front())
-            .or_else(|| c.data.pop_front());
+        let next = c.control.pop_front().or_else(|| {
+            c.disco
+                .pop_front()
+                .or_else(|| c.data.pop_front())
+                .map(materialize)
+        });
         if next.is_some() {
             c.last_write = now;
         }
@@ -566,6 +614,38 @@ impl Server {
             self.ready.remove(&conn);
         }
         next
+    }
+
+    /// Appends this connection's queued frames to `out`, up to about `max` bytes; returns
+    /// whether anything was appended. The relay's fast path: one copy per relayed packet.
+    pub fn write_transmit_for(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let start = out.len();
+        while out.len() - start < max {
+            if let Some(b) = c.control.pop_front() {
+                out.extend_from_slice(&b);
+            } else if let Some(o) = c.disco.pop_front().or_else(|| c.data.pop_front()) {
+                o.append_to(out);
+            } else {
+                break;
+            }
+        }
+        let wrote = out.len() > start;
+        if wrote {
+            c.last_write = now;
+        }
+        if c.control.is_empty() && c.disco.is_empty() && c.data.is_empty() {
+            self.ready.remove(&conn);
+        }
+        wrote
     }
 
     /// Connections that got something to write since the last call (to wake their writers).
@@ -607,6 +687,12 @@ impl Server {
     pub fn has_client(&self, key: &PublicKey) -> bool {
         self.by_key.contains_key(&key.0)
     }
+}
+
+fn materialize(o: Out) -> Bytes {
+    let mut v = Vec::with_capacity(37 + o.body.len());
+    o.append_to(&mut v);
+    Bytes::from(v)
 }
 
 fn c_mut(conns: &mut BTreeMap<ConnId, Conn>, id: ConnId) -> &mut Conn {
