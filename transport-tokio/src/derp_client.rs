@@ -102,6 +102,13 @@ fn tls_connector(extra_roots: &ExtraRoots) -> io::Result<tokio_rustls::TlsConnec
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// A connection taken apart: its read half, write half and protocol state.
+pub type ConnParts = (
+    ReadHalf<Box<dyn Stream>>,
+    WriteHalf<Box<dyn Stream>>,
+    Client,
+);
+
 /// An authenticated DERP connection.
 pub struct RawConn {
     rd: ReadHalf<Box<dyn Stream>>,
@@ -204,13 +211,7 @@ pub async fn connect_with_roots(
 
 impl RawConn {
     /// The connection's halves and protocol state, for load generators.
-    pub fn into_parts(
-        self,
-    ) -> (
-        ReadHalf<Box<dyn Stream>>,
-        WriteHalf<Box<dyn Stream>>,
-        Client,
-    ) {
+    pub fn into_parts(self) -> ConnParts {
         (self.rd, self.wr, self.client)
     }
 

@@ -571,19 +571,42 @@ fn usable(s: &Session, now: Instant) -> bool {
         && s.send_counter < REJECT_AFTER_MESSAGES
 }
 
-/// The length an IPv4/IPv6 header declares, to strip WireGuard's padding.
+/// The length an IPv4/IPv6 header declares, to strip WireGuard's padding; `None` unless the
+/// plaintext holds a whole header and a length that fits (then it is passed on as it came).
 fn ip_length(p: &[u8]) -> Option<usize> {
-    let len = match p.first()? >> 4 {
-        4 => u16::from_be_bytes([*p.get(2)?, *p.get(3)?]) as usize,
-        6 => 40 + u16::from_be_bytes([*p.get(4)?, *p.get(5)?]) as usize,
+    let (len, header) = match p.first()? >> 4 {
+        4 => (u16::from_be_bytes([*p.get(2)?, *p.get(3)?]) as usize, 20),
+        6 => (
+            40 + u16::from_be_bytes([*p.get(4)?, *p.get(5)?]) as usize,
+            40,
+        ),
         _ => return None,
     };
-    (len <= p.len()).then_some(len)
+    (len >= header && len <= p.len()).then_some(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::next_timestamp;
+
+    #[test]
+    fn padding_is_stripped_only_for_whole_ip_headers() {
+        use super::ip_length;
+        let mut v4 = vec![0x45, 0, 0, 24];
+        v4.resize(32, 0);
+        assert_eq!(ip_length(&v4), Some(24));
+        // Found by fuzzing: a 4-byte plaintext starting 0x4_ claimed length 0.
+        assert_eq!(
+            ip_length(&[0x45, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(
+            ip_length(&[0x45, 0, 0, 19, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(ip_length(&[0x60, 0, 0, 0, 0, 8]), None);
+        assert_eq!(ip_length(&[0x10, 0, 0, 0]), None);
+    }
 
     #[test]
     fn timestamps_strictly_increase() {
