@@ -125,7 +125,7 @@ fn pump(
                 .expect("burrow accepts boringtun's datagram")
             {
                 Decapsulated::Data(n) => got_w.push(out[..n].to_vec()),
-                Decapsulated::Keepalive | Decapsulated::Handshake => {}
+                Decapsulated::Keepalive | Decapsulated::Handshake | Decapsulated::CookieReply => {}
             }
         }
     }
@@ -246,7 +246,7 @@ fn burrow_initiator_handles_boringtun_cookie_reply() {
     let mut out = vec![0u8; 2048];
     assert_eq!(
         w.decapsulate(now, &net[0], &mut out).unwrap(),
-        Decapsulated::Handshake
+        Decapsulated::CookieReply
     );
     // burrow retries after REKEY_TIMEOUT with mac2; boringtun accepts it.
     let retry = w.poll_timeout().unwrap();

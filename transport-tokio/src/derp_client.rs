@@ -47,21 +47,30 @@ impl FromStr for DerpUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/derp"),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?)
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            // [v6]:port or [v6]
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: unclosed '['"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?,
+                None if after.is_empty() => default_port,
+                None => return Err(format!("{s:?}: junk after ']'")),
+            };
+            (h, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{s:?}: bad port"))?),
+                None => (authority, default_port),
             }
-            _ => (authority, if tls { 443 } else { 80 }),
         };
         if host.is_empty() {
             return Err(format!("{s:?}: no host"));
         }
         Ok(DerpUrl {
             tls,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            host: host.to_owned(),
             port,
             path: path.to_owned(),
         })
@@ -70,14 +79,12 @@ impl FromStr for DerpUrl {
 
 impl fmt::Display for DerpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}://{}:{}{}",
-            if self.tls { "https" } else { "http" },
-            self.host,
-            self.port,
-            self.path
-        )
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
+        } else {
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
+        }
     }
 }
 
@@ -220,7 +227,7 @@ impl RawConn {
     pub async fn run(
         mut self,
         mut on_event: impl FnMut(ClientEvent),
-        outgoing: &mut mpsc::UnboundedReceiver<bytes::Bytes>,
+        outgoing: &mut mpsc::Receiver<bytes::Bytes>,
     ) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -286,15 +293,27 @@ impl DerpClient {
             let mut preferred: Option<bool> = None;
             loop {
                 let mut wait = None;
-                let error = match connect_with_roots(&url, key.clone(), None, false, &roots).await {
+                let connect = connect_with_roots(&url, key.clone(), None, false, &roots);
+                // While connecting, sends are dropped (as UDP would) and a dropped handle ends the task.
+                let attempt = tokio::select! {
+                    r = connect => Some(r),
+                    closed = discard_while_disconnected(&mut cmd_rx, &mut preferred) => { let () = closed; None }
+                };
+                let Some(attempt) = attempt else { return };
+                let error = match attempt {
                     Ok(mut conn) => {
-                        backoff = Duration::from_millis(250);
+                        let up_since = tokio::time::Instant::now();
                         if let Some(p) = preferred {
                             conn.client.note_preferred(p);
                         }
                         let _ = state_tx.send(DerpState::Connected);
                         let r =
                             drive(&mut conn, &mut cmd_rx, &ev_tx, &mut preferred, &mut wait).await;
+                        // Back off afresh only after a connection that lasted: one that is accepted
+                        // and dropped at once must not be retried every 250 ms forever.
+                        if up_since.elapsed() >= Duration::from_secs(10) {
+                            backoff = Duration::from_millis(250);
+                        }
                         match r {
                             Ok(()) => return, // the handle was dropped
                             Err(e) => e.to_string(),
@@ -310,7 +329,13 @@ impl DerpClient {
                     let jitter = 0.75 + (rng.next_u32() as f64 / u32::MAX as f64) * 0.5;
                     backoff.mul_f64(jitter)
                 });
-                tokio::time::sleep(delay).await;
+                let slept = tokio::select! {
+                    _ = tokio::time::sleep(delay) => true,
+                    () = discard_while_disconnected(&mut cmd_rx, &mut preferred) => false,
+                };
+                if !slept {
+                    return;
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         });
@@ -332,6 +357,23 @@ impl DerpClient {
     }
 }
 
+/// Consumes commands while there is no connection: packets are dropped, the preferred flag is
+/// remembered. Returns when the handle has been dropped.
+async fn discard_while_disconnected(
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    preferred: &mut Option<bool>,
+) {
+    while let Some(cmd) = commands.recv().await {
+        if let Command::NotePreferred(p) = cmd {
+            *preferred = Some(p);
+        }
+    }
+}
+
+/// Without a byte from the relay for this long (it sends keep-alives every 60 s), the
+/// connection is taken for dead.
+const READ_DEADLINE: Duration = Duration::from_secs(150);
+
 async fn drive(
     conn: &mut RawConn,
     commands: &mut mpsc::UnboundedReceiver<Command>,
@@ -351,8 +393,8 @@ async fn drive(
             let _ = events.send(e);
         }
         tokio::select! {
-            r = conn.rd.read(&mut buf) => {
-                let n = r?;
+            r = tokio::time::timeout(READ_DEADLINE, conn.rd.read(&mut buf)) => {
+                let n = r.map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no keep-alive from the relay"))??;
                 if n == 0 {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "relay closed the connection"));
                 }
@@ -385,6 +427,11 @@ mod tests {
         assert_eq!((u.tls, u.port, u.path.as_str()), (false, 8080, "/derp"));
         assert_eq!(u.to_string(), "http://127.0.0.1:8080/derp");
         assert!("ftp://x".parse::<DerpUrl>().is_err());
+        let v6: DerpUrl = "https://[::1]/derp".parse().unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 443));
+        let v6p: DerpUrl = "http://[fd00::2]:8080/derp".parse().unwrap();
+        assert_eq!((v6p.host.as_str(), v6p.port), ("fd00::2", 8080));
+        assert_eq!(v6p.to_string().parse::<DerpUrl>().unwrap(), v6p);
         assert!("http://:80".parse::<DerpUrl>().is_err());
     }
 }

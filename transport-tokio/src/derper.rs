@@ -19,6 +19,11 @@ use tokio::sync::Notify;
 use crate::derp_client::{self, DerpUrl};
 use crate::transport::now;
 
+/// How long a client may take to send its request head (and TLS handshake).
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one write to a client may block before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A bidirectional byte stream (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
@@ -47,7 +52,7 @@ struct ConnHandle {
 pub struct Relay {
     server: Mutex<Server>,
     conns: Mutex<BTreeMap<ConnId, ConnHandle>>,
-    mesh: Mutex<BTreeMap<MeshLink, tokio::sync::mpsc::UnboundedSender<bytes::Bytes>>>,
+    mesh: Mutex<BTreeMap<MeshLink, tokio::sync::mpsc::Sender<bytes::Bytes>>>,
     next_conn: AtomicU64,
     http_requests: AtomicU64,
     connections_total: AtomicU64,
@@ -90,7 +95,8 @@ impl Relay {
         let mesh = self.mesh.lock().expect("mesh");
         while let Some((link, frame)) = server.poll_mesh_transmit() {
             if let Some(tx) = mesh.get(&link) {
-                let _ = tx.send(frame);
+                // A slow mesh link drops rather than grows without bound.
+                let _ = tx.try_send(frame);
             }
         }
     }
@@ -199,10 +205,16 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener) -> io::Result<()> {
         let relay = relay.clone();
         tokio::spawn(async move {
             let result = match relay.tls.clone() {
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(tls) => handle_http(relay, Box::new(tls), peer).await,
-                    Err(e) => Err(e),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => handle_http(relay, Box::new(tls), peer).await,
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "TLS handshake too slow",
+                        )),
+                    }
+                }
                 None => handle_http(relay, Box::new(tcp), peer).await,
             };
             if let Err(e) = result {
@@ -252,7 +264,9 @@ async fn handle_http(
     mut stream: Box<dyn Stream>,
     peer: SocketAddr,
 ) -> io::Result<()> {
-    let (head, rest) = read_head(&mut stream).await?;
+    let (head, rest) = tokio::time::timeout(HANDSHAKE_DEADLINE, read_head(&mut stream))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "HTTP request too slow"))??;
     relay.http_requests.fetch_add(1, Ordering::Relaxed);
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
@@ -299,6 +313,9 @@ async fn handle_http(
                 stream.write_all(head.as_bytes()).await?;
             }
             run_derp(relay, stream, rest, peer).await
+        }
+        ("GET", "/derp/probe") | ("GET", "/derp/latency-check") => {
+            respond(&mut stream, "200 OK", "text/plain", "").await
         }
         ("GET", "/generate_204") => {
             stream
@@ -373,7 +390,17 @@ async fn run_derp(
                     if batch.is_empty() {
                         break;
                     }
-                    wr.write_all(&batch).await?;
+                    // A client that stops reading must not pin its writer forever (as
+                    // Tailscale's 2 s write deadline).
+                    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&batch)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "client stopped reading",
+                            ))
+                        }
+                    }
                 }
                 if batch.capacity() > 64 * 1024 {
                     batch = Vec::new(); // an idle connection keeps no large buffer
@@ -428,10 +455,17 @@ pub async fn mesh_link(
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4096);
         match derp_client::connect_raw(&url, key.clone(), Some(mesh_key.clone()), true).await {
             Ok(mut conn) => {
                 backoff = Duration::from_millis(250);
+                let own = relay.server.lock().expect("server").public_key();
+                if let Some(ClientEvent::Connected { server, .. }) = conn.client.poll_event() {
+                    if server == own {
+                        tracing::info!(%url, "mesh peer is this relay itself; not meshing with it");
+                        return;
+                    }
+                }
                 conn.client.watch_conns();
                 relay.mesh.lock().expect("mesh").insert(link, tx);
                 relay.server.lock().expect("server").mesh_link_up(link);

@@ -320,9 +320,12 @@ async fn inbound(
                 }
             }
             let r = device.decapsulate(t, src, &from_net[..n], &mut out);
-            if let Ok(Received::Peer(peer, _)) = r {
-                // Roaming: answer where the peer is now.
-                shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+            // Roam on authenticated packets only: a cookie reply is forgeable by anyone who
+            // saw our mac1.
+            if let Ok(Received::Peer(peer, result)) = r {
+                if result != Decapsulated::CookieReply {
+                    shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+                }
             }
             shared.drain(&mut device, &mut pending);
             r

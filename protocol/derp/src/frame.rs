@@ -306,8 +306,9 @@ impl<'a> Frame<'a> {
                     Frame::Pong(data)
                 }
             }
+            // Go takes any bytes as a string; a message that is not UTF-8 must not cost the connection.
             HEALTH => Frame::Health {
-                problem: std::str::from_utf8(p).map_err(|_| FrameError::BadUtf8)?,
+                problem: std::str::from_utf8(p).unwrap_or("(health message not UTF-8)"),
             },
             RESTARTING => {
                 exactly(8)?;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientInfo {
     /// Protocol version (2).
+    #[serde(default)]
     pub version: u32,
     /// The region's mesh key, proving the client is a peer server.
     #[serde(rename = "meshKey", default, skip_serializing_if = "Option::is_none")]
@@ -26,6 +27,7 @@ pub struct ClientInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
     /// Protocol version (2).
+    #[serde(default)]
     pub version: u32,
     /// Per-client rate limit, bytes per second (0 = none).
     #[serde(

@@ -18,6 +18,16 @@ use crate::nacl::BoxKey;
 /// Disco messages start with this magic ("TS💬"); they get the small priority queue.
 pub const DISCO_MAGIC: &[u8; 6] = b"TS\xf0\x9f\x92\xac";
 
+/// Control frames (pongs, peer notices, keep-alives) queued per client before new ones drop.
+const MAX_CONTROL_QUEUE: usize = 1024;
+
+/// How long a new connection has to send its ClientInfo.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A connection's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
@@ -136,6 +146,8 @@ struct Conn {
     tokens: f64,
     last_refill: Instant,
     preferred: bool,
+    accepted_at: Instant,
+    last_peer_gone: Option<Instant>,
 }
 
 /// The relay.
@@ -154,6 +166,8 @@ pub struct Server {
     woken: BTreeSet<ConnId>,
     closing: VecDeque<(ConnId, CloseReason)>,
     stats: Stats,
+    now: Option<Instant>,
+    last_served: Option<ConnId>,
 }
 
 impl core::fmt::Debug for Server {
@@ -187,6 +201,8 @@ impl Server {
             woken: BTreeSet::new(),
             closing: VecDeque::new(),
             stats: Stats::default(),
+            now: None,
+            last_served: None,
         }
     }
 
@@ -206,6 +222,7 @@ impl Server {
 
     /// A new connection: the server speaks first (ServerKey).
     pub fn accept(&mut self, now: Instant, conn: ConnId) {
+        self.now = Some(now);
         let mut c = Conn {
             state: State::AwaitingClientInfo,
             decoder: FrameDecoder::new(),
@@ -219,6 +236,8 @@ impl Server {
                 .map_or(0.0, |(_, burst)| burst as f64),
             last_refill: now,
             preferred: false,
+            accepted_at: now,
+            last_peer_gone: None,
         };
         c.control
             .push_back(frame(Frame::ServerKey { key: self.public.0 }));
@@ -229,6 +248,7 @@ impl Server {
 
     /// Bytes read from a connection.
     pub fn handle_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.now = Some(now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -301,13 +321,8 @@ impl Server {
                         info.version
                     )));
                 }
-                let mesh = match (&info.mesh_key, &self.config.mesh_key) {
-                    (Some(theirs), Some(ours)) if theirs == ours => true,
-                    (Some(_), _) => {
-                        return Err(CloseReason::BadClientInfo("wrong mesh key".into()))
-                    }
-                    (None, _) => false,
-                };
+                // As Tailscale: a wrong mesh key makes an ordinary client, not an error.
+                let mesh = matches!((&info.mesh_key, &self.config.mesh_key), (Some(theirs), Some(ours)) if constant_eq(theirs.as_bytes(), ours.as_bytes()));
                 let mut nonce = [0u8; NONCE_LEN];
                 self.rng.fill_bytes(&mut nonce);
                 let (rate, burst) = self.config.rate_limit.unwrap_or((0, 0));
@@ -355,7 +370,13 @@ impl Server {
                 c_mut(&mut self.conns, conn).preferred = preferred
             }
             Frame::KeepAlive | Frame::Pong(_) | Frame::Unknown { .. } => {}
-            Frame::Ping(data) => self.push_control(conn, frame(Frame::Pong(data))),
+            Frame::Ping(data) => {
+                // At most one Pong waits per client: a flood of Pings cannot grow the queue.
+                let c = c_mut(&mut self.conns, conn);
+                c.control
+                    .retain(|b| b.first() != Some(&crate::frame::types::PONG));
+                self.push_control(conn, frame(Frame::Pong(data)));
+            }
             Frame::WatchConns => {
                 if !mesh {
                     return Err(CloseReason::NotMeshPeer("WatchConns"));
@@ -449,8 +470,14 @@ impl Server {
             self.stats.packets_forwarded += 1;
         } else {
             self.count_drop(DropReason::UnknownDestination);
-            if !from_mesh {
-                if let Some(&back) = self.by_key.get(&src) {
+            // As Tailscale: tell the sender only about disco packets (a peer looking for a
+            // path), at most one PeerGone per second per sender.
+            if !from_mesh && packet.starts_with(DISCO_MAGIC) {
+                if let Some(&back) = self
+                    .by_key
+                    .get(&src)
+                    .filter(|b| self.peer_gone_allowed(**b))
+                {
                     self.push_control(
                         back,
                         frame(Frame::PeerGone {
@@ -458,13 +485,28 @@ impl Server {
                             reason: PeerGoneReason::NotHere,
                         }),
                     );
+                    let now = self.now;
+                    c_mut(&mut self.conns, back).last_peer_gone = now;
                 }
             }
         }
     }
 
+    fn peer_gone_allowed(&self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        let Some(now) = self.now else { return true };
+        c.last_peer_gone
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+    }
+
     fn push_control(&mut self, conn: ConnId, bytes: Bytes) {
         if let Some(c) = self.conns.get_mut(&conn) {
+            if c.control.len() >= MAX_CONTROL_QUEUE {
+                *self.stats.drops.entry(DropReason::QueueFull).or_default() += 1;
+                return;
+            }
             c.control.push_back(bytes);
             self.ready.insert(conn);
             self.woken.insert(conn);
@@ -540,6 +582,24 @@ impl Server {
 
     /// Sends keep-alives to clients idle for the keep-alive interval.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = Some(now);
+        // Connections that never sent a ClientInfo are closed (slowloris).
+        let stalled: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                matches!(c.state, State::AwaitingClientInfo)
+                    && now.saturating_duration_since(c.accepted_at) >= HANDSHAKE_TIMEOUT
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stalled {
+            self.close(
+                now,
+                id,
+                CloseReason::BadClientInfo("no ClientInfo within the handshake timeout".into()),
+            );
+        }
         let due: Vec<ConnId> = self
             .conns
             .iter()
@@ -559,14 +619,27 @@ impl Server {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conns
             .values()
-            .filter(|c| matches!(c.state, State::Active { .. }))
-            .map(|c| c.last_write + self.config.keepalive)
+            .map(|c| match c.state {
+                State::Active { .. } => c.last_write + self.config.keepalive,
+                State::AwaitingClientInfo => c.accepted_at + HANDSHAKE_TIMEOUT,
+            })
             .min()
     }
 
     /// The next bytes to write to a connection (control first, then disco, then data).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<(ConnId, Bytes)> {
-        while let Some(&id) = self.ready.iter().next() {
+        loop {
+            // Round-robin: the next ready connection after the one served last.
+            let after = self.last_served.and_then(|l| {
+                self.ready
+                    .range((std::ops::Bound::Excluded(l), std::ops::Bound::Unbounded))
+                    .next()
+                    .copied()
+            });
+            let Some(id) = after.or_else(|| self.ready.iter().next().copied()) else {
+                break;
+            };
+            self.last_served = Some(id);
             let Some(c) = self.conns.get_mut(&id) else {
                 self.ready.remove(&id);
                 continue;

@@ -141,14 +141,26 @@ fn packets_queued_before_the_handshake_are_sent_after_it() {
 }
 
 #[test]
-fn unknown_destination_gets_peer_gone_not_here() {
+fn unknown_destination_gets_peer_gone_for_disco_at_most_once_a_second() {
     let mut net = Net::new(ServerConfig::new(key(9)));
     let a = net.connect(1, key(1), None);
     net.events(a);
+    // Data to nobody: dropped and counted, no answer (as Tailscale).
     net.clients
         .get_mut(&a)
         .unwrap()
         .send_packet(&key(7).public_key(), b"anyone?");
+    net.pump();
+    assert!(net.events(a).is_empty());
+    // A disco ping to nobody: one PeerGone(NotHere), however many are sent in that second.
+    let mut disco = DISCO_MAGIC.to_vec();
+    disco.extend_from_slice(b"ping");
+    for _ in 0..5 {
+        net.clients
+            .get_mut(&a)
+            .unwrap()
+            .send_packet(&key(7).public_key(), &disco);
+    }
     net.pump();
     assert_eq!(
         net.events(a),
@@ -162,7 +174,31 @@ fn unknown_destination_gets_peer_gone_not_here() {
             .stats()
             .drops
             .get(&DropReason::UnknownDestination),
-        Some(&1)
+        Some(&6)
+    );
+}
+
+#[test]
+fn a_ping_flood_keeps_one_pong_and_silent_connections_time_out() {
+    let mut net = Net::new(ServerConfig::new(key(9)));
+    let a = net.connect(1, key(1), None);
+    net.events(a);
+    for i in 0..1000u32 {
+        let mut d = [0u8; 8];
+        d[..4].copy_from_slice(&i.to_le_bytes());
+        net.server
+            .handle_bytes(net.now, a, &Frame::Ping(d).to_vec());
+    }
+    net.pump();
+    assert_eq!(net.events(a).len(), 1, "only the latest Pong was kept");
+    // A connection that never sends ClientInfo is closed after the handshake timeout.
+    let silent = ConnId(50);
+    net.server.accept(net.now, silent);
+    let _ = net.server.poll_transmit(net.now);
+    net.now += burrow_derp::server::HANDSHAKE_TIMEOUT;
+    net.server.handle_timeout(net.now);
+    assert!(
+        matches!(net.server.poll_close(), Some((c, CloseReason::BadClientInfo(_))) if c == silent)
     );
 }
 
@@ -364,12 +400,12 @@ fn watchers_need_the_mesh_key_and_hear_arrivals_and_departures() {
     net.clients.get_mut(&a).unwrap().watch_conns();
     net.pump();
     assert!(matches!(net.closed.last(), Some((c, CloseReason::NotMeshPeer(_))) if *c == a));
-    // The wrong mesh key is refused outright.
-    net.connect(2, key(2), Some("guess"));
-    assert!(matches!(
-        net.closed.last(),
-        Some((_, CloseReason::BadClientInfo(_)))
-    ));
+    // The wrong mesh key makes an ordinary client (as Tailscale): it may not watch.
+    let guess = net.connect(2, key(2), Some("guess"));
+    net.events(guess);
+    net.clients.get_mut(&guess).unwrap().watch_conns();
+    net.pump();
+    assert!(matches!(net.closed.last(), Some((c, CloseReason::NotMeshPeer(_))) if *c == guess));
     let b = net.connect(3, key(3), None);
     let w = net.connect(4, key(4), Some("region-secret"));
     net.events(w);

@@ -36,6 +36,9 @@ pub enum Decapsulated {
     Keepalive,
     /// A handshake message was consumed; answers, if any, wait in `poll_transmit`.
     Handshake,
+    /// A cookie reply was stored for the next handshake message. It proves nothing about
+    /// where the peer is (anyone who saw our mac1 can forge one), so drivers must not roam on it.
+    CookieReply,
 }
 
 /// Something the driver may want to know.
@@ -89,6 +92,7 @@ pub struct Tunnel {
     last_initiation: Option<([u8; 12], Instant)>,
     last_handshake_sent: Option<Instant>,
     last_timestamp: [u8; 12],
+    last_response_mac1: Option<(u32, [u8; 16])>,
     attempts_since: Option<Instant>,
     retransmit_at: Option<Instant>,
     keepalive_at: Option<Instant>,
@@ -113,7 +117,14 @@ impl core::fmt::Debug for Tunnel {
 impl Tunnel {
     /// A tunnel. `unix_time` is the wall-clock time at `now` (for TAI64N timestamps; the
     /// tunnel never reads a clock). A persistent keep-alive starts a handshake at once.
-    pub fn new(config: TunnelConfig, rng: ChaCha20Rng, now: Instant, unix_time: Duration) -> Self {
+    pub fn new(
+        mut config: TunnelConfig,
+        rng: ChaCha20Rng,
+        now: Instant,
+        unix_time: Duration,
+    ) -> Self {
+        // A zero interval means off, as in wg(8).
+        config.persistent_keepalive = config.persistent_keepalive.filter(|k| !k.is_zero());
         let local_public = config.private_key.public_key();
         let static_static = config.private_key.diffie_hellman(config.peer.as_bytes());
         Tunnel {
@@ -134,6 +145,7 @@ impl Tunnel {
             last_initiation: None,
             last_handshake_sent: None,
             last_timestamp: [0; 12],
+            last_response_mac1: None,
             attempts_since: None,
             retransmit_at: None,
             keepalive_at: None,
@@ -313,16 +325,17 @@ impl Tunnel {
                 Ok(Decapsulated::Handshake)
             }
             Message::CookieReply(m) => {
+                // A cookie answers our last initiation, or (a peer under load) our last response.
                 let receiver = le32(&m[4..8]);
-                let pending = self
-                    .pending
-                    .as_ref()
-                    .filter(|p| p.state.local_index == receiver)
-                    .ok_or(HandshakeError::Unexpected)?;
-                let cookie = noise::consume_cookie_reply(&self.peer, m, &pending.mac1)
+                let mac1 = match (&self.pending, self.last_response_mac1) {
+                    (Some(p), _) if p.state.local_index == receiver => p.mac1,
+                    (_, Some((index, mac1))) if index == receiver => mac1,
+                    _ => return Err(HandshakeError::Unexpected.into()),
+                };
+                let cookie = noise::consume_cookie_reply(&self.peer, m, &mac1)
                     .ok_or(HandshakeError::DecryptFailed)?;
                 self.cookie = Some((cookie, now));
-                Ok(Decapsulated::Handshake)
+                Ok(Decapsulated::CookieReply)
             }
             Message::Transport {
                 receiver,
@@ -354,9 +367,11 @@ impl Tunnel {
             .cookie
             .filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_REFRESH_TIME)
             .map(|(c, _)| c);
-        noise::write_macs(&mut msg, RESPONSE_MAC1, &self.mac1_to_peer, cookie.as_ref());
+        let mac1 = noise::write_macs(&mut msg, RESPONSE_MAC1, &self.mac1_to_peer, cookie.as_ref());
+        self.last_response_mac1 = Some((index, mac1));
         self.last_initiation = Some((init.timestamp, now));
-        // The responder may not send on the new keypair until the initiator used it.
+        self.dead_peer_at = None; // an authenticated packet
+                                  // The responder may not send on the new keypair until the initiator used it.
         self.next = Some(Session::new(&keys, now, false));
         self.previous = None;
         self.last_session_at = Some(now);
@@ -370,6 +385,7 @@ impl Tunnel {
         self.pending = None;
         self.retransmit_at = None;
         self.attempts_since = None;
+        self.dead_peer_at = None;
         // As wireguard-go: an unconfirmed responder keypair (from a simultaneous handshake) is
         // kept as previous, since the peer may already send on it; otherwise the old current is.
         self.previous = match self.next.take() {
@@ -456,6 +472,11 @@ impl Tunnel {
             // First packet on the responder's new keypair confirms it.
             self.previous = self.current.take();
             self.current = self.next.take();
+            // As wireguard-go's timersHandshakeComplete: a confirmed keypair ends any handshake
+            // attempt of ours (from a simultaneous start).
+            self.pending = None;
+            self.retransmit_at = None;
+            self.attempts_since = None;
             self.events
                 .push_back(Event::HandshakeCompleted { initiator: false });
             self.flush_queue(now);
@@ -513,6 +534,9 @@ impl Tunnel {
             self.current = None;
             self.next = None;
             self.pending = None;
+            self.retransmit_at = None;
+            self.attempts_since = None;
+            self.queued.clear();
             self.last_session_at = None;
             self.events.push_back(Event::KeysErased);
         }

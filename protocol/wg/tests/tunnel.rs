@@ -330,7 +330,7 @@ fn cookie_exchange_under_load() {
     };
     assert_eq!(
         a.decapsulate(t0, &out[..n], &mut [0u8; 64]).unwrap(),
-        Decapsulated::Handshake
+        Decapsulated::CookieReply
     );
     // The retry carries mac2 and is accepted.
     let retry_at = a.poll_timeout().unwrap();
@@ -486,4 +486,75 @@ proptest! {
         prop_assert_eq!(send(&mut a, &mut b, now, &ip(b"a works")), Ok(ip(b"a works")));
         prop_assert_eq!(send(&mut b, &mut a, now, &ip(b"b works")), Ok(ip(b"b works")));
     }
+}
+
+#[test]
+fn a_responder_learns_a_cookie_from_an_initiator_under_load() {
+    // We are under load and initiate: the peer's response needs mac2, so we answer it with a
+    // cookie, the peer keeps it, and its next response gets through.
+    let t0 = Instant::now();
+    let (ka, kb) = keys();
+    let mut dev = Device::new(ka.clone(), ChaCha20Rng::seed_from_u64(3), t0, UNIX);
+    let peer = dev.add_peer(t0, kb.public_key(), None, None);
+    dev.set_under_load(true);
+    let mut b = Tunnel::new(
+        TunnelConfig {
+            private_key: kb,
+            peer: ka.public_key(),
+            preshared_key: None,
+            persistent_keepalive: None,
+        },
+        ChaCha20Rng::seed_from_u64(4),
+        t0,
+        UNIX,
+    );
+    let src = "192.0.2.7:51820".parse().unwrap();
+    let mut out = [0u8; 256];
+    dev.force_handshake(t0, peer);
+    let (_, init) = dev.poll_transmit().unwrap();
+    assert_eq!(
+        b.decapsulate(t0, &init, &mut out).unwrap(),
+        Decapsulated::Handshake
+    );
+    let resp = b.poll_transmit().unwrap();
+    let Received::CookieReply(n) = dev.decapsulate(t0, src, &resp, &mut out).unwrap() else {
+        panic!("cookie expected")
+    };
+    let cookie = out[..n].to_vec();
+    assert_eq!(
+        b.decapsulate(t0, &cookie, &mut out).unwrap(),
+        Decapsulated::CookieReply
+    );
+    // Our retransmitted initiation gets a response with mac2 this time.
+    let later = t0 + Duration::from_secs(6);
+    dev.handle_timeout(later);
+    let (_, init2) = dev.poll_transmit().unwrap();
+    b.decapsulate(later, &init2, &mut out).unwrap();
+    let resp2 = b.poll_transmit().unwrap();
+    assert_ne!(&resp2[76..92], &[0u8; 16], "mac2 set");
+    assert_eq!(
+        dev.decapsulate(later, src, &resp2, &mut out).unwrap(),
+        Received::Peer(peer, Decapsulated::Handshake)
+    );
+    assert!(dev.tunnel(peer).has_session(later));
+}
+
+#[test]
+fn zero_persistent_keepalive_means_off() {
+    let t0 = Instant::now();
+    let (ka, kb) = keys();
+    let mut t = Tunnel::new(
+        TunnelConfig {
+            private_key: ka,
+            peer: kb.public_key(),
+            preshared_key: None,
+            persistent_keepalive: Some(Duration::ZERO),
+        },
+        ChaCha20Rng::seed_from_u64(1),
+        t0,
+        UNIX,
+    );
+    assert_eq!(t.poll_timeout(), None);
+    t.handle_timeout(t0);
+    assert!(t.poll_transmit().is_none());
 }
