@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("wg_tunnel", wg_tunnel),
     ("derp_frames", derp_frames),
     ("derp_server", derp_server),
+    ("disco_decode", disco_decode),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the
@@ -322,4 +323,24 @@ pub fn derp_server(data: &[u8]) {
         got,
         "garbage on one connection stopped relaying between others"
     );
+}
+
+/// Opens arbitrary bytes as disco (sealed and plain); whatever parses re-encodes to itself, and
+/// a sealed round trip of it opens to the same message.
+pub fn disco_decode(data: &[u8]) {
+    use burrow_disco::Message;
+    use burrow_wg::PrivateKey;
+    let me = PrivateKey::from_bytes([2; 32]);
+    let _ = burrow_disco::sender(data);
+    let _ = Message::open(&me, data);
+    if let Ok(m) = Message::from_plaintext(data) {
+        let again =
+            Message::from_plaintext(&m.to_plaintext()).expect("re-encoded plaintext parses");
+        assert_eq!(again, m);
+        let peer = PrivateKey::from_bytes([1; 32]);
+        let wire = m
+            .seal(&peer, &me.public_key(), &mut ChaCha20Rng::seed_from_u64(3))
+            .expect("usable keys");
+        assert_eq!(Message::open(&me, &wire).expect("opens").1, m);
+    }
 }

@@ -28,6 +28,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "wg_tunnel",
     "derp_frames",
     "derp_server",
+    "disco_decode",
 ];
 
 pub fn run(install: bool) -> Result<()> {

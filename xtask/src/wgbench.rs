@@ -250,11 +250,24 @@ pub fn run(seconds: u32, rounds: usize, no_write: bool) -> Result<()> {
         .arg(root().join("xtask/aead-bench/Cargo.toml"))
         .output()?;
     if !aead.status.success() {
-        bail!("AEAD benchmark failed: {}", String::from_utf8_lossy(&aead.stderr));
+        bail!(
+            "AEAD benchmark failed: {}",
+            String::from_utf8_lossy(&aead.stderr)
+        );
     }
-    let a: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&aead.stdout).lines().last().unwrap_or("{}"))?;
+    let a: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&aead.stdout)
+            .lines()
+            .last()
+            .unwrap_or("{}"),
+    )?;
     let us = |k: &str| a[k].as_f64().unwrap_or(0.0);
-    println!("AEAD seal+open 1424 B: ring {:.3} µs, aws-lc-rs {:.3} µs, RustCrypto {:.3} µs", us("ring_us"), us("aws_lc_rs_us"), us("rustcrypto_us"));
+    println!(
+        "AEAD seal+open 1424 B: ring {:.3} µs, aws-lc-rs {:.3} µs, RustCrypto {:.3} µs",
+        us("ring_us"),
+        us("aws_lc_rs_us"),
+        us("rustcrypto_us")
+    );
     let aead_line = format!(
         "| AEAD backend, seal + open of 1,424 bytes (chooses the default) | ring {:.3} µs | aws-lc-rs {:.3} µs; RustCrypto {:.3} µs | ring {:.2}× aws-lc-rs, {:.1}× RustCrypto | fastest is the default |",
         us("ring_us"),
