@@ -1,0 +1,151 @@
+//! Candidates (ICE's word): the addresses a peer may be reached at, their kinds and priority —
+//! IPv6 direct > LAN > public IPv4 > relay, as the seed orders them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Where a candidate came from, which decides its priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CandidateKind {
+    /// A global IPv6 address: no NAT, at most a firewall.
+    Ipv6,
+    /// A LAN address (RFC 1918, CGNAT shared space, link-local): same network as the peer.
+    Lan,
+    /// A public IPv4 address: STUN-reflexive, port-mapped (NAT-PMP/PCP/UPnP) or peer-reflexive.
+    PublicV4,
+    /// A DERP relay: always works, used first and as the fallback.
+    Relay,
+}
+
+impl CandidateKind {
+    /// Higher is better.
+    pub const fn priority(self) -> u32 {
+        match self {
+            CandidateKind::Ipv6 => 400,
+            CandidateKind::Lan => 300,
+            CandidateKind::PublicV4 => 200,
+            CandidateKind::Relay => 100,
+        }
+    }
+
+    /// The kind of a direct address, from the address itself.
+    pub fn of(addr: SocketAddr) -> Self {
+        match addr.ip() {
+            IpAddr::V6(v6) => {
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    return Self::of(SocketAddr::new(IpAddr::V4(v4), addr.port()));
+                }
+                let s = v6.segments();
+                let unique_local = s[0] & 0xfe00 == 0xfc00;
+                let link_local = s[0] & 0xffc0 == 0xfe80;
+                if unique_local || link_local || v6.is_loopback() {
+                    CandidateKind::Lan
+                } else {
+                    CandidateKind::Ipv6
+                }
+            }
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                let shared = o[0] == 100 && (o[1] & 0xc0) == 64; // 100.64.0.0/10
+                if v4.is_private() || v4.is_link_local() || v4.is_loopback() || shared {
+                    CandidateKind::Lan
+                } else {
+                    CandidateKind::PublicV4
+                }
+            }
+        }
+    }
+}
+
+/// How a candidate was learned (kept for explanations; priority comes from [`CandidateKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CandidateSource {
+    /// A local interface address.
+    Interface,
+    /// A reflexive address from STUN.
+    Stun,
+    /// A port mapping from the gateway (NAT-PMP, PCP, UPnP).
+    PortMapping,
+    /// Learned from a Pong: the address the peer saw us at.
+    PeerReflexive,
+    /// Predicted for a sequential NAT.
+    Predicted,
+    /// The home DERP region.
+    Derp,
+}
+
+/// A place a peer may be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Candidate {
+    /// The address (for relays, the relay's region is kept by the caller).
+    pub addr: SocketAddr,
+    /// Its kind.
+    pub kind: CandidateKind,
+    /// How it was learned.
+    pub source: CandidateSource,
+}
+
+impl Candidate {
+    /// A direct candidate, its kind taken from the address.
+    pub fn direct(addr: SocketAddr, source: CandidateSource) -> Self {
+        Candidate {
+            addr,
+            kind: CandidateKind::of(addr),
+            source,
+        }
+    }
+}
+
+/// A validated path: a candidate that answered a disco ping, with its round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Path {
+    /// The candidate.
+    pub candidate: Candidate,
+    /// The latest measured round trip.
+    pub rtt: Duration,
+}
+
+/// How much better (in round trip) a path of the same kind must be before traffic moves to it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hysteresis {
+    /// Absolute improvement required.
+    pub min_gain: Duration,
+    /// Relative improvement required (0.1 = 10 % faster).
+    pub min_ratio: f64,
+}
+
+impl Default for Hysteresis {
+    fn default() -> Self {
+        Hysteresis {
+            min_gain: Duration::from_millis(5),
+            min_ratio: 0.1,
+        }
+    }
+}
+
+/// Chooses the path to use: the highest kind wins; within a kind the lowest round trip wins,
+/// but the current path is kept unless a rival beats it by the hysteresis margin.
+pub fn choose(paths: &[Path], current: Option<&Path>, h: Hysteresis) -> Option<Path> {
+    let best = paths.iter().copied().max_by(|a, b| {
+        a.candidate
+            .kind
+            .priority()
+            .cmp(&b.candidate.kind.priority())
+            .then(b.rtt.cmp(&a.rtt))
+    })?;
+    let Some(cur) = current.and_then(|c| paths.iter().find(|p| p.candidate == c.candidate)) else {
+        return Some(best);
+    };
+    if best.candidate.kind.priority() != cur.candidate.kind.priority() {
+        return Some(
+            if best.candidate.kind.priority() > cur.candidate.kind.priority() {
+                best
+            } else {
+                *cur
+            },
+        );
+    }
+    let gain = cur.rtt.saturating_sub(best.rtt);
+    let enough = gain >= h.min_gain && gain.as_secs_f64() >= cur.rtt.as_secs_f64() * h.min_ratio;
+    Some(if enough { best } else { *cur })
+}
