@@ -1,0 +1,387 @@
+//! One peer's paths, relay first: reachable over DERP at once; direct candidates pinged all at
+//! the same moment when they arrive (simultaneous send); traffic moves to the best validated
+//! path; that path is kept alive well inside a 30 s NAT timeout; it is declared dead after
+//! missed pongs (or a data-plane stall) and traffic falls back to DERP; upgrades are retried.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use burrow_disco::{Message, TxId};
+use rand_chacha::rand_core::RngCore;
+use rand_chacha::ChaCha20Rng;
+
+use crate::candidate::{choose, Candidate, CandidateSource, Hysteresis, Path};
+
+/// Where a peer's traffic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Route {
+    /// Through the DERP relay.
+    Relay,
+    /// Straight to this address.
+    Direct(SocketAddr),
+}
+
+/// Where to send a disco message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dst {
+    /// Over the peer's DERP relay.
+    Relay,
+    /// Over UDP to this address.
+    Direct(SocketAddr),
+}
+
+/// A disco message for the driver to seal and send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where.
+    pub dst: Dst,
+    /// What.
+    pub msg: Message,
+}
+
+/// Timings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PathConfig {
+    /// Ping the current direct path this often (well inside a 30 s UDP mapping timeout).
+    pub heartbeat: Duration,
+    /// A ping unanswered this long is missed.
+    pub pong_timeout: Duration,
+    /// Missed pongs in a row before a direct path is dead.
+    pub missed_before_dead: u32,
+    /// While on the relay, retry direct candidates (and re-send CallMeMaybe) this often.
+    pub upgrade_interval: Duration,
+    /// Path choice margin.
+    pub hysteresis: Hysteresis,
+}
+
+impl Default for PathConfig {
+    fn default() -> Self {
+        PathConfig {
+            heartbeat: Duration::from_secs(3),
+            pong_timeout: Duration::from_secs(5),
+            missed_before_dead: 3,
+            upgrade_interval: Duration::from_secs(30),
+            hysteresis: Hysteresis::default(),
+        }
+    }
+}
+
+/// Why a candidate is or is not in use: the engine's explanation for a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered; round trip attached.
+    Validated(Duration),
+    /// A ping went unanswered.
+    NoPong,
+    /// Declared dead after missed pongs.
+    Dead,
+    /// Answered disco but lost data (reported by the driver): not chosen until data flows.
+    DataStalled,
+}
+
+/// One attempt on one candidate, for explanations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// When.
+    pub at: Instant,
+    /// Which candidate.
+    pub addr: SocketAddr,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Something the driver should know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathEvent {
+    /// Traffic moves.
+    RouteChanged {
+        /// From.
+        from: Route,
+        /// To.
+        to: Route,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Remote {
+    candidate: Candidate,
+    pending: BTreeMap<TxId, Instant>,
+    rtt: Option<Duration>,
+    last_pong: Option<Instant>,
+    missed: u32,
+    stalled: bool,
+}
+
+/// The path state of one peer.
+#[derive(Debug)]
+pub struct PeerPaths {
+    config: PathConfig,
+    rng: ChaCha20Rng,
+    local: Vec<Candidate>,
+    remote: BTreeMap<SocketAddr, Remote>,
+    route: Route,
+    next_heartbeat: Option<Instant>,
+    next_upgrade: Instant,
+    attempts: VecDeque<Attempt>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<PathEvent>,
+}
+
+const MAX_ATTEMPTS_KEPT: usize = 64;
+
+impl PeerPaths {
+    /// A peer reachable over the relay from `now` on.
+    pub fn new(config: PathConfig, rng: ChaCha20Rng, now: Instant) -> Self {
+        PeerPaths {
+            config,
+            rng,
+            local: Vec::new(),
+            remote: BTreeMap::new(),
+            route: Route::Relay,
+            next_heartbeat: None,
+            next_upgrade: now + config.upgrade_interval,
+            attempts: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Where traffic goes now.
+    pub fn route(&self) -> Route {
+        self.route
+    }
+
+    /// Recent attempts, oldest first.
+    pub fn attempts(&self) -> impl Iterator<Item = &Attempt> {
+        self.attempts.iter()
+    }
+
+    fn note(&mut self, at: Instant, addr: SocketAddr, outcome: Outcome) {
+        if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
+            self.attempts.pop_front();
+        }
+        self.attempts.push_back(Attempt { at, addr, outcome });
+    }
+
+    /// Our candidates changed: tell the peer over the relay (CallMeMaybe).
+    pub fn set_local_candidates(&mut self, _now: Instant, candidates: Vec<Candidate>) {
+        self.local = candidates;
+        self.call_me_maybe();
+    }
+
+    fn call_me_maybe(&mut self) {
+        let endpoints = self.local.iter().map(|c| c.addr).collect();
+        self.transmits.push_back(Transmit {
+            dst: Dst::Relay,
+            msg: Message::CallMeMaybe { endpoints },
+        });
+    }
+
+    fn ping(&mut self, now: Instant, addr: SocketAddr) {
+        let mut tx_id = [0u8; 12];
+        self.rng.fill_bytes(&mut tx_id);
+        if let Some(r) = self.remote.get_mut(&addr) {
+            r.pending.insert(tx_id, now);
+        }
+        self.transmits.push_back(Transmit {
+            dst: Dst::Direct(addr),
+            msg: Message::Ping {
+                tx_id,
+                node_key: None,
+                padding: 0,
+            },
+        });
+    }
+
+    fn add_remote(&mut self, candidate: Candidate) -> bool {
+        if self.remote.contains_key(&candidate.addr) {
+            return false;
+        }
+        self.remote.insert(
+            candidate.addr,
+            Remote {
+                candidate,
+                pending: BTreeMap::new(),
+                rtt: None,
+                last_pong: None,
+                missed: 0,
+                stalled: false,
+            },
+        );
+        true
+    }
+
+    /// The peer's CallMeMaybe (over the relay): ping every endpoint now — the peer is pinging
+    /// ours at the same moment, so each NAT sees outbound traffic first.
+    pub fn handle_call_me_maybe(&mut self, now: Instant, endpoints: &[SocketAddr]) {
+        for &e in endpoints {
+            self.add_remote(Candidate::direct(e, CandidateSource::Stun));
+        }
+        for &e in endpoints {
+            self.ping(now, e);
+        }
+    }
+
+    /// A disco Ping arrived directly from `from`: answer it there, and take `from` as a
+    /// candidate (peer-reflexive) if it is new.
+    pub fn handle_ping(&mut self, now: Instant, from: SocketAddr, tx_id: TxId) {
+        self.transmits.push_back(Transmit {
+            dst: Dst::Direct(from),
+            msg: Message::Pong { tx_id, src: from },
+        });
+        if self.add_remote(Candidate::direct(from, CandidateSource::PeerReflexive)) {
+            self.ping(now, from);
+        }
+    }
+
+    /// A disco Pong arrived from `from`.
+    pub fn handle_pong(&mut self, now: Instant, from: SocketAddr, tx_id: TxId) {
+        let Some(r) = self.remote.get_mut(&from) else {
+            return;
+        };
+        let Some(sent) = r.pending.remove(&tx_id) else {
+            return;
+        };
+        let rtt = now.saturating_duration_since(sent);
+        r.rtt = Some(rtt);
+        r.last_pong = Some(now);
+        r.missed = 0;
+        self.note(now, from, Outcome::Validated(rtt));
+        self.reselect(now);
+    }
+
+    /// The data plane saw a direct path lose data (no WireGuard answers) while disco still
+    /// answers: leave it for the relay until data flows on it again.
+    pub fn report_data_stall(&mut self, now: Instant, addr: SocketAddr) {
+        if let Some(r) = self.remote.get_mut(&addr) {
+            r.stalled = true;
+        }
+        self.note(now, addr, Outcome::DataStalled);
+        self.reselect(now);
+    }
+
+    /// Data arrived over a direct path: it is usable again.
+    pub fn report_data_flowing(&mut self, now: Instant, addr: SocketAddr) {
+        if let Some(r) = self.remote.get_mut(&addr) {
+            if r.stalled {
+                r.stalled = false;
+                self.reselect(now);
+            }
+        }
+    }
+
+    fn validated(&self, now: Instant) -> Vec<Path> {
+        let fresh =
+            self.config.pong_timeout * self.config.missed_before_dead + self.config.heartbeat;
+        self.remote
+            .values()
+            .filter(|r| !r.stalled && r.missed < self.config.missed_before_dead)
+            .filter(|r| {
+                r.last_pong
+                    .is_some_and(|t| now.saturating_duration_since(t) <= fresh)
+            })
+            .filter_map(|r| {
+                r.rtt.map(|rtt| Path {
+                    candidate: r.candidate,
+                    rtt,
+                })
+            })
+            .collect()
+    }
+
+    fn reselect(&mut self, now: Instant) {
+        let paths = self.validated(now);
+        let current = match self.route {
+            Route::Direct(a) => paths.iter().find(|p| p.candidate.addr == a).copied(),
+            Route::Relay => None,
+        };
+        let next = match choose(&paths, current.as_ref(), self.config.hysteresis) {
+            Some(p) => Route::Direct(p.candidate.addr),
+            None => Route::Relay,
+        };
+        if next != self.route {
+            self.events.push_back(PathEvent::RouteChanged {
+                from: self.route,
+                to: next,
+            });
+            self.route = next;
+            if let Route::Direct(_) = next {
+                self.next_heartbeat
+                    .get_or_insert(now + self.config.heartbeat);
+            } else {
+                self.next_upgrade = now + self.config.upgrade_interval.min(Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Heartbeats, missed pongs, death of a direct path, and upgrade retries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Pongs that never came.
+        let timeout = self.config.pong_timeout;
+        let mut missed = Vec::new();
+        for (addr, r) in self.remote.iter_mut() {
+            let before = r.pending.len();
+            r.pending
+                .retain(|_, sent| now.saturating_duration_since(*sent) < timeout);
+            let lost = before - r.pending.len();
+            if lost > 0 {
+                r.missed += lost as u32;
+                missed.push((*addr, r.missed));
+            }
+        }
+        for (addr, count) in missed {
+            let outcome = if count >= self.config.missed_before_dead {
+                Outcome::Dead
+            } else {
+                Outcome::NoPong
+            };
+            self.note(now, addr, outcome);
+        }
+        self.reselect(now);
+        // Keep the direct path (and the NAT mapping under it) alive.
+        if let Route::Direct(addr) = self.route {
+            if self.next_heartbeat.is_none_or(|t| now >= t) {
+                self.ping(now, addr);
+                self.next_heartbeat = Some(now + self.config.heartbeat);
+            }
+        } else {
+            self.next_heartbeat = None;
+            if now >= self.next_upgrade {
+                // Retry everything we know, and ask the peer to do the same.
+                let addrs: Vec<SocketAddr> = self.remote.keys().copied().collect();
+                for a in addrs {
+                    self.ping(now, a);
+                }
+                if !self.local.is_empty() {
+                    self.call_me_maybe();
+                }
+                self.next_upgrade = now + self.config.upgrade_interval;
+            }
+        }
+    }
+
+    /// When `handle_timeout` should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let pong_deadlines = self
+            .remote
+            .values()
+            .flat_map(|r| r.pending.values())
+            .map(|s| *s + self.config.pong_timeout);
+        let timer = match self.route {
+            Route::Direct(_) => self.next_heartbeat,
+            Route::Relay => Some(self.next_upgrade),
+        };
+        pong_deadlines.chain(timer).min()
+    }
+
+    /// The next disco message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<PathEvent> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,213 @@
+//! Two peers' path machines over a pure in-memory network (relay always up, direct paths
+//! switchable): relay first, simultaneous punch, upgrade, death and fallback, recovery.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use burrow_disco::Message;
+use burrow_punch::*;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+struct Net {
+    a: PeerPaths,
+    b: PeerPaths,
+    a_addrs: Vec<SocketAddr>,
+    b_addrs: Vec<SocketAddr>,
+    /// Direct addresses that currently work.
+    open: Vec<SocketAddr>,
+    now: Instant,
+    a_routes: Vec<(Duration, Route)>,
+    t0: Instant,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+impl Net {
+    fn new(a_addrs: &[&str], b_addrs: &[&str]) -> Self {
+        let t0 = Instant::now();
+        let c = PathConfig::default();
+        Net {
+            a: PeerPaths::new(c, ChaCha20Rng::seed_from_u64(1), t0),
+            b: PeerPaths::new(c, ChaCha20Rng::seed_from_u64(2), t0),
+            a_addrs: a_addrs.iter().map(|s| addr(s)).collect(),
+            b_addrs: b_addrs.iter().map(|s| addr(s)).collect(),
+            open: a_addrs.iter().chain(b_addrs).map(|s| addr(s)).collect(),
+            now: t0,
+            a_routes: Vec::new(),
+            t0,
+        }
+    }
+
+    fn start(&mut self) {
+        let ca = self
+            .a_addrs
+            .iter()
+            .map(|a| Candidate::direct(*a, CandidateSource::Stun))
+            .collect();
+        let cb = self
+            .b_addrs
+            .iter()
+            .map(|a| Candidate::direct(*a, CandidateSource::Stun))
+            .collect();
+        self.a.set_local_candidates(self.now, ca);
+        self.b.set_local_candidates(self.now, cb);
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(t) = self.a.poll_transmit() {
+                moved = true;
+                deliver(&mut self.b, &self.open, self.a_addrs[0], &t, self.now);
+            }
+            while let Some(t) = self.b.poll_transmit() {
+                moved = true;
+                deliver(&mut self.a, &self.open, self.b_addrs[0], &t, self.now);
+            }
+            while let Some(PathEvent::RouteChanged { to, .. }) = self.a.poll_event() {
+                self.a_routes.push((self.now - self.t0, to));
+            }
+            while self.b.poll_event().is_some() {}
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(100);
+            self.a.handle_timeout(self.now);
+            self.b.handle_timeout(self.now);
+            self.pump();
+        }
+    }
+}
+
+/// Delivers one transmit to `to`. Direct datagrams arrive only if their destination is open,
+/// and appear to come from the sender's first (public) address or the LAN address pinged.
+fn deliver(
+    to: &mut PeerPaths,
+    open: &[SocketAddr],
+    from_public: SocketAddr,
+    t: &Transmit,
+    now: Instant,
+) {
+    match (t.dst, &t.msg) {
+        (Dst::Relay, Message::CallMeMaybe { endpoints }) => to.handle_call_me_maybe(now, endpoints),
+        (Dst::Direct(dst), msg) if open.contains(&dst) => {
+            // A datagram to a LAN address comes from the sender's LAN address (same subnet).
+            let from = if CandidateKind::of(dst) == CandidateKind::Lan {
+                lan_twin(dst, from_public)
+            } else {
+                from_public
+            };
+            match msg {
+                Message::Ping { tx_id, .. } => to.handle_ping(now, from, *tx_id),
+                Message::Pong { tx_id, .. } => to.handle_pong(now, from, *tx_id),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+fn lan_twin(dst: SocketAddr, from_public: SocketAddr) -> SocketAddr {
+    // In these tests the LAN peers are 192.168.1.10 (A) and 192.168.1.20 (B).
+    let me = if dst.ip().to_string() == "192.168.1.20" {
+        "192.168.1.10"
+    } else {
+        "192.168.1.20"
+    };
+    SocketAddr::new(me.parse().unwrap(), from_public.port())
+}
+
+#[test]
+fn relay_first_then_direct_then_fallback_and_recovery() {
+    let mut net = Net::new(&["203.0.113.1:41641"], &["198.51.100.2:41641"]);
+    assert_eq!(
+        net.a.route(),
+        Route::Relay,
+        "reachable over the relay from the start"
+    );
+    net.start();
+    assert_eq!(net.a.route(), Route::Direct(addr("198.51.100.2:41641")));
+    assert_eq!(net.b.route(), Route::Direct(addr("203.0.113.1:41641")));
+    assert_eq!(
+        net.a_routes[0].0,
+        Duration::ZERO,
+        "direct as soon as the pongs arrive"
+    );
+
+    // Heartbeats keep the path (and the NAT mapping) alive: several pings within 30 s.
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.a.route(), Route::Direct(addr("198.51.100.2:41641")));
+    assert!(
+        net.a
+            .attempts()
+            .filter(|a| matches!(a.outcome, Outcome::Validated(_)))
+            .count()
+            >= 8
+    );
+
+    // The direct path dies: back to the relay after missed pongs.
+    net.open.clear();
+    let died = net.now;
+    net.run_for(Duration::from_secs(30));
+    assert_eq!(net.a.route(), Route::Relay);
+    let fell_back = net
+        .a_routes
+        .iter()
+        .find(|(_, r)| *r == Route::Relay)
+        .unwrap()
+        .0;
+    assert!(
+        fell_back - (died - net.t0) <= Duration::from_secs(25),
+        "fell back after {fell_back:?}"
+    );
+    assert!(net.a.attempts().any(|a| a.outcome == Outcome::Dead));
+
+    // It comes back: upgraded again by the periodic retry.
+    net.open = vec![addr("203.0.113.1:41641"), addr("198.51.100.2:41641")];
+    net.run_for(Duration::from_secs(40));
+    assert_eq!(net.a.route(), Route::Direct(addr("198.51.100.2:41641")));
+}
+
+#[test]
+fn lan_beats_public_and_stalls_demote() {
+    let mut net = Net::new(
+        &["203.0.113.1:41641", "192.168.1.10:41641"],
+        &["198.51.100.2:41641", "192.168.1.20:41641"],
+    );
+    net.start();
+    assert_eq!(
+        net.a.route(),
+        Route::Direct(addr("192.168.1.20:41641")),
+        "LAN preferred"
+    );
+    // The LAN path answers disco but loses data: demoted to the public path.
+    net.a.report_data_stall(net.now, addr("192.168.1.20:41641"));
+    assert_eq!(net.a.route(), Route::Direct(addr("198.51.100.2:41641")));
+    net.a
+        .report_data_flowing(net.now, addr("192.168.1.20:41641"));
+    assert_eq!(net.a.route(), Route::Direct(addr("192.168.1.20:41641")));
+}
+
+#[test]
+fn no_direct_path_stays_on_the_relay_and_explains_why() {
+    let mut net = Net::new(&["203.0.113.1:41641"], &["198.51.100.2:41641"]);
+    net.open.clear();
+    net.start();
+    net.run_for(Duration::from_secs(20));
+    assert_eq!(net.a.route(), Route::Relay);
+    assert!(net.a_routes.is_empty(), "never left the relay");
+    assert!(net
+        .a
+        .attempts()
+        .any(|a| a.outcome == Outcome::NoPong && a.addr == addr("198.51.100.2:41641")));
+}
