@@ -257,12 +257,7 @@ pub async fn relay_latency(
         }
     }
     send.await.map_err(io::Error::other)??;
-    if samples.is_empty() {
-        return Err(io::Error::other("no packet arrived"));
-    }
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Ok((pick(0.5), pick(0.99)))
+    percentiles(samples)
 }
 
 /// The bare loopback TCP one-way latency at the same rate (the floor under the relay's).
@@ -294,6 +289,14 @@ pub async fn tcp_latency(rate: u32, seconds: f64) -> io::Result<(Duration, Durat
         ));
     }
     send.await.map_err(io::Error::other)??;
+    percentiles(samples)
+}
+
+/// (p50, p99) of latency samples.
+fn percentiles(mut samples: Vec<Duration>) -> io::Result<(Duration, Duration)> {
+    if samples.is_empty() {
+        return Err(io::Error::other("no packet arrived"));
+    }
     samples.sort();
     let pick = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
     Ok((pick(0.5), pick(0.99)))
