@@ -208,6 +208,23 @@ pub enum Workload {
         #[serde(default = "netcheck_deadline")]
         deadline_s: f64,
     },
+    /// Two nodes find a direct path to each other, relay first (`burrow::punch::run_peer`).
+    /// The relay is an in-memory link with a fixed latency until DERP runs in the simulator.
+    Punch {
+        /// One node.
+        a: String,
+        /// The other.
+        b: String,
+        /// The STUN server each asks for its reflexive address.
+        stun: String,
+        /// How long to run, seconds.
+        #[serde(default = "punch_duration")]
+        duration_s: f64,
+    },
+}
+
+fn punch_duration() -> f64 {
+    20.0
 }
 
 fn netcheck_deadline() -> f64 {
@@ -243,6 +260,9 @@ pub struct Expect {
     /// IP of `global_v4`.
     #[serde(default)]
     pub global_ip: Option<IpAddr>,
+    /// Punch: where both nodes' traffic ends up, "direct" or "relay".
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 /// A check that failed.
@@ -471,6 +491,27 @@ impl Scenario {
                     return Err(self.invalid("deadline_s must be positive"));
                 }
             }
+            Workload::Punch {
+                a,
+                b,
+                stun,
+                duration_s,
+            } => {
+                for n in [a, b] {
+                    if !layout.nodes.contains_key(n) {
+                        return Err(self.invalid(format!("workload node {n:?} is not defined")));
+                    }
+                }
+                if a == b {
+                    return Err(self.invalid("punch needs two different nodes"));
+                }
+                if !layout.servers.contains_key(stun) {
+                    return Err(self.invalid(format!("workload server {stun:?} is not defined")));
+                }
+                if !duration_s.is_finite() || *duration_s <= 0.0 {
+                    return Err(self.invalid("duration_s must be positive"));
+                }
+            }
         }
         if !self.duration_s.is_finite() || self.duration_s <= 0.0 {
             return Err(self.invalid("duration_s must be positive"));
@@ -514,6 +555,58 @@ struct Layout {
 
 /// What the simulation collected besides the recorder.
 type Slot = Arc<Mutex<Option<Result<Report, String>>>>;
+
+/// Punch outcomes by node name.
+type PunchSlot = Arc<Mutex<BTreeMap<String, burrow::punch::PunchOutcome>>>;
+
+/// The relay between two punching nodes: in memory, 20 ms each way, never lost (a stand-in
+/// for DERP until a derper runs in the simulator).
+struct MemRelay {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>>,
+}
+
+impl burrow::punch::RelayLink for MemRelay {
+    async fn send(&self, sealed: Vec<u8>) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(sealed);
+        });
+    }
+
+    async fn recv(&self) -> Option<Vec<u8>> {
+        self.rx.lock().await.recv().await
+    }
+}
+
+fn seed_bytes(seed: u64) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, chunk) in b.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&derive_seed(seed, &i.to_string()).to_le_bytes());
+    }
+    b
+}
+
+/// Whether two nodes behind these NAT chains can reach each other directly by simultaneous
+/// send alone (no birthday probing): both endpoint-independent, or one endpoint-independent
+/// side whose filters admit new ports of an IP it has sent to (the other side's pings then get
+/// through and teach it the peer-reflexive address).
+pub fn traversable(a: &[(String, NatConfig, IpAddr)], b: &[(String, NatConfig, IpAddr)]) -> bool {
+    let blocked = |c: &[(String, NatConfig, IpAddr)]| c.iter().any(|x| x.1.block_udp);
+    if blocked(a) || blocked(b) {
+        return false;
+    }
+    let eim = |c: &[(String, NatConfig, IpAddr)]| {
+        c.iter()
+            .all(|x| x.1.mapping == Dependence::EndpointIndependent)
+    };
+    let admits = |c: &[(String, NatConfig, IpAddr)]| {
+        c.iter()
+            .all(|x| x.1.filtering != Dependence::AddressAndPortDependent)
+    };
+    (eim(a) && eim(b)) || (eim(a) && admits(a)) || (eim(b) && admits(b))
+}
 
 /// Options for a run.
 #[derive(Debug, Clone, Default)]
@@ -642,7 +735,118 @@ pub fn run(
 
     // The workload.
     let slot: Slot = Arc::new(Mutex::new(None));
+    let punch_slot: PunchSlot = Arc::new(Mutex::new(BTreeMap::new()));
+    if let Workload::Punch {
+        a,
+        b,
+        stun,
+        duration_s,
+    } = &scenario.workload
+    {
+        let stun_addr = SocketAddr::new(
+            layout.servers[stun].0,
+            scenario
+                .servers
+                .iter()
+                .find(|s| &s.name == stun)
+                .expect("validated")
+                .port,
+        );
+        let (ab_tx, ab_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ba_tx, ba_rx) = tokio::sync::mpsc::unbounded_channel();
+        let disco = |name: &str| {
+            burrow_wg::PrivateKey::from_bytes(seed_bytes(derive_seed(
+                seed,
+                &format!("disco:{name}"),
+            )))
+        };
+        let duration = Duration::from_secs_f64(*duration_s);
+        for (me, peer, tx, rx) in [
+            (a.clone(), b.clone(), ab_tx, ba_rx),
+            (b.clone(), a.clone(), ba_tx, ab_rx),
+        ] {
+            let n = scenario
+                .nodes
+                .iter()
+                .find(|x| x.name == me)
+                .expect("validated")
+                .clone();
+            let ip = layout.nodes[&me];
+            let firewall = scenario.firewall_config(&n)?;
+            let gateway = n
+                .behind
+                .as_ref()
+                .map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT));
+            let (key, peer_key) = (disco(&me), disco(&peer).public_key());
+            let (rec, out) = (recorder.clone(), punch_slot.clone());
+            let relay = MemRelay {
+                tx,
+                rx: tokio::sync::Mutex::new(rx),
+            };
+            sim.client(ip, async move {
+                let link = Link::new(&n.name, n.link, seed, rec.clone());
+                let uplink = match gateway {
+                    Some(gateway) => Uplink::Gateway { gateway, link },
+                    None => Uplink::Direct {
+                        link,
+                        capture: n.name.clone(),
+                        firewall: firewall.map(|fw| {
+                            Arc::new(Mutex::new(NatTable::new(
+                                fw,
+                                ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")),
+                            )))
+                        }),
+                    },
+                };
+                let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink, rec.clone()).await?;
+                let local = burrow::transport::UdpTransport::local_addr(&sock)?;
+                let reflexive = burrow::punch::reflexive_address(
+                    &sock,
+                    stun_addr,
+                    ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("stun:{}", n.name))),
+                )
+                .await;
+                rec.event(format_args!(
+                    "punch {} local {local} reflexive {reflexive:?}",
+                    n.name
+                ));
+                let mut candidates = Vec::new();
+                if let Some(r) = reflexive {
+                    candidates.push(burrow_punch::Candidate::direct(
+                        r,
+                        burrow_punch::CandidateSource::Stun,
+                    ));
+                }
+                if reflexive != Some(local) {
+                    candidates.push(burrow_punch::Candidate::direct(
+                        local,
+                        burrow_punch::CandidateSource::Interface,
+                    ));
+                }
+                let outcome = burrow::punch::run_peer(
+                    &sock,
+                    &relay,
+                    &key,
+                    &peer_key,
+                    candidates,
+                    burrow_punch::PathConfig::default(),
+                    derive_seed(seed, &format!("punch:{}", n.name)),
+                    duration,
+                )
+                .await;
+                rec.event(format_args!(
+                    "punch {} route {:?} after {:?}",
+                    n.name, outcome.route, outcome.time_to_direct
+                ));
+                out.lock()
+                    .expect("punch slot")
+                    .insert(n.name.clone(), outcome);
+                Ok(())
+            });
+        }
+    }
     match &scenario.workload {
+        Workload::Punch { .. } => {}
         Workload::Netcheck {
             node,
             servers,
@@ -742,6 +946,47 @@ pub fn run(
         boxes: recorder.boxes(),
     };
     match &scenario.workload {
+        Workload::Punch { a, b, .. } => {
+            let results = punch_slot.lock().expect("punch slot").clone();
+            let route = |n: &str| results.get(n).map(|o| o.route);
+            let word = |r: Option<burrow_punch::Route>| match r {
+                Some(burrow_punch::Route::Direct(_)) => "direct".to_owned(),
+                Some(burrow_punch::Route::Relay) => "relay".to_owned(),
+                None => "unfinished".to_owned(),
+            };
+            let ms = |n: &str| {
+                results
+                    .get(n)
+                    .and_then(|o| o.time_to_direct)
+                    .map(|d| d.as_millis() as u64)
+            };
+            outcome.result = Some(serde_json::json!({
+                "route_a": word(route(a)), "route_b": word(route(b)),
+                "time_to_direct_ms_a": ms(a), "time_to_direct_ms_b": ms(b),
+                "direct_packets_a": results.get(a.as_str()).map(|o| o.direct_packets),
+                "direct_packets_b": results.get(b.as_str()).map(|o| o.direct_packets),
+            }));
+            let expected = scenario.expect.route.clone().or_else(|| {
+                scenario.expect.derive.then(|| {
+                    if traversable(&scenario.chain(a), &scenario.chain(b)) {
+                        "direct".into()
+                    } else {
+                        "relay".into()
+                    }
+                })
+            });
+            if let Some(e) = expected {
+                for (n, r) in [(a, route(a)), (b, route(b))] {
+                    if word(r) != e {
+                        outcome.mismatches.push(Mismatch {
+                            field: format!("route of {n}"),
+                            expected: e.clone(),
+                            got: word(r),
+                        });
+                    }
+                }
+            }
+        }
         Workload::Netcheck { node, .. } => {
             let expected = expected_netcheck(scenario, node, &layout);
             let report = match result {
@@ -913,22 +1158,25 @@ pub fn netcheck_for_preset(preset: &str) -> Option<Scenario> {
     netcheck_for_preset_in(preset, Family::Ipv4)
 }
 
-/// [`netcheck_for_preset`] in a given address family.
-pub fn netcheck_for_preset_in(preset: &str, family: Family) -> Option<Scenario> {
-    let p = crate::preset::get(preset)?;
+/// The boxes of a preset's chain, outermost first (each naming its parent), prefixed with
+/// `prefix`; a non-translating box becomes the node's firewall. Returns the boxes, the
+/// firewall and the box the node sits behind.
+fn preset_boxes(
+    p: &crate::preset::Preset,
+    prefix: &str,
+) -> (Vec<BoxDef>, Option<FirewallDef>, Option<String>) {
     let mut boxes = Vec::new();
     let mut firewall = None;
     let mut behind = None;
-    // Boxes outermost first, so each names its parent.
     for (i, cfg) in p.chain.iter().enumerate().rev() {
         if !cfg.translate {
             firewall = Some(FirewallDef::Table(cfg.clone()));
             continue;
         }
         let name = if i == 0 {
-            "home".to_owned()
+            format!("{prefix}home")
         } else {
-            format!("carrier{i}")
+            format!("{prefix}carrier{i}")
         };
         boxes.push(BoxDef {
             name: name.clone(),
@@ -940,6 +1188,58 @@ pub fn netcheck_for_preset_in(preset: &str, family: Family) -> Option<Scenario> 
         });
         behind = Some(name);
     }
+    (boxes, firewall, behind)
+}
+
+/// Two nodes behind presets `a` and `b` finding a direct path, relay first; the expected
+/// route follows from the presets' properties.
+pub fn punch_for_pair(a: &str, b: &str) -> Option<Scenario> {
+    let (pa, pb) = (crate::preset::get(a)?, crate::preset::get(b)?);
+    let (mut boxes, fa, ba) = preset_boxes(&pa, "a-");
+    let (boxes_b, fb, bb) = preset_boxes(&pb, "b-");
+    boxes.extend(boxes_b);
+    let node = |name: &str, behind: Option<String>, firewall: Option<FirewallDef>| NodeDef {
+        name: name.into(),
+        behind,
+        ip: None,
+        firewall,
+        link: LinkConfig::with_latency(2.0),
+    };
+    Some(Scenario {
+        name: format!("punch/{a}~{b}"),
+        description: format!("hole punching between a node behind {a} and one behind {b}"),
+        duration_s: 60.0,
+        family: Family::Ipv4,
+        boxes,
+        servers: vec![ServerDef {
+            name: "stun".into(),
+            kind: "stun".into(),
+            ip: None,
+            port: 3478,
+            alt_ip: None,
+            rfc5780: false,
+            alt_port: 3479,
+            region: None,
+            link: LinkConfig::with_latency(10.0),
+        }],
+        nodes: vec![node("a", ba, fa), node("b", bb, fb)],
+        workload: Workload::Punch {
+            a: "a".into(),
+            b: "b".into(),
+            stun: "stun".into(),
+            duration_s: punch_duration(),
+        },
+        expect: Expect {
+            derive: true,
+            ..Expect::default()
+        },
+    })
+}
+
+/// [`netcheck_for_preset`] in a given address family.
+pub fn netcheck_for_preset_in(preset: &str, family: Family) -> Option<Scenario> {
+    let p = crate::preset::get(preset)?;
+    let (boxes, firewall, behind) = preset_boxes(&p, "");
     let server = |name: &str, rfc5780: bool, ms: f64| ServerDef {
         name: name.into(),
         kind: "stun".into(),

@@ -230,7 +230,12 @@ impl PeerPaths {
             dst: Dst::Direct(from),
             msg: Message::Pong { tx_id, src: from },
         });
-        if self.add_remote(Candidate::direct(from, CandidateSource::PeerReflexive)) {
+        // A triggered check (ICE): a ping on a path we have not validated means the peer's
+        // side is open, so ping back now rather than at the next upgrade retry, when a
+        // stateful firewall in front of us may have dropped our earlier pings.
+        let new = self.add_remote(Candidate::direct(from, CandidateSource::PeerReflexive));
+        let idle = self.remote.get(&from).is_some_and(|r| r.pending.is_empty());
+        if new || (idle && self.route != Route::Direct(from)) {
             self.ping(now, from);
         }
     }

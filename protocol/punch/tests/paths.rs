@@ -211,3 +211,26 @@ fn no_direct_path_stays_on_the_relay_and_explains_why() {
         .attempts()
         .any(|a| a.outcome == Outcome::NoPong && a.addr == addr("198.51.100.2:41641")));
 }
+
+#[test]
+fn a_ping_on_a_known_but_unvalidated_path_is_answered_with_a_triggered_ping() {
+    // Our first ping to the peer died in a stateful firewall; its ping later proves the path
+    // is open, so we must ping back at once, not wait for the next upgrade retry.
+    let t0 = Instant::now();
+    let peer = addr("198.51.100.2:41641");
+    let mut p = PeerPaths::new(PathConfig::default(), ChaCha20Rng::seed_from_u64(7), t0);
+    p.handle_call_me_maybe(t0, &[peer]);
+    while p.poll_transmit().is_some() {}
+    let later = t0 + PathConfig::default().pong_timeout + Duration::from_millis(1);
+    p.handle_timeout(later);
+    while p.poll_transmit().is_some() {}
+    p.handle_ping(later, peer, [9; 12]);
+    let sent: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
+    assert!(sent.iter().any(|t| t.dst == Dst::Direct(peer)
+        && matches!(t.msg, Message::Pong { tx_id, .. } if tx_id == [9; 12])));
+    assert!(
+        sent.iter()
+            .any(|t| t.dst == Dst::Direct(peer) && matches!(t.msg, Message::Ping { .. })),
+        "{sent:?}"
+    );
+}
