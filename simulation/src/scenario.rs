@@ -553,6 +553,46 @@ struct Layout {
     nodes: BTreeMap<String, IpAddr>,
 }
 
+/// How a node reaches the network: through its NAT box's gateway, or directly (behind an
+/// optional stateful firewall).
+struct Attachment {
+    ip: IpAddr,
+    gateway: Option<SocketAddr>,
+    firewall: Option<NatConfig>,
+}
+
+impl Attachment {
+    fn of(scenario: &Scenario, layout: &Layout, n: &NodeDef) -> Result<Self, ScenarioError> {
+        Ok(Attachment {
+            ip: layout.nodes[&n.name],
+            gateway: n
+                .behind
+                .as_ref()
+                .map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT)),
+            firewall: scenario.firewall_config(n)?,
+        })
+    }
+
+    /// Binds the node's socket; call it inside the node's turmoil host.
+    async fn bind(self, n: &NodeDef, seed: u64, rec: Arc<Recorder>) -> std::io::Result<SimSocket> {
+        let link = Link::new(&n.name, n.link, seed, rec.clone());
+        let uplink = match self.gateway {
+            Some(gateway) => Uplink::Gateway { gateway, link },
+            None => Uplink::Direct {
+                link,
+                capture: n.name.clone(),
+                firewall: self.firewall.map(|fw| {
+                    Arc::new(Mutex::new(NatTable::new(
+                        fw,
+                        ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")),
+                    )))
+                }),
+            },
+        };
+        SimSocket::bind(SocketAddr::new(self.ip, 0), uplink, rec).await
+    }
+}
+
 /// What the simulation collected besides the recorder.
 type Slot = Arc<Mutex<Option<Result<Report, String>>>>;
 
@@ -771,12 +811,8 @@ pub fn run(
                 .find(|x| x.name == me)
                 .expect("validated")
                 .clone();
-            let ip = layout.nodes[&me];
-            let firewall = scenario.firewall_config(&n)?;
-            let gateway = n
-                .behind
-                .as_ref()
-                .map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT));
+            let attachment = Attachment::of(scenario, &layout, &n)?;
+            let ip = attachment.ip;
             let (key, peer_key) = (disco(&me), disco(&peer).public_key());
             let (rec, out) = (recorder.clone(), punch_slot.clone());
             let relay = MemRelay {
@@ -784,21 +820,7 @@ pub fn run(
                 rx: tokio::sync::Mutex::new(rx),
             };
             sim.client(ip, async move {
-                let link = Link::new(&n.name, n.link, seed, rec.clone());
-                let uplink = match gateway {
-                    Some(gateway) => Uplink::Gateway { gateway, link },
-                    None => Uplink::Direct {
-                        link,
-                        capture: n.name.clone(),
-                        firewall: firewall.map(|fw| {
-                            Arc::new(Mutex::new(NatTable::new(
-                                fw,
-                                ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")),
-                            )))
-                        }),
-                    },
-                };
-                let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink, rec.clone()).await?;
+                let sock = attachment.bind(&n, seed, rec.clone()).await?;
                 let local = burrow::transport::UdpTransport::local_addr(&sock)?;
                 let reflexive = burrow::punch::reflexive_address(
                     &sock,
@@ -858,12 +880,8 @@ pub fn run(
                 .find(|x| &x.name == node)
                 .expect("validated")
                 .clone();
-            let ip = layout.nodes[node];
-            let firewall = scenario.firewall_config(&n)?;
-            let gateway = n
-                .behind
-                .as_ref()
-                .map(|b| SocketAddr::new(layout.boxes[b], GATEWAY_PORT));
+            let attachment = Attachment::of(scenario, &layout, &n)?;
+            let ip = attachment.ip;
             let mut regions: Vec<Region> = Vec::new();
             for name in servers {
                 let def = scenario
@@ -885,21 +903,7 @@ pub fn run(
             let deadline = Duration::from_secs_f64(*deadline_s);
             let (rec, slot2) = (recorder.clone(), slot.clone());
             sim.client(ip, async move {
-                let link = Link::new(&n.name, n.link, seed, rec.clone());
-                let uplink = match gateway {
-                    Some(gateway) => Uplink::Gateway { gateway, link },
-                    None => Uplink::Direct {
-                        link,
-                        capture: n.name.clone(),
-                        firewall: firewall.map(|fw| {
-                            Arc::new(Mutex::new(NatTable::new(
-                                fw,
-                                ChaCha20Rng::seed_from_u64(derive_seed(seed, "firewall")),
-                            )))
-                        }),
-                    },
-                };
-                let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink, rec.clone()).await?;
+                let sock = attachment.bind(&n, seed, rec.clone()).await?;
                 let rng =
                     ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("node:{}", n.name)));
                 let (v4, v6) = if ip.is_ipv4() {
