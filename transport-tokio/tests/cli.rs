@@ -1,47 +1,20 @@
 //! The `burrow` binary as a user runs it.
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
-
-struct Server(Child, Vec<SocketAddr>);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Running as Server, BURROW};
 
 fn start(args: &[&str]) -> Server {
-    let mut child = Command::new(BURROW)
-        .arg("stun")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addrs = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .split(' ')
-        .map(|a| a.parse().unwrap())
-        .collect();
-    Server(child, addrs)
+    common::start("stun", args)
 }
 
 #[test]
 fn netcheck_json_against_burrow_stun() {
     let server = start(&["--listen", "127.0.0.1:0"]);
-    let addr = server.1[0];
+    let addr = server.addr();
     let out = Command::new(BURROW)
         .args(["netcheck", "--json", "--stun", &format!("here={addr}")])
         .output()
@@ -83,7 +56,7 @@ fn netcheck_with_no_answer_exits_nonzero_with_one_line() {
 #[test]
 fn server_survives_garbage_and_keeps_answering() {
     let server = start(&["--listen", "127.0.0.1:0"]);
-    let addr = server.1[0];
+    let addr = server.addr();
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     for junk in [

@@ -1,45 +1,20 @@
 //! `burrow derper` as a real process on loopback, with burrow's tokio DERP clients: relaying,
 //! HTTP endpoints, bad clients, TLS, mesh, and a kill-and-restart mid-stream.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use burrow::derp_client::{DerpClient, DerpState, DerpUrl};
 use burrow_derp::ClientEvent;
 use burrow_wg::PrivateKey;
 
-const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
-
-struct Derper(Child, SocketAddr);
-
-impl Drop for Derper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{Running as Derper, BURROW};
 
 fn derper(args: &[&str]) -> Derper {
-    let mut child = Command::new(BURROW)
-        .arg("derper")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected {line:?}"))
-        .parse()
-        .unwrap();
-    Derper(child, addr)
+    common::start("derper", args)
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -108,7 +83,7 @@ async fn deliver(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_between_clients_and_serves_http_endpoints() {
     let d = derper(&["--listen", "127.0.0.1:0"]);
-    let url: DerpUrl = format!("http://{}/derp", d.1).parse().unwrap();
+    let url: DerpUrl = format!("http://{}/derp", d.addr()).parse().unwrap();
     let mut a = DerpClient::spawn(url.clone(), key(1), vec![]);
     let mut b = DerpClient::spawn(url, key(2), vec![]);
     connected(&mut a).await;
@@ -125,22 +100,22 @@ async fn relays_between_clients_and_serves_http_endpoints() {
         (key(2).public_key(), b"b to a".to_vec())
     );
 
-    assert!(http_get(d.1, "/generate_204").starts_with("HTTP/1.1 204"));
-    assert!(http_get(d.1, "/health").contains("ok"));
-    let metrics = http_get(d.1, "/metrics");
+    assert!(http_get(d.addr(), "/generate_204").starts_with("HTTP/1.1 204"));
+    assert!(http_get(d.addr(), "/health").contains("ok"));
+    let metrics = http_get(d.addr(), "/metrics");
     assert!(metrics.contains("derp_clients 2"), "{metrics}");
     assert!(
         metrics.contains("derp_packets_relayed_total 2"),
         "{metrics}"
     );
-    assert!(http_get(d.1, "/nope").starts_with("HTTP/1.1 404"));
+    assert!(http_get(d.addr(), "/nope").starts_with("HTTP/1.1 404"));
     assert!(
-        http_get(d.1, "/derp").starts_with("HTTP/1.1 426"),
+        http_get(d.addr(), "/derp").starts_with("HTTP/1.1 426"),
         "no Upgrade header"
     );
 
     // A client speaking garbage is dropped; the others keep relaying.
-    let mut bad = TcpStream::connect(d.1).unwrap();
+    let mut bad = TcpStream::connect(d.addr()).unwrap();
     write!(
         bad,
         "GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"
@@ -153,7 +128,7 @@ async fn relays_between_clients_and_serves_http_endpoints() {
     let _ = bad.read_to_end(&mut sink); // the relay closes it
     a.send(key(2).public_key(), b"still relaying".to_vec());
     assert_eq!(recv_packet(&mut b).await.1, b"still relaying".to_vec());
-    assert!(http_get(d.1, "/metrics").contains("derp_bad_connections_total 1"));
+    assert!(http_get(d.addr(), "/metrics").contains("derp_bad_connections_total 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +143,7 @@ async fn clients_reconnect_after_the_relay_restarts() {
         "--key-file",
         key_file.to_str().unwrap(),
     ]);
-    let addr = d.1;
+    let addr = d.addr();
     let url: DerpUrl = format!("http://{addr}/derp").parse().unwrap();
     let mut a = DerpClient::spawn(url.clone(), key(1), vec![]);
     let mut b = DerpClient::spawn(url, key(2), vec![]);
@@ -210,7 +185,7 @@ async fn tls_with_a_self_signed_certificate() {
         "--cert-out",
         cert.to_str().unwrap(),
     ]);
-    let url: DerpUrl = format!("https://localhost:{}/derp", d.1.port())
+    let url: DerpUrl = format!("https://localhost:{}/derp", d.addr().port())
         .parse()
         .unwrap();
     let roots = vec![std::fs::read(&cert).unwrap()];
@@ -282,7 +257,7 @@ async fn two_meshed_relays_forward_between_their_clients() {
     connected(&mut b).await;
     let src = deliver(&a, &mut b, key(2).public_key(), b"across the region").await;
     assert_eq!(src, key(1).public_key());
-    assert!(http_get(d1.1, "/metrics").contains("derp_mesh_peers 1"));
+    assert!(http_get(d1.addr(), "/metrics").contains("derp_mesh_peers 1"));
     let _ = (d1, d2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -290,7 +265,7 @@ async fn two_meshed_relays_forward_between_their_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_relay_announces_its_restart() {
     let d = derper(&["--listen", "127.0.0.1:0"]);
-    let url: DerpUrl = format!("http://{}/derp", d.1).parse().unwrap();
+    let url: DerpUrl = format!("http://{}/derp", d.addr()).parse().unwrap();
     let mut a = DerpClient::spawn(url, key(1), vec![]);
     connected(&mut a).await;
     Command::new("kill")
@@ -329,7 +304,7 @@ fn netcheck_reads_a_derp_map_and_measures_the_relay_region() {
         &map,
         format!(
             r#"{{"Regions":{{"900":{{"RegionID":900,"RegionCode":"lo","RegionName":"Loopback","Nodes":[{{"Name":"900a","HostName":"localhost","IPv4":"127.0.0.1","STUNPort":{stun_port},"DERPPort":{},"InsecureForTests":true}}]}}}}}}"#,
-            d.1.port()
+            d.addr().port()
         ),
     )
     .unwrap();
