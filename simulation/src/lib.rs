@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod fastnet;
+pub mod grid;
 pub mod nat;
 pub mod net;
 pub mod pcap;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
+use burrow_sim::grid::{self, GridReport};
 use burrow_sim::scenario::{self, Outcome, RunOptions, Scenario};
 use clap::Parser;
 
@@ -52,6 +53,22 @@ struct Cli {
     /// List presets and scenario files, then exit.
     #[arg(long)]
     list: bool,
+    /// With --matrix: seeds per cell of the NAT × NAT grid.
+    #[arg(long, default_value_t = 20)]
+    grid_seeds: u64,
+    /// With --matrix: seeds of the easy–hard birthday curve.
+    #[arg(long, default_value_t = 200)]
+    curve_seeds: u64,
+    /// With --matrix: seeds of the hard–hard long run (0 skips it).
+    #[arg(long, default_value_t = 40)]
+    long_run_seeds: u64,
+    /// With --matrix: simulated hours each hard–hard run may take.
+    #[arg(long, default_value_t = 2.0)]
+    long_run_hours: f64,
+    /// Run two node engines behind presets A and B (`--pair easy:hard`) and print the timeline
+    /// of each seed: DERP at once, punching, the switch to direct.
+    #[arg(long, value_name = "A:B")]
+    pair: Option<String>,
 }
 
 fn scenarios_dir() -> PathBuf {
@@ -110,6 +127,13 @@ fn real_main() -> Result<bool> {
             println!("  {}", f.file_stem().unwrap_or_default().to_string_lossy());
         }
         return Ok(true);
+    }
+    let threads = cli
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    if let Some(pair) = &cli.pair {
+        return run_pair(pair, &cli);
     }
     let mut jobs: Vec<Job> = Vec::new();
     let mut presets = cli.preset.clone();
@@ -179,10 +203,6 @@ fn real_main() -> Result<bool> {
         capture: cli.pcap.is_some(),
         keep_trace: cli.trace,
     };
-    let threads = cli
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
 
     let bar = indicatif::ProgressBar::new(runs.len() as u64);
     bar.set_style(
@@ -248,8 +268,12 @@ fn real_main() -> Result<bool> {
     } else {
         print_summary(&outcomes, &jobs, wall);
     }
+    let grid = cli.matrix.then(|| run_grid(&cli, threads));
+    if let Some(g) = &grid {
+        print_grid(g);
+    }
     if let Some(dir) = &cli.report {
-        burrow_sim::report::write(dir, &outcomes, wall)?;
+        burrow_sim::report::write(dir, &outcomes, wall, grid.as_ref())?;
         eprintln!("report: {}", dir.join("report.html").display());
     }
     if let Some(dir) = &cli.pcap {
@@ -272,7 +296,191 @@ fn real_main() -> Result<bool> {
             eprintln!("  {}: expected {}, got {}", m.field, m.expected, m.got);
         }
     }
-    Ok(failed.is_empty())
+    let grid_ok = grid.as_ref().is_none_or(GridReport::passed);
+    if let Some(g) = &grid {
+        for c in g.cells.iter().filter(|c| !c.passed()) {
+            for f in &c.failures {
+                eprintln!(
+                    "FAILED {}~{} {f}: replay with `cargo xtask sim --pair {}:{} --seed N`",
+                    c.a, c.b, c.a, c.b
+                );
+            }
+        }
+        for t in g.targets.iter().filter(|t| !t.met) {
+            eprintln!(
+                "FAILED time to direct, {}: median {:.3} s, target < {} s",
+                t.class, t.median_s, t.target_s
+            );
+        }
+        for c in g.curves.iter().filter(|c| !c.consistent) {
+            eprintln!(
+                "FAILED {} birthday curve differs from theory: {:?}",
+                c.name, c.points
+            );
+        }
+    }
+    Ok(failed.is_empty() && grid_ok)
+}
+
+fn run_grid(cli: &Cli, threads: usize) -> GridReport {
+    let started = std::time::Instant::now();
+    let pairs = grid::all_pairs();
+    let seeds: Vec<u64> = (1..=cli.grid_seeds.max(1)).collect();
+    let bar = indicatif::ProgressBar::new(pairs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} NAT pairs, {elapsed} {msg}")
+            .expect("template"),
+    );
+    let cells = grid::parallel(&pairs, threads, |(a, b)| {
+        let c = grid::run_cell(a, b, &seeds);
+        bar.inc(1);
+        c
+    });
+    bar.finish_and_clear();
+    let mut curves = Vec::new();
+    if cli.curve_seeds > 0 {
+        let seeds: Vec<u64> = (1..=cli.curve_seeds).collect();
+        curves.push(grid::easy_hard_curve(&seeds, threads));
+    }
+    if cli.long_run_seeds > 0 {
+        eprintln!(
+            "hard–hard long run: {} seeds × up to {} simulated hours…",
+            cli.long_run_seeds, cli.long_run_hours
+        );
+        let seeds: Vec<u64> = (1..=cli.long_run_seeds).collect();
+        let horizon = std::time::Duration::from_secs_f64(cli.long_run_hours * 3600.0);
+        curves.push(grid::hard_hard_curve(&seeds, horizon, threads));
+    }
+    GridReport {
+        targets: grid::target_checks(&cells),
+        cells,
+        curves,
+        seeds: seeds.len(),
+        wall_s: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn print_grid(g: &GridReport) {
+    println!();
+    println!(
+        "NAT × NAT grid ({} seeds per cell, 50 ms RTT): median time to direct in ms, DERP = relay only, ~ = long run",
+        g.seeds
+    );
+    let names = burrow_sim::preset::NAMES;
+    let short = |n: &str| n.chars().take(9).collect::<String>();
+    print!("{:<22}", "");
+    for b in names {
+        print!("{:>10}", short(b));
+    }
+    println!();
+    for a in names {
+        print!("{a:<22}");
+        for b in names {
+            let c = g.cells.iter().find(|c| c.a == *a && c.b == *b);
+            let text = match c {
+                None => String::new(),
+                Some(c) if !c.passed() => "FAIL".into(),
+                Some(c) if c.expected == grid::Expectation::Relay => "DERP".into(),
+                Some(c) => match c.ttd_median_s {
+                    Some(m) if c.direct == c.seeds => format!("{:.0}", m * 1000.0),
+                    Some(m) => format!("~{:.0}", m * 1000.0),
+                    None => "~".into(),
+                },
+            };
+            print!("{text:>10}");
+        }
+        println!();
+    }
+    let worst = g.cells.iter().map(|c| c.peak_sessions).max().unwrap_or(0);
+    let lost: u64 = g.cells.iter().map(|c| c.lost).sum();
+    let sent: u64 = g.cells.iter().map(|c| c.sent).sum();
+    println!(
+        "cells passed: {}/{}; packets lost at switches: {lost} of {sent}; peak session-table use: {worst} ({:.2} % of 65,536)",
+        g.cells.iter().filter(|c| c.passed()).count(),
+        g.cells.len(),
+        worst as f64 * 100.0 / 65536.0
+    );
+    for t in &g.targets {
+        println!(
+            "time to direct, {}: median {:.3} s (target < {} s), p95 {:.3} s over {} runs: {}",
+            t.class,
+            t.median_s,
+            t.target_s,
+            t.p95_s,
+            t.runs,
+            if t.met { "met" } else { "MISSED" }
+        );
+    }
+    for c in &g.curves {
+        println!(
+            "{} birthday curve: {} seeds, {} succeeded, median {}; {}",
+            c.name,
+            c.seeds,
+            c.succeeded,
+            c.median_s.map_or("–".into(), |m| format!("{m:.2} s")),
+            if c.consistent {
+                "consistent with theory"
+            } else {
+                "DIFFERS from theory"
+            }
+        );
+        for p in &c.points {
+            println!(
+                "  {:>8} → measured {:.3}, theory {:.3} (±{:.3})",
+                p.x, p.measured, p.theory, p.tolerance
+            );
+        }
+    }
+    println!("grid wall time {:.1} s", g.wall_s);
+}
+
+fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
+    let (a, b) = pair
+        .split_once(':')
+        .context("--pair takes A:B, e.g. easy:hard")?;
+    for p in [a, b] {
+        if burrow_sim::preset::get(p).is_none() {
+            bail!(
+                "unknown preset {p:?} (known: {})",
+                burrow_sim::preset::NAMES.join(", ")
+            );
+        }
+    }
+    let seeds = match (&cli.seed, &cli.seeds) {
+        (Some(s), _) => vec![*s],
+        (None, Some(r)) => parse_seeds(r)?,
+        (None, None) => vec![1],
+    };
+    let chains = [
+        burrow_sim::preset::get(a).expect("checked").chain,
+        burrow_sim::preset::get(b).expect("checked").chain,
+    ];
+    let expected = grid::expected(&chains[0], &chains[1]);
+    let mut all_ok = true;
+    for seed in seeds {
+        let config = grid::cell_config(a, b, seed).expect("checked");
+        let o = burrow_sim::fastnet::run(&config);
+        println!("{a} ~ {b}, seed {seed} (expected: {expected:?})");
+        for line in &o.timeline {
+            println!("  {line}");
+        }
+        println!(
+            "  end: node0 {}, node1 {}; birthday packets {}; data {}/{} delivered; peak sessions {}",
+            o.routes[0], o.routes[1], o.probes, o.data_received, o.data_sent, o.peak_sessions
+        );
+        if !o.explanation.is_empty() {
+            println!("  node0's latest attempts:");
+            for e in &o.explanation {
+                println!("    {e}");
+            }
+        }
+        let cell = grid::run_cell(a, b, &[seed]);
+        all_ok &= cell.passed();
+        for f in &cell.failures {
+            println!("  FAILED {f}");
+        }
+    }
+    Ok(all_ok)
 }
 
 fn scenario_files() -> Result<Vec<PathBuf>> {

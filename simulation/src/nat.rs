@@ -284,7 +284,9 @@ impl NatTable {
         true
     }
 
-    fn expire_all(&mut self, now: Instant) {
+    /// Forgets every session idle past the timeout (a NAT's periodic sweep; lookups also
+    /// expire lazily, so this only matters for counting live sessions).
+    pub fn expire_all(&mut self, now: Instant) {
         let ports: Vec<u16> = self.mappings.keys().copied().collect();
         for p in ports {
             self.expire(now, p);

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::grid::GridReport;
 use crate::scenario::Outcome;
 
 fn esc(s: &str) -> String {
@@ -13,24 +14,31 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Writes both files.
-pub fn write(dir: &Path, outcomes: &[Outcome], wall: Duration) -> std::io::Result<()> {
+/// Writes both files; with `grid`, the NAT × NAT grid and birthday curves come first.
+pub fn write(
+    dir: &Path,
+    outcomes: &[Outcome],
+    wall: Duration,
+    grid: Option<&GridReport>,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::json!({
         "runs": outcomes.len(),
         "passed": outcomes.iter().filter(|o| o.passed).count(),
         "wall_seconds": wall.as_secs_f64(),
         "outcomes": outcomes,
+        "grid": grid,
     });
     std::fs::write(
         dir.join("report.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    std::fs::write(dir.join("report.html"), html(outcomes, wall))?;
+    let grid_html = grid.map(GridReport::html).unwrap_or_default();
+    std::fs::write(dir.join("report.html"), html(outcomes, wall, &grid_html))?;
     Ok(())
 }
 
-fn html(outcomes: &[Outcome], wall: Duration) -> String {
+fn html(outcomes: &[Outcome], wall: Duration, grid: &str) -> String {
     let mut scenarios: Vec<&str> = Vec::new();
     let mut seeds: Vec<u64> = Vec::new();
     for o in outcomes {
@@ -123,9 +131,16 @@ th.name {{ text-align: left; font-weight: 600; }}
 td.pass {{ background: #c8ebc9; }}
 td.fail {{ background: #f6b6b0; font-weight: 700; }}
 td.sum {{ font-weight: 700; }}
+td.direct {{ background: #c8ebc9; }}
+td.relay {{ background: #e2e2e2; }}
+td.longrun {{ background: #c9ddf2; }}
+table.grid td {{ min-width: 64px; font-size: 12px; }}
+th.col {{ writing-mode: vertical-rl; transform: rotate(180deg); font-weight: 600; }}
 .legend span {{ display: inline-block; padding: 2px 8px; margin-right: 8px; }}
 </style></head><body>
 <h1>burrow simulation report</h1>
+{grid}
+<h2>Netcheck per preset</h2>
 <p><b>{passed}/{total}</b> runs passed in {wall:.1} s wall time. Cells: one run per seed, coloured by outcome;
 the number is simulated time in tenths of a second; hover a cell for its figures.</p>
 <p class="legend"><span class="pass" style="background:#c8ebc9">expectations held</span><span style="background:#f6b6b0">expectation failed</span></p>

@@ -103,7 +103,10 @@ pub async fn run_peer<S: UdpTransport, R: RelayLink>(
                 Dst::Relay => relay.send(sealed).await,
             }
         }
-        while let Some(PathEvent::RouteChanged { to, .. }) = paths.poll_event() {
+        while let Some(e) = paths.poll_event() {
+            let PathEvent::RouteChanged { to, .. } = e else {
+                continue;
+            };
             if matches!(to, Route::Direct(_)) && time_to_direct.is_none() {
                 time_to_direct = Some(now().saturating_duration_since(start));
             }
@@ -123,8 +126,8 @@ pub async fn run_peer<S: UdpTransport, R: RelayLink>(
                 if let Ok((sender, msg)) = Message::open(disco_key, &buf[..n]) {
                     if sender == *peer_disco {
                         match msg {
-                            Message::Ping { tx_id, .. } => paths.handle_ping(now(), from, tx_id),
-                            Message::Pong { tx_id, .. } => paths.handle_pong(now(), from, tx_id),
+                            Message::Ping { tx_id, .. } => paths.handle_ping(now(), 0, from, tx_id),
+                            Message::Pong { tx_id, .. } => { paths.handle_pong(now(), 0, from, tx_id); }
                             _ => {}
                         }
                     }

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use burrow_derp::nacl::BoxKey;
+pub use burrow_derp::nacl::BoxKey;
 use burrow_wg::{PrivateKey, PublicKey};
 use rand_core::RngCore;
 use thiserror::Error;
@@ -22,6 +22,7 @@ pub const MAX_CALL_ME_MAYBE_ENDPOINTS: usize = 60;
 const TYPE_PING: u8 = 0x01;
 const TYPE_PONG: u8 = 0x02;
 const TYPE_CALL_ME_MAYBE: u8 = 0x03;
+const TYPE_NAT_INFO: u8 = 0x80;
 const VERSION: u8 = 0;
 const ENDPOINT_LEN: usize = 18;
 
@@ -51,6 +52,16 @@ pub enum Message {
     CallMeMaybe {
         /// The sender's candidate endpoints.
         endpoints: Vec<SocketAddr>,
+    },
+    /// burrow's extension (type 0x80, ignored by Tailscale nodes as an unknown type), sent over
+    /// DERP beside CallMeMaybe: how the sender's NAT maps, so the pair can choose birthday
+    /// probing when one side's mapping varies by destination (a "hard" NAT).
+    NatInfo {
+        /// The sender's mapping varies by destination (endpoint-dependent: "hard").
+        mapping_varies: bool,
+        /// …but its ports are predictable (a sequential allocator): its CallMeMaybe carries
+        /// predicted endpoints, so an easy peer need not birthday-probe.
+        predictable: bool,
     },
     /// A message type this version does not know (ignored, for forward compatibility).
     Unknown {
@@ -134,6 +145,13 @@ impl Message {
                     put_endpoint(&mut out, e);
                 }
             }
+            Message::NatInfo {
+                mapping_varies,
+                predictable,
+            } => {
+                let flags = u8::from(*mapping_varies) | (u8::from(*predictable) << 1);
+                out.extend_from_slice(&[TYPE_NAT_INFO, VERSION, flags]);
+            }
             Message::Unknown { kind } => out.extend_from_slice(&[*kind, VERSION]),
         }
         out
@@ -184,6 +202,13 @@ impl Message {
                     endpoints: body.chunks_exact(ENDPOINT_LEN).map(get_endpoint).collect(),
                 }
             }
+            TYPE_NAT_INFO => {
+                let flags = *body.first().ok_or_else(malformed)?;
+                Message::NatInfo {
+                    mapping_varies: flags & 1 != 0,
+                    predictable: flags & 2 != 0,
+                }
+            }
             other => Message::Unknown { kind: other },
         })
     }
@@ -197,14 +222,37 @@ impl Message {
         rng: &mut impl RngCore,
     ) -> Result<Vec<u8>, DiscoError> {
         let bx = BoxKey::new(local, peer).ok_or(DiscoError::BadKey)?;
+        Ok(self.seal_with(&bx, &local.public_key(), rng))
+    }
+
+    /// [`Message::seal`] with the pair's box key computed once ([`BoxKey::new`]) and reused:
+    /// one X25519 per peer instead of one per packet.
+    pub fn seal_with(
+        &self,
+        bx: &BoxKey,
+        local_public: &PublicKey,
+        rng: &mut impl RngCore,
+    ) -> Vec<u8> {
         let mut nonce = [0u8; 24];
         rng.fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(HEADER_LEN + BOX_OVERHEAD + 64);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(local.public_key().as_bytes());
+        out.extend_from_slice(local_public.as_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&bx.seal(&nonce, &self.to_plaintext()));
-        Ok(out)
+        out
+    }
+
+    /// Opens a disco datagram with the box key of its sender (see [`sender`]).
+    pub fn open_with(bx: &BoxKey, datagram: &[u8]) -> Result<Self, DiscoError> {
+        if !looks_like_disco(datagram) {
+            return Err(DiscoError::NotDisco);
+        }
+        let nonce: [u8; 24] = datagram[38..62].try_into().expect("24 bytes");
+        let plain = bx
+            .open(&nonce, &datagram[HEADER_LEN..])
+            .ok_or(DiscoError::BadBox)?;
+        Message::from_plaintext(&plain)
     }
 
     /// Opens a disco datagram addressed to `local`; returns the sender's disco key and the message.

@@ -47,8 +47,10 @@ pub struct ProbeBudget {
     pub max_destinations: u32,
     /// Lowest and highest port probed on the hard side.
     pub ports: (u16, u16),
-    /// Pause between attempts, doubling after each failed one.
+    /// Pause between attempts, doubling after each failed one…
     pub backoff: Duration,
+    /// …up to this.
+    pub max_backoff: Duration,
 }
 
 impl Default for ProbeBudget {
@@ -58,6 +60,7 @@ impl Default for ProbeBudget {
             max_destinations: 1024,
             ports: (1024, 65535),
             backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(300),
         }
     }
 }
@@ -114,7 +117,7 @@ impl BirthdayProber {
             // Budget spent: forget this attempt's ports and wait before the next one.
             self.tried.clear();
             self.next_probe = Some(now + self.attempt_backoff);
-            self.attempt_backoff *= 2;
+            self.attempt_backoff = (self.attempt_backoff * 2).min(self.budget.max_backoff);
             return None;
         }
         let port = loop {

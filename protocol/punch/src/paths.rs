@@ -31,11 +31,20 @@ pub enum Dst {
     Direct(SocketAddr),
 }
 
+/// Which of a node's UDP sockets: [`MAIN_SOCKET`] for everything, others opened for birthday
+/// probing toward a hard NAT's peer.
+pub type SocketId = u16;
+
+/// The node's one long-lived UDP socket.
+pub const MAIN_SOCKET: SocketId = 0;
+
 /// A disco message for the driver to seal and send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// Where.
     pub dst: Dst,
+    /// From which local socket (direct sends only).
+    pub socket: SocketId,
     /// What.
     pub msg: Message,
 }
@@ -101,11 +110,14 @@ pub enum PathEvent {
         /// To.
         to: Route,
     },
+    /// A candidate was tried (or lost): one line of the peer's explanation.
+    Attempt(Attempt),
 }
 
 #[derive(Debug, Clone)]
 struct Remote {
     candidate: Candidate,
+    socket: SocketId,
     pending: BTreeMap<TxId, Instant>,
     rtt: Option<Duration>,
     last_pong: Option<Instant>,
@@ -161,7 +173,9 @@ impl PeerPaths {
         if self.attempts.len() >= MAX_ATTEMPTS_KEPT {
             self.attempts.pop_front();
         }
-        self.attempts.push_back(Attempt { at, addr, outcome });
+        let attempt = Attempt { at, addr, outcome };
+        self.attempts.push_back(attempt);
+        self.events.push_back(PathEvent::Attempt(attempt));
     }
 
     /// Our candidates changed: tell the peer over the relay (CallMeMaybe).
@@ -174,6 +188,7 @@ impl PeerPaths {
         let endpoints = self.local.iter().map(|c| c.addr).collect();
         self.transmits.push_back(Transmit {
             dst: Dst::Relay,
+            socket: MAIN_SOCKET,
             msg: Message::CallMeMaybe { endpoints },
         });
     }
@@ -181,11 +196,14 @@ impl PeerPaths {
     fn ping(&mut self, now: Instant, addr: SocketAddr) {
         let mut tx_id = [0u8; 12];
         self.rng.fill_bytes(&mut tx_id);
+        let mut socket = MAIN_SOCKET;
         if let Some(r) = self.remote.get_mut(&addr) {
             r.pending.insert(tx_id, now);
+            socket = r.socket;
         }
         self.transmits.push_back(Transmit {
             dst: Dst::Direct(addr),
+            socket,
             msg: Message::Ping {
                 tx_id,
                 node_key: None,
@@ -194,14 +212,18 @@ impl PeerPaths {
         });
     }
 
-    fn add_remote(&mut self, candidate: Candidate) -> bool {
-        if self.remote.contains_key(&candidate.addr) {
+    fn add_remote(&mut self, candidate: Candidate, socket: SocketId) -> bool {
+        if let Some(r) = self.remote.get_mut(&candidate.addr) {
+            // The socket that last heard from an address is the one that reaches it (a hard
+            // NAT lets the peer in through one birthday socket only).
+            r.socket = socket;
             return false;
         }
         self.remote.insert(
             candidate.addr,
             Remote {
                 candidate,
+                socket,
                 pending: BTreeMap::new(),
                 rtt: None,
                 last_pong: None,
@@ -216,44 +238,81 @@ impl PeerPaths {
     /// ours at the same moment, so each NAT sees outbound traffic first.
     pub fn handle_call_me_maybe(&mut self, now: Instant, endpoints: &[SocketAddr]) {
         for &e in endpoints {
-            self.add_remote(Candidate::direct(e, CandidateSource::Stun));
+            if !self.remote.contains_key(&e) {
+                self.add_remote(Candidate::direct(e, CandidateSource::Stun), MAIN_SOCKET);
+            }
         }
         for &e in endpoints {
             self.ping(now, e);
         }
     }
 
-    /// A disco Ping arrived directly from `from`: answer it there, and take `from` as a
-    /// candidate (peer-reflexive) if it is new.
-    pub fn handle_ping(&mut self, now: Instant, from: SocketAddr, tx_id: TxId) {
+    /// A disco Ping arrived directly from `from` on `socket`: answer it there, and take `from`
+    /// as a candidate (peer-reflexive) if it is new.
+    pub fn handle_ping(&mut self, now: Instant, socket: SocketId, from: SocketAddr, tx_id: TxId) {
         self.transmits.push_back(Transmit {
             dst: Dst::Direct(from),
+            socket,
             msg: Message::Pong { tx_id, src: from },
         });
         // A triggered check (ICE): a ping on a path we have not validated means the peer's
         // side is open, so ping back now rather than at the next upgrade retry, when a
-        // stateful firewall in front of us may have dropped our earlier pings.
-        let new = self.add_remote(Candidate::direct(from, CandidateSource::PeerReflexive));
+        // stateful firewall in front of us may have dropped our earlier pings. Likewise when
+        // the ping came in on another of our sockets (a birthday socket the peer just found).
+        let before = self.remote.get(&from).map(|r| r.socket);
+        let new = self.add_remote(
+            Candidate::direct(from, CandidateSource::PeerReflexive),
+            socket,
+        );
+        let moved = before.is_some_and(|s| s != socket);
         let idle = self.remote.get(&from).is_some_and(|r| r.pending.is_empty());
-        if new || (idle && self.route != Route::Direct(from)) {
+        if new || moved || (idle && self.route != Route::Direct(from)) {
             self.ping(now, from);
         }
     }
 
-    /// A disco Pong arrived from `from`.
-    pub fn handle_pong(&mut self, now: Instant, from: SocketAddr, tx_id: TxId) {
+    /// A disco Pong arrived from `from` on `socket`. Returns whether it answered one of our pings.
+    pub fn handle_pong(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        tx_id: TxId,
+    ) -> bool {
         let Some(r) = self.remote.get_mut(&from) else {
-            return;
+            return false;
         };
         let Some(sent) = r.pending.remove(&tx_id) else {
-            return;
+            return false;
         };
+        r.socket = socket;
         let rtt = now.saturating_duration_since(sent);
         r.rtt = Some(rtt);
         r.last_pong = Some(now);
         r.missed = 0;
         self.note(now, from, Outcome::Validated(rtt));
         self.reselect(now);
+        true
+    }
+
+    /// The local socket that reaches `addr` (the main one unless a birthday socket heard from it).
+    pub fn socket_of(&self, addr: SocketAddr) -> SocketId {
+        self.remote.get(&addr).map_or(MAIN_SOCKET, |r| r.socket)
+    }
+
+    /// When `addr` last answered a ping.
+    pub fn last_pong(&self, addr: SocketAddr) -> Option<Instant> {
+        self.remote.get(&addr).and_then(|r| r.last_pong)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &PathConfig {
+        &self.config
+    }
+
+    /// The peer's direct candidates known so far.
+    pub fn remote_candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.remote.values().map(|r| &r.candidate)
     }
 
     /// The data plane saw a direct path lose data (no WireGuard answers) while disco still

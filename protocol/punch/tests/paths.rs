@@ -68,8 +68,10 @@ impl Net {
                 moved = true;
                 deliver(&mut self.a, &self.open, self.b_addrs[0], &t, self.now);
             }
-            while let Some(PathEvent::RouteChanged { to, .. }) = self.a.poll_event() {
-                self.a_routes.push((self.now - self.t0, to));
+            while let Some(e) = self.a.poll_event() {
+                if let PathEvent::RouteChanged { to, .. } = e {
+                    self.a_routes.push((self.now - self.t0, to));
+                }
             }
             while self.b.poll_event().is_some() {}
             if !moved {
@@ -108,8 +110,10 @@ fn deliver(
                 from_public
             };
             match msg {
-                Message::Ping { tx_id, .. } => to.handle_ping(now, from, *tx_id),
-                Message::Pong { tx_id, .. } => to.handle_pong(now, from, *tx_id),
+                Message::Ping { tx_id, .. } => to.handle_ping(now, 0, from, *tx_id),
+                Message::Pong { tx_id, .. } => {
+                    to.handle_pong(now, 0, from, *tx_id);
+                }
                 _ => {}
             }
         }
@@ -224,7 +228,7 @@ fn a_ping_on_a_known_but_unvalidated_path_is_answered_with_a_triggered_ping() {
     let later = t0 + PathConfig::default().pong_timeout + Duration::from_millis(1);
     p.handle_timeout(later);
     while p.poll_transmit().is_some() {}
-    p.handle_ping(later, peer, [9; 12]);
+    p.handle_ping(later, 0, peer, [9; 12]);
     let sent: Vec<_> = std::iter::from_fn(|| p.poll_transmit()).collect();
     assert!(sent.iter().any(|t| t.dst == Dst::Direct(peer)
         && matches!(t.msg, Message::Pong { tx_id, .. } if tx_id == [9; 12])));

@@ -70,6 +70,7 @@ fn prober_keeps_its_rate_and_budget_and_stops_at_success() {
         max_destinations: 300,
         ports: (1024, 65535),
         backoff: Duration::from_secs(30),
+        ..ProbeBudget::default()
     };
     let mut p = BirthdayProber::new(
         "203.0.113.9".parse().unwrap(),
@@ -125,6 +126,7 @@ fn birthday_curve_matches_theory() {
             max_destinations: 1024,
             ports: (1024, 65535),
             backoff: Duration::from_secs(1),
+            ..ProbeBudget::default()
         };
         let t0 = Instant::now();
         let mut p = BirthdayProber::new(

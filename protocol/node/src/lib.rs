@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod nat;
+
+pub use engine::{
+    Event, Explanation, Input, Node, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit,
+};
+pub use nat::{classify, NatView};

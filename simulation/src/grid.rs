@@ -1,0 +1,638 @@
+//! The NAT × NAT grid: two burrow node engines, DERP and two STUN servers over every ordered
+//! pair of presets, many seeds each, on the discrete-event network ([`crate::fastnet`]). Each
+//! cell's expected outcome comes from the presets' properties; the run fails when a cell
+//! differs, loses a packet at a path switch, leaks a key or plaintext, or uses more than 10 %
+//! of a 65,536-entry session table. Beside it, the birthday curves against theory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use burrow_punch::success_probability;
+use serde::Serialize;
+
+use crate::fastnet::{run, FastConfig, FastOutcome};
+use crate::nat::{Dependence, NatConfig};
+use crate::preset;
+
+/// What a pair of presets must come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expectation {
+    /// A direct path within the run.
+    Direct,
+    /// DERP only (UDP blocked on a side).
+    Relay,
+    /// Both mappings vary: the two-sided birthday search finds a path in the long run (see the
+    /// hard–hard curve); within one grid run either outcome is right.
+    LongRun,
+}
+
+/// The largest share of a 65,536-entry session table any run may use.
+pub const TABLE_BUDGET: usize = 65_536 / 10;
+
+fn blocked(chain: &[NatConfig]) -> bool {
+    chain.iter().any(|c| c.block_udp)
+}
+
+fn mapping_fixed(chain: &[NatConfig]) -> bool {
+    chain
+        .iter()
+        .all(|c| c.mapping == Dependence::EndpointIndependent)
+}
+
+/// The expected outcome of a pair, from the presets' properties alone.
+pub fn expected(a: &[NatConfig], b: &[NatConfig]) -> Expectation {
+    if blocked(a) || blocked(b) {
+        return Expectation::Relay;
+    }
+    // A fixed mapping on one side: that side's endpoint is known, so the other side reaches
+    // it directly (any NAT), through predicted ports (sequential), or by birthday probing.
+    if mapping_fixed(a) || mapping_fixed(b) {
+        return Expectation::Direct;
+    }
+    Expectation::LongRun
+}
+
+/// The time-to-direct target class of a pair and its median target in seconds: 0.5 s when both
+/// mappings are fixed, 3 s when one side is hard (sequential: port prediction; random: birthday
+/// probing at 100 probes/s). Medians are judged over every seed of every cell in the class.
+pub fn target(a: &[NatConfig], b: &[NatConfig]) -> Option<(&'static str, f64)> {
+    let sequential = |c: &[NatConfig]| {
+        !mapping_fixed(c)
+            && c.iter()
+                .all(|x| matches!(x.allocation, crate::nat::PortAllocation::Sequential { .. }))
+    };
+    match expected(a, b) {
+        Expectation::Direct if mapping_fixed(a) && mapping_fixed(b) => {
+            Some(("both mappings fixed", 0.5))
+        }
+        Expectation::Direct if sequential(a) || sequential(b) => {
+            Some(("one side hard, sequential ports (port prediction)", 3.0))
+        }
+        Expectation::Direct => {
+            // The fixed side's filter: if it admits the hard side's packets, no probing is needed.
+            let fixed = if mapping_fixed(a) { a } else { b };
+            if fixed
+                .iter()
+                .all(|c| c.filtering != Dependence::AddressAndPortDependent)
+            {
+                Some(("one side hard, the other's filter admits it", 3.0))
+            } else {
+                Some(("easy–hard, random ports (birthday probing)", 3.0))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A time-to-direct target judged over a class of cells.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    /// The class.
+    pub class: String,
+    /// Target for the median, seconds.
+    pub target_s: f64,
+    /// Measured median and 95th percentile over the class, seconds.
+    pub median_s: f64,
+    /// See `median_s`.
+    pub p95_s: f64,
+    /// Runs pooled.
+    pub runs: usize,
+    /// Whether the median is under the target (judged only with enough runs).
+    pub met: bool,
+}
+
+/// Pools the cells' times to direct by target class.
+pub fn target_checks(cells: &[Cell]) -> Vec<TargetCheck> {
+    let mut classes: Vec<(String, f64, Vec<f64>)> = Vec::new();
+    for c in cells {
+        let Some((class, t)) = c.target else { continue };
+        match classes.iter_mut().find(|x| x.0 == class) {
+            Some(x) => x.2.extend(&c.ttd_s),
+            None => classes.push((class.to_string(), t, c.ttd_s.clone())),
+        }
+    }
+    classes
+        .into_iter()
+        .map(|(class, target_s, mut v)| {
+            v.sort_by(f64::total_cmp);
+            let median_s = percentile(&v, 0.5).unwrap_or(f64::INFINITY);
+            TargetCheck {
+                met: median_s < target_s || v.len() < MIN_SEEDS_FOR_TARGETS,
+                p95_s: percentile(&v, 0.95).unwrap_or(f64::INFINITY),
+                runs: v.len(),
+                class,
+                target_s,
+                median_s,
+            }
+        })
+        .collect()
+}
+
+/// One cell's figures over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cell {
+    /// Preset of node 0.
+    pub a: String,
+    /// Preset of node 1.
+    pub b: String,
+    /// What the presets predict.
+    pub expected: Expectation,
+    /// The time-to-direct target class and median target, seconds.
+    pub target: Option<(&'static str, f64)>,
+    /// Every seed's time to direct, seconds (sorted).
+    pub ttd_s: Vec<f64>,
+    /// Seeds run.
+    pub seeds: usize,
+    /// Seeds that ended direct.
+    pub direct: usize,
+    /// Time to direct over the seeds that got there: median and 95th percentile, seconds.
+    pub ttd_median_s: Option<f64>,
+    /// See `ttd_median_s`.
+    pub ttd_p95_s: Option<f64>,
+    /// Birthday packets (median over seeds).
+    pub probes_median: u64,
+    /// Application packets lost (sum over seeds; links are lossless, so any loss is a switch's).
+    pub lost: u64,
+    /// Application packets sent (sum).
+    pub sent: u64,
+    /// Peak session-table occupancy of any box in any seed.
+    pub peak_sessions: usize,
+    /// Route changes (sum).
+    pub switches: u64,
+    /// Why the cell failed, if it did (with the seed that shows it).
+    pub failures: Vec<String>,
+}
+
+impl Cell {
+    /// Whether every check held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Time-to-direct targets are judged on medians over at least this many seeds.
+pub const MIN_SEEDS_FOR_TARGETS: usize = 20;
+
+/// The run configuration of one cell and seed (also what `--pair A:B --seed N` replays). The
+/// seed is mixed with the pair's names, so cells do not share their randomness.
+pub fn cell_config(a: &str, b: &str, seed: u64) -> Option<FastConfig> {
+    let seed = crate::net::derive_seed(seed, &format!("{a}~{b}"));
+    let mut c = FastConfig::new([preset::get(a)?.chain, preset::get(b)?.chain], seed);
+    // Long enough for a second birthday attempt after the first one's 30 s back-off.
+    c.duration = Duration::from_secs(60);
+    c.data_interval = Some(Duration::from_millis(20));
+    Some(c)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let k = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    Some(sorted[k])
+}
+
+/// Runs one cell over `seeds`.
+pub fn run_cell(a: &str, b: &str, seeds: &[u64]) -> Cell {
+    let chains = [
+        preset::get(a).expect("known preset").chain,
+        preset::get(b).expect("known preset").chain,
+    ];
+    let expected_ = expected(&chains[0], &chains[1]);
+    let target = target(&chains[0], &chains[1]);
+    let outcomes: Vec<(u64, FastOutcome)> = seeds
+        .iter()
+        .map(|&s| (s, run(&cell_config(a, b, s).expect("known presets"))))
+        .collect();
+    summarise(a, b, expected_, target, &outcomes)
+}
+
+fn summarise(
+    a: &str,
+    b: &str,
+    expected: Expectation,
+    target: Option<(&'static str, f64)>,
+    outcomes: &[(u64, FastOutcome)],
+) -> Cell {
+    let mut failures = Vec::new();
+    let mut ttd: Vec<f64> = Vec::new();
+    let mut probes: Vec<u64> = Vec::new();
+    let mut cell = Cell {
+        a: a.into(),
+        b: b.into(),
+        expected,
+        target,
+        ttd_s: Vec::new(),
+        seeds: outcomes.len(),
+        direct: 0,
+        ttd_median_s: None,
+        ttd_p95_s: None,
+        probes_median: 0,
+        lost: 0,
+        sent: 0,
+        peak_sessions: 0,
+        switches: 0,
+        failures: Vec::new(),
+    };
+    for (seed, o) in outcomes {
+        if o.direct {
+            cell.direct += 1;
+        }
+        if let Some(t) = o.time_to_direct {
+            ttd.push(t.as_secs_f64());
+        }
+        probes.push(o.probes);
+        let lost = o.data_sent - o.data_received;
+        cell.lost += lost;
+        cell.sent += o.data_sent;
+        cell.switches += o.switches;
+        cell.peak_sessions = cell.peak_sessions.max(o.peak_sessions);
+        let mut fail = |what: String| failures.push(format!("seed {seed}: {what}"));
+        match expected {
+            Expectation::Direct if !o.direct => {
+                fail(format!("expected direct, ended {:?}", o.routes))
+            }
+            Expectation::Relay if o.direct || o.time_to_direct.is_some() => {
+                fail(format!("expected relay only, got {:?}", o.routes))
+            }
+            _ => {}
+        }
+        if lost > 0 {
+            fail(format!(
+                "{lost} of {} packets lost on lossless links",
+                o.data_sent
+            ));
+        }
+        if o.key_leaked {
+            fail("a private key appeared on a wire".into());
+        }
+        if o.plaintext_leaked {
+            fail("application plaintext appeared on a wire".into());
+        }
+        if o.peak_sessions > TABLE_BUDGET {
+            fail(format!(
+                "{} sessions in one box (more than 10 % of 65,536)",
+                o.peak_sessions
+            ));
+        }
+    }
+    ttd.sort_by(f64::total_cmp);
+    probes.sort();
+    cell.ttd_median_s = percentile(&ttd, 0.5);
+    cell.ttd_p95_s = percentile(&ttd, 0.95);
+    cell.probes_median = probes.get(probes.len() / 2).copied().unwrap_or(0);
+    cell.ttd_s = ttd;
+    cell.failures = failures;
+    cell
+}
+
+/// Runs `f` over `items` on `threads` threads, keeping the order.
+pub fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1).min(items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                out.lock().expect("lock")[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .expect("lock")
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// Every ordered pair of presets.
+pub fn all_pairs() -> Vec<(String, String)> {
+    preset::NAMES
+        .iter()
+        .flat_map(|a| {
+            preset::NAMES
+                .iter()
+                .map(move |b| (a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
+/// One point of a success curve: measured fraction vs theory.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CurvePoint {
+    /// Probes (easy–hard) or seconds (hard–hard).
+    pub x: f64,
+    /// Fraction of seeds that had succeeded by `x`.
+    pub measured: f64,
+    /// What birthday theory predicts.
+    pub theory: f64,
+    /// Three standard errors of the measured fraction (binomial, at the theoretical value).
+    pub tolerance: f64,
+}
+
+/// A birthday curve.
+#[derive(Debug, Clone, Serialize)]
+pub struct Curve {
+    /// Which pair.
+    pub name: String,
+    /// Seeds run.
+    pub seeds: usize,
+    /// Seeds that succeeded within the run.
+    pub succeeded: usize,
+    /// Points.
+    pub points: Vec<CurvePoint>,
+    /// Median time to direct, seconds.
+    pub median_s: Option<f64>,
+    /// Peak session-table use of any box.
+    pub peak_sessions: usize,
+    /// Whether every point lies within its tolerance.
+    pub consistent: bool,
+}
+
+fn tolerance(p: f64, n: usize) -> f64 {
+    // Three binomial standard errors, with a floor for the extremes (p near 0 or 1).
+    3.0 * (p * (1.0 - p) / n as f64).sqrt().max(0.5 / n as f64)
+}
+
+/// Easy–hard: the easy side's random probes until the first success, over `seeds`, against
+/// P(hit within n probes) with the hard side's 256 sockets among the preset's 64,512 ports.
+pub fn easy_hard_curve(seeds: &[u64], threads: usize) -> Curve {
+    let outcomes = parallel(seeds, threads, |&s| {
+        let mut c = FastConfig::new(
+            [
+                preset::get("easy").expect("preset").chain,
+                preset::get("hard").expect("preset").chain,
+            ],
+            s,
+        );
+        c.duration = Duration::from_secs(30);
+        c.stop_when_direct = true;
+        run(&c)
+    });
+    let space = 65535 - 1024 + 1;
+    let needed: Vec<Option<u64>> = outcomes
+        .iter()
+        .map(|o| o.time_to_direct.map(|_| o.probes_before_direct[0]))
+        .collect();
+    let n = seeds.len();
+    let points: Vec<CurvePoint> = [25u32, 50, 100, 174, 250, 400, 600, 1024]
+        .iter()
+        .map(|&k| {
+            let measured = needed
+                .iter()
+                .filter(|x| x.is_some_and(|p| p <= k as u64))
+                .count() as f64
+                / n as f64;
+            let theory = success_probability(256, k, space);
+            CurvePoint {
+                x: k as f64,
+                measured,
+                theory,
+                tolerance: tolerance(theory, n),
+            }
+        })
+        .collect();
+    let mut ttd: Vec<f64> = outcomes
+        .iter()
+        .filter_map(|o| o.time_to_direct.map(|t| t.as_secs_f64()))
+        .collect();
+    ttd.sort_by(f64::total_cmp);
+    Curve {
+        name: "easy–hard".into(),
+        seeds: n,
+        succeeded: ttd.len(),
+        consistent: points
+            .iter()
+            .all(|p| (p.measured - p.theory).abs() <= p.tolerance),
+        points,
+        median_s: percentile(&ttd, 0.5),
+        peak_sessions: outcomes.iter().map(|o| o.peak_sessions).max().unwrap_or(0),
+    }
+}
+
+/// The two-sided search's success rate per second: both sides probe `rate` random ports per
+/// second from new mappings that live `timeout`; a pair of probes (one each way, within the
+/// timeout of each other) meets when both guessed ports match: 1 / space² per pair.
+pub fn hard_hard_rate(rate: f64, timeout_s: f64, duty: f64, space: f64) -> f64 {
+    2.0 * (rate * duty) * (rate * duty) * timeout_s / (space * space)
+}
+
+/// Hard–hard: time to direct over `seeds` (each run up to `horizon`), against
+/// 1 − exp(−λ t) with λ from [`hard_hard_rate`].
+pub fn hard_hard_curve(seeds: &[u64], horizon: Duration, threads: usize) -> Curve {
+    let outcomes = parallel(seeds, threads, |&s| {
+        let mut c = FastConfig::new(
+            [
+                preset::get("hard").expect("preset").chain,
+                preset::get("hard").expect("preset").chain,
+            ],
+            s,
+        );
+        c.duration = horizon;
+        c.stop_when_direct = true;
+        run(&c)
+    });
+    let n = seeds.len();
+    let space = (65535 - 1024 + 1) as f64;
+    // Attempts of rate × 30 s destinations, 5 s apart: probing 30 of every 35 s.
+    let lambda = hard_hard_rate(100.0, 30.0, 30.0 / 35.0, space);
+    let times: Vec<Option<f64>> = outcomes
+        .iter()
+        .map(|o| o.time_to_direct.map(|t| t.as_secs_f64()))
+        .collect();
+    let h = horizon.as_secs_f64();
+    let points: Vec<CurvePoint> = [0.125, 0.25, 0.5, 0.75, 1.0]
+        .iter()
+        .map(|f| {
+            let t = h * f;
+            let measured =
+                times.iter().filter(|x| x.is_some_and(|v| v <= t)).count() as f64 / n as f64;
+            let theory = 1.0 - (-lambda * t).exp();
+            CurvePoint {
+                x: t,
+                measured,
+                theory,
+                tolerance: tolerance(theory, n),
+            }
+        })
+        .collect();
+    let mut ttd: Vec<f64> = times.iter().flatten().copied().collect();
+    ttd.sort_by(f64::total_cmp);
+    Curve {
+        name: "hard–hard".into(),
+        seeds: n,
+        succeeded: ttd.len(),
+        consistent: points
+            .iter()
+            .all(|p| (p.measured - p.theory).abs() <= p.tolerance),
+        points,
+        median_s: percentile(&ttd, 0.5),
+        peak_sessions: outcomes.iter().map(|o| o.peak_sessions).max().unwrap_or(0),
+    }
+}
+
+/// The grid and the curves of one `--matrix` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridReport {
+    /// Every ordered pair.
+    pub cells: Vec<Cell>,
+    /// Birthday curves.
+    pub curves: Vec<Curve>,
+    /// Seeds per cell.
+    pub seeds: usize,
+    /// Time-to-direct targets by class.
+    pub targets: Vec<TargetCheck>,
+    /// Wall time of the grid and curves, seconds.
+    pub wall_s: f64,
+}
+
+impl GridReport {
+    /// Whether every cell and every curve held.
+    pub fn passed(&self) -> bool {
+        self.cells.iter().all(Cell::passed)
+            && self.curves.iter().all(|c| c.consistent)
+            && self.targets.iter().all(|t| t.met)
+    }
+
+    /// The HTML section: the NAT × NAT grid and the curves.
+    pub fn html(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let names = preset::NAMES;
+        let mut rows = String::new();
+        for a in names {
+            rows.push_str(&format!("<tr><th class=\"name\">{a}</th>"));
+            for b in names {
+                let Some(c) = self.cells.iter().find(|c| c.a == *a && c.b == *b) else {
+                    rows.push_str("<td></td>");
+                    continue;
+                };
+                let class = match (c.passed(), c.expected) {
+                    (false, _) => "fail",
+                    (true, Expectation::Direct) => "direct",
+                    (true, Expectation::Relay) => "relay",
+                    (true, Expectation::LongRun) => "longrun",
+                };
+                let ms =
+                    |x: Option<f64>| x.map_or("–".into(), |v| format!("{:.0} ms", v * 1000.0));
+                let mut title = format!(
+                    "{a} ~ {b}\nexpected {:?}; direct in {}/{} seeds\ntime to direct: median {}, p95 {}\nbirthday packets (median): {}\npackets lost at switches: {} of {}\npeak session-table use: {} ({:.2} % of 65,536)\nroute changes: {}",
+                    c.expected,
+                    c.direct,
+                    c.seeds,
+                    ms(c.ttd_median_s),
+                    ms(c.ttd_p95_s),
+                    c.probes_median,
+                    c.lost,
+                    c.sent,
+                    c.peak_sessions,
+                    c.peak_sessions as f64 * 100.0 / 65536.0,
+                    c.switches
+                );
+                if let Some((class, t)) = c.target {
+                    title.push_str(&format!(
+                        "\ntarget ({class}): median < {t} s over the class"
+                    ));
+                }
+                for f in &c.failures {
+                    title.push_str(&format!("\nFAILED {f}"));
+                }
+                let text = match c.expected {
+                    Expectation::Relay => "DERP".to_string(),
+                    _ if c.direct == 0 => {
+                        format!("DERP<br><small>{} probes</small>", c.probes_median)
+                    }
+                    _ => format!(
+                        "{}/{}<br><small>{}</small>",
+                        c.direct,
+                        c.seeds,
+                        ms(c.ttd_median_s)
+                    ),
+                };
+                rows.push_str(&format!(
+                    "<td class=\"{class}\" title=\"{}\">{text}</td>",
+                    esc(&title)
+                ));
+            }
+            rows.push_str("</tr>\n");
+        }
+        let head: String = names
+            .iter()
+            .map(|n| format!("<th class=\"col\">{n}</th>"))
+            .collect();
+        let mut curves = String::new();
+        for c in &self.curves {
+            let unit = if c.name.starts_with("easy") {
+                "probes"
+            } else {
+                "seconds"
+            };
+            let pts: String = c
+                .points
+                .iter()
+                .map(|p| {
+                    format!(
+                        "<tr><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>±{:.3}</td><td class=\"{}\">{}</td></tr>",
+                        p.x,
+                        p.measured,
+                        p.theory,
+                        p.tolerance,
+                        if (p.measured - p.theory).abs() <= p.tolerance { "direct" } else { "fail" },
+                        if (p.measured - p.theory).abs() <= p.tolerance { "within" } else { "outside" }
+                    )
+                })
+                .collect();
+            curves.push_str(&format!(
+                "<h3>{} — {} seeds, {} succeeded, median time to direct {}, peak session-table use {}</h3>\
+                 <table><thead><tr><th>{unit}</th><th>measured success</th><th>theory</th><th>3σ</th><th></th></tr></thead><tbody>{pts}</tbody></table>",
+                c.name,
+                c.seeds,
+                c.succeeded,
+                c.median_s.map_or("–".into(), |m| format!("{m:.2} s")),
+                c.peak_sessions
+            ));
+        }
+        let passed = self.cells.iter().filter(|c| c.passed()).count();
+        let targets: String = self
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "<tr><td class=\"name\">{}</td><td>&lt; {} s</td><td>{:.3} s</td><td>{:.3} s</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                    t.class,
+                    t.target_s,
+                    t.median_s,
+                    t.p95_s,
+                    t.runs,
+                    if t.met { "direct" } else { "fail" },
+                    if t.met { "met" } else { "missed" }
+                )
+            })
+            .collect();
+        format!(
+            "<h2>NAT × NAT: two nodes, DERP and three STUN servers, 50 ms RTT</h2>\
+             <p><b>{passed}/{}</b> cells held their expectation over {} seeds each ({:.1} s wall). Rows: node 0's preset; \
+             columns: node 1's. Green: direct (seeds direct / seeds, median time to direct); grey: DERP only, as expected; \
+             blue: both mappings vary, left to the two-sided birthday search (direct in the long run, see the curve); red: failed. \
+             Hover for time to direct (median, p95), birthday packets, packets lost at switches and peak session-table use.</p>\
+             <table class=\"grid\"><thead><tr><th></th>{head}</tr></thead><tbody>{rows}</tbody></table>\
+             <h2>Time to direct by class</h2><table><thead><tr><th>class</th><th>target (median)</th><th>median</th><th>p95</th><th>runs</th><th></th></tr></thead><tbody>{targets}</tbody></table>\
+             <h2>Birthday curves against theory</h2>{curves}",
+            self.cells.len(),
+            self.seeds,
+            self.wall_s
+        )
+    }
+}
