@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("derp_frames", derp_frames),
     ("derp_server", derp_server),
     ("disco_decode", disco_decode),
+    ("node_input", node_input),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the
@@ -343,4 +344,145 @@ pub fn disco_decode(data: &[u8]) {
             .expect("usable keys");
         assert_eq!(Message::open(&me, &wire).expect("opens").1, m);
     }
+}
+
+/// Drives a node engine with arbitrary datagrams, relayed packets, sends and timer ticks (the
+/// bytes are a script: kind, length, payload). The engine must not panic, must never put its
+/// private keys on a wire, and must still carry a packet from its peer over DERP afterwards.
+pub fn node_input(data: &[u8]) {
+    use burrow_node::{Event, Input, Node, NodeConfig, PeerConfig, Transmit};
+    use burrow_wg::PrivateKey;
+    let t0 = Instant::now();
+    let keys = [[1u8; 32], [2; 32], [3; 32], [4; 32]];
+    let mut a_cfg = NodeConfig::new(
+        PrivateKey::from_bytes(keys[0]),
+        PrivateKey::from_bytes(keys[1]),
+        1,
+    );
+    a_cfg.stun_servers = vec!["198.51.100.1:3478".parse().expect("addr")];
+    a_cfg.local_addrs = vec!["10.0.0.1:41641".parse().expect("addr")];
+    let mut a = Node::new(a_cfg, t0);
+    let mut b = Node::new(
+        NodeConfig::new(
+            PrivateKey::from_bytes(keys[2]),
+            PrivateKey::from_bytes(keys[3]),
+            2,
+        ),
+        t0,
+    );
+    let peer = |n: &Node| PeerConfig {
+        node_key: n.public_key(),
+        disco_key: n.disco_public_key(),
+        home_region: 1,
+        endpoints: vec!["203.0.113.7:41641".parse().expect("addr")],
+    };
+    a.add_peer(t0, peer(&b));
+    b.add_peer(t0, peer(&a));
+    let secrets: Vec<[u8; 32]> = [&keys[0], &keys[1]]
+        .iter()
+        .map(|k| {
+            let mut c = **k;
+            // X25519 clamping, as stored.
+            c[0] &= 248;
+            c[31] &= 127;
+            c[31] |= 64;
+            c
+        })
+        .chain(keys[..2].iter().copied())
+        .collect();
+    let check = |t: &Transmit| {
+        let bytes = match t {
+            Transmit::Udp { payload, .. } | Transmit::Derp { payload, .. } => payload,
+        };
+        for k in &secrets {
+            assert!(
+                !bytes.windows(32).any(|w| w == k),
+                "a private key went on a wire"
+            );
+        }
+    };
+    let mut now = t0;
+    let from: SocketAddr = "203.0.113.7:41641".parse().expect("addr");
+    let b_key = b.public_key();
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let (kind, len) = (rest[0], rest[1] as usize);
+        let body = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
+        match kind % 5 {
+            0 => drop(a.handle_input(
+                now,
+                Input::Udp {
+                    socket: 0,
+                    from,
+                    data: body,
+                },
+            )),
+            1 => drop(a.handle_input(
+                now,
+                Input::Udp {
+                    socket: 1 + (len as u16 % 4),
+                    from,
+                    data: body,
+                },
+            )),
+            2 => drop(a.handle_input(
+                now,
+                Input::Derp {
+                    region: 1,
+                    from: b_key,
+                    data: body,
+                },
+            )),
+            3 => {
+                now += Duration::from_millis(100 * (len as u64 + 1));
+                a.handle_timeout(now);
+            }
+            _ => drop(a.send(now, &b_key, body)),
+        }
+        while let Some(t) = a.poll_transmit() {
+            check(&t);
+        }
+        while a.poll_event().is_some() {}
+    }
+    // Still carries b's packet over DERP.
+    let packet = [
+        0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 1, 100, 64, 0, 2,
+    ];
+    b.send(now, &a.public_key(), &packet).expect("known peer");
+    let mut got = false;
+    for _ in 0..6 {
+        while let Some(t) = b.poll_transmit() {
+            if let Transmit::Derp { payload, .. } = t {
+                let _ = a.handle_input(
+                    now,
+                    Input::Derp {
+                        region: 1,
+                        from: b_key,
+                        data: &payload,
+                    },
+                );
+            }
+        }
+        while let Some(t) = a.poll_transmit() {
+            check(&t);
+            if let Transmit::Derp { payload, .. } = t {
+                let _ = b.handle_input(
+                    now,
+                    Input::Derp {
+                        region: 1,
+                        from: a.public_key(),
+                        data: &payload,
+                    },
+                );
+            }
+        }
+        while let Some(e) = a.poll_event() {
+            got |= matches!(e, Event::Packet { ref data, .. } if data[..] == packet[..]);
+        }
+    }
+    assert!(
+        got,
+        "after the fuzz input, a packet over DERP no longer arrives"
+    );
 }

@@ -29,6 +29,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "derp_frames",
     "derp_server",
     "disco_decode",
+    "node_input",
 ];
 
 pub fn run(install: bool) -> Result<()> {
@@ -84,12 +85,16 @@ pub fn run(install: bool) -> Result<()> {
     if let Err(e) = &campaign {
         println!("xtask: fuzz campaign failed: {e}");
     }
+    let matrix = reduced_matrix();
+    if let Err(e) = &matrix {
+        println!("xtask: simulation matrix failed: {e}");
+    }
     let doc = run_cmd(cargo().args(["test", "--workspace", "--doc"]));
     let unit = run_cmd(&mut tests);
     for s in &skipped {
         println!("{s}");
     }
-    let failures: Vec<String> = [campaign.err(), doc.err(), unit.err()]
+    let failures: Vec<String> = [campaign.err(), matrix.err(), doc.err(), unit.err()]
         .into_iter()
         .flatten()
         .map(|e| e.to_string())
@@ -98,6 +103,28 @@ pub fn run(install: bool) -> Result<()> {
         bail!("xtask test failed: {}", failures.join("; "));
     }
     Ok(())
+}
+
+/// The simulator's matrix on a reduced seed count (release build: the hard–hard long run covers
+/// hours of simulated time): netcheck per preset, the NAT × NAT grid, the birthday curves.
+fn reduced_matrix() -> Result<()> {
+    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow-sim"]))?;
+    let report = root().join("target/sim-report");
+    run_cmd(
+        Command::new(root().join("target/release/burrow-sim")).args([
+            "--matrix",
+            "--seeds",
+            "1..3",
+            "--grid-seeds",
+            "6",
+            "--curve-seeds",
+            "200",
+            "--long-run-seeds",
+            "8",
+            "--report",
+            &report.to_string_lossy(),
+        ]),
+    )
 }
 
 fn have_nextest() -> bool {

@@ -135,3 +135,46 @@ proptest! {
         prop_assert_eq!(Message::from_plaintext(&m.to_plaintext()).unwrap(), m);
     }
 }
+
+#[test]
+fn nat_info_extension_layout_and_keyed_sealing() {
+    // burrow's extension: type 0x80, version 0, flags (bit 0 mapping varies, bit 1 predictable).
+    let m = Message::NatInfo {
+        mapping_varies: true,
+        predictable: false,
+    };
+    assert_eq!(m.to_plaintext(), vec![0x80, 0x00, 0x01]);
+    let both = Message::NatInfo {
+        mapping_varies: true,
+        predictable: true,
+    };
+    assert_eq!(both.to_plaintext(), vec![0x80, 0x00, 0x03]);
+    assert_eq!(
+        Message::from_plaintext(&[0x80, 0x00, 0x02]).unwrap(),
+        Message::NatInfo {
+            mapping_varies: false,
+            predictable: true
+        }
+    );
+    assert!(matches!(
+        Message::from_plaintext(&[0x80, 0x00]),
+        Err(DiscoError::Malformed { kind: 0x80, .. })
+    ));
+    // seal_with (a cached box key) and seal produce packets the other opens.
+    let a = PrivateKey::from_bytes([3; 32]);
+    let b = PrivateKey::from_bytes([4; 32]);
+    let bx = burrow_disco::BoxKey::new(&a, &b.public_key()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let sealed = m.seal_with(&bx, &a.public_key(), &mut rng);
+    assert_eq!(
+        Message::open(&b, &sealed).unwrap(),
+        (a.public_key(), m.clone())
+    );
+    let back = burrow_disco::BoxKey::new(&b, &a.public_key()).unwrap();
+    let sealed = m.seal(&a, &b.public_key(), &mut rng).unwrap();
+    assert_eq!(Message::open_with(&back, &sealed).unwrap(), m);
+    // A box for someone else does not open.
+    let c = PrivateKey::from_bytes([5; 32]);
+    let other = burrow_disco::BoxKey::new(&c, &a.public_key()).unwrap();
+    assert_eq!(Message::open_with(&other, &sealed), Err(DiscoError::BadBox));
+}

@@ -543,7 +543,8 @@ impl Node {
 
     fn start_stun(&mut self, now: Instant) {
         if self.config.stun_servers.is_empty() {
-            self.next_stun = now + self.config.restun_interval;
+            // No STUN: interface addresses are still candidates.
+            self.finish_stun(now, &[]);
             return;
         }
         let mut client = BindingClient::new(
@@ -590,8 +591,13 @@ impl Node {
         }
         let mapped: Vec<SocketAddr> = round.mapped.iter().flatten().copied().collect();
         self.stun = None;
+        self.finish_stun(now, &mapped);
+    }
+
+    /// A STUN round's answers (possibly none): classify, gather, and tell peers if anything changed.
+    fn finish_stun(&mut self, now: Instant, mapped: &[SocketAddr]) {
         self.next_stun = now + self.config.restun_interval;
-        let nat = classify(&mapped);
+        let nat = classify(mapped);
         self.nat = nat.or(self.nat);
         let candidates = self.gather(nat);
         let changed = candidates != self.candidates;

@@ -1,0 +1,149 @@
+//! The node engine on its own: relay first, typed errors for bad input, explanations.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use burrow_node::{Event, Input, Node, NodeConfig, NodeError, PeerConfig, Transmit};
+use burrow_punch::Route;
+use burrow_wg::{PrivateKey, PublicKey};
+use proptest::prelude::*;
+
+fn pair(now: Instant) -> (Node, Node) {
+    let key = |b| PrivateKey::from_bytes([b; 32]);
+    let mut a = NodeConfig::new(key(1), key(2), 1);
+    a.local_addrs = vec!["192.168.1.10:41641".parse().unwrap()];
+    let mut b = NodeConfig::new(key(3), key(4), 2);
+    b.local_addrs = vec!["192.168.7.20:41641".parse().unwrap()];
+    let (mut a, mut b) = (Node::new(a, now), Node::new(b, now));
+    let peer = |n: &Node| PeerConfig {
+        node_key: n.public_key(),
+        disco_key: n.disco_public_key(),
+        home_region: 1,
+        endpoints: vec![],
+    };
+    a.add_peer(now, peer(&b));
+    b.add_peer(now, peer(&a));
+    (a, b)
+}
+
+/// Moves `from`'s DERP packets to `to` (UDP is dropped: no direct path exists); returns the
+/// packets `to` decrypted and how many datagrams `from` tried to send directly.
+fn carry(now: Instant, from: &mut Node, to: &mut Node) -> (Vec<Vec<u8>>, usize) {
+    let key = from.public_key();
+    let mut udp = 0;
+    while let Some(t) = from.poll_transmit() {
+        match t {
+            Transmit::Derp { payload, .. } => {
+                let _ = to.handle_input(
+                    now,
+                    Input::Derp {
+                        region: 1,
+                        from: key,
+                        data: &payload,
+                    },
+                );
+            }
+            Transmit::Udp { .. } => udp += 1,
+        }
+    }
+    let mut got = Vec::new();
+    while let Some(e) = to.poll_event() {
+        if let Event::Packet { data, .. } = e {
+            got.push(data);
+        }
+    }
+    (got, udp)
+}
+
+/// DERP both ways until quiet; returns what a and b decrypted and the direct attempts.
+fn relay_only(now: Instant, a: &mut Node, b: &mut Node) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, usize) {
+    let (mut to_a, mut to_b, mut udp) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..6 {
+        let (got, n) = carry(now, a, b);
+        to_b.extend(got);
+        udp += n;
+        let (got, n) = carry(now, b, a);
+        to_a.extend(got);
+        udp += n;
+    }
+    (to_a, to_b, udp)
+}
+
+const PACKET: [u8; 20] = [
+    0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 1, 100, 64, 0, 2,
+];
+
+#[test]
+fn a_peer_is_reachable_over_derp_from_the_first_packet() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    assert_eq!(a.route(&b.public_key()), Some(Route::Relay));
+    a.send(now, &b.public_key(), &PACKET).unwrap();
+    let (to_a, to_b, udp) = relay_only(now, &mut a, &mut b);
+    assert_eq!(to_b, vec![PACKET.to_vec()]);
+    assert!(to_a.is_empty());
+    // Direct candidates were tried in parallel (disco pings to the LAN addresses).
+    assert!(udp > 0);
+    // And the explanation says what was tried.
+    let later = now + Duration::from_secs(6);
+    a.handle_timeout(later);
+    let x = a.explain(&b.public_key()).unwrap();
+    assert_eq!(x.route, Route::Relay);
+    assert!(x
+        .candidates
+        .iter()
+        .any(|c| c.addr == "192.168.7.20:41641".parse::<SocketAddr>().unwrap()));
+    assert!(
+        !x.attempts.is_empty(),
+        "unanswered pings are explained: {x:?}"
+    );
+}
+
+#[test]
+fn unknown_peers_and_garbage_are_typed_errors() {
+    let now = Instant::now();
+    let (mut a, _b) = pair(now);
+    let stranger = PublicKey([9; 32]);
+    assert_eq!(
+        a.send(now, &stranger, &PACKET),
+        Err(NodeError::UnknownPeer(stranger))
+    );
+    let from: SocketAddr = "203.0.113.9:1".parse().unwrap();
+    assert_eq!(
+        a.handle_input(
+            now,
+            Input::Udp {
+                socket: 0,
+                from,
+                data: b"hello"
+            }
+        ),
+        Err(NodeError::Unrecognised(from))
+    );
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_input_never_panics_or_poisons_the_engine(
+        datagrams in prop::collection::vec((prop::collection::vec(any::<u8>(), 0..200), any::<bool>(), 0u16..3), 0..40),
+        prefix in prop::sample::select(vec![vec![], vec![1u8, 0, 0, 0], vec![4u8, 0, 0, 0], burrow_disco::MAGIC.to_vec(), vec![0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42]]),
+    ) {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        let from: SocketAddr = "203.0.113.9:1".parse().unwrap();
+        for (d, derp, socket) in &datagrams {
+            let mut data = prefix.clone();
+            data.extend_from_slice(d);
+            let input = if *derp {
+                Input::Derp { region: 1, from: b.public_key(), data: &data }
+            } else {
+                Input::Udp { socket: *socket, from, data: &data }
+            };
+            let _ = a.handle_input(now, input);
+        }
+        // Still works: a packet from b arrives over DERP.
+        b.send(now, &a.public_key(), &PACKET).unwrap();
+        let (to_a, _, _) = relay_only(now, &mut a, &mut b);
+        prop_assert_eq!(to_a, vec![PACKET.to_vec()]);
+    }
+}
