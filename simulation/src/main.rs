@@ -65,6 +65,13 @@ struct Cli {
     /// With --matrix: simulated hours each hard–hard run may take.
     #[arg(long, default_value_t = 2.0)]
     long_run_hours: f64,
+    /// Two burrow nodes behind presets A and B in turmoil (real driver, derper, NAT boxes);
+    /// repeatable. With --trace, prints what happened; with --pcap, writes the wire.
+    #[arg(long, value_name = "A:B")]
+    mesh: Vec<String>,
+    /// With --matrix: seeds of each pair's turmoil mesh run.
+    #[arg(long, default_value_t = 2)]
+    mesh_seeds: u64,
     /// Run two node engines behind presets A and B (`--pair easy:hard`) and print the timeline
     /// of each seed: DERP at once, punching, the switch to direct.
     #[arg(long, value_name = "A:B")]
@@ -95,10 +102,11 @@ fn parse_seeds(s: &str) -> Result<Vec<u64>> {
     Ok((a..=b).collect())
 }
 
-/// A run to do: the scenario, how to name it for replay, and the seed.
+/// A run to do: the scenario, how to name it for replay, and its own seeds (if not the run's).
 struct Job {
     scenario: Scenario,
     replay: String,
+    seeds: Option<Vec<u64>>,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +168,7 @@ fn real_main() -> Result<bool> {
         jobs.push(Job {
             scenario: s,
             replay,
+            seeds: None,
         });
     }
     if cli.matrix && !cli.ipv6 {
@@ -169,11 +178,44 @@ fn real_main() -> Result<bool> {
             jobs.push(Job {
                 scenario: s,
                 replay: format!("--preset {p} --ipv6"),
+                seeds: None,
             });
         }
     }
+    // Two nodes with the real driver, derper and NAT boxes in turmoil: every pair with
+    // --matrix (on --mesh-seeds seeds), or the pairs asked for.
+    let mut meshes: Vec<(String, String)> = Vec::new();
+    for m in &cli.mesh {
+        let (a, b) = m
+            .split_once(':')
+            .context("--mesh takes A:B, e.g. easy:hard")?;
+        meshes.push((a.into(), b.into()));
+    }
+    let mesh_seeds = cli
+        .matrix
+        .then(|| (1..=cli.mesh_seeds).collect::<Vec<u64>>());
+    if cli.matrix {
+        meshes.extend(grid::all_pairs());
+    }
+    for (a, b) in &meshes {
+        let s = scenario::mesh_for_pair(a, b).with_context(|| {
+            format!(
+                "unknown preset in {a}:{b} (known: {})",
+                burrow_sim::preset::NAMES.join(", ")
+            )
+        })?;
+        jobs.push(Job {
+            scenario: s,
+            replay: format!("--mesh {a}:{b}"),
+            seeds: if cli.mesh.is_empty() {
+                mesh_seeds.clone()
+            } else {
+                None
+            },
+        });
+    }
     let mut names = cli.scenario.clone();
-    if names.is_empty() && presets.is_empty() {
+    if names.is_empty() && presets.is_empty() && meshes.is_empty() {
         names = scenario_files()?
             .iter()
             .map(|f| {
@@ -188,6 +230,7 @@ fn real_main() -> Result<bool> {
         jobs.push(Job {
             scenario: load(n)?,
             replay: format!("--scenario {n}"),
+            seeds: None,
         });
     }
     let seeds = match (&cli.seed, &cli.seeds) {
@@ -196,8 +239,16 @@ fn real_main() -> Result<bool> {
         (None, None) if cli.matrix => (1..=20).collect(),
         (None, None) => vec![1],
     };
-    let runs: Vec<(usize, u64)> = (0..jobs.len())
-        .flat_map(|j| seeds.iter().map(move |&s| (j, s)))
+    let runs: Vec<(usize, u64)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| {
+            job.seeds
+                .clone()
+                .unwrap_or_else(|| seeds.clone())
+                .into_iter()
+                .map(move |s| (j, s))
+        })
         .collect();
     let options = RunOptions {
         capture: cli.pcap.is_some(),
@@ -494,7 +545,7 @@ fn scenario_files() -> Result<Vec<PathBuf>> {
 
 fn print_summary(outcomes: &[Outcome], jobs: &[Job], wall: std::time::Duration) {
     println!(
-        "{:<32} {:>6} {:>7} {:>10} {:>10}  netcheck verdicts",
+        "{:<32} {:>6} {:>7} {:>10} {:>10}  verdicts (netcheck: NAT / filtering; mesh: routes)",
         "scenario", "seeds", "passed", "sim s", "wall ms"
     );
     for job in jobs {
@@ -512,6 +563,11 @@ fn print_summary(outcomes: &[Outcome], jobs: &[Job], wall: std::time::Duration) 
         let mut verdicts: Vec<String> = mine
             .iter()
             .map(|o| match &o.result {
+                Some(r) if r.get("route_a").is_some() => format!(
+                    "{}/{}",
+                    r["route_a"].as_str().unwrap_or("?"),
+                    r["route_b"].as_str().unwrap_or("?")
+                ),
                 Some(r) => format!(
                     "{} / {}",
                     r["nat_type"].as_str().unwrap_or("?"),

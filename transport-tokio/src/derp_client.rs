@@ -145,75 +145,96 @@ pub async fn connect_with_roots(
     tokio::time::timeout(Duration::from_secs(10), async {
         let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
         let _ = tcp.set_nodelay(true);
-        let mut stream: Box<dyn Stream> = if url.tls {
+        let stream: Box<dyn Stream> = if url.tls {
             let name = rustls::pki_types::ServerName::try_from(url.host.clone())
                 .map_err(io::Error::other)?;
             Box::new(tls_connector(roots)?.connect(name, tcp).await?)
         } else {
             Box::new(tcp)
         };
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
-            url.path,
-            url.host,
-            if fast_start {
-                "Derp-Fast-Start: 1\r\n"
-            } else {
-                ""
-            }
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut leftover = Vec::new();
-        if !fast_start {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1024];
-            loop {
-                let n = stream.read(&mut byte).await?;
-                if n == 0 {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-                }
-                head.extend_from_slice(&byte[..n]);
-                if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                    leftover = head.split_off(end + 4);
-                    break;
-                }
-                if head.len() > 16 * 1024 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "response head too large",
-                    ));
-                }
-            }
-            if !head.starts_with(b"HTTP/1.1 101") {
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!("relay refused the upgrade: {line}"),
-                ));
-            }
-        }
-        let mut client = Client::new(key, None, mesh_key, ChaCha20Rng::from_os_rng());
-        client.handle_bytes(&leftover).map_err(io::Error::other)?;
-        let (mut rd, mut wr) = tokio::io::split(stream);
-        let mut buf = vec![0u8; 4096];
-        while !client.is_ready() {
-            while let Some(b) = client.poll_transmit() {
-                wr.write_all(&b).await?;
-            }
-            let n = rd.read(&mut buf).await?;
-            if n == 0 {
-                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-            }
-            client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
-        }
-        Ok(RawConn { rd, wr, client })
+        upgrade(
+            stream,
+            url,
+            key,
+            mesh_key,
+            fast_start,
+            ChaCha20Rng::from_os_rng(),
+        )
+        .await
     })
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "DERP handshake timed out"))?
+}
+
+/// Upgrades an open stream to DERP and completes the handshake: for streams other than
+/// tokio's TCP (the simulator's), with the client's randomness from `rng`.
+pub async fn upgrade(
+    mut stream: Box<dyn Stream>,
+    url: &DerpUrl,
+    key: PrivateKey,
+    mesh_key: Option<String>,
+    fast_start: bool,
+    rng: ChaCha20Rng,
+) -> io::Result<RawConn> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
+        url.path,
+        url.host,
+        if fast_start {
+            "Derp-Fast-Start: 1\r\n"
+        } else {
+            ""
+        }
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut leftover = Vec::new();
+    if !fast_start {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut byte).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            head.extend_from_slice(&byte[..n]);
+            if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                leftover = head.split_off(end + 4);
+                break;
+            }
+            if head.len() > 16 * 1024 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head too large",
+                ));
+            }
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("relay refused the upgrade: {line}"),
+            ));
+        }
+    }
+    let mut client = Client::new(key, None, mesh_key, rng);
+    client.handle_bytes(&leftover).map_err(io::Error::other)?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 4096];
+    while !client.is_ready() {
+        while let Some(b) = client.poll_transmit() {
+            wr.write_all(&b).await?;
+        }
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
+    }
+    Ok(RawConn { rd, wr, client })
 }
 
 impl RawConn {
@@ -284,20 +305,39 @@ pub struct DerpClient {
 impl DerpClient {
     /// Starts the client task.
     pub fn spawn(url: DerpUrl, key: PrivateKey, roots: ExtraRoots) -> Self {
+        let label = url.to_string();
+        Self::spawn_with(
+            label,
+            move || {
+                let (url, key, roots) = (url.clone(), key.clone(), roots.clone());
+                async move { connect_with_roots(&url, key, None, false, &roots).await }
+            },
+            ChaCha20Rng::from_os_rng(),
+        )
+    }
+
+    /// Starts the client task with its own way to connect (the simulator's TCP) and its
+    /// back-off jitter drawn from `rng`.
+    pub fn spawn_with<F, Fut>(label: String, connect: F, mut rng: ChaCha20Rng) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = io::Result<RawConn>> + Send + 'static,
+    {
         let (commands, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
         let (ev_tx, events) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(DerpState::Connecting { last_error: None });
         tokio::spawn(async move {
-            let mut rng = ChaCha20Rng::from_os_rng();
             let mut backoff = Duration::from_millis(250);
             let mut preferred: Option<bool> = None;
+            let mut held = Held::default();
             loop {
                 let mut wait = None;
-                let connect = connect_with_roots(&url, key.clone(), None, false, &roots);
-                // While connecting, sends are dropped (as UDP would) and a dropped handle ends the task.
+                let connect = connect();
+                // While connecting, recent sends are held (a few, briefly) and a dropped handle
+                // ends the task.
                 let attempt = tokio::select! {
                     r = connect => Some(r),
-                    closed = discard_while_disconnected(&mut cmd_rx, &mut preferred) => { let () = closed; None }
+                    closed = hold_while_disconnected(&mut cmd_rx, &mut preferred, &mut held) => { let () = closed; None }
                 };
                 let Some(attempt) = attempt else { return };
                 let error = match attempt {
@@ -307,6 +347,9 @@ impl DerpClient {
                             conn.client.note_preferred(p);
                         }
                         let _ = state_tx.send(DerpState::Connected);
+                        for (dst, data) in held.take_fresh() {
+                            conn.client.send_packet(&dst, &data);
+                        }
                         let r =
                             drive(&mut conn, &mut cmd_rx, &ev_tx, &mut preferred, &mut wait).await;
                         // Back off afresh only after a connection that lasted: one that is accepted
@@ -321,7 +364,7 @@ impl DerpClient {
                     }
                     Err(e) => e.to_string(),
                 };
-                tracing::debug!(%url, %error, "DERP connection lost");
+                tracing::debug!(url = %label, %error, "DERP connection lost");
                 let _ = state_tx.send(DerpState::Connecting {
                     last_error: Some(error),
                 });
@@ -331,7 +374,7 @@ impl DerpClient {
                 });
                 let slept = tokio::select! {
                     _ = tokio::time::sleep(delay) => true,
-                    () = discard_while_disconnected(&mut cmd_rx, &mut preferred) => false,
+                    () = hold_while_disconnected(&mut cmd_rx, &mut preferred, &mut held) => false,
                 };
                 if !slept {
                     return;
@@ -346,7 +389,10 @@ impl DerpClient {
         }
     }
 
-    /// Relays a packet to `dst` (dropped while disconnected, as UDP would).
+    /// Relays a packet to `dst`. While disconnected, the latest [`HELD_PACKETS`] packets are
+    /// held for up to [`HELD_FOR`] and sent on connecting (so a node's first packets, sent while
+    /// its relay connection is still being set up, are not lost); older ones are dropped, as UDP
+    /// would drop them.
     pub fn send(&self, dst: PublicKey, data: Vec<u8>) {
         let _ = self.commands.send(Command::Send(dst, data));
     }
@@ -357,15 +403,43 @@ impl DerpClient {
     }
 }
 
-/// Consumes commands while there is no connection: packets are dropped, the preferred flag is
-/// remembered. Returns when the handle has been dropped.
-async fn discard_while_disconnected(
+/// Packets held while disconnected, at most.
+pub const HELD_PACKETS: usize = 128;
+/// How long a held packet stays worth sending.
+pub const HELD_FOR: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+struct Held(std::collections::VecDeque<(tokio::time::Instant, PublicKey, Vec<u8>)>);
+
+impl Held {
+    fn push(&mut self, dst: PublicKey, data: Vec<u8>) {
+        if self.0.len() >= HELD_PACKETS {
+            self.0.pop_front();
+        }
+        self.0.push_back((tokio::time::Instant::now(), dst, data));
+    }
+
+    fn take_fresh(&mut self) -> Vec<(PublicKey, Vec<u8>)> {
+        let now = tokio::time::Instant::now();
+        self.0
+            .drain(..)
+            .filter(|(at, ..)| now.saturating_duration_since(*at) < HELD_FOR)
+            .map(|(_, dst, data)| (dst, data))
+            .collect()
+    }
+}
+
+/// Consumes commands while there is no connection: recent packets are held, the preferred
+/// flag is remembered. Returns when the handle has been dropped.
+async fn hold_while_disconnected(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     preferred: &mut Option<bool>,
+    held: &mut Held,
 ) {
     while let Some(cmd) = commands.recv().await {
-        if let Command::NotePreferred(p) = cmd {
-            *preferred = Some(p);
+        match cmd {
+            Command::NotePreferred(p) => *preferred = Some(p),
+            Command::Send(dst, data) => held.push(dst, data),
         }
     }
 }

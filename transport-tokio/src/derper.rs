@@ -62,11 +62,16 @@ pub struct Relay {
 impl Relay {
     /// A relay (not yet listening).
     pub fn new(config: &DerperConfig) -> Arc<Self> {
+        Self::with_rng(config, ChaCha20Rng::from_os_rng())
+    }
+
+    /// A relay whose randomness comes from `rng` (the simulator seeds it).
+    pub fn with_rng(config: &DerperConfig, rng: ChaCha20Rng) -> Arc<Self> {
         let mut sc = ServerConfig::new(config.private_key.clone());
         sc.mesh_key = config.mesh_key.clone();
         sc.rate_limit = config.rate_limit;
         Arc::new(Relay {
-            server: Mutex::new(Server::new(sc, ChaCha20Rng::from_os_rng())),
+            server: Mutex::new(Server::new(sc, rng)),
             conns: Mutex::new(BTreeMap::new()),
             mesh: Mutex::new(BTreeMap::new()),
             next_conn: AtomicU64::new(1),
@@ -187,18 +192,31 @@ impl Relay {
     }
 }
 
-/// Serves HTTP(S) on `listener` until the task is dropped.
-pub async fn serve(relay: Arc<Relay>, listener: TcpListener) -> io::Result<()> {
-    // Keep-alives.
-    let r = relay.clone();
+/// Runs the relay's timers (keep-alives, handshake deadlines) in a task, until the runtime ends.
+pub fn spawn_timers(relay: Arc<Relay>) {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let mut server = r.server.lock().expect("server");
+            let mut server = relay.server.lock().expect("server");
             server.handle_timeout(now());
-            r.dispatch(&mut server);
+            relay.dispatch(&mut server);
         }
     });
+}
+
+/// Serves one accepted plain-text connection (HTTP, then DERP after the upgrade): for
+/// listeners other than tokio's, such as the simulator's. Call [`spawn_timers`] once per relay.
+pub async fn serve_stream(
+    relay: Arc<Relay>,
+    stream: Box<dyn Stream>,
+    peer: SocketAddr,
+) -> io::Result<()> {
+    handle_http(relay, stream, peer).await
+}
+
+/// Serves HTTP(S) on `listener` until the task is dropped.
+pub async fn serve(relay: Arc<Relay>, listener: TcpListener) -> io::Result<()> {
+    spawn_timers(relay.clone());
     loop {
         let (tcp, peer) = listener.accept().await?;
         let _ = tcp.set_nodelay(true);

@@ -6,7 +6,7 @@ pub mod derper;
 pub mod derpload;
 pub mod loadgen;
 pub mod netcheck;
-pub mod punch;
+pub mod node;
 pub mod stun_server;
 pub mod transport;
 pub mod wg;

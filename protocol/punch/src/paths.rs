@@ -135,6 +135,7 @@ pub struct PeerPaths {
     route: Route,
     next_heartbeat: Option<Instant>,
     next_upgrade: Instant,
+    last_call_me_maybe: Option<Instant>,
     attempts: VecDeque<Attempt>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PathEvent>,
@@ -153,6 +154,7 @@ impl PeerPaths {
             route: Route::Relay,
             next_heartbeat: None,
             next_upgrade: now + config.upgrade_interval,
+            last_call_me_maybe: None,
             attempts: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -179,12 +181,13 @@ impl PeerPaths {
     }
 
     /// Our candidates changed: tell the peer over the relay (CallMeMaybe).
-    pub fn set_local_candidates(&mut self, _now: Instant, candidates: Vec<Candidate>) {
+    pub fn set_local_candidates(&mut self, now: Instant, candidates: Vec<Candidate>) {
         self.local = candidates;
-        self.call_me_maybe();
+        self.call_me_maybe(now);
     }
 
-    fn call_me_maybe(&mut self) {
+    fn call_me_maybe(&mut self, now: Instant) {
+        self.last_call_me_maybe = Some(now);
         let endpoints = self.local.iter().map(|c| c.addr).collect();
         self.transmits.push_back(Transmit {
             dst: Dst::Relay,
@@ -244,6 +247,14 @@ impl PeerPaths {
         }
         for &e in endpoints {
             self.ping(now, e);
+        }
+        // Our own CallMeMaybe may never have reached the peer (it was not on the relay yet):
+        // answer with ours, at most once a second, so it pings us at this same moment.
+        let recent = self
+            .last_call_me_maybe
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
+        if self.route == Route::Relay && !self.local.is_empty() && !recent {
+            self.call_me_maybe(now);
         }
     }
 
@@ -418,7 +429,7 @@ impl PeerPaths {
                     self.ping(now, a);
                 }
                 if !self.local.is_empty() {
-                    self.call_me_maybe();
+                    self.call_me_maybe(now);
                 }
                 self.next_upgrade = now + self.config.upgrade_interval;
             }

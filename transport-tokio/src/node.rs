@@ -1,0 +1,153 @@
+//! The node driver: burrow-node's engine over one UDP socket (plus birthday sockets, bound
+//! when the engine first sends from one) and a DERP client. Generic over the sockets, so the
+//! simulator runs this same code through its scripted NATs and its DERP relay.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use burrow_derp::client::ClientEvent;
+use burrow_node::{Event, Input, Node, Transmit};
+use burrow_wg::PublicKey;
+use tokio::sync::mpsc;
+
+use crate::derp_client::DerpClient;
+use crate::transport::{now, UdpTransport};
+
+/// Opens the extra sockets birthday probing asks for (each on a fresh ephemeral port).
+pub trait SocketBinder: Send + Sync + 'static {
+    /// The socket type.
+    type Socket: UdpTransport;
+    /// Binds one more socket.
+    fn bind(&self) -> impl Future<Output = io::Result<Self::Socket>> + Send;
+}
+
+/// Binds tokio UDP sockets on the main socket's address with port 0.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioBinder(pub SocketAddr);
+
+impl SocketBinder for TokioBinder {
+    type Socket = tokio::net::UdpSocket;
+    fn bind(&self) -> impl Future<Output = io::Result<Self::Socket>> + Send {
+        let addr = SocketAddr::new(self.0.ip(), 0);
+        tokio::net::UdpSocket::bind(addr)
+    }
+}
+
+/// What the application hands the driver: IP packets for peers.
+pub type Outbound = mpsc::UnboundedReceiver<(PublicKey, Vec<u8>)>;
+
+/// Runs the engine until `until`: datagrams and DERP packets in, transmits out, timers; every
+/// engine event goes to `events`. Returns the engine (for its counters and explanations).
+pub async fn run_node<B: SocketBinder>(
+    mut engine: Node,
+    main: B::Socket,
+    binder: B,
+    mut derp: DerpClient,
+    mut outbound: Outbound,
+    events: mpsc::UnboundedSender<Event>,
+    until: Option<tokio::time::Instant>,
+) -> io::Result<Node> {
+    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<(u16, SocketAddr, Vec<u8>)>();
+    let mut sockets: Vec<Option<Arc<B::Socket>>> = Vec::new();
+    let mut readers = Vec::new();
+    let main = Arc::new(main);
+    readers.push(spawn_reader(0, main.clone(), in_tx.clone()));
+    sockets.push(Some(main));
+    let region = 1;
+    let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let deadline = until.unwrap_or(far);
+    let mut app_open = true;
+    let result = loop {
+        while let Some(t) = engine.poll_transmit() {
+            match t {
+                Transmit::Udp {
+                    socket,
+                    dst,
+                    payload,
+                } => {
+                    let i = socket as usize;
+                    if sockets.len() <= i {
+                        sockets.resize(i + 1, None);
+                    }
+                    if sockets[i].is_none() {
+                        match binder.bind().await {
+                            Ok(s) => {
+                                let s = Arc::new(s);
+                                readers.push(spawn_reader(socket, s.clone(), in_tx.clone()));
+                                sockets[i] = Some(s);
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cannot open a birthday socket");
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(s) = &sockets[i] {
+                        // Send errors (unreachable, no route) are the network's answer, not ours.
+                        let _ = s.send_to(&payload, dst).await;
+                    }
+                }
+                Transmit::Derp { dst, payload, .. } => derp.send(dst, payload),
+            }
+        }
+        while let Some(e) = engine.poll_event() {
+            let _ = events.send(e);
+        }
+        let wake = engine
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std)
+            .map_or(deadline, |w| w.min(deadline));
+        tokio::select! {
+            biased;
+            Some((socket, from, data)) = in_rx.recv() => {
+                let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &data });
+            }
+            e = derp.events.recv() => match e {
+                Some(ClientEvent::Packet { src, data }) => {
+                    let _ = engine.handle_input(now(), Input::Derp { region, from: src, data: &data });
+                }
+                Some(_) => {}
+                None => break Err(io::Error::other("the DERP client stopped")),
+            },
+            p = outbound.recv(), if app_open => match p {
+                Some((peer, packet)) => {
+                    let _ = engine.send(now(), &peer, &packet);
+                }
+                None => app_open = false,
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    break Ok(engine);
+                }
+                engine.handle_timeout(now());
+            }
+        }
+    };
+    for r in readers {
+        r.abort();
+    }
+    result
+}
+
+fn spawn_reader<S: UdpTransport>(
+    id: u16,
+    socket: Arc<S>,
+    tx: mpsc::UnboundedSender<(u16, SocketAddr, Vec<u8>)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    if tx.send((id, from, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                // ICMP errors and the like: keep reading, without spinning.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            }
+        }
+    })
+}
