@@ -256,6 +256,8 @@ pub fn run(config: &FastConfig) -> FastOutcome {
     let mut next_data = config.data_interval.map(|_| t0);
     let mut data_seq = [0u64; 2];
     let mut first_measured: [Option<u64>; 2] = [None, None];
+    let mut last_reported_route: [Option<Route>; 2] = [None, None];
+    let mut last_endpoints: [Option<String>; 2] = [None, None];
     let mut received: [BTreeSet<u64>; 2] = [BTreeSet::new(), BTreeSet::new()];
     let mut direct_since: [Option<Instant>; 2] = [None, None];
     let mut now = t0;
@@ -488,6 +490,25 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                     Event::Packet { data, .. } => {
                         if let Some(n) = app_seq(1 - s, &data) {
                             if received[s].insert(n) {
+                                // The first packet, and the first on each new path, with its
+                                // one-way latency (packet n left at (n - 1) × interval).
+                                let route = sides[s].node.route(&peers[s]).unwrap_or(Route::Relay);
+                                if last_reported_route[s] != Some(route) {
+                                    last_reported_route[s] = Some(route);
+                                    if let Some(iv) = config.data_interval {
+                                        let sent_at = t0 + iv * (n as u32 - 1);
+                                        let via = match route {
+                                            Route::Relay => "DERP".to_string(),
+                                            Route::Direct(a) => format!("direct {a}"),
+                                        };
+                                        out.timeline.push(format!(
+                                            "{:>8.3}s node{s} packet #{n} from node{} arrived {:.1} ms after it was sent; node{s} now sends on {via}",
+                                            (now - t0).as_secs_f64(),
+                                            1 - s,
+                                            now.saturating_duration_since(sent_at).as_secs_f64() * 1000.0
+                                        ));
+                                    }
+                                }
                                 out.data_received += 1;
                                 if first_measured[1 - s].is_some_and(|f| n >= f) {
                                     out.tail_received += 1;
@@ -496,8 +517,30 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                         }
                     }
                     Event::Endpoints { nat, candidates } => {
-                        let hard = nat.map(|n| (n.mapping_varies, n.delta));
-                        out.timeline.push(format!("{:>8.3}s node{s} endpoints: {} candidates, mapping varies/delta {hard:?}", (now - t0).as_secs_f64(), candidates.len()));
+                        let what = format!(
+                            "{} candidates ({}), NAT {}",
+                            candidates.len(),
+                            candidates
+                                .iter()
+                                .map(|c| c.addr.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            match nat {
+                                None => "unknown (no STUN answer)".to_string(),
+                                Some(n) if !n.mapping_varies => "easy (mapping fixed)".to_string(),
+                                Some(n) => match n.delta {
+                                    Some(d) => format!("hard, sequential ports (step {d})"),
+                                    None => "hard, random ports".to_string(),
+                                },
+                            }
+                        );
+                        if last_endpoints[s].as_ref() != Some(&what) {
+                            out.timeline.push(format!(
+                                "{:>8.3}s node{s} endpoints: {what}",
+                                (now - t0).as_secs_f64()
+                            ));
+                            last_endpoints[s] = Some(what);
+                        }
                     }
                     Event::BirthdayStarted { probing, .. } => {
                         let role = if probing {
@@ -508,6 +551,15 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                         out.timeline.push(format!(
                             "{:>8.3}s node{s} birthday: {role}",
                             (now - t0).as_secs_f64()
+                        ));
+                    }
+                    Event::BirthdayExhausted {
+                        probes, retry_at, ..
+                    } => {
+                        out.timeline.push(format!(
+                            "{:>8.3}s node{s} birthday attempt spent its budget ({probes} packets so far); next at {:.3}s",
+                            (now - t0).as_secs_f64(),
+                            (retry_at - t0).as_secs_f64()
                         ));
                     }
                     Event::HandshakeDone { .. } => {
@@ -577,19 +629,24 @@ pub fn run(config: &FastConfig) -> FastOutcome {
     }
     out.direct = (0..2).all(|s| matches!(sides[s].node.route(&peers[s]), Some(Route::Direct(_))));
     if let Some(x) = sides[0].node.explain(&peers[0]) {
+        // One line per candidate: how often it was tried and what came of it last.
+        let mut by_addr: BTreeMap<SocketAddr, (usize, String)> = BTreeMap::new();
+        for a in &x.attempts {
+            let e = by_addr.entry(a.addr).or_default();
+            e.0 += 1;
+            e.1 = format!("{:?} at {:.3}s", a.outcome, (a.at - t0).as_secs_f64());
+        }
         out.explanation = x
-            .attempts
+            .candidates
             .iter()
-            .rev()
-            .take(8)
-            .map(|a| {
+            .map(|c| {
+                let (n, last) = by_addr.remove(&c.addr).unwrap_or((0, "not tried".into()));
                 format!(
-                    "{:.3}s {} {:?}",
-                    (a.at - t0).as_secs_f64(),
-                    a.addr,
-                    a.outcome
+                    "{} ({:?}, {:?}): {n} recent results, last {last}",
+                    c.addr, c.kind, c.source
                 )
             })
+            .take(12)
             .collect();
     }
     out.elapsed = now - t0;

@@ -520,7 +520,7 @@ fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
             o.routes[0], o.routes[1], o.probes, o.data_received, o.data_sent, o.peak_sessions
         );
         if !o.explanation.is_empty() {
-            println!("  node0's latest attempts:");
+            println!("  why node0 is on its path (its peer's candidates):");
             for e in &o.explanation {
                 println!("    {e}");
             }

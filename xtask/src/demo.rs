@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: a real STUN server with RFC 5780 on two loopback addresses, and a
-//! netcheck against it.
+//! `cargo xtask demo`: a real STUN server with RFC 5780 on two loopback addresses and a
+//! netcheck against it; then two simulated nodes behind an easy and a hard NAT going from DERP
+//! to direct.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -66,5 +67,21 @@ pub fn run() -> Result<()> {
     println!("Loopback has no NAT, so netcheck reports nat_type none; the RFC 5780 tests against");
     println!("the alternate address 127.0.0.2 show endpoint-independent mapping and filtering.");
     println!("`burrow netcheck --json` prints the same report as stable JSON.");
+    println!();
+    println!(
+        "Two burrow nodes, one behind an easy NAT and one behind a hard (random-port) NAT, in"
+    );
+    println!("the simulator: reachable over DERP at once, then direct after birthday probing.");
+    run_cmd(cargo().args(["build", "--quiet", "--release", "-p", "burrow-sim"]))?;
+    let sim = root().join("target/release/burrow-sim");
+    println!("$ cargo xtask sim --pair easy:hard --seed 1");
+    let status = Command::new(&sim)
+        .args(["--pair", "easy:hard", "--seed", "1"])
+        .status()?;
+    if !status.success() {
+        bail!("the simulated pair failed: {status}");
+    }
+    println!();
+    println!("`cargo xtask sim --matrix --report out/` runs every pair of NAT presets (out/report.html).");
     Ok(())
 }

@@ -182,6 +182,16 @@ pub enum Event {
         /// Whether we probe random ports (easy side, or both hard) or open sockets (hard side).
         probing: bool,
     },
+    /// A birthday attempt spent its budget (distinct destinations) without a hit; the next
+    /// starts at `retry_at` (the back-off doubles each time).
+    BirthdayExhausted {
+        /// The peer.
+        peer: PublicKey,
+        /// Probes sent toward the peer so far.
+        probes: u64,
+        /// When the next attempt starts.
+        retry_at: Instant,
+    },
     /// A WireGuard session with the peer is usable.
     HandshakeDone {
         /// The peer.
@@ -240,6 +250,8 @@ pub struct Explanation {
     pub peer_mapping_varies: Option<bool>,
     /// Birthday packets sent toward the peer.
     pub probes: u64,
+    /// Birthday attempts that spent their budget without a hit.
+    pub birthday_attempts_exhausted: u32,
 }
 
 /// The hard side's birthday role: open many sockets toward the peer's endpoints.
@@ -270,9 +282,10 @@ struct StunRound {
     started: Instant,
 }
 
-/// A STUN round ends when every server answered, or this long after it started if at least
-/// one did (a missing server must not hold the node's candidates back for 39.5 s).
-const STUN_ROUND_CAP: Duration = Duration::from_secs(2);
+/// A STUN round ends when every server answered, or this long after it started (a missing
+/// server must not hold the node's candidates back for STUN's full 39.5 s; three
+/// transmissions have gone out by then, and the next round comes soon).
+const STUN_ROUND_CAP: Duration = Duration::from_secs(3);
 
 /// The sans-IO node engine.
 pub struct Node {
@@ -360,7 +373,7 @@ impl Node {
             let endpoints = peer.endpoints.clone();
             self.peers[i].config = peer;
             self.peers[i].paths.handle_call_me_maybe(now, &endpoints);
-            self.flush_paths(i);
+            self.flush_paths(now, i);
             return;
         }
         let wg = self.device.add_peer(now, peer.node_key, None, None);
@@ -391,7 +404,7 @@ impl Node {
         if let Some(nat) = self.nat {
             self.send_nat_info(i, nat);
         }
-        self.flush_paths(i);
+        self.flush_paths(now, i);
     }
 
     /// Where a peer's traffic goes now.
@@ -413,6 +426,7 @@ impl Node {
             attempts: p.paths.attempts().copied().collect(),
             peer_mapping_varies: p.peer_nat.map(|n| n.0),
             probes: p.stats.probes,
+            birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
         })
     }
 
@@ -427,6 +441,7 @@ impl Node {
         let r = self.device.encapsulate(now, wg, packet, &mut out);
         let result = match r {
             Ok(Encapsulated::Sent(n)) => {
+                self.peers[i].paths.note_activity(now);
                 self.send_wg(now, i, &out[..n], true);
                 Ok(())
             }
@@ -497,7 +512,7 @@ impl Node {
             }
             self.check_stall(now, i);
             self.run_birthday(now, i);
-            self.flush_paths(i);
+            self.flush_paths(now, i);
         }
     }
 
@@ -584,8 +599,7 @@ impl Node {
                 round.mapped[k] = mapped;
             }
         }
-        let some = round.mapped.iter().any(Option::is_some);
-        let done = round.pending.is_empty() || (some && now >= round.started + STUN_ROUND_CAP);
+        let done = round.pending.is_empty() || now >= round.started + STUN_ROUND_CAP;
         if !done {
             return;
         }
@@ -614,7 +628,7 @@ impl Node {
                 if let Some(nat) = self.nat {
                     self.send_nat_info(i, nat);
                 }
-                self.flush_paths(i);
+                self.flush_paths(now, i);
             }
         }
         for i in 0..self.peers.len() {
@@ -695,7 +709,7 @@ impl Node {
             // by its node key too).
             _ => {}
         }
-        self.flush_paths(i);
+        self.flush_paths(now, i);
     }
 
     fn handle_relayed_disco(&mut self, now: Instant, i: usize, msg: Message) {
@@ -721,11 +735,11 @@ impl Node {
             }
             _ => {}
         }
-        self.flush_paths(i);
+        self.flush_paths(now, i);
     }
 
     /// Moves a peer's disco transmits and path events to the engine's queues.
-    fn flush_paths(&mut self, i: usize) {
+    fn flush_paths(&mut self, now: Instant, i: usize) {
         while let Some(t) = self.peers[i].paths.poll_transmit() {
             let Some(payload) = self.seal(i, &t.msg) else {
                 continue;
@@ -753,12 +767,26 @@ impl Node {
         while let Some(e) = self.peers[i].paths.poll_event() {
             match e {
                 PathEvent::RouteChanged { from, to } => {
-                    if let Route::Direct(addr) = to {
-                        let p = &mut self.peers[i];
-                        if let Some(b) = p.prober.as_mut() {
-                            b.succeeded(addr);
+                    let p = &mut self.peers[i];
+                    match to {
+                        Route::Direct(addr) => {
+                            if let Some(b) = p.prober.as_mut() {
+                                b.succeeded(addr);
+                            }
+                            p.opening = None;
                         }
-                        p.opening = None;
+                        // Back on DERP: a birthday search that found the old path starts over
+                        // (the NAT may have forgotten every mapping).
+                        Route::Relay => {
+                            if p.prober.as_ref().is_some_and(|b| b.success().is_some()) {
+                                p.prober = None;
+                            }
+                            // A direct path that died often means our own mapping changed (NAT
+                            // rebinding, a new network): ask STUN again now, not in 20 s.
+                            if self.stun.is_none() {
+                                self.next_stun = self.next_stun.min(now);
+                            }
+                        }
                     }
                     self.events.push_back(Event::PathChanged { peer, from, to });
                 }
@@ -844,6 +872,14 @@ impl Node {
             self.peers[i].stats.probes += 1;
             self.send_probe_ping(i, MAIN_SOCKET, probe.dst);
         }
+        let p = &mut self.peers[i];
+        if let Some(retry_at) = p.prober.as_mut().and_then(|b| b.take_exhausted()) {
+            self.events.push_back(Event::BirthdayExhausted {
+                peer: p.config.node_key,
+                probes: p.stats.probes,
+                retry_at,
+            });
+        }
         let sockets = self.config.birthday_sockets;
         let step = Duration::from_secs_f64(1.0 / self.config.open_rate.max(1) as f64);
         while let Some(o) = self.peers[i].opening.as_mut() {
@@ -887,11 +923,13 @@ impl Node {
 
     // ---- WireGuard ----
 
+    /// A direct path is trusted while its pongs are recent and its latest ping was answered.
     fn trusted(&self, now: Instant, i: usize, addr: SocketAddr) -> bool {
-        self.peers[i]
-            .paths
-            .last_pong(addr)
-            .is_some_and(|t| now.saturating_duration_since(t) <= self.config.trust)
+        let paths = &self.peers[i].paths;
+        paths.missed(addr) == 0
+            && paths
+                .last_pong(addr)
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.config.trust)
     }
 
     /// Sends a WireGuard datagram on the peer's route; over both paths while a direct path is
@@ -968,7 +1006,7 @@ impl Node {
                             data: out[..n].to_vec(),
                         });
                     }
-                    self.flush_paths(i);
+                    self.flush_paths(now, i);
                 }
                 Ok(())
             }

@@ -85,6 +85,8 @@ pub struct BirthdayProber {
     attempt_backoff: Duration,
     succeeded: Option<SocketAddr>,
     sent_total: u64,
+    exhausted: Option<Instant>,
+    attempts_exhausted: u32,
 }
 
 impl BirthdayProber {
@@ -99,6 +101,8 @@ impl BirthdayProber {
             attempt_backoff: budget.backoff,
             succeeded: None,
             sent_total: 0,
+            exhausted: None,
+            attempts_exhausted: 0,
         }
     }
 
@@ -117,6 +121,8 @@ impl BirthdayProber {
             // Budget spent: forget this attempt's ports and wait before the next one.
             self.tried.clear();
             self.next_probe = Some(now + self.attempt_backoff);
+            self.exhausted = self.next_probe;
+            self.attempts_exhausted += 1;
             self.attempt_backoff = (self.attempt_backoff * 2).min(self.budget.max_backoff);
             return None;
         }
@@ -147,6 +153,16 @@ impl BirthdayProber {
     /// When to call `poll_probe` next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.next_probe
+    }
+
+    /// An attempt spent its budget without a hit since the last call: when the next starts.
+    pub fn take_exhausted(&mut self) -> Option<Instant> {
+        self.exhausted.take()
+    }
+
+    /// Attempts that spent their budget without a hit.
+    pub fn attempts_exhausted(&self) -> u32 {
+        self.attempts_exhausted
     }
 
     /// Probes sent so far.

@@ -54,8 +54,14 @@ pub struct Transmit {
 pub struct PathConfig {
     /// Ping the current direct path this often (well inside a 30 s UDP mapping timeout).
     pub heartbeat: Duration,
-    /// A ping unanswered this long is missed.
+    /// Ping the current direct path this often while data flows (shorter: a dead path is
+    /// noticed, and left, sooner).
+    pub active_heartbeat: Duration,
+    /// A ping unanswered this long is missed (at most; see `min_pong_timeout`).
     pub pong_timeout: Duration,
+    /// Once a path's round trip is known, a ping is missed after five round trips, but never
+    /// sooner than this.
+    pub min_pong_timeout: Duration,
     /// Missed pongs in a row before a direct path is dead.
     pub missed_before_dead: u32,
     /// While on the relay, retry direct candidates (and re-send CallMeMaybe) this often.
@@ -68,7 +74,9 @@ impl Default for PathConfig {
     fn default() -> Self {
         PathConfig {
             heartbeat: Duration::from_secs(3),
+            active_heartbeat: Duration::from_secs(1),
             pong_timeout: Duration::from_secs(5),
+            min_pong_timeout: Duration::from_secs(1),
             missed_before_dead: 3,
             upgrade_interval: Duration::from_secs(30),
             hysteresis: Hysteresis::default(),
@@ -134,6 +142,7 @@ pub struct PeerPaths {
     remote: BTreeMap<SocketAddr, Remote>,
     route: Route,
     next_heartbeat: Option<Instant>,
+    active_until: Option<Instant>,
     next_upgrade: Instant,
     last_call_me_maybe: Option<Instant>,
     attempts: VecDeque<Attempt>,
@@ -153,6 +162,7 @@ impl PeerPaths {
             remote: BTreeMap::new(),
             route: Route::Relay,
             next_heartbeat: None,
+            active_until: None,
             next_upgrade: now + config.upgrade_interval,
             last_call_me_maybe: None,
             attempts: VecDeque::new(),
@@ -346,16 +356,29 @@ impl PeerPaths {
         }
     }
 
+    fn timeout_of(&self, r: &Remote) -> Duration {
+        r.rtt.map_or(self.config.pong_timeout, |rtt| {
+            (rtt * 5).clamp(self.config.min_pong_timeout, self.config.pong_timeout)
+        })
+    }
+
     fn validated(&self, now: Instant) -> Vec<Path> {
         let fresh =
             self.config.pong_timeout * self.config.missed_before_dead + self.config.heartbeat;
-        self.remote
+        let live: Vec<&Remote> = self
+            .remote
             .values()
             .filter(|r| !r.stalled && r.missed < self.config.missed_before_dead)
             .filter(|r| {
                 r.last_pong
                     .is_some_and(|t| now.saturating_duration_since(t) <= fresh)
             })
+            .collect();
+        // A path whose latest ping went unanswered yields to one answering now (the peer's NAT
+        // rebound, or it roamed), hysteresis or not.
+        let answering = live.iter().any(|r| r.missed == 0);
+        live.into_iter()
+            .filter(|r| !answering || r.missed == 0)
             .filter_map(|r| {
                 r.rtt.map(|rtt| Path {
                     candidate: r.candidate,
@@ -363,6 +386,34 @@ impl PeerPaths {
                 })
             })
             .collect()
+    }
+
+    /// Data is being sent to the peer: heartbeat at the active rate for a while.
+    pub fn note_activity(&mut self, now: Instant) {
+        let until = now + self.config.active_heartbeat * 2;
+        if self
+            .active_until
+            .is_some_and(|t| t >= until - self.config.active_heartbeat / 2)
+        {
+            return;
+        }
+        self.active_until = Some(until);
+        if let (Route::Direct(_), Some(next)) = (self.route, self.next_heartbeat) {
+            self.next_heartbeat = Some(next.min(now + self.config.active_heartbeat));
+        }
+    }
+
+    fn heartbeat_interval(&self, now: Instant) -> Duration {
+        if self.active_until.is_some_and(|t| now < t) {
+            self.config.active_heartbeat
+        } else {
+            self.config.heartbeat
+        }
+    }
+
+    /// Unanswered pings in a row on `addr` (0: its latest ping was answered, or is in flight).
+    pub fn missed(&self, addr: SocketAddr) -> u32 {
+        self.remote.get(&addr).map_or(0, |r| r.missed)
     }
 
     fn reselect(&mut self, now: Instant) {
@@ -382,8 +433,8 @@ impl PeerPaths {
             });
             self.route = next;
             if let Route::Direct(_) = next {
-                self.next_heartbeat
-                    .get_or_insert(now + self.config.heartbeat);
+                let interval = self.heartbeat_interval(now);
+                self.next_heartbeat.get_or_insert(now + interval);
             } else {
                 self.next_upgrade = now + self.config.upgrade_interval.min(Duration::from_secs(5));
             }
@@ -393,9 +444,9 @@ impl PeerPaths {
     /// Heartbeats, missed pongs, death of a direct path, and upgrade retries.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Pongs that never came.
-        let timeout = self.config.pong_timeout;
+        let timeouts: Vec<Duration> = self.remote.values().map(|r| self.timeout_of(r)).collect();
         let mut missed = Vec::new();
-        for (addr, r) in self.remote.iter_mut() {
+        for ((addr, r), timeout) in self.remote.iter_mut().zip(timeouts) {
             let before = r.pending.len();
             r.pending
                 .retain(|_, sent| now.saturating_duration_since(*sent) < timeout);
@@ -418,7 +469,7 @@ impl PeerPaths {
         if let Route::Direct(addr) = self.route {
             if self.next_heartbeat.is_none_or(|t| now >= t) {
                 self.ping(now, addr);
-                self.next_heartbeat = Some(now + self.config.heartbeat);
+                self.next_heartbeat = Some(now + self.heartbeat_interval(now));
             }
         } else {
             self.next_heartbeat = None;
@@ -438,11 +489,10 @@ impl PeerPaths {
 
     /// When `handle_timeout` should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pong_deadlines = self
-            .remote
-            .values()
-            .flat_map(|r| r.pending.values())
-            .map(|s| *s + self.config.pong_timeout);
+        let pong_deadlines = self.remote.values().flat_map(|r| {
+            let timeout = self.timeout_of(r);
+            r.pending.values().map(move |s| *s + timeout)
+        });
         let timer = match self.route {
             Route::Direct(_) => self.next_heartbeat,
             Route::Relay => Some(self.next_upgrade),
