@@ -45,6 +45,9 @@ pub enum Disruption {
     DerpRestart(Duration),
     /// UDP between the two sides' public addresses is dropped for this long.
     CutDirect(Duration),
+    /// Between the two sides, WireGuard is dropped but disco passes, for this long (a middlebox
+    /// that lets pings through and eats data).
+    DropData(Duration),
 }
 
 /// One run's network and workload.
@@ -121,6 +124,11 @@ pub struct FastOutcome {
     pub tail_sent: u64,
     /// See `tail_sent`.
     pub tail_received: u64,
+    /// Application packets sent from `measure_from` on that never arrived: (sending node,
+    /// sequence number, sent at), the first 32.
+    pub lost: Vec<(usize, u64, Duration)>,
+    /// Datagrams the engines refused.
+    pub refused: u64,
     /// Route changes seen (both nodes).
     pub switches: u64,
     /// Peak live sessions of any NAT box.
@@ -246,6 +254,7 @@ pub fn run(config: &FastConfig) -> FastOutcome {
     let end = t0 + config.duration;
     let mut derp_down_until: Option<Instant> = None;
     let mut cut_until: Option<Instant> = None;
+    let mut drop_data_until: Option<Instant> = None;
     let mut disruptions: Vec<(Instant, Disruption)> = config
         .disruptions
         .iter()
@@ -287,7 +296,7 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                         continue;
                     }
                     let from = peers[to];
-                    let _ = sides[to].node.handle_input(
+                    let r = sides[to].node.handle_input(
                         now,
                         Input::Derp {
                             region: 1,
@@ -295,6 +304,9 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                             data: &data,
                         },
                     );
+                    if let Err(e) = r {
+                        note_error(&mut out, now - t0, to, &e);
+                    }
                 }
                 Packet::Up { src, dst, data } => {
                     if let Some(k) = STUN_SERVERS.iter().position(|s| *s == dst) {
@@ -320,6 +332,11 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                         continue; // unroutable (a LAN candidate of the other side)
                     };
                     if cut_until.is_some_and(|u| now < u) {
+                        continue;
+                    }
+                    if drop_data_until.is_some_and(|u| now < u)
+                        && !burrow_disco::looks_like_disco(&data)
+                    {
                         continue;
                     }
                     for _ in 0..copies(config, &mut rng) {
@@ -368,7 +385,7 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                         p if p > BIRTHDAY_BASE_PORT => p - BIRTHDAY_BASE_PORT,
                         _ => continue,
                     };
-                    let _ = s.node.handle_input(
+                    let r = s.node.handle_input(
                         now,
                         Input::Udp {
                             socket,
@@ -376,6 +393,9 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                             data: &data,
                         },
                     );
+                    if let Err(e) = r {
+                        note_error(&mut out, now - t0, side, &e);
+                    }
                 }
             }
         }
@@ -392,6 +412,7 @@ pub fn run(config: &FastConfig) -> FastOutcome {
                 }
                 Disruption::DerpRestart(x) => derp_down_until = Some(now + x),
                 Disruption::CutDirect(x) => cut_until = Some(now + x),
+                Disruption::DropData(x) => drop_data_until = Some(now + x),
             }
         }
         // NATs sweep idle sessions once a second, so peaks count live sessions.
@@ -649,8 +670,35 @@ pub fn run(config: &FastConfig) -> FastOutcome {
             .take(12)
             .collect();
     }
+    if let Some(iv) = config.data_interval {
+        for s in 0..2 {
+            for n in 1..=data_seq[s] {
+                let sent_at = iv * (n as u32 - 1);
+                if out.lost.len() < 32
+                    && sent_at >= config.measure_from
+                    && !received[1 - s].contains(&n)
+                {
+                    out.lost.push((s, n, iv * (n as u32 - 1)));
+                }
+            }
+        }
+    }
     out.elapsed = now - t0;
     out
+}
+
+/// Datagrams an engine refused (replays of duplicated packets, probes from strangers…): the
+/// first 64 go into the timeline, all are counted.
+fn note_error(out: &mut FastOutcome, at: Duration, node: usize, e: &burrow_node::NodeError) {
+    out.refused += 1;
+    // Duplicates (the relay's copy of a packet that came direct) are expected: count only.
+    let duplicate = e.to_string().contains("replayed");
+    if out.refused <= 64 && !duplicate {
+        out.timeline.push(format!(
+            "{:>8.3}s node{node} refused a datagram: {e}",
+            at.as_secs_f64()
+        ));
+    }
 }
 
 fn secret_bytes(k: &PrivateKey) -> [u8; 32] {

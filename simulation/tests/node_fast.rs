@@ -156,3 +156,48 @@ fn same_seed_same_run_different_seed_different_run() {
     assert_eq!(a.timeline, b.timeline);
     assert_ne!(a.timeline, c.timeline);
 }
+
+#[test]
+fn a_path_that_eats_data_is_demoted_and_retried_on_probation() {
+    let mut c = with_data("easy", "easy", 5, 120);
+    c.disruptions = vec![(
+        Duration::from_secs(10),
+        Disruption::DropData(Duration::from_secs(40)),
+    )];
+    c.measure_from = Duration::from_secs(30);
+    c.duration = Duration::from_secs(120);
+    let o = run(&c);
+    let demoted = o
+        .timeline
+        .iter()
+        .position(|l| l.contains("node0 path Direct") && l.contains("-> Relay"));
+    assert!(
+        demoted.is_some(),
+        "the stalled path is left: {:#?}",
+        o.timeline
+    );
+    assert!(
+        o.direct,
+        "back on the direct path once it carries data: {:#?}",
+        o.timeline
+    );
+    // While demoted and on probation, DERP carries everything. The only losses after the
+    // demotion are at the WireGuard rekey both sides start when their data went unanswered
+    // (a simultaneous handshake drops the old keypair, as in wireguard-go): a few packets.
+    assert!(
+        o.tail_sent - o.tail_received <= 10,
+        "{:#?} lost {:?}",
+        o.timeline,
+        o.lost
+    );
+    assert!(
+        o.lost.iter().all(|(_, _, at)| at.as_secs_f64() < 31.0),
+        "{:?}",
+        o.lost
+    );
+    let stalled = o
+        .explanation
+        .iter()
+        .any(|l| l.contains("DataStalled") || l.contains("Validated"));
+    assert!(stalled, "{:?}", o.explanation);
+}

@@ -927,6 +927,7 @@ impl Node {
     fn trusted(&self, now: Instant, i: usize, addr: SocketAddr) -> bool {
         let paths = &self.peers[i].paths;
         paths.missed(addr) == 0
+            && !paths.on_probation(addr)
             && paths
                 .last_pong(addr)
                 .is_some_and(|t| now.saturating_duration_since(t) <= self.config.trust)
@@ -1020,7 +1021,7 @@ impl Node {
                 }
                 Ok(())
             }
-            Err(_) => Err(NodeError::Unrecognised(src)),
+            Err(e) => Err(NodeError::Wg(format!("from {src}: {e}"))),
         };
         self.buf = out;
         self.drain_device(now);

@@ -130,8 +130,20 @@ struct Remote {
     rtt: Option<Duration>,
     last_pong: Option<Instant>,
     missed: u32,
-    stalled: bool,
+    /// Lost data while answering disco: not chosen before this time.
+    stalled_until: Option<Instant>,
+    /// Stalls in a row (the back-off doubles with each).
+    stalls: u32,
+    /// Chosen again after a stall but not yet seen carrying data: the driver should send
+    /// over the relay too.
+    probation: bool,
 }
+
+/// How long a stalled path is left alone, first; doubling with each stall in a row, up to
+/// [`MAX_STALL_BACKOFF`].
+pub const STALL_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest a stalled path is left alone.
+pub const MAX_STALL_BACKOFF: Duration = Duration::from_secs(600);
 
 /// The path state of one peer.
 #[derive(Debug)]
@@ -241,7 +253,9 @@ impl PeerPaths {
                 rtt: None,
                 last_pong: None,
                 missed: 0,
-                stalled: false,
+                stalled_until: None,
+                stalls: 0,
+                probation: false,
             },
         );
         true
@@ -337,23 +351,38 @@ impl PeerPaths {
     }
 
     /// The data plane saw a direct path lose data (no WireGuard answers) while disco still
-    /// answers: leave it for the relay until data flows on it again.
+    /// answers: leave it for the relay until data flows on it again. It is tried again after
+    /// a back-off (30 s, doubling up to 10 min) on probation: chosen, but with the relay
+    /// carrying every packet too, until data is seen on it.
     pub fn report_data_stall(&mut self, now: Instant, addr: SocketAddr) {
         if let Some(r) = self.remote.get_mut(&addr) {
-            r.stalled = true;
+            r.stalls += 1;
+            let backoff = STALL_BACKOFF
+                .saturating_mul(1 << (r.stalls - 1).min(10))
+                .min(MAX_STALL_BACKOFF);
+            r.stalled_until = Some(now + backoff);
+            r.probation = true;
         }
         self.note(now, addr, Outcome::DataStalled);
         self.reselect(now);
     }
 
-    /// Data arrived over a direct path: it is usable again.
+    /// Data arrived over a direct path: it is usable again, off probation.
     pub fn report_data_flowing(&mut self, now: Instant, addr: SocketAddr) {
         if let Some(r) = self.remote.get_mut(&addr) {
-            if r.stalled {
-                r.stalled = false;
+            let was_out = r.stalled_until.is_some_and(|t| now < t);
+            r.stalled_until = None;
+            r.stalls = 0;
+            r.probation = false;
+            if was_out {
                 self.reselect(now);
             }
         }
+    }
+
+    /// Whether a path was chosen again after a data stall and has not carried data since.
+    pub fn on_probation(&self, addr: SocketAddr) -> bool {
+        self.remote.get(&addr).is_some_and(|r| r.probation)
     }
 
     fn timeout_of(&self, r: &Remote) -> Duration {
@@ -368,7 +397,8 @@ impl PeerPaths {
         let live: Vec<&Remote> = self
             .remote
             .values()
-            .filter(|r| !r.stalled && r.missed < self.config.missed_before_dead)
+            .filter(|r| r.stalled_until.is_none_or(|t| now >= t))
+            .filter(|r| r.missed < self.config.missed_before_dead)
             .filter(|r| {
                 r.last_pong
                     .is_some_and(|t| now.saturating_duration_since(t) <= fresh)
@@ -443,6 +473,12 @@ impl PeerPaths {
 
     /// Heartbeats, missed pongs, death of a direct path, and upgrade retries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Stall back-offs that ended: the path may be chosen again (on probation).
+        for r in self.remote.values_mut() {
+            if r.stalled_until.is_some_and(|t| now >= t) {
+                r.stalled_until = None;
+            }
+        }
         // Pongs that never came.
         let timeouts: Vec<Duration> = self.remote.values().map(|r| self.timeout_of(r)).collect();
         let mut missed = Vec::new();
@@ -497,7 +533,8 @@ impl PeerPaths {
             Route::Direct(_) => self.next_heartbeat,
             Route::Relay => Some(self.next_upgrade),
         };
-        pong_deadlines.chain(timer).min()
+        let stalls = self.remote.values().filter_map(|r| r.stalled_until);
+        pong_deadlines.chain(timer).chain(stalls).min()
     }
 
     /// The next disco message to send.

@@ -238,3 +238,33 @@ fn a_ping_on_a_known_but_unvalidated_path_is_answered_with_a_triggered_ping() {
         "{sent:?}"
     );
 }
+
+#[test]
+fn a_stalled_path_is_retried_on_probation_after_a_back_off() {
+    let mut net = Net::new(&["203.0.113.1:41641"], &["198.51.100.2:41641"]);
+    net.start();
+    let path = addr("198.51.100.2:41641");
+    assert_eq!(net.a.route(), Route::Direct(path));
+    net.a.report_data_stall(net.now, path);
+    assert_eq!(net.a.route(), Route::Relay, "left while it eats data");
+    net.run_for(Duration::from_secs(20));
+    assert_eq!(net.a.route(), Route::Relay, "not before the 30 s back-off");
+    net.run_for(Duration::from_secs(15));
+    assert_eq!(
+        net.a.route(),
+        Route::Direct(path),
+        "retried after the back-off"
+    );
+    assert!(
+        net.a.on_probation(path),
+        "but on probation until data flows"
+    );
+    // Stalls again: the back-off doubles (60 s).
+    net.a.report_data_stall(net.now, path);
+    net.run_for(Duration::from_secs(45));
+    assert_eq!(net.a.route(), Route::Relay);
+    net.run_for(Duration::from_secs(20));
+    assert_eq!(net.a.route(), Route::Direct(path));
+    net.a.report_data_flowing(net.now, path);
+    assert!(!net.a.on_probation(path));
+}
