@@ -984,6 +984,9 @@ impl Node {
         direct: Option<(SocketId, SocketAddr)>,
     ) -> Result<(), NodeError> {
         let src = direct.map_or(relay_addr(), |d| d.1);
+        if burrow_wg::Message::parse(data).is_err() {
+            return Err(NodeError::Unrecognised(src));
+        }
         let mut out = std::mem::take(&mut self.buf);
         let r = self.device.decapsulate(now, src, data, &mut out);
         let result = match r {
