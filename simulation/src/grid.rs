@@ -362,21 +362,27 @@ fn tolerance(p: f64, n: usize) -> f64 {
     3.0 * (p * (1.0 - p) / n as f64).sqrt().max(0.5 / n as f64)
 }
 
+/// Runs a pair (no application data) over `seeds` until both nodes are direct or `horizon`.
+fn until_direct(
+    a: &str,
+    b: &str,
+    seeds: &[u64],
+    horizon: Duration,
+    threads: usize,
+) -> Vec<FastOutcome> {
+    parallel(seeds, threads, |&s| {
+        let chain = |n: &str| preset::get(n).expect("preset").chain;
+        let mut c = FastConfig::new([chain(a), chain(b)], s);
+        c.duration = horizon;
+        c.stop_when_direct = true;
+        run(&c)
+    })
+}
+
 /// Easy–hard: the easy side's random probes until the first success, over `seeds`, against
 /// P(hit within n probes) with the hard side's 256 sockets among the preset's 64,512 ports.
 pub fn easy_hard_curve(seeds: &[u64], threads: usize) -> Curve {
-    let outcomes = parallel(seeds, threads, |&s| {
-        let mut c = FastConfig::new(
-            [
-                preset::get("easy").expect("preset").chain,
-                preset::get("hard").expect("preset").chain,
-            ],
-            s,
-        );
-        c.duration = Duration::from_secs(30);
-        c.stop_when_direct = true;
-        run(&c)
-    });
+    let outcomes = until_direct("easy", "hard", seeds, Duration::from_secs(30), threads);
     let space = 65535 - 1024 + 1;
     let needed: Vec<Option<u64>> = outcomes
         .iter()
@@ -428,18 +434,7 @@ pub fn hard_hard_rate(rate: f64, timeout_s: f64, duty: f64, space: f64) -> f64 {
 /// Hard–hard: time to direct over `seeds` (each run up to `horizon`), against
 /// 1 − exp(−λ t) with λ from [`hard_hard_rate`].
 pub fn hard_hard_curve(seeds: &[u64], horizon: Duration, threads: usize) -> Curve {
-    let outcomes = parallel(seeds, threads, |&s| {
-        let mut c = FastConfig::new(
-            [
-                preset::get("hard").expect("preset").chain,
-                preset::get("hard").expect("preset").chain,
-            ],
-            s,
-        );
-        c.duration = horizon;
-        c.stop_when_direct = true;
-        run(&c)
-    });
+    let outcomes = until_direct("hard", "hard", seeds, horizon, threads);
     let n = seeds.len();
     let space = (65535 - 1024 + 1) as f64;
     // Attempts of rate × 30 s destinations, 5 s apart: probing 30 of every 35 s.
