@@ -19,6 +19,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ControlCommand {
+    /// ACL policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy (JSON or HuJSON): errors name the line; exit status 1 if any.
+    Check {
+        /// The policy file.
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a STUN server (RFC 8489; RFC 5780 NAT behaviour discovery with --alt).
     Stun {
@@ -102,6 +120,11 @@ enum Command {
         /// Per-client burst, bytes.
         #[arg(long, requires = "rate_limit")]
         burst: Option<u64>,
+    },
+    /// The coordination server's tools.
+    Control {
+        #[command(subcommand)]
+        command: ControlCommand,
     },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
@@ -389,6 +412,36 @@ async fn run(command: Command) -> Result<()> {
             relay.announce_restart(Duration::from_millis(500), Duration::from_secs(30));
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(())
+        }
+        Command::Control {
+            command:
+                ControlCommand::Policy {
+                    command: PolicyCommand::Check { file },
+                },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match burrow_control::Policy::check(&text) {
+                Ok((p, compiled)) => {
+                    println!(
+                        "{}: ok: {} rules, {} groups, {} tags, {} hosts",
+                        file.display(),
+                        compiled.len(),
+                        p.groups.len(),
+                        p.tag_owners.len(),
+                        p.hosts.len()
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    let line = match &e {
+                        burrow_control::PolicyError::Syntax { line, .. }
+                        | burrow_control::PolicyError::Invalid { line, .. } => *line,
+                    };
+                    eprintln!("{}:{line}: {e}", file.display());
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Genkey => {
             let mut rng =

@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod filter;
+pub mod hujson;
+pub mod netmap;
+pub mod policy;
+
+pub use filter::{parse_packet, DropReason, Filter, PacketInfo, Verdict};
+pub use netmap::{Delta, NetMap, PeerInfo, Tailnet};
+pub use policy::{AclRule, CompiledPolicy, FilterRule, NodeInfo, Policy, PolicyError, PortRange};

@@ -1,0 +1,236 @@
+//! The tailnet as the control server holds it, and the netmaps it sends: each node learns its
+//! own filter and the peers it may talk to or hear from. Changes are incremental: a node
+//! joining, leaving or moving costs work in proportion to the nodes that can see it, found
+//! through per-user and per-tag indexes, never a recomputation over the whole network.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{CompiledPolicy, FilterRule, NodeInfo};
+
+/// What a node is told about one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's node: id, name, user, tags, tailnet addresses.
+    pub node: NodeInfo,
+    /// WireGuard public key, base64.
+    pub node_key: String,
+    /// Disco public key, base64.
+    pub disco_key: String,
+    /// Candidate endpoints the peer reported.
+    pub endpoints: Vec<SocketAddr>,
+    /// Its home DERP region.
+    pub home_region: u16,
+}
+
+/// A whole netmap for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetMap {
+    /// The node itself.
+    pub node: NodeInfo,
+    /// Peers it may talk to or hear from.
+    pub peers: Vec<PeerInfo>,
+    /// Its inbound packet filter.
+    pub filter: Vec<FilterRule>,
+}
+
+/// An incremental update for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Delta {
+    /// A peer appeared or changed.
+    PeerUpsert(PeerInfo),
+    /// A peer left (or may no longer be seen).
+    PeerRemove {
+        /// Its id.
+        id: u64,
+    },
+    /// The node's filter changed.
+    Filter {
+        /// The new rules.
+        rules: Vec<FilterRule>,
+    },
+}
+
+/// The tailnet: nodes, their keys and endpoints, the policy, and indexes for incremental work.
+#[derive(Debug, Clone)]
+pub struct Tailnet {
+    policy: CompiledPolicy,
+    nodes: BTreeMap<u64, PeerInfo>,
+    by_user: BTreeMap<String, BTreeSet<u64>>,
+    by_tag: BTreeMap<String, BTreeSet<u64>>,
+}
+
+impl Tailnet {
+    /// An empty tailnet under `policy`.
+    pub fn new(policy: CompiledPolicy) -> Self {
+        Tailnet {
+            policy,
+            nodes: BTreeMap::new(),
+            by_user: BTreeMap::new(),
+            by_tag: BTreeMap::new(),
+        }
+    }
+
+    /// Nodes registered.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node is registered.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// One node's record.
+    pub fn get(&self, id: u64) -> Option<&PeerInfo> {
+        self.nodes.get(&id)
+    }
+
+    fn infos(&self) -> Vec<NodeInfo> {
+        self.nodes.values().map(|p| p.node.clone()).collect()
+    }
+
+    /// Ids of the nodes that can see `node` (it may talk to them or hear from them),
+    /// found through the indexes: the work is proportional to the candidates the policy's
+    /// aliases name, not to the tailnet.
+    pub fn watchers(&self, node: &NodeInfo) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        self.watchers_into(node, &mut out);
+        out.remove(&node.id);
+        out
+    }
+
+    fn watchers_into(&self, node: &NodeInfo, out: &mut BTreeSet<u64>) {
+        for r in self.policy.rules() {
+            if r.src.iter().any(|a| a.matches(node)) {
+                for (d, _) in &r.dst {
+                    self.members(d, out);
+                }
+            }
+            if r.dst.iter().any(|(d, _)| d.matches(node)) {
+                for s in &r.src {
+                    self.members(s, out);
+                }
+            }
+        }
+    }
+
+    fn members(&self, alias: &crate::policy::Alias, out: &mut BTreeSet<u64>) {
+        use crate::policy::Alias;
+        match alias {
+            Alias::Any => out.extend(self.nodes.keys()),
+            Alias::Users(users) => {
+                for u in users {
+                    if let Some(ids) = self.by_user.get(u) {
+                        out.extend(ids.iter().filter(|id| self.nodes[id].node.tags.is_empty()));
+                    }
+                }
+            }
+            Alias::Tag(t) => out.extend(self.by_tag.get(t).into_iter().flatten()),
+            Alias::Net(_) => out.extend(
+                self.nodes
+                    .values()
+                    .filter(|p| alias.matches(&p.node))
+                    .map(|p| p.node.id),
+            ),
+        }
+    }
+
+    /// The whole netmap of one node (on connect).
+    pub fn netmap(&self, id: u64) -> Option<NetMap> {
+        let me = self.nodes.get(&id)?;
+        let infos = self.infos();
+        let peers = self
+            .watchers(&me.node)
+            .into_iter()
+            .filter_map(|p| self.nodes.get(&p).cloned())
+            .collect();
+        Some(NetMap {
+            node: me.node.clone(),
+            peers,
+            filter: self.policy.filter_for(&me.node, &infos),
+        })
+    }
+
+    /// Adds or updates a node (registration, new endpoints); returns the deltas to send, by
+    /// node id. Only nodes that can see it (and it, for its filter) are touched.
+    pub fn upsert(&mut self, peer: PeerInfo) -> Vec<(u64, Delta)> {
+        let id = peer.node.id;
+        let old = self.nodes.get(&id).cloned();
+        let mut before = BTreeSet::new();
+        if let Some(o) = &old {
+            before = self.watchers(&o.node);
+            self.unindex(&o.node);
+        }
+        self.index(&peer.node);
+        self.nodes.insert(id, peer.clone());
+        let after = self.watchers(&peer.node);
+        let mut out: Vec<(u64, Delta)> = after
+            .iter()
+            .map(|w| (*w, Delta::PeerUpsert(peer.clone())))
+            .collect();
+        out.extend(
+            before
+                .difference(&after)
+                .map(|w| (*w, Delta::PeerRemove { id })),
+        );
+        // Rules that name addresses or users change the filters of the node's watchers only
+        // when identity changed; a new or re-identified node gets fresh filters around it.
+        let identity_changed = old.as_ref().is_none_or(|o| o.node != peer.node);
+        if identity_changed {
+            let infos = self.infos();
+            for w in after.iter().chain(std::iter::once(&id)) {
+                if let Some(n) = self.nodes.get(w) {
+                    out.push((
+                        *w,
+                        Delta::Filter {
+                            rules: self.policy.filter_for(&n.node, &infos),
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes a node; returns the deltas for those that could see it.
+    pub fn remove(&mut self, id: u64) -> Vec<(u64, Delta)> {
+        let Some(old) = self.nodes.remove(&id) else {
+            return Vec::new();
+        };
+        self.unindex(&old.node);
+        // Watchers among the remaining nodes (the removed one still matches its aliases).
+        let mut w = BTreeSet::new();
+        self.watchers_into(&old.node, &mut w);
+        w.into_iter()
+            .map(|n| (n, Delta::PeerRemove { id }))
+            .collect()
+    }
+
+    fn index(&mut self, n: &NodeInfo) {
+        self.by_user.entry(n.user.clone()).or_default().insert(n.id);
+        for t in &n.tags {
+            self.by_tag.entry(t.clone()).or_default().insert(n.id);
+        }
+    }
+
+    fn unindex(&mut self, n: &NodeInfo) {
+        if let Some(s) = self.by_user.get_mut(&n.user) {
+            s.remove(&n.id);
+        }
+        for t in &n.tags {
+            if let Some(s) = self.by_tag.get_mut(t) {
+                s.remove(&n.id);
+            }
+        }
+    }
+}
+
+/// A node's next free address in 100.64.0.0/10 (CGNAT shared space, as Tailscale uses).
+pub fn address_v4(index: u32) -> IpAddr {
+    let n = 0x6440_0000u32 + 1 + index % ((1 << 22) - 2);
+    IpAddr::V4(n.into())
+}

@@ -1,0 +1,428 @@
+//! ACL policies: groups, tags, hosts and rules "src → dst:ports (proto)", default deny;
+//! parsed from JSON or HuJSON with errors that give the line, and compiled into each node's
+//! packet filter and the set of peers it may talk to or hear from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::hujson;
+
+/// The policy file, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// `group:NAME` → members (user names or other groups).
+    #[serde(default)]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// `tag:NAME` → who may put the tag on a node (users or groups).
+    #[serde(default, rename = "tagOwners")]
+    pub tag_owners: BTreeMap<String, Vec<String>>,
+    /// Names for addresses and networks.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, String>,
+    /// The rules; anything they do not accept is denied.
+    #[serde(default)]
+    pub acls: Vec<AclRule>,
+}
+
+/// One rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Only "accept".
+    pub action: String,
+    /// Who may connect: `*`, `group:…`, `tag:…`, a user, a host name, an address or CIDR.
+    pub src: Vec<String>,
+    /// To what: `ALIAS:PORTS` with PORTS `*`, `22`, `80,443` or `1000-2000`.
+    pub dst: Vec<String>,
+    /// `tcp`, `udp`, `icmp` or an IP protocol number; all three when absent.
+    #[serde(default)]
+    pub proto: Option<String>,
+}
+
+/// Why a policy is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PolicyError {
+    /// Not JSON/HuJSON, or not the shape of a policy.
+    #[error("line {line}, column {column}: {message}")]
+    Syntax {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What serde_json said.
+        message: String,
+    },
+    /// Well-formed, but wrong.
+    #[error("line {line}: {message}")]
+    Invalid {
+        /// 1-based line of the offending value.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// An IP protocol a rule covers.
+pub type Proto = u8;
+/// TCP.
+pub const TCP: Proto = 6;
+/// UDP.
+pub const UDP: Proto = 17;
+/// ICMP.
+pub const ICMP: Proto = 1;
+/// ICMPv6.
+pub const ICMPV6: Proto = 58;
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port.
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Every port.
+    pub const ALL: PortRange = PortRange {
+        first: 0,
+        last: 65535,
+    };
+
+    /// Whether `port` is inside.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+/// A node as the control server knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Stable id.
+    pub id: u64,
+    /// Host name.
+    pub name: String,
+    /// Owner (tagged nodes act as their tags, not as their owner).
+    pub user: String,
+    /// `tag:…` names.
+    pub tags: Vec<String>,
+    /// Its tailnet addresses (100.64.0.0/10 and the ULA).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A compiled rule, as a receiver checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterRule {
+    /// Sources allowed.
+    pub src: Vec<IpNet>,
+    /// Destinations and ports allowed.
+    pub dst: Vec<(IpNet, PortRange)>,
+    /// Protocols allowed.
+    pub protos: Vec<Proto>,
+}
+
+/// A checked, resolved policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    rules: Vec<ResolvedRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResolvedRule {
+    pub(crate) src: Vec<Alias>,
+    pub(crate) dst: Vec<(Alias, Vec<PortRange>)>,
+    protos: Vec<Proto>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Alias {
+    Any,
+    Users(BTreeSet<String>),
+    Tag(String),
+    Net(IpNet),
+}
+
+impl Policy {
+    /// Parses JSON or HuJSON.
+    pub fn parse(src: &str) -> Result<Policy, PolicyError> {
+        let json = hujson::to_json(src);
+        serde_json::from_str(&json).map_err(|e| PolicyError::Syntax {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Parses and checks (`burrow control policy check FILE`).
+    pub fn check(src: &str) -> Result<(Policy, CompiledPolicy), PolicyError> {
+        let p = Policy::parse(src)?;
+        let c = p.compile_with_source(src)?;
+        Ok((p, c))
+    }
+
+    /// Checks and resolves group members, tags, hosts, ports and protocols.
+    pub fn compile(&self) -> Result<CompiledPolicy, PolicyError> {
+        self.compile_with_source("")
+    }
+
+    fn compile_with_source(&self, src: &str) -> Result<CompiledPolicy, PolicyError> {
+        let invalid = |value: &str, message: String| PolicyError::Invalid {
+            line: src
+                .find(&format!("\"{value}\""))
+                .map_or(0, |at| hujson::line_of(src, at)),
+            message,
+        };
+        for name in self.groups.keys() {
+            if !name.starts_with("group:") {
+                return Err(invalid(
+                    name,
+                    format!("group {name:?} must be named group:…"),
+                ));
+            }
+        }
+        for (tag, owners) in &self.tag_owners {
+            if !tag.starts_with("tag:") {
+                return Err(invalid(tag, format!("tag {tag:?} must be named tag:…")));
+            }
+            for o in owners {
+                if o.starts_with("group:") && !self.groups.contains_key(o) {
+                    return Err(invalid(
+                        o,
+                        format!("tag owner {o:?} is not a defined group"),
+                    ));
+                }
+            }
+        }
+        let mut hosts = BTreeMap::new();
+        for (name, addr) in &self.hosts {
+            let net = parse_net(addr).ok_or_else(|| {
+                invalid(
+                    addr,
+                    format!("host {name:?}: {addr:?} is not an address or CIDR"),
+                )
+            })?;
+            hosts.insert(name.clone(), net);
+        }
+        let mut rules = Vec::new();
+        for rule in &self.acls {
+            if rule.action != "accept" {
+                return Err(invalid(
+                    &rule.action,
+                    format!(
+                        "action {:?}: only \"accept\" exists (everything else is denied)",
+                        rule.action
+                    ),
+                ));
+            }
+            let protos = match rule.proto.as_deref() {
+                None => vec![TCP, UDP, ICMP, ICMPV6],
+                Some("tcp") => vec![TCP],
+                Some("udp") => vec![UDP],
+                Some("icmp") => vec![ICMP, ICMPV6],
+                Some(n) => vec![n.parse::<u8>().map_err(|_| {
+                    invalid(
+                        n,
+                        format!("proto {n:?}: use tcp, udp, icmp or a protocol number"),
+                    )
+                })?],
+            };
+            let mut src_aliases = Vec::new();
+            for s in &rule.src {
+                src_aliases.push(self.alias(s, &hosts).map_err(|m| invalid(s, m))?);
+            }
+            let mut dst_aliases = Vec::new();
+            for d in &rule.dst {
+                let (alias, ports) = d
+                    .rsplit_once(':')
+                    .filter(|(a, _)| !a.is_empty())
+                    .ok_or_else(|| {
+                        invalid(d, format!("destination {d:?} needs :PORTS (e.g. {d}:*)"))
+                    })?;
+                let ports = parse_ports(ports).ok_or_else(|| {
+                    invalid(
+                        d,
+                        format!("destination {d:?}: ports {ports:?} are not *, N, N-M or a list"),
+                    )
+                })?;
+                let alias = self.alias(alias, &hosts).map_err(|m| invalid(d, m))?;
+                dst_aliases.push((alias, ports));
+            }
+            rules.push(ResolvedRule {
+                src: src_aliases,
+                dst: dst_aliases,
+                protos,
+            });
+        }
+        Ok(CompiledPolicy { rules })
+    }
+
+    fn alias(&self, s: &str, hosts: &BTreeMap<String, IpNet>) -> Result<Alias, String> {
+        if s == "*" {
+            return Ok(Alias::Any);
+        }
+        if s.starts_with("group:") {
+            let mut users = BTreeSet::new();
+            self.expand_group(s, &mut users, &mut Vec::new())?;
+            return Ok(Alias::Users(users));
+        }
+        if s.starts_with("tag:") {
+            if !self.tag_owners.contains_key(s) {
+                return Err(format!("tag {s:?} has no entry in tagOwners"));
+            }
+            return Ok(Alias::Tag(s.to_string()));
+        }
+        if let Some(net) = hosts.get(s) {
+            return Ok(Alias::Net(*net));
+        }
+        if let Some(net) = parse_net(s) {
+            return Ok(Alias::Net(net));
+        }
+        if s.contains(':') || s.is_empty() {
+            return Err(format!(
+                "{s:?} is not *, group:…, tag:…, a user, a host or an address"
+            ));
+        }
+        Ok(Alias::Users([s.to_string()].into()))
+    }
+
+    fn expand_group(
+        &self,
+        g: &str,
+        users: &mut BTreeSet<String>,
+        stack: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let members = self
+            .groups
+            .get(g)
+            .ok_or_else(|| format!("group {g:?} is not defined"))?;
+        if stack.iter().any(|s| s == g) {
+            return Err(format!("group {g:?} contains itself"));
+        }
+        stack.push(g.to_string());
+        for m in members {
+            if m.starts_with("group:") {
+                self.expand_group(m, users, stack)?;
+            } else {
+                users.insert(m.clone());
+            }
+        }
+        stack.pop();
+        Ok(())
+    }
+}
+
+fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn parse_ports(s: &str) -> Option<Vec<PortRange>> {
+    if s == "*" {
+        return Some(vec![PortRange::ALL]);
+    }
+    s.split(',')
+        .map(|p| {
+            let (a, b) = p.split_once('-').unwrap_or((p, p));
+            let (first, last) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (first <= last).then_some(PortRange { first, last })
+        })
+        .collect()
+}
+
+impl Alias {
+    pub(crate) fn matches(&self, node: &NodeInfo) -> bool {
+        match self {
+            Alias::Any => true,
+            // Tagged nodes act as their tags, not as their owner.
+            Alias::Users(u) => node.tags.is_empty() && u.contains(&node.user),
+            Alias::Tag(t) => node.tags.iter().any(|x| x == t),
+            Alias::Net(n) => node.addresses.iter().any(|a| n.contains(a)),
+        }
+    }
+
+    fn nets(&self, nodes: &[NodeInfo]) -> Vec<IpNet> {
+        match self {
+            Alias::Any => vec![
+                "0.0.0.0/0".parse().expect("net"),
+                "::/0".parse().expect("net"),
+            ],
+            Alias::Net(n) => vec![*n],
+            _ => nodes
+                .iter()
+                .filter(|n| self.matches(n))
+                .flat_map(|n| n.addresses.iter().map(|a| IpNet::from(*a)))
+                .collect(),
+        }
+    }
+}
+
+impl CompiledPolicy {
+    pub(crate) fn rules(&self) -> &[ResolvedRule] {
+        &self.rules
+    }
+
+    /// Rules in the policy.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the policy accepts nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules `node` enforces on what it receives: those whose destination includes it,
+    /// narrowed to its own addresses.
+    pub fn filter_for(&self, node: &NodeInfo, nodes: &[NodeInfo]) -> Vec<FilterRule> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            let dst: Vec<(IpNet, PortRange)> = r
+                .dst
+                .iter()
+                .filter(|(alias, _)| alias.matches(node))
+                .flat_map(|(_, ports)| {
+                    node.addresses
+                        .iter()
+                        .flat_map(move |a| ports.iter().map(move |p| (IpNet::from(*a), *p)))
+                })
+                .collect();
+            if dst.is_empty() {
+                continue;
+            }
+            let mut src: Vec<IpNet> = r.src.iter().flat_map(|a| a.nets(nodes)).collect();
+            src.sort();
+            src.dedup();
+            if src.is_empty() {
+                continue;
+            }
+            out.push(FilterRule {
+                src,
+                dst,
+                protos: r.protos.clone(),
+            });
+        }
+        out
+    }
+
+    /// Whether `a` may open connections to `b` on some port (so each must know the other).
+    pub fn may_talk(&self, a: &NodeInfo, b: &NodeInfo) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.src.iter().any(|s| s.matches(a)) && r.dst.iter().any(|(d, _)| d.matches(b)))
+    }
+
+    /// The peers `node` is told about: those it may talk to or hear from.
+    pub fn visible_peers<'a>(&self, node: &NodeInfo, nodes: &'a [NodeInfo]) -> Vec<&'a NodeInfo> {
+        nodes
+            .iter()
+            .filter(|p| p.id != node.id)
+            .filter(|p| self.may_talk(node, p) || self.may_talk(p, node))
+            .collect()
+    }
+}
