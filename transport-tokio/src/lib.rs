@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod derp_client;
 pub mod derper;
 pub mod derpload;

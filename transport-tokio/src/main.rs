@@ -20,10 +20,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum ControlCommand {
+    /// Run the coordination server (HTTP; SQLite in one file).
+    Serve {
+        /// TCP address for the API.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The database file (created and migrated at start).
+        #[arg(long, default_value = "burrow-control.sqlite")]
+        db: std::path::PathBuf,
+        /// ACL policy (JSON or HuJSON); without it every node reaches every other.
+        #[arg(long)]
+        policy: Option<std::path::PathBuf>,
+    },
+    /// Pre-auth keys for registering nodes.
+    Authkey {
+        #[command(subcommand)]
+        command: AuthkeyCommand,
+    },
     /// ACL policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthkeyCommand {
+    /// Create a key and print it (only its hash is stored).
+    Create {
+        /// The database file of the server.
+        #[arg(long, default_value = "burrow-control.sqlite")]
+        db: std::path::PathBuf,
+        /// The user nodes registered with it belong to.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// Usable for more than one node.
+        #[arg(long)]
+        reusable: bool,
+        /// Refused after this long: 30s, 15m, 24h, 90d.
+        #[arg(long)]
+        expiry: Option<String>,
+        /// A tag for nodes registered with it (tag:NAME); repeatable.
+        #[arg(long)]
+        tag: Vec<String>,
     },
 }
 
@@ -411,6 +450,78 @@ async fn run(command: Command) -> Result<()> {
             // Ask clients to come back shortly, then give the writers a moment to send it.
             relay.announce_restart(Duration::from_millis(500), Duration::from_secs(30));
             tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        }
+        Command::Control {
+            command: ControlCommand::Serve { listen, db, policy },
+        } => {
+            use burrow::control::{store::SqliteStore, Control, ALLOW_ALL};
+            let text = match &policy {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => ALLOW_ALL.to_string(),
+            };
+            let compiled = Control::policy(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    policy
+                        .as_ref()
+                        .map_or("policy".into(), |p| p.display().to_string())
+                )
+            })?;
+            let store =
+                SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let control = Control::new(std::sync::Arc::new(store), compiled)?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            println!("listening on {}", listener.local_addr()?);
+            axum::serve(listener, control.router())
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
+            Ok(())
+        }
+        Command::Control {
+            command:
+                ControlCommand::Authkey {
+                    command:
+                        AuthkeyCommand::Create {
+                            db,
+                            user,
+                            reusable,
+                            expiry,
+                            tag,
+                        },
+                },
+        } => {
+            use burrow::control::store::{AuthKeySpec, SqliteStore, Store};
+            for t in &tag {
+                if !t.starts_with("tag:") || t.len() < 5 {
+                    anyhow::bail!("--tag {t:?}: tags are named tag:NAME");
+                }
+            }
+            let expires_at = match &expiry {
+                None => None,
+                Some(e) => {
+                    let d = burrow::control::parse_duration(e)
+                        .with_context(|| format!("--expiry {e:?}: use 30s, 15m, 24h or 90d"))?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs();
+                    Some(now + d.as_secs())
+                }
+            };
+            let store =
+                SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let key = store.create_auth_key(&AuthKeySpec {
+                user,
+                reusable,
+                expires_at,
+                tags: tag,
+            })?;
+            println!("{key}");
             Ok(())
         }
         Command::Control {

@@ -1,0 +1,275 @@
+//! `burrow control`: the coordination server. It hands out addresses, tells every node its
+//! peers' public keys and endpoints and its own packet filter, and streams changes as they
+//! happen (server-sent events). It never sees a private key and never carries user traffic.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use burrow_control::{CompiledPolicy, Delta, NetMap, NodeInfo, PeerInfo, Policy, Tailnet};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use store::{NodeRecord, Store, StoreError};
+
+/// The policy when none is given: every node may reach every other on every port.
+pub const ALLOW_ALL: &str =
+    r#"{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ] }"#;
+
+/// A message on a node's map stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum MapMessage {
+    /// The whole netmap (first message, and after any reconnect).
+    NetMap(NetMap),
+    /// A change.
+    Delta(Delta),
+}
+
+/// `POST /machine/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// A pre-auth key from `burrow control authkey create`.
+    pub auth_key: String,
+    /// The node's host name.
+    pub hostname: String,
+    /// WireGuard public key (base64). Never the private one.
+    pub node_key: String,
+    /// Disco public key (base64).
+    pub disco_key: String,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The node as the tailnet sees it (id, addresses, user, tags).
+    pub node: NodeInfo,
+    /// Bearer secret for this node's later requests.
+    pub secret: String,
+}
+
+/// `POST /machine/endpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointsRequest {
+    /// Candidate endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Home DERP region.
+    pub home_region: u16,
+}
+
+struct Inner {
+    tailnet: Tailnet,
+    streams: BTreeMap<u64, Vec<mpsc::UnboundedSender<MapMessage>>>,
+}
+
+/// The server's shared state.
+pub struct Control {
+    store: Arc<dyn Store>,
+    inner: Mutex<Inner>,
+}
+
+fn peer_of(r: &NodeRecord) -> PeerInfo {
+    PeerInfo {
+        node: NodeInfo {
+            id: r.id,
+            name: r.name.clone(),
+            user: r.user.clone(),
+            tags: r.tags.clone(),
+            addresses: r.addresses.clone(),
+        },
+        node_key: r.node_key.clone(),
+        disco_key: r.disco_key.clone(),
+        endpoints: r.endpoints.clone(),
+        home_region: r.home_region,
+    }
+}
+
+impl Control {
+    /// Loads every stored node under `policy`.
+    pub fn new(store: Arc<dyn Store>, policy: CompiledPolicy) -> Result<Arc<Self>, StoreError> {
+        let mut tailnet = Tailnet::new(policy);
+        for r in store.nodes()? {
+            tailnet.upsert(peer_of(&r));
+        }
+        Ok(Arc::new(Control {
+            store,
+            inner: Mutex::new(Inner {
+                tailnet,
+                streams: BTreeMap::new(),
+            }),
+        }))
+    }
+
+    /// Compiles a policy file's text (JSON or HuJSON).
+    pub fn policy(text: &str) -> Result<CompiledPolicy, burrow_control::PolicyError> {
+        Policy::check(text).map(|(_, c)| c)
+    }
+
+    fn publish(&self, deltas: Vec<(u64, Delta)>) {
+        let mut inner = self.inner.lock().expect("control state");
+        for (id, d) in deltas {
+            if let Some(subs) = inner.streams.get_mut(&id) {
+                subs.retain(|tx| tx.send(MapMessage::Delta(d.clone())).is_ok());
+            }
+        }
+    }
+
+    fn upsert(&self, r: &NodeRecord) {
+        let deltas = self
+            .inner
+            .lock()
+            .expect("control state")
+            .tailnet
+            .upsert(peer_of(r));
+        self.publish(deltas);
+    }
+
+    /// The HTTP API.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/health", get(|| async { "ok\n" }))
+            .route("/machine/register", post(register))
+            .route("/machine/endpoints", post(endpoints))
+            .route("/machine/map", get(map))
+            .with_state(self.clone())
+    }
+}
+
+/// An API error: a status and a one-line reason as JSON.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::BadAuthKey => ApiError(StatusCode::UNAUTHORIZED, e.to_string()),
+            other => {
+                tracing::error!(error = %other, "storage failed");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage failed".into())
+            }
+        }
+    }
+}
+
+fn is_key(s: &str) -> bool {
+    burrow_wg::PublicKey::from_base64(s).is_ok()
+}
+
+async fn register(
+    State(c): State<Arc<Control>>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    if !is_key(&req.node_key) || !is_key(&req.disco_key) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "node_key and disco_key must be base64 X25519 public keys".into(),
+        ));
+    }
+    if req.hostname.is_empty() || req.hostname.len() > 63 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "hostname must be 1 to 63 characters".into(),
+        ));
+    }
+    let store = c.store.clone();
+    let (record, secret) = tokio::task::spawn_blocking(move || {
+        store.register(&req.auth_key, &req.hostname, &req.node_key, &req.disco_key)
+    })
+    .await
+    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
+    c.upsert(&record);
+    tracing::info!(id = record.id, name = %record.name, "node registered");
+    Ok(Json(RegisterResponse {
+        node: peer_of(&record).node,
+        secret,
+    }))
+}
+
+async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecord, ApiError> {
+    let secret = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing Bearer secret".into()))?
+        .to_string();
+    let store = c.store.clone();
+    tokio::task::spawn_blocking(move || store.node_by_secret(&secret))
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown node secret".into()))
+}
+
+async fn endpoints(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+    Json(req): Json<EndpointsRequest>,
+) -> Result<StatusCode, ApiError> {
+    let mut node = authenticate(&c, &headers).await?;
+    if req.endpoints.len() > 64 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "at most 64 endpoints".into(),
+        ));
+    }
+    let store = c.store.clone();
+    let (id, eps, region) = (node.id, req.endpoints.clone(), req.home_region);
+    tokio::task::spawn_blocking(move || store.set_endpoints(id, &eps, region))
+        .await
+        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
+    node.endpoints = req.endpoints;
+    node.home_region = req.home_region;
+    c.upsert(&node);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn map(
+    State(c): State<Arc<Control>>,
+    headers: HeaderMap,
+) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let node = authenticate(&c, &headers).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    {
+        let mut inner = c.inner.lock().expect("control state");
+        let netmap = inner
+            .tailnet
+            .netmap(node.id)
+            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "node was removed".into()))?;
+        let _ = tx.send(MapMessage::NetMap(netmap));
+        inner.streams.entry(node.id).or_default().push(tx);
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let m = rx.recv().await?;
+        let data = serde_json::to_string(&m).unwrap_or_default();
+        Some((Ok(SseEvent::default().data(data)), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Parses "30s", "15m", "24h", "90d".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (n, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}

@@ -1,0 +1,333 @@
+//! Where the coordination server keeps what must survive a restart: pre-auth keys and
+//! registered nodes (public keys only). One trait; SQLite (one file, migrations at start) is
+//! the implementation today.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// A storage failure.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database refused.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The pre-auth key is unknown, used up or expired.
+    #[error("the auth key is unknown, already used, or expired")]
+    BadAuthKey,
+    /// A stored value did not parse.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A pre-auth key's properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthKeySpec {
+    /// The user nodes registered with it belong to.
+    pub user: String,
+    /// Usable more than once.
+    pub reusable: bool,
+    /// Unix seconds after which it is refused.
+    pub expires_at: Option<u64>,
+    /// Tags given to nodes registered with it.
+    pub tags: Vec<String>,
+}
+
+/// A registered node, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Id (also indexes its addresses).
+    pub id: u64,
+    /// Host name.
+    pub name: String,
+    /// Owner.
+    pub user: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// WireGuard public key (base64).
+    pub node_key: String,
+    /// Disco public key (base64).
+    pub disco_key: String,
+    /// Its IPv4 and IPv6 tailnet addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Last reported candidate endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Home DERP region.
+    pub home_region: u16,
+    /// Unix seconds after which the node is expired (None: never).
+    pub expires_at: Option<u64>,
+}
+
+/// The server's storage.
+pub trait Store: Send + Sync {
+    /// Creates a pre-auth key; returns it (only its hash is kept).
+    fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError>;
+    /// Registers (or re-registers, by node key) a node with a pre-auth key; returns the node
+    /// and a fresh secret for its later requests (only its hash is kept).
+    fn register(
+        &self,
+        auth_key: &str,
+        name: &str,
+        node_key: &str,
+        disco_key: &str,
+    ) -> Result<(NodeRecord, String), StoreError>;
+    /// The node a request secret belongs to.
+    fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
+    /// Records a node's endpoints and home region.
+    fn set_endpoints(
+        &self,
+        id: u64,
+        endpoints: &[SocketAddr],
+        home_region: u16,
+    ) -> Result<(), StoreError>;
+    /// Removes a node; whether it existed.
+    fn remove(&self, id: u64) -> Result<bool, StoreError>;
+    /// Every node.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+}
+
+/// SQLite storage: one file, migrated at open.
+pub struct SqliteStore {
+    db: Mutex<Connection>,
+    ula: Ipv6Addr,
+}
+
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE auth_keys (hash TEXT PRIMARY KEY, user TEXT NOT NULL, reusable INTEGER NOT NULL,
+        expires_at INTEGER, tags TEXT NOT NULL, uses INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL);
+     CREATE TABLE nodes (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, user TEXT NOT NULL,
+        tags TEXT NOT NULL, node_key TEXT NOT NULL UNIQUE, disco_key TEXT NOT NULL,
+        endpoints TEXT NOT NULL DEFAULT '', home_region INTEGER NOT NULL DEFAULT 1,
+        secret_hash TEXT NOT NULL, expires_at INTEGER, created_at INTEGER NOT NULL);",
+];
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn random_token(prefix: &str) -> String {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+    let mut b = [0u8; 24];
+    rng.fill_bytes(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tx = db.transaction()?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        }
+        tx.commit()?;
+        // The tailnet's IPv6 ULA /48, chosen once.
+        let ula: Option<String> = db
+            .query_row("SELECT value FROM meta WHERE key = 'ula'", [], |r| r.get(0))
+            .optional()?;
+        let ula = match ula {
+            Some(s) => s
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("ula {s:?}")))?,
+            None => {
+                use rand_chacha::rand_core::{RngCore, SeedableRng};
+                let mut r = [0u8; 5];
+                rand_chacha::ChaCha20Rng::from_os_rng().fill_bytes(&mut r);
+                let a = Ipv6Addr::new(
+                    0xfd00 | u16::from(r[0]),
+                    u16::from_be_bytes([r[1], r[2]]),
+                    u16::from_be_bytes([r[3], r[4]]),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('ula', ?1)",
+                    params![a.to_string()],
+                )?;
+                a
+            }
+        };
+        Ok(SqliteStore {
+            db: Mutex::new(db),
+            ula,
+        })
+    }
+
+    fn record(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
+        let id: i64 = r.get("id")?;
+        let id = id as u64;
+        let tags: String = r.get("tags")?;
+        let endpoints: String = r.get("endpoints")?;
+        let mut ula = self.ula.segments();
+        ula[6] = (id >> 16) as u16;
+        ula[7] = id as u16;
+        let expires: Option<i64> = r.get("expires_at")?;
+        let region: i64 = r.get("home_region")?;
+        Ok(NodeRecord {
+            id,
+            name: r.get("name")?,
+            user: r.get("user")?,
+            tags: tags
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect(),
+            node_key: r.get("node_key")?,
+            disco_key: r.get("disco_key")?,
+            addresses: vec![
+                burrow_control::netmap::address_v4(id as u32),
+                IpAddr::V6(Ipv6Addr::from(ula)),
+            ],
+            endpoints: endpoints
+                .split(',')
+                .filter_map(|e| e.parse().ok())
+                .collect(),
+            home_region: region as u16,
+            expires_at: expires.map(|e| e as u64),
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError> {
+        let key = random_token("burrowkey");
+        self.db.lock().expect("db").execute(
+            "INSERT INTO auth_keys (hash, user, reusable, expires_at, tags, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                hash(&key),
+                spec.user,
+                spec.reusable,
+                spec.expires_at.map(|e| e as i64),
+                spec.tags.join(","),
+                now_unix() as i64
+            ],
+        )?;
+        Ok(key)
+    }
+
+    fn register(
+        &self,
+        auth_key: &str,
+        name: &str,
+        node_key: &str,
+        disco_key: &str,
+    ) -> Result<(NodeRecord, String), StoreError> {
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        let key: Option<(String, bool, Option<i64>, String, i64)> = tx
+            .query_row(
+                "SELECT user, reusable, expires_at, tags, uses FROM auth_keys WHERE hash = ?1",
+                params![hash(auth_key)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((user, reusable, expires, tags, uses)) = key else {
+            return Err(StoreError::BadAuthKey);
+        };
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM nodes WHERE node_key = ?1",
+                params![node_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let expired = expires.is_some_and(|e| now_unix() as i64 >= e);
+        // A one-off key is spent by its first node; that node may re-register with it.
+        if expired || (!reusable && uses > 0 && existing.is_none()) {
+            return Err(StoreError::BadAuthKey);
+        }
+        let secret = random_token("burrownode");
+        match existing {
+            Some(id) => {
+                tx.execute(
+                    "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3 WHERE id = ?4",
+                    params![name, disco_key, hash(&secret), id],
+                )?;
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![name, user, tags, node_key, disco_key, hash(&secret), now_unix() as i64],
+                )?;
+                tx.execute(
+                    "UPDATE auth_keys SET uses = uses + 1 WHERE hash = ?1",
+                    params![hash(auth_key)],
+                )?;
+            }
+        }
+        let record = tx.query_row(
+            "SELECT * FROM nodes WHERE node_key = ?1",
+            params![node_key],
+            |r| self.record(r),
+        )?;
+        tx.commit()?;
+        Ok((record, secret))
+    }
+
+    fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self
+            .db
+            .lock()
+            .expect("db")
+            .query_row(
+                "SELECT * FROM nodes WHERE secret_hash = ?1",
+                params![hash(secret)],
+                |r| self.record(r),
+            )
+            .optional()?)
+    }
+
+    fn set_endpoints(
+        &self,
+        id: u64,
+        endpoints: &[SocketAddr],
+        home_region: u16,
+    ) -> Result<(), StoreError> {
+        let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+        self.db.lock().expect("db").execute(
+            "UPDATE nodes SET endpoints = ?1, home_region = ?2 WHERE id = ?3",
+            params![list.join(","), i64::from(home_region), id as i64],
+        )?;
+        Ok(())
+    }
+
+    fn remove(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .lock()
+            .expect("db")
+            .execute("DELETE FROM nodes WHERE id = ?1", params![id as i64])?
+            > 0)
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let db = self.db.lock().expect("db");
+        let mut st = db.prepare("SELECT * FROM nodes ORDER BY id")?;
+        let rows = st.query_map([], |r| self.record(r))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
