@@ -938,11 +938,11 @@ pub fn run(
                 let start = tokio::time::Instant::now();
                 let mut engine = burrow_node::Node::new(config, start.into_std());
                 engine.add_peer(start.into_std(), peer_config.clone());
-                let (app_tx, app_rx) = tokio::sync::mpsc::unbounded_channel();
-                let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+                let (channels, handle) = burrow::node::channels();
+                let burrow::node::NodeHandle { outbound: app_tx, commands: _commands, events: mut ev_rx } = handle;
                 let until = start + duration;
                 let driver = tokio::spawn(burrow::node::run_node(
-                    engine, sock, binder, derp, app_rx, ev_tx, Some(until),
+                    engine, sock, binder, derp, channels, Some(until),
                 ));
                 let mut view = MeshNode::default();
                 let mut next_data = interval.map(|_| start);

@@ -10,5 +10,6 @@ pub mod netcheck;
 pub mod node;
 pub mod stun_server;
 pub mod transport;
+pub mod up;
 pub mod wg;
 pub mod wg_config;

@@ -160,6 +160,34 @@ enum Command {
         #[arg(long, requires = "rate_limit")]
         burst: Option<u64>,
     },
+    /// Join the mesh: register with the control server, bring up the TUN interface, punch
+    /// through NATs to peers (DERP until then) and enforce the packet filter. Needs root.
+    Up {
+        /// The coordination server, e.g. http://192.0.2.1:8080.
+        #[arg(long)]
+        control: String,
+        /// A pre-auth key (first start, or if the server forgot this node).
+        #[arg(long)]
+        auth_key: Option<String>,
+        /// Where the keys live (private keys in a 0600 file, never sent anywhere).
+        #[arg(long, default_value = "/var/lib/burrow")]
+        state_dir: std::path::PathBuf,
+        /// TUN interface name.
+        #[arg(long, default_value = "burrow0")]
+        tun: String,
+        /// UDP port (0: any).
+        #[arg(long, default_value_t = 41641)]
+        port: u16,
+        /// The DERP relay, e.g. http://192.0.2.1:8443/derp.
+        #[arg(long)]
+        derp: burrow::derp_client::DerpUrl,
+        /// A STUN server HOST:PORT; repeat (two or more tell an easy NAT from a hard one).
+        #[arg(long)]
+        stun: Vec<SocketAddr>,
+        /// Host name to register (default: this machine's).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
     /// The coordination server's tools.
     Control {
         #[command(subcommand)]
@@ -451,6 +479,43 @@ async fn run(command: Command) -> Result<()> {
             relay.announce_restart(Duration::from_millis(500), Duration::from_secs(30));
             tokio::time::sleep(Duration::from_millis(200)).await;
             Ok(())
+        }
+        Command::Up {
+            control,
+            auth_key,
+            state_dir,
+            tun,
+            port,
+            derp,
+            stun,
+            hostname,
+        } => {
+            let hostname = hostname.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "node".into())
+            });
+            let config = burrow::up::UpConfig {
+                control: control.trim_end_matches('/').to_string(),
+                auth_key,
+                state_dir,
+                tun,
+                listen_port: port,
+                derp,
+                stun,
+                hostname,
+            };
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            burrow::up::run(config, async move {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            })
+            .await
         }
         Command::Control {
             command: ControlCommand::Serve { listen, db, policy },

@@ -38,17 +38,66 @@ impl SocketBinder for TokioBinder {
 /// What the application hands the driver: IP packets for peers.
 pub type Outbound = mpsc::UnboundedReceiver<(PublicKey, Vec<u8>)>;
 
+/// Changes to the engine while it runs (from the control plane).
+#[derive(Debug, Clone)]
+pub enum NodeCommand {
+    /// A new peer, or new endpoints for a known one.
+    AddPeer(burrow_node::PeerConfig),
+}
+
+/// The driver's side of its channels to the application.
+#[derive(Debug)]
+pub struct NodeChannels {
+    outbound: Outbound,
+    commands: mpsc::UnboundedReceiver<NodeCommand>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// The application's side: packets to send, commands, and the engine's events.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// IP packets for peers.
+    pub outbound: mpsc::UnboundedSender<(PublicKey, Vec<u8>)>,
+    /// Peers from the control plane.
+    pub commands: mpsc::UnboundedSender<NodeCommand>,
+    /// Everything the engine reports (decrypted packets, path changes, endpoints…).
+    pub events: mpsc::UnboundedReceiver<Event>,
+}
+
+/// Both ends.
+pub fn channels() -> (NodeChannels, NodeHandle) {
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    (
+        NodeChannels {
+            outbound: out_rx,
+            commands: cmd_rx,
+            events: ev_tx,
+        },
+        NodeHandle {
+            outbound: out_tx,
+            commands: cmd_tx,
+            events: ev_rx,
+        },
+    )
+}
+
 /// Runs the engine until `until`: datagrams and DERP packets in, transmits out, timers; every
-/// engine event goes to `events`. Returns the engine (for its counters and explanations).
+/// engine event goes to the handle. Returns the engine (for its counters and explanations).
 pub async fn run_node<B: SocketBinder>(
     mut engine: Node,
     main: B::Socket,
     binder: B,
     mut derp: DerpClient,
-    mut outbound: Outbound,
-    events: mpsc::UnboundedSender<Event>,
+    channels: NodeChannels,
     until: Option<tokio::time::Instant>,
 ) -> io::Result<Node> {
+    let NodeChannels {
+        mut outbound,
+        mut commands,
+        events,
+    } = channels;
     let (in_tx, mut in_rx) = mpsc::unbounded_channel::<(u16, SocketAddr, Vec<u8>)>();
     let mut sockets: Vec<Option<Arc<B::Socket>>> = Vec::new();
     let mut readers = Vec::new();
@@ -59,6 +108,7 @@ pub async fn run_node<B: SocketBinder>(
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     let deadline = until.unwrap_or(far);
     let mut app_open = true;
+    let mut commands_open = true;
     let result = loop {
         while let Some(t) = engine.poll_transmit() {
             match t {
@@ -116,6 +166,10 @@ pub async fn run_node<B: SocketBinder>(
                     let _ = engine.send(now(), &peer, &packet);
                 }
                 None => app_open = false,
+            },
+            c = commands.recv(), if commands_open => match c {
+                Some(NodeCommand::AddPeer(p)) => engine.add_peer(now(), p),
+                None => commands_open = false,
             },
             _ = tokio::time::sleep_until(wake) => {
                 if tokio::time::Instant::now() >= deadline {

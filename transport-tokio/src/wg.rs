@@ -94,7 +94,8 @@ fn addresses(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
 /// Socket buffers as large as wireguard-go asks for, so bursts are not dropped by the kernel.
 const SOCKET_BUFFER: usize = 7 << 20;
 
-fn bind_udp(port: u16) -> io::Result<UdpSocket> {
+/// A UDP socket on 0.0.0.0:`port` with large buffers.
+pub fn bind_udp_socket(port: u16) -> io::Result<UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
@@ -126,7 +127,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WgRunError> {
     let iface = &config.interface;
-    let socket = bind_udp(iface.listen_port).map_err(|source| WgRunError::Bind {
+    let socket = bind_udp_socket(iface.listen_port).map_err(|source| WgRunError::Bind {
         port: iface.listen_port,
         source,
     })?;

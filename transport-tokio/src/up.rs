@@ -1,0 +1,420 @@
+//! `burrow up`: a node of the mesh. It keeps its keys in a 0600 state file (the private keys
+//! never leave it), registers with the coordination server, brings up a TUN interface with its
+//! tailnet addresses, runs the node engine (hole punching, DERP, WireGuard) over one UDP socket,
+//! and enforces its packet filter on everything it receives.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use burrow_control::{Delta, Filter, NetMap, PeerInfo, Verdict};
+use burrow_node::{Event, Node, NodeConfig, PeerConfig};
+use burrow_wg::{PrivateKey, PublicKey};
+use futures::StreamExt;
+use rand_chacha::rand_core::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::control::{MapMessage, RegisterResponse};
+use crate::derp_client::{DerpClient, DerpUrl};
+use crate::node::{channels, run_node, NodeCommand, TokioBinder};
+use crate::transport::now;
+
+/// `burrow up`'s settings.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// The coordination server, e.g. http://10.0.0.1:8080.
+    pub control: String,
+    /// A pre-auth key (needed the first time, or after the server forgot the node).
+    pub auth_key: Option<String>,
+    /// Where the keys and the node secret live.
+    pub state_dir: PathBuf,
+    /// TUN interface name.
+    pub tun: String,
+    /// UDP port of the node's socket (0: any).
+    pub listen_port: u16,
+    /// The DERP relay.
+    pub derp: DerpUrl,
+    /// STUN servers (two or more tell an easy NAT from a hard one).
+    pub stun: Vec<SocketAddr>,
+    /// Host name to register.
+    pub hostname: String,
+}
+
+/// What the state file holds.
+#[derive(Serialize, Deserialize)]
+struct State {
+    private_key: String,
+    disco_key: String,
+    secret: Option<String>,
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("node.json")
+}
+
+fn load_or_create_state(dir: &Path) -> Result<State> {
+    let path = state_path(dir);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+    }
+    let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
+    let state = State {
+        private_key: PrivateKey::generate(&mut rng).expose_base64(),
+        disco_key: PrivateKey::generate(&mut rng).expose_base64(),
+        secret: None,
+    };
+    save_state(dir, &state)?;
+    Ok(state)
+}
+
+fn save_state(dir: &Path, state: &State) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = state_path(dir);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn register(
+    http: &reqwest::Client,
+    cfg: &UpConfig,
+    state: &mut State,
+    keys: (&PrivateKey, &PrivateKey),
+) -> Result<()> {
+    let Some(auth_key) = &cfg.auth_key else {
+        bail!(
+            "this node is not registered: pass --auth-key (from `burrow control authkey create`)"
+        );
+    };
+    let r = http
+        .post(format!("{}/machine/register", cfg.control))
+        .json(&serde_json::json!({
+            "auth_key": auth_key,
+            "hostname": cfg.hostname,
+            "node_key": keys.0.public_key().to_base64(),
+            "disco_key": keys.1.public_key().to_base64(),
+        }))
+        .send()
+        .await
+        .context("reaching the control server")?;
+    if !r.status().is_success() {
+        let status = r.status();
+        bail!(
+            "registration refused ({status}): {}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+    let reg: RegisterResponse = r.json().await?;
+    state.secret = Some(reg.secret);
+    save_state(&cfg.state_dir, state)?;
+    tracing::info!(addresses = ?reg.node.addresses, "registered");
+    Ok(())
+}
+
+fn peer_config(p: &PeerInfo) -> Option<PeerConfig> {
+    Some(PeerConfig {
+        node_key: PublicKey::from_base64(&p.node_key).ok()?,
+        disco_key: PublicKey::from_base64(&p.disco_key).ok()?,
+        home_region: p.home_region,
+        endpoints: p.endpoints.clone(),
+    })
+}
+
+fn ip_cmd(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the node until `shutdown`.
+pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut state = load_or_create_state(&cfg.state_dir)?;
+    let private = PrivateKey::from_base64(&state.private_key)
+        .map_err(|_| anyhow::anyhow!("the state file's private key is corrupt"))?;
+    let disco = PrivateKey::from_base64(&state.disco_key)
+        .map_err(|_| anyhow::anyhow!("the state file's disco key is corrupt"))?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    if state.secret.is_none() {
+        register(&http, &cfg, &mut state, (&private, &disco)).await?;
+    }
+    let mut map = open_map(&http, &cfg, state.secret.as_deref().unwrap_or_default()).await;
+    if matches!(&map, Err(e) if e.to_string().contains("401")) {
+        // The server forgot us (or the secret is stale): register again.
+        register(&http, &cfg, &mut state, (&private, &disco)).await?;
+        map = open_map(&http, &cfg, state.secret.as_deref().unwrap_or_default()).await;
+    }
+    let (mut stream, first) = map?;
+    let secret = state.secret.clone().unwrap_or_default();
+
+    // The interface.
+    let v4 = first
+        .node
+        .addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .copied()
+        .context("the control server gave no IPv4 address")?;
+    let mut tun_config = tun::Configuration::default();
+    tun_config.tun_name(&cfg.tun).mtu(1280).up();
+    if let IpAddr::V4(a) = v4 {
+        tun_config
+            .address(a)
+            .netmask(std::net::Ipv4Addr::new(255, 255, 255, 255));
+    }
+    let tun = Arc::new(
+        tun::create_as_async(&tun_config)
+            .with_context(|| format!("creating TUN {} (needs root or CAP_NET_ADMIN)", cfg.tun))?,
+    );
+    ip_cmd(&["route", "replace", "100.64.0.0/10", "dev", &cfg.tun])?;
+    for a in first.node.addresses.iter().filter(|a| a.is_ipv6()) {
+        ip_cmd(&["-6", "address", "add", &format!("{a}/128"), "dev", &cfg.tun])?;
+        let segs = match a {
+            IpAddr::V6(v6) => v6.segments(),
+            IpAddr::V4(_) => unreachable!(),
+        };
+        let prefix = format!("{:x}:{:x}:{:x}::/48", segs[0], segs[1], segs[2]);
+        ip_cmd(&["-6", "route", "replace", &prefix, "dev", &cfg.tun])?;
+    }
+
+    // The engine.
+    let socket = crate::wg::bind_udp_socket(cfg.listen_port)
+        .with_context(|| format!("binding UDP port {}", cfg.listen_port))?;
+    let port = socket.local_addr()?.port();
+    let mut config = NodeConfig::new(private.clone(), disco, rand_seed());
+    config.stun_servers = cfg.stun.clone();
+    config.local_addrs = local_addresses(port, &first);
+    config.unix_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut engine = Node::new(config, now());
+    let routes: Arc<Mutex<BTreeMap<IpAddr, PublicKey>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let filter = Arc::new(Mutex::new(Filter::new(first.filter.clone())));
+    for p in &first.peers {
+        if let Some(pc) = peer_config(p) {
+            engine.add_peer(now(), pc.clone());
+            let mut r = routes.lock().expect("routes");
+            for a in &p.node.addresses {
+                r.insert(*a, pc.node_key);
+            }
+        }
+    }
+    let derp = DerpClient::spawn(cfg.derp.clone(), private, Vec::new());
+    let (chans, handle) = channels();
+    let crate::node::NodeHandle {
+        outbound,
+        commands,
+        mut events,
+    } = handle;
+    tracing::info!(address = %v4, port, peers = first.peers.len(), "burrow up");
+    println!(
+        "up: {v4} on {}, UDP port {port}, {} peers",
+        cfg.tun,
+        first.peers.len()
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        run_node(
+            engine,
+            socket,
+            TokioBinder(SocketAddr::from(([0, 0, 0, 0], 0))),
+            derp,
+            chans,
+            None,
+        )
+        .await
+        .map(|_| ())
+        .map_err(anyhow::Error::from)
+    });
+    // TUN → peers, through the filter's flow table (answers to what we send may come back).
+    {
+        let (tun, routes, filter) = (tun.clone(), routes.clone(), filter.clone());
+        tasks.spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let n = tun.recv(&mut buf).await?;
+                let packet = &buf[..n];
+                let Some(info) = burrow_control::parse_packet(packet) else {
+                    continue;
+                };
+                let Some(peer) = routes.lock().expect("routes").get(&info.dst).copied() else {
+                    continue;
+                };
+                filter.lock().expect("filter").outbound(now(), packet);
+                let _ = outbound.send((peer, packet.to_vec()));
+            }
+        });
+    }
+    // Engine events: packets through the filter into the TUN; endpoints to the control server.
+    {
+        let (tun, filter, http, control) = (
+            tun.clone(),
+            filter.clone(),
+            http.clone(),
+            cfg.control.clone(),
+        );
+        let secret = secret.clone();
+        tasks.spawn(async move {
+            while let Some(e) = events.recv().await {
+                match e {
+                    Event::Packet { peer, data } => {
+                        let verdict = filter.lock().expect("filter").inbound(now(), &data);
+                        match verdict {
+                            Verdict::Accept | Verdict::Reply => {
+                                let _ = tun.send(&data).await;
+                            }
+                            Verdict::Drop(reason) => {
+                                tracing::debug!(%peer, ?reason, "dropped by the packet filter");
+                            }
+                        }
+                    }
+                    Event::Endpoints { candidates, .. } => {
+                        let endpoints: Vec<SocketAddr> =
+                            candidates.iter().map(|c| c.addr).collect();
+                        let r = http
+                            .post(format!("{control}/machine/endpoints"))
+                            .bearer_auth(&secret)
+                            .json(&serde_json::json!({ "endpoints": endpoints, "home_region": 1 }))
+                            .send()
+                            .await;
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "cannot report endpoints");
+                        }
+                    }
+                    Event::PathChanged { peer, from, to } => {
+                        tracing::info!(%peer, ?from, ?to, "path changed");
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        });
+    }
+    // Netmap deltas: peers and the filter.
+    {
+        let (routes, filter) = (routes.clone(), filter.clone());
+        tasks.spawn(async move {
+            loop {
+                match next_message(&mut stream).await? {
+                    MapMessage::NetMap(m) => {
+                        filter.lock().expect("filter").set_rules(m.filter.clone());
+                        for p in &m.peers {
+                            apply_peer(p, &routes, &commands);
+                        }
+                    }
+                    MapMessage::Delta(Delta::PeerUpsert(p)) => apply_peer(&p, &routes, &commands),
+                    MapMessage::Delta(Delta::PeerRemove { id: _ }) => {}
+                    MapMessage::Delta(Delta::Filter { rules }) => {
+                        filter.lock().expect("filter").set_rules(rules);
+                    }
+                }
+            }
+        });
+    }
+    tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(r) = tasks.join_next() => {
+            tasks.abort_all();
+            match r {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("task failed: {e}")),
+            }
+        }
+    }
+}
+
+fn apply_peer(
+    p: &PeerInfo,
+    routes: &Mutex<BTreeMap<IpAddr, PublicKey>>,
+    commands: &tokio::sync::mpsc::UnboundedSender<NodeCommand>,
+) {
+    if let Some(pc) = peer_config(p) {
+        let mut r = routes.lock().expect("routes");
+        for a in &p.node.addresses {
+            r.insert(*a, pc.node_key);
+        }
+        let _ = commands.send(NodeCommand::AddPeer(pc));
+    }
+}
+
+fn rand_seed() -> u64 {
+    use rand_chacha::rand_core::RngCore;
+    rand_chacha::ChaCha20Rng::from_os_rng().next_u64()
+}
+
+/// This host's interface addresses (not loopback, not the tailnet's) with the node's port.
+fn local_addresses(port: u16, map: &NetMap) -> Vec<SocketAddr> {
+    let ours: Vec<IpAddr> = map.node.addresses.clone();
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() && !ip.is_loopback() && !ours.contains(ip))
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+type MapStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+async fn open_map(
+    http: &reqwest::Client,
+    cfg: &UpConfig,
+    secret: &str,
+) -> Result<((MapStream, String), NetMap)> {
+    let r = http
+        .get(format!("{}/machine/map", cfg.control))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .context("reaching the control server")?;
+    if !r.status().is_success() {
+        bail!("the control server refused the map stream: {}", r.status());
+    }
+    let mut stream: (MapStream, String) = (Box::pin(r.bytes_stream()), String::new());
+    match next_message(&mut stream).await? {
+        MapMessage::NetMap(m) => Ok((stream, m)),
+        MapMessage::Delta(_) => bail!("the map stream did not start with a netmap"),
+    }
+}
+
+async fn next_message(stream: &mut (MapStream, String)) -> Result<MapMessage> {
+    loop {
+        if let Some(end) = stream.1.find("\n\n") {
+            let event: String = stream.1.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                return serde_json::from_str(data).context("a map message that does not parse");
+            }
+            continue;
+        }
+        let chunk = stream.0.next().await.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "the map stream ended")
+        })??;
+        stream.1.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

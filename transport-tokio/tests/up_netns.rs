@@ -1,0 +1,340 @@
+//! `burrow up` for real: two nodes in network namespaces this test creates (and removes), a
+//! third namespace as "the internet" running `burrow control serve`, `burrow derper` and its
+//! STUN server. The nodes register, bring up TUN interfaces with their 100.64 addresses, and
+//! ping each other through the tunnel; the receiver's packet filter drops what the policy
+//! does not allow. Needs root; SKIPPED otherwise.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn have(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Kills the processes, then removes the namespaces, however the test ends.
+struct Lab {
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+impl Lab {
+    /// Starts `burrow ARGS…` in namespace `ns`; returns its first stdout line.
+    fn start(&mut self, ns: &str, args: &[&str], log: &std::path::Path) -> String {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, BURROW])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.children.push(child);
+        assert!(
+            !line.is_empty(),
+            "burrow {args:?} printed nothing; log: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        line.trim().to_string()
+    }
+}
+
+fn ping(ns: &str, addr: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", addr])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
+    const TEST: &str = "burrow_up_in_namespaces";
+    if !is_root() {
+        assert!(
+            std::env::var_os("BURROW_REQUIRE_INTEROP").is_none(),
+            "{TEST} needs root"
+        );
+        eprintln!("SKIPPED {TEST}: needs root for network namespaces and TUN devices");
+        return;
+    }
+    for (program, package) in [("ip", "iproute2"), ("ping", "iputils-ping")] {
+        if !have(program) {
+            assert!(
+                std::env::var_os("BURROW_REQUIRE_INTEROP").is_none(),
+                "{TEST} needs {program}"
+            );
+            eprintln!("SKIPPED {TEST}: needs {program} (package {package})");
+            return;
+        }
+    }
+    let id = std::process::id() % 100_000;
+    let (inet, a, b) = (format!("bui{id}"), format!("bua{id}"), format!("bub{id}"));
+    let dir = std::env::temp_dir().join(format!("burrow-up-{id}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lab = Lab {
+        namespaces: vec![inet.clone(), a.clone(), b.clone()],
+        children: Vec::new(),
+    };
+    for n in [&inet, &a, &b] {
+        run(&["ip", "netns", "add", n]);
+        run(&["ip", "-n", n, "link", "set", "lo", "up"]);
+    }
+    for (n, k) in [(&a, 1), (&b, 2)] {
+        let (outside, inside) = (format!("bi{k}x{id}"), format!("bi{k}y{id}"));
+        run(&[
+            "ip", "link", "add", &outside, "netns", &inet, "type", "veth", "peer", "name", &inside,
+            "netns", n,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &inet,
+            "addr",
+            "add",
+            &format!("10.201.{k}.1/24"),
+            "dev",
+            &outside,
+        ]);
+        run(&["ip", "-n", &inet, "link", "set", &outside, "up"]);
+        run(&[
+            "ip",
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("10.201.{k}.2/24"),
+            "dev",
+            &inside,
+        ]);
+        run(&["ip", "-n", n, "link", "set", &inside, "up"]);
+        run(&[
+            "ip",
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.201.{k}.1"),
+        ]);
+    }
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &inet,
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+    ]);
+
+    // The internet: control (policy: ICMP between everyone, TCP 7000 to tag:srv only), DERP, STUN.
+    let db = dir.join("control.sqlite");
+    let policy = dir.join("policy.hujson");
+    std::fs::write(
+        &policy,
+        r#"{
+  "tagOwners": { "tag:srv": ["ops"] },
+  "acls": [
+    { "action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "icmp" },
+    { "action": "accept", "src": ["*"], "dst": ["tag:srv:7000"], "proto": "tcp" },
+  ],
+}"#,
+    )
+    .unwrap();
+    let db_s = db.display().to_string();
+    let key_a = String::from_utf8(
+        run(&[
+            BURROW, "control", "authkey", "create", "--db", &db_s, "--user", "ops",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let key_b = String::from_utf8(
+        run(&[
+            BURROW, "control", "authkey", "create", "--db", &db_s, "--user", "ops", "--tag",
+            "tag:srv",
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let policy_s = policy.display().to_string();
+    let line = lab.start(
+        &inet,
+        &[
+            "control",
+            "serve",
+            "--listen",
+            "0.0.0.0:8080",
+            "--db",
+            &db_s,
+            "--policy",
+            &policy_s,
+        ],
+        &dir.join("control.log"),
+    );
+    assert!(line.starts_with("listening on"), "{line}");
+    let line = lab.start(
+        &inet,
+        &[
+            "derper",
+            "--listen",
+            "0.0.0.0:8443",
+            "--stun-listen",
+            "0.0.0.0:3478",
+        ],
+        &dir.join("derper.log"),
+    );
+    assert!(line.starts_with("listening on"), "{line}");
+
+    let mut addrs = Vec::new();
+    for (n, k, key, name) in [(&a, 1, key_a.trim(), "a"), (&b, 2, key_b.trim(), "b")] {
+        let state = dir.join(name).display().to_string();
+        let line = lab.start(
+            n,
+            &[
+                "up",
+                "--control",
+                &format!("http://10.201.{k}.1:8080"),
+                "--auth-key",
+                key,
+                "--state-dir",
+                &state,
+                "--tun",
+                "burrow0",
+                "--derp",
+                &format!("http://10.201.{k}.1:8443/derp"),
+                "--stun",
+                &format!("10.201.{k}.1:3478"),
+                "--hostname",
+                name,
+            ],
+            &dir.join(format!("{name}.log")),
+        );
+        assert!(
+            line.starts_with("up: 100."),
+            "{line}; log: {}",
+            std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+        );
+        addrs.push(line.split(' ').nth(1).unwrap().to_string());
+        // The private key stays in a 0600 file.
+        let meta = std::fs::metadata(dir.join(name).join("node.json")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    // a pings b through the tunnel (relay first, then direct on this flat network).
+    let start = Instant::now();
+    while !ping(&a, &addrs[1]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no ping a → b; a: {}\nb: {}",
+            std::fs::read_to_string(dir.join("a.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("b.log")).unwrap_or_default()
+        );
+    }
+    assert!(ping(&b, &addrs[0]), "and b → a");
+    // On this flat network the path goes direct (DERP carried the first packets).
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("a.log")).unwrap_or_default();
+        if log.contains("path changed") && log.contains("Direct(10.201.2.2") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "a never went direct: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // TCP 7000 is allowed only to tag:srv (b). A listener on 7000 on both nodes (a control
+    // server serves as any TCP listener); connecting is the test.
+    for (n, name) in [(&a, "a"), (&b, "b")] {
+        let d = dir
+            .join(format!("{name}-listener.sqlite"))
+            .display()
+            .to_string();
+        let line = lab.start(
+            n,
+            &["control", "serve", "--listen", "0.0.0.0:7000", "--db", &d],
+            &dir.join(format!("{name}-listener.log")),
+        );
+        assert!(line.starts_with("listening on"), "{line}");
+    }
+    let connects = |from: &str, to: &str| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                from,
+                "timeout",
+                "3",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{to}/7000"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        connects(&a, &addrs[1]),
+        "a → b:7000 is allowed (b is tag:srv)"
+    );
+    assert!(
+        !connects(&b, &addrs[0]),
+        "b → a:7000 is dropped by a's filter"
+    );
+    // The secret never left as a private key: the control database holds public keys only.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("a").join("node.json")).unwrap())
+            .unwrap();
+    let private = state["private_key"].as_str().unwrap();
+    let dbbytes = std::fs::read(&db).unwrap();
+    assert!(!dbbytes
+        .windows(private.len())
+        .any(|w| w == private.as_bytes()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
