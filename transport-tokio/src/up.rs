@@ -293,9 +293,10 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                             }
                         }
                     }
-                    Event::Endpoints { candidates, .. } => {
+                    Event::Endpoints { candidates, nat } => {
                         let endpoints: Vec<SocketAddr> =
                             candidates.iter().map(|c| c.addr).collect();
+                        tracing::info!(?endpoints, ?nat, "endpoints");
                         let r = http
                             .post(format!("{control}/machine/endpoints"))
                             .bearer_auth(&secret)
@@ -308,6 +309,12 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                     }
                     Event::PathChanged { peer, from, to } => {
                         tracing::info!(%peer, ?from, ?to, "path changed");
+                    }
+                    Event::BirthdayStarted { peer, probing } => {
+                        tracing::info!(%peer, probing, "birthday search started");
+                    }
+                    Event::BirthdayExhausted { peer, probes, .. } => {
+                        tracing::info!(%peer, probes, "birthday attempt spent its budget");
                     }
                     _ => {}
                 }

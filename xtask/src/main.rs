@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod derpbench;
+mod lab;
 mod test;
 mod util;
 mod wgbench;
@@ -40,6 +41,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// burrow across real NATs in network namespaces (nftables): every pair pings, paths go
+    /// direct where the NATs allow, recovery after a conntrack flush and a derper restart. Root.
+    Lab,
     /// Run a fuzz campaign on nightly with cargo-fuzz.
     Fuzz {
         /// Target name (fuzz/fuzz_targets/TARGET.rs).
@@ -67,6 +71,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Test { no_install } => test::run(!no_install),
         Command::Demo => demo::run(),
+        Command::Lab => lab::run(),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { target, seconds } => test::fuzz(&target, seconds),
         Command::Sim { args } => sim(&args),

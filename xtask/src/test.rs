@@ -17,6 +17,8 @@ const INTEROP: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("iperf3", "iperf3"),
+    ("nft", "nftables"),
+    ("conntrack", "conntrack"),
 ];
 
 /// Fuzz targets, as in fuzz/Cargo.toml.
@@ -80,7 +82,7 @@ pub fn run(install: bool) -> Result<()> {
         // Everything is installed: an interop test that cannot find its tool is a failure.
         tests.env("BURROW_REQUIRE_INTEROP", "1");
     }
-    // The test runner goes last, so its summary closes the output.
+    // The test runner and then the lab go last, so their summaries close the output.
     let campaign = fuzz_smoke();
     if let Err(e) = &campaign {
         println!("xtask: fuzz campaign failed: {e}");
@@ -91,14 +93,25 @@ pub fn run(install: bool) -> Result<()> {
     }
     let doc = run_cmd(cargo().args(["test", "--workspace", "--doc"]));
     let unit = run_cmd(&mut tests);
+    // The lab with real NATs (root; it prints SKIPPED otherwise).
+    let lab = crate::lab::run();
+    if let Err(e) = &lab {
+        println!("xtask: lab failed: {e}");
+    }
     for s in &skipped {
         println!("{s}");
     }
-    let failures: Vec<String> = [campaign.err(), matrix.err(), doc.err(), unit.err()]
-        .into_iter()
-        .flatten()
-        .map(|e| e.to_string())
-        .collect();
+    let failures: Vec<String> = [
+        campaign.err(),
+        matrix.err(),
+        doc.err(),
+        unit.err(),
+        lab.err(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|e| e.to_string())
+    .collect();
     if !failures.is_empty() {
         bail!("xtask test failed: {}", failures.join("; "));
     }

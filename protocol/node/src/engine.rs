@@ -401,9 +401,6 @@ impl Node {
             first_unanswered_direct: None,
             stats: PeerStats::default(),
         });
-        if let Some(nat) = self.nat {
-            self.send_nat_info(i, nat);
-        }
         self.flush_paths(now, i);
     }
 
@@ -625,9 +622,6 @@ impl Node {
                 self.peers[i]
                     .paths
                     .set_local_candidates(now, self.candidates.clone());
-                if let Some(nat) = self.nat {
-                    self.send_nat_info(i, nat);
-                }
                 self.flush_paths(now, i);
             }
         }
@@ -760,6 +754,11 @@ impl Node {
                         dst: p.node_key,
                         payload,
                     });
+                    // The peer needs our NAT kind with our candidates (an earlier NatInfo may
+                    // have been dropped while it was not yet on DERP).
+                    if let (Message::CallMeMaybe { .. }, Some(nat)) = (&t.msg, self.nat) {
+                        self.send_nat_info(i, nat);
+                    }
                 }
             }
         }
@@ -993,12 +992,13 @@ impl Node {
             Ok(Received::Peer(wg, what)) => {
                 if let Some(&i) = self.by_wg.get(&wg) {
                     let p = &mut self.peers[i];
+                    // Anything authenticated from the peer answers our data: when we send only
+                    // on the direct path, a reply means it got there (the peer may answer over
+                    // DERP while its own side of the path is not validated yet).
+                    p.first_unanswered_direct = None;
                     match direct {
                         Some((_, from)) => {
                             p.stats.rx_direct += 1;
-                            if p.paths.route() == Route::Direct(from) {
-                                p.first_unanswered_direct = None;
-                            }
                             p.paths.report_data_flowing(now, from);
                         }
                         None => p.stats.rx_relay += 1,
