@@ -6,6 +6,7 @@ pub mod derp_client;
 pub mod derper;
 pub mod derpload;
 pub mod loadgen;
+pub mod local_api;
 pub mod netcheck;
 pub mod node;
 pub mod stun_server;

@@ -187,6 +187,46 @@ enum Command {
         /// Host name to register (default: this machine's).
         #[arg(long)]
         hostname: Option<String>,
+        /// The local API socket (default: STATE_DIR/burrow.sock).
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
+    },
+    /// Peers of the running node: addresses, current path, last handshake, bytes.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The node's local API socket.
+        #[arg(long, default_value = "/var/lib/burrow/burrow.sock")]
+        socket: std::path::PathBuf,
+    },
+    /// Disco-ping a peer (name or tailnet address): "pong from … via DERP(region) / ip:port".
+    Ping {
+        /// Name or tailnet address.
+        peer: String,
+        /// Stop at the first pong over a direct path.
+        #[arg(long)]
+        until_direct: bool,
+        /// Pings at most.
+        #[arg(long, short = 'c', default_value_t = 10)]
+        count: u32,
+        /// The node's local API socket.
+        #[arg(long, default_value = "/var/lib/burrow/burrow.sock")]
+        socket: std::path::PathBuf,
+    },
+    /// Why a peer is on its path: both NATs, candidate pairs tried and what came of each.
+    Doctor {
+        /// Name or tailnet address.
+        peer: String,
+        /// The node's local API socket.
+        #[arg(long, default_value = "/var/lib/burrow/burrow.sock")]
+        socket: std::path::PathBuf,
+    },
+    /// Stop the running node (its TUN interface goes with it).
+    Down {
+        /// The node's local API socket.
+        #[arg(long, default_value = "/var/lib/burrow/burrow.sock")]
+        socket: std::path::PathBuf,
     },
     /// The coordination server's tools.
     Control {
@@ -489,7 +529,9 @@ async fn run(command: Command) -> Result<()> {
             derp,
             stun,
             hostname,
+            socket,
         } => {
+            let socket = socket.unwrap_or_else(|| state_dir.join("burrow.sock"));
             let hostname = hostname.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_string())
@@ -506,6 +548,7 @@ async fn run(command: Command) -> Result<()> {
                 derp,
                 stun,
                 hostname,
+                socket,
             };
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -516,6 +559,89 @@ async fn run(command: Command) -> Result<()> {
                 }
             })
             .await
+        }
+        Command::Status { json, socket } => {
+            use burrow::local_api::{ask, Request, Status};
+            let answer = ask(&socket, &Request::Status).await?;
+            let status: Status =
+                serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let addrs = |a: &[std::net::IpAddr]| {
+                    a.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!("{} ({})", status.name, addrs(&status.addresses));
+                for p in &status.peers {
+                    println!(
+                        "  {:<16} {:<36} {:<28} handshake {:<10} rx {} B, tx {} B",
+                        p.name,
+                        addrs(&p.addresses),
+                        p.path,
+                        p.last_handshake_s
+                            .map_or("never".into(), |s| format!("{s:.0}s ago")),
+                        p.rx_bytes,
+                        p.tx_bytes
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Ping {
+            peer,
+            until_direct,
+            count,
+            socket,
+        } => {
+            use burrow::local_api::{ask, Pong, Request};
+            let answers = ask(
+                &socket,
+                &Request::Ping {
+                    peer: peer.clone(),
+                    count,
+                    until_direct,
+                },
+            )
+            .await?;
+            let mut direct = false;
+            for a in answers {
+                let pong: Pong = serde_json::from_value(a)?;
+                match pong.latency_ms {
+                    Some(ms) => {
+                        println!("pong from {} via {} in {ms:.1} ms", pong.peer, pong.via);
+                        direct |= !pong.via.starts_with("DERP");
+                    }
+                    None => println!("no pong from {} within 2 s", pong.peer),
+                }
+            }
+            if until_direct && !direct {
+                anyhow::bail!("no direct path to {peer} yet");
+            }
+            Ok(())
+        }
+        Command::Doctor { peer, socket } => {
+            use burrow::local_api::{ask, Doctor, Request};
+            let answer = ask(&socket, &Request::Doctor { peer }).await?;
+            let d: Doctor =
+                serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
+            println!("peer:      {}", d.peer);
+            println!("our NAT:   {}", d.our_nat);
+            println!("its NAT:   {}", d.peer_nat);
+            println!("path:      {}", d.path);
+            println!("birthday:  {}", d.birthday);
+            println!("candidate pairs tried (oldest first):");
+            for a in &d.attempts {
+                println!("  {a}");
+            }
+            Ok(())
+        }
+        Command::Down { socket } => {
+            burrow::local_api::ask(&socket, &burrow::local_api::Request::Down).await?;
+            println!("down");
+            Ok(())
         }
         Command::Control {
             command: ControlCommand::Serve { listen, db, policy },

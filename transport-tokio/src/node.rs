@@ -38,11 +38,59 @@ impl SocketBinder for TokioBinder {
 /// What the application hands the driver: IP packets for peers.
 pub type Outbound = mpsc::UnboundedReceiver<(PublicKey, Vec<u8>)>;
 
-/// Changes to the engine while it runs (from the control plane).
+/// One peer as `burrow status` shows it.
 #[derive(Debug, Clone)]
+pub struct PeerState {
+    /// Node key.
+    pub key: PublicKey,
+    /// Current route.
+    pub route: burrow_punch::Route,
+    /// Counters (bytes, packets by path, last handshake).
+    pub stats: burrow_node::PeerStats,
+    /// Why it is on that route.
+    pub explanation: Option<burrow_node::Explanation>,
+}
+
+/// What the engine knows, for `burrow status` and `burrow doctor`.
+#[derive(Debug, Clone)]
+pub struct EngineState {
+    /// When this was taken.
+    pub at: std::time::Instant,
+    /// Our NAT, from STUN.
+    pub nat: Option<burrow_node::NatView>,
+    /// Our candidates.
+    pub candidates: Vec<burrow_punch::Candidate>,
+    /// Every peer.
+    pub peers: Vec<PeerState>,
+}
+
+/// Changes to (and questions for) the engine while it runs.
+#[derive(Debug)]
 pub enum NodeCommand {
     /// A new peer, or new endpoints for a known one.
     AddPeer(burrow_node::PeerConfig),
+    /// A disco ping on the peer's current path; the answer comes as `Event::PingResult`.
+    Ping(PublicKey),
+    /// A snapshot of the engine.
+    State(tokio::sync::oneshot::Sender<EngineState>),
+}
+
+fn snapshot(engine: &Node) -> EngineState {
+    EngineState {
+        at: now(),
+        nat: engine.nat(),
+        candidates: engine.candidates().to_vec(),
+        peers: engine
+            .peer_keys()
+            .into_iter()
+            .map(|key| PeerState {
+                key,
+                route: engine.route(&key).unwrap_or(burrow_punch::Route::Relay),
+                stats: engine.stats(&key).unwrap_or_default(),
+                explanation: engine.explain(&key),
+            })
+            .collect(),
+    }
 }
 
 /// The driver's side of its channels to the application.
@@ -169,6 +217,12 @@ pub async fn run_node<B: SocketBinder>(
             },
             c = commands.recv(), if commands_open => match c {
                 Some(NodeCommand::AddPeer(p)) => engine.add_peer(now(), p),
+                Some(NodeCommand::Ping(peer)) => {
+                    let _ = engine.ping(now(), &peer);
+                }
+                Some(NodeCommand::State(reply)) => {
+                    let _ = reply.send(snapshot(&engine));
+                }
                 None => commands_open = false,
             },
             _ = tokio::time::sleep_until(wake) => {

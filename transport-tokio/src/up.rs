@@ -42,6 +42,8 @@ pub struct UpConfig {
     pub stun: Vec<SocketAddr>,
     /// Host name to register.
     pub hostname: String,
+    /// The local API's Unix socket (`burrow status`, `ping`, `doctor`, `down`).
+    pub socket: PathBuf,
 }
 
 /// What the state file holds.
@@ -213,10 +215,12 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .unwrap_or_default();
     let mut engine = Node::new(config, now());
     let routes: Arc<Mutex<BTreeMap<IpAddr, PublicKey>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let known: Arc<Mutex<BTreeMap<PublicKey, PeerInfo>>> = Arc::new(Mutex::new(BTreeMap::new()));
     let filter = Arc::new(Mutex::new(Filter::new(first.filter.clone())));
     for p in &first.peers {
         if let Some(pc) = peer_config(p) {
             engine.add_peer(now(), pc.clone());
+            known.lock().expect("peers").insert(pc.node_key, p.clone());
             let mut r = routes.lock().expect("routes");
             for a in &p.node.addresses {
                 r.insert(*a, pc.node_key);
@@ -237,7 +241,21 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         first.peers.len()
     );
 
+    let pings: crate::local_api::PingWaiters = Arc::new(Mutex::new(Vec::new()));
+    let (down_tx, mut down_rx) = tokio::sync::mpsc::unbounded_channel();
+    let api = crate::local_api::ApiContext {
+        commands: commands.clone(),
+        peers: known.clone(),
+        name: first.node.name.clone(),
+        addresses: first.node.addresses.clone(),
+        pings: pings.clone(),
+        down: down_tx,
+    };
     let mut tasks = tokio::task::JoinSet::new();
+    {
+        let socket = cfg.socket.clone();
+        tasks.spawn(async move { crate::local_api::serve(&socket, api).await });
+    }
     tasks.spawn(async move {
         run_node(
             engine,
@@ -310,6 +328,13 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                     Event::PathChanged { peer, from, to } => {
                         tracing::info!(%peer, ?from, ?to, "path changed");
                     }
+                    Event::PingResult { peer, via, latency } => {
+                        let mut waiting = pings.lock().expect("pings");
+                        if let Some(k) = waiting.iter().position(|(p, _)| *p == peer) {
+                            let (_, tx) = waiting.remove(k);
+                            let _ = tx.send((via, latency));
+                        }
+                    }
                     Event::BirthdayStarted { peer, probing } => {
                         tracing::info!(%peer, probing, "birthday search started");
                     }
@@ -324,17 +349,19 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     }
     // Netmap deltas: peers and the filter.
     {
-        let (routes, filter) = (routes.clone(), filter.clone());
+        let (routes, filter, known) = (routes.clone(), filter.clone(), known.clone());
         tasks.spawn(async move {
             loop {
                 match next_message(&mut stream).await? {
                     MapMessage::NetMap(m) => {
                         filter.lock().expect("filter").set_rules(m.filter.clone());
                         for p in &m.peers {
-                            apply_peer(p, &routes, &commands);
+                            apply_peer(p, &routes, &known, &commands);
                         }
                     }
-                    MapMessage::Delta(Delta::PeerUpsert(p)) => apply_peer(&p, &routes, &commands),
+                    MapMessage::Delta(Delta::PeerUpsert(p)) => {
+                        apply_peer(&p, &routes, &known, &commands)
+                    }
                     MapMessage::Delta(Delta::PeerRemove { id: _ }) => {}
                     MapMessage::Delta(Delta::Filter { rules }) => {
                         filter.lock().expect("filter").set_rules(rules);
@@ -343,8 +370,12 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             }
         });
     }
-    tokio::select! {
+    let result = tokio::select! {
         _ = shutdown => Ok(()),
+        _ = down_rx.recv() => {
+            tracing::info!("down: asked over the local API");
+            Ok(())
+        }
         Some(r) = tasks.join_next() => {
             tasks.abort_all();
             match r {
@@ -352,15 +383,20 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                 Err(e) => Err(anyhow::anyhow!("task failed: {e}")),
             }
         }
-    }
+    };
+    tasks.abort_all();
+    let _ = std::fs::remove_file(&cfg.socket);
+    result
 }
 
 fn apply_peer(
     p: &PeerInfo,
     routes: &Mutex<BTreeMap<IpAddr, PublicKey>>,
+    known: &Mutex<BTreeMap<PublicKey, PeerInfo>>,
     commands: &tokio::sync::mpsc::UnboundedSender<NodeCommand>,
 ) {
     if let Some(pc) = peer_config(p) {
+        known.lock().expect("peers").insert(pc.node_key, p.clone());
         let mut r = routes.lock().expect("routes");
         for a in &p.node.addresses {
             r.insert(*a, pc.node_key);

@@ -327,6 +327,51 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         !connects(&b, &addrs[0]),
         "b → a:7000 is dropped by a's filter"
     );
+    // The local API: status, ping, doctor, down.
+    let sock = |name: &str| dir.join(name).join("burrow.sock").display().to_string();
+    let out = run(&[BURROW, "status", "--json", "--socket", &sock("a")]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b_entry = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .cloned()
+        .unwrap();
+    assert!(
+        b_entry["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("direct 10.201.2.2"),
+        "{status}"
+    );
+    assert!(b_entry["rx_bytes"].as_u64().unwrap() > 0, "{status}");
+    let out = run(&[
+        BURROW,
+        "ping",
+        "b",
+        "--until-direct",
+        "--socket",
+        &sock("a"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pong from b via 10.201.2.2:"), "{text}");
+    let out = run(&[BURROW, "doctor", &addrs[1], "--socket", &sock("a")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("our NAT:   easy") && text.contains("path:      direct 10.201.2.2"),
+        "{text}"
+    );
+    assert!(text.contains("Validated"), "{text}");
+    run(&[BURROW, "down", "--socket", &sock("b")]);
+    let start = Instant::now();
+    while ping(&a, &addrs[1]) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "b is still up after `burrow down`"
+        );
+    }
+
     // The secret never left as a private key: the control database holds public keys only.
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("a").join("node.json")).unwrap())

@@ -192,6 +192,15 @@ pub enum Event {
         /// When the next attempt starts.
         retry_at: Instant,
     },
+    /// The answer to [`Node::ping`].
+    PingResult {
+        /// The peer.
+        peer: PublicKey,
+        /// The path the pong came back on.
+        via: Route,
+        /// Round trip.
+        latency: Duration,
+    },
     /// A WireGuard session with the peer is usable.
     HandshakeDone {
         /// The peer.
@@ -235,6 +244,12 @@ pub struct PeerStats {
     pub probes: u64,
     /// Disco packets sent directly.
     pub disco_direct: u64,
+    /// Plaintext bytes sent to / received from the peer.
+    pub tx_bytes: u64,
+    /// See `tx_bytes`.
+    pub rx_bytes: u64,
+    /// When the latest WireGuard handshake with the peer completed.
+    pub last_handshake: Option<Instant>,
 }
 
 /// Why a peer is on its path: the current route and every recent attempt.
@@ -301,6 +316,7 @@ pub struct Node {
     next_stun: Instant,
     nat: Option<NatView>,
     candidates: Vec<Candidate>,
+    user_pings: BTreeMap<burrow_disco::TxId, (usize, Instant, Route)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     buf: Vec<u8>,
@@ -337,6 +353,7 @@ impl Node {
             next_stun: now,
             nat: None,
             candidates: Vec::new(),
+            user_pings: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             buf: vec![0u8; MAX_DATAGRAM + 64],
@@ -414,6 +431,11 @@ impl Node {
         self.by_node.get(peer).map(|&i| self.peers[i].stats)
     }
 
+    /// Every peer's node key, in the order they were added.
+    pub fn peer_keys(&self) -> Vec<PublicKey> {
+        self.peers.iter().map(|p| p.config.node_key).collect()
+    }
+
     /// Why a peer is on its path.
     pub fn explain(&self, peer: &PublicKey) -> Option<Explanation> {
         let p = &self.peers[*self.by_node.get(peer)?];
@@ -427,6 +449,53 @@ impl Node {
         })
     }
 
+    /// A disco ping to `peer` on its current path (`burrow ping`); the answer comes as
+    /// [`Event::PingResult`]. Unanswered pings are forgotten after a minute.
+    pub fn ping(&mut self, now: Instant, peer: &PublicKey) -> Result<(), NodeError> {
+        let i = *self
+            .by_node
+            .get(peer)
+            .ok_or(NodeError::UnknownPeer(*peer))?;
+        self.user_pings
+            .retain(|_, (_, at, _)| now.saturating_duration_since(*at) < Duration::from_secs(60));
+        let mut tx_id = [0u8; 12];
+        self.rng.fill_bytes(&mut tx_id);
+        let route = self.peers[i].paths.route();
+        self.user_pings.insert(tx_id, (i, now, route));
+        let ping = Message::Ping {
+            tx_id,
+            node_key: Some(self.device.public_key()),
+            padding: 0,
+        };
+        match route {
+            Route::Direct(addr) => {
+                let socket = self.peers[i].paths.socket_of(addr);
+                if let Some(payload) = self.seal(i, &ping) {
+                    self.transmits.push_back(Transmit::Udp {
+                        socket,
+                        dst: addr,
+                        payload,
+                    });
+                }
+            }
+            Route::Relay => self.send_disco_relay(i, &ping),
+        }
+        Ok(())
+    }
+
+    fn user_pong(&mut self, now: Instant, tx_id: &burrow_disco::TxId, via: Route) -> bool {
+        let Some((i, sent, _)) = self.user_pings.remove(tx_id) else {
+            return false;
+        };
+        let peer = self.peers[i].config.node_key;
+        self.events.push_back(Event::PingResult {
+            peer,
+            via,
+            latency: now.saturating_duration_since(sent),
+        });
+        true
+    }
+
     /// Encrypts an IP packet for `peer` and sends it on its current path.
     pub fn send(&mut self, now: Instant, peer: &PublicKey, packet: &[u8]) -> Result<(), NodeError> {
         let i = *self
@@ -438,6 +507,7 @@ impl Node {
         let r = self.device.encapsulate(now, wg, packet, &mut out);
         let result = match r {
             Ok(Encapsulated::Sent(n)) => {
+                self.peers[i].stats.tx_bytes += packet.len() as u64;
                 self.peers[i].paths.note_activity(now);
                 self.send_wg(now, i, &out[..n], true);
                 Ok(())
@@ -696,7 +766,7 @@ impl Node {
             Message::Ping { tx_id, .. } => {
                 self.peers[i].paths.handle_ping(now, socket, from, tx_id)
             }
-            Message::Pong { tx_id, .. } => {
+            Message::Pong { tx_id, .. } if !self.user_pong(now, &tx_id, Route::Direct(from)) => {
                 self.peers[i].paths.handle_pong(now, socket, from, tx_id);
             }
             // CallMeMaybe and NatInfo only count over DERP (where the sender is authenticated
@@ -726,6 +796,9 @@ impl Node {
                     src: relay_addr(),
                 };
                 self.send_disco_relay(i, &pong);
+            }
+            Message::Pong { tx_id, .. } => {
+                self.user_pong(now, &tx_id, Route::Relay);
             }
             _ => {}
         }
@@ -970,6 +1043,7 @@ impl Node {
         }
         while let Some((wg, e)) = self.device.poll_event() {
             if let (Some(&i), WgEvent::HandshakeCompleted { .. }) = (self.by_wg.get(&wg), e) {
+                self.peers[i].stats.last_handshake = Some(now);
                 let peer = self.peers[i].config.node_key;
                 self.events.push_back(Event::HandshakeDone { peer });
             }
@@ -1004,6 +1078,7 @@ impl Node {
                         None => p.stats.rx_relay += 1,
                     }
                     if let Decapsulated::Data(n) = what {
+                        p.stats.rx_bytes += n as u64;
                         let peer = p.config.node_key;
                         self.events.push_back(Event::Packet {
                             peer,
