@@ -89,8 +89,37 @@ impl Tailnet {
         self.nodes.get(&id)
     }
 
-    fn infos(&self) -> Vec<NodeInfo> {
-        self.nodes.values().map(|p| p.node.clone()).collect()
+    /// A node's inbound filter, its sources resolved through the indexes.
+    pub fn filter_of(&self, node: &NodeInfo) -> Vec<FilterRule> {
+        self.policy.filter_with(node, |alias| {
+            use crate::policy::Alias;
+            match alias {
+                Alias::Any | Alias::Net(_) => alias.nets(&[]),
+                _ => {
+                    let mut ids = BTreeSet::new();
+                    self.members(alias, &mut ids);
+                    ids.iter()
+                        .flat_map(|id| self.nodes[id].node.addresses.iter())
+                        .map(|a| ipnet::IpNet::from(*a))
+                        .collect()
+                }
+            }
+        })
+    }
+
+    /// Nodes whose filters name `node` through a user or tag (their filters change when it
+    /// joins, leaves, or changes user or tags).
+    fn filters_naming(&self, node: &NodeInfo, out: &mut BTreeSet<u64>) {
+        for r in self.policy.rules() {
+            if r.src
+                .iter()
+                .any(|a| a.depends_on_nodes() && a.matches(node))
+            {
+                for (d, _) in &r.dst {
+                    self.members(d, out);
+                }
+            }
+        }
     }
 
     /// Ids of the nodes that can see `node` (it may talk to them or hear from them),
@@ -142,7 +171,6 @@ impl Tailnet {
     /// The whole netmap of one node (on connect).
     pub fn netmap(&self, id: u64) -> Option<NetMap> {
         let me = self.nodes.get(&id)?;
-        let infos = self.infos();
         let peers = self
             .watchers(&me.node)
             .into_iter()
@@ -151,7 +179,7 @@ impl Tailnet {
         Some(NetMap {
             node: me.node.clone(),
             peers,
-            filter: self.policy.filter_for(&me.node, &infos),
+            filter: self.filter_of(&me.node),
         })
     }
 
@@ -177,17 +205,21 @@ impl Tailnet {
                 .difference(&after)
                 .map(|w| (*w, Delta::PeerRemove { id })),
         );
-        // Rules that name addresses or users change the filters of the node's watchers only
-        // when identity changed; a new or re-identified node gets fresh filters around it.
+        // Filters change only when identity changes (a join, new tags), and only for the nodes
+        // whose rules name this node by user or tag; `*` and addresses do not depend on it.
         let identity_changed = old.as_ref().is_none_or(|o| o.node != peer.node);
         if identity_changed {
-            let infos = self.infos();
-            for w in after.iter().chain(std::iter::once(&id)) {
-                if let Some(n) = self.nodes.get(w) {
+            let mut changed = BTreeSet::from([id]);
+            self.filters_naming(&peer.node, &mut changed);
+            if let Some(o) = &old {
+                self.filters_naming(&o.node, &mut changed);
+            }
+            for w in changed {
+                if let Some(n) = self.nodes.get(&w) {
                     out.push((
-                        *w,
+                        w,
                         Delta::Filter {
-                            rules: self.policy.filter_for(&n.node, &infos),
+                            rules: self.filter_of(&n.node),
                         },
                     ));
                 }
@@ -205,9 +237,24 @@ impl Tailnet {
         // Watchers among the remaining nodes (the removed one still matches its aliases).
         let mut w = BTreeSet::new();
         self.watchers_into(&old.node, &mut w);
-        w.into_iter()
+        let mut out: Vec<(u64, Delta)> = w
+            .into_iter()
             .map(|n| (n, Delta::PeerRemove { id }))
-            .collect()
+            .collect();
+        // Filters that named it by user or tag lose its addresses.
+        let mut changed = BTreeSet::new();
+        self.filters_naming(&old.node, &mut changed);
+        for c in changed {
+            if let Some(n) = self.nodes.get(&c) {
+                out.push((
+                    c,
+                    Delta::Filter {
+                        rules: self.filter_of(&n.node),
+                    },
+                ));
+            }
+        }
+        out
     }
 
     fn index(&mut self, n: &NodeInfo) {

@@ -346,7 +346,12 @@ impl Alias {
         }
     }
 
-    fn nets(&self, nodes: &[NodeInfo]) -> Vec<IpNet> {
+    /// Whether membership can change with the nodes (users and tags; not `*` or addresses).
+    pub(crate) fn depends_on_nodes(&self) -> bool {
+        matches!(self, Alias::Users(_) | Alias::Tag(_))
+    }
+
+    pub(crate) fn nets(&self, nodes: &[NodeInfo]) -> Vec<IpNet> {
         match self {
             Alias::Any => vec![
                 "0.0.0.0/0".parse().expect("net"),
@@ -380,6 +385,16 @@ impl CompiledPolicy {
     /// The rules `node` enforces on what it receives: those whose destination includes it,
     /// narrowed to its own addresses.
     pub fn filter_for(&self, node: &NodeInfo, nodes: &[NodeInfo]) -> Vec<FilterRule> {
+        self.filter_with(node, |a| a.nets(nodes))
+    }
+
+    /// [`CompiledPolicy::filter_for`] with the sources' networks from `nets_of` (the tailnet
+    /// resolves them through its indexes).
+    pub(crate) fn filter_with(
+        &self,
+        node: &NodeInfo,
+        nets_of: impl Fn(&Alias) -> Vec<IpNet>,
+    ) -> Vec<FilterRule> {
         let mut out = Vec::new();
         for r in &self.rules {
             let dst: Vec<(IpNet, PortRange)> = r
@@ -395,7 +410,7 @@ impl CompiledPolicy {
             if dst.is_empty() {
                 continue;
             }
-            let mut src: Vec<IpNet> = r.src.iter().flat_map(|a| a.nets(nodes)).collect();
+            let mut src: Vec<IpNet> = r.src.iter().flat_map(&nets_of).collect();
             src.sort();
             src.dedup();
             if src.is_empty() {

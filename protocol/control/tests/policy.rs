@@ -307,3 +307,49 @@ proptest! {
         let _ = Filter::default().inbound(Instant::now(), &bytes);
     }
 }
+
+proptest! {
+    #[test]
+    fn indexed_filters_equal_the_reference_and_deltas_cover_every_change(
+        specs in prop::collection::vec((0usize..4, prop::collection::vec(0usize..3, 0..2)), 1..25),
+        target in 0usize..25,
+    ) {
+        let (_, policy) = Policy::check(POLICY).unwrap();
+        let users = ["alice", "bob", "carol", "dave"];
+        let tags = ["tag:db", "tag:ci", "tag:db"];
+        let nodes: Vec<NodeInfo> = specs.iter().enumerate().map(|(i, (u, t))| {
+            let mut tg: Vec<&str> = t.iter().map(|k| tags[*k]).collect();
+            tg.dedup();
+            node(i as u64 + 1, users[*u], &tg)
+        }).collect();
+        let mut net = Tailnet::new(policy.clone());
+        // Filters as the tailnet believes each node has them, from the deltas alone.
+        let mut filters: std::collections::BTreeMap<u64, Vec<burrow_control::FilterRule>> = Default::default();
+        let mut sofar: Vec<NodeInfo> = Vec::new();
+        for n in &nodes {
+            sofar.push(n.clone());
+            for (id, d) in net.upsert(peer(n.clone())) {
+                if let Delta::Filter { rules } = d {
+                    filters.insert(id, rules);
+                }
+            }
+            // Every node's filter, as sent, equals the reference computed from scratch.
+            for m in &sofar {
+                let reference = policy.filter_for(m, &sofar);
+                prop_assert_eq!(filters.get(&m.id).cloned().unwrap_or_default(), reference.clone(), "node {}", m.id);
+                prop_assert_eq!(net.netmap(m.id).unwrap().filter, reference);
+            }
+        }
+        // And after a removal.
+        let gone = nodes[target % nodes.len()].id;
+        for (id, d) in net.remove(gone) {
+            if let Delta::Filter { rules } = d {
+                filters.insert(id, rules);
+            }
+        }
+        let rest: Vec<NodeInfo> = nodes.iter().filter(|n| n.id != gone).cloned().collect();
+        for m in &rest {
+            prop_assert_eq!(filters.get(&m.id).cloned().unwrap_or_default(), policy.filter_for(m, &rest), "node {} after removal", m.id);
+        }
+    }
+}
