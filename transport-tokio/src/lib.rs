@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod control;
+pub mod controlload;
 pub mod derp_client;
 pub mod derper;
 pub mod derpload;

@@ -237,6 +237,21 @@ enum Command {
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
+    /// Load generator for `cargo xtask bench control` (prints JSON).
+    #[command(hide = true)]
+    ControlLoad {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        db: std::path::PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        #[arg(long, default_value_t = 50)]
+        team: usize,
+        /// Print the policy for NODES/TEAM teams and exit.
+        #[arg(long)]
+        print_policy: bool,
+    },
     /// Load generator for `cargo xtask bench derp` (prints JSON).
     #[command(hide = true)]
     DerpLoad {
@@ -744,6 +759,21 @@ async fn run(command: Command) -> Result<()> {
                     std::process::exit(1);
                 }
             }
+        }
+        Command::ControlLoad {
+            url,
+            db,
+            nodes,
+            team,
+            print_policy,
+        } => {
+            if print_policy {
+                println!("{}", burrow::controlload::policy(nodes.div_ceil(team)));
+                return Ok(());
+            }
+            let r = burrow::controlload::run(&url, &db, nodes, team).await?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
         }
         Command::Genkey => {
             let mut rng =

@@ -45,6 +45,18 @@ pub enum Which {
         #[arg(long)]
         no_write: bool,
     },
+    /// Coordination server: one change's propagation at 1,000 and 10,000 nodes, CPU, memory.
+    Control {
+        /// Network sizes.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        nodes: Vec<usize>,
+        /// Nodes per team (a change affects its team).
+        #[arg(long, default_value_t = 50)]
+        team: usize,
+        /// Don't write BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
     /// WireGuard: seal+open and handshakes vs boringtun and the bare AEAD; TUN-to-TUN iperf3
     /// vs wireguard-go between two network namespaces (root).
     Wg {
@@ -86,6 +98,11 @@ pub fn run(which: Which) -> Result<()> {
             idle,
             no_write,
         } => return crate::derpbench::run(seconds, rounds, idle, no_write),
+        Which::Control {
+            nodes,
+            team,
+            no_write,
+        } => return crate::controlbench::run(&nodes, team, no_write),
     };
     let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
     if !reference_ready {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: burrow's task runner.
 
 mod bench;
+mod controlbench;
 mod demo;
 mod derpbench;
 mod lab;
