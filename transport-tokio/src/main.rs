@@ -31,6 +31,12 @@ enum ControlCommand {
         /// ACL policy (JSON or HuJSON); without it every node reaches every other.
         #[arg(long)]
         policy: Option<std::path::PathBuf>,
+        /// The DERP relay nodes use (region 1), handed out in every netmap.
+        #[arg(long)]
+        derp: Option<burrow::derp_client::DerpUrl>,
+        /// A STUN server for region 1 (HOST:PORT as nodes reach it); repeatable.
+        #[arg(long)]
+        stun: Vec<SocketAddr>,
     },
     /// Pre-auth keys for registering nodes.
     Authkey {
@@ -178,10 +184,11 @@ enum Command {
         /// UDP port (0: any).
         #[arg(long, default_value_t = 41641)]
         port: u16,
-        /// The DERP relay, e.g. http://192.0.2.1:8443/derp.
+        /// The DERP relay, e.g. http://192.0.2.1:8443/derp (default: the control server's map).
         #[arg(long)]
-        derp: burrow::derp_client::DerpUrl,
+        derp: Option<burrow::derp_client::DerpUrl>,
         /// A STUN server HOST:PORT; repeat (two or more tell an easy NAT from a hard one).
+        /// Default: the control server's DERP map.
         #[arg(long)]
         stun: Vec<SocketAddr>,
         /// Host name to register (default: this machine's).
@@ -659,7 +666,14 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Control {
-            command: ControlCommand::Serve { listen, db, policy },
+            command:
+                ControlCommand::Serve {
+                    listen,
+                    db,
+                    policy,
+                    derp,
+                    stun,
+                },
         } => {
             use burrow::control::{store::SqliteStore, Control, ALLOW_ALL};
             let text = match &policy {
@@ -677,7 +691,17 @@ async fn run(command: Command) -> Result<()> {
             })?;
             let store =
                 SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
-            let control = Control::new(std::sync::Arc::new(store), compiled)?;
+            let regions = derp
+                .map(|url| {
+                    vec![burrow_control::DerpRegion {
+                        id: 1,
+                        code: "default".into(),
+                        url: url.to_string(),
+                        stun: stun.clone(),
+                    }]
+                })
+                .unwrap_or_default();
+            let control = Control::new(std::sync::Arc::new(store), compiled, regions)?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;

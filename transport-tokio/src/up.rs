@@ -36,8 +36,8 @@ pub struct UpConfig {
     pub tun: String,
     /// UDP port of the node's socket (0: any).
     pub listen_port: u16,
-    /// The DERP relay.
-    pub derp: DerpUrl,
+    /// The DERP relay (None: the first region of the control server's DERP map).
+    pub derp: Option<DerpUrl>,
     /// STUN servers (two or more tell an easy NAT from a hard one).
     pub stun: Vec<SocketAddr>,
     /// Host name to register.
@@ -171,6 +171,23 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         map = open_map(&http, &cfg, state.secret.as_deref().unwrap_or_default()).await;
     }
     let (mut stream, first) = map?;
+    let derp_url = match (&cfg.derp, first.derp.first()) {
+        (Some(u), _) => u.clone(),
+        (None, Some(r)) => r
+            .url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the control server's DERP URL {:?}: {e}", r.url))?,
+        (None, None) => bail!("no DERP relay: pass --derp, or run the control server with --derp"),
+    };
+    let stun_servers = if cfg.stun.is_empty() {
+        first
+            .derp
+            .iter()
+            .flat_map(|r| r.stun.iter().copied())
+            .collect()
+    } else {
+        cfg.stun.clone()
+    };
     let secret = state.secret.clone().unwrap_or_default();
 
     // The interface.
@@ -208,7 +225,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .with_context(|| format!("binding UDP port {}", cfg.listen_port))?;
     let port = socket.local_addr()?.port();
     let mut config = NodeConfig::new(private.clone(), disco, rand_seed());
-    config.stun_servers = cfg.stun.clone();
+    config.stun_servers = stun_servers;
     config.local_addrs = local_addresses(port, &first);
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -227,7 +244,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             }
         }
     }
-    let derp = DerpClient::spawn(cfg.derp.clone(), private, Vec::new());
+    let derp = DerpClient::spawn(derp_url, private, Vec::new());
     let (chans, handle) = channels();
     let crate::node::NodeHandle {
         outbound,

@@ -212,6 +212,11 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
             &db_s,
             "--policy",
             &policy_s,
+            // The DERP map it hands out (node b relies on it).
+            "--derp",
+            "http://10.201.1.1:8443/derp",
+            "--stun",
+            "10.201.1.1:3478",
         ],
         &dir.join("control.log"),
     );
@@ -232,27 +237,27 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
     let mut addrs = Vec::new();
     for (n, k, key, name) in [(&a, 1, key_a.trim(), "a"), (&b, 2, key_b.trim(), "b")] {
         let state = dir.join(name).display().to_string();
-        let line = lab.start(
-            n,
-            &[
-                "up",
-                "--control",
-                &format!("http://10.201.{k}.1:8080"),
-                "--auth-key",
-                key,
-                "--state-dir",
-                &state,
-                "--tun",
-                "burrow0",
-                "--derp",
-                &format!("http://10.201.{k}.1:8443/derp"),
-                "--stun",
-                &format!("10.201.{k}.1:3478"),
-                "--hostname",
-                name,
-            ],
-            &dir.join(format!("{name}.log")),
-        );
+        let control = format!("http://10.201.{k}.1:8080");
+        let derp = format!("http://10.201.{k}.1:8443/derp");
+        let stun = format!("10.201.{k}.1:3478");
+        let mut args = vec![
+            "up",
+            "--control",
+            &control,
+            "--auth-key",
+            key,
+            "--state-dir",
+            &state,
+            "--tun",
+            "burrow0",
+            "--hostname",
+            name,
+        ];
+        // a is told its relay; b takes it from the control server's DERP map.
+        if name == "a" {
+            args.extend(["--derp", derp.as_str(), "--stun", stun.as_str()]);
+        }
+        let line = lab.start(n, &args, &dir.join(format!("{name}.log")));
         assert!(
             line.starts_with("up: 100."),
             "{line}; log: {}",

@@ -28,8 +28,14 @@ enum Command {
         #[arg(long)]
         no_install: bool,
     },
-    /// Start `burrow stun` on two loopback addresses and run `burrow netcheck` against it.
-    Demo,
+    /// A STUN server and a netcheck on loopback, then two simulated nodes behind an easy and a
+    /// hard NAT going from DERP to direct; with --real, the namespace lab too.
+    Demo {
+        /// Also run the mesh for real: control, DERP and nodes behind nftables NATs in network
+        /// namespaces (root; the same as `cargo xtask lab`).
+        #[arg(long)]
+        real: bool,
+    },
     /// Benchmarks; figures go to BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -71,7 +77,17 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Test { no_install } => test::run(!no_install),
-        Command::Demo => demo::run(),
+        Command::Demo { real } => {
+            demo::run()?;
+            if real {
+                println!();
+                println!(
+                    "The mesh for real: control, DERP, STUN and six nodes behind nftables NATs."
+                );
+                lab::run()?;
+            }
+            Ok(())
+        }
         Command::Lab => lab::run(),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { target, seconds } => test::fuzz(&target, seconds),

@@ -8,5 +8,5 @@ pub mod netmap;
 pub mod policy;
 
 pub use filter::{parse_packet, DropReason, Filter, PacketInfo, Verdict};
-pub use netmap::{Delta, NetMap, PeerInfo, Tailnet};
+pub use netmap::{Delta, DerpRegion, NetMap, PeerInfo, Tailnet};
 pub use policy::{AclRule, CompiledPolicy, FilterRule, NodeInfo, Policy, PolicyError, PortRange};

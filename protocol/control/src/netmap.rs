@@ -25,6 +25,19 @@ pub struct PeerInfo {
     pub home_region: u16,
 }
 
+/// One DERP region of the map the server hands out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DerpRegion {
+    /// Region id.
+    pub id: u16,
+    /// Short name.
+    pub code: String,
+    /// The relay, e.g. https://derp1.example.net/derp.
+    pub url: String,
+    /// STUN servers of the region.
+    pub stun: Vec<SocketAddr>,
+}
+
 /// A whole netmap for one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetMap {
@@ -34,6 +47,9 @@ pub struct NetMap {
     pub peers: Vec<PeerInfo>,
     /// Its inbound packet filter.
     pub filter: Vec<FilterRule>,
+    /// The DERP map.
+    #[serde(default)]
+    pub derp: Vec<DerpRegion>,
 }
 
 /// An incremental update for one node.
@@ -61,9 +77,15 @@ pub struct Tailnet {
     nodes: BTreeMap<u64, PeerInfo>,
     by_user: BTreeMap<String, BTreeSet<u64>>,
     by_tag: BTreeMap<String, BTreeSet<u64>>,
+    derp: Vec<DerpRegion>,
 }
 
 impl Tailnet {
+    /// Sets the DERP map every netmap carries.
+    pub fn set_derp_map(&mut self, regions: Vec<DerpRegion>) {
+        self.derp = regions;
+    }
+
     /// An empty tailnet under `policy`.
     pub fn new(policy: CompiledPolicy) -> Self {
         Tailnet {
@@ -71,6 +93,7 @@ impl Tailnet {
             nodes: BTreeMap::new(),
             by_user: BTreeMap::new(),
             by_tag: BTreeMap::new(),
+            derp: Vec::new(),
         }
     }
 
@@ -180,6 +203,7 @@ impl Tailnet {
             node: me.node.clone(),
             peers,
             filter: self.filter_of(&me.node),
+            derp: self.derp.clone(),
         })
     }
 

@@ -95,9 +95,14 @@ fn peer_of(r: &NodeRecord) -> PeerInfo {
 }
 
 impl Control {
-    /// Loads every stored node under `policy`.
-    pub fn new(store: Arc<dyn Store>, policy: CompiledPolicy) -> Result<Arc<Self>, StoreError> {
+    /// Loads every stored node under `policy`; every netmap carries `derp`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        policy: CompiledPolicy,
+        derp: Vec<burrow_control::DerpRegion>,
+    ) -> Result<Arc<Self>, StoreError> {
         let mut tailnet = Tailnet::new(policy);
+        tailnet.set_derp_map(derp);
         for r in store.nodes()? {
             tailnet.upsert(peer_of(&r));
         }
