@@ -25,9 +25,9 @@ enum ControlCommand {
         /// TCP address for the API.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
-        /// The database file (created and migrated at start).
+        /// The database: a SQLite file (created and migrated at start) or postgres://USER@HOST/DB.
         #[arg(long, default_value = "burrow-control.sqlite")]
-        db: std::path::PathBuf,
+        db: String,
         /// ACL policy (JSON or HuJSON); without it every node reaches every other.
         #[arg(long)]
         policy: Option<std::path::PathBuf>,
@@ -54,9 +54,9 @@ enum ControlCommand {
 enum AuthkeyCommand {
     /// Create a key and print it (only its hash is stored).
     Create {
-        /// The database file of the server.
+        /// The server's database (SQLite file or postgres://…).
         #[arg(long, default_value = "burrow-control.sqlite")]
-        db: std::path::PathBuf,
+        db: String,
         /// The user nodes registered with it belong to.
         #[arg(long, default_value = "admin")]
         user: String,
@@ -675,7 +675,7 @@ async fn run(command: Command) -> Result<()> {
                     stun,
                 },
         } => {
-            use burrow::control::{store::SqliteStore, Control, ALLOW_ALL};
+            use burrow::control::{Control, ALLOW_ALL};
             let text = match &policy {
                 Some(p) => std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?,
@@ -689,8 +689,9 @@ async fn run(command: Command) -> Result<()> {
                         .map_or("policy".into(), |p| p.display().to_string())
                 )
             })?;
-            let store =
-                SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let store = burrow::control::open_store(&db)
+                .await
+                .with_context(|| format!("opening {db}"))?;
             let regions = derp
                 .map(|url| {
                     vec![burrow_control::DerpRegion {
@@ -701,7 +702,7 @@ async fn run(command: Command) -> Result<()> {
                     }]
                 })
                 .unwrap_or_default();
-            let control = Control::new(std::sync::Arc::new(store), compiled, regions)?;
+            let control = Control::new(store, compiled, regions)?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
@@ -726,7 +727,7 @@ async fn run(command: Command) -> Result<()> {
                         },
                 },
         } => {
-            use burrow::control::store::{AuthKeySpec, SqliteStore, Store};
+            use burrow::control::store::AuthKeySpec;
             for t in &tag {
                 if !t.starts_with("tag:") || t.len() < 5 {
                     anyhow::bail!("--tag {t:?}: tags are named tag:NAME");
@@ -743,8 +744,9 @@ async fn run(command: Command) -> Result<()> {
                     Some(now + d.as_secs())
                 }
             };
-            let store =
-                SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))?;
+            let store = burrow::control::open_store(&db)
+                .await
+                .with_context(|| format!("opening {db}"))?;
             let key = store.create_auth_key(&AuthKeySpec {
                 user,
                 reusable,

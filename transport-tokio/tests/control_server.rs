@@ -20,10 +20,10 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn authkey(db: &Path, args: &[&str]) -> String {
+fn authkey(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     let out = Command::new(BURROW)
         .args(["control", "authkey", "create", "--db"])
-        .arg(db)
+        .arg(db.as_ref())
         .args(args)
         .output()
         .unwrap();
@@ -35,13 +35,13 @@ fn authkey(db: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn serve(db: &Path, policy: Option<&Path>) -> Running {
+fn serve(db: impl AsRef<std::ffi::OsStr>, policy: Option<&Path>) -> Running {
     let mut args = vec![
         "serve".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--db".into(),
-        db.display().to_string(),
+        db.as_ref().to_string_lossy().into_owned(),
     ];
     if let Some(p) = policy {
         args.push("--policy".into());
@@ -113,10 +113,16 @@ impl MapStream {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn registration_netmaps_and_deltas_survive_a_restart() {
     let dir = temp_dir("flow");
-    let db = dir.join("control.sqlite");
+    flow(dir.join("control.sqlite").to_str().unwrap()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Registration, the netmap stream, a delta within a second, and a restart that loses nothing,
+/// against the database `db` (a SQLite file or a postgres:// URL).
+async fn flow(db: &str) {
     let key = authkey(&db, &["--reusable", "--user", "alice", "--expiry", "1h"]);
     let server = serve(&db, None);
     let base = format!("http://{}", server.addr());
@@ -187,7 +193,6 @@ async fn registration_netmaps_and_deltas_survive_a_restart() {
         map.peers[0].endpoints,
         vec!["203.0.113.7:41641".parse().unwrap()]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -308,5 +313,103 @@ async fn the_policy_decides_who_hears_of_whom() {
     };
     assert!(map.peers.is_empty(), "mallory hears of nobody");
     let _ = a;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same flow against a real PostgreSQL server this test starts (Debian package
+/// postgresql) in a directory of its own, and stops. Needs root; SKIPPED otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_flow_on_postgresql() {
+    const TEST: &str = "control_on_postgresql";
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+        d.filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").is_file())
+    });
+    let (true, Some(bin)) = (root, bin) else {
+        assert!(
+            std::env::var_os("BURROW_REQUIRE_INTEROP").is_none(),
+            "{TEST} needs root and postgresql"
+        );
+        eprintln!("SKIPPED {TEST}: needs root and PostgreSQL (package postgresql)");
+        return;
+    };
+    let dir = temp_dir("pg");
+    let run_as = |args: &[&str]| {
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    assert!(Command::new("chown")
+        .args(["-R", "postgres"])
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+    let data = dir.join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    run_as(&[
+        bin.join("initdb").to_str().unwrap(),
+        "-D",
+        data.to_str().unwrap(),
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+    ]);
+    let opts = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1",
+        dir.display()
+    );
+    run_as(&[
+        bin.join("pg_ctl").to_str().unwrap(),
+        "-D",
+        data.to_str().unwrap(),
+        "-o",
+        &opts,
+        "-l",
+        dir.join("pg.log").to_str().unwrap(),
+        "-w",
+        "start",
+    ]);
+    struct Stop(PathBuf, PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.0.join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.1)
+                .args(["-m", "immediate", "stop"])
+                .output();
+        }
+    }
+    let _stop = Stop(bin.clone(), data.clone());
+    run_as(&[
+        bin.join("createdb").to_str().unwrap(),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "burrow",
+    ]);
+    flow(&format!("postgres://postgres@127.0.0.1:{port}/burrow")).await;
+    drop(_stop);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -19,6 +19,7 @@ const INTEROP: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("nft", "nftables"),
     ("conntrack", "conntrack"),
+    ("pg_ctlcluster", "postgresql"),
 ];
 
 /// Fuzz targets, as in fuzz/Cargo.toml.

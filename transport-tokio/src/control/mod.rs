@@ -2,6 +2,7 @@
 //! peers' public keys and endpoints and its own packet filter, and streams changes as they
 //! happen (server-sent events). It never sees a private key and never carries user traffic.
 
+pub mod pg;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -263,6 +264,18 @@ async fn map(
         Some((Ok(SseEvent::default().data(data)), rx))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Opens the store a `--db` value names: `postgres://…` (or `postgresql://…`) for PostgreSQL,
+/// anything else a SQLite file.
+pub async fn open_store(db: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        Ok(Arc::new(pg::PgStore::connect(db).await?))
+    } else {
+        Ok(Arc::new(store::SqliteStore::open(std::path::Path::new(
+            db,
+        ))?))
+    }
 }
 
 /// Parses "30s", "15m", "24h", "90d".

@@ -23,6 +23,9 @@ pub enum StoreError {
     /// A stored value did not parse.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// PostgreSQL refused.
+    #[error("postgres: {0}")]
+    Pg(#[from] tokio_postgres::Error),
 }
 
 /// A pre-auth key's properties.
@@ -107,20 +110,20 @@ const MIGRATIONS: &[&str] = &[
         secret_hash TEXT NOT NULL, expires_at INTEGER, created_at INTEGER NOT NULL);",
 ];
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn hash(secret: &str) -> String {
+pub(crate) fn hash(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-fn random_token(prefix: &str) -> String {
+pub(crate) fn random_token(prefix: &str) -> String {
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
     let mut b = [0u8; 24];
@@ -151,19 +154,7 @@ impl SqliteStore {
                 .parse()
                 .map_err(|_| StoreError::Corrupt(format!("ula {s:?}")))?,
             None => {
-                use rand_chacha::rand_core::{RngCore, SeedableRng};
-                let mut r = [0u8; 5];
-                rand_chacha::ChaCha20Rng::from_os_rng().fill_bytes(&mut r);
-                let a = Ipv6Addr::new(
-                    0xfd00 | u16::from(r[0]),
-                    u16::from_be_bytes([r[1], r[2]]),
-                    u16::from_be_bytes([r[3], r[4]]),
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                );
+                let a = fresh_ula();
                 db.execute(
                     "INSERT INTO meta (key, value) VALUES ('ula', ?1)",
                     params![a.to_string()],
@@ -179,37 +170,85 @@ impl SqliteStore {
 
     fn record(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRecord> {
         let id: i64 = r.get("id")?;
-        let id = id as u64;
-        let tags: String = r.get("tags")?;
-        let endpoints: String = r.get("endpoints")?;
-        let mut ula = self.ula.segments();
-        ula[6] = (id >> 16) as u16;
-        ula[7] = id as u16;
         let expires: Option<i64> = r.get("expires_at")?;
         let region: i64 = r.get("home_region")?;
-        Ok(NodeRecord {
+        Ok(Columns {
             id,
             name: r.get("name")?,
             user: r.get("user")?,
-            tags: tags
+            tags: r.get("tags")?,
+            node_key: r.get("node_key")?,
+            disco_key: r.get("disco_key")?,
+            endpoints: r.get("endpoints")?,
+            home_region: region,
+            expires_at: expires,
+        }
+        .record(self.ula))
+    }
+}
+
+/// A node row as both databases store it.
+pub(crate) struct Columns {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) user: String,
+    pub(crate) tags: String,
+    pub(crate) node_key: String,
+    pub(crate) disco_key: String,
+    pub(crate) endpoints: String,
+    pub(crate) home_region: i64,
+    pub(crate) expires_at: Option<i64>,
+}
+
+impl Columns {
+    /// The record, with addresses derived from the id and the tailnet's ULA /48.
+    pub(crate) fn record(self, ula: Ipv6Addr) -> NodeRecord {
+        let id = self.id as u64;
+        let mut v6 = ula.segments();
+        v6[6] = (id >> 16) as u16;
+        v6[7] = id as u16;
+        NodeRecord {
+            id,
+            name: self.name,
+            user: self.user,
+            tags: self
+                .tags
                 .split(',')
                 .filter(|t| !t.is_empty())
                 .map(String::from)
                 .collect(),
-            node_key: r.get("node_key")?,
-            disco_key: r.get("disco_key")?,
+            node_key: self.node_key,
+            disco_key: self.disco_key,
             addresses: vec![
                 burrow_control::netmap::address_v4(id as u32),
-                IpAddr::V6(Ipv6Addr::from(ula)),
+                IpAddr::V6(Ipv6Addr::from(v6)),
             ],
-            endpoints: endpoints
+            endpoints: self
+                .endpoints
                 .split(',')
                 .filter_map(|e| e.parse().ok())
                 .collect(),
-            home_region: region as u16,
-            expires_at: expires.map(|e| e as u64),
-        })
+            home_region: self.home_region as u16,
+            expires_at: self.expires_at.map(|e| e as u64),
+        }
     }
+}
+
+/// A fresh random ULA /48 (fdXX:XXXX:XXXX::/48).
+pub(crate) fn fresh_ula() -> Ipv6Addr {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut r = [0u8; 5];
+    rand_chacha::ChaCha20Rng::from_os_rng().fill_bytes(&mut r);
+    Ipv6Addr::new(
+        0xfd00 | u16::from(r[0]),
+        u16::from_be_bytes([r[1], r[2]]),
+        u16::from_be_bytes([r[3], r[4]]),
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
 }
 
 impl Store for SqliteStore {

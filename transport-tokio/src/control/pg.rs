@@ -1,0 +1,242 @@
+//! PostgreSQL storage (`burrow control serve --db postgres://…`), for deployments that
+//! outgrow one machine's SQLite file. Same schema and behaviour as [`super::store::SqliteStore`].
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::store::{
+    fresh_ula, hash, now_unix, random_token, AuthKeySpec, Columns, NodeRecord, Store, StoreError,
+};
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+     CREATE TABLE auth_keys (hash TEXT PRIMARY KEY, \"user\" TEXT NOT NULL, reusable BOOLEAN NOT NULL,
+        expires_at BIGINT, tags TEXT NOT NULL, uses BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);
+     CREATE TABLE nodes (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, \"user\" TEXT NOT NULL,
+        tags TEXT NOT NULL, node_key TEXT NOT NULL UNIQUE, disco_key TEXT NOT NULL,
+        endpoints TEXT NOT NULL DEFAULT '', home_region BIGINT NOT NULL DEFAULT 1,
+        secret_hash TEXT NOT NULL, expires_at BIGINT, created_at BIGINT NOT NULL);"];
+
+/// PostgreSQL storage.
+pub struct PgStore {
+    client: Mutex<Client>,
+    ula: Ipv6Addr,
+}
+
+/// Runs a future to completion from synchronous code, inside or outside the runtime's workers.
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+fn columns(r: &tokio_postgres::Row) -> Columns {
+    Columns {
+        id: r.get("id"),
+        name: r.get("name"),
+        user: r.get("user"),
+        tags: r.get("tags"),
+        node_key: r.get("node_key"),
+        disco_key: r.get("disco_key"),
+        endpoints: r.get("endpoints"),
+        home_region: r.get("home_region"),
+        expires_at: r.get("expires_at"),
+    }
+}
+
+impl PgStore {
+    /// Connects and migrates (a `postgres://user@host:port/db` URL).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::error!(error = %e, "postgres connection ended");
+            }
+        });
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL); ")
+            .await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("LOCK TABLE schema_version IN EXCLUSIVE MODE")
+            .await?;
+        let version: i64 = tx
+            .query_opt("SELECT version FROM schema_version", &[])
+            .await?
+            .map_or(0, |r| r.get(0));
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(m).await?;
+            tx.execute("DELETE FROM schema_version", &[]).await?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&((i + 1) as i64)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let ula = match client
+            .query_opt("SELECT value FROM meta WHERE key = 'ula'", &[])
+            .await?
+        {
+            Some(r) => {
+                let s: String = r.get(0);
+                s.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("ula {s:?}")))?
+            }
+            None => {
+                let a = fresh_ula();
+                client
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ('ula', $1) ON CONFLICT DO NOTHING",
+                        &[&a.to_string()],
+                    )
+                    .await?;
+                let r = client
+                    .query_one("SELECT value FROM meta WHERE key = 'ula'", &[])
+                    .await?;
+                let s: String = r.get(0);
+                s.parse()
+                    .map_err(|_| StoreError::Corrupt(format!("ula {s:?}")))?
+            }
+        };
+        Ok(PgStore {
+            client: Mutex::new(client),
+            ula,
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut client = self.client.lock().expect("postgres client");
+        block(f(&mut client))
+    }
+}
+
+impl Store for PgStore {
+    fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError> {
+        let key = random_token("burrowkey");
+        let spec = spec.clone();
+        let h = hash(&key);
+        self.with(async move |c: &mut Client| {
+            c.execute(
+                "INSERT INTO auth_keys (hash, \"user\", reusable, expires_at, tags, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&h, &spec.user, &spec.reusable, &spec.expires_at.map(|e| e as i64), &spec.tags.join(","), &(now_unix() as i64)],
+            )
+            .await?;
+            Ok(())
+        })?;
+        Ok(key)
+    }
+
+    fn register(
+        &self,
+        auth_key: &str,
+        name: &str,
+        node_key: &str,
+        disco_key: &str,
+    ) -> Result<(NodeRecord, String), StoreError> {
+        let ula = self.ula;
+        let (h, name, node_key, disco_key) = (
+            hash(auth_key),
+            name.to_string(),
+            node_key.to_string(),
+            disco_key.to_string(),
+        );
+        self.with(async move |c: &mut Client| {
+            let tx = c.transaction().await?;
+            let Some(k) = tx
+                .query_opt(
+                    "SELECT \"user\", reusable, expires_at, tags, uses FROM auth_keys WHERE hash = $1 FOR UPDATE",
+                    &[&h],
+                )
+                .await?
+            else {
+                return Err(StoreError::BadAuthKey);
+            };
+            let (user, reusable, expires, tags, uses): (String, bool, Option<i64>, String, i64) =
+                (k.get(0), k.get(1), k.get(2), k.get(3), k.get(4));
+            let existing: Option<i64> = tx
+                .query_opt("SELECT id FROM nodes WHERE node_key = $1", &[&node_key])
+                .await?
+                .map(|r| r.get(0));
+            let expired = expires.is_some_and(|e| now_unix() as i64 >= e);
+            if expired || (!reusable && uses > 0 && existing.is_none()) {
+                return Err(StoreError::BadAuthKey);
+            }
+            let secret = random_token("burrownode");
+            match existing {
+                Some(id) => {
+                    tx.execute(
+                        "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3 WHERE id = $4",
+                        &[&name, &disco_key, &hash(&secret), &id],
+                    )
+                    .await?;
+                }
+                None => {
+                    tx.execute(
+                        "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        &[&name, &user, &tags, &node_key, &disco_key, &hash(&secret), &(now_unix() as i64)],
+                    )
+                    .await?;
+                    tx.execute("UPDATE auth_keys SET uses = uses + 1 WHERE hash = $1", &[&h])
+                        .await?;
+                }
+            }
+            let row = tx
+                .query_one("SELECT * FROM nodes WHERE node_key = $1", &[&node_key])
+                .await?;
+            tx.commit().await?;
+            Ok((columns(&row).record(ula), secret))
+        })
+    }
+
+    fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let (ula, h) = (self.ula, hash(secret));
+        self.with(async move |c: &mut Client| {
+            Ok(
+                c.query_opt("SELECT * FROM nodes WHERE secret_hash = $1", &[&h])
+                    .await?
+                    .map(|r| columns(&r).record(ula)),
+            )
+        })
+    }
+
+    fn set_endpoints(
+        &self,
+        id: u64,
+        endpoints: &[SocketAddr],
+        home_region: u16,
+    ) -> Result<(), StoreError> {
+        let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+        let list = list.join(",");
+        self.with(async move |c: &mut Client| {
+            c.execute(
+                "UPDATE nodes SET endpoints = $1, home_region = $2 WHERE id = $3",
+                &[&list, &i64::from(home_region), &(id as i64)],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn remove(&self, id: u64) -> Result<bool, StoreError> {
+        self.with(async move |c: &mut Client| {
+            Ok(
+                c.execute("DELETE FROM nodes WHERE id = $1", &[&(id as i64)])
+                    .await?
+                    > 0,
+            )
+        })
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let ula = self.ula;
+        self.with(async move |c: &mut Client| {
+            Ok(c.query("SELECT * FROM nodes ORDER BY id", &[])
+                .await?
+                .iter()
+                .map(|r| columns(r).record(ula))
+                .collect())
+        })
+    }
+}
