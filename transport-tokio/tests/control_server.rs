@@ -123,8 +123,8 @@ async fn registration_netmaps_and_deltas_survive_a_restart() {
 /// Registration, the netmap stream, a delta within a second, and a restart that loses nothing,
 /// against the database `db` (a SQLite file or a postgres:// URL).
 async fn flow(db: &str) {
-    let key = authkey(&db, &["--reusable", "--user", "alice", "--expiry", "1h"]);
-    let server = serve(&db, None);
+    let key = authkey(db, &["--reusable", "--user", "alice", "--expiry", "1h"]);
+    let server = serve(db, None);
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
 
@@ -183,7 +183,7 @@ async fn flow(db: &str) {
     // Restart: nothing registered is lost.
     drop(stream);
     drop(server);
-    let server = serve(&db, None);
+    let server = serve(db, None);
     let base = format!("http://{}", server.addr());
     let mut stream = MapStream::open(&http, &base, &a.secret).await;
     let MapMessage::NetMap(map) = stream.next().await else {
