@@ -57,6 +57,15 @@ pub enum Which {
         #[arg(long)]
         no_write: bool,
     },
+    /// The mesh through real NATs: iperf3 via burrow up (direct and DERP) vs wireguard-go (root).
+    Mesh {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Don't write BENCHMARKS.md.
+        #[arg(long)]
+        no_write: bool,
+    },
     /// WireGuard: seal+open and handshakes vs boringtun and the bare AEAD; TUN-to-TUN iperf3
     /// vs wireguard-go between two network namespaces (root).
     Wg {
@@ -103,6 +112,7 @@ pub fn run(which: Which) -> Result<()> {
             team,
             no_write,
         } => return crate::controlbench::run(&nodes, team, no_write),
+        Which::Mesh { seconds, no_write } => return crate::meshbench::run(seconds, no_write),
     };
     let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
     if !reference_ready {

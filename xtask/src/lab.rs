@@ -26,16 +26,16 @@ pub const TOOLS: &[(&str, &str)] = &[
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Nat {
+pub(crate) enum Nat {
     Easy,
     Hard,
     UdpBlocked,
     Double,
 }
 
-struct Site {
-    name: &'static str,
-    nat: Nat,
+pub(crate) struct Site {
+    pub(crate) name: &'static str,
+    pub(crate) nat: Nat,
 }
 
 const SITES: &[Site] = &[
@@ -74,7 +74,7 @@ const PAIRS: &[(&str, &str, bool)] = &[
     ("blocked", "easy1", false),
 ];
 
-struct Lab {
+pub(crate) struct Lab {
     id: u32,
     namespaces: Vec<String>,
     children: BTreeMap<String, Child>,
@@ -93,7 +93,7 @@ impl Drop for Lab {
     }
 }
 
-fn sh(args: &[&str]) -> Result<String> {
+pub(crate) fn sh(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -131,7 +131,7 @@ impl Lab {
         Ok(n)
     }
 
-    fn in_ns(&self, ns: &str, args: &[&str]) -> Result<String> {
+    pub(crate) fn in_ns(&self, ns: &str, args: &[&str]) -> Result<String> {
         let mut v = vec!["ip", "netns", "exec", ns];
         v.extend_from_slice(args);
         sh(&v)
@@ -185,14 +185,14 @@ impl Lab {
     }
 }
 
-fn ping(ns: &str, addr: &str) -> bool {
+pub(crate) fn ping(ns: &str, addr: &str) -> bool {
     Command::new("ip")
         .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", addr])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
-fn wait(deadline: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
+pub(crate) fn wait(deadline: Duration, mut ok: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     loop {
         if ok() {
@@ -214,20 +214,18 @@ fn route_in_log(log: &str, peer_key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Runs the lab; prints a table and fails if any check fails.
-pub fn run() -> Result<()> {
-    if !is_root() {
-        println!("SKIPPED lab: needs root for network namespaces, nftables and TUN devices");
-        return Ok(());
-    }
-    for (program, package) in TOOLS {
-        if !have(program) {
-            println!("SKIPPED lab: needs {program} (package {package}); `cargo xtask test` installs it as root");
-            return Ok(());
-        }
-    }
-    run_cmd(cargo().args(["build", "--quiet", "-p", "burrow"]))?;
-    let burrow = root().join("target/debug/burrow");
+/// A built lab: namespaces, services and nodes (killed and removed when dropped).
+pub(crate) struct Built {
+    pub(crate) lab: Lab,
+    inet: String,
+    /// Site name → (node namespace, tailnet address, router namespace).
+    pub(crate) nodes: BTreeMap<&'static str, (String, String, String)>,
+    dir: PathBuf,
+}
+
+/// Builds the internet (control, derper, STUN ×3), the sites' routers and a `burrow up` node
+/// behind each.
+pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<Built> {
     let id = std::process::id() % 10_000;
     let dir = std::env::temp_dir().join(format!("burrow-lab-{id}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -243,10 +241,7 @@ pub fn run() -> Result<()> {
     let inet = lab.add_ns("inet")?;
     let db = dir.join("control.sqlite").display().to_string();
     let policy = dir.join("policy.hujson");
-    std::fs::write(
-        &policy,
-        r#"{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "icmp" } ] }"#,
-    )?;
+    std::fs::write(&policy, policy_text)?;
     let key = sh(&[
         burrow.to_str().unwrap(),
         "control",
@@ -302,7 +297,7 @@ pub fn run() -> Result<()> {
 
     // Sites: router(s) and a node behind.
     let mut nodes: BTreeMap<&str, (String, String, String)> = BTreeMap::new(); // name → (ns, address, router ns)
-    for (k, site) in SITES.iter().enumerate() {
+    for (k, site) in sites.iter().enumerate() {
         let s = k + 1;
         let router = lab.add_ns(&format!("r{s}"))?;
         let (_, out) = lab.link(
@@ -426,6 +421,38 @@ pub fn run() -> Result<()> {
             .to_string();
         nodes.insert(site.name, (node, addr, router));
     }
+    Ok(Built {
+        lab,
+        inet,
+        nodes,
+        dir,
+    })
+}
+
+/// Runs the lab; prints a table and fails if any check fails.
+pub fn run() -> Result<()> {
+    if !is_root() {
+        println!("SKIPPED lab: needs root for network namespaces, nftables and TUN devices");
+        return Ok(());
+    }
+    for (program, package) in TOOLS {
+        if !have(program) {
+            println!("SKIPPED lab: needs {program} (package {package}); `cargo xtask test` installs it as root");
+            return Ok(());
+        }
+    }
+    run_cmd(cargo().args(["build", "--quiet", "-p", "burrow"]))?;
+    let burrow = root().join("target/debug/burrow");
+    let Built {
+        mut lab,
+        inet,
+        nodes,
+        dir,
+    } = build(
+        &burrow,
+        SITES,
+        r#"{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "icmp" } ] }"#,
+    )?;
     let pubkey = |name: &str| -> Result<String> {
         let state: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("node.json"))?)?;

@@ -5,6 +5,7 @@ mod controlbench;
 mod demo;
 mod derpbench;
 mod lab;
+mod meshbench;
 mod test;
 mod util;
 mod wgbench;

@@ -1,0 +1,194 @@
+//! `cargo xtask bench mesh`: iperf3 through the burrow tunnel between two `burrow up` nodes
+//! behind real (nftables) NATs — direct, and via DERP from a site whose UDP is blocked — next
+//! to wireguard-go between the same two namespaces, through the same NATs. Root.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::lab::{build, ping, sh, wait, Nat, Site};
+use crate::util::{apt_install, cargo, have, is_root, root, run as run_cmd, Guard};
+
+fn iperf(from_ns: &str, to: &str, seconds: u32) -> Result<f64> {
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        from_ns,
+        "iperf3",
+        "-c",
+        to,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 result")?
+        / 1e6)
+}
+
+pub fn run(seconds: u32, no_write: bool) -> Result<()> {
+    if !is_root() {
+        bail!("the mesh benchmark needs root (network namespaces, nftables, TUN)");
+    }
+    let tools = [
+        "ip",
+        "nft",
+        "conntrack",
+        "ping",
+        "iperf3",
+        "wireguard-go",
+        "wg",
+    ];
+    if tools.iter().any(|t| !have(t))
+        && !apt_install(&[
+            "iproute2",
+            "nftables",
+            "conntrack",
+            "iputils-ping",
+            "iperf3",
+            "wireguard-go",
+            "wireguard-tools",
+        ])
+    {
+        bail!("cannot install the tools the benchmark needs");
+    }
+    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
+    let burrow = root().join("target/release/burrow");
+    let sites = [
+        Site {
+            name: "easy1",
+            nat: Nat::Easy,
+        },
+        Site {
+            name: "easy2",
+            nat: Nat::Easy,
+        },
+        Site {
+            name: "blocked",
+            nat: Nat::UdpBlocked,
+        },
+    ];
+    let built = build(
+        &burrow,
+        &sites,
+        r#"{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ] }"#,
+    )?;
+    let (ns1, _, _) = built.nodes["easy1"].clone();
+    let (ns2, addr2, _) = built.nodes["easy2"].clone();
+    let (nsb, _, _) = built.nodes["blocked"].clone();
+    // Paths settle: direct for easy1 → easy2, DERP for blocked → easy2.
+    for ns in [&ns1, &nsb] {
+        wait(Duration::from_secs(20), || ping(ns, &addr2)).context("no ping through the tunnel")?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let server = Command::new("ip")
+        .args(["netns", "exec", &ns2, "iperf3", "-s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _server = Guard(server);
+    std::thread::sleep(Duration::from_millis(500));
+    let direct = iperf(&ns1, &addr2, seconds)?;
+    let relayed = iperf(&nsb, &addr2, seconds)?;
+
+    // wireguard-go between the same two nodes' namespaces, through the same NATs.
+    let keys: Vec<(String, String)> = (0..2)
+        .map(|_| -> Result<(String, String)> {
+            let k = sh(&["wg", "genkey"])?.trim().to_owned();
+            let mut c = Command::new("wg")
+                .arg("pubkey")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            std::io::Write::write_all(&mut c.stdin.take().context("stdin")?, k.as_bytes())?;
+            Ok((
+                k,
+                String::from_utf8(c.wait_with_output()?.stdout)?
+                    .trim()
+                    .to_owned(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut guards = Vec::new();
+    let dir = std::env::temp_dir().join(format!("burrow-meshbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    for (i, (ns, other_public, inner, other_inner)) in [
+        (&ns1, "198.18.2.2:51820", "10.77.0.1/24", "10.77.0.2/32"),
+        (&ns2, "198.18.1.2:51820", "10.77.0.2/24", "10.77.0.1/32"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Distinct names: wireguard-go's control socket (/var/run/wireguard/NAME.sock) is global.
+        let ifname = format!("wgb{i}");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "env",
+                "WG_PROCESS_FOREGROUND=1",
+                "wireguard-go",
+                "-f",
+                &ifname,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        guards.push(Guard(child));
+        wait(Duration::from_secs(5), || {
+            sh(&["ip", "-n", ns, "link", "show", &ifname]).is_ok()
+        })
+        .context("wireguard-go did not create its interface")?;
+        let kf = dir.join(format!("wg{i}.key"));
+        std::fs::write(&kf, &keys[i].0)?;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "wg",
+            "set",
+            &ifname,
+            "private-key",
+            kf.to_str().context("path")?,
+            "listen-port",
+            "51820",
+            "peer",
+            &keys[1 - i].1,
+            "allowed-ips",
+            other_inner,
+            "endpoint",
+            other_public,
+            "persistent-keepalive",
+            "1",
+        ])?;
+        sh(&["ip", "-n", ns, "addr", "add", inner, "dev", &ifname])?;
+        sh(&["ip", "-n", ns, "link", "set", &ifname, "up"])?;
+    }
+    wait(Duration::from_secs(30), || ping(&ns1, "10.77.0.2"))
+        .context("wireguard-go: no ping through the NATs")?;
+    let wggo = iperf(&ns1, "10.77.0.2", seconds)?;
+    drop(guards);
+    drop(built);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("through the NATs, {seconds} s each: burrow direct {direct:.0} Mbit/s, burrow via DERP {relayed:.0} Mbit/s, wireguard-go direct {wggo:.0} Mbit/s ({:.2}x)", direct / wggo);
+    if !no_write {
+        let section = format!(
+            "## The mesh through real NATs\n\nCommand: `cargo xtask bench mesh --seconds {seconds}`\n\nThe lab's topology (network namespaces, nftables masquerade with an input-drop guard, 198.18.0.0/15 as the \"internet\"), release builds, one run each, {seconds} s of iperf3 TCP: `burrow up` node easy1 → easy2 on the direct path both NATs allow; a node behind a UDP-blocking router → easy2 via DERP (TCP to the derper in the internet namespace); and wireguard-go between easy1 and easy2 through the same NATs (endpoints on the routers' public addresses, persistent keep-alive to open them).\n\n| path | throughput |\n|---|---:|\n| burrow, direct | {direct:.0} Mbit/s |\n| burrow, via DERP | {relayed:.0} Mbit/s |\n| wireguard-go, direct | {wggo:.0} Mbit/s |\n\nburrow direct / wireguard-go: **{:.2}×**.\n",
+            direct / wggo
+        );
+        crate::bench::write_section(
+            &root().join("BENCHMARKS.md"),
+            "The mesh through real NATs",
+            &section,
+        )?;
+        println!("BENCHMARKS.md updated");
+    }
+    Ok(())
+}
