@@ -258,7 +258,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     lab.start(
         "control",
         &inet,
-        &burrow,
+        burrow,
         &[
             "control",
             "serve",
@@ -273,7 +273,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     lab.start(
         "derper",
         &inet,
-        &burrow,
+        burrow,
         &[
             "derper",
             "--listen",
@@ -285,13 +285,13 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     lab.start(
         "stun2",
         &inet,
-        &burrow,
+        burrow,
         &["stun", "--listen", "0.0.0.0:3479"],
     )?;
     lab.start(
         "stun3",
         &inet,
-        &burrow,
+        burrow,
         &["stun", "--listen", "0.0.0.0:3480"],
     )?;
 
@@ -391,7 +391,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         let line = lab.start(
             site.name,
             &node,
-            &burrow,
+            burrow,
             &[
                 "up",
                 "--control",
