@@ -364,12 +364,42 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             Ok(())
         });
     }
-    // Netmap deltas: peers and the filter.
+    // Netmap deltas: peers and the filter. If the stream breaks (the control server restarted,
+    // the network blinked), reopen it and take the fresh netmap; the tunnel keeps running.
     {
         let (routes, filter, known) = (routes.clone(), filter.clone(), known.clone());
+        let (http, cfg2, secret2) = (http.clone(), cfg.clone(), secret.clone());
         tasks.spawn(async move {
+            let mut backoff = Duration::from_millis(500);
             loop {
-                match next_message(&mut stream).await? {
+                if commands.is_closed() {
+                    return Ok::<(), anyhow::Error>(()); // the engine is gone
+                }
+                let message = match next_message(&mut stream).await {
+                    Ok(m) => {
+                        backoff = Duration::from_millis(500);
+                        m
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netmap stream lost; reconnecting");
+                        loop {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                            match open_map(&http, &cfg2, &secret2).await {
+                                Ok((s, m)) => {
+                                    tracing::info!(
+                                        peers = m.peers.len(),
+                                        "netmap stream reconnected"
+                                    );
+                                    stream = s;
+                                    break MapMessage::NetMap(m);
+                                }
+                                Err(e) => tracing::warn!(error = %e, "control server unreachable"),
+                            }
+                        }
+                    }
+                };
+                match message {
                     MapMessage::NetMap(m) => {
                         filter.lock().expect("filter").set_rules(m.filter.clone());
                         for p in &m.peers {

@@ -332,6 +332,50 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         !connects(&b, &addrs[0]),
         "b → a:7000 is dropped by a's filter"
     );
+    // The control server restarts: the nodes keep their tunnel and reconnect their map stream.
+    let mut control = lab.children.remove(0);
+    let _ = control.kill();
+    let _ = control.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ping(&a, &addrs[1]),
+        "the tunnel does not need the control server"
+    );
+    let line = lab.start(
+        &inet,
+        &[
+            "control",
+            "serve",
+            "--listen",
+            "0.0.0.0:8080",
+            "--db",
+            &db_s,
+            "--policy",
+            &policy_s,
+            "--derp",
+            "http://10.201.1.1:8443/derp",
+            "--stun",
+            "10.201.1.1:3478",
+        ],
+        &dir.join("control2.log"),
+    );
+    assert!(line.starts_with("listening on"), "{line}");
+    let start = Instant::now();
+    loop {
+        let a_log = std::fs::read_to_string(dir.join("a.log")).unwrap_or_default();
+        if a_log.contains("netmap stream lost")
+            && a_log.contains("netmap stream reconnected peers=1")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a did not reconnect: {a_log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ping(&a, &addrs[1]));
+
     // The local API: status, ping, doctor, down.
     let sock = |name: &str| dir.join(name).join("burrow.sock").display().to_string();
     let out = run(&[BURROW, "status", "--json", "--socket", &sock("a")]);
