@@ -558,7 +558,11 @@ pub fn run() -> Result<()> {
         bail!("lab: {} check(s) failed", failures.len());
     }
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("BURROW_LAB_KEEP").is_some() {
+        println!("logs kept in {} (BURROW_LAB_KEEP)", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     println!("lab: every check passed");
     Ok(())
 }

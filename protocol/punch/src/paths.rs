@@ -156,7 +156,7 @@ pub struct PeerPaths {
     next_heartbeat: Option<Instant>,
     active_until: Option<Instant>,
     next_upgrade: Instant,
-    last_call_me_maybe: Option<Instant>,
+    last_call_me_maybe_reply: Option<Instant>,
     attempts: VecDeque<Attempt>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<PathEvent>,
@@ -176,7 +176,7 @@ impl PeerPaths {
             next_heartbeat: None,
             active_until: None,
             next_upgrade: now + config.upgrade_interval,
-            last_call_me_maybe: None,
+            last_call_me_maybe_reply: None,
             attempts: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -208,8 +208,7 @@ impl PeerPaths {
         self.call_me_maybe(now);
     }
 
-    fn call_me_maybe(&mut self, now: Instant) {
-        self.last_call_me_maybe = Some(now);
+    fn call_me_maybe(&mut self, _now: Instant) {
         let endpoints = self.local.iter().map(|c| c.addr).collect();
         self.transmits.push_back(Transmit {
             dst: Dst::Relay,
@@ -273,11 +272,13 @@ impl PeerPaths {
             self.ping(now, e);
         }
         // Our own CallMeMaybe may never have reached the peer (it was not on the relay yet):
-        // answer with ours, at most once a second, so it pings us at this same moment.
-        let recent = self
-            .last_call_me_maybe
+        // answer with ours so it pings us at this same moment. At most one answer a second, so
+        // two nodes answering each other stop after one round.
+        let answered_lately = self
+            .last_call_me_maybe_reply
             .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(1));
-        if self.route == Route::Relay && !self.local.is_empty() && !recent {
+        if self.route == Route::Relay && !self.local.is_empty() && !answered_lately {
+            self.last_call_me_maybe_reply = Some(now);
             self.call_me_maybe(now);
         }
     }
