@@ -201,25 +201,22 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
     )
     .unwrap();
     let policy_s = policy.display().to_string();
-    let line = lab.start(
-        &inet,
-        &[
-            "control",
-            "serve",
-            "--listen",
-            "0.0.0.0:8080",
-            "--db",
-            &db_s,
-            "--policy",
-            &policy_s,
-            // The DERP map it hands out (node b relies on it).
-            "--derp",
-            "http://10.201.1.1:8443/derp",
-            "--stun",
-            "10.201.1.1:3478",
-        ],
-        &dir.join("control.log"),
-    );
+    // The control server, with the DERP map it hands out (node b relies on it).
+    let control_args = [
+        "control",
+        "serve",
+        "--listen",
+        "0.0.0.0:8080",
+        "--db",
+        &db_s,
+        "--policy",
+        &policy_s,
+        "--derp",
+        "http://10.201.1.1:8443/derp",
+        "--stun",
+        "10.201.1.1:3478",
+    ];
+    let line = lab.start(&inet, &control_args, &dir.join("control.log"));
     assert!(line.starts_with("listening on"), "{line}");
     let line = lab.start(
         &inet,
@@ -341,24 +338,7 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         ping(&a, &addrs[1]),
         "the tunnel does not need the control server"
     );
-    let line = lab.start(
-        &inet,
-        &[
-            "control",
-            "serve",
-            "--listen",
-            "0.0.0.0:8080",
-            "--db",
-            &db_s,
-            "--policy",
-            &policy_s,
-            "--derp",
-            "http://10.201.1.1:8443/derp",
-            "--stun",
-            "10.201.1.1:3478",
-        ],
-        &dir.join("control2.log"),
-    );
+    let line = lab.start(&inet, &control_args, &dir.join("control2.log"));
     assert!(line.starts_with("listening on"), "{line}");
     let start = Instant::now();
     loop {

@@ -485,7 +485,8 @@ pub fn run() -> Result<()> {
         let first = wait(Duration::from_secs(20), || ping(ns_a, addr_b));
         let key_b = pubkey(b)?;
         // Keep traffic flowing while waiting for the path.
-        let went = wait(Duration::from_secs(if *direct { 25 } else { 15 }), || {
+        // Birthday probing may need a second attempt (after the first's 30 s back-off): ~2 %.
+        let went = wait(Duration::from_secs(if *direct { 60 } else { 15 }), || {
             ping(ns_a, addr_b);
             route_in_log(&lab.log(a), &key_b).is_some_and(|r| r.starts_with("Direct"))
         });

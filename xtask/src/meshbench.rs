@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::lab::{build, ping, sh, wait, Nat, Site};
 use crate::util::{apt_install, cargo, have, is_root, root, run as run_cmd, Guard};
+use crate::wgbench::{start_wireguard_go, wg_keypair, WgPeer};
 
 fn iperf(from_ns: &str, to: &str, seconds: u32) -> Result<f64> {
     let out = sh(&[
@@ -96,26 +97,10 @@ pub fn run(seconds: u32, no_write: bool) -> Result<()> {
     let relayed = iperf(&nsb, &addr2, seconds)?;
 
     // wireguard-go between the same two nodes' namespaces, through the same NATs.
-    let keys: Vec<(String, String)> = (0..2)
-        .map(|_| -> Result<(String, String)> {
-            let k = sh(&["wg", "genkey"])?.trim().to_owned();
-            let mut c = Command::new("wg")
-                .arg("pubkey")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            std::io::Write::write_all(&mut c.stdin.take().context("stdin")?, k.as_bytes())?;
-            Ok((
-                k,
-                String::from_utf8(c.wait_with_output()?.stdout)?
-                    .trim()
-                    .to_owned(),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let mut guards = Vec::new();
+    let keys: Vec<(String, String)> = (0..2).map(|_| wg_keypair()).collect::<Result<_>>()?;
     let dir = std::env::temp_dir().join(format!("burrow-meshbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+    let mut guards = Vec::new();
     for (i, (ns, other_public, inner, other_inner)) in [
         (&ns1, "198.18.2.2:51820", "10.77.0.1/24", "10.77.0.2/32"),
         (&ns2, "198.18.1.2:51820", "10.77.0.2/24", "10.77.0.1/32"),
@@ -123,52 +108,20 @@ pub fn run(seconds: u32, no_write: bool) -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        // Distinct names: wireguard-go's control socket (/var/run/wireguard/NAME.sock) is global.
-        let ifname = format!("wgb{i}");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "env",
-                "WG_PROCESS_FOREGROUND=1",
-                "wireguard-go",
-                "-f",
-                &ifname,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        guards.push(Guard(child));
-        wait(Duration::from_secs(5), || {
-            sh(&["ip", "-n", ns, "link", "show", &ifname]).is_ok()
-        })
-        .context("wireguard-go did not create its interface")?;
-        let kf = dir.join(format!("wg{i}.key"));
-        std::fs::write(&kf, &keys[i].0)?;
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
+        guards.push(start_wireguard_go(
             ns,
-            "wg",
-            "set",
-            &ifname,
-            "private-key",
-            kf.to_str().context("path")?,
-            "listen-port",
-            "51820",
-            "peer",
-            &keys[1 - i].1,
-            "allowed-ips",
-            other_inner,
-            "endpoint",
-            other_public,
-            "persistent-keepalive",
-            "1",
-        ])?;
-        sh(&["ip", "-n", ns, "addr", "add", inner, "dev", &ifname])?;
-        sh(&["ip", "-n", ns, "link", "set", &ifname, "up"])?;
+            &format!("wgb{i}"),
+            &keys[i].0,
+            inner,
+            WgPeer {
+                public_key: &keys[1 - i].1,
+                allowed_ips: other_inner,
+                endpoint: other_public,
+                // Keep-alives open both NATs (wireguard-go has no hole punching of its own).
+                keepalive: Some(1),
+            },
+            &dir,
+        )?);
     }
     wait(Duration::from_secs(30), || ping(&ns1, "10.77.0.2"))
         .context("wireguard-go: no ping through the NATs")?;

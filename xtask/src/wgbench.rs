@@ -41,6 +41,90 @@ fn wait_for(mut ok: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
+/// A WireGuard key pair from wireguard-tools: (private, public), base64.
+pub(crate) fn wg_keypair() -> Result<(String, String)> {
+    let k = sh(&["wg", "genkey"])?.trim().to_owned();
+    let mut c = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(&mut c.stdin.take().context("stdin")?, k.as_bytes())?;
+    let p = String::from_utf8(c.wait_with_output()?.stdout)?
+        .trim()
+        .to_owned();
+    Ok((k, p))
+}
+
+/// wireguard-go's one peer.
+pub(crate) struct WgPeer<'a> {
+    /// Its public key.
+    pub(crate) public_key: &'a str,
+    /// What it may send from.
+    pub(crate) allowed_ips: &'a str,
+    /// Where it is.
+    pub(crate) endpoint: &'a str,
+    /// Persistent keep-alive, seconds.
+    pub(crate) keepalive: Option<u32>,
+}
+
+/// Starts wireguard-go as `ifname` in namespace `ns` (names must differ across namespaces:
+/// its control socket is global), listening on 51820 with `address`, and configures its peer.
+pub(crate) fn start_wireguard_go(
+    ns: &str,
+    ifname: &str,
+    private_key: &str,
+    address: &str,
+    peer: WgPeer<'_>,
+    dir: &Path,
+) -> Result<Guard> {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "env",
+            "WG_PROCESS_FOREGROUND=1",
+            "wireguard-go",
+            "-f",
+            ifname,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let guard = Guard(child);
+    wait_for(|| link_exists(ns, ifname))?;
+    let kf = dir.join(format!("{ifname}.key"));
+    std::fs::write(&kf, private_key)?;
+    let keepalive = peer.keepalive.map(|k| k.to_string());
+    let mut args = vec![
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "wg",
+        "set",
+        ifname,
+        "private-key",
+        kf.to_str().context("path")?,
+        "listen-port",
+        "51820",
+        "peer",
+        peer.public_key,
+        "allowed-ips",
+        peer.allowed_ips,
+        "endpoint",
+        peer.endpoint,
+    ];
+    if let Some(k) = &keepalive {
+        args.extend(["persistent-keepalive", k.as_str()]);
+    }
+    sh(&args)?;
+    sh(&["ip", "-n", ns, "addr", "add", address, "dev", ifname])?;
+    sh(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
+    Ok(guard)
+}
+
 fn link_exists(ns: &str, dev: &str) -> bool {
     Command::new("ip")
         .args(["-n", ns, "link", "show", dev])
@@ -73,21 +157,7 @@ fn tun_throughput(which: Impl, burrow: &Path, seconds: u32) -> Result<f64> {
     }
     let dir = std::env::temp_dir().join(format!("burrow-wgbench-{id}"));
     std::fs::create_dir_all(&dir)?;
-    let keys: Vec<(String, String)> = (0..2)
-        .map(|_| -> Result<(String, String)> {
-            let k = sh(&["wg", "genkey"])?.trim().to_owned();
-            let mut c = Command::new("wg")
-                .arg("pubkey")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            std::io::Write::write_all(&mut c.stdin.take().context("stdin")?, k.as_bytes())?;
-            let p = String::from_utf8(c.wait_with_output()?.stdout)?
-                .trim()
-                .to_owned();
-            Ok((k, p))
-        })
-        .collect::<Result<_>>()?;
+    let keys: Vec<(String, String)> = (0..2).map(|_| wg_keypair()).collect::<Result<_>>()?;
     let mut guards = Vec::new();
     for (i, (ns, me, other_ep, inner, other_inner)) in [
         (
@@ -125,45 +195,19 @@ fn tun_throughput(which: Impl, burrow: &Path, seconds: u32) -> Result<f64> {
                 wait_for(|| link_exists(ns, &ifname))?;
             }
             Impl::WireguardGo => {
-                let child = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        ns,
-                        "env",
-                        "WG_PROCESS_FOREGROUND=1",
-                        "wireguard-go",
-                        "-f",
-                        &ifname,
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                guards.push(Guard(child));
-                wait_for(|| link_exists(ns, &ifname))?;
-                let kf = dir.join(format!("{ifname}.key"));
-                std::fs::write(&kf, key)?;
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
+                guards.push(start_wireguard_go(
                     ns,
-                    "wg",
-                    "set",
                     &ifname,
-                    "private-key",
-                    kf.to_str().context("path")?,
-                    "listen-port",
-                    "51820",
-                    "peer",
-                    peer_pub,
-                    "allowed-ips",
-                    other_inner,
-                    "endpoint",
-                    other_ep,
-                ])?;
-                sh(&["ip", "-n", ns, "addr", "add", inner, "dev", &ifname])?;
-                sh(&["ip", "-n", ns, "link", "set", &ifname, "up"])?;
+                    key,
+                    inner,
+                    WgPeer {
+                        public_key: peer_pub,
+                        allowed_ips: other_inner,
+                        endpoint: other_ep,
+                        keepalive: None,
+                    },
+                    &dir,
+                )?);
             }
         }
     }

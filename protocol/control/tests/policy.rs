@@ -224,6 +224,21 @@ fn errors_name_the_line() {
     assert!(m.contains("proto"), "{m}");
 }
 
+/// Nodes from proptest specs: (user index, tag indexes).
+fn nodes_from(specs: &[(usize, Vec<usize>)]) -> Vec<NodeInfo> {
+    let users = ["alice", "bob", "carol", "dave"];
+    let tags = ["tag:db", "tag:ci", "tag:db"];
+    specs
+        .iter()
+        .enumerate()
+        .map(|(i, (u, t))| {
+            let mut tg: Vec<&str> = t.iter().map(|k| tags[*k]).collect();
+            tg.dedup();
+            node(i as u64 + 1, users[*u], &tg)
+        })
+        .collect()
+}
+
 fn peer(n: NodeInfo) -> PeerInfo {
     PeerInfo {
         node_key: format!("key{}", n.id),
@@ -284,13 +299,7 @@ proptest! {
         target in 0usize..30,
     ) {
         let (_, policy) = Policy::check(POLICY).unwrap();
-        let users = ["alice", "bob", "carol", "dave"];
-        let tags = ["tag:db", "tag:ci", "tag:db"];
-        let nodes: Vec<NodeInfo> = specs.iter().enumerate().map(|(i, (u, t))| {
-            let mut tg: Vec<&str> = t.iter().map(|k| tags[*k]).collect();
-            tg.dedup();
-            node(i as u64 + 1, users[*u], &tg)
-        }).collect();
+        let nodes = nodes_from(&specs);
         let mut net = Tailnet::new(policy.clone());
         for n in &nodes {
             net.upsert(peer(n.clone()));
@@ -315,13 +324,7 @@ proptest! {
         target in 0usize..25,
     ) {
         let (_, policy) = Policy::check(POLICY).unwrap();
-        let users = ["alice", "bob", "carol", "dave"];
-        let tags = ["tag:db", "tag:ci", "tag:db"];
-        let nodes: Vec<NodeInfo> = specs.iter().enumerate().map(|(i, (u, t))| {
-            let mut tg: Vec<&str> = t.iter().map(|k| tags[*k]).collect();
-            tg.dedup();
-            node(i as u64 + 1, users[*u], &tg)
-        }).collect();
+        let nodes = nodes_from(&specs);
         let mut net = Tailnet::new(policy.clone());
         // Filters as the tailnet believes each node has them, from the deltas alone.
         let mut filters: std::collections::BTreeMap<u64, Vec<burrow_control::FilterRule>> = Default::default();

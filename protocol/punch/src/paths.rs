@@ -322,6 +322,9 @@ impl PeerPaths {
             return false;
         };
         r.socket = socket;
+        // Other pings still unanswered are superseded: the path is proven now, and they may
+        // have left from a socket that does not reach the peer (a hard NAT's other mappings).
+        r.pending.clear();
         let rtt = now.saturating_duration_since(sent);
         r.rtt = Some(rtt);
         r.last_pong = Some(now);
@@ -487,9 +490,9 @@ impl PeerPaths {
             let before = r.pending.len();
             r.pending
                 .retain(|_, sent| now.saturating_duration_since(*sent) < timeout);
-            let lost = before - r.pending.len();
-            if lost > 0 {
-                r.missed += lost as u32;
+            // Missed pongs count in rounds: several pings expiring together are one miss.
+            if r.pending.len() < before {
+                r.missed += 1;
                 missed.push((*addr, r.missed));
             }
         }
