@@ -17,6 +17,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{cargo, have, is_root, root, run as run_cmd};
 
+/// The derper in the internet namespace (DERP on 8443, STUN on 3478).
+const DERPER_ARGS: &[&str] = &[
+    "derper",
+    "--listen",
+    "0.0.0.0:8443",
+    "--stun-listen",
+    "0.0.0.0:3478",
+];
+
 /// Programs the lab needs, with their Debian packages.
 pub const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -270,18 +279,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             &policy_s,
         ],
     )?;
-    lab.start(
-        "derper",
-        &inet,
-        burrow,
-        &[
-            "derper",
-            "--listen",
-            "0.0.0.0:8443",
-            "--stun-listen",
-            "0.0.0.0:3478",
-        ],
-    )?;
+    lab.start("derper", &inet, burrow, DERPER_ARGS)?;
     lab.start(
         "stun2",
         &inet,
@@ -528,18 +526,7 @@ pub fn run() -> Result<()> {
         let _ = c.wait();
     }
     std::thread::sleep(Duration::from_secs(1));
-    lab.start(
-        "derper2",
-        &inet,
-        &burrow,
-        &[
-            "derper",
-            "--listen",
-            "0.0.0.0:8443",
-            "--stun-listen",
-            "0.0.0.0:3478",
-        ],
-    )?;
+    lab.start("derper2", &inet, &burrow, DERPER_ARGS)?;
     let (ns_bl, _, _) = nodes["blocked"].clone();
     let (_, addr_e1, _) = nodes["easy1"].clone();
     let back = wait(Duration::from_secs(30), || ping(&ns_bl, &addr_e1));

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use super::store::{
-    fresh_ula, hash, now_unix, random_token, AuthKeySpec, Columns, NodeRecord, Store, StoreError,
+    auth_key_admits, fresh_ula, hash, now_unix, random_token, AuthKeySpec, Columns, NodeRecord,
+    Store, StoreError,
 };
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -159,8 +160,7 @@ impl Store for PgStore {
                 .query_opt("SELECT id FROM nodes WHERE node_key = $1", &[&node_key])
                 .await?
                 .map(|r| r.get(0));
-            let expired = expires.is_some_and(|e| now_unix() as i64 >= e);
-            if expired || (!reusable && uses > 0 && existing.is_none()) {
+            if !auth_key_admits(reusable, expires, uses, existing.is_some()) {
                 return Err(StoreError::BadAuthKey);
             }
             let secret = random_token("burrownode");

@@ -116,6 +116,18 @@ pub(crate) fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether a pre-auth key admits a registration: not expired, and a one-off key only for its
+/// first node (which may re-register with it).
+pub(crate) fn auth_key_admits(
+    reusable: bool,
+    expires_at: Option<i64>,
+    uses: i64,
+    re_registering: bool,
+) -> bool {
+    let expired = expires_at.is_some_and(|e| now_unix() as i64 >= e);
+    !expired && (reusable || uses == 0 || re_registering)
+}
+
 pub(crate) fn hash(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
@@ -294,9 +306,7 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .optional()?;
-        let expired = expires.is_some_and(|e| now_unix() as i64 >= e);
-        // A one-off key is spent by its first node; that node may re-register with it.
-        if expired || (!reusable && uses > 0 && existing.is_none()) {
+        if !auth_key_admits(reusable, expires, uses, existing.is_some()) {
             return Err(StoreError::BadAuthKey);
         }
         let secret = random_token("burrownode");
