@@ -37,6 +37,27 @@ enum ControlCommand {
         /// A STUN server for region 1 (HOST:PORT as nodes reach it); repeatable.
         #[arg(long)]
         stun: Vec<SocketAddr>,
+        /// How long a registration lasts before the node must register again with an auth
+        /// key: 30s, 15m, 24h, 180d, or "never".
+        #[arg(long, default_value = "never")]
+        node_expiry: String,
+        /// The admin API's Unix socket (mode 0600), for `burrow control nodes` and `node`.
+        #[arg(long, default_value = "burrow-control.sock")]
+        admin_socket: std::path::PathBuf,
+    },
+    /// List the registered nodes (asks the running server over its admin socket).
+    Nodes {
+        /// The server's admin socket.
+        #[arg(long, default_value = "burrow-control.sock")]
+        admin_socket: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove or expire a node.
+    Node {
+        #[command(subcommand)]
+        command: NodeAdminCommand,
     },
     /// Pre-auth keys for registering nodes.
     Authkey {
@@ -47,6 +68,28 @@ enum ControlCommand {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeAdminCommand {
+    /// Remove a node: its peers drop it at once, its `burrow up` stops, and its address is
+    /// not handed out again.
+    Remove {
+        /// Id or host name.
+        node: String,
+        /// The server's admin socket.
+        #[arg(long, default_value = "burrow-control.sock")]
+        admin_socket: std::path::PathBuf,
+    },
+    /// Expire a node's key now: it leaves the tailnet until it registers again with an auth
+    /// key (keeping its address).
+    Expire {
+        /// Id or host name.
+        node: String,
+        /// The server's admin socket.
+        #[arg(long, default_value = "burrow-control.sock")]
+        admin_socket: std::path::PathBuf,
     },
 }
 
@@ -673,9 +716,17 @@ async fn run(command: Command) -> Result<()> {
                     policy,
                     derp,
                     stun,
+                    node_expiry,
+                    admin_socket,
                 },
         } => {
             use burrow::control::{Control, ALLOW_ALL};
+            let node_expiry = match node_expiry.as_str() {
+                "never" => None,
+                e => Some(burrow::control::parse_duration(e).with_context(|| {
+                    format!("--node-expiry {e:?}: use 30s, 15m, 24h, 180d or never")
+                })?),
+            };
             let text = match &policy {
                 Some(p) => std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?,
@@ -703,15 +754,88 @@ async fn run(command: Command) -> Result<()> {
                 })
                 .unwrap_or_default();
             let control = Control::new(store, compiled, regions)?;
+            control.set_node_expiry(node_expiry);
+            let _expiry = control.spawn_expiry();
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen}"))?;
+            let admin = {
+                let (c, path) = (control.clone(), admin_socket.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = burrow::control::admin::serve(&path, c).await {
+                        tracing::error!(error = %e, "admin socket failed");
+                    }
+                })
+            };
             println!("listening on {}", listener.local_addr()?);
             axum::serve(listener, control.router())
                 .with_graceful_shutdown(async {
                     let _ = tokio::signal::ctrl_c().await;
                 })
                 .await?;
+            admin.abort();
+            let _ = std::fs::remove_file(&admin_socket);
+            Ok(())
+        }
+        Command::Control {
+            command: ControlCommand::Nodes { admin_socket, json },
+        } => {
+            let nodes = burrow::control::admin::request(&admin_socket, "GET", "/nodes").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                return Ok(());
+            }
+            let nodes: Vec<burrow::control::admin::NodeSummary> = serde_json::from_value(nodes)?;
+            println!(
+                "{:<5} {:<20} {:<12} {:<16} {:<8} EXPIRES",
+                "ID", "NAME", "USER", "ADDRESS", "STATE"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            for n in nodes {
+                let v4 = n
+                    .addresses
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .map_or("-".into(), |a| a.to_string());
+                let state = if n.expired {
+                    "expired"
+                } else if n.online {
+                    "online"
+                } else {
+                    "offline"
+                };
+                let expires = match n.expires_at {
+                    None => "never".to_string(),
+                    Some(at) if at <= now => "-".to_string(),
+                    Some(at) => format!("in {}", human_secs(at - now)),
+                };
+                println!(
+                    "{:<5} {:<20} {:<12} {:<16} {:<8} {expires}",
+                    n.id, n.name, n.user, v4, state
+                );
+            }
+            Ok(())
+        }
+        Command::Control {
+            command: ControlCommand::Node { command },
+        } => {
+            let (method, path, socket) = match &command {
+                NodeAdminCommand::Remove { node, admin_socket } => (
+                    "DELETE",
+                    format!("/nodes/{}", url_segment(node)),
+                    admin_socket,
+                ),
+                NodeAdminCommand::Expire { node, admin_socket } => (
+                    "POST",
+                    format!("/nodes/{}/expire", url_segment(node)),
+                    admin_socket,
+                ),
+            };
+            let r = burrow::control::admin::request(socket, method, &path).await?;
+            let r: burrow::control::admin::ActionResult = serde_json::from_value(r)?;
+            println!("{} node {} ({})", r.action, r.node.id, r.node.name);
             Ok(())
         }
         Command::Control {
@@ -874,4 +998,25 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// "3d 4h", "15m", "42s".
+fn human_secs(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// A node id or host name as one URL path segment (host names are [A-Za-z0-9-] in practice;
+/// anything else is percent-encoded).
+fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

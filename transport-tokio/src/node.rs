@@ -69,6 +69,8 @@ pub struct EngineState {
 pub enum NodeCommand {
     /// A new peer, or new endpoints for a known one.
     AddPeer(burrow_node::PeerConfig),
+    /// Forget a peer (removed from the tailnet, or its key expired).
+    RemovePeer(PublicKey),
     /// A disco ping on the peer's current path; the answer comes as `Event::PingResult`.
     Ping(PublicKey),
     /// A snapshot of the engine.
@@ -217,6 +219,9 @@ pub async fn run_node<B: SocketBinder>(
             },
             c = commands.recv(), if commands_open => match c {
                 Some(NodeCommand::AddPeer(p)) => engine.add_peer(now(), p),
+                Some(NodeCommand::RemovePeer(k)) => {
+                    engine.remove_peer(now(), &k);
+                }
                 Some(NodeCommand::Ping(peer)) => {
                     let _ = engine.ping(now(), &peer);
                 }

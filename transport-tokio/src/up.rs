@@ -394,6 +394,13 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                                     stream = s;
                                     break MapMessage::NetMap(m);
                                 }
+                                Err(e) if e.to_string().contains("401") => {
+                                    bail!(
+                                        "the control server no longer knows this node (it was \
+                                         removed, or its key expired): run `burrow up \
+                                         --auth-key KEY` to register again ({e})"
+                                    );
+                                }
                                 Err(e) => tracing::warn!(error = %e, "control server unreachable"),
                             }
                         }
@@ -402,6 +409,17 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                 match message {
                     MapMessage::NetMap(m) => {
                         filter.lock().expect("filter").set_rules(m.filter.clone());
+                        // Peers removed while the stream was down.
+                        let gone: Vec<u64> = known
+                            .lock()
+                            .expect("peers")
+                            .values()
+                            .map(|p| p.node.id)
+                            .filter(|id| !m.peers.iter().any(|p| p.node.id == *id))
+                            .collect();
+                        for id in gone {
+                            remove_peer(id, &routes, &known, &commands);
+                        }
                         for p in &m.peers {
                             apply_peer(p, &routes, &known, &commands);
                         }
@@ -409,7 +427,9 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                     MapMessage::Delta(Delta::PeerUpsert(p)) => {
                         apply_peer(&p, &routes, &known, &commands)
                     }
-                    MapMessage::Delta(Delta::PeerRemove { id: _ }) => {}
+                    MapMessage::Delta(Delta::PeerRemove { id }) => {
+                        remove_peer(id, &routes, &known, &commands)
+                    }
                     MapMessage::Delta(Delta::Filter { rules }) => {
                         filter.lock().expect("filter").set_rules(rules);
                     }
@@ -450,6 +470,23 @@ fn apply_peer(
         }
         let _ = commands.send(NodeCommand::AddPeer(pc));
     }
+}
+
+/// Forgets the peer with this node id: no route to its addresses, no tunnel.
+fn remove_peer(
+    id: u64,
+    routes: &Mutex<BTreeMap<IpAddr, PublicKey>>,
+    known: &Mutex<BTreeMap<PublicKey, PeerInfo>>,
+    commands: &tokio::sync::mpsc::UnboundedSender<NodeCommand>,
+) {
+    let mut known = known.lock().expect("peers");
+    let Some(key) = known.iter().find(|(_, p)| p.node.id == id).map(|(k, _)| *k) else {
+        return;
+    };
+    let p = known.remove(&key).expect("just found");
+    routes.lock().expect("routes").retain(|_, k| *k != key);
+    tracing::info!(peer = %p.node.name, "peer left the tailnet");
+    let _ = commands.send(NodeCommand::RemovePeer(key));
 }
 
 fn rand_seed() -> u64 {

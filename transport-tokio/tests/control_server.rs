@@ -35,14 +35,34 @@ fn authkey(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The admin socket `serve` gives the server of database `db` (one per database, so tests
+/// running at once do not meet).
+fn admin_socket(db: impl AsRef<std::ffi::OsStr>) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.as_ref().hash(&mut h);
+    std::env::temp_dir().join(format!(
+        "burrow-admin-{}-{:x}.sock",
+        std::process::id(),
+        h.finish()
+    ))
+}
+
 fn serve(db: impl AsRef<std::ffi::OsStr>, policy: Option<&Path>) -> Running {
+    serve_with(db, policy, &[])
+}
+
+fn serve_with(db: impl AsRef<std::ffi::OsStr>, policy: Option<&Path>, extra: &[&str]) -> Running {
     let mut args = vec![
         "serve".to_string(),
         "--listen".into(),
         "127.0.0.1:0".into(),
         "--db".into(),
         db.as_ref().to_string_lossy().into_owned(),
+        "--admin-socket".into(),
+        admin_socket(&db).display().to_string(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     if let Some(p) = policy {
         args.push("--policy".into());
         args.push(p.display().to_string());
@@ -193,6 +213,145 @@ async fn flow(db: &str) {
         map.peers[0].endpoints,
         vec!["203.0.113.7:41641".parse().unwrap()]
     );
+
+    // The admin lists the nodes over the admin socket: a holds a stream open, b does not.
+    let nodes = admin(db, &["nodes", "--json"]).unwrap();
+    let nodes: Vec<burrow::control::admin::NodeSummary> = serde_json::from_str(&nodes).unwrap();
+    let names: Vec<(&str, bool, bool)> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.online, n.expired))
+        .collect();
+    assert_eq!(names, vec![("a", true, false), ("b", false, false)]);
+    let table = admin(db, &["nodes"]).unwrap();
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" a ") && l.contains("online")),
+        "{table}"
+    );
+
+    // Expiring b: a hears within a second that b is gone; b is refused until it registers again.
+    let sent = Instant::now();
+    let out = admin(db, &["node", "expire", "b"]).unwrap();
+    assert!(out.contains("expired node"), "{out}");
+    let MapMessage::Delta(Delta::PeerRemove { id }) = stream.next().await else {
+        panic!("b's removal")
+    };
+    assert!(sent.elapsed() < Duration::from_secs(1));
+    assert_eq!(id, b.node.id);
+    let r = http
+        .get(format!("{base}/machine/map"))
+        .bearer_auth(&b.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("expired"));
+    let nodes = admin(db, &["nodes", "--json"]).unwrap();
+    assert!(nodes.contains("\"expired\": true"), "{nodes}");
+    // Registering again brings b back, with its address.
+    let b2: RegisterResponse = register(&http, &base, &key, "b", 2)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(b2.node.addresses, b.node.addresses);
+    let MapMessage::Delta(Delta::PeerUpsert(p)) = stream.next().await else {
+        panic!("b is back")
+    };
+    assert_eq!(p.node.id, b.node.id);
+
+    // Removing b (by id): a hears at once, b's secret is dead, and b is no longer listed.
+    let out = admin(db, &["node", "remove", &b.node.id.to_string()]).unwrap();
+    assert!(out.contains("removed node"), "{out}");
+    let MapMessage::Delta(Delta::PeerRemove { id }) = stream.next().await else {
+        panic!("b's removal")
+    };
+    assert_eq!(id, b.node.id);
+    let r = http
+        .post(format!("{base}/machine/endpoints"))
+        .bearer_auth(&b2.secret)
+        .json(&serde_json::json!({ "endpoints": [], "home_region": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let nodes = admin(db, &["nodes", "--json"]).unwrap();
+    assert!(!nodes.contains("\"b\""), "{nodes}");
+    let err = admin(db, &["node", "remove", "b"]).unwrap_err();
+    assert!(err.contains("no node named"), "{err}");
+}
+
+/// Runs `burrow control ARGS --admin-socket …` against `db`'s server: stdout, or stderr on
+/// failure.
+fn admin(db: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(BURROW)
+        .arg("control")
+        .args(args)
+        .arg("--admin-socket")
+        .arg(admin_socket(db))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_expire_and_peers_are_told() {
+    let dir = temp_dir("expiry");
+    let db = dir.join("control.sqlite");
+    let key = authkey(&db, &["--reusable"]);
+    let server = serve_with(&db, None, &["--node-expiry", "3s"]);
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut stream = MapStream::open(&http, &base, &b.secret).await;
+    let MapMessage::NetMap(map) = stream.next().await else {
+        panic!("netmap first")
+    };
+    assert_eq!(map.peers.len(), 1, "a is still valid");
+    // a's registration ends a second or two later: b is told without anyone asking.
+    let MapMessage::Delta(Delta::PeerRemove { id }) = stream.next().await else {
+        panic!("a expired")
+    };
+    assert_eq!(id, a.node.id);
+    let r = http
+        .get(format!("{base}/machine/map"))
+        .bearer_auth(&a.secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Survives a restart: the expired node stays out of the tailnet.
+    drop(stream);
+    drop(server);
+    let server = serve_with(&db, None, &["--node-expiry", "3s"]);
+    let base = format!("http://{}", server.addr());
+    let r = register(&http, &base, &key, "c", 3).await;
+    let c: RegisterResponse = r.json().await.unwrap();
+    let mut stream = MapStream::open(&http, &base, &c.secret).await;
+    let MapMessage::NetMap(map) = stream.next().await else {
+        panic!("netmap first")
+    };
+    assert!(
+        map.peers.iter().all(|p| p.node.id != a.node.id),
+        "an expired node is not handed out after a restart"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

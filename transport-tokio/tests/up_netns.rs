@@ -201,6 +201,7 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
     )
     .unwrap();
     let policy_s = policy.display().to_string();
+    let admin_s = dir.join("admin.sock").display().to_string();
     // The control server, with the DERP map it hands out (node b relies on it).
     let control_args = [
         "control",
@@ -215,6 +216,8 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         "http://10.201.1.1:8443/derp",
         "--stun",
         "10.201.1.1:3478",
+        "--admin-socket",
+        &admin_s,
     ];
     let line = lab.start(&inet, &control_args, &dir.join("control.log"));
     assert!(line.starts_with("listening on"), "{line}");
@@ -299,9 +302,22 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
             .join(format!("{name}-listener.sqlite"))
             .display()
             .to_string();
+        let sock = dir
+            .join(format!("{name}-listener.sock"))
+            .display()
+            .to_string();
         let line = lab.start(
             n,
-            &["control", "serve", "--listen", "0.0.0.0:7000", "--db", &d],
+            &[
+                "control",
+                "serve",
+                "--listen",
+                "0.0.0.0:7000",
+                "--db",
+                &d,
+                "--admin-socket",
+                &sock,
+            ],
             &dir.join(format!("{name}-listener.log")),
         );
         assert!(line.starts_with("listening on"), "{line}");
@@ -392,13 +408,55 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         "{text}"
     );
     assert!(text.contains("Validated"), "{text}");
-    run(&[BURROW, "down", "--socket", &sock("b")]);
+
+    // The admin removes b: a forgets it at once, and b's `burrow up` stops, saying why.
+    let out = run(&[
+        BURROW,
+        "control",
+        "node",
+        "remove",
+        "b",
+        "--admin-socket",
+        &admin_s,
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed node"));
     let start = Instant::now();
-    while ping(&a, &addrs[1]) {
+    loop {
+        let out = run(&[BURROW, "status", "--json", "--socket", &sock("a")]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if status["peers"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "a still lists b: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!ping(&a, &addrs[1]), "a removed peer is unreachable");
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(dir.join("b.log")).unwrap_or_default();
+        if log.contains("no longer knows this node") && !dir.join("b").join("burrow.sock").exists()
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "b kept running after its removal: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // `burrow down` stops a node: its local API goes away.
+    run(&[BURROW, "down", "--socket", &sock("a")]);
+    let start = Instant::now();
+    while dir.join("a").join("burrow.sock").exists() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "b is still up after `burrow down`"
+            "a is still up after `burrow down`"
         );
+        std::thread::sleep(Duration::from_millis(100));
     }
 
     // The secret never left as a private key: the control database holds public keys only.

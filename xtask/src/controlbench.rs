@@ -61,6 +61,8 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
             .arg(&db)
             .arg("--policy")
             .arg(&policy)
+            .arg("--admin-socket")
+            .arg(dir.join("admin.sock"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

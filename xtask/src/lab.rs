@@ -3,8 +3,9 @@
 //! servers; routers doing nftables NAT — easy (masquerade, port-preserving), hard
 //! (masquerade fully-random), UDP blocked, and a double NAT; a `burrow up` node behind each.
 //! It checks that every pair pings over the tunnel, that paths go direct where the NAT pair
-//! allows it and stay on DERP where it cannot, and that flushing a router's conntrack table or
-//! restarting the derper recovers without help. Needs root, iproute2, nftables, conntrack and
+//! allows it and stay on DERP where it cannot, that the policy's denied ports are dropped by
+//! the receiving node, and that flushing a router's conntrack table or restarting the derper
+//! recovers without help. Needs root, iproute2, nftables, conntrack and
 //! ping.
 
 use std::collections::BTreeMap;
@@ -73,6 +74,17 @@ const SITES: &[Site] = &[
         nat: Nat::Double,
     },
 ];
+
+/// The site whose node is user "srv": the policy opens TCP 7000 on it, and nothing else.
+const SERVER_SITE: &str = "easy2";
+
+/// The lab's policy: ping between every pair, TCP 7000 to user srv only, all else denied.
+const POLICY: &str = r#"{
+  "acls": [
+    { "action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "icmp" },
+    { "action": "accept", "src": ["*"], "dst": ["srv:7000"], "proto": "tcp" },
+  ],
+}"#;
 
 /// (from, to, should the path go direct)
 const PAIRS: &[(&str, &str, bool)] = &[
@@ -263,7 +275,20 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         "lab",
     ])?;
     let key = key.trim().to_string();
+    // The server site's node belongs to user "srv", which the lab's policy lets reach on 7000.
+    let srv_key = sh(&[
+        burrow.to_str().unwrap(),
+        "control",
+        "authkey",
+        "create",
+        "--db",
+        &db,
+        "--user",
+        "srv",
+    ])?;
+    let srv_key = srv_key.trim().to_string();
     let policy_s = policy.display().to_string();
+    let admin = dir.join("admin.sock").display().to_string();
     lab.start(
         "control",
         &inet,
@@ -277,6 +302,8 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             &db,
             "--policy",
             &policy_s,
+            "--admin-socket",
+            &admin,
         ],
     )?;
     lab.start("derper", &inet, burrow, DERPER_ARGS)?;
@@ -395,7 +422,11 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
                 "--control",
                 &format!("http://{gw}:8080"),
                 "--auth-key",
-                &key,
+                if site.name == SERVER_SITE {
+                    &srv_key
+                } else {
+                    &key
+                },
                 "--state-dir",
                 &state,
                 "--tun",
@@ -446,11 +477,7 @@ pub fn run() -> Result<()> {
         inet,
         nodes,
         dir,
-    } = build(
-        &burrow,
-        SITES,
-        r#"{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "icmp" } ] }"#,
-    )?;
+    } = build(&burrow, SITES, POLICY)?;
     let pubkey = |name: &str| -> Result<String> {
         let state: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("node.json"))?)?;
@@ -503,6 +530,53 @@ pub fn run() -> Result<()> {
             failures.push(format!(
                 "{a}~{b}: expected {}, got {route}",
                 if *direct { "direct" } else { "DERP" }
+            ));
+        }
+    }
+
+    // The packet filter, enforced by the receiver: TCP listeners on 7000 and 7001 on the
+    // server site and on 7000 on easy1 (a derper is a handy TCP listener); only srv:7000 is
+    // open. The sender does not filter, so every refusal below is the receiver's doing.
+    for (site, port) in [(SERVER_SITE, 7000), (SERVER_SITE, 7001), ("easy1", 7000)] {
+        let listen = format!("0.0.0.0:{port}");
+        lab.start(
+            &format!("listener-{site}-{port}"),
+            &nodes[site].0,
+            &burrow,
+            &["derper", "--listen", &listen],
+        )?;
+    }
+    let connects = |from: &str, to: &str, port: u16| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &nodes[from].0,
+                "timeout",
+                "3",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{}/{port}", nodes[to].1),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    for (from, to, port, allowed) in [
+        ("easy1", SERVER_SITE, 7000, true),
+        ("hard1", SERVER_SITE, 7000, true),
+        ("easy1", SERVER_SITE, 7001, false),
+        (SERVER_SITE, "easy1", 7000, false),
+    ] {
+        let got = connects(from, to, port);
+        println!(
+            "ACL {from} → {to}:{port}/tcp: {} (expected {})",
+            if got { "connected" } else { "dropped" },
+            if allowed { "allowed" } else { "denied" }
+        );
+        if got != allowed {
+            failures.push(format!(
+                "ACL: {from} → {to}:{port} {}",
+                if got { "got through" } else { "was refused" }
             ));
         }
     }

@@ -421,6 +421,33 @@ impl Node {
         self.flush_paths(now, i);
     }
 
+    /// Forgets a peer (the coordination server removed it, or its key expired): nothing more
+    /// goes to it, and neither its WireGuard handshakes nor its disco messages are accepted.
+    /// Whether it was known.
+    pub fn remove_peer(&mut self, now: Instant, peer: &PublicKey) -> bool {
+        let Some(i) = self.by_node.remove(peer) else {
+            return false;
+        };
+        self.device.remove_peer(now, peer);
+        let gone = self.peers.swap_remove(i);
+        self.by_disco.remove(&gone.config.disco_key);
+        self.by_wg.remove(&gone.wg);
+        self.user_pings.retain(|_, (j, _, _)| *j != i);
+        let moved_from = self.peers.len();
+        if i < moved_from {
+            let moved = &self.peers[i];
+            self.by_node.insert(moved.config.node_key, i);
+            self.by_disco.insert(moved.config.disco_key, i);
+            self.by_wg.insert(moved.wg, i);
+            for (j, _, _) in self.user_pings.values_mut() {
+                if *j == moved_from {
+                    *j = i;
+                }
+            }
+        }
+        true
+    }
+
     /// Where a peer's traffic goes now.
     pub fn route(&self, peer: &PublicKey) -> Option<Route> {
         self.by_node.get(peer).map(|&i| self.peers[i].paths.route())

@@ -147,3 +147,92 @@ proptest! {
         prop_assert_eq!(to_a, vec![PACKET.to_vec()]);
     }
 }
+
+fn peer_of(n: &Node) -> PeerConfig {
+    PeerConfig {
+        node_key: n.public_key(),
+        disco_key: n.disco_public_key(),
+        home_region: 1,
+        endpoints: vec![],
+    }
+}
+
+/// DERP among several nodes until quiet (UDP dropped); returns what each decrypted.
+fn relay_all(now: Instant, nodes: &mut [&mut Node]) -> Vec<Vec<Vec<u8>>> {
+    let mut got = vec![Vec::new(); nodes.len()];
+    for _ in 0..6 {
+        for i in 0..nodes.len() {
+            let from = nodes[i].public_key();
+            while let Some(t) = nodes[i].poll_transmit() {
+                if let Transmit::Derp { dst, payload, .. } = t {
+                    if let Some(j) = nodes.iter().position(|n| n.public_key() == dst) {
+                        let _ = nodes[j].handle_input(
+                            now,
+                            Input::Derp {
+                                region: 1,
+                                from,
+                                data: &payload,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for (i, n) in nodes.iter_mut().enumerate() {
+            while let Some(e) = n.poll_event() {
+                if let Event::Packet { data, .. } = e {
+                    got[i].push(data);
+                }
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn a_removed_peer_is_forgotten_and_the_others_keep_working() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    let key = |x| PrivateKey::from_bytes([x; 32]);
+    let mut c = Node::new(NodeConfig::new(key(5), key(6), 3), now);
+    a.add_peer(now, peer_of(&c));
+    c.add_peer(now, peer_of(&a));
+    // Sessions with both.
+    b.send(now, &a.public_key(), &PACKET).unwrap();
+    c.send(now, &a.public_key(), &PACKET).unwrap();
+    let got = relay_all(now, &mut [&mut a, &mut b, &mut c]);
+    assert_eq!(got[0].len(), 2, "a hears b and c before the removal");
+
+    // b was a's first peer: removing it moves c into its slot.
+    assert!(a.remove_peer(now, &b.public_key()));
+    assert!(!a.remove_peer(now, &b.public_key()));
+    assert_eq!(a.peer_keys(), vec![c.public_key()]);
+    assert_eq!(
+        a.send(now, &b.public_key(), &PACKET),
+        Err(NodeError::UnknownPeer(b.public_key()))
+    );
+    // b's established session no longer decrypts, and a new handshake is refused.
+    b.send(now, &a.public_key(), &PACKET).unwrap();
+    let t = now + Duration::from_secs(200);
+    b.handle_timeout(t);
+    b.send(t, &a.public_key(), &PACKET).unwrap();
+    let got = relay_all(t, &mut [&mut a, &mut b]);
+    assert!(
+        got[0].is_empty(),
+        "a removed peer still got through: {got:?}"
+    );
+    // c still reaches a, and a reaches c.
+    c.send(t, &a.public_key(), &PACKET).unwrap();
+    a.send(t, &c.public_key(), &PACKET).unwrap();
+    let got = relay_all(t, &mut [&mut a, &mut c]);
+    assert_eq!(got[0], vec![PACKET.to_vec()]);
+    assert_eq!(got[1], vec![PACKET.to_vec()]);
+
+    // Added again (re-registered), b gets a fresh session.
+    a.add_peer(t, peer_of(&b));
+    // b's handshake retransmission (5 s later) now completes, and its queued packet arrives.
+    let t2 = t + Duration::from_secs(6);
+    b.handle_timeout(t2);
+    let got = relay_all(t2, &mut [&mut a, &mut b]);
+    assert!(got[0].contains(&PACKET.to_vec()), "{got:?}");
+}

@@ -118,6 +118,32 @@ impl Device {
         id
     }
 
+    /// Forgets a peer: its key no longer completes a handshake with us and its sessions'
+    /// receiver indices no longer decrypt. Its [`PeerId`] is not reused (a key added again gets
+    /// a new one); the slot keeps an idle tunnel with no session and no timers.
+    pub fn remove_peer(&mut self, now: Instant, peer: &PublicKey) -> Option<PeerId> {
+        let id = self.by_key.remove(peer)?;
+        for old in self.indices[id.0].drain(..) {
+            if self.by_index.get(&old) == Some(&id) {
+                self.by_index.remove(&old);
+            }
+        }
+        let unix = self.epoch.1 + now.saturating_duration_since(self.epoch.0);
+        let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        self.peers[id.0] = Tunnel::new(
+            TunnelConfig {
+                private_key: self.local.clone(),
+                peer: *peer,
+                preshared_key: None,
+                persistent_keepalive: None,
+            },
+            rng,
+            now,
+            unix,
+        );
+        Some(id)
+    }
+
     /// The peer with this public key.
     pub fn peer_by_key(&self, key: &PublicKey) -> Option<PeerId> {
         self.by_key.get(key).copied()

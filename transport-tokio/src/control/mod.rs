@@ -2,6 +2,7 @@
 //! peers' public keys and endpoints and its own packet filter, and streams changes as they
 //! happen (server-sent events). It never sees a private key and never carries user traffic.
 
+pub mod admin;
 pub mod pg;
 pub mod store;
 
@@ -71,6 +72,10 @@ pub struct EndpointsRequest {
 struct Inner {
     tailnet: Tailnet,
     streams: BTreeMap<u64, Vec<mpsc::UnboundedSender<MapMessage>>>,
+    /// How long a registration is good for (None: forever).
+    node_expiry: Option<Duration>,
+    /// When each node in the tailnet expires (unix seconds).
+    expires: BTreeMap<u64, u64>,
 }
 
 /// The server's shared state.
@@ -104,7 +109,18 @@ impl Control {
     ) -> Result<Arc<Self>, StoreError> {
         let mut tailnet = Tailnet::new(policy);
         tailnet.set_derp_map(derp);
+        let mut expires = BTreeMap::new();
+        let now = store::now_unix();
+        // Expired nodes stay stored (an admin may list them, the node may re-register) but
+        // are not part of the tailnet.
         for r in store.nodes()? {
+            match r.expires_at {
+                Some(at) if at <= now => continue,
+                Some(at) => {
+                    expires.insert(r.id, at);
+                }
+                None => {}
+            }
             tailnet.upsert(peer_of(&r));
         }
         Ok(Arc::new(Control {
@@ -112,8 +128,59 @@ impl Control {
             inner: Mutex::new(Inner {
                 tailnet,
                 streams: BTreeMap::new(),
+                node_expiry: None,
+                expires,
             }),
         }))
+    }
+
+    /// How long a registration is good for before the node must register again with an
+    /// auth key (None: forever, the default).
+    pub fn set_node_expiry(&self, expiry: Option<Duration>) {
+        self.inner.lock().expect("control state").node_expiry = expiry;
+    }
+
+    /// Takes a node out of the tailnet (removed or expired): its peers are told at once and
+    /// its own map streams end.
+    fn retire(&self, id: u64) {
+        let deltas = {
+            let mut inner = self.inner.lock().expect("control state");
+            inner.expires.remove(&id);
+            inner.streams.remove(&id);
+            inner.tailnet.remove(id)
+        };
+        self.publish(deltas);
+    }
+
+    /// Retires every node whose key expired by `now` (unix seconds); returns their ids.
+    pub fn expire_due(&self, now: u64) -> Vec<u64> {
+        let due: Vec<u64> = self
+            .inner
+            .lock()
+            .expect("control state")
+            .expires
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &due {
+            tracing::info!(id, "node key expired");
+            self.retire(*id);
+        }
+        due
+    }
+
+    /// Checks for expired nodes once a second, for as long as the runtime runs.
+    pub fn spawn_expiry(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let c = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(c) = c.upgrade() else { return };
+                c.expire_due(store::now_unix());
+            }
+        })
     }
 
     /// Compiles a policy file's text (JSON or HuJSON).
@@ -131,12 +198,14 @@ impl Control {
     }
 
     fn upsert(&self, r: &NodeRecord) {
-        let deltas = self
-            .inner
-            .lock()
-            .expect("control state")
-            .tailnet
-            .upsert(peer_of(r));
+        let deltas = {
+            let mut inner = self.inner.lock().expect("control state");
+            match r.expires_at {
+                Some(at) => inner.expires.insert(r.id, at),
+                None => inner.expires.remove(&r.id),
+            };
+            inner.tailnet.upsert(peer_of(r))
+        };
         self.publish(deltas);
     }
 
@@ -193,8 +262,20 @@ async fn register(
         ));
     }
     let store = c.store.clone();
+    let expires_at = c
+        .inner
+        .lock()
+        .expect("control state")
+        .node_expiry
+        .map(|d| store::now_unix() + d.as_secs());
     let (record, secret) = tokio::task::spawn_blocking(move || {
-        store.register(&req.auth_key, &req.hostname, &req.node_key, &req.disco_key)
+        store.register(
+            &req.auth_key,
+            &req.hostname,
+            &req.node_key,
+            &req.disco_key,
+            expires_at,
+        )
     })
     .await
     .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
@@ -214,10 +295,22 @@ async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecor
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing Bearer secret".into()))?
         .to_string();
     let store = c.store.clone();
-    tokio::task::spawn_blocking(move || store.node_by_secret(&secret))
+    let node = tokio::task::spawn_blocking(move || store.node_by_secret(&secret))
         .await
         .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??
-        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown node secret".into()))
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "unknown node secret (the node was removed, or never registered)".into(),
+            )
+        })?;
+    if node.expires_at.is_some_and(|at| at <= store::now_unix()) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the node's key expired: register again with an auth key".into(),
+        ));
+    }
+    Ok(node)
 }
 
 async fn endpoints(

@@ -135,8 +135,10 @@ impl Store for PgStore {
         name: &str,
         node_key: &str,
         disco_key: &str,
+        expires_at: Option<u64>,
     ) -> Result<(NodeRecord, String), StoreError> {
         let ula = self.ula;
+        let expires_at = expires_at.map(|e| e as i64);
         let (h, name, node_key, disco_key) = (
             hash(auth_key),
             name.to_string(),
@@ -167,15 +169,15 @@ impl Store for PgStore {
             match existing {
                 Some(id) => {
                     tx.execute(
-                        "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3 WHERE id = $4",
-                        &[&name, &disco_key, &hash(&secret), &id],
+                        "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4 WHERE id = $5",
+                        &[&name, &disco_key, &hash(&secret), &expires_at, &id],
                     )
                     .await?;
                 }
                 None => {
                     tx.execute(
-                        "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        &[&name, &user, &tags, &node_key, &disco_key, &hash(&secret), &(now_unix() as i64)],
+                        "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &[&name, &user, &tags, &node_key, &disco_key, &hash(&secret), &expires_at, &(now_unix() as i64)],
                     )
                     .await?;
                     tx.execute("UPDATE auth_keys SET uses = uses + 1 WHERE hash = $1", &[&h])
@@ -216,6 +218,18 @@ impl Store for PgStore {
             )
             .await?;
             Ok(())
+        })
+    }
+
+    fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError> {
+        let expires_at = expires_at.map(|e| e as i64);
+        self.with(async move |c: &mut Client| {
+            Ok(c.execute(
+                "UPDATE nodes SET expires_at = $1 WHERE id = $2",
+                &[&expires_at, &(id as i64)],
+            )
+            .await?
+                > 0)
         })
     }
 

@@ -71,13 +71,15 @@ pub trait Store: Send + Sync {
     /// Creates a pre-auth key; returns it (only its hash is kept).
     fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError>;
     /// Registers (or re-registers, by node key) a node with a pre-auth key; returns the node
-    /// and a fresh secret for its later requests (only its hash is kept).
+    /// and a fresh secret for its later requests (only its hash is kept). The node key
+    /// expires at `expires_at` (unix seconds; None: never); re-registering renews it.
     fn register(
         &self,
         auth_key: &str,
         name: &str,
         node_key: &str,
         disco_key: &str,
+        expires_at: Option<u64>,
     ) -> Result<(NodeRecord, String), StoreError>;
     /// The node a request secret belongs to.
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
@@ -88,6 +90,8 @@ pub trait Store: Send + Sync {
         endpoints: &[SocketAddr],
         home_region: u16,
     ) -> Result<(), StoreError>;
+    /// Sets when a node's key expires (unix seconds; None: never); whether it existed.
+    fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError>;
     /// Removes a node; whether it existed.
     fn remove(&self, id: u64) -> Result<bool, StoreError>;
     /// Every node.
@@ -286,7 +290,9 @@ impl Store for SqliteStore {
         name: &str,
         node_key: &str,
         disco_key: &str,
+        expires_at: Option<u64>,
     ) -> Result<(NodeRecord, String), StoreError> {
+        let expires_at = expires_at.map(|e| e as i64);
         let mut db = self.db.lock().expect("db");
         let tx = db.transaction()?;
         let key: Option<(String, bool, Option<i64>, String, i64)> = tx
@@ -313,14 +319,14 @@ impl Store for SqliteStore {
         match existing {
             Some(id) => {
                 tx.execute(
-                    "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3 WHERE id = ?4",
-                    params![name, disco_key, hash(&secret), id],
+                    "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4 WHERE id = ?5",
+                    params![name, disco_key, hash(&secret), expires_at, id],
                 )?;
             }
             None => {
                 tx.execute(
-                    "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![name, user, tags, node_key, disco_key, hash(&secret), now_unix() as i64],
+                    "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![name, user, tags, node_key, disco_key, hash(&secret), expires_at, now_unix() as i64],
                 )?;
                 tx.execute(
                     "UPDATE auth_keys SET uses = uses + 1 WHERE hash = ?1",
@@ -362,6 +368,13 @@ impl Store for SqliteStore {
             params![list.join(","), i64::from(home_region), id as i64],
         )?;
         Ok(())
+    }
+
+    fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError> {
+        Ok(self.db.lock().expect("db").execute(
+            "UPDATE nodes SET expires_at = ?1 WHERE id = ?2",
+            params![expires_at.map(|e| e as i64), id as i64],
+        )? > 0)
     }
 
     fn remove(&self, id: u64) -> Result<bool, StoreError> {
