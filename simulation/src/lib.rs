@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+mod control;
 pub mod fastnet;
 pub mod grid;
 pub mod nat;

@@ -76,6 +76,11 @@ struct Cli {
     /// of each seed: DERP at once, punching, the switch to direct.
     #[arg(long, value_name = "A:B")]
     pair: Option<String>,
+    /// The whole story in turmoil: the real control server, DERP, STUN, and two nodes behind
+    /// presets A and B that register, learn each other from their netmaps, and ping each other
+    /// every second (DERP at once, then direct); prints the timeline of each seed.
+    #[arg(long, value_name = "A:B", conflicts_with = "pair")]
+    story: Option<String>,
 }
 
 fn scenarios_dir() -> PathBuf {
@@ -142,6 +147,9 @@ fn real_main() -> Result<bool> {
         .max(1);
     if let Some(pair) = &cli.pair {
         return run_pair(pair, &cli);
+    }
+    if let Some(pair) = &cli.story {
+        return run_story(pair, &cli);
     }
     let mut jobs: Vec<Job> = Vec::new();
     let mut presets = cli.preset.clone();
@@ -532,6 +540,90 @@ fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
         }
     }
     Ok(all_ok)
+}
+
+fn run_story(pair: &str, cli: &Cli) -> Result<bool> {
+    let (a, b) = pair
+        .split_once(':')
+        .context("--story takes A:B, e.g. easy:hard")?;
+    let s = scenario::story_for_pair(a, b).with_context(|| {
+        format!(
+            "unknown preset in {a}:{b} (known: {})",
+            burrow_sim::preset::NAMES.join(", ")
+        )
+    })?;
+    let seeds = match (&cli.seed, &cli.seeds) {
+        (Some(s), _) => vec![*s],
+        (None, Some(r)) => parse_seeds(r)?,
+        (None, None) => vec![1],
+    };
+    let options = RunOptions {
+        capture: false,
+        keep_trace: true,
+    };
+    let mut all_ok = true;
+    for seed in seeds {
+        let (outcome, recorder) = scenario::run(&s, seed, &options)?;
+        println!(
+            "{} (node a behind {a}, node b behind {b}), seed {seed}",
+            s.name
+        );
+        for line in story_lines(&recorder.trace_lines()) {
+            println!("  {line}");
+        }
+        if let Some(r) = &outcome.result {
+            let ms = |k: &str| {
+                r[k].as_u64()
+                    .map_or("never".into(), |v| format!("{:.2} s", v as f64 / 1000.0))
+            };
+            println!(
+                "  end: a {} (direct after {}), b {} (direct after {}); data {}/{} and {}/{} delivered",
+                r["route_a"].as_str().unwrap_or("?"),
+                ms("time_to_direct_ms_a"),
+                r["route_b"].as_str().unwrap_or("?"),
+                ms("time_to_direct_ms_b"),
+                r["received_b"],
+                r["sent_a"],
+                r["received_a"],
+                r["sent_b"],
+            );
+        }
+        for m in &outcome.mismatches {
+            println!("  FAILED {m:?}");
+        }
+        all_ok &= outcome.passed;
+    }
+    Ok(all_ok)
+}
+
+/// The story's lines of a trace ("control …" and "mesh …" events, seconds first), with runs of
+/// pongs on an unchanged path shown once.
+fn story_lines(trace: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut last_pong: std::collections::BTreeMap<String, String> = Default::default();
+    for line in trace {
+        let line = line.trim_start();
+        let Some((us, text)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(us) = us.parse::<u64>() else { continue };
+        if !(text.starts_with("control ") || text.starts_with("mesh ")) {
+            continue;
+        }
+        if let Some((head, _)) = text
+            .split_once(" in ")
+            .filter(|_| text.contains(" pong via "))
+        {
+            let node = text.split(' ').nth(1).unwrap_or_default().to_string();
+            let path = head.split(" via ").nth(1).unwrap_or_default().to_string();
+            if last_pong.get(&node) == Some(&path) {
+                continue;
+            }
+            last_pong.insert(node, path);
+        }
+        out.push(format!("{:>8.3} s  {text}", us as f64 / 1e6));
+    }
+    out
 }
 
 fn scenario_files() -> Result<Vec<PathBuf>> {

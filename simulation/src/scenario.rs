@@ -226,6 +226,11 @@ pub enum Workload {
         /// Application packets each way at this interval, milliseconds (0: none).
         #[serde(default = "data_interval")]
         data_interval_ms: f64,
+        /// A coordination server (a `kind = "control"` server): the nodes register with it and
+        /// learn each other, the DERP map and endpoints from their netmap streams, instead of
+        /// being told. They also ping each other every second (latencies in the trace).
+        #[serde(default)]
+        control: Option<String>,
     },
 }
 
@@ -415,9 +420,9 @@ impl Scenario {
         // Automatic second IPs of RFC 5780 servers come from the top of the server range.
         let mut next_alt = 199u8;
         for s in &self.servers {
-            if s.kind != "stun" && s.kind != "derp" {
+            if !["stun", "derp", "control"].contains(&s.kind.as_str()) {
                 return Err(self.invalid(format!(
-                    "server {}: unknown kind {:?} (known: stun, derp)",
+                    "server {}: unknown kind {:?} (known: stun, derp, control)",
                     s.name, s.kind
                 )));
             }
@@ -511,7 +516,20 @@ impl Scenario {
                 derp,
                 duration_s,
                 data_interval_ms,
+                control,
             } => {
+                if let Some(c) = control {
+                    if self
+                        .servers
+                        .iter()
+                        .find(|x| &x.name == c)
+                        .is_none_or(|x| x.kind != "control")
+                    {
+                        return Err(
+                            self.invalid(format!("workload server {c:?} is not a control server"))
+                        );
+                    }
+                }
                 for n in [a, b] {
                     if !layout.nodes.contains_key(n) {
                         return Err(self.invalid(format!("workload node {n:?} is not defined")));
@@ -763,6 +781,9 @@ pub fn run(
     // Servers (an alias box holds an RFC 5780 server's second IP).
     for s in &scenario.servers {
         let (ip, alt_ip) = layout.servers[&s.name];
+        if s.kind == "control" {
+            continue; // started with the mesh workload, which knows its DERP map
+        }
         if s.kind == "derp" {
             let port = s.port;
             let relay_seed = derive_seed(seed, &format!("derp:{}", s.name));
@@ -865,6 +886,7 @@ pub fn run(
         derp,
         duration_s,
         data_interval_ms,
+        control,
     } = &scenario.workload
     {
         let server_addr = |name: &String| {
@@ -877,6 +899,28 @@ pub fn run(
         };
         let stun_addrs: Vec<SocketAddr> = stun.iter().map(server_addr).collect();
         let derp_addr = server_addr(derp);
+        // The coordination server, whose DERP map names the workload's relay and STUN servers.
+        let control = match control {
+            None => None,
+            Some(name) => {
+                let addr = server_addr(name);
+                let sim_control = Arc::new(
+                    crate::control::SimControl::new(vec![burrow_control::DerpRegion {
+                        id: 1,
+                        code: "sim".into(),
+                        url: format!("http://{derp_addr}/derp"),
+                        stun: stun_addrs.clone(),
+                    }])
+                    .map_err(|e| scenario.invalid(format!("control server: {e}")))?,
+                );
+                let key = sim_control.auth_key.clone();
+                sim.host(addr.ip(), move || {
+                    let c = sim_control.clone();
+                    async move { c.serve(addr.port()).await }
+                });
+                Some((addr, key))
+            }
+        };
         let key = |what: &str, name: &str| {
             burrow_wg::PrivateKey::from_bytes(seed_bytes(derive_seed(
                 seed,
@@ -903,7 +947,17 @@ pub fn run(
                 endpoints: Vec::new(),
             };
             let (rec, out, stun_addrs) = (recorder.clone(), mesh_slot.clone(), stun_addrs.clone());
+            let control = control.clone();
             sim.client(ip, async move {
+                // With a control server: register, and learn the peer from the netmap.
+                let joined = match &control {
+                    None => None,
+                    Some((addr, key)) => {
+                        let client = crate::control::client(*addr);
+                        let j = crate::control::join(&client, &me, &wg_key, &disco_key, key, &rec).await?;
+                        Some((client, j))
+                    }
+                };
                 let uplink = attachment.uplink(&n, seed, rec.clone());
                 let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink.clone(), rec.clone()).await?;
                 let local = burrow::transport::UdpTransport::local_addr(&sock)?;
@@ -937,9 +991,39 @@ pub fn run(
                 config.local_addrs = vec![local];
                 let start = tokio::time::Instant::now();
                 let mut engine = burrow_node::Node::new(config, start.into_std());
-                engine.add_peer(start.into_std(), peer_config.clone());
                 let (channels, handle) = burrow::node::channels();
-                let burrow::node::NodeHandle { outbound: app_tx, commands: _commands, events: mut ev_rx } = handle;
+                let burrow::node::NodeHandle { outbound: app_tx, commands, events: mut ev_rx } = handle;
+                // Whether the peer is known yet (without a control server: from the start).
+                let (known_tx, mut known_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let mut peer_known = joined.is_none();
+                let mut poster = None;
+                match joined {
+                    None => engine.add_peer(start.into_std(), peer_config.clone()),
+                    Some((client, j)) => {
+                        for p in j.netmap.peers.iter().filter_map(burrow::control::client::peer_config) {
+                            if p.node_key == peer_config.node_key {
+                                peer_known = true;
+                            }
+                            engine.add_peer(start.into_std(), p);
+                        }
+                        // Netmap deltas: new peers and their endpoints.
+                        let (commands, rec, me, mut stream) = (commands.clone(), rec.clone(), me.clone(), j.stream);
+                        tokio::spawn(async move {
+                            while let Ok(m) = stream.next().await {
+                                if let burrow::control::MapMessage::Delta(burrow_control::Delta::PeerUpsert(p)) = m {
+                                    rec.event(format_args!("control {me} heard of {}: endpoints {:?}", p.node.name, p.endpoints));
+                                    if let Some(pc) = burrow::control::client::peer_config(&p) {
+                                        let _ = commands.send(burrow::node::NodeCommand::AddPeer(pc));
+                                        let _ = known_tx.send(());
+                                    }
+                                }
+                            }
+                        });
+                        poster = Some((client, j.secret));
+                    }
+                }
+                let pinging = poster.is_some();
+                let mut next_ping = start;
                 let until = start + duration;
                 let driver = tokio::spawn(burrow::node::run_node(
                     engine, sock, binder, derp, channels, Some(until),
@@ -948,10 +1032,23 @@ pub fn run(
                 let mut next_data = interval.map(|_| start);
                 let peer_key = peer_config.node_key;
                 loop {
-                    let wake = next_data.map_or(until, |t| t.min(until));
+                    let mut wake = next_data.map_or(until, |t| t.min(until));
+                    if pinging && peer_known {
+                        wake = wake.min(next_ping);
+                    }
                     tokio::select! {
+                        Some(()) = known_rx.recv() => peer_known = true,
                         e = ev_rx.recv() => match e {
-                            Some(burrow_node::Event::Packet { .. }) => view.received += 1,
+                            Some(burrow_node::Event::Packet { .. }) => {
+                                if view.received == 0 {
+                                    let via = view.route.unwrap_or(burrow_punch::Route::Relay);
+                                    rec.event(format_args!("mesh {me} first packet from the peer, via {via:?}"));
+                                }
+                                view.received += 1;
+                            }
+                            Some(burrow_node::Event::PingResult { via, latency, .. }) => {
+                                rec.event(format_args!("mesh {me} pong via {via:?} in {:.1} ms", latency.as_secs_f64() * 1000.0));
+                            }
                             Some(burrow_node::Event::PathChanged { from, to, .. }) => {
                                 view.switches += 1;
                                 rec.event(format_args!("mesh {me} path {from:?} -> {to:?}"));
@@ -964,7 +1061,21 @@ pub fn run(
                                 rec.event(format_args!("mesh {me} birthday (probing: {probing})"));
                             }
                             Some(burrow_node::Event::Endpoints { nat, candidates }) => {
-                                rec.event(format_args!("mesh {me} nat {nat:?}, {} candidates", candidates.len()));
+                                let kind = match nat {
+                                    None => "unknown".to_owned(),
+                                    Some(n) if !n.mapping_varies => format!("easy, reflexive {}", n.reflexive),
+                                    Some(n) if n.delta.is_some() => format!("hard (sequential), reflexive {}", n.reflexive),
+                                    Some(n) => format!("hard (random ports), reflexive {}", n.reflexive),
+                                };
+                                rec.event(format_args!("mesh {me} NAT {kind}; {} candidates", candidates.len()));
+                                if let Some((client, secret)) = &poster {
+                                    let (client, secret, rec, me) = (client.clone(), secret.clone(), rec.clone(), me.clone());
+                                    let endpoints: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
+                                    tokio::spawn(async move {
+                                        let r = client.post_endpoints(&secret, &burrow::control::EndpointsRequest { endpoints: endpoints.clone(), home_region: 1 }).await;
+                                        rec.event(format_args!("control {me} posted endpoints {endpoints:?}: {}", if r.is_ok() { "ok" } else { "failed" }));
+                                    });
+                                }
                             }
                             Some(_) => {}
                             None => break,
@@ -974,8 +1085,12 @@ pub fn run(
                             if now >= until {
                                 break;
                             }
+                            if pinging && peer_known && now >= next_ping {
+                                let _ = commands.send(burrow::node::NodeCommand::Ping(peer_key));
+                                next_ping = now + Duration::from_secs(1);
+                            }
                             if let (Some(t), Some(iv)) = (next_data, interval) {
-                                if now >= t {
+                                if now >= t && peer_known {
                                     // Quiet for the last 2 s, so nothing is in flight at the end.
                                     if now + Duration::from_secs(2) < until {
                                         let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 1, 100, 64, 0, 2];
@@ -1399,6 +1514,7 @@ pub fn mesh_for_pair(a: &str, b: &str) -> Option<Scenario> {
             derp: "derp".into(),
             duration_s: punch_duration(),
             data_interval_ms: data_interval(),
+            control: None,
         },
         expect: Expect {
             derive: true,
@@ -1406,6 +1522,23 @@ pub fn mesh_for_pair(a: &str, b: &str) -> Option<Scenario> {
             ..Expect::default()
         },
     })
+}
+
+/// The whole story for presets `a` and `b`: [`mesh_for_pair`] plus the real coordination
+/// server, which the nodes register with and learn each other from.
+pub fn story_for_pair(a: &str, b: &str) -> Option<Scenario> {
+    let mut s = mesh_for_pair(a, b)?;
+    s.name = format!("story/{a}~{b}");
+    s.description =
+        format!("control, DERP, three STUN servers, and two burrow nodes behind {a} and {b}");
+    let mut control = s.servers.last()?.clone();
+    control.name = "control".into();
+    control.kind = "control".into();
+    s.servers.push(control);
+    if let Workload::Mesh { control, .. } = &mut s.workload {
+        *control = Some("control".into());
+    }
+    Some(s)
 }
 
 /// [`netcheck_for_preset`] in a given address family.

@@ -65,3 +65,33 @@ fn a_mesh_run_replays_exactly_from_its_seed() {
     assert_eq!(a.result, b.result);
     assert_ne!(a.trace_hash, c.trace_hash);
 }
+
+#[test]
+fn the_whole_story_nodes_learn_each_other_from_the_real_control_server() {
+    let s = scenario::story_for_pair("easy", "hard").unwrap();
+    let options = RunOptions {
+        capture: false,
+        keep_trace: true,
+    };
+    let (o, rec) = scenario::run(&s, 1, &options).unwrap();
+    assert!(o.passed, "{:?} {:?} {:?}", o.error, o.mismatches, o.result);
+    let r = o.result.clone().unwrap();
+    assert_eq!(
+        (r["route_a"].as_str(), r["route_b"].as_str()),
+        (Some("direct"), Some("direct"))
+    );
+    assert_eq!(r["sent_a"], r["received_b"], "{r}");
+    let trace = rec.trace_lines();
+    let has = |needle: &str| trace.iter().any(|l| l.contains(needle));
+    // Registered with the server, and learned the peer's endpoints from the netmap stream.
+    assert!(has("control a registered as 100.64."), "{trace:#?}");
+    assert!(has("control b heard of a: endpoints"), "{trace:#?}");
+    // DERP first (pongs over the relay), then direct pongs.
+    let first = |needle: &str| trace.iter().position(|l| l.contains(needle));
+    let relay = first("mesh a pong via Relay").expect("a pong over DERP");
+    let direct = first("mesh a pong via Direct").expect("a pong over the direct path");
+    assert!(relay < direct);
+    // And the run replays exactly.
+    let (again, _) = scenario::run(&s, 1, &options).unwrap();
+    assert_eq!(o.trace_hash, again.trace_hash);
+}

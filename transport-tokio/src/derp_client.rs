@@ -109,6 +109,20 @@ fn tls_connector(extra_roots: &ExtraRoots) -> io::Result<tokio_rustls::TlsConnec
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// A TCP connection to the URL's host and port, inside TLS for https:// (web PKI roots plus
+/// `roots`).
+pub async fn connect_stream(url: &DerpUrl, roots: &ExtraRoots) -> io::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(if url.tls {
+        let name =
+            rustls::pki_types::ServerName::try_from(url.host.clone()).map_err(io::Error::other)?;
+        Box::new(tls_connector(roots)?.connect(name, tcp).await?)
+    } else {
+        Box::new(tcp)
+    })
+}
+
 /// A connection taken apart: its read half, write half and protocol state.
 pub type ConnParts = (
     ReadHalf<Box<dyn Stream>>,
@@ -143,15 +157,7 @@ pub async fn connect_with_roots(
     roots: &ExtraRoots,
 ) -> io::Result<RawConn> {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
-        let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Stream> = if url.tls {
-            let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-                .map_err(io::Error::other)?;
-            Box::new(tls_connector(roots)?.connect(name, tcp).await?)
-        } else {
-            Box::new(tcp)
-        };
+        let stream = connect_stream(url, roots).await?;
         upgrade(
             stream,
             url,

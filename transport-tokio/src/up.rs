@@ -4,7 +4,6 @@
 //! and enforces its packet filter on everything it receives.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -12,13 +11,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use burrow_control::{Delta, Filter, NetMap, PeerInfo, Verdict};
-use burrow_node::{Event, Node, NodeConfig, PeerConfig};
+use burrow_node::{Event, Node, NodeConfig};
 use burrow_wg::{PrivateKey, PublicKey};
-use futures::StreamExt;
 use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::control::{MapMessage, RegisterResponse};
+use crate::control::client::{peer_config, ControlClient};
+use crate::control::{EndpointsRequest, MapMessage, RegisterRequest};
 use crate::derp_client::{DerpClient, DerpUrl};
 use crate::node::{channels, run_node, NodeCommand, TokioBinder};
 use crate::transport::now;
@@ -95,7 +94,7 @@ fn save_state(dir: &Path, state: &State) -> Result<()> {
 }
 
 async fn register(
-    http: &reqwest::Client,
+    control: &ControlClient,
     cfg: &UpConfig,
     state: &mut State,
     keys: (&PrivateKey, &PrivateKey),
@@ -105,38 +104,19 @@ async fn register(
             "this node is not registered: pass --auth-key (from `burrow control authkey create`)"
         );
     };
-    let r = http
-        .post(format!("{}/machine/register", cfg.control))
-        .json(&serde_json::json!({
-            "auth_key": auth_key,
-            "hostname": cfg.hostname,
-            "node_key": keys.0.public_key().to_base64(),
-            "disco_key": keys.1.public_key().to_base64(),
-        }))
-        .send()
+    let reg = control
+        .register(&RegisterRequest {
+            auth_key: auth_key.clone(),
+            hostname: cfg.hostname.clone(),
+            node_key: keys.0.public_key().to_base64(),
+            disco_key: keys.1.public_key().to_base64(),
+        })
         .await
-        .context("reaching the control server")?;
-    if !r.status().is_success() {
-        let status = r.status();
-        bail!(
-            "registration refused ({status}): {}",
-            r.text().await.unwrap_or_default()
-        );
-    }
-    let reg: RegisterResponse = r.json().await?;
+        .context("registering")?;
     state.secret = Some(reg.secret);
     save_state(&cfg.state_dir, state)?;
     tracing::info!(addresses = ?reg.node.addresses, "registered");
     Ok(())
-}
-
-fn peer_config(p: &PeerInfo) -> Option<PeerConfig> {
-    Some(PeerConfig {
-        node_key: PublicKey::from_base64(&p.node_key).ok()?,
-        disco_key: PublicKey::from_base64(&p.disco_key).ok()?,
-        home_region: p.home_region,
-        endpoints: p.endpoints.clone(),
-    })
 }
 
 fn ip_cmd(args: &[&str]) -> Result<()> {
@@ -158,19 +138,22 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .map_err(|_| anyhow::anyhow!("the state file's private key is corrupt"))?;
     let disco = PrivateKey::from_base64(&state.disco_key)
         .map_err(|_| anyhow::anyhow!("the state file's disco key is corrupt"))?;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()?;
+    let control = ControlClient::new(&cfg.control)
+        .map_err(|e| anyhow::anyhow!("--control {:?}: {e}", cfg.control))?;
     if state.secret.is_none() {
-        register(&http, &cfg, &mut state, (&private, &disco)).await?;
+        register(&control, &cfg, &mut state, (&private, &disco)).await?;
     }
-    let mut map = open_map(&http, &cfg, state.secret.as_deref().unwrap_or_default()).await;
-    if matches!(&map, Err(e) if e.to_string().contains("401")) {
-        // The server forgot us (or the secret is stale): register again.
-        register(&http, &cfg, &mut state, (&private, &disco)).await?;
-        map = open_map(&http, &cfg, state.secret.as_deref().unwrap_or_default()).await;
+    let mut map = control
+        .open_map(state.secret.as_deref().unwrap_or_default())
+        .await;
+    if matches!(&map, Err(e) if e.is_unauthorized()) {
+        // The server forgot us, or our key expired: register again.
+        register(&control, &cfg, &mut state, (&private, &disco)).await?;
+        map = control
+            .open_map(state.secret.as_deref().unwrap_or_default())
+            .await;
     }
-    let (mut stream, first) = map?;
+    let (mut stream, first) = map.context("opening the netmap stream")?;
     let derp_url = match (&cfg.derp, first.derp.first()) {
         (Some(u), _) => u.clone(),
         (None, Some(r)) => r
@@ -307,12 +290,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     }
     // Engine events: packets through the filter into the TUN; endpoints to the control server.
     {
-        let (tun, filter, http, control) = (
-            tun.clone(),
-            filter.clone(),
-            http.clone(),
-            cfg.control.clone(),
-        );
+        let (tun, filter, control) = (tun.clone(), filter.clone(), control.clone());
         let secret = secret.clone();
         tasks.spawn(async move {
             while let Some(e) = events.recv().await {
@@ -332,11 +310,14 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                         let endpoints: Vec<SocketAddr> =
                             candidates.iter().map(|c| c.addr).collect();
                         tracing::info!(?endpoints, ?nat, "endpoints");
-                        let r = http
-                            .post(format!("{control}/machine/endpoints"))
-                            .bearer_auth(&secret)
-                            .json(&serde_json::json!({ "endpoints": endpoints, "home_region": 1 }))
-                            .send()
+                        let r = control
+                            .post_endpoints(
+                                &secret,
+                                &EndpointsRequest {
+                                    endpoints,
+                                    home_region: 1,
+                                },
+                            )
                             .await;
                         if let Err(e) = r {
                             tracing::warn!(error = %e, "cannot report endpoints");
@@ -368,14 +349,14 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     // the network blinked), reopen it and take the fresh netmap; the tunnel keeps running.
     {
         let (routes, filter, known) = (routes.clone(), filter.clone(), known.clone());
-        let (http, cfg2, secret2) = (http.clone(), cfg.clone(), secret.clone());
+        let (control, secret2) = (control.clone(), secret.clone());
         tasks.spawn(async move {
             let mut backoff = Duration::from_millis(500);
             loop {
                 if commands.is_closed() {
                     return Ok::<(), anyhow::Error>(()); // the engine is gone
                 }
-                let message = match next_message(&mut stream).await {
+                let message = match stream.next().await {
                     Ok(m) => {
                         backoff = Duration::from_millis(500);
                         m
@@ -385,7 +366,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                         loop {
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(10));
-                            match open_map(&http, &cfg2, &secret2).await {
+                            match control.open_map(&secret2).await {
                                 Ok((s, m)) => {
                                     tracing::info!(
                                         peers = m.peers.len(),
@@ -394,7 +375,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                                     stream = s;
                                     break MapMessage::NetMap(m);
                                 }
-                                Err(e) if e.to_string().contains("401") => {
+                                Err(e) if e.is_unauthorized() => {
                                     bail!(
                                         "the control server no longer knows this node (it was \
                                          removed, or its key expired): run `burrow up \
@@ -504,44 +485,4 @@ fn local_addresses(port: u16, map: &NetMap) -> Vec<SocketAddr> {
         .filter(|ip| ip.is_ipv4() && !ip.is_loopback() && !ours.contains(ip))
         .map(|ip| SocketAddr::new(ip, port))
         .collect()
-}
-
-type MapStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
-
-async fn open_map(
-    http: &reqwest::Client,
-    cfg: &UpConfig,
-    secret: &str,
-) -> Result<((MapStream, String), NetMap)> {
-    let r = http
-        .get(format!("{}/machine/map", cfg.control))
-        .bearer_auth(secret)
-        .send()
-        .await
-        .context("reaching the control server")?;
-    if !r.status().is_success() {
-        bail!("the control server refused the map stream: {}", r.status());
-    }
-    let mut stream: (MapStream, String) = (Box::pin(r.bytes_stream()), String::new());
-    match next_message(&mut stream).await? {
-        MapMessage::NetMap(m) => Ok((stream, m)),
-        MapMessage::Delta(_) => bail!("the map stream did not start with a netmap"),
-    }
-}
-
-async fn next_message(stream: &mut (MapStream, String)) -> Result<MapMessage> {
-    loop {
-        if let Some(end) = stream.1.find("\n\n") {
-            let event: String = stream.1.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                return serde_json::from_str(data).context("a map message that does not parse");
-            }
-            continue;
-        }
-        let chunk = stream.0.next().await.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "the map stream ended")
-        })??;
-        stream.1.push_str(&String::from_utf8_lossy(&chunk));
-    }
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: a real STUN server with RFC 5780 on two loopback addresses and a
-//! netcheck against it; then two simulated nodes behind an easy and a hard NAT going from DERP
-//! to direct.
+//! netcheck against it; then the whole mesh in the simulator: control, DERP, STUN and two nodes
+//! behind an easy and a hard NAT going from DERP to direct.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -68,20 +68,22 @@ pub fn run() -> Result<()> {
     println!("the alternate address 127.0.0.2 show endpoint-independent mapping and filtering.");
     println!("`burrow netcheck --json` prints the same report as stable JSON.");
     println!();
-    println!(
-        "Two burrow nodes, one behind an easy NAT and one behind a hard (random-port) NAT, in"
-    );
-    println!("the simulator: reachable over DERP at once, then direct after birthday probing.");
+    println!("The whole mesh in the simulator: the real control server, a DERP relay, three STUN");
+    println!("servers, and two burrow nodes, one behind an easy NAT and one behind a hard");
+    println!("(random-port) NAT. They register, learn each other from their netmap streams, reach");
+    println!("each other over DERP at once, then go direct after birthday probing.");
     run_cmd(cargo().args(["build", "--quiet", "--release", "-p", "burrow-sim"]))?;
     let sim = root().join("target/release/burrow-sim");
-    println!("$ cargo xtask sim --pair easy:hard --seed 1");
+    println!("$ cargo xtask sim --story easy:hard --seed 1");
     let status = Command::new(&sim)
-        .args(["--pair", "easy:hard", "--seed", "1"])
+        .args(["--story", "easy:hard", "--seed", "1"])
         .status()?;
     if !status.success() {
-        bail!("the simulated pair failed: {status}");
+        bail!("the simulated story failed: {status}");
     }
     println!();
+    println!("`cargo xtask sim --pair easy:hard` explains one pair's punching in detail, and");
     println!("`cargo xtask sim --matrix --report out/` runs every pair of NAT presets (out/report.html).");
+    println!("`cargo xtask demo --real` (root) runs the mesh behind real nftables NATs.");
     Ok(())
 }

@@ -29,8 +29,9 @@ enum Command {
         #[arg(long)]
         no_install: bool,
     },
-    /// A STUN server and a netcheck on loopback, then two simulated nodes behind an easy and a
-    /// hard NAT going from DERP to direct; with --real, the namespace lab too.
+    /// A STUN server and a netcheck on loopback, then the whole mesh in the simulator (control,
+    /// DERP, STUN, two nodes behind an easy and a hard NAT going from DERP to direct); with
+    /// --real, the namespace lab too.
     Demo {
         /// Also run the mesh for real: control, DERP and nodes behind nftables NATs in network
         /// namespaces (root; the same as `cargo xtask lab`).

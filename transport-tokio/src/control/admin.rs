@@ -81,10 +81,7 @@ impl Control {
     }
 
     async fn all_nodes(self: &Arc<Self>) -> Result<Vec<NodeRecord>, ApiError> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.nodes())
-            .await
-            .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??)
+        self.with_store(|store| store.nodes()).await
     }
 
     /// The node an admin names: by id, or by a host name only one node has.
@@ -120,11 +117,8 @@ async fn remove(
     UrlPath(node): UrlPath<String>,
 ) -> Result<Json<ActionResult>, ApiError> {
     let r = c.find(&node).await?;
-    let store = c.store.clone();
     let id = r.id;
-    tokio::task::spawn_blocking(move || store.remove(id))
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
+    c.with_store(move |store| store.remove(id)).await?;
     let summary = c.summary(&r, now_unix());
     c.retire(id);
     tracing::info!(id, name = %r.name, "node removed by the admin");
@@ -140,11 +134,9 @@ async fn expire(
 ) -> Result<Json<ActionResult>, ApiError> {
     let mut r = c.find(&node).await?;
     let now = now_unix();
-    let store = c.store.clone();
     let id = r.id;
-    tokio::task::spawn_blocking(move || store.set_expiry(id, Some(now)))
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
+    c.with_store(move |store| store.set_expiry(id, Some(now)))
+        .await?;
     r.expires_at = Some(now);
     c.retire(id);
     tracing::info!(id, name = %r.name, "node expired by the admin");

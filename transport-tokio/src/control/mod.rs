@@ -3,6 +3,7 @@
 //! happen (server-sent events). It never sees a private key and never carries user traffic.
 
 pub mod admin;
+pub mod client;
 pub mod pg;
 pub mod store;
 
@@ -209,6 +210,22 @@ impl Control {
         self.publish(deltas);
     }
 
+    /// Runs a storage call off the async workers (on a multi-threaded runtime), or inline on a
+    /// current-thread one (the simulator's hosts, where it must stay deterministic).
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        if flavor == tokio::runtime::RuntimeFlavor::CurrentThread {
+            return Ok(f(store.as_ref())?);
+        }
+        Ok(tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??)
+    }
+
     /// The HTTP API.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
@@ -261,24 +278,23 @@ async fn register(
             "hostname must be 1 to 63 characters".into(),
         ));
     }
-    let store = c.store.clone();
     let expires_at = c
         .inner
         .lock()
         .expect("control state")
         .node_expiry
         .map(|d| store::now_unix() + d.as_secs());
-    let (record, secret) = tokio::task::spawn_blocking(move || {
-        store.register(
-            &req.auth_key,
-            &req.hostname,
-            &req.node_key,
-            &req.disco_key,
-            expires_at,
-        )
-    })
-    .await
-    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
+    let (record, secret) = c
+        .with_store(move |store| {
+            store.register(
+                &req.auth_key,
+                &req.hostname,
+                &req.node_key,
+                &req.disco_key,
+                expires_at,
+            )
+        })
+        .await?;
     c.upsert(&record);
     tracing::info!(id = record.id, name = %record.name, "node registered");
     Ok(Json(RegisterResponse {
@@ -294,10 +310,9 @@ async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecor
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "missing Bearer secret".into()))?
         .to_string();
-    let store = c.store.clone();
-    let node = tokio::task::spawn_blocking(move || store.node_by_secret(&secret))
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??
+    let node = c
+        .with_store(move |store| store.node_by_secret(&secret))
+        .await?
         .ok_or_else(|| {
             ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -325,11 +340,9 @@ async fn endpoints(
             "at most 64 endpoints".into(),
         ));
     }
-    let store = c.store.clone();
     let (id, eps, region) = (node.id, req.endpoints.clone(), req.home_region);
-    tokio::task::spawn_blocking(move || store.set_endpoints(id, &eps, region))
-        .await
-        .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??;
+    c.with_store(move |store| store.set_endpoints(id, &eps, region))
+        .await?;
     node.endpoints = req.endpoints;
     node.home_region = req.home_region;
     c.upsert(&node);

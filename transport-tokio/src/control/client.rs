@@ -1,0 +1,303 @@
+//! The node's side of the control API: register, report endpoints, and follow the netmap
+//! stream (server-sent events). HTTP/1.1 (hyper) over any byte stream a [`Connector`] opens:
+//! TCP or TLS for `burrow up`, the simulator's TCP in `burrow-sim`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_control::NetMap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use thiserror::Error;
+
+use super::{EndpointsRequest, MapMessage, RegisterRequest, RegisterResponse};
+use crate::derp_client::DerpUrl;
+use crate::derper::Stream;
+
+/// Opens a fresh byte stream to the control server.
+pub type Connector = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Stream>>> + Send>> + Send + Sync,
+>;
+
+/// Why a control request failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server could not be reached, or the connection broke.
+    #[error("cannot reach the control server: {0}")]
+    Io(#[from] io::Error),
+    /// The HTTP exchange failed.
+    #[error("control server HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The server answered with an error.
+    #[error("the control server refused ({status}): {reason}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The answer did not parse.
+    #[error("the control server sent something unexpected: {0}")]
+    BadMessage(String),
+    /// The map stream ended (the server restarted, or dropped this node).
+    #[error("the map stream ended")]
+    Ended,
+    /// No answer in time.
+    #[error("the control server did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ClientError {
+    /// The server does not (or no longer) accept this node's credentials: it was removed,
+    /// its key expired, or the auth key is bad.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ClientError::Refused { status: 401, .. })
+    }
+}
+
+/// How long a request (not the map stream) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client of one control server.
+#[derive(Clone)]
+pub struct ControlClient {
+    connector: Connector,
+    host: String,
+    prefix: String,
+}
+
+impl std::fmt::Debug for ControlClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlClient")
+            .field("host", &self.host)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One SSE event's data, once a whole event ("…\n\n") is in `buf`.
+fn take_event(buf: &mut Vec<u8>) -> Option<Option<String>> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    let event: Vec<u8> = buf.drain(..end + 2).collect();
+    let text = String::from_utf8_lossy(&event);
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+            .map(str::to_owned),
+    )
+}
+
+/// The netmap stream: one [`MapMessage`] at a time.
+pub struct MapStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+/// The largest event the map stream accepts (a netmap of ~100k peers).
+const MAX_EVENT: usize = 64 << 20;
+
+impl MapStream {
+    /// The next message; [`ClientError::Ended`] when the server closes the stream.
+    pub async fn next(&mut self) -> Result<MapMessage, ClientError> {
+        loop {
+            while let Some(data) = take_event(&mut self.buf) {
+                // Events without data are keep-alive comments.
+                if let Some(data) = data {
+                    return serde_json::from_str(&data)
+                        .map_err(|e| ClientError::BadMessage(format!("map message: {e}")));
+                }
+            }
+            if self.buf.len() > MAX_EVENT {
+                return Err(ClientError::BadMessage("a map event over 64 MiB".into()));
+            }
+            match self.body.frame().await {
+                None => return Err(ClientError::Ended),
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ControlClient {
+    /// A client of `url` (http://HOST:PORT or https://HOST[:PORT], with an optional path
+    /// prefix), over TCP or TLS.
+    pub fn new(url: &str) -> Result<Self, String> {
+        let trimmed = url.trim_end_matches('/');
+        let parsed: DerpUrl = trimmed.parse()?;
+        let after_scheme = trimmed.split_once("://").map_or("", |x| x.1);
+        let prefix = if after_scheme.contains('/') {
+            parsed.path.clone()
+        } else {
+            String::new()
+        };
+        let host = match (parsed.tls, parsed.port) {
+            (true, 443) | (false, 80) => parsed.host.clone(),
+            (_, port) => format!("{}:{port}", parsed.host),
+        };
+        let connector: Connector = Arc::new(move || {
+            let url = parsed.clone();
+            Box::pin(async move { crate::derp_client::connect_stream(&url, &Vec::new()).await })
+        });
+        Ok(ControlClient {
+            connector,
+            host,
+            prefix,
+        })
+    }
+
+    /// A client that reaches the server through `connector` (the simulator's TCP, a proxy…);
+    /// `host` is the Host header.
+    pub fn with_connector(host: impl Into<String>, connector: Connector) -> Self {
+        ControlClient {
+            connector,
+            host: host.into(),
+            prefix: String::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        secret: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let stream = (self.connector)().await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.prefix))
+            .header("host", &self.host);
+        if let Some(s) = secret {
+            req = req.header("authorization", format!("Bearer {s}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::BadMessage(format!("request: {e}")))?;
+        let res = sender.send_request(req).await?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let body = res.into_body().collect().await?.to_bytes();
+        let reason = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            reason,
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        secret: Option<&str>,
+        body: &impl serde::Serialize,
+    ) -> Result<Option<T>, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::BadMessage(e.to_string()))?;
+        let exchange = async {
+            let res = self.send(method, path, secret, Some(body)).await?;
+            if res.status() == hyper::StatusCode::NO_CONTENT {
+                return Ok(None);
+            }
+            let bytes = res.into_body().collect().await?.to_bytes();
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ClientError::BadMessage(format!("{path}: {e}")))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?
+    }
+
+    /// Registers this node's public keys with a pre-auth key.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.call("POST", "/machine/register", None, req)
+            .await?
+            .ok_or_else(|| ClientError::BadMessage("an empty registration answer".into()))
+    }
+
+    /// Reports this node's candidate endpoints and home DERP region.
+    pub async fn post_endpoints(
+        &self,
+        secret: &str,
+        req: &EndpointsRequest,
+    ) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>("POST", "/machine/endpoints", Some(secret), req)
+            .await
+            .map(|_| ())
+    }
+
+    /// Opens the netmap stream: the whole netmap first, then deltas.
+    pub async fn open_map(&self, secret: &str) -> Result<(MapStream, NetMap), ClientError> {
+        let open = async {
+            let res = self.send("GET", "/machine/map", Some(secret), None).await?;
+            let mut stream = MapStream {
+                body: res.into_body(),
+                buf: Vec::new(),
+            };
+            match stream.next().await? {
+                MapMessage::NetMap(m) => Ok((stream, m)),
+                MapMessage::Delta(_) => Err(ClientError::BadMessage(
+                    "the map stream did not start with a netmap".into(),
+                )),
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, open)
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?
+    }
+}
+
+/// A netmap peer as the node engine takes it (None if its keys do not parse).
+pub fn peer_config(p: &burrow_control::PeerInfo) -> Option<burrow_node::PeerConfig> {
+    Some(burrow_node::PeerConfig {
+        node_key: burrow_wg::PublicKey::from_base64(&p.node_key).ok()?,
+        disco_key: burrow_wg::PublicKey::from_base64(&p.disco_key).ok()?,
+        home_region: p.home_region,
+        endpoints: p.endpoints.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_sent_events_split_on_blank_lines_and_skip_comments() {
+        let mut buf = b": keep-alive\n\ndata: {\"a\":1}\n\ndata: partial".to_vec();
+        assert_eq!(take_event(&mut buf), Some(None));
+        assert_eq!(take_event(&mut buf), Some(Some("{\"a\":1}".into())));
+        assert_eq!(take_event(&mut buf), None);
+        assert_eq!(buf, b"data: partial");
+    }
+
+    #[test]
+    fn urls_give_the_host_header_and_the_path_prefix() {
+        let c = ControlClient::new("http://10.0.0.1:8080").unwrap();
+        assert_eq!((c.host.as_str(), c.prefix.as_str()), ("10.0.0.1:8080", ""));
+        let c = ControlClient::new("https://control.example/burrow/").unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.prefix.as_str()),
+            ("control.example", "/burrow")
+        );
+        assert!(ControlClient::new("ftp://x").is_err());
+    }
+}
