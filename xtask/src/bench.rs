@@ -62,6 +62,9 @@ pub enum Which {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Rounds (each runs all three); the table gives medians and ranges.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
         /// Don't write BENCHMARKS.md.
         #[arg(long)]
         no_write: bool,
@@ -112,7 +115,11 @@ pub fn run(which: Which) -> Result<()> {
             team,
             no_write,
         } => return crate::controlbench::run(&nodes, team, no_write),
-        Which::Mesh { seconds, no_write } => return crate::meshbench::run(seconds, no_write),
+        Which::Mesh {
+            seconds,
+            runs,
+            no_write,
+        } => return crate::meshbench::run(seconds, runs, no_write),
     };
     let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
     if !reference_ready {

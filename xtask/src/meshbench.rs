@@ -31,7 +31,15 @@ fn iperf(from_ns: &str, to: &str, seconds: u32) -> Result<f64> {
         / 1e6)
 }
 
-pub fn run(seconds: u32, no_write: bool) -> Result<()> {
+/// Median and range of some runs.
+fn summary(v: &[f64]) -> (f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
+    let runs = runs.max(1);
     if !is_root() {
         bail!("the mesh benchmark needs root (network namespaces, nftables, TUN)");
     }
@@ -93,8 +101,6 @@ pub fn run(seconds: u32, no_write: bool) -> Result<()> {
         .spawn()?;
     let _server = Guard(server);
     std::thread::sleep(Duration::from_millis(500));
-    let direct = iperf(&ns1, &addr2, seconds)?;
-    let relayed = iperf(&nsb, &addr2, seconds)?;
 
     // wireguard-go between the same two nodes' namespaces, through the same NATs.
     let keys: Vec<(String, String)> = (0..2).map(|_| wg_keypair()).collect::<Result<_>>()?;
@@ -125,16 +131,35 @@ pub fn run(seconds: u32, no_write: bool) -> Result<()> {
     }
     wait(Duration::from_secs(30), || ping(&ns1, "10.77.0.2"))
         .context("wireguard-go: no ping through the NATs")?;
-    let wggo = iperf(&ns1, "10.77.0.2", seconds)?;
+    // Rounds interleave the three, so drift on this shared machine hits all alike.
+    let (mut direct, mut relayed, mut wggo) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=runs {
+        direct.push(iperf(&ns1, &addr2, seconds)?);
+        relayed.push(iperf(&nsb, &addr2, seconds)?);
+        wggo.push(iperf(&ns1, "10.77.0.2", seconds)?);
+        println!(
+            "round {round}/{runs}: burrow direct {:.0}, burrow via DERP {:.0}, wireguard-go {:.0} Mbit/s",
+            direct.last().unwrap_or(&0.0),
+            relayed.last().unwrap_or(&0.0),
+            wggo.last().unwrap_or(&0.0)
+        );
+    }
     drop(guards);
     drop(built);
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("through the NATs, {seconds} s each: burrow direct {direct:.0} Mbit/s, burrow via DERP {relayed:.0} Mbit/s, wireguard-go direct {wggo:.0} Mbit/s ({:.2}x)", direct / wggo);
+    let (d, r, w) = (summary(&direct), summary(&relayed), summary(&wggo));
+    println!("through the NATs, median of {runs} × {seconds} s: burrow direct {:.0} Mbit/s, burrow via DERP {:.0} Mbit/s, wireguard-go direct {:.0} Mbit/s ({:.2}x)", d.0, r.0, w.0, d.0 / w.0);
     if !no_write {
+        let row = |name: &str, (m, lo, hi): (f64, f64, f64)| {
+            format!("| {name} | {m:.0} Mbit/s | {lo:.0}–{hi:.0} |\n")
+        };
         let section = format!(
-            "## The mesh through real NATs\n\nCommand: `cargo xtask bench mesh --seconds {seconds}`\n\nThe lab's topology (network namespaces, nftables masquerade with an input-drop guard, 198.18.0.0/15 as the \"internet\"), release builds, one run each, {seconds} s of iperf3 TCP: `burrow up` node easy1 → easy2 on the direct path both NATs allow; a node behind a UDP-blocking router → easy2 via DERP (TCP to the derper in the internet namespace); and wireguard-go between easy1 and easy2 through the same NATs (endpoints on the routers' public addresses, persistent keep-alive to open them).\n\n| path | throughput |\n|---|---:|\n| burrow, direct | {direct:.0} Mbit/s |\n| burrow, via DERP | {relayed:.0} Mbit/s |\n| wireguard-go, direct | {wggo:.0} Mbit/s |\n\nburrow direct / wireguard-go: **{:.2}×**.\n",
-            direct / wggo
+            "## The mesh through real NATs\n\nCommand: `cargo xtask bench mesh --seconds {seconds} --runs {runs}`\n\nThe lab's topology (network namespaces, nftables masquerade with an input-drop guard, 198.18.0.0/15 as the \"internet\"), release builds, {seconds} s of iperf3 TCP per run, {runs} rounds interleaving the three: `burrow up` node easy1 → easy2 on the direct path both NATs allow; a node behind a UDP-blocking router → easy2 via DERP (TCP to the derper in the internet namespace); and wireguard-go between easy1 and easy2 through the same NATs (endpoints on the routers' public addresses, persistent keep-alive to open them). Everything shares this machine's 2 cores, so iperf3, both tunnel ends and the relay compete for CPU.\n\n| path | median | range |\n|---|---:|---:|\n{}{}{}\nburrow direct / wireguard-go (medians): **{:.2}×**.\n",
+            row("burrow, direct", d),
+            row("burrow, via DERP", r),
+            row("wireguard-go, direct", w),
+            d.0 / w.0
         );
         crate::bench::write_section(
             &root().join("BENCHMARKS.md"),
