@@ -263,30 +263,23 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     let db = dir.join("control.sqlite").display().to_string();
     let policy = dir.join("policy.hujson");
     std::fs::write(&policy, policy_text)?;
-    let key = sh(&[
-        burrow.to_str().unwrap(),
-        "control",
-        "authkey",
-        "create",
-        "--db",
-        &db,
-        "--reusable",
-        "--user",
-        "lab",
-    ])?;
-    let key = key.trim().to_string();
+    let authkey = |user: &str| -> Result<String> {
+        let key = sh(&[
+            burrow.to_str().unwrap(),
+            "control",
+            "authkey",
+            "create",
+            "--db",
+            &db,
+            "--reusable",
+            "--user",
+            user,
+        ])?;
+        Ok(key.trim().to_string())
+    };
+    let key = authkey("lab")?;
     // The server site's node belongs to user "srv", which the lab's policy lets reach on 7000.
-    let srv_key = sh(&[
-        burrow.to_str().unwrap(),
-        "control",
-        "authkey",
-        "create",
-        "--db",
-        &db,
-        "--user",
-        "srv",
-    ])?;
-    let srv_key = srv_key.trim().to_string();
+    let srv_key = authkey("srv")?;
     let policy_s = policy.display().to_string();
     let admin = dir.join("admin.sock").display().to_string();
     lab.start(
