@@ -516,23 +516,34 @@ pub async fn mesh_link(
     }
 }
 
-/// A self-signed certificate for `hostname` (for tests and private deployments).
+/// A fresh self-signed certificate for these host names or IP addresses (for tests and private
+/// deployments): the server configuration, the certificate (DER) and its key (PKCS #8 DER).
+#[allow(clippy::type_complexity)]
 pub fn self_signed(
-    hostname: &str,
-) -> Result<(Arc<rustls::ServerConfig>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>> {
-    let cert = rcgen::generate_simple_self_signed(vec![hostname.to_owned()])?;
+    names: &[String],
+) -> Result<(Arc<rustls::ServerConfig>, Vec<u8>, Vec<u8>), Box<dyn std::error::Error + Send + Sync>>
+{
+    let cert = rcgen::generate_simple_self_signed(names.to_vec())?;
     let der = cert.cert.der().to_vec();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let key = cert.key_pair.serialize_der();
+    Ok((tls_from_der(der.clone(), key.clone())?, der, key))
+}
+
+/// TLS from one certificate (DER) and its PKCS #8 key (DER), e.g. a kept self-signed one.
+pub fn tls_from_der(
+    cert: Vec<u8>,
+    key: Vec<u8>,
+) -> Result<Arc<rustls::ServerConfig>, Box<dyn std::error::Error + Send + Sync>> {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(
-        vec![rustls::pki_types::CertificateDer::from(der.clone())],
-        key,
+        vec![rustls::pki_types::CertificateDer::from(cert)],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()),
     )?;
-    Ok((Arc::new(config), der))
+    Ok(Arc::new(config))
 }
 
 /// TLS from PEM files.

@@ -18,6 +18,65 @@ struct Cli {
     command: Command,
 }
 
+/// Serving TLS: a certificate from files, or a fresh self-signed one.
+#[derive(clap::Args, Debug, Clone)]
+struct TlsArgs {
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key", conflicts_with = "self_signed")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve TLS with a fresh self-signed certificate for this host name or IP address;
+    /// repeatable (one certificate for all).
+    #[arg(long)]
+    self_signed: Vec<String>,
+    /// Keep the self-signed certificate (DER) here, for clients to trust, and its key beside it
+    /// (FILE.key, mode 0600); both are reused at the next start, so clients keep trusting it.
+    #[arg(long, requires = "self_signed")]
+    cert_out: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The server's TLS configuration, if TLS was asked for.
+    fn server_config(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        Ok(
+            match (&self.tls_cert, &self.tls_key, &self.self_signed[..]) {
+                (Some(c), Some(k), _) => Some(
+                    burrow::derper::tls_from_files(c, k)
+                        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
+                ),
+                (_, _, names) if !names.is_empty() => {
+                    let kept = self.cert_out.as_ref().map(|c| {
+                        let mut key = c.clone().into_os_string();
+                        key.push(".key");
+                        (c.clone(), std::path::PathBuf::from(key))
+                    });
+                    match &kept {
+                        Some((cert, key)) if cert.exists() && key.exists() => {
+                            let (c, k) = (std::fs::read(cert)?, std::fs::read(key)?);
+                            Some(burrow::derper::tls_from_der(c, k).map_err(|e| {
+                                anyhow::anyhow!("the kept certificate {}: {e}", cert.display())
+                            })?)
+                        }
+                        _ => {
+                            let (config, der, key_der) = burrow::derper::self_signed(names)
+                                .map_err(|e| anyhow::anyhow!("self-signed certificate: {e}"))?;
+                            if let Some((cert, key)) = &kept {
+                                write_secret(key, &key_der)?;
+                                std::fs::write(cert, der)
+                                    .with_context(|| format!("writing {}", cert.display()))?;
+                            }
+                            Some(config)
+                        }
+                    }
+                }
+                _ => None,
+            },
+        )
+    }
+}
+
 #[derive(Subcommand)]
 enum ControlCommand {
     /// Run the coordination server (HTTP; SQLite in one file).
@@ -44,6 +103,8 @@ enum ControlCommand {
         /// The admin API's Unix socket (mode 0600), for `burrow control nodes` and `node`.
         #[arg(long, default_value = "burrow-control.sock")]
         admin_socket: std::path::PathBuf,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// List the registered nodes (asks the running server over its admin socket).
     Nodes {
@@ -181,18 +242,8 @@ enum Command {
         /// UDP address for the STUN server.
         #[arg(long)]
         stun_listen: Option<SocketAddr>,
-        /// TLS certificate chain (PEM).
-        #[arg(long, requires = "tls_key", conflicts_with = "self_signed")]
-        tls_cert: Option<std::path::PathBuf>,
-        /// TLS private key (PEM).
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<std::path::PathBuf>,
-        /// Serve TLS with a fresh self-signed certificate for this host name.
-        #[arg(long)]
-        self_signed: Option<String>,
-        /// Write the self-signed certificate (DER) here, for clients to trust.
-        #[arg(long, requires = "self_signed")]
-        cert_out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// The relay's private key (base64), created if missing; a fresh key otherwise.
         #[arg(long)]
         key_file: Option<std::path::PathBuf>,
@@ -240,6 +291,10 @@ enum Command {
         /// The local API socket (default: STATE_DIR/burrow.sock).
         #[arg(long)]
         socket: Option<std::path::PathBuf>,
+        /// Also trust this certificate (DER or PEM) for https:// control and DERP servers, e.g.
+        /// one written by `--self-signed … --cert-out`; repeatable.
+        #[arg(long)]
+        tls_ca: Vec<std::path::PathBuf>,
     },
     /// Peers of the running node: addresses, current path, last handshake, bytes.
     Status {
@@ -336,16 +391,18 @@ enum Command {
 }
 
 /// Writes a secret file readable by its owner only.
-fn write_secret(path: &std::path::Path, contents: &str) -> Result<()> {
+/// Writes a file only its owner may read (created with mode 0600).
+fn write_secret(path: &std::path::Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
+    f.write_all(contents)?;
     Ok(())
 }
 
@@ -494,10 +551,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Derper {
             listen,
             stun_listen,
-            tls_cert,
-            tls_key,
-            self_signed,
-            cert_out,
+            tls,
             key_file,
             mesh_key,
             mesh_with,
@@ -513,26 +567,12 @@ async fn run(command: Command) -> Result<()> {
                     let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_os_rng();
                     let k = burrow_wg::PrivateKey::generate(&mut rng);
                     if let Some(path) = other {
-                        write_secret(path, &k.expose_base64())?;
+                        write_secret(path, k.expose_base64().as_bytes())?;
                     }
                     k
                 }
             };
-            let tls = match (&tls_cert, &tls_key, &self_signed) {
-                (Some(c), Some(k), _) => Some(
-                    burrow::derper::tls_from_files(c, k)
-                        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?,
-                ),
-                (_, _, Some(host)) => {
-                    let (config, der) = burrow::derper::self_signed(host)
-                        .map_err(|e| anyhow::anyhow!("self-signed certificate: {e}"))?;
-                    if let Some(out) = &cert_out {
-                        std::fs::write(out, der)?;
-                    }
-                    Some(config)
-                }
-                _ => None,
-            };
+            let tls = tls.server_config()?;
             let mesh_key = match &mesh_key {
                 Some(p) => Some(
                     std::fs::read_to_string(p)
@@ -595,8 +635,16 @@ async fn run(command: Command) -> Result<()> {
             stun,
             hostname,
             socket,
+            tls_ca,
         } => {
             let socket = socket.unwrap_or_else(|| state_dir.join("burrow.sock"));
+            let mut extra_roots = Vec::new();
+            for path in &tls_ca {
+                extra_roots.extend(
+                    read_certificates(path)
+                        .with_context(|| format!("--tls-ca {}", path.display()))?,
+                );
+            }
             let hostname = hostname.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_string())
@@ -614,6 +662,7 @@ async fn run(command: Command) -> Result<()> {
                 stun,
                 hostname,
                 socket,
+                extra_roots,
             };
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -718,6 +767,7 @@ async fn run(command: Command) -> Result<()> {
                     stun,
                     node_expiry,
                     admin_socket,
+                    tls,
                 },
         } => {
             use burrow::control::{Control, ALLOW_ALL};
@@ -768,11 +818,22 @@ async fn run(command: Command) -> Result<()> {
                 })
             };
             println!("listening on {}", listener.local_addr()?);
-            axum::serve(listener, control.router())
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await?;
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            match tls.server_config()? {
+                None => {
+                    axum::serve(listener, control.router())
+                        .with_graceful_shutdown(shutdown)
+                        .await?
+                }
+                Some(config) => {
+                    let listener = burrow::control::TlsListener::new(listener, config);
+                    axum::serve(listener, control.router())
+                        .with_graceful_shutdown(shutdown)
+                        .await?
+                }
+            }
             admin.abort();
             let _ = std::fs::remove_file(&admin_socket);
             Ok(())
@@ -1019,4 +1080,19 @@ fn url_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The certificates in a file: PEM (one or more), or a single DER certificate.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<Vec<u8>>> {
+    let bytes = std::fs::read(path)?;
+    if bytes.starts_with(b"-----") {
+        let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(&bytes[..]))
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if certs.is_empty() {
+            anyhow::bail!("no certificate in the PEM file");
+        }
+        return Ok(certs);
+    }
+    Ok(vec![bytes])
 }

@@ -43,6 +43,8 @@ pub struct UpConfig {
     pub hostname: String,
     /// The local API's Unix socket (`burrow status`, `ping`, `doctor`, `down`).
     pub socket: PathBuf,
+    /// Certificates (DER) trusted besides the web PKI, for https:// control and DERP servers.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 /// What the state file holds.
@@ -138,7 +140,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .map_err(|_| anyhow::anyhow!("the state file's private key is corrupt"))?;
     let disco = PrivateKey::from_base64(&state.disco_key)
         .map_err(|_| anyhow::anyhow!("the state file's disco key is corrupt"))?;
-    let control = ControlClient::new(&cfg.control)
+    let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
         .map_err(|e| anyhow::anyhow!("--control {:?}: {e}", cfg.control))?;
     if state.secret.is_none() {
         register(&control, &cfg, &mut state, (&private, &disco)).await?;
@@ -227,7 +229,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             }
         }
     }
-    let derp = DerpClient::spawn(derp_url, private, Vec::new());
+    let derp = DerpClient::spawn(derp_url, private, cfg.extra_roots.clone());
     let (chans, handle) = channels();
     let crate::node::NodeHandle {
         outbound,

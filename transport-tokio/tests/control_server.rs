@@ -572,3 +572,72 @@ async fn the_same_flow_on_postgresql() {
     drop(_stop);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_over_tls_with_a_self_signed_certificate() {
+    use burrow::control::client::ControlClient;
+    let dir = temp_dir("tls");
+    let db = dir.join("control.sqlite");
+    let ca = dir.join("control.der");
+    let key = authkey(&db, &["--reusable"]);
+    let server = serve_with(
+        &db,
+        None,
+        &[
+            "--self-signed",
+            "localhost",
+            "--cert-out",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://localhost:{}", server.addr().port());
+    let request = |seed: u8| {
+        let (node_key, disco_key) = keypair(seed);
+        burrow::control::RegisterRequest {
+            auth_key: key.clone(),
+            hostname: format!("n{seed}"),
+            node_key,
+            disco_key,
+        }
+    };
+    // Without the certificate the client refuses the server.
+    let untrusting = ControlClient::new(&url).unwrap();
+    let err = untrusting.register(&request(1)).await.unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+    // Plain HTTP to the TLS port gets nowhere, and the server keeps serving.
+    let plain = ControlClient::new(&format!("http://127.0.0.1:{}", server.addr().port())).unwrap();
+    assert!(plain.register(&request(1)).await.is_err());
+    // Trusting it: register, then the netmap stream.
+    let trusting = ControlClient::with_roots(&url, vec![std::fs::read(&ca).unwrap()]).unwrap();
+    let a = trusting.register(&request(1)).await.unwrap();
+    trusting.register(&request(2)).await.unwrap();
+    let (_stream, map) = trusting.open_map(&a.secret).await.unwrap();
+    assert_eq!(map.peers.len(), 1);
+    assert_eq!(map.peers[0].node.name, "n2");
+    // A bad secret is a typed refusal.
+    let err = trusting.open_map("burrownode-nope").await.unwrap_err();
+    assert!(err.is_unauthorized(), "{err}");
+    // The certificate's key is kept (0600) and reused: after a restart, nodes still trust it.
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(dir.join("control.der.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    drop(server);
+    let server = serve_with(
+        &db,
+        None,
+        &[
+            "--self-signed",
+            "localhost",
+            "--cert-out",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let url = format!("https://localhost:{}", server.addr().port());
+    let trusting = ControlClient::with_roots(&url, vec![std::fs::read(&ca).unwrap()]).unwrap();
+    let (_stream, map) = trusting.open_map(&a.secret).await.unwrap();
+    assert_eq!(map.peers.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

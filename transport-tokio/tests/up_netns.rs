@@ -202,6 +202,7 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
     .unwrap();
     let policy_s = policy.display().to_string();
     let admin_s = dir.join("admin.sock").display().to_string();
+    let ca_s = dir.join("control.der").display().to_string();
     // The control server, with the DERP map it hands out (node b relies on it).
     let control_args = [
         "control",
@@ -218,6 +219,13 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         "10.201.1.1:3478",
         "--admin-socket",
         &admin_s,
+        // TLS, with a certificate for both of the server's addresses that nodes trust.
+        "--self-signed",
+        "10.201.1.1",
+        "--self-signed",
+        "10.201.2.1",
+        "--cert-out",
+        &ca_s,
     ];
     let line = lab.start(&inet, &control_args, &dir.join("control.log"));
     assert!(line.starts_with("listening on"), "{line}");
@@ -237,7 +245,7 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
     let mut addrs = Vec::new();
     for (n, k, key, name) in [(&a, 1, key_a.trim(), "a"), (&b, 2, key_b.trim(), "b")] {
         let state = dir.join(name).display().to_string();
-        let control = format!("http://10.201.{k}.1:8080");
+        let control = format!("https://10.201.{k}.1:8080");
         let derp = format!("http://10.201.{k}.1:8443/derp");
         let stun = format!("10.201.{k}.1:3478");
         let mut args = vec![
@@ -252,6 +260,8 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
             "burrow0",
             "--hostname",
             name,
+            "--tls-ca",
+            &ca_s,
         ];
         // a is told its relay; b takes it from the control server's DERP map.
         if name == "a" {

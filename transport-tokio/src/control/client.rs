@@ -96,6 +96,14 @@ pub struct MapStream {
     buf: Vec<u8>,
 }
 
+impl std::fmt::Debug for MapStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapStream")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The largest event the map stream accepts (a netmap of ~100k peers).
 const MAX_EVENT: usize = 64 << 20;
 
@@ -129,6 +137,12 @@ impl ControlClient {
     /// A client of `url` (http://HOST:PORT or https://HOST[:PORT], with an optional path
     /// prefix), over TCP or TLS.
     pub fn new(url: &str) -> Result<Self, String> {
+        Self::with_roots(url, Vec::new())
+    }
+
+    /// [`ControlClient::new`], also trusting these certificates (DER) for https:// — a server
+    /// with a self-signed certificate (`burrow control serve --self-signed … --cert-out`).
+    pub fn with_roots(url: &str, roots: crate::derp_client::ExtraRoots) -> Result<Self, String> {
         let trimmed = url.trim_end_matches('/');
         let parsed: DerpUrl = trimmed.parse()?;
         let after_scheme = trimmed.split_once("://").map_or("", |x| x.1);
@@ -141,9 +155,10 @@ impl ControlClient {
             (true, 443) | (false, 80) => parsed.host.clone(),
             (_, port) => format!("{}:{port}", parsed.host),
         };
+        let roots = Arc::new(roots);
         let connector: Connector = Arc::new(move || {
-            let url = parsed.clone();
-            Box::pin(async move { crate::derp_client::connect_stream(&url, &Vec::new()).await })
+            let (url, roots) = (parsed.clone(), roots.clone());
+            Box::pin(async move { crate::derp_client::connect_stream(&url, &roots).await })
         });
         Ok(ControlClient {
             connector,
