@@ -293,7 +293,36 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     // Engine events: packets through the filter into the TUN; endpoints to the control server.
     {
         let (tun, filter, control) = (tun.clone(), filter.clone(), control.clone());
-        let secret = secret.clone();
+        // Endpoints go to the server from their own task (a slow server must not hold up
+        // packets), the latest set only, and only when it changed; failures are retried.
+        let (endpoints_tx, mut endpoints_rx) =
+            tokio::sync::watch::channel(Vec::<SocketAddr>::new());
+        {
+            let (control, secret) = (control.clone(), secret.clone());
+            tasks.spawn(async move {
+                let mut posted: Option<Vec<SocketAddr>> = None;
+                while endpoints_rx.changed().await.is_ok() {
+                    loop {
+                        let endpoints = endpoints_rx.borrow_and_update().clone();
+                        if posted.as_ref() == Some(&endpoints) {
+                            break;
+                        }
+                        let request = EndpointsRequest {
+                            endpoints: endpoints.clone(),
+                            home_region: 1,
+                        };
+                        match control.post_endpoints(&secret, &request).await {
+                            Ok(()) => posted = Some(endpoints),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot report endpoints; retrying");
+                                tokio::time::sleep(Duration::from_secs(5)).await;
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
         tasks.spawn(async move {
             while let Some(e) = events.recv().await {
                 match e {
@@ -311,19 +340,14 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                     Event::Endpoints { candidates, nat } => {
                         let endpoints: Vec<SocketAddr> =
                             candidates.iter().map(|c| c.addr).collect();
-                        tracing::info!(?endpoints, ?nat, "endpoints");
-                        let r = control
-                            .post_endpoints(
-                                &secret,
-                                &EndpointsRequest {
-                                    endpoints,
-                                    home_region: 1,
-                                },
-                            )
-                            .await;
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "cannot report endpoints");
-                        }
+                        endpoints_tx.send_if_modified(|current| {
+                            if *current == endpoints {
+                                return false;
+                            }
+                            tracing::info!(?endpoints, ?nat, "endpoints");
+                            *current = endpoints;
+                            true
+                        });
                     }
                     Event::PathChanged { peer, from, to } => {
                         tracing::info!(%peer, ?from, ?to, "path changed");

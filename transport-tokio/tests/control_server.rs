@@ -641,3 +641,55 @@ async fn the_api_over_tls_with_a_self_signed_certificate() {
     assert_eq!(map.peers.len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_endpoints_cost_nothing_and_a_flapping_node_is_slowed() {
+    let dir = temp_dir("flap");
+    let db = dir.join("control.sqlite");
+    let key = authkey(&db, &["--reusable"]);
+    let server = serve(&db, None);
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut stream = MapStream::open(&http, &base, &a.secret).await;
+    let MapMessage::NetMap(_) = stream.next().await else {
+        panic!("netmap first")
+    };
+    let post = |port: u16| {
+        http.post(format!("{base}/machine/endpoints"))
+            .bearer_auth(&b.secret)
+            .json(&serde_json::json!({ "endpoints": [format!("203.0.113.7:{port}")], "home_region": 1 }))
+            .send()
+    };
+    assert_eq!(post(1000).await.unwrap().status(), 204);
+    // The same endpoints again (after every STUN round): accepted, and nobody is told; the
+    // next message a hears is the next real change.
+    assert_eq!(post(1000).await.unwrap().status(), 204);
+    assert_eq!(post(1001).await.unwrap().status(), 204);
+    for want in [1000u16, 1001] {
+        let MapMessage::Delta(Delta::PeerUpsert(p)) = stream.next().await else {
+            panic!("an update")
+        };
+        assert_eq!(p.endpoints[0].port(), want);
+    }
+    // Flapping: a burst of changes goes through, then the server says slow down.
+    let mut refused = 0;
+    for port in 2000..2030 {
+        let r = post(port).await.unwrap();
+        if r.status() == 429 {
+            refused += 1;
+            assert!(r.text().await.unwrap().contains("too many"));
+        }
+    }
+    assert!((15..=22).contains(&refused), "{refused} of 30 refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}

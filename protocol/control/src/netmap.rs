@@ -208,10 +208,14 @@ impl Tailnet {
     }
 
     /// Adds or updates a node (registration, new endpoints); returns the deltas to send, by
-    /// node id. Only nodes that can see it (and it, for its filter) are touched.
+    /// node id. Only nodes that can see it (and it, for its filter) are touched, and nobody
+    /// when nothing changed (nodes re-report unchanged endpoints after every STUN round).
     pub fn upsert(&mut self, peer: PeerInfo) -> Vec<(u64, Delta)> {
         let id = peer.node.id;
         let old = self.nodes.get(&id).cloned();
+        if old.as_ref() == Some(&peer) {
+            return Vec::new();
+        }
         let mut before = BTreeSet::new();
         if let Some(o) = &old {
             before = self.watchers(&o.node);

@@ -284,6 +284,8 @@ fn tailnet_sends_deltas_only_to_nodes_that_can_see_the_change() {
             .all(|(_, d)| matches!(d, Delta::PeerUpsert(p) if p == &db)),
         "an endpoint change is a peer update only"
     );
+    // The same endpoints again (every STUN round re-reports them): nobody is told anything.
+    assert!(net.upsert(db.clone()).is_empty());
     // The netmap alice gets on connect has the db with its endpoints, and alice's filter.
     let m = net.netmap(1).unwrap();
     assert!(m.peers.iter().any(|p| p == &db));

@@ -77,7 +77,14 @@ struct Inner {
     node_expiry: Option<Duration>,
     /// When each node in the tailnet expires (unix seconds).
     expires: BTreeMap<u64, u64>,
+    /// Each node's endpoint-change budget: tokens and when they were counted.
+    budgets: BTreeMap<u64, (f64, tokio::time::Instant)>,
 }
+
+/// Endpoint changes a node may make in a burst, and per second after that: a flapping or
+/// hostile node cannot make the server flood its peers with deltas.
+const CHANGE_BURST: f64 = 10.0;
+const CHANGES_PER_SECOND: f64 = 1.0;
 
 /// The server's shared state.
 pub struct Control {
@@ -131,6 +138,7 @@ impl Control {
                 streams: BTreeMap::new(),
                 node_expiry: None,
                 expires,
+                budgets: BTreeMap::new(),
             }),
         }))
     }
@@ -147,6 +155,7 @@ impl Control {
         let deltas = {
             let mut inner = self.inner.lock().expect("control state");
             inner.expires.remove(&id);
+            inner.budgets.remove(&id);
             inner.streams.remove(&id);
             inner.tailnet.remove(id)
         };
@@ -208,6 +217,21 @@ impl Control {
             inner.tailnet.upsert(peer_of(r))
         };
         self.publish(deltas);
+    }
+
+    /// Takes one endpoint change from a node's budget; false when it is spent.
+    fn take_change(&self, id: u64) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut inner = self.inner.lock().expect("control state");
+        let (tokens, at) = inner.budgets.entry(id).or_insert((CHANGE_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * CHANGES_PER_SECOND)
+            .min(CHANGE_BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     /// Runs a storage call off the async workers (on a multi-threaded runtime), or inline on a
@@ -338,6 +362,15 @@ async fn endpoints(
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
             "at most 64 endpoints".into(),
+        ));
+    }
+    if node.endpoints == req.endpoints && node.home_region == req.home_region {
+        return Ok(StatusCode::NO_CONTENT); // nothing new: no write, no deltas
+    }
+    if !c.take_change(node.id) {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many endpoint changes: at most 10 at once, then 1 a second".into(),
         ));
     }
     let (id, eps, region) = (node.id, req.endpoints.clone(), req.home_region);
