@@ -141,7 +141,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let disco = PrivateKey::from_base64(&state.disco_key)
         .map_err(|_| anyhow::anyhow!("the state file's disco key is corrupt"))?;
     let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
-        .map_err(|e| anyhow::anyhow!("--control {:?}: {e}", cfg.control))?;
+        .with_context(|| format!("--control {:?}", cfg.control))?;
     if state.secret.is_none() {
         register(&control, &cfg, &mut state, (&private, &disco)).await?;
     }

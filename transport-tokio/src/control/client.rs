@@ -48,6 +48,9 @@ pub enum ClientError {
     /// No answer in time.
     #[error("the control server did not answer within {0:?}")]
     Timeout(Duration),
+    /// The server's URL does not parse.
+    #[error("bad control server URL: {0}")]
+    BadUrl(String),
 }
 
 impl ClientError {
@@ -136,15 +139,18 @@ impl MapStream {
 impl ControlClient {
     /// A client of `url` (http://HOST:PORT or https://HOST[:PORT], with an optional path
     /// prefix), over TCP or TLS.
-    pub fn new(url: &str) -> Result<Self, String> {
+    pub fn new(url: &str) -> Result<Self, ClientError> {
         Self::with_roots(url, Vec::new())
     }
 
     /// [`ControlClient::new`], also trusting these certificates (DER) for https:// — a server
     /// with a self-signed certificate (`burrow control serve --self-signed … --cert-out`).
-    pub fn with_roots(url: &str, roots: crate::derp_client::ExtraRoots) -> Result<Self, String> {
+    pub fn with_roots(
+        url: &str,
+        roots: crate::derp_client::ExtraRoots,
+    ) -> Result<Self, ClientError> {
         let trimmed = url.trim_end_matches('/');
-        let parsed: DerpUrl = trimmed.parse()?;
+        let parsed: DerpUrl = trimmed.parse().map_err(ClientError::BadUrl)?;
         let after_scheme = trimmed.split_once("://").map_or("", |x| x.1);
         let prefix = if after_scheme.contains('/') {
             parsed.path.clone()
