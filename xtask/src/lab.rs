@@ -1,5 +1,6 @@
 //! `cargo xtask lab`: burrow across real NATs. Network namespaces (created here, removed at the
-//! end): an "internet" running `burrow control serve`, `burrow derper` and two `burrow stun`
+//! end): an "internet" running `burrow control serve` (over TLS, with a self-signed certificate
+//! the nodes trust), `burrow derper` and two `burrow stun`
 //! servers; routers doing nftables NAT — easy (masquerade, port-preserving), hard
 //! (masquerade fully-random), UDP blocked, and a double NAT; a `burrow up` node behind each.
 //! It checks that every pair pings over the tunnel, that paths go direct where the NAT pair
@@ -282,23 +283,30 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     let srv_key = authkey("srv")?;
     let policy_s = policy.display().to_string();
     let admin = dir.join("admin.sock").display().to_string();
-    lab.start(
+    // The control API over TLS, as a deployment runs it: a self-signed certificate for the
+    // address each site reaches the internet namespace at, which every node trusts.
+    let ca = dir.join("control.der").display().to_string();
+    let mut control_args: Vec<String> = [
         "control",
-        &inet,
-        burrow,
-        &[
-            "control",
-            "serve",
-            "--listen",
-            "0.0.0.0:8080",
-            "--db",
-            &db,
-            "--policy",
-            &policy_s,
-            "--admin-socket",
-            &admin,
-        ],
-    )?;
+        "serve",
+        "--listen",
+        "0.0.0.0:8080",
+        "--db",
+        &db,
+        "--policy",
+        &policy_s,
+        "--admin-socket",
+        &admin,
+        "--cert-out",
+        &ca,
+    ]
+    .map(String::from)
+    .to_vec();
+    for s in 1..=sites.len() {
+        control_args.extend(["--self-signed".into(), format!("198.18.{s}.1")]);
+    }
+    let control_args: Vec<&str> = control_args.iter().map(String::as_str).collect();
+    lab.start("control", &inet, burrow, &control_args)?;
     lab.start("derper", &inet, burrow, DERPER_ARGS)?;
     lab.start(
         "stun2",
@@ -413,7 +421,9 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             &[
                 "up",
                 "--control",
-                &format!("http://{gw}:8080"),
+                &format!("https://{gw}:8080"),
+                "--tls-ca",
+                &ca,
                 "--auth-key",
                 if site.name == SERVER_SITE {
                     &srv_key
