@@ -96,6 +96,19 @@ async fn register(
         .unwrap()
 }
 
+/// Registers a node that must be accepted.
+async fn registered(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    name: &str,
+    seed: u8,
+) -> RegisterResponse {
+    let r = register(http, base, key, name, seed).await;
+    assert_eq!(r.status(), 200, "registering {name}");
+    r.json().await.unwrap()
+}
+
 /// Reads the map stream's messages (SSE `data:` lines).
 struct MapStream(
     std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
@@ -148,16 +161,8 @@ async fn flow(db: &str) {
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
 
-    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a = registered(&http, &base, &key, "a", 1).await;
+    let b = registered(&http, &base, &key, "b", 2).await;
     assert_ne!(a.node.addresses, b.node.addresses);
     assert!(
         a.node
@@ -251,11 +256,7 @@ async fn flow(db: &str) {
     let nodes = admin(db, &["nodes", "--json"]).unwrap();
     assert!(nodes.contains("\"expired\": true"), "{nodes}");
     // Registering again brings b back, with its address.
-    let b2: RegisterResponse = register(&http, &base, &key, "b", 2)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let b2 = registered(&http, &base, &key, "b", 2).await;
     assert_eq!(b2.node.addresses, b.node.addresses);
     let MapMessage::Delta(Delta::PeerUpsert(p)) = stream.next().await else {
         panic!("b is back")
@@ -308,17 +309,9 @@ async fn registrations_expire_and_peers_are_told() {
     let server = serve_with(&db, None, &["--node-expiry", "3s"]);
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
-    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a = registered(&http, &base, &key, "a", 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let b = registered(&http, &base, &key, "b", 2).await;
     let mut stream = MapStream::open(&http, &base, &b.secret).await;
     let MapMessage::NetMap(map) = stream.next().await else {
         panic!("netmap first")
@@ -443,21 +436,9 @@ async fn the_policy_decides_who_hears_of_whom() {
     let server = serve(&db, Some(&policy));
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
-    let a: RegisterResponse = register(&http, &base, &alice, "laptop", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let d: RegisterResponse = register(&http, &base, &dbkey, "db", 2)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let m: RegisterResponse = register(&http, &base, &mallory, "m", 3)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a = registered(&http, &base, &alice, "laptop", 1).await;
+    let d = registered(&http, &base, &dbkey, "db", 2).await;
+    let m = registered(&http, &base, &mallory, "m", 3).await;
     assert_eq!(d.node.tags, vec!["tag:db".to_string()]);
     let mut s = MapStream::open(&http, &base, &d.secret).await;
     let MapMessage::NetMap(map) = s.next().await else {
@@ -650,16 +631,8 @@ async fn unchanged_endpoints_cost_nothing_and_a_flapping_node_is_slowed() {
     let server = serve(&db, None);
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
-    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a = registered(&http, &base, &key, "a", 1).await;
+    let b = registered(&http, &base, &key, "b", 2).await;
     let mut stream = MapStream::open(&http, &base, &a.secret).await;
     let MapMessage::NetMap(_) = stream.next().await else {
         panic!("netmap first")
