@@ -561,16 +561,13 @@ async fn the_api_over_tls_with_a_self_signed_certificate() {
     let db = dir.join("control.sqlite");
     let ca = dir.join("control.der");
     let key = authkey(&db, &["--reusable"]);
-    let server = serve_with(
-        &db,
-        None,
-        &[
-            "--self-signed",
-            "localhost",
-            "--cert-out",
-            ca.to_str().unwrap(),
-        ],
-    );
+    let tls = [
+        "--self-signed",
+        "localhost",
+        "--cert-out",
+        ca.to_str().unwrap(),
+    ];
+    let server = serve_with(&db, None, &tls);
     let url = format!("https://localhost:{}", server.addr().port());
     let request = |seed: u8| {
         let (node_key, disco_key) = keypair(seed);
@@ -606,16 +603,7 @@ async fn the_api_over_tls_with_a_self_signed_certificate() {
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     drop(server);
-    let server = serve_with(
-        &db,
-        None,
-        &[
-            "--self-signed",
-            "localhost",
-            "--cert-out",
-            ca.to_str().unwrap(),
-        ],
-    );
+    let server = serve_with(&db, None, &tls);
     let url = format!("https://localhost:{}", server.addr().port());
     let trusting = ControlClient::with_roots(&url, vec![std::fs::read(&ca).unwrap()]).unwrap();
     let (_stream, map) = trusting.open_map(&a.secret).await.unwrap();
