@@ -10,6 +10,12 @@ use burrow_stun::{Attribute, BindingServer, Encoder, Message, ServerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+mod control_api;
+mod policy;
+
+pub use control_api::control_api;
+pub use policy::policy_parse;
+
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
 
@@ -24,6 +30,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("derp_server", derp_server),
     ("disco_decode", disco_decode),
     ("node_input", node_input),
+    ("policy_parse", policy_parse),
+    ("control_api", control_api),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the
@@ -375,9 +383,10 @@ pub fn node_input(data: &[u8]) {
         disco_key: n.disco_public_key(),
         home_region: 1,
         endpoints: vec!["203.0.113.7:41641".parse().expect("addr")],
+        allowed_ips: vec!["100.64.0.0/10".parse().expect("net")],
     };
-    a.add_peer(t0, peer(&b));
-    b.add_peer(t0, peer(&a));
+    let _ = a.add_peer(t0, peer(&b));
+    let _ = b.add_peer(t0, peer(&a));
     let secrets: Vec<[u8; 32]> = [&keys[0], &keys[1]]
         .iter()
         .map(|k| {

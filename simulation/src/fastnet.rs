@@ -241,8 +241,10 @@ pub fn run(config: &FastConfig) -> FastOutcome {
             disco_key: other.disco_public_key(),
             home_region: 1,
             endpoints: Vec::new(),
+            // app_packet's sources: side 0 is 100.64.0.1, side 1 100.64.0.2.
+            allowed_ips: vec![IpAddr::from([100, 64, 0, 2 - s as u8]).into()],
         };
-        sides[s].node.add_peer(t0, peer);
+        let _ = sides[s].node.add_peer(t0, peer);
     }
     let peers = [sides[1].node.public_key(), sides[0].node.public_key()];
     let mut stun = STUN_SERVERS.map(|s| BindingServer::new(ServerConfig::new(s)));

@@ -930,7 +930,9 @@ pub fn run(
         let duration = Duration::from_secs_f64(*duration_s);
         let interval =
             (*data_interval_ms > 0.0).then(|| Duration::from_secs_f64(data_interval_ms / 1000.0));
-        for (me, peer) in [(a.clone(), b.clone()), (b.clone(), a.clone())] {
+        for (side, (me, peer)) in [(a.clone(), b.clone()), (b.clone(), a.clone())].into_iter().enumerate() {
+            // Tailnet addresses without a control server: a is 100.64.0.1, b 100.64.0.2.
+            let tailnet_ip = |s: usize| std::net::Ipv4Addr::new(100, 64, 0, 1 + s as u8);
             let n = scenario
                 .nodes
                 .iter()
@@ -945,7 +947,9 @@ pub fn run(
                 disco_key: key("disco", &peer).public_key(),
                 home_region: 1,
                 endpoints: Vec::new(),
+                allowed_ips: vec![std::net::IpAddr::V4(tailnet_ip(1 - side)).into()],
             };
+            let mut my_ip = tailnet_ip(side);
             let (rec, out, stun_addrs) = (recorder.clone(), mesh_slot.clone(), stun_addrs.clone());
             let control = control.clone();
             sim.client(ip, async move {
@@ -998,13 +1002,18 @@ pub fn run(
                 let mut peer_known = joined.is_none();
                 let mut poster = None;
                 match joined {
-                    None => engine.add_peer(start.into_std(), peer_config.clone()),
+                    None => {
+                        let _ = engine.add_peer(start.into_std(), peer_config.clone());
+                    }
                     Some((client, j)) => {
+                        if let Some(std::net::IpAddr::V4(a)) = j.netmap.node.addresses.iter().find(|a| a.is_ipv4()) {
+                            my_ip = *a;
+                        }
                         for p in j.netmap.peers.iter().filter_map(burrow::control::client::peer_config) {
                             if p.node_key == peer_config.node_key {
                                 peer_known = true;
                             }
-                            engine.add_peer(start.into_std(), p);
+                            let _ = engine.add_peer(start.into_std(), p);
                         }
                         // Netmap deltas: new peers and their endpoints.
                         let (commands, rec, me, mut stream) = (commands.clone(), rec.clone(), me.clone(), j.stream);
@@ -1093,7 +1102,10 @@ pub fn run(
                                 if now >= t && peer_known {
                                     // Quiet for the last 2 s, so nothing is in flight at the end.
                                     if now + Duration::from_secs(2) < until {
-                                        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 1, 100, 64, 0, 2];
+                                        // From this node's own tailnet address (the peer drops any other).
+                                        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0];
+                                        p.extend_from_slice(&my_ip.octets());
+                                        p.extend_from_slice(&tailnet_ip(1 - side).octets());
                                         p.extend_from_slice(&view.sent.to_be_bytes());
                                         let _ = app_tx.send((peer_key, p));
                                         view.sent += 1;

@@ -218,7 +218,11 @@ pub async fn run_node<B: SocketBinder>(
                 None => app_open = false,
             },
             c = commands.recv(), if commands_open => match c {
-                Some(NodeCommand::AddPeer(p)) => engine.add_peer(now(), p),
+                Some(NodeCommand::AddPeer(p)) => {
+                    if let Err(e) = engine.add_peer(now(), p) {
+                        tracing::warn!(error = %e, "peer refused");
+                    }
+                }
                 Some(NodeCommand::RemovePeer(k)) => {
                     engine.remove_peer(now(), &k);
                 }

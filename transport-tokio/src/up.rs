@@ -221,7 +221,10 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let filter = Arc::new(Mutex::new(Filter::new(first.filter.clone())));
     for p in &first.peers {
         if let Some(pc) = peer_config(p) {
-            engine.add_peer(now(), pc.clone());
+            if let Err(e) = engine.add_peer(now(), pc.clone()) {
+                tracing::warn!(peer = %p.node.name, error = %e, "peer refused");
+                continue;
+            }
             known.lock().expect("peers").insert(pc.node_key, p.clone());
             let mut r = routes.lock().expect("routes");
             for a in &p.node.addresses {
@@ -285,7 +288,10 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                 let Some(peer) = routes.lock().expect("routes").get(&info.dst).copied() else {
                     continue;
                 };
-                filter.lock().expect("filter").outbound(now(), packet);
+                filter
+                    .lock()
+                    .expect("filter")
+                    .outbound(now(), *peer.as_bytes(), packet);
                 let _ = outbound.send((peer, packet.to_vec()));
             }
         });
@@ -327,7 +333,14 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             while let Some(e) = events.recv().await {
                 match e {
                     Event::Packet { peer, data } => {
-                        let verdict = filter.lock().expect("filter").inbound(now(), &data);
+                        // The engine already dropped packets whose inner source is not one of
+                        // this peer's addresses (cryptokey routing); the filter keys its flows
+                        // by peer too.
+                        let verdict =
+                            filter
+                                .lock()
+                                .expect("filter")
+                                .inbound(now(), *peer.as_bytes(), &data);
                         match verdict {
                             Verdict::Accept | Verdict::Reply => {
                                 let _ = tun.send(&data).await;

@@ -7,6 +7,8 @@ pub mod hujson;
 pub mod netmap;
 pub mod policy;
 
-pub use filter::{parse_packet, DropReason, Filter, PacketInfo, Verdict};
+pub use filter::{
+    parse_packet, source_address, DropReason, Filter, Fragment, PacketInfo, PeerTag, Verdict,
+};
 pub use netmap::{Delta, DerpRegion, NetMap, PeerInfo, Tailnet};
 pub use policy::{AclRule, CompiledPolicy, FilterRule, NodeInfo, Policy, PolicyError, PortRange};

@@ -47,6 +47,9 @@ fn ip(n: &NodeInfo) -> [u8; 4] {
 }
 
 /// An IPv4 packet: TCP/UDP with ports, or ICMP with a type.
+/// The sending peer in the filter tests.
+const PEER: burrow_control::PeerTag = [7; 32];
+
 fn packet(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0];
     p.extend_from_slice(&src);
@@ -73,57 +76,57 @@ fn hujson_policy_compiles_and_filters_at_the_receiver() {
     let nodes = vec![alice.clone(), carol.clone(), db.clone(), ci.clone()];
     let t = Instant::now();
 
-    let db_filter = Filter::new(policy.filter_for(&db, &nodes));
+    let mut db_filter = Filter::new(policy.filter_for(&db, &nodes));
     assert_eq!(
-        db_filter.inbound(t, &packet(6, ip(&alice), ip(&db), 40000, 5432)),
+        db_filter.inbound(t, PEER, &packet(6, ip(&alice), ip(&db), 40000, 5432)),
         Verdict::Accept
     );
     assert!(matches!(
-        db_filter.inbound(t, &packet(6, ip(&alice), ip(&db), 40000, 22)),
+        db_filter.inbound(t, PEER, &packet(6, ip(&alice), ip(&db), 40000, 22)),
         Verdict::Drop(_)
     ));
     assert!(
         matches!(
-            db_filter.inbound(t, &packet(17, ip(&alice), ip(&db), 40000, 5432)),
+            db_filter.inbound(t, PEER, &packet(17, ip(&alice), ip(&db), 40000, 5432)),
             Verdict::Drop(_)
         ),
         "tcp only"
     );
     assert!(
         matches!(
-            db_filter.inbound(t, &packet(6, ip(&carol), ip(&db), 40000, 5432)),
+            db_filter.inbound(t, PEER, &packet(6, ip(&carol), ip(&db), 40000, 5432)),
             Verdict::Drop(_)
         ),
         "carol is not in group:eng"
     );
     assert_eq!(
-        db_filter.inbound(t, &packet(6, ip(&ci), ip(&db), 40000, 8050)),
+        db_filter.inbound(t, PEER, &packet(6, ip(&ci), ip(&db), 40000, 8050)),
         Verdict::Accept,
         "ci on 8000-8100"
     );
     assert!(matches!(
-        db_filter.inbound(t, &packet(6, ip(&ci), ip(&db), 40000, 8101)),
+        db_filter.inbound(t, PEER, &packet(6, ip(&ci), ip(&db), 40000, 8101)),
         Verdict::Drop(_)
     ));
     assert_eq!(
-        db_filter.inbound(t, &packet(1, ip(&carol), ip(&db), 0, 8)),
+        db_filter.inbound(t, PEER, &packet(1, ip(&carol), ip(&db), 0, 8)),
         Verdict::Accept,
         "nested group pings"
     );
     // A tagged node is its tags, not its owner: ci (alice's) does not get alice's rights.
     assert!(matches!(
-        db_filter.inbound(t, &packet(6, ip(&ci), ip(&db), 40000, 5432)),
+        db_filter.inbound(t, PEER, &packet(6, ip(&ci), ip(&db), 40000, 5432)),
         Verdict::Drop(_)
     ));
 
     // Host aliases and CIDRs: the office network reaches carol on 80.
-    let carol_filter = Filter::new(policy.filter_for(&carol, &nodes));
+    let mut carol_filter = Filter::new(policy.filter_for(&carol, &nodes));
     assert_eq!(
-        carol_filter.inbound(t, &packet(6, [192, 168, 10, 7], ip(&carol), 1234, 80)),
+        carol_filter.inbound(t, PEER, &packet(6, [192, 168, 10, 7], ip(&carol), 1234, 80)),
         Verdict::Accept
     );
     assert!(matches!(
-        carol_filter.inbound(t, &packet(6, [192, 168, 11, 7], ip(&carol), 1234, 80)),
+        carol_filter.inbound(t, PEER, &packet(6, [192, 168, 11, 7], ip(&carol), 1234, 80)),
         Verdict::Drop(_)
     ));
 
@@ -153,33 +156,33 @@ fn replies_to_flows_the_receiver_started_get_in() {
     // alice's own filter: nothing lets the db connect to alice...
     let mut f = Filter::new(policy.filter_for(&alice, &nodes));
     let answer = packet(6, ip(&db), ip(&alice), 5432, 40000);
-    assert!(matches!(f.inbound(t, &answer), Verdict::Drop(_)));
+    assert!(matches!(f.inbound(t, PEER, &answer), Verdict::Drop(_)));
     // ...but after alice connects to it, its answers come in, for a while.
-    f.outbound(t, &packet(6, ip(&alice), ip(&db), 40000, 5432));
-    assert_eq!(f.inbound(t, &answer), Verdict::Reply);
+    f.outbound(t, PEER, &packet(6, ip(&alice), ip(&db), 40000, 5432));
+    assert_eq!(f.inbound(t, PEER, &answer), Verdict::Reply);
     assert!(
         matches!(
-            f.inbound(t, &packet(6, ip(&db), ip(&alice), 5432, 40001)),
+            f.inbound(t, PEER, &packet(6, ip(&db), ip(&alice), 5432, 40001)),
             Verdict::Drop(_)
         ),
         "another port"
     );
     assert!(
         matches!(
-            f.inbound(t + Duration::from_secs(121), &answer),
+            f.inbound(t + Duration::from_secs(121), PEER, &answer),
             Verdict::Drop(_)
         ),
         "idle flow forgotten"
     );
     // ICMP echo reply after an echo request.
-    f.outbound(t, &packet(1, ip(&alice), ip(&db), 0, 8));
+    f.outbound(t, PEER, &packet(1, ip(&alice), ip(&db), 0, 8));
     assert_eq!(
-        f.inbound(t, &packet(1, ip(&db), ip(&alice), 0, 0)),
+        f.inbound(t, PEER, &packet(1, ip(&db), ip(&alice), 0, 0)),
         Verdict::Reply
     );
     // Not IP at all.
     assert!(matches!(
-        f.inbound(t, &[0x10, 1, 2]),
+        f.inbound(t, PEER, &[0x10, 1, 2]),
         Verdict::Drop(burrow_control::DropReason::NotIp)
     ));
 }
@@ -315,7 +318,7 @@ proptest! {
     fn parsers_never_panic(text in ".{0,300}", bytes in prop::collection::vec(any::<u8>(), 0..80)) {
         let _ = Policy::check(&text);
         let _ = parse_packet(&bytes);
-        let _ = Filter::default().inbound(Instant::now(), &bytes);
+        let _ = Filter::default().inbound(Instant::now(), PEER, &bytes);
     }
 }
 

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use burrow_disco::{BoxKey, Message};
 use burrow_punch::{
-    predict_ports, Attempt, BirthdayProber, Candidate, CandidateKind, CandidateSource, Dst,
-    PathConfig, PathEvent, PeerPaths, ProbeBudget, Route, SocketId, MAIN_SOCKET,
+    predict_ports, Attempt, BirthdayProber, Candidate, CandidateSource, Dst, PathConfig, PathEvent,
+    PeerPaths, ProbeBudget, Route, SocketId, MAIN_SOCKET, MAX_BIRTHDAY_TARGETS,
 };
 use burrow_stun::client::Event as StunEvent;
 use burrow_stun::{is_stun, BindingClient, BindingRequest, ClientConfig};
 use burrow_wg::device::{Device, PeerId, Received};
 use burrow_wg::tunnel::{Decapsulated, Encapsulated, Event as WgEvent};
 use burrow_wg::{PrivateKey, PublicKey};
+use ipnet::IpNet;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
@@ -101,6 +102,10 @@ pub struct PeerConfig {
     pub home_region: u16,
     /// Endpoints known in advance (from the control plane), if any.
     pub endpoints: Vec<SocketAddr>,
+    /// The inner source addresses the peer may send from: its tailnet addresses and any routes
+    /// the control plane grants it (WireGuard's AllowedIPs). A decrypted packet from any other
+    /// source is dropped and counted (cryptokey routing), so no peer can speak as another.
+    pub allowed_ips: Vec<IpNet>,
 }
 
 /// Something that arrived.
@@ -224,6 +229,9 @@ pub enum NodeError {
     /// WireGuard refused the packet.
     #[error("wireguard: {0}")]
     Wg(String),
+    /// Another peer already has this disco key.
+    #[error("peer {0:?} has a disco key another peer already has; refused")]
+    DuplicateDiscoKey(PublicKey),
     /// Nothing in the datagram this engine understands.
     #[error("datagram from {0} is neither STUN, disco nor WireGuard for us")]
     Unrecognised(SocketAddr),
@@ -250,6 +258,9 @@ pub struct PeerStats {
     pub rx_bytes: u64,
     /// When the latest WireGuard handshake with the peer completed.
     pub last_handshake: Option<Instant>,
+    /// Decrypted packets dropped because their inner source is not one of the peer's
+    /// allowed addresses (a spoofing peer, or a route the control plane did not grant).
+    pub rx_spoofed: u64,
 }
 
 /// Why a peer is on its path: the current route and every recent attempt.
@@ -385,13 +396,30 @@ impl Node {
     }
 
     /// Adds (or updates the endpoints of) a peer; it is reachable over DERP at once.
-    pub fn add_peer(&mut self, now: Instant, peer: PeerConfig) {
+    ///
+    /// A disco key that another peer already has is refused: disco messages are attributed to
+    /// peers by it, so a duplicate would let one node speak for another's paths. A changed disco
+    /// key (the peer rotated it) replaces the old one at once.
+    pub fn add_peer(&mut self, now: Instant, peer: PeerConfig) -> Result<(), NodeError> {
+        if let Some(&j) = self.by_disco.get(&peer.disco_key) {
+            if self.peers[j].config.node_key != peer.node_key {
+                return Err(NodeError::DuplicateDiscoKey(peer.node_key));
+            }
+        }
         if let Some(&i) = self.by_node.get(&peer.node_key) {
             let endpoints = peer.endpoints.clone();
+            let old_disco = self.peers[i].config.disco_key;
+            if old_disco != peer.disco_key {
+                self.by_disco.remove(&old_disco);
+                self.by_disco.insert(peer.disco_key, i);
+                self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
+            }
             self.peers[i].config = peer;
-            self.peers[i].paths.handle_call_me_maybe(now, &endpoints);
+            self.peers[i]
+                .paths
+                .handle_control_endpoints(now, &endpoints);
             self.flush_paths(now, i);
-            return;
+            return Ok(());
         }
         let wg = self.device.add_peer(now, peer.node_key, None, None);
         let i = self.peers.len();
@@ -401,7 +429,7 @@ impl Node {
             paths.set_local_candidates(now, self.candidates.clone());
         }
         if !peer.endpoints.is_empty() {
-            paths.handle_call_me_maybe(now, &peer.endpoints);
+            paths.handle_control_endpoints(now, &peer.endpoints);
         }
         self.by_node.insert(peer.node_key, i);
         self.by_disco.insert(peer.disco_key, i);
@@ -419,6 +447,23 @@ impl Node {
             stats: PeerStats::default(),
         });
         self.flush_paths(now, i);
+        Ok(())
+    }
+
+    /// The peer whose allowed addresses hold `ip` (the longest prefix wins): where a packet
+    /// for `ip` goes, and the only peer a packet from `ip` is accepted from.
+    pub fn peer_for_ip(&self, ip: IpAddr) -> Option<PublicKey> {
+        self.peers
+            .iter()
+            .flat_map(|p| {
+                p.config
+                    .allowed_ips
+                    .iter()
+                    .filter(move |n| n.contains(&ip))
+                    .map(move |n| (n.prefix_len(), p.config.node_key))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, k)| k)
     }
 
     /// Forgets a peer (the coordination server removed it, or its key expired): nothing more
@@ -791,7 +836,8 @@ impl Node {
     ) {
         match msg {
             Message::Ping { tx_id, .. } => {
-                self.peers[i].paths.handle_ping(now, socket, from, tx_id)
+                // Replays, unacceptable sources and pings over the pong budget go unanswered.
+                self.peers[i].paths.handle_ping(now, socket, from, tx_id);
             }
             Message::Pong { tx_id, .. } if !self.user_pong(now, &tx_id, Route::Direct(from)) => {
                 self.peers[i].paths.handle_pong(now, socket, from, tx_id);
@@ -816,8 +862,9 @@ impl Node {
                 self.peers[i].peer_nat = Some((mapping_varies, predictable));
                 self.plan_birthday(now, i);
             }
-            Message::Ping { tx_id, .. } => {
-                // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path).
+            // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path),
+            // unless its transaction ID was seen lately (a replay).
+            Message::Ping { tx_id, .. } if self.peers[i].paths.admit_ping(now, tx_id) => {
                 let pong = Message::Pong {
                     tx_id,
                     src: relay_addr(),
@@ -909,12 +956,9 @@ impl Node {
         if matches!(p.paths.route(), Route::Direct(_)) {
             return;
         }
-        let peer_public: Vec<SocketAddr> = p
-            .paths
-            .remote_candidates()
-            .filter(|c| c.kind == CandidateKind::PublicV4 && c.source == CandidateSource::Stun)
-            .map(|c| c.addr)
-            .collect();
+        // Only the peer's own advertised public endpoints, and only the first few: it names
+        // them, so they must not become a list of other people's addresses to probe.
+        let peer_public = p.paths.advertised_public(MAX_BIRTHDAY_TARGETS);
         let peer = p.config.node_key;
         // Who does what (the seed's birthday search):
         // - we are easy, the peer is hard and unpredictable: probe random ports on its IP;
@@ -963,6 +1007,22 @@ impl Node {
         if self.peers[i].prober.is_none() && self.peers[i].opening.is_none() {
             self.plan_birthday(now, i);
         }
+        // Aim only where the peer's latest advertisement points (it replaces the previous one):
+        // a prober follows its IP within the same budget; with nothing left to aim at, stop.
+        let allowed = self.peers[i].paths.advertised_public(MAX_BIRTHDAY_TARGETS);
+        let p = &mut self.peers[i];
+        let stale = p.prober.as_ref().is_some_and(|b| {
+            b.success().is_none() && !allowed.iter().any(|a| a.ip() == b.target())
+        });
+        if stale {
+            match (allowed.first(), p.prober.as_mut()) {
+                (Some(a), Some(b)) => b.retarget(a.ip()),
+                _ => p.prober = None,
+            }
+        }
+        if allowed.is_empty() {
+            p.opening = None;
+        }
         while let Some(probe) = self.peers[i]
             .prober
             .as_mut()
@@ -986,7 +1046,9 @@ impl Node {
                 break;
             }
             if o.next_socket > sockets {
-                // All open: refresh them before the NAT's 30 s timeout drops them.
+                // All open: refresh them before the NAT's 30 s timeout drops them, toward what
+                // the peer advertises now.
+                o.targets.clone_from(&allowed);
                 o.next_socket = 1;
                 o.round_started += Duration::from_secs(20);
                 o.next_at = o.round_started;
@@ -1105,12 +1167,17 @@ impl Node {
                         None => p.stats.rx_relay += 1,
                     }
                     if let Decapsulated::Data(n) = what {
-                        p.stats.rx_bytes += n as u64;
-                        let peer = p.config.node_key;
-                        self.events.push_back(Event::Packet {
-                            peer,
-                            data: out[..n].to_vec(),
-                        });
+                        // Cryptokey routing: the inner source must be one of this peer's.
+                        if allows(&p.config.allowed_ips, &out[..n]) {
+                            p.stats.rx_bytes += n as u64;
+                            let peer = p.config.node_key;
+                            self.events.push_back(Event::Packet {
+                                peer,
+                                data: out[..n].to_vec(),
+                            });
+                        } else {
+                            p.stats.rx_spoofed += 1;
+                        }
                     }
                     self.flush_paths(now, i);
                 }
@@ -1146,6 +1213,23 @@ impl Node {
             p.paths.report_data_stall(now, addr);
         }
     }
+}
+
+/// Whether `packet`'s inner source address lies in one of `allowed` (keep-alives, which are
+/// empty, never get here).
+fn allows(allowed: &[IpNet], packet: &[u8]) -> bool {
+    let src = match packet.first().map(|b| b >> 4) {
+        Some(4) => packet
+            .get(12..16)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(IpAddr::from),
+        Some(6) => packet
+            .get(8..24)
+            .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            .map(IpAddr::from),
+        _ => None,
+    };
+    src.is_some_and(|src| allowed.iter().any(|n| n.contains(&src)))
 }
 
 /// The stand-in source address for packets that came over DERP (WireGuard's cookie logic wants one).

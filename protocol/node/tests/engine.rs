@@ -20,9 +20,11 @@ fn pair(now: Instant) -> (Node, Node) {
         disco_key: n.disco_public_key(),
         home_region: 1,
         endpoints: vec![],
+        // Any source: these tests are about paths (cryptokey routing has its own below).
+        allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
     };
-    a.add_peer(now, peer(&b));
-    b.add_peer(now, peer(&a));
+    let _ = a.add_peer(now, peer(&b));
+    let _ = b.add_peer(now, peer(&a));
     (a, b)
 }
 
@@ -154,6 +156,7 @@ fn peer_of(n: &Node) -> PeerConfig {
         disco_key: n.disco_public_key(),
         home_region: 1,
         endpoints: vec![],
+        allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
     }
 }
 
@@ -195,8 +198,8 @@ fn a_removed_peer_is_forgotten_and_the_others_keep_working() {
     let (mut a, mut b) = pair(now);
     let key = |x| PrivateKey::from_bytes([x; 32]);
     let mut c = Node::new(NodeConfig::new(key(5), key(6), 3), now);
-    a.add_peer(now, peer_of(&c));
-    c.add_peer(now, peer_of(&a));
+    let _ = a.add_peer(now, peer_of(&c));
+    let _ = c.add_peer(now, peer_of(&a));
     // Sessions with both.
     b.send(now, &a.public_key(), &PACKET).unwrap();
     c.send(now, &a.public_key(), &PACKET).unwrap();
@@ -229,7 +232,7 @@ fn a_removed_peer_is_forgotten_and_the_others_keep_working() {
     assert_eq!(got[1], vec![PACKET.to_vec()]);
 
     // Added again (re-registered), b gets a fresh session.
-    a.add_peer(t, peer_of(&b));
+    let _ = a.add_peer(t, peer_of(&b));
     // b's handshake retransmission (5 s later) now completes, and its queued packet arrives.
     let t2 = t + Duration::from_secs(6);
     b.handle_timeout(t2);

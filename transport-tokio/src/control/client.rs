@@ -294,6 +294,7 @@ pub fn peer_config(p: &burrow_control::PeerInfo) -> Option<burrow_node::PeerConf
         disco_key: burrow_wg::PublicKey::from_base64(&p.disco_key).ok()?,
         home_region: p.home_region,
         endpoints: p.endpoints.clone(),
+        allowed_ips: p.node.addresses.iter().map(|a| (*a).into()).collect(),
     })
 }
 
