@@ -16,7 +16,10 @@ pub const MAGIC: [u8; 6] = [0x54, 0x53, 0xf0, 0x9f, 0x92, 0xac];
 pub const HEADER_LEN: usize = 6 + 32 + 24;
 /// NaCl box overhead (the Poly1305 tag).
 pub const BOX_OVERHEAD: usize = 16;
-/// Largest number of endpoints a CallMeMaybe carries (keeps it under a 1,280-byte MTU).
+/// Largest number of endpoints a CallMeMaybe carries (keeps it under a 1,280-byte MTU). Applied
+/// both ways: encoding keeps the first this many, decoding refuses more
+/// ([`DiscoError::TooManyEndpoints`]), so a 64 KiB relayed message cannot name thousands of
+/// addresses for the receiver to ping.
 pub const MAX_CALL_ME_MAYBE_ENDPOINTS: usize = 60;
 
 const TYPE_PING: u8 = 0x01;
@@ -89,6 +92,12 @@ pub enum DiscoError {
         kind: u8,
         /// Plaintext length.
         len: usize,
+    },
+    /// A CallMeMaybe names more endpoints than [`MAX_CALL_ME_MAYBE_ENDPOINTS`].
+    #[error("CallMeMaybe with {count} endpoints (at most {max})", max = MAX_CALL_ME_MAYBE_ENDPOINTS)]
+    TooManyEndpoints {
+        /// How many it named.
+        count: usize,
     },
 }
 
@@ -197,6 +206,10 @@ impl Message {
             TYPE_CALL_ME_MAYBE => {
                 if body.len() % ENDPOINT_LEN != 0 {
                     return Err(malformed());
+                }
+                let count = body.len() / ENDPOINT_LEN;
+                if count > MAX_CALL_ME_MAYBE_ENDPOINTS {
+                    return Err(DiscoError::TooManyEndpoints { count });
                 }
                 Message::CallMeMaybe {
                     endpoints: body.chunks_exact(ENDPOINT_LEN).map(get_endpoint).collect(),

@@ -178,3 +178,62 @@ fn nat_info_extension_layout_and_keyed_sealing() {
     let other = burrow_disco::BoxKey::new(&c, &a.public_key()).unwrap();
     assert_eq!(Message::open_with(&other, &sealed), Err(DiscoError::BadBox));
 }
+
+/// Audit #3: a relayed CallMeMaybe used to decode with any number of endpoints (a 64 KiB DERP
+/// packet holds about 3,600), each of which the receiver then pinged. Decoding now refuses
+/// more than the cap that encoding keeps to, with a typed error.
+#[test]
+fn call_me_maybe_over_the_cap_is_refused_at_decode() {
+    use burrow_disco::MAX_CALL_ME_MAYBE_ENDPOINTS as MAX;
+    fn plaintext(n: usize) -> Vec<u8> {
+        let mut p = vec![3u8, 0];
+        for i in 0..n {
+            p.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 7]);
+            p.extend_from_slice(&(1000 + i as u16).to_be_bytes());
+        }
+        p
+    }
+    // A hand-built message of 3,000 endpoints, as a hostile peer would relay it.
+    assert_eq!(
+        Message::from_plaintext(&plaintext(3000)),
+        Err(DiscoError::TooManyEndpoints { count: 3000 })
+    );
+    assert_eq!(
+        Message::from_plaintext(&plaintext(MAX + 1)),
+        Err(DiscoError::TooManyEndpoints { count: MAX + 1 })
+    );
+    // Sealed, it is refused just the same when opened.
+    let (a, b) = (
+        PrivateKey::from_bytes([1; 32]),
+        PrivateKey::from_bytes([2; 32]),
+    );
+    let bx = burrow_disco::BoxKey::new(&a, &b.public_key()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let mut wire = MAGIC.to_vec();
+    wire.extend_from_slice(a.public_key().as_bytes());
+    let mut nonce = [0u8; 24];
+    rand_chacha::rand_core::RngCore::fill_bytes(&mut rng, &mut nonce);
+    wire.extend_from_slice(&nonce);
+    wire.extend_from_slice(&bx.seal(&nonce, &plaintext(3000)));
+    assert_eq!(
+        Message::open(&b, &wire),
+        Err(DiscoError::TooManyEndpoints { count: 3000 })
+    );
+    // Exactly the cap decodes; and what encoding keeps of a longer list (the first MAX) decodes.
+    match Message::from_plaintext(&plaintext(MAX)).unwrap() {
+        Message::CallMeMaybe { endpoints } => assert_eq!(endpoints.len(), MAX),
+        other => panic!("{other:?}"),
+    }
+    let long = Message::CallMeMaybe {
+        endpoints: (0..200u16)
+            .map(|p| SocketAddr::from(([198, 51, 100, 7], 1000 + p)))
+            .collect(),
+    };
+    match Message::from_plaintext(&long.to_plaintext()).unwrap() {
+        Message::CallMeMaybe { endpoints } => {
+            assert_eq!(endpoints.len(), MAX);
+            assert_eq!(endpoints[0], SocketAddr::from(([198, 51, 100, 7], 1000)));
+        }
+        other => panic!("{other:?}"),
+    }
+}

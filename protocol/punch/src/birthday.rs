@@ -38,6 +38,10 @@ pub fn predict_ports(last: u16, delta: i32, count: usize, low: u16, high: u16) -
         .collect()
 }
 
+/// How many of a peer's advertised public endpoints birthday probing may aim at: the peer
+/// chooses them, so a hostile one could otherwise turn our probes on anyone's addresses.
+pub const MAX_BIRTHDAY_TARGETS: usize = 2;
+
 /// Limits of one birthday attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeBudget {
@@ -137,6 +141,17 @@ impl BirthdayProber {
         Some(Probe {
             dst: SocketAddr::new(self.target, port),
         })
+    }
+
+    /// The IP probed.
+    pub fn target(&self) -> IpAddr {
+        self.target
+    }
+
+    /// Probes another IP from now on (the peer's advertised address changed), within the same
+    /// attempt and back-off: changing targets never buys more probes.
+    pub fn retarget(&mut self, target: IpAddr) {
+        self.target = target;
     }
 
     /// A probe was answered: stop.

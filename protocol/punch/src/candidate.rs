@@ -1,8 +1,53 @@
 //! Candidates (ICE's word): the addresses a peer may be reached at, their kinds and priority —
 //! IPv6 direct > LAN > public IPv4 > relay, as the seed orders them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
+
+/// Whether an address a peer offers (in a CallMeMaybe, through the control plane, or as the
+/// source of its ping) may be pinged: never port 0, unspecified or "this network", multicast,
+/// broadcast or class E, loopback or link-local (meaningless from another host, and a way to
+/// aim us at our own machine or LAN). An IPv4-mapped IPv6 address is judged as the IPv4 address
+/// inside; the deprecated IPv4-compatible block ::/96 (with :: and ::1) is refused. Private and
+/// shared (CGNAT) addresses stay acceptable: they are how peers on one LAN find each other.
+pub fn is_acceptable_remote(addr: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match addr.ip() {
+        IpAddr::V4(v4) => acceptable_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => acceptable_v4(v4),
+            None => acceptable_v6(v6),
+        },
+    }
+}
+
+fn acceptable_v4(ip: Ipv4Addr) -> bool {
+    let first = ip.octets()[0];
+    // 0.0.0.0/8 ("this network"), 240.0.0.0/4 (reserved, with 255.255.255.255).
+    !(first == 0 || first >= 240 || ip.is_loopback() || ip.is_link_local() || ip.is_multicast())
+}
+
+fn acceptable_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    // ::/96 holds ::, ::1 and the deprecated IPv4-compatible form (::a.b.c.d).
+    let v4_compatible = s[..6].iter().all(|&x| x == 0);
+    let link_local = s[0] & 0xffc0 == 0xfe80;
+    !(v4_compatible || link_local || ip.is_multicast())
+}
+
+/// The form a remote address is kept in: an IPv4-mapped IPv6 address as the IPv4 address, as
+/// an IPv4 socket reports the source of the peer's datagrams.
+pub fn canonical_remote(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
 
 /// Where a candidate came from, which decides its priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -4,10 +4,19 @@
 
 pub mod birthday;
 pub mod candidate;
+pub mod limits;
 pub mod paths;
 
-pub use birthday::{predict_ports, success_probability, BirthdayProber, Probe, ProbeBudget};
-pub use candidate::{choose, Candidate, CandidateKind, CandidateSource, Hysteresis, Path};
+pub use birthday::{
+    predict_ports, success_probability, BirthdayProber, Probe, ProbeBudget, MAX_BIRTHDAY_TARGETS,
+};
+pub use candidate::{
+    canonical_remote, choose, is_acceptable_remote, Candidate, CandidateKind, CandidateSource,
+    Hysteresis, Path,
+};
+pub use limits::{Rate, ReplayWindow, TokenBucket};
 pub use paths::{
-    Attempt, Dst, Outcome, PathConfig, PathEvent, PeerPaths, Route, SocketId, Transmit, MAIN_SOCKET,
+    Attempt, Dst, Outcome, PathConfig, PathEvent, PeerPaths, Route, SocketId, Transmit,
+    MAIN_SOCKET, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL, REPLAY_CAPACITY,
+    REPLAY_WINDOW,
 };

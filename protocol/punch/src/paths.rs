@@ -2,16 +2,37 @@
 //! the same moment when they arrive (simultaneous send); traffic moves to the best validated
 //! path; that path is kept alive well inside a 30 s NAT timeout; it is declared dead after
 //! missed pongs (or a data-plane stall) and traffic falls back to DERP; upgrades are retried.
+//!
+//! What a peer says is not trusted to steer our sends: its advertised endpoints are filtered
+//! ([`is_acceptable_remote`]) and each advertisement *replaces* the previous one; candidates
+//! learned from its pings are few and age out; pings and pongs come out of per-peer budgets;
+//! and a ping whose transaction ID was seen lately (a replay) gets no answer at all.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_disco::{Message, TxId};
+use burrow_disco::{Message, TxId, MAX_CALL_ME_MAYBE_ENDPOINTS};
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha20Rng;
 
-use crate::candidate::{choose, Candidate, CandidateSource, Hysteresis, Path};
+use crate::candidate::{
+    canonical_remote, choose, is_acceptable_remote, Candidate, CandidateKind, CandidateSource,
+    Hysteresis, Path,
+};
+use crate::limits::{Rate, ReplayWindow, TokenBucket};
+
+/// Candidates learned from a peer's pings (peer-reflexive) kept at once.
+pub const MAX_PEER_REFLEXIVE: usize = 8;
+/// A peer-reflexive candidate neither pinging us nor answering for this long is forgotten.
+pub const PEER_REFLEXIVE_TTL: Duration = Duration::from_secs(120);
+/// All of a peer's candidates at once: a full CallMeMaybe, a full control-plane list and the
+/// peer-reflexive ones.
+pub const MAX_REMOTE_CANDIDATES: usize = 2 * MAX_CALL_ME_MAYBE_ENDPOINTS + MAX_PEER_REFLEXIVE;
+/// How long a peer's ping transaction ID is remembered (a replay within it is dropped)…
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(120);
+/// …and how many are remembered at most (the oldest go first).
+pub const REPLAY_CAPACITY: usize = 256;
 
 /// Where a peer's traffic goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,6 +89,11 @@ pub struct PathConfig {
     pub upgrade_interval: Duration,
     /// Path choice margin.
     pub hysteresis: Hysteresis,
+    /// Budget of direct pings to the peer's candidates (answers to its CallMeMaybe, upgrade
+    /// retries, triggered checks); heartbeats on the current path are not counted.
+    pub pings: Rate,
+    /// Budget of pongs to the peer's direct pings from addresses not validated yet.
+    pub pongs: Rate,
 }
 
 impl Default for PathConfig {
@@ -80,6 +106,15 @@ impl Default for PathConfig {
             missed_before_dead: 3,
             upgrade_interval: Duration::from_secs(30),
             hysteresis: Hysteresis::default(),
+            // One full CallMeMaybe at once, then a few a second.
+            pings: Rate {
+                burst: MAX_CALL_ME_MAYBE_ENDPOINTS as u32 + 4,
+                per_second: 8,
+            },
+            pongs: Rate {
+                burst: 16,
+                per_second: 4,
+            },
         }
     }
 }
@@ -137,6 +172,17 @@ struct Remote {
     /// Chosen again after a stall but not yet seen carrying data: the driver should send
     /// over the relay too.
     probation: bool,
+    /// Learned from a ping (peer-reflexive): when a ping or pong last came from it.
+    reflexive_heard: Option<Instant>,
+}
+
+/// Who told us of a peer's endpoints: each source's latest list replaces its previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advertiser {
+    /// The peer itself, in a CallMeMaybe over the relay.
+    Disco,
+    /// The control plane, from the peer's registration.
+    Control,
 }
 
 /// How long a stalled path is left alone, first; doubling with each stall in a row, up to
@@ -152,6 +198,13 @@ pub struct PeerPaths {
     rng: ChaCha20Rng,
     local: Vec<Candidate>,
     remote: BTreeMap<SocketAddr, Remote>,
+    /// The peer's latest CallMeMaybe endpoints (filtered, in its order).
+    by_disco: Vec<SocketAddr>,
+    /// The peer's latest endpoints from the control plane (filtered, in their order).
+    by_control: Vec<SocketAddr>,
+    ping_budget: TokenBucket,
+    pong_budget: TokenBucket,
+    replay: ReplayWindow,
     route: Route,
     next_heartbeat: Option<Instant>,
     active_until: Option<Instant>,
@@ -172,6 +225,11 @@ impl PeerPaths {
             rng,
             local: Vec::new(),
             remote: BTreeMap::new(),
+            by_disco: Vec::new(),
+            by_control: Vec::new(),
+            ping_budget: TokenBucket::new(config.pings, now),
+            pong_budget: TokenBucket::new(config.pongs, now),
+            replay: ReplayWindow::new(REPLAY_WINDOW, REPLAY_CAPACITY),
             route: Route::Relay,
             next_heartbeat: None,
             active_until: None,
@@ -236,40 +294,167 @@ impl PeerPaths {
         });
     }
 
-    fn add_remote(&mut self, candidate: Candidate, socket: SocketId) -> bool {
-        if let Some(r) = self.remote.get_mut(&candidate.addr) {
-            // The socket that last heard from an address is the one that reaches it (a hard
-            // NAT lets the peer in through one birthday socket only).
-            r.socket = socket;
+    /// Pings `addr` if the ping budget allows; whether it went.
+    fn budgeted_ping(&mut self, now: Instant, addr: SocketAddr) -> bool {
+        if !self.ping_budget.try_take(now) {
             return false;
         }
-        self.remote.insert(
-            candidate.addr,
-            Remote {
-                candidate,
-                socket,
-                pending: BTreeMap::new(),
-                rtt: None,
-                last_pong: None,
-                missed: 0,
-                stalled_until: None,
-                stalls: 0,
-                probation: false,
-            },
+        self.ping(now, addr);
+        true
+    }
+
+    fn new_remote(candidate: Candidate, socket: SocketId) -> Remote {
+        Remote {
+            candidate,
+            socket,
+            pending: BTreeMap::new(),
+            rtt: None,
+            last_pong: None,
+            missed: 0,
+            stalled_until: None,
+            stalls: 0,
+            probation: false,
+            reflexive_heard: None,
+        }
+    }
+
+    fn advertised(&self, addr: &SocketAddr) -> bool {
+        self.by_disco.contains(addr) || self.by_control.contains(addr)
+    }
+
+    fn fresh_window(&self) -> Duration {
+        self.config.pong_timeout * self.config.missed_before_dead + self.config.heartbeat
+    }
+
+    /// Answered lately and not dead: a path in use or about to be.
+    fn alive(&self, now: Instant, r: &Remote) -> bool {
+        r.missed < self.config.missed_before_dead
+            && r.last_pong
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.fresh_window())
+    }
+
+    fn young_reflexive(&self, now: Instant, r: &Remote) -> bool {
+        r.reflexive_heard
+            .is_some_and(|t| now.saturating_duration_since(t) < PEER_REFLEXIVE_TTL)
+    }
+
+    /// Worth pinging on an upgrade retry: advertised now, or peer-reflexive and recent.
+    fn wanted(&self, now: Instant, addr: &SocketAddr, r: &Remote) -> bool {
+        self.advertised(addr) || self.young_reflexive(now, r)
+    }
+
+    /// Forgets candidates nobody vouches for any more (no longer advertised, or peer-reflexive
+    /// and silent), except the current path and paths still alive, which go when they die.
+    fn prune(&mut self, now: Instant) {
+        let drop: Vec<SocketAddr> = self
+            .remote
+            .iter()
+            .filter(|(a, r)| {
+                !self.wanted(now, a, r) && self.route != Route::Direct(**a) && !self.alive(now, r)
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for a in drop {
+            self.remote.remove(&a);
+        }
+    }
+
+    /// Replaces one source's list of the peer's endpoints: filtered, at most one
+    /// CallMeMaybe's worth, and within the total cap. Returns the list kept.
+    fn replace_advertised(
+        &mut self,
+        now: Instant,
+        by: Advertiser,
+        endpoints: &[SocketAddr],
+    ) -> Vec<SocketAddr> {
+        let mut list: Vec<SocketAddr> = Vec::new();
+        for e in endpoints.iter().map(|e| canonical_remote(*e)) {
+            if list.len() >= MAX_CALL_ME_MAYBE_ENDPOINTS {
+                break;
+            }
+            if is_acceptable_remote(e) && !list.contains(&e) {
+                list.push(e);
+            }
+        }
+        match by {
+            Advertiser::Disco => self.by_disco = list.clone(),
+            Advertiser::Control => self.by_control = list.clone(),
+        }
+        self.prune(now);
+        list.retain(|e| {
+            if self.remote.contains_key(e) {
+                return true;
+            }
+            if self.remote.len() >= MAX_REMOTE_CANDIDATES {
+                return false;
+            }
+            let c = Candidate::direct(*e, CandidateSource::Stun);
+            self.remote.insert(*e, Self::new_remote(c, MAIN_SOCKET));
+            true
+        });
+        match by {
+            Advertiser::Disco => self.by_disco = list.clone(),
+            Advertiser::Control => self.by_control = list.clone(),
+        }
+        list
+    }
+
+    /// Takes `from` as a peer-reflexive candidate if there is room (making room by forgetting
+    /// an idle, unanswered one). Whether it is now known.
+    fn admit_reflexive(&mut self, now: Instant, from: SocketAddr, socket: SocketId) -> bool {
+        self.prune(now);
+        let reflexive: Vec<(SocketAddr, Option<Instant>, bool)> = self
+            .remote
+            .iter()
+            .filter(|(a, r)| r.reflexive_heard.is_some() && !self.advertised(a))
+            .map(|(a, r)| {
+                let idle =
+                    self.route != Route::Direct(*a) && r.pending.is_empty() && !self.alive(now, r);
+                (*a, r.reflexive_heard, idle)
+            })
+            .collect();
+        if reflexive.len() >= MAX_PEER_REFLEXIVE {
+            let oldest_idle = reflexive
+                .iter()
+                .filter(|(_, _, idle)| *idle)
+                .min_by_key(|(a, heard, _)| (*heard, *a));
+            match oldest_idle {
+                Some((a, _, _)) => {
+                    self.remote.remove(a);
+                }
+                None => return false,
+            }
+        }
+        if self.remote.len() >= MAX_REMOTE_CANDIDATES {
+            return false;
+        }
+        let mut r = Self::new_remote(
+            Candidate::direct(from, CandidateSource::PeerReflexive),
+            socket,
         );
+        r.reflexive_heard = Some(now);
+        self.remote.insert(from, r);
         true
     }
 
     /// The peer's CallMeMaybe (over the relay): ping every endpoint now — the peer is pinging
-    /// ours at the same moment, so each NAT sees outbound traffic first.
+    /// ours at the same moment, so each NAT sees outbound traffic first. The list replaces the
+    /// peer's previous one; unacceptable addresses are left out, and pings come out of the
+    /// budget.
     pub fn handle_call_me_maybe(&mut self, now: Instant, endpoints: &[SocketAddr]) {
-        for &e in endpoints {
-            if !self.remote.contains_key(&e) {
-                self.add_remote(Candidate::direct(e, CandidateSource::Stun), MAIN_SOCKET);
-            }
-        }
-        for &e in endpoints {
-            self.ping(now, e);
+        self.handle_advertised(now, Advertiser::Disco, endpoints);
+    }
+
+    /// The peer's endpoints as the control plane lists them: handled as a CallMeMaybe, but
+    /// kept as a list of their own (each source's latest list replaces its previous one).
+    pub fn handle_control_endpoints(&mut self, now: Instant, endpoints: &[SocketAddr]) {
+        self.handle_advertised(now, Advertiser::Control, endpoints);
+    }
+
+    fn handle_advertised(&mut self, now: Instant, by: Advertiser, endpoints: &[SocketAddr]) {
+        let list = self.replace_advertised(now, by, endpoints);
+        for e in list {
+            self.budgeted_ping(now, e);
         }
         // Our own CallMeMaybe may never have reached the peer (it was not on the relay yet):
         // answer with ours so it pings us at this same moment. At most one answer a second, so
@@ -283,9 +468,32 @@ impl PeerPaths {
         }
     }
 
+    /// Whether a disco Ping with `tx_id` is new (false: seen within [`REPLAY_WINDOW`], so a
+    /// replay or a duplicate, to be dropped without an answer). Records it.
+    pub fn admit_ping(&mut self, now: Instant, tx_id: TxId) -> bool {
+        self.replay.first_sighting(now, tx_id)
+    }
+
     /// A disco Ping arrived directly from `from` on `socket`: answer it there, and take `from`
-    /// as a candidate (peer-reflexive) if it is new.
-    pub fn handle_ping(&mut self, now: Instant, socket: SocketId, from: SocketAddr, tx_id: TxId) {
+    /// as a candidate (peer-reflexive) if it is new and there is room. Dropped without a word
+    /// when `from` is not an acceptable address, the ping is a replay, or (from a path not
+    /// validated) the pong budget is spent. Returns whether it was answered.
+    pub fn handle_ping(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        tx_id: TxId,
+    ) -> bool {
+        let from = canonical_remote(from);
+        if !is_acceptable_remote(from) || !self.admit_ping(now, tx_id) {
+            return false;
+        }
+        let proven = self.route == Route::Direct(from)
+            || self.remote.get(&from).is_some_and(|r| self.alive(now, r));
+        if !proven && !self.pong_budget.try_take(now) {
+            return false;
+        }
         self.transmits.push_back(Transmit {
             dst: Dst::Direct(from),
             socket,
@@ -295,16 +503,29 @@ impl PeerPaths {
         // side is open, so ping back now rather than at the next upgrade retry, when a
         // stateful firewall in front of us may have dropped our earlier pings. Likewise when
         // the ping came in on another of our sockets (a birthday socket the peer just found).
-        let before = self.remote.get(&from).map(|r| r.socket);
-        let new = self.add_remote(
-            Candidate::direct(from, CandidateSource::PeerReflexive),
-            socket,
-        );
-        let moved = before.is_some_and(|s| s != socket);
+        let (new, moved) = match self.remote.get_mut(&from) {
+            Some(r) => {
+                // The socket that last heard from an address is the one that reaches it (a
+                // hard NAT lets the peer in through one birthday socket only).
+                let moved = r.socket != socket;
+                r.socket = socket;
+                if r.reflexive_heard.is_some() {
+                    r.reflexive_heard = Some(now);
+                }
+                (false, moved)
+            }
+            None => {
+                if !self.admit_reflexive(now, from, socket) {
+                    return true;
+                }
+                (true, false)
+            }
+        };
         let idle = self.remote.get(&from).is_some_and(|r| r.pending.is_empty());
         if new || moved || (idle && self.route != Route::Direct(from)) {
-            self.ping(now, from);
+            self.budgeted_ping(now, from);
         }
+        true
     }
 
     /// A disco Pong arrived from `from` on `socket`. Returns whether it answered one of our pings.
@@ -329,6 +550,9 @@ impl PeerPaths {
         r.rtt = Some(rtt);
         r.last_pong = Some(now);
         r.missed = 0;
+        if r.reflexive_heard.is_some() {
+            r.reflexive_heard = Some(now);
+        }
         self.note(now, from, Outcome::Validated(rtt));
         self.reselect(now);
         true
@@ -352,6 +576,22 @@ impl PeerPaths {
     /// The peer's direct candidates known so far.
     pub fn remote_candidates(&self) -> impl Iterator<Item = &Candidate> {
         self.remote.values().map(|r| &r.candidate)
+    }
+
+    /// The public IPv4 endpoints the peer advertises now (its CallMeMaybe first, then the
+    /// control plane's list), at most `max`, in the order given: the only addresses birthday
+    /// probing may aim at.
+    pub fn advertised_public(&self, max: usize) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for a in self.by_disco.iter().chain(&self.by_control) {
+            if out.len() >= max {
+                break;
+            }
+            if CandidateKind::of(*a) == CandidateKind::PublicV4 && !out.contains(a) {
+                out.push(*a);
+            }
+        }
+        out
     }
 
     /// The data plane saw a direct path lose data (no WireGuard answers) while disco still
@@ -396,8 +636,7 @@ impl PeerPaths {
     }
 
     fn validated(&self, now: Instant) -> Vec<Path> {
-        let fresh =
-            self.config.pong_timeout * self.config.missed_before_dead + self.config.heartbeat;
+        let fresh = self.fresh_window();
         let live: Vec<&Remote> = self
             .remote
             .values()
@@ -505,6 +744,7 @@ impl PeerPaths {
             self.note(now, addr, outcome);
         }
         self.reselect(now);
+        self.prune(now);
         // Keep the direct path (and the NAT mapping under it) alive.
         if let Route::Direct(addr) = self.route {
             if self.next_heartbeat.is_none_or(|t| now >= t) {
@@ -514,10 +754,16 @@ impl PeerPaths {
         } else {
             self.next_heartbeat = None;
             if now >= self.next_upgrade {
-                // Retry everything we know, and ask the peer to do the same.
-                let addrs: Vec<SocketAddr> = self.remote.keys().copied().collect();
+                // Retry every candidate still vouched for (within the budget), and ask the
+                // peer to do the same.
+                let addrs: Vec<SocketAddr> = self
+                    .remote
+                    .iter()
+                    .filter(|(a, r)| self.wanted(now, a, r))
+                    .map(|(a, _)| *a)
+                    .collect();
                 for a in addrs {
-                    self.ping(now, a);
+                    self.budgeted_ping(now, a);
                 }
                 if !self.local.is_empty() {
                     self.call_me_maybe(now);

@@ -110,7 +110,9 @@ fn deliver(
                 from_public
             };
             match msg {
-                Message::Ping { tx_id, .. } => to.handle_ping(now, 0, from, *tx_id),
+                Message::Ping { tx_id, .. } => {
+                    to.handle_ping(now, 0, from, *tx_id);
+                }
                 Message::Pong { tx_id, .. } => {
                     to.handle_pong(now, 0, from, *tx_id);
                 }
