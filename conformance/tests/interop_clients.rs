@@ -18,7 +18,8 @@ async fn start_burrow() -> (SocketAddr, SocketAddr) {
         software: Some("burrow-test".into()),
     })
     .await
-    .expect("bind burrow stun");
+    .expect("bind burrow stun")
+    .with_rfc3489(true); // the `stun` client speaks RFC 3489 (off by default)
     tokio::spawn(server.run(1, std::future::pending()));
     (primary, alt)
 }

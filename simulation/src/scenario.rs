@@ -794,6 +794,7 @@ pub fn run(
                     mesh_with: Vec::new(),
                     tls: None,
                     rate_limit: None,
+                    admission: Default::default(),
                 };
                 let relay = burrow::derper::Relay::with_rng(
                     &config,

@@ -298,8 +298,26 @@ enum Command {
     NotePreferred(bool),
 }
 
+/// Longest wait a relay's Restarting may impose before the next attempt: a hostile relay, or
+/// anyone injecting into plain-HTTP DERP, must not park a node for weeks.
+pub const MAX_RESTART_WAIT: Duration = Duration::from_secs(30);
+/// Longest window of quick retries a Restarting may ask for.
+pub const MAX_RESTART_TRY_FOR: Duration = Duration::from_secs(300);
+/// Pace of the retries within a Restarting's try-for window (jittered ±25 %).
+pub const RESTART_RETRY: Duration = Duration::from_millis(250);
+
+/// What a Restarting asks, within bounds: wait `reconnect_in` (at most [`MAX_RESTART_WAIT`]),
+/// then retry every [`RESTART_RETRY`] for `try_for` (at most [`MAX_RESTART_TRY_FOR`]).
+fn restart_plan(reconnect_in: Duration, try_for: Duration) -> (Duration, Duration) {
+    (
+        reconnect_in.min(MAX_RESTART_WAIT),
+        try_for.min(MAX_RESTART_TRY_FOR),
+    )
+}
+
 /// A DERP client that stays connected: reconnects with jittered exponential backoff
-/// (250 ms to 10 s), honours Restarting, and re-sends NotePreferred after each reconnect.
+/// (250 ms to 10 s), honours Restarting (within bounds, see [`MAX_RESTART_WAIT`]), and
+/// re-sends NotePreferred after each reconnect.
 pub struct DerpClient {
     commands: mpsc::UnboundedSender<Command>,
     /// Packets and peer events from the relay.
@@ -336,6 +354,8 @@ impl DerpClient {
             let mut backoff = Duration::from_millis(250);
             let mut preferred: Option<bool> = None;
             let mut held = Held::default();
+            // Until when a relay's Restarting asked for quick retries.
+            let mut quick_until: Option<tokio::time::Instant> = None;
             loop {
                 let mut wait = None;
                 let connect = connect();
@@ -349,6 +369,7 @@ impl DerpClient {
                 let error = match attempt {
                     Ok(mut conn) => {
                         let up_since = tokio::time::Instant::now();
+                        quick_until = None;
                         if let Some(p) = preferred {
                             conn.client.note_preferred(p);
                         }
@@ -374,10 +395,16 @@ impl DerpClient {
                 let _ = state_tx.send(DerpState::Connecting {
                     last_error: Some(error),
                 });
-                let delay = wait.unwrap_or_else(|| {
-                    let jitter = 0.75 + (rng.next_u32() as f64 / u32::MAX as f64) * 0.5;
-                    backoff.mul_f64(jitter)
-                });
+                let jitter = 0.75 + (rng.next_u32() as f64 / u32::MAX as f64) * 0.5;
+                let now = tokio::time::Instant::now();
+                let delay = match wait {
+                    Some((reconnect_in, try_for)) => {
+                        quick_until = Some(now + reconnect_in + try_for);
+                        reconnect_in
+                    }
+                    None if quick_until.is_some_and(|t| now < t) => RESTART_RETRY.mul_f64(jitter),
+                    None => backoff.mul_f64(jitter),
+                };
                 let slept = tokio::select! {
                     _ = tokio::time::sleep(delay) => true,
                     () = hold_while_disconnected(&mut cmd_rx, &mut preferred, &mut held) => false,
@@ -459,7 +486,7 @@ async fn drive(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     events: &mpsc::UnboundedSender<ClientEvent>,
     preferred: &mut Option<bool>,
-    wait: &mut Option<Duration>,
+    wait: &mut Option<(Duration, Duration)>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -467,8 +494,12 @@ async fn drive(
             conn.wr.write_all(&b).await?;
         }
         while let Some(e) = conn.client.poll_event() {
-            if let ClientEvent::Restarting { reconnect_in, .. } = e {
-                *wait = Some(reconnect_in);
+            if let ClientEvent::Restarting {
+                reconnect_in,
+                try_for,
+            } = e
+            {
+                *wait = Some(restart_plan(reconnect_in, try_for));
             }
             let _ = events.send(e);
         }
@@ -495,6 +526,103 @@ async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// One end of an in-memory connection to a sans-IO relay that completes the handshake,
+    /// announces a restart (`reconnect_in` = u32::MAX ms, about 49.7 days; `try_for` = 60 s)
+    /// and hangs up.
+    async fn restarting_relay() -> io::Result<RawConn> {
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use burrow_derp::{ConnId, Server, ServerConfig};
+            let mut server = Server::new(
+                ServerConfig::new(PrivateKey::from_bytes([9; 32])),
+                ChaCha20Rng::seed_from_u64(9),
+            );
+            let id = ConnId(1);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                theirs.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            server.accept(std::time::Instant::now(), id);
+            let mut buf = [0u8; 4096];
+            while !server.is_admitted(id) {
+                while let Some(b) = server.poll_transmit_for(std::time::Instant::now(), id) {
+                    theirs.write_all(&b).await.unwrap();
+                }
+                let n = theirs.read(&mut buf).await.unwrap();
+                server.handle_bytes(std::time::Instant::now(), id, &buf[..n]);
+            }
+            server.announce_restart(
+                Duration::from_millis(u64::from(u32::MAX)),
+                Duration::from_secs(60),
+            );
+            while let Some(b) = server.poll_transmit_for(std::time::Instant::now(), id) {
+                theirs.write_all(&b).await.unwrap();
+            }
+            // Dropping `theirs` hangs up.
+        });
+        let url: DerpUrl = "http://relay.test:80/derp".parse().unwrap();
+        upgrade(
+            Box::new(ours),
+            &url,
+            PrivateKey::from_bytes([1; 32]),
+            None,
+            true,
+            ChaCha20Rng::seed_from_u64(1),
+        )
+        .await
+    }
+
+    /// Audit #12: a Restarting that asks for a 49.7-day wait gets 30 s; its try-for window
+    /// is honoured with quick retries, then the usual back-off resumes. In tokio's paused
+    /// (virtual) time: the assertions are on the schedule, not on a real clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_relays_restart_wait_is_capped_and_its_try_for_window_honoured() {
+        let attempts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+        let start = tokio::time::Instant::now();
+        let end = start + Duration::from_secs(200);
+        let seen = attempts.clone();
+        let _client = DerpClient::spawn_with(
+            "test".into(),
+            move || {
+                let now = tokio::time::Instant::now();
+                let n = {
+                    let mut a = seen.lock().unwrap();
+                    a.push(now);
+                    a.len()
+                };
+                async move {
+                    if n == 1 {
+                        restarting_relay().await
+                    } else if now < end {
+                        Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            },
+            ChaCha20Rng::seed_from_u64(7),
+        );
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let a = attempts.lock().unwrap().clone();
+        assert!(a.len() > 3, "{a:?}");
+        // The restart wait is capped.
+        assert_eq!(a[1] - a[0], MAX_RESTART_WAIT);
+        // Within the 60 s try-for window after it: quick retries.
+        let window_end = a[1] + Duration::from_secs(60);
+        let quick: Vec<_> = a[1..].windows(2).filter(|w| w[1] <= window_end).collect();
+        assert!(quick.len() > 150, "{} quick retries", quick.len());
+        assert!(quick
+            .iter()
+            .all(|w| w[1] - w[0] <= RESTART_RETRY.mul_f64(1.25) + Duration::from_millis(1)));
+        // After it, the usual (grown) back-off.
+        let after: Vec<_> = a.windows(2).filter(|w| w[0] > window_end).collect();
+        assert!(!after.is_empty());
+        assert!(after.iter().all(|w| w[1] - w[0] >= Duration::from_secs(5)));
+    }
 
     #[test]
     fn parses_relay_urls() {

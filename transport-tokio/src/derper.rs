@@ -1,15 +1,22 @@
 //! `burrow derper`: the DERP relay over TCP or TLS, with HTTP/1.1 upgrade, `/generate_204`,
 //! `/health`, Prometheus `/metrics`, an optional STUN server, and mesh links to other relays.
+//!
+//! Admission: the open-files limit is raised at start and the caps are fitted under it;
+//! unauthenticated connections pass a [`PreAuthGate`] (per source, and globally with the
+//! oldest closed first); accept errors are logged and backed off, never fatal; with
+//! [`VerifyClients`] each new client key is checked with the control server.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_derp::{ClientEvent, ConnId, MeshLink, Server, ServerConfig};
-use burrow_wg::PrivateKey;
+use burrow_derp::{
+    ClientEvent, ConnId, MeshKey, MeshLink, PreAuthGate, Server, ServerConfig, Ticket, Verdict,
+};
+use burrow_wg::{PrivateKey, PublicKey};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,24 +30,220 @@ use crate::transport::now;
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long one write to a client may block before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Back-off after a failed accept (out of file descriptors, kernel memory): doubles from the
+/// first to the second while failures last.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+/// File descriptors kept aside from the caps: listener, STUN, mesh links, verification
+/// lookups, logs.
+const RESERVED_FDS: u64 = 128;
+/// How long a verification lookup may take before the client is refused (not cached).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bidirectional byte stream (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// Relay settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DerperConfig {
     /// The relay's private key.
     pub private_key: PrivateKey,
-    /// Shared by the servers of one region.
-    pub mesh_key: Option<String>,
+    /// Shared by the servers of one region (checked: at least 32 bytes).
+    pub mesh_key: Option<MeshKey>,
     /// Other relays of the region to mesh with.
     pub mesh_with: Vec<DerpUrl>,
     /// TLS, if any.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Per-client rate limit: bytes per second and burst.
     pub rate_limit: Option<(u64, u64)>,
+    /// Connection caps and client verification.
+    pub admission: Admission,
+}
+
+impl DerperConfig {
+    /// A plain relay with this key and default caps: no mesh, TLS, rate limit or verification.
+    pub fn new(private_key: PrivateKey) -> Self {
+        DerperConfig {
+            private_key,
+            mesh_key: None,
+            mesh_with: Vec::new(),
+            tls: None,
+            rate_limit: None,
+            admission: Admission::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DerperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DerperConfig")
+            .field("public_key", &self.private_key.public_key())
+            .field("mesh_key", &self.mesh_key.as_ref().map(|_| "<redacted>"))
+            .field("mesh_with", &self.mesh_with)
+            .field("tls", &self.tls.is_some())
+            .field("rate_limit", &self.rate_limit)
+            .field("admission", &self.admission)
+            .finish()
+    }
+}
+
+/// Who may connect: caps on connections that have not authenticated yet and on clients,
+/// globally and per source (an IPv4 address or an IPv6 /64; loopback is capped only
+/// globally), and optional verification of client keys with the control server.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Unauthenticated connections (TLS, HTTP head, ClientInfo) at once; when full the
+    /// oldest is closed to make room.
+    pub max_pending: usize,
+    /// Unauthenticated connections at once from one source; more are closed at once.
+    pub max_pending_per_ip: usize,
+    /// Clients at once (mesh peers are never refused).
+    pub max_clients: usize,
+    /// Clients at once from one source.
+    pub max_clients_per_ip: usize,
+    /// Ask the control server about each new client key.
+    pub verify: Option<VerifyClients>,
+}
+
+impl Default for Admission {
+    /// 1,024 pending (64 per source), 100,000 clients (1,000 per source), no verification.
+    fn default() -> Self {
+        Admission {
+            max_pending: 1024,
+            max_pending_per_ip: 64,
+            max_clients: 100_000,
+            max_clients_per_ip: 1000,
+            verify: None,
+        }
+    }
+}
+
+impl Admission {
+    /// Lowers the global caps so that pending connections plus clients fit in `fd_limit`
+    /// open files (with some kept aside): the relay then refuses connections rather than
+    /// running out of descriptors.
+    pub fn fit_to_fd_limit(mut self, fd_limit: u64) -> Self {
+        let avail = usize::try_from(fd_limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+        if self.max_pending.saturating_add(self.max_clients) > avail {
+            self.max_pending = self.max_pending.min((avail / 4).max(1));
+            self.max_clients = self.max_clients.min(avail.saturating_sub(self.max_pending));
+        }
+        self
+    }
+}
+
+/// Verification of client keys: `GET {base}/derp/verify/{key, base64url}` on the control
+/// server with a shared bearer token; a client is admitted only on `{"allow": true}`.
+#[derive(Clone)]
+pub struct VerifyClients {
+    target: DerpUrl,
+    prefix: String,
+    host: String,
+    token: String,
+    roots: derp_client::ExtraRoots,
+}
+
+impl std::fmt::Debug for VerifyClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyClients")
+            .field("url", &self.target.to_string())
+            .field("prefix", &self.prefix)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl VerifyClients {
+    /// The control server at `url` (http[s]://HOST[:PORT][/PREFIX]), the shared token
+    /// (at least 32 bytes), and extra trust anchors for a self-signed server.
+    pub fn new(url: &str, token: &str, roots: derp_client::ExtraRoots) -> Result<Self, String> {
+        let token = crate::control::verify::check_token(token)?;
+        let trimmed = url.trim_end_matches('/');
+        let target: DerpUrl = trimmed.parse()?;
+        let after_scheme = trimmed.split_once("://").map_or("", |x| x.1);
+        let prefix = if after_scheme.contains('/') {
+            target.path.clone()
+        } else {
+            String::new()
+        };
+        let host = match (target.tls, target.port) {
+            (true, 443) | (false, 80) => target.host.clone(),
+            (_, port) if target.host.contains(':') => format!("[{}]:{port}", target.host),
+            (_, port) => format!("{}:{port}", target.host),
+        };
+        Ok(VerifyClients {
+            target,
+            prefix,
+            host,
+            token,
+            roots,
+        })
+    }
+
+    /// Whether the control server says `key` is a live node.
+    pub async fn ask(&self, key: &PublicKey) -> Result<bool, String> {
+        use http_body_util::{BodyExt, Full};
+        let stream = derp_client::connect_stream(&self.target, &self.roots)
+            .await
+            .map_err(|e| format!("connecting: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::builder()
+            .method("GET")
+            .uri(format!(
+                "{}{}",
+                self.prefix,
+                crate::control::verify::path_for(key)
+            ))
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {}", self.token))
+            .body(Full::new(bytes::Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!("control server answered {status}"));
+        }
+        let answer: crate::control::verify::VerifyAnswer =
+            serde_json::from_slice(&body).map_err(|e| format!("answer: {e}"))?;
+        Ok(answer.allow)
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (as Tailscale's derper does: systemd's
+/// default soft limit of 1,024 is a few hundred clients); returns the limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return Some(soft);
+    }
+    let mut target = hard;
+    if hard == RLIM_INFINITY {
+        // Linux refuses more than fs.nr_open.
+        target = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => Some(target),
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "could not raise the open-files limit");
+            Some(soft)
+        }
+    }
 }
 
 struct ConnHandle {
@@ -48,14 +251,52 @@ struct ConnHandle {
     closed: Arc<AtomicBool>,
 }
 
+/// The pre-auth gate and how to reach each pending connection's task.
+struct Gate {
+    gate: PreAuthGate,
+    kicks: BTreeMap<Ticket, Arc<Notify>>,
+}
+
+/// A connection's place at the gate until it authenticates or ends.
+struct PendingSlot {
+    relay: Arc<Relay>,
+    ticket: Ticket,
+    kick: Arc<Notify>,
+    released: AtomicBool,
+}
+
+impl PendingSlot {
+    /// The connection authenticated (or ended): it no longer counts, and is not evicted.
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::SeqCst) {
+            let mut g = self.relay.gate.lock().expect("gate");
+            g.gate.release(self.ticket);
+            g.kicks.remove(&self.ticket);
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// State shared by every connection task.
 pub struct Relay {
     server: Mutex<Server>,
     conns: Mutex<BTreeMap<ConnId, ConnHandle>>,
     mesh: Mutex<BTreeMap<MeshLink, tokio::sync::mpsc::Sender<bytes::Bytes>>>,
+    gate: Mutex<Gate>,
+    verify: Option<VerifyClients>,
+    verify_tx: tokio::sync::mpsc::UnboundedSender<PublicKey>,
+    verify_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<PublicKey>>>,
     next_conn: AtomicU64,
     http_requests: AtomicU64,
     connections_total: AtomicU64,
+    pending_refused: AtomicU64,
+    pending_evicted: AtomicU64,
+    accept_errors: AtomicU64,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -70,20 +311,65 @@ impl Relay {
         let mut sc = ServerConfig::new(config.private_key.clone());
         sc.mesh_key = config.mesh_key.clone();
         sc.rate_limit = config.rate_limit;
+        let a = &config.admission;
+        sc.max_clients = a.max_clients;
+        sc.max_clients_per_ip = a.max_clients_per_ip;
+        sc.verify_clients = a.verify.is_some();
+        let (verify_tx, verify_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Relay {
             server: Mutex::new(Server::new(sc, rng)),
             conns: Mutex::new(BTreeMap::new()),
             mesh: Mutex::new(BTreeMap::new()),
+            gate: Mutex::new(Gate {
+                gate: PreAuthGate::new(a.max_pending, a.max_pending_per_ip),
+                kicks: BTreeMap::new(),
+            }),
+            verify: a.verify.clone(),
+            verify_tx,
+            verify_rx: Mutex::new(Some(verify_rx)),
             next_conn: AtomicU64::new(1),
             http_requests: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
+            pending_refused: AtomicU64::new(0),
+            pending_evicted: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         })
     }
 
+    /// A place at the gate for a new connection from `ip`, or None (close it). When the
+    /// gate is full, the oldest pending connection is told to close.
+    fn admit_pending(self: &Arc<Self>, ip: IpAddr) -> Option<Arc<PendingSlot>> {
+        let mut g = self.gate.lock().expect("gate");
+        match g.gate.admit(ip) {
+            Err(e) => {
+                self.pending_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%ip, reason = %e, "connection refused");
+                None
+            }
+            Ok((ticket, evicted)) => {
+                if let Some(kick) = evicted.and_then(|t| g.kicks.remove(&t)) {
+                    self.pending_evicted.fetch_add(1, Ordering::Relaxed);
+                    kick.notify_one();
+                }
+                let kick = Arc::new(Notify::new());
+                g.kicks.insert(ticket, kick.clone());
+                Some(Arc::new(PendingSlot {
+                    relay: self.clone(),
+                    ticket,
+                    kick,
+                    released: AtomicBool::new(false),
+                }))
+            }
+        }
+    }
+
     /// Wakes writers of connections with output; ends connections the server closed; sends
-    /// mesh frames.
+    /// mesh frames; hands keys to verify to the verifier task.
     fn dispatch(&self, server: &mut Server) {
+        while let Some(key) = server.poll_verify() {
+            let _ = self.verify_tx.send(key);
+        }
         let conns = self.conns.lock().expect("conns");
         for id in server.take_woken() {
             if let Some(h) = conns.get(&id) {
@@ -163,6 +449,48 @@ impl Relay {
             "counter",
             self.http_requests.load(Ordering::Relaxed),
         );
+        gauge(
+            "derp_pending_connections",
+            "Connections not authenticated yet.",
+            "gauge",
+            self.gate.lock().expect("gate").gate.len() as u64,
+        );
+        gauge(
+            "derp_pending_refused_total",
+            "Connections closed at once: their source had too many pending.",
+            "counter",
+            self.pending_refused.load(Ordering::Relaxed),
+        );
+        gauge(
+            "derp_pending_evicted_total",
+            "Pending connections closed to make room for newer ones.",
+            "counter",
+            self.pending_evicted.load(Ordering::Relaxed),
+        );
+        gauge(
+            "derp_accept_errors_total",
+            "Failed accepts (e.g. out of file descriptors), each followed by a back-off.",
+            "counter",
+            self.accept_errors.load(Ordering::Relaxed),
+        );
+        gauge(
+            "derp_replayed_client_infos_total",
+            "Handshakes refused as replays of an earlier ClientInfo.",
+            "counter",
+            s.replayed_client_infos,
+        );
+        gauge(
+            "derp_refused_clients_total",
+            "Clients refused by a cap or by verification.",
+            "counter",
+            s.refused_clients,
+        );
+        gauge(
+            "derp_pending_verifications",
+            "Client keys waiting for the control server's answer.",
+            "gauge",
+            s.pending_verifications as u64,
+        );
         out.push_str("# HELP derp_packets_dropped_total Packets dropped, by reason.\n# TYPE derp_packets_dropped_total counter\n");
         for (reason, n) in [
             (
@@ -192,8 +520,38 @@ impl Relay {
     }
 }
 
-/// Runs the relay's timers (keep-alives, handshake deadlines) in a task, until the runtime ends.
+/// Runs the relay's timers (keep-alives, handshake deadlines) in a task, until the runtime
+/// ends; with verification, also the task that asks the control server about new keys.
 pub fn spawn_timers(relay: Arc<Relay>) {
+    let verify_rx = relay.verify_rx.lock().expect("verify").take();
+    if let (Some(verify), Some(mut rx)) = (relay.verify.clone(), verify_rx) {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            // One lookup per key at a time; the server bounds how many keys wait.
+            while let Some(key) = rx.recv().await {
+                let (relay, verify) = (relay.clone(), verify.clone());
+                tokio::spawn(async move {
+                    let verdict = match tokio::time::timeout(VERIFY_TIMEOUT, verify.ask(&key)).await
+                    {
+                        Ok(Ok(true)) => Verdict::Allowed,
+                        Ok(Ok(false)) => Verdict::Denied,
+                        Ok(Err(e)) => {
+                            tracing::warn!(%key, error = %e, "client verification failed");
+                            Verdict::Unknown
+                        }
+                        Err(_) => {
+                            tracing::warn!(%key, "client verification timed out");
+                            Verdict::Unknown
+                        }
+                    };
+                    tracing::debug!(%key, ?verdict, "client verified");
+                    let mut server = relay.server.lock().expect("server");
+                    server.verified(now(), &key, verdict);
+                    relay.dispatch(&mut server);
+                });
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -204,38 +562,77 @@ pub fn spawn_timers(relay: Arc<Relay>) {
     });
 }
 
-/// Serves one accepted plain-text connection (HTTP, then DERP after the upgrade): for
+/// Serves one accepted connection (TLS if configured, HTTP, then DERP after the upgrade): for
 /// listeners other than tokio's, such as the simulator's. Call [`spawn_timers`] once per relay.
 pub async fn serve_stream(
     relay: Arc<Relay>,
     stream: Box<dyn Stream>,
     peer: SocketAddr,
 ) -> io::Result<()> {
-    handle_http(relay, stream, peer).await
+    let Some(slot) = relay.admit_pending(peer.ip()) else {
+        return Ok(()); // dropping the stream closes it
+    };
+    let kick = slot.kick.clone();
+    let work = async {
+        match relay.tls.clone() {
+            Some(acceptor) => {
+                match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => handle_http(relay.clone(), Box::new(tls), peer, slot).await,
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "TLS handshake too slow",
+                    )),
+                }
+            }
+            None => handle_http(relay.clone(), stream, peer, slot).await,
+        }
+    };
+    // Evicted while still unauthenticated: a newer connection needed the place.
+    tokio::select! {
+        r = work => r,
+        () = kick.notified() => Err(io::Error::other("closed to make room for newer connections")),
+    }
 }
 
-/// Serves HTTP(S) on `listener` until the task is dropped.
+/// Whether an accept error concerns only the connection being accepted (retry at once),
+/// rather than the process (out of descriptors or memory: back off).
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Serves HTTP(S) on `listener` until the task is dropped. Accept errors never end it: they
+/// are logged and followed by a back-off (10 ms doubling to 1 s), as out of file
+/// descriptors is a state that passes.
 pub async fn serve(relay: Arc<Relay>, listener: TcpListener) -> io::Result<()> {
     spawn_timers(relay.clone());
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
-        let (tcp, peer) = listener.accept().await?;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF.0;
+                accepted
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                relay.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in = ?backoff, "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let relay = relay.clone();
         tokio::spawn(async move {
-            let result = match relay.tls.clone() {
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => handle_http(relay, Box::new(tls), peer).await,
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "TLS handshake too slow",
-                        )),
-                    }
-                }
-                None => handle_http(relay, Box::new(tcp), peer).await,
-            };
-            if let Err(e) = result {
+            if let Err(e) = serve_stream(relay, Box::new(tcp), peer).await {
                 tracing::debug!(%peer, error = %e, "connection ended");
             }
         });
@@ -281,6 +678,7 @@ async fn handle_http(
     relay: Arc<Relay>,
     mut stream: Box<dyn Stream>,
     peer: SocketAddr,
+    slot: Arc<PendingSlot>,
 ) -> io::Result<()> {
     let (head, rest) = tokio::time::timeout(HANDSHAKE_DEADLINE, read_head(&mut stream))
         .await
@@ -330,7 +728,7 @@ async fn handle_http(
                 );
                 stream.write_all(head.as_bytes()).await?;
             }
-            run_derp(relay, stream, rest, peer).await
+            run_derp(relay, stream, rest, peer, slot).await
         }
         ("GET", "/derp/probe") | ("GET", "/derp/latency-check") => {
             respond(&mut stream, "200 OK", "text/plain", "").await
@@ -368,6 +766,7 @@ async fn run_derp(
     stream: Box<dyn Stream>,
     already: Vec<u8>,
     peer: SocketAddr,
+    slot: Arc<PendingSlot>,
 ) -> io::Result<()> {
     let id = ConnId(relay.next_conn.fetch_add(1, Ordering::Relaxed));
     relay.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -382,16 +781,29 @@ async fn run_derp(
     );
     {
         let mut server = relay.server.lock().expect("server");
-        server.accept(now(), id);
+        server.accept_from(now(), id, Some(peer.ip()));
         if !already.is_empty() {
             server.handle_bytes(now(), id, &already);
         }
         relay.dispatch(&mut server);
     }
+    // Leaves the gate once the server admitted the client (seen by whichever half first).
+    let admitted = Arc::new(AtomicBool::new(false));
+    let note_admitted = {
+        let (slot, admitted) = (slot.clone(), admitted.clone());
+        move |server: &Server| {
+            if !admitted.load(Ordering::Relaxed) && server.is_admitted(id) {
+                admitted.store(true, Ordering::Relaxed);
+                slot.release();
+            }
+        }
+    };
+    drop(slot);
     tracing::debug!(conn = id.0, %peer, "DERP connection");
     let (mut rd, mut wr) = tokio::io::split(stream);
     let writer = {
         let (relay, wake, closed) = (relay.clone(), wake.clone(), closed.clone());
+        let note_admitted = note_admitted.clone();
         async move {
             // Everything queued for this connection goes out in one write: one lock and one
             // syscall per wake-up, not per frame.
@@ -399,12 +811,11 @@ async fn run_derp(
             loop {
                 loop {
                     batch.clear();
-                    relay.server.lock().expect("server").write_transmit_for(
-                        now(),
-                        id,
-                        &mut batch,
-                        256 * 1024,
-                    );
+                    {
+                        let mut server = relay.server.lock().expect("server");
+                        server.write_transmit_for(now(), id, &mut batch, 256 * 1024);
+                        note_admitted(&server);
+                    }
                     if batch.is_empty() {
                         break;
                     }
@@ -447,6 +858,7 @@ async fn run_derp(
                 }
                 let mut server = relay.server.lock().expect("server");
                 server.handle_bytes(now(), id, &buf[..n]);
+                note_admitted(&server);
                 relay.dispatch(&mut server);
             }
         }
@@ -469,12 +881,13 @@ pub async fn mesh_link(
     link: MeshLink,
     url: DerpUrl,
     key: PrivateKey,
-    mesh_key: String,
+    mesh_key: MeshKey,
 ) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4096);
-        match derp_client::connect_raw(&url, key.clone(), Some(mesh_key.clone()), true).await {
+        let secret = Some(mesh_key.expose().to_owned());
+        match derp_client::connect_raw(&url, key.clone(), secret, true).await {
             Ok(mut conn) => {
                 backoff = Duration::from_millis(250);
                 let own = relay.server.lock().expect("server").public_key();

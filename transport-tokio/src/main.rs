@@ -202,6 +202,13 @@ enum Command {
         /// SOFTWARE attribute to put in responses.
         #[arg(long)]
         software: Option<String>,
+        /// Also answer RFC 3489 requests (no magic cookie), for classic NAT-type clients.
+        #[arg(long)]
+        rfc3489: bool,
+        /// Answer at most this many requests a second per source address (bursts of twice
+        /// that), per worker; off by default.
+        #[arg(long)]
+        per_source_rate: Option<u32>,
     },
     /// Report what kind of network this node sits behind.
     Netcheck {
@@ -247,7 +254,7 @@ enum Command {
         /// The relay's private key (base64), created if missing; a fresh key otherwise.
         #[arg(long)]
         key_file: Option<std::path::PathBuf>,
-        /// File holding the region's mesh key.
+        /// File holding the region's mesh key (at least 32 bytes, e.g. `openssl rand -hex 32`).
         #[arg(long)]
         mesh_key: Option<std::path::PathBuf>,
         /// Another relay of the region to mesh with (http[s]://host:port/derp); repeatable.
@@ -259,6 +266,28 @@ enum Command {
         /// Per-client burst, bytes.
         #[arg(long, requires = "rate_limit")]
         burst: Option<u64>,
+        /// Clients connected at once (lowered to fit the open-files limit).
+        #[arg(long, default_value_t = 100_000)]
+        max_clients: usize,
+        /// Clients connected at once from one IPv4 address or IPv6 /64 (loopback exempt).
+        #[arg(long, default_value_t = 1000)]
+        max_clients_per_ip: usize,
+        /// Connections not authenticated yet, at once; when full, the oldest is closed.
+        #[arg(long, default_value_t = 1024)]
+        max_pending: usize,
+        /// Connections not authenticated yet from one IPv4 address or IPv6 /64.
+        #[arg(long, default_value_t = 64)]
+        max_pending_per_ip: usize,
+        /// Serve only nodes the control server knows: ask URL (the control server,
+        /// http[s]://HOST:PORT) about each new client key; needs --verify-token-file.
+        #[arg(long, requires = "verify_token_file")]
+        verify_clients: Option<String>,
+        /// The token shared with the control server (its BURROW_DERP_VERIFY_TOKEN_FILE).
+        #[arg(long, requires = "verify_clients")]
+        verify_token_file: Option<std::path::PathBuf>,
+        /// Also trust this certificate (DER or PEM) for an https:// --verify-clients server.
+        #[arg(long, requires = "verify_clients")]
+        verify_tls_ca: Vec<std::path::PathBuf>,
     },
     /// Join the mesh: register with the control server, bring up the TUN interface, punch
     /// through NATs to peers (DERP until then) and enforce the packet filter. Needs root.
@@ -442,6 +471,8 @@ async fn run(command: Command) -> Result<()> {
             alt,
             workers,
             software,
+            rfc3489,
+            per_source_rate,
         } => {
             if let Some(alt) = alt {
                 if alt.is_ipv4() != listen.is_ipv4()
@@ -459,9 +490,13 @@ async fn run(command: Command) -> Result<()> {
                 alternate: alt,
                 software,
             };
-            let server = StunServer::bind(config)
+            let mut server = StunServer::bind(config)
                 .await
-                .context("starting the STUN server")?;
+                .context("starting the STUN server")?
+                .with_rfc3489(rfc3489);
+            if let Some(rate) = per_source_rate {
+                server = server.with_rate_limit_per_source(rate, rate.saturating_mul(2));
+            }
             let workers = workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             tracing::info!(addrs = ?server.local_addrs(), rfc5780 = alt.is_some(), workers, "STUN server listening");
@@ -557,6 +592,13 @@ async fn run(command: Command) -> Result<()> {
             mesh_with,
             rate_limit,
             burst,
+            max_clients,
+            max_clients_per_ip,
+            max_pending,
+            max_pending_per_ip,
+            verify_clients,
+            verify_token_file,
+            verify_tls_ca,
         } => {
             let private_key = match &key_file {
                 Some(path) if path.exists() => {
@@ -575,19 +617,60 @@ async fn run(command: Command) -> Result<()> {
             let tls = tls.server_config()?;
             let mesh_key = match &mesh_key {
                 Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("reading {}", p.display()))?
-                        .trim()
-                        .to_owned(),
+                    burrow_derp::MeshKey::new(
+                        &std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))?,
+                    )
+                    .with_context(|| format!("--mesh-key {}", p.display()))?,
                 ),
                 None => None,
             };
+            let verify = match (&verify_clients, &verify_token_file) {
+                (Some(url), Some(file)) => {
+                    let token = burrow::control::verify::read_token(file)
+                        .map_err(|e| anyhow::anyhow!("--verify-token-file: {e}"))?;
+                    let mut roots = Vec::new();
+                    for path in &verify_tls_ca {
+                        roots.extend(
+                            read_certificates(path)
+                                .with_context(|| format!("--verify-tls-ca {}", path.display()))?,
+                        );
+                    }
+                    Some(
+                        burrow::derper::VerifyClients::new(url, &token, roots)
+                            .map_err(|e| anyhow::anyhow!("--verify-clients {url}: {e}"))?,
+                    )
+                }
+                _ => None,
+            };
+            let mut admission = burrow::derper::Admission {
+                max_pending,
+                max_pending_per_ip,
+                max_clients,
+                max_clients_per_ip,
+                verify,
+            };
+            // Raise the open-files limit, and keep the caps under it: refusing connections
+            // beats running out of descriptors.
+            if let Some(limit) = burrow::derper::raise_fd_limit() {
+                let fitted = admission.clone().fit_to_fd_limit(limit);
+                if (fitted.max_pending, fitted.max_clients) != (max_pending, max_clients) {
+                    tracing::warn!(
+                        open_files = limit,
+                        max_pending = fitted.max_pending,
+                        max_clients = fitted.max_clients,
+                        "caps lowered to fit the open-files limit"
+                    );
+                }
+                admission = fitted;
+            }
             let config = burrow::derper::DerperConfig {
                 private_key: private_key.clone(),
                 mesh_key: mesh_key.clone(),
                 mesh_with: mesh_with.clone(),
                 tls,
                 rate_limit: rate_limit.zip(burst),
+                admission,
             };
             let relay = burrow::derper::Relay::new(&config);
             let listener = tokio::net::TcpListener::bind(listen)

@@ -25,6 +25,9 @@ pub struct Counters {
     pub ignored: AtomicU64,
     /// Answers that could not be sent.
     pub send_failures: AtomicU64,
+    /// Requests not answered: RFC 3489 (unless enabled), other methods, over a source's
+    /// rate limit.
+    pub refused: AtomicU64,
 }
 
 /// A bound STUN server: one socket per listen address (four with an RFC 5780 alternate).
@@ -33,6 +36,8 @@ pub struct StunServer<S = UdpSocket> {
     config: ServerConfig,
     sockets: Arc<Vec<(SocketAddr, S)>>,
     counters: Arc<Counters>,
+    rfc3489: bool,
+    per_source: Option<(u32, u32)>,
 }
 
 impl StunServer<UdpSocket> {
@@ -67,7 +72,22 @@ impl<S: UdpTransport> StunServer<S> {
             config,
             sockets: Arc::new(sockets),
             counters: Arc::new(Counters::default()),
+            rfc3489: false,
+            per_source: None,
         }
+    }
+
+    /// Also answers RFC 3489 requests (no magic cookie), for classic NAT-type clients.
+    pub fn with_rfc3489(mut self, on: bool) -> Self {
+        self.rfc3489 = on;
+        self
+    }
+
+    /// Answers at most `per_second` requests a second per source address (bursts of
+    /// `burst`), per worker.
+    pub fn with_rate_limit_per_source(mut self, per_second: u32, burst: u32) -> Self {
+        self.per_source = Some((per_second, burst));
+        self
     }
 
     /// The configuration, with any port chosen at bind time filled in.
@@ -92,7 +112,14 @@ impl<S: UdpTransport> StunServer<S> {
             for _ in 0..workers.max(1) {
                 let sockets = self.sockets.clone();
                 let counters = self.counters.clone();
-                let server = BindingServer::new(self.config.clone());
+                let mut server =
+                    BindingServer::new(self.config.clone()).answer_rfc3489(self.rfc3489);
+                if let Some((rate, burst)) = self.per_source {
+                    let seed = rand_chacha::rand_core::RngCore::next_u64(
+                        &mut <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_os_rng(),
+                    );
+                    server = server.rate_limit_per_source(rate, burst, seed);
+                }
                 tasks.spawn(serve_socket(server, sockets, index, counters));
             }
         }
@@ -122,7 +149,13 @@ async fn serve_socket<S: UdpTransport>(
                 continue;
             }
         };
-        match server.handle_packet(*local, from, &buf[..n], &mut out) {
+        match server.handle_packet_at(
+            Some(std::time::Instant::now()),
+            *local,
+            from,
+            &buf[..n],
+            &mut out,
+        ) {
             Ok(reply) => {
                 // Never answer from another address than the one RESPONSE-ORIGIN names.
                 let ok = match sockets.iter().find(|(a, _)| *a == reply.from) {
@@ -143,6 +176,10 @@ async fn serve_socket<S: UdpTransport>(
             }
             Err(Ignored::BadFingerprint) => {
                 counters.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e @ (Ignored::Rfc3489 | Ignored::NotBinding | Ignored::RateLimited)) => {
+                tracing::trace!(%from, reason = %e, "not answered");
+                counters.refused.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::trace!(%from, reason = %e, "ignored datagram");

@@ -2,8 +2,15 @@
 //! what it reads and writes what `poll_transmit` yields. Routes by destination key, keeps
 //! bounded per-client queues (a small separate one for disco), drops and counts on overflow,
 //! tells watchers about arrivals and departures, forwards over the mesh.
+//!
+//! Admission: a ClientInfo whose (key, nonce) was seen recently is a replay and is refused
+//! without touching the live connection of that key; clients are capped globally and per
+//! source; with [`ServerConfig::verify_clients`] a key waits (see [`Server::poll_verify`])
+//! until the driver reports the control server's [`Verdict`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use burrow_wg::{PrivateKey, PublicKey};
@@ -11,18 +18,40 @@ use bytes::Bytes;
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha20Rng;
 
-use crate::frame::{Frame, FrameDecoder, FrameError, PeerGoneReason, NONCE_LEN, PROTOCOL_VERSION};
+use crate::frame::{
+    Frame, FrameDecoder, FrameError, PeerGoneReason, HEADER_LEN, MAX_FRAME_SIZE, NONCE_LEN,
+    PROTOCOL_VERSION,
+};
+use crate::gate::{address_bucket, is_capped_source};
 use crate::info::{ClientInfo, ServerInfo};
 use crate::nacl::BoxKey;
+use crate::recent::Recent;
 
 /// Disco messages start with this magic ("TS💬"); they get the small priority queue.
 pub const DISCO_MAGIC: &[u8; 6] = b"TS\xf0\x9f\x92\xac";
 
 /// Control frames (pongs, peer notices, keep-alives) queued per client before new ones drop.
+/// Watchers' PeerPresent / PeerGone do not go through this queue (see [`MAX_WATCH_CHANGES`]).
 const MAX_CONTROL_QUEUE: usize = 1024;
 
-/// How long a new connection has to send its ClientInfo.
+/// Presence changes remembered per watcher before it is re-sent the whole client list.
+pub const MAX_WATCH_CHANGES: usize = 65_536;
+
+/// How long a new connection has to send its ClientInfo (and be verified).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shortest mesh key accepted, in bytes after trimming whitespace.
+pub const MIN_MESH_KEY_LEN: usize = 32;
+
+/// Distinct keys waiting for verification at once; more connections are refused.
+pub const MAX_PENDING_VERIFICATIONS: usize = 256;
+
+/// How long a verification answer is reused: allowed keys, then denied keys.
+pub const VERIFY_ALLOW_TTL: Duration = Duration::from_secs(60);
+/// See [`VERIFY_ALLOW_TTL`].
+pub const VERIFY_DENY_TTL: Duration = Duration::from_secs(10);
+/// Verification answers cached at most (each of allowed and denied).
+const VERIFY_CACHE: usize = 8192;
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -36,13 +65,58 @@ pub struct ConnId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MeshLink(pub u32);
 
+/// The region's shared secret: a client presenting it is a mesh peer (it may watch, forward
+/// and close other clients), so it must not be guessable. Debug never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MeshKey(String);
+
+/// A mesh key that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshKeyError {
+    /// Too short (an empty file trims to nothing).
+    #[error("the mesh key has {len} bytes after trimming; at least {MIN_MESH_KEY_LEN} are needed (e.g. `openssl rand -hex 32`)")]
+    TooShort {
+        /// Its length after trimming.
+        len: usize,
+    },
+}
+
+impl MeshKey {
+    /// The key in `text` with surrounding whitespace trimmed; at least [`MIN_MESH_KEY_LEN`] bytes.
+    pub fn new(text: &str) -> Result<Self, MeshKeyError> {
+        let t = text.trim();
+        if t.len() < MIN_MESH_KEY_LEN {
+            return Err(MeshKeyError::TooShort { len: t.len() });
+        }
+        Ok(MeshKey(t.to_owned()))
+    }
+
+    /// The secret itself (to put in a mesh client's ClientInfo).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl core::str::FromStr for MeshKey {
+    type Err = MeshKeyError;
+    fn from_str(s: &str) -> Result<Self, MeshKeyError> {
+        MeshKey::new(s)
+    }
+}
+
+impl core::fmt::Debug for MeshKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MeshKey(<redacted>)")
+    }
+}
+
 /// Relay settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The server's key (clients seal ClientInfo to it).
     pub private_key: PrivateKey,
     /// Servers sharing this key form a mesh.
-    pub mesh_key: Option<String>,
+    pub mesh_key: Option<MeshKey>,
     /// Data packets queued per client before new ones are dropped.
     pub queue_limit: usize,
     /// Disco packets queued per client before new ones are dropped.
@@ -51,10 +125,42 @@ pub struct ServerConfig {
     pub keepalive: Duration,
     /// Per-client rate limit on what it sends: (bytes per second, burst bytes).
     pub rate_limit: Option<(u64, u64)>,
+    /// Clients connected at once (a mesh peer is never refused); more are refused.
+    pub max_clients: usize,
+    /// Clients connected at once from one source (an IPv4 address or an IPv6 /64; loopback
+    /// is exempt). Mesh peers do not count.
+    pub max_clients_per_ip: usize,
+    /// Hold each new client key (mesh peers excepted) until the driver reports a verdict.
+    pub verify_clients: bool,
+    /// How long a ClientInfo's (key, nonce) is remembered after its connection, to refuse
+    /// replays. A live connection's own pair is refused for as long as it lives.
+    pub replay_window: Duration,
+    /// (key, nonce) pairs remembered at most; the oldest are forgotten first.
+    pub replay_memory: usize,
+}
+
+impl core::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("public_key", &self.private_key.public_key())
+            .field("mesh_key", &self.mesh_key.as_ref().map(|_| "<redacted>"))
+            .field("queue_limit", &self.queue_limit)
+            .field("disco_queue_limit", &self.disco_queue_limit)
+            .field("keepalive", &self.keepalive)
+            .field("rate_limit", &self.rate_limit)
+            .field("max_clients", &self.max_clients)
+            .field("max_clients_per_ip", &self.max_clients_per_ip)
+            .field("verify_clients", &self.verify_clients)
+            .field("replay_window", &self.replay_window)
+            .field("replay_memory", &self.replay_memory)
+            .finish()
+    }
 }
 
 impl ServerConfig {
-    /// Defaults: 32 data and 8 disco packets per client, keep-alives every 60 s, no rate limit.
+    /// Defaults: 32 data and 8 disco packets per client, keep-alives every 60 s, no rate
+    /// limit, 100,000 clients (1,000 per source), no verification, ClientInfo replays
+    /// refused for 10 minutes (32,768 remembered).
     pub fn new(private_key: PrivateKey) -> Self {
         ServerConfig {
             private_key,
@@ -63,7 +169,18 @@ impl ServerConfig {
             disco_queue_limit: 8,
             keepalive: Duration::from_secs(60),
             rate_limit: None,
+            max_clients: 100_000,
+            max_clients_per_ip: 1_000,
+            verify_clients: false,
+            replay_window: Duration::from_secs(600),
+            replay_memory: 32_768,
         }
+    }
+
+    /// The same with a mesh key, checked (at least [`MIN_MESH_KEY_LEN`] bytes after trimming).
+    pub fn with_mesh_key(mut self, mesh_key: &str) -> Result<Self, MeshKeyError> {
+        self.mesh_key = Some(MeshKey::new(mesh_key)?);
+        Ok(self)
     }
 }
 
@@ -76,6 +193,9 @@ pub enum CloseReason {
     /// The first frame was not a valid ClientInfo (wrong key, bad box, bad JSON, bad version).
     #[error("bad ClientInfo: {0}")]
     BadClientInfo(String),
+    /// A ClientInfo whose (key, nonce) the server has seen: a replayed handshake.
+    #[error("replayed ClientInfo")]
+    Replayed,
     /// A frame that only a mesh peer may send.
     #[error("{0} from a client that is not a mesh peer")]
     NotMeshPeer(&'static str),
@@ -85,6 +205,43 @@ pub enum CloseReason {
     /// A mesh peer asked (ClosePeer).
     #[error("closed at a mesh peer's request")]
     ClosedByMeshPeer,
+    /// The client cap is reached.
+    #[error("too many clients")]
+    TooManyClients,
+    /// The per-source client cap is reached.
+    #[error("too many clients from this address")]
+    TooManyFromAddress,
+    /// Verification denied the key, or could not answer.
+    #[error("client not verified: {0}")]
+    NotVerified(&'static str),
+    /// Too many keys are waiting for verification.
+    #[error("too many clients waiting for verification")]
+    VerifyBusy,
+}
+
+impl CloseReason {
+    /// Whether the client sent something wrong (counted in [`Stats::bad_connections`]),
+    /// rather than being refused by policy.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Malformed(_)
+                | CloseReason::BadClientInfo(_)
+                | CloseReason::Replayed
+                | CloseReason::NotMeshPeer(_)
+        )
+    }
+}
+
+/// What the control server said about a client key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A live node: admit (remembered for [`VERIFY_ALLOW_TTL`]).
+    Allowed,
+    /// Not a node: refuse (remembered for [`VERIFY_DENY_TTL`]).
+    Denied,
+    /// No answer (control server unreachable): refuse this connection, remember nothing.
+    Unknown,
 }
 
 /// Why a packet was dropped (for metrics).
@@ -115,11 +272,27 @@ pub struct Stats {
     pub bad_connections: u64,
     /// Mesh links up.
     pub mesh_peers: usize,
+    /// ClientInfos refused as replays.
+    pub replayed_client_infos: u64,
+    /// Clients refused by a cap or by verification.
+    pub refused_clients: u64,
+    /// Keys waiting for verification now.
+    pub pending_verifications: usize,
 }
 
 enum State {
     AwaitingClientInfo,
-    Active { key: [u8; 32], mesh: bool },
+    /// ClientInfo opened; waiting for the driver's verdict on `key`.
+    Verifying {
+        key: [u8; 32],
+        nonce: [u8; NONCE_LEN],
+        bx: Box<BoxKey>,
+    },
+    Active {
+        key: [u8; 32],
+        mesh: bool,
+        nonce: [u8; NONCE_LEN],
+    },
 }
 
 /// A relayed packet waiting in a queue: its RecvPacket header plus the packet bytes sliced
@@ -136,18 +309,127 @@ impl Out {
     }
 }
 
+/// Where a watcher's dump of the client list stands.
+#[derive(Clone, Copy)]
+enum Dump {
+    Start,
+    After([u8; 32]),
+    Done,
+}
+
+/// A mesh watcher's pending news: the client list, walked as its writer drains (not
+/// queued), and the keys whose presence changed since, announced as they are when written.
+struct Watch {
+    dump: Dump,
+    changed: BTreeSet<[u8; 32]>,
+}
+
+impl Watch {
+    fn next_dump_key(
+        &self,
+        by_key: &BTreeMap<[u8; 32], ConnId>,
+        own: [u8; 32],
+    ) -> Option<[u8; 32]> {
+        let mut keys = match self.dump {
+            Dump::Done => return None,
+            Dump::Start => by_key.range::<[u8; 32], _>(..),
+            Dump::After(k) => by_key.range((Bound::Excluded(k), Bound::Unbounded)),
+        };
+        keys.find(|(k, _)| **k != own).map(|(k, _)| *k)
+    }
+
+    fn pending(&self, by_key: &BTreeMap<[u8; 32], ConnId>, own: [u8; 32]) -> bool {
+        !self.changed.is_empty() || self.next_dump_key(by_key, own).is_some()
+    }
+
+    fn next_frame(&mut self, by_key: &BTreeMap<[u8; 32], ConnId>, own: [u8; 32]) -> Option<Bytes> {
+        if let Some(key) = self.changed.pop_first() {
+            return Some(if by_key.contains_key(&key) {
+                present(key)
+            } else {
+                frame(Frame::PeerGone {
+                    key,
+                    reason: PeerGoneReason::Disconnected,
+                })
+            });
+        }
+        match self.next_dump_key(by_key, own) {
+            Some(key) => {
+                self.dump = Dump::After(key);
+                Some(present(key))
+            }
+            None => {
+                self.dump = Dump::Done;
+                None
+            }
+        }
+    }
+}
+
+fn present(key: [u8; 32]) -> Bytes {
+    frame(Frame::PeerPresent {
+        key,
+        endpoint: None,
+        flags: None,
+    })
+}
+
 struct Conn {
     state: State,
     decoder: FrameDecoder,
     data: VecDeque<Out>,
     disco: VecDeque<Out>,
     control: VecDeque<Bytes>,
+    watch: Option<Box<Watch>>,
     last_write: Instant,
     tokens: f64,
     last_refill: Instant,
     preferred: bool,
     accepted_at: Instant,
     last_peer_gone: Option<Instant>,
+    /// The source address, if the driver said.
+    ip: Option<IpAddr>,
+    /// The per-source bucket this client counts against, once admitted.
+    counted: Option<IpAddr>,
+}
+
+/// What a connection writes next.
+enum Next {
+    Frame(Bytes),
+    Packet(Out),
+}
+
+impl Conn {
+    fn own_key(&self) -> [u8; 32] {
+        match self.state {
+            State::Active { key, .. } | State::Verifying { key, .. } => key,
+            State::AwaitingClientInfo => [0; 32],
+        }
+    }
+
+    fn next(&mut self, by_key: &BTreeMap<[u8; 32], ConnId>) -> Option<Next> {
+        if let Some(b) = self.control.pop_front() {
+            return Some(Next::Frame(b));
+        }
+        let own = self.own_key();
+        if let Some(b) = self.watch.as_mut().and_then(|w| w.next_frame(by_key, own)) {
+            return Some(Next::Frame(b));
+        }
+        self.disco
+            .pop_front()
+            .or_else(|| self.data.pop_front())
+            .map(Next::Packet)
+    }
+
+    fn has_output(&self, by_key: &BTreeMap<[u8; 32], ConnId>) -> bool {
+        !self.control.is_empty()
+            || !self.disco.is_empty()
+            || !self.data.is_empty()
+            || self
+                .watch
+                .as_ref()
+                .is_some_and(|w| w.pending(by_key, self.own_key()))
+    }
 }
 
 /// The relay.
@@ -168,6 +450,18 @@ pub struct Server {
     stats: Stats,
     now: Option<Instant>,
     last_served: Option<ConnId>,
+    /// ClientInfo (key, nonce) pairs seen recently.
+    seen: Recent<([u8; 32], [u8; NONCE_LEN]), ()>,
+    verify_allowed: Recent<[u8; 32], ()>,
+    verify_denied: Recent<[u8; 32], ()>,
+    /// Connections waiting for a verdict, by key.
+    verifying: BTreeMap<[u8; 32], BTreeSet<ConnId>>,
+    /// Keys for the driver to look up.
+    verify_out: VecDeque<[u8; 32]>,
+    /// Admitted clients per source bucket.
+    per_source: BTreeMap<IpAddr, usize>,
+    /// Admitted clients that are not mesh peers.
+    non_mesh: usize,
 }
 
 impl core::fmt::Debug for Server {
@@ -187,6 +481,7 @@ impl Server {
     /// A relay with its own random source (for ServerInfo nonces).
     pub fn new(config: ServerConfig, rng: ChaCha20Rng) -> Self {
         let public = config.private_key.public_key();
+        let seen = Recent::new(config.replay_window, config.replay_memory);
         Server {
             config,
             public,
@@ -203,6 +498,13 @@ impl Server {
             stats: Stats::default(),
             now: None,
             last_served: None,
+            seen,
+            verify_allowed: Recent::new(VERIFY_ALLOW_TTL, VERIFY_CACHE),
+            verify_denied: Recent::new(VERIFY_DENY_TTL, VERIFY_CACHE),
+            verifying: BTreeMap::new(),
+            verify_out: VecDeque::new(),
+            per_source: BTreeMap::new(),
+            non_mesh: 0,
         }
     }
 
@@ -216,12 +518,19 @@ impl Server {
         Stats {
             clients: self.by_key.len(),
             mesh_peers: self.mesh_links.len(),
+            pending_verifications: self.verifying.len(),
             ..self.stats.clone()
         }
     }
 
-    /// A new connection: the server speaks first (ServerKey).
+    /// A new connection: the server speaks first (ServerKey). Without a source address,
+    /// per-source caps do not apply to it; see [`Server::accept_from`].
     pub fn accept(&mut self, now: Instant, conn: ConnId) {
+        self.accept_from(now, conn, None);
+    }
+
+    /// A new connection from `ip` (counted against the per-source client cap once admitted).
+    pub fn accept_from(&mut self, now: Instant, conn: ConnId, ip: Option<IpAddr>) {
         self.now = Some(now);
         let mut c = Conn {
             state: State::AwaitingClientInfo,
@@ -229,6 +538,7 @@ impl Server {
             data: VecDeque::new(),
             disco: VecDeque::new(),
             control: VecDeque::new(),
+            watch: None,
             last_write: now,
             tokens: self
                 .config
@@ -238,12 +548,21 @@ impl Server {
             preferred: false,
             accepted_at: now,
             last_peer_gone: None,
+            ip,
+            counted: None,
         };
         c.control
             .push_back(frame(Frame::ServerKey { key: self.public.0 }));
         self.conns.insert(conn, c);
         self.ready.insert(conn);
         self.woken.insert(conn);
+    }
+
+    /// Whether the connection's client was admitted (its ClientInfo accepted and verified).
+    pub fn is_admitted(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| matches!(c.state, State::Active { .. }))
     }
 
     /// Bytes read from a connection.
@@ -253,6 +572,11 @@ impl Server {
             return;
         };
         c.decoder.extend(bytes);
+        self.process(now, conn);
+    }
+
+    /// Handles the whole frames buffered for `conn`.
+    fn process(&mut self, now: Instant, conn: ConnId) {
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
@@ -260,6 +584,20 @@ impl Server {
             let active = match c.state {
                 State::Active { key, .. } => Some(key),
                 State::AwaitingClientInfo => None,
+                State::Verifying { .. } => {
+                    // Nothing is read until the verdict; a client that pushes more than a
+                    // frame's worth meanwhile is not waiting for ServerInfo as it should.
+                    if c.decoder.buffered() > HEADER_LEN + MAX_FRAME_SIZE {
+                        self.refuse(
+                            now,
+                            conn,
+                            CloseReason::BadClientInfo(
+                                "sent too much before the server's answer".into(),
+                            ),
+                        );
+                    }
+                    return;
+                }
             };
             let next = match c.decoder.next_frame() {
                 None => return,
@@ -283,11 +621,26 @@ impl Server {
                     .and_then(|f| self.handle_frame(now, conn, f)),
             };
             if let Err(reason) = next {
-                self.stats.bad_connections += 1;
-                self.close(now, conn, reason);
+                self.refuse(now, conn, reason);
                 return;
             }
         }
+    }
+
+    /// Closes a connection for `reason`, counting it.
+    fn refuse(&mut self, now: Instant, conn: ConnId, reason: CloseReason) {
+        match reason {
+            CloseReason::Replayed => self.stats.replayed_client_infos += 1,
+            CloseReason::TooManyClients
+            | CloseReason::TooManyFromAddress
+            | CloseReason::NotVerified(_)
+            | CloseReason::VerifyBusy => self.stats.refused_clients += 1,
+            _ => {}
+        }
+        if reason.is_bad_input() {
+            self.stats.bad_connections += 1;
+        }
+        self.close(now, conn, reason);
     }
 
     fn handle_frame(
@@ -321,35 +674,15 @@ impl Server {
                         info.version
                     )));
                 }
-                // As Tailscale: a wrong mesh key makes an ordinary client, not an error.
-                let mesh = matches!((&info.mesh_key, &self.config.mesh_key), (Some(theirs), Some(ours)) if constant_eq(theirs.as_bytes(), ours.as_bytes()));
-                let mut nonce = [0u8; NONCE_LEN];
-                self.rng.fill_bytes(&mut nonce);
-                let (rate, burst) = self.config.rate_limit.unwrap_or((0, 0));
-                let reply = ServerInfo {
-                    version: PROTOCOL_VERSION,
-                    token_bucket_bytes_per_second: rate,
-                    token_bucket_bytes_burst: burst,
-                };
-                let sealed = bx.seal(&nonce, &serde_json::to_vec(&reply).expect("serializable"));
-                c.control.push_back(frame(Frame::ServerInfo {
-                    nonce,
-                    sealed: &sealed,
-                }));
-                c.state = State::Active { key, mesh };
-                self.ready.insert(conn);
-                self.woken.insert(conn);
-                // A newer connection for the same key replaces the older one.
-                if let Some(old) = self.by_key.insert(key, conn) {
-                    if old != conn {
-                        self.closing.push_back((old, CloseReason::Replaced));
-                        self.drop_conn(old, false);
-                    }
-                }
-                self.broadcast_present(key);
-                return Ok(());
+                return self.client_info(now, conn, key, nonce, bx, &info);
             }
-            State::Active { key, mesh } => (key, mesh),
+            // process() reads nothing while verifying; never reached, but never a panic either.
+            State::Verifying { .. } => {
+                return Err(CloseReason::BadClientInfo(
+                    "a frame before the verdict".into(),
+                ))
+            }
+            State::Active { key, mesh, .. } => (key, mesh),
         };
         match f {
             Frame::SendPacket { dst, packet } => {
@@ -382,18 +715,20 @@ impl Server {
                     return Err(CloseReason::NotMeshPeer("WatchConns"));
                 }
                 self.watchers.insert(conn);
-                let present: Vec<[u8; 32]> =
-                    self.by_key.keys().copied().filter(|k| *k != key).collect();
-                for k in present {
-                    self.push_control(
-                        conn,
-                        frame(Frame::PeerPresent {
-                            key: k,
-                            endpoint: None,
-                            flags: None,
-                        }),
-                    );
+                // The client list goes out as the writer drains, never through the capped
+                // control queue: every client is reported however many there are.
+                let c = c_mut(&mut self.conns, conn);
+                match &mut c.watch {
+                    Some(w) => w.dump = Dump::Start,
+                    None => {
+                        c.watch = Some(Box::new(Watch {
+                            dump: Dump::Start,
+                            changed: BTreeSet::new(),
+                        }))
+                    }
                 }
+                self.ready.insert(conn);
+                self.woken.insert(conn);
             }
             Frame::ClosePeer { key: target } => {
                 if !mesh {
@@ -407,6 +742,174 @@ impl Server {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A ClientInfo that opened: refuse replays, then verify or admit.
+    fn client_info(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        key: [u8; 32],
+        nonce: [u8; NONCE_LEN],
+        bx: BoxKey,
+        info: &ClientInfo,
+    ) -> Result<(), CloseReason> {
+        // The wire format has no server challenge, so a captured ClientInfo could be
+        // replayed; refuse a (key, nonce) pair seen recently or held by the live connection,
+        // before anything happens to that connection.
+        let live_nonce = self
+            .by_key
+            .get(&key)
+            .and_then(|id| self.conns.get(id))
+            .and_then(|c| match c.state {
+                State::Active { nonce, .. } => Some(nonce),
+                _ => None,
+            });
+        if live_nonce == Some(nonce) || self.seen.get(now, &(key, nonce)).is_some() {
+            return Err(CloseReason::Replayed);
+        }
+        self.seen.insert(now, (key, nonce), ());
+        // As Tailscale: a wrong mesh key makes an ordinary client, not an error.
+        let mesh = matches!((&info.mesh_key, &self.config.mesh_key), (Some(theirs), Some(ours)) if constant_eq(theirs.as_bytes(), ours.0.as_bytes()));
+        if self.config.verify_clients && !mesh && self.verify_allowed.get(now, &key).is_none() {
+            if self.verify_denied.get(now, &key).is_some() {
+                return Err(CloseReason::NotVerified("denied by the control server"));
+            }
+            if !self.verifying.contains_key(&key) {
+                if self.verifying.len() >= MAX_PENDING_VERIFICATIONS {
+                    return Err(CloseReason::VerifyBusy);
+                }
+                self.verify_out.push_back(key);
+            }
+            self.verifying.entry(key).or_default().insert(conn);
+            c_mut(&mut self.conns, conn).state = State::Verifying {
+                key,
+                nonce,
+                bx: Box::new(bx),
+            };
+            return Ok(());
+        }
+        self.admit(conn, key, mesh, nonce, &bx)
+    }
+
+    /// Caps, then ServerInfo: the client is in.
+    fn admit(
+        &mut self,
+        conn: ConnId,
+        key: [u8; 32],
+        mesh: bool,
+        nonce: [u8; NONCE_LEN],
+        bx: &BoxKey,
+    ) -> Result<(), CloseReason> {
+        let replacing = self.by_key.get(&key).and_then(|id| self.conns.get(id));
+        let mut counted = None;
+        if !mesh {
+            let replacing_counts =
+                replacing.is_some_and(|r| matches!(r.state, State::Active { mesh: false, .. }));
+            let others = self.non_mesh - usize::from(replacing_counts);
+            if others >= self.config.max_clients {
+                return Err(CloseReason::TooManyClients);
+            }
+            let ip = self.conns.get(&conn).and_then(|c| c.ip);
+            if let Some(bucket) = ip.filter(|ip| is_capped_source(*ip)).map(address_bucket) {
+                let mut n = self.per_source.get(&bucket).copied().unwrap_or(0);
+                if replacing.and_then(|r| r.counted) == Some(bucket) {
+                    n -= 1;
+                }
+                if n >= self.config.max_clients_per_ip {
+                    return Err(CloseReason::TooManyFromAddress);
+                }
+                counted = Some(bucket);
+            }
+        }
+        let mut server_nonce = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut server_nonce);
+        let (rate, burst) = self.config.rate_limit.unwrap_or((0, 0));
+        let reply = ServerInfo {
+            version: PROTOCOL_VERSION,
+            token_bucket_bytes_per_second: rate,
+            token_bucket_bytes_burst: burst,
+        };
+        let sealed = bx.seal(
+            &server_nonce,
+            &serde_json::to_vec(&reply).expect("serializable"),
+        );
+        let c = c_mut(&mut self.conns, conn);
+        c.control.push_back(frame(Frame::ServerInfo {
+            nonce: server_nonce,
+            sealed: &sealed,
+        }));
+        c.state = State::Active { key, mesh, nonce };
+        c.counted = counted;
+        if !mesh {
+            self.non_mesh += 1;
+        }
+        if let Some(b) = counted {
+            *self.per_source.entry(b).or_default() += 1;
+        }
+        self.ready.insert(conn);
+        self.woken.insert(conn);
+        // A newer connection for the same key replaces the older one.
+        if let Some(old) = self.by_key.insert(key, conn) {
+            if old != conn {
+                self.closing.push_back((old, CloseReason::Replaced));
+                self.drop_conn(old, false);
+            }
+        }
+        self.note_change(key);
+        Ok(())
+    }
+
+    /// The next key the driver should verify (with the control server), then report with
+    /// [`Server::verified`]. Each key is asked once however many connections wait for it.
+    pub fn poll_verify(&mut self) -> Option<PublicKey> {
+        while let Some(k) = self.verify_out.pop_front() {
+            if self.verifying.contains_key(&k) {
+                return Some(PublicKey(k));
+            }
+        }
+        None
+    }
+
+    /// The verdict on `key`: its waiting connections are admitted (and their buffered frames
+    /// handled) or closed.
+    pub fn verified(&mut self, now: Instant, key: &PublicKey, verdict: Verdict) {
+        self.now = Some(now);
+        match verdict {
+            Verdict::Allowed => {
+                self.verify_denied.remove(&key.0);
+                self.verify_allowed.insert(now, key.0, ());
+            }
+            Verdict::Denied => {
+                self.verify_allowed.remove(&key.0);
+                self.verify_denied.insert(now, key.0, ());
+            }
+            Verdict::Unknown => {}
+        }
+        let Some(waiting) = self.verifying.remove(&key.0) else {
+            return;
+        };
+        for conn in waiting {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                continue;
+            };
+            let State::Verifying { key, nonce, bx } =
+                std::mem::replace(&mut c.state, State::AwaitingClientInfo)
+            else {
+                continue;
+            };
+            let result = match verdict {
+                Verdict::Allowed => self.admit(conn, key, false, nonce, &bx),
+                Verdict::Denied => Err(CloseReason::NotVerified("denied by the control server")),
+                Verdict::Unknown => Err(CloseReason::NotVerified(
+                    "no answer from the control server",
+                )),
+            };
+            match result {
+                Ok(()) => self.process(now, conn),
+                Err(reason) => self.refuse(now, conn, reason),
+            }
+        }
     }
 
     fn take_tokens(&mut self, now: Instant, conn: ConnId, len: usize) -> bool {
@@ -513,19 +1016,27 @@ impl Server {
         }
     }
 
-    fn broadcast_present(&mut self, key: [u8; 32]) {
-        let watchers: Vec<ConnId> = self.watchers.iter().copied().collect();
-        for w in watchers {
-            if self.by_key.get(&key) != Some(&w) {
-                self.push_control(
-                    w,
-                    frame(Frame::PeerPresent {
-                        key,
-                        endpoint: None,
-                        flags: None,
-                    }),
-                );
+    /// Tells every watcher (but the key's own connection) that `key` arrived or left; what
+    /// it is told is decided when the frame is written.
+    fn note_change(&mut self, key: [u8; 32]) {
+        let own = self.by_key.get(&key).copied();
+        for &w in &self.watchers {
+            if Some(w) == own {
+                continue;
             }
+            let Some(watch) = self.conns.get_mut(&w).and_then(|c| c.watch.as_mut()) else {
+                continue;
+            };
+            if watch.changed.len() >= MAX_WATCH_CHANGES {
+                // Too much news for a watcher that does not read: start it over with the
+                // whole list (departures in between are not announced).
+                watch.changed.clear();
+                watch.dump = Dump::Start;
+            } else {
+                watch.changed.insert(key);
+            }
+            self.ready.insert(w);
+            self.woken.insert(w);
         }
     }
 
@@ -535,22 +1046,39 @@ impl Server {
         };
         self.ready.remove(&conn);
         self.watchers.remove(&conn);
-        if let State::Active { key, .. } = c.state {
-            if self.by_key.get(&key) == Some(&conn) {
-                self.by_key.remove(&key);
-                if announce {
-                    let watchers: Vec<ConnId> = self.watchers.iter().copied().collect();
-                    for w in watchers {
-                        self.push_control(
-                            w,
-                            frame(Frame::PeerGone {
-                                key,
-                                reason: PeerGoneReason::Disconnected,
-                            }),
-                        );
+        if let Some(b) = c.counted {
+            if let Some(n) = self.per_source.get_mut(&b) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&b);
+                }
+            }
+        }
+        match c.state {
+            State::Active { key, nonce, mesh } => {
+                if !mesh {
+                    self.non_mesh -= 1;
+                }
+                // The replay window runs from the end of the connection.
+                if let Some(now) = self.now {
+                    self.seen.insert(now, (key, nonce), ());
+                }
+                if self.by_key.get(&key) == Some(&conn) {
+                    self.by_key.remove(&key);
+                    if announce {
+                        self.note_change(key);
                     }
                 }
             }
+            State::Verifying { key, .. } => {
+                if let Some(waiting) = self.verifying.get_mut(&key) {
+                    waiting.remove(&conn);
+                    if waiting.is_empty() {
+                        self.verifying.remove(&key);
+                    }
+                }
+            }
+            State::AwaitingClientInfo => {}
         }
     }
 
@@ -583,12 +1111,14 @@ impl Server {
     /// Sends keep-alives to clients idle for the keep-alive interval.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
-        // Connections that never sent a ClientInfo are closed (slowloris).
+        self.seen.expire(now);
+        // Connections not admitted within the handshake timeout are closed (slowloris, or a
+        // verification that never came back).
         let stalled: Vec<ConnId> = self
             .conns
             .iter()
             .filter(|(_, c)| {
-                matches!(c.state, State::AwaitingClientInfo)
+                !matches!(c.state, State::Active { .. })
                     && now.saturating_duration_since(c.accepted_at) >= HANDSHAKE_TIMEOUT
             })
             .map(|(id, _)| *id)
@@ -621,18 +1151,19 @@ impl Server {
             .values()
             .map(|c| match c.state {
                 State::Active { .. } => c.last_write + self.config.keepalive,
-                State::AwaitingClientInfo => c.accepted_at + HANDSHAKE_TIMEOUT,
+                _ => c.accepted_at + HANDSHAKE_TIMEOUT,
             })
             .min()
     }
 
-    /// The next bytes to write to a connection (control first, then disco, then data).
+    /// The next bytes to write to a connection (control first, then watcher news, then
+    /// disco, then data).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<(ConnId, Bytes)> {
         loop {
             // Round-robin: the next ready connection after the one served last.
             let after = self.last_served.and_then(|l| {
                 self.ready
-                    .range((std::ops::Bound::Excluded(l), std::ops::Bound::Unbounded))
+                    .range((Bound::Excluded(l), Bound::Unbounded))
                     .next()
                     .copied()
             });
@@ -644,23 +1175,13 @@ impl Server {
                 self.ready.remove(&id);
                 continue;
             };
-            let next = c.control.pop_front().or_else(|| {
-                c.disco
-                    .pop_front()
-                    .or_else(|| c.data.pop_front())
-                    .map(materialize)
-            });
-            match next {
-                Some(b) => {
+            match c.next(&self.by_key) {
+                Some(next) => {
                     c.last_write = now;
-                    if c.control.is_empty() && c.disco.is_empty() && c.data.is_empty() {
+                    if !c.has_output(&self.by_key) {
                         self.ready.remove(&id);
-                    } else {
-                        // Round-robin: move to the back by re-inserting after others.
-                        self.ready.remove(&id);
-                        self.ready.insert(id);
                     }
-                    return Some((id, b));
+                    return Some((id, materialize(next)));
                 }
                 None => {
                     self.ready.remove(&id);
@@ -674,19 +1195,14 @@ impl Server {
     /// which takes only as fast as its socket accepts (the server's queues stay the bound).
     pub fn poll_transmit_for(&mut self, now: Instant, conn: ConnId) -> Option<Bytes> {
         let c = self.conns.get_mut(&conn)?;
-        let next = c.control.pop_front().or_else(|| {
-            c.disco
-                .pop_front()
-                .or_else(|| c.data.pop_front())
-                .map(materialize)
-        });
+        let next = c.next(&self.by_key);
         if next.is_some() {
             c.last_write = now;
         }
-        if c.control.is_empty() && c.disco.is_empty() && c.data.is_empty() {
+        if !c.has_output(&self.by_key) {
             self.ready.remove(&conn);
         }
-        next
+        next.map(materialize)
     }
 
     /// Appends this connection's queued frames to `out`, up to about `max` bytes; returns
@@ -703,19 +1219,17 @@ impl Server {
         };
         let start = out.len();
         while out.len() - start < max {
-            if let Some(b) = c.control.pop_front() {
-                out.extend_from_slice(&b);
-            } else if let Some(o) = c.disco.pop_front().or_else(|| c.data.pop_front()) {
-                o.append_to(out);
-            } else {
-                break;
+            match c.next(&self.by_key) {
+                Some(Next::Frame(b)) => out.extend_from_slice(&b),
+                Some(Next::Packet(o)) => o.append_to(out),
+                None => break,
             }
         }
         let wrote = out.len() > start;
         if wrote {
             c.last_write = now;
         }
-        if c.control.is_empty() && c.disco.is_empty() && c.data.is_empty() {
+        if !c.has_output(&self.by_key) {
             self.ready.remove(&conn);
         }
         wrote
@@ -762,10 +1276,15 @@ impl Server {
     }
 }
 
-fn materialize(o: Out) -> Bytes {
-    let mut v = Vec::with_capacity(37 + o.body.len());
-    o.append_to(&mut v);
-    Bytes::from(v)
+fn materialize(next: Next) -> Bytes {
+    match next {
+        Next::Frame(b) => b,
+        Next::Packet(o) => {
+            let mut v = Vec::with_capacity(37 + o.body.len());
+            o.append_to(&mut v);
+            Bytes::from(v)
+        }
+    }
 }
 
 fn c_mut(conns: &mut BTreeMap<ConnId, Conn>, id: ConnId) -> &mut Conn {

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use burrow_derp::server::DISCO_MAGIC;
 use burrow_derp::{
-    Client, ClientEvent, CloseReason, ConnId, DropReason, Frame, MeshLink, PeerGoneReason, Server,
-    ServerConfig,
+    Client, ClientEvent, CloseReason, ConnId, DropReason, Frame, MeshKey, MeshKeyError, MeshLink,
+    PeerGoneReason, Server, ServerConfig, Verdict,
 };
 use burrow_wg::PrivateKey;
 use rand_chacha::rand_core::SeedableRng;
@@ -20,6 +20,9 @@ struct Net {
     /// Connections whose reads the driver pauses (slow readers).
     paused: Vec<ConnId>,
 }
+
+/// A region's mesh key (long enough to be accepted).
+const REGION: &str = "region-secret-0123456789abcdef0123456789";
 
 fn key(n: u8) -> PrivateKey {
     PrivateKey::from_bytes([n; 32])
@@ -51,6 +54,78 @@ impl Net {
         self.server.accept(self.now, conn);
         self.pump();
         conn
+    }
+
+    /// Connects from a source address (for the per-source caps).
+    fn connect_from(&mut self, id: u64, k: PrivateKey, ip: &str) -> ConnId {
+        let conn = ConnId(id);
+        let server_key = self.server.public_key();
+        self.clients.insert(
+            conn,
+            Client::new(k, Some(server_key), None, ChaCha20Rng::seed_from_u64(id)),
+        );
+        self.server
+            .accept_from(self.now, conn, Some(ip.parse().unwrap()));
+        self.pump();
+        conn
+    }
+
+    /// Connects and returns the exact ClientInfo frame the client sent (what an on-path
+    /// attacker could capture).
+    fn connect_capturing(&mut self, id: u64, k: PrivateKey) -> (ConnId, Vec<u8>) {
+        let conn = ConnId(id);
+        let mut client = Client::new(
+            k,
+            Some(self.server.public_key()),
+            None,
+            ChaCha20Rng::seed_from_u64(id),
+        );
+        self.server.accept(self.now, conn);
+        let server_key = self.server.poll_transmit_for(self.now, conn).unwrap();
+        client.handle_bytes(&server_key).unwrap();
+        let client_info = client.poll_transmit().unwrap();
+        self.server.handle_bytes(self.now, conn, &client_info);
+        self.clients.insert(conn, client);
+        self.pump();
+        (conn, client_info)
+    }
+
+    /// Moves bytes like `pump`, but never writes to `skip` (a watcher that is not reading).
+    fn pump_except(&mut self, skip: ConnId) {
+        loop {
+            let mut moved = false;
+            let ids: Vec<ConnId> = self
+                .clients
+                .keys()
+                .copied()
+                .filter(|c| *c != skip)
+                .collect();
+            for conn in ids {
+                while let Some(bytes) = self.server.poll_transmit_for(self.now, conn) {
+                    moved = true;
+                    if let Some(c) = self.clients.get_mut(&conn) {
+                        c.handle_bytes(&bytes).unwrap();
+                    }
+                }
+            }
+            for (&conn, c) in self.clients.iter_mut() {
+                while let Some(b) = c.poll_transmit() {
+                    moved = true;
+                    self.server.handle_bytes(self.now, conn, &b);
+                }
+            }
+            while let Some((conn, reason)) = self.server.poll_close() {
+                self.clients.remove(&conn);
+                self.closed.push((conn, reason));
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn is_connected(&mut self, conn: ConnId) -> bool {
+        self.clients.contains_key(&conn) && self.server.is_admitted(conn)
     }
 
     fn pump(&mut self) {
@@ -392,8 +467,7 @@ fn ping_pong_keepalive_and_restart() {
 
 #[test]
 fn watchers_need_the_mesh_key_and_hear_arrivals_and_departures() {
-    let mut config = ServerConfig::new(key(9));
-    config.mesh_key = Some("region-secret".into());
+    let config = ServerConfig::new(key(9)).with_mesh_key(REGION).unwrap();
     let mut net = Net::new(config);
     let a = net.connect(1, key(1), None);
     // Not a mesh peer: WatchConns closes the connection.
@@ -407,7 +481,7 @@ fn watchers_need_the_mesh_key_and_hear_arrivals_and_departures() {
     net.pump();
     assert!(matches!(net.closed.last(), Some((c, CloseReason::NotMeshPeer(_))) if *c == guess));
     let b = net.connect(3, key(3), None);
-    let w = net.connect(4, key(4), Some("region-secret"));
+    let w = net.connect(4, key(4), Some(REGION));
     net.events(w);
     net.clients.get_mut(&w).unwrap().watch_conns();
     net.pump();
@@ -442,11 +516,7 @@ fn watchers_need_the_mesh_key_and_hear_arrivals_and_departures() {
 
 #[test]
 fn mesh_forwards_one_hop_between_servers_of_a_region() {
-    let mesh = || {
-        let mut c = ServerConfig::new(key(9));
-        c.mesh_key = Some("m".into());
-        c
-    };
+    let mesh = || ServerConfig::new(key(9)).with_mesh_key(REGION).unwrap();
     let mut s1 = Net::new(mesh());
     let mut s2 = Net::new(ServerConfig {
         private_key: key(8),
@@ -458,7 +528,7 @@ fn mesh_forwards_one_hop_between_servers_of_a_region() {
     s2.events(b);
     // s1 runs a mesh client to s2 and watches its clients.
     let link = MeshLink(0);
-    let watcher = s2.connect(99, key(9), Some("m"));
+    let watcher = s2.connect(99, key(9), Some(REGION));
     s2.events(watcher);
     s2.clients.get_mut(&watcher).unwrap().watch_conns();
     s2.pump();
@@ -486,4 +556,264 @@ fn mesh_forwards_one_hop_between_servers_of_a_region() {
         }]
     );
     assert_eq!(s1.server.stats().mesh_peers, 1);
+}
+
+fn send(net: &mut Net, from: ConnId, to: u8, data: &[u8]) {
+    net.clients
+        .get_mut(&from)
+        .unwrap()
+        .send_packet(&key(to).public_key(), data);
+    net.pump();
+}
+
+fn got_packet(net: &mut Net, conn: ConnId, data: &[u8]) -> bool {
+    net.events(conn)
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Packet { data: d, .. } if d == data))
+}
+
+/// Audit #10: a captured ClientInfo replayed on a new connection is refused, and the real
+/// client keeps its connection and its packets (it used to be kicked off as "replaced").
+#[test]
+fn a_replayed_client_info_is_refused_and_does_not_kick_the_real_client() {
+    let mut net = Net::new(ServerConfig::new(key(9)));
+    let (a, captured) = net.connect_capturing(1, key(1));
+    let b = net.connect(2, key(2), None);
+    assert!(net.is_connected(a));
+    let replay = ConnId(66);
+    net.server.accept(net.now, replay);
+    let _server_key = net.server.poll_transmit_for(net.now, replay);
+    net.server.handle_bytes(net.now, replay, &captured);
+    assert_eq!(
+        net.server.poll_transmit_for(net.now, replay),
+        None,
+        "no ServerInfo"
+    );
+    assert_eq!(
+        net.server.poll_close(),
+        Some((replay, CloseReason::Replayed))
+    );
+    assert!(net.is_connected(a), "the real client was not kicked");
+    net.events(a);
+    send(&mut net, b, 1, b"still yours");
+    assert!(got_packet(&mut net, a, b"still yours"));
+    // After the real client left, the same bytes are still refused (within the window).
+    net.server.disconnected(a);
+    net.clients.remove(&a);
+    net.now += Duration::from_secs(60);
+    let again = ConnId(67);
+    net.server.accept(net.now, again);
+    net.server.handle_bytes(net.now, again, &captured);
+    assert_eq!(
+        net.server.poll_close(),
+        Some((again, CloseReason::Replayed))
+    );
+    assert_eq!(net.server.stats().replayed_client_infos, 2);
+    // A fresh handshake with the same key (new nonce) is fine.
+    let fresh = net.connect(3, key(1), None);
+    assert!(net.is_connected(fresh));
+}
+
+/// Audit #10: with verification on, a key is held (nothing relayed, no ServerInfo) until the
+/// driver's verdict; verdicts are cached; mesh peers are not asked.
+#[test]
+fn verification_holds_a_key_until_the_verdict_and_caches_it() {
+    let mut config = ServerConfig::new(key(9)).with_mesh_key(REGION).unwrap();
+    config.verify_clients = true;
+    let mut net = Net::new(config);
+    let a = net.connect(1, key(1), None);
+    let a2 = net.connect(2, key(1), None);
+    let b = net.connect(3, key(2), None);
+    assert!(!net.server.is_admitted(a) && !net.server.is_admitted(b));
+    assert!(net.events(a).is_empty(), "no ServerInfo before the verdict");
+    // One question per key, however many connections wait for it.
+    let asked: Vec<_> = std::iter::from_fn(|| net.server.poll_verify()).collect();
+    assert_eq!(asked, vec![key(1).public_key(), key(2).public_key()]);
+    assert_eq!(net.server.stats().pending_verifications, 2);
+    // A frame pipelined before the verdict waits, and is handled once admitted.
+    let early = Frame::SendPacket {
+        dst: key(7).public_key().0,
+        packet: b"early",
+    }
+    .to_vec();
+    net.server.handle_bytes(net.now, a2, &early);
+    net.server
+        .verified(net.now, &key(1).public_key(), Verdict::Allowed);
+    net.server
+        .verified(net.now, &key(2).public_key(), Verdict::Denied);
+    net.pump();
+    assert!(
+        net.is_connected(a2),
+        "admitted (the newer connection replaces the older)"
+    );
+    assert!(net.closed.contains(&(a, CloseReason::Replaced)));
+    assert!(matches!(net.closed.last(), Some((c, CloseReason::NotVerified(_))) if *c == b));
+    assert_eq!(
+        net.server
+            .stats()
+            .drops
+            .get(&DropReason::UnknownDestination),
+        Some(&1),
+        "the pipelined packet was handled"
+    );
+    // Cached: the allowed key gets in at once, the denied one is refused at once.
+    let a3 = net.connect(4, key(1), None);
+    assert!(net.is_connected(a3));
+    let b2 = net.connect(5, key(2), None);
+    assert!(matches!(net.closed.last(), Some((c, CloseReason::NotVerified(_))) if *c == b2));
+    assert_eq!(net.server.poll_verify(), None);
+    // A denial is forgotten after its TTL; no answer at all is never cached.
+    net.now += burrow_derp::server::VERIFY_DENY_TTL;
+    let b3 = net.connect(6, key(2), None);
+    assert_eq!(net.server.poll_verify(), Some(key(2).public_key()));
+    net.server
+        .verified(net.now, &key(2).public_key(), Verdict::Unknown);
+    net.pump();
+    assert!(matches!(net.closed.last(), Some((c, CloseReason::NotVerified(_))) if *c == b3));
+    let _b4 = net.connect(7, key(2), None);
+    assert_eq!(net.server.poll_verify(), Some(key(2).public_key()));
+    // A mesh peer is never asked about.
+    let m = net.connect(8, key(8), Some(REGION));
+    assert!(net.is_connected(m));
+    assert_eq!(net.server.poll_verify(), None);
+    // A connection whose verdict never comes times out with the handshake.
+    net.now += burrow_derp::server::HANDSHAKE_TIMEOUT;
+    net.server.handle_timeout(net.now);
+    net.pump();
+    assert!(matches!(
+        net.closed.last(),
+        Some((ConnId(7), CloseReason::BadClientInfo(_)))
+    ));
+    assert_eq!(net.server.stats().pending_verifications, 0);
+}
+
+/// Audit #10: the number of keys waiting for a verdict is bounded.
+#[test]
+fn too_many_pending_verifications_are_refused() {
+    let mut config = ServerConfig::new(key(9));
+    config.verify_clients = true;
+    let mut net = Net::new(config);
+    let max = burrow_derp::server::MAX_PENDING_VERIFICATIONS as u64;
+    for i in 0..max {
+        let mut k = [0u8; 32];
+        k[1..9].copy_from_slice(&(i + 1).to_le_bytes());
+        net.connect(i + 1, PrivateKey::from_bytes(k), None);
+    }
+    let over = net.connect(max + 1, key(200), None);
+    assert!(matches!(net.closed.last(), Some((c, CloseReason::VerifyBusy)) if *c == over));
+    assert_eq!(net.server.stats().pending_verifications, max as usize);
+}
+
+/// Audit #4: total clients and clients per source are capped; replacing one's own
+/// connection is not refused; loopback and mesh peers are exempt where documented.
+#[test]
+fn clients_are_capped_globally_and_per_source() {
+    let mut config = ServerConfig::new(key(9)).with_mesh_key(REGION).unwrap();
+    config.max_clients = 4;
+    config.max_clients_per_ip = 2;
+    let mut net = Net::new(config);
+    let a = net.connect_from(1, key(1), "192.0.2.1");
+    net.connect_from(2, key(2), "192.0.2.1");
+    let c = net.connect_from(3, key(3), "192.0.2.1");
+    assert!(matches!(net.closed.last(), Some((x, CloseReason::TooManyFromAddress)) if *x == c));
+    // The same IPv6 /64 is one source.
+    net.connect_from(4, key(4), "2001:db8::1");
+    let v6 = net.connect_from(5, key(5), "2001:db8::2");
+    assert!(net.is_connected(v6));
+    let full = net.connect_from(6, key(6), "198.51.100.1");
+    assert!(matches!(net.closed.last(), Some((x, CloseReason::TooManyClients)) if *x == full));
+    // A client reconnecting (same key, same source) replaces itself even at both caps.
+    let a_again = net.connect_from(7, key(1), "192.0.2.1");
+    assert!(net.is_connected(a_again));
+    assert!(net.closed.contains(&(a, CloseReason::Replaced)));
+    // Mesh peers are not refused.
+    let m = net.connect(8, key(8), Some(REGION));
+    assert!(net.is_connected(m));
+    assert_eq!(net.server.stats().refused_clients, 2);
+    // A departure frees a place.
+    net.server.disconnected(v6);
+    net.clients.remove(&v6);
+    let late = net.connect_from(9, key(10), "198.51.100.1");
+    assert!(net.is_connected(late));
+
+    // Loopback is capped only globally.
+    let mut config = ServerConfig::new(key(9));
+    config.max_clients_per_ip = 1;
+    let mut net = Net::new(config);
+    for i in 1..=5 {
+        let c = net.connect_from(i, key(i as u8), "127.0.0.1");
+        assert!(net.is_connected(c));
+    }
+}
+
+/// Audit #11: a watcher is told about every client, beyond the 1,024-frame control queue:
+/// the list present when it starts watching, and a burst of arrivals it is slow to read.
+#[test]
+fn a_watcher_hears_of_every_client_beyond_the_control_queue() {
+    const N: u64 = 1_100;
+    let mut net = Net::new(ServerConfig::new(key(9)).with_mesh_key(REGION).unwrap());
+    let keys = |from: u64| {
+        (from..from + N).map(|i| {
+            let mut k = [0u8; 32];
+            k[1..9].copy_from_slice(&i.to_le_bytes());
+            PrivateKey::from_bytes(k)
+        })
+    };
+    for (i, k) in keys(1).enumerate() {
+        net.connect(i as u64 + 1, k, None);
+    }
+    let w = net.connect(10_000, key(200), Some(REGION));
+    net.events(w);
+    net.clients.get_mut(&w).unwrap().watch_conns();
+    net.pump();
+    let present = |events: Vec<ClientEvent>| {
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                ClientEvent::PeerPresent { key, .. } => Some(key),
+                _ => None,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let first = present(net.events(w));
+    assert_eq!(first.len(), N as usize);
+    assert!(keys(1).all(|k| first.contains(&k.public_key())));
+    // A burst while the watcher does not read.
+    for (i, k) in keys(20_000).enumerate() {
+        let conn = ConnId(20_000 + i as u64);
+        net.clients.insert(
+            conn,
+            Client::new(k, None, None, ChaCha20Rng::seed_from_u64(conn.0)),
+        );
+        net.server.accept(net.now, conn);
+    }
+    net.pump_except(w);
+    assert_eq!(net.server.stats().drops.get(&DropReason::QueueFull), None);
+    net.pump();
+    let burst = present(net.events(w));
+    assert_eq!(burst.len(), N as usize);
+    assert!(keys(20_000).all(|k| burst.contains(&k.public_key())));
+}
+
+/// Audit #16 and #17: short mesh keys are refused with a typed error, and the key never
+/// shows in Debug output.
+#[test]
+fn short_mesh_keys_are_refused_and_never_printed() {
+    for bad in ["", "   \n", "region-secret", &"x".repeat(31)] {
+        assert!(
+            matches!(
+                ServerConfig::new(key(9)).with_mesh_key(bad),
+                Err(MeshKeyError::TooShort { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(bad.parse::<MeshKey>().is_err());
+    }
+    let config = ServerConfig::new(key(9))
+        .with_mesh_key(&format!("  {REGION}\n"))
+        .unwrap();
+    assert_eq!(config.mesh_key.as_ref().unwrap().expose(), REGION);
+    let printed = format!("{config:?} {:?}", config.mesh_key);
+    assert!(!printed.contains(REGION), "{printed}");
+    assert!(printed.contains("redacted"), "{printed}");
 }

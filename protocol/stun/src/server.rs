@@ -1,7 +1,10 @@
 //! Sans-IO Binding server: reflexive address, RFC 5780 CHANGE-REQUEST / OTHER-ADDRESS /
-//! RESPONSE-ORIGIN, RFC 3489 compatibility, 420 for unknown comprehension-required attributes.
+//! RESPONSE-ORIGIN, 420 for unknown comprehension-required attributes. Only Binding requests
+//! with the RFC 8489 magic cookie are answered (a spoofed source gets little reflected);
+//! RFC 3489 answers and a per-source token bucket are opt-in.
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use thiserror::Error;
 
@@ -80,6 +83,16 @@ pub enum Ignored {
     /// The output buffer is too small for the answer.
     #[error("cannot write the answer: {0}")]
     Encode(#[from] EncodeError),
+    /// A request without the magic cookie (RFC 3489), not answered unless enabled with
+    /// [`BindingServer::answer_rfc3489`].
+    #[error("RFC 3489 request (no magic cookie)")]
+    Rfc3489,
+    /// A request for another method than Binding.
+    #[error("not a Binding request")]
+    NotBinding,
+    /// The source's token bucket is empty.
+    #[error("rate limited")]
+    RateLimited,
 }
 
 /// Running totals, for metrics.
@@ -95,11 +108,60 @@ pub struct ServerStats {
     pub ignored: u64,
 }
 
+/// Buckets of the per-source limiter; sources share a bucket when their hashes collide
+/// (memory stays fixed; a collision only makes the limit stricter).
+pub const RATE_BUCKETS: usize = 1024;
+
+/// A token bucket per source address (hashed into [`RATE_BUCKETS`] buckets), in answers.
+#[derive(Debug, Clone)]
+struct SourceLimiter {
+    per_second: f64,
+    burst: f64,
+    seed: u64,
+    buckets: Vec<(f64, Option<Instant>)>,
+}
+
+impl SourceLimiter {
+    fn bucket(&self, ip: IpAddr) -> usize {
+        // FNV-1a over the canonical address, seeded: deterministic, no allocation.
+        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.seed;
+        let mut eat = |b: &[u8]| {
+            for x in b {
+                h ^= u64::from(*x);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => eat(&v4.octets()),
+            IpAddr::V6(v6) => eat(&v6.octets()),
+        }
+        (h % RATE_BUCKETS as u64) as usize
+    }
+
+    fn take(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let i = self.bucket(ip);
+        let (tokens, last) = &mut self.buckets[i];
+        let refill = last.map_or(self.burst, |t| {
+            now.saturating_duration_since(t).as_secs_f64() * self.per_second
+        });
+        *tokens = (*tokens + refill).min(self.burst);
+        *last = Some(now);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// A stateless Binding server. It allocates nothing per packet: answers go into the caller's buffer.
 #[derive(Debug, Clone)]
 pub struct BindingServer {
     config: ServerConfig,
     stats: ServerStats,
+    rfc3489: bool,
+    limiter: Option<SourceLimiter>,
 }
 
 impl BindingServer {
@@ -116,7 +178,28 @@ impl BindingServer {
         BindingServer {
             config,
             stats: ServerStats::default(),
+            rfc3489: false,
+            limiter: None,
         }
+    }
+
+    /// Also answers RFC 3489 requests (no magic cookie), for classic NAT-type clients; they
+    /// get MAPPED-ADDRESS (and SOURCE-/CHANGED-ADDRESS with an alternate). Off by default.
+    pub fn answer_rfc3489(mut self, on: bool) -> Self {
+        self.rfc3489 = on;
+        self
+    }
+
+    /// Answers at most `per_second` requests a second per source address, in bursts of
+    /// `burst`, in [`BindingServer::handle_packet_at`] (time comes in). Off by default.
+    pub fn rate_limit_per_source(mut self, per_second: u32, burst: u32, seed: u64) -> Self {
+        self.limiter = Some(SourceLimiter {
+            per_second: f64::from(per_second),
+            burst: f64::from(burst.max(1)),
+            seed,
+            buckets: vec![(0.0, None); RATE_BUCKETS],
+        });
+        self
     }
 
     /// The configuration.
@@ -130,7 +213,8 @@ impl BindingServer {
     }
 
     /// Answers one datagram that arrived on local socket `local` from `from`, writing the
-    /// response into `out` (at least [`MAX_RESPONSE_LEN`] bytes is always enough).
+    /// response into `out` (at least [`MAX_RESPONSE_LEN`] bytes is always enough). No rate
+    /// limit applies; see [`BindingServer::handle_packet_at`].
     pub fn handle_packet(
         &mut self,
         local: SocketAddr,
@@ -138,7 +222,26 @@ impl BindingServer {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Result<Reply, Ignored> {
-        match self.answer(local, from, datagram, out) {
+        self.handle_packet_at(None, local, from, datagram, out)
+    }
+
+    /// [`BindingServer::handle_packet`] at time `now`: with a per-source rate limit, an
+    /// answer beyond the source's budget is not sent ([`Ignored::RateLimited`]).
+    pub fn handle_packet_at(
+        &mut self,
+        now: Option<Instant>,
+        local: SocketAddr,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut [u8],
+    ) -> Result<Reply, Ignored> {
+        let mut answer = self.answer(local, from, datagram, out);
+        if let (Ok(_), Some(now), Some(l)) = (&answer, now, self.limiter.as_mut()) {
+            if !l.take(now, from.ip()) {
+                answer = Err(Ignored::RateLimited);
+            }
+        }
+        match answer {
             Ok((reply, true)) => {
                 self.stats.success += 1;
                 Ok(reply)
@@ -171,6 +274,14 @@ impl BindingServer {
             return Err(Ignored::NotARequest);
         }
         let modern = msg.has_magic_cookie();
+        if !modern && !self.rfc3489 {
+            return Err(Ignored::Rfc3489);
+        }
+        // Other methods get nothing, not even an error (which would be bigger than the
+        // request: a reflection gain for a spoofed source).
+        if ty.method != Method::BINDING {
+            return Err(Ignored::NotBinding);
+        }
         if modern && msg.has_fingerprint() && msg.verify_fingerprint().is_err() {
             return Err(Ignored::BadFingerprint);
         }
@@ -206,14 +317,6 @@ impl BindingServer {
                 false,
             ))
         };
-        if ty.method != Method::BINDING {
-            return reply_error(
-                out,
-                ErrorCode::BAD_REQUEST,
-                "Bad Request: unsupported method",
-                &[],
-            );
-        }
         let mut unknown = [0u16; 16];
         let mut n_unknown = 0;
         for t in msg.unknown_comprehension_required() {
@@ -357,6 +460,13 @@ mod tests {
         })
     }
 
+    fn rfc3489_request() -> Vec<u8> {
+        // RFC 3489 header: no cookie, 128-bit transaction ID.
+        let mut req = vec![0x00, 0x01, 0x00, 0x00];
+        req.extend_from_slice(&[0xAB; 16]);
+        req
+    }
+
     #[test]
     fn answers_with_xor_mapped_address_and_rfc5780_attributes() {
         let mut s = rfc5780_server();
@@ -493,11 +603,9 @@ mod tests {
     }
 
     #[test]
-    fn rfc3489_request_gets_mapped_source_and_changed_address() {
-        let mut s = rfc5780_server();
-        // RFC 3489 header: no cookie, 128-bit transaction ID.
-        let mut req = vec![0x00, 0x01, 0x00, 0x00];
-        req.extend_from_slice(&[0xAB; 16]);
+    fn rfc3489_request_gets_mapped_source_and_changed_address_when_enabled() {
+        let mut s = rfc5780_server().answer_rfc3489(true);
+        let req = rfc3489_request();
         let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
         let mut out = [0u8; MAX_RESPONSE_LEN];
         let r = s
@@ -516,6 +624,67 @@ mod tests {
             )))
         );
         assert!(m.attribute(types::XOR_MAPPED_ADDRESS).is_none());
+    }
+
+    /// Audit #15: by default neither cookie-less (RFC 3489) requests nor other methods get
+    /// an answer: nothing to reflect at a spoofed source.
+    #[test]
+    fn rfc3489_and_non_binding_requests_get_no_answer_by_default() {
+        let mut s = rfc5780_server();
+        let client: SocketAddr = "203.0.113.5:50000".parse().unwrap();
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let primary = s.config().primary;
+        assert_eq!(
+            s.handle_packet(primary, client, &rfc3489_request(), &mut out),
+            Err(Ignored::Rfc3489)
+        );
+        // An Allocate-like request (method 0x003) with the cookie.
+        let mut other = Vec::new();
+        Encoder::new(
+            MessageType::new(Method::new(0x003), Class::Request),
+            TransactionId([9; 12]),
+        )
+        .encode(&mut other)
+        .unwrap();
+        assert_eq!(
+            s.handle_packet(primary, client, &other, &mut out),
+            Err(Ignored::NotBinding)
+        );
+        // Also in RFC 3489 mode.
+        let mut s = rfc5780_server().answer_rfc3489(true);
+        assert_eq!(
+            s.handle_packet(primary, client, &other, &mut out),
+            Err(Ignored::NotBinding)
+        );
+        assert_eq!(s.stats().ignored, 1);
+        assert_eq!((s.stats().success, s.stats().errors), (0, 0));
+    }
+
+    /// Audit #15: with a per-source budget, a source gets its burst then its rate, other
+    /// sources are unaffected, and the limit follows the time passed in.
+    #[test]
+    fn per_source_token_bucket_limits_answers() {
+        let mut s = rfc5780_server().rate_limit_per_source(2, 3, 7);
+        let t0 = Instant::now();
+        let (victim, other): (SocketAddr, SocketAddr) = (
+            "203.0.113.5:1".parse().unwrap(),
+            "198.51.100.9:1".parse().unwrap(),
+        );
+        let primary = s.config().primary;
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let mut answered = |s: &mut BindingServer, at: Instant, from: SocketAddr| {
+            s.handle_packet_at(Some(at), primary, from, &request(&[]), &mut out)
+                .is_ok()
+        };
+        let burst = (0..10).filter(|_| answered(&mut s, t0, victim)).count();
+        assert_eq!(burst, 3);
+        assert!(answered(&mut s, t0, other));
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert_eq!((0..10).filter(|_| answered(&mut s, t1, victim)).count(), 2);
+        // Without a time, no limit (the sans-IO callers that do not pass one).
+        assert!(s
+            .handle_packet(primary, victim, &request(&[]), &mut out)
+            .is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod client;
 pub mod pg;
 pub mod store;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -257,6 +258,7 @@ impl Control {
             .route("/machine/register", post(register))
             .route("/machine/endpoints", post(endpoints))
             .route("/machine/map", get(map))
+            .merge(verify::routes(self.store.clone()))
             .with_state(self.clone())
     }
 }
