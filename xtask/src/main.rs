@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run every test: unit, property, RFC vectors, interop (installing apt packages when root),
-    /// doc examples, fuzz corpus replay, and a short fuzz campaign when cargo-fuzz is installed.
+    /// doc examples, fuzz corpus replay, and a short fuzz campaign (installing cargo-fuzz if missing).
     Test {
         /// Never install packages, even as root.
         #[arg(long)]

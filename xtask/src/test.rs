@@ -33,6 +33,8 @@ const FUZZ_TARGETS: &[&str] = &[
     "derp_server",
     "disco_decode",
     "node_input",
+    "policy_parse",
+    "control_api",
 ];
 
 pub fn run(install: bool) -> Result<()> {
@@ -84,7 +86,7 @@ pub fn run(install: bool) -> Result<()> {
         tests.env("BURROW_REQUIRE_INTEROP", "1");
     }
     // The test runner and then the lab go last, so their summaries close the output.
-    let campaign = fuzz_smoke();
+    let campaign = fuzz_smoke(install, &mut skipped);
     if let Err(e) = &campaign {
         println!("xtask: fuzz campaign failed: {e}");
     }
@@ -150,9 +152,10 @@ fn have_nextest() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn have_cargo_fuzz() -> bool {
+/// Whether `cargo ARGS` runs and exits 0 (output discarded).
+fn cargo_ok(args: &[&str]) -> bool {
     Command::new("cargo")
-        .args(["+nightly", "fuzz", "--version"])
+        .args(args)
         .current_dir(root())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -160,10 +163,50 @@ fn have_cargo_fuzz() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A few seconds of real fuzzing per target when cargo-fuzz is there; corpus replay ran already.
-fn fuzz_smoke() -> Result<()> {
-    if !have_cargo_fuzz() {
-        println!("SKIPPED fuzz campaign: cargo-fuzz is not installed (the committed corpora were replayed as tests; `cargo install cargo-fuzz` to enable)");
+/// Makes sure `cargo +nightly fuzz` runs: installs cargo-fuzz (`cargo install cargo-fuzz
+/// --locked`, into ~/.cargo/bin, no root needed) when it is missing and `install` allows it.
+/// Err says why fuzzing cannot run here.
+pub fn ensure_cargo_fuzz(install: bool) -> Result<(), String> {
+    if cargo_ok(&["+nightly", "fuzz", "--version"]) {
+        return Ok(());
+    }
+    if !cargo_ok(&["+nightly", "--version"]) {
+        return Err(
+            "there is no nightly toolchain (`rustup toolchain install nightly`), which cargo-fuzz needs"
+                .into(),
+        );
+    }
+    if !install {
+        return Err("cargo-fuzz is not installed and --no-install forbids installing it".into());
+    }
+    println!("xtask: cargo-fuzz is missing: running `cargo install cargo-fuzz --locked` (a few minutes, once)");
+    match run_cmd(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked"])
+            .current_dir(root()),
+    ) {
+        Err(e) => Err(format!("`cargo install cargo-fuzz --locked` failed ({e})")),
+        Ok(()) if !cargo_ok(&["+nightly", "fuzz", "--version"]) => Err(
+            "cargo-fuzz was installed but `cargo +nightly fuzz --version` still fails (is ~/.cargo/bin on PATH?)"
+                .into(),
+        ),
+        Ok(()) => {
+            println!("xtask: cargo-fuzz installed");
+            Ok(())
+        }
+    }
+}
+
+/// A few seconds of real fuzzing per target (installing cargo-fuzz first when it is missing);
+/// corpus replay runs with the tests. A reason not to fuzz goes to `skipped` too, so the
+/// summary repeats it.
+fn fuzz_smoke(install: bool, skipped: &mut Vec<String>) -> Result<()> {
+    if let Err(why) = ensure_cargo_fuzz(install) {
+        let line = format!(
+            "SKIPPED fuzz campaign: {why} (the committed corpora are still replayed as tests)"
+        );
+        println!("{line}");
+        skipped.push(line);
         return Ok(());
     }
     for target in FUZZ_TARGETS {
@@ -193,14 +236,25 @@ pub fn fuzz(target: &str, seconds: u64) -> Result<()> {
             FUZZ_TARGETS.join(", ")
         );
     }
-    if !have_cargo_fuzz() {
-        bail!("cargo-fuzz is not installed: run `cargo install cargo-fuzz` (it uses the nightly toolchain)");
+    if let Err(why) = ensure_cargo_fuzz(true) {
+        bail!("cannot fuzz: {why}");
     }
-    println!("xtask: fuzzing {target} for {seconds} s");
+    // New inputs collect under target/ (kept between campaigns); the committed corpus only
+    // seeds the run, so a long campaign does not flood the repository.
+    let found = root().join("target/fuzz-corpus").join(target);
+    std::fs::create_dir_all(&found)?;
+    println!(
+        "xtask: fuzzing {target} for {seconds} s (new inputs in {})",
+        found.display()
+    );
     run_cmd(
         Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target, "--"])
+            .args(["+nightly", "fuzz", "run", target])
+            .arg(&found)
+            .arg(root().join("fuzz/corpus").join(target))
+            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
+            .arg("-print_final_stats=1")
             .current_dir(root()),
     )
 }

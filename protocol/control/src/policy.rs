@@ -266,9 +266,7 @@ impl Policy {
             return Ok(Alias::Any);
         }
         if s.starts_with("group:") {
-            let mut users = BTreeSet::new();
-            self.expand_group(s, &mut users, &mut Vec::new())?;
-            return Ok(Alias::Users(users));
+            return self.expand_group(s).map(Alias::Users);
         }
         if s.starts_with("tag:") {
             if !self.tag_owners.contains_key(s) {
@@ -290,29 +288,43 @@ impl Policy {
         Ok(Alias::Users([s.to_string()].into()))
     }
 
-    fn expand_group(
-        &self,
-        g: &str,
-        users: &mut BTreeSet<String>,
-        stack: &mut Vec<String>,
-    ) -> Result<(), String> {
-        let members = self
-            .groups
-            .get(g)
-            .ok_or_else(|| format!("group {g:?} is not defined"))?;
-        if stack.iter().any(|s| s == g) {
-            return Err(format!("group {g:?} contains itself"));
-        }
-        stack.push(g.to_string());
-        for m in members {
-            if m.starts_with("group:") {
-                self.expand_group(m, users, stack)?;
-            } else {
-                users.insert(m.clone());
+    /// The users of group `g` and of the groups inside it. Depth-first with its own stack (a
+    /// long chain of groups cannot overflow the thread's), and each group is expanded once
+    /// (groups naming one another many times would otherwise cost exponential time).
+    fn expand_group(&self, g: &str) -> Result<BTreeSet<String>, String> {
+        let members_of = |g: &str| {
+            self.groups
+                .get(g)
+                .map(|m| m.iter())
+                .ok_or_else(|| format!("group {g:?} is not defined"))
+        };
+        let mut users = BTreeSet::new();
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        let mut on_stack: BTreeSet<&str> = BTreeSet::from([g]);
+        let mut stack = vec![(g, members_of(g)?)];
+        while let Some((group, members)) = stack.last_mut() {
+            let group: &str = group;
+            match members.next() {
+                None => {
+                    on_stack.remove(group);
+                    done.insert(group);
+                    stack.pop();
+                }
+                Some(m) if m.starts_with("group:") => {
+                    if on_stack.contains(m.as_str()) {
+                        return Err(format!("group {m:?} contains itself"));
+                    }
+                    if !done.contains(m.as_str()) {
+                        on_stack.insert(m);
+                        stack.push((m, members_of(m)?));
+                    }
+                }
+                Some(m) => {
+                    users.insert(m.clone());
+                }
             }
         }
-        stack.pop();
-        Ok(())
+        Ok(users)
     }
 }
 
@@ -439,5 +451,67 @@ impl CompiledPolicy {
             .filter(|p| p.id != node.id)
             .filter(|p| self.may_talk(node, p) || self.may_talk(p, node))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy whose only rule's source is `group:g0`, with `groups`.
+    fn with_groups(groups: BTreeMap<String, Vec<String>>) -> Policy {
+        Policy {
+            groups,
+            acls: vec![AclRule {
+                action: "accept".into(),
+                src: vec!["group:g0".into()],
+                dst: vec!["*:*".into()],
+                proto: None,
+            }],
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn groups_naming_each_other_twice_expand_once() {
+        // g0 names g1 twice, g1 names g2 twice, …: 2^64 paths to alice, one group each.
+        let mut groups: BTreeMap<String, Vec<String>> = (0..64)
+            .map(|i| (format!("group:g{i}"), vec![format!("group:g{}", i + 1); 2]))
+            .collect();
+        groups.insert("group:g64".into(), vec!["alice".into(), "group:g63".into()]);
+        let p = with_groups(groups.clone());
+        assert!(
+            p.compile()
+                .unwrap_err()
+                .to_string()
+                .contains("contains itself"),
+            "the cycle g63 → g64 → g63 is still found"
+        );
+        groups.insert("group:g64".into(), vec!["alice".into()]);
+        let c = with_groups(groups).compile().unwrap();
+        assert_eq!(
+            c.rules()[0].src,
+            vec![Alias::Users(BTreeSet::from(["alice".to_string()]))]
+        );
+    }
+
+    #[test]
+    fn a_long_chain_of_groups_does_not_overflow_the_stack() {
+        let n = 100_000;
+        let mut groups: BTreeMap<String, Vec<String>> = (0..n)
+            .map(|i| {
+                (
+                    format!("group:g{i}"),
+                    vec![format!("group:g{}", i + 1), format!("u{i}")],
+                )
+            })
+            .collect();
+        groups.insert(format!("group:g{n}"), vec!["bob".into()]);
+        let c = with_groups(groups).compile().unwrap();
+        let Alias::Users(users) = &c.rules()[0].src[0] else {
+            panic!("a group is users");
+        };
+        assert_eq!(users.len(), n + 1);
+        assert!(users.contains("bob") && users.contains("u0"));
     }
 }
