@@ -133,12 +133,21 @@ pub fn routes<S: Clone + Send + Sync + 'static>(store: Arc<dyn Store>) -> Router
         return Router::new();
     };
     match read_token(std::path::Path::new(&path)) {
-        Ok(token) => router(Arc::new(StoreKeys(store)), token),
+        Ok(token) => store_router(store, token),
         Err(e) => {
             tracing::error!(error = %e, "DERP client verification disabled");
             Router::new()
         }
     }
+}
+
+/// The endpoint over the control store with this token (for a `--verify-token-file` flag
+/// of `burrow control serve`; see [`read_token`]).
+pub fn store_router<S: Clone + Send + Sync + 'static>(
+    store: Arc<dyn Store>,
+    token: String,
+) -> Router<S> {
+    router(Arc::new(StoreKeys(store)), token)
 }
 
 /// The endpoint answering from `keys`, with this token.
