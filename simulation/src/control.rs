@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use burrow::control::client::{ClientError, Connector, ControlClient, MapStream};
 use burrow::control::store::{AuthKeySpec, SqliteStore, Store};
-use burrow::control::{Control, RegisterRequest, ALLOW_ALL};
+use burrow::control::{Control, RegisterBody, ALLOW_ALL};
 use burrow_control::{DerpRegion, NetMap};
 
 use crate::capture::Recorder;
@@ -70,7 +70,10 @@ impl SimControl {
             .map_err(|e| e.to_string())?;
         let any = SocketAddr::from(([0, 0, 0, 0], port));
         let listener = turmoil::net::TcpListener::bind(any).await?;
-        axum::serve(SimListener(listener), control.router()).await?;
+        let limits = burrow::control::limits::Limits::default();
+        control
+            .serve(SimListener(listener), limits, std::future::pending())
+            .await;
         Ok(())
     }
 }
@@ -105,15 +108,15 @@ pub(crate) async fn join(
     auth_key: &str,
     rec: &Recorder,
 ) -> Result<Joined, ClientError> {
-    let request = RegisterRequest {
-        auth_key: auth_key.into(),
+    let body = RegisterBody {
+        auth_key: Some(auth_key.into()),
         hostname: me.into(),
-        node_key: node_key.public_key().to_base64(),
         disco_key: disco_key.public_key().to_base64(),
+        ..RegisterBody::default()
     };
     let mut tries = 0;
     let registered = loop {
-        match control.register(&request).await {
+        match control.register(node_key, body.clone()).await {
             Ok(r) => break r,
             Err(ClientError::Io(_)) if tries < 50 => {
                 tries += 1;

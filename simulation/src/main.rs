@@ -81,6 +81,14 @@ struct Cli {
     /// every second (DERP at once, then direct); prints the timeline of each seed.
     #[arg(long, value_name = "A:B", conflicts_with = "pair")]
     story: Option<String>,
+    /// A hostile member attacks a node while an honest peer talks to it: spoofed-source,
+    /// call-me-maybe-spray, ping-replay, handshake-flood, false-nat-info, or all. Prints what
+    /// the victim sent where, and fails if an invariant broke (seeds: --seed/--seeds, default 1..3).
+    #[arg(long, value_name = "ATTACK")]
+    attack: Option<String>,
+    /// Simulated seconds each --attack run lasts.
+    #[arg(long, default_value_t = 30)]
+    attack_seconds: u64,
 }
 
 fn scenarios_dir() -> PathBuf {
@@ -112,6 +120,50 @@ struct Job {
     scenario: Scenario,
     replay: String,
     seeds: Option<Vec<u64>>,
+}
+
+/// `--attack`: every named attack on every seed; false if any invariant broke.
+fn run_attacks(which: &str, cli: &Cli) -> Result<bool> {
+    use burrow_sim::attack::{run, Attack};
+    let attacks: Vec<Attack> = if which == "all" {
+        Attack::ALL.to_vec()
+    } else {
+        which
+            .split(',')
+            .map(|n| {
+                Attack::by_name(n).with_context(|| {
+                    let names: Vec<&str> = Attack::ALL.iter().map(|a| a.name()).collect();
+                    format!("unknown attack {n:?} (known: {}, all)", names.join(", "))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    let seeds = match (&cli.seed, &cli.seeds) {
+        (Some(s), _) => vec![*s],
+        (None, Some(r)) => parse_seeds(r)?,
+        (None, None) => vec![1, 2, 3],
+    };
+    let duration = std::time::Duration::from_secs(cli.attack_seconds);
+    let mut ok = true;
+    for a in &attacks {
+        for &seed in &seeds {
+            let out = run(*a, seed, duration);
+            println!("{}", out.line());
+            if !out.failures.is_empty() {
+                ok = false;
+                println!(
+                    "  replay: cargo xtask sim --attack {} --seed {seed} --attack-seconds {}",
+                    a.name(),
+                    cli.attack_seconds
+                );
+            }
+        }
+    }
+    println!(
+        "attack runs: {}",
+        if ok { "every invariant held" } else { "FAILED" }
+    );
+    Ok(ok)
 }
 
 fn main() -> ExitCode {
@@ -150,6 +202,9 @@ fn real_main() -> Result<bool> {
     }
     if let Some(pair) = &cli.story {
         return run_story(pair, &cli);
+    }
+    if let Some(which) = &cli.attack {
+        return run_attacks(which, &cli);
     }
     let mut jobs: Vec<Job> = Vec::new();
     let mut presets = cli.preset.clone();

@@ -931,7 +931,10 @@ pub fn run(
         let duration = Duration::from_secs_f64(*duration_s);
         let interval =
             (*data_interval_ms > 0.0).then(|| Duration::from_secs_f64(data_interval_ms / 1000.0));
-        for (side, (me, peer)) in [(a.clone(), b.clone()), (b.clone(), a.clone())].into_iter().enumerate() {
+        for (side, (me, peer)) in [(a.clone(), b.clone()), (b.clone(), a.clone())]
+            .into_iter()
+            .enumerate()
+        {
             // Tailnet addresses without a control server: a is 100.64.0.1, b 100.64.0.2.
             let tailnet_ip = |s: usize| std::net::Ipv4Addr::new(100, 64, 0, 1 + s as u8);
             let n = scenario
@@ -994,6 +997,9 @@ pub fn run(
                 );
                 config.stun_servers = stun_addrs;
                 config.local_addrs = vec![local];
+                // Without a control server nothing vouches for a peer's public IP: the two
+                // scripted nodes trust each other's advertisements.
+                config.birthday_needs_control_ip = joined.is_some();
                 let start = tokio::time::Instant::now();
                 let mut engine = burrow_node::Node::new(config, start.into_std());
                 let (channels, handle) = burrow::node::channels();
@@ -1108,7 +1114,7 @@ pub fn run(
                                         p.extend_from_slice(&my_ip.octets());
                                         p.extend_from_slice(&tailnet_ip(1 - side).octets());
                                         p.extend_from_slice(&view.sent.to_be_bytes());
-                                        let _ = app_tx.send((peer_key, p));
+                                        let _ = app_tx.try_send((peer_key, p));
                                         view.sent += 1;
                                     }
                                     next_data = Some(t + iv);

@@ -93,11 +93,9 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
     let mut secrets = vec![String::new(); nodes];
     let mut rng =
         <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::seed_from_u64(7);
-    let pubs: Vec<(String, String)> = (0..nodes)
+    let pubs: Vec<(burrow_wg::PrivateKey, String)> = (0..nodes)
         .map(|_| {
-            let a = burrow_wg::PrivateKey::generate(&mut rng)
-                .public_key()
-                .to_base64();
+            let a = burrow_wg::PrivateKey::generate(&mut rng);
             let b = burrow_wg::PrivateKey::generate(&mut rng)
                 .public_key()
                 .to_base64();
@@ -109,9 +107,23 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
             let (http, key, (nk, dk)) = (http.clone(), keys[i / team].clone(), pubs[i].clone());
             let url = url.to_string();
             async move {
+                // A node's registration: a challenge, then the body sealed with its key.
+                let challenge: crate::control::ChallengeResponse = http
+                    .get(format!("{url}/machine/challenge"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let body = crate::control::RegisterBody {
+                    auth_key: Some(key),
+                    hostname: format!("n{i}"),
+                    disco_key: dk,
+                    ..Default::default()
+                };
+                let req = crate::control::identity::seal_registration(&nk, &challenge, body)?;
                 let r = http
                     .post(format!("{url}/machine/register"))
-                    .json(&serde_json::json!({ "auth_key": key, "hostname": format!("n{i}"), "node_key": nk, "disco_key": dk }))
+                    .json(&req)
                     .send()
                     .await?;
                 if !r.status().is_success() {

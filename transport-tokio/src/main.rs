@@ -77,6 +77,8 @@ impl TlsArgs {
     }
 }
 
+// Parsed once at start: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum ControlCommand {
     /// Run the coordination server (HTTP; SQLite in one file).
@@ -105,6 +107,19 @@ enum ControlCommand {
         admin_socket: std::path::PathBuf,
         #[command(flatten)]
         tls: TlsArgs,
+        /// Connections open at once, in total (beyond it new ones are closed at once).
+        #[arg(long, default_value_t = 16_384)]
+        max_connections: usize,
+        /// Connections open at once from one source address.
+        #[arg(long, default_value_t = 512)]
+        max_connections_per_ip: usize,
+        /// Challenge, registration and map-stream requests per second from one source address
+        /// (bursts of four times as many).
+        #[arg(long, default_value_t = 10.0)]
+        per_ip_rate: f64,
+        /// Seconds a client has to send a request's head (slow clients are cut off).
+        #[arg(long, default_value_t = 10)]
+        header_timeout: u64,
     },
     /// List the registered nodes (asks the running server over its admin socket).
     Nodes {
@@ -295,9 +310,14 @@ enum Command {
         /// The coordination server, e.g. http://192.0.2.1:8080.
         #[arg(long)]
         control: String,
-        /// A pre-auth key (first start, or if the server forgot this node).
-        #[arg(long)]
+        /// A pre-auth key (first start, or if the server forgot this node). Prefer
+        /// --auth-key-file or the BURROW_AUTH_KEY environment variable: a command line is
+        /// readable by every local user.
+        #[arg(long, env = "BURROW_AUTH_KEY", hide_env_values = true)]
         auth_key: Option<String>,
+        /// A file holding the pre-auth key.
+        #[arg(long, conflicts_with = "auth_key")]
+        auth_key_file: Option<std::path::PathBuf>,
         /// Where the keys live (private keys in a 0600 file, never sent anywhere).
         #[arg(long, default_value = "/var/lib/burrow")]
         state_dir: std::path::PathBuf,
@@ -436,6 +456,9 @@ fn write_secret(path: &std::path::Path, contents: &[u8]) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Everything burrow creates (state, keys, databases, sockets) is its owner's alone, from
+    // the moment it exists: no window between bind/create and chmod (audit #18).
+    nix::sys::stat::umask(nix::sys::stat::Mode::S_IRWXG | nix::sys::stat::Mode::S_IRWXO);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -711,6 +734,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Up {
             control,
             auth_key,
+            auth_key_file,
             state_dir,
             tun,
             port,
@@ -728,13 +752,30 @@ async fn run(command: Command) -> Result<()> {
                         .with_context(|| format!("--tls-ca {}", path.display()))?,
                 );
             }
-            let hostname = hostname.unwrap_or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .map(|h| h.trim().to_string())
-                    .ok()
-                    .filter(|h| !h.is_empty())
-                    .unwrap_or_else(|| "node".into())
-            });
+            if std::env::args().any(|a| a == "--auth-key" || a.starts_with("--auth-key=")) {
+                eprintln!(
+                    "warning: --auth-key on the command line is readable by every local user \
+                     (/proc/PID/cmdline); use --auth-key-file or BURROW_AUTH_KEY"
+                );
+            }
+            let auth_key = match auth_key_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("--auth-key-file {}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => auth_key,
+            };
+            let hostname = match hostname {
+                Some(h) if burrow::control::valid_hostname(&h) => h,
+                Some(h) => anyhow::bail!(
+                    "--hostname {h:?}: use one DNS label (letters, digits, inner hyphens; at most 63)"
+                ),
+                None => burrow::control::hostname_label(
+                    &std::fs::read_to_string("/etc/hostname").unwrap_or_default(),
+                ),
+            };
             let config = burrow::up::UpConfig {
                 control: control.trim_end_matches('/').to_string(),
                 auth_key,
@@ -851,8 +892,19 @@ async fn run(command: Command) -> Result<()> {
                     node_expiry,
                     admin_socket,
                     tls,
+                    max_connections,
+                    max_connections_per_ip,
+                    per_ip_rate,
+                    header_timeout,
                 },
         } => {
+            let limits = burrow::control::limits::Limits {
+                max_connections,
+                max_connections_per_ip,
+                per_ip_rate,
+                header_read_timeout: Duration::from_secs(header_timeout.max(1)),
+                ..Default::default()
+            };
             use burrow::control::{Control, ALLOW_ALL};
             let node_expiry = match node_expiry.as_str() {
                 "never" => None,
@@ -906,15 +958,18 @@ async fn run(command: Command) -> Result<()> {
             };
             match tls.server_config()? {
                 None => {
-                    axum::serve(listener, control.router())
-                        .with_graceful_shutdown(shutdown)
-                        .await?
+                    if !listen.ip().is_loopback() {
+                        eprintln!(
+                            "warning: serving the control API over plain HTTP on {listen}: node \
+                             secrets and netmaps cross the network in clear and can be \
+                             rewritten on the path; use --tls-cert/--tls-key or --self-signed"
+                        );
+                    }
+                    control.serve(listener, limits, shutdown).await
                 }
                 Some(config) => {
                     let listener = burrow::control::TlsListener::new(listener, config);
-                    axum::serve(listener, control.router())
-                        .with_graceful_shutdown(shutdown)
-                        .await?
+                    control.serve(listener, limits, shutdown).await
                 }
             }
             admin.abort();

@@ -36,7 +36,17 @@ impl SocketBinder for TokioBinder {
 }
 
 /// What the application hands the driver: IP packets for peers.
-pub type Outbound = mpsc::UnboundedReceiver<(PublicKey, Vec<u8>)>;
+pub type Outbound = mpsc::Receiver<(PublicKey, Vec<u8>)>;
+
+/// Datagrams read from the sockets but not yet handled by the engine. When the engine falls
+/// behind, the readers wait and the kernel drops (its buffers are the backpressure): a flood
+/// costs a bounded amount of memory (audit #8).
+const INBOUND_QUEUE: usize = 1024;
+/// Packets from the application waiting for the engine (the TUN reader waits when full).
+const OUTBOUND_QUEUE: usize = 1024;
+/// Engine events waiting for the application; past it, events are dropped (and counted), not
+/// buffered without limit behind a slow TUN writer.
+const EVENT_QUEUE: usize = 4096;
 
 /// One peer as `burrow status` shows it.
 #[derive(Debug, Clone)]
@@ -100,25 +110,25 @@ fn snapshot(engine: &Node) -> EngineState {
 pub struct NodeChannels {
     outbound: Outbound,
     commands: mpsc::UnboundedReceiver<NodeCommand>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 }
 
 /// The application's side: packets to send, commands, and the engine's events.
 #[derive(Debug)]
 pub struct NodeHandle {
     /// IP packets for peers.
-    pub outbound: mpsc::UnboundedSender<(PublicKey, Vec<u8>)>,
+    pub outbound: mpsc::Sender<(PublicKey, Vec<u8>)>,
     /// Peers from the control plane.
     pub commands: mpsc::UnboundedSender<NodeCommand>,
     /// Everything the engine reports (decrypted packets, path changes, endpoints…).
-    pub events: mpsc::UnboundedReceiver<Event>,
+    pub events: mpsc::Receiver<Event>,
 }
 
 /// Both ends.
 pub fn channels() -> (NodeChannels, NodeHandle) {
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
     (
         NodeChannels {
             outbound: out_rx,
@@ -148,7 +158,8 @@ pub async fn run_node<B: SocketBinder>(
         mut commands,
         events,
     } = channels;
-    let (in_tx, mut in_rx) = mpsc::unbounded_channel::<(u16, SocketAddr, Vec<u8>)>();
+    let (in_tx, mut in_rx) = mpsc::channel::<(u16, SocketAddr, Vec<u8>)>(INBOUND_QUEUE);
+    let mut events_dropped: u64 = 0;
     let mut sockets: Vec<Option<Arc<B::Socket>>> = Vec::new();
     let mut readers = Vec::new();
     let main = Arc::new(main);
@@ -193,7 +204,15 @@ pub async fn run_node<B: SocketBinder>(
             }
         }
         while let Some(e) = engine.poll_event() {
-            let _ = events.send(e);
+            if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(e) {
+                events_dropped += 1;
+                if events_dropped.is_power_of_two() {
+                    tracing::warn!(
+                        events_dropped,
+                        "the application is not keeping up; events dropped"
+                    );
+                }
+            }
         }
         let wake = engine
             .poll_timeout()
@@ -251,14 +270,14 @@ pub async fn run_node<B: SocketBinder>(
 fn spawn_reader<S: UdpTransport>(
     id: u16,
     socket: Arc<S>,
-    tx: mpsc::UnboundedSender<(u16, SocketAddr, Vec<u8>)>,
+    tx: mpsc::Sender<(u16, SocketAddr, Vec<u8>)>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
             match socket.recv_from(&mut buf).await {
                 Ok((n, from)) => {
-                    if tx.send((id, from, buf[..n].to_vec())).is_err() {
+                    if tx.send((id, from, buf[..n].to_vec())).await.is_err() {
                         return;
                     }
                 }

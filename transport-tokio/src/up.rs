@@ -17,7 +17,7 @@ use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::control::client::{peer_config, ControlClient};
-use crate::control::{EndpointsRequest, MapMessage, RegisterRequest};
+use crate::control::{EndpointsRequest, MapMessage, RegisterBody};
 use crate::derp_client::{DerpClient, DerpUrl};
 use crate::node::{channels, run_node, NodeCommand, TokioBinder};
 use crate::transport::now;
@@ -62,8 +62,16 @@ fn state_path(dir: &Path) -> PathBuf {
 fn load_or_create_state(dir: &Path) -> Result<State> {
     let path = state_path(dir);
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never through a symlink: whoever planted one would choose our keys.
+        let mut text = String::new();
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .with_context(|| format!("reading {} (it must be a regular file)", path.display()))?;
         return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
     }
     let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
@@ -78,14 +86,27 @@ fn load_or_create_state(dir: &Path) -> Result<State> {
 
 fn save_state(dir: &Path, state: &State) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::DirBuilderExt;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let path = state_path(dir);
     let tmp = path.with_extension("tmp");
+    // A leftover (or planted) temporary file goes first; the new one is created exclusively
+    // and never through a symlink, so its mode is 0600 and its place is ours (audit #18).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", tmp.display()));
+        }
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;
@@ -101,20 +122,36 @@ async fn register(
     state: &mut State,
     keys: (&PrivateKey, &PrivateKey),
 ) -> Result<()> {
-    let Some(auth_key) = &cfg.auth_key else {
+    if cfg.auth_key.is_none() && state.secret.is_none() {
         bail!(
-            "this node is not registered: pass --auth-key (from `burrow control authkey create`)"
+            "this node is not registered: pass --auth-key-file or BURROW_AUTH_KEY (from \
+             `burrow control authkey create`)"
         );
-    };
+    }
+    // The current secret renews a live registration; an expired or removed node needs an
+    // unspent auth key of its user and tags.
     let reg = control
-        .register(&RegisterRequest {
-            auth_key: auth_key.clone(),
-            hostname: cfg.hostname.clone(),
-            node_key: keys.0.public_key().to_base64(),
-            disco_key: keys.1.public_key().to_base64(),
-        })
+        .register(
+            keys.0,
+            RegisterBody {
+                auth_key: cfg.auth_key.clone(),
+                node_secret: state.secret.clone(),
+                hostname: cfg.hostname.clone(),
+                disco_key: keys.1.public_key().to_base64(),
+                challenge: String::new(),
+            },
+        )
         .await
-        .context("registering")?;
+        .map_err(|e| {
+            if e.is_unauthorized() && cfg.auth_key.is_none() {
+                anyhow::anyhow!(
+                    "the control server no longer accepts this node ({e}): it was removed or its \
+                     key expired; register again with --auth-key-file or BURROW_AUTH_KEY"
+                )
+            } else {
+                anyhow::Error::from(e).context("registering")
+            }
+        })?;
     state.secret = Some(reg.secret);
     save_state(&cfg.state_dir, state)?;
     tracing::info!(addresses = ?reg.node.addresses, "registered");
@@ -142,6 +179,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .map_err(|_| anyhow::anyhow!("the state file's disco key is corrupt"))?;
     let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
         .with_context(|| format!("--control {:?}", cfg.control))?;
+    warn_if_plain("control server", &cfg.control);
     if state.secret.is_none() {
         register(&control, &cfg, &mut state, (&private, &disco)).await?;
     }
@@ -164,6 +202,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             .map_err(|e| anyhow::anyhow!("the control server's DERP URL {:?}: {e}", r.url))?,
         (None, None) => bail!("no DERP relay: pass --derp, or run the control server with --derp"),
     };
+    warn_if_plain("DERP relay", &derp_url.to_string());
     let stun_servers = if cfg.stun.is_empty() {
         first
             .derp
@@ -292,7 +331,9 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
                     .lock()
                     .expect("filter")
                     .outbound(now(), *peer.as_bytes(), packet);
-                let _ = outbound.send((peer, packet.to_vec()));
+                if outbound.send((peer, packet.to_vec())).await.is_err() {
+                    return Ok(()); // the engine stopped
+                }
             }
         });
     }
@@ -509,6 +550,28 @@ fn remove_peer(
     let _ = commands.send(NodeCommand::RemovePeer(key));
 }
 
+/// Plain HTTP beyond loopback: whoever is on the path reads the node's secret and rewrites its
+/// netmap (peers, filter, relay) or kicks it off its relay. Said loudly, once, at start.
+fn warn_if_plain(what: &str, url: &str) {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return;
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        tracing::warn!(url, "{what} over plain HTTP");
+        eprintln!(
+            "WARNING: the {what} {url} is plain HTTP: anyone on the path can read this node's \
+             secret and rewrite what it is told. Use https:// (with --tls-ca for a private CA)."
+        );
+    }
+}
+
 fn rand_seed() -> u64 {
     use rand_chacha::rand_core::RngCore;
     rand_chacha::ChaCha20Rng::from_os_rng().next_u64()
@@ -524,4 +587,44 @@ fn local_addresses(port: u16, map: &NetMap) -> Vec<SocketAddr> {
         .filter(|ip| ip.is_ipv4() && !ip.is_loopback() && !ours.contains(ip))
         .map(|ip| SocketAddr::new(ip, port))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Audit #18: a planted `node.tmp` symlink is not followed (its target is untouched), the
+    /// state file is 0600, and a state file that is a symlink is refused.
+    #[test]
+    fn the_state_file_never_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("burrow-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("node.tmp")).unwrap();
+        let state = State {
+            private_key: "k".into(),
+            disco_key: "d".into(),
+            secret: None,
+        };
+        save_state(&dir, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let mode = std::fs::metadata(dir.join("node.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // node.json replaced by a symlink to attacker-chosen keys: refused.
+        std::fs::remove_file(dir.join("node.json")).unwrap();
+        std::fs::write(
+            dir.join("planted"),
+            r#"{"private_key":"x","disco_key":"y","secret":null}"#,
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.join("planted"), dir.join("node.json")).unwrap();
+        assert!(load_or_create_state(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -81,6 +81,7 @@ fn keypair(seed: u8) -> (String, String) {
     (wg, disco)
 }
 
+/// Registers node `seed` the way a node does: a challenge, then the body sealed with its key.
 async fn register(
     http: &reqwest::Client,
     base: &str,
@@ -88,9 +89,34 @@ async fn register(
     name: &str,
     seed: u8,
 ) -> reqwest::Response {
-    let (node_key, disco_key) = keypair(seed);
+    let (_, disco_key) = keypair(seed);
+    let body = burrow::control::RegisterBody {
+        auth_key: Some(key.into()),
+        hostname: name.into(),
+        disco_key,
+        ..Default::default()
+    };
+    register_sealed(http, base, seed, body).await
+}
+
+async fn register_sealed(
+    http: &reqwest::Client,
+    base: &str,
+    seed: u8,
+    body: burrow::control::RegisterBody,
+) -> reqwest::Response {
+    let node = burrow_wg::PrivateKey::from_bytes([seed; 32]);
+    let challenge: burrow::control::ChallengeResponse = http
+        .get(format!("{base}/machine/challenge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let req = burrow::control::identity::seal_registration(&node, &challenge, body).unwrap();
     http.post(format!("{base}/machine/register"))
-        .json(&serde_json::json!({ "auth_key": key, "hostname": name, "node_key": node_key, "disco_key": disco_key }))
+        .json(&req)
         .send()
         .await
         .unwrap()
@@ -370,8 +396,8 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     );
     assert_eq!(
         register(&http, &base, &once, "x", 3).await.status(),
-        200,
-        "the same node may re-register"
+        401,
+        "a spent one-off key re-registers nothing, not even its own node (audit #2)"
     );
     let r = http
         .post(format!("{base}/machine/register"))
@@ -383,12 +409,12 @@ async fn bad_requests_get_clear_errors_and_the_server_keeps_serving() {
     assert!(r.status().is_client_error());
     let r = http
         .post(format!("{base}/machine/register"))
-        .json(&serde_json::json!({ "auth_key": once, "hostname": "z", "node_key": "short", "disco_key": "short" }))
+        .json(&serde_json::json!({ "node_key": "short", "challenge": "x", "sealed": "y" }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("public keys"));
+    assert!(r.text().await.unwrap().contains("malformed node key"));
     let r = http
         .get(format!("{base}/machine/map"))
         .send()
@@ -570,25 +596,30 @@ async fn the_api_over_tls_with_a_self_signed_certificate() {
     let server = serve_with(&db, None, &tls);
     let url = format!("https://localhost:{}", server.addr().port());
     let request = |seed: u8| {
-        let (node_key, disco_key) = keypair(seed);
-        burrow::control::RegisterRequest {
-            auth_key: key.clone(),
+        let (_, disco_key) = keypair(seed);
+        let body = burrow::control::RegisterBody {
+            auth_key: Some(key.clone()),
             hostname: format!("n{seed}"),
-            node_key,
             disco_key,
-        }
+            ..Default::default()
+        };
+        (burrow_wg::PrivateKey::from_bytes([seed; 32]), body)
     };
     // Without the certificate the client refuses the server.
     let untrusting = ControlClient::new(&url).unwrap();
-    let err = untrusting.register(&request(1)).await.unwrap_err();
+    let (k, b) = request(1);
+    let err = untrusting.register(&k, b).await.unwrap_err();
     assert!(err.to_string().contains("certificate"), "{err}");
     // Plain HTTP to the TLS port gets nowhere, and the server keeps serving.
     let plain = ControlClient::new(&format!("http://127.0.0.1:{}", server.addr().port())).unwrap();
-    assert!(plain.register(&request(1)).await.is_err());
+    let (k, b) = request(1);
+    assert!(plain.register(&k, b).await.is_err());
     // Trusting it: register, then the netmap stream.
     let trusting = ControlClient::with_roots(&url, vec![std::fs::read(&ca).unwrap()]).unwrap();
-    let a = trusting.register(&request(1)).await.unwrap();
-    trusting.register(&request(2)).await.unwrap();
+    let (k, b) = request(1);
+    let a = trusting.register(&k, b).await.unwrap();
+    let (k, b) = request(2);
+    trusting.register(&k, b).await.unwrap();
     let (_stream, map) = trusting.open_map(&a.secret).await.unwrap();
     assert_eq!(map.peers.len(), 1);
     assert_eq!(map.peers[0].node.name, "n2");
@@ -652,5 +683,332 @@ async fn unchanged_endpoints_cost_nothing_and_a_flapping_node_is_slowed() {
         }
     }
     assert!((15..=22).contains(&refused), "{refused} of 30 refused");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Hostile clients of the control server (security audit #2, #5, #6, #7, #18). Every test named
+// `attack_*` also runs under `cargo xtask attack`.
+
+/// Registers node `seed` with `body`, sealed by `sealer`'s key but claiming `seed`'s public key.
+async fn register_forged(
+    http: &reqwest::Client,
+    base: &str,
+    seed: u8,
+    sealer: u8,
+    body: burrow::control::RegisterBody,
+) -> reqwest::Response {
+    let challenge: burrow::control::ChallengeResponse = http
+        .get(format!("{base}/machine/challenge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sealer = burrow_wg::PrivateKey::from_bytes([sealer; 32]);
+    let mut req = burrow::control::identity::seal_registration(&sealer, &challenge, body).unwrap();
+    req.node_key = burrow_wg::PrivateKey::from_bytes([seed; 32])
+        .public_key()
+        .to_base64();
+    http.post(format!("{base}/machine/register"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn body(
+    key: Option<&str>,
+    secret: Option<&str>,
+    name: &str,
+    disco_seed: u8,
+) -> burrow::control::RegisterBody {
+    burrow::control::RegisterBody {
+        auth_key: key.map(String::from),
+        node_secret: secret.map(String::from),
+        hostname: name.into(),
+        disco_key: keypair(disco_seed).1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn attack_node_takeover_needs_the_node_key_and_a_right_to_it() {
+    let dir = temp_dir("takeover");
+    let db = dir.join("control.sqlite");
+    let alice_once = authkey(&db, &["--user", "alice"]);
+    let alice_reusable = authkey(&db, &["--user", "alice", "--reusable"]);
+    let bob_once = authkey(&db, &["--user", "bob"]);
+    let server = serve(&db, None);
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let alice: RegisterResponse = register(&http, &base, &alice_once, "alice", 1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        register(&http, &base, &bob_once, "bob", 2).await.status(),
+        200
+    );
+
+    // The audit's repro: bob's spent key and alice's public key. Without alice's private key
+    // the registration cannot be sealed for her key...
+    let r = register_forged(&http, &base, 1, 2, body(Some(&bob_once), None, "pwned", 9)).await;
+    assert_eq!(r.status(), 401);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("not sealed with this node key"));
+    // ...and even holding it, a spent key, another user's key, or no key at all is refused.
+    for (key, why) in [
+        (Some(alice_once.as_str()), "her own spent one-off key"),
+        (Some(bob_once.as_str()), "another user's spent key"),
+        (None, "no key and no secret"),
+    ] {
+        let r = register_sealed(&http, &base, 1, body(key, None, "pwned", 9)).await;
+        assert_eq!(r.status(), 401, "{why}");
+    }
+    let bob_fresh = authkey(&db, &["--user", "bob", "--reusable"]);
+    let r = register_sealed(&http, &base, 1, body(Some(&bob_fresh), None, "pwned", 9)).await;
+    assert_eq!(r.status(), 401, "an unspent key of another user");
+    let r = register_sealed(
+        &http,
+        &base,
+        1,
+        body(None, Some("burrownode-guess"), "pwned", 9),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "a wrong secret");
+    // Alice's secret still works: nothing above changed her node.
+    let mut stream = MapStream::open(&http, &base, &alice.secret).await;
+    let MapMessage::NetMap(map) = stream.next().await else {
+        panic!("netmap first")
+    };
+    assert_eq!(map.node.name, "alice");
+    drop(stream);
+    // Alice renews with her current secret, and her node keeps its id.
+    let renewed: RegisterResponse =
+        register_sealed(&http, &base, 1, body(None, Some(&alice.secret), "alice", 1))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(renewed.node.id, alice.node.id);
+    // An admin's expiry is not undone by the old secret, only by an unspent key of her user.
+    admin(db.to_str().unwrap(), &["node", "expire", "alice"]).unwrap();
+    let r = register_sealed(
+        &http,
+        &base,
+        1,
+        body(None, Some(&renewed.secret), "alice", 1),
+    )
+    .await;
+    assert_eq!(r.status(), 401, "an expired node's secret");
+    let r = register_sealed(
+        &http,
+        &base,
+        1,
+        body(Some(&alice_reusable), None, "alice", 1),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "an unspent key of her own user");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn attack_one_key_is_one_node_and_names_are_dns_labels() {
+    let dir = temp_dir("spellings");
+    let db = dir.join("control.sqlite");
+    let key = authkey(&db, &["--reusable"]);
+    let server = serve(&db, None);
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let first: RegisterResponse = register(&http, &base, &key, "a", 1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The same key spelled with whitespace is the same node (renewed), not a second one.
+    for spelling in ["{K}\n", " {K}\t"] {
+        let challenge: burrow::control::ChallengeResponse = http
+            .get(format!("{base}/machine/challenge"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let node = burrow_wg::PrivateKey::from_bytes([1; 32]);
+        let mut req = burrow::control::identity::seal_registration(
+            &node,
+            &challenge,
+            body(Some(&key), None, "a", 1),
+        )
+        .unwrap();
+        req.node_key = spelling.replace("{K}", &req.node_key);
+        let r: RegisterResponse = http
+            .post(format!("{base}/machine/register"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r.node.id, first.node.id, "{spelling:?}");
+    }
+    // A disco key another node has is refused.
+    let r = register_sealed(&http, &base, 2, body(Some(&key), None, "b", 1)).await;
+    assert_eq!(r.status(), 409);
+    // Host names with control characters or escapes never reach a log or a terminal.
+    for name in [
+        "evil\u{1b}[31m",
+        "a b",
+        "new\nline",
+        "",
+        "-x",
+        &"x".repeat(64),
+    ] {
+        let r = register_sealed(&http, &base, 3, body(Some(&key), None, name, 3)).await;
+        assert_eq!(r.status(), 400, "{name:?}");
+    }
+    let nodes = admin(db.to_str().unwrap(), &["nodes", "--json"]).unwrap();
+    let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn attack_register_and_stream_floods_are_limited_and_others_are_served() {
+    let dir = temp_dir("floods");
+    let db = dir.join("control.sqlite");
+    let key = authkey(&db, &["--reusable"]);
+    let server = serve_with(&db, None, &["--per-ip-rate", "2"]);
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Source-address budget: 8 at once, then 2 a second; the flood gets 429s.
+    let mut limited = 0;
+    for _ in 0..30 {
+        let r = http
+            .get(format!("{base}/machine/challenge"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "{limited} of 30 limited");
+    // Meanwhile /health (unbudgeted) is served.
+    let r = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(server);
+
+    // Map streams: at most two per node; each new one ends the oldest.
+    let server = serve_with(&db, None, &["--per-ip-rate", "100"]);
+    let base = format!("http://{}", server.addr());
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut s = MapStream::open(&http, &base, &a.secret).await;
+        let MapMessage::NetMap(_) = s.next().await else {
+            panic!("netmap first")
+        };
+        streams.push(s);
+    }
+    for (i, s) in streams.iter_mut().enumerate().take(3) {
+        let ended = tokio::time::timeout(Duration::from_secs(5), s.0.next()).await;
+        assert!(
+            matches!(ended, Ok(None) | Ok(Some(Err(_)))),
+            "stream {i} should have been closed"
+        );
+    }
+    // The two newest still get deltas.
+    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
+        .await
+        .json()
+        .await
+        .unwrap();
+    for s in streams.iter_mut().skip(3) {
+        let MapMessage::Delta(Delta::PeerUpsert(p)) = s.next().await else {
+            panic!("b's arrival")
+        };
+        assert_eq!(p.node.id, b.node.id);
+    }
+    // Per-key registration budget: a node key re-registering in a loop is slowed.
+    let mut limited = 0;
+    for _ in 0..12 {
+        let r = register(&http, &base, &key, "b", 2).await;
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 2, "{limited} of 12 re-registrations limited");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn attack_slowloris_and_big_bodies_do_not_lock_nodes_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("slowloris");
+    let db = dir.join("control.sqlite");
+    let key = authkey(&db, &["--reusable"]);
+    let server = serve_with(
+        &db,
+        None,
+        &["--header-timeout", "2", "--max-connections-per-ip", "20"],
+    );
+    let addr = server.addr();
+    // 40 sockets from 127.0.0.1: half an HTTP head each, or nothing.
+    let mut idle = Vec::new();
+    for i in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+        }
+        idle.push(s);
+    }
+    // Another source address (all of 127/8 is loopback) is served at once.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(addr).await.unwrap();
+    other
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_string(&mut answer))
+        .await
+        .expect("served while the sockets are held")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Every held socket is closed: over the cap at once, the rest at the header timeout.
+    for (i, s) in idle.iter_mut().enumerate() {
+        let mut buf = [0u8; 512];
+        let r = tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await;
+        assert!(
+            matches!(r, Ok(Ok(_)) | Ok(Err(_))),
+            "socket {i} still held after the header timeout"
+        );
+    }
+    // And then 127.0.0.1 registers again.
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    assert_eq!(register(&http, &base, &key, "a", 1).await.status(), 200);
+    // A body over the limit is refused without being read whole.
+    let r = http
+        .post(format!("{base}/machine/register"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
     let _ = std::fs::remove_dir_all(&dir);
 }

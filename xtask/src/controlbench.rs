@@ -63,6 +63,15 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
             .arg(&policy)
             .arg("--admin-socket")
             .arg(dir.join("admin.sock"))
+            // Every simulated node connects from 127.0.0.1: lift the per-source limits.
+            .args([
+                "--max-connections",
+                "40000",
+                "--max-connections-per-ip",
+                "40000",
+                "--per-ip-rate",
+                "100000",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

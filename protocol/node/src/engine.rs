@@ -60,6 +60,11 @@ pub struct NodeConfig {
     pub restun_interval: Duration,
     /// A direct path unconfirmed for longer than this also gets every packet over DERP.
     pub trust: Duration,
+    /// Birthday probing aims only at public IPs that the control plane lists for the peer
+    /// (the control server keeps a node's public endpoints only when they match the address its
+    /// request came from), so a peer cannot point our probes at a third party by advertising
+    /// someone else's address. Turn off only where there is no control plane.
+    pub birthday_needs_control_ip: bool,
     /// Seeds the engine's randomness.
     pub seed: u64,
     /// Wall-clock time at `now` (WireGuard's TAI64N timestamps).
@@ -85,6 +90,7 @@ impl NodeConfig {
             birthday_sockets: 256,
             open_rate: 1000,
             restun_interval: Duration::from_secs(20),
+            birthday_needs_control_ip: true,
             seed,
             unix_time: Duration::from_secs(1_700_000_000),
         }
@@ -613,9 +619,9 @@ impl Node {
                     self.handle_direct_disco(now, i, socket, from, msg);
                     return Ok(());
                 }
-                self.handle_wg(now, data, Some((socket, from)))
+                self.handle_wg(now, data, WgSource::Direct(socket, from))
             }
-            Input::Derp { from, data, .. } => {
+            Input::Derp { region, from, data } => {
                 if let Some(sender) = burrow_disco::sender(data) {
                     let Some(&i) = self.by_disco.get(&sender) else {
                         return Err(NodeError::Unrecognised(relay_addr()));
@@ -629,7 +635,7 @@ impl Node {
                     self.handle_relayed_disco(now, i, msg);
                     return Ok(());
                 }
-                self.handle_wg(now, data, None)
+                self.handle_wg(now, data, WgSource::Relay(region, from))
             }
         }
     }
@@ -958,7 +964,7 @@ impl Node {
         }
         // Only the peer's own advertised public endpoints, and only the first few: it names
         // them, so they must not become a list of other people's addresses to probe.
-        let peer_public = p.paths.advertised_public(MAX_BIRTHDAY_TARGETS);
+        let peer_public = birthday_targets(p, self.config.birthday_needs_control_ip);
         let peer = p.config.node_key;
         // Who does what (the seed's birthday search):
         // - we are easy, the peer is hard and unpredictable: probe random ports on its IP;
@@ -1009,7 +1015,7 @@ impl Node {
         }
         // Aim only where the peer's latest advertisement points (it replaces the previous one):
         // a prober follows its IP within the same budget; with nothing left to aim at, stop.
-        let allowed = self.peers[i].paths.advertised_public(MAX_BIRTHDAY_TARGETS);
+        let allowed = birthday_targets(&self.peers[i], self.config.birthday_needs_control_ip);
         let p = &mut self.peers[i];
         let stale = p.prober.as_ref().is_some_and(|b| {
             b.success().is_none() && !allowed.iter().any(|a| a.ip() == b.target())
@@ -1139,13 +1145,13 @@ impl Node {
         }
     }
 
-    fn handle_wg(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-        direct: Option<(SocketId, SocketAddr)>,
-    ) -> Result<(), NodeError> {
-        let src = direct.map_or(relay_addr(), |d| d.1);
+    fn handle_wg(&mut self, now: Instant, data: &[u8], source: WgSource) -> Result<(), NodeError> {
+        let (direct, src) = match source {
+            WgSource::Direct(socket, from) => (Some((socket, from)), from),
+            // Each DERP sender gets its own stand-in address, so under load WireGuard's cookies
+            // bind to the sender's key: one key's flood does not cost the others their handshakes.
+            WgSource::Relay(_, key) => (None, relay_addr_of(&key)),
+        };
         if burrow_wg::Message::parse(data).is_err() {
             return Err(NodeError::Unrecognised(src));
         }
@@ -1184,12 +1190,18 @@ impl Node {
                 Ok(())
             }
             Ok(Received::CookieReply(n)) => {
-                if let Some((socket, dst)) = direct {
-                    self.transmits.push_back(Transmit::Udp {
+                let payload = out[..n].to_vec();
+                match source {
+                    WgSource::Direct(socket, dst) => self.transmits.push_back(Transmit::Udp {
                         socket,
                         dst,
-                        payload: out[..n].to_vec(),
-                    });
+                        payload,
+                    }),
+                    WgSource::Relay(region, dst) => self.transmits.push_back(Transmit::Derp {
+                        region,
+                        dst,
+                        payload,
+                    }),
                 }
                 Ok(())
             }
@@ -1230,6 +1242,37 @@ fn allows(allowed: &[IpNet], packet: &[u8]) -> bool {
         _ => None,
     };
     src.is_some_and(|src| allowed.iter().any(|n| n.contains(&src)))
+}
+
+/// The peer's endpoints birthday probing may aim at: its first few advertised public ones,
+/// and, when `needs_control_ip`, only those on an IP the control plane lists for it.
+fn birthday_targets(p: &Peer, needs_control_ip: bool) -> Vec<SocketAddr> {
+    let mut targets = p.paths.advertised_public(usize::MAX);
+    if needs_control_ip {
+        targets.retain(|t| p.config.endpoints.iter().any(|e| e.ip() == t.ip()));
+    }
+    targets.truncate(MAX_BIRTHDAY_TARGETS);
+    targets
+}
+
+/// Where a WireGuard datagram came from.
+#[derive(Debug, Clone, Copy)]
+enum WgSource {
+    /// A UDP socket and the datagram's source.
+    Direct(SocketId, SocketAddr),
+    /// DERP: the region and the sending node's key.
+    Relay(u16, PublicKey),
+}
+
+/// A DERP sender's stand-in address for WireGuard's cookie MACs: distinct per key.
+fn relay_addr_of(key: &PublicKey) -> SocketAddr {
+    let b = key.as_bytes();
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&b[..16]);
+    SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::from(ip)),
+        u16::from_be_bytes([b[16], b[17]]),
+    )
 }
 
 /// The stand-in source address for packets that came over DERP (WireGuard's cookie logic wants one).

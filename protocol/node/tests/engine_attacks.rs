@@ -55,6 +55,9 @@ impl Lab {
         if stun {
             vc.stun_servers = vec![addr(STUN_1), addr(STUN_2)];
         }
+        // The budget layer under test: as if the control plane vouched for whatever the
+        // attacker advertises (see `birthday_needs_a_vouched_ip` for the layer before it).
+        vc.birthday_needs_control_ip = false;
         let mut mc = NodeConfig::new(key(3), key(4), 2);
         mc.local_addrs = attacker_addrs;
         let (mut v, mut m) = (Node::new(vc, now), Node::new(mc, now));
@@ -478,4 +481,41 @@ fn a_false_hard_nat_info_probes_one_ip_within_the_budget() {
             "sent to {d}"
         );
     }
+}
+
+/// The layer before the budgets: by default birthday probing aims only at public IPs the
+/// control plane lists for the peer (the control server vouches for them), so a false NatInfo
+/// plus a CallMeMaybe naming a third party's address makes the victim probe nothing there.
+#[test]
+fn birthday_needs_a_vouched_ip() {
+    let mut lab = Lab::new(true, vec![]);
+    let now = lab.now;
+    // The default, and what the control plane says of the attacker: one endpoint of its own.
+    let mut vc = NodeConfig::new(key(1), key(2), 1);
+    assert!(vc.birthday_needs_control_ip);
+    vc.stun_servers = vec![addr(STUN_1), addr(STUN_2)];
+    lab.v = Node::new(vc, now);
+    let mut m = peer_of(&lab.m);
+    m.endpoints = vec![addr("198.51.100.77:41641")];
+    lab.v.add_peer(now, m).unwrap();
+    lab.stun(["203.0.113.5:4000", "203.0.113.5:4000"]);
+    let (chosen, endpoints) = bait();
+    lab.relay(&Message::CallMeMaybe { endpoints });
+    lab.relay(&Message::NatInfo {
+        mapping_varies: true,
+        predictable: false,
+    });
+    let mut sent = lab.sent();
+    sent.extend(lab.run(60));
+    // Probing happened, but at the attacker's own, vouched address.
+    let own: IpAddr = "198.51.100.77".parse().unwrap();
+    let (at_own, _) = toward(&sent, own);
+    assert!(at_own > 100, "{at_own} probes toward the vouched address");
+    let (n, _) = toward(&sent, chosen);
+    let pings = PathConfig::default().pings;
+    let budget = pings.burst as usize + pings.per_second as usize * 60;
+    assert!(
+        n <= budget,
+        "{n} packets toward {chosen}: only budgeted pings"
+    );
 }

@@ -44,8 +44,17 @@ pub struct Device {
     cookie_secret: [u8; 32],
     cookie_secret_born: Instant,
     under_load: bool,
+    /// Handshake messages (mac1-valid) seen in the current one-second window.
+    handshakes: (Instant, u32),
+    /// Under load by the handshake rate until then.
+    loaded_until: Option<Instant>,
     epoch: (Instant, Duration),
 }
+
+/// Handshake messages per second past which the device is under load by itself: every
+/// initiation then needs a cookie bound to its source before any Diffie-Hellman is spent on
+/// it, so a flood from spoofed sources costs one MAC each (WireGuard's DoS defence).
+pub const UNDER_LOAD_HANDSHAKES_PER_SECOND: u32 = 64;
 
 impl core::fmt::Debug for Device {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -79,6 +88,8 @@ impl Device {
             cookie_secret,
             cookie_secret_born: now,
             under_load: false,
+            handshakes: (now, 0),
+            loaded_until: None,
             epoch: (now, unix_time),
         }
     }
@@ -160,9 +171,28 @@ impl Device {
         self.sync_indices(id);
     }
 
-    /// The driver's load signal: while set, handshakes need a valid mac2 (a cookie).
+    /// The driver's load signal: while set, handshakes need a valid mac2 (a cookie). The device
+    /// also counts handshakes itself and is under load past
+    /// [`UNDER_LOAD_HANDSHAKES_PER_SECOND`], whatever this says.
     pub fn set_under_load(&mut self, under_load: bool) {
         self.under_load = under_load;
+    }
+
+    /// Whether handshakes need cookies now (set by the driver, or by the handshake rate).
+    pub fn is_under_load(&self, now: Instant) -> bool {
+        self.under_load || self.loaded_until.is_some_and(|t| now < t)
+    }
+
+    /// Counts a handshake; past the rate, the device stays under load for a second after the
+    /// last one over it, so a steady flood stays throttled and a quiet second ends it.
+    fn count_handshake(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.handshakes.0) >= Duration::from_secs(1) {
+            self.handshakes = (now, 0);
+        }
+        self.handshakes.1 = self.handshakes.1.saturating_add(1);
+        if self.handshakes.1 > UNDER_LOAD_HANDSHAKES_PER_SECOND {
+            self.loaded_until = Some(now + Duration::from_secs(1));
+        }
     }
 
     fn sync_indices(&mut self, id: PeerId) {
@@ -224,7 +254,8 @@ impl Device {
             if !noise::mac1_valid(datagram, at, &self.mac1_to_us) {
                 return Err(HandshakeError::BadMac1.into());
             }
-            if self.under_load {
+            self.count_handshake(now);
+            if self.is_under_load(now) {
                 let cookie = self.cookie_for(now, src);
                 if !noise::mac2_valid(datagram, at, &cookie) {
                     let sender = le32(&datagram[4..8]);

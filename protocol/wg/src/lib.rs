@@ -13,7 +13,7 @@ mod session;
 pub mod timers;
 pub mod tunnel;
 
-pub use device::{Device, PeerId, Received};
+pub use device::{Device, PeerId, Received, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 pub use keys::{KeyFormatError, PresharedKey, PrivateKey, PublicKey};
 pub use messages::{transport_len, Message, ParseError};
 pub use noise::HandshakeError;

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use thiserror::Error;
 
-use super::{EndpointsRequest, MapMessage, RegisterRequest, RegisterResponse};
+use super::identity::{seal_registration, ChallengeResponse, RegisterBody};
+use super::{EndpointsRequest, MapMessage, RegisterResponse};
 use crate::derp_client::DerpUrl;
 use crate::derper::Stream;
 
@@ -248,9 +249,26 @@ impl ControlClient {
             .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?
     }
 
-    /// Registers this node's public keys with a pre-auth key.
-    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
-        self.call("POST", "/machine/register", None, req)
+    /// Registers this node: fetches a challenge, seals `body` (an auth key, or the node's
+    /// current secret to renew) with the node's private key, which never leaves this process,
+    /// and sends it. The server thereby knows the registrant holds the key it registers.
+    pub async fn register(
+        &self,
+        node_key: &burrow_wg::PrivateKey,
+        body: RegisterBody,
+    ) -> Result<RegisterResponse, ClientError> {
+        let exchange = async {
+            let res = self.send("GET", "/machine/challenge", None, None).await?;
+            let bytes = res.into_body().collect().await?.to_bytes();
+            serde_json::from_slice::<ChallengeResponse>(&bytes)
+                .map_err(|e| ClientError::BadMessage(format!("/machine/challenge: {e}")))
+        };
+        let challenge = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))??;
+        let req = seal_registration(node_key, &challenge, body)
+            .map_err(|e| ClientError::BadMessage(format!("the server's challenge: {e}")))?;
+        self.call("POST", "/machine/register", None, &req)
             .await?
             .ok_or_else(|| ClientError::BadMessage("an empty registration answer".into()))
     }

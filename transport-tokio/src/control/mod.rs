@@ -4,13 +4,15 @@
 
 pub mod admin;
 pub mod client;
+pub mod identity;
+pub mod limits;
 pub mod pg;
 pub mod store;
 pub mod verify;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +26,10 @@ use burrow_control::{CompiledPolicy, Delta, NetMap, NodeInfo, PeerInfo, Policy, 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use store::{NodeRecord, Store, StoreError};
+pub use identity::{ChallengeResponse, RegisterBody, RegisterRequest};
+use identity::{Challenges, ProofError};
+use limits::{Limits, RateLimiter};
+use store::{NodeRecord, Registration, Store, StoreError};
 
 /// The policy when none is given: every node may reach every other on every port.
 pub const ALLOW_ALL: &str =
@@ -40,26 +45,22 @@ pub enum MapMessage {
     Delta(Delta),
 }
 
-/// `POST /machine/register`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RegisterRequest {
-    /// A pre-auth key from `burrow control authkey create`.
-    pub auth_key: String,
-    /// The node's host name.
-    pub hostname: String,
-    /// WireGuard public key (base64). Never the private one.
-    pub node_key: String,
-    /// Disco public key (base64).
-    pub disco_key: String,
-}
-
 /// The answer to a registration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RegisterResponse {
     /// The node as the tailnet sees it (id, addresses, user, tags).
     pub node: NodeInfo,
     /// Bearer secret for this node's later requests.
     pub secret: String,
+}
+
+impl std::fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("node", &self.node)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `POST /machine/endpoints`.
@@ -71,15 +72,29 @@ pub struct EndpointsRequest {
     pub home_region: u16,
 }
 
+/// Map streams a node may hold at once; a newer one replaces the oldest.
+pub const MAX_STREAMS_PER_NODE: usize = 2;
+/// Messages a map stream may have waiting; a stream that falls this far behind is closed, and
+/// its node reconnects and gets a fresh netmap.
+pub const STREAM_QUEUE: usize = 256;
+/// Largest request body the API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
 struct Inner {
     tailnet: Tailnet,
-    streams: BTreeMap<u64, Vec<mpsc::UnboundedSender<MapMessage>>>,
+    streams: BTreeMap<u64, VecDeque<mpsc::Sender<MapMessage>>>,
     /// How long a registration is good for (None: forever).
     node_expiry: Option<Duration>,
     /// When each node in the tailnet expires (unix seconds).
     expires: BTreeMap<u64, u64>,
     /// Each node's endpoint-change budget: tokens and when they were counted.
     budgets: BTreeMap<u64, (f64, tokio::time::Instant)>,
+    /// Challenges issued and redeemed.
+    challenges: Challenges,
+    /// Challenge, registration and map requests per source address.
+    per_ip: RateLimiter<IpAddr>,
+    /// Registrations per node key.
+    per_key: RateLimiter<String>,
 }
 
 /// Endpoint changes a node may make in a burst, and per second after that: a flapping or
@@ -140,8 +155,35 @@ impl Control {
                 node_expiry: None,
                 expires,
                 budgets: BTreeMap::new(),
+                challenges: Challenges::new(random_bytes()),
+                per_ip: per_ip_limiter(Limits::default().per_ip_rate),
+                per_key: RateLimiter::new(0.2, 10.0, 65_536),
             }),
         }))
+    }
+
+    /// Sets the per-source request rate (`Limits::per_ip_rate`).
+    pub fn set_limits(&self, limits: &Limits) {
+        self.inner.lock().expect("control state").per_ip = per_ip_limiter(limits.per_ip_rate);
+    }
+
+    /// Takes one request from `ip`'s budget.
+    fn allow_source(&self, ip: IpAddr) -> Result<(), ApiError> {
+        let now = tokio::time::Instant::now();
+        if self
+            .inner
+            .lock()
+            .expect("control state")
+            .per_ip
+            .allow(&ip, now)
+        {
+            Ok(())
+        } else {
+            Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from this address; slow down".into(),
+            ))
+        }
     }
 
     /// How long a registration is good for before the node must register again with an
@@ -199,11 +241,14 @@ impl Control {
         Policy::check(text).map(|(_, c)| c)
     }
 
+    /// Sends deltas to their nodes' streams. A stream whose queue is full is closed (its
+    /// sender dropped): the node reconnects and starts again from a whole netmap, so a slow or
+    /// hostile reader costs the server at most `STREAM_QUEUE` messages.
     fn publish(&self, deltas: Vec<(u64, Delta)>) {
         let mut inner = self.inner.lock().expect("control state");
         for (id, d) in deltas {
             if let Some(subs) = inner.streams.get_mut(&id) {
-                subs.retain(|tx| tx.send(MapMessage::Delta(d.clone())).is_ok());
+                subs.retain(|tx| tx.try_send(MapMessage::Delta(d.clone())).is_ok());
             }
         }
     }
@@ -218,6 +263,22 @@ impl Control {
             inner.tailnet.upsert(peer_of(r))
         };
         self.publish(deltas);
+    }
+
+    /// Updates a node that must still be in the tailnet: a change that was in flight while an
+    /// admin removed or expired the node must not bring it back (security audit #19). The
+    /// check and the update happen under one lock, and removal takes the same lock.
+    fn update_live(&self, r: &NodeRecord) -> bool {
+        let deltas = {
+            let mut inner = self.inner.lock().expect("control state");
+            let expired = r.expires_at.is_some_and(|at| at <= store::now_unix());
+            if inner.tailnet.get(r.id).is_none() || expired {
+                return false;
+            }
+            inner.tailnet.upsert(peer_of(r))
+        };
+        self.publish(deltas);
+        true
     }
 
     /// Takes one endpoint change from a node's budget; false when it is spent.
@@ -251,14 +312,30 @@ impl Control {
             .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??)
     }
 
+    /// Serves the HTTP API on `listener` under `limits` until `shutdown`.
+    pub async fn serve<L>(
+        self: &Arc<Self>,
+        listener: L,
+        limits: Limits,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+    {
+        self.set_limits(&limits);
+        limits::serve(listener, self.router(), limits, shutdown).await
+    }
+
     /// The HTTP API.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/health", get(|| async { "ok\n" }))
+            .route("/machine/challenge", get(challenge))
             .route("/machine/register", post(register))
             .route("/machine/endpoints", post(endpoints))
             .route("/machine/map", get(map))
             .merge(verify::routes(self.store.clone()))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+            .layer(axum::middleware::from_fn(request_timeout))
             .with_state(self.clone())
     }
 }
@@ -275,7 +352,10 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::BadAuthKey => ApiError(StatusCode::UNAUTHORIZED, e.to_string()),
+            StoreError::BadAuthKey | StoreError::NotPermitted => {
+                ApiError(StatusCode::UNAUTHORIZED, e.to_string())
+            }
+            StoreError::DiscoKeyTaken => ApiError(StatusCode::CONFLICT, e.to_string()),
             other => {
                 tracing::error!(error = %other, "storage failed");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage failed".into())
@@ -284,41 +364,132 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn is_key(s: &str) -> bool {
-    burrow_wg::PublicKey::from_base64(s).is_ok()
+impl From<ProofError> for ApiError {
+    fn from(e: ProofError) -> Self {
+        let status = match e {
+            ProofError::Malformed(_) => StatusCode::BAD_REQUEST,
+            ProofError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        ApiError(status, e.to_string())
+    }
 }
 
+/// A request must be answered (its body read included) within the limit: a client that trickles
+/// its body cannot hold a connection and a worker (streams answer at once, then stream).
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(Limits::default().request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            ApiError(StatusCode::REQUEST_TIMEOUT, "request took too long".into()).into_response()
+        }
+    }
+}
+
+fn per_ip_limiter(rate: f64) -> RateLimiter<IpAddr> {
+    RateLimiter::new(rate, rate * 4.0, 65_536)
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut b = [0u8; N];
+    rand_chacha::ChaCha20Rng::from_os_rng().fill_bytes(&mut b);
+    b
+}
+
+/// A host name is one DNS label: letters, digits and inner hyphens, 1 to 63 of them, so no
+/// control character or escape sequence reaches a log line or a terminal (audit #18).
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// A machine's host name made into a DNS label (the first label, other characters as `-`);
+/// "node" when nothing is left.
+pub fn hostname_label(name: &str) -> String {
+    let first = name.trim().split('.').next().unwrap_or_default();
+    let label: String = first
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    let label = label.trim_matches('-');
+    if label.is_empty() {
+        "node".into()
+    } else {
+        label.to_string()
+    }
+}
+
+/// A key in its one canonical spelling (audit #7), or None if it is not a key.
+fn canonical_key(s: &str) -> Option<String> {
+    burrow_wg::PublicKey::from_base64(s)
+        .ok()
+        .map(|k| k.to_base64())
+}
+
+async fn challenge(
+    State(c): State<Arc<Control>>,
+    limits::Source(ip): limits::Source,
+) -> Result<Json<ChallengeResponse>, ApiError> {
+    c.allow_source(ip)?;
+    let inner = c.inner.lock().expect("control state");
+    Ok(Json(
+        inner.challenges.issue(store::now_unix(), random_bytes()),
+    ))
+}
+
+/// A registration: the registrant proves it holds the node key (a box sealed under it for a
+/// fresh challenge), then the store decides whether that key may (re-)register.
 async fn register(
     State(c): State<Arc<Control>>,
+    limits::Source(ip): limits::Source,
     Json(req): Json<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    if !is_key(&req.node_key) || !is_key(&req.disco_key) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "node_key and disco_key must be base64 X25519 public keys".into(),
-        ));
-    }
-    if req.hostname.is_empty() || req.hostname.len() > 63 {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "hostname must be 1 to 63 characters".into(),
-        ));
-    }
-    let expires_at = c
+    c.allow_source(ip)?;
+    let now = store::now_unix();
+    let (node_key, body) = c
         .inner
         .lock()
         .expect("control state")
-        .node_expiry
-        .map(|d| store::now_unix() + d.as_secs());
+        .challenges
+        .redeem(now, &req)?;
+    let node_key = node_key.to_base64();
+    let Some(disco_key) = canonical_key(&body.disco_key) else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "disco_key must be a base64 X25519 public key".into(),
+        ));
+    };
+    if !valid_hostname(&body.hostname) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "hostname must be a DNS label: 1 to 63 letters, digits or inner hyphens".into(),
+        ));
+    }
+    let expires_at = {
+        let mut inner = c.inner.lock().expect("control state");
+        if !inner.per_key.allow(&node_key, tokio::time::Instant::now()) {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many registrations of this node key; slow down".into(),
+            ));
+        }
+        inner.node_expiry.map(|d| now + d.as_secs())
+    };
     let (record, secret) = c
         .with_store(move |store| {
-            store.register(
-                &req.auth_key,
-                &req.hostname,
-                &req.node_key,
-                &req.disco_key,
+            store.register(&Registration {
+                auth_key: body.auth_key.as_deref(),
+                node_secret: body.node_secret.as_deref(),
+                name: &body.hostname,
+                node_key: &node_key,
+                disco_key: &disco_key,
                 expires_at,
-            )
+            })
         })
         .await?;
     c.upsert(&record);
@@ -354,10 +525,48 @@ async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecor
     Ok(node)
 }
 
+/// Whether an address is on the public internet as far as vouching goes (not private, shared,
+/// loopback, link-local or otherwise special).
+fn is_public_v4(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let shared = o[0] == 100 && (o[1] & 0xc0) == 64; // 100.64.0.0/10
+            !(v4.is_private()
+                || shared
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(_) => false,
+    }
+}
+
+/// The endpoints a node's report keeps (audit #3): none that peers must never send to
+/// (unspecified, loopback, multicast, broadcast, link-local, port 0), and, when the report
+/// came from a public IPv4 address, no public IPv4 endpoint on another address. Peers aim
+/// birthday probes only at public IPs the control plane lists, so this is what stops a member
+/// from pointing the tailnet's probes at a third party. Reports from private addresses (the
+/// server on a LAN, or behind a proxy) cannot be checked and keep their public endpoints.
+pub fn vouched_endpoints(source: IpAddr, claimed: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for e in claimed {
+        let acceptable = burrow_punch::is_acceptable_remote(*e);
+        let foreign = is_public_v4(source) && is_public_v4(e.ip()) && e.ip() != source;
+        if acceptable && !foreign && !out.contains(e) {
+            out.push(*e);
+        }
+    }
+    out
+}
+
 async fn endpoints(
     State(c): State<Arc<Control>>,
+    limits::Source(source): limits::Source,
     headers: HeaderMap,
-    Json(req): Json<EndpointsRequest>,
+    Json(mut req): Json<EndpointsRequest>,
 ) -> Result<StatusCode, ApiError> {
     let mut node = authenticate(&c, &headers).await?;
     if req.endpoints.len() > 64 {
@@ -366,6 +575,7 @@ async fn endpoints(
             "at most 64 endpoints".into(),
         ));
     }
+    req.endpoints = vouched_endpoints(source, &req.endpoints);
     if node.endpoints == req.endpoints && node.home_region == req.home_region {
         return Ok(StatusCode::NO_CONTENT); // nothing new: no write, no deltas
     }
@@ -380,24 +590,36 @@ async fn endpoints(
         .await?;
     node.endpoints = req.endpoints;
     node.home_region = req.home_region;
-    c.upsert(&node);
+    if !c.update_live(&node) {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the node was removed or expired".into(),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn map(
     State(c): State<Arc<Control>>,
+    limits::Source(ip): limits::Source,
     headers: HeaderMap,
 ) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    c.allow_source(ip)?;
     let node = authenticate(&c, &headers).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     {
         let mut inner = c.inner.lock().expect("control state");
         let netmap = inner
             .tailnet
             .netmap(node.id)
             .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "node was removed".into()))?;
-        let _ = tx.send(MapMessage::NetMap(netmap));
-        inner.streams.entry(node.id).or_default().push(tx);
+        let _ = tx.try_send(MapMessage::NetMap(netmap));
+        let streams = inner.streams.entry(node.id).or_default();
+        streams.retain(|s| !s.is_closed());
+        while streams.len() >= MAX_STREAMS_PER_NODE {
+            streams.pop_front(); // the oldest ends; its reader reconnects if it still cares
+        }
+        streams.push_back(tx);
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let m = rx.recv().await?;
@@ -500,5 +722,125 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::{AuthKeySpec, SqliteStore};
+
+    fn control_with_node() -> (Arc<Control>, NodeRecord) {
+        let store = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
+        let key = store
+            .create_auth_key(&AuthKeySpec {
+                user: "u".into(),
+                reusable: true,
+                expires_at: None,
+                tags: vec![],
+            })
+            .unwrap();
+        let pk = |b| {
+            burrow_wg::PrivateKey::from_bytes([b; 32])
+                .public_key()
+                .to_base64()
+        };
+        let (record, _) = store
+            .register(&Registration {
+                auth_key: Some(&key),
+                node_secret: None,
+                name: "a",
+                node_key: &pk(1),
+                disco_key: &pk(2),
+                expires_at: None,
+            })
+            .unwrap();
+        let c = Control::new(store, Control::policy(ALLOW_ALL).unwrap(), vec![]).unwrap();
+        (c, record)
+    }
+
+    /// Audit #19: an endpoint change in flight while the admin removes the node must not
+    /// bring it back into the tailnet.
+    #[test]
+    fn a_change_in_flight_does_not_revive_a_removed_node() {
+        let (c, mut record) = control_with_node();
+        assert!(c.inner.lock().unwrap().tailnet.get(record.id).is_some());
+        c.retire(record.id); // the admin's remove/expire lands first
+        record.endpoints = vec!["203.0.113.1:41641".parse().unwrap()];
+        assert!(!c.update_live(&record), "refused");
+        assert!(c.inner.lock().unwrap().tailnet.get(record.id).is_none());
+    }
+
+    /// Audit #6: a stream that does not read is closed once its queue is full, instead of
+    /// growing the server's memory.
+    #[test]
+    fn a_stream_that_falls_behind_is_closed_not_buffered() {
+        let (c, record) = control_with_node();
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        c.inner
+            .lock()
+            .unwrap()
+            .streams
+            .entry(record.id)
+            .or_default()
+            .push_back(tx);
+        for _ in 0..STREAM_QUEUE * 3 {
+            c.publish(vec![(record.id, Delta::PeerRemove { id: 99 })]);
+        }
+        let mut queued = 0;
+        while let Ok(m) = rx.try_recv() {
+            assert!(matches!(m, MapMessage::Delta(_)));
+            queued += 1;
+        }
+        assert_eq!(queued, STREAM_QUEUE);
+        assert!(
+            matches!(rx.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)),
+            "the stream was closed so the node resyncs"
+        );
+        assert!(c.inner.lock().unwrap().streams[&record.id].is_empty());
+    }
+
+    #[test]
+    fn only_endpoints_peers_may_send_to_and_the_reporters_own_public_ip_are_kept() {
+        let e = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let claimed = [
+            e("0.0.0.0:1"),
+            e("127.0.0.1:22"),
+            e("224.0.0.251:5353"),
+            e("255.255.255.255:9"),
+            e("169.254.1.1:41641"),
+            e("198.51.100.7:0"),
+            e("192.168.1.5:41641"),
+            e("198.51.100.7:41641"),
+            e("203.0.113.9:53"),
+            e("[2001:db8::1]:41641"),
+        ];
+        let from_public = vouched_endpoints("198.51.100.7".parse().unwrap(), &claimed);
+        assert_eq!(
+            from_public,
+            vec![
+                e("192.168.1.5:41641"),
+                e("198.51.100.7:41641"),
+                e("[2001:db8::1]:41641")
+            ],
+            "a third party's address is not vouched for"
+        );
+        let from_lan = vouched_endpoints("10.0.0.2".parse().unwrap(), &claimed);
+        assert!(
+            from_lan.contains(&e("203.0.113.9:53")),
+            "unverifiable, kept"
+        );
+        assert!(!from_lan.contains(&e("224.0.0.251:5353")));
+    }
+
+    #[test]
+    fn host_names_are_dns_labels() {
+        assert!(valid_hostname("db-1"));
+        for bad in ["", "-a", "a-", "a b", "a.b", "x\u{1b}[2J", &"a".repeat(64)] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
+        assert_eq!(hostname_label("My Laptop.local\n"), "My-Laptop");
+        assert_eq!(hostname_label("\u{1b}[31m"), "31m");
+        assert_eq!(hostname_label("..."), "node");
     }
 }

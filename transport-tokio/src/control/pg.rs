@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
 use super::store::{
-    auth_key_admits, fresh_ula, hash, now_unix, random_token, AuthKeySpec, Columns, NodeRecord,
-    Store, StoreError,
+    admit, fresh_ula, hash, now_unix, random_token, Admission, AuthKeySpec, Columns, KeyRow,
+    NodeRecord, NodeRow, Registration, Store, StoreError,
 };
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -17,7 +17,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TE
      CREATE TABLE nodes (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, \"user\" TEXT NOT NULL,
         tags TEXT NOT NULL, node_key TEXT NOT NULL UNIQUE, disco_key TEXT NOT NULL,
         endpoints TEXT NOT NULL DEFAULT '', home_region BIGINT NOT NULL DEFAULT 1,
-        secret_hash TEXT NOT NULL, expires_at BIGINT, created_at BIGINT NOT NULL);"];
+        secret_hash TEXT NOT NULL, expires_at BIGINT, created_at BIGINT NOT NULL);",
+    // Keys stored before they were canonical lose their whitespace; disco keys become unique.
+    "UPDATE nodes SET node_key = btrim(node_key, E' \\t\\n\\r'), disco_key = btrim(disco_key, E' \\t\\n\\r');
+     CREATE UNIQUE INDEX nodes_disco_key ON nodes (disco_key);"];
 
 /// PostgreSQL storage.
 pub struct PgStore {
@@ -129,60 +132,80 @@ impl Store for PgStore {
         Ok(key)
     }
 
-    fn register(
-        &self,
-        auth_key: &str,
-        name: &str,
-        node_key: &str,
-        disco_key: &str,
-        expires_at: Option<u64>,
-    ) -> Result<(NodeRecord, String), StoreError> {
+    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError> {
         let ula = self.ula;
-        let expires_at = expires_at.map(|e| e as i64);
-        let (h, name, node_key, disco_key) = (
-            hash(auth_key),
-            name.to_string(),
-            node_key.to_string(),
-            disco_key.to_string(),
+        let expires_at = reg.expires_at.map(|e| e as i64);
+        let key_hash = reg.auth_key.map(hash);
+        let reg = *reg;
+        let (name, node_key, disco_key) = (
+            reg.name.to_string(),
+            reg.node_key.to_string(),
+            reg.disco_key.to_string(),
         );
         self.with(async move |c: &mut Client| {
             let tx = c.transaction().await?;
-            let Some(k) = tx
+            let key = match &key_hash {
+                Some(h) => tx
+                    .query_opt(
+                        "SELECT \"user\", reusable, expires_at, tags, uses FROM auth_keys WHERE hash = $1 FOR UPDATE",
+                        &[h],
+                    )
+                    .await?
+                    .map(|k| KeyRow {
+                        user: k.get(0),
+                        reusable: k.get(1),
+                        expires_at: k.get(2),
+                        tags: k.get(3),
+                        uses: k.get(4),
+                    }),
+                None => None,
+            };
+            let existing = tx
                 .query_opt(
-                    "SELECT \"user\", reusable, expires_at, tags, uses FROM auth_keys WHERE hash = $1 FOR UPDATE",
-                    &[&h],
+                    "SELECT id, \"user\", tags, secret_hash, expires_at FROM nodes WHERE node_key = $1 FOR UPDATE",
+                    &[&node_key],
                 )
                 .await?
-            else {
-                return Err(StoreError::BadAuthKey);
-            };
-            let (user, reusable, expires, tags, uses): (String, bool, Option<i64>, String, i64) =
-                (k.get(0), k.get(1), k.get(2), k.get(3), k.get(4));
-            let existing: Option<i64> = tx
-                .query_opt("SELECT id FROM nodes WHERE node_key = $1", &[&node_key])
-                .await?
-                .map(|r| r.get(0));
-            if !auth_key_admits(reusable, expires, uses, existing.is_some()) {
-                return Err(StoreError::BadAuthKey);
+                .map(|r| NodeRow {
+                    id: r.get(0),
+                    user: r.get(1),
+                    tags: r.get(2),
+                    secret_hash: r.get(3),
+                    expires_at: r.get(4),
+                });
+            let admission = admit(&reg, existing.as_ref(), key.as_ref(), now_unix() as i64)?;
+            let taken = tx
+                .query_opt(
+                    "SELECT id FROM nodes WHERE disco_key = $1 AND node_key != $2",
+                    &[&disco_key, &node_key],
+                )
+                .await?;
+            if taken.is_some() {
+                return Err(StoreError::DiscoKeyTaken);
             }
             let secret = random_token("burrownode");
-            match existing {
-                Some(id) => {
+            let spend = match admission {
+                Admission::Existing { id, spend } => {
                     tx.execute(
                         "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4 WHERE id = $5",
                         &[&name, &disco_key, &hash(&secret), &expires_at, &id],
                     )
                     .await?;
+                    spend
                 }
-                None => {
+                Admission::New { spend } => {
+                    let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
                     tx.execute(
                         "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                        &[&name, &user, &tags, &node_key, &disco_key, &hash(&secret), &expires_at, &(now_unix() as i64)],
+                        &[&name, &k.user, &k.tags, &node_key, &disco_key, &hash(&secret), &expires_at, &(now_unix() as i64)],
                     )
                     .await?;
-                    tx.execute("UPDATE auth_keys SET uses = uses + 1 WHERE hash = $1", &[&h])
-                        .await?;
+                    spend
                 }
+            };
+            if let (true, Some(h)) = (spend, &key_hash) {
+                tx.execute("UPDATE auth_keys SET uses = uses + 1 WHERE hash = $1", &[h])
+                    .await?;
             }
             let row = tx
                 .query_one("SELECT * FROM nodes WHERE node_key = $1", &[&node_key])

@@ -20,6 +20,13 @@ pub enum StoreError {
     /// The pre-auth key is unknown, used up or expired.
     #[error("the auth key is unknown, already used, or expired")]
     BadAuthKey,
+    /// The node key is registered already, and the caller showed neither the node's current
+    /// secret nor an unspent auth key of the node's own user and tags.
+    #[error("this node key is registered: re-register with the node's current secret, or with an unspent auth key of its user and tags")]
+    NotPermitted,
+    /// Another node has this disco key.
+    #[error("another node already has this disco key")]
+    DiscoKeyTaken,
     /// A stored value did not parse.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -70,17 +77,11 @@ pub struct NodeRecord {
 pub trait Store: Send + Sync {
     /// Creates a pre-auth key; returns it (only its hash is kept).
     fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError>;
-    /// Registers (or re-registers, by node key) a node with a pre-auth key; returns the node
+    /// Registers (or re-registers, by node key) a node as [`admit`] allows; returns the node
     /// and a fresh secret for its later requests (only its hash is kept). The node key
-    /// expires at `expires_at` (unix seconds; None: never); re-registering renews it.
-    fn register(
-        &self,
-        auth_key: &str,
-        name: &str,
-        node_key: &str,
-        disco_key: &str,
-        expires_at: Option<u64>,
-    ) -> Result<(NodeRecord, String), StoreError>;
+    /// expires at `expires_at` (unix seconds; None: never); re-registering renews it. The caller
+    /// has checked that the registrant holds the node key's private key.
+    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError>;
     /// The node a request secret belongs to.
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
     /// Records a node's endpoints and home region.
@@ -112,6 +113,10 @@ const MIGRATIONS: &[&str] = &[
         tags TEXT NOT NULL, node_key TEXT NOT NULL UNIQUE, disco_key TEXT NOT NULL,
         endpoints TEXT NOT NULL DEFAULT '', home_region INTEGER NOT NULL DEFAULT 1,
         secret_hash TEXT NOT NULL, expires_at INTEGER, created_at INTEGER NOT NULL);",
+    // Keys stored before they were canonical lose their whitespace; disco keys become unique.
+    "UPDATE nodes SET node_key = trim(node_key, ' ' || char(9) || char(10) || char(13)),
+        disco_key = trim(disco_key, ' ' || char(9) || char(10) || char(13));
+     CREATE UNIQUE INDEX nodes_disco_key ON nodes (disco_key);",
 ];
 
 pub(crate) fn now_unix() -> u64 {
@@ -120,16 +125,114 @@ pub(crate) fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Whether a pre-auth key admits a registration: not expired, and a one-off key only for its
-/// first node (which may re-register with it).
-pub(crate) fn auth_key_admits(
-    reusable: bool,
-    expires_at: Option<i64>,
-    uses: i64,
-    re_registering: bool,
-) -> bool {
-    let expired = expires_at.is_some_and(|e| now_unix() as i64 >= e);
-    !expired && (reusable || uses == 0 || re_registering)
+/// What a registration presents. Keys are canonical base64 (decoded and re-encoded), so one
+/// key has one spelling.
+#[derive(Clone, Copy)]
+pub struct Registration<'a> {
+    /// A pre-auth key, if the registrant has one.
+    pub auth_key: Option<&'a str>,
+    /// The node's current secret, when it re-registers (renewal).
+    pub node_secret: Option<&'a str>,
+    /// Host name (already checked to be a DNS label).
+    pub name: &'a str,
+    /// WireGuard public key, canonical base64.
+    pub node_key: &'a str,
+    /// Disco public key, canonical base64.
+    pub disco_key: &'a str,
+    /// When the registration expires (unix seconds; None: never).
+    pub expires_at: Option<u64>,
+}
+
+impl std::fmt::Debug for Registration<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("auth_key", &self.auth_key.map(|_| "<redacted>"))
+            .field("node_secret", &self.node_secret.map(|_| "<redacted>"))
+            .field("name", &self.name)
+            .field("node_key", &self.node_key)
+            .field("disco_key", &self.disco_key)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// A stored pre-auth key, as [`admit`] judges it.
+pub(crate) struct KeyRow {
+    pub(crate) user: String,
+    pub(crate) reusable: bool,
+    pub(crate) expires_at: Option<i64>,
+    pub(crate) tags: String,
+    pub(crate) uses: i64,
+}
+
+impl KeyRow {
+    /// Not expired, and either reusable or never used.
+    fn usable(&self, now: i64) -> bool {
+        self.expires_at.is_none_or(|e| now < e) && (self.reusable || self.uses == 0)
+    }
+}
+
+/// A stored node, as [`admit`] judges a registration of its key.
+pub(crate) struct NodeRow {
+    pub(crate) id: i64,
+    pub(crate) user: String,
+    pub(crate) tags: String,
+    pub(crate) secret_hash: String,
+    pub(crate) expires_at: Option<i64>,
+}
+
+/// What a registration may do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// A new node for the key's user and tags; `spend` counts a use of the key (which spends a
+    /// one-off key).
+    New {
+        /// Whether the key's use count goes up.
+        spend: bool,
+    },
+    /// The existing node `id` renews (its secret) or re-authenticates (an unspent key of its
+    /// own user and tags, which is then spent).
+    Existing {
+        /// The node.
+        id: i64,
+        /// Whether an auth key's use count goes up.
+        spend: bool,
+    },
+}
+
+/// The one rule both stores apply (security audit #2): a new node key needs a usable auth key;
+/// an existing one re-registers only with its current, unexpired secret, or with a usable auth
+/// key of the same user and tags. A spent one-off key admits nothing, so an expired or removed
+/// node cannot be brought back with the key it once used, and nobody can take a node over.
+pub(crate) fn admit(
+    reg: &Registration<'_>,
+    existing: Option<&NodeRow>,
+    key: Option<&KeyRow>,
+    now: i64,
+) -> Result<Admission, StoreError> {
+    let key = key.filter(|k| k.usable(now));
+    let Some(node) = existing else {
+        key.ok_or(StoreError::BadAuthKey)?;
+        return Ok(Admission::New { spend: true });
+    };
+    let live = node.expires_at.is_none_or(|e| now < e);
+    let secret_ok = reg.node_secret.is_some_and(|s| {
+        use subtle::ConstantTimeEq;
+        hash(s).as_bytes().ct_eq(node.secret_hash.as_bytes()).into()
+    });
+    if secret_ok && live {
+        return Ok(Admission::Existing {
+            id: node.id,
+            spend: false,
+        });
+    }
+    match key {
+        Some(k) if k.user == node.user && k.tags == node.tags => Ok(Admission::Existing {
+            id: node.id,
+            spend: true,
+        }),
+        _ => Err(StoreError::NotPermitted),
+    }
 }
 
 pub(crate) fn hash(secret: &str) -> String {
@@ -284,59 +387,81 @@ impl Store for SqliteStore {
         Ok(key)
     }
 
-    fn register(
-        &self,
-        auth_key: &str,
-        name: &str,
-        node_key: &str,
-        disco_key: &str,
-        expires_at: Option<u64>,
-    ) -> Result<(NodeRecord, String), StoreError> {
-        let expires_at = expires_at.map(|e| e as i64);
+    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError> {
+        let expires_at = reg.expires_at.map(|e| e as i64);
         let mut db = self.db.lock().expect("db");
         let tx = db.transaction()?;
-        let key: Option<(String, bool, Option<i64>, String, i64)> = tx
+        let key = match reg.auth_key {
+            Some(k) => tx
+                .query_row(
+                    "SELECT user, reusable, expires_at, tags, uses FROM auth_keys WHERE hash = ?1",
+                    params![hash(k)],
+                    |r| {
+                        Ok(KeyRow {
+                            user: r.get(0)?,
+                            reusable: r.get(1)?,
+                            expires_at: r.get(2)?,
+                            tags: r.get(3)?,
+                            uses: r.get(4)?,
+                        })
+                    },
+                )
+                .optional()?,
+            None => None,
+        };
+        let existing = tx
             .query_row(
-                "SELECT user, reusable, expires_at, tags, uses FROM auth_keys WHERE hash = ?1",
-                params![hash(auth_key)],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                "SELECT id, user, tags, secret_hash, expires_at FROM nodes WHERE node_key = ?1",
+                params![reg.node_key],
+                |r| {
+                    Ok(NodeRow {
+                        id: r.get(0)?,
+                        user: r.get(1)?,
+                        tags: r.get(2)?,
+                        secret_hash: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
             )
             .optional()?;
-        let Some((user, reusable, expires, tags, uses)) = key else {
-            return Err(StoreError::BadAuthKey);
-        };
-        let existing: Option<i64> = tx
+        let admission = admit(reg, existing.as_ref(), key.as_ref(), now_unix() as i64)?;
+        let taken: Option<i64> = tx
             .query_row(
-                "SELECT id FROM nodes WHERE node_key = ?1",
-                params![node_key],
+                "SELECT id FROM nodes WHERE disco_key = ?1 AND node_key != ?2",
+                params![reg.disco_key, reg.node_key],
                 |r| r.get(0),
             )
             .optional()?;
-        if !auth_key_admits(reusable, expires, uses, existing.is_some()) {
-            return Err(StoreError::BadAuthKey);
+        if taken.is_some() {
+            return Err(StoreError::DiscoKeyTaken);
         }
         let secret = random_token("burrownode");
-        match existing {
-            Some(id) => {
+        let spend = match admission {
+            Admission::Existing { id, spend } => {
                 tx.execute(
                     "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4 WHERE id = ?5",
-                    params![name, disco_key, hash(&secret), expires_at, id],
+                    params![reg.name, reg.disco_key, hash(&secret), expires_at, id],
                 )?;
+                spend
             }
-            None => {
+            Admission::New { spend } => {
+                let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
                 tx.execute(
                     "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![name, user, tags, node_key, disco_key, hash(&secret), expires_at, now_unix() as i64],
+                    params![reg.name, k.user, k.tags, reg.node_key, reg.disco_key, hash(&secret), expires_at, now_unix() as i64],
                 )?;
-                tx.execute(
-                    "UPDATE auth_keys SET uses = uses + 1 WHERE hash = ?1",
-                    params![hash(auth_key)],
-                )?;
+                spend
             }
+        };
+        if let (true, Some(k)) = (spend, reg.auth_key) {
+            tx.execute(
+                "UPDATE auth_keys SET uses = uses + 1 WHERE hash = ?1",
+                params![hash(k)],
+            )?;
         }
         let record = tx.query_row(
             "SELECT * FROM nodes WHERE node_key = ?1",
-            params![node_key],
+            params![reg.node_key],
             |r| self.record(r),
         )?;
         tx.commit()?;

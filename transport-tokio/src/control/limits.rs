@@ -1,0 +1,218 @@
+//! The control server's defences against load (security audit #5 and #6): per-source and
+//! per-key token buckets, and an HTTP/1 server loop with a header-read timeout and caps on
+//! connections in total and per source address. Every table here is bounded.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use tokio::time::Instant;
+
+/// Load limits for `burrow control serve`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once, in total.
+    pub max_connections: usize,
+    /// Connections open at once from one source address.
+    pub max_connections_per_ip: usize,
+    /// A request's head must arrive within this, or the connection closes.
+    pub header_read_timeout: Duration,
+    /// A request (its body included) must be answered within this (streams: their first byte).
+    pub request_timeout: Duration,
+    /// Challenge, registration and map-stream requests per second from one source address
+    /// (bursts of four times as many).
+    pub per_ip_rate: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 16_384,
+            max_connections_per_ip: 512,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            per_ip_rate: 10.0,
+        }
+    }
+}
+
+/// Token buckets by key, bounded in how many keys they remember.
+#[derive(Debug)]
+pub struct RateLimiter<K: Ord> {
+    buckets: BTreeMap<K, (f64, Instant)>,
+    burst: f64,
+    per_second: f64,
+    max_keys: usize,
+}
+
+impl<K: Ord + Clone> RateLimiter<K> {
+    /// `per_second` sustained, `burst` at once, at most `max_keys` keys remembered.
+    pub fn new(per_second: f64, burst: f64, max_keys: usize) -> Self {
+        RateLimiter {
+            buckets: BTreeMap::new(),
+            burst,
+            per_second,
+            max_keys,
+        }
+    }
+
+    /// Takes one token for `key`; false when its bucket is empty, or when the table is full of
+    /// keys that are all still limited.
+    pub fn allow(&mut self, key: &K, now: Instant) -> bool {
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+            // Forget keys whose buckets have refilled: they are indistinguishable from new.
+            let (burst, rate) = (self.burst, self.per_second);
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= self.max_keys {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
+            .min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+}
+
+/// Open connections, in total and per source address.
+#[derive(Debug, Default)]
+struct Connections {
+    total: usize,
+    per_ip: BTreeMap<IpAddr, usize>,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct Admitted {
+    ip: IpAddr,
+    table: Arc<Mutex<Connections>>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().expect("connections");
+        t.total = t.total.saturating_sub(1);
+        if let Some(n) = t.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn admit(table: &Arc<Mutex<Connections>>, ip: IpAddr, limits: &Limits) -> Option<Admitted> {
+    let mut t = table.lock().expect("connections");
+    let here = t.per_ip.get(&ip).copied().unwrap_or(0);
+    if t.total >= limits.max_connections || here >= limits.max_connections_per_ip {
+        return None;
+    }
+    t.total += 1;
+    *t.per_ip.entry(ip).or_insert(0) += 1;
+    Some(Admitted {
+        ip,
+        table: table.clone(),
+    })
+}
+
+/// Serves `router` over HTTP/1 on `listener` until `shutdown`: each request carries its
+/// source address (`ConnectInfo<SocketAddr>`), heads must arrive within the header-read
+/// timeout, and connections beyond the caps are closed at once. Accept errors (the process is
+/// out of file descriptors) are logged and waited out, never fatal.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let table = Arc::new(Mutex::new(Connections::default()));
+    let mut refused: u64 = 0;
+    tokio::pin!(shutdown);
+    loop {
+        let (io, addr) = tokio::select! {
+            _ = &mut shutdown => return,
+            c = listener.accept() => c,
+        };
+        let Some(admitted) = admit(&table, addr.ip(), &limits) else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%addr, refused, "connection cap reached; closing new connections");
+            }
+            drop(io);
+            continue;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(addr));
+                router.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(io), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+/// The source address a request came from (unspecified when served without one, as in
+/// in-process tests and fuzzing).
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub IpAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Source(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_refill_and_the_table_stays_bounded() {
+        let t = Instant::now();
+        let mut l = RateLimiter::new(1.0, 2.0, 3);
+        assert!(l.allow(&1, t) && l.allow(&1, t));
+        assert!(!l.allow(&1, t), "burst spent");
+        assert!(l.allow(&1, t + Duration::from_secs(1)), "refilled");
+        assert!(l.allow(&2, t) && l.allow(&3, t));
+        assert!(!l.allow(&4, t), "table full of limited keys");
+        assert!(
+            l.allow(&4, t + Duration::from_secs(10)),
+            "idle keys forgotten"
+        );
+        assert!(l.buckets.len() <= 3);
+    }
+}
