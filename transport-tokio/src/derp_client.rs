@@ -321,7 +321,7 @@ fn restart_plan(reconnect_in: Duration, try_for: Duration) -> (Duration, Duratio
 pub struct DerpClient {
     commands: mpsc::UnboundedSender<Command>,
     /// Packets and peer events from the relay.
-    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    pub events: mpsc::Receiver<ClientEvent>,
     /// The connection state.
     pub state: watch::Receiver<DerpState>,
 }
@@ -348,7 +348,9 @@ impl DerpClient {
         Fut: std::future::Future<Output = io::Result<RawConn>> + Send + 'static,
     {
         let (commands, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
-        let (ev_tx, events) = mpsc::unbounded_channel();
+        // Bounded: when the engine falls behind, the connection stops being read and the
+        // relay's own per-client queue drops (audit #8), instead of this process growing.
+        let (ev_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (state_tx, state) = watch::channel(DerpState::Connecting { last_error: None });
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
@@ -477,6 +479,9 @@ async fn hold_while_disconnected(
     }
 }
 
+/// Relayed packets and events waiting for the engine.
+const EVENT_QUEUE: usize = 1024;
+
 /// Without a byte from the relay for this long (it sends keep-alives every 60 s), the
 /// connection is taken for dead.
 const READ_DEADLINE: Duration = Duration::from_secs(150);
@@ -484,7 +489,7 @@ const READ_DEADLINE: Duration = Duration::from_secs(150);
 async fn drive(
     conn: &mut RawConn,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    events: &mpsc::UnboundedSender<ClientEvent>,
+    events: &mpsc::Sender<ClientEvent>,
     preferred: &mut Option<bool>,
     wait: &mut Option<(Duration, Duration)>,
 ) -> io::Result<()> {
@@ -501,7 +506,9 @@ async fn drive(
             {
                 *wait = Some(restart_plan(reconnect_in, try_for));
             }
-            let _ = events.send(e);
+            if events.send(e).await.is_err() {
+                return Ok(()); // nobody listens any more
+            }
         }
         tokio::select! {
             r = tokio::time::timeout(READ_DEADLINE, conn.rd.read(&mut buf)) => {

@@ -120,6 +120,10 @@ enum ControlCommand {
         /// Seconds a client has to send a request's head (slow clients are cut off).
         #[arg(long, default_value_t = 10)]
         header_timeout: u64,
+        /// A token file (at least 32 bytes) shared with relays run with `burrow derper
+        /// --verify-clients`: they may then ask whether a key is a live node.
+        #[arg(long)]
+        verify_token_file: Option<std::path::PathBuf>,
     },
     /// List the registered nodes (asks the running server over its admin socket).
     Nodes {
@@ -297,7 +301,7 @@ enum Command {
         /// http[s]://HOST:PORT) about each new client key; needs --verify-token-file.
         #[arg(long, requires = "verify_token_file")]
         verify_clients: Option<String>,
-        /// The token shared with the control server (its BURROW_DERP_VERIFY_TOKEN_FILE).
+        /// The token shared with the control server (its --verify-token-file).
         #[arg(long, requires = "verify_clients")]
         verify_token_file: Option<std::path::PathBuf>,
         /// Also trust this certificate (DER or PEM) for an https:// --verify-clients server.
@@ -896,6 +900,7 @@ async fn run(command: Command) -> Result<()> {
                     max_connections_per_ip,
                     per_ip_rate,
                     header_timeout,
+                    verify_token_file,
                 },
         } => {
             let limits = burrow::control::limits::Limits {
@@ -940,6 +945,11 @@ async fn run(command: Command) -> Result<()> {
                 .unwrap_or_default();
             let control = Control::new(store, compiled, regions)?;
             control.set_node_expiry(node_expiry);
+            if let Some(path) = &verify_token_file {
+                let token = burrow::control::verify::read_token(path)
+                    .map_err(|e| anyhow::anyhow!("--verify-token-file: {e}"))?;
+                control.set_verify_token(token);
+            }
             let _expiry = control.spawn_expiry();
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

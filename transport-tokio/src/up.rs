@@ -23,7 +23,7 @@ use crate::node::{channels, run_node, NodeCommand, TokioBinder};
 use crate::transport::now;
 
 /// `burrow up`'s settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UpConfig {
     /// The coordination server, e.g. http://10.0.0.1:8080.
     pub control: String,
@@ -45,6 +45,21 @@ pub struct UpConfig {
     pub socket: PathBuf,
     /// Certificates (DER) trusted besides the web PKI, for https:// control and DERP servers.
     pub extra_roots: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for UpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpConfig")
+            .field("control", &self.control)
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
+            .field("state_dir", &self.state_dir)
+            .field("tun", &self.tun)
+            .field("listen_port", &self.listen_port)
+            .field("derp", &self.derp)
+            .field("stun", &self.stun)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the state file holds.
@@ -595,6 +610,24 @@ mod tests {
 
     /// Audit #18: a planted `node.tmp` symlink is not followed (its target is untouched), the
     /// state file is 0600, and a state file that is a symlink is refused.
+    #[test]
+    fn the_auth_key_stays_out_of_debug() {
+        let cfg = UpConfig {
+            control: "https://c".into(),
+            auth_key: Some("burrowkey-0123456789".into()),
+            state_dir: "/tmp/x".into(),
+            tun: "burrow0".into(),
+            listen_port: 0,
+            derp: None,
+            stun: vec![],
+            hostname: "h".into(),
+            socket: "/tmp/x/s".into(),
+            extra_roots: vec![],
+        };
+        let s = format!("{cfg:?}");
+        assert!(!s.contains("burrowkey-0123456789") && s.contains("redacted"), "{s}");
+    }
+
     #[test]
     fn the_state_file_never_follows_a_symlink() {
         use std::os::unix::fs::PermissionsExt;

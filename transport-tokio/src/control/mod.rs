@@ -105,6 +105,8 @@ const CHANGES_PER_SECOND: f64 = 1.0;
 /// The server's shared state.
 pub struct Control {
     store: Arc<dyn Store>,
+    /// The token relays present to `GET /derp/verify/…` (none: no such route).
+    verify_token: Mutex<Option<String>>,
     inner: Mutex<Inner>,
 }
 
@@ -149,6 +151,7 @@ impl Control {
         }
         Ok(Arc::new(Control {
             store,
+            verify_token: Mutex::new(None),
             inner: Mutex::new(Inner {
                 tailnet,
                 streams: BTreeMap::new(),
@@ -160,6 +163,12 @@ impl Control {
                 per_key: RateLimiter::new(0.2, 10.0, 65_536),
             }),
         }))
+    }
+
+    /// Lets relays with this token ask whether a key is a live node (`burrow derper
+    /// --verify-clients`); takes effect in routers made after it.
+    pub fn set_verify_token(&self, token: String) {
+        *self.verify_token.lock().expect("token") = Some(token);
     }
 
     /// Sets the per-source request rate (`Limits::per_ip_rate`).
@@ -333,7 +342,10 @@ impl Control {
             .route("/machine/register", post(register))
             .route("/machine/endpoints", post(endpoints))
             .route("/machine/map", get(map))
-            .merge(verify::routes(self.store.clone()))
+            .merge(match self.verify_token.lock().expect("token").clone() {
+                Some(token) => verify::store_router(self.store.clone(), token),
+                None => Router::new(),
+            })
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .layer(axum::middleware::from_fn(request_timeout))
             .with_state(self.clone())

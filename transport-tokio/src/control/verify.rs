@@ -3,8 +3,8 @@
 //! nodes.
 //!
 //! The answer reveals whether a key is registered, so the endpoint is not open to the world:
-//! it exists only when the server has a verification token (a file named by the environment
-//! variable [`TOKEN_FILE_ENV`], or [`router`] for an embedding program), and it answers
+//! it exists only when the server has a verification token (`burrow control serve
+//! --verify-token-file`, or [`router`] for an embedding program), and it answers
 //! nothing without `Authorization: Bearer <token>` (compared in constant time). A token
 //! rather than an address allow-list: relays usually sit on other hosts and behind NAT or
 //! proxies, and the same token file is easy to give both sides.
@@ -20,9 +20,6 @@ use burrow_wg::PublicKey;
 use serde::{Deserialize, Serialize};
 
 use super::store::Store;
-
-/// Environment variable naming the token file; without it the endpoint does not exist.
-pub const TOKEN_FILE_ENV: &str = "BURROW_DERP_VERIFY_TOKEN_FILE";
 
 /// Shortest token accepted, in bytes after trimming.
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -123,22 +120,6 @@ impl LiveKeys for StoreKeys {
 struct Verifier {
     keys: Arc<dyn LiveKeys>,
     token: Arc<str>,
-}
-
-/// The endpoint over the control store, configured from [`TOKEN_FILE_ENV`]: absent (404)
-/// without it, and also when the file cannot be used (logged; relays asking are then
-/// refused, which fails closed).
-pub fn routes<S: Clone + Send + Sync + 'static>(store: Arc<dyn Store>) -> Router<S> {
-    let Some(path) = std::env::var_os(TOKEN_FILE_ENV) else {
-        return Router::new();
-    };
-    match read_token(std::path::Path::new(&path)) {
-        Ok(token) => store_router(store, token),
-        Err(e) => {
-            tracing::error!(error = %e, "DERP client verification disabled");
-            Router::new()
-        }
-    }
 }
 
 /// The endpoint over the control store with this token (for a `--verify-token-file` flag
