@@ -568,8 +568,19 @@ fn remove_peer(
 /// Plain HTTP beyond loopback: whoever is on the path reads the node's secret and rewrites its
 /// netmap (peers, filter, relay) or kicks it off its relay. Said loudly, once, at start.
 fn warn_if_plain(what: &str, url: &str) {
+    if is_plain_beyond_loopback(url) {
+        tracing::warn!(url, "{what} over plain HTTP");
+        eprintln!(
+            "WARNING: the {what} {url} is plain HTTP: anyone on the path can read this node's \
+             secret and rewrite what it is told. Use https:// (with --tls-ca for a private CA)."
+        );
+    }
+}
+
+/// Whether `url` is plain HTTP to anything but loopback.
+fn is_plain_beyond_loopback(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("http://") else {
-        return;
+        return false;
     };
     let host = rest.split('/').next().unwrap_or_default();
     let host = host
@@ -578,13 +589,7 @@ fn warn_if_plain(what: &str, url: &str) {
         .map_or(host, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    if !loopback {
-        tracing::warn!(url, "{what} over plain HTTP");
-        eprintln!(
-            "WARNING: the {what} {url} is plain HTTP: anyone on the path can read this node's \
-             secret and rewrite what it is told. Use https:// (with --tls-ca for a private CA)."
-        );
-    }
+    !loopback
 }
 
 fn rand_seed() -> u64 {
@@ -611,6 +616,25 @@ mod tests {
     /// Audit #18: a planted `node.tmp` symlink is not followed (its target is untouched), the
     /// state file is 0600, and a state file that is a symlink is refused.
     #[test]
+    fn plain_http_beyond_loopback_is_flagged() {
+        for url in [
+            "http://192.0.2.1:8080",
+            "http://control.example/x",
+            "http://[2001:db8::1]:80",
+        ] {
+            assert!(is_plain_beyond_loopback(url), "{url}");
+        }
+        for url in [
+            "https://192.0.2.1",
+            "http://127.0.0.1:8080",
+            "http://[::1]:9",
+            "http://localhost/derp",
+        ] {
+            assert!(!is_plain_beyond_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
     fn the_auth_key_stays_out_of_debug() {
         let cfg = UpConfig {
             control: "https://c".into(),
@@ -625,7 +649,10 @@ mod tests {
             extra_roots: vec![],
         };
         let s = format!("{cfg:?}");
-        assert!(!s.contains("burrowkey-0123456789") && s.contains("redacted"), "{s}");
+        assert!(
+            !s.contains("burrowkey-0123456789") && s.contains("redacted"),
+            "{s}"
+        );
     }
 
     #[test]

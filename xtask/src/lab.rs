@@ -180,7 +180,13 @@ impl Lab {
     }
 
     /// Starts `burrow ARGS…` in `ns`, waiting for its first stdout line.
-    fn start(&mut self, key: &str, ns: &str, burrow: &Path, args: &[&str]) -> Result<String> {
+    pub(crate) fn start(
+        &mut self,
+        key: &str,
+        ns: &str,
+        burrow: &Path,
+        args: &[&str],
+    ) -> Result<String> {
         let log = self.dir.join(format!("{key}.log"));
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns])
@@ -205,6 +211,29 @@ impl Lab {
     fn log(&self, key: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{key}.log"))).unwrap_or_default()
     }
+
+    /// The process id of a program the lab started.
+    pub(crate) fn pid(&self, key: &str) -> Option<u32> {
+        self.children.get(key).map(Child::id)
+    }
+
+    /// Whether a program the lab started is still running.
+    pub(crate) fn running(&mut self, key: &str) -> bool {
+        self.children
+            .get_mut(key)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Whether the lab's programs are installed; prints a SKIPPED line naming the first missing one.
+pub(crate) fn is_tooling_ready() -> bool {
+    for (program, package) in TOOLS {
+        if !have(program) {
+            println!("SKIPPED lab: needs {program} (package {package}); `cargo xtask test` installs it as root");
+            return false;
+        }
+    }
+    true
 }
 
 pub(crate) fn ping(ns: &str, addr: &str) -> bool {
@@ -242,7 +271,11 @@ pub(crate) struct Built {
     inet: String,
     /// Site name → (node namespace, tailnet address, router namespace).
     pub(crate) nodes: BTreeMap<&'static str, (String, String, String)>,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
+    /// The file holding the reusable auth key of user "lab" (0600).
+    pub(crate) auth_key_file: PathBuf,
+    /// The control server's certificate (DER), which every node trusts.
+    pub(crate) ca: PathBuf,
 }
 
 /// Builds the internet (control, derper, STUN ×3), the sites' routers and a `burrow up` node
@@ -278,9 +311,15 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         ])?;
         Ok(key.trim().to_string())
     };
-    let key = authkey("lab")?;
+    // Keys go to nodes in files (a command line is readable by every local user).
+    let key_file = |user: &str| -> Result<PathBuf> {
+        let f = dir.join(format!("{user}.authkey"));
+        std::fs::write(&f, authkey(user)?)?;
+        Ok(f)
+    };
+    let key = key_file("lab")?;
     // The server site's node belongs to user "srv", which the lab's policy lets reach on 7000.
-    let srv_key = authkey("srv")?;
+    let srv_key = key_file("srv")?;
     let policy_s = policy.display().to_string();
     let admin = dir.join("admin.sock").display().to_string();
     // The control API over TLS, as a deployment runs it: a self-signed certificate for the
@@ -424,11 +463,11 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
                 &format!("https://{gw}:8080"),
                 "--tls-ca",
                 &ca,
-                "--auth-key",
+                "--auth-key-file",
                 if site.name == SERVER_SITE {
-                    &srv_key
+                    srv_key.to_str().unwrap_or_default()
                 } else {
-                    &key
+                    key.to_str().unwrap_or_default()
                 },
                 "--state-dir",
                 &state,
@@ -457,7 +496,9 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         lab,
         inet,
         nodes,
-        dir,
+        dir: dir.clone(),
+        auth_key_file: key,
+        ca: PathBuf::from(ca),
     })
 }
 
@@ -467,11 +508,8 @@ pub fn run() -> Result<()> {
         println!("SKIPPED lab: needs root for network namespaces, nftables and TUN devices");
         return Ok(());
     }
-    for (program, package) in TOOLS {
-        if !have(program) {
-            println!("SKIPPED lab: needs {program} (package {package}); `cargo xtask test` installs it as root");
-            return Ok(());
-        }
+    if !is_tooling_ready() {
+        return Ok(());
     }
     run_cmd(cargo().args(["build", "--quiet", "-p", "burrow"]))?;
     let burrow = root().join("target/debug/burrow");
@@ -480,6 +518,7 @@ pub fn run() -> Result<()> {
         inet,
         nodes,
         dir,
+        ..
     } = build(&burrow, SITES, POLICY)?;
     let pubkey = |name: &str| -> Result<String> {
         let state: serde_json::Value =

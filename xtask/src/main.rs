@@ -1,5 +1,6 @@
 //! `cargo xtask`: burrow's task runner.
 
+mod attack;
 mod bench;
 mod controlbench;
 mod demo;
@@ -53,6 +54,13 @@ enum Command {
     /// burrow across real NATs in network namespaces (nftables): every pair pings, paths go
     /// direct where the NATs allow, recovery after a conntrack flush and a derper restart. Root.
     Lab,
+    /// The adversarial suite: every attack test, the simulator's hostile member, and a hostile
+    /// member against real `burrow up` nodes in the namespace lab (root).
+    Attack {
+        /// The short form `cargo xtask test` runs (fewer seeds, shorter attacks, no test targets).
+        #[arg(long)]
+        reduced: bool,
+    },
     /// Run a fuzz campaign on nightly with cargo-fuzz.
     Fuzz {
         /// Target name (fuzz/fuzz_targets/TARGET.rs).
@@ -91,6 +99,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Lab => lab::run(),
+        Command::Attack { reduced } => attack::run(reduced),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { target, seconds } => test::fuzz(&target, seconds),
         Command::Sim { args } => sim(&args),

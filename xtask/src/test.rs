@@ -101,6 +101,11 @@ pub fn run(install: bool) -> Result<()> {
     if let Err(e) = &lab {
         println!("xtask: lab failed: {e}");
     }
+    // The adversarial suite's reduced form (its tests ran above with the others).
+    let attack = crate::attack::run(true);
+    if let Err(e) = &attack {
+        println!("xtask: attack failed: {e}");
+    }
     for s in &skipped {
         println!("{s}");
     }
@@ -110,6 +115,7 @@ pub fn run(install: bool) -> Result<()> {
         doc.err(),
         unit.err(),
         lab.err(),
+        attack.err(),
     ]
     .into_iter()
     .flatten()
