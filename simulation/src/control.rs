@@ -72,7 +72,7 @@ impl SimControl {
         let listener = turmoil::net::TcpListener::bind(any).await?;
         let limits = burrow::control::limits::Limits::default();
         control
-            .serve(SimListener(listener), limits, std::future::pending())
+            .serve(SimListener(listener), limits, None, std::future::pending())
             .await;
         Ok(())
     }

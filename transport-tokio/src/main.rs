@@ -903,9 +903,20 @@ async fn run(command: Command) -> Result<()> {
                     verify_token_file,
                 },
         } => {
+            // Connections must fit under the open-files limit (raised to the hard limit), with
+            // room for the database and the admin socket.
+            let fd_room = burrow::derper::raise_fd_limit()
+                .map_or(usize::MAX, |l| (l as usize).saturating_sub(128).max(64));
+            if max_connections > fd_room {
+                tracing::warn!(
+                    max_connections,
+                    fd_room,
+                    "--max-connections lowered to fit the open-files limit"
+                );
+            }
             let limits = burrow::control::limits::Limits {
-                max_connections,
-                max_connections_per_ip,
+                max_connections: max_connections.min(fd_room),
+                max_connections_per_ip: max_connections_per_ip.min(fd_room),
                 per_ip_rate,
                 header_read_timeout: Duration::from_secs(header_timeout.max(1)),
                 ..Default::default()
@@ -966,22 +977,15 @@ async fn run(command: Command) -> Result<()> {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            match tls.server_config()? {
-                None => {
-                    if !listen.ip().is_loopback() {
-                        eprintln!(
-                            "warning: serving the control API over plain HTTP on {listen}: node \
-                             secrets and netmaps cross the network in clear and can be \
-                             rewritten on the path; use --tls-cert/--tls-key or --self-signed"
-                        );
-                    }
-                    control.serve(listener, limits, shutdown).await
-                }
-                Some(config) => {
-                    let listener = burrow::control::TlsListener::new(listener, config);
-                    control.serve(listener, limits, shutdown).await
-                }
+            let tls = tls.server_config()?;
+            if tls.is_none() && !listen.ip().is_loopback() {
+                eprintln!(
+                    "warning: serving the control API over plain HTTP on {listen}: node secrets \
+                     and netmaps cross the network in clear and can be rewritten on the path; \
+                     use --tls-cert/--tls-key or --self-signed"
+                );
             }
+            control.serve(listener, limits, tls, shutdown).await;
             admin.abort();
             let _ = std::fs::remove_file(&admin_socket);
             Ok(())

@@ -80,13 +80,25 @@ fn load_or_create_state(dir: &Path) -> Result<State> {
         use std::io::Read;
         use std::os::unix::fs::OpenOptionsExt;
         // Never through a symlink: whoever planted one would choose our keys.
+        use std::os::unix::fs::MetadataExt;
         let mut text = String::new();
-        std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)
-            .and_then(|mut f| f.read_to_string(&mut text))
             .with_context(|| format!("reading {} (it must be a regular file)", path.display()))?;
+        // Only a file that is ours alone holds our keys: one another user could write may hold
+        // keys they chose.
+        let meta = f.metadata()?;
+        if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o077 != 0 {
+            bail!(
+                "{} must be owned by this user and private (mode 0600); it is not, so its keys \
+                 cannot be trusted",
+                path.display()
+            );
+        }
+        f.read_to_string(&mut text)
+            .with_context(|| format!("reading {}", path.display()))?;
         return serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()));
     }
     let mut rng = rand_chacha::ChaCha20Rng::from_os_rng();
@@ -684,6 +696,16 @@ mod tests {
         )
         .unwrap();
         std::os::unix::fs::symlink(dir.join("planted"), dir.join("node.json")).unwrap();
+        assert!(load_or_create_state(&dir).is_err());
+        // A regular node.json that others may write is refused too; our own 0600 one loads.
+        std::fs::remove_file(dir.join("node.json")).unwrap();
+        save_state(&dir, &state).unwrap();
+        assert!(load_or_create_state(&dir).is_ok());
+        std::fs::set_permissions(
+            dir.join("node.json"),
+            std::fs::Permissions::from_mode(0o666),
+        )
+        .unwrap();
         assert!(load_or_create_state(&dir).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

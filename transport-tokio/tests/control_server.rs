@@ -859,6 +859,34 @@ async fn attack_one_key_is_one_node_and_names_are_dns_labels() {
             .unwrap();
         assert_eq!(r.node.id, first.node.id, "{spelling:?}");
     }
+    // The same key with its top bit set (X25519 ignores it, so the box still opens): refused.
+    {
+        let challenge: burrow::control::ChallengeResponse = http
+            .get(format!("{base}/machine/challenge"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let node = burrow_wg::PrivateKey::from_bytes([1; 32]);
+        let mut req = burrow::control::identity::seal_registration(
+            &node,
+            &challenge,
+            body(Some(&key), None, "a", 1),
+        )
+        .unwrap();
+        let mut bytes = node.public_key().0;
+        bytes[31] |= 0x80;
+        req.node_key = burrow_wg::PublicKey(bytes).to_base64();
+        let r = http
+            .post(format!("{base}/machine/register"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "an aliased spelling of the key");
+    }
     // A disco key another node has is refused.
     let r = register_sealed(&http, &base, 2, body(Some(&key), None, "b", 1)).await;
     assert_eq!(r.status(), 409);
@@ -906,8 +934,12 @@ async fn attack_register_and_stream_floods_are_limited_and_others_are_served() {
         }
     }
     assert!(limited >= 20, "{limited} of 30 limited");
-    // Meanwhile /health (unbudgeted) is served.
-    let r = http.get(format!("{base}/health")).send().await.unwrap();
+    // Meanwhile another source is served.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let r = other.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     drop(server);
 

@@ -304,7 +304,12 @@ impl Tailnet {
     }
 }
 
-/// A node's next free address in 100.64.0.0/10 (CGNAT shared space, as Tailscale uses).
+/// Node ids that have an address of their own in 100.64.0.0/10: ids past this would share one,
+/// and two nodes with one address could speak for each other, so registration stops there.
+pub const MAX_NODE_ID: u64 = (1 << 22) - 2;
+
+/// A node's address in 100.64.0.0/10 (CGNAT shared space, as Tailscale uses), for node ids
+/// `0..=MAX_NODE_ID` (larger ones are never registered; they wrap).
 pub fn address_v4(index: u32) -> IpAddr {
     let n = 0x6440_0000u32 + 1 + index % ((1 << 22) - 2);
     IpAddr::V4(n.into())

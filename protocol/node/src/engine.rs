@@ -235,6 +235,9 @@ pub enum NodeError {
     /// WireGuard refused the packet.
     #[error("wireguard: {0}")]
     Wg(String),
+    /// Another peer already has one of these allowed prefixes.
+    #[error("peer {0:?} claims a prefix another peer already has; refused")]
+    OverlappingAddresses(PublicKey),
     /// Another peer already has this disco key.
     #[error("peer {0:?} has a disco key another peer already has; refused")]
     DuplicateDiscoKey(PublicKey),
@@ -329,6 +332,10 @@ pub struct Node {
     by_node: BTreeMap<PublicKey, usize>,
     by_disco: BTreeMap<PublicKey, usize>,
     by_wg: BTreeMap<PeerId, usize>,
+    /// Cryptokey routing: every peer's allowed prefixes (truncated) and their owner, with the
+    /// prefix lengths in use per family, longest first at lookup.
+    allowed: BTreeMap<IpNet, PublicKey>,
+    prefix_lens: BTreeSet<(bool, u8)>,
     stun: Option<StunRound>,
     next_stun: Instant,
     nat: Option<NatView>,
@@ -366,6 +373,8 @@ impl Node {
             by_node: BTreeMap::new(),
             by_disco: BTreeMap::new(),
             by_wg: BTreeMap::new(),
+            allowed: BTreeMap::new(),
+            prefix_lens: BTreeSet::new(),
             stun: None,
             next_stun: now,
             nat: None,
@@ -406,11 +415,22 @@ impl Node {
     /// A disco key that another peer already has is refused: disco messages are attributed to
     /// peers by it, so a duplicate would let one node speak for another's paths. A changed disco
     /// key (the peer rotated it) replaces the old one at once.
+    ///
+    /// A prefix another peer already has is refused too: each address has one owner, the peer
+    /// with the longest prefix holding it, and only that peer may send from it.
     pub fn add_peer(&mut self, now: Instant, peer: PeerConfig) -> Result<(), NodeError> {
         if let Some(&j) = self.by_disco.get(&peer.disco_key) {
             if self.peers[j].config.node_key != peer.node_key {
                 return Err(NodeError::DuplicateDiscoKey(peer.node_key));
             }
+        }
+        let taken = peer.allowed_ips.iter().any(|net| {
+            self.allowed
+                .get(&net.trunc())
+                .is_some_and(|owner| *owner != peer.node_key)
+        });
+        if taken {
+            return Err(NodeError::OverlappingAddresses(peer.node_key));
         }
         if let Some(&i) = self.by_node.get(&peer.node_key) {
             let endpoints = peer.endpoints.clone();
@@ -421,6 +441,7 @@ impl Node {
                 self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
             }
             self.peers[i].config = peer;
+            self.rebuild_allowed();
             self.peers[i]
                 .paths
                 .handle_control_endpoints(now, &endpoints);
@@ -452,24 +473,41 @@ impl Node {
             first_unanswered_direct: None,
             stats: PeerStats::default(),
         });
+        self.rebuild_allowed();
         self.flush_paths(now, i);
         Ok(())
+    }
+
+    /// Re-indexes every peer's allowed prefixes (the control plane changed a peer).
+    fn rebuild_allowed(&mut self) {
+        self.allowed.clear();
+        self.prefix_lens.clear();
+        for p in &self.peers {
+            for net in &p.config.allowed_ips {
+                self.allowed.insert(net.trunc(), p.config.node_key);
+                self.prefix_lens
+                    .insert((net.addr().is_ipv6(), net.prefix_len()));
+            }
+        }
+    }
+
+    /// The peer owning `ip`: the one with the longest allowed prefix holding it.
+    fn owner_of(&self, ip: IpAddr) -> Option<PublicKey> {
+        let v6 = ip.is_ipv6();
+        self.prefix_lens
+            .iter()
+            .rev()
+            .filter(|(family, _)| *family == v6)
+            .find_map(|&(_, len)| {
+                let net = IpNet::new(ip, len).ok()?.trunc();
+                self.allowed.get(&net).copied()
+            })
     }
 
     /// The peer whose allowed addresses hold `ip` (the longest prefix wins): where a packet
     /// for `ip` goes, and the only peer a packet from `ip` is accepted from.
     pub fn peer_for_ip(&self, ip: IpAddr) -> Option<PublicKey> {
-        self.peers
-            .iter()
-            .flat_map(|p| {
-                p.config
-                    .allowed_ips
-                    .iter()
-                    .filter(move |n| n.contains(&ip))
-                    .map(move |n| (n.prefix_len(), p.config.node_key))
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, k)| k)
+        self.owner_of(ip)
     }
 
     /// Forgets a peer (the coordination server removed it, or its key expired): nothing more
@@ -484,6 +522,7 @@ impl Node {
         self.by_disco.remove(&gone.config.disco_key);
         self.by_wg.remove(&gone.wg);
         self.user_pings.retain(|_, (j, _, _)| *j != i);
+        self.rebuild_allowed();
         let moved_from = self.peers.len();
         if i < moved_from {
             let moved = &self.peers[i];
@@ -1173,8 +1212,11 @@ impl Node {
                         None => p.stats.rx_relay += 1,
                     }
                     if let Decapsulated::Data(n) = what {
-                        // Cryptokey routing: the inner source must be one of this peer's.
-                        if allows(&p.config.allowed_ips, &out[..n]) {
+                        // Cryptokey routing: the inner source must be an address this peer
+                        // owns (the longest prefix holding it is this peer's).
+                        let owner = inner_source(&out[..n]).and_then(|ip| self.owner_of(ip));
+                        let p = &mut self.peers[i];
+                        if owner == Some(p.config.node_key) {
                             p.stats.rx_bytes += n as u64;
                             let peer = p.config.node_key;
                             self.events.push_back(Event::Packet {
@@ -1227,10 +1269,9 @@ impl Node {
     }
 }
 
-/// Whether `packet`'s inner source address lies in one of `allowed` (keep-alives, which are
-/// empty, never get here).
-fn allows(allowed: &[IpNet], packet: &[u8]) -> bool {
-    let src = match packet.first().map(|b| b >> 4) {
+/// A decrypted packet's source address (keep-alives, which are empty, never get here).
+fn inner_source(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first().map(|b| b >> 4) {
         Some(4) => packet
             .get(12..16)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -1240,8 +1281,7 @@ fn allows(allowed: &[IpNet], packet: &[u8]) -> bool {
             .and_then(|b| <[u8; 16]>::try_from(b).ok())
             .map(IpAddr::from),
         _ => None,
-    };
-    src.is_some_and(|src| allowed.iter().any(|n| n.contains(&src)))
+    }
 }
 
 /// The peer's endpoints birthday probing may aim at: its first few advertised public ones,

@@ -171,3 +171,41 @@ fn a_disco_key_belongs_to_one_peer_and_rotation_is_honoured() {
     reuse.disco_key = alice.disco_public_key();
     me.add_peer(now, reuse).unwrap();
 }
+
+/// The review's address-collision attack: two peers with one address could speak for each
+/// other. The same prefix twice is refused, and where prefixes nest the longest one owns the
+/// address: a peer with a wide route cannot send from a narrower peer's address.
+#[test]
+fn an_address_has_one_owner_and_the_longest_prefix_wins() {
+    let now = Instant::now();
+    let (mut victim, mut alice, mut router) = (node(1), node(2), node(3));
+    victim
+        .add_peer(now, peer(&alice, &["100.64.0.2/32"]))
+        .unwrap();
+    let mallory = node(4);
+    assert_eq!(
+        victim.add_peer(now, peer(&mallory, &["100.64.0.2/32"])),
+        Err(NodeError::OverlappingAddresses(mallory.public_key()))
+    );
+    victim
+        .add_peer(now, peer(&router, &["100.64.0.0/10"]))
+        .unwrap();
+    alice
+        .add_peer(now, peer(&victim, &["100.64.0.1/32"]))
+        .unwrap();
+    router
+        .add_peer(now, peer(&victim, &["100.64.0.1/32"]))
+        .unwrap();
+    let v = victim.public_key();
+    let as_alice = v4([100, 64, 0, 2], [100, 64, 0, 1]);
+    let own = v4([100, 64, 0, 9], [100, 64, 0, 1]);
+    router.send(now, &v, &as_alice).unwrap();
+    router.send(now, &v, &own).unwrap();
+    let got = relay(now, &mut [&mut victim, &mut alice, &mut router]);
+    assert_eq!(got[0], vec![own], "only the router's own address");
+    assert_eq!(victim.stats(&router.public_key()).unwrap().rx_spoofed, 1);
+    assert_eq!(
+        victim.peer_for_ip("100.64.0.2".parse().unwrap()),
+        Some(alice.public_key())
+    );
+}

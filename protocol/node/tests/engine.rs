@@ -192,17 +192,25 @@ fn relay_all(now: Instant, nodes: &mut [&mut Node]) -> Vec<Vec<Vec<u8>>> {
     got
 }
 
+/// An IP packet from 100.64.0.3.
+const C_PACKET: [u8; 20] = [
+    0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 3, 100, 64, 0, 2,
+];
+
 #[test]
 fn a_removed_peer_is_forgotten_and_the_others_keep_working() {
     let now = Instant::now();
     let (mut a, mut b) = pair(now);
     let key = |x| PrivateKey::from_bytes([x; 32]);
     let mut c = Node::new(NodeConfig::new(key(5), key(6), 3), now);
-    let _ = a.add_peer(now, peer_of(&c));
+    // b may send from anywhere; c from 100.64.0.3 (the longest prefix owns an address).
+    let mut c_at_a = peer_of(&c);
+    c_at_a.allowed_ips = vec!["100.64.0.3/32".parse().unwrap()];
+    a.add_peer(now, c_at_a).unwrap();
     let _ = c.add_peer(now, peer_of(&a));
     // Sessions with both.
     b.send(now, &a.public_key(), &PACKET).unwrap();
-    c.send(now, &a.public_key(), &PACKET).unwrap();
+    c.send(now, &a.public_key(), &C_PACKET).unwrap();
     let got = relay_all(now, &mut [&mut a, &mut b, &mut c]);
     assert_eq!(got[0].len(), 2, "a hears b and c before the removal");
 
@@ -225,10 +233,10 @@ fn a_removed_peer_is_forgotten_and_the_others_keep_working() {
         "a removed peer still got through: {got:?}"
     );
     // c still reaches a, and a reaches c.
-    c.send(t, &a.public_key(), &PACKET).unwrap();
+    c.send(t, &a.public_key(), &C_PACKET).unwrap();
     a.send(t, &c.public_key(), &PACKET).unwrap();
     let got = relay_all(t, &mut [&mut a, &mut c]);
-    assert_eq!(got[0], vec![PACKET.to_vec()]);
+    assert_eq!(got[0], vec![C_PACKET.to_vec()]);
     assert_eq!(got[1], vec![PACKET.to_vec()]);
 
     // Added again (re-registered), b gets a fresh session.

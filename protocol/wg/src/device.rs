@@ -48,6 +48,8 @@ pub struct Device {
     handshakes: (Instant, u32),
     /// Under load by the handshake rate until then.
     loaded_until: Option<Instant>,
+    /// Under load, handshakes with a valid cookie per source IP: tokens and when counted.
+    per_source: BTreeMap<std::net::IpAddr, (f64, Instant)>,
     epoch: (Instant, Duration),
 }
 
@@ -55,6 +57,13 @@ pub struct Device {
 /// initiation then needs a cookie bound to its source before any Diffie-Hellman is spent on
 /// it, so a flood from spoofed sources costs one MAC each (WireGuard's DoS defence).
 pub const UNDER_LOAD_HANDSHAKES_PER_SECOND: u32 = 64;
+/// Under load, handshakes one source (with a valid cookie) may have judged per second, and at
+/// once (WireGuard's own figures): a cookie proves the source address, not good intent.
+pub const HANDSHAKES_PER_SOURCE_PER_SECOND: u32 = 20;
+/// See [`HANDSHAKES_PER_SOURCE_PER_SECOND`].
+pub const HANDSHAKE_BURST_PER_SOURCE: u32 = 5;
+/// Sources whose handshake budget is remembered at most.
+const MAX_SOURCES: usize = 4096;
 
 impl core::fmt::Debug for Device {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -90,6 +99,7 @@ impl Device {
             under_load: false,
             handshakes: (now, 0),
             loaded_until: None,
+            per_source: BTreeMap::new(),
             epoch: (now, unix_time),
         }
     }
@@ -185,6 +195,31 @@ impl Device {
 
     /// Counts a handshake; past the rate, the device stays under load for a second after the
     /// last one over it, so a steady flood stays throttled and a quiet second ends it.
+    /// Takes one handshake from `src`'s budget (under load only); false when it is spent, or
+    /// when the table is full of sources still spending theirs.
+    fn source_allows(&mut self, now: Instant, src: std::net::IpAddr) -> bool {
+        let burst = f64::from(HANDSHAKE_BURST_PER_SOURCE);
+        let rate = f64::from(HANDSHAKES_PER_SOURCE_PER_SECOND);
+        let refill = |tokens: f64, at: Instant| {
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(burst)
+        };
+        if !self.per_source.contains_key(&src) && self.per_source.len() >= MAX_SOURCES {
+            // Sources whose budget is full again are indistinguishable from new ones.
+            self.per_source.retain(|_, (t, at)| refill(*t, *at) < burst);
+            if self.per_source.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, at) = self.per_source.entry(src).or_insert((burst, now));
+        *tokens = refill(*tokens, *at);
+        *at = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
+    }
+
     fn count_handshake(&mut self, now: Instant) {
         if now.saturating_duration_since(self.handshakes.0) >= Duration::from_secs(1) {
             self.handshakes = (now, 0);
@@ -277,6 +312,9 @@ impl Device {
                     out[..COOKIE_REPLY_LEN].copy_from_slice(&reply);
                     return Ok(Received::CookieReply(COOKIE_REPLY_LEN));
                 }
+                if !self.source_allows(now, src.ip()) {
+                    return Err(HandshakeError::RateLimited.into());
+                }
             }
         }
         let id = match msg {
@@ -349,5 +387,40 @@ impl Device {
             .iter_mut()
             .enumerate()
             .find_map(|(i, p)| p.poll_event().map(|e| (PeerId(i), e)))
+    }
+}
+
+#[cfg(test)]
+mod source_budget_tests {
+    use super::*;
+    use rand_chacha::rand_core::SeedableRng;
+
+    /// Under load a cookie proves the source address, not good intent: each source gets
+    /// WireGuard's 20 handshakes a second (5 at once), and the table of sources stays bounded.
+    #[test]
+    fn each_source_gets_its_own_handshake_budget_under_load() {
+        let now = Instant::now();
+        let mut d = Device::new(
+            PrivateKey::from_bytes([1; 32]),
+            ChaCha20Rng::seed_from_u64(1),
+            now,
+            Duration::from_secs(1_700_000_000),
+        );
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let b: std::net::IpAddr = "192.0.2.2".parse().unwrap();
+        let allowed = (0..50).filter(|_| d.source_allows(now, a)).count() as u32;
+        assert_eq!(allowed, HANDSHAKE_BURST_PER_SOURCE);
+        assert!(d.source_allows(now, b), "another source is unaffected");
+        let later = now + Duration::from_millis(500);
+        let refilled = (0..50).filter(|_| d.source_allows(later, a)).count() as u32;
+        assert_eq!(
+            refilled,
+            HANDSHAKE_BURST_PER_SOURCE.min(HANDSHAKES_PER_SOURCE_PER_SECOND / 2)
+        );
+        for i in 0..(MAX_SOURCES as u32 + 100) {
+            let ip = std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = d.source_allows(later, ip);
+        }
+        assert!(d.per_source.len() <= MAX_SOURCES);
     }
 }

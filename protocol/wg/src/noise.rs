@@ -19,6 +19,9 @@ pub enum HandshakeError {
     /// mac1 does not match: not for us, or corrupted.
     #[error("invalid mac1")]
     BadMac1,
+    /// Under load, the source spent its handshake budget.
+    #[error("too many handshakes from this source while under load")]
+    RateLimited,
     /// A field failed to decrypt, or a DH result was all zero.
     #[error("handshake decryption failed")]
     DecryptFailed,

@@ -23,7 +23,8 @@ use thiserror::Error;
 
 /// How long a challenge may be answered, in seconds.
 pub const CHALLENGE_TTL: u64 = 60;
-/// Redeemed challenges remembered at most; past it, registrations wait (503) until some expire.
+/// Redeemed challenges remembered at most; past it the oldest are forgotten (they expire within
+/// a minute anyway, and only challenges whose registration succeeded are kept).
 pub const MAX_REDEEMED: usize = 65_536;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -95,9 +96,6 @@ pub enum ProofError {
     /// The box does not open under the node key: the registrant does not hold it.
     #[error("the registration is not sealed with this node key")]
     NotSealedByNode,
-    /// Too many challenges redeemed recently.
-    #[error("too many registrations in flight; retry shortly")]
-    Busy,
 }
 
 /// The nonce of a registration's box: one box per challenge-derived key, so a nonce derived
@@ -140,7 +138,9 @@ fn decode32(s: &str, what: &'static str) -> Result<[u8; 32], ProofError> {
 /// The server's side: issues challenges and checks answers.
 pub struct Challenges {
     mac_key: [u8; 32],
+    /// Redeemed challenges and when each expires, and the same ordered by expiry.
     redeemed: BTreeMap<[u8; 32], u64>,
+    by_expiry: std::collections::BTreeSet<(u64, [u8; 32])>,
 }
 
 impl Challenges {
@@ -149,6 +149,7 @@ impl Challenges {
         Challenges {
             mac_key,
             redeemed: BTreeMap::new(),
+            by_expiry: std::collections::BTreeSet::new(),
         }
     }
 
@@ -208,15 +209,30 @@ impl Challenges {
         if body.challenge != req.challenge {
             return Err(ProofError::NotSealedByNode);
         }
-        self.redeemed.retain(|_, expires| *expires > now);
+        while let Some(&(expires, old)) = self.by_expiry.first() {
+            if expires > now && self.redeemed.len() < MAX_REDEEMED {
+                break;
+            }
+            self.by_expiry.remove(&(expires, old));
+            self.redeemed.remove(&old);
+        }
         if self.redeemed.contains_key(&c) {
             return Err(ProofError::Replayed);
         }
-        if self.redeemed.len() >= MAX_REDEEMED {
-            return Err(ProofError::Busy);
-        }
-        self.redeemed.insert(c, issued + CHALLENGE_TTL);
+        let expires = issued + CHALLENGE_TTL;
+        self.redeemed.insert(c, expires);
+        self.by_expiry.insert((expires, c));
         Ok((node, body))
+    }
+
+    /// Gives a challenge back: its registration was refused, so it registered nothing and
+    /// need not be remembered (only successful registrations hold memory here).
+    pub fn release(&mut self, req: &RegisterRequest) {
+        if let Ok(c) = decode32(&req.challenge, "challenge") {
+            if let Some(expires) = self.redeemed.remove(&c) {
+                self.by_expiry.remove(&(expires, c));
+            }
+        }
     }
 }
 
@@ -252,6 +268,23 @@ mod tests {
             server.redeem(1001, &forged).unwrap_err(),
             ProofError::NotSealedByNode
         );
+    }
+
+    #[test]
+    fn a_refused_registration_gives_its_challenge_back() {
+        let mut server = Challenges::new([1; 32]);
+        let node = PrivateKey::from_bytes([2; 32]);
+        let req = seal_registration(&node, &server.issue(1000, [3; 8]), body()).unwrap();
+        server.redeem(1001, &req).unwrap();
+        server.release(&req);
+        assert!(server.redeemed.is_empty() && server.by_expiry.is_empty());
+        server.redeem(1002, &req).unwrap();
+        assert_eq!(server.redeem(1003, &req).unwrap_err(), ProofError::Replayed);
+        // Expired entries leave in expiry order when later ones are redeemed.
+        let later = 1000 + CHALLENGE_TTL + 1;
+        let next = seal_registration(&node, &server.issue(later, [4; 8]), body()).unwrap();
+        server.redeem(later, &next).unwrap();
+        assert_eq!(server.redeemed.len(), 1);
     }
 
     #[test]

@@ -125,23 +125,41 @@ fn admit(table: &Arc<Mutex<Connections>>, ip: IpAddr, limits: &Limits) -> Option
     })
 }
 
-/// Serves `router` over HTTP/1 on `listener` until `shutdown`: each request carries its
-/// source address (`ConnectInfo<SocketAddr>`), heads must arrive within the header-read
-/// timeout, and connections beyond the caps are closed at once. Accept errors (the process is
-/// out of file descriptors) are logged and waited out, never fatal.
+/// The unit the per-source limits count: an IPv4 address (an IPv4-mapped IPv6 address is
+/// its IPv4 address), or an IPv6 /64 (one subscriber's usual allocation, so rotating through a
+/// /64 gains nothing).
+pub fn source_bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves `router` over HTTP/1 on `listener` until `shutdown`, with TLS when `tls` is given.
+/// Connections beyond the caps (in total, and per source bucket) are closed at once, before
+/// any TLS work; handshakes must finish within 10 s and request heads within the header-read
+/// timeout. Each request carries its source address (`ConnectInfo<SocketAddr>`). Accept errors
+/// (the process is out of file descriptors) are waited out by the listener, never fatal.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
-    use hyper::server::conn::http1;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use tower::ServiceExt;
-
     let table = Arc::new(Mutex::new(Connections::default()));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut refused: u64 = 0;
     tokio::pin!(shutdown);
     loop {
@@ -149,7 +167,7 @@ pub async fn serve<L>(
             _ = &mut shutdown => return,
             c = listener.accept() => c,
         };
-        let Some(admitted) = admit(&table, addr.ip(), &limits) else {
+        let Some(admitted) = admit(&table, source_bucket(addr.ip()), &limits) else {
             refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(%addr, refused, "connection cap reached; closing new connections");
@@ -157,26 +175,46 @@ pub async fn serve<L>(
             drop(io);
             continue;
         };
-        let router = router.clone();
+        let (router, acceptor) = (router.clone(), acceptor.clone());
         tokio::spawn(async move {
             let _admitted = admitted;
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(addr));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(io), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "connection ended");
+            match acceptor {
+                None => serve_connection(io, addr, router, limits).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, addr, router, limits).await,
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
-/// The source address a request came from (unspecified when served without one, as in
-/// in-process tests and fuzzing).
+async fn serve_connection<IO>(io: IO, addr: SocketAddr, router: Router, limits: Limits)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        req.extensions_mut().insert(ConnectInfo(addr));
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(%addr, error = %e, "connection ended");
+    }
+}
+
+/// The source a request came from, as [`source_bucket`] counts it (unspecified when served
+/// without one, as in in-process tests and fuzzing).
 #[derive(Debug, Clone, Copy)]
 pub struct Source(pub IpAddr);
 
@@ -191,7 +229,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip()),
+                .map_or(IpAddr::from([0, 0, 0, 0]), |c| source_bucket(c.0.ip())),
         ))
     }
 }
@@ -199,6 +237,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_counted_by_ipv4_address_and_ipv6_slash_64() {
+        let b = |s: &str| source_bucket(s.parse().unwrap());
+        assert_eq!(b("192.0.2.7"), b("::ffff:192.0.2.7"));
+        assert_eq!(b("2001:db8:1:2:aaaa::1"), b("2001:db8:1:2:bbbb::2"));
+        assert_ne!(b("2001:db8:1:2::1"), b("2001:db8:1:3::1"));
+    }
 
     #[test]
     fn buckets_refill_and_the_table_stays_bounded() {

@@ -321,23 +321,25 @@ impl Control {
             .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))??)
     }
 
-    /// Serves the HTTP API on `listener` under `limits` until `shutdown`.
+    /// Serves the HTTP API on `listener` (with TLS when `tls` is given) under `limits` until
+    /// `shutdown`.
     pub async fn serve<L>(
         self: &Arc<Self>,
         listener: L,
         limits: Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) where
         L: axum::serve::Listener<Addr = SocketAddr>,
     {
         self.set_limits(&limits);
-        limits::serve(listener, self.router(), limits, shutdown).await
+        limits::serve(listener, self.router(), limits, tls, shutdown).await
     }
 
     /// The HTTP API.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
-            .route("/health", get(|| async { "ok\n" }))
+            .route("/health", get(health))
             .route("/machine/challenge", get(challenge))
             .route("/machine/register", post(register))
             .route("/machine/endpoints", post(endpoints))
@@ -368,6 +370,10 @@ impl From<StoreError> for ApiError {
                 ApiError(StatusCode::UNAUTHORIZED, e.to_string())
             }
             StoreError::DiscoKeyTaken => ApiError(StatusCode::CONFLICT, e.to_string()),
+            StoreError::AddressPoolExhausted => {
+                tracing::error!("registration refused: the address pool is exhausted");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "storage failed");
                 ApiError(StatusCode::INTERNAL_SERVER_ERROR, "storage failed".into())
@@ -380,7 +386,6 @@ impl From<ProofError> for ApiError {
     fn from(e: ProofError) -> Self {
         let status = match e {
             ProofError::Malformed(_) => StatusCode::BAD_REQUEST,
-            ProofError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
         ApiError(status, e.to_string())
@@ -436,11 +441,26 @@ pub fn hostname_label(name: &str) -> String {
     }
 }
 
-/// A key in its one canonical spelling (audit #7), or None if it is not a key.
+/// A key in its one canonical spelling (audit #7), or None if it is not a canonical key.
 fn canonical_key(s: &str) -> Option<String> {
     burrow_wg::PublicKey::from_base64(s)
         .ok()
+        .filter(is_canonical_key)
         .map(|k| k.to_base64())
+}
+
+/// X25519 ignores a public key's top bit, so a key with it set is another spelling of the
+/// same key: refused, so one key is one node.
+fn is_canonical_key(k: &burrow_wg::PublicKey) -> bool {
+    k.as_bytes()[31] & 0x80 == 0
+}
+
+async fn health(
+    State(c): State<Arc<Control>>,
+    limits::Source(ip): limits::Source,
+) -> Result<&'static str, ApiError> {
+    c.allow_source(ip)?;
+    Ok("ok\n")
 }
 
 async fn challenge(
@@ -455,7 +475,8 @@ async fn challenge(
 }
 
 /// A registration: the registrant proves it holds the node key (a box sealed under it for a
-/// fresh challenge), then the store decides whether that key may (re-)register.
+/// fresh challenge), then the store decides whether that key may (re-)register. A refused
+/// registration gives its challenge back, so only successful ones are remembered.
 async fn register(
     State(c): State<Arc<Control>>,
     limits::Source(ip): limits::Source,
@@ -469,11 +490,34 @@ async fn register(
         .expect("control state")
         .challenges
         .redeem(now, &req)?;
+    let result = admit_registration(&c, now, node_key, body).await;
+    if result.is_err() {
+        c.inner
+            .lock()
+            .expect("control state")
+            .challenges
+            .release(&req);
+    }
+    result.map(Json)
+}
+
+async fn admit_registration(
+    c: &Arc<Control>,
+    now: u64,
+    node_key: burrow_wg::PublicKey,
+    body: RegisterBody,
+) -> Result<RegisterResponse, ApiError> {
+    if !is_canonical_key(&node_key) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "node_key must be a canonical X25519 public key".into(),
+        ));
+    }
     let node_key = node_key.to_base64();
     let Some(disco_key) = canonical_key(&body.disco_key) else {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
-            "disco_key must be a base64 X25519 public key".into(),
+            "disco_key must be a canonical base64 X25519 public key".into(),
         ));
     };
     if !valid_hostname(&body.hostname) {
@@ -505,11 +549,23 @@ async fn register(
         })
         .await?;
     c.upsert(&record);
+    // An admin's remove or expire may have landed between the store's commit and the upsert
+    // (audit #19): read the record back and retire the node if it is gone or expired. The
+    // admin removes from the store before retiring, so one of the two always sees the other.
+    let id = record.id;
+    let stored = c.with_store(move |store| store.node(id)).await?;
+    if stored.is_none_or(|r| r.expires_at.is_some_and(|at| at <= store::now_unix())) {
+        c.retire(id);
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "the node was removed or expired while it registered".into(),
+        ));
+    }
     tracing::info!(id = record.id, name = %record.name, "node registered");
-    Ok(Json(RegisterResponse {
+    Ok(RegisterResponse {
         node: peer_of(&record).node,
         secret,
-    }))
+    })
 }
 
 async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecord, ApiError> {
@@ -564,11 +620,14 @@ fn is_public_v4(ip: IpAddr) -> bool {
 /// server on a LAN, or behind a proxy) cannot be checked and keep their public endpoints.
 pub fn vouched_endpoints(source: IpAddr, claimed: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
+    let source = limits::source_bucket(source);
     for e in claimed {
-        let acceptable = burrow_punch::is_acceptable_remote(*e);
+        // One spelling per address: an IPv4-mapped IPv6 endpoint is its IPv4 endpoint.
+        let e = burrow_punch::canonical_remote(*e);
+        let acceptable = burrow_punch::is_acceptable_remote(e);
         let foreign = is_public_v4(source) && is_public_v4(e.ip()) && e.ip() != source;
-        if acceptable && !foreign && !out.contains(e) {
-            out.push(*e);
+        if acceptable && !foreign && !out.contains(&e) {
+            out.push(e);
         }
     }
     out
@@ -580,6 +639,7 @@ async fn endpoints(
     headers: HeaderMap,
     Json(mut req): Json<EndpointsRequest>,
 ) -> Result<StatusCode, ApiError> {
+    c.allow_source(source)?;
     let mut node = authenticate(&c, &headers).await?;
     if req.endpoints.len() > 64 {
         return Err(ApiError(
@@ -665,76 +725,6 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(secs))
-}
-
-/// A TCP listener that hands axum TLS connections. Handshakes run in their own tasks (at most
-/// 10 s each), so a slow or silent client never holds up the others.
-pub struct TlsListener {
-    ready: mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: SocketAddr,
-    _accepting: tokio::task::JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `listener` with `config`.
-    pub fn new(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
-        let local = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(64);
-        let accepting = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
-                    match handshake.await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener {
-            ready,
-            local,
-            _accepting: accepting,
-        }
-    }
-}
-
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self._accepting.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept loop never ends while the listener lives.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }
 
 #[cfg(test)]
@@ -826,6 +816,7 @@ mod tests {
             e("198.51.100.7:41641"),
             e("203.0.113.9:53"),
             e("[2001:db8::1]:41641"),
+            e("[::ffff:203.0.113.9]:53"),
         ];
         let from_public = vouched_endpoints("198.51.100.7".parse().unwrap(), &claimed);
         assert_eq!(

@@ -185,21 +185,34 @@ impl Store for PgStore {
             }
             let secret = random_token("burrownode");
             let spend = match admission {
-                Admission::Existing { id, spend } => {
+                Admission::Existing { id, spend: true } => {
                     tx.execute(
                         "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4 WHERE id = $5",
                         &[&name, &disco_key, &hash(&secret), &expires_at, &id],
                     )
                     .await?;
-                    spend
+                    true
+                }
+                Admission::Existing { id, spend: false } => {
+                    tx.execute(
+                        "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3 WHERE id = $4",
+                        &[&name, &disco_key, &hash(&secret), &id],
+                    )
+                    .await?;
+                    false
                 }
                 Admission::New { spend } => {
                     let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
-                    tx.execute(
-                        "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                        &[&name, &k.user, &k.tags, &node_key, &disco_key, &hash(&secret), &expires_at, &(now_unix() as i64)],
-                    )
-                    .await?;
+                    let row = tx
+                        .query_one(
+                            "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                            &[&name, &k.user, &k.tags, &node_key, &disco_key, &hash(&secret), &expires_at, &(now_unix() as i64)],
+                        )
+                        .await?;
+                    let id: i64 = row.get(0);
+                    if id as u64 > burrow_control::netmap::MAX_NODE_ID {
+                        return Err(StoreError::AddressPoolExhausted); // rolled back
+                    }
                     spend
                 }
             };
@@ -212,6 +225,17 @@ impl Store for PgStore {
                 .await?;
             tx.commit().await?;
             Ok((columns(&row).record(ula), secret))
+        })
+    }
+
+    fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError> {
+        let ula = self.ula;
+        self.with(async move |c: &mut Client| {
+            Ok(
+                c.query_opt("SELECT * FROM nodes WHERE id = $1", &[&(id as i64)])
+                    .await?
+                    .map(|r| columns(&r).record(ula)),
+            )
         })
     }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use burrow_control::netmap::MAX_NODE_ID;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -27,6 +28,9 @@ pub enum StoreError {
     /// Another node has this disco key.
     #[error("another node already has this disco key")]
     DiscoKeyTaken,
+    /// Every tailnet address has been handed out (node ids are never reused).
+    #[error("the tailnet's address pool is exhausted")]
+    AddressPoolExhausted,
     /// A stored value did not parse.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -84,6 +88,8 @@ pub trait Store: Send + Sync {
     fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError>;
     /// The node a request secret belongs to.
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
+    /// The node with this id.
+    fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError>;
     /// Records a node's endpoints and home region.
     fn set_endpoints(
         &self,
@@ -191,11 +197,12 @@ pub(crate) enum Admission {
         spend: bool,
     },
     /// The existing node `id` renews (its secret) or re-authenticates (an unspent key of its
-    /// own user and tags, which is then spent).
+    /// own user and tags, which is then spent). Only re-authentication moves the expiry: a
+    /// node that renews with its secret keeps the expiry it has, so `--node-expiry` holds.
     Existing {
         /// The node.
         id: i64,
-        /// Whether an auth key's use count goes up.
+        /// Whether an auth key's use count goes up (and the expiry is set anew).
         spend: bool,
     },
 }
@@ -437,12 +444,19 @@ impl Store for SqliteStore {
         }
         let secret = random_token("burrownode");
         let spend = match admission {
-            Admission::Existing { id, spend } => {
+            Admission::Existing { id, spend: true } => {
                 tx.execute(
                     "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4 WHERE id = ?5",
                     params![reg.name, reg.disco_key, hash(&secret), expires_at, id],
                 )?;
-                spend
+                true
+            }
+            Admission::Existing { id, spend: false } => {
+                tx.execute(
+                    "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3 WHERE id = ?4",
+                    params![reg.name, reg.disco_key, hash(&secret), id],
+                )?;
+                false
             }
             Admission::New { spend } => {
                 let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
@@ -450,6 +464,9 @@ impl Store for SqliteStore {
                     "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![reg.name, k.user, k.tags, reg.node_key, reg.disco_key, hash(&secret), expires_at, now_unix() as i64],
                 )?;
+                if tx.last_insert_rowid() as u64 > MAX_NODE_ID {
+                    return Err(StoreError::AddressPoolExhausted); // rolled back
+                }
                 spend
             }
         };
@@ -476,6 +493,19 @@ impl Store for SqliteStore {
             .query_row(
                 "SELECT * FROM nodes WHERE secret_hash = ?1",
                 params![hash(secret)],
+                |r| self.record(r),
+            )
+            .optional()?)
+    }
+
+    fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self
+            .db
+            .lock()
+            .expect("db")
+            .query_row(
+                "SELECT * FROM nodes WHERE id = ?1",
+                params![id as i64],
                 |r| self.record(r),
             )
             .optional()?)
