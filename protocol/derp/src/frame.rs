@@ -451,11 +451,16 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// Collects a byte stream and yields whole frames, however the stream was split.
+/// Collects a byte stream and yields whole frames, however the stream was split. Once
+/// drained, it lets go of a buffer bigger than [`IDLE_DECODER_CAPACITY`]: an idle
+/// connection does not keep the room its last large frame needed.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: BytesMut,
 }
+
+/// Buffer a drained [`FrameDecoder`] may keep.
+pub const IDLE_DECODER_CAPACITY: usize = 4096;
 
 impl FrameDecoder {
     /// An empty decoder.
@@ -473,10 +478,18 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// Bytes of buffer held now (what a connection costs while idle).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The next whole frame as (type, payload), `None` if more bytes are needed. An oversized
     /// length is an error: the connection must be closed.
     pub fn next_frame(&mut self) -> Option<Result<(u8, bytes::Bytes), FrameError>> {
         if self.buf.len() < HEADER_LEN {
+            if self.buf.is_empty() && self.buf.capacity() > IDLE_DECODER_CAPACITY {
+                self.buf = BytesMut::new();
+            }
             return None;
         }
         let frame_type = self.buf[0];

@@ -3,10 +3,13 @@
 //! bounded per-client queues (a small separate one for disco), drops and counts on overflow,
 //! tells watchers about arrivals and departures, forwards over the mesh.
 //!
-//! Admission: a ClientInfo whose (key, nonce) was seen recently is a replay and is refused
-//! without touching the live connection of that key; clients are capped globally and per
-//! source; with [`ServerConfig::verify_clients`] a key waits (see [`Server::poll_verify`])
-//! until the driver reports the control server's [`Verdict`].
+//! Admission: a ClientInfo whose nonce its key has already used (while connected, or within
+//! the replay window since) is a replay and is refused without touching the live connection
+//! of that key; nonces are remembered per admitted key, so handshakes of other keys cannot
+//! flush them. Clients are capped globally and per source; with
+//! [`ServerConfig::verify_clients`] a key waits (see [`Server::poll_verify`]) until the driver
+//! reports the control server's [`Verdict`], with the keys waiting capped globally and per
+//! source.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -22,10 +25,10 @@ use crate::frame::{
     Frame, FrameDecoder, FrameError, PeerGoneReason, HEADER_LEN, MAX_FRAME_SIZE, NONCE_LEN,
     PROTOCOL_VERSION,
 };
-use crate::gate::{address_bucket, is_capped_source};
+use crate::gate::SourceCounts;
 use crate::info::{ClientInfo, ServerInfo};
 use crate::nacl::BoxKey;
-use crate::recent::Recent;
+use crate::recent::{NonceMemory, Recent};
 
 /// Disco messages start with this magic ("TS💬"); they get the small priority queue.
 pub const DISCO_MAGIC: &[u8; 6] = b"TS\xf0\x9f\x92\xac";
@@ -45,6 +48,15 @@ pub const MIN_MESH_KEY_LEN: usize = 32;
 
 /// Distinct keys waiting for verification at once; more connections are refused.
 pub const MAX_PENDING_VERIFICATIONS: usize = 256;
+
+/// Keys one source (an IPv4 address or IPv6 /64; [`crate::gate::SITE_SHARES`] times that per
+/// /48; loopback exempt) may have waiting for verification at once, so that a few sources
+/// cannot take every place of [`MAX_PENDING_VERIFICATIONS`].
+pub const MAX_PENDING_VERIFICATIONS_PER_SOURCE: usize = 16;
+
+/// Clients at once by default: each costs a driver some tens of KiB at least (socket and
+/// TLS buffers, queues), so 20,000 stays near a gigabyte; raise it where memory allows.
+pub const DEFAULT_MAX_CLIENTS: usize = 20_000;
 
 /// How long a verification answer is reused: allowed keys, then denied keys.
 pub const VERIFY_ALLOW_TTL: Duration = Duration::from_secs(60);
@@ -127,15 +139,17 @@ pub struct ServerConfig {
     pub rate_limit: Option<(u64, u64)>,
     /// Clients connected at once (a mesh peer is never refused); more are refused.
     pub max_clients: usize,
-    /// Clients connected at once from one source (an IPv4 address or an IPv6 /64; loopback
-    /// is exempt). Mesh peers do not count.
+    /// Clients connected at once from one source (an IPv4 address or an IPv6 /64, and
+    /// [`crate::gate::SITE_SHARES`] times that per /48; loopback is exempt). Mesh peers do
+    /// not count.
     pub max_clients_per_ip: usize,
     /// Hold each new client key (mesh peers excepted) until the driver reports a verdict.
     pub verify_clients: bool,
-    /// How long a ClientInfo's (key, nonce) is remembered after its connection, to refuse
-    /// replays. A live connection's own pair is refused for as long as it lives.
+    /// How long the ClientInfo nonces of a key are remembered after its last connection
+    /// ended, to refuse replays. A connected key's nonces are kept as long as it is connected.
     pub replay_window: Duration,
-    /// (key, nonce) pairs remembered at most; the oldest are forgotten first.
+    /// Nonces remembered at most for keys no longer connected (the longest gone are
+    /// forgotten first). Connected keys' nonces do not count: nothing pushes them out.
     pub replay_memory: usize,
 }
 
@@ -159,8 +173,9 @@ impl core::fmt::Debug for ServerConfig {
 
 impl ServerConfig {
     /// Defaults: 32 data and 8 disco packets per client, keep-alives every 60 s, no rate
-    /// limit, 100,000 clients (1,000 per source), no verification, ClientInfo replays
-    /// refused for 10 minutes (32,768 remembered).
+    /// limit, [`DEFAULT_MAX_CLIENTS`] clients (1,000 per source), no verification, ClientInfo
+    /// replays refused while connected and for 10 minutes after (65,536 nonces of departed
+    /// keys remembered).
     pub fn new(private_key: PrivateKey) -> Self {
         ServerConfig {
             private_key,
@@ -169,11 +184,11 @@ impl ServerConfig {
             disco_queue_limit: 8,
             keepalive: Duration::from_secs(60),
             rate_limit: None,
-            max_clients: 100_000,
+            max_clients: DEFAULT_MAX_CLIENTS,
             max_clients_per_ip: 1_000,
             verify_clients: false,
             replay_window: Duration::from_secs(600),
-            replay_memory: 32_768,
+            replay_memory: 65_536,
         }
     }
 
@@ -193,7 +208,7 @@ pub enum CloseReason {
     /// The first frame was not a valid ClientInfo (wrong key, bad box, bad JSON, bad version).
     #[error("bad ClientInfo: {0}")]
     BadClientInfo(String),
-    /// A ClientInfo whose (key, nonce) the server has seen: a replayed handshake.
+    /// A ClientInfo whose nonce its key has already used: a replayed handshake.
     #[error("replayed ClientInfo")]
     Replayed,
     /// A frame that only a mesh peer may send.
@@ -291,8 +306,14 @@ enum State {
     Active {
         key: [u8; 32],
         mesh: bool,
-        nonce: [u8; NONCE_LEN],
     },
+}
+
+/// A key waiting for its verdict.
+struct Pending {
+    conns: BTreeSet<ConnId>,
+    /// The source counted for this lookup (that of the connection that caused it).
+    source: Option<IpAddr>,
 }
 
 /// A relayed packet waiting in a queue: its RecvPacket header plus the packet bytes sliced
@@ -389,7 +410,7 @@ struct Conn {
     last_peer_gone: Option<Instant>,
     /// The source address, if the driver said.
     ip: Option<IpAddr>,
-    /// The per-source bucket this client counts against, once admitted.
+    /// The source address this client counts against in the per-source caps, once admitted.
     counted: Option<IpAddr>,
 }
 
@@ -450,16 +471,18 @@ pub struct Server {
     stats: Stats,
     now: Option<Instant>,
     last_served: Option<ConnId>,
-    /// ClientInfo (key, nonce) pairs seen recently.
-    seen: Recent<([u8; 32], [u8; NONCE_LEN]), ()>,
+    /// ClientInfo nonces of admitted keys.
+    nonces: NonceMemory,
     verify_allowed: Recent<[u8; 32], ()>,
     verify_denied: Recent<[u8; 32], ()>,
-    /// Connections waiting for a verdict, by key.
-    verifying: BTreeMap<[u8; 32], BTreeSet<ConnId>>,
+    /// Keys waiting for a verdict: their connections, and the source that asked first.
+    verifying: BTreeMap<[u8; 32], Pending>,
+    /// Keys waiting for a verdict, per source that asked first.
+    verifying_per_source: SourceCounts,
     /// Keys for the driver to look up.
     verify_out: VecDeque<[u8; 32]>,
-    /// Admitted clients per source bucket.
-    per_source: BTreeMap<IpAddr, usize>,
+    /// Admitted clients per source.
+    per_source: SourceCounts,
     /// Admitted clients that are not mesh peers.
     non_mesh: usize,
 }
@@ -481,7 +504,7 @@ impl Server {
     /// A relay with its own random source (for ServerInfo nonces).
     pub fn new(config: ServerConfig, rng: ChaCha20Rng) -> Self {
         let public = config.private_key.public_key();
-        let seen = Recent::new(config.replay_window, config.replay_memory);
+        let nonces = NonceMemory::new(config.replay_window, config.replay_memory);
         Server {
             config,
             public,
@@ -498,12 +521,13 @@ impl Server {
             stats: Stats::default(),
             now: None,
             last_served: None,
-            seen,
+            nonces,
             verify_allowed: Recent::new(VERIFY_ALLOW_TTL, VERIFY_CACHE),
             verify_denied: Recent::new(VERIFY_DENY_TTL, VERIFY_CACHE),
             verifying: BTreeMap::new(),
+            verifying_per_source: SourceCounts::new(),
             verify_out: VecDeque::new(),
-            per_source: BTreeMap::new(),
+            per_source: SourceCounts::new(),
             non_mesh: 0,
         }
     }
@@ -755,20 +779,19 @@ impl Server {
         info: &ClientInfo,
     ) -> Result<(), CloseReason> {
         // The wire format has no server challenge, so a captured ClientInfo could be
-        // replayed; refuse a (key, nonce) pair seen recently or held by the live connection,
-        // before anything happens to that connection.
-        let live_nonce = self
-            .by_key
-            .get(&key)
-            .and_then(|id| self.conns.get(id))
-            .and_then(|c| match c.state {
-                State::Active { nonce, .. } => Some(nonce),
-                _ => None,
-            });
-        if live_nonce == Some(nonce) || self.seen.get(now, &(key, nonce)).is_some() {
+        // replayed; refuse a nonce this key has used (remembered per admitted key) or one a
+        // connection of this key waiting for its verdict presented, before anything happens
+        // to the live connection of that key.
+        let waiting_with_nonce = self.verifying.get(&key).is_some_and(|p| {
+            p.conns.iter().any(|id| {
+                self.conns.get(id).is_some_and(
+                    |c| matches!(&c.state, State::Verifying { nonce: n, .. } if *n == nonce),
+                )
+            })
+        });
+        if waiting_with_nonce || self.nonces.contains(now, &key, &nonce) {
             return Err(CloseReason::Replayed);
         }
-        self.seen.insert(now, (key, nonce), ());
         // As Tailscale: a wrong mesh key makes an ordinary client, not an error.
         let mesh = matches!((&info.mesh_key, &self.config.mesh_key), (Some(theirs), Some(ours)) if constant_eq(theirs.as_bytes(), ours.0.as_bytes()));
         if self.config.verify_clients && !mesh && self.verify_allowed.get(now, &key).is_none() {
@@ -776,12 +799,33 @@ impl Server {
                 return Err(CloseReason::NotVerified("denied by the control server"));
             }
             if !self.verifying.contains_key(&key) {
-                if self.verifying.len() >= MAX_PENDING_VERIFICATIONS {
+                let ip = self.conns.get(&conn).and_then(|c| c.ip);
+                if self.verifying.len() >= MAX_PENDING_VERIFICATIONS
+                    || ip.is_some_and(|ip| {
+                        self.verifying_per_source.is_full(
+                            ip,
+                            MAX_PENDING_VERIFICATIONS_PER_SOURCE,
+                            None,
+                        )
+                    })
+                {
                     return Err(CloseReason::VerifyBusy);
                 }
+                if let Some(ip) = ip {
+                    self.verifying_per_source.add(ip);
+                }
+                self.verifying.insert(
+                    key,
+                    Pending {
+                        conns: BTreeSet::new(),
+                        source: ip,
+                    },
+                );
                 self.verify_out.push_back(key);
             }
-            self.verifying.entry(key).or_default().insert(conn);
+            if let Some(p) = self.verifying.get_mut(&key) {
+                p.conns.insert(conn);
+            }
             c_mut(&mut self.conns, conn).state = State::Verifying {
                 key,
                 nonce,
@@ -789,18 +833,33 @@ impl Server {
             };
             return Ok(());
         }
-        self.admit(conn, key, mesh, nonce, &bx)
+        self.admit(now, conn, key, mesh, nonce, &bx)
     }
 
-    /// Caps, then ServerInfo: the client is in.
+    /// Forgets a key's pending verification (its source's place is freed).
+    fn end_verification(&mut self, key: &[u8; 32]) -> Option<BTreeSet<ConnId>> {
+        let p = self.verifying.remove(key)?;
+        if let Some(ip) = p.source {
+            self.verifying_per_source.remove(ip);
+        }
+        Some(p.conns)
+    }
+
+    /// Replays, caps, then ServerInfo: the client is in.
     fn admit(
         &mut self,
+        now: Instant,
         conn: ConnId,
         key: [u8; 32],
         mesh: bool,
         nonce: [u8; NONCE_LEN],
         bx: &BoxKey,
     ) -> Result<(), CloseReason> {
+        // Checked again here: two connections with the same ClientInfo may have waited for
+        // one verdict; the first admitted records the nonce, the other is a replay.
+        if self.nonces.contains(now, &key, &nonce) {
+            return Err(CloseReason::Replayed);
+        }
         let replacing = self.by_key.get(&key).and_then(|id| self.conns.get(id));
         let mut counted = None;
         if !mesh {
@@ -810,18 +869,18 @@ impl Server {
             if others >= self.config.max_clients {
                 return Err(CloseReason::TooManyClients);
             }
-            let ip = self.conns.get(&conn).and_then(|c| c.ip);
-            if let Some(bucket) = ip.filter(|ip| is_capped_source(*ip)).map(address_bucket) {
-                let mut n = self.per_source.get(&bucket).copied().unwrap_or(0);
-                if replacing.and_then(|r| r.counted) == Some(bucket) {
-                    n -= 1;
-                }
-                if n >= self.config.max_clients_per_ip {
+            if let Some(ip) = self.conns.get(&conn).and_then(|c| c.ip) {
+                let except = replacing.and_then(|r| r.counted);
+                if self
+                    .per_source
+                    .is_full(ip, self.config.max_clients_per_ip, except)
+                {
                     return Err(CloseReason::TooManyFromAddress);
                 }
-                counted = Some(bucket);
+                counted = Some(ip);
             }
         }
+        self.nonces.connected(now, key, nonce);
         let mut server_nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut server_nonce);
         let (rate, burst) = self.config.rate_limit.unwrap_or((0, 0));
@@ -839,13 +898,13 @@ impl Server {
             nonce: server_nonce,
             sealed: &sealed,
         }));
-        c.state = State::Active { key, mesh, nonce };
+        c.state = State::Active { key, mesh };
         c.counted = counted;
         if !mesh {
             self.non_mesh += 1;
         }
-        if let Some(b) = counted {
-            *self.per_source.entry(b).or_default() += 1;
+        if let Some(ip) = counted {
+            self.per_source.add(ip);
         }
         self.ready.insert(conn);
         self.woken.insert(conn);
@@ -886,7 +945,7 @@ impl Server {
             }
             Verdict::Unknown => {}
         }
-        let Some(waiting) = self.verifying.remove(&key.0) else {
+        let Some(waiting) = self.end_verification(&key.0) else {
             return;
         };
         for conn in waiting {
@@ -899,7 +958,7 @@ impl Server {
                 continue;
             };
             let result = match verdict {
-                Verdict::Allowed => self.admit(conn, key, false, nonce, &bx),
+                Verdict::Allowed => self.admit(now, conn, key, false, nonce, &bx),
                 Verdict::Denied => Err(CloseReason::NotVerified("denied by the control server")),
                 Verdict::Unknown => Err(CloseReason::NotVerified(
                     "no answer from the control server",
@@ -1046,23 +1105,17 @@ impl Server {
         };
         self.ready.remove(&conn);
         self.watchers.remove(&conn);
-        if let Some(b) = c.counted {
-            if let Some(n) = self.per_source.get_mut(&b) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_source.remove(&b);
-                }
-            }
+        if let Some(ip) = c.counted {
+            self.per_source.remove(ip);
         }
         match c.state {
-            State::Active { key, nonce, mesh } => {
+            State::Active { key, mesh, .. } => {
                 if !mesh {
                     self.non_mesh -= 1;
                 }
-                // The replay window runs from the end of the connection.
-                if let Some(now) = self.now {
-                    self.seen.insert(now, (key, nonce), ());
-                }
+                // The replay window runs from the end of the key's last connection.
+                self.nonces
+                    .disconnected(self.now.unwrap_or(c.accepted_at), &key);
                 if self.by_key.get(&key) == Some(&conn) {
                     self.by_key.remove(&key);
                     if announce {
@@ -1072,9 +1125,9 @@ impl Server {
             }
             State::Verifying { key, .. } => {
                 if let Some(waiting) = self.verifying.get_mut(&key) {
-                    waiting.remove(&conn);
-                    if waiting.is_empty() {
-                        self.verifying.remove(&key);
+                    waiting.conns.remove(&conn);
+                    if waiting.conns.is_empty() {
+                        self.end_verification(&key);
                     }
                 }
             }
@@ -1111,7 +1164,7 @@ impl Server {
     /// Sends keep-alives to clients idle for the keep-alive interval.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = Some(now);
-        self.seen.expire(now);
+        self.nonces.expire(now);
         // Connections not admitted within the handshake timeout are closed (slowloris, or a
         // verification that never came back).
         let stalled: Vec<ConnId> = self

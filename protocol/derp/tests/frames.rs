@@ -212,3 +212,32 @@ proptest! {
         }
     }
 }
+
+/// Audit follow-up (derper memory): a drained decoder lets go of the room a large frame
+/// needed, so an idle connection costs a few KiB, not 64 KiB.
+#[test]
+fn a_drained_decoder_keeps_no_large_buffer() {
+    let big = Frame::SendPacket {
+        dst: K1,
+        packet: &[7u8; 60_000],
+    }
+    .to_vec();
+    let mut d = FrameDecoder::new();
+    for chunk in big.chunks(4096) {
+        d.extend(chunk);
+        while let Some(f) = d.next_frame() {
+            let (t, payload) = f.unwrap();
+            assert_eq!((t, payload.len()), (types::SEND_PACKET, 60_032));
+        }
+    }
+    // A small frame afterwards, read whole: still nothing large kept once drained.
+    d.extend(&Frame::KeepAlive.to_vec());
+    assert!(d.next_frame().is_some());
+    assert!(d.next_frame().is_none());
+    assert_eq!(d.buffered(), 0);
+    assert!(
+        d.capacity() <= burrow_derp::frame::IDLE_DECODER_CAPACITY,
+        "{} bytes kept",
+        d.capacity()
+    );
+}

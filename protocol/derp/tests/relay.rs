@@ -817,3 +817,150 @@ fn short_mesh_keys_are_refused_and_never_printed() {
     assert!(!printed.contains(REGION), "{printed}");
     assert!(printed.contains("redacted"), "{printed}");
 }
+
+/// A key of its own for flood connection `i` (never one of the small test keys).
+fn flood_key(i: u64) -> PrivateKey {
+    let mut k = [0u8; 32];
+    k[1..9].copy_from_slice(&i.to_le_bytes());
+    k[31] = 0x5a;
+    PrivateKey::from_bytes(k)
+}
+
+/// Replays `captured` on a fresh connection `id`; returns why the server closed it, if it did.
+fn replay(net: &mut Net, id: u64, captured: &[u8]) -> Option<CloseReason> {
+    let conn = ConnId(id);
+    net.server.accept(net.now, conn);
+    let _server_key = net.server.poll_transmit_for(net.now, conn);
+    net.server.handle_bytes(net.now, conn, captured);
+    let mut why = None;
+    while let Some((c, reason)) = net.server.poll_close() {
+        if c == conn {
+            why = Some(reason);
+        } else {
+            net.clients.remove(&c);
+            net.closed.push((c, reason));
+        }
+    }
+    why
+}
+
+/// Audit #10 follow-up (attack `nonce-flush`): the relay used to remember (key, nonce) pairs
+/// in one map of its own size, filled before verification, so handshakes of many other keys
+/// pushed a captured pair out and its replay then kicked the real client. Nonces are now
+/// kept per admitted key, and a connected key's are never pushed out: after 40 times the
+/// memory's worth of other keys, the replay of the real client's earlier ClientInfo is
+/// still refused, and the real client keeps its connection and packets.
+#[test]
+fn a_flood_of_other_keys_cannot_flush_a_connected_clients_nonces() {
+    let mut config = ServerConfig::new(key(9));
+    config.replay_memory = 64;
+    let mut net = Net::new(config);
+    // The victim's first connection (captured), then a reconnection: live, with a new nonce.
+    let (first, captured) = net.connect_capturing(1, key(1));
+    net.server.disconnected(first);
+    net.clients.remove(&first);
+    let a = net.connect(2, key(1), None);
+    let b = net.connect(3, key(2), None);
+    assert!(net.is_connected(a));
+    for i in 0..64 * 40 {
+        let c = net.connect(1000 + i, flood_key(i), None);
+        net.server.disconnected(c);
+        net.clients.remove(&c);
+    }
+    assert_eq!(replay(&mut net, 66, &captured), Some(CloseReason::Replayed));
+    assert!(net.is_connected(a), "the real client was not kicked");
+    net.events(a);
+    send(&mut net, b, 1, b"still yours");
+    assert!(got_packet(&mut net, a, b"still yours"));
+    assert_eq!(net.server.stats().replayed_client_infos, 1);
+}
+
+/// Audit #10 follow-up: with verification on, handshakes of keys the control server denies
+/// are never remembered, so they cannot push out the nonces of a verified client that has
+/// left either: its captured ClientInfo stays refused for the window (it used to be let in
+/// on the cached verdict, as that client).
+#[test]
+fn denied_keys_cannot_flush_a_departed_verified_clients_nonces() {
+    let mut config = ServerConfig::new(key(9));
+    config.verify_clients = true;
+    config.replay_memory = 64;
+    let mut net = Net::new(config);
+    let (a, captured) = net.connect_capturing(1, key(1));
+    assert_eq!(net.server.poll_verify(), Some(key(1).public_key()));
+    net.server
+        .verified(net.now, &key(1).public_key(), Verdict::Allowed);
+    net.pump();
+    assert!(net.is_connected(a));
+    net.server.disconnected(a);
+    net.clients.remove(&a);
+    for i in 0..64 * 40 {
+        net.connect(1000 + i, flood_key(i), None);
+        let asked = net.server.poll_verify().expect("a new key is asked about");
+        net.server.verified(net.now, &asked, Verdict::Denied);
+        net.pump();
+    }
+    assert_eq!(net.server.stats().pending_verifications, 0);
+    assert_eq!(replay(&mut net, 66, &captured), Some(CloseReason::Replayed));
+    // The real client, with a fresh handshake, is still welcome.
+    let again = net.connect(67, key(1), None);
+    assert!(net.is_connected(again));
+}
+
+/// Audit #10 follow-up: the same ClientInfo on two connections waiting for one verdict
+/// admits only the first; the copy is a replay and never replaces it.
+#[test]
+fn a_replay_waiting_with_the_original_for_a_verdict_is_refused() {
+    let mut config = ServerConfig::new(key(9));
+    config.verify_clients = true;
+    let mut net = Net::new(config);
+    let (a, captured) = net.connect_capturing(1, key(1));
+    assert_eq!(replay(&mut net, 66, &captured), Some(CloseReason::Replayed));
+    net.server
+        .verified(net.now, &key(1).public_key(), Verdict::Allowed);
+    net.pump();
+    assert!(net.is_connected(a));
+    assert!(!net.closed.iter().any(|(c, _)| *c == a));
+}
+
+/// Audit #10 follow-up (attack `verify-starve`): one source (an IPv4 address, or an IPv6
+/// /64; a /48 gets four times that) may have only MAX_PENDING_VERIFICATIONS_PER_SOURCE keys
+/// waiting for the control server, so four sources no longer fill the global 256; other
+/// sources still get asked about, and joining a lookup already under way costs nothing.
+#[test]
+fn one_source_cannot_fill_the_pending_verifications() {
+    use burrow_derp::server::MAX_PENDING_VERIFICATIONS_PER_SOURCE as PER_SOURCE;
+    let mut config = ServerConfig::new(key(9));
+    config.verify_clients = true;
+    let mut net = Net::new(config);
+    let mut refused = 0;
+    for i in 0..64u64 {
+        let c = net.connect_from(100 + i, flood_key(i), "192.0.2.1");
+        refused += usize::from(
+            net.closed
+                .last()
+                .is_some_and(|(x, r)| *x == c && *r == CloseReason::VerifyBusy),
+        );
+    }
+    assert_eq!(refused, 64 - PER_SOURCE);
+    assert_eq!(net.server.stats().pending_verifications, PER_SOURCE);
+    // Another source is asked about; a second connection for a key already being looked
+    // up waits for that answer even from the full source.
+    let other = net.connect_from(1, key(1), "198.51.100.1");
+    let join = net.connect_from(2, flood_key(0), "192.0.2.1");
+    assert!(!net.closed.iter().any(|(c, _)| *c == other || *c == join));
+    assert_eq!(net.server.stats().pending_verifications, PER_SOURCE + 1);
+    // A verdict frees the source's place.
+    net.server
+        .verified(net.now, &flood_key(3).public_key(), Verdict::Denied);
+    net.pump();
+    let next = net.connect_from(3, flood_key(500), "192.0.2.1");
+    assert!(!net.closed.iter().any(|(c, _)| *c == next));
+    // An IPv6 site: every /64 its own source, the /48 capped at four sources' worth.
+    let mut v6 = 0;
+    for i in 0..200u64 {
+        let ip = format!("2001:db8:77:{i:x}::1");
+        let c = net.connect_from(1000 + i, flood_key(1000 + i), &ip);
+        v6 += usize::from(!net.closed.iter().any(|(x, _)| *x == c));
+    }
+    assert_eq!(v6, PER_SOURCE * burrow_derp::gate::SITE_SHARES);
+}
