@@ -1,10 +1,12 @@
 //! Sans-IO Binding server: reflexive address, RFC 5780 CHANGE-REQUEST / OTHER-ADDRESS /
 //! RESPONSE-ORIGIN, 420 for unknown comprehension-required attributes. Only Binding requests
 //! with the RFC 8489 magic cookie are answered (a spoofed source gets little reflected);
-//! RFC 3489 answers and a per-source token bucket are opt-in.
+//! RFC 3489 answers and a per-source token bucket are opt-in (sources tracked exactly, with
+//! a shared overflow budget when a flood fills the table).
 
 use core::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -108,50 +110,124 @@ pub struct ServerStats {
     pub ignored: u64,
 }
 
-/// Buckets of the per-source limiter; sources share a bucket when their hashes collide
-/// (memory stays fixed; a collision only makes the limit stricter).
-pub const RATE_BUCKETS: usize = 1024;
+/// Sources the per-source limiter tracks at most, each with a token bucket of its own.
+pub const TRACKED_SOURCES: usize = 16_384;
 
-/// A token bucket per source address (hashed into [`RATE_BUCKETS`] buckets), in answers.
-#[derive(Debug, Clone)]
-struct SourceLimiter {
-    per_second: f64,
-    burst: f64,
-    seed: u64,
-    buckets: Vec<(f64, Option<Instant>)>,
+/// How long a tracked source keeps its place after its last request (longer if its bucket
+/// takes longer to refill): a client asking every 20-30 s, as NAT keep-alives do, keeps its
+/// own budget however many other sources appear.
+pub const SOURCE_MEMORY: Duration = Duration::from_secs(60);
+
+/// Sources the table has no room for share one budget of this many sources.
+pub const OVERFLOW_SHARES: u32 = 16;
+
+/// A token bucket, in answers.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
 }
 
-impl SourceLimiter {
-    fn bucket(&self, ip: IpAddr) -> usize {
-        // FNV-1a over the canonical address, seeded: deterministic, no allocation.
-        let mut h = 0xcbf2_9ce4_8422_2325u64 ^ self.seed;
-        let mut eat = |b: &[u8]| {
-            for x in b {
-                h ^= u64::from(*x);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => eat(&v4.octets()),
-            IpAddr::V6(v6) => eat(&v6.octets()),
-        }
-        (h % RATE_BUCKETS as u64) as usize
-    }
-
-    fn take(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let i = self.bucket(ip);
-        let (tokens, last) = &mut self.buckets[i];
-        let refill = last.map_or(self.burst, |t| {
-            now.saturating_duration_since(t).as_secs_f64() * self.per_second
-        });
-        *tokens = (*tokens + refill).min(self.burst);
-        *last = Some(now);
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+impl Bucket {
+    fn take(&mut self, now: Instant, per_second: f64, burst: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(burst);
+        self.last = self.last.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+}
+
+/// The per-source limiter. Each source (an IPv4 address, an IPv6 /64) gets a bucket of its
+/// own, so sources never share one: a flood from spoofed random sources cannot drain a
+/// client's budget (it used to, through 1,024 hashed buckets). At most [`TRACKED_SOURCES`]
+/// are tracked; a source unseen for [`SOURCE_MEMORY`] has a full bucket again and is
+/// forgotten to make room (nothing is lost). When every place is held by a source seen
+/// within that time (a flood of over 270 new sources a second), new sources share one
+/// overflow bucket of [`OVERFLOW_SHARES`] sources: they are answered less, not at all
+/// beyond it, and the total answered stays bounded.
+#[derive(Debug, Clone)]
+struct SourceLimiter {
+    per_second: f64,
+    burst: f64,
+    /// How long a source unseen is kept (its bucket is full again by then).
+    keep: Duration,
+    sources: BTreeMap<IpAddr, (Bucket, u64)>,
+    /// Tracked sources by their last request.
+    by_last: BTreeMap<(Instant, u64), IpAddr>,
+    seq: u64,
+    overflow: Option<Bucket>,
+}
+
+impl SourceLimiter {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let per_second = f64::from(per_second);
+        let burst = f64::from(burst.max(1));
+        let refill = if per_second > 0.0 {
+            Duration::try_from_secs_f64(burst / per_second).unwrap_or(Duration::MAX)
+        } else {
+            Duration::MAX
+        };
+        SourceLimiter {
+            per_second,
+            burst,
+            keep: SOURCE_MEMORY.max(refill),
+            sources: BTreeMap::new(),
+            by_last: BTreeMap::new(),
+            seq: 0,
+            overflow: None,
+        }
+    }
+
+    /// The address a source is tracked by: IPv4, or the IPv6 /64.
+    fn source(ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
+            v4 => v4,
+        }
+    }
+
+    fn take(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let src = Self::source(ip);
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some((bucket, at)) = self.sources.get_mut(&src) {
+            self.by_last.remove(&(bucket.last, *at));
+            let ok = bucket.take(now, self.per_second, self.burst);
+            *at = seq;
+            self.by_last.insert((bucket.last, seq), src);
+            return ok;
+        }
+        if self.sources.len() >= TRACKED_SOURCES {
+            let oldest = self.by_last.first_key_value().map(|(k, v)| (*k, *v));
+            match oldest {
+                Some(((last, _), old)) if now.saturating_duration_since(last) >= self.keep => {
+                    self.by_last.pop_first();
+                    self.sources.remove(&old);
+                }
+                _ => {
+                    let shares = f64::from(OVERFLOW_SHARES);
+                    let (per_second, burst) = (self.per_second * shares, self.burst * shares);
+                    let overflow = self.overflow.get_or_insert(Bucket {
+                        tokens: burst,
+                        last: now,
+                    });
+                    return overflow.take(now, per_second, burst);
+                }
+            }
+        }
+        let mut bucket = Bucket {
+            tokens: self.burst,
+            last: now,
+        };
+        let ok = bucket.take(now, self.per_second, self.burst);
+        self.sources.insert(src, (bucket, seq));
+        self.by_last.insert((bucket.last, seq), src);
+        ok
     }
 }
 
@@ -190,15 +266,13 @@ impl BindingServer {
         self
     }
 
-    /// Answers at most `per_second` requests a second per source address, in bursts of
-    /// `burst`, in [`BindingServer::handle_packet_at`] (time comes in). Off by default.
-    pub fn rate_limit_per_source(mut self, per_second: u32, burst: u32, seed: u64) -> Self {
-        self.limiter = Some(SourceLimiter {
-            per_second: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
-            seed,
-            buckets: vec![(0.0, None); RATE_BUCKETS],
-        });
+    /// Answers at most `per_second` requests a second per source (an IPv4 address, an IPv6
+    /// /64), in bursts of `burst`, in [`BindingServer::handle_packet_at`] (time comes in).
+    /// Off by default. Sources are tracked exactly, [`TRACKED_SOURCES`] at most; beyond, new
+    /// sources share an overflow budget (see [`SOURCE_MEMORY`], [`OVERFLOW_SHARES`]).
+    /// `_seed` is unused (it seeded the hashed buckets this table replaced).
+    pub fn rate_limit_per_source(mut self, per_second: u32, burst: u32, _seed: u64) -> Self {
+        self.limiter = Some(SourceLimiter::new(per_second, burst));
         self
     }
 
@@ -685,6 +759,52 @@ mod tests {
         assert!(s
             .handle_packet(primary, victim, &request(&[]), &mut out)
             .is_ok());
+    }
+
+    /// Audit #15 follow-up (attack `stun-drain`): a flood from 20,000 spoofed sources, each
+    /// draining its budget, used to empty all 1,024 hashed buckets and silence the server for
+    /// everyone. Now a client that asked within SOURCE_MEMORY keeps its own budget, a new
+    /// source still gets the overflow's share once it refills, a single target stays limited
+    /// to its burst, and the flood's answers stay bounded by the table and the overflow.
+    #[test]
+    fn a_spoofed_flood_cannot_drain_everyones_budget() {
+        let (rate, burst) = (2u32, 3u32);
+        let mut s = rfc5780_server().rate_limit_per_source(rate, burst, 7);
+        let primary = s.config().primary;
+        let mut out = [0u8; MAX_RESPONSE_LEN];
+        let req = request(&[]);
+        let mut answered = |s: &mut BindingServer, at: Instant, from: SocketAddr| {
+            s.handle_packet_at(Some(at), primary, from, &req, &mut out)
+                .is_ok()
+        };
+        let t0 = Instant::now();
+        let client: SocketAddr = "203.0.113.5:41641".parse().unwrap();
+        assert!(answered(&mut s, t0, client));
+        // Twenty seconds later (a NAT keep-alive's interval), the flood.
+        let t1 = t0 + Duration::from_secs(20);
+        let mut flood_answers = 0usize;
+        for i in 0..20_000u32 {
+            let spoofed = SocketAddr::new(IpAddr::V4((0x0a00_0000 | i).into()), 9);
+            for _ in 0..=burst {
+                flood_answers += usize::from(answered(&mut s, t1, spoofed));
+            }
+        }
+        assert!(
+            flood_answers
+                <= (TRACKED_SOURCES - 1) * burst as usize + (OVERFLOW_SHARES * burst) as usize,
+            "{flood_answers}"
+        );
+        assert!(answered(&mut s, t1, client), "the known client is answered");
+        // A source the table has no room for shares the overflow: once it refills, answered.
+        let newcomer: SocketAddr = "198.51.100.9:3478".parse().unwrap();
+        assert!(answered(&mut s, t1 + Duration::from_secs(1), newcomer));
+        // One target still gets its burst only.
+        let target: SocketAddr = "203.0.113.77:1".parse().unwrap();
+        let t2 = t1 + Duration::from_secs(61);
+        assert_eq!((0..10).filter(|_| answered(&mut s, t2, target)).count(), 3);
+        // Sources of one IPv6 /64 are one source.
+        let v6 = |h: u16| SocketAddr::new(IpAddr::V6([0x2001, 0xdb8, 0, 0, 0, 0, 0, h].into()), 1);
+        assert_eq!((1..10).filter(|h| answered(&mut s, t2, v6(*h))).count(), 3);
     }
 
     #[test]
