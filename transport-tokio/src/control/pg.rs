@@ -250,6 +250,17 @@ impl Store for PgStore {
         })
     }
 
+    fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let (ula, key) = (self.ula, key.to_owned());
+        self.with(async move |c: &mut Client| {
+            Ok(
+                c.query_opt("SELECT * FROM nodes WHERE node_key = $1", &[&key])
+                    .await?
+                    .map(|r| columns(&r).record(ula)),
+            )
+        })
+    }
+
     fn set_endpoints(
         &self,
         id: u64,

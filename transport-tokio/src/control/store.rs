@@ -88,6 +88,9 @@ pub trait Store: Send + Sync {
     fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError>;
     /// The node a request secret belongs to.
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
+    /// The node with this node key (canonical base64, as stored): one indexed lookup, for
+    /// the relays' client verification.
+    fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError>;
     /// The node with this id.
     fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError>;
     /// Records a node's endpoints and home region.
@@ -493,6 +496,19 @@ impl Store for SqliteStore {
             .query_row(
                 "SELECT * FROM nodes WHERE secret_hash = ?1",
                 params![hash(secret)],
+                |r| self.record(r),
+            )
+            .optional()?)
+    }
+
+    fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self
+            .db
+            .lock()
+            .expect("db")
+            .query_row(
+                "SELECT * FROM nodes WHERE node_key = ?1",
+                params![key],
                 |r| self.record(r),
             )
             .optional()?)

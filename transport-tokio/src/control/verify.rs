@@ -103,16 +103,19 @@ pub fn any_live<'a>(
     })
 }
 
+/// The control store's nodes, looked up by key (one indexed query per question, not a scan
+/// of every node: the relays ask about each new client key).
 struct StoreKeys(Arc<dyn Store>);
 
 impl LiveKeys for StoreKeys {
     fn is_live(&self, key: &PublicKey) -> Result<bool, String> {
-        let nodes = self.0.nodes().map_err(|e| e.to_string())?;
-        Ok(any_live(
-            nodes.iter().map(|n| (n.node_key.as_str(), n.expires_at)),
-            key,
-            super::store::now_unix(),
-        ))
+        // Keys are stored canonical (decoded and re-encoded), the spelling to_base64 gives.
+        let node = self
+            .0
+            .node_by_key(&key.to_base64())
+            .map_err(|e| e.to_string())?;
+        let now = super::store::now_unix();
+        Ok(node.is_some_and(|n| n.expires_at.is_none_or(|at| at > now)))
     }
 }
 
@@ -227,5 +230,45 @@ mod tests {
         assert!(!any_live([(b64.as_str(), Some(100))], &key, 100), "expired");
         assert!(!any_live([(other.as_str(), None)], &key, 100));
         assert!(!any_live([("garbage", None)], &key, 100));
+    }
+
+    /// Security review follow-up: the verification endpoint looks a key up by index
+    /// (`Store::node_by_key`) instead of reading every node per question; live, unknown and
+    /// expired keys are told apart as before.
+    #[test]
+    fn the_store_answers_by_key_lookup() {
+        use crate::control::store::{AuthKeySpec, Registration, SqliteStore};
+        let store = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
+        let auth = store
+            .create_auth_key(&AuthKeySpec {
+                user: "u".into(),
+                reusable: true,
+                expires_at: None,
+                tags: vec![],
+            })
+            .unwrap();
+        let pk = |b: u8| burrow_wg::PrivateKey::from_bytes([b; 32]).public_key();
+        let (node_key, disco_key) = (pk(1).to_base64(), pk(2).to_base64());
+        let (node, _secret) = store
+            .register(&Registration {
+                auth_key: Some(&auth),
+                node_secret: None,
+                name: "a",
+                node_key: &node_key,
+                disco_key: &disco_key,
+                expires_at: None,
+            })
+            .unwrap();
+        let found = store.node_by_key(&node_key).unwrap().expect("found");
+        assert_eq!(
+            (found.id, found.node_key.as_str()),
+            (node.id, node_key.as_str())
+        );
+        assert_eq!(store.node_by_key(&pk(3).to_base64()).unwrap(), None);
+        let keys = StoreKeys(store.clone());
+        assert!(keys.is_live(&pk(1)).unwrap());
+        assert!(!keys.is_live(&pk(3)).unwrap(), "unknown");
+        assert!(store.set_expiry(node.id, Some(1)).unwrap());
+        assert!(!keys.is_live(&pk(1)).unwrap(), "expired");
     }
 }
