@@ -81,6 +81,17 @@ fn keypair(seed: u8) -> (String, String) {
     (wg, disco)
 }
 
+/// A fresh registration challenge.
+async fn challenge(http: &reqwest::Client, base: &str) -> burrow::control::ChallengeResponse {
+    http.get(format!("{base}/machine/challenge"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Registers node `seed` the way a node does: a challenge, then the body sealed with its key.
 async fn register(
     http: &reqwest::Client,
@@ -106,14 +117,7 @@ async fn register_sealed(
     body: burrow::control::RegisterBody,
 ) -> reqwest::Response {
     let node = burrow_wg::PrivateKey::from_bytes([seed; 32]);
-    let challenge: burrow::control::ChallengeResponse = http
-        .get(format!("{base}/machine/challenge"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let challenge = challenge(http, base).await;
     let req = burrow::control::identity::seal_registration(&node, &challenge, body).unwrap();
     http.post(format!("{base}/machine/register"))
         .json(&req)
@@ -697,14 +701,7 @@ async fn register_forged(
     sealer: u8,
     body: burrow::control::RegisterBody,
 ) -> reqwest::Response {
-    let challenge: burrow::control::ChallengeResponse = http
-        .get(format!("{base}/machine/challenge"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let challenge = challenge(http, base).await;
     let sealer = burrow_wg::PrivateKey::from_bytes([sealer; 32]);
     let mut req = burrow::control::identity::seal_registration(&sealer, &challenge, body).unwrap();
     req.node_key = burrow_wg::PrivateKey::from_bytes([seed; 32])
@@ -832,14 +829,7 @@ async fn attack_one_key_is_one_node_and_names_are_dns_labels() {
         .unwrap();
     // The same key spelled with whitespace is the same node (renewed), not a second one.
     for spelling in ["{K}\n", " {K}\t"] {
-        let challenge: burrow::control::ChallengeResponse = http
-            .get(format!("{base}/machine/challenge"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let challenge = challenge(&http, &base).await;
         let node = burrow_wg::PrivateKey::from_bytes([1; 32]);
         let mut req = burrow::control::identity::seal_registration(
             &node,
@@ -861,14 +851,7 @@ async fn attack_one_key_is_one_node_and_names_are_dns_labels() {
     }
     // The same key with its top bit set (X25519 ignores it, so the box still opens): refused.
     {
-        let challenge: burrow::control::ChallengeResponse = http
-            .get(format!("{base}/machine/challenge"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let challenge = challenge(&http, &base).await;
         let node = burrow_wg::PrivateKey::from_bytes([1; 32]);
         let mut req = burrow::control::identity::seal_registration(
             &node,
