@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -259,7 +260,7 @@ impl RawConn {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             while let Some(b) = self.client.poll_transmit() {
-                self.wr.write_all(&b).await?;
+                write_within(&mut self.wr, &b).await?;
             }
             while let Some(e) = self.client.poll_event() {
                 on_event(e);
@@ -273,7 +274,7 @@ impl RawConn {
                     self.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
                 }
                 frame = outgoing.recv() => match frame {
-                    Some(f) => self.wr.write_all(&f).await?,
+                    Some(f) => write_within(&mut self.wr, &f).await?,
                     None => return Ok(()),
                 },
             }
@@ -293,9 +294,31 @@ pub enum DerpState {
     Connected,
 }
 
-enum Command {
-    Send(PublicKey, Vec<u8>),
-    NotePreferred(bool),
+/// A packet for the relay.
+type Command = (PublicKey, Vec<u8>);
+
+/// Packets waiting for the relay connection, at most; more are dropped and counted
+/// ([`DerpClient::dropped`]), as UDP would drop them, instead of growing without bound when
+/// the relay stops reading.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// How long one write to the relay may block before the connection is taken for dead (the
+/// relay stopped reading) and replaced.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes all of `bytes`, or fails after [`WRITE_TIMEOUT`].
+async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+) -> io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(bytes))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the relay stopped reading (write timed out)",
+            )
+        })?
 }
 
 /// Longest wait a relay's Restarting may impose before the next attempt: a hostile relay, or
@@ -317,9 +340,12 @@ fn restart_plan(reconnect_in: Duration, try_for: Duration) -> (Duration, Duratio
 
 /// A DERP client that stays connected: reconnects with jittered exponential backoff
 /// (250 ms to 10 s), honours Restarting (within bounds, see [`MAX_RESTART_WAIT`]), and
-/// re-sends NotePreferred after each reconnect.
+/// re-sends NotePreferred after each reconnect. Outgoing packets wait in a bounded queue
+/// ([`COMMAND_QUEUE`]); a write blocked for [`WRITE_TIMEOUT`] ends the connection.
 pub struct DerpClient {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
+    preferred: watch::Sender<Option<bool>>,
+    dropped: Arc<AtomicU64>,
     /// Packets and peer events from the relay.
     pub events: mpsc::Receiver<ClientEvent>,
     /// The connection state.
@@ -347,14 +373,14 @@ impl DerpClient {
         F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = io::Result<RawConn>> + Send + 'static,
     {
-        let (commands, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
+        let (commands, mut cmd_rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        let (preferred_tx, mut pref_rx) = watch::channel(None::<bool>);
         // Bounded: when the engine falls behind, the connection stops being read and the
         // relay's own per-client queue drops (audit #8), instead of this process growing.
         let (ev_tx, events) = mpsc::channel(EVENT_QUEUE);
         let (state_tx, state) = watch::channel(DerpState::Connecting { last_error: None });
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
-            let mut preferred: Option<bool> = None;
             let mut held = Held::default();
             // Until when a relay's Restarting asked for quick retries.
             let mut quick_until: Option<tokio::time::Instant> = None;
@@ -365,14 +391,14 @@ impl DerpClient {
                 // ends the task.
                 let attempt = tokio::select! {
                     r = connect => Some(r),
-                    closed = hold_while_disconnected(&mut cmd_rx, &mut preferred, &mut held) => { let () = closed; None }
+                    closed = hold_while_disconnected(&mut cmd_rx, &mut held) => { let () = closed; None }
                 };
                 let Some(attempt) = attempt else { return };
                 let error = match attempt {
                     Ok(mut conn) => {
                         let up_since = tokio::time::Instant::now();
                         quick_until = None;
-                        if let Some(p) = preferred {
+                        if let Some(p) = *pref_rx.borrow_and_update() {
                             conn.client.note_preferred(p);
                         }
                         let _ = state_tx.send(DerpState::Connected);
@@ -380,7 +406,7 @@ impl DerpClient {
                             conn.client.send_packet(&dst, &data);
                         }
                         let r =
-                            drive(&mut conn, &mut cmd_rx, &ev_tx, &mut preferred, &mut wait).await;
+                            drive(&mut conn, &mut cmd_rx, &ev_tx, &mut pref_rx, &mut wait).await;
                         // Back off afresh only after a connection that lasted: one that is accepted
                         // and dropped at once must not be retried every 250 ms forever.
                         if up_since.elapsed() >= Duration::from_secs(10) {
@@ -409,7 +435,7 @@ impl DerpClient {
                 };
                 let slept = tokio::select! {
                     _ = tokio::time::sleep(delay) => true,
-                    () = hold_while_disconnected(&mut cmd_rx, &mut preferred, &mut held) => false,
+                    () = hold_while_disconnected(&mut cmd_rx, &mut held) => false,
                 };
                 if !slept {
                     return;
@@ -419,6 +445,8 @@ impl DerpClient {
         });
         DerpClient {
             commands,
+            preferred: preferred_tx,
+            dropped: Arc::new(AtomicU64::new(0)),
             events,
             state,
         }
@@ -428,13 +456,22 @@ impl DerpClient {
     /// held for up to [`HELD_FOR`] and sent on connecting (so a node's first packets, sent while
     /// its relay connection is still being set up, are not lost); older ones are dropped, as UDP
     /// would drop them.
+    /// When [`COMMAND_QUEUE`] packets already wait (the relay is slow or stopped reading),
+    /// the packet is dropped and counted in [`DerpClient::dropped`].
     pub fn send(&self, dst: PublicKey, data: Vec<u8>) {
-        let _ = self.commands.send(Command::Send(dst, data));
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.commands.try_send((dst, data)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Packets dropped so far because the queue to the relay was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Marks this relay as (not) our home; remembered across reconnects.
     pub fn note_preferred(&self, preferred: bool) {
-        let _ = self.commands.send(Command::NotePreferred(preferred));
+        self.preferred.send_replace(Some(preferred));
     }
 }
 
@@ -464,18 +501,11 @@ impl Held {
     }
 }
 
-/// Consumes commands while there is no connection: recent packets are held, the preferred
-/// flag is remembered. Returns when the handle has been dropped.
-async fn hold_while_disconnected(
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-    preferred: &mut Option<bool>,
-    held: &mut Held,
-) {
-    while let Some(cmd) = commands.recv().await {
-        match cmd {
-            Command::NotePreferred(p) => *preferred = Some(p),
-            Command::Send(dst, data) => held.push(dst, data),
-        }
+/// Consumes packets while there is no connection: recent ones are held. Returns when the
+/// handle has been dropped.
+async fn hold_while_disconnected(commands: &mut mpsc::Receiver<Command>, held: &mut Held) {
+    while let Some((dst, data)) = commands.recv().await {
+        held.push(dst, data);
     }
 }
 
@@ -488,15 +518,15 @@ const READ_DEADLINE: Duration = Duration::from_secs(150);
 
 async fn drive(
     conn: &mut RawConn,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
+    commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<ClientEvent>,
-    preferred: &mut Option<bool>,
+    preferred: &mut watch::Receiver<Option<bool>>,
     wait: &mut Option<(Duration, Duration)>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(b) = conn.client.poll_transmit() {
-            conn.wr.write_all(&b).await?;
+            write_within(&mut conn.wr, &b).await?;
         }
         while let Some(e) = conn.client.poll_event() {
             if let ClientEvent::Restarting {
@@ -519,13 +549,17 @@ async fn drive(
                 conn.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
             }
             cmd = commands.recv() => match cmd {
-                Some(Command::Send(dst, data)) => conn.client.send_packet(&dst, &data),
-                Some(Command::NotePreferred(p)) => {
-                    *preferred = Some(p);
-                    conn.client.note_preferred(p);
-                }
+                Some((dst, data)) => conn.client.send_packet(&dst, &data),
                 None => return Ok(()),
             },
+            changed = preferred.changed() => {
+                if changed.is_err() {
+                    return Ok(()); // the handle was dropped
+                }
+                if let Some(p) = *preferred.borrow_and_update() {
+                    conn.client.note_preferred(p);
+                }
+            }
         }
     }
 }
@@ -629,6 +663,101 @@ mod tests {
         let after: Vec<_> = a.windows(2).filter(|w| w[0] > window_end).collect();
         assert!(!after.is_empty());
         assert!(after.iter().all(|w| w[1] - w[0] >= Duration::from_secs(5)));
+    }
+
+    /// One end of an in-memory connection (4 KiB of buffer) to a sans-IO relay that
+    /// completes the handshake, then never reads again; its end is parked in `keep`.
+    async fn stalled_relay(keep: Arc<Mutex<Vec<tokio::io::DuplexStream>>>) -> io::Result<RawConn> {
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            use burrow_derp::{ConnId, Server, ServerConfig};
+            let mut server = Server::new(
+                ServerConfig::new(PrivateKey::from_bytes([9; 32])),
+                ChaCha20Rng::seed_from_u64(9),
+            );
+            let id = ConnId(1);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                theirs.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            let now = std::time::Instant::now();
+            server.accept(now, id);
+            let mut buf = [0u8; 4096];
+            while !server.is_admitted(id) {
+                while let Some(b) = server.poll_transmit_for(now, id) {
+                    theirs.write_all(&b).await.unwrap();
+                }
+                let n = theirs.read(&mut buf).await.unwrap();
+                server.handle_bytes(now, id, &buf[..n]);
+            }
+            while let Some(b) = server.poll_transmit_for(now, id) {
+                theirs.write_all(&b).await.unwrap();
+            }
+            keep.lock().unwrap().push(theirs); // open, and never read again
+        });
+        let url: DerpUrl = "http://relay.test:80/derp".parse().unwrap();
+        upgrade(
+            Box::new(ours),
+            &url,
+            PrivateKey::from_bytes([1; 32]),
+            None,
+            true,
+            ChaCha20Rng::seed_from_u64(1),
+        )
+        .await
+    }
+
+    /// Security review follow-up (attack `relay-stall`): a relay that stops reading used to
+    /// block the client's write forever while every packet the node sent piled up in an
+    /// unbounded queue. Now the queue holds COMMAND_QUEUE packets and drops (and counts) the
+    /// rest, and after WRITE_TIMEOUT the connection is taken for dead and replaced. In
+    /// tokio's paused time: the assertions are on what happened, not on a clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_stops_reading_costs_a_bounded_queue_and_a_reconnect() {
+        let keep: Arc<Mutex<Vec<tokio::io::DuplexStream>>> = Arc::default();
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (k, a) = (keep.clone(), attempts.clone());
+        let mut client = DerpClient::spawn_with(
+            "test".into(),
+            move || {
+                let n = a.fetch_add(1, Ordering::SeqCst);
+                let keep = k.clone();
+                async move {
+                    if n == 0 {
+                        stalled_relay(keep).await
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            },
+            ChaCha20Rng::seed_from_u64(7),
+        );
+        client
+            .state
+            .wait_for(|s| *s == DerpState::Connected)
+            .await
+            .unwrap();
+        let dst = PrivateKey::from_bytes([2; 32]).public_key();
+        let sent = 5 * COMMAND_QUEUE as u64;
+        for _ in 0..sent {
+            client.send(dst, vec![0u8; 1000]);
+        }
+        assert!(
+            client.dropped() >= sent - COMMAND_QUEUE as u64,
+            "{} dropped",
+            client.dropped()
+        );
+        tokio::time::sleep(WRITE_TIMEOUT * 3).await;
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "reconnected once");
+        let state = client.state.borrow().clone();
+        match state {
+            DerpState::Connecting {
+                last_error: Some(e),
+            } => assert!(e.contains("stopped reading"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

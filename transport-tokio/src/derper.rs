@@ -38,6 +38,14 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duratio
 const RESERVED_FDS: u64 = 128;
 /// How long a verification lookup may take before the client is refused (not cached).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Verification lookups under way at once, and so connections to the control server (kept
+/// alive and reused): new client keys cannot multiply the control server's load.
+pub const VERIFY_CONCURRENCY: usize = 16;
+/// A connection's read buffer while idle; it grows to [`LARGE_READ`] while data streams in
+/// and goes back before the connection waits again.
+const SMALL_READ: usize = 4096;
+/// See [`SMALL_READ`].
+const LARGE_READ: usize = 64 * 1024;
 
 /// A bidirectional byte stream (plain TCP or TLS).
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -88,8 +96,9 @@ impl std::fmt::Debug for DerperConfig {
 }
 
 /// Who may connect: caps on connections that have not authenticated yet and on clients,
-/// globally and per source (an IPv4 address or an IPv6 /64; loopback is capped only
-/// globally), and optional verification of client keys with the control server.
+/// globally and per source (an IPv4 address or an IPv6 /64, and four times that per /48;
+/// loopback is capped only globally), and optional verification of client keys with the
+/// control server.
 #[derive(Debug, Clone)]
 pub struct Admission {
     /// Unauthenticated connections (TLS, HTTP head, ClientInfo) at once; when full the
@@ -106,12 +115,13 @@ pub struct Admission {
 }
 
 impl Default for Admission {
-    /// 1,024 pending (64 per source), 100,000 clients (1,000 per source), no verification.
+    /// 1,024 pending (64 per source), [`burrow_derp::server::DEFAULT_MAX_CLIENTS`] clients
+    /// (1,000 per source), no verification.
     fn default() -> Self {
         Admission {
             max_pending: 1024,
             max_pending_per_ip: 64,
-            max_clients: 100_000,
+            max_clients: burrow_derp::server::DEFAULT_MAX_CLIENTS,
             max_clients_per_ip: 1000,
             verify: None,
         }
@@ -133,7 +143,9 @@ impl Admission {
 }
 
 /// Verification of client keys: `GET {base}/derp/verify/{key, base64url}` on the control
-/// server with a shared bearer token; a client is admitted only on `{"allow": true}`.
+/// server with a shared bearer token; a client is admitted only on `{"allow": true}`. At
+/// most [`VERIFY_CONCURRENCY`] lookups run at once, over keep-alive connections that are
+/// reused (a lookup used to cost a TCP and TLS handshake).
 #[derive(Clone)]
 pub struct VerifyClients {
     target: DerpUrl,
@@ -141,7 +153,15 @@ pub struct VerifyClients {
     host: String,
     token: String,
     roots: derp_client::ExtraRoots,
+    /// Idle keep-alive connections to the control server.
+    idle: Arc<Mutex<Vec<ControlConn>>>,
+    /// One per lookup under way.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Connections opened so far (for tests and metrics).
+    opened: Arc<AtomicU64>,
 }
+
+type ControlConn = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
 
 impl std::fmt::Debug for VerifyClients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,22 +197,58 @@ impl VerifyClients {
             host,
             token,
             roots,
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(tokio::sync::Semaphore::new(VERIFY_CONCURRENCY)),
+            opened: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Whether the control server says `key` is a live node.
-    pub async fn ask(&self, key: &PublicKey) -> Result<bool, String> {
-        use http_body_util::{BodyExt, Full};
+    /// Connections to the control server opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// A new keep-alive connection to the control server.
+    async fn connect(&self) -> Result<ControlConn, String> {
         let stream = derp_client::connect_stream(&self.target, &self.roots)
             .await
             .map_err(|e| format!("connecting: {e}"))?;
-        let (mut sender, conn) =
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
                 .map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
+        Ok(sender)
+    }
+
+    /// An idle connection still open, if any.
+    fn take_idle(&self) -> Option<ControlConn> {
+        let mut idle = self.idle.lock().expect("idle");
+        while let Some(c) = idle.pop() {
+            if !c.is_closed() && c.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: ControlConn) {
+        let mut idle = self.idle.lock().expect("idle");
+        if !conn.is_closed() && idle.len() < VERIFY_CONCURRENCY {
+            idle.push(conn);
+        }
+    }
+
+    /// One request on `conn`: the status and body, or a transport error.
+    async fn request(
+        &self,
+        conn: &mut ControlConn,
+        key: &PublicKey,
+    ) -> Result<(hyper::StatusCode, bytes::Bytes), String> {
+        use http_body_util::{BodyExt, Full};
         let req = hyper::Request::builder()
             .method("GET")
             .uri(format!(
@@ -204,7 +260,8 @@ impl VerifyClients {
             .header("authorization", format!("Bearer {}", self.token))
             .body(Full::new(bytes::Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        conn.ready().await.map_err(|e| e.to_string())?;
+        let res = conn.send_request(req).await.map_err(|e| e.to_string())?;
         let status = res.status();
         let body = res
             .into_body()
@@ -212,6 +269,34 @@ impl VerifyClients {
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
+        Ok((status, body))
+    }
+
+    /// Whether the control server says `key` is a live node. Waits for one of the
+    /// [`VERIFY_CONCURRENCY`] places; uses a kept connection if one is open (once more on a
+    /// new one if it fails: the server may have closed it while idle).
+    pub async fn ask(&self, key: &PublicKey) -> Result<bool, String> {
+        let _place = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| "verification stopped".to_owned())?;
+        let mut answer = None;
+        if let Some(mut conn) = self.take_idle() {
+            if let Ok(a) = self.request(&mut conn, key).await {
+                self.put_idle(conn);
+                answer = Some(a);
+            }
+        }
+        let (status, body) = match answer {
+            Some(a) => a,
+            None => {
+                let mut conn = self.connect().await?;
+                let a = self.request(&mut conn, key).await?;
+                self.put_idle(conn);
+                a
+            }
+        };
         if !status.is_success() {
             return Err(format!("control server answered {status}"));
         }
@@ -491,6 +576,14 @@ impl Relay {
             "gauge",
             s.pending_verifications as u64,
         );
+        if let Some(v) = &self.verify {
+            gauge(
+                "derp_verify_connections_total",
+                "Connections opened to the control server for client verification.",
+                "counter",
+                v.connections_opened(),
+            );
+        }
         out.push_str("# HELP derp_packets_dropped_total Packets dropped, by reason.\n# TYPE derp_packets_dropped_total counter\n");
         for (reason, n) in [
             (
@@ -759,6 +852,51 @@ async fn handle_http(
     }
 }
 
+/// A connection's read buffer: [`SMALL_READ`] while idle (idle clients must cost little),
+/// [`LARGE_READ`] while data streams in, given back before the connection waits again (it
+/// used to stay at 64 KiB for good after one large read).
+struct ReadBuf {
+    buf: Vec<u8>,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf {
+            buf: vec![0; SMALL_READ],
+        }
+    }
+
+    /// Reads once from `rd`; the bytes are then [`ReadBuf::filled`].
+    async fn read<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> io::Result<usize> {
+        use std::future::Future;
+        if self.buf.len() > SMALL_READ {
+            // Large: read at once what is already there; if nothing is, shrink, then wait.
+            let ready = {
+                let mut read = std::pin::pin!(rd.read(&mut self.buf));
+                std::future::poll_fn(|cx| std::task::Poll::Ready(read.as_mut().poll(cx))).await
+            };
+            match ready {
+                std::task::Poll::Ready(r) => return r,
+                std::task::Poll::Pending => self.buf = vec![0; SMALL_READ],
+            }
+        }
+        let n = rd.read(&mut self.buf).await?;
+        if n == self.buf.len() && self.buf.len() < LARGE_READ {
+            self.buf.resize(LARGE_READ, 0);
+        }
+        Ok(n)
+    }
+
+    fn filled(&self, n: usize) -> &[u8] {
+        &self.buf[..n]
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 /// One DERP connection: a reader feeding the server, a writer draining this connection's
 /// queue as fast as the socket takes it.
 async fn run_derp(
@@ -831,7 +969,7 @@ async fn run_derp(
                         }
                     }
                 }
-                if batch.capacity() > 64 * 1024 {
+                if batch.capacity() > SMALL_READ {
                     batch = Vec::new(); // an idle connection keeps no large buffer
                 }
                 wr.flush().await?;
@@ -846,18 +984,14 @@ async fn run_derp(
     let reader = {
         let (relay, closed) = (relay.clone(), closed.clone());
         async move {
-            // Small while idle (idle clients must cost little), larger once traffic fills it.
-            let mut buf = vec![0u8; 4096];
+            let mut buf = ReadBuf::new();
             loop {
-                let n = rd.read(&mut buf).await?;
-                if n == buf.len() && buf.len() < 64 * 1024 {
-                    buf.resize(64 * 1024, 0);
-                }
+                let n = buf.read(&mut rd).await?;
                 if n == 0 || closed.load(Ordering::SeqCst) {
                     return Ok::<(), io::Error>(());
                 }
                 let mut server = relay.server.lock().expect("server");
-                server.handle_bytes(now(), id, &buf[..n]);
+                server.handle_bytes(now(), id, buf.filled(n));
                 note_admitted(&server);
                 relay.dispatch(&mut server);
             }
@@ -975,4 +1109,39 @@ pub fn tls_from_files(
     .with_no_client_auth()
     .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// Security review follow-up (derper memory): the read buffer grows while data streams
+    /// in and is given back as soon as the connection has nothing more to read, before it
+    /// waits (it used to stay at 64 KiB for the life of the connection).
+    #[tokio::test]
+    async fn the_read_buffer_shrinks_before_the_connection_waits() {
+        let (mut ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (mut rd, _wr) = tokio::io::split(theirs);
+        ours.write_all(&[7u8; 100_000]).await.unwrap();
+        let mut buf = ReadBuf::new();
+        let mut total = 0;
+        while total < 100_000 {
+            let n = buf.read(&mut rd).await.unwrap();
+            assert!(buf.filled(n).iter().all(|b| *b == 7));
+            total += n;
+        }
+        assert!(buf.capacity() >= LARGE_READ, "grew while data streamed in");
+        // Nothing more to read: the next read waits, with the small buffer.
+        assert!(buf.read(&mut rd).now_or_never().is_none());
+        assert_eq!(buf.capacity(), SMALL_READ);
+        ours.write_all(b"more").await.unwrap();
+        let n = buf.read(&mut rd).await.unwrap();
+        assert_eq!(buf.filled(n), b"more");
+    }
+
+    #[test]
+    fn caps_default_to_what_memory_allows() {
+        assert_eq!(Admission::default().max_clients, 20_000);
+    }
 }

@@ -285,8 +285,9 @@ enum Command {
         /// Per-client burst, bytes.
         #[arg(long, requires = "rate_limit")]
         burst: Option<u64>,
-        /// Clients connected at once (lowered to fit the open-files limit).
-        #[arg(long, default_value_t = 100_000)]
+        /// Clients connected at once (lowered to fit the open-files limit); each costs tens
+        /// of KiB, so raise it only where memory allows.
+        #[arg(long, default_value_t = burrow_derp::server::DEFAULT_MAX_CLIENTS)]
         max_clients: usize,
         /// Clients connected at once from one IPv4 address or IPv6 /64 (loopback exempt).
         #[arg(long, default_value_t = 1000)]

@@ -705,3 +705,90 @@ fn a_short_mesh_key_is_refused_at_start() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Records each connection's peer address (a new address is a new TCP connection).
+async fn record_peer(
+    axum::extract::State(peers): axum::extract::State<
+        std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<SocketAddr>>>,
+    >,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    peers.lock().unwrap().insert(peer);
+    next.run(req).await
+}
+
+/// Security review follow-up (attack `verify-amplify`): with --verify-clients, each unknown
+/// key used to cost the control server a new TCP (and TLS) connection. 40 self-made keys at
+/// once now cost at most VERIFY_CONCURRENCY connections, kept alive and reused; every key
+/// is still asked about and refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_reuses_a_few_connections_to_the_control_server() {
+    use burrow::control::verify::{self, LiveKeys};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    struct NoNodes(Arc<AtomicUsize>);
+    impl LiveKeys for NoNodes {
+        fn is_live(&self, _key: &burrow_wg::PublicKey) -> Result<bool, String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(false)
+        }
+    }
+    const STRANGERS: usize = 40;
+    let dir = std::env::temp_dir().join(format!("burrow-derper-vconn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "verify-token-0123456789abcdef0123456789";
+    let token_file = dir.join("verify.token");
+    std::fs::write(&token_file, token).unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let peers: Arc<Mutex<std::collections::BTreeSet<SocketAddr>>> = Arc::default();
+    let router: axum::Router = verify::router(Arc::new(NoNodes(asked.clone())), token.into());
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        peers.clone(),
+        record_peer,
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    let d = derper(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--verify-clients",
+        &format!("http://{control}"),
+        "--verify-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let addr = d.addr();
+    let strangers: Vec<_> = (0..STRANGERS)
+        .map(|i| tokio::spawn(RawClient::connect_refused(addr, key(100 + i as u8))))
+        .collect();
+    for s in strangers {
+        let seen = s.await.unwrap();
+        assert!(!frame_types(&seen).contains(&burrow_derp::frame::types::SERVER_INFO));
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), STRANGERS);
+    let connections = peers.lock().unwrap().len();
+    assert!(
+        connections <= burrow::derper::VERIFY_CONCURRENCY,
+        "{connections} connections for {STRANGERS} lookups"
+    );
+    let metrics = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "derp_refused_clients_total"),
+        STRANGERS as u64
+    );
+    assert_eq!(
+        metric(&metrics, "derp_verify_connections_total"),
+        connections as u64
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
