@@ -1,6 +1,6 @@
 //! The `control_api` target: the coordination server's real HTTP router (`burrow control
-//! serve`'s, over an in-memory SQLite store, with the DERP verification route a token file
-//! turns on) driven in-process with arbitrary requests.
+//! serve`'s, over an in-memory SQLite store, with node expiry and the relays' verification
+//! route turned on) driven in-process with arbitrary requests.
 //!
 //! An input is a script of up to [`MAX_REQUESTS`] requests, each:
 //! `route:u8 flags:u8 [auth:len8] [header name:len8 value:len8] [path:len8] body:len16le`
@@ -32,9 +32,9 @@ use axum::http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
 use axum::Router;
 use burrow::control::identity::{seal_registration, ChallengeResponse, RegisterBody};
 use burrow::control::store::{AuthKeySpec, Registration, SqliteStore, Store};
-use burrow::control::verify::{self, LiveKeys};
+use burrow::control::verify;
 use burrow::control::{Control, ALLOW_ALL};
-use burrow_wg::{PrivateKey, PublicKey};
+use burrow_wg::PrivateKey;
 use futures::FutureExt;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -79,20 +79,6 @@ struct Server {
     node_key: PrivateKey,
 }
 
-/// Live keys as `routes()` answers them: the store's unexpired nodes.
-struct StoreKeys(Arc<dyn Store>);
-
-impl LiveKeys for StoreKeys {
-    fn is_live(&self, key: &PublicKey) -> Result<bool, String> {
-        let nodes = self.0.nodes().map_err(|e| e.to_string())?;
-        Ok(verify::any_live(
-            nodes.iter().map(|n| (n.node_key.as_str(), n.expires_at)),
-            key,
-            u64::MAX / 2,
-        ))
-    }
-}
-
 fn server() -> Server {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(Path::new(":memory:")).expect("in-memory store"));
@@ -132,13 +118,12 @@ fn server() -> Server {
         url: "http://127.0.0.1:3340/derp".into(),
         stun: Vec::new(),
     }];
-    let control = Control::new(store.clone(), policy, derp).expect("control server");
-    let router = control.router().merge(verify::router(
-        Arc::new(StoreKeys(store)),
-        VERIFY_TOKEN.into(),
-    ));
+    let control = Control::new(store, policy, derp).expect("control server");
+    control.set_verify_token(VERIFY_TOKEN.into());
+    // Registrations expire (a day on), as with `serve --node-expiry 1d`.
+    control.set_node_expiry(Some(std::time::Duration::from_secs(86_400)));
     Server {
-        router,
+        router: control.router(),
         auth_key,
         one_off,
         secret,
