@@ -956,6 +956,21 @@ async fn attack_register_and_stream_floods_are_limited_and_others_are_served() {
         };
         assert_eq!(p.node.id, b.node.id);
     }
+    // Per-node map budget: each stream costs a whole netmap, so reopening in a loop is slowed.
+    drop(streams);
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = http
+            .get(format!("{base}/machine/map"))
+            .bearer_auth(&a.secret)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 8, "{limited} of 20 map streams limited");
     // Per-key registration budget: a node key re-registering in a loop is slowed.
     let mut limited = 0;
     for _ in 0..12 {

@@ -95,6 +95,8 @@ struct Inner {
     per_ip: RateLimiter<IpAddr>,
     /// Registrations per node key.
     per_key: RateLimiter<String>,
+    /// Map streams opened per node (each costs a whole netmap).
+    per_node_map: RateLimiter<u64>,
 }
 
 /// Endpoint changes a node may make in a burst, and per second after that: a flapping or
@@ -161,6 +163,7 @@ impl Control {
                 challenges: Challenges::new(random_bytes()),
                 per_ip: per_ip_limiter(Limits::default().per_ip_rate),
                 per_key: RateLimiter::new(0.2, 10.0, 65_536),
+                per_node_map: RateLimiter::new(1.0, 10.0, 65_536),
             }),
         }))
     }
@@ -681,6 +684,15 @@ async fn map(
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     {
         let mut inner = c.inner.lock().expect("control state");
+        if !inner
+            .per_node_map
+            .allow(&node.id, tokio::time::Instant::now())
+        {
+            return Err(ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many map streams opened by this node; slow down".into(),
+            ));
+        }
         let netmap = inner
             .tailnet
             .netmap(node.id)
