@@ -289,13 +289,15 @@ enum Command {
         /// of KiB, so raise it only where memory allows.
         #[arg(long, default_value_t = burrow_derp::server::DEFAULT_MAX_CLIENTS)]
         max_clients: usize,
-        /// Clients connected at once from one IPv4 address or IPv6 /64 (loopback exempt).
+        /// Clients connected at once from one IPv4 address or IPv6 /64 (four times as many per
+        /// IPv6 /48; loopback exempt).
         #[arg(long, default_value_t = 1000)]
         max_clients_per_ip: usize,
         /// Connections not authenticated yet, at once; when full, the oldest is closed.
         #[arg(long, default_value_t = 1024)]
         max_pending: usize,
-        /// Connections not authenticated yet from one IPv4 address or IPv6 /64.
+        /// Connections not authenticated yet from one IPv4 address or IPv6 /64 (four times as
+        /// many per IPv6 /48).
         #[arg(long, default_value_t = 64)]
         max_pending_per_ip: usize,
         /// Serve only nodes the control server knows: ask URL (the control server,
