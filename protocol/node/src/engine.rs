@@ -26,6 +26,7 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use crate::nat::{classify, NatView};
+use crate::routing::{inner_source, AllowedIps};
 
 /// How many predicted ports a sequential-NAT node advertises.
 const PREDICTED_PORTS: usize = 8;
@@ -332,10 +333,8 @@ pub struct Node {
     by_node: BTreeMap<PublicKey, usize>,
     by_disco: BTreeMap<PublicKey, usize>,
     by_wg: BTreeMap<PeerId, usize>,
-    /// Cryptokey routing: every peer's allowed prefixes (truncated) and their owner, with the
-    /// prefix lengths in use per family, longest first at lookup.
-    allowed: BTreeMap<IpNet, PublicKey>,
-    prefix_lens: BTreeSet<(bool, u8)>,
+    /// Cryptokey routing: which peer owns which address.
+    allowed: AllowedIps,
     stun: Option<StunRound>,
     next_stun: Instant,
     nat: Option<NatView>,
@@ -373,8 +372,7 @@ impl Node {
             by_node: BTreeMap::new(),
             by_disco: BTreeMap::new(),
             by_wg: BTreeMap::new(),
-            allowed: BTreeMap::new(),
-            prefix_lens: BTreeSet::new(),
+            allowed: AllowedIps::default(),
             stun: None,
             next_stun: now,
             nat: None,
@@ -424,12 +422,10 @@ impl Node {
                 return Err(NodeError::DuplicateDiscoKey(peer.node_key));
             }
         }
-        let taken = peer.allowed_ips.iter().any(|net| {
-            self.allowed
-                .get(&net.trunc())
-                .is_some_and(|owner| *owner != peer.node_key)
-        });
-        if taken {
+        if self
+            .allowed
+            .taken_by_other(&peer.node_key, &peer.allowed_ips)
+        {
             return Err(NodeError::OverlappingAddresses(peer.node_key));
         }
         if let Some(&i) = self.by_node.get(&peer.node_key) {
@@ -440,8 +436,8 @@ impl Node {
                 self.by_disco.insert(peer.disco_key, i);
                 self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
             }
+            self.allowed.set(peer.node_key, &peer.allowed_ips);
             self.peers[i].config = peer;
-            self.rebuild_allowed();
             self.peers[i]
                 .paths
                 .handle_control_endpoints(now, &endpoints);
@@ -473,41 +469,18 @@ impl Node {
             first_unanswered_direct: None,
             stats: PeerStats::default(),
         });
-        self.rebuild_allowed();
+        self.allowed.set(
+            self.peers[i].config.node_key,
+            &self.peers[i].config.allowed_ips,
+        );
         self.flush_paths(now, i);
         Ok(())
-    }
-
-    /// Re-indexes every peer's allowed prefixes (the control plane changed a peer).
-    fn rebuild_allowed(&mut self) {
-        self.allowed.clear();
-        self.prefix_lens.clear();
-        for p in &self.peers {
-            for net in &p.config.allowed_ips {
-                self.allowed.insert(net.trunc(), p.config.node_key);
-                self.prefix_lens
-                    .insert((net.addr().is_ipv6(), net.prefix_len()));
-            }
-        }
-    }
-
-    /// The peer owning `ip`: the one with the longest allowed prefix holding it.
-    fn owner_of(&self, ip: IpAddr) -> Option<PublicKey> {
-        let v6 = ip.is_ipv6();
-        self.prefix_lens
-            .iter()
-            .rev()
-            .filter(|(family, _)| *family == v6)
-            .find_map(|&(_, len)| {
-                let net = IpNet::new(ip, len).ok()?.trunc();
-                self.allowed.get(&net).copied()
-            })
     }
 
     /// The peer whose allowed addresses hold `ip` (the longest prefix wins): where a packet
     /// for `ip` goes, and the only peer a packet from `ip` is accepted from.
     pub fn peer_for_ip(&self, ip: IpAddr) -> Option<PublicKey> {
-        self.owner_of(ip)
+        self.allowed.owner_of(ip)
     }
 
     /// Forgets a peer (the coordination server removed it, or its key expired): nothing more
@@ -522,7 +495,7 @@ impl Node {
         self.by_disco.remove(&gone.config.disco_key);
         self.by_wg.remove(&gone.wg);
         self.user_pings.retain(|_, (j, _, _)| *j != i);
-        self.rebuild_allowed();
+        self.allowed.remove(peer);
         let moved_from = self.peers.len();
         if i < moved_from {
             let moved = &self.peers[i];
@@ -1214,7 +1187,8 @@ impl Node {
                     if let Decapsulated::Data(n) = what {
                         // Cryptokey routing: the inner source must be an address this peer
                         // owns (the longest prefix holding it is this peer's).
-                        let owner = inner_source(&out[..n]).and_then(|ip| self.owner_of(ip));
+                        let owner =
+                            inner_source(&out[..n]).and_then(|ip| self.allowed.owner_of(ip));
                         let p = &mut self.peers[i];
                         if owner == Some(p.config.node_key) {
                             p.stats.rx_bytes += n as u64;
@@ -1266,21 +1240,6 @@ impl Node {
             p.first_unanswered_direct = None;
             p.paths.report_data_stall(now, addr);
         }
-    }
-}
-
-/// A decrypted packet's source address (keep-alives, which are empty, never get here).
-fn inner_source(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first().map(|b| b >> 4) {
-        Some(4) => packet
-            .get(12..16)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(IpAddr::from),
-        Some(6) => packet
-            .get(8..24)
-            .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            .map(IpAddr::from),
-        _ => None,
     }
 }
 

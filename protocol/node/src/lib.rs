@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod nat;
+mod routing;
 
 pub use engine::{
     Event, Explanation, Input, Node, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit,
