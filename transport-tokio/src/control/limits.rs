@@ -60,6 +60,11 @@ impl<K: Ord + Clone> RateLimiter<K> {
         }
     }
 
+    /// Forgets `key` (its budget starts full if it comes back).
+    pub fn forget(&mut self, key: &K) {
+        self.buckets.remove(key);
+    }
+
     /// Takes one token for `key`; false when its bucket is empty, or when the table is full of
     /// keys that are all still limited.
     pub fn allow(&mut self, key: &K, now: Instant) -> bool {

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod limits;
 pub mod pg;
 pub mod store;
+pub mod validate;
 pub mod verify;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -30,6 +31,8 @@ pub use identity::{ChallengeResponse, RegisterBody, RegisterRequest};
 use identity::{Challenges, ProofError};
 use limits::{Limits, RateLimiter};
 use store::{NodeRecord, Registration, Store, StoreError};
+use validate::{canonical_key, is_canonical_key};
+pub use validate::{hostname_label, valid_hostname, vouched_endpoints};
 
 /// The policy when none is given: every node may reach every other on every port.
 pub const ALLOW_ALL: &str =
@@ -87,8 +90,8 @@ struct Inner {
     node_expiry: Option<Duration>,
     /// When each node in the tailnet expires (unix seconds).
     expires: BTreeMap<u64, u64>,
-    /// Each node's endpoint-change budget: tokens and when they were counted.
-    budgets: BTreeMap<u64, (f64, tokio::time::Instant)>,
+    /// Each node's endpoint-change budget.
+    changes: RateLimiter<u64>,
     /// Challenges issued and redeemed.
     challenges: Challenges,
     /// Challenge, registration and map requests per source address.
@@ -159,7 +162,7 @@ impl Control {
                 streams: BTreeMap::new(),
                 node_expiry: None,
                 expires,
-                budgets: BTreeMap::new(),
+                changes: RateLimiter::new(CHANGES_PER_SECOND, CHANGE_BURST, 65_536),
                 challenges: Challenges::new(random_bytes()),
                 per_ip: per_ip_limiter(Limits::default().per_ip_rate),
                 per_key: RateLimiter::new(0.2, 10.0, 65_536),
@@ -210,7 +213,8 @@ impl Control {
         let deltas = {
             let mut inner = self.inner.lock().expect("control state");
             inner.expires.remove(&id);
-            inner.budgets.remove(&id);
+            inner.changes.forget(&id);
+            inner.per_node_map.forget(&id);
             inner.streams.remove(&id);
             inner.tailnet.remove(id)
         };
@@ -296,16 +300,11 @@ impl Control {
     /// Takes one endpoint change from a node's budget; false when it is spent.
     fn take_change(&self, id: u64) -> bool {
         let now = tokio::time::Instant::now();
-        let mut inner = self.inner.lock().expect("control state");
-        let (tokens, at) = inner.budgets.entry(id).or_insert((CHANGE_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * CHANGES_PER_SECOND)
-            .min(CHANGE_BURST);
-        *at = now;
-        if *tokens < 1.0 {
-            return false;
-        }
-        *tokens -= 1.0;
-        true
+        self.inner
+            .lock()
+            .expect("control state")
+            .changes
+            .allow(&id, now)
     }
 
     /// Runs a storage call off the async workers (on a multi-threaded runtime), or inline on a
@@ -415,47 +414,6 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand_chacha::ChaCha20Rng::from_os_rng().fill_bytes(&mut b);
     b
-}
-
-/// A host name is one DNS label: letters, digits and inner hyphens, 1 to 63 of them, so no
-/// control character or escape sequence reaches a log line or a terminal (audit #18).
-pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// A machine's host name made into a DNS label (the first label, other characters as `-`);
-/// "node" when nothing is left.
-pub fn hostname_label(name: &str) -> String {
-    let first = name.trim().split('.').next().unwrap_or_default();
-    let label: String = first
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(63)
-        .collect();
-    let label = label.trim_matches('-');
-    if label.is_empty() {
-        "node".into()
-    } else {
-        label.to_string()
-    }
-}
-
-/// A key in its one canonical spelling (audit #7), or None if it is not a canonical key.
-fn canonical_key(s: &str) -> Option<String> {
-    burrow_wg::PublicKey::from_base64(s)
-        .ok()
-        .filter(is_canonical_key)
-        .map(|k| k.to_base64())
-}
-
-/// X25519 ignores a public key's top bit, so a key with it set is another spelling of the
-/// same key: refused, so one key is one node.
-fn is_canonical_key(k: &burrow_wg::PublicKey) -> bool {
-    k.as_bytes()[31] & 0x80 == 0
 }
 
 async fn health(
@@ -596,46 +554,6 @@ async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecor
     Ok(node)
 }
 
-/// Whether an address is on the public internet as far as vouching goes (not private, shared,
-/// loopback, link-local or otherwise special).
-fn is_public_v4(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            let shared = o[0] == 100 && (o[1] & 0xc0) == 64; // 100.64.0.0/10
-            !(v4.is_private()
-                || shared
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast())
-        }
-        IpAddr::V6(_) => false,
-    }
-}
-
-/// The endpoints a node's report keeps (audit #3): none that peers must never send to
-/// (unspecified, loopback, multicast, broadcast, link-local, port 0), and, when the report
-/// came from a public IPv4 address, no public IPv4 endpoint on another address. Peers aim
-/// birthday probes only at public IPs the control plane lists, so this is what stops a member
-/// from pointing the tailnet's probes at a third party. Reports from private addresses (the
-/// server on a LAN, or behind a proxy) cannot be checked and keep their public endpoints.
-pub fn vouched_endpoints(source: IpAddr, claimed: &[SocketAddr]) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    let source = limits::source_bucket(source);
-    for e in claimed {
-        // One spelling per address: an IPv4-mapped IPv6 endpoint is its IPv4 endpoint.
-        let e = burrow_punch::canonical_remote(*e);
-        let acceptable = burrow_punch::is_acceptable_remote(e);
-        let foreign = is_public_v4(source) && is_public_v4(e.ip()) && e.ip() != source;
-        if acceptable && !foreign && !out.contains(&e) {
-            out.push(e);
-        }
-    }
-    out
-}
-
 async fn endpoints(
     State(c): State<Arc<Control>>,
     limits::Source(source): limits::Source,
@@ -742,33 +660,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use store::{AuthKeySpec, SqliteStore};
 
     fn control_with_node() -> (Arc<Control>, NodeRecord) {
-        let store = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
-        let key = store
-            .create_auth_key(&AuthKeySpec {
-                user: "u".into(),
-                reusable: true,
-                expires_at: None,
-                tags: vec![],
-            })
-            .unwrap();
-        let pk = |b| {
-            burrow_wg::PrivateKey::from_bytes([b; 32])
-                .public_key()
-                .to_base64()
-        };
-        let (record, _) = store
-            .register(&Registration {
-                auth_key: Some(&key),
-                node_secret: None,
-                name: "a",
-                node_key: &pk(1),
-                disco_key: &pk(2),
-                expires_at: None,
-            })
-            .unwrap();
+        let (store, record) = store::memory_store_with_node();
         let c = Control::new(store, Control::policy(ALLOW_ALL).unwrap(), vec![]).unwrap();
         (c, record)
     }
@@ -812,50 +706,5 @@ mod tests {
             "the stream was closed so the node resyncs"
         );
         assert!(c.inner.lock().unwrap().streams[&record.id].is_empty());
-    }
-
-    #[test]
-    fn only_endpoints_peers_may_send_to_and_the_reporters_own_public_ip_are_kept() {
-        let e = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let claimed = [
-            e("0.0.0.0:1"),
-            e("127.0.0.1:22"),
-            e("224.0.0.251:5353"),
-            e("255.255.255.255:9"),
-            e("169.254.1.1:41641"),
-            e("198.51.100.7:0"),
-            e("192.168.1.5:41641"),
-            e("198.51.100.7:41641"),
-            e("203.0.113.9:53"),
-            e("[2001:db8::1]:41641"),
-            e("[::ffff:203.0.113.9]:53"),
-        ];
-        let from_public = vouched_endpoints("198.51.100.7".parse().unwrap(), &claimed);
-        assert_eq!(
-            from_public,
-            vec![
-                e("192.168.1.5:41641"),
-                e("198.51.100.7:41641"),
-                e("[2001:db8::1]:41641")
-            ],
-            "a third party's address is not vouched for"
-        );
-        let from_lan = vouched_endpoints("10.0.0.2".parse().unwrap(), &claimed);
-        assert!(
-            from_lan.contains(&e("203.0.113.9:53")),
-            "unverifiable, kept"
-        );
-        assert!(!from_lan.contains(&e("224.0.0.251:5353")));
-    }
-
-    #[test]
-    fn host_names_are_dns_labels() {
-        assert!(valid_hostname("db-1"));
-        for bad in ["", "-a", "a-", "a b", "a.b", "x\u{1b}[2J", &"a".repeat(64)] {
-            assert!(!valid_hostname(bad), "{bad:?}");
-        }
-        assert_eq!(hostname_label("My Laptop.local\n"), "My-Laptop");
-        assert_eq!(hostname_label("\u{1b}[31m"), "31m");
-        assert_eq!(hostname_label("..."), "node");
     }
 }

@@ -564,3 +564,34 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }
+
+/// For tests: an in-memory store with node "a" registered (node key from `[1; 32]`, disco key
+/// from `[2; 32]`) with a reusable key of user "u".
+#[cfg(test)]
+pub(crate) fn memory_store_with_node() -> (std::sync::Arc<SqliteStore>, NodeRecord) {
+    let store = std::sync::Arc::new(SqliteStore::open(Path::new(":memory:")).expect("sqlite"));
+    let key = store
+        .create_auth_key(&AuthKeySpec {
+            user: "u".into(),
+            reusable: true,
+            expires_at: None,
+            tags: vec![],
+        })
+        .expect("auth key");
+    let pk = |b| {
+        burrow_wg::PrivateKey::from_bytes([b; 32])
+            .public_key()
+            .to_base64()
+    };
+    let (record, _) = store
+        .register(&Registration {
+            auth_key: Some(&key),
+            node_secret: None,
+            name: "a",
+            node_key: &pk(1),
+            disco_key: &pk(2),
+            expires_at: None,
+        })
+        .expect("registered");
+    (store, record)
+}

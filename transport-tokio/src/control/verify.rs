@@ -237,28 +237,9 @@ mod tests {
     /// expired keys are told apart as before.
     #[test]
     fn the_store_answers_by_key_lookup() {
-        use crate::control::store::{AuthKeySpec, Registration, SqliteStore};
-        let store = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
-        let auth = store
-            .create_auth_key(&AuthKeySpec {
-                user: "u".into(),
-                reusable: true,
-                expires_at: None,
-                tags: vec![],
-            })
-            .unwrap();
+        let (store, node) = crate::control::store::memory_store_with_node();
         let pk = |b: u8| burrow_wg::PrivateKey::from_bytes([b; 32]).public_key();
-        let (node_key, disco_key) = (pk(1).to_base64(), pk(2).to_base64());
-        let (node, _secret) = store
-            .register(&Registration {
-                auth_key: Some(&auth),
-                node_secret: None,
-                name: "a",
-                node_key: &node_key,
-                disco_key: &disco_key,
-                expires_at: None,
-            })
-            .unwrap();
+        let node_key = pk(1).to_base64();
         let found = store.node_by_key(&node_key).unwrap().expect("found");
         assert_eq!(
             (found.id, found.node_key.as_str()),
