@@ -569,11 +569,17 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// One end of an in-memory connection to a sans-IO relay that completes the handshake,
-    /// announces a restart (`reconnect_in` = u32::MAX ms, about 49.7 days; `try_for` = 60 s)
-    /// and hangs up.
-    async fn restarting_relay() -> io::Result<RawConn> {
-        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    /// One end of an in-memory connection (`buffer` bytes each way) to a sans-IO relay that
+    /// completes the handshake and flushes what it has to say; then `then` gets the relay and
+    /// its end of the connection.
+    async fn admitted_relay<F, Fut>(buffer: usize, then: F) -> io::Result<RawConn>
+    where
+        F: FnOnce(burrow_derp::Server, burrow_derp::ConnId, tokio::io::DuplexStream) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let (ours, mut theirs) = tokio::io::duplex(buffer);
         tokio::spawn(async move {
             use burrow_derp::{ConnId, Server, ServerConfig};
             let mut server = Server::new(
@@ -587,23 +593,20 @@ mod tests {
                 theirs.read_exact(&mut byte).await.unwrap();
                 head.push(byte[0]);
             }
-            server.accept(std::time::Instant::now(), id);
+            let now = std::time::Instant::now();
+            server.accept(now, id);
             let mut buf = [0u8; 4096];
             while !server.is_admitted(id) {
-                while let Some(b) = server.poll_transmit_for(std::time::Instant::now(), id) {
+                while let Some(b) = server.poll_transmit_for(now, id) {
                     theirs.write_all(&b).await.unwrap();
                 }
                 let n = theirs.read(&mut buf).await.unwrap();
-                server.handle_bytes(std::time::Instant::now(), id, &buf[..n]);
+                server.handle_bytes(now, id, &buf[..n]);
             }
-            server.announce_restart(
-                Duration::from_millis(u64::from(u32::MAX)),
-                Duration::from_secs(60),
-            );
-            while let Some(b) = server.poll_transmit_for(std::time::Instant::now(), id) {
+            while let Some(b) = server.poll_transmit_for(now, id) {
                 theirs.write_all(&b).await.unwrap();
             }
-            // Dropping `theirs` hangs up.
+            then(server, id, theirs).await;
         });
         let url: DerpUrl = "http://relay.test:80/derp".parse().unwrap();
         upgrade(
@@ -614,6 +617,22 @@ mod tests {
             true,
             ChaCha20Rng::seed_from_u64(1),
         )
+        .await
+    }
+
+    /// A relay that announces a restart (`reconnect_in` = u32::MAX ms, about 49.7 days;
+    /// `try_for` = 60 s) and hangs up.
+    async fn restarting_relay() -> io::Result<RawConn> {
+        admitted_relay(64 * 1024, |mut server, id, mut theirs| async move {
+            server.announce_restart(
+                Duration::from_millis(u64::from(u32::MAX)),
+                Duration::from_secs(60),
+            );
+            while let Some(b) = server.poll_transmit_for(std::time::Instant::now(), id) {
+                theirs.write_all(&b).await.unwrap();
+            }
+            // Dropping `theirs` hangs up.
+        })
         .await
     }
 
@@ -665,47 +684,12 @@ mod tests {
         assert!(after.iter().all(|w| w[1] - w[0] >= Duration::from_secs(5)));
     }
 
-    /// One end of an in-memory connection (4 KiB of buffer) to a sans-IO relay that
-    /// completes the handshake, then never reads again; its end is parked in `keep`.
+    /// A relay (4 KiB of buffer) that never reads again once the client is admitted; its end
+    /// is parked in `keep`.
     async fn stalled_relay(keep: Arc<Mutex<Vec<tokio::io::DuplexStream>>>) -> io::Result<RawConn> {
-        let (ours, mut theirs) = tokio::io::duplex(4096);
-        tokio::spawn(async move {
-            use burrow_derp::{ConnId, Server, ServerConfig};
-            let mut server = Server::new(
-                ServerConfig::new(PrivateKey::from_bytes([9; 32])),
-                ChaCha20Rng::seed_from_u64(9),
-            );
-            let id = ConnId(1);
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                theirs.read_exact(&mut byte).await.unwrap();
-                head.push(byte[0]);
-            }
-            let now = std::time::Instant::now();
-            server.accept(now, id);
-            let mut buf = [0u8; 4096];
-            while !server.is_admitted(id) {
-                while let Some(b) = server.poll_transmit_for(now, id) {
-                    theirs.write_all(&b).await.unwrap();
-                }
-                let n = theirs.read(&mut buf).await.unwrap();
-                server.handle_bytes(now, id, &buf[..n]);
-            }
-            while let Some(b) = server.poll_transmit_for(now, id) {
-                theirs.write_all(&b).await.unwrap();
-            }
+        admitted_relay(4096, move |_, _, theirs| async move {
             keep.lock().unwrap().push(theirs); // open, and never read again
-        });
-        let url: DerpUrl = "http://relay.test:80/derp".parse().unwrap();
-        upgrade(
-            Box::new(ours),
-            &url,
-            PrivateKey::from_bytes([1; 32]),
-            None,
-            true,
-            ChaCha20Rng::seed_from_u64(1),
-        )
+        })
         .await
     }
 
