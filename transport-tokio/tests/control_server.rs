@@ -739,11 +739,7 @@ async fn attack_node_takeover_needs_the_node_key_and_a_right_to_it() {
     let server = serve(&db, None);
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
-    let alice: RegisterResponse = register(&http, &base, &alice_once, "alice", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let alice: RegisterResponse = registered(&http, &base, &alice_once, "alice", 1).await;
     assert_eq!(
         register(&http, &base, &bob_once, "bob", 2).await.status(),
         200
@@ -822,11 +818,7 @@ async fn attack_one_key_is_one_node_and_names_are_dns_labels() {
     let server = serve(&db, None);
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
-    let first: RegisterResponse = register(&http, &base, &key, "a", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: RegisterResponse = registered(&http, &base, &key, "a", 1).await;
     // The same key spelled with whitespace is the same node (renewed), not a second one.
     for spelling in ["{K}\n", " {K}\t"] {
         let challenge = challenge(&http, &base).await;
@@ -899,11 +891,7 @@ async fn attack_register_and_stream_floods_are_limited_and_others_are_served() {
     let server = serve_with(&db, None, &["--per-ip-rate", "2"]);
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
-    let a: RegisterResponse = register(&http, &base, &key, "a", 1)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let a: RegisterResponse = registered(&http, &base, &key, "a", 1).await;
     // Source-address budget: 8 at once, then 2 a second; the flood gets 429s.
     let mut limited = 0;
     for _ in 0..30 {
@@ -945,11 +933,7 @@ async fn attack_register_and_stream_floods_are_limited_and_others_are_served() {
         );
     }
     // The two newest still get deltas.
-    let b: RegisterResponse = register(&http, &base, &key, "b", 2)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let b: RegisterResponse = registered(&http, &base, &key, "b", 2).await;
     for s in streams.iter_mut().skip(3) {
         let MapMessage::Delta(Delta::PeerUpsert(p)) = s.next().await else {
             panic!("b's arrival")
