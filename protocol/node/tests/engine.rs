@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use burrow_node::{Event, Input, Node, NodeConfig, NodeError, PeerConfig, Transmit};
 use burrow_punch::Route;
-use burrow_wg::{PrivateKey, PublicKey};
+use burrow_wg::{PrivateKey, PublicKey, WgError};
 use proptest::prelude::*;
 
 fn pair(now: Instant) -> (Node, Node) {
@@ -122,6 +122,37 @@ fn unknown_peers_and_garbage_are_typed_errors() {
         ),
         Err(NodeError::Unrecognised(from))
     );
+}
+
+#[test]
+fn wireguard_refusals_carry_the_wireguard_error_as_their_source() {
+    let now = Instant::now();
+    let (mut a, mut b) = pair(now);
+    a.send(now, &b.public_key(), &PACKET).unwrap();
+    relay_only(now, &mut a, &mut b);
+    b.send(now, &a.public_key(), &PACKET).unwrap();
+    let Some(Transmit::Derp { payload, .. }) = b.poll_transmit() else {
+        panic!("b's packet goes over DERP");
+    };
+    let from: SocketAddr = "203.0.113.9:41641".parse().unwrap();
+    let input = Input::Udp {
+        socket: 0,
+        from,
+        data: &payload,
+    };
+    assert_eq!(a.handle_input(now, input), Ok(()));
+    let e = a.handle_input(now, input).unwrap_err();
+    assert_eq!(
+        e,
+        NodeError::WgInput {
+            from,
+            source: WgError::Replay
+        }
+    );
+    let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<WgError>());
+    assert_eq!(source, Some(&WgError::Replay));
+    // Drivers log the message (the simulator counts replays by it).
+    assert!(e.to_string().contains("replayed"), "{e}");
 }
 
 proptest! {

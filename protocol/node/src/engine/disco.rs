@@ -1,0 +1,178 @@
+//! Disco: sealing and opening disco messages, answering pings and pongs, taking in
+//! CallMeMaybe and NatInfo, and moving each peer's path machine's output to the engine's queues.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use burrow_disco::Message;
+use burrow_punch::{Dst, PathEvent, Route, SocketId};
+
+use super::{relay_addr, Event, Node, Transmit};
+use crate::nat::NatView;
+
+impl Node {
+    /// Seals `msg` for peer `i`; `None` when no box could be made with its disco key.
+    pub(super) fn seal(&mut self, i: usize, msg: &Message) -> Option<Vec<u8>> {
+        let bx = self.peers[i].disco_box.as_ref()?;
+        Some(msg.seal_with(bx, &self.disco_public, &mut self.rng))
+    }
+
+    /// Opens a disco datagram from peer `i`; `None` when it does not authenticate.
+    pub(super) fn open(&self, i: usize, datagram: &[u8]) -> Option<Message> {
+        Message::open_with(self.peers[i].disco_box.as_ref()?, datagram).ok()
+    }
+
+    /// Sends a disco message to peer `i` over DERP, through its home region.
+    pub(super) fn send_disco_relay(&mut self, i: usize, msg: &Message) {
+        if let Some(payload) = self.seal(i, msg) {
+            let p = &self.peers[i].config;
+            self.transmits.push_back(Transmit::Derp {
+                region: p.home_region,
+                dst: p.node_key,
+                payload,
+            });
+        }
+    }
+
+    /// A disco message from peer `i` that came on one of our UDP sockets.
+    pub(super) fn handle_direct_disco(
+        &mut self,
+        now: Instant,
+        i: usize,
+        socket: SocketId,
+        from: SocketAddr,
+        msg: Message,
+    ) {
+        match msg {
+            Message::Ping { tx_id, .. } => {
+                // Replays, unacceptable sources and pings over the pong budget go unanswered.
+                self.peers[i].paths.handle_ping(now, socket, from, tx_id);
+            }
+            Message::Pong { tx_id, .. } if !self.user_pong(now, &tx_id, Route::Direct(from)) => {
+                self.peers[i].paths.handle_pong(now, socket, from, tx_id);
+            }
+            // CallMeMaybe and NatInfo only count over DERP (where the sender is authenticated
+            // by its node key too).
+            _ => {}
+        }
+        self.flush_paths(now, i);
+    }
+
+    /// A disco message from peer `i` that came over DERP (from its own node key).
+    pub(super) fn handle_relayed_disco(&mut self, now: Instant, i: usize, msg: Message) {
+        match msg {
+            Message::CallMeMaybe { endpoints } => {
+                self.peers[i].paths.handle_call_me_maybe(now, &endpoints);
+                self.plan_birthday(now, i);
+            }
+            Message::NatInfo {
+                mapping_varies,
+                predictable,
+            } => {
+                self.peers[i].peer_nat = Some((mapping_varies, predictable));
+                self.plan_birthday(now, i);
+            }
+            // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path),
+            // unless its transaction ID was seen lately (a replay).
+            Message::Ping { tx_id, .. } if self.peers[i].paths.admit_ping(now, tx_id) => {
+                let pong = Message::Pong {
+                    tx_id,
+                    src: relay_addr(),
+                };
+                self.send_disco_relay(i, &pong);
+            }
+            Message::Pong { tx_id, .. } => {
+                self.user_pong(now, &tx_id, Route::Relay);
+            }
+            _ => {}
+        }
+        self.flush_paths(now, i);
+    }
+
+    /// Moves a peer's disco transmits and path events to the engine's queues.
+    pub(super) fn flush_paths(&mut self, now: Instant, i: usize) {
+        while let Some(t) = self.peers[i].paths.poll_transmit() {
+            let Some(payload) = self.seal(i, &t.msg) else {
+                continue;
+            };
+            match t.dst {
+                Dst::Direct(dst) => {
+                    self.peers[i].stats.disco_direct += 1;
+                    self.transmits.push_back(Transmit::Udp {
+                        socket: t.socket,
+                        dst,
+                        payload,
+                    });
+                }
+                Dst::Relay => {
+                    let p = &self.peers[i].config;
+                    self.transmits.push_back(Transmit::Derp {
+                        region: p.home_region,
+                        dst: p.node_key,
+                        payload,
+                    });
+                    // The peer needs our NAT kind with our candidates (an earlier NatInfo may
+                    // have been dropped while it was not yet on DERP).
+                    if let (Message::CallMeMaybe { .. }, Some(nat)) = (&t.msg, self.nat) {
+                        self.send_nat_info(i, nat);
+                    }
+                }
+            }
+        }
+        let peer = self.peers[i].config.node_key;
+        while let Some(e) = self.peers[i].paths.poll_event() {
+            match e {
+                PathEvent::RouteChanged { from, to } => {
+                    let p = &mut self.peers[i];
+                    match to {
+                        Route::Direct(addr) => {
+                            if let Some(b) = p.prober.as_mut() {
+                                b.succeeded(addr);
+                            }
+                            p.opening = None;
+                        }
+                        // Back on DERP: a birthday search that found the old path starts over
+                        // (the NAT may have forgotten every mapping).
+                        Route::Relay => {
+                            if p.prober.as_ref().is_some_and(|b| b.success().is_some()) {
+                                p.prober = None;
+                            }
+                            // A direct path that died often means our own mapping changed (NAT
+                            // rebinding, a new network): ask STUN again now, not in 20 s.
+                            if self.stun.is_none() {
+                                self.next_stun = self.next_stun.min(now);
+                            }
+                        }
+                    }
+                    self.events.push_back(Event::PathChanged { peer, from, to });
+                }
+                PathEvent::Attempt(attempt) => {
+                    self.events.push_back(Event::Attempt { peer, attempt });
+                }
+            }
+        }
+    }
+
+    /// Reports a pong that answers a `Node::ping`; false when it answers none.
+    fn user_pong(&mut self, now: Instant, tx_id: &burrow_disco::TxId, via: Route) -> bool {
+        let Some((i, sent, _)) = self.user_pings.remove(tx_id) else {
+            return false;
+        };
+        let peer = self.peers[i].config.node_key;
+        self.events.push_back(Event::PingResult {
+            peer,
+            via,
+            latency: now.saturating_duration_since(sent),
+        });
+        true
+    }
+
+    /// Tells peer `i` over DERP what our NAT does (it plans birthday probing from that).
+    fn send_nat_info(&mut self, i: usize, nat: NatView) {
+        let msg = Message::NatInfo {
+            mapping_varies: nat.mapping_varies,
+            predictable: nat.delta.is_some(),
+        };
+        self.send_disco_relay(i, &msg);
+    }
+}

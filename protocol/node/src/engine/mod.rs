@@ -1,0 +1,436 @@
+//! The node engine: one WireGuard device, disco and hole punching for every peer, over one UDP
+//! socket (plus birthday-probe sockets when a hard NAT needs them) and DERP.
+//!
+//! Relay first: a peer's WireGuard packets go over DERP from the first one; direct candidates
+//! are tried in parallel; traffic moves when a disco ping/pong validates a path. While a direct
+//! path is not freshly confirmed, packets go both ways (direct and DERP) and WireGuard's replay
+//! window drops the duplicate, so no packet is lost when the path changes.
+//!
+//! # The verbs of [`Node`]
+//! - Peers: [`Node::add_peer`], [`Node::remove_peer`].
+//! - Commands: [`Node::send`] (an IP packet), [`Node::ping`] (`burrow ping`).
+//! - Inputs: [`Node::handle_input`] (a datagram or a DERP packet), [`Node::handle_timeout`].
+//! - Outputs: [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`].
+//! - Queries: keys, [`Node::nat`], [`Node::candidates`], and per peer [`Node::route`],
+//!   [`Node::stats`], [`Node::explain`], [`Node::peer_for_ip`].
+//!
+//! # Driving it
+//! [`Node::new`] and every call that takes `now` may queue output. After each, the driver:
+//! 1. sends everything from [`Node::poll_transmit`] until `None`;
+//! 2. handles everything from [`Node::poll_event`] until `None`;
+//! 3. sleeps until [`Node::poll_timeout`] or the next input, whichever comes first, and calls
+//!    [`Node::handle_timeout`] once that instant has passed.
+//!
+//! The two queues are independent (draining one never adds to the other), so steps 1 and 2 may
+//! swap. Draining moves no deadline, but every input and command can: read it again after each.
+//!
+//! # Layout
+//! `api` holds the inputs and outputs (re-exported here and at the crate root); `stun` the
+//! node's own NAT and candidates; `disco` pings, pongs, CallMeMaybe and NatInfo; `birthday` the
+//! search against hard NATs; `wireguard` the tunnel itself.
+
+mod api;
+mod birthday;
+mod disco;
+mod stun;
+mod wireguard;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use burrow_disco::{BoxKey, Message};
+use burrow_punch::{BirthdayProber, Candidate, PeerPaths, Route};
+use burrow_stun::is_stun;
+use burrow_wg::device::{Device, PeerId};
+use burrow_wg::tunnel::Encapsulated;
+use burrow_wg::PublicKey;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+pub use api::{Event, Explanation, Input, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit};
+
+use crate::nat::NatView;
+use crate::routing::AllowedIps;
+use birthday::Opening;
+use stun::StunRound;
+use wireguard::{WgSource, DATA_STALL_AFTER};
+
+/// Largest datagram the engine handles.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// A peer and everything the engine keeps for it.
+struct Peer {
+    config: PeerConfig,
+    disco_box: Option<BoxKey>,
+    wg: PeerId,
+    paths: PeerPaths,
+    peer_nat: Option<(bool, bool)>,
+    prober: Option<BirthdayProber>,
+    opening: Option<Opening>,
+    first_unanswered_direct: Option<Instant>,
+    stats: PeerStats,
+}
+
+/// The sans-IO node engine.
+pub struct Node {
+    config: NodeConfig,
+    disco_public: PublicKey,
+    device: Device,
+    rng: ChaCha20Rng,
+    peers: Vec<Peer>,
+    by_node: BTreeMap<PublicKey, usize>,
+    by_disco: BTreeMap<PublicKey, usize>,
+    by_wg: BTreeMap<PeerId, usize>,
+    /// Cryptokey routing: which peer owns which address.
+    allowed: AllowedIps,
+    stun: Option<StunRound>,
+    next_stun: Instant,
+    nat: Option<NatView>,
+    candidates: Vec<Candidate>,
+    user_pings: BTreeMap<burrow_disco::TxId, (usize, Instant, Route)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    buf: Vec<u8>,
+}
+
+impl core::fmt::Debug for Node {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Node")
+            .field("public_key", &self.device.public_key())
+            .field("peers", &self.peers.len())
+            .field("nat", &self.nat)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A node with no peers; its first STUN round starts at once.
+    pub fn new(config: NodeConfig, now: Instant) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
+        let device = Device::new(
+            config.private_key.clone(),
+            ChaCha20Rng::seed_from_u64(rng.next_u64()),
+            now,
+            config.unix_time,
+        );
+        let mut node = Node {
+            device,
+            rng,
+            peers: Vec::new(),
+            by_node: BTreeMap::new(),
+            by_disco: BTreeMap::new(),
+            by_wg: BTreeMap::new(),
+            allowed: AllowedIps::default(),
+            stun: None,
+            next_stun: now,
+            nat: None,
+            candidates: Vec::new(),
+            user_pings: BTreeMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            buf: vec![0u8; MAX_DATAGRAM + 64],
+            disco_public: config.disco_key.public_key(),
+            config,
+        };
+        node.start_stun(now);
+        node
+    }
+
+    /// Our WireGuard public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.device.public_key()
+    }
+
+    /// Our disco public key.
+    pub fn disco_public_key(&self) -> PublicKey {
+        self.disco_public
+    }
+
+    /// What the node knows of its NAT.
+    pub fn nat(&self) -> Option<NatView> {
+        self.nat
+    }
+
+    /// Our current candidates.
+    pub fn candidates(&self) -> &[Candidate] {
+        &self.candidates
+    }
+
+    /// Adds (or updates the endpoints of) a peer; it is reachable over DERP at once.
+    ///
+    /// A disco key that another peer already has is refused: disco messages are attributed to
+    /// peers by it, so a duplicate would let one node speak for another's paths. A changed disco
+    /// key (the peer rotated it) replaces the old one at once.
+    ///
+    /// A prefix another peer already has is refused too: each address has one owner, the peer
+    /// with the longest prefix holding it, and only that peer may send from it.
+    pub fn add_peer(&mut self, now: Instant, peer: PeerConfig) -> Result<(), NodeError> {
+        if let Some(&j) = self.by_disco.get(&peer.disco_key) {
+            if self.peers[j].config.node_key != peer.node_key {
+                return Err(NodeError::DuplicateDiscoKey(peer.node_key));
+            }
+        }
+        if self
+            .allowed
+            .taken_by_other(&peer.node_key, &peer.allowed_ips)
+        {
+            return Err(NodeError::OverlappingAddresses(peer.node_key));
+        }
+        if let Some(&i) = self.by_node.get(&peer.node_key) {
+            let endpoints = peer.endpoints.clone();
+            let old_disco = self.peers[i].config.disco_key;
+            if old_disco != peer.disco_key {
+                self.by_disco.remove(&old_disco);
+                self.by_disco.insert(peer.disco_key, i);
+                self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
+            }
+            self.allowed.set(peer.node_key, &peer.allowed_ips);
+            self.peers[i].config = peer;
+            self.peers[i]
+                .paths
+                .handle_control_endpoints(now, &endpoints);
+            self.flush_paths(now, i);
+            return Ok(());
+        }
+        let wg = self.device.add_peer(now, peer.node_key, None, None);
+        let i = self.peers.len();
+        let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+        let mut paths = PeerPaths::new(self.config.path, rng, now);
+        if !self.candidates.is_empty() {
+            paths.set_local_candidates(now, self.candidates.clone());
+        }
+        if !peer.endpoints.is_empty() {
+            paths.handle_control_endpoints(now, &peer.endpoints);
+        }
+        self.by_node.insert(peer.node_key, i);
+        self.by_disco.insert(peer.disco_key, i);
+        self.by_wg.insert(wg, i);
+        let disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
+        self.peers.push(Peer {
+            disco_box,
+            config: peer,
+            wg,
+            paths,
+            peer_nat: None,
+            prober: None,
+            opening: None,
+            first_unanswered_direct: None,
+            stats: PeerStats::default(),
+        });
+        self.allowed.set(
+            self.peers[i].config.node_key,
+            &self.peers[i].config.allowed_ips,
+        );
+        self.flush_paths(now, i);
+        Ok(())
+    }
+
+    /// The peer whose allowed addresses hold `ip` (the longest prefix wins): where a packet
+    /// for `ip` goes, and the only peer a packet from `ip` is accepted from.
+    pub fn peer_for_ip(&self, ip: IpAddr) -> Option<PublicKey> {
+        self.allowed.owner_of(ip)
+    }
+
+    /// Forgets a peer (the coordination server removed it, or its key expired): nothing more
+    /// goes to it, and neither its WireGuard handshakes nor its disco messages are accepted.
+    /// Whether it was known.
+    pub fn remove_peer(&mut self, now: Instant, peer: &PublicKey) -> bool {
+        let Some(i) = self.by_node.remove(peer) else {
+            return false;
+        };
+        self.device.remove_peer(now, peer);
+        let gone = self.peers.swap_remove(i);
+        self.by_disco.remove(&gone.config.disco_key);
+        self.by_wg.remove(&gone.wg);
+        self.user_pings.retain(|_, (j, _, _)| *j != i);
+        self.allowed.remove(peer);
+        let moved_from = self.peers.len();
+        if i < moved_from {
+            let moved = &self.peers[i];
+            self.by_node.insert(moved.config.node_key, i);
+            self.by_disco.insert(moved.config.disco_key, i);
+            self.by_wg.insert(moved.wg, i);
+            for (j, _, _) in self.user_pings.values_mut() {
+                if *j == moved_from {
+                    *j = i;
+                }
+            }
+        }
+        true
+    }
+
+    /// Where a peer's traffic goes now.
+    pub fn route(&self, peer: &PublicKey) -> Option<Route> {
+        self.by_node.get(peer).map(|&i| self.peers[i].paths.route())
+    }
+
+    /// A peer's counters.
+    pub fn stats(&self, peer: &PublicKey) -> Option<PeerStats> {
+        self.by_node.get(peer).map(|&i| self.peers[i].stats)
+    }
+
+    /// Every peer's node key, in the order they were added.
+    pub fn peer_keys(&self) -> Vec<PublicKey> {
+        self.peers.iter().map(|p| p.config.node_key).collect()
+    }
+
+    /// Why a peer is on its path.
+    pub fn explain(&self, peer: &PublicKey) -> Option<Explanation> {
+        let p = &self.peers[*self.by_node.get(peer)?];
+        Some(Explanation {
+            route: p.paths.route(),
+            candidates: p.paths.remote_candidates().copied().collect(),
+            attempts: p.paths.attempts().copied().collect(),
+            peer_mapping_varies: p.peer_nat.map(|n| n.0),
+            probes: p.stats.probes,
+            birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
+        })
+    }
+
+    /// A disco ping to `peer` on its current path (`burrow ping`); the answer comes as
+    /// [`Event::PingResult`]. Unanswered pings are forgotten after a minute.
+    pub fn ping(&mut self, now: Instant, peer: &PublicKey) -> Result<(), NodeError> {
+        let i = *self
+            .by_node
+            .get(peer)
+            .ok_or(NodeError::UnknownPeer(*peer))?;
+        self.user_pings
+            .retain(|_, (_, at, _)| now.saturating_duration_since(*at) < Duration::from_secs(60));
+        let mut tx_id = [0u8; 12];
+        self.rng.fill_bytes(&mut tx_id);
+        let route = self.peers[i].paths.route();
+        self.user_pings.insert(tx_id, (i, now, route));
+        let ping = Message::Ping {
+            tx_id,
+            node_key: Some(self.device.public_key()),
+            padding: 0,
+        };
+        match route {
+            Route::Direct(addr) => {
+                let socket = self.peers[i].paths.socket_of(addr);
+                if let Some(payload) = self.seal(i, &ping) {
+                    self.transmits.push_back(Transmit::Udp {
+                        socket,
+                        dst: addr,
+                        payload,
+                    });
+                }
+            }
+            Route::Relay => self.send_disco_relay(i, &ping),
+        }
+        Ok(())
+    }
+
+    /// Encrypts an IP packet for `peer` and sends it on its current path.
+    pub fn send(&mut self, now: Instant, peer: &PublicKey, packet: &[u8]) -> Result<(), NodeError> {
+        let i = *self
+            .by_node
+            .get(peer)
+            .ok_or(NodeError::UnknownPeer(*peer))?;
+        let wg = self.peers[i].wg;
+        let mut out = std::mem::take(&mut self.buf);
+        let r = self.device.encapsulate(now, wg, packet, &mut out);
+        let result = match r {
+            Ok(Encapsulated::Sent(n)) => {
+                self.peers[i].stats.tx_bytes += packet.len() as u64;
+                self.peers[i].paths.note_activity(now);
+                self.send_wg(now, i, &out[..n], true);
+                Ok(())
+            }
+            Ok(Encapsulated::Queued) => Ok(()),
+            Err(e) => Err(NodeError::Wg(e)),
+        };
+        self.buf = out;
+        self.drain_device(now);
+        result
+    }
+
+    /// Handles a datagram or a relayed packet.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), NodeError> {
+        match input {
+            Input::Udp { socket, from, data } => {
+                if is_stun(data) {
+                    self.handle_stun(now, from, data);
+                    return Ok(());
+                }
+                if let Some(sender) = burrow_disco::sender(data) {
+                    let Some(&i) = self.by_disco.get(&sender) else {
+                        return Err(NodeError::Unrecognised(from));
+                    };
+                    let Some(msg) = self.open(i, data) else {
+                        return Err(NodeError::Unrecognised(from));
+                    };
+                    self.handle_direct_disco(now, i, socket, from, msg);
+                    return Ok(());
+                }
+                self.handle_wg(now, data, WgSource::Direct(socket, from))
+            }
+            Input::Derp { region, from, data } => {
+                if let Some(sender) = burrow_disco::sender(data) {
+                    let Some(&i) = self.by_disco.get(&sender) else {
+                        return Err(NodeError::Unrecognised(relay_addr()));
+                    };
+                    let Some(msg) = self.open(i, data) else {
+                        return Err(NodeError::Unrecognised(relay_addr()));
+                    };
+                    if self.peers[i].config.node_key != from {
+                        return Err(NodeError::Unrecognised(relay_addr()));
+                    }
+                    self.handle_relayed_disco(now, i, msg);
+                    return Ok(());
+                }
+                self.handle_wg(now, data, WgSource::Relay(region, from))
+            }
+        }
+    }
+
+    /// Runs every due timer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_stun_timeout(now);
+        self.device.handle_timeout(now);
+        self.drain_device(now);
+        for i in 0..self.peers.len() {
+            if self.peers[i].paths.poll_timeout().is_some_and(|t| t <= now) {
+                self.peers[i].paths.handle_timeout(now);
+            }
+            self.check_stall(now, i);
+            self.run_birthday(now, i);
+            self.flush_paths(now, i);
+        }
+    }
+
+    /// When `handle_timeout` should next run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let stun = self.poll_stun_timeout();
+        let peers = self.peers.iter().flat_map(|p| {
+            [
+                p.paths.poll_timeout(),
+                p.prober.as_ref().and_then(|b| b.poll_timeout()),
+                p.opening.as_ref().map(|o| o.next_at),
+                p.first_unanswered_direct.map(|t| t + DATA_STALL_AFTER),
+            ]
+        });
+        [stun, self.device.poll_timeout()]
+            .into_iter()
+            .chain(peers)
+            .flatten()
+            .min()
+    }
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+}
+
+/// The stand-in address of something that came over DERP: the source a pong sent over DERP
+/// names, and the address in its `Unrecognised` errors.
+fn relay_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+}

@@ -1,0 +1,170 @@
+//! The node's own STUN rounds: what its NAT does, and the candidates it gathers from that.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use burrow_punch::{predict_ports, Candidate, CandidateSource, MAIN_SOCKET};
+use burrow_stun::client::Event as StunEvent;
+use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::{Event, Node, Transmit};
+use crate::nat::{classify, NatView};
+
+/// How many predicted ports a sequential-NAT node advertises.
+const PREDICTED_PORTS: usize = 8;
+
+/// A STUN round ends when every server answered, or this long after it started (a missing
+/// server must not hold the node's candidates back for STUN's full 39.5 s; three
+/// transmissions have gone out by then, and the next round comes soon).
+const STUN_ROUND_CAP: Duration = Duration::from_secs(3);
+
+/// One round of Binding requests, one to each configured STUN server.
+pub(super) struct StunRound {
+    client: BindingClient,
+    /// Unanswered transactions and the server (its index in the config) each went to.
+    pending: BTreeMap<burrow_stun::TransactionId, usize>,
+    /// Each server's answer so far.
+    mapped: Vec<Option<SocketAddr>>,
+    started: Instant,
+}
+
+impl Node {
+    /// A STUN datagram: an answer for the running round, if there is one.
+    pub(super) fn handle_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        if let Some(round) = self.stun.as_mut() {
+            let _ = round.client.handle_input(now, from, data);
+        }
+        self.drain_stun(now);
+    }
+
+    /// The STUN part of `handle_timeout`: the running round's retransmissions and cap, or the
+    /// next round when it is due.
+    pub(super) fn handle_stun_timeout(&mut self, now: Instant) {
+        if let Some(round) = self.stun.as_mut() {
+            round.client.handle_timeout(now);
+            self.drain_stun(now);
+        }
+        if self.stun.is_none() && now >= self.next_stun {
+            self.start_stun(now);
+        }
+    }
+
+    /// When the STUN part next needs `handle_timeout`.
+    pub(super) fn poll_stun_timeout(&self) -> Option<Instant> {
+        match &self.stun {
+            Some(r) => {
+                let cap = r
+                    .mapped
+                    .iter()
+                    .any(Option::is_some)
+                    .then_some(r.started + STUN_ROUND_CAP);
+                [r.client.poll_timeout(), cap].into_iter().flatten().min()
+            }
+            None => Some(self.next_stun),
+        }
+    }
+
+    pub(super) fn start_stun(&mut self, now: Instant) {
+        if self.config.stun_servers.is_empty() {
+            // No STUN: interface addresses are still candidates.
+            self.finish_stun(now, &[]);
+            return;
+        }
+        let mut client = BindingClient::new(
+            ClientConfig::default(),
+            ChaCha20Rng::seed_from_u64(self.rng.next_u64()),
+        );
+        let mut pending = BTreeMap::new();
+        for (k, s) in self.config.stun_servers.iter().enumerate() {
+            pending.insert(client.start(now, BindingRequest::to(*s)), k);
+        }
+        self.stun = Some(StunRound {
+            client,
+            pending,
+            mapped: vec![None; self.config.stun_servers.len()],
+            started: now,
+        });
+        self.drain_stun(now);
+    }
+
+    fn drain_stun(&mut self, now: Instant) {
+        let Some(round) = self.stun.as_mut() else {
+            return;
+        };
+        while let Some(t) = round.client.poll_transmit() {
+            self.transmits.push_back(Transmit::Udp {
+                socket: MAIN_SOCKET,
+                dst: t.dst,
+                payload: t.payload,
+            });
+        }
+        while let Some(e) = round.client.poll_event() {
+            let (id, mapped) = match e {
+                StunEvent::Success(r) => (r.id, Some(r.mapped)),
+                StunEvent::ErrorResponse { id, .. } | StunEvent::TimedOut { id, .. } => (id, None),
+            };
+            if let Some(k) = round.pending.remove(&id) {
+                round.mapped[k] = mapped;
+            }
+        }
+        let done = round.pending.is_empty() || now >= round.started + STUN_ROUND_CAP;
+        if !done {
+            return;
+        }
+        let mapped: Vec<SocketAddr> = round.mapped.iter().flatten().copied().collect();
+        self.stun = None;
+        self.finish_stun(now, &mapped);
+    }
+
+    /// A STUN round's answers (possibly none): classify, gather, and tell peers if anything changed.
+    fn finish_stun(&mut self, now: Instant, mapped: &[SocketAddr]) {
+        self.next_stun = now + self.config.restun_interval;
+        let nat = classify(mapped);
+        self.nat = nat.or(self.nat);
+        let candidates = self.gather(nat);
+        let changed = candidates != self.candidates;
+        self.events.push_back(Event::Endpoints {
+            nat,
+            candidates: candidates.clone(),
+        });
+        if changed {
+            self.candidates = candidates;
+            for i in 0..self.peers.len() {
+                self.peers[i]
+                    .paths
+                    .set_local_candidates(now, self.candidates.clone());
+                self.flush_paths(now, i);
+            }
+        }
+        for i in 0..self.peers.len() {
+            self.plan_birthday(now, i);
+        }
+    }
+
+    /// Interface addresses, the reflexive address, and predicted ports for a sequential NAT.
+    fn gather(&self, nat: Option<NatView>) -> Vec<Candidate> {
+        let mut out: Vec<Candidate> = self
+            .config
+            .local_addrs
+            .iter()
+            .map(|a| Candidate::direct(*a, CandidateSource::Interface))
+            .collect();
+        if let Some(nat) = nat {
+            out.push(Candidate::direct(nat.reflexive, CandidateSource::Stun));
+            if let Some(delta) = nat.delta {
+                for port in predict_ports(nat.last_port, delta, PREDICTED_PORTS, 1024, 65535) {
+                    out.push(Candidate::direct(
+                        SocketAddr::new(nat.reflexive.ip(), port),
+                        CandidateSource::Predicted,
+                    ));
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        out.retain(|c| seen.insert(c.addr));
+        out
+    }
+}

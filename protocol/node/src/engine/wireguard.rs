@@ -1,0 +1,190 @@
+//! WireGuard: sending on a peer's route (both paths while a direct one is unconfirmed),
+//! receiving with cryptokey routing, the device's own transmits and events, and noticing a
+//! direct path that swallows data.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use burrow_punch::{Route, SocketId};
+use burrow_wg::device::Received;
+use burrow_wg::tunnel::{Decapsulated, Event as WgEvent};
+use burrow_wg::PublicKey;
+
+use super::{Event, Node, NodeError, Transmit};
+use crate::routing::inner_source;
+
+/// WireGuard keep-alive (10 s) plus rekey timeout (5 s): data sent on a direct path with no
+/// answer on it for this long means the path loses data.
+pub(super) const DATA_STALL_AFTER: Duration = Duration::from_secs(15);
+
+impl Node {
+    /// A direct path is trusted while its pongs are recent and its latest ping was answered.
+    fn trusted(&self, now: Instant, i: usize, addr: SocketAddr) -> bool {
+        let paths = &self.peers[i].paths;
+        paths.missed(addr) == 0
+            && !paths.on_probation(addr)
+            && paths
+                .last_pong(addr)
+                .is_some_and(|t| now.saturating_duration_since(t) <= self.config.trust)
+    }
+
+    /// Sends a WireGuard datagram on the peer's route; over both paths while a direct path is
+    /// not freshly confirmed.
+    pub(super) fn send_wg(&mut self, now: Instant, i: usize, datagram: &[u8], data: bool) {
+        let route = self.peers[i].paths.route();
+        let mut relay = true;
+        if let Route::Direct(addr) = route {
+            relay = !self.trusted(now, i, addr);
+            let socket = self.peers[i].paths.socket_of(addr);
+            let p = &mut self.peers[i];
+            p.stats.tx_direct += 1;
+            if data && p.first_unanswered_direct.is_none() {
+                p.first_unanswered_direct = Some(now);
+            }
+            self.transmits.push_back(Transmit::Udp {
+                socket,
+                dst: addr,
+                payload: datagram.to_vec(),
+            });
+        }
+        if relay {
+            let p = &mut self.peers[i];
+            p.stats.tx_relay += 1;
+            self.transmits.push_back(Transmit::Derp {
+                region: p.config.home_region,
+                dst: p.config.node_key,
+                payload: datagram.to_vec(),
+            });
+        }
+    }
+
+    /// Moves the device's handshake and keep-alive datagrams onto each peer's route, and its
+    /// completed handshakes to events.
+    pub(super) fn drain_device(&mut self, now: Instant) {
+        while let Some((wg, datagram)) = self.device.poll_transmit() {
+            if let Some(&i) = self.by_wg.get(&wg) {
+                self.send_wg(now, i, &datagram, false);
+            }
+        }
+        while let Some((wg, e)) = self.device.poll_event() {
+            if let (Some(&i), WgEvent::HandshakeCompleted { .. }) = (self.by_wg.get(&wg), e) {
+                self.peers[i].stats.last_handshake = Some(now);
+                let peer = self.peers[i].config.node_key;
+                self.events.push_back(Event::HandshakeDone { peer });
+            }
+        }
+    }
+
+    /// A datagram that is neither STUN nor disco: WireGuard's, or unrecognised.
+    pub(super) fn handle_wg(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        source: WgSource,
+    ) -> Result<(), NodeError> {
+        let (direct, src) = match source {
+            WgSource::Direct(socket, from) => (Some((socket, from)), from),
+            // Each DERP sender gets its own stand-in address, so under load WireGuard's cookies
+            // bind to the sender's key: one key's flood does not cost the others their handshakes.
+            WgSource::Relay(_, key) => (None, relay_addr_of(&key)),
+        };
+        if burrow_wg::Message::parse(data).is_err() {
+            return Err(NodeError::Unrecognised(src));
+        }
+        let mut out = std::mem::take(&mut self.buf);
+        let r = self.device.decapsulate(now, src, data, &mut out);
+        let result = match r {
+            Ok(Received::Peer(wg, what)) => {
+                if let Some(&i) = self.by_wg.get(&wg) {
+                    let p = &mut self.peers[i];
+                    // Anything authenticated from the peer answers our data: when we send only
+                    // on the direct path, a reply means it got there (the peer may answer over
+                    // DERP while its own side of the path is not validated yet).
+                    p.first_unanswered_direct = None;
+                    match direct {
+                        Some((_, from)) => {
+                            p.stats.rx_direct += 1;
+                            p.paths.report_data_flowing(now, from);
+                        }
+                        None => p.stats.rx_relay += 1,
+                    }
+                    if let Decapsulated::Data(n) = what {
+                        // Cryptokey routing: the inner source must be an address this peer
+                        // owns (the longest prefix holding it is this peer's).
+                        let owner =
+                            inner_source(&out[..n]).and_then(|ip| self.allowed.owner_of(ip));
+                        let p = &mut self.peers[i];
+                        if owner == Some(p.config.node_key) {
+                            p.stats.rx_bytes += n as u64;
+                            let peer = p.config.node_key;
+                            self.events.push_back(Event::Packet {
+                                peer,
+                                data: out[..n].to_vec(),
+                            });
+                        } else {
+                            p.stats.rx_spoofed += 1;
+                        }
+                    }
+                    self.flush_paths(now, i);
+                }
+                Ok(())
+            }
+            Ok(Received::CookieReply(n)) => {
+                let payload = out[..n].to_vec();
+                match source {
+                    WgSource::Direct(socket, dst) => self.transmits.push_back(Transmit::Udp {
+                        socket,
+                        dst,
+                        payload,
+                    }),
+                    WgSource::Relay(region, dst) => self.transmits.push_back(Transmit::Derp {
+                        region,
+                        dst,
+                        payload,
+                    }),
+                }
+                Ok(())
+            }
+            Err(source) => Err(NodeError::WgInput { from: src, source }),
+        };
+        self.buf = out;
+        self.drain_device(now);
+        result
+    }
+
+    /// Reports peer `i`'s direct path to its path machine when data sent on it has had no
+    /// answer for `DATA_STALL_AFTER`.
+    pub(super) fn check_stall(&mut self, now: Instant, i: usize) {
+        let p = &mut self.peers[i];
+        let Route::Direct(addr) = p.paths.route() else {
+            p.first_unanswered_direct = None;
+            return;
+        };
+        if p.first_unanswered_direct
+            .is_some_and(|t| now.saturating_duration_since(t) >= DATA_STALL_AFTER)
+        {
+            p.first_unanswered_direct = None;
+            p.paths.report_data_stall(now, addr);
+        }
+    }
+}
+
+/// Where a WireGuard datagram came from.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum WgSource {
+    /// A UDP socket and the datagram's source.
+    Direct(SocketId, SocketAddr),
+    /// DERP: the region and the sending node's key.
+    Relay(u16, PublicKey),
+}
+
+/// A DERP sender's stand-in address for WireGuard's cookie MACs: distinct per key.
+fn relay_addr_of(key: &PublicKey) -> SocketAddr {
+    let b = key.as_bytes();
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&b[..16]);
+    SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::from(ip)),
+        u16::from_be_bytes([b[16], b[17]]),
+    )
+}
