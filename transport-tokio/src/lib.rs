@@ -10,6 +10,7 @@ pub mod loadgen;
 pub mod local_api;
 pub mod netcheck;
 pub mod node;
+pub mod session;
 pub mod stun_server;
 pub mod transport;
 pub mod up;

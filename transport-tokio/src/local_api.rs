@@ -109,8 +109,8 @@ pub type PingWaiters = Arc<Mutex<Vec<(PublicKey, oneshot::Sender<(Route, Duratio
 pub struct ApiContext {
     /// Commands to the engine.
     pub commands: mpsc::UnboundedSender<NodeCommand>,
-    /// Peers by node key, from the netmap.
-    pub peers: Arc<Mutex<BTreeMap<PublicKey, PeerInfo>>>,
+    /// The node's session: its peers, from the netmap.
+    pub session: Arc<Mutex<burrow_session::Session>>,
     /// Ourselves.
     pub name: String,
     /// Our addresses.
@@ -130,13 +130,12 @@ fn describe(route: Route) -> String {
 
 impl ApiContext {
     fn find(&self, who: &str) -> Option<(PublicKey, PeerInfo)> {
-        let peers = self.peers.lock().expect("peers");
-        peers
-            .iter()
-            .find(|(_, p)| {
+        crate::session::lock(&self.session)
+            .peers()
+            .find(|(p, _)| {
                 p.node.name == who || p.node.addresses.iter().any(|a| a.to_string() == who)
             })
-            .map(|(k, p)| (*k, p.clone()))
+            .map(|(p, k)| (*k, p.clone()))
     }
 
     async fn state(&self) -> Result<EngineState> {
@@ -184,7 +183,10 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
     match request {
         Request::Status => {
             let state = cx.state().await?;
-            let peers = cx.peers.lock().expect("peers").clone();
+            let peers: BTreeMap<PublicKey, PeerInfo> = crate::session::lock(&cx.session)
+                .peers()
+                .map(|(p, k)| (*k, p.clone()))
+                .collect();
             let status = Status {
                 name: cx.name.clone(),
                 addresses: cx.addresses.clone(),

@@ -44,7 +44,10 @@ pub fn run(install: bool) -> Result<()> {
         std::env::set_var("CARGO_INCREMENTAL", "0");
     }
     // Free disk, for the log: a full disk shows up as a confusing compiler error otherwise.
-    let _ = Command::new("df").args(["-h", "."]).current_dir(root()).status();
+    let _ = Command::new("df")
+        .args(["-h", "."])
+        .current_dir(root())
+        .status();
     let mut skipped = Vec::new();
     let mut missing: Vec<&str> = INTEROP
         .iter()

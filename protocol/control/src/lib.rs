@@ -2,11 +2,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod filter;
 pub mod hujson;
 pub mod netmap;
 pub mod policy;
 
+pub use api::{
+    ChallengeResponse, EndpointsRequest, MapMessage, RegisterBody, RegisterRequest,
+    RegisterResponse,
+};
 pub use filter::{
     parse_packet, source_address, DropReason, Filter, Fragment, PacketInfo, PeerTag, Verdict,
 };

@@ -10,3 +10,4 @@ pub use engine::{
     Event, Explanation, Input, Node, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit,
 };
 pub use nat::{classify, NatView};
+pub use routing::AllowedIps;

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 
 /// The allowed prefixes of every peer.
 #[derive(Debug, Default)]
-pub(crate) struct AllowedIps {
+pub struct AllowedIps {
     owners: BTreeMap<IpNet, PublicKey>,
     /// Prefix lengths in use per family (is IPv6, length) and how many prefixes have each, so
     /// a lookup tries only lengths that exist, longest first.
@@ -19,13 +19,13 @@ pub(crate) struct AllowedIps {
 
 impl AllowedIps {
     /// Whether another peer than `peer` already has one of `nets` (the same prefix).
-    pub(crate) fn taken_by_other(&self, peer: &PublicKey, nets: &[IpNet]) -> bool {
+    pub fn taken_by_other(&self, peer: &PublicKey, nets: &[IpNet]) -> bool {
         nets.iter()
             .any(|n| self.owners.get(&n.trunc()).is_some_and(|o| o != peer))
     }
 
     /// Gives `peer` exactly `nets` (its previous prefixes are dropped).
-    pub(crate) fn set(&mut self, peer: PublicKey, nets: &[IpNet]) {
+    pub fn set(&mut self, peer: PublicKey, nets: &[IpNet]) {
         self.remove(&peer);
         for n in nets {
             if self.owners.insert(n.trunc(), peer).is_none() {
@@ -35,7 +35,7 @@ impl AllowedIps {
     }
 
     /// Forgets `peer`'s prefixes.
-    pub(crate) fn remove(&mut self, peer: &PublicKey) {
+    pub fn remove(&mut self, peer: &PublicKey) {
         let gone: Vec<IpNet> = self
             .owners
             .iter()
@@ -55,7 +55,7 @@ impl AllowedIps {
     }
 
     /// The peer owning `ip`: the one with the longest prefix holding it.
-    pub(crate) fn owner_of(&self, ip: IpAddr) -> Option<PublicKey> {
+    pub fn owner_of(&self, ip: IpAddr) -> Option<PublicKey> {
         let v6 = ip.is_ipv6();
         self.lengths
             .keys()

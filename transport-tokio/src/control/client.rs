@@ -305,16 +305,7 @@ impl ControlClient {
     }
 }
 
-/// A netmap peer as the node engine takes it (None if its keys do not parse).
-pub fn peer_config(p: &burrow_control::PeerInfo) -> Option<burrow_node::PeerConfig> {
-    Some(burrow_node::PeerConfig {
-        node_key: burrow_wg::PublicKey::from_base64(&p.node_key).ok()?,
-        disco_key: burrow_wg::PublicKey::from_base64(&p.disco_key).ok()?,
-        home_region: p.home_region,
-        endpoints: p.endpoints.clone(),
-        allowed_ips: p.node.addresses.iter().map(|a| (*a).into()).collect(),
-    })
-}
+pub use burrow_session::peer_config;
 
 #[cfg(test)]
 mod tests {

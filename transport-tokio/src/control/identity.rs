@@ -17,7 +17,6 @@ use base64::Engine;
 use burrow_derp::nacl::BoxKey;
 use burrow_wg::{PrivateKey, PublicKey};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -29,57 +28,7 @@ pub const MAX_REDEEMED: usize = 65_536;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// `GET /machine/challenge`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ChallengeResponse {
-    /// 32 bytes, base64.
-    pub challenge: String,
-    /// The X25519 public key to seal the registration to (base64), good for this challenge only.
-    pub server_key: String,
-}
-
-/// `POST /machine/register`: a registration sealed with the node's key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RegisterRequest {
-    /// WireGuard public key (base64). Never the private one.
-    pub node_key: String,
-    /// The challenge being answered (base64, as received).
-    pub challenge: String,
-    /// `RegisterBody` as JSON, in a NaCl box from the node key to the challenge's server key
-    /// (base64).
-    pub sealed: String,
-}
-
-/// What a registration says, inside the box.
-#[derive(Clone, Default, Serialize, Deserialize)]
-pub struct RegisterBody {
-    /// A pre-auth key from `burrow control authkey create` (a new node, or an expired one).
-    #[serde(default)]
-    pub auth_key: Option<String>,
-    /// The node's current secret (renewal without an auth key).
-    #[serde(default)]
-    pub node_secret: Option<String>,
-    /// The node's host name (a DNS label).
-    pub hostname: String,
-    /// Disco public key (base64).
-    pub disco_key: String,
-    /// The challenge again, so the box is bound to it.
-    pub challenge: String,
-}
-
-impl std::fmt::Debug for RegisterBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisterBody")
-            .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
-            .field(
-                "node_secret",
-                &self.node_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("hostname", &self.hostname)
-            .field("disco_key", &self.disco_key)
-            .finish_non_exhaustive()
-    }
-}
+pub use burrow_control::{ChallengeResponse, RegisterBody, RegisterRequest};
 
 /// Why a registration's proof was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

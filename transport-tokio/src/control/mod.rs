@@ -23,8 +23,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use burrow_control::{CompiledPolicy, Delta, NetMap, NodeInfo, PeerInfo, Policy, Tailnet};
-use serde::{Deserialize, Serialize};
+use burrow_control::{CompiledPolicy, Delta, NodeInfo, PeerInfo, Policy, Tailnet};
 use tokio::sync::mpsc;
 
 pub use identity::{ChallengeResponse, RegisterBody, RegisterRequest};
@@ -38,42 +37,7 @@ pub use validate::{hostname_label, valid_hostname, vouched_endpoints};
 pub const ALLOW_ALL: &str =
     r#"{ "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ] }"#;
 
-/// A message on a node's map stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum MapMessage {
-    /// The whole netmap (first message, and after any reconnect).
-    NetMap(NetMap),
-    /// A change.
-    Delta(Delta),
-}
-
-/// The answer to a registration.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct RegisterResponse {
-    /// The node as the tailnet sees it (id, addresses, user, tags).
-    pub node: NodeInfo,
-    /// Bearer secret for this node's later requests.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for RegisterResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisterResponse")
-            .field("node", &self.node)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-/// `POST /machine/endpoints`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EndpointsRequest {
-    /// Candidate endpoints.
-    pub endpoints: Vec<SocketAddr>,
-    /// Home DERP region.
-    pub home_region: u16,
-}
+pub use burrow_control::{EndpointsRequest, MapMessage, RegisterResponse};
 
 /// Map streams a node may hold at once; a newer one replaces the oldest.
 pub const MAX_STREAMS_PER_NODE: usize = 2;

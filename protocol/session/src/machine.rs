@@ -1,0 +1,564 @@
+//! The session state machine: registration, the netmap stream, peers, routes, the filter and
+//! endpoint reports, with no I/O. The driver carries out each [`Request`] with its HTTP client
+//! and feeds the outcome back as an [`Input`]; it applies each [`SessionEvent`] to its node
+//! engine; it asks [`Session::route_outbound`] and [`Session::admit_inbound`] about packets.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use burrow_control::{
+    parse_packet, Delta, DerpRegion, EndpointsRequest, Filter, MapMessage, NetMap, NodeInfo,
+    PeerInfo, RegisterBody, RegisterResponse, Verdict,
+};
+use burrow_node::PeerConfig;
+use burrow_wg::PublicKey;
+use thiserror::Error;
+
+use crate::peers::{Change, Peers};
+
+/// What a session is set up with.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// Host name to register.
+    pub hostname: String,
+    /// The node's disco public key.
+    pub disco_key: PublicKey,
+    /// A pre-auth key: needed for a first registration, and again once the server forgets
+    /// the node (removed or expired).
+    pub auth_key: Option<String>,
+    /// The node secret from an earlier registration (None: register first).
+    pub secret: Option<String>,
+    /// The home DERP region reported with the endpoints.
+    pub home_region: u16,
+    /// First wait before reopening a lost map stream or retrying a failed registration;
+    /// doubled on each failure up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+    /// Wait before posting endpoints again after a failed post.
+    pub endpoints_retry: Duration,
+    /// Shortest time between two endpoint posts (the server budgets each node's changes).
+    pub endpoints_spacing: Duration,
+}
+
+impl SessionConfig {
+    /// A configuration with the usual timings: 0.5 s to 10 s back-off, endpoint posts at
+    /// most once a second and retried after 5 s.
+    pub fn new(hostname: impl Into<String>, disco_key: PublicKey) -> Self {
+        SessionConfig {
+            hostname: hostname.into(),
+            disco_key,
+            auth_key: None,
+            secret: None,
+            home_region: 1,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(10),
+            endpoints_retry: Duration::from_secs(5),
+            endpoints_spacing: Duration::from_secs(1),
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("hostname", &self.hostname)
+            .field("disco_key", &self.disco_key)
+            .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("home_region", &self.home_region)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request for the control server; the driver sends it and reports the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Register (challenge, sealed body): answer with [`Input::Registered`] or
+    /// [`Input::Failed`].
+    Register(RegisterBody),
+    /// Open the map stream with this secret: answer with [`Input::MapOpened`], then each
+    /// message as [`Input::Map`], and [`Input::MapLost`] when the stream ends; or
+    /// [`Input::Failed`] if it cannot be opened.
+    OpenMap {
+        /// The node's bearer secret.
+        secret: String,
+    },
+    /// Report the node's endpoints: answer with [`Input::EndpointsPosted`] or
+    /// [`Input::Failed`].
+    PostEndpoints {
+        /// The node's bearer secret.
+        secret: String,
+        /// What to post.
+        request: EndpointsRequest,
+    },
+}
+
+impl Request {
+    /// Which kind of request this is.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Register(_) => RequestKind::Register,
+            Request::OpenMap { .. } => RequestKind::OpenMap,
+            Request::PostEndpoints { .. } => RequestKind::PostEndpoints,
+        }
+    }
+}
+
+/// The kinds of [`Request`], for reporting a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    /// [`Request::Register`].
+    Register,
+    /// [`Request::OpenMap`].
+    OpenMap,
+    /// [`Request::PostEndpoints`].
+    PostEndpoints,
+}
+
+/// What the driver tells the session.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A registration succeeded.
+    Registered(RegisterResponse),
+    /// The map stream opened with this netmap.
+    MapOpened(NetMap),
+    /// A message on the map stream.
+    Map(MapMessage),
+    /// The map stream ended or broke.
+    MapLost,
+    /// An endpoint post succeeded with these endpoints.
+    EndpointsPosted(Vec<SocketAddr>),
+    /// A request failed; `unauthorized` when the server refused the node itself.
+    Failed {
+        /// Which request.
+        request: RequestKind,
+        /// The server answered 401/403: it does not know or no longer accepts the node.
+        unauthorized: bool,
+    },
+    /// The node engine found these endpoints (the latest set replaces any earlier one).
+    LocalEndpoints(Vec<SocketAddr>),
+}
+
+/// What the session tells the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A registration gave a new secret: keep it (in the state file) for the next start.
+    SecretChanged(String),
+    /// A whole netmap arrived (at start and after every reconnect): the node's own addresses
+    /// and the DERP map. Peer events for it follow.
+    NetMap {
+        /// The node itself.
+        node: NodeInfo,
+        /// The DERP map.
+        derp: Vec<DerpRegion>,
+    },
+    /// Give the engine this peer (new, or changed).
+    PeerUpsert {
+        /// The peer's host name.
+        name: String,
+        /// The peer as the engine takes it.
+        config: PeerConfig,
+    },
+    /// The engine must forget this peer.
+    PeerRemove {
+        /// The peer's host name.
+        name: String,
+        /// Its node key.
+        key: PublicKey,
+    },
+    /// A netmap peer was not taken.
+    PeerRefused {
+        /// The peer's host name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The packet filter changed.
+    FilterChanged,
+    /// Endpoints were reported to the server.
+    EndpointsPosted(Vec<SocketAddr>),
+    /// The session cannot go on; the driver should stop and report this.
+    Failed(SessionError),
+}
+
+/// Why a session stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SessionError {
+    /// There is neither a node secret nor an auth key to register with.
+    #[error("this node is not registered: it needs an auth key (`burrow control authkey create`)")]
+    NotRegistered,
+    /// The server refused the auth key or the secret.
+    #[error("the control server refused the registration (a spent, expired or unknown auth key)")]
+    RegistrationRefused,
+    /// The server no longer accepts the node and there is no auth key to register again with.
+    #[error(
+        "the control server no longer accepts this node (it was removed, or its key expired): \
+         register again with an auth key"
+    )]
+    NodeRemoved,
+}
+
+/// Where the session is with the control server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// A registration is in flight.
+    Registering,
+    /// Opening the map stream.
+    Opening,
+    /// Following the map stream.
+    Following,
+    /// Waiting until `until`, then registering (`register`) or opening the stream.
+    Waiting { until: Instant, register: bool },
+    /// Stopped for good.
+    Stopped,
+}
+
+/// The node's side of the control plane, sans-IO.
+///
+/// Drive it like every machine here: after each [`Session::handle_input`] or
+/// [`Session::handle_timeout`], drain [`Session::poll_transmit`] (requests to send) and
+/// [`Session::poll_event`] (changes to apply), then wake at [`Session::poll_timeout`].
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    phase: Phase,
+    secret: Option<String>,
+    backoff: Duration,
+    node: Option<NodeInfo>,
+    derp: Vec<DerpRegion>,
+    peers: Peers,
+    filter: Filter,
+    /// Endpoints the engine found last, those the server has, whether a post is in flight,
+    /// and the earliest time of the next post.
+    endpoints: Option<Vec<SocketAddr>>,
+    posted: Option<Vec<SocketAddr>>,
+    posting: bool,
+    next_post: Instant,
+    requests: VecDeque<Request>,
+    events: VecDeque<SessionEvent>,
+}
+
+impl Session {
+    /// A session that registers first (no secret yet) or opens the map stream at once.
+    pub fn new(config: SessionConfig, now: Instant) -> Self {
+        let mut s = Session {
+            secret: config.secret.clone(),
+            backoff: config.backoff_min,
+            config,
+            phase: Phase::Stopped,
+            node: None,
+            derp: Vec::new(),
+            peers: Peers::default(),
+            filter: Filter::new(Vec::new()),
+            endpoints: None,
+            posted: None,
+            posting: false,
+            next_post: now,
+            requests: VecDeque::new(),
+            events: VecDeque::new(),
+        };
+        if s.secret.is_some() {
+            s.open_map();
+        } else {
+            s.register();
+        }
+        s
+    }
+
+    /// Takes what the driver learned.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if self.phase == Phase::Stopped {
+            return;
+        }
+        match input {
+            Input::Registered(r) => {
+                if self.phase != Phase::Registering {
+                    return;
+                }
+                self.secret = Some(r.secret.clone());
+                self.events.push_back(SessionEvent::SecretChanged(r.secret));
+                // A new registration may have new endpoints on record: report ours again.
+                self.posted = None;
+                self.open_map();
+            }
+            Input::MapOpened(map) => {
+                if self.phase != Phase::Opening {
+                    return;
+                }
+                self.phase = Phase::Following;
+                self.backoff = self.config.backoff_min;
+                self.take_netmap(map);
+                self.maybe_post(now);
+            }
+            Input::Map(message) => {
+                if self.phase != Phase::Following {
+                    return;
+                }
+                match message {
+                    MapMessage::NetMap(map) => self.take_netmap(map),
+                    MapMessage::Delta(Delta::PeerUpsert(p)) => self.upsert(&p),
+                    MapMessage::Delta(Delta::PeerRemove { id }) => self.remove(id),
+                    MapMessage::Delta(Delta::Filter { rules }) => {
+                        self.filter.set_rules(rules);
+                        self.events.push_back(SessionEvent::FilterChanged);
+                    }
+                }
+            }
+            Input::MapLost => {
+                if self.phase == Phase::Following {
+                    // The tunnel keeps running on what it holds; reopen after a pause.
+                    self.wait(now, false);
+                }
+            }
+            Input::EndpointsPosted(endpoints) => {
+                self.posting = false;
+                self.events
+                    .push_back(SessionEvent::EndpointsPosted(endpoints.clone()));
+                self.posted = Some(endpoints);
+                self.maybe_post(now);
+            }
+            Input::Failed {
+                request,
+                unauthorized,
+            } => self.failed(now, request, unauthorized),
+            Input::LocalEndpoints(endpoints) => {
+                self.endpoints = Some(endpoints);
+                self.maybe_post(now);
+            }
+        }
+    }
+
+    /// Acts on a deadline that passed (a back-off ended, a post may be retried).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Phase::Waiting { until, register } = self.phase {
+            if now >= until {
+                if register {
+                    self.register();
+                } else {
+                    self.open_map();
+                }
+            }
+        }
+        self.maybe_post(now);
+    }
+
+    /// The next request for the control server.
+    pub fn poll_transmit(&mut self) -> Option<Request> {
+        self.requests.pop_front()
+    }
+
+    /// The next change for the driver.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let wait = match self.phase {
+            Phase::Waiting { until, .. } => Some(until),
+            _ => None,
+        };
+        let post = self.wants_post().then_some(self.next_post);
+        match (wait, post) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The peer a packet from the TUN goes to (by its destination, cryptokey routing), with
+    /// the flow recorded so the answer is let back in; None drops it.
+    pub fn route_outbound(&mut self, now: Instant, packet: &[u8]) -> Option<PublicKey> {
+        let info = parse_packet(packet)?;
+        let peer = self.peers.route(info.dst)?;
+        self.filter.outbound(now, *peer.as_bytes(), packet);
+        Some(peer)
+    }
+
+    /// Whether a packet `peer` sent may reach the TUN: the receiver's filter (the node's
+    /// policy) or an answer to a flow this node started.
+    pub fn admit_inbound(&mut self, now: Instant, peer: &PublicKey, packet: &[u8]) -> Verdict {
+        self.filter.inbound(now, *peer.as_bytes(), packet)
+    }
+
+    /// The peer owning a tailnet address.
+    pub fn peer_for_ip(&self, ip: IpAddr) -> Option<PublicKey> {
+        self.peers.route(ip)
+    }
+
+    /// The peers held, with their node keys.
+    pub fn peers(&self) -> impl Iterator<Item = (&PeerInfo, &PublicKey)> {
+        self.peers.iter()
+    }
+
+    /// How many peers are held.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The node as the latest netmap describes it (None before the first).
+    pub fn node(&self) -> Option<&NodeInfo> {
+        self.node.as_ref()
+    }
+
+    /// The latest DERP map.
+    pub fn derp_map(&self) -> &[DerpRegion] {
+        &self.derp
+    }
+
+    /// Whether the map stream is open.
+    pub fn is_following(&self) -> bool {
+        self.phase == Phase::Following
+    }
+
+    /// The endpoints the server has from this node (None: none posted yet).
+    pub fn posted_endpoints(&self) -> Option<&[SocketAddr]> {
+        self.posted.as_deref()
+    }
+
+    fn register(&mut self) {
+        if self.config.auth_key.is_none() && self.secret.is_none() {
+            return self.stop(SessionError::NotRegistered);
+        }
+        self.phase = Phase::Registering;
+        // The current secret renews a live registration; a removed or expired node needs an
+        // unspent auth key.
+        self.requests.push_back(Request::Register(RegisterBody {
+            auth_key: self.config.auth_key.clone(),
+            node_secret: self.secret.clone(),
+            hostname: self.config.hostname.clone(),
+            disco_key: self.config.disco_key.to_base64(),
+            challenge: String::new(),
+        }));
+    }
+
+    fn open_map(&mut self) {
+        let Some(secret) = self.secret.clone() else {
+            return self.register();
+        };
+        self.phase = Phase::Opening;
+        self.requests.push_back(Request::OpenMap { secret });
+    }
+
+    fn wait(&mut self, now: Instant, register: bool) {
+        self.phase = Phase::Waiting {
+            until: now + self.backoff,
+            register,
+        };
+        self.backoff = (self.backoff * 2).min(self.config.backoff_max);
+    }
+
+    fn stop(&mut self, e: SessionError) {
+        self.phase = Phase::Stopped;
+        self.requests.clear();
+        self.events.push_back(SessionEvent::Failed(e));
+    }
+
+    fn failed(&mut self, now: Instant, request: RequestKind, unauthorized: bool) {
+        match request {
+            RequestKind::Register if self.phase == Phase::Registering => {
+                if !unauthorized {
+                    return self.wait(now, true);
+                }
+                if self.config.auth_key.is_some() && self.secret.is_some() {
+                    // The secret no longer renews (the node expired): the auth key alone.
+                    self.secret = None;
+                    return self.register();
+                }
+                self.stop(SessionError::RegistrationRefused);
+            }
+            RequestKind::OpenMap if self.phase == Phase::Opening => {
+                if !unauthorized {
+                    return self.wait(now, false);
+                }
+                // The server forgot the node, or its key expired: register again.
+                if self.config.auth_key.is_some() {
+                    self.register();
+                } else {
+                    self.stop(SessionError::NodeRemoved);
+                }
+            }
+            RequestKind::PostEndpoints => {
+                self.posting = false;
+                self.next_post = now + self.config.endpoints_retry;
+            }
+            _ => {} // a late answer to a request already given up on
+        }
+    }
+
+    /// A whole netmap: the filter, the node, and the peers diffed against those held.
+    fn take_netmap(&mut self, map: NetMap) {
+        self.filter.set_rules(map.filter);
+        self.node = Some(map.node.clone());
+        self.derp = map.derp.clone();
+        self.events.push_back(SessionEvent::NetMap {
+            node: map.node,
+            derp: map.derp,
+        });
+        self.events.push_back(SessionEvent::FilterChanged);
+        for id in self.peers.absent_from(&map.peers) {
+            self.remove(id);
+        }
+        for p in &map.peers {
+            self.upsert(p);
+        }
+    }
+
+    fn upsert(&mut self, p: &PeerInfo) {
+        match self.peers.upsert(p) {
+            Change::Same => {}
+            Change::Upsert { replaced, config } => {
+                if let Some(key) = replaced {
+                    self.events.push_back(SessionEvent::PeerRemove {
+                        name: p.node.name.clone(),
+                        key,
+                    });
+                }
+                self.events.push_back(SessionEvent::PeerUpsert {
+                    name: p.node.name.clone(),
+                    config,
+                });
+            }
+            Change::Refused(reason) => self.events.push_back(SessionEvent::PeerRefused {
+                name: p.node.name.clone(),
+                reason,
+            }),
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some((info, key)) = self.peers.remove(id) {
+            self.events.push_back(SessionEvent::PeerRemove {
+                name: info.node.name,
+                key,
+            });
+        }
+    }
+
+    fn wants_post(&self) -> bool {
+        self.phase == Phase::Following
+            && !self.posting
+            && self.endpoints.is_some()
+            && self.endpoints != self.posted
+    }
+
+    /// Posts the latest endpoints if they changed, nothing is in flight and the spacing allows.
+    fn maybe_post(&mut self, now: Instant) {
+        if !self.wants_post() || now < self.next_post {
+            return;
+        }
+        let (Some(secret), Some(endpoints)) = (self.secret.clone(), self.endpoints.clone()) else {
+            return;
+        };
+        self.posting = true;
+        self.next_post = now + self.config.endpoints_spacing;
+        self.requests.push_back(Request::PostEndpoints {
+            secret,
+            request: EndpointsRequest {
+                endpoints,
+                home_region: self.config.home_region,
+            },
+        });
+    }
+}

@@ -1,0 +1,144 @@
+//! `burrow up`: a node of the mesh. It keeps its keys in a 0600 state file (the private keys
+//! never leave it), runs the node session ([`burrow_session::Session`]: registration, the
+//! netmap, peers, routes, the filter, endpoint reports) against the coordination server, brings
+//! up a TUN interface with its tailnet addresses, and runs the node engine (hole punching,
+//! DERP, WireGuard) over one UDP socket. This module is the wiring; the logic is in the two
+//! sans-IO machines.
+
+mod config;
+mod iface;
+mod paths;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use burrow_node::{Node, NodeConfig};
+use burrow_session::{Session, SessionConfig, SessionEvent};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+
+use crate::control::client::ControlClient;
+use crate::derp_client::{DerpClient, DerpUrl};
+use crate::node::{channels, run_node, NodeHandle, TokioBinder};
+use crate::session::{apply_to_engine, SessionDriver};
+use crate::transport::now;
+pub use config::UpConfig;
+
+/// Runs the node until `shutdown`.
+pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut state = state::load_or_create_state(&cfg.state_dir)?;
+    let (private, disco) = state.keys()?;
+    let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
+        .with_context(|| format!("--control {:?}", cfg.control))?;
+    iface::warn_if_plain("control server", &cfg.control);
+    let mut session = SessionConfig::new(cfg.hostname.clone(), disco.public_key());
+    session.auth_key = cfg.auth_key.clone();
+    session.secret = state.secret.clone();
+    let mut driver = SessionDriver::new(Session::new(session, now()), control, private.clone());
+    // The first netmap gives the node's addresses and the DERP map.
+    let (node, derp_map) = loop {
+        match driver.next_event().await {
+            SessionEvent::SecretChanged(s) => state::save_secret(&cfg.state_dir, &mut state, s)?,
+            SessionEvent::NetMap { node, derp } => break (node, derp),
+            SessionEvent::Failed(e) => bail!("{e}"),
+            _ => {}
+        }
+    };
+    let derp_url: DerpUrl = match (&cfg.derp, derp_map.first()) {
+        (Some(u), _) => u.clone(),
+        (None, Some(r)) => (r.url.parse())
+            .map_err(|e| anyhow::anyhow!("the control server's DERP URL {:?}: {e}", r.url))?,
+        (None, None) => bail!("no DERP relay: pass --derp, or run the control server with --derp"),
+    };
+    iface::warn_if_plain("DERP relay", &derp_url.to_string());
+    let tun = iface::create_tun(&cfg.tun, &node.addresses)?;
+    let socket = crate::wg::bind_udp_socket(cfg.listen_port)
+        .with_context(|| format!("binding UDP port {}", cfg.listen_port))?;
+    let port = socket.local_addr()?.port();
+    let mut config = NodeConfig::new(private.clone(), disco, rand_seed());
+    config.stun_servers = match cfg.stun.is_empty() {
+        true => derp_map
+            .iter()
+            .flat_map(|r| r.stun.iter().copied())
+            .collect(),
+        false => cfg.stun.clone(),
+    };
+    config.local_addrs = iface::local_addresses(port, &node.addresses);
+    config.unix_time = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let engine = Node::new(config, now());
+    let derp = DerpClient::spawn(derp_url, private, cfg.extra_roots.clone());
+    let (
+        chans,
+        NodeHandle {
+            outbound,
+            commands,
+            events,
+        },
+    ) = channels();
+    let peers = crate::session::lock(&driver.session()).peer_count();
+    tracing::info!(addresses = ?node.addresses, port, peers, "burrow up");
+    println!(
+        "up: {} on {}, UDP port {port}, {peers} peers",
+        node.addresses[0], cfg.tun
+    );
+
+    let pings: crate::local_api::PingWaiters = Arc::new(Mutex::new(Vec::new()));
+    let (down_tx, mut down_rx) = tokio::sync::mpsc::unbounded_channel();
+    let api = crate::local_api::ApiContext {
+        commands: commands.clone(),
+        session: driver.session(),
+        name: node.name.clone(),
+        addresses: node.addresses.clone(),
+        pings: pings.clone(),
+        down: down_tx,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let socket_path = cfg.socket.clone();
+    tasks.spawn(async move { crate::local_api::serve(&socket_path, api).await });
+    let any = TokioBinder(SocketAddr::from(([0, 0, 0, 0], 0)));
+    tasks.spawn(async move {
+        Ok(run_node(engine, socket, any, derp, chans, None)
+            .await
+            .map(|_| ())?)
+    });
+    tasks.spawn(paths::tun_to_peers(tun.clone(), driver.session(), outbound));
+    let (session, inputs) = (driver.session(), driver.inputs());
+    tasks.spawn(paths::engine_events(events, tun, session, inputs, pings));
+    // The session: peers to the engine, a new secret to the state file; a lost netmap stream
+    // is reopened inside it while the tunnel keeps running.
+    tasks.spawn(async move {
+        loop {
+            match driver.next_event().await {
+                SessionEvent::SecretChanged(s) => {
+                    state::save_secret(&cfg.state_dir, &mut state, s)?
+                }
+                SessionEvent::Failed(e) => bail!("{e}"),
+                e => {
+                    tracing::info!(event = ?e, "session");
+                    if !apply_to_engine(&e, &commands) {
+                        return Ok(()); // the engine stopped
+                    }
+                }
+            }
+        }
+    });
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        _ = down_rx.recv() => {
+            tracing::info!("down: asked over the local API");
+            Ok(())
+        }
+        Some(r) = tasks.join_next() => r.unwrap_or_else(|e| Err(anyhow::anyhow!("task failed: {e}"))),
+    };
+    tasks.abort_all();
+    let _ = std::fs::remove_file(&cfg.socket);
+    result
+}
+
+fn rand_seed() -> u64 {
+    rand_chacha::ChaCha20Rng::from_os_rng().next_u64()
+}
