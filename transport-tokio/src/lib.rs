@@ -11,6 +11,7 @@ pub mod local_api;
 pub mod netcheck;
 pub mod node;
 pub mod stun_server;
+pub mod tls;
 pub mod transport;
 pub mod up;
 pub mod wg;
