@@ -2,11 +2,8 @@
 #![warn(missing_docs)]
 
 pub mod control;
-pub mod controlload;
 pub mod derp_client;
 pub mod derper;
-pub mod derpload;
-pub mod loadgen;
 pub mod local_api;
 pub mod netcheck;
 pub mod node;

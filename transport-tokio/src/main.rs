@@ -398,52 +398,6 @@ enum Command {
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
-    /// Load generator for `cargo xtask bench control` (prints JSON).
-    #[command(hide = true)]
-    ControlLoad {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        db: std::path::PathBuf,
-        #[arg(long, default_value_t = 1000)]
-        nodes: usize,
-        #[arg(long, default_value_t = 50)]
-        team: usize,
-        /// Print the policy for NODES/TEAM teams and exit.
-        #[arg(long)]
-        print_policy: bool,
-    },
-    /// Load generator for `cargo xtask bench derp` (prints JSON).
-    #[command(hide = true)]
-    DerpLoad {
-        /// idle | throughput | latency
-        mode: String,
-        /// The relay (http://127.0.0.1:PORT/derp).
-        #[arg(long)]
-        url: Option<burrow::derp_client::DerpUrl>,
-        #[arg(long, default_value_t = 5000)]
-        count: u32,
-        #[arg(long, default_value_t = 4)]
-        pairs: u32,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-    },
-    /// Load generator for `cargo xtask bench stun`: Binding requests at a server, as fast as it answers.
-    #[command(hide = true)]
-    StunLoad {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        #[arg(long, default_value_t = 32)]
-        window: usize,
-        #[arg(long, default_value_t = 5.0)]
-        seconds: f64,
-    },
 }
 
 /// Writes a secret file readable by its owner only.
@@ -1126,21 +1080,6 @@ async fn run(command: Command) -> Result<()> {
                 }
             }
         }
-        Command::ControlLoad {
-            url,
-            db,
-            nodes,
-            team,
-            print_policy,
-        } => {
-            if print_policy {
-                println!("{}", burrow::controlload::policy(nodes.div_ceil(team)));
-                return Ok(());
-            }
-            let r = burrow::controlload::run(&url, &db, nodes, team).await?;
-            println!("{}", serde_json::to_string(&r)?);
-            Ok(())
-        }
         Command::Genkey => {
             let mut rng =
                 <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_os_rng();
@@ -1156,61 +1095,6 @@ async fn run(command: Command) -> Result<()> {
             let key = burrow_wg::PrivateKey::from_base64(&line)
                 .context("reading a private key on stdin")?;
             println!("{}", key.public_key());
-            Ok(())
-        }
-        Command::DerpLoad {
-            mode,
-            url,
-            count,
-            pairs,
-            size,
-            seconds,
-            rate,
-        } => {
-            use burrow::derpload as dl;
-            let url = || url.clone().context("--url is required for this mode");
-            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            match mode.as_str() {
-                "idle" => dl::idle(&url()?, count, Duration::from_secs_f64(seconds)).await?,
-                "throughput" => {
-                    let relay = dl::relay_throughput(&url()?, pairs, size, seconds).await?;
-                    let fwd = dl::forwarder().await?;
-                    let ceiling = dl::forwarder_throughput(fwd, pairs, size, seconds).await?;
-                    println!(
-                        "{{\"relay_bytes_per_s\":{:.0},\"relay_packets_per_s\":{:.0},\"ceiling_bytes_per_s\":{:.0},\"ceiling_packets_per_s\":{:.0}}}",
-                        relay.bytes_per_s, relay.packets_per_s, ceiling.bytes_per_s, ceiling.packets_per_s
-                    );
-                }
-                "latency" => {
-                    let (p50, p99) = dl::relay_latency(&url()?, rate, seconds).await?;
-                    let (t50, t99) = dl::tcp_latency(rate, seconds).await?;
-                    println!(
-                        "{{\"relay_p50_ms\":{:.4},\"relay_p99_ms\":{:.4},\"tcp_p50_ms\":{:.4},\"tcp_p99_ms\":{:.4}}}",
-                        ms(p50), ms(p99), ms(t50), ms(t99)
-                    );
-                }
-                other => bail!("unknown mode {other:?} (idle, throughput, latency)"),
-            }
-            Ok(())
-        }
-        Command::StunLoad {
-            target,
-            threads,
-            window,
-            seconds,
-        } => {
-            let config = burrow::loadgen::LoadConfig {
-                target,
-                threads,
-                window,
-                duration: Duration::from_secs_f64(seconds),
-                loss_timeout: Duration::from_millis(200),
-            };
-            let r = tokio::task::spawn_blocking(move || burrow::loadgen::run(config)).await??;
-            println!(
-                "{{\"sent\":{},\"answered\":{},\"lost\":{},\"seconds\":{:.3},\"rate\":{:.1},\"loss\":{:.6}}}",
-                r.sent, r.answered, r.lost, r.seconds, r.rate(), r.loss()
-            );
             Ok(())
         }
     }
