@@ -127,23 +127,22 @@ async fn run(command: Command) -> Result<()> {
             seconds,
             rate,
         } => {
-            use derp as dl;
             let url = || url.clone().context("--url is required for this mode");
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             match mode.as_str() {
-                "idle" => dl::idle(&url()?, count, Duration::from_secs_f64(seconds)).await?,
+                "idle" => derp::idle(&url()?, count, Duration::from_secs_f64(seconds)).await?,
                 "throughput" => {
-                    let relay = dl::relay_throughput(&url()?, pairs, size, seconds).await?;
-                    let fwd = dl::forwarder().await?;
-                    let ceiling = dl::forwarder_throughput(fwd, pairs, size, seconds).await?;
+                    let relay = derp::relay_throughput(&url()?, pairs, size, seconds).await?;
+                    let fwd = derp::forwarder().await?;
+                    let ceiling = derp::forwarder_throughput(fwd, pairs, size, seconds).await?;
                     println!(
                         "{{\"relay_bytes_per_s\":{:.0},\"relay_packets_per_s\":{:.0},\"ceiling_bytes_per_s\":{:.0},\"ceiling_packets_per_s\":{:.0}}}",
                         relay.bytes_per_s, relay.packets_per_s, ceiling.bytes_per_s, ceiling.packets_per_s
                     );
                 }
                 "latency" => {
-                    let (p50, p99) = dl::relay_latency(&url()?, rate, seconds).await?;
-                    let (t50, t99) = dl::tcp_latency(rate, seconds).await?;
+                    let (p50, p99) = derp::relay_latency(&url()?, rate, seconds).await?;
+                    let (t50, t99) = derp::tcp_latency(rate, seconds).await?;
                     println!(
                         "{{\"relay_p50_ms\":{:.4},\"relay_p99_ms\":{:.4},\"tcp_p50_ms\":{:.4},\"tcp_p99_ms\":{:.4}}}",
                         ms(p50), ms(p99), ms(t50), ms(t99)
