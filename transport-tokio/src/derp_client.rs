@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use crate::derper::Stream;
+use crate::transport::Stream;
 
 /// Where a relay is: `http://host:port/derp` or `https://host[:port]/derp`.
 #[derive(Debug, Clone, PartialEq, Eq)]

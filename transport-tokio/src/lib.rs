@@ -2,16 +2,14 @@
 #![warn(missing_docs)]
 
 pub mod control;
-pub mod controlload;
 pub mod derp_client;
 pub mod derper;
-pub mod derpload;
-pub mod loadgen;
 pub mod local_api;
 pub mod netcheck;
 pub mod node;
 pub mod session;
 pub mod stun_server;
+pub mod tls;
 pub mod transport;
 pub mod up;
 pub mod wg;

@@ -91,31 +91,8 @@ fn addresses(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
-/// Socket buffers as large as wireguard-go asks for, so bursts are not dropped by the kernel.
-const SOCKET_BUFFER: usize = 7 << 20;
-
-/// A UDP socket on 0.0.0.0:`port` with large buffers.
-pub fn bind_udp_socket(port: u16) -> io::Result<UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    for (set, name) in [
-        (
-            socket2::Socket::set_recv_buffer_size as fn(&socket2::Socket, usize) -> io::Result<()>,
-            "receive",
-        ),
-        (socket2::Socket::set_send_buffer_size, "send"),
-    ] {
-        if let Err(e) = set(&s, SOCKET_BUFFER) {
-            tracing::debug!(error = %e, "cannot enlarge the {name} buffer");
-        }
-    }
-    s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-    UdpSocket::from_std(s.into())
-}
+// Moved to `crate::transport`; re-exported so existing paths keep working.
+pub use crate::transport::bind_udp_socket;
 
 /// Runs the tunnel until `shutdown` completes. SIGUSR1 forces a new handshake with every peer.
 pub async fn run(

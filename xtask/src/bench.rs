@@ -125,8 +125,17 @@ pub fn run(which: Which) -> Result<()> {
     if !reference_ready {
         bail!("coturn's turnserver is needed as the reference: apt-get install coturn (as root)");
     }
-    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "burrow",
+        "-p",
+        "burrow-loadgen",
+    ]))?;
     let burrow = root().join("target/release/burrow");
+    let loadgen = root().join("target/release/burrow-loadgen");
 
     let bp = free_port();
     let mut b = Command::new(&burrow);
@@ -172,7 +181,7 @@ pub fn run(which: Which) -> Result<()> {
             [("coturn", cp), ("burrow", bp)]
         };
         for (name, port) in order {
-            let s = load(&burrow, port, seconds, threads, window)?;
+            let s = load(&loadgen, port, seconds, threads, window)?;
             println!(
                 "round {}: {name:>6}: {:>10.0} answered/s, loss {:.3}%",
                 round + 1,
@@ -256,9 +265,10 @@ fn answers(port: u16) -> bool {
     s.send_to(&req, ("127.0.0.1", port)).is_ok() && s.recv(&mut buf).is_ok_and(|n| n >= 20)
 }
 
-fn load(burrow: &Path, port: u16, seconds: f64, threads: usize, window: usize) -> Result<Sample> {
-    let out = Command::new(burrow)
-        .args(["stun-load", "--target", &format!("127.0.0.1:{port}")])
+/// One `burrow-loadgen stun` run against 127.0.0.1:`port`.
+fn load(loadgen: &Path, port: u16, seconds: f64, threads: usize, window: usize) -> Result<Sample> {
+    let out = Command::new(loadgen)
+        .args(["stun", "--target", &format!("127.0.0.1:{port}")])
         .args([
             "--seconds",
             &seconds.to_string(),

@@ -27,8 +27,17 @@ fn usage(pid: u32) -> Option<(f64, u64)> {
 }
 
 pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
-    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "burrow",
+        "-p",
+        "burrow-loadgen",
+    ]))?;
     let burrow = root().join("target/release/burrow");
+    let loadgen = root().join("target/release/burrow-loadgen");
     let mut rows = Vec::new();
     for &n in sizes {
         let dir =
@@ -37,8 +46,8 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         let db = dir.join("control.sqlite");
         let policy = dir.join("policy.json");
-        let out = Command::new(&burrow)
-            .args(["control-load", "--url", "x", "--db"])
+        let out = Command::new(&loadgen)
+            .args(["control", "--url", "x", "--db"])
             .arg(&db)
             .args([
                 "--nodes",
@@ -83,9 +92,9 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
         }
         let pid = child.id();
         let _server = Guard(child);
-        let out = Command::new(&burrow)
+        let out = Command::new(&loadgen)
             .args([
-                "control-load",
+                "control",
                 "--url",
                 &format!("http://127.0.0.1:{port}"),
                 "--db",
@@ -95,7 +104,10 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
             .env("RUST_LOG", "warn")
             .output()?;
         if !out.status.success() {
-            bail!("control-load: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "burrow-loadgen control: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let (cpu, hwm) = usage(pid).unwrap_or((0.0, 0));

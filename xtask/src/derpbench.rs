@@ -18,15 +18,16 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
-fn load(burrow: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(burrow)
-        .arg("derp-load")
+/// One `burrow-loadgen derp` run; its last stdout line is the JSON result.
+fn load(loadgen: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new(loadgen)
+        .arg("derp")
         .args(args)
         .env("RUST_LOG", "warn")
         .output()?;
     if !out.status.success() {
         bail!(
-            "derp-load {args:?} failed: {}",
+            "burrow-loadgen derp {args:?} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -39,8 +40,17 @@ fn load(burrow: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
 }
 
 pub fn run(seconds: f64, rounds: usize, idle: u32, no_write: bool) -> Result<()> {
-    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
+    run_cmd(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "burrow",
+        "-p",
+        "burrow-loadgen",
+    ]))?;
     let burrow = root().join("target/release/burrow");
+    let loadgen = root().join("target/release/burrow-loadgen");
     let mut child = Command::new(&burrow)
         .args(["derper", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
@@ -57,12 +67,12 @@ pub fn run(seconds: f64, rounds: usize, idle: u32, no_write: bool) -> Result<()>
         .to_owned();
     let url = format!("http://{addr}/derp");
 
-    // Throughput, alternating with the ceiling inside each derp-load run.
+    // Throughput, alternating with the ceiling inside each `burrow-loadgen derp` run.
     let mut ratios = Vec::new();
     let mut last = serde_json::Value::Null;
     for r in 0..rounds {
         let v = load(
-            &burrow,
+            &loadgen,
             &[
                 "throughput",
                 "--url",
@@ -93,7 +103,7 @@ pub fn run(seconds: f64, rounds: usize, idle: u32, no_write: bool) -> Result<()>
 
     // Latency at a moderate load.
     let lat = load(
-        &burrow,
+        &loadgen,
         &[
             "latency",
             "--url",
@@ -113,9 +123,9 @@ pub fn run(seconds: f64, rounds: usize, idle: u32, no_write: bool) -> Result<()>
 
     // Idle clients.
     let before = rss_kib(pid)?;
-    let mut idle_child = Command::new(&burrow)
+    let mut idle_child = Command::new(&loadgen)
         .args([
-            "derp-load",
+            "derp",
             "idle",
             "--url",
             &url,

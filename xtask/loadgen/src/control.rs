@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::control::store::{AuthKeySpec, SqliteStore, Store};
-use crate::control::{MapMessage, RegisterResponse};
+use burrow::control::store::{AuthKeySpec, SqliteStore, Store};
+use burrow::control::{MapMessage, RegisterResponse};
 
 /// What one run measured.
 #[derive(Debug, Serialize)]
@@ -108,19 +108,19 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
             let url = url.to_string();
             async move {
                 // A node's registration: a challenge, then the body sealed with its key.
-                let challenge: crate::control::ChallengeResponse = http
+                let challenge: burrow::control::ChallengeResponse = http
                     .get(format!("{url}/machine/challenge"))
                     .send()
                     .await?
                     .json()
                     .await?;
-                let body = crate::control::RegisterBody {
+                let body = burrow::control::RegisterBody {
                     auth_key: Some(key),
                     hostname: format!("n{i}"),
                     disco_key: dk,
                     ..Default::default()
                 };
-                let req = crate::control::identity::seal_registration(&nk, &challenge, body)?;
+                let req = burrow::control::identity::seal_registration(&nk, &challenge, body)?;
                 let r = http
                     .post(format!("{url}/machine/register"))
                     .json(&req)

@@ -10,7 +10,7 @@ use burrow_wg::PrivateKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::derp_client::{connect_raw, DerpUrl, RawConn};
+use burrow::derp_client::{connect_raw, DerpUrl, RawConn};
 
 fn key(i: u32, side: u8) -> PrivateKey {
     // Bytes 4..8: X25519 clamping clears the low bits of byte 0, which would merge keys.

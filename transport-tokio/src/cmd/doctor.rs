@@ -1,0 +1,23 @@
+//! `burrow doctor`: why a peer is on its path, from the running node's local API.
+
+use anyhow::{Context, Result};
+
+use crate::cli::DoctorArgs;
+
+/// Runs `burrow doctor`.
+pub async fn run(args: DoctorArgs) -> Result<()> {
+    let DoctorArgs { peer, socket } = args;
+    use burrow::local_api::{ask, Doctor, Request};
+    let answer = ask(&socket, &Request::Doctor { peer }).await?;
+    let d: Doctor = serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
+    println!("peer:      {}", d.peer);
+    println!("our NAT:   {}", d.our_nat);
+    println!("its NAT:   {}", d.peer_nat);
+    println!("path:      {}", d.path);
+    println!("birthday:  {}", d.birthday);
+    println!("candidate pairs tried (oldest first):");
+    for a in &d.attempts {
+        println!("  {a}");
+    }
+    Ok(())
+}
