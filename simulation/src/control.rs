@@ -7,10 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow::control::client::{ClientError, Connector, ControlClient, MapStream};
+use burrow::control::client::{Connector, ControlClient};
 use burrow::control::store::{AuthKeySpec, SqliteStore, Store};
-use burrow::control::{Control, RegisterBody, ALLOW_ALL};
-use burrow_control::{DerpRegion, NetMap};
+use burrow::control::{Control, ALLOW_ALL};
+use burrow::session::{apply_to_engine, lock, SessionDriver};
+use burrow_control::{DerpRegion, NodeInfo};
+use burrow_session::{Session, SessionConfig, SessionError, SessionEvent};
 
 use crate::capture::Recorder;
 
@@ -89,58 +91,81 @@ pub(crate) fn client(addr: SocketAddr) -> ControlClient {
     ControlClient::with_connector(addr.to_string(), connector)
 }
 
-/// What joining gave a node.
-pub(crate) struct Joined {
-    /// Bearer secret for later requests.
-    pub(crate) secret: String,
-    /// The first netmap.
-    pub(crate) netmap: NetMap,
-    /// The stream of changes after it.
-    pub(crate) stream: MapStream,
-}
-
-/// Registers `me` and opens its netmap stream, retrying while the server is not up yet.
+/// Starts `me`'s node session (the same machine and driver as `burrow up`) and runs it until
+/// the first netmap: registered, and the stream open. Registration is retried (with the
+/// session's back-off) while the server is not up yet.
 pub(crate) async fn join(
-    control: &ControlClient,
+    control: ControlClient,
     me: &str,
     node_key: &burrow_wg::PrivateKey,
     disco_key: &burrow_wg::PrivateKey,
     auth_key: &str,
     rec: &Recorder,
-) -> Result<Joined, ClientError> {
-    let body = RegisterBody {
-        auth_key: Some(auth_key.into()),
-        hostname: me.into(),
-        disco_key: disco_key.public_key().to_base64(),
-        ..RegisterBody::default()
-    };
-    let mut tries = 0;
-    let registered = loop {
-        match control.register(node_key, body.clone()).await {
-            Ok(r) => break r,
-            Err(ClientError::Io(_)) if tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+) -> Result<(SessionDriver, NodeInfo), SessionError> {
+    let mut config = SessionConfig::new(me, disco_key.public_key());
+    config.auth_key = Some(auth_key.into());
+    let session = Session::new(config, tokio::time::Instant::now().into_std());
+    let mut driver = SessionDriver::new(session, control, node_key.clone());
+    loop {
+        match driver.next_event().await {
+            SessionEvent::NetMap { node, derp } => {
+                let v4 = node.addresses.iter().find(|a| a.is_ipv4());
+                let v4 = v4.map_or("-".into(), |a| a.to_string());
+                rec.event(format_args!("control {me} registered as {v4}"));
+                let peers = lock(&driver.session()).peer_count();
+                let relay = derp.first().map_or("-", |r| r.url.as_str());
+                rec.event(format_args!(
+                    "control {me} netmap: {peers} peer(s), DERP {relay}"
+                ));
+                return Ok((driver, node));
             }
-            Err(e) => return Err(e),
+            SessionEvent::Failed(e) => return Err(e),
+            _ => {}
         }
-    };
-    let v4 = registered
-        .node
-        .addresses
-        .iter()
-        .find(|a| a.is_ipv4())
-        .map_or("-".into(), |a| a.to_string());
-    rec.event(format_args!("control {me} registered as {v4}"));
-    let (stream, netmap) = control.open_map(&registered.secret).await?;
-    rec.event(format_args!(
-        "control {me} netmap: {} peer(s), DERP {}",
-        netmap.peers.len(),
-        netmap.derp.first().map_or("-", |r| r.url.as_str())
-    ));
-    Ok(Joined {
-        secret: registered.secret,
-        netmap,
-        stream,
-    })
+    }
+}
+
+/// Follows the session for the rest of the run: peers to the engine (`commands`), recorded;
+/// `known` hears when the peer `watch` arrives.
+pub(crate) fn follow(
+    mut driver: SessionDriver,
+    commands: tokio::sync::mpsc::UnboundedSender<burrow::node::NodeCommand>,
+    rec: Arc<Recorder>,
+    me: String,
+    watch: burrow_wg::PublicKey,
+    known: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let event = driver.next_event().await;
+            match &event {
+                SessionEvent::PeerUpsert { name, config } => {
+                    rec.event(format_args!(
+                        "control {me} heard of {name}: endpoints {:?}",
+                        config.endpoints
+                    ));
+                    if config.node_key == watch {
+                        let _ = known.send(());
+                    }
+                }
+                SessionEvent::PeerRemove { name, .. } => {
+                    rec.event(format_args!("control {me} forgot {name}"));
+                }
+                SessionEvent::PeerRefused { name, reason } => {
+                    rec.event(format_args!("control {me} refused {name}: {reason}"));
+                }
+                SessionEvent::EndpointsPosted(endpoints) => {
+                    rec.event(format_args!("control {me} posted endpoints {endpoints:?}"));
+                }
+                SessionEvent::Failed(e) => {
+                    rec.event(format_args!("control {me} session stopped: {e}"));
+                    return;
+                }
+                _ => {}
+            }
+            if !apply_to_engine(&event, &commands) {
+                return;
+            }
+        }
+    });
 }

@@ -957,13 +957,12 @@ pub fn run(
             let (rec, out, stun_addrs) = (recorder.clone(), mesh_slot.clone(), stun_addrs.clone());
             let control = control.clone();
             sim.client(ip, async move {
-                // With a control server: register, and learn the peer from the netmap.
+                // With a control server: the node session registers and opens the netmap.
                 let joined = match &control {
                     None => None,
                     Some((addr, key)) => {
                         let client = crate::control::client(*addr);
-                        let j = crate::control::join(&client, &me, &wg_key, &disco_key, key, &rec).await?;
-                        Some((client, j))
+                        Some(crate::control::join(client, &me, &wg_key, &disco_key, key, &rec).await?)
                     }
                 };
                 let uplink = attachment.uplink(&n, seed, rec.clone());
@@ -1007,38 +1006,21 @@ pub fn run(
                 // Whether the peer is known yet (without a control server: from the start).
                 let (known_tx, mut known_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
                 let mut peer_known = joined.is_none();
-                let mut poster = None;
+                let mut endpoints_to = None;
                 match joined {
                     None => {
                         let _ = engine.add_peer(start.into_std(), peer_config.clone());
                     }
-                    Some((client, j)) => {
-                        if let Some(std::net::IpAddr::V4(a)) = j.netmap.node.addresses.iter().find(|a| a.is_ipv4()) {
+                    Some((driver, node)) => {
+                        if let Some(std::net::IpAddr::V4(a)) = node.addresses.iter().find(|a| a.is_ipv4()) {
                             my_ip = *a;
                         }
-                        for p in j.netmap.peers.iter().filter_map(burrow::control::client::peer_config) {
-                            if p.node_key == peer_config.node_key {
-                                peer_known = true;
-                            }
-                            let _ = engine.add_peer(start.into_std(), p);
-                        }
-                        // Netmap deltas: new peers and their endpoints.
-                        let (commands, rec, me, mut stream) = (commands.clone(), rec.clone(), me.clone(), j.stream);
-                        tokio::spawn(async move {
-                            while let Ok(m) = stream.next().await {
-                                if let burrow::control::MapMessage::Delta(burrow_control::Delta::PeerUpsert(p)) = m {
-                                    rec.event(format_args!("control {me} heard of {}: endpoints {:?}", p.node.name, p.endpoints));
-                                    if let Some(pc) = burrow::control::client::peer_config(&p) {
-                                        let _ = commands.send(burrow::node::NodeCommand::AddPeer(pc));
-                                        let _ = known_tx.send(());
-                                    }
-                                }
-                            }
-                        });
-                        poster = Some((client, j.secret));
+                        endpoints_to = Some(driver.inputs());
+                        let watch = peer_config.node_key;
+                        crate::control::follow(driver, commands.clone(), rec.clone(), me.clone(), watch, known_tx);
                     }
                 }
-                let pinging = poster.is_some();
+                let pinging = endpoints_to.is_some();
                 let mut next_ping = start;
                 let until = start + duration;
                 let driver = tokio::spawn(burrow::node::run_node(
@@ -1084,13 +1066,9 @@ pub fn run(
                                     Some(n) => format!("hard (random ports), reflexive {}", n.reflexive),
                                 };
                                 rec.event(format_args!("mesh {me} NAT {kind}; {} candidates", candidates.len()));
-                                if let Some((client, secret)) = &poster {
-                                    let (client, secret, rec, me) = (client.clone(), secret.clone(), rec.clone(), me.clone());
-                                    let endpoints: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
-                                    tokio::spawn(async move {
-                                        let r = client.post_endpoints(&secret, &burrow::control::EndpointsRequest { endpoints: endpoints.clone(), home_region: 1 }).await;
-                                        rec.event(format_args!("control {me} posted endpoints {endpoints:?}: {}", if r.is_ok() { "ok" } else { "failed" }));
-                                    });
+                                if let Some(inputs) = &endpoints_to {
+                                    let endpoints = candidates.iter().map(|c| c.addr).collect();
+                                    let _ = inputs.try_send(burrow_session::Input::LocalEndpoints(endpoints));
                                 }
                             }
                             Some(_) => {}

@@ -25,6 +25,8 @@ pub struct SessionDriver {
     rx: mpsc::Receiver<Input>,
     /// Requests in flight and the map stream's reader; dropped with the driver.
     tasks: JoinSet<()>,
+    /// Map streams opened so far (a later one is a reconnect).
+    opened: u64,
 }
 
 impl std::fmt::Debug for SessionDriver {
@@ -47,6 +49,7 @@ impl SessionDriver {
             tx,
             rx,
             tasks: JoinSet::new(),
+            opened: 0,
         }
     }
 
@@ -115,10 +118,16 @@ impl SessionDriver {
                 });
             }
             Request::OpenMap { secret } => {
+                let again = self.opened > 0;
+                self.opened += 1;
                 self.tasks.spawn(async move {
                     let mut stream = match client.open_map(&secret).await {
                         Ok((stream, map)) => {
-                            tracing::info!(peers = map.peers.len(), "netmap stream open");
+                            let peers = map.peers.len();
+                            match again {
+                                true => tracing::info!(peers, "netmap stream reconnected"),
+                                false => tracing::info!(peers, "netmap stream open"),
+                            }
                             if tx.send(Input::MapOpened(map)).await.is_err() {
                                 return;
                             }

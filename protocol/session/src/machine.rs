@@ -192,10 +192,12 @@ pub enum SessionError {
     /// The server refused the auth key or the secret.
     #[error("the control server refused the registration (a spent, expired or unknown auth key)")]
     RegistrationRefused,
-    /// The server no longer accepts the node and there is no auth key to register again with.
+    /// The server no longer knows the node: it was removed or expired while running (an
+    /// admin's decision a running node does not undo), or at start with no auth key to register
+    /// again with.
     #[error(
-        "the control server no longer accepts this node (it was removed, or its key expired): \
-         register again with an auth key"
+        "the control server no longer knows this node (it was removed, or its key expired): \
+         run `burrow up` with an auth key to register again"
     )]
     NodeRemoved,
 }
@@ -226,6 +228,9 @@ pub struct Session {
     phase: Phase,
     secret: Option<String>,
     backoff: Duration,
+    /// Whether a map stream was ever open: after that, the server forgetting the node is an
+    /// admin's removal or an expiry, which the node does not undo with its auth key.
+    followed: bool,
     node: Option<NodeInfo>,
     derp: Vec<DerpRegion>,
     peers: Peers,
@@ -246,6 +251,7 @@ impl Session {
         let mut s = Session {
             secret: config.secret.clone(),
             backoff: config.backoff_min,
+            followed: false,
             config,
             phase: Phase::Stopped,
             node: None,
@@ -288,6 +294,7 @@ impl Session {
                     return;
                 }
                 self.phase = Phase::Following;
+                self.followed = true;
                 self.backoff = self.config.backoff_min;
                 self.take_netmap(map);
                 self.maybe_post(now);
@@ -472,8 +479,9 @@ impl Session {
                 if !unauthorized {
                     return self.wait(now, false);
                 }
-                // The server forgot the node, or its key expired: register again.
-                if self.config.auth_key.is_some() {
+                // At start, a node the server forgot registers again with the auth key it
+                // was given; a running node that is removed or expires stays out.
+                if self.config.auth_key.is_some() && !self.followed {
                     self.register();
                 } else {
                     self.stop(SessionError::NodeRemoved);

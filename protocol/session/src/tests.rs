@@ -274,7 +274,8 @@ fn reconnects_back_off_and_a_forgotten_node_registers_again() {
     }
     let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
     assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
-    // The server forgot the node: with an auth key, register again.
+    // The server forgot the running node (an admin removed it, or it expired): even with an
+    // auth key it stays out.
     s.handle_timeout(s.poll_timeout().unwrap());
     assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
     s.handle_input(
@@ -284,7 +285,31 @@ fn reconnects_back_off_and_a_forgotten_node_registers_again() {
             unauthorized: true,
         },
     );
-    assert!(matches!(s.poll_transmit(), Some(Request::Register(_))));
+    assert_eq!(s.poll_transmit(), None);
+    assert_eq!(
+        drain(&mut s),
+        [SessionEvent::Failed(SessionError::NodeRemoved)]
+    );
+}
+
+#[test]
+fn at_start_a_forgotten_node_registers_again_with_its_auth_key() {
+    let mut c = config();
+    c.secret = Some("old".into());
+    let now = Instant::now();
+    let mut s = Session::new(c, now);
+    assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
+    s.handle_input(
+        now,
+        Input::Failed {
+            request: RequestKind::OpenMap,
+            unauthorized: true,
+        },
+    );
+    let Some(Request::Register(body)) = s.poll_transmit() else {
+        panic!("registers again")
+    };
+    assert_eq!(body.auth_key.as_deref(), Some("burrowkey-test"));
 }
 
 #[test]
