@@ -158,12 +158,14 @@ pub async fn run_node<B: SocketBinder>(
         mut commands,
         events,
     } = channels;
-    let (in_tx, mut in_rx) = mpsc::channel::<(u16, SocketAddr, Vec<u8>)>(INBOUND_QUEUE);
+    let (in_tx, mut in_rx) = mpsc::channel::<Datagram>(INBOUND_QUEUE);
+    // Each reader's buffers come back to it once the engine has read them.
+    let mut returns: Vec<Option<mpsc::Sender<Vec<u8>>>> = Vec::new();
     let mut events_dropped: u64 = 0;
     let mut sockets: Vec<Option<Arc<B::Socket>>> = Vec::new();
     let mut readers = Vec::new();
     let main = Arc::new(main);
-    readers.push(spawn_reader(0, main.clone(), in_tx.clone()));
+    readers.push(spawn_reader(0, main.clone(), in_tx.clone(), &mut returns));
     sockets.push(Some(main));
     let region = 1;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
@@ -186,7 +188,12 @@ pub async fn run_node<B: SocketBinder>(
                         match binder.bind().await {
                             Ok(s) => {
                                 let s = Arc::new(s);
-                                readers.push(spawn_reader(socket, s.clone(), in_tx.clone()));
+                                readers.push(spawn_reader(
+                                    socket,
+                                    s.clone(),
+                                    in_tx.clone(),
+                                    &mut returns,
+                                ));
                                 sockets[i] = Some(s);
                             }
                             Err(e) => {
@@ -199,6 +206,7 @@ pub async fn run_node<B: SocketBinder>(
                         // Send errors (unreachable, no route) are the network's answer, not ours.
                         let _ = s.send_to(&payload, dst).await;
                     }
+                    engine.recycle(payload);
                 }
                 Transmit::Derp { dst, payload, .. } => derp.send(dst, payload),
             }
@@ -220,8 +228,11 @@ pub async fn run_node<B: SocketBinder>(
             .map_or(deadline, |w| w.min(deadline));
         tokio::select! {
             biased;
-            Some((socket, from, data)) = in_rx.recv() => {
-                let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &data });
+            Some(Datagram { socket, from, buf, len }) = in_rx.recv() => {
+                let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &buf[..len] });
+                if let Some(Some(back)) = returns.get(usize::from(socket)) {
+                    let _ = back.try_send(buf);
+                }
             }
             e = derp.events.recv() => match e {
                 Some(ClientEvent::Packet { src, data }) => {
@@ -267,22 +278,67 @@ pub async fn run_node<B: SocketBinder>(
     result
 }
 
+/// A datagram a reader received: `buf[..len]`, from `from` on socket `socket`.
+struct Datagram {
+    socket: u16,
+    from: SocketAddr,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// Buffers a reader keeps in circulation; with all of them queued it waits (the socket's own
+/// buffer holds what arrives meanwhile), so a flood costs at most this many.
+const READER_BUFFERS: usize = 64;
+/// A reader's buffer: room for any datagram of the mesh (WireGuard at the tunnel's 1280-byte
+/// MTU, disco, STUN); anything longer is no datagram of ours and fails to authenticate.
+const READ_BUFFER: usize = 4096;
+
+/// Reads datagrams from `socket` into buffers that come back to it over `returns[id]`, so a
+/// steady stream allocates nothing.
 fn spawn_reader<S: UdpTransport>(
     id: u16,
     socket: Arc<S>,
-    tx: mpsc::Sender<(u16, SocketAddr, Vec<u8>)>,
+    tx: mpsc::Sender<Datagram>,
+    returns: &mut Vec<Option<mpsc::Sender<Vec<u8>>>>,
 ) -> tokio::task::JoinHandle<()> {
+    let (back_tx, mut back_rx) = mpsc::channel::<Vec<u8>>(READER_BUFFERS);
+    let i = usize::from(id);
+    if returns.len() <= i {
+        returns.resize(i + 1, None);
+    }
+    returns[i] = Some(back_tx);
     tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_536];
+        let mut made = 0;
         loop {
-            match socket.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    if tx.send((id, from, buf[..n].to_vec())).await.is_err() {
-                        return;
-                    }
+            let mut buf = match back_rx.try_recv() {
+                Ok(b) => b,
+                Err(_) if made < READER_BUFFERS => {
+                    made += 1;
+                    vec![0u8; READ_BUFFER]
                 }
-                // ICMP errors and the like: keep reading, without spinning.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                // All in flight: wait for one to come back.
+                Err(_) => match back_rx.recv().await {
+                    Some(b) => b,
+                    None => return,
+                },
+            };
+            loop {
+                match socket.recv_from(&mut buf).await {
+                    Ok((len, from)) => {
+                        let d = Datagram {
+                            socket: id,
+                            from,
+                            buf,
+                            len,
+                        };
+                        if tx.send(d).await.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    // ICMP errors and the like: keep reading, without spinning.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                }
             }
         }
     })

@@ -58,6 +58,11 @@ use wireguard::{WgSource, DATA_STALL_AFTER};
 
 /// Largest datagram the engine handles.
 const MAX_DATAGRAM: usize = 65_535;
+/// Payload buffers kept for reuse at most (see [`Node::recycle`]).
+const SPARE_BUFFERS: usize = 1024;
+/// The smallest payload buffer made: a whole 1280-byte packet plus WireGuard's overhead, so a
+/// recycled buffer fits any datagram of the tunnel's MTU without growing.
+const MIN_BUFFER: usize = 2048;
 
 /// A peer and everything the engine keeps for it.
 struct Peer {
@@ -92,6 +97,8 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     buf: Vec<u8>,
+    /// Payload buffers given back by the driver, for reuse.
+    spare: Vec<Vec<u8>>,
 }
 
 impl core::fmt::Debug for Node {
@@ -130,6 +137,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             buf: vec![0u8; MAX_DATAGRAM + 64],
+            spare: Vec::new(),
             disco_public: config.disco_key.public_key(),
             config,
         };
@@ -416,6 +424,26 @@ impl Node {
             .chain(peers)
             .flatten()
             .min()
+    }
+
+    /// Takes back a payload the driver is done with (a sent transmit's, a delivered packet's),
+    /// so a later one reuses its memory: a driver that recycles what it gets makes the data
+    /// path allocation-free in steady state.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() >= MIN_BUFFER {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// A payload holding `bytes`, in a recycled buffer when there is one.
+    pub(super) fn payload(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut b = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(bytes.len().max(MIN_BUFFER)));
+        b.extend_from_slice(bytes);
+        b
     }
 
     /// The next thing to send.

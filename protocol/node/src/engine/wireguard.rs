@@ -41,19 +41,21 @@ impl Node {
             if data && p.first_unanswered_direct.is_none() {
                 p.first_unanswered_direct = Some(now);
             }
+            let payload = self.payload(datagram);
             self.transmits.push_back(Transmit::Udp {
                 socket,
                 dst: addr,
-                payload: datagram.to_vec(),
+                payload,
             });
         }
         if relay {
+            let payload = self.payload(datagram);
             let p = &mut self.peers[i];
             p.stats.tx_relay += 1;
             self.transmits.push_back(Transmit::Derp {
                 region: p.config.home_region,
                 dst: p.config.node_key,
-                payload: datagram.to_vec(),
+                payload,
             });
         }
     }
@@ -113,16 +115,14 @@ impl Node {
                         // owns (the longest prefix holding it is this peer's).
                         let owner =
                             inner_source(&out[..n]).and_then(|ip| self.allowed.owner_of(ip));
-                        let p = &mut self.peers[i];
-                        if owner == Some(p.config.node_key) {
+                        if owner == Some(self.peers[i].config.node_key) {
+                            let data = self.payload(&out[..n]);
+                            let p = &mut self.peers[i];
                             p.stats.rx_bytes += n as u64;
                             let peer = p.config.node_key;
-                            self.events.push_back(Event::Packet {
-                                peer,
-                                data: out[..n].to_vec(),
-                            });
+                            self.events.push_back(Event::Packet { peer, data });
                         } else {
-                            p.stats.rx_spoofed += 1;
+                            self.peers[i].stats.rx_spoofed += 1;
                         }
                     }
                     self.flush_paths(now, i);
@@ -130,7 +130,7 @@ impl Node {
                 Ok(())
             }
             Ok(Received::CookieReply(n)) => {
-                let payload = out[..n].to_vec();
+                let payload = self.payload(&out[..n]);
                 match source {
                     WgSource::Direct(socket, dst) => self.transmits.push_back(Transmit::Udp {
                         socket,
