@@ -115,6 +115,14 @@ pub enum PolicyCommand {
         /// The policy file.
         file: std::path::PathBuf,
     },
+    /// Make the running server read its --policy file again: every node gets the peers and
+    /// filter the new policy gives it at once. A policy with errors is refused and the running
+    /// one stays.
+    Reload {
+        /// The server's admin socket.
+        #[arg(long, default_value = "burrow-control.sock")]
+        admin_socket: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -483,6 +483,29 @@ async fn the_policy_decides_who_hears_of_whom() {
     };
     assert!(map.peers.is_empty(), "mallory hears of nobody");
     let _ = a;
+
+    // A policy with an error is refused, with its line, and the running one stays.
+    std::fs::write(&policy, "{\n  \"acls\": [ { \"action\": \"maybe\" } ]\n}").unwrap();
+    let err = admin(db.to_str().unwrap(), &["policy", "reload"]).unwrap_err();
+    assert!(
+        err.contains("policy.hujson") && err.contains("line 2"),
+        "{err}"
+    );
+    // Everyone may reach the db now: mallory hears of it at once, and the db's filter widens.
+    std::fs::write(
+        &policy,
+        r#"{
+  "tagOwners": { "tag:db": ["alice"] },
+  "acls": [ { "action": "accept", "src": ["*"], "dst": ["tag:db:5432"] } ],
+}"#,
+    )
+    .unwrap();
+    let out = admin(db.to_str().unwrap(), &["policy", "reload"]).unwrap();
+    assert!(out.contains("policy reloaded"), "{out}");
+    let MapMessage::Delta(Delta::PeerUpsert(p)) = s.next().await else {
+        panic!("mallory hears of the db")
+    };
+    assert_eq!(p.node.name, "db");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

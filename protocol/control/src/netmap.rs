@@ -97,6 +97,38 @@ impl Tailnet {
         }
     }
 
+    /// Replaces the policy; returns the deltas that bring every node's netmap up to it: peers
+    /// it may now see, peers it no longer may, and its new filter, each only where it changed.
+    pub fn set_policy(&mut self, policy: CompiledPolicy) -> Vec<(u64, Delta)> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        let before: BTreeMap<u64, (BTreeSet<u64>, Vec<FilterRule>)> =
+            ids.iter().map(|&id| (id, self.view_of(id))).collect();
+        self.policy = policy;
+        let mut out = Vec::new();
+        for (id, (seen, filter)) in before {
+            let (now_seen, now_filter) = self.view_of(id);
+            out.extend(
+                now_seen
+                    .difference(&seen)
+                    .map(|p| (id, Delta::PeerUpsert(self.nodes[p].clone()))),
+            );
+            out.extend(
+                seen.difference(&now_seen)
+                    .map(|&p| (id, Delta::PeerRemove { id: p })),
+            );
+            if now_filter != filter {
+                out.push((id, Delta::Filter { rules: now_filter }));
+            }
+        }
+        out
+    }
+
+    /// The peers node `id` sees and its filter.
+    fn view_of(&self, id: u64) -> (BTreeSet<u64>, Vec<FilterRule>) {
+        let node = &self.nodes[&id].node;
+        (self.watchers(node), self.filter_of(node))
+    }
+
     /// Nodes registered.
     pub fn len(&self) -> usize {
         self.nodes.len()

@@ -361,3 +361,55 @@ proptest! {
         }
     }
 }
+
+/// A second policy for policy changes: only engineers, to anyone, on ssh.
+const NARROW: &str = r#"{
+  "groups": { "group:eng": ["alice", "bob"] },
+  "tagOwners": { "tag:db": ["group:eng"], "tag:ci": ["alice"] },
+  "acls": [ { "action": "accept", "src": ["group:eng"], "dst": ["*:22"], "proto": "tcp" } ],
+}"#;
+
+proptest! {
+    /// A policy change: each node's netmap as it held it, with the deltas `set_policy` sent it
+    /// applied, equals the netmap it would get on connect under the new policy.
+    #[test]
+    fn a_policy_change_brings_every_netmap_up_to_date(
+        specs in prop::collection::vec((0usize..4, prop::collection::vec(0usize..3, 0..2)), 1..20),
+        narrow_first in any::<bool>(),
+    ) {
+        let (first, second) = if narrow_first { (NARROW, POLICY) } else { (POLICY, NARROW) };
+        let policy = |text| Policy::check(text).unwrap().1;
+        let nodes = nodes_from(&specs);
+        let mut net = Tailnet::new(policy(first));
+        for n in &nodes {
+            net.upsert(peer(n.clone()));
+        }
+        let mut held: std::collections::BTreeMap<u64, burrow_control::NetMap> =
+            nodes.iter().map(|n| (n.id, net.netmap(n.id).unwrap())).collect();
+        for (id, d) in net.set_policy(policy(second)) {
+            let m = held.get_mut(&id).unwrap();
+            match d {
+                Delta::PeerUpsert(p) => {
+                    prop_assert!(!m.peers.iter().any(|q| q.node.id == p.node.id), "an upsert of a peer already held");
+                    m.peers.push(p);
+                }
+                Delta::PeerRemove { id } => {
+                    let before = m.peers.len();
+                    m.peers.retain(|q| q.node.id != id);
+                    prop_assert_eq!(m.peers.len() + 1, before, "a removal of a peer not held");
+                }
+                Delta::Filter { rules } => {
+                    prop_assert_ne!(&m.filter, &rules, "a filter delta that changes nothing");
+                    m.filter = rules;
+                }
+            }
+        }
+        for n in &nodes {
+            let mut want = net.netmap(n.id).unwrap();
+            let got = held.get_mut(&n.id).unwrap();
+            got.peers.sort_by_key(|p| p.node.id);
+            want.peers.sort_by_key(|p| p.node.id);
+            prop_assert_eq!(&*got, &want, "node {}", n.id);
+        }
+    }
+}

@@ -16,7 +16,10 @@ pub async fn run(command: ControlCommand) -> Result<()> {
         ControlCommand::Nodes { admin_socket, json } => nodes(&admin_socket, json).await,
         ControlCommand::Node { command } => node(command).await,
         ControlCommand::Authkey { command } => authkey(command).await,
-        ControlCommand::Policy { command } => policy(command),
+        ControlCommand::Policy { command } => match command {
+            PolicyCommand::Check { file } => check_policy(&file),
+            PolicyCommand::Reload { admin_socket } => reload_policy(&admin_socket).await,
+        },
     }
 }
 
@@ -91,6 +94,7 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
         })
         .unwrap_or_default();
     let control = Control::new(store, compiled, regions)?;
+    control.set_policy_file(policy.clone());
     control.set_node_expiry(node_expiry);
     if let Some(path) = &verify_token_file {
         let token = burrow::control::verify::read_token(path)
@@ -227,11 +231,18 @@ async fn authkey(command: AuthkeyCommand) -> Result<()> {
     Ok(())
 }
 
+/// `burrow control policy reload`: the server reads its policy file again.
+async fn reload_policy(admin_socket: &std::path::Path) -> Result<()> {
+    let r = burrow::control::admin::request(admin_socket, "POST", "/policy/reload").await?;
+    let r: burrow::control::admin::ReloadResult = serde_json::from_value(r)?;
+    println!("policy reloaded: {} nodes told of a change", r.nodes_told);
+    Ok(())
+}
+
 /// `burrow control policy check`: exit status 1, with the error's line, if the policy is bad.
-fn policy(command: PolicyCommand) -> Result<()> {
-    let PolicyCommand::Check { file } = command;
+fn check_policy(file: &std::path::Path) -> Result<()> {
     let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     match burrow_control::Policy::check(&text) {
         Ok((p, compiled)) => {
             println!(

@@ -56,6 +56,7 @@ impl Control {
             .route("/nodes", get(list))
             .route("/nodes/{node}", delete(remove))
             .route("/nodes/{node}/expire", post(expire))
+            .route("/policy/reload", post(reload_policy))
             .with_state(self.clone())
     }
 
@@ -144,6 +145,23 @@ async fn expire(
         node: c.summary(&r, now),
         action: "expired".into(),
     }))
+}
+
+/// What a policy reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// Nodes told of a change (peers or filter).
+    pub nodes_told: usize,
+}
+
+async fn reload_policy(State(c): State<Arc<Control>>) -> Result<Json<ReloadResult>, ApiError> {
+    let c2 = c.clone();
+    let told = tokio::task::spawn_blocking(move || c2.reload_policy())
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    tracing::info!(nodes_told = told, "policy reloaded by the admin");
+    Ok(Json(ReloadResult { nodes_told: told }))
 }
 
 /// Serves the admin API on a fresh Unix socket at `path` (mode 0600) until the task is dropped.

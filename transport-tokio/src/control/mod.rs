@@ -76,6 +76,8 @@ pub struct Control {
     store: Arc<dyn Store>,
     /// The token relays present to `GET /derp/verify/…` (none: no such route).
     verify_token: Mutex<Option<String>>,
+    /// The policy file `reload_policy` reads again (None: the built-in allow-all).
+    policy_file: Mutex<Option<std::path::PathBuf>>,
     inner: Mutex<Inner>,
 }
 
@@ -121,6 +123,7 @@ impl Control {
         Ok(Arc::new(Control {
             store,
             verify_token: Mutex::new(None),
+            policy_file: Mutex::new(None),
             inner: Mutex::new(Inner {
                 tailnet,
                 streams: BTreeMap::new(),
@@ -214,6 +217,42 @@ impl Control {
                 c.expire_due(store::now_unix());
             }
         })
+    }
+
+    /// Replaces the policy: every node is told at once of the peers it may now see, those it
+    /// no longer may, and its new filter. Returns how many nodes were told something.
+    pub fn set_policy(&self, policy: CompiledPolicy) -> usize {
+        let deltas = self
+            .inner
+            .lock()
+            .expect("control state")
+            .tailnet
+            .set_policy(policy);
+        let told: std::collections::BTreeSet<u64> = deltas.iter().map(|(id, _)| *id).collect();
+        self.publish(deltas);
+        told.len()
+    }
+
+    /// Names the policy file the server was started with, for [`Control::reload_policy`].
+    pub fn set_policy_file(&self, path: Option<std::path::PathBuf>) {
+        *self.policy_file.lock().expect("policy file") = path;
+    }
+
+    /// Reads the policy file again and applies it; a policy that does not check leaves the
+    /// running one in place. Returns how many nodes were told something.
+    pub fn reload_policy(&self) -> Result<usize, String> {
+        let path = self.policy_file.lock().expect("policy file").clone();
+        let text = match &path {
+            Some(p) => {
+                std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
+            }
+            None => ALLOW_ALL.to_string(),
+        };
+        let policy = Control::policy(&text).map_err(|e| match &path {
+            Some(p) => format!("{}: {e}", p.display()),
+            None => e.to_string(),
+        })?;
+        Ok(self.set_policy(policy))
     }
 
     /// Compiles a policy file's text (JSON or HuJSON).
