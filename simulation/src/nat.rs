@@ -76,7 +76,7 @@ pub struct NatConfig {
     /// Highest external port handed out.
     #[serde(default = "high_port")]
     pub port_high: u16,
-    /// Idle time after which a UDP session is forgotten (the seed: about 30 s).
+    /// Idle time before a UDP session is forgotten (~30 s: Tailscale, "How NAT traversal works").
     #[serde(default = "thirty_seconds", with = "secs")]
     pub timeout: Duration,
     /// Which traffic refreshes a session.

@@ -64,7 +64,7 @@ fn easy_hard_birthday_curve_matches_the_seed() {
     let seeds: Vec<u64> = (1..=200).collect();
     let c = easy_hard_curve(&seeds, 2);
     let at = |x: f64| c.points.iter().find(|p| p.x == x).unwrap();
-    // The seed: about 50 % after 174 probes, about 98 % after 1,024.
+    // Tailscale, "How NAT traversal works" (2020): ~50 % after 174 probes, ~98 % after 1,024.
     assert!(
         (at(174.0).measured - 0.5).abs() <= at(174.0).tolerance,
         "{c:?}"

@@ -45,7 +45,8 @@ pub const MAX_BIRTHDAY_TARGETS: usize = 2;
 /// Limits of one birthday attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProbeBudget {
-    /// Probe packets per second (the seed: keep it low; default 100).
+    /// Probe packets per second, kept low (default 100, the rate Tailscale's "How NAT traversal
+    /// works" (2020) reckons with).
     pub rate: u32,
     /// Distinct destination ports per attempt (each is a NAT session on our side).
     pub max_destinations: u32,

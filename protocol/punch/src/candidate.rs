@@ -1,5 +1,6 @@
 //! Candidates (ICE's word): the addresses a peer may be reached at, their kinds and priority —
-//! IPv6 direct > LAN > public IPv4 > relay, as the seed orders them.
+//! IPv6 direct > LAN > public IPv4 > relay: ICE's host > server-reflexive > relayed order
+//! (RFC 8445 §5.1.2.2), with IPv6 first as RFC 8421 advises.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;

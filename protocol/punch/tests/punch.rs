@@ -108,7 +108,8 @@ fn prober_keeps_its_rate_and_budget_and_stops_at_success() {
 }
 
 /// Monte Carlo of the whole easy–hard birthday attack: the hard side has 256 random ports open,
-/// the prober guesses. The success curve must match theory (the seed's figures).
+/// the prober guesses. The success curve must match theory (Tailscale, "How NAT traversal works"
+/// (2020): ~50 % after 174 probes, ~98 % after 1,024).
 #[test]
 fn birthday_curve_matches_theory() {
     let space = 65535 - 1024 + 1;

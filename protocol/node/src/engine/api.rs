@@ -28,7 +28,7 @@ pub struct NodeConfig {
     pub path: PathConfig,
     /// Birthday probing budget (the easy side's random probes, or both sides' when both are hard).
     pub probe: ProbeBudget,
-    /// Sockets the hard side opens toward an easy peer (the seed's 256).
+    /// Sockets the hard side opens toward an easy peer (256: Tailscale, "How NAT traversal works").
     pub birthday_sockets: u16,
     /// How fast the hard side opens them, per second (each is one session on its own NAT).
     pub open_rate: u32,

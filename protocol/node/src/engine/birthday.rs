@@ -43,7 +43,7 @@ impl Node {
         // them, so they must not become a list of other people's addresses to probe.
         let peer_public = birthday_targets(p, self.config.birthday_needs_control_ip);
         let peer = p.config.node_key;
-        // Who does what (the seed's birthday search):
+        // Who does what (the birthday search of Tailscale's "How NAT traversal works", 2020):
         // - we are easy, the peer is hard and unpredictable: probe random ports on its IP;
         // - we are hard and unpredictable, the peer is easy: open many sockets toward it;
         // - both vary: both probe (the two-sided search; slow, so paced for the long run);
