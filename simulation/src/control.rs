@@ -43,6 +43,8 @@ pub(crate) struct SimControl {
     /// The pre-auth key.
     pub(crate) auth_key: String,
     derp: Vec<DerpRegion>,
+    /// The running server (replaced at each restart), for scripted admin actions.
+    current: std::sync::Mutex<Option<Arc<Control>>>,
 }
 
 impl SimControl {
@@ -62,7 +64,25 @@ impl SimControl {
             store,
             auth_key,
             derp,
+            current: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A reusable pre-auth key whose nodes belong to `user` (so a policy can name them).
+    pub(crate) fn key_for(&self, user: &str) -> Result<String, String> {
+        self.store
+            .create_auth_key(&AuthKeySpec {
+                user: user.into(),
+                reusable: true,
+                expires_at: None,
+                tags: Vec::new(),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// The server running now (None before it started).
+    pub(crate) fn current(&self) -> Option<Arc<Control>> {
+        self.current.lock().expect("control").clone()
     }
 
     /// Serves the control API on `port` of this host until the host stops.
@@ -70,6 +90,7 @@ impl SimControl {
         let policy = Control::policy(ALLOW_ALL).map_err(|e| e.to_string())?;
         let control = Control::new(self.store.clone(), policy, self.derp.clone())
             .map_err(|e| e.to_string())?;
+        *self.current.lock().expect("control") = Some(control.clone());
         let any = SocketAddr::from(([0, 0, 0, 0], port));
         let listener = turmoil::net::TcpListener::bind(any).await?;
         let limits = burrow::control::limits::Limits::default();
@@ -150,6 +171,13 @@ pub(crate) fn follow(
                 }
                 SessionEvent::PeerRemove { name, .. } => {
                     rec.event(format_args!("control {me} forgot {name}"));
+                }
+                SessionEvent::NetMap { .. } => {
+                    let peers = lock(&driver.session()).peer_count();
+                    rec.event(format_args!("control {me} netmap resync: {peers} peer(s)"));
+                }
+                SessionEvent::FilterChanged => {
+                    rec.event(format_args!("control {me} filter changed"));
                 }
                 SessionEvent::PeerRefused { name, reason } => {
                     rec.event(format_args!("control {me} refused {name}: {reason}"));
