@@ -86,6 +86,11 @@ struct Cli {
     /// the victim sent where, and fails if an invariant broke (seeds: --seed/--seeds, default 1..3).
     #[arg(long, value_name = "ATTACK")]
     attack: Option<String>,
+    /// A tailnet story: three nodes, the real control server and relay, and at 6 s an admin
+    /// action: removal, expiry, policy, restart, or all. Prints what each node got from each
+    /// other, per second (x: dropped by the receiver's filter), and the control plane's events.
+    #[arg(long, value_name = "STORY")]
+    tailnet: Option<String>,
     /// Simulated seconds each --attack run lasts.
     #[arg(long, default_value_t = 30)]
     attack_seconds: u64,
@@ -166,6 +171,44 @@ fn run_attacks(which: &str, cli: &Cli) -> Result<bool> {
     Ok(ok)
 }
 
+/// `--tailnet`: each named story on each seed (default 1), its table and control events.
+fn run_tailnet(which: &str, cli: &Cli) -> Result<bool> {
+    use burrow_sim::tailnet;
+    let names: Vec<&str> = match which {
+        "all" => tailnet::PRESETS.to_vec(),
+        n if tailnet::PRESETS.contains(&n) => vec![n],
+        n => bail!(
+            "unknown story {n:?} (known: {}, all)",
+            tailnet::PRESETS.join(", ")
+        ),
+    };
+    let seeds = match (&cli.seeds, cli.seed) {
+        (Some(s), _) => parse_seeds(s)?,
+        (None, Some(s)) => vec![s],
+        (None, None) => vec![1],
+    };
+    let mut ok = true;
+    for name in names {
+        let story = tailnet::preset(name).expect("listed");
+        for &seed in &seeds {
+            let (o, rec) = tailnet::run(&story, seed);
+            println!("tailnet story {name}, seed {seed}: trace {}", o.trace_hash);
+            for l in rec.trace_lines() {
+                if l.contains(" control ") || l.contains(" admin ") {
+                    println!("  {}", l.trim());
+                }
+            }
+            print!("{}", o.table(&story.nodes, story.duration_s as u64));
+            if let Some(e) = &o.error {
+                println!("  simulation failed: {e}");
+                ok = false;
+            }
+            println!("  replay: cargo xtask sim --tailnet {name} --seed {seed}");
+        }
+    }
+    Ok(ok)
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(true) => ExitCode::SUCCESS,
@@ -205,6 +248,9 @@ fn real_main() -> Result<bool> {
     }
     if let Some(which) = &cli.attack {
         return run_attacks(which, &cli);
+    }
+    if let Some(which) = &cli.tailnet {
+        return run_tailnet(which, &cli);
     }
     let mut jobs: Vec<Job> = Vec::new();
     let mut presets = cli.preset.clone();

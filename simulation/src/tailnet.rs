@@ -67,6 +67,69 @@ pub struct StoryOutcome {
     pub error: Option<String>,
 }
 
+/// The named stories (`burrow-sim --tailnet NAME`): three nodes a, b, c for 16 s, and at 6 s
+/// one admin action.
+pub const PRESETS: [&str; 4] = ["removal", "expiry", "policy", "restart"];
+
+/// The policy of the `policy` story: from 6 s only a may reach b.
+pub const NARROW_POLICY: &str =
+    r#"{ "acls": [ { "action": "accept", "src": ["a"], "dst": ["b:*"] } ] }"#;
+
+/// One of [`PRESETS`].
+pub fn preset(name: &str) -> Option<Story> {
+    let action = match name {
+        "removal" => Action::Remove("c".into()),
+        "expiry" => Action::Expire("c".into()),
+        "policy" => Action::Policy(NARROW_POLICY.into()),
+        "restart" => Action::RestartControl,
+        _ => return None,
+    };
+    Some(Story {
+        nodes: vec!["a".into(), "b".into(), "c".into()],
+        script: vec![(6.0, action)],
+        duration_s: 16.0,
+    })
+}
+
+impl StoryOutcome {
+    /// Packets node `to` got from node `from` in [start, end) ms: (accepted, dropped by its
+    /// filter).
+    pub fn between(&self, from: usize, to: usize, window: (u64, u64)) -> (usize, usize) {
+        let hits = self.arrivals[to]
+            .iter()
+            .filter(|a| a.from == from && (window.0..window.1).contains(&a.at_ms));
+        hits.fold((0, 0), |(ok, dropped), a| match a.accepted {
+            true => (ok + 1, dropped),
+            false => (ok, dropped + 1),
+        })
+    }
+
+    /// A table of what each node got from each other, per second.
+    pub fn table(&self, names: &[String], seconds: u64) -> String {
+        let mut out = String::from("from→to  ");
+        for s in 0..seconds {
+            out.push_str(&format!("{s:>6}"));
+        }
+        out.push('\n');
+        for (to, to_name) in names.iter().enumerate() {
+            for (from, from_name) in names.iter().enumerate().filter(|(f, _)| *f != to) {
+                out.push_str(&format!("{from_name:>3}→{to_name:<4} "));
+                for s in 0..seconds {
+                    let (ok, dropped) = self.between(from, to, (s * 1000, (s + 1) * 1000));
+                    let cell = match (ok, dropped) {
+                        (0, 0) => "-".to_owned(),
+                        (ok, 0) => ok.to_string(),
+                        (ok, d) => format!("{ok}/x{d}"),
+                    };
+                    out.push_str(&format!("{cell:>6}"));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
 /// Each node sends one packet to every peer it knows this often.
 const SEND_EVERY: Duration = Duration::from_millis(100);
 const CONTROL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);

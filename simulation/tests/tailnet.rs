@@ -2,13 +2,13 @@
 //! control-server restart, each reaching every node through the same session machine and
 //! driver `burrow up` runs.
 
-use burrow_sim::tailnet::{self, Action, Arrival, Story, StoryOutcome};
+use burrow_sim::tailnet::{self, Action, Story, StoryOutcome, NARROW_POLICY};
 
+/// The presets' three nodes and length, with `script`.
 fn story(script: Vec<(f64, Action)>) -> Story {
     Story {
-        nodes: vec!["a".into(), "b".into(), "c".into()],
         script,
-        duration_s: 16.0,
+        ..tailnet::preset("removal").unwrap()
     }
 }
 
@@ -18,15 +18,15 @@ fn run(script: Vec<(f64, Action)>, seed: u64) -> (StoryOutcome, Vec<String>) {
     (o, rec.trace_lines())
 }
 
-/// Packets node `to` took from node `from` (accepted by its filter, or dropped by it) in
-/// [from_ms, to_ms).
+/// Packets node `to` took from node `from` in [start, end) ms: accepted by its filter, or
+/// dropped by it.
 fn between(o: &StoryOutcome, from: usize, to: usize, window: (u64, u64), accepted: bool) -> usize {
-    o.arrivals[to]
-        .iter()
-        .filter(|a: &&Arrival| {
-            a.from == from && a.accepted == accepted && (window.0..window.1).contains(&a.at_ms)
-        })
-        .count()
+    let (ok, dropped) = o.between(from, to, window);
+    if accepted {
+        ok
+    } else {
+        dropped
+    }
 }
 
 const A: usize = 0;
@@ -87,8 +87,7 @@ fn an_expired_node_is_dropped_and_does_not_come_back_by_itself() {
 #[test]
 fn a_policy_change_reaches_every_node_and_the_receivers_enforce_it() {
     // From 6 s only a may reach b: b lets a in, a drops what b starts, and c is out of sight.
-    let narrow = r#"{ "acls": [ { "action": "accept", "src": ["a"], "dst": ["b:*"] } ] }"#;
-    let (o, trace) = run(vec![(6.0, Action::Policy(narrow.into()))], 3);
+    let (o, trace) = run(vec![(6.0, Action::Policy(NARROW_POLICY.into()))], 3);
     assert!(
         has(&trace, "admin policy change (Ok(3) nodes told)"),
         "{trace:#?}"
