@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::derp_client::DerpUrl;
+
 /// Creates the TUN interface `name` with `addresses` and routes the tailnet through it.
 pub(crate) fn create_tun(name: &str, addresses: &[IpAddr]) -> Result<Arc<tun::AsyncDevice>> {
     let v4 = addresses
@@ -84,6 +86,19 @@ pub(crate) fn local_addresses(port: u16, ours: &[IpAddr]) -> Vec<SocketAddr> {
         .filter(|ip| ip.is_ipv4() && !ip.is_loopback() && !ours.contains(ip))
         .map(|ip| SocketAddr::new(ip, port))
         .collect()
+}
+
+/// The relay: --derp, or the first region of the control server's DERP map.
+pub(crate) fn derp_url(
+    given: Option<&DerpUrl>,
+    map: &[burrow_control::DerpRegion],
+) -> Result<DerpUrl> {
+    match (given, map.first()) {
+        (Some(u), _) => Ok(u.clone()),
+        (None, Some(r)) => (r.url.parse())
+            .map_err(|e| anyhow::anyhow!("the control server's DERP URL {:?}: {e}", r.url)),
+        (None, None) => bail!("no DERP relay: pass --derp, or run the control server with --derp"),
+    }
 }
 
 #[cfg(test)]

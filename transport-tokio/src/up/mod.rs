@@ -11,6 +11,7 @@ mod paths;
 mod state;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,7 +21,7 @@ use burrow_session::{Session, SessionConfig, SessionEvent};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use crate::control::client::ControlClient;
-use crate::derp_client::{DerpClient, DerpUrl};
+use crate::derp_client::DerpClient;
 use crate::node::{channels, run_node, NodeHandle, TokioBinder};
 use crate::session::{apply_to_engine, SessionDriver};
 use crate::transport::now;
@@ -46,12 +47,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             _ => {}
         }
     };
-    let derp_url: DerpUrl = match (&cfg.derp, derp_map.first()) {
-        (Some(u), _) => u.clone(),
-        (None, Some(r)) => (r.url.parse())
-            .map_err(|e| anyhow::anyhow!("the control server's DERP URL {:?}: {e}", r.url))?,
-        (None, None) => bail!("no DERP relay: pass --derp, or run the control server with --derp"),
-    };
+    let derp_url = iface::derp_url(cfg.derp.as_ref(), &derp_map)?;
     iface::warn_if_plain("DERP relay", &derp_url.to_string());
     let tun = iface::create_tun(&cfg.tun, &node.addresses)?;
     let socket = crate::wg::bind_udp_socket(cfg.listen_port)
@@ -59,10 +55,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let port = socket.local_addr()?.port();
     let mut config = NodeConfig::new(private.clone(), disco, rand_seed());
     config.stun_servers = match cfg.stun.is_empty() {
-        true => derp_map
-            .iter()
-            .flat_map(|r| r.stun.iter().copied())
-            .collect(),
+        true => derp_map.iter().flat_map(|r| r.stun.clone()).collect(),
         false => cfg.stun.clone(),
     };
     config.local_addrs = iface::local_addresses(port, &node.addresses);
@@ -108,24 +101,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     tasks.spawn(paths::tun_to_peers(tun.clone(), driver.session(), outbound));
     let (session, inputs) = (driver.session(), driver.inputs());
     tasks.spawn(paths::engine_events(events, tun, session, inputs, pings));
-    // The session: peers to the engine, a new secret to the state file; a lost netmap stream
-    // is reopened inside it while the tunnel keeps running.
-    tasks.spawn(async move {
-        loop {
-            match driver.next_event().await {
-                SessionEvent::SecretChanged(s) => {
-                    state::save_secret(&cfg.state_dir, &mut state, s)?
-                }
-                SessionEvent::Failed(e) => bail!("{e}"),
-                e => {
-                    tracing::info!(event = ?e, "session");
-                    if !apply_to_engine(&e, &commands) {
-                        return Ok(()); // the engine stopped
-                    }
-                }
-            }
-        }
-    });
+    tasks.spawn(follow(driver, cfg.state_dir.clone(), state, commands));
     let result = tokio::select! {
         _ = shutdown => Ok(()),
         _ = down_rx.recv() => {
@@ -137,6 +113,28 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     tasks.abort_all();
     let _ = std::fs::remove_file(&cfg.socket);
     result
+}
+
+/// The session for as long as the node runs: peers to the engine, a new secret to the state
+/// file; a lost netmap stream is reopened inside it while the tunnel keeps running.
+async fn follow(
+    mut driver: SessionDriver,
+    dir: PathBuf,
+    mut state: state::State,
+    commands: tokio::sync::mpsc::UnboundedSender<crate::node::NodeCommand>,
+) -> Result<()> {
+    loop {
+        match driver.next_event().await {
+            SessionEvent::SecretChanged(s) => state::save_secret(&dir, &mut state, s)?,
+            SessionEvent::Failed(e) => bail!("{e}"),
+            e => {
+                tracing::info!(event = ?e, "session");
+                if !apply_to_engine(&e, &commands) {
+                    return Ok(()); // the engine stopped
+                }
+            }
+        }
+    }
 }
 
 fn rand_seed() -> u64 {
