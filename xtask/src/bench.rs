@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
-use crate::util::{apt_install, cargo, free_port, have, is_root, root, run as run_cmd, Guard};
+use crate::util::{
+    apt_install, cargo, free_port, have, is_root, root, run as run_cmd, write_section, Guard,
+};
 
 #[derive(Subcommand)]
 pub enum Which {
@@ -318,29 +320,4 @@ fn today() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Replaces (or appends) the `## {title}` section of a markdown file.
-pub fn write_section(path: &Path, title: &str, section: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| {
-        "# Benchmarks\n\nFigures measured on this project's machines, each with the command that produced it.\n\n".to_owned()
-    });
-    let heading = format!("## {title}\n");
-    let new = match old.find(&heading) {
-        Some(start) => {
-            let rest = &old[start + heading.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(old.len(), |i| start + heading.len() + i + 1);
-            format!("{}{}{}", &old[..start], section, &old[end..])
-        }
-        None => format!(
-            "{}{}{}",
-            old,
-            if old.ends_with("\n\n") { "" } else { "\n" },
-            section
-        ),
-    };
-    std::fs::write(path, new)?;
-    Ok(())
 }

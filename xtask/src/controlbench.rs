@@ -141,7 +141,7 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
             team - 1,
             rows.join("\n")
         );
-        crate::bench::write_section(
+        crate::util::write_section(
             &root().join("BENCHMARKS.md"),
             "Coordination server",
             &section,

@@ -174,7 +174,7 @@ pub fn run(seconds: f64, rounds: usize, idle: u32, no_write: bool) -> Result<()>
             f("tcp_p99_ms"),
             Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default()
         );
-        crate::bench::write_section(&root().join("BENCHMARKS.md"), "DERP relay", &section)?;
+        crate::util::write_section(&root().join("BENCHMARKS.md"), "DERP relay", &section)?;
         println!("BENCHMARKS.md updated");
     }
     Ok(())

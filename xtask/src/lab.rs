@@ -44,6 +44,7 @@ pub(crate) enum Nat {
     Double,
 }
 
+#[derive(Clone, Copy)]
 pub(crate) struct Site {
     pub(crate) name: &'static str,
     pub(crate) nat: Nat,
@@ -75,6 +76,19 @@ const SITES: &[Site] = &[
         nat: Nat::Double,
     },
 ];
+
+/// The lab's sites picked by name, in the order given (the mesh benchmark uses some of them).
+pub(crate) fn sites(names: &[&str]) -> Vec<Site> {
+    names
+        .iter()
+        .map(|n| {
+            *SITES
+                .iter()
+                .find(|s| s.name == *n)
+                .unwrap_or_else(|| panic!("no lab site {n}"))
+        })
+        .collect()
+}
 
 /// The site whose node is user "srv": the policy opens TCP 7000 on it, and nothing else.
 const SERVER_SITE: &str = "easy2";

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::{build, ping, sh, wait, Nat, Site};
+use crate::lab::{build, ping, sh, sites, wait};
 use crate::util::{apt_install, cargo, have, is_root, root, run as run_cmd, Guard};
 use crate::wgbench::{start_wireguard_go, wg_keypair, WgPeer};
 
@@ -67,20 +67,7 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
     }
     run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
     let burrow = root().join("target/release/burrow");
-    let sites = [
-        Site {
-            name: "easy1",
-            nat: Nat::Easy,
-        },
-        Site {
-            name: "easy2",
-            nat: Nat::Easy,
-        },
-        Site {
-            name: "blocked",
-            nat: Nat::UdpBlocked,
-        },
-    ];
+    let sites = sites(&["easy1", "easy2", "blocked"]);
     let built = build(
         &burrow,
         &sites,
@@ -161,7 +148,7 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
             row("wireguard-go, direct", w),
             d.0 / w.0
         );
-        crate::bench::write_section(
+        crate::util::write_section(
             &root().join("BENCHMARKS.md"),
             "The mesh through real NATs",
             &section,

@@ -1,7 +1,7 @@
 //! Small helpers shared by the tasks.
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -96,4 +96,29 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Replaces (or appends) the `## {title}` section of a markdown file.
+pub fn write_section(path: &Path, title: &str, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nFigures measured on this project's machines, each with the command that produced it.\n\n".to_owned()
+    });
+    let heading = format!("## {title}\n");
+    let new = match old.find(&heading) {
+        Some(start) => {
+            let rest = &old[start + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |i| start + heading.len() + i + 1);
+            format!("{}{}{}", &old[..start], section, &old[end..])
+        }
+        None => format!(
+            "{}{}{}",
+            old,
+            if old.ends_with("\n\n") { "" } else { "\n" },
+            section
+        ),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
 }

@@ -391,7 +391,7 @@ pub fn run(seconds: u32, rounds: usize, no_write: bool) -> Result<()> {
             hb / ho,
             sh(&["date", "+%Y-%m-%d"]).unwrap_or_default().trim()
         );
-        crate::bench::write_section(
+        crate::util::write_section(
             &root().join("BENCHMARKS.md"),
             "WireGuard (burrow-wg)",
             &section,

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-pub use burrow_derp::nacl::BoxKey;
+pub use burrow_nacl::BoxKey;
 use burrow_wg::{PrivateKey, PublicKey};
 use rand_core::RngCore;
 use thiserror::Error;

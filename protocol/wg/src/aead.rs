@@ -2,6 +2,13 @@
 //! (measured about 3× faster than pure Rust here), RustCrypto's `chacha20poly1305` as the
 //! fallback for targets without it. Both produce identical bytes.
 
+/// The 12-byte AEAD nonce for a counter: 4 zero bytes ‖ LE64(counter).
+fn nonce(counter: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&counter.to_le_bytes());
+    n
+}
+
 /// ChaCha20-Poly1305 keyed once per session, sealing and opening in place.
 pub trait TransportAead: Send + Sync + Sized {
     /// A cipher for `key`.
@@ -24,7 +31,7 @@ impl TransportAead for RustCryptoAead {
     fn seal_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
         use chacha20poly1305::AeadInPlace;
         self.0
-            .encrypt_in_place_detached(&crate::crypto::nonce(counter).into(), ad, buf)
+            .encrypt_in_place_detached(&nonce(counter).into(), ad, buf)
             .expect("transport packets fit ChaCha20's 256 GiB limit")
             .into()
     }
@@ -32,7 +39,7 @@ impl TransportAead for RustCryptoAead {
     fn open_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
         use chacha20poly1305::AeadInPlace;
         self.0
-            .decrypt_in_place_detached(&crate::crypto::nonce(counter).into(), ad, buf, tag.into())
+            .decrypt_in_place_detached(&nonce(counter).into(), ad, buf, tag.into())
             .is_ok()
     }
 }
@@ -50,7 +57,7 @@ impl TransportAead for RingAead {
     }
 
     fn seal_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8]) -> [u8; 16] {
-        let nonce = ring::aead::Nonce::assume_unique_for_key(crate::crypto::nonce(counter));
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce(counter));
         let tag = self
             .0
             .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), buf)
@@ -61,7 +68,7 @@ impl TransportAead for RingAead {
     }
 
     fn open_in_place(&self, counter: u64, ad: &[u8], buf: &mut [u8], tag: &[u8; 16]) -> bool {
-        let nonce = ring::aead::Nonce::assume_unique_for_key(crate::crypto::nonce(counter));
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce(counter));
         self.0
             .open_in_place_separate_tag(
                 nonce,

@@ -75,13 +75,6 @@ pub fn kdf3(key: &[u8; 32], input: &[u8]) -> ([u8; 32], [u8; 32], [u8; 32]) {
     (t1, t2, t3)
 }
 
-/// The 12-byte AEAD nonce for a counter: 4 zero bytes ‖ LE64(counter).
-pub fn nonce(counter: u64) -> [u8; 12] {
-    let mut n = [0u8; 12];
-    n[4..].copy_from_slice(&counter.to_le_bytes());
-    n
-}
-
 /// `AEAD(key, counter, plaintext, ad)` into `out` (plaintext length + 16), through the same
 /// backend as transport data.
 pub fn aead_seal(key: &[u8; 32], counter: u64, plaintext: &[u8], ad: &[u8], out: &mut [u8]) {

@@ -16,7 +16,7 @@ use thiserror::Error;
 use super::identity::{seal_registration, ChallengeResponse, RegisterBody};
 use super::{EndpointsRequest, MapMessage, RegisterResponse};
 use crate::derp_client::DerpUrl;
-use crate::derper::Stream;
+use crate::transport::Stream;
 
 /// Opens a fresh byte stream to the control server.
 pub type Connector = Arc<

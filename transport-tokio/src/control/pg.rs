@@ -4,11 +4,11 @@
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Transaction};
 
 use super::store::{
-    admit, fresh_ula, hash, now_unix, random_token, Admission, AuthKeySpec, Columns, KeyRow,
-    NodeRecord, NodeRow, Registration, Store, StoreError,
+    fresh_ula, hash, now_unix, random_token, register_in, AuthKeySpec, Columns, KeyRow, NodeRecord,
+    NodeRow, RegisterTx, Registration, Store, StoreError,
 };
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,6 +116,113 @@ impl PgStore {
     }
 }
 
+/// A registration's steps on an open PostgreSQL transaction; the key and node rows it reads
+/// are locked (`FOR UPDATE`) until it ends.
+struct PgTx<'a>(Transaction<'a>);
+
+impl RegisterTx for PgTx<'_> {
+    async fn auth_key(&mut self, hash: &str) -> Result<Option<KeyRow>, StoreError> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT \"user\", reusable, expires_at, tags, uses FROM auth_keys WHERE hash = $1 FOR UPDATE",
+                &[&hash],
+            )
+            .await?
+            .map(|k| KeyRow {
+                user: k.get(0),
+                reusable: k.get(1),
+                expires_at: k.get(2),
+                tags: k.get(3),
+                uses: k.get(4),
+            }))
+    }
+
+    async fn node_row(&mut self, node_key: &str) -> Result<Option<NodeRow>, StoreError> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT id, \"user\", tags, secret_hash, expires_at FROM nodes WHERE node_key = $1 FOR UPDATE",
+                &[&node_key],
+            )
+            .await?
+            .map(|r| NodeRow {
+                id: r.get(0),
+                user: r.get(1),
+                tags: r.get(2),
+                secret_hash: r.get(3),
+                expires_at: r.get(4),
+            }))
+    }
+
+    async fn disco_key_taken(
+        &mut self,
+        disco_key: &str,
+        node_key: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .query_opt(
+                "SELECT id FROM nodes WHERE disco_key = $1 AND node_key != $2",
+                &[&disco_key, &node_key],
+            )
+            .await?
+            .is_some())
+    }
+
+    async fn update_node(
+        &mut self,
+        id: i64,
+        reg: &Registration<'_>,
+        secret_hash: &str,
+        set_expiry: bool,
+    ) -> Result<(), StoreError> {
+        if set_expiry {
+            self.0
+                .execute(
+                    "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4 WHERE id = $5",
+                    &[&reg.name, &reg.disco_key, &secret_hash, &reg.expires_at.map(|e| e as i64), &id],
+                )
+                .await?;
+        } else {
+            self.0
+                .execute(
+                    "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3 WHERE id = $4",
+                    &[&reg.name, &reg.disco_key, &secret_hash, &id],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_node(
+        &mut self,
+        reg: &Registration<'_>,
+        user: &str,
+        tags: &str,
+        secret_hash: &str,
+    ) -> Result<i64, StoreError> {
+        let row = self
+            .0
+            .query_one(
+                "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[&reg.name, &user, &tags, &reg.node_key, &reg.disco_key, &secret_hash, &reg.expires_at.map(|e| e as i64), &(now_unix() as i64)],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    async fn spend_key(&mut self, hash: &str) -> Result<(), StoreError> {
+        self.0
+            .execute(
+                "UPDATE auth_keys SET uses = uses + 1 WHERE hash = $1",
+                &[&hash],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 impl Store for PgStore {
     fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError> {
         let key = random_token("burrowkey");
@@ -134,96 +241,13 @@ impl Store for PgStore {
 
     fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError> {
         let ula = self.ula;
-        let expires_at = reg.expires_at.map(|e| e as i64);
-        let key_hash = reg.auth_key.map(hash);
-        let reg = *reg;
-        let (name, node_key, disco_key) = (
-            reg.name.to_string(),
-            reg.node_key.to_string(),
-            reg.disco_key.to_string(),
-        );
         self.with(async move |c: &mut Client| {
-            let tx = c.transaction().await?;
-            let key = match &key_hash {
-                Some(h) => tx
-                    .query_opt(
-                        "SELECT \"user\", reusable, expires_at, tags, uses FROM auth_keys WHERE hash = $1 FOR UPDATE",
-                        &[h],
-                    )
-                    .await?
-                    .map(|k| KeyRow {
-                        user: k.get(0),
-                        reusable: k.get(1),
-                        expires_at: k.get(2),
-                        tags: k.get(3),
-                        uses: k.get(4),
-                    }),
-                None => None,
-            };
-            let existing = tx
-                .query_opt(
-                    "SELECT id, \"user\", tags, secret_hash, expires_at FROM nodes WHERE node_key = $1 FOR UPDATE",
-                    &[&node_key],
-                )
-                .await?
-                .map(|r| NodeRow {
-                    id: r.get(0),
-                    user: r.get(1),
-                    tags: r.get(2),
-                    secret_hash: r.get(3),
-                    expires_at: r.get(4),
-                });
-            let admission = admit(&reg, existing.as_ref(), key.as_ref(), now_unix() as i64)?;
-            let taken = tx
-                .query_opt(
-                    "SELECT id FROM nodes WHERE disco_key = $1 AND node_key != $2",
-                    &[&disco_key, &node_key],
-                )
-                .await?;
-            if taken.is_some() {
-                return Err(StoreError::DiscoKeyTaken);
-            }
-            let secret = random_token("burrownode");
-            let spend = match admission {
-                Admission::Existing { id, spend: true } => {
-                    tx.execute(
-                        "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4 WHERE id = $5",
-                        &[&name, &disco_key, &hash(&secret), &expires_at, &id],
-                    )
+            let mut tx = PgTx(c.transaction().await?);
+            let secret = register_in(&mut tx, reg).await?;
+            let row =
+                tx.0.query_one("SELECT * FROM nodes WHERE node_key = $1", &[&reg.node_key])
                     .await?;
-                    true
-                }
-                Admission::Existing { id, spend: false } => {
-                    tx.execute(
-                        "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3 WHERE id = $4",
-                        &[&name, &disco_key, &hash(&secret), &id],
-                    )
-                    .await?;
-                    false
-                }
-                Admission::New { spend } => {
-                    let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
-                    let row = tx
-                        .query_one(
-                            "INSERT INTO nodes (name, \"user\", tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                            &[&name, &k.user, &k.tags, &node_key, &disco_key, &hash(&secret), &expires_at, &(now_unix() as i64)],
-                        )
-                        .await?;
-                    let id: i64 = row.get(0);
-                    if id as u64 > burrow_control::netmap::MAX_NODE_ID {
-                        return Err(StoreError::AddressPoolExhausted); // rolled back
-                    }
-                    spend
-                }
-            };
-            if let (true, Some(h)) = (spend, &key_hash) {
-                tx.execute("UPDATE auth_keys SET uses = uses + 1 WHERE hash = $1", &[h])
-                    .await?;
-            }
-            let row = tx
-                .query_one("SELECT * FROM nodes WHERE node_key = $1", &[&node_key])
-                .await?;
-            tx.commit().await?;
+            tx.0.commit().await?;
             Ok((columns(&row).record(ula), secret))
         })
     }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use burrow_control::netmap::MAX_NODE_ID;
+use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -245,6 +246,79 @@ pub(crate) fn admit(
     }
 }
 
+/// The few SQL steps of a registration, inside one open transaction. [`register_in`] orders
+/// them and applies [`admit`], so SQLite and PostgreSQL share one transaction logic.
+pub(crate) trait RegisterTx {
+    /// The pre-auth key with this hash (locked for the transaction where the database can).
+    async fn auth_key(&mut self, hash: &str) -> Result<Option<KeyRow>, StoreError>;
+    /// The node with this node key (locked for the transaction where the database can).
+    async fn node_row(&mut self, node_key: &str) -> Result<Option<NodeRow>, StoreError>;
+    /// Whether a node with another node key has this disco key.
+    async fn disco_key_taken(
+        &mut self,
+        disco_key: &str,
+        node_key: &str,
+    ) -> Result<bool, StoreError>;
+    /// Gives node `id` the registration's name and disco key and a new secret hash; with
+    /// `set_expiry`, also the registration's expiry.
+    async fn update_node(
+        &mut self,
+        id: i64,
+        reg: &Registration<'_>,
+        secret_hash: &str,
+        set_expiry: bool,
+    ) -> Result<(), StoreError>;
+    /// Inserts the registration as a new node of `user` with `tags`; its id.
+    async fn insert_node(
+        &mut self,
+        reg: &Registration<'_>,
+        user: &str,
+        tags: &str,
+        secret_hash: &str,
+    ) -> Result<i64, StoreError>;
+    /// Counts one use of the pre-auth key with this hash.
+    async fn spend_key(&mut self, hash: &str) -> Result<(), StoreError>;
+}
+
+/// The registration transaction of [`Store::register`], up to reading the record back and
+/// committing (the caller's part); returns the node's new secret. On an error the caller drops
+/// the transaction, which rolls it back.
+pub(crate) async fn register_in(
+    tx: &mut impl RegisterTx,
+    reg: &Registration<'_>,
+) -> Result<String, StoreError> {
+    let key_hash = reg.auth_key.map(hash);
+    let key = match &key_hash {
+        Some(h) => tx.auth_key(h).await?,
+        None => None,
+    };
+    let existing = tx.node_row(reg.node_key).await?;
+    let admission = admit(reg, existing.as_ref(), key.as_ref(), now_unix() as i64)?;
+    if tx.disco_key_taken(reg.disco_key, reg.node_key).await? {
+        return Err(StoreError::DiscoKeyTaken);
+    }
+    let secret = random_token("burrownode");
+    let secret_hash = hash(&secret);
+    let spend = match admission {
+        Admission::Existing { id, spend } => {
+            tx.update_node(id, reg, &secret_hash, spend).await?;
+            spend
+        }
+        Admission::New { spend } => {
+            let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
+            let id = tx.insert_node(reg, &k.user, &k.tags, &secret_hash).await?;
+            if id as u64 > MAX_NODE_ID {
+                return Err(StoreError::AddressPoolExhausted); // rolled back
+            }
+            spend
+        }
+    };
+    if let (true, Some(h)) = (spend, &key_hash) {
+        tx.spend_key(h).await?;
+    }
+    Ok(secret)
+}
+
 pub(crate) fn hash(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
         .iter()
@@ -380,6 +454,109 @@ pub(crate) fn fresh_ula() -> Ipv6Addr {
     )
 }
 
+/// A registration's steps on an open SQLite transaction. They never wait, so the shared
+/// (async) [`register_in`] completes on its first poll.
+struct SqliteTx<'a>(rusqlite::Transaction<'a>);
+
+impl RegisterTx for SqliteTx<'_> {
+    async fn auth_key(&mut self, hash: &str) -> Result<Option<KeyRow>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT user, reusable, expires_at, tags, uses FROM auth_keys WHERE hash = ?1",
+                params![hash],
+                |r| {
+                    Ok(KeyRow {
+                        user: r.get(0)?,
+                        reusable: r.get(1)?,
+                        expires_at: r.get(2)?,
+                        tags: r.get(3)?,
+                        uses: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    async fn node_row(&mut self, node_key: &str) -> Result<Option<NodeRow>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, user, tags, secret_hash, expires_at FROM nodes WHERE node_key = ?1",
+                params![node_key],
+                |r| {
+                    Ok(NodeRow {
+                        id: r.get(0)?,
+                        user: r.get(1)?,
+                        tags: r.get(2)?,
+                        secret_hash: r.get(3)?,
+                        expires_at: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    async fn disco_key_taken(
+        &mut self,
+        disco_key: &str,
+        node_key: &str,
+    ) -> Result<bool, StoreError> {
+        let taken: Option<i64> = self
+            .0
+            .query_row(
+                "SELECT id FROM nodes WHERE disco_key = ?1 AND node_key != ?2",
+                params![disco_key, node_key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(taken.is_some())
+    }
+
+    async fn update_node(
+        &mut self,
+        id: i64,
+        reg: &Registration<'_>,
+        secret_hash: &str,
+        set_expiry: bool,
+    ) -> Result<(), StoreError> {
+        if set_expiry {
+            self.0.execute(
+                "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4 WHERE id = ?5",
+                params![reg.name, reg.disco_key, secret_hash, reg.expires_at.map(|e| e as i64), id],
+            )?;
+        } else {
+            self.0.execute(
+                "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3 WHERE id = ?4",
+                params![reg.name, reg.disco_key, secret_hash, id],
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn insert_node(
+        &mut self,
+        reg: &Registration<'_>,
+        user: &str,
+        tags: &str,
+        secret_hash: &str,
+    ) -> Result<i64, StoreError> {
+        self.0.execute(
+            "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![reg.name, user, tags, reg.node_key, reg.disco_key, secret_hash, reg.expires_at.map(|e| e as i64), now_unix() as i64],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+
+    async fn spend_key(&mut self, hash: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "UPDATE auth_keys SET uses = uses + 1 WHERE hash = ?1",
+            params![hash],
+        )?;
+        Ok(())
+    }
+}
+
 impl Store for SqliteStore {
     fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError> {
         let key = random_token("burrowkey");
@@ -398,93 +575,17 @@ impl Store for SqliteStore {
     }
 
     fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError> {
-        let expires_at = reg.expires_at.map(|e| e as i64);
         let mut db = self.db.lock().expect("db");
-        let tx = db.transaction()?;
-        let key = match reg.auth_key {
-            Some(k) => tx
-                .query_row(
-                    "SELECT user, reusable, expires_at, tags, uses FROM auth_keys WHERE hash = ?1",
-                    params![hash(k)],
-                    |r| {
-                        Ok(KeyRow {
-                            user: r.get(0)?,
-                            reusable: r.get(1)?,
-                            expires_at: r.get(2)?,
-                            tags: r.get(3)?,
-                            uses: r.get(4)?,
-                        })
-                    },
-                )
-                .optional()?,
-            None => None,
-        };
-        let existing = tx
-            .query_row(
-                "SELECT id, user, tags, secret_hash, expires_at FROM nodes WHERE node_key = ?1",
-                params![reg.node_key],
-                |r| {
-                    Ok(NodeRow {
-                        id: r.get(0)?,
-                        user: r.get(1)?,
-                        tags: r.get(2)?,
-                        secret_hash: r.get(3)?,
-                        expires_at: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?;
-        let admission = admit(reg, existing.as_ref(), key.as_ref(), now_unix() as i64)?;
-        let taken: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM nodes WHERE disco_key = ?1 AND node_key != ?2",
-                params![reg.disco_key, reg.node_key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if taken.is_some() {
-            return Err(StoreError::DiscoKeyTaken);
-        }
-        let secret = random_token("burrownode");
-        let spend = match admission {
-            Admission::Existing { id, spend: true } => {
-                tx.execute(
-                    "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4 WHERE id = ?5",
-                    params![reg.name, reg.disco_key, hash(&secret), expires_at, id],
-                )?;
-                true
-            }
-            Admission::Existing { id, spend: false } => {
-                tx.execute(
-                    "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3 WHERE id = ?4",
-                    params![reg.name, reg.disco_key, hash(&secret), id],
-                )?;
-                false
-            }
-            Admission::New { spend } => {
-                let k = key.as_ref().ok_or(StoreError::BadAuthKey)?;
-                tx.execute(
-                    "INSERT INTO nodes (name, user, tags, node_key, disco_key, secret_hash, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![reg.name, k.user, k.tags, reg.node_key, reg.disco_key, hash(&secret), expires_at, now_unix() as i64],
-                )?;
-                if tx.last_insert_rowid() as u64 > MAX_NODE_ID {
-                    return Err(StoreError::AddressPoolExhausted); // rolled back
-                }
-                spend
-            }
-        };
-        if let (true, Some(k)) = (spend, reg.auth_key) {
-            tx.execute(
-                "UPDATE auth_keys SET uses = uses + 1 WHERE hash = ?1",
-                params![hash(k)],
-            )?;
-        }
-        let record = tx.query_row(
+        let mut tx = SqliteTx(db.transaction()?);
+        let secret = register_in(&mut tx, reg)
+            .now_or_never()
+            .expect("SQLite steps never wait")?;
+        let record = tx.0.query_row(
             "SELECT * FROM nodes WHERE node_key = ?1",
             params![reg.node_key],
             |r| self.record(r),
         )?;
-        tx.commit()?;
+        tx.0.commit()?;
         Ok((record, secret))
     }
 
