@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use burrow_session::{Input, Request, Session, SessionEvent};
+use burrow_session::{Failure, Input, Request, Session, SessionEvent};
 use burrow_wg::PrivateKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -15,6 +15,26 @@ use crate::transport::now;
 
 /// Inputs waiting for the session (answers, map messages, endpoints) at most.
 const INPUT_QUEUE: usize = 64;
+/// Map-stream silence after which the stream counts as lost (three missed keep-alives).
+const MAP_IDLE: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// Whether trying again may help.
+fn failure_of(e: &ClientError) -> Failure {
+    match e {
+        ClientError::Refused { status: 401, .. } => Failure::Unauthorized,
+        ClientError::Refused { status, reason }
+            if (400..500).contains(status) && *status != 408 && *status != 429 =>
+        {
+            Failure::Permanent(format!("{status}: {reason}"))
+        }
+        ClientError::BadUrl(_) => Failure::Permanent(e.to_string()),
+        // A certificate the node does not trust, or no TLS where TLS was asked for.
+        ClientError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Failure::Permanent(e.to_string())
+        }
+        _ => Failure::Transient,
+    }
+}
 
 /// Runs a [`Session`] against a control server.
 pub struct SessionDriver {
@@ -101,7 +121,7 @@ impl SessionDriver {
         let (client, tx, kind) = (self.client.clone(), self.tx.clone(), request.kind());
         let failed = move |e: &ClientError| Input::Failed {
             request: kind,
-            unauthorized: e.is_unauthorized(),
+            failure: failure_of(e),
         };
         match request {
             Request::Register(body) => {
@@ -140,7 +160,11 @@ impl SessionDriver {
                         }
                     };
                     loop {
-                        match stream.next().await {
+                        // The server sends a keep-alive every 15 s: silence this long is a
+                        // dead connection (a blackholed path, a half-open socket).
+                        let next = tokio::time::timeout(MAP_IDLE, stream.next()).await;
+                        let next = next.unwrap_or(Err(ClientError::Timeout(MAP_IDLE)));
+                        match next {
                             Ok(m) => {
                                 if tx.send(Input::Map(m)).await.is_err() {
                                     return;

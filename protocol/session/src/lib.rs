@@ -6,7 +6,7 @@ mod machine;
 mod peers;
 
 pub use machine::{
-    Input, Request, RequestKind, Session, SessionConfig, SessionError, SessionEvent,
+    Failure, Input, Request, RequestKind, Session, SessionConfig, SessionError, SessionEvent,
 };
 pub use peers::peer_config;
 

@@ -73,7 +73,7 @@ impl std::fmt::Debug for SessionConfig {
 }
 
 /// A request for the control server; the driver sends it and reports the outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Request {
     /// Register (challenge, sealed body): answer with [`Input::Registered`] or
     /// [`Input::Failed`].
@@ -93,6 +93,20 @@ pub enum Request {
         /// What to post.
         request: EndpointsRequest,
     },
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Register(body) => f.debug_tuple("Register").field(body).finish(),
+            Request::OpenMap { .. } => f.write_str("OpenMap { secret: <redacted> }"),
+            Request::PostEndpoints { request, .. } => f
+                .debug_struct("PostEndpoints")
+                .field("secret", &"<redacted>")
+                .field("request", request)
+                .finish(),
+        }
+    }
 }
 
 impl Request {
@@ -130,19 +144,32 @@ pub enum Input {
     MapLost,
     /// An endpoint post succeeded with these endpoints.
     EndpointsPosted(Vec<SocketAddr>),
-    /// A request failed; `unauthorized` when the server refused the node itself.
+    /// A request failed.
     Failed {
         /// Which request.
         request: RequestKind,
-        /// The server answered 401/403: it does not know or no longer accepts the node.
-        unauthorized: bool,
+        /// How.
+        failure: Failure,
     },
     /// The node engine found these endpoints (the latest set replaces any earlier one).
     LocalEndpoints(Vec<SocketAddr>),
 }
 
-/// What the session tells the driver.
+/// How a request failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The server does not know, or no longer accepts, the node (HTTP 401).
+    Unauthorized,
+    /// Trying again will not help: a refusal other than 401, 408 or 429, a bad URL, a
+    /// certificate the node does not trust. At start the session stops with it; once the
+    /// node is running it is retried like the rest (the server may be mid-upgrade).
+    Permanent(String),
+    /// The network or the server's load: try again after a pause.
+    Transient,
+}
+
+/// What the session tells the driver.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SessionEvent {
     /// A registration gave a new secret: keep it (in the state file) for the next start.
     SecretChanged(String),
@@ -183,6 +210,37 @@ pub enum SessionEvent {
     Failed(SessionError),
 }
 
+impl std::fmt::Debug for SessionEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEvent::SecretChanged(_) => f.write_str("SecretChanged(<redacted>)"),
+            SessionEvent::NetMap { node, derp } => f
+                .debug_struct("NetMap")
+                .field("node", node)
+                .field("derp", derp)
+                .finish(),
+            SessionEvent::PeerUpsert { name, config } => f
+                .debug_struct("PeerUpsert")
+                .field("name", name)
+                .field("config", config)
+                .finish(),
+            SessionEvent::PeerRemove { name, key } => f
+                .debug_struct("PeerRemove")
+                .field("name", name)
+                .field("key", key)
+                .finish(),
+            SessionEvent::PeerRefused { name, reason } => f
+                .debug_struct("PeerRefused")
+                .field("name", name)
+                .field("reason", reason)
+                .finish(),
+            SessionEvent::FilterChanged => f.write_str("FilterChanged"),
+            SessionEvent::EndpointsPosted(e) => f.debug_tuple("EndpointsPosted").field(e).finish(),
+            SessionEvent::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
 /// Why a session stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SessionError {
@@ -192,6 +250,9 @@ pub enum SessionError {
     /// The server refused the auth key or the secret.
     #[error("the control server refused the registration (a spent, expired or unknown auth key)")]
     RegistrationRefused,
+    /// At start, the control server could not be used, and trying again will not help.
+    #[error("the control server cannot be used: {0}")]
+    Unusable(String),
     /// The server no longer knows the node: it was removed or expired while running (an
     /// admin's decision a running node does not undo), or at start with no auth key to register
     /// again with.
@@ -222,7 +283,6 @@ enum Phase {
 /// Drive it like every machine here: after each [`Session::handle_input`] or
 /// [`Session::handle_timeout`], drain [`Session::poll_transmit`] (requests to send) and
 /// [`Session::poll_event`] (changes to apply), then wake at [`Session::poll_timeout`].
-#[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
     phase: Phase,
@@ -231,6 +291,9 @@ pub struct Session {
     /// Whether a map stream was ever open: after that, the server forgetting the node is an
     /// admin's removal or an expiry, which the node does not undo with its auth key.
     followed: bool,
+    /// Whether this start already registered again after the server forgot the node (once is
+    /// enough: a server that forgets it again at once is not helped by a loop).
+    reregistered: bool,
     node: Option<NodeInfo>,
     derp: Vec<DerpRegion>,
     peers: Peers,
@@ -245,6 +308,18 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
 }
 
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("peers", &self.peers.len())
+            .field("posted", &self.posted)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Session {
     /// A session that registers first (no secret yet) or opens the map stream at once.
     pub fn new(config: SessionConfig, now: Instant) -> Self {
@@ -252,6 +327,7 @@ impl Session {
             secret: config.secret.clone(),
             backoff: config.backoff_min,
             followed: false,
+            reregistered: false,
             config,
             phase: Phase::Stopped,
             node: None,
@@ -326,10 +402,7 @@ impl Session {
                 self.posted = Some(endpoints);
                 self.maybe_post(now);
             }
-            Input::Failed {
-                request,
-                unauthorized,
-            } => self.failed(now, request, unauthorized),
+            Input::Failed { request, failure } => self.failed(now, request, failure),
             Input::LocalEndpoints(endpoints) => {
                 self.endpoints = Some(endpoints);
                 self.maybe_post(now);
@@ -462,12 +535,20 @@ impl Session {
         self.events.push_back(SessionEvent::Failed(e));
     }
 
-    fn failed(&mut self, now: Instant, request: RequestKind, unauthorized: bool) {
-        match request {
-            RequestKind::Register if self.phase == Phase::Registering => {
-                if !unauthorized {
-                    return self.wait(now, true);
-                }
+    fn failed(&mut self, now: Instant, request: RequestKind, failure: Failure) {
+        let at_start = !self.followed;
+        match (request, failure) {
+            (RequestKind::PostEndpoints, _) => {
+                self.posting = false;
+                self.next_post = now + self.config.endpoints_retry;
+            }
+            (RequestKind::Register, _) | (RequestKind::OpenMap, _)
+                if self.phase != Phase::Registering && self.phase != Phase::Opening =>
+            {
+                // A late answer to a request already given up on.
+            }
+            (_, Failure::Permanent(why)) if at_start => self.stop(SessionError::Unusable(why)),
+            (RequestKind::Register, Failure::Unauthorized) => {
                 if self.config.auth_key.is_some() && self.secret.is_some() {
                     // The secret no longer renews (the node expired): the auth key alone.
                     self.secret = None;
@@ -475,23 +556,18 @@ impl Session {
                 }
                 self.stop(SessionError::RegistrationRefused);
             }
-            RequestKind::OpenMap if self.phase == Phase::Opening => {
-                if !unauthorized {
-                    return self.wait(now, false);
-                }
-                // At start, a node the server forgot registers again with the auth key it
-                // was given; a running node that is removed or expires stays out.
-                if self.config.auth_key.is_some() && !self.followed {
+            (RequestKind::Register, _) => self.wait(now, true),
+            (RequestKind::OpenMap, Failure::Unauthorized) => {
+                // At start, a node the server forgot registers again (once) with the auth key
+                // it was given; a running node that is removed or expires stays out.
+                if self.config.auth_key.is_some() && at_start && !self.reregistered {
+                    self.reregistered = true;
                     self.register();
                 } else {
                     self.stop(SessionError::NodeRemoved);
                 }
             }
-            RequestKind::PostEndpoints => {
-                self.posting = false;
-                self.next_post = now + self.config.endpoints_retry;
-            }
-            _ => {} // a late answer to a request already given up on
+            (RequestKind::OpenMap, _) => self.wait(now, false),
         }
     }
 

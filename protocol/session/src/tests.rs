@@ -12,7 +12,9 @@ use burrow_control::{
 use burrow_wg::{PrivateKey, PublicKey};
 use proptest::prelude::*;
 
-use crate::{Input, Request, RequestKind, Session, SessionConfig, SessionError, SessionEvent};
+use crate::{
+    Failure, Input, Request, RequestKind, Session, SessionConfig, SessionError, SessionEvent,
+};
 
 fn key(n: u8) -> PublicKey {
     PrivateKey::from_bytes([n; 32]).public_key()
@@ -268,7 +270,7 @@ fn reconnects_back_off_and_a_forgotten_node_registers_again() {
             t,
             Input::Failed {
                 request: RequestKind::OpenMap,
-                unauthorized: false,
+                failure: Failure::Transient,
             },
         );
     }
@@ -282,7 +284,7 @@ fn reconnects_back_off_and_a_forgotten_node_registers_again() {
         t,
         Input::Failed {
             request: RequestKind::OpenMap,
-            unauthorized: true,
+            failure: Failure::Unauthorized,
         },
     );
     assert_eq!(s.poll_transmit(), None);
@@ -303,7 +305,7 @@ fn at_start_a_forgotten_node_registers_again_with_its_auth_key() {
         now,
         Input::Failed {
             request: RequestKind::OpenMap,
-            unauthorized: true,
+            failure: Failure::Unauthorized,
         },
     );
     let Some(Request::Register(body)) = s.poll_transmit() else {
@@ -323,7 +325,7 @@ fn a_forgotten_node_without_an_auth_key_stops() {
         now,
         Input::Failed {
             request: RequestKind::OpenMap,
-            unauthorized: true,
+            failure: Failure::Unauthorized,
         },
     );
     assert_eq!(
@@ -374,7 +376,7 @@ fn endpoints_are_posted_on_change_only_spaced_and_retried() {
         t,
         Input::Failed {
             request: RequestKind::PostEndpoints,
-            unauthorized: false,
+            failure: Failure::Transient,
         },
     );
     assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(5)));
@@ -504,5 +506,101 @@ proptest! {
                 prop_assert_eq!(s.peer_for_ip(ip), model.contains_key(&i).then(|| key(i as u8)));
             }
         }
+    }
+}
+
+#[test]
+fn at_start_a_permanent_refusal_stops_the_session_and_later_it_is_retried() {
+    let now = Instant::now();
+    let mut s = Session::new(config(), now);
+    s.poll_transmit();
+    s.handle_input(
+        now,
+        Input::Failed {
+            request: RequestKind::Register,
+            failure: Failure::Permanent("409: the disco key is taken".into()),
+        },
+    );
+    assert_eq!(
+        drain(&mut s),
+        [SessionEvent::Failed(SessionError::Unusable(
+            "409: the disco key is taken".into()
+        ))]
+    );
+    // Once running, the same answer is waited out (the server may be mid-upgrade).
+    let mut s = following(now, vec![]);
+    s.handle_input(now, Input::MapLost);
+    s.handle_timeout(s.poll_timeout().unwrap());
+    s.poll_transmit();
+    s.handle_input(
+        now,
+        Input::Failed {
+            request: RequestKind::OpenMap,
+            failure: Failure::Permanent("503".into()),
+        },
+    );
+    assert!(drain(&mut s).is_empty());
+    assert!(s.poll_timeout().is_some());
+}
+
+#[test]
+fn a_server_that_forgets_the_node_again_at_once_is_not_looped_on() {
+    let mut c = config();
+    c.secret = Some("old".into());
+    let now = Instant::now();
+    let mut s = Session::new(c, now);
+    for round in 0..2 {
+        assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
+        s.handle_input(
+            now,
+            Input::Failed {
+                request: RequestKind::OpenMap,
+                failure: Failure::Unauthorized,
+            },
+        );
+        if round == 0 {
+            assert!(matches!(s.poll_transmit(), Some(Request::Register(_))));
+            s.handle_input(
+                now,
+                Input::Registered(RegisterResponse {
+                    node: node(1),
+                    secret: "new".into(),
+                }),
+            );
+        }
+    }
+    let events = drain(&mut s);
+    assert_eq!(
+        events.last(),
+        Some(&SessionEvent::Failed(SessionError::NodeRemoved))
+    );
+}
+
+#[test]
+fn secrets_stay_out_of_debug() {
+    let now = Instant::now();
+    let mut c = config();
+    c.secret = Some("s3cr3t-bearer".into());
+    let mut s = Session::new(c, now);
+    let request = s.poll_transmit().unwrap();
+    let event = SessionEvent::SecretChanged("s3cr3t-bearer".into());
+    let post = Request::PostEndpoints {
+        secret: "s3cr3t-bearer".into(),
+        request: burrow_control::EndpointsRequest {
+            endpoints: vec![],
+            home_region: 1,
+        },
+    };
+    for text in [
+        format!("{s:?}"),
+        format!("{request:?}"),
+        format!("{event:?}"),
+        format!("{post:?}"),
+        format!("{:?}", config()),
+    ] {
+        assert!(
+            !text.contains("s3cr3t-bearer") && !text.contains("burrowkey-test"),
+            "{text}"
+        );
     }
 }

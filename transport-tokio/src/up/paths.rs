@@ -59,9 +59,11 @@ pub(crate) async fn engine_events(
                 }
             }
             Event::Endpoints { candidates, nat } => {
-                tracing::info!(?candidates, ?nat, "endpoints");
+                tracing::debug!(?candidates, ?nat, "endpoints");
                 let endpoints = candidates.iter().map(|c| c.addr).collect();
-                let _ = inputs.send(Input::LocalEndpoints(endpoints)).await;
+                // Never wait on the session here (packets queue behind this): the next STUN
+                // round reports the endpoints again if this one did not fit.
+                let _ = inputs.try_send(Input::LocalEndpoints(endpoints));
             }
             Event::PathChanged { peer, from, to } => {
                 tracing::info!(%peer, ?from, ?to, "path changed");
