@@ -99,14 +99,17 @@ impl Tailnet {
 
     /// Replaces the policy; returns the deltas that bring every node's netmap up to it: peers
     /// it may now see, peers it no longer may, and its new filter, each only where it changed.
+    /// Nodes are compared one at a time under the old and the new policy, so the memory is
+    /// one node's view, not the whole tailnet's.
     pub fn set_policy(&mut self, policy: CompiledPolicy) -> Vec<(u64, Delta)> {
+        let mut old = std::mem::replace(&mut self.policy, policy);
         let ids: Vec<u64> = self.nodes.keys().copied().collect();
-        let before: BTreeMap<u64, (BTreeSet<u64>, Vec<FilterRule>)> =
-            ids.iter().map(|&id| (id, self.view_of(id))).collect();
-        self.policy = policy;
         let mut out = Vec::new();
-        for (id, (seen, filter)) in before {
+        for id in ids {
             let (now_seen, now_filter) = self.view_of(id);
+            std::mem::swap(&mut self.policy, &mut old);
+            let (seen, filter) = self.view_of(id);
+            std::mem::swap(&mut self.policy, &mut old);
             out.extend(
                 now_seen
                     .difference(&seen)

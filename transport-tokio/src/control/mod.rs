@@ -177,15 +177,13 @@ impl Control {
     /// Takes a node out of the tailnet (removed or expired): its peers are told at once and
     /// its own map streams end.
     fn retire(&self, id: u64) {
-        let deltas = {
-            let mut inner = self.inner.lock().expect("control state");
-            inner.expires.remove(&id);
-            inner.changes.forget(&id);
-            inner.per_node_map.forget(&id);
-            inner.streams.remove(&id);
-            inner.tailnet.remove(id)
-        };
-        self.publish(deltas);
+        let mut inner = self.inner.lock().expect("control state");
+        inner.expires.remove(&id);
+        inner.changes.forget(&id);
+        inner.per_node_map.forget(&id);
+        inner.streams.remove(&id);
+        let deltas = inner.tailnet.remove(id);
+        Self::publish(&mut inner, deltas);
     }
 
     /// Retires every node whose key expired by `now` (unix seconds); returns their ids.
@@ -222,14 +220,10 @@ impl Control {
     /// Replaces the policy: every node is told at once of the peers it may now see, those it
     /// no longer may, and its new filter. Returns how many nodes were told something.
     pub fn set_policy(&self, policy: CompiledPolicy) -> usize {
-        let deltas = self
-            .inner
-            .lock()
-            .expect("control state")
-            .tailnet
-            .set_policy(policy);
+        let mut inner = self.inner.lock().expect("control state");
+        let deltas = inner.tailnet.set_policy(policy);
         let told: std::collections::BTreeSet<u64> = deltas.iter().map(|(id, _)| *id).collect();
-        self.publish(deltas);
+        Self::publish(&mut inner, deltas);
         told.len()
     }
 
@@ -241,18 +235,22 @@ impl Control {
     /// Reads the policy file again and applies it; a policy that does not check leaves the
     /// running one in place. Returns how many nodes were told something.
     pub fn reload_policy(&self) -> Result<usize, String> {
-        let path = self.policy_file.lock().expect("policy file").clone();
-        let text = match &path {
+        // One reload at a time, from reading the file to applying it: two at once must not
+        // leave the older text in force.
+        let path = self.policy_file.lock().expect("policy file");
+        let text = match &*path {
             Some(p) => {
                 std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
             }
             None => ALLOW_ALL.to_string(),
         };
-        let policy = Control::policy(&text).map_err(|e| match &path {
+        let policy = Control::policy(&text).map_err(|e| match &*path {
             Some(p) => format!("{}: {e}", p.display()),
             None => e.to_string(),
         })?;
-        Ok(self.set_policy(policy))
+        let told = self.set_policy(policy);
+        drop(path);
+        Ok(told)
     }
 
     /// Compiles a policy file's text (JSON or HuJSON).
@@ -260,11 +258,11 @@ impl Control {
         Policy::check(text).map(|(_, c)| c)
     }
 
-    /// Sends deltas to their nodes' streams. A stream whose queue is full is closed (its
-    /// sender dropped): the node reconnects and starts again from a whole netmap, so a slow or
+    /// Sends deltas to their nodes' streams, under the same lock that computed them (so no
+    /// later change can overtake them). A stream whose queue is full is closed (its sender
+    /// dropped): the node reconnects and starts again from a whole netmap, so a slow or
     /// hostile reader costs the server at most `STREAM_QUEUE` messages.
-    fn publish(&self, deltas: Vec<(u64, Delta)>) {
-        let mut inner = self.inner.lock().expect("control state");
+    fn publish(inner: &mut Inner, deltas: Vec<(u64, Delta)>) {
         for (id, d) in deltas {
             if let Some(subs) = inner.streams.get_mut(&id) {
                 subs.retain(|tx| tx.try_send(MapMessage::Delta(d.clone())).is_ok());
@@ -273,30 +271,26 @@ impl Control {
     }
 
     fn upsert(&self, r: &NodeRecord) {
-        let deltas = {
-            let mut inner = self.inner.lock().expect("control state");
-            match r.expires_at {
-                Some(at) => inner.expires.insert(r.id, at),
-                None => inner.expires.remove(&r.id),
-            };
-            inner.tailnet.upsert(peer_of(r))
+        let mut inner = self.inner.lock().expect("control state");
+        match r.expires_at {
+            Some(at) => inner.expires.insert(r.id, at),
+            None => inner.expires.remove(&r.id),
         };
-        self.publish(deltas);
+        let deltas = inner.tailnet.upsert(peer_of(r));
+        Self::publish(&mut inner, deltas);
     }
 
     /// Updates a node that must still be in the tailnet: a change that was in flight while an
     /// admin removed or expired the node must not bring it back (security audit #19). The
     /// check and the update happen under one lock, and removal takes the same lock.
     fn update_live(&self, r: &NodeRecord) -> bool {
-        let deltas = {
-            let mut inner = self.inner.lock().expect("control state");
-            let expired = r.expires_at.is_some_and(|at| at <= store::now_unix());
-            if inner.tailnet.get(r.id).is_none() || expired {
-                return false;
-            }
-            inner.tailnet.upsert(peer_of(r))
-        };
-        self.publish(deltas);
+        let mut inner = self.inner.lock().expect("control state");
+        let expired = r.expires_at.is_some_and(|at| at <= store::now_unix());
+        if inner.tailnet.get(r.id).is_none() || expired {
+            return false;
+        }
+        let deltas = inner.tailnet.upsert(peer_of(r));
+        Self::publish(&mut inner, deltas);
         true
     }
 

@@ -34,7 +34,10 @@ fn a_stream_that_falls_behind_is_closed_not_buffered() {
         .or_default()
         .push_back(tx);
     for _ in 0..STREAM_QUEUE * 3 {
-        c.publish(vec![(record.id, Delta::PeerRemove { id: 99 })]);
+        Control::publish(
+            &mut c.inner.lock().unwrap(),
+            vec![(record.id, Delta::PeerRemove { id: 99 })],
+        );
     }
     let mut queued = 0;
     while let Ok(m) = rx.try_recv() {
