@@ -19,8 +19,8 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
+use crate::derive_seed;
 use crate::nat::{NatConfig, NatTable};
-use crate::net::derive_seed;
 
 /// The main socket's port on every node.
 pub const MAIN_PORT: u16 = 41641;
