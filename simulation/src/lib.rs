@@ -4,13 +4,13 @@
 pub mod attack;
 pub mod capture;
 mod control;
-pub mod fastnet;
-pub mod grid;
-pub mod nat;
+pub use burrow_des::fastnet;
+pub use burrow_des::grid;
+pub use burrow_des::nat;
 pub mod net;
 mod node_io;
 pub mod pcap;
-pub mod preset;
+pub use burrow_des::preset;
 pub mod report;
 pub mod scenario;
 pub mod tailnet;

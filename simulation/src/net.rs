@@ -75,13 +75,7 @@ pub struct Link {
 }
 
 /// Derives a component's seed from the simulation seed and the component's name.
-pub fn derive_seed(seed: u64, name: &str) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in name.bytes().chain(seed.to_le_bytes()) {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
+pub use burrow_des::derive_seed;
 
 fn unit(rng: &mut ChaCha20Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64

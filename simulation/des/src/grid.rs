@@ -178,7 +178,7 @@ pub const MIN_SEEDS_FOR_TARGETS: usize = 20;
 /// The run configuration of one cell and seed (also what `--pair A:B --seed N` replays). The
 /// seed is mixed with the pair's names, so cells do not share their randomness.
 pub fn cell_config(a: &str, b: &str, seed: u64) -> Option<FastConfig> {
-    let seed = crate::net::derive_seed(seed, &format!("{a}~{b}"));
+    let seed = crate::derive_seed(seed, &format!("{a}~{b}"));
     let mut c = FastConfig::new([preset::get(a)?.chain, preset::get(b)?.chain], seed);
     // Long enough for a second birthday attempt after the first one's 30 s back-off.
     c.duration = Duration::from_secs(60);

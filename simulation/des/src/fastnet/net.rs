@@ -1,0 +1,486 @@
+//! Building and stepping [`FastNet`]: the nodes and their NAT chains at time zero, then each
+//! instant's arrivals, disruptions, NAT sweeps, timers, application sends and node output.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use burrow_node::{Input, Node, NodeConfig, PeerConfig, Transmit};
+use burrow_punch::Route;
+use burrow_stun::{BindingServer, ServerConfig};
+use burrow_wg::PrivateKey;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::packets::{
+    app_packet, copies, hop_delay, note_error, scan, secret_bytes, Packet, Queue,
+};
+use super::{
+    Disruption, Disruptions, FastConfig, FastNet, FastOutcome, Side, Traffic, WireSend,
+    BIRTHDAY_BASE_PORT, MAIN_PORT, STUN_SERVERS,
+};
+use crate::derive_seed;
+use crate::nat::NatTable;
+
+impl FastNet {
+    /// The network at time zero: keys, NAT chains and nodes derived from `config.seed`, each
+    /// node told of the other.
+    pub fn new(config: &FastConfig) -> Self {
+        let t0 = Instant::now();
+        let rng = ChaCha20Rng::seed_from_u64(derive_seed(config.seed, "fastnet"));
+        let key = |label: &str| {
+            let mut r = ChaCha20Rng::seed_from_u64(derive_seed(config.seed, label));
+            PrivateKey::generate(&mut r)
+        };
+        let keys = [(key("wg0"), key("disco0")), (key("wg1"), key("disco1"))];
+        let secrets: Vec<[u8; 32]> = keys
+            .iter()
+            .flat_map(|(a, b)| [secret_bytes(a), secret_bytes(b)])
+            .collect();
+        let mut sides: Vec<Side> = (0..2)
+            .map(|s| {
+                let (wg, disco) = keys[s].clone();
+                new_side(config, s, wg, disco, t0)
+            })
+            .collect();
+        // Boxes that do not translate keep the inside address: use it as their outside one.
+        for s in sides.iter_mut() {
+            let ip = s.ip;
+            for b in s.boxes.iter_mut() {
+                if !b.0.config().translate {
+                    b.1 = ip;
+                }
+            }
+        }
+        for s in 0..2 {
+            let other = &sides[1 - s].node;
+            let peer = PeerConfig {
+                node_key: other.public_key(),
+                disco_key: other.disco_public_key(),
+                home_region: 1,
+                endpoints: Vec::new(),
+                // app_packet's sources: side 0 is 100.64.0.1, side 1 100.64.0.2.
+                allowed_ips: vec![IpAddr::from([100, 64, 0, 2 - s as u8]).into()],
+            };
+            let _ = sides[s].node.add_peer(t0, peer);
+        }
+        let peers = [sides[1].node.public_key(), sides[0].node.public_key()];
+        let mut pending: Vec<(Instant, Disruption)> = config
+            .disruptions
+            .iter()
+            .map(|(d, x)| (t0 + *d, *x))
+            .collect();
+        pending.sort_by_key(|d| d.0);
+        pending.reverse();
+        FastNet {
+            config: config.clone(),
+            t0,
+            now: t0,
+            end: t0 + config.duration,
+            done: false,
+            rng,
+            secrets,
+            sides,
+            peers,
+            stun: STUN_SERVERS.map(|s| BindingServer::new(ServerConfig::new(s))),
+            queue: Queue::default(),
+            disruptions: Disruptions {
+                pending,
+                derp_down_until: None,
+                cut_until: None,
+                drop_data_until: None,
+            },
+            traffic: Traffic {
+                next: config.data_interval.map(|_| t0),
+                seq: [0; 2],
+                first_measured: [None; 2],
+                received: [BTreeSet::new(), BTreeSet::new()],
+                last_reported_route: [None; 2],
+            },
+            last_endpoints: [None, None],
+            direct_since: [None, None],
+            next_sweep: t0,
+            out: FastOutcome::default(),
+            tap: None,
+        }
+    }
+
+    /// Time since the start: the instant the next [`step`](Self::step) handles.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+
+    /// The run is over (its duration is up, or it stopped once direct).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Node 0 or 1.
+    pub fn node(&self, side: usize) -> &Node {
+        &self.sides[side].node
+    }
+
+    /// Node `side`'s route to the other node.
+    pub fn route(&self, side: usize) -> Option<Route> {
+        self.sides[side].node.route(&self.peers[side])
+    }
+
+    /// Both nodes are on a direct path to each other.
+    pub fn is_direct(&self) -> bool {
+        (0..2).all(|s| matches!(self.route(s), Some(Route::Direct(_))))
+    }
+
+    /// What the run has produced so far (the end-of-run fields are filled by `finish`).
+    pub fn outcome(&self) -> &FastOutcome {
+        &self.out
+    }
+
+    /// Schedules a disruption `at` this long after the start (a time already past means the
+    /// next step); disruptions at the same time apply in the order they were added.
+    pub fn disrupt(&mut self, at: Duration, d: Disruption) {
+        let at = self.t0 + at;
+        let pending = &mut self.disruptions.pending;
+        let i = pending.partition_point(|p| p.0 > at);
+        pending.insert(i, (at, d));
+    }
+
+    /// Calls `tap` with every payload either node puts on a wire (UDP or DERP), in addition to
+    /// the built-in scan for keys and plaintext.
+    pub fn tap(&mut self, tap: impl FnMut(WireSend<'_>) + Send + 'static) {
+        self.tap = Some(Box::new(tap));
+    }
+
+    /// Runs every step up to and including `t` after the start; false once the run is over.
+    pub fn drive_until(&mut self, t: Duration) -> bool {
+        let until = self.t0 + t;
+        while !self.done && self.now <= until {
+            self.step();
+        }
+        !self.done
+    }
+
+    /// Handles everything due at the current instant (arrivals, disruptions, NAT sweeps, node
+    /// timers, application sends, the nodes' output), then moves to the next instant anything
+    /// is due. False once the run is over.
+    pub fn step(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        let now = self.now;
+        while let Some(p) = self.queue.pop_due(now) {
+            self.deliver(p);
+        }
+        self.apply_disruptions();
+        // NATs sweep idle sessions once a second, so peaks count live sessions.
+        if now >= self.next_sweep {
+            for s in self.sides.iter_mut() {
+                for (table, _) in s.boxes.iter_mut() {
+                    table.expire_all(now);
+                }
+            }
+            self.next_sweep = now + Duration::from_secs(1);
+        }
+        for s in self.sides.iter_mut() {
+            if s.node.poll_timeout().is_some_and(|t| t <= now) {
+                s.node.handle_timeout(now);
+            }
+        }
+        self.send_data();
+        for s in 0..2 {
+            self.transmit(s);
+            while let Some(e) = self.sides[s].node.poll_event() {
+                self.on_event(s, e);
+            }
+        }
+        self.advance();
+        !self.done
+    }
+
+    /// Moves the clock to the next instant anything is due, or ends the run.
+    fn advance(&mut self) {
+        let now = self.now;
+        let mut next = self.end;
+        if let Some(at) = self.queue.next_at() {
+            next = next.min(at);
+        }
+        for s in &self.sides {
+            if let Some(t) = s.node.poll_timeout() {
+                next = next.min(t.max(now));
+            }
+        }
+        if let Some(t) = self.traffic.next {
+            next = next.min(t);
+        }
+        if let Some(d) = self.disruptions.pending.last() {
+            next = next.min(d.0);
+        }
+        next = next.min(self.next_sweep);
+        let settled = self
+            .out
+            .time_to_direct
+            .is_some_and(|t| now >= self.t0 + t + Duration::from_secs(1));
+        let stop = self.config.stop_when_direct && settled && self.config.data_interval.is_none();
+        if next >= self.end || stop {
+            self.now = next.min(self.end);
+            self.done = true;
+        } else {
+            self.now = next;
+        }
+    }
+
+    /// A packet arrives where it was going: DERP's delivery, a STUN server or the Internet core,
+    /// or a side's outermost box.
+    fn deliver(&mut self, p: Packet) {
+        let now = self.now;
+        let config = &self.config;
+        match p {
+            Packet::Relay { to, data } => {
+                if self.disruptions.derp_down_until.is_some_and(|u| now < u) {
+                    return;
+                }
+                let from = self.peers[to];
+                let r = self.sides[to].node.handle_input(
+                    now,
+                    Input::Derp {
+                        region: 1,
+                        from,
+                        data: &data,
+                    },
+                );
+                if let Err(e) = r {
+                    note_error(&mut self.out, now - self.t0, to, &e);
+                }
+            }
+            Packet::Up { src, dst, data } => {
+                if let Some(k) = STUN_SERVERS.iter().position(|s| *s == dst) {
+                    let mut buf = [0u8; 1500];
+                    if let Ok(r) = self.stun[k].handle_packet(dst, src, &data, &mut buf) {
+                        let side = self.sides.iter().position(|s| s.public_ip == src.ip());
+                        if let Some(side) = side {
+                            let d = hop_delay(config, &mut self.rng);
+                            let down = Packet::Down {
+                                side,
+                                src: dst,
+                                dst: r.to,
+                                data: buf[..r.len].to_vec(),
+                            };
+                            self.queue.push(now + d, down);
+                        }
+                    }
+                    return;
+                }
+                let Some(side) = self.sides.iter().position(|s| s.public_ip == dst.ip()) else {
+                    return; // unroutable (a LAN candidate of the other side)
+                };
+                if self.disruptions.cut_until.is_some_and(|u| now < u) {
+                    return;
+                }
+                if self.disruptions.drop_data_until.is_some_and(|u| now < u)
+                    && !burrow_disco::looks_like_disco(&data)
+                {
+                    return;
+                }
+                for _ in 0..copies(config, &mut self.rng) {
+                    let d = hop_delay(config, &mut self.rng);
+                    let down = Packet::Down {
+                        side,
+                        src,
+                        dst,
+                        data: data.clone(),
+                    };
+                    self.queue.push(now + d, down);
+                }
+            }
+            Packet::Down {
+                side,
+                src,
+                mut dst,
+                data,
+            } => {
+                let s = &mut self.sides[side];
+                for (table, outside) in s.boxes.iter_mut().rev() {
+                    if dst.ip() != *outside {
+                        return;
+                    }
+                    match table.inbound(now, dst.port(), src) {
+                        Ok(internal) => {
+                            if table.config().translate {
+                                dst = internal;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                if dst.ip() != s.ip {
+                    return;
+                }
+                let socket = match dst.port() {
+                    MAIN_PORT => 0,
+                    p if p > BIRTHDAY_BASE_PORT => p - BIRTHDAY_BASE_PORT,
+                    _ => return,
+                };
+                let input = Input::Udp {
+                    socket,
+                    from: src,
+                    data: &data,
+                };
+                if let Err(e) = s.node.handle_input(now, input) {
+                    note_error(&mut self.out, now - self.t0, side, &e);
+                }
+            }
+        }
+    }
+
+    /// Applies every scripted disruption that is due.
+    fn apply_disruptions(&mut self) {
+        let now = self.now;
+        let ds = &mut self.disruptions;
+        while ds.pending.last().is_some_and(|d| d.0 <= now) {
+            let (_, d) = ds.pending.pop().expect("checked");
+            match d {
+                Disruption::FlushNat(side) => {
+                    if let Some((table, _)) = self.sides[side].boxes.last_mut() {
+                        let c = table.config().clone();
+                        let r = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+                        *table = NatTable::new(c, r);
+                    }
+                }
+                Disruption::DerpRestart(x) => ds.derp_down_until = Some(now + x),
+                Disruption::CutDirect(x) => ds.cut_until = Some(now + x),
+                Disruption::DropData(x) => ds.drop_data_until = Some(now + x),
+            }
+        }
+    }
+
+    /// Each node sends its next application packet, when one is due.
+    fn send_data(&mut self) {
+        let now = self.now;
+        let (Some(t), Some(iv)) = (self.traffic.next, self.config.data_interval) else {
+            return;
+        };
+        if t > now {
+            return;
+        }
+        if now + self.config.data_quiet_tail < self.end {
+            for s in 0..2 {
+                let tr = &mut self.traffic;
+                tr.seq[s] += 1;
+                let packet = app_packet(s, tr.seq[s]);
+                let _ = self.sides[s].node.send(now, &self.peers[s], &packet);
+                self.out.data_sent += 1;
+                if now >= self.t0 + self.config.measure_from {
+                    tr.first_measured[s].get_or_insert(tr.seq[s]);
+                    self.out.tail_sent += 1;
+                }
+            }
+        }
+        self.traffic.next = Some(t + iv);
+    }
+
+    /// Puts node `s`'s output on the wires: DERP, or UDP out through its NAT chain.
+    fn transmit(&mut self, s: usize) {
+        let now = self.now;
+        while let Some(t) = self.sides[s].node.poll_transmit() {
+            let (dst, payload) = match &t {
+                Transmit::Derp { payload, .. } => (None, payload),
+                Transmit::Udp { dst, payload, .. } => (Some(*dst), payload),
+            };
+            scan(payload, &self.secrets, &mut self.out);
+            if let Some(tap) = self.tap.as_mut() {
+                let at = now - self.t0;
+                tap(WireSend {
+                    at,
+                    node: s,
+                    dst,
+                    payload,
+                });
+            }
+            match t {
+                Transmit::Derp { payload, .. } => {
+                    let d = self.config.derp_one_way * 2;
+                    let relay = Packet::Relay {
+                        to: 1 - s,
+                        data: payload,
+                    };
+                    self.queue.push(now + d, relay);
+                }
+                Transmit::Udp {
+                    socket,
+                    dst,
+                    payload,
+                } => {
+                    let port = if socket == 0 {
+                        MAIN_PORT
+                    } else {
+                        BIRTHDAY_BASE_PORT + socket
+                    };
+                    let inside = SocketAddr::new(self.sides[s].ip, port);
+                    let Some(src) = translate_out(&mut self.sides[s], now, inside, dst) else {
+                        continue; // a box dropped it
+                    };
+                    for _ in 0..copies(&self.config, &mut self.rng) {
+                        let d = hop_delay(&self.config, &mut self.rng);
+                        let up = Packet::Up {
+                            src,
+                            dst,
+                            data: payload.clone(),
+                        };
+                        self.queue.push(now + d, up);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The source a datagram from `src` to `dst` has past the last of `side`'s boxes, or `None`
+/// when a box drops it.
+fn translate_out(
+    side: &mut Side,
+    now: Instant,
+    mut src: SocketAddr,
+    dst: SocketAddr,
+) -> Option<SocketAddr> {
+    for (table, outside) in side.boxes.iter_mut() {
+        let port = table.outbound(now, src, dst).ok()?;
+        if table.config().translate {
+            src = SocketAddr::new(*outside, port);
+        }
+    }
+    Some(src)
+}
+
+/// Node `s` behind its chain of boxes (innermost first; the outermost has the public address).
+fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0: Instant) -> Side {
+    let chain = &config.chains[s];
+    let public_ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10 + s as u8));
+    let mut boxes = Vec::new();
+    for (k, c) in chain.iter().enumerate() {
+        let outermost = k + 1 == chain.len();
+        let outside = if outermost {
+            public_ip
+        } else {
+            IpAddr::V4(Ipv4Addr::new(100, 64, s as u8, 1 + k as u8))
+        };
+        let rng = ChaCha20Rng::seed_from_u64(derive_seed(config.seed, &format!("box{s}.{k}")));
+        boxes.push((NatTable::new(c.clone(), rng), outside));
+    }
+    let translates = chain.iter().any(|c| c.translate);
+    let ip = if translates {
+        IpAddr::V4(Ipv4Addr::new(10, s as u8 + 1, 0, 2))
+    } else {
+        public_ip
+    };
+    let mut nc = NodeConfig::new(wg, disco, derive_seed(config.seed, &format!("node{s}")));
+    nc.stun_servers = STUN_SERVERS.to_vec();
+    nc.local_addrs = vec![SocketAddr::new(ip, MAIN_PORT)];
+    nc.probe = config.probe;
+    // No control plane here: the two nodes trust each other's advertised endpoints.
+    nc.birthday_needs_control_ip = false;
+    Side {
+        node: Node::new(nc, t0),
+        ip,
+        boxes,
+        public_ip,
+    }
+}

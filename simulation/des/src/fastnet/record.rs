@@ -1,0 +1,174 @@
+//! What a [`FastNet`] run records: the nodes' events as counters and timeline lines, and the
+//! end-of-run figures.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use burrow_node::Event;
+use burrow_punch::Route;
+
+use super::packets::app_seq;
+use super::{FastNet, FastOutcome};
+
+impl FastNet {
+    /// Records one of node `s`'s events: application packets received, and the timeline.
+    pub(super) fn on_event(&mut self, s: usize, e: Event) {
+        let now = self.now;
+        let at = (now - self.t0).as_secs_f64();
+        match e {
+            Event::Packet { data, .. } => {
+                let Some(n) = app_seq(1 - s, &data) else {
+                    return;
+                };
+                if !self.traffic.received[s].insert(n) {
+                    return;
+                }
+                // The first packet, and the first on each new path, with its one-way latency
+                // (packet n left at (n - 1) × interval).
+                let route = self.route(s).unwrap_or(Route::Relay);
+                if self.traffic.last_reported_route[s] != Some(route) {
+                    self.traffic.last_reported_route[s] = Some(route);
+                    if let Some(iv) = self.config.data_interval {
+                        let sent_at = self.t0 + iv * (n as u32 - 1);
+                        let via = match route {
+                            Route::Relay => "DERP".to_string(),
+                            Route::Direct(a) => format!("direct {a}"),
+                        };
+                        self.out.timeline.push(format!(
+                            "{at:>8.3}s node{s} packet #{n} from node{} arrived {:.1} ms after it was sent; node{s} now sends on {via}",
+                            1 - s,
+                            now.saturating_duration_since(sent_at).as_secs_f64() * 1000.0
+                        ));
+                    }
+                }
+                self.out.data_received += 1;
+                if self.traffic.first_measured[1 - s].is_some_and(|f| n >= f) {
+                    self.out.tail_received += 1;
+                }
+            }
+            Event::Endpoints { nat, candidates } => {
+                let what = format!(
+                    "{} candidates ({}), NAT {}",
+                    candidates.len(),
+                    candidates
+                        .iter()
+                        .map(|c| c.addr.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    match nat {
+                        None => "unknown (no STUN answer)".to_string(),
+                        Some(n) if !n.mapping_varies => "easy (mapping fixed)".to_string(),
+                        Some(n) => match n.delta {
+                            Some(d) => format!("hard, sequential ports (step {d})"),
+                            None => "hard, random ports".to_string(),
+                        },
+                    }
+                );
+                if self.last_endpoints[s].as_ref() != Some(&what) {
+                    self.out
+                        .timeline
+                        .push(format!("{at:>8.3}s node{s} endpoints: {what}"));
+                    self.last_endpoints[s] = Some(what);
+                }
+            }
+            Event::BirthdayStarted { probing, .. } => {
+                let role = if probing {
+                    "probing random ports"
+                } else {
+                    "opening sockets"
+                };
+                self.out
+                    .timeline
+                    .push(format!("{at:>8.3}s node{s} birthday: {role}"));
+            }
+            Event::BirthdayExhausted {
+                probes, retry_at, ..
+            } => {
+                self.out.timeline.push(format!(
+                    "{at:>8.3}s node{s} birthday attempt spent its budget ({probes} packets so far); next at {:.3}s",
+                    (retry_at - self.t0).as_secs_f64()
+                ));
+            }
+            Event::HandshakeDone { .. } => {
+                self.out
+                    .timeline
+                    .push(format!("{at:>8.3}s node{s} WireGuard handshake done"));
+            }
+            Event::PathChanged { from, to, .. } => {
+                self.out
+                    .timeline
+                    .push(format!("{at:>8.3}s node{s} path {from:?} -> {to:?}"));
+                self.out.switches += 1;
+                self.direct_since[s] = match to {
+                    Route::Direct(_) => Some(now),
+                    Route::Relay => None,
+                };
+                if self.direct_since.iter().all(Option::is_some)
+                    && self.out.time_to_direct.is_none()
+                {
+                    self.out.time_to_direct = Some(now - self.t0);
+                    for k in 0..2 {
+                        self.out.probes_before_direct[k] = self.probes(k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Birthday packets node `side` has sent to its peer.
+    pub(super) fn probes(&self, side: usize) -> u64 {
+        let s = &self.sides[side];
+        s.node.stats(&self.peers[side]).map_or(0, |st| st.probes)
+    }
+
+    /// Ends the run where it stands and fills in the end-of-run fields: probes, final routes,
+    /// NAT peaks, node 0's explanation, the application packets lost.
+    pub fn finish(mut self) -> FastOutcome {
+        let t0 = self.t0;
+        for s in 0..2 {
+            self.out.probes += self.probes(s);
+            self.out.routes[s] = format!("{:?}", self.route(s).unwrap_or(Route::Relay));
+            for (table, _) in &self.sides[s].boxes {
+                self.out.peak_sessions = self.out.peak_sessions.max(table.stats().peak_sessions);
+            }
+        }
+        self.out.direct = self.is_direct();
+        if let Some(x) = self.sides[0].node.explain(&self.peers[0]) {
+            // One line per candidate: how often it was tried and what came of it last.
+            let mut by_addr: BTreeMap<SocketAddr, (usize, String)> = BTreeMap::new();
+            for a in &x.attempts {
+                let e = by_addr.entry(a.addr).or_default();
+                e.0 += 1;
+                e.1 = format!("{:?} at {:.3}s", a.outcome, (a.at - t0).as_secs_f64());
+            }
+            self.out.explanation = x
+                .candidates
+                .iter()
+                .map(|c| {
+                    let (n, last) = by_addr.remove(&c.addr).unwrap_or((0, "not tried".into()));
+                    format!(
+                        "{} ({:?}, {:?}): {n} recent results, last {last}",
+                        c.addr, c.kind, c.source
+                    )
+                })
+                .take(12)
+                .collect();
+        }
+        if let Some(iv) = self.config.data_interval {
+            for s in 0..2 {
+                for n in 1..=self.traffic.seq[s] {
+                    let sent_at = iv * (n as u32 - 1);
+                    if self.out.lost.len() < 32
+                        && sent_at >= self.config.measure_from
+                        && !self.traffic.received[1 - s].contains(&n)
+                    {
+                        self.out.lost.push((s, n, iv * (n as u32 - 1)));
+                    }
+                }
+            }
+        }
+        self.out.elapsed = self.now - t0;
+        self.out
+    }
+}
