@@ -2,7 +2,7 @@
 //! without the control server), or one netcheck.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use super::layout::{Attachment, Layout};
 use super::world::seed_bytes;
 use super::{Scenario, ScenarioError, Workload};
 use crate::capture::Recorder;
-use crate::net::{derive_seed, SimSocket, Uplink};
+use crate::net::{derive_seed, SimSocket};
 
 /// What the simulation collected besides the recorder.
 pub(super) type Slot = Arc<Mutex<Option<NetcheckResult>>>;
@@ -34,24 +34,6 @@ pub(super) struct MeshNode {
     pub(super) received: u64,
     pub(super) probes: u64,
     pub(super) switches: u64,
-}
-
-/// Opens birthday sockets for a simulated node: more sockets behind the same box.
-struct SimBinder {
-    ip: IpAddr,
-    uplink: Uplink,
-    rec: Arc<Recorder>,
-}
-
-impl burrow::node::SocketBinder for SimBinder {
-    type Socket = SimSocket;
-    fn bind(&self) -> impl std::future::Future<Output = std::io::Result<SimSocket>> + Send {
-        SimSocket::bind(
-            SocketAddr::new(self.ip, 0),
-            self.uplink.clone(),
-            self.rec.clone(),
-        )
-    }
 }
 
 /// Starts the mesh workload's control server and its two nodes, if the workload is a mesh.
@@ -151,27 +133,8 @@ pub(super) fn mesh(
                 let uplink = attachment.uplink(&n, seed, rec.clone());
                 let sock = SimSocket::bind(SocketAddr::new(ip, 0), uplink.clone(), rec.clone()).await?;
                 let local = burrow::transport::UdpTransport::local_addr(&sock)?;
-                let binder = SimBinder { ip, uplink, rec: rec.clone() };
-                let url = burrow::derp_client::DerpUrl {
-                    tls: false,
-                    host: derp_addr.ip().to_string(),
-                    port: derp_addr.port(),
-                    path: "/derp".into(),
-                };
-                let derp_key = wg_key.clone();
-                let conn_seed = Arc::new(std::sync::atomic::AtomicU64::new(derive_seed(seed, &format!("derp-client:{me}"))));
-                let derp = burrow::derp_client::DerpClient::spawn_with(
-                    url.to_string(),
-                    move || {
-                        let (url, key) = (url.clone(), derp_key.clone());
-                        let rng = ChaCha20Rng::seed_from_u64(conn_seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-                        async move {
-                            let tcp = turmoil::net::TcpStream::connect(derp_addr).await?;
-                            burrow::derp_client::upgrade(Box::new(tcp), &url, key, None, false, rng).await
-                        }
-                    },
-                    ChaCha20Rng::seed_from_u64(derive_seed(seed, &format!("derp-jitter:{me}"))),
-                );
+                let binder = crate::node_io::SimBinder { ip, uplink, rec: rec.clone() };
+                let derp = crate::node_io::derp_client(derp_addr, &wg_key, seed, &me);
                 let mut config = burrow_node::NodeConfig::new(
                     wg_key,
                     disco_key,
