@@ -105,12 +105,51 @@ fn snapshot(engine: &Node) -> EngineState {
     }
 }
 
+/// Payload buffers the application and the driver share: the application gives back each
+/// delivered packet's buffer once it wrote it out and takes one for each packet it sends; the
+/// driver hands them to the engine. A steady stream then allocates nothing per packet.
+#[derive(Clone, Debug, Default)]
+pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// Buffers kept at most; more are freed.
+    const MAX: usize = 1024;
+    /// The largest buffer kept (see the engine's own limit).
+    const MAX_SIZE: usize = 4096;
+
+    /// A buffer holding a copy of `bytes`, reused when one is spare.
+    pub fn take(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut b = self
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(bytes.len().max(2048)));
+        b.extend_from_slice(bytes);
+        b
+    }
+
+    /// Gives a buffer back for reuse.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > Self::MAX_SIZE {
+            return;
+        }
+        buf.clear();
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < Self::MAX {
+            spare.push(buf);
+        }
+    }
+
+    fn pop(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+}
+
 /// The driver's side of its channels to the application.
 #[derive(Debug)]
 pub struct NodeChannels {
     outbound: Outbound,
     commands: mpsc::UnboundedReceiver<NodeCommand>,
     events: mpsc::Sender<Event>,
+    buffers: BufferPool,
 }
 
 /// The application's side: packets to send, commands, and the engine's events.
@@ -122,6 +161,8 @@ pub struct NodeHandle {
     pub commands: mpsc::UnboundedSender<NodeCommand>,
     /// Everything the engine reports (decrypted packets, path changes, endpoints…).
     pub events: mpsc::Receiver<Event>,
+    /// Buffers for packets to send; give delivered packets' buffers back here.
+    pub buffers: BufferPool,
 }
 
 /// Both ends.
@@ -129,16 +170,19 @@ pub fn channels() -> (NodeChannels, NodeHandle) {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+    let buffers = BufferPool::default();
     (
         NodeChannels {
             outbound: out_rx,
             commands: cmd_rx,
             events: ev_tx,
+            buffers: buffers.clone(),
         },
         NodeHandle {
             outbound: out_tx,
             commands: cmd_tx,
             events: ev_rx,
+            buffers,
         },
     )
 }
@@ -157,6 +201,7 @@ pub async fn run_node<B: SocketBinder>(
         mut outbound,
         mut commands,
         events,
+        buffers,
     } = channels;
     let (in_tx, mut in_rx) = mpsc::channel::<Datagram>(INBOUND_QUEUE);
     // Each reader's buffers come back to it once the engine has read them.
@@ -173,6 +218,13 @@ pub async fn run_node<B: SocketBinder>(
     let mut app_open = true;
     let mut commands_open = true;
     let result = loop {
+        // Buffers the application gave back go to the engine for its next packets.
+        while engine.spare_buffers() < ENGINE_SPARE {
+            match buffers.pop() {
+                Some(b) => engine.recycle(b),
+                None => break,
+            }
+        }
         while let Some(t) = engine.poll_transmit() {
             match t {
                 Transmit::Udp {
@@ -228,25 +280,8 @@ pub async fn run_node<B: SocketBinder>(
             .map_or(deadline, |w| w.min(deadline));
         tokio::select! {
             biased;
-            Some(Datagram { socket, from, buf, len }) = in_rx.recv() => {
-                let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &buf[..len] });
-                if let Some(Some(back)) = returns.get(usize::from(socket)) {
-                    let _ = back.try_send(buf);
-                }
-            }
-            e = derp.events.recv() => match e {
-                Some(ClientEvent::Packet { src, data }) => {
-                    let _ = engine.handle_input(now(), Input::Derp { region, from: src, data: &data });
-                }
-                Some(_) => {}
-                None => break Err(io::Error::other("the DERP client stopped")),
-            },
-            p = outbound.recv(), if app_open => match p {
-                Some((peer, packet)) => {
-                    let _ = engine.send(now(), &peer, &packet);
-                }
-                None => app_open = false,
-            },
+            // The control plane first: a removed peer must not keep the engine busy with its
+            // datagrams ahead of its own removal.
             c = commands.recv(), if commands_open => match c {
                 Some(NodeCommand::AddPeer(p)) => {
                     if let Err(e) = engine.add_peer(now(), p) {
@@ -263,6 +298,26 @@ pub async fn run_node<B: SocketBinder>(
                     let _ = reply.send(snapshot(&engine));
                 }
                 None => commands_open = false,
+            },
+            Some(Datagram { socket, from, buf, len }) = in_rx.recv() => {
+                let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &buf[..len] });
+                if let Some(Some(back)) = returns.get(usize::from(socket)) {
+                    let _ = back.try_send(buf);
+                }
+            }
+            e = derp.events.recv() => match e {
+                Some(ClientEvent::Packet { src, data }) => {
+                    let _ = engine.handle_input(now(), Input::Derp { region, from: src, data: &data });
+                }
+                Some(_) => {}
+                None => break Err(io::Error::other("the DERP client stopped")),
+            },
+            p = outbound.recv(), if app_open => match p {
+                Some((peer, packet)) => {
+                    let _ = engine.send(now(), &peer, &packet);
+                    engine.recycle(packet);
+                }
+                None => app_open = false,
             },
             _ = tokio::time::sleep_until(wake) => {
                 if tokio::time::Instant::now() >= deadline {
@@ -285,6 +340,9 @@ struct Datagram {
     buf: Vec<u8>,
     len: usize,
 }
+
+/// Spare buffers the driver keeps the engine supplied with from the shared pool.
+const ENGINE_SPARE: usize = 64;
 
 /// Buffers a reader keeps in circulation; with all of them queued it waits (the socket's own
 /// buffer holds what arrives meanwhile), so a flood costs at most this many.

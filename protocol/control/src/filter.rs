@@ -192,6 +192,8 @@ pub enum DropReason {
     Denied,
     /// A later fragment whose first fragment was not accepted (or not seen).
     Fragment,
+    /// The sender is no longer a peer (removed from the netmap, the engine not told yet).
+    NotAPeer,
 }
 
 type FlowKey = (PeerTag, Proto, IpAddr, u16, IpAddr, u16);

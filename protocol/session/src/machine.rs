@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_control::{
-    parse_packet, Delta, DerpRegion, EndpointsRequest, Filter, MapMessage, NetMap, NodeInfo,
-    PeerInfo, RegisterBody, RegisterResponse, Verdict,
+    parse_packet, Delta, DerpRegion, DropReason, EndpointsRequest, Filter, MapMessage, NetMap,
+    NodeInfo, PeerInfo, RegisterBody, RegisterResponse, Verdict,
 };
 use burrow_node::PeerConfig;
 use burrow_wg::PublicKey;
@@ -456,9 +456,13 @@ impl Session {
         Some(peer)
     }
 
-    /// Whether a packet `peer` sent may reach the TUN: the receiver's filter (the node's
-    /// policy) or an answer to a flow this node started.
+    /// Whether a packet `peer` sent may reach the TUN: only from a peer the netmap still
+    /// holds (the engine may not have heard of a removal yet), and then the receiver's filter
+    /// (the node's policy) or an answer to a flow this node started.
     pub fn admit_inbound(&mut self, now: Instant, peer: &PublicKey, packet: &[u8]) -> Verdict {
+        if !self.peers.holds(peer) {
+            return Verdict::Drop(DropReason::NotAPeer);
+        }
         self.filter.inbound(now, *peer.as_bytes(), packet)
     }
 

@@ -38,6 +38,8 @@ pub(crate) enum Change {
 #[derive(Debug, Default)]
 pub(crate) struct Peers {
     by_id: BTreeMap<u64, (PeerInfo, PublicKey)>,
+    /// Node key → node id, for the packet paths and the one-key-one-peer rule.
+    by_key: BTreeMap<PublicKey, u64>,
     routes: AllowedIps,
 }
 
@@ -61,14 +63,15 @@ impl Peers {
             .filter(|old| *old != config.node_key);
         // One node key is one peer: another node id with the same key is refused too.
         let key_taken = self
-            .by_id
-            .iter()
-            .any(|(id, (_, key))| *id != p.node.id && *key == config.node_key);
+            .by_key
+            .get(&config.node_key)
+            .is_some_and(|id| *id != p.node.id);
         if key_taken {
             return Change::Refused("another peer has its node key");
         }
         if let Some(old) = replaced {
             self.routes.remove(&old);
+            self.by_key.remove(&old);
         }
         if self
             .routes
@@ -83,6 +86,7 @@ impl Peers {
             return Change::Refused("another peer owns one of its addresses");
         }
         self.routes.set(config.node_key, &config.allowed_ips);
+        self.by_key.insert(config.node_key, p.node.id);
         self.by_id.insert(p.node.id, (p.clone(), config.node_key));
         Change::Upsert { replaced, config }
     }
@@ -91,16 +95,23 @@ impl Peers {
     pub(crate) fn remove(&mut self, id: u64) -> Option<(PeerInfo, PublicKey)> {
         let (info, key) = self.by_id.remove(&id)?;
         self.routes.remove(&key);
+        self.by_key.remove(&key);
         Some((info, key))
     }
 
     /// Node ids held that are not in `keep`.
     pub(crate) fn absent_from(&self, keep: &[PeerInfo]) -> Vec<u64> {
+        let keep: std::collections::BTreeSet<u64> = keep.iter().map(|p| p.node.id).collect();
         self.by_id
             .keys()
             .copied()
-            .filter(|id| !keep.iter().any(|p| p.node.id == *id))
+            .filter(|id| !keep.contains(id))
             .collect()
+    }
+
+    /// Whether `key` is a peer held now.
+    pub(crate) fn holds(&self, key: &PublicKey) -> bool {
+        self.by_key.contains_key(key)
     }
 
     /// The peer owning `ip`.

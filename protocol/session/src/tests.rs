@@ -425,6 +425,15 @@ fn the_filter_follows_the_netmap_and_flows_let_answers_in() {
     );
     assert_eq!(drain(&mut s), [SessionEvent::FilterChanged]);
     assert_eq!(s.admit_inbound(now, &key(2), &from_peer), Verdict::Accept);
+    // Removed: its packets stop at once, whatever the engine still holds.
+    s.handle_input(
+        now,
+        Input::Map(MapMessage::Delta(Delta::PeerRemove { id: 2 })),
+    );
+    assert_eq!(
+        s.admit_inbound(now, &key(2), &from_peer),
+        Verdict::Drop(DropReason::NotAPeer)
+    );
 }
 
 /// What the netmap says a node's peers are: the last whole netmap with the deltas since.
