@@ -375,6 +375,7 @@ impl NodeRun {
             outbound,
             commands,
             mut events,
+            ..
         } = handle;
         let (known_tx, _known_rx) = tokio::sync::mpsc::unbounded_channel();
         let own = wg_key.public_key();

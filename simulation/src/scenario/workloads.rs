@@ -148,7 +148,7 @@ pub(super) fn mesh(
                 let start = tokio::time::Instant::now();
                 let mut engine = burrow_node::Node::new(config, start.into_std());
                 let (channels, handle) = burrow::node::channels();
-                let burrow::node::NodeHandle { outbound: app_tx, commands, events: mut ev_rx } = handle;
+                let burrow::node::NodeHandle { outbound: app_tx, commands, events: mut ev_rx, .. } = handle;
                 // Whether the peer is known yet (without a control server: from the start).
                 let (known_tx, mut known_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
                 let mut peer_known = joined.is_none();

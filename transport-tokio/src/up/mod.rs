@@ -70,6 +70,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             outbound,
             commands,
             events,
+            buffers,
         },
     ) = channels();
     let peers = crate::session::lock(&driver.session()).peer_count();
@@ -98,9 +99,12 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             .await
             .map(|_| ())?)
     });
-    tasks.spawn(paths::tun_to_peers(tun.clone(), driver.session(), outbound));
+    let (session, pool) = (driver.session(), buffers.clone());
+    tasks.spawn(paths::tun_to_peers(tun.clone(), session, outbound, pool));
     let (session, inputs) = (driver.session(), driver.inputs());
-    tasks.spawn(paths::engine_events(events, tun, session, inputs, pings));
+    tasks.spawn(paths::engine_events(
+        events, tun, session, inputs, pings, buffers,
+    ));
     tasks.spawn(follow(driver, cfg.state_dir.clone(), state, commands));
     let result = tokio::select! {
         _ = shutdown => Ok(()),

@@ -12,6 +12,7 @@ use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
 use crate::local_api::PingWaiters;
+use crate::node::BufferPool;
 use crate::session::lock;
 use crate::transport::now;
 
@@ -21,6 +22,7 @@ pub(crate) async fn tun_to_peers(
     tun: Arc<tun::AsyncDevice>,
     session: Arc<Mutex<Session>>,
     outbound: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    buffers: BufferPool,
 ) -> Result<()> {
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -29,7 +31,7 @@ pub(crate) async fn tun_to_peers(
         let Some(peer) = lock(&session).route_outbound(now(), packet) else {
             continue;
         };
-        if outbound.send((peer, packet.to_vec())).await.is_err() {
+        if outbound.send((peer, buffers.take(packet))).await.is_err() {
             return Ok(()); // the engine stopped
         }
     }
@@ -42,6 +44,7 @@ pub(crate) async fn engine_events(
     session: Arc<Mutex<Session>>,
     inputs: mpsc::Sender<Input>,
     pings: PingWaiters,
+    buffers: BufferPool,
 ) -> Result<()> {
     while let Some(e) = events.recv().await {
         match e {
@@ -57,6 +60,7 @@ pub(crate) async fn engine_events(
                         tracing::debug!(%peer, ?reason, "dropped by the packet filter");
                     }
                 }
+                buffers.give(data);
             }
             Event::Endpoints { candidates, nat } => {
                 tracing::debug!(?candidates, ?nat, "endpoints");

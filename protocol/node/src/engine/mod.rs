@@ -63,6 +63,9 @@ const SPARE_BUFFERS: usize = 1024;
 /// The smallest payload buffer made: a whole 1280-byte packet plus WireGuard's overhead, so a
 /// recycled buffer fits any datagram of the tunnel's MTU without growing.
 const MIN_BUFFER: usize = 2048;
+/// The largest buffer kept for reuse: the spare pool holds at most
+/// `SPARE_BUFFERS × MAX_SPARE` bytes (4 MiB), whatever sizes pass through.
+const MAX_SPARE: usize = 4096;
 
 /// A peer and everything the engine keeps for it.
 struct Peer {
@@ -430,10 +433,16 @@ impl Node {
     /// so a later one reuses its memory: a driver that recycles what it gets makes the data
     /// path allocation-free in steady state.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFFERS && buf.capacity() >= MIN_BUFFER {
+        let size = buf.capacity();
+        if self.spare.len() < SPARE_BUFFERS && (MIN_BUFFER..=MAX_SPARE).contains(&size) {
             buf.clear();
             self.spare.push(buf);
         }
+    }
+
+    /// How many recycled buffers the engine holds for its next payloads.
+    pub fn spare_buffers(&self) -> usize {
+        self.spare.len()
     }
 
     /// A payload holding `bytes`, in a recycled buffer when there is one.
