@@ -5,6 +5,7 @@ pub mod fastnet;
 pub mod grid;
 pub mod nat;
 pub mod preset;
+pub mod world;
 
 /// Derives a component's seed from the simulation seed and the component's name.
 pub fn derive_seed(seed: u64, name: &str) -> u64 {
