@@ -40,6 +40,12 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow", "derper", ""),
     ("burrow", "control_server", "attack_"),
     ("burrow-sim", "attack", ""),
+    // A hostile or confused control plane: stolen addresses and keys refused, a removed peer's
+    // packets dropped at once, secrets out of Debug; a removed or expired member cannot keep
+    // talking; the reference model (no key on any wire, delivery only as the policy allows).
+    ("burrow-session", "lib", ""),
+    ("burrow-sim", "tailnet", ""),
+    ("burrow-des", "reference_model", ""),
 ];
 
 /// `cargo xtask attack` (`reduced`: the form `cargo xtask test` runs).
