@@ -11,18 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::nat::NatStats;
 
-/// One captured datagram.
-#[derive(Debug, Clone)]
-pub struct Packet {
-    /// Simulated time since the start.
-    pub at: Duration,
-    /// Source as seen on this link.
-    pub src: SocketAddr,
-    /// Destination as seen on this link.
-    pub dst: SocketAddr,
-    /// UDP payload.
-    pub payload: Vec<u8>,
-}
+pub use crate::pcap::Packet;
 
 /// Everything one simulation records. Shared by all its hosts.
 #[derive(Debug, Default)]

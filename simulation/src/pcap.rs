@@ -8,7 +8,18 @@ use std::time::Duration;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::DataLink;
 
-use crate::capture::Packet;
+/// One captured datagram.
+#[derive(Debug, Clone)]
+pub struct Packet {
+    /// Simulated time since the start.
+    pub at: Duration,
+    /// Source as seen on this link.
+    pub src: SocketAddr,
+    /// Destination as seen on this link.
+    pub dst: SocketAddr,
+    /// UDP payload.
+    pub payload: Vec<u8>,
+}
 
 /// Simulated time zero in the captures: 2026-01-01T00:00:00Z.
 pub const EPOCH: Duration = Duration::from_secs(1_767_225_600);
