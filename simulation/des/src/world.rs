@@ -69,6 +69,8 @@ pub struct World {
     key_on_wire: bool,
     /// Every private key a member ever had, for the scan.
     secrets: Vec<([u8; 32], String)>,
+    /// Endpoint changes so far (each gets a fresh address).
+    moves: u32,
 }
 
 impl World {
@@ -87,6 +89,7 @@ impl World {
             sequence: 0,
             key_on_wire: false,
             secrets: Vec::new(),
+            moves: 0,
         })
     }
 
@@ -163,6 +166,26 @@ impl World {
             let port = m.public.port().wrapping_add(1).max(1024);
             m.public.set_port(port);
         }
+    }
+
+    /// Slot `slot` moves to a new network (a new public address, as after a Wi-Fi to cellular
+    /// switch): the old address no longer reaches it, and the endpoints its STUN round would
+    /// find go to the control server, which tells its peers.
+    pub fn change_endpoints(&mut self, slot: usize) {
+        self.moves += 1;
+        let Some(m) = self.members.get_mut(&slot) else {
+            return;
+        };
+        let ip = Ipv4Addr::new(203, 0, 113, (self.moves % 250) as u8 + 1);
+        m.public = SocketAddr::new(IpAddr::V4(ip), 41641 + slot as u16);
+        let (id, public) = (m.id, m.public);
+        if let Some(mut p) = self.tailnet.get(id).cloned() {
+            p.endpoints = vec![public];
+            let deltas = self.tailnet.upsert(p);
+            self.scan_json(&deltas);
+            self.deliver_deltas(deltas);
+        }
+        self.pump();
     }
 
     /// The relay restarts: what it carries is lost for a second.

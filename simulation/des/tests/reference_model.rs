@@ -1,6 +1,6 @@
 //! The node engine and the session machine against a reference model, in a whole simulated
-//! tailnet: random sequences of joins, removals, NAT rebindings, relay restarts and policy
-//! changes. After every step the world settles, and then for every pair of members: the route
+//! tailnet: random sequences of joins, removals, endpoint changes, NAT rebindings, relay
+//! restarts and policy changes. After every step the world settles, and then for every pair of members: the route
 //! class is the model's (direct: nothing here blocks UDP), a probe is delivered exactly when
 //! the policy allows it, each member holds exactly the peers the policy lets it see, and no
 //! private key was ever on any wire.
@@ -58,6 +58,7 @@ enum Step {
     Join(usize),
     Leave(usize),
     Rebind(usize),
+    ChangeEndpoints(usize),
     RestartRelay,
     Policy(PolicyKind),
 }
@@ -81,6 +82,7 @@ impl ReferenceStateMachine for Reference {
             3 => (0..SLOTS).prop_map(Step::Join),
             1 => (0..SLOTS).prop_map(Step::Leave),
             1 => (0..SLOTS).prop_map(Step::Rebind),
+            1 => (0..SLOTS).prop_map(Step::ChangeEndpoints),
             1 => Just(Step::RestartRelay),
             1 => prop_oneof![Just(PolicyKind::AllowAll), Just(PolicyKind::Narrow)].prop_map(Step::Policy),
         ]
@@ -96,7 +98,7 @@ impl ReferenceStateMachine for Reference {
                 state.members.remove(s);
             }
             Step::Policy(p) => state.policy = *p,
-            Step::Rebind(_) | Step::RestartRelay => {}
+            Step::Rebind(_) | Step::ChangeEndpoints(_) | Step::RestartRelay => {}
         }
         state
     }
@@ -117,6 +119,7 @@ impl StateMachineTest for Tailnet {
             Step::Join(s) => world.join(s),
             Step::Leave(s) => world.remove(s),
             Step::Rebind(s) => world.rebind(s),
+            Step::ChangeEndpoints(s) => world.change_endpoints(s),
             Step::RestartRelay => world.restart_relay(),
             Step::Policy(p) => {
                 let (_, compiled) = burrow_control::Policy::check(p.text()).expect("checks");
