@@ -3,11 +3,14 @@
 //! node cannot speak as another node and pass a receiver's ACL under its rules. Also #7's node
 //! side: a disco key belongs to one peer, and a rotated disco key is honoured at once.
 
+mod common;
+
 use std::net::IpAddr;
 use std::time::Instant;
 
-use burrow_node::{Event, Input, Node, NodeConfig, NodeError, PeerConfig, Transmit};
+use burrow_node::{Node, NodeConfig, NodeError, PeerConfig};
 use burrow_wg::PrivateKey;
+use common::relay_all;
 
 fn node(k: u8) -> Node {
     Node::new(
@@ -46,36 +49,6 @@ fn v6(src: &str, dst: &str) -> Vec<u8> {
     p.extend_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
     p.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, 0]);
     p
-}
-
-/// Carries DERP packets among the nodes until quiet; returns what each decrypted.
-fn relay(now: Instant, nodes: &mut [&mut Node]) -> Vec<Vec<Vec<u8>>> {
-    let mut got = vec![Vec::new(); nodes.len()];
-    for _ in 0..6 {
-        for i in 0..nodes.len() {
-            let from = nodes[i].public_key();
-            while let Some(t) = nodes[i].poll_transmit() {
-                if let Transmit::Derp { dst, payload, .. } = t {
-                    if let Some(j) = nodes.iter().position(|n| n.public_key() == dst) {
-                        let input = Input::Derp {
-                            region: 1,
-                            from,
-                            data: &payload,
-                        };
-                        let _ = nodes[j].handle_input(now, input);
-                    }
-                }
-            }
-        }
-        for (i, n) in nodes.iter_mut().enumerate() {
-            while let Some(e) = n.poll_event() {
-                if let Event::Packet { data, .. } = e {
-                    got[i].push(data);
-                }
-            }
-        }
-    }
-    got
 }
 
 #[test]
@@ -121,7 +94,7 @@ fn a_peer_cannot_send_from_another_peers_address() {
     let alice4 = v4([100, 64, 0, 2], [100, 64, 0, 1]);
     alice.send(now, &v, &alice4).unwrap();
 
-    let got = relay(now, &mut [&mut victim, &mut alice, &mut mallory]);
+    let got = relay_all(now, &mut [&mut victim, &mut alice, &mut mallory]);
     assert_eq!(
         got[0].len(),
         3,
@@ -201,7 +174,7 @@ fn an_address_has_one_owner_and_the_longest_prefix_wins() {
     let own = v4([100, 64, 0, 9], [100, 64, 0, 1]);
     router.send(now, &v, &as_alice).unwrap();
     router.send(now, &v, &own).unwrap();
-    let got = relay(now, &mut [&mut victim, &mut alice, &mut router]);
+    let got = relay_all(now, &mut [&mut victim, &mut alice, &mut router]);
     assert_eq!(got[0], vec![own], "only the router's own address");
     assert_eq!(victim.stats(&router.public_key()).unwrap().rx_spoofed, 1);
     assert_eq!(

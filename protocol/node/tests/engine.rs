@@ -1,11 +1,14 @@
 //! The node engine on its own: relay first, typed errors for bad input, explanations.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use burrow_node::{Event, Input, Node, NodeConfig, NodeError, PeerConfig, Transmit};
 use burrow_punch::Route;
 use burrow_wg::{PrivateKey, PublicKey, WgError};
+use common::relay_all;
 use proptest::prelude::*;
 
 fn pair(now: Instant) -> (Node, Node) {
@@ -189,38 +192,6 @@ fn peer_of(n: &Node) -> PeerConfig {
         endpoints: vec![],
         allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
     }
-}
-
-/// DERP among several nodes until quiet (UDP dropped); returns what each decrypted.
-fn relay_all(now: Instant, nodes: &mut [&mut Node]) -> Vec<Vec<Vec<u8>>> {
-    let mut got = vec![Vec::new(); nodes.len()];
-    for _ in 0..6 {
-        for i in 0..nodes.len() {
-            let from = nodes[i].public_key();
-            while let Some(t) = nodes[i].poll_transmit() {
-                if let Transmit::Derp { dst, payload, .. } = t {
-                    if let Some(j) = nodes.iter().position(|n| n.public_key() == dst) {
-                        let _ = nodes[j].handle_input(
-                            now,
-                            Input::Derp {
-                                region: 1,
-                                from,
-                                data: &payload,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        for (i, n) in nodes.iter_mut().enumerate() {
-            while let Some(e) = n.poll_event() {
-                if let Event::Packet { data, .. } = e {
-                    got[i].push(data);
-                }
-            }
-        }
-    }
-    got
 }
 
 /// An IP packet from 100.64.0.3.
