@@ -125,6 +125,7 @@ pub(crate) async fn join(
 ) -> Result<(SessionDriver, NodeInfo), SessionError> {
     let mut config = SessionConfig::new(me, disco_key.public_key());
     config.auth_key = Some(auth_key.into());
+    config.seed = crate::net::derive_seed(0, &format!("session:{me}"));
     let session = Session::new(config, tokio::time::Instant::now().into_std());
     let mut driver = SessionDriver::new(session, control, node_key.clone());
     loop {

@@ -13,6 +13,8 @@ use burrow_control::{
 };
 use burrow_node::PeerConfig;
 use burrow_wg::PublicKey;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use crate::peers::{Change, Peers};
@@ -40,6 +42,11 @@ pub struct SessionConfig {
     pub endpoints_retry: Duration,
     /// Shortest time between two endpoint posts (the server budgets each node's changes).
     pub endpoints_spacing: Duration,
+    /// Each back-off wait is stretched by a random share up to this (0.25: up to 25 % longer),
+    /// so nodes cut off together (a server restart) do not all come back at the same instant.
+    pub backoff_jitter: f64,
+    /// Seed of the jitter's randomness (the driver passes one from its RNG).
+    pub seed: u64,
 }
 
 impl SessionConfig {
@@ -56,6 +63,8 @@ impl SessionConfig {
             backoff_max: Duration::from_secs(10),
             endpoints_retry: Duration::from_secs(5),
             endpoints_spacing: Duration::from_secs(1),
+            backoff_jitter: 0.25,
+            seed: 0,
         }
     }
 }
@@ -304,6 +313,7 @@ pub struct Session {
     posted: Option<Vec<SocketAddr>>,
     posting: bool,
     next_post: Instant,
+    rng: ChaCha20Rng,
     requests: VecDeque<Request>,
     events: VecDeque<SessionEvent>,
 }
@@ -323,6 +333,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A session that registers first (no secret yet) or opens the map stream at once.
     pub fn new(config: SessionConfig, now: Instant) -> Self {
+        let seed = config.seed;
         let mut s = Session {
             secret: config.secret.clone(),
             backoff: config.backoff_min,
@@ -338,6 +349,7 @@ impl Session {
             posted: None,
             posting: false,
             next_post: now,
+            rng: ChaCha20Rng::seed_from_u64(seed),
             requests: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -526,8 +538,10 @@ impl Session {
     }
 
     fn wait(&mut self, now: Instant, register: bool) {
+        let share = f64::from(self.rng.next_u32()) / f64::from(u32::MAX);
+        let stretch = self.config.backoff_jitter.clamp(0.0, 1.0) * share;
         self.phase = Phase::Waiting {
-            until: now + self.backoff,
+            until: now + self.backoff.mul_f64(1.0 + stretch),
             register,
         };
         self.backoff = (self.backoff * 2).min(self.config.backoff_max);

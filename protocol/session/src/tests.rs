@@ -52,6 +52,7 @@ fn netmap(peers: Vec<PeerInfo>) -> NetMap {
 fn config() -> SessionConfig {
     let mut c = SessionConfig::new("n1", key(200));
     c.auth_key = Some("burrowkey-test".into());
+    c.backoff_jitter = 0.0; // exact waits below; the jitter has its own test
     c
 }
 
@@ -612,4 +613,35 @@ fn secrets_stay_out_of_debug() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn back_off_waits_are_stretched_by_up_to_a_quarter_differently_per_seed() {
+    let now = Instant::now();
+    let first_wait = |seed: u64| {
+        let mut c = config();
+        c.backoff_jitter = 0.25;
+        c.seed = seed;
+        c.secret = Some("kept".into());
+        let mut s = Session::new(c, now);
+        s.poll_transmit();
+        s.handle_input(
+            now,
+            Input::Failed {
+                request: RequestKind::OpenMap,
+                failure: Failure::Transient,
+            },
+        );
+        s.poll_timeout().unwrap() - now
+    };
+    let waits: Vec<Duration> = (0..20).map(first_wait).collect();
+    for w in &waits {
+        assert!(
+            *w >= Duration::from_millis(500) && *w <= Duration::from_millis(625),
+            "{w:?}"
+        );
+    }
+    let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+    assert!(distinct.len() > 10, "{waits:?}");
+    assert_eq!(first_wait(3), first_wait(3), "the same seed, the same wait");
 }

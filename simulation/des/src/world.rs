@@ -132,6 +132,7 @@ impl World {
         let engine = Node::new(config, self.now);
         let mut sc = SessionConfig::new(format!("n{slot}"), disco.public_key());
         sc.auth_key = Some(format!("key-{slot}"));
+        sc.seed = derive_seed(self.seed, &format!("session:{slot}"));
         let session = Session::new(sc, self.now);
         self.members.insert(
             slot,

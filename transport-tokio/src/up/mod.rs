@@ -37,6 +37,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let mut session = SessionConfig::new(cfg.hostname.clone(), disco.public_key());
     session.auth_key = cfg.auth_key.clone();
     session.secret = state.secret.clone();
+    session.seed = rand_seed();
     let mut driver = SessionDriver::new(Session::new(session, now()), control, private.clone());
     // The first netmap gives the node's addresses and the DERP map.
     let (node, derp_map) = loop {
