@@ -29,6 +29,7 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow-punch", "attacks", ""),
     ("burrow-disco", "messages", ""),
     ("burrow-derp", "relay", ""),
+    ("burrow-derp", "relay_attacks", ""),
     ("burrow-derp", "frames", ""),
     ("burrow-derp", "lib", ""),
     ("burrow-stun", "lib", "server::"),
@@ -38,7 +39,8 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow", "lib", "derp_client::"),
     ("burrow", "lib", "derper::"),
     ("burrow", "derper", ""),
-    ("burrow", "control_server", "attack_"),
+    ("burrow", "derper_attacks", ""),
+    ("burrow", "control_server_attacks", ""),
     ("burrow-sim", "attack", ""),
     // A hostile or confused control plane: stolen addresses and keys refused, a removed peer's
     // packets dropped at once, secrets out of Debug; a removed or expired member cannot keep

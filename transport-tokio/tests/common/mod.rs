@@ -1,8 +1,16 @@
-//! Running the `burrow` binary from integration tests.
+//! Running the `burrow` binary from integration tests; helpers per server in `control` and
+//! `derper`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+
+/// Helpers for the control server's test targets (each uses only some of them).
+#[allow(dead_code)]
+pub mod control;
+/// Helpers for the derper's test targets (each uses only some of them).
+#[allow(dead_code)]
+pub mod derper;
 
 pub const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
 
