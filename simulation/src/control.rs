@@ -147,15 +147,17 @@ pub(crate) async fn join(
     }
 }
 
+/// Who wants to hear when a given peer arrives.
+pub(crate) type Watch = (burrow_wg::PublicKey, tokio::sync::mpsc::UnboundedSender<()>);
+
 /// Follows the session for the rest of the run: peers to the engine (`commands`), recorded;
-/// `known` hears when the peer `watch` arrives.
+/// `watch`, if any, hears when its peer arrives.
 pub(crate) fn follow(
     mut driver: SessionDriver,
     commands: tokio::sync::mpsc::UnboundedSender<burrow::node::NodeCommand>,
     rec: Arc<Recorder>,
     me: String,
-    watch: burrow_wg::PublicKey,
-    known: tokio::sync::mpsc::UnboundedSender<()>,
+    watch: Option<Watch>,
 ) {
     tokio::spawn(async move {
         loop {
@@ -166,8 +168,10 @@ pub(crate) fn follow(
                         "control {me} heard of {name}: endpoints {:?}",
                         config.endpoints
                     ));
-                    if config.node_key == watch {
-                        let _ = known.send(());
+                    if let Some((key, known)) = &watch {
+                        if config.node_key == *key {
+                            let _ = known.send(());
+                        }
                     }
                 }
                 SessionEvent::PeerRemove { name, .. } => {

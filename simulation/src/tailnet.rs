@@ -377,9 +377,7 @@ impl NodeRun {
             mut events,
             ..
         } = handle;
-        let (known_tx, _known_rx) = tokio::sync::mpsc::unbounded_channel();
-        let own = wg_key.public_key();
-        crate::control::follow(driver, commands, rec.clone(), name.clone(), own, known_tx);
+        crate::control::follow(driver, commands, rec.clone(), name.clone(), None);
         let binder = crate::node_io::SimBinder {
             ip,
             uplink,

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod derp_client;
 pub mod derper;
+pub mod entry;
 pub mod local_api;
 pub mod netcheck;
 pub mod node;

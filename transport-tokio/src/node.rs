@@ -109,37 +109,25 @@ fn snapshot(engine: &Node) -> EngineState {
 /// delivered packet's buffer once it wrote it out and takes one for each packet it sends; the
 /// driver hands them to the engine. A steady stream then allocates nothing per packet.
 #[derive(Clone, Debug, Default)]
-pub struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+pub struct BufferPool(Arc<std::sync::Mutex<burrow_node::Buffers>>);
 
 impl BufferPool {
-    /// Buffers kept at most; more are freed.
-    const MAX: usize = 1024;
-    /// The largest buffer kept (see the engine's own limit).
-    const MAX_SIZE: usize = 4096;
-
     /// A buffer holding a copy of `bytes`, reused when one is spare.
     pub fn take(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut b = self
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(bytes.len().max(2048)));
-        b.extend_from_slice(bytes);
-        b
+        self.lock().take(bytes)
     }
 
     /// Gives a buffer back for reuse.
-    pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() > Self::MAX_SIZE {
-            return;
-        }
-        buf.clear();
-        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < Self::MAX {
-            spare.push(buf);
-        }
+    pub fn give(&self, buf: Vec<u8>) {
+        self.lock().give(buf);
     }
 
     fn pop(&self) -> Option<Vec<u8>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        self.lock().pop()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, burrow_node::Buffers> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use crate::util::{
-    apt_install, cargo, free_port, have, is_root, root, run as run_cmd, write_section, Guard,
+    apt_install, free_port, have, is_root, release_binaries, root, write_section, Guard,
 };
 
 #[derive(Subcommand)]
@@ -127,17 +127,7 @@ pub fn run(which: Which) -> Result<()> {
     if !reference_ready {
         bail!("coturn's turnserver is needed as the reference: apt-get install coturn (as root)");
     }
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "burrow",
-        "-p",
-        "burrow-loadgen",
-    ]))?;
-    let burrow = root().join("target/release/burrow");
-    let loadgen = root().join("target/release/burrow-loadgen");
+    let (burrow, loadgen) = release_binaries()?;
 
     let bp = free_port();
     let mut b = Command::new(&burrow);

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, free_port, root, run as run_cmd, Guard};
+use crate::util::{free_port, release_binaries, root, Guard};
 
 /// (utime + stime) seconds and VmHWM KiB of a process.
 fn usage(pid: u32) -> Option<(f64, u64)> {
@@ -27,17 +27,7 @@ fn usage(pid: u32) -> Option<(f64, u64)> {
 }
 
 pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "burrow",
-        "-p",
-        "burrow-loadgen",
-    ]))?;
-    let burrow = root().join("target/release/burrow");
-    let loadgen = root().join("target/release/burrow-loadgen");
+    let (burrow, loadgen) = release_binaries()?;
     let mut rows = Vec::new();
     for &n in sizes {
         let dir =

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, root, run as run_cmd, Guard};
+use crate::util::{release_binaries, root, Guard};
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -40,17 +40,7 @@ fn load(loadgen: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
 }
 
 pub fn run(seconds: f64, rounds: usize, idle: u32, no_write: bool) -> Result<()> {
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "burrow",
-        "-p",
-        "burrow-loadgen",
-    ]))?;
-    let burrow = root().join("target/release/burrow");
-    let loadgen = root().join("target/release/burrow-loadgen");
+    let (burrow, loadgen) = release_binaries()?;
     let mut child = Command::new(&burrow)
         .args(["derper", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")

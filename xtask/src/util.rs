@@ -122,3 +122,18 @@ pub fn write_section(path: &Path, title: &str, section: &str) -> Result<()> {
     std::fs::write(path, new)?;
     Ok(())
 }
+
+/// Builds `burrow` and `burrow-loadgen` in release mode; their paths.
+pub fn release_binaries() -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "burrow",
+        "-p",
+        "burrow-loadgen",
+    ]))?;
+    let release = root().join("target/release");
+    Ok((release.join("burrow"), release.join("burrow-loadgen")))
+}

@@ -340,6 +340,11 @@ impl Filter {
         self.rules = rules;
     }
 
+    /// The rules in force.
+    pub fn rules(&self) -> &[FilterRule] {
+        &self.rules
+    }
+
     /// Flows remembered now.
     pub fn flow_count(&self) -> usize {
         self.flows.len()

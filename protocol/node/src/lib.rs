@@ -2,10 +2,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod buffers;
 pub mod engine;
 pub mod nat;
 mod routing;
 
+pub use buffers::Buffers;
 pub use engine::{
     Event, Explanation, Input, Node, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit,
 };

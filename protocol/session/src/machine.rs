@@ -591,6 +591,7 @@ impl Session {
 
     /// A whole netmap: the filter, the node, and the peers diffed against those held.
     fn take_netmap(&mut self, map: NetMap) {
+        let filter_changed = self.filter.rules() != map.filter.as_slice();
         self.filter.set_rules(map.filter);
         self.node = Some(map.node.clone());
         self.derp = map.derp.clone();
@@ -598,7 +599,9 @@ impl Session {
             node: map.node,
             derp: map.derp,
         });
-        self.events.push_back(SessionEvent::FilterChanged);
+        if filter_changed {
+            self.events.push_back(SessionEvent::FilterChanged);
+        }
         for id in self.peers.absent_from(&map.peers) {
             self.remove(id);
         }

@@ -78,6 +78,11 @@ fn following(now: Instant, peers: Vec<PeerInfo>) -> Session {
     s
 }
 
+/// The driver's report of a failed request.
+fn failed(request: RequestKind, failure: Failure) -> Input {
+    Input::Failed { request, failure }
+}
+
 fn drain(s: &mut Session) -> Vec<SessionEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
@@ -267,13 +272,7 @@ fn reconnects_back_off_and_a_forgotten_node_registers_again() {
         t = due;
         s.handle_timeout(t);
         assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
-        s.handle_input(
-            t,
-            Input::Failed {
-                request: RequestKind::OpenMap,
-                failure: Failure::Transient,
-            },
-        );
+        s.handle_input(t, failed(RequestKind::OpenMap, Failure::Transient));
     }
     let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
     assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
@@ -281,13 +280,7 @@ fn reconnects_back_off_and_a_forgotten_node_registers_again() {
     // auth key it stays out.
     s.handle_timeout(s.poll_timeout().unwrap());
     assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
-    s.handle_input(
-        t,
-        Input::Failed {
-            request: RequestKind::OpenMap,
-            failure: Failure::Unauthorized,
-        },
-    );
+    s.handle_input(t, failed(RequestKind::OpenMap, Failure::Unauthorized));
     assert_eq!(s.poll_transmit(), None);
     assert_eq!(
         drain(&mut s),
@@ -302,13 +295,7 @@ fn at_start_a_forgotten_node_registers_again_with_its_auth_key() {
     let now = Instant::now();
     let mut s = Session::new(c, now);
     assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
-    s.handle_input(
-        now,
-        Input::Failed {
-            request: RequestKind::OpenMap,
-            failure: Failure::Unauthorized,
-        },
-    );
+    s.handle_input(now, failed(RequestKind::OpenMap, Failure::Unauthorized));
     let Some(Request::Register(body)) = s.poll_transmit() else {
         panic!("registers again")
     };
@@ -322,13 +309,7 @@ fn a_forgotten_node_without_an_auth_key_stops() {
     let now = Instant::now();
     let mut s = Session::new(c, now);
     assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
-    s.handle_input(
-        now,
-        Input::Failed {
-            request: RequestKind::OpenMap,
-            failure: Failure::Unauthorized,
-        },
-    );
+    s.handle_input(now, failed(RequestKind::OpenMap, Failure::Unauthorized));
     assert_eq!(
         drain(&mut s),
         [SessionEvent::Failed(SessionError::NodeRemoved)]
@@ -373,13 +354,7 @@ fn endpoints_are_posted_on_change_only_spaced_and_retried() {
         panic!("the changed set is posted")
     };
     assert_eq!(request.endpoints, b);
-    s.handle_input(
-        t,
-        Input::Failed {
-            request: RequestKind::PostEndpoints,
-            failure: Failure::Transient,
-        },
-    );
+    s.handle_input(t, failed(RequestKind::PostEndpoints, Failure::Transient));
     assert_eq!(s.poll_timeout(), Some(t + Duration::from_secs(5)));
     s.handle_timeout(t + Duration::from_secs(5));
     assert!(matches!(
@@ -526,10 +501,10 @@ fn at_start_a_permanent_refusal_stops_the_session_and_later_it_is_retried() {
     s.poll_transmit();
     s.handle_input(
         now,
-        Input::Failed {
-            request: RequestKind::Register,
-            failure: Failure::Permanent("409: the disco key is taken".into()),
-        },
+        failed(
+            RequestKind::Register,
+            Failure::Permanent("409: the disco key is taken".into()),
+        ),
     );
     assert_eq!(
         drain(&mut s),
@@ -544,10 +519,7 @@ fn at_start_a_permanent_refusal_stops_the_session_and_later_it_is_retried() {
     s.poll_transmit();
     s.handle_input(
         now,
-        Input::Failed {
-            request: RequestKind::OpenMap,
-            failure: Failure::Permanent("503".into()),
-        },
+        failed(RequestKind::OpenMap, Failure::Permanent("503".into())),
     );
     assert!(drain(&mut s).is_empty());
     assert!(s.poll_timeout().is_some());
@@ -561,13 +533,7 @@ fn a_server_that_forgets_the_node_again_at_once_is_not_looped_on() {
     let mut s = Session::new(c, now);
     for round in 0..2 {
         assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
-        s.handle_input(
-            now,
-            Input::Failed {
-                request: RequestKind::OpenMap,
-                failure: Failure::Unauthorized,
-            },
-        );
+        s.handle_input(now, failed(RequestKind::OpenMap, Failure::Unauthorized));
         if round == 0 {
             assert!(matches!(s.poll_transmit(), Some(Request::Register(_))));
             s.handle_input(
@@ -625,13 +591,7 @@ fn back_off_waits_are_stretched_by_up_to_a_quarter_differently_per_seed() {
         c.secret = Some("kept".into());
         let mut s = Session::new(c, now);
         s.poll_transmit();
-        s.handle_input(
-            now,
-            Input::Failed {
-                request: RequestKind::OpenMap,
-                failure: Failure::Transient,
-            },
-        );
+        s.handle_input(now, failed(RequestKind::OpenMap, Failure::Transient));
         s.poll_timeout().unwrap() - now
     };
     let waits: Vec<Duration> = (0..20).map(first_wait).collect();

@@ -318,21 +318,12 @@ impl World {
 
     /// Scans bytes for any member's private key.
     fn scan(&mut self, bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        for (raw, b64) in &self.secrets {
-            if bytes.windows(32).any(|w| w == raw) || text.contains(b64.as_str()) {
-                self.key_on_wire = true;
-            }
-        }
+        self.key_on_wire |= leaks(&self.secrets, bytes);
     }
 
     fn send(&mut self, c: Carried) {
-        match &c {
-            Carried::Udp { data, .. } | Carried::Derp { data, .. } => {
-                let data = data.clone();
-                self.scan(&data);
-            }
-        }
+        let (Carried::Udp { data, .. } | Carried::Derp { data, .. }) = &c;
+        self.key_on_wire |= leaks(&self.secrets, data);
         self.sequence += 1;
         self.in_flight
             .push(std::cmp::Reverse((self.now + LATENCY, self.sequence, c)));
@@ -533,4 +524,12 @@ impl World {
             }
         }
     }
+}
+
+/// Whether `bytes` hold any of `secrets`, raw or in base64.
+fn leaks(secrets: &[([u8; 32], String)], bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    secrets
+        .iter()
+        .any(|(raw, b64)| bytes.windows(32).any(|w| w == raw) || text.contains(b64.as_str()))
 }

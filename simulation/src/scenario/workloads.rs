@@ -163,7 +163,7 @@ pub(super) fn mesh(
                         }
                         endpoints_to = Some(driver.inputs());
                         let watch = peer_config.node_key;
-                        crate::control::follow(driver, commands.clone(), rec.clone(), me.clone(), watch, known_tx);
+                        crate::control::follow(driver, commands.clone(), rec.clone(), me.clone(), Some((watch, known_tx)));
                     }
                 }
                 let pinging = endpoints_to.is_some();

@@ -71,34 +71,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // As in `burrow`: files are their owner's alone, and logs go to stderr (RUST_LOG, default info).
-    nix::sys::stat::umask(nix::sys::stat::Mode::S_IRWXG | nix::sys::stat::Mode::S_IRWXO);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("burrow-loadgen: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("burrow-loadgen: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    burrow::entry::main("burrow-loadgen", run(cli.command))
 }
 
 async fn run(command: Command) -> Result<()> {

@@ -58,14 +58,6 @@ use wireguard::{WgSource, DATA_STALL_AFTER};
 
 /// Largest datagram the engine handles.
 const MAX_DATAGRAM: usize = 65_535;
-/// Payload buffers kept for reuse at most (see [`Node::recycle`]).
-const SPARE_BUFFERS: usize = 1024;
-/// The smallest payload buffer made: a whole 1280-byte packet plus WireGuard's overhead, so a
-/// recycled buffer fits any datagram of the tunnel's MTU without growing.
-const MIN_BUFFER: usize = 2048;
-/// The largest buffer kept for reuse: the spare pool holds at most
-/// `SPARE_BUFFERS × MAX_SPARE` bytes (4 MiB), whatever sizes pass through.
-const MAX_SPARE: usize = 4096;
 
 /// A peer and everything the engine keeps for it.
 struct Peer {
@@ -101,7 +93,7 @@ pub struct Node {
     events: VecDeque<Event>,
     buf: Vec<u8>,
     /// Payload buffers given back by the driver, for reuse.
-    spare: Vec<Vec<u8>>,
+    spare: crate::Buffers,
 }
 
 impl core::fmt::Debug for Node {
@@ -140,7 +132,7 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             buf: vec![0u8; MAX_DATAGRAM + 64],
-            spare: Vec::new(),
+            spare: crate::Buffers::default(),
             disco_public: config.disco_key.public_key(),
             config,
         };
@@ -432,12 +424,8 @@ impl Node {
     /// Takes back a payload the driver is done with (a sent transmit's, a delivered packet's),
     /// so a later one reuses its memory: a driver that recycles what it gets makes the data
     /// path allocation-free in steady state.
-    pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        let size = buf.capacity();
-        if self.spare.len() < SPARE_BUFFERS && (MIN_BUFFER..=MAX_SPARE).contains(&size) {
-            buf.clear();
-            self.spare.push(buf);
-        }
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.spare.give(buf);
     }
 
     /// How many recycled buffers the engine holds for its next payloads.
@@ -447,12 +435,7 @@ impl Node {
 
     /// A payload holding `bytes`, in a recycled buffer when there is one.
     pub(super) fn payload(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut b = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(bytes.len().max(MIN_BUFFER)));
-        b.extend_from_slice(bytes);
-        b
+        self.spare.take(bytes)
     }
 
     /// The next thing to send.
