@@ -91,6 +91,11 @@ pub fn run(install: bool) -> Result<()> {
         c.args(["test", "--workspace", "--no-fail-fast"]);
         c
     };
+    // Property tests draw the same cases on every run, so a run's outcome depends on the code
+    // alone; set PROPTEST_RNG_SEED to draw others (a failure prints its minimal input).
+    let seed = std::env::var("PROPTEST_RNG_SEED").unwrap_or_else(|_| PROPTEST_SEED.to_string());
+    println!("xtask: property tests draw cases from PROPTEST_RNG_SEED={seed}");
+    tests.env("PROPTEST_RNG_SEED", &seed);
     if skipped.is_empty() && root_user {
         // Everything is installed: an interop test that cannot find its tool is a failure.
         tests.env("BURROW_REQUIRE_INTEROP", "1");
@@ -158,6 +163,9 @@ fn reduced_matrix() -> Result<()> {
         ]),
     )
 }
+
+/// The property tests' default seed (any fixed value: what matters is that it is fixed).
+const PROPTEST_SEED: &str = "20261202";
 
 fn have_nextest() -> bool {
     cargo()

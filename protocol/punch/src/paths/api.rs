@@ -60,6 +60,10 @@ pub struct PathConfig {
     pub min_pong_timeout: Duration,
     /// Missed pongs in a row before a direct path is dead.
     pub missed_before_dead: u32,
+    /// ... and nothing answered on it for this long: on a lossy link a few pings in a row go
+    /// unanswered now and then, and a path declared dead takes seconds to win back (data goes
+    /// over the relay too as soon as one pong is missed, so waiting loses nothing).
+    pub silence_before_dead: Duration,
     /// While on the relay, retry direct candidates (and re-send CallMeMaybe) this often.
     pub upgrade_interval: Duration,
     /// Path choice margin.
@@ -79,6 +83,7 @@ impl Default for PathConfig {
             pong_timeout: Duration::from_secs(5),
             min_pong_timeout: Duration::from_secs(1),
             missed_before_dead: 3,
+            silence_before_dead: Duration::from_secs(5),
             upgrade_interval: Duration::from_secs(30),
             hysteresis: Hysteresis::default(),
             // One full CallMeMaybe at once, then a few a second.

@@ -332,7 +332,7 @@ impl PeerPaths {
             .remote
             .values()
             .filter(|r| r.stalled_until.is_none_or(|t| now >= t))
-            .filter(|r| r.missed < self.config.missed_before_dead)
+            .filter(|r| !self.dead(now, r))
             .filter(|r| {
                 r.last_pong
                     .is_some_and(|t| now.saturating_duration_since(t) <= fresh)
@@ -423,14 +423,13 @@ impl PeerPaths {
             // Missed pongs count in rounds: several pings expiring together are one miss.
             if r.pending.len() < before {
                 r.missed += 1;
-                missed.push((*addr, r.missed));
+                missed.push(*addr);
             }
         }
-        for (addr, count) in missed {
-            let outcome = if count >= self.config.missed_before_dead {
-                Outcome::Dead
-            } else {
-                Outcome::NoPong
+        for addr in missed {
+            let outcome = match self.remote.get(&addr) {
+                Some(r) if self.dead(now, r) => Outcome::Dead,
+                _ => Outcome::NoPong,
             };
             self.note(now, addr, outcome);
         }

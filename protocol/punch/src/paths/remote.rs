@@ -64,9 +64,16 @@ impl PeerPaths {
         self.config.pong_timeout * self.config.missed_before_dead + self.config.heartbeat
     }
 
+    /// Missed pongs in a row, and silent for long enough besides.
+    pub(super) fn dead(&self, now: Instant, r: &Remote) -> bool {
+        r.missed >= self.config.missed_before_dead
+            && r.last_pong
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.silence_before_dead)
+    }
+
     /// Answered lately and not dead: a path in use or about to be.
     pub(super) fn alive(&self, now: Instant, r: &Remote) -> bool {
-        r.missed < self.config.missed_before_dead
+        !self.dead(now, r)
             && r.last_pong
                 .is_some_and(|t| now.saturating_duration_since(t) <= self.fresh_window())
     }
