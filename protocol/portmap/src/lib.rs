@@ -1,0 +1,69 @@
+//! Sans-IO port mapping: a node asks its own router for a fixed public port, so that peers
+//! behind any NAT can reach it directly.
+//!
+//! Three protocols, each a codec module usable on its own (client and server side):
+//! - [`pmp`]: NAT-PMP (RFC 6886), IPv4, UDP to the gateway's port 5351;
+//! - [`pcp`]: PCP (RFC 6887), IPv4 and IPv6, same port, version 2;
+//! - [`upnp`]: UPnP IGD v1/v2: SSDP discovery, the device description, SOAP over HTTP.
+//!
+//! [`PortMapper`] drives all three for one local UDP port: it probes them at once, maps with
+//! the first that works in the order NAT-PMP, PCP, UPnP, renews at half the lease, notices a
+//! rebooted gateway or a changed external address, and unmaps on shutdown. Like every burrow
+//! machine it takes bytes and time and returns transmits, events and a deadline.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod pcp;
+pub mod pmp;
+pub mod upnp;
+
+mod machine;
+
+
+/// One of the three port-mapping protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// NAT-PMP (RFC 6886).
+    Pmp,
+    /// PCP (RFC 6887).
+    Pcp,
+    /// UPnP Internet Gateway Device, v1 or v2.
+    Upnp,
+}
+
+impl Protocol {
+    /// All three, in order of preference.
+    pub const ALL: [Protocol; 3] = [Protocol::Pmp, Protocol::Pcp, Protocol::Upnp];
+
+    /// Short lower-case name, as in reports and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Pmp => "nat-pmp",
+            Protocol::Pcp => "pcp",
+            Protocol::Upnp => "upnp",
+        }
+    }
+}
+
+/// The transport protocol a mapping is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TransportProtocol {
+    /// UDP (what burrow maps).
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// Whether a gateway's external IPv4 address is one that the internet cannot route to: RFC
+/// 1918, shared address space (CGNAT, RFC 6598), loopback, link-local or unspecified. Such a
+/// gateway sits behind another NAT (a double NAT): its mappings reach only the network above
+/// it. (Benchmarking and documentation ranges count as public: labs and simulators use them
+/// as their internet.)
+pub fn is_private_v4(ip: std::net::Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+}

@@ -1,0 +1,1 @@
+//! UPnP IGD v1/v2: SSDP, device description, SOAP.
