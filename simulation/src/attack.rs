@@ -481,6 +481,7 @@ pub fn run(attack: Attack, seed: u64, duration: Duration) -> AttackOutcome {
                         let info = w.seal_as_attacker(&Message::NatInfo {
                             mapping_varies: true,
                             predictable: false,
+                            mapped: false,
                         });
                         w.relay_from_attacker(info);
                     }

@@ -21,6 +21,7 @@ fn config(mapping: Dependence, filtering: Dependence, allocation: PortAllocation
         refresh: Refresh::Outbound,
         capacity: None,
         hairpin: false,
+        gateway: None,
         block_udp: false,
     }
 }

@@ -249,6 +249,9 @@ pub struct NetcheckArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 6.0)]
     pub timeout: f64,
+    /// Do not ask the default gateway for a port mapping (NAT-PMP, PCP, UPnP IGD).
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }
 
 /// The arguments of `burrow wg`.
@@ -356,6 +359,9 @@ pub struct UpArgs {
     /// one written by `--self-signed … --cert-out`; repeatable.
     #[arg(long)]
     pub tls_ca: Vec<std::path::PathBuf>,
+    /// Do not ask the default gateway to map the node's port (NAT-PMP, PCP, UPnP IGD).
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }
 
 /// The arguments of `burrow status`.

@@ -8,6 +8,7 @@ pub mod entry;
 pub mod local_api;
 pub mod netcheck;
 pub mod node;
+pub mod portmap;
 pub mod session;
 pub mod stun_server;
 pub mod tls;

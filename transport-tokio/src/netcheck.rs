@@ -324,15 +324,39 @@ pub fn format_report(r: &Report) -> String {
         other => other.kind().to_owned(),
     };
     let _ = writeln!(s, "  * Port allocation: {alloc}");
-    let _ = writeln!(
-        s,
-        "  * Port mapping: {}",
-        if r.port_mapping.is_some() {
-            "probed"
-        } else {
-            "not probed"
+    match &r.port_mapping {
+        None => {
+            let _ = writeln!(s, "  * Port mapping: not probed");
         }
-    );
+        Some(pm) => {
+            let mut answered: Vec<&str> = Vec::new();
+            for (on, name) in [(pm.pmp, "NAT-PMP"), (pm.pcp, "PCP"), (pm.upnp, "UPnP")] {
+                if on {
+                    answered.push(name);
+                }
+            }
+            let answered = if answered.is_empty() {
+                "none answered".to_string()
+            } else {
+                answered.join(", ")
+            };
+            let mapped = match (&pm.mapped_with, pm.external) {
+                (Some(p), Some(ext)) => format!(
+                    "; mapped {ext} with {p}{}",
+                    if pm.private_external {
+                        " (private: a double NAT)"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "  * Port mapping: {answered}{mapped}");
+            for (p, e) in &pm.errors {
+                let _ = writeln!(s, "    - {p}: {e}");
+            }
+        }
+    }
     if let Some(id) = r.preferred_region {
         if let Some(region) = r.region_latency.iter().find(|l| l.id == id) {
             let _ = writeln!(

@@ -85,6 +85,8 @@ pub enum NodeCommand {
     Ping(PublicKey),
     /// A snapshot of the engine.
     State(tokio::sync::oneshot::Sender<EngineState>),
+    /// The gateway mapped the node's port here (or the mapping is gone).
+    SetPortMapping(Option<SocketAddr>),
 }
 
 fn snapshot(engine: &Node) -> EngineState {
@@ -284,6 +286,9 @@ pub async fn run_node<B: SocketBinder>(
                 }
                 Some(NodeCommand::State(reply)) => {
                     let _ = reply.send(snapshot(&engine));
+                }
+                Some(NodeCommand::SetPortMapping(m)) => {
+                    engine.set_port_mapping(now(), m);
                 }
                 None => commands_open = false,
             },

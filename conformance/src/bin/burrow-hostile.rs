@@ -268,6 +268,7 @@ async fn main() -> Result<(), Error> {
             let info = Message::NatInfo {
                 mapping_varies: true,
                 predictable: false,
+                mapped: false,
             }
             .seal(&disco_key, &victim_cfg.disco_key, &mut rng)?;
             d.derp.send(vk, info);

@@ -65,6 +65,10 @@ pub enum Message {
         /// …but its ports are predictable (a sequential allocator): its CallMeMaybe carries
         /// predicted endpoints, so an easy peer need not birthday-probe.
         predictable: bool,
+        /// Its gateway maps its port (NAT-PMP, PCP or UPnP): the mapped endpoint in its
+        /// CallMeMaybe takes packets from anyone, so no birthday search is needed either way.
+        /// (Flag bit 2; receivers that predate it ignore it.)
+        mapped: bool,
     },
     /// A message type this version does not know (ignored, for forward compatibility).
     Unknown {
@@ -157,8 +161,11 @@ impl Message {
             Message::NatInfo {
                 mapping_varies,
                 predictable,
+                mapped,
             } => {
-                let flags = u8::from(*mapping_varies) | (u8::from(*predictable) << 1);
+                let flags = u8::from(*mapping_varies)
+                    | (u8::from(*predictable) << 1)
+                    | (u8::from(*mapped) << 2);
                 out.extend_from_slice(&[TYPE_NAT_INFO, VERSION, flags]);
             }
             Message::Unknown { kind } => out.extend_from_slice(&[*kind, VERSION]),
@@ -220,6 +227,7 @@ impl Message {
                 Message::NatInfo {
                     mapping_varies: flags & 1 != 0,
                     predictable: flags & 2 != 0,
+                    mapped: flags & 4 != 0,
                 }
             }
             other => Message::Unknown { kind: other },

@@ -142,18 +142,31 @@ fn nat_info_extension_layout_and_keyed_sealing() {
     let m = Message::NatInfo {
         mapping_varies: true,
         predictable: false,
+        mapped: false,
     };
     assert_eq!(m.to_plaintext(), vec![0x80, 0x00, 0x01]);
     let both = Message::NatInfo {
         mapping_varies: true,
         predictable: true,
+        mapped: false,
     };
     assert_eq!(both.to_plaintext(), vec![0x80, 0x00, 0x03]);
+    let mapped = Message::NatInfo {
+        mapping_varies: false,
+        predictable: false,
+        mapped: true,
+    };
+    assert_eq!(mapped.to_plaintext(), vec![0x80, 0x00, 0x04]);
+    assert_eq!(
+        Message::from_plaintext(&[0x80, 0x00, 0x04]).unwrap(),
+        mapped
+    );
     assert_eq!(
         Message::from_plaintext(&[0x80, 0x00, 0x02]).unwrap(),
         Message::NatInfo {
             mapping_varies: false,
-            predictable: true
+            predictable: true,
+            mapped: false,
         }
     );
     assert!(matches!(

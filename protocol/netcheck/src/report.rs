@@ -66,15 +66,28 @@ pub enum PortAllocation {
     Unknown,
 }
 
-/// Port-mapping protocols the gateway offers (UPnP IGD, NAT-PMP, PCP); probed by a later release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What the default gateway's port-mapping services said (UPnP IGD, NAT-PMP, PCP): which
+/// answered, the mapping a probe could make (deleted again at once), and each one's error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PortMapping {
+    /// The gateway asked.
+    pub gateway: Option<std::net::IpAddr>,
     /// UPnP IGD answered.
     pub upnp: bool,
     /// NAT-PMP answered.
     pub pmp: bool,
     /// PCP answered.
     pub pcp: bool,
+    /// The protocol the probe's mapping was made with ("nat-pmp", "pcp", "upnp").
+    pub mapped_with: Option<String>,
+    /// The probe mapping's external address.
+    pub external: Option<SocketAddr>,
+    /// Its lease in seconds (`null` with a mapping: permanent).
+    pub lease_secs: Option<u64>,
+    /// The gateway's external address is private: it sits behind another NAT.
+    pub private_external: bool,
+    /// Each protocol's error, by name.
+    pub errors: std::collections::BTreeMap<String, String>,
 }
 
 /// Latency to one region: the best round trip of any of its servers, per address family.
@@ -117,7 +130,7 @@ pub struct Report {
     pub region_latency: Vec<RegionLatency>,
     /// The region with the lowest latency.
     pub preferred_region: Option<u32>,
-    /// Port-mapping protocols; null until a later release probes them.
+    /// The gateway's port-mapping services; null when not probed.
     pub port_mapping: Option<PortMapping>,
     /// One-word summary.
     pub nat_type: NatType,

@@ -429,6 +429,7 @@ fn a_false_easy_nat_info_opens_sockets_toward_two_endpoints_at_most() {
     lab.relay(&Message::NatInfo {
         mapping_varies: false,
         predictable: false,
+        mapped: false,
     });
     let secs = 60;
     let mut sent = lab.sent();
@@ -458,6 +459,7 @@ fn a_false_hard_nat_info_probes_one_ip_within_the_budget() {
     lab.relay(&Message::NatInfo {
         mapping_varies: true,
         predictable: false,
+        mapped: false,
     });
     let secs = 60;
     let mut sent = lab.sent();
@@ -504,6 +506,7 @@ fn birthday_needs_a_vouched_ip() {
     lab.relay(&Message::NatInfo {
         mapping_varies: true,
         predictable: false,
+        mapped: false,
     });
     let mut sent = lab.sent();
     sent.extend(lab.run(60));

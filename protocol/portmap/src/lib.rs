@@ -1,24 +1,22 @@
-//! Sans-IO port mapping: a node asks its own router for a fixed public port, so that peers
-//! behind any NAT can reach it directly.
-//!
-//! Three protocols, each a codec module usable on its own (client and server side):
-//! - [`pmp`]: NAT-PMP (RFC 6886), IPv4, UDP to the gateway's port 5351;
-//! - [`pcp`]: PCP (RFC 6887), IPv4 and IPv6, same port, version 2;
-//! - [`upnp`]: UPnP IGD v1/v2: SSDP discovery, the device description, SOAP over HTTP.
-//!
-//! [`PortMapper`] drives all three for one local UDP port: it probes them at once, maps with
-//! the first that works in the order NAT-PMP, PCP, UPnP, renews at half the lease, notices a
-//! rebooted gateway or a changed external address, and unmaps on shutdown. Like every burrow
-//! machine it takes bytes and time and returns transmits, events and a deadline.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod pcp;
 pub mod pmp;
+
 pub mod upnp;
 
+pub mod gateway;
+
+mod epoch;
 mod machine;
 
+pub use epoch::EpochTracker;
+pub use machine::{
+    Event, HttpRequestId, Input, Mapping, PortMapError, PortMapper, PortMapperConfig,
+    ProtocolReport, Report, Transmit,
+};
 
 /// One of the three port-mapping protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

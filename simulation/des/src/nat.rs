@@ -91,6 +91,74 @@ pub struct NatConfig {
     /// Drop all UDP.
     #[serde(default)]
     pub block_udp: bool,
+    /// The box's port-mapping service for the hosts behind it (the innermost box of a chain
+    /// is their gateway); none by default.
+    #[serde(default)]
+    pub gateway: Option<GatewayModel>,
+}
+
+/// A box's port-mapping service: which protocols it answers, and its quirks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayModel {
+    /// Answers NAT-PMP.
+    #[serde(default)]
+    pub pmp: bool,
+    /// Answers PCP.
+    #[serde(default)]
+    pub pcp: bool,
+    /// Answers UPnP IGD of this version (1 or 2).
+    #[serde(default)]
+    pub upnp: Option<u8>,
+    /// UPnP takes permanent leases only (error 725 otherwise).
+    #[serde(default)]
+    pub permanent_leases_only: bool,
+    /// Answers the probes but refuses every mapping.
+    #[serde(default)]
+    pub deny: bool,
+    /// UPnP answers discovery but fails every AddPortMapping with this error code.
+    #[serde(default)]
+    pub fail_add: Option<u16>,
+    /// At most this many mappings at once.
+    #[serde(default = "max_mappings")]
+    pub max_mappings: usize,
+}
+
+fn max_mappings() -> usize {
+    128
+}
+
+impl GatewayModel {
+    /// Answers the given protocols, with no quirks.
+    pub fn new(pmp: bool, pcp: bool, upnp: Option<u8>) -> Self {
+        GatewayModel {
+            pmp,
+            pcp,
+            upnp,
+            permanent_leases_only: false,
+            deny: false,
+            fail_add: None,
+            max_mappings: max_mappings(),
+        }
+    }
+
+    /// The port-mapping gateway's settings for a box at `lan_ip` whose outside is `external_ip`.
+    pub fn config(
+        &self,
+        lan_ip: std::net::Ipv4Addr,
+        external_ip: std::net::Ipv4Addr,
+    ) -> burrow_portmap::gateway::GatewayConfig {
+        burrow_portmap::gateway::GatewayConfig {
+            pmp: self.pmp,
+            pcp: self.pcp,
+            upnp: self.upnp,
+            permanent_leases_only: self.permanent_leases_only,
+            deny: self.deny,
+            fail_add: self.fail_add,
+            max_mappings: self.max_mappings,
+            ..burrow_portmap::gateway::GatewayConfig::all(lan_ip, external_ip)
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -194,6 +262,8 @@ pub struct NatTable {
     sessions: usize,
     stats: NatStats,
     closed: Vec<u16>,
+    /// Ports forwarded by the box's port-mapping service (see [`NatTable::set_forwards`]).
+    forwards: BTreeMap<u16, SocketAddr>,
 }
 
 impl NatTable {
@@ -208,6 +278,36 @@ impl NatTable {
             sessions: 0,
             stats: NatStats::default(),
             closed: Vec::new(),
+            forwards: BTreeMap::new(),
+        }
+    }
+
+    /// Makes the box's forwarded ports exactly `forwards` (external port → internal endpoint),
+    /// as its port-mapping service's table says: each a permanent, unfiltered inbound mapping.
+    /// As with miniupnpd's DNAT rules, the internal endpoint's own packets leave from the
+    /// forwarded port only as replies to a remote that came in through it (connection
+    /// tracking); to anyone else they take the NAT's usual mapping.
+    pub fn set_forwards(&mut self, forwards: &BTreeMap<u16, SocketAddr>) {
+        if *forwards == self.forwards {
+            return;
+        }
+        for (port, internal) in std::mem::take(&mut self.forwards) {
+            if forwards.get(&port) != Some(&internal) {
+                if let Some(m) = self.mappings.remove(&port) {
+                    self.sessions -= m.sessions.len();
+                    self.by_key.retain(|_, p| *p != port);
+                    self.closed.push(port);
+                }
+            }
+        }
+        for (&port, &internal) in forwards {
+            let ours = self
+                .mappings
+                .get(&port)
+                .is_some_and(|m| m.permanent && m.internal == internal);
+            if ours || self.add_static(internal, port) {
+                self.forwards.insert(port, internal);
+            }
         }
     }
 
@@ -416,7 +516,15 @@ impl NatTable {
         let timeout = self.config.timeout;
         let m = self.mappings.get_mut(&port).expect("live after expire()");
         if m.permanent {
-            return Ok(m.internal);
+            let internal = m.internal;
+            if self.forwards.contains_key(&port) {
+                // Connection tracking: replies to this remote leave from the forwarded port.
+                let key = self.key(remote);
+                if key != Key::Any {
+                    self.by_key.insert((internal, key), port);
+                }
+            }
+            return Ok(internal);
         }
         let live = |last: &Instant| now.saturating_duration_since(*last) < timeout;
         let admitted = match self.config.filtering {

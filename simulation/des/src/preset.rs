@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::nat::{Dependence::*, NatConfig, PortAllocation, Refresh};
+use crate::nat::{Dependence::*, GatewayModel, NatConfig, PortAllocation, Refresh};
 
 /// How a node reaches the Internet in a preset: what boxes sit in front of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -34,6 +34,7 @@ fn nat(
         capacity: None,
         hairpin: false,
         block_udp: false,
+        gateway: None,
     }
 }
 
@@ -51,6 +52,56 @@ pub const NAMES: &[&str] = &[
     "udp-blocked",
     "srx300",
 ];
+
+/// Hard NATs whose router offers port mapping (NAT-PMP, PCP, UPnP IGD), and their quirks:
+/// the grid's extra rows. `double-pmp` is an easy home router offering NAT-PMP behind a hard
+/// carrier NAT: its mappings reach only the carrier's network.
+pub const MAPPING_NAMES: &[&str] = &[
+    "hard-pmp",
+    "hard-pcp",
+    "hard-upnp1",
+    "hard-upnp2",
+    "hard-all",
+    "hard-upnp-permanent",
+    "hard-deny",
+    "double-pmp",
+];
+
+/// A hard NAT whose router runs `gateway`.
+fn hard_with(gateway: GatewayModel) -> NatConfig {
+    NatConfig {
+        gateway: Some(gateway),
+        ..single("hard").expect("a preset")
+    }
+}
+
+/// The chain of a mapping preset (see [`MAPPING_NAMES`]).
+fn mapping_chain(name: &str) -> Option<Vec<NatConfig>> {
+    let g = GatewayModel::new;
+    Some(match name {
+        "hard-pmp" => vec![hard_with(g(true, false, None))],
+        "hard-pcp" => vec![hard_with(g(false, true, None))],
+        "hard-upnp1" => vec![hard_with(g(false, false, Some(1)))],
+        "hard-upnp2" => vec![hard_with(g(false, false, Some(2)))],
+        "hard-all" => vec![hard_with(g(true, true, Some(2)))],
+        "hard-upnp-permanent" => vec![hard_with(GatewayModel {
+            permanent_leases_only: true,
+            ..g(false, false, Some(1))
+        })],
+        "hard-deny" => vec![hard_with(GatewayModel {
+            deny: true,
+            ..g(true, true, Some(2))
+        })],
+        "double-pmp" => vec![
+            NatConfig {
+                gateway: Some(g(true, false, None)),
+                ..single("easy")?
+            },
+            single("hard")?,
+        ],
+        _ => return None,
+    })
+}
 
 /// The box configuration of a single-box preset (`open` has none; `cgnat` is the carrier box alone).
 pub fn single(name: &str) -> Option<NatConfig> {
@@ -139,6 +190,14 @@ pub fn get(name: &str) -> Option<Preset> {
         "cgnat" => ("cgnat", "A home router (easy) behind a carrier-grade NAT (endpoint-independent mapping, address-dependent filtering, random ports from a pool): mobile networks and fibre ISPs short of IPv4.", vec![single("easy")?, single("cgnat")?]),
         "udp-blocked" => ("udp-blocked", "UDP dropped outright: guest Wi-Fi and corporate networks that allow only TCP 80/443.", vec![single("udp-blocked")?]),
         "srx300" => ("srx300", "Hard NAT with a 65,536-session table: a Juniper SRX300 branch firewall doing source NAT with PAT.", vec![single("srx300")?]),
+        "hard-pmp" => ("hard-pmp", "A hard NAT whose router maps ports over NAT-PMP (RFC 6886): Apple AirPort, many consumer routers with NAT-PMP on.", mapping_chain("hard-pmp")?),
+        "hard-pcp" => ("hard-pcp", "A hard NAT whose router maps ports over PCP (RFC 6887) only.", mapping_chain("hard-pcp")?),
+        "hard-upnp1" => ("hard-upnp1", "A hard NAT whose router is a UPnP IGD v1 (WANIPConnection:1): most consumer routers with UPnP on.", mapping_chain("hard-upnp1")?),
+        "hard-upnp2" => ("hard-upnp2", "A hard NAT whose router is a UPnP IGD v2 (WANIPConnection:2, AddAnyPortMapping).", mapping_chain("hard-upnp2")?),
+        "hard-all" => ("hard-all", "A hard NAT whose router offers NAT-PMP, PCP and UPnP IGD v2 at once: miniupnpd with everything on.", mapping_chain("hard-all")?),
+        "hard-upnp-permanent" => ("hard-upnp-permanent", "A hard NAT whose UPnP IGD takes permanent leases only (error 725): older IGD v1 firmware.", mapping_chain("hard-upnp-permanent")?),
+        "hard-deny" => ("hard-deny", "A hard NAT whose router answers every port-mapping protocol but refuses every mapping: mapping turned off by policy.", mapping_chain("hard-deny")?),
+        "double-pmp" => ("double-pmp", "A home router offering NAT-PMP behind a hard carrier NAT: the mapping's external address is private, so it helps only inside the carrier.", mapping_chain("double-pmp")?),
         _ => return None,
     };
     Some(Preset { name, doc, chain })

@@ -20,6 +20,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         hostname,
         socket,
         tls_ca,
+        no_port_mapping,
     } = args;
     let socket = socket.unwrap_or_else(|| state_dir.join("burrow.sock"));
     let mut extra_roots = Vec::new();
@@ -63,6 +64,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         hostname,
         socket,
         extra_roots,
+        port_mapping: !no_port_mapping,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     burrow::up::run(config, async move {

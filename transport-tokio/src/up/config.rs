@@ -28,6 +28,8 @@ pub struct UpConfig {
     pub socket: PathBuf,
     /// Certificates (DER) trusted besides the web PKI, for https:// control and DERP servers.
     pub extra_roots: Vec<Vec<u8>>,
+    /// Ask the default gateway to map the node's port (NAT-PMP, PCP, UPnP IGD).
+    pub port_mapping: bool,
 }
 
 impl std::fmt::Debug for UpConfig {
@@ -41,6 +43,7 @@ impl std::fmt::Debug for UpConfig {
             .field("derp", &self.derp)
             .field("stun", &self.stun)
             .field("hostname", &self.hostname)
+            .field("port_mapping", &self.port_mapping)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +65,7 @@ mod tests {
             hostname: "h".into(),
             socket: "/tmp/x/s".into(),
             extra_roots: vec![],
+            port_mapping: true,
         };
         let s = format!("{cfg:?}");
         assert!(

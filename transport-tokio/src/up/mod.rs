@@ -7,6 +7,7 @@
 
 mod config;
 mod iface;
+mod mapping;
 mod paths;
 mod state;
 
@@ -106,6 +107,10 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     tasks.spawn(paths::engine_events(
         events, tun, session, inputs, pings, buffers,
     ));
+    let portmap = match cfg.port_mapping {
+        true => mapping::start(port, rand_seed(), commands.clone(), &mut tasks).await,
+        false => None,
+    };
     tasks.spawn(follow(driver, cfg.state_dir.clone(), state, commands));
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -116,6 +121,10 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         Some(r) = tasks.join_next() => r.unwrap_or_else(|e| Err(anyhow::anyhow!("task failed: {e}"))),
     };
     tasks.abort_all();
+    if let Some(handle) = portmap {
+        // Delete the mapping on the gateway rather than leave it to its lease.
+        handle.shutdown(std::time::Duration::from_secs(1)).await;
+    }
     let _ = std::fs::remove_file(&cfg.socket);
     result
 }

@@ -29,13 +29,19 @@ impl Node {
     /// Starts birthday probing toward peer `i` when both NATs are known, the peer is on DERP,
     /// and one side is hard: which role we take follows from the two NATs.
     pub(super) fn plan_birthday(&mut self, now: Instant, i: usize) {
-        let Some(me) = self.nat else {
+        let Some(me) = self.effective_nat() else {
             return;
         };
+        let has_mapping = self.has_public_mapping();
         let p = &mut self.peers[i];
-        let Some((peer_varies, peer_predictable)) = p.peer_nat else {
+        let Some(peer_nat) = p.peer_nat else {
             return;
         };
+        let (peer_varies, peer_predictable) = (peer_nat.varies, peer_nat.predictable);
+        // A port mapping on either side is reachable from any socket: nothing to search for.
+        if peer_nat.mapped || has_mapping {
+            return;
+        }
         if matches!(p.paths.route(), Route::Direct(_)) {
             return;
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use burrow_disco::Message;
 use burrow_punch::{Dst, PathEvent, Route, SocketId};
 
-use super::{relay_addr, Event, Node, Transmit};
+use super::{relay_addr, Event, Node, PeerNat, Transmit};
 use crate::nat::NatView;
 
 impl Node {
@@ -68,8 +68,18 @@ impl Node {
             Message::NatInfo {
                 mapping_varies,
                 predictable,
+                mapped,
             } => {
-                self.peers[i].peer_nat = Some((mapping_varies, predictable));
+                self.peers[i].peer_nat = Some(PeerNat {
+                    varies: mapping_varies,
+                    predictable,
+                    mapped,
+                });
+                if mapped {
+                    // Its mapped endpoint takes our pings from any socket: no search.
+                    self.peers[i].prober = None;
+                    self.peers[i].opening = None;
+                }
                 self.plan_birthday(now, i);
             }
             // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path),
@@ -113,7 +123,8 @@ impl Node {
                     });
                     // The peer needs our NAT kind with our candidates (an earlier NatInfo may
                     // have been dropped while it was not yet on DERP).
-                    if let (Message::CallMeMaybe { .. }, Some(nat)) = (&t.msg, self.nat) {
+                    if let (Message::CallMeMaybe { .. }, Some(nat)) = (&t.msg, self.effective_nat())
+                    {
                         self.send_nat_info(i, nat);
                     }
                 }
@@ -168,10 +179,11 @@ impl Node {
     }
 
     /// Tells peer `i` over DERP what our NAT does (it plans birthday probing from that).
-    fn send_nat_info(&mut self, i: usize, nat: NatView) {
+    pub(super) fn send_nat_info(&mut self, i: usize, nat: NatView) {
         let msg = Message::NatInfo {
             mapping_varies: nat.mapping_varies,
             predictable: nat.delta.is_some(),
+            mapped: self.has_public_mapping(),
         };
         self.send_disco_relay(i, &msg);
     }

@@ -65,11 +65,22 @@ struct Peer {
     disco_box: Option<BoxKey>,
     wg: PeerId,
     paths: PeerPaths,
-    peer_nat: Option<(bool, bool)>,
+    peer_nat: Option<PeerNat>,
     prober: Option<BirthdayProber>,
     opening: Option<Opening>,
     first_unanswered_direct: Option<Instant>,
     stats: PeerStats,
+}
+
+/// What a peer told us of its NAT (disco NatInfo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerNat {
+    /// Its mapping varies by destination (hard).
+    pub(crate) varies: bool,
+    /// …predictably (sequential ports).
+    pub(crate) predictable: bool,
+    /// Its gateway maps its port: reachable from anywhere.
+    pub(crate) mapped: bool,
 }
 
 /// The sans-IO node engine.
@@ -87,6 +98,8 @@ pub struct Node {
     stun: Option<StunRound>,
     next_stun: Instant,
     nat: Option<NatView>,
+    /// The gateway's mapping of our port (NAT-PMP, PCP or UPnP), reachable from anywhere.
+    port_mapping: Option<SocketAddr>,
     candidates: Vec<Candidate>,
     user_pings: BTreeMap<burrow_disco::TxId, (usize, Instant, Route)>,
     transmits: VecDeque<Transmit>,
@@ -127,6 +140,7 @@ impl Node {
             stun: None,
             next_stun: now,
             nat: None,
+            port_mapping: None,
             candidates: Vec::new(),
             user_pings: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -285,7 +299,7 @@ impl Node {
             route: p.paths.route(),
             candidates: p.paths.remote_candidates().copied().collect(),
             attempts: p.paths.attempts().copied().collect(),
-            peer_mapping_varies: p.peer_nat.map(|n| n.0),
+            peer_mapping_varies: p.peer_nat.map(|n| n.varies),
             probes: p.stats.probes,
             birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
         })

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_punch::{predict_ports, Candidate, CandidateSource, MAIN_SOCKET};
+use burrow_punch::{predict_ports, Candidate, CandidateKind, CandidateSource, MAIN_SOCKET};
 use burrow_stun::client::Event as StunEvent;
 use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -124,6 +124,12 @@ impl Node {
         self.next_stun = now + self.config.restun_interval;
         let nat = classify(mapped);
         self.nat = nat.or(self.nat);
+        self.refresh_candidates(now, nat);
+    }
+
+    /// Gathers the candidates again; tells the driver (for the control plane) and, when they
+    /// changed, every peer; and plans birthday searches anew.
+    fn refresh_candidates(&mut self, now: Instant, nat: Option<NatView>) {
         let candidates = self.gather(nat);
         let changed = candidates != self.candidates;
         self.events.push_back(Event::Endpoints {
@@ -144,6 +150,53 @@ impl Node {
         }
     }
 
+    /// The gateway mapped our port at `external` (or the mapping is gone): a candidate that
+    /// any peer reaches directly, advertised first. With a public mapping the node counts as
+    /// behind an easy NAT, so its own birthday searches stop.
+    pub fn set_port_mapping(&mut self, now: Instant, external: Option<SocketAddr>) {
+        if self.port_mapping == external {
+            return;
+        }
+        self.port_mapping = external;
+        if self.has_public_mapping() {
+            for p in &mut self.peers {
+                p.prober = None;
+                p.opening = None;
+            }
+        }
+        let nat = self.nat;
+        self.refresh_candidates(now, nat);
+        if let Some(nat) = self.effective_nat() {
+            for i in 0..self.peers.len() {
+                self.send_nat_info(i, nat);
+            }
+        }
+    }
+
+    /// The live port mapping, if any.
+    pub fn port_mapping(&self) -> Option<SocketAddr> {
+        self.port_mapping
+    }
+
+    pub(super) fn has_public_mapping(&self) -> bool {
+        self.port_mapping
+            .is_some_and(|a| CandidateKind::of(a) != CandidateKind::Lan)
+    }
+
+    /// Our NAT as peers should treat it: with a public port mapping, endpoint-independent.
+    pub(super) fn effective_nat(&self) -> Option<NatView> {
+        let nat = self.nat;
+        match self.port_mapping.filter(|_| self.has_public_mapping()) {
+            Some(m) => Some(NatView {
+                reflexive: m,
+                mapping_varies: false,
+                delta: None,
+                last_port: m.port(),
+            }),
+            None => nat,
+        }
+    }
+
     /// Interface addresses, the reflexive address, and predicted ports for a sequential NAT.
     fn gather(&self, nat: Option<NatView>) -> Vec<Candidate> {
         let mut out: Vec<Candidate> = self
@@ -152,6 +205,11 @@ impl Node {
             .iter()
             .map(|a| Candidate::direct(*a, CandidateSource::Interface))
             .collect();
+        // The mapping goes before the STUN-reflexive address (equal when the NAT is easy and
+        // kept the port; then it is the one kept): the gateway keeps it open for any peer.
+        if let Some(m) = self.port_mapping {
+            out.push(Candidate::direct(m, CandidateSource::PortMapping));
+        }
         if let Some(nat) = nat {
             out.push(Candidate::direct(nat.reflexive, CandidateSource::Stun));
             if let Some(delta) = nat.delta {

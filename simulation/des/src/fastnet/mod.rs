@@ -52,6 +52,9 @@ pub enum Disruption {
     /// Between the two sides, WireGuard is dropped but disco passes, for this long (a middlebox
     /// that lets pings through and eats data).
     DropData(Duration),
+    /// Side 0's or 1's gateway (its innermost box) reboots: its port mappings, its NAT
+    /// sessions and its epoch start again.
+    RebootGateway(usize),
 }
 
 /// One run's network and workload.
@@ -83,6 +86,8 @@ pub struct FastConfig {
     pub disruptions: Vec<(Duration, Disruption)>,
     /// Birthday budget for both nodes.
     pub probe: ProbeBudget,
+    /// The nodes ask their gateway for a port mapping (when its box offers the service).
+    pub port_mapping: bool,
     /// Seed for everything.
     pub seed: u64,
 }
@@ -104,6 +109,7 @@ impl FastConfig {
             measure_from: Duration::ZERO,
             disruptions: Vec::new(),
             probe: ProbeBudget::default(),
+            port_mapping: true,
             seed,
         }
     }
@@ -116,6 +122,8 @@ pub struct FastOutcome {
     pub direct: bool,
     /// Time until both nodes were first on a direct path.
     pub time_to_direct: Option<Duration>,
+    /// When each node's port mapping was first made (by its gateway's NAT-PMP, PCP or UPnP).
+    pub time_to_mapping: [Option<Duration>; 2],
     /// Birthday packets sent by both nodes (random-port probes and socket openings).
     pub probes: u64,
     /// Random-port probes node 0 and node 1 sent before the first direct path.
@@ -174,6 +182,15 @@ struct Side {
     /// Boxes innermost first, each with its outside address.
     boxes: Vec<(NatTable, IpAddr)>,
     public_ip: IpAddr,
+    /// The node's port mapper, and its gateway's service (behind a translating box).
+    portmap: Option<SidePortMap>,
+}
+
+/// A side's port mapping: the node's client, and the innermost box's service (if it has one).
+struct SidePortMap {
+    mapper: burrow_portmap::PortMapper,
+    gateway: Option<burrow_portmap::gateway::Gateway>,
+    lan_ip: std::net::Ipv4Addr,
 }
 
 /// Disruptions still to come, and the ones in force.

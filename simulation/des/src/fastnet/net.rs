@@ -16,8 +16,8 @@ use super::packets::{
     app_packet, copies, hop_delay, note_error, scan, secret_bytes, Packet, Queue,
 };
 use super::{
-    Disruption, Disruptions, FastConfig, FastNet, FastOutcome, Side, Traffic, WireSend,
-    BIRTHDAY_BASE_PORT, MAIN_PORT, STUN_SERVERS,
+    Disruption, Disruptions, FastConfig, FastNet, FastOutcome, Side, SidePortMap, Traffic,
+    WireSend, BIRTHDAY_BASE_PORT, MAIN_PORT, STUN_SERVERS,
 };
 use crate::derive_seed;
 use crate::nat::NatTable;
@@ -185,6 +185,9 @@ impl FastNet {
                 s.node.handle_timeout(now);
             }
         }
+        for s in 0..2 {
+            self.run_port_mapping(s);
+        }
         self.send_data();
         for s in 0..2 {
             self.transmit(s);
@@ -205,6 +208,9 @@ impl FastNet {
         }
         for s in &self.sides {
             if let Some(t) = s.node.poll_timeout() {
+                next = next.min(t.max(now));
+            }
+            if let Some(t) = s.portmap.as_ref().and_then(|p| p.mapper.poll_timeout()) {
                 next = next.min(t.max(now));
             }
         }
@@ -348,6 +354,17 @@ impl FastNet {
                 Disruption::DerpRestart(x) => ds.derp_down_until = Some(now + x),
                 Disruption::CutDirect(x) => ds.cut_until = Some(now + x),
                 Disruption::DropData(x) => ds.drop_data_until = Some(now + x),
+                Disruption::RebootGateway(side) => {
+                    let s = &mut self.sides[side];
+                    if let Some(g) = s.portmap.as_mut().and_then(|p| p.gateway.as_mut()) {
+                        g.reboot(now);
+                    }
+                    if let Some((table, _)) = s.boxes.first_mut() {
+                        let c = table.config().clone();
+                        let r = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
+                        *table = NatTable::new(c, r);
+                    }
+                }
             }
         }
     }
@@ -375,6 +392,122 @@ impl FastNet {
             }
         }
         self.traffic.next = Some(t + iv);
+    }
+
+    /// Side `s`'s port mapper: its timers, its exchanges with the gateway one LAN hop away
+    /// (answered at once), its mappings told to the node, and the gateway's table applied to
+    /// the innermost box.
+    fn run_port_mapping(&mut self, s: usize) {
+        let now = self.now;
+        let t0 = self.t0;
+        let side = &mut self.sides[s];
+        let Some(pm) = side.portmap.as_mut() else {
+            return;
+        };
+        if pm.mapper.poll_timeout().is_some_and(|t| t <= now) {
+            pm.mapper.handle_timeout(now);
+        }
+        let IpAddr::V4(me) = side.ip else {
+            return;
+        };
+        let from = std::net::SocketAddrV4::new(me, burrow_portmap::pmp::CLIENT_PORT);
+        loop {
+            let mut moved = false;
+            while let Some(t) = pm.mapper.poll_transmit() {
+                moved = true;
+                let Some(g) = pm.gateway.as_mut() else {
+                    continue;
+                };
+                match t {
+                    burrow_portmap::Transmit::Udp { dst, payload } => {
+                        let to_gateway = dst.ip() == IpAddr::V4(pm.lan_ip)
+                            || dst == SocketAddr::V4(burrow_portmap::upnp::ssdp::SSDP_ADDR);
+                        if !to_gateway {
+                            continue;
+                        }
+                        if let Some(answer) = g.handle_udp(now, from, dst.port(), &payload) {
+                            let src = SocketAddr::new(IpAddr::V4(pm.lan_ip), dst.port());
+                            let input = burrow_portmap::Input::Udp {
+                                from: src,
+                                data: &answer,
+                            };
+                            let _ = pm.mapper.handle_input(now, input);
+                        }
+                    }
+                    burrow_portmap::Transmit::Http { id, dst, request } => {
+                        let answer = (dst.ip() == IpAddr::V4(pm.lan_ip))
+                            .then(|| g.handle_http(now, from, &request))
+                            .flatten();
+                        let input = burrow_portmap::Input::Http {
+                            id,
+                            response: answer.as_deref(),
+                        };
+                        let _ = pm.mapper.handle_input(now, input);
+                    }
+                }
+            }
+            while let Some(e) = pm.mapper.poll_event() {
+                moved = true;
+                let at = (now - t0).as_secs_f64();
+                match e {
+                    burrow_portmap::Event::Mapped(m) => {
+                        side.node.set_port_mapping(now, Some(m.external));
+                        self.out.time_to_mapping[s].get_or_insert(now - t0);
+                        self.out.timeline.push(format!(
+                            "{at:8.3}s node{s} port mapping {} via {}{}",
+                            m.external,
+                            m.protocol.name(),
+                            if m.private_external {
+                                " (private: double NAT)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    burrow_portmap::Event::Lost { protocol, reason } => {
+                        side.node.set_port_mapping(now, None);
+                        self.out.timeline.push(format!(
+                            "{at:8.3}s node{s} port mapping via {} lost: {reason}",
+                            protocol.name()
+                        ));
+                    }
+                    burrow_portmap::Event::GatewayRestarted(p) => {
+                        self.out.timeline.push(format!(
+                            "{at:8.3}s node{s} gateway restarted ({}): mapping again",
+                            p.name()
+                        ));
+                    }
+                    burrow_portmap::Event::Closed => side.node.set_port_mapping(now, None),
+                    burrow_portmap::Event::Report(r) => {
+                        if r.mapping.is_none() {
+                            let why: Vec<String> = r
+                                .protocols
+                                .iter()
+                                .filter_map(|p| {
+                                    Some(format!("{} {}", p.protocol.name(), p.error.as_ref()?))
+                                })
+                                .collect();
+                            self.out.timeline.push(format!(
+                                "{at:8.3}s node{s} no port mapping: {}",
+                                why.join(", ")
+                            ));
+                        }
+                    }
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        // The gateway's table, as the innermost box's forwarded ports.
+        if let (Some(g), Some((table, _))) = (pm.gateway.as_ref(), side.boxes.first_mut()) {
+            let forwards = g
+                .mappings(now)
+                .filter(|m| m.protocol == burrow_portmap::TransportProtocol::Udp)
+                .map(|m| (m.external_port, SocketAddr::V4(m.internal)))
+                .collect();
+            table.set_forwards(&forwards);
+        }
     }
 
     /// Puts node `s`'s output on the wires: DERP, or UDP out through its NAT chain.
@@ -477,10 +610,35 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
     nc.probe = config.probe;
     // No control plane here: the two nodes trust each other's advertised endpoints.
     nc.birthday_needs_control_ip = false;
+    // Behind a translating box the node asks its gateway (the innermost box) for a mapping.
+    let portmap = match ip {
+        IpAddr::V4(me) if translates && config.port_mapping => {
+            let lan_ip = Ipv4Addr::new(10, s as u8 + 1, 0, 1);
+            let seed = derive_seed(config.seed, &format!("portmap{s}"));
+            let pc = burrow_portmap::PortMapperConfig::new(lan_ip, me, MAIN_PORT, seed);
+            let mut mapper = burrow_portmap::PortMapper::new(pc);
+            mapper.start(t0);
+            let gateway = match (chain[0].gateway.as_ref(), boxes[0].1) {
+                (Some(g), IpAddr::V4(outside)) => Some(burrow_portmap::gateway::Gateway::new(
+                    g.config(lan_ip, outside),
+                    t0,
+                    seed ^ 1,
+                )),
+                _ => None,
+            };
+            Some(SidePortMap {
+                mapper,
+                gateway,
+                lan_ip,
+            })
+        }
+        _ => None,
+    };
     Side {
         node: Node::new(nc, t0),
         ip,
         boxes,
         public_ip,
+        portmap,
     }
 }
