@@ -564,7 +564,10 @@ pub fn upnp_decode(data: &[u8]) {
             }
         }
         if let Ok(d) = description::parse_description(body, &base) {
-            assert!(d.best_service().is_some(), "a parsed description has a service");
+            assert!(
+                d.best_service().is_some(),
+                "a parsed description has a service"
+            );
             let paths: Vec<_> = d
                 .services
                 .iter()
@@ -591,4 +594,3 @@ pub fn upnp_decode(data: &[u8]) {
         assert_eq!(again, (service_type, action));
     }
 }
-

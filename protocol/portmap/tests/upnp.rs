@@ -135,7 +135,10 @@ fn ssdp_miniupnpd_answer() {
         r.usn.as_deref(),
         Some("uuid:d1f9e0c2-6a1b-4b6e-9a3e-2f1d0c4b5a61::urn:schemas-upnp-org:device:InternetGatewayDevice:1")
     );
-    assert_eq!(r.server.as_deref(), Some("Debian/12 UPnP/1.1 MiniUPnPd/2.3.3"));
+    assert_eq!(
+        r.server.as_deref(),
+        Some("Debian/12 UPnP/1.1 MiniUPnPd/2.3.3")
+    );
 }
 
 #[test]
@@ -155,7 +158,10 @@ fn ssdp_odd_casing_and_spacing() {
 #[test]
 fn ssdp_refusals() {
     let notify = b"NOTIFY * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nNT: upnp:rootdevice\r\nNTS: ssdp:alive\r\nLOCATION: http://192.168.1.1:5000/rootDesc.xml\r\n\r\n";
-    assert!(matches!(ssdp::parse_response(notify), Err(UpnpError::Ssdp(_))));
+    assert!(matches!(
+        ssdp::parse_response(notify),
+        Err(UpnpError::Ssdp(_))
+    ));
     let not_ok = b"HTTP/1.1 404 Not Found\r\nLOCATION: http://192.168.1.1/\r\nST: x\r\n\r\n";
     assert_eq!(
         ssdp::parse_response(not_ok),
@@ -250,7 +256,13 @@ fn http_content_length_and_partial() {
         assert!(http::parse_response_at_eof(&full[..cut]).is_err());
     }
     let r = http::parse_response(&full).unwrap().unwrap();
-    assert_eq!(r, HttpResponse { status: 200, body: b"hello world".to_vec() });
+    assert_eq!(
+        r,
+        HttpResponse {
+            status: 200,
+            body: b"hello world".to_vec()
+        }
+    );
 }
 
 #[test]
@@ -265,7 +277,10 @@ fn http_chunked() {
     let wire = b"HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: Chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n";
     let r = http::parse_response(wire).unwrap().unwrap();
     assert_eq!((r.status, r.body.as_slice()), (500, &b"0123456789"[..]));
-    assert!(http::parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+    assert!(
+        http::parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            .is_err()
+    );
     assert_eq!(
         http::parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFF\r\n"),
         Err(UpnpError::TooLarge)
@@ -285,13 +300,22 @@ fn http_until_eof() {
 
 #[test]
 fn http_caps_and_errors() {
-    let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", http::MAX_RESPONSE + 1);
-    assert_eq!(http::parse_response(big.as_bytes()), Err(UpnpError::TooLarge));
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+        http::MAX_RESPONSE + 1
+    );
+    assert_eq!(
+        http::parse_response(big.as_bytes()),
+        Err(UpnpError::TooLarge)
+    );
     let mut eof = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
     eof.resize(http::MAX_RESPONSE + 100, b'a');
     assert_eq!(http::parse_response_at_eof(&eof), Err(UpnpError::TooLarge));
     assert_eq!(http::parse_response(&eof), Err(UpnpError::TooLarge));
-    assert!(matches!(http::parse_response(b"garbage\r\n\r\n"), Err(UpnpError::Http(_))));
+    assert!(matches!(
+        http::parse_response(b"garbage\r\n\r\n"),
+        Err(UpnpError::Http(_))
+    ));
     assert!(matches!(
         http::parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
         Err(UpnpError::Http(_))
@@ -300,22 +324,42 @@ fn http_caps_and_errors() {
 
 #[test]
 fn http_server_side() {
-    let post = http::post_soap(&url("http://192.168.1.1:5000/ctl/IPConn"), WANIP1, "GetStatusInfo", b"body!");
+    let post = http::post_soap(
+        &url("http://192.168.1.1:5000/ctl/IPConn"),
+        WANIP1,
+        "GetStatusInfo",
+        b"body!",
+    );
     for cut in 0..post.len() {
         assert_eq!(http::parse_request(&post[..cut]), Ok(None), "cut {cut}");
     }
     let req = http::parse_request(&post).unwrap().unwrap();
     assert_eq!(req.method, "POST");
     assert_eq!(req.path, "/ctl/IPConn");
-    assert_eq!(req.soap_action.as_deref(), Some("urn:schemas-upnp-org:service:WANIPConnection:1#GetStatusInfo"));
+    assert_eq!(
+        req.soap_action.as_deref(),
+        Some("urn:schemas-upnp-org:service:WANIPConnection:1#GetStatusInfo")
+    );
     assert_eq!(req.body, b"body!");
-    let get = http::parse_request(&http::get(&url("http://192.168.1.1:5000/rootDesc.xml"))).unwrap().unwrap();
-    assert_eq!((get.method.as_str(), get.path.as_str(), get.soap_action, get.body.len()), ("GET", "/rootDesc.xml", None, 0));
+    let get = http::parse_request(&http::get(&url("http://192.168.1.1:5000/rootDesc.xml")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            get.method.as_str(),
+            get.path.as_str(),
+            get.soap_action,
+            get.body.len()
+        ),
+        ("GET", "/rootDesc.xml", None, 0)
+    );
     assert_eq!(
         http::response(200, b"<a/>"),
         b"HTTP/1.1 200 OK\r\nContent-Type: text/xml; charset=\"utf-8\"\r\nConnection: close\r\nContent-Length: 4\r\nServer: burrow UPnP/1.1 burrow-igd/0.1\r\nExt:\r\n\r\n<a/>"
     );
-    let back = http::parse_response(&http::response(500, b"fault")).unwrap().unwrap();
+    let back = http::parse_response(&http::response(500, b"fault"))
+        .unwrap()
+        .unwrap();
     assert_eq!((back.status, back.body.as_slice()), (500, &b"fault"[..]));
 }
 
@@ -380,11 +424,17 @@ fn description_v2_with_url_base() {
     assert_eq!(d.igd_version, 2);
     assert_eq!(d.friendly_name.as_deref(), Some("Box & Co"));
     assert_eq!(d.services.len(), 2);
-    assert_eq!(d.services[0].control_url, url("http://192.168.0.1:49001/upnp/control/WANIPConn1"));
+    assert_eq!(
+        d.services[0].control_url,
+        url("http://192.168.0.1:49001/upnp/control/WANIPConn1")
+    );
     let best = d.best_service().unwrap();
     assert_eq!(best.kind, ServiceKind::WanIpConnection2);
     assert_eq!(best.service_type, WANIP2);
-    assert_eq!(best.control_url, url("http://192.168.0.1:49000/upnp/control/WANIPConn2"));
+    assert_eq!(
+        best.control_url,
+        url("http://192.168.0.1:49000/upnp/control/WANIPConn2")
+    );
 }
 
 /// A PPP-only gateway with prefixed elements, a relative control URL and no URLBase.
@@ -425,18 +475,42 @@ fn description_both_ip_and_ppp_and_bad_ones() {
 fn description_errors() {
     let loc = url("http://10.0.0.1/");
     let no_wan = r#"<root><device><deviceType>urn:schemas-upnp-org:device:MediaServer:1</deviceType><serviceList><service><serviceType>urn:schemas-upnp-org:service:ContentDirectory:1</serviceType><controlURL>/cd</controlURL></service></serviceList></device></root>"#;
-    assert_eq!(description::parse_description(no_wan.as_bytes(), &loc), Err(UpnpError::NoWanService));
+    assert_eq!(
+        description::parse_description(no_wan.as_bytes(), &loc),
+        Err(UpnpError::NoWanService)
+    );
     let no_ctl = r#"<root><device><serviceList><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType></service></serviceList></device></root>"#;
-    assert_eq!(description::parse_description(no_ctl.as_bytes(), &loc), Err(UpnpError::Missing("controlURL")));
+    assert_eq!(
+        description::parse_description(no_ctl.as_bytes(), &loc),
+        Err(UpnpError::Missing("controlURL"))
+    );
     let host_ctl = r#"<root><device><serviceList><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>http://gw.lan/ctl</controlURL></service></serviceList></device></root>"#;
-    assert!(matches!(description::parse_description(host_ctl.as_bytes(), &loc), Err(UpnpError::Url(_))));
-    assert_eq!(description::parse_description(b"<root></root>", &loc), Err(UpnpError::Missing("device")));
-    assert!(matches!(description::parse_description(b"<root><device>", &loc), Err(UpnpError::Xml(_))));
-    assert!(matches!(description::parse_description(b"not xml", &loc), Err(UpnpError::Xml(_))));
+    assert!(matches!(
+        description::parse_description(host_ctl.as_bytes(), &loc),
+        Err(UpnpError::Url(_))
+    ));
+    assert_eq!(
+        description::parse_description(b"<root></root>", &loc),
+        Err(UpnpError::Missing("device"))
+    );
+    assert!(matches!(
+        description::parse_description(b"<root><device>", &loc),
+        Err(UpnpError::Xml(_))
+    ));
+    assert!(matches!(
+        description::parse_description(b"not xml", &loc),
+        Err(UpnpError::Xml(_))
+    ));
     let deep = "<root>".to_string() + &"<a>".repeat(100) + &"</a>".repeat(100) + "</root>";
-    assert!(matches!(description::parse_description(deep.as_bytes(), &loc), Err(UpnpError::Xml(_))));
+    assert!(matches!(
+        description::parse_description(deep.as_bytes(), &loc),
+        Err(UpnpError::Xml(_))
+    ));
     let big = vec![b' '; http::MAX_RESPONSE + 1];
-    assert_eq!(description::parse_description(&big, &loc), Err(UpnpError::TooLarge));
+    assert_eq!(
+        description::parse_description(&big, &loc),
+        Err(UpnpError::TooLarge)
+    );
 }
 
 #[test]
@@ -446,19 +520,35 @@ fn description_render_round_trip() {
         let xml = description::render(
             "sim <gw>",
             v,
-            &[(ServiceKind::WanPppConnection1, "/ctl/PPPConn"), (ServiceKind::WanIpConnection1, "/ctl/IPConn")],
+            &[
+                (ServiceKind::WanPppConnection1, "/ctl/PPPConn"),
+                (ServiceKind::WanIpConnection1, "/ctl/IPConn"),
+            ],
         );
         let d = description::parse_description(&xml, &loc).unwrap();
         assert_eq!(d.igd_version, v);
         assert_eq!(d.friendly_name.as_deref(), Some("sim <gw>"));
         assert_eq!(d.services.len(), 2);
-        assert_eq!(d.best_service().unwrap().control_url, url("http://192.168.1.1:5000/ctl/IPConn"));
+        assert_eq!(
+            d.best_service().unwrap().control_url,
+            url("http://192.168.1.1:5000/ctl/IPConn")
+        );
     }
     let xml = description::render("x", 2, &[(ServiceKind::WanIpConnection2, "/ctl/IPConn")]);
     let text = String::from_utf8(xml.clone()).unwrap();
-    assert!(text.starts_with("<?xml version=\"1.0\"?>\r\n<root xmlns=\"urn:schemas-upnp-org:device-1-0\""));
-    assert!(text.contains("<serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>"));
-    assert_eq!(description::parse_description(&xml, &loc).unwrap().best_service().unwrap().kind, ServiceKind::WanIpConnection2);
+    assert!(text
+        .starts_with("<?xml version=\"1.0\"?>\r\n<root xmlns=\"urn:schemas-upnp-org:device-1-0\""));
+    assert!(
+        text.contains("<serviceType>urn:schemas-upnp-org:service:WANIPConnection:2</serviceType>")
+    );
+    assert_eq!(
+        description::parse_description(&xml, &loc)
+            .unwrap()
+            .best_service()
+            .unwrap()
+            .kind,
+        ServiceKind::WanIpConnection2
+    );
 }
 
 // ---- SOAP requests ----
@@ -511,14 +601,27 @@ fn action_names() {
     assert_eq!(Action::GetExternalIpAddress.name(), "GetExternalIPAddress");
     assert_eq!(Action::GetStatusInfo.name(), "GetStatusInfo");
     assert_eq!(Action::AddPortMapping(mapping()).name(), "AddPortMapping");
-    assert_eq!(Action::AddAnyPortMapping(mapping()).name(), "AddAnyPortMapping");
-    assert_eq!(Action::DeletePortMapping { external_port: 1, protocol: TransportProtocol::Tcp }.name(), "DeletePortMapping");
+    assert_eq!(
+        Action::AddAnyPortMapping(mapping()).name(),
+        "AddAnyPortMapping"
+    );
+    assert_eq!(
+        Action::DeletePortMapping {
+            external_port: 1,
+            protocol: TransportProtocol::Tcp
+        }
+        .name(),
+        "DeletePortMapping"
+    );
 }
 
 // ---- SOAP responses ----
 
 fn ok(body: &str) -> HttpResponse {
-    HttpResponse { status: 200, body: body.as_bytes().to_vec() }
+    HttpResponse {
+        status: 200,
+        body: body.as_bytes().to_vec(),
+    }
 }
 
 /// miniupnpd's envelope around an answer (reconstructed).
@@ -530,22 +633,47 @@ fn miniupnpd_envelope(inner: &str) -> String {
 fn soap_external_ip() {
     let a = Action::GetExternalIpAddress;
     let r = ok(&miniupnpd_envelope("<u:GetExternalIPAddressResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"><NewExternalIPAddress>203.0.113.7</NewExternalIPAddress></u:GetExternalIPAddressResponse>"));
-    assert_eq!(soap::decode_response(&a, &r), Ok(ActionResponse::ExternalIpAddress(Some(Ipv4Addr::new(203, 0, 113, 7)))));
+    assert_eq!(
+        soap::decode_response(&a, &r),
+        Ok(ActionResponse::ExternalIpAddress(Some(Ipv4Addr::new(
+            203, 0, 113, 7
+        ))))
+    );
     // miniupnpd with no external address sends an empty element.
     let r = ok(&miniupnpd_envelope("<u:GetExternalIPAddressResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"><NewExternalIPAddress></NewExternalIPAddress></u:GetExternalIPAddressResponse>"));
-    assert_eq!(soap::decode_response(&a, &r), Ok(ActionResponse::ExternalIpAddress(None)));
+    assert_eq!(
+        soap::decode_response(&a, &r),
+        Ok(ActionResponse::ExternalIpAddress(None))
+    );
     // SOAP-ENV prefix, m: prefix, whitespace, extra elements, 0.0.0.0.
     let r = ok("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<SOAP-ENV:Envelope xmlns:SOAP-ENV=\"http://schemas.xmlsoap.org/soap/envelope/\">\n  <SOAP-ENV:Header/>\n  <SOAP-ENV:Body>\n    <m:GetExternalIPAddressResponse xmlns:m=\"urn:schemas-upnp-org:service:WANPPPConnection:1\">\n      <Extra>1</Extra>\n      <NewExternalIPAddress> 0.0.0.0 </NewExternalIPAddress>\n    </m:GetExternalIPAddressResponse>\n  </SOAP-ENV:Body>\n</SOAP-ENV:Envelope>\n");
-    assert_eq!(soap::decode_response(&a, &r), Ok(ActionResponse::ExternalIpAddress(None)));
+    assert_eq!(
+        soap::decode_response(&a, &r),
+        Ok(ActionResponse::ExternalIpAddress(None))
+    );
     // No prefixes at all.
     let r = ok("<Envelope><Body><GetExternalIPAddressResponse><NewExternalIPAddress>198.51.100.1</NewExternalIPAddress></GetExternalIPAddressResponse></Body></Envelope>");
-    assert_eq!(soap::decode_response(&a, &r), Ok(ActionResponse::ExternalIpAddress(Some(Ipv4Addr::new(198, 51, 100, 1)))));
+    assert_eq!(
+        soap::decode_response(&a, &r),
+        Ok(ActionResponse::ExternalIpAddress(Some(Ipv4Addr::new(
+            198, 51, 100, 1
+        ))))
+    );
     let r = ok("<Envelope><Body><GetExternalIPAddressResponse></GetExternalIPAddressResponse></Body></Envelope>");
-    assert_eq!(soap::decode_response(&a, &r), Err(UpnpError::Missing("NewExternalIPAddress")));
+    assert_eq!(
+        soap::decode_response(&a, &r),
+        Err(UpnpError::Missing("NewExternalIPAddress"))
+    );
     let r = ok("<Envelope><Body><GetExternalIPAddressResponse><NewExternalIPAddress>gw</NewExternalIPAddress></GetExternalIPAddressResponse></Body></Envelope>");
-    assert!(matches!(soap::decode_response(&a, &r), Err(UpnpError::Xml(_))));
+    assert!(matches!(
+        soap::decode_response(&a, &r),
+        Err(UpnpError::Xml(_))
+    ));
     let r = ok("<Envelope><Body><GetStatusInfoResponse/></Body></Envelope>");
-    assert!(matches!(soap::decode_response(&a, &r), Err(UpnpError::Xml(_))));
+    assert!(matches!(
+        soap::decode_response(&a, &r),
+        Err(UpnpError::Xml(_))
+    ));
 }
 
 #[test]
@@ -553,22 +681,47 @@ fn soap_status_info_not_connected() {
     let r = ok(&miniupnpd_envelope("<u:GetStatusInfoResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"><NewConnectionStatus>Disconnected</NewConnectionStatus><NewLastConnectionError>ERROR_NONE</NewLastConnectionError><NewUptime>4242</NewUptime></u:GetStatusInfoResponse>"));
     assert_eq!(
         soap::decode_response(&Action::GetStatusInfo, &r),
-        Ok(ActionResponse::StatusInfo { connection_status: "Disconnected".into(), last_error: Some("ERROR_NONE".into()), uptime: Some(4242) })
+        Ok(ActionResponse::StatusInfo {
+            connection_status: "Disconnected".into(),
+            last_error: Some("ERROR_NONE".into()),
+            uptime: Some(4242)
+        })
     );
 }
 
 #[test]
 fn soap_add_and_delete() {
     let add = Action::AddPortMapping(mapping());
-    let r = ok(&miniupnpd_envelope("<u:AddPortMappingResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"/>"));
-    assert_eq!(soap::decode_response(&add, &r), Ok(ActionResponse::PortMappingAdded));
-    assert_eq!(soap::decode_response(&add, &ok("")), Ok(ActionResponse::PortMappingAdded));
+    let r = ok(&miniupnpd_envelope(
+        "<u:AddPortMappingResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"/>",
+    ));
+    assert_eq!(
+        soap::decode_response(&add, &r),
+        Ok(ActionResponse::PortMappingAdded)
+    );
+    assert_eq!(
+        soap::decode_response(&add, &ok("")),
+        Ok(ActionResponse::PortMappingAdded)
+    );
     let any = Action::AddAnyPortMapping(mapping());
     let r = ok(&miniupnpd_envelope("<u:AddAnyPortMappingResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:2\"><NewReservedPort>41642</NewReservedPort></u:AddAnyPortMappingResponse>"));
-    assert_eq!(soap::decode_response(&any, &r), Ok(ActionResponse::AnyPortMappingAdded { reserved_port: 41642 }));
-    let del = Action::DeletePortMapping { external_port: 41641, protocol: TransportProtocol::Udp };
-    let r = ok(&miniupnpd_envelope("<u:DeletePortMappingResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"/>"));
-    assert_eq!(soap::decode_response(&del, &r), Ok(ActionResponse::PortMappingDeleted));
+    assert_eq!(
+        soap::decode_response(&any, &r),
+        Ok(ActionResponse::AnyPortMappingAdded {
+            reserved_port: 41642
+        })
+    );
+    let del = Action::DeletePortMapping {
+        external_port: 41641,
+        protocol: TransportProtocol::Udp,
+    };
+    let r = ok(&miniupnpd_envelope(
+        "<u:DeletePortMappingResponse xmlns:u=\"urn:schemas-upnp-org:service:WANIPConnection:1\"/>",
+    ));
+    assert_eq!(
+        soap::decode_response(&del, &r),
+        Ok(ActionResponse::PortMappingDeleted)
+    );
 }
 
 /// miniupnpd's fault body (reconstructed: no XML declaration).
@@ -584,25 +737,64 @@ fn soap_faults() {
     let add = Action::AddPortMapping(mapping());
     for (code, desc) in [
         (error_code::INVALID_ARGS, "Invalid Args"),
-        (error_code::ONLY_PERMANENT_LEASES_SUPPORTED, "OnlyPermanentLeasesSupported"),
-        (error_code::CONFLICT_IN_MAPPING_ENTRY, "ConflictInMappingEntry"),
+        (
+            error_code::ONLY_PERMANENT_LEASES_SUPPORTED,
+            "OnlyPermanentLeasesSupported",
+        ),
+        (
+            error_code::CONFLICT_IN_MAPPING_ENTRY,
+            "ConflictInMappingEntry",
+        ),
         (error_code::ACTION_NOT_AUTHORIZED, "Action not authorized"),
     ] {
         assert_eq!(
             soap::decode_response(&add, &miniupnpd_fault(code, desc)),
-            Err(UpnpError::Fault { code, description: desc.into() })
+            Err(UpnpError::Fault {
+                code,
+                description: desc.into()
+            })
         );
         // The server-side encoder gives the same bytes as the reconstruction.
-        assert_eq!(soap::encode_fault(code, desc), miniupnpd_fault(code, desc).body);
+        assert_eq!(
+            soap::encode_fault(code, desc),
+            miniupnpd_fault(code, desc).body
+        );
     }
     // Another stack: SOAP-ENV prefix, whitespace, namespaced UPnPError, fault on a 200.
     let odd = HttpResponse { status: 200, body: b"<?xml version=\"1.0\"?>\n<SOAP-ENV:Envelope xmlns:SOAP-ENV=\"http://schemas.xmlsoap.org/soap/envelope/\">\n<SOAP-ENV:Body>\n<SOAP-ENV:Fault>\n<faultcode>SOAP-ENV:Client</faultcode>\n<detail>\n<e:UPnPError xmlns:e=\"urn:schemas-upnp-org:control-1-0\">\n<e:errorCode> 718 </e:errorCode>\n</e:UPnPError>\n</detail>\n</SOAP-ENV:Fault>\n</SOAP-ENV:Body>\n</SOAP-ENV:Envelope>".to_vec() };
-    assert_eq!(soap::decode_response(&add, &odd), Err(UpnpError::Fault { code: 718, description: String::new() }));
+    assert_eq!(
+        soap::decode_response(&add, &odd),
+        Err(UpnpError::Fault {
+            code: 718,
+            description: String::new()
+        })
+    );
     // Non-2xx without a usable fault.
-    assert_eq!(soap::decode_response(&add, &HttpResponse { status: 401, body: b"<html>no</html>".to_vec() }), Err(UpnpError::Status(401)));
-    assert_eq!(soap::decode_response(&add, &HttpResponse { status: 500, body: Vec::new() }), Err(UpnpError::Status(500)));
+    assert_eq!(
+        soap::decode_response(
+            &add,
+            &HttpResponse {
+                status: 401,
+                body: b"<html>no</html>".to_vec()
+            }
+        ),
+        Err(UpnpError::Status(401))
+    );
+    assert_eq!(
+        soap::decode_response(
+            &add,
+            &HttpResponse {
+                status: 500,
+                body: Vec::new()
+            }
+        ),
+        Err(UpnpError::Status(500))
+    );
     let bad_code = HttpResponse { status: 500, body: b"<Envelope><Body><Fault><detail><UPnPError><errorCode>x</errorCode></UPnPError></detail></Fault></Body></Envelope>".to_vec() };
-    assert_eq!(soap::decode_response(&add, &bad_code), Err(UpnpError::Status(500)));
+    assert_eq!(
+        soap::decode_response(&add, &bad_code),
+        Err(UpnpError::Status(500))
+    );
 }
 
 // ---- SOAP server side ----
@@ -614,37 +806,97 @@ fn soap_server_round_trips() {
         Action::GetStatusInfo,
         Action::AddPortMapping(mapping()),
         Action::AddAnyPortMapping(mapping()),
-        Action::DeletePortMapping { external_port: 41641, protocol: TransportProtocol::Tcp },
+        Action::DeletePortMapping {
+            external_port: 41641,
+            protocol: TransportProtocol::Tcp,
+        },
     ];
     for st in [WANIP1, WANIP2] {
         for a in &actions {
             let body = soap::encode_request(st, a);
             let header = format!("{st}#{}", a.name());
-            assert_eq!(soap::decode_request(Some(&header), &body), Ok((st.to_owned(), a.clone())));
-            assert_eq!(soap::decode_request(None, &body), Ok((st.to_owned(), a.clone())));
+            assert_eq!(
+                soap::decode_request(Some(&header), &body),
+                Ok((st.to_owned(), a.clone()))
+            );
+            assert_eq!(
+                soap::decode_request(None, &body),
+                Ok((st.to_owned(), a.clone()))
+            );
             // Through HTTP too.
-            let wire = http::post_soap(&url("http://192.168.1.1:5000/ctl/IPConn"), st, a.name(), &body);
+            let wire = http::post_soap(
+                &url("http://192.168.1.1:5000/ctl/IPConn"),
+                st,
+                a.name(),
+                &body,
+            );
             let req = http::parse_request(&wire).unwrap().unwrap();
-            assert_eq!(soap::decode_request(req.soap_action.as_deref(), &req.body), Ok((st.to_owned(), a.clone())));
+            assert_eq!(
+                soap::decode_request(req.soap_action.as_deref(), &req.body),
+                Ok((st.to_owned(), a.clone()))
+            );
         }
     }
     let responses = [
-        (Action::GetExternalIpAddress, ActionResponse::ExternalIpAddress(Some(Ipv4Addr::new(203, 0, 113, 7)))),
-        (Action::GetExternalIpAddress, ActionResponse::ExternalIpAddress(None)),
-        (Action::GetStatusInfo, ActionResponse::StatusInfo { connection_status: "Connected".into(), last_error: Some("ERROR_NONE".into()), uptime: Some(7) }),
-        (Action::GetStatusInfo, ActionResponse::StatusInfo { connection_status: "Unconfigured".into(), last_error: None, uptime: None }),
-        (Action::AddPortMapping(mapping()), ActionResponse::PortMappingAdded),
-        (Action::AddAnyPortMapping(mapping()), ActionResponse::AnyPortMappingAdded { reserved_port: 1024 }),
-        (Action::DeletePortMapping { external_port: 1, protocol: TransportProtocol::Udp }, ActionResponse::PortMappingDeleted),
+        (
+            Action::GetExternalIpAddress,
+            ActionResponse::ExternalIpAddress(Some(Ipv4Addr::new(203, 0, 113, 7))),
+        ),
+        (
+            Action::GetExternalIpAddress,
+            ActionResponse::ExternalIpAddress(None),
+        ),
+        (
+            Action::GetStatusInfo,
+            ActionResponse::StatusInfo {
+                connection_status: "Connected".into(),
+                last_error: Some("ERROR_NONE".into()),
+                uptime: Some(7),
+            },
+        ),
+        (
+            Action::GetStatusInfo,
+            ActionResponse::StatusInfo {
+                connection_status: "Unconfigured".into(),
+                last_error: None,
+                uptime: None,
+            },
+        ),
+        (
+            Action::AddPortMapping(mapping()),
+            ActionResponse::PortMappingAdded,
+        ),
+        (
+            Action::AddAnyPortMapping(mapping()),
+            ActionResponse::AnyPortMappingAdded {
+                reserved_port: 1024,
+            },
+        ),
+        (
+            Action::DeletePortMapping {
+                external_port: 1,
+                protocol: TransportProtocol::Udp,
+            },
+            ActionResponse::PortMappingDeleted,
+        ),
     ];
     for (a, r) in responses {
         let wire = http::response(200, &soap::encode_response(WANIP1, &r));
         let resp = http::parse_response(&wire).unwrap().unwrap();
         assert_eq!(soap::decode_response(&a, &resp), Ok(r));
     }
-    let wire = http::response(500, &soap::encode_fault(725, "OnlyPermanentLeasesSupported"));
+    let wire = http::response(
+        500,
+        &soap::encode_fault(725, "OnlyPermanentLeasesSupported"),
+    );
     let resp = http::parse_response(&wire).unwrap().unwrap();
-    assert_eq!(soap::decode_response(&Action::AddPortMapping(mapping()), &resp), Err(UpnpError::Fault { code: 725, description: "OnlyPermanentLeasesSupported".into() }));
+    assert_eq!(
+        soap::decode_response(&Action::AddPortMapping(mapping()), &resp),
+        Err(UpnpError::Fault {
+            code: 725,
+            description: "OnlyPermanentLeasesSupported".into()
+        })
+    );
 }
 
 #[test]
@@ -658,16 +910,40 @@ fn soap_response_bytes() {
 #[test]
 fn soap_server_errors() {
     let unknown = format!("{ENV_OPEN}<u:GetGenericPortMappingEntry xmlns:u=\"{WANIP1}\"><NewPortMappingIndex>0</NewPortMappingIndex></u:GetGenericPortMappingEntry>{ENV_CLOSE}");
-    assert_eq!(soap::decode_request(None, unknown.as_bytes()), Err(UpnpError::Fault { code: 401, description: "Invalid Action".into() }));
+    assert_eq!(
+        soap::decode_request(None, unknown.as_bytes()),
+        Err(UpnpError::Fault {
+            code: 401,
+            description: "Invalid Action".into()
+        })
+    );
     let missing = format!("{ENV_OPEN}<u:AddPortMapping xmlns:u=\"{WANIP1}\"><NewExternalPort>1</NewExternalPort></u:AddPortMapping>{ENV_CLOSE}");
-    assert_eq!(soap::decode_request(None, missing.as_bytes()), Err(UpnpError::Fault { code: 402, description: "Invalid Args".into() }));
+    assert_eq!(
+        soap::decode_request(None, missing.as_bytes()),
+        Err(UpnpError::Fault {
+            code: 402,
+            description: "Invalid Args".into()
+        })
+    );
     let bad_proto = format!("{ENV_OPEN}<u:DeletePortMapping xmlns:u=\"{WANIP1}\"><NewExternalPort>1</NewExternalPort><NewProtocol>SCTP</NewProtocol></u:DeletePortMapping>{ENV_CLOSE}");
-    assert!(matches!(soap::decode_request(None, bad_proto.as_bytes()), Err(UpnpError::Fault { code: 402, .. })));
+    assert!(matches!(
+        soap::decode_request(None, bad_proto.as_bytes()),
+        Err(UpnpError::Fault { code: 402, .. })
+    ));
     let body = soap::encode_request(WANIP1, &Action::GetStatusInfo);
-    assert!(matches!(soap::decode_request(Some("urn:x#GetExternalIPAddress"), &body), Err(UpnpError::Xml(_))));
+    assert!(matches!(
+        soap::decode_request(Some("urn:x#GetExternalIPAddress"), &body),
+        Err(UpnpError::Xml(_))
+    ));
     let no_ns = b"<Envelope><Body><GetStatusInfo/></Body></Envelope>";
-    assert_eq!(soap::decode_request(None, no_ns), Err(UpnpError::Missing("service type")));
-    assert_eq!(soap::decode_request(Some("\"urn:x:1#GetStatusInfo\""), no_ns), Ok(("urn:x:1".into(), Action::GetStatusInfo)));
+    assert_eq!(
+        soap::decode_request(None, no_ns),
+        Err(UpnpError::Missing("service type"))
+    );
+    assert_eq!(
+        soap::decode_request(Some("\"urn:x:1#GetStatusInfo\""), no_ns),
+        Ok(("urn:x:1".into(), Action::GetStatusInfo))
+    );
     assert!(soap::decode_request(None, b"<a><b></a>").is_err());
     assert!(soap::decode_request(None, b"<Envelope><Body>&bogus;</Body></Envelope>").is_err());
 }
@@ -685,8 +961,16 @@ fn valid_messages() -> Vec<Vec<u8>> {
         miniupnpd_http("200 OK", MINIUPNPD_V1_DESC),
         miniupnpd_fault(725, "OnlyPermanentLeasesSupported").body,
         soap::encode_request(WANIP1, &Action::AddPortMapping(mapping())),
-        soap::encode_response(WANIP2, &ActionResponse::AnyPortMappingAdded { reserved_port: 9 }),
-        http::post_soap(&loc, WANIP1, "GetStatusInfo", &soap::encode_request(WANIP1, &Action::GetStatusInfo)),
+        soap::encode_response(
+            WANIP2,
+            &ActionResponse::AnyPortMappingAdded { reserved_port: 9 },
+        ),
+        http::post_soap(
+            &loc,
+            WANIP1,
+            "GetStatusInfo",
+            &soap::encode_request(WANIP1, &Action::GetStatusInfo),
+        ),
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
     ]
 }
@@ -700,10 +984,25 @@ fn feed_all(data: &[u8]) {
     let _ = http::parse_request(data);
     let _ = description::parse_description(data, &loc);
     let _ = soap::decode_request(None, data);
-    let _ = soap::decode_request(Some("urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping"), data);
+    let _ = soap::decode_request(
+        Some("urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping"),
+        data,
+    );
     for status in [200, 500] {
-        let r = HttpResponse { status, body: data.to_vec() };
-        for a in [Action::GetExternalIpAddress, Action::GetStatusInfo, Action::AddPortMapping(mapping()), Action::AddAnyPortMapping(mapping()), Action::DeletePortMapping { external_port: 1, protocol: TransportProtocol::Udp }] {
+        let r = HttpResponse {
+            status,
+            body: data.to_vec(),
+        };
+        for a in [
+            Action::GetExternalIpAddress,
+            Action::GetStatusInfo,
+            Action::AddPortMapping(mapping()),
+            Action::AddAnyPortMapping(mapping()),
+            Action::DeletePortMapping {
+                external_port: 1,
+                protocol: TransportProtocol::Udp,
+            },
+        ] {
             let _ = soap::decode_response(&a, &r);
         }
     }

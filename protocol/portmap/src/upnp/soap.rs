@@ -141,7 +141,10 @@ fn envelope_open(out: &mut XmlOut, element: &str, service_type: &str) {
 }
 
 fn envelope_close(out: &mut XmlOut, element: &str) {
-    out.end(element).end("s:Body").end("s:Envelope").raw(b"\r\n");
+    out.end(element)
+        .end("s:Body")
+        .end("s:Envelope")
+        .raw(b"\r\n");
 }
 
 fn mapping_args(out: &mut XmlOut, r: &PortMappingRequest) {
@@ -184,7 +187,9 @@ fn body_content(root: &Element) -> Result<&Element, UpnpError> {
         return Err(UpnpError::Xml("not a SOAP envelope".into()));
     }
     let body = root.child("Body").ok_or(UpnpError::Missing("Body"))?;
-    body.children.first().ok_or(UpnpError::Missing("Body content"))
+    body.children
+        .first()
+        .ok_or(UpnpError::Missing("Body content"))
 }
 
 /// The UPnPError in a Fault, if any.
@@ -198,10 +203,7 @@ fn fault(fault: &Element) -> Result<Option<UpnpError>, UpnpError> {
     let code: u16 = code
         .parse()
         .map_err(|_| UpnpError::Xml(format!("bad errorCode {:?}", short(code))))?;
-    let description = err
-        .child_text("errorDescription")
-        .unwrap_or("")
-        .to_owned();
+    let description = err.child_text("errorDescription").unwrap_or("").to_owned();
     Ok(Some(UpnpError::Fault { code, description }))
 }
 
@@ -216,7 +218,10 @@ fn arg<'a>(el: &'a Element, name: &'static str) -> Result<&'a str, UpnpError> {
 /// Decodes the HTTP answer to `action`. A SOAP Fault carrying a UPnPError (whatever the
 /// status) is [`UpnpError::Fault`]; another non-2xx answer is [`UpnpError::Status`].
 /// Namespace prefixes, whitespace and extra elements are tolerated.
-pub fn decode_response(action: &Action, response: &HttpResponse) -> Result<ActionResponse, UpnpError> {
+pub fn decode_response(
+    action: &Action,
+    response: &HttpResponse,
+) -> Result<ActionResponse, UpnpError> {
     let ok = (200..300).contains(&response.status);
     let blank = response.body.iter().all(u8::is_ascii_whitespace);
     if ok && blank {
@@ -273,9 +278,7 @@ pub fn decode_response(action: &Action, response: &HttpResponse) -> Result<Actio
                 .child_text("NewLastConnectionError")
                 .filter(|e| !e.is_empty())
                 .map(str::to_owned),
-            uptime: content
-                .child_text("NewUptime")
-                .and_then(|u| u.parse().ok()),
+            uptime: content.child_text("NewUptime").and_then(|u| u.parse().ok()),
         },
         Action::AddPortMapping(_) => ActionResponse::PortMappingAdded,
         Action::AddAnyPortMapping(_) => {
@@ -344,7 +347,10 @@ fn parse_mapping(el: &Element) -> Result<PortMappingRequest, UpnpError> {
 /// comes from the SOAPAction header when it has one, else from the action element's
 /// namespace. An unknown action is a 401 [`UpnpError::Fault`], bad or missing arguments a
 /// 402 one, so a server can answer them with [`encode_fault`] as they are.
-pub fn decode_request(soap_action: Option<&str>, body: &[u8]) -> Result<(String, Action), UpnpError> {
+pub fn decode_request(
+    soap_action: Option<&str>,
+    body: &[u8],
+) -> Result<(String, Action), UpnpError> {
     let root = xml::parse(body)?;
     let el = body_content(&root)?;
     let header = soap_action

@@ -51,9 +51,7 @@ impl HttpUrl {
         let (ip, port): (IpAddr, &str) = if let Some(v6) = authority.strip_prefix('[') {
             let close = v6.find(']').ok_or_else(|| url_err("unclosed '['", s))?;
             let (host, after) = v6.split_at(close);
-            let ip: Ipv6Addr = host
-                .parse()
-                .map_err(|_| url_err("bad IPv6 literal", s))?;
+            let ip: Ipv6Addr = host.parse().map_err(|_| url_err("bad IPv6 literal", s))?;
             let after = after.get(1..).unwrap_or("");
             let port = match after.strip_prefix(':') {
                 Some(p) => p,
