@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("node_input", node_input),
     ("policy_parse", policy_parse),
     ("control_api", control_api),
+    ("upnp_decode", upnp_decode),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the
@@ -494,4 +495,102 @@ pub fn node_input(data: &[u8]) {
         got,
         "after the fuzz input, a packet over DERP no longer arrives"
     );
+}
+
+/// Feeds arbitrary bytes to every UPnP decoder (SSDP, HTTP, description, SOAP, both sides).
+/// None may panic; what a server-side decoder accepts re-encodes to something that decodes
+/// to the same value.
+pub fn upnp_decode(data: &[u8]) {
+    use burrow_portmap::upnp::{description, http, soap, ssdp, Action, HttpResponse, HttpUrl};
+    use burrow_portmap::TransportProtocol;
+    let base = HttpUrl::parse("http://192.168.1.1:5000/rootDesc.xml").expect("valid base");
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(url) = HttpUrl::parse(text) {
+            assert_eq!(HttpUrl::parse(&url.to_string()).as_ref(), Ok(&url));
+        }
+        let _ = base.join(text);
+    }
+    if let Ok(r) = ssdp::parse_response(data) {
+        let again = ssdp::parse_response(&ssdp::response(
+            &r.location,
+            &r.search_target,
+            "uuid:x",
+            "s",
+        ))
+        .expect("re-encoded SSDP answer parses");
+        assert_eq!(again.location, r.location);
+        assert_eq!(again.search_target, r.search_target);
+    }
+    if let Ok(st) = ssdp::parse_m_search(data) {
+        assert_eq!(ssdp::parse_m_search(&ssdp::m_search(&st)), Ok(st));
+    }
+    let mapping = soap::PortMappingRequest {
+        remote_host: None,
+        external_port: 41641,
+        protocol: TransportProtocol::Udp,
+        internal_port: 41641,
+        internal_client: std::net::Ipv4Addr::new(192, 168, 1, 2),
+        description: "burrow".into(),
+        lease_seconds: 7200,
+    };
+    let actions = [
+        Action::GetExternalIpAddress,
+        Action::GetStatusInfo,
+        Action::AddPortMapping(mapping.clone()),
+        Action::AddAnyPortMapping(mapping),
+        Action::DeletePortMapping {
+            external_port: 41641,
+            protocol: TransportProtocol::Udp,
+        },
+    ];
+    let mut bodies = vec![data.to_vec()];
+    for parsed in [
+        http::parse_response(data).ok().flatten(),
+        http::parse_response_at_eof(data).ok(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        bodies.push(parsed.body);
+    }
+    for body in &bodies {
+        for status in [200, 500] {
+            let response = HttpResponse {
+                status,
+                body: body.clone(),
+            };
+            for action in &actions {
+                let _ = soap::decode_response(action, &response);
+            }
+        }
+        if let Ok(d) = description::parse_description(body, &base) {
+            assert!(
+                d.best_service().is_some(),
+                "a parsed description has a service"
+            );
+            let paths: Vec<_> = d
+                .services
+                .iter()
+                .map(|s| (s.kind, s.control_url.path.clone()))
+                .collect();
+            let paths: Vec<_> = paths.iter().map(|(k, p)| (*k, p.as_str())).collect();
+            let again = description::parse_description(
+                &description::render("x", d.igd_version, &paths),
+                &base,
+            )
+            .expect("a rendered description parses");
+            let kinds = |d: &description::DeviceDescription| {
+                d.services.iter().map(|s| s.kind).collect::<Vec<_>>()
+            };
+            assert_eq!(kinds(&again), kinds(&d));
+        }
+    }
+    if let Ok(Some(req)) = http::parse_request(data) {
+        let _ = soap::decode_request(req.soap_action.as_deref(), &req.body);
+    }
+    if let Ok((service_type, action)) = soap::decode_request(None, data) {
+        let again = soap::decode_request(None, &soap::encode_request(&service_type, &action))
+            .expect("a re-encoded call decodes");
+        assert_eq!(again, (service_type, action));
+    }
 }

@@ -35,6 +35,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "node_input",
     "policy_parse",
     "control_api",
+    "upnp_decode",
 ];
 
 pub fn run(install: bool) -> Result<()> {

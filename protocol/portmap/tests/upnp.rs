@@ -1047,3 +1047,13 @@ proptest! {
         prop_assert_eq!(HttpUrl::parse(&u.to_string()).unwrap(), u);
     }
 }
+
+#[test]
+fn description_odd_encoding_decl_and_non_igd_root() {
+    // An ASCII body declared ISO-8859-1, whose root device is not an IGD: the services are
+    // still found and the version is 0 (unknown).
+    let xml = r#"<?xml version="1.0" encoding="ISO-8859-1"?><root><device><deviceType>urn:vendor:device:Gateway:1</deviceType><serviceList><service><serviceType>urn:schemas-upnp-org:service:WANIPConnection:1</serviceType><controlURL>/c</controlURL></service></serviceList></device></root>"#;
+    let d = description::parse_description(xml.as_bytes(), &url("http://10.0.0.1/")).unwrap();
+    assert_eq!(d.igd_version, 0);
+    assert_eq!(d.best_service().unwrap().control_url.path, "/c");
+}

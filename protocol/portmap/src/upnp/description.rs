@@ -90,16 +90,15 @@ impl DeviceDescription {
 const IGD_PREFIX: &str = "urn:schemas-upnp-org:device:InternetGatewayDevice:";
 
 fn igd_version(device: &Element) -> Option<u8> {
-    if let Some(t) = device.child_text("deviceType") {
-        if let Some(v) = t
-            .get(..IGD_PREFIX.len())
-            .filter(|p| p.eq_ignore_ascii_case(IGD_PREFIX))
-        {
-            let _ = v;
-            if let Some(n) = t.get(IGD_PREFIX.len()..).and_then(|n| n.parse::<u8>().ok()) {
-                return Some(n);
-            }
+    let own = device.child_text("deviceType").and_then(|t| {
+        let head = t.get(..IGD_PREFIX.len())?;
+        if !head.eq_ignore_ascii_case(IGD_PREFIX) {
+            return None;
         }
+        t.get(IGD_PREFIX.len()..)?.parse::<u8>().ok()
+    });
+    if own.is_some() {
+        return own;
     }
     device
         .child("deviceList")
