@@ -111,7 +111,8 @@ const PAIRS: &[(&str, &str, bool)] = &[
 ];
 
 pub(crate) struct Lab {
-    id: u32,
+    /// Every namespace name starts with it ("bl<pid>" for the lab).
+    prefix: String,
     namespaces: Vec<String>,
     children: BTreeMap<String, Child>,
     dir: PathBuf,
@@ -145,11 +146,22 @@ pub(crate) fn sh(args: &[&str]) -> Result<String> {
 }
 
 impl Lab {
-    fn ns(&self, name: &str) -> String {
-        format!("bl{}{name}", self.id)
+    /// An empty lab whose namespaces are named `{prefix}{name}`, logs in `dir` (other tasks
+    /// build their own topologies with it; everything goes when it is dropped).
+    pub(crate) fn new(prefix: &str, dir: &Path) -> Lab {
+        Lab {
+            prefix: prefix.to_string(),
+            namespaces: Vec::new(),
+            children: BTreeMap::new(),
+            dir: dir.to_path_buf(),
+        }
     }
 
-    fn add_ns(&mut self, name: &str) -> Result<String> {
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub(crate) fn add_ns(&mut self, name: &str) -> Result<String> {
         let n = self.ns(name);
         sh(&["ip", "netns", "add", &n])?;
         self.namespaces.push(n.clone());
@@ -174,7 +186,7 @@ impl Lab {
     }
 
     /// A veth between two namespaces with an address on each end.
-    fn link(
+    pub(crate) fn link(
         &self,
         a: &str,
         a_addr: &str,
@@ -299,12 +311,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     let dir = std::env::temp_dir().join(format!("burrow-lab-{id}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let mut lab = Lab {
-        id,
-        namespaces: Vec::new(),
-        children: BTreeMap::new(),
-        dir: dir.clone(),
-    };
+    let mut lab = Lab::new(&format!("bl{id}"), &dir);
 
     // The internet and its services.
     let inet = lab.add_ns("inet")?;

@@ -5,6 +5,7 @@ mod bench;
 mod controlbench;
 mod demo;
 mod derpbench;
+mod igd;
 mod lab;
 mod meshbench;
 mod test;
@@ -61,6 +62,27 @@ enum Command {
         #[arg(long)]
         reduced: bool,
     },
+    /// A real miniupnpd (UPnP IGD, NAT-PMP, PCP) on a hard-NAT router in network namespaces,
+    /// driven by upnpc, natpmpc and PCP requests; the exchanges become fixtures in
+    /// protocol/portmap/tests/captures/. Root; installs the tools with apt-get.
+    IgdCapture {
+        /// Never install packages.
+        #[arg(long)]
+        no_install: bool,
+    },
+    /// igd-capture's UDP tool, run inside a namespace: sends --hex to --to and prints the
+    /// answer, or (without --to) prints the first datagram received on --bind.
+    #[command(hide = true)]
+    IgdUdp {
+        #[arg(long)]
+        to: Option<std::net::SocketAddr>,
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: std::net::SocketAddr,
+        #[arg(long, default_value = "")]
+        hex: String,
+        #[arg(long, default_value_t = 1500)]
+        wait_ms: u64,
+    },
     /// Run a fuzz campaign on nightly with cargo-fuzz.
     Fuzz {
         /// Target name (fuzz/fuzz_targets/TARGET.rs).
@@ -103,5 +125,12 @@ fn main() -> Result<()> {
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { target, seconds } => test::fuzz(&target, seconds),
         Command::Sim { args } => sim(&args),
+        Command::IgdCapture { no_install } => igd::capture(!no_install),
+        Command::IgdUdp {
+            to,
+            bind,
+            hex,
+            wait_ms,
+        } => igd::udp_tool(to, bind, &hex, wait_ms),
     }
 }
