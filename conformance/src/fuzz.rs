@@ -33,6 +33,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("policy_parse", policy_parse),
     ("control_api", control_api),
     ("upnp_decode", upnp_decode),
+    ("pmp_decode", pmp_decode),
+    ("pcp_decode", pcp_decode),
+    ("portmap_client", portmap_client),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the
@@ -592,5 +595,125 @@ pub fn upnp_decode(data: &[u8]) {
         let again = soap::decode_request(None, &soap::encode_request(&service_type, &action))
             .expect("a re-encoded call decodes");
         assert_eq!(again, (service_type, action));
+    }
+}
+
+/// NAT-PMP requests and responses: whatever decodes re-encodes to bytes that decode the same.
+pub fn pmp_decode(data: &[u8]) {
+    use burrow_portmap::pmp::{Request, Response};
+    if let Ok(r) = Request::decode(data) {
+        assert_eq!(Request::decode(&r.to_bytes()), Ok(r));
+    }
+    if let Ok(r) = Response::decode(data) {
+        assert_eq!(Response::decode(&r.to_bytes()), Ok(r));
+    }
+}
+
+/// PCP requests and responses (with options): whatever decodes re-encodes to bytes that
+/// decode the same.
+pub fn pcp_decode(data: &[u8]) {
+    use burrow_portmap::pcp::{Request, Response};
+    if let Ok(r) = Request::decode(data) {
+        assert_eq!(Request::decode(&r.to_bytes()), Ok(r));
+    }
+    if let Ok(r) = Response::decode(data) {
+        assert_eq!(Response::decode(&r.to_bytes()), Ok(r));
+    }
+}
+
+/// Drives a port mapper with a script of gateway answers (kind, length, payload): NAT-PMP/PCP
+/// datagrams from the gateway, SSDP answers, HTTP answers to its latest request, datagrams from
+/// strangers, time passing, recheck and shutdown. It must not panic, must send only to the
+/// gateway or SSDP's group, and must never follow a URL off the gateway.
+pub fn portmap_client(data: &[u8]) {
+    use burrow_portmap::{Input, PortMapper, PortMapperConfig, Transmit};
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::{Duration, Instant};
+    let gw = Ipv4Addr::new(192, 168, 1, 1);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut m = PortMapper::new(PortMapperConfig::new(
+        gw,
+        Ipv4Addr::new(192, 168, 1, 10),
+        41641,
+        1,
+    ));
+    m.start(now);
+    let mut last_http = None;
+    let mut rest = data;
+    let mut steps = 0;
+    while rest.len() >= 2 && steps < 256 {
+        steps += 1;
+        let (kind, len) = (rest[0], usize::from(rest[1]));
+        let payload = &rest[2..(2 + len).min(rest.len())];
+        rest = &rest[(2 + len).min(rest.len())..];
+        let gw_port = |p| SocketAddr::from((gw, p));
+        let _ = match kind % 7 {
+            0 => m.handle_input(
+                now,
+                Input::Udp {
+                    from: gw_port(5351),
+                    data: payload,
+                },
+            ),
+            1 => m.handle_input(
+                now,
+                Input::Udp {
+                    from: gw_port(1900),
+                    data: payload,
+                },
+            ),
+            2 => match last_http.take() {
+                Some(id) => m.handle_input(
+                    now,
+                    Input::Http {
+                        id,
+                        response: Some(payload),
+                    },
+                ),
+                None => Ok(()),
+            },
+            3 => {
+                let from = SocketAddr::from(([192, 168, 1, 66], 5351));
+                m.handle_input(
+                    now,
+                    Input::Udp {
+                        from,
+                        data: payload,
+                    },
+                )
+            }
+            4 => {
+                let step = u64::from(payload.first().copied().unwrap_or(1)) * 100;
+                now += Duration::from_millis(step);
+                m.handle_timeout(now);
+                Ok(())
+            }
+            5 => {
+                m.start(now);
+                Ok(())
+            }
+            _ => {
+                m.shutdown(now);
+                Ok(())
+            }
+        };
+        while let Some(t) = m.poll_transmit() {
+            match t {
+                Transmit::Udp { dst, .. } => assert!(
+                    dst.ip() == std::net::IpAddr::V4(gw)
+                        || dst == SocketAddr::V4(burrow_portmap::upnp::ssdp::SSDP_ADDR),
+                    "sent to {dst}"
+                ),
+                Transmit::Http { id, dst, .. } => {
+                    assert_eq!(dst.ip(), std::net::IpAddr::V4(gw), "HTTP to {dst}");
+                    last_http = Some(id);
+                }
+            }
+        }
+        while m.poll_event().is_some() {}
+        if let Some(t) = m.poll_timeout() {
+            assert!(t >= t0);
+        }
     }
 }

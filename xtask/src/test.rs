@@ -36,6 +36,9 @@ const FUZZ_TARGETS: &[&str] = &[
     "policy_parse",
     "control_api",
     "upnp_decode",
+    "pmp_decode",
+    "pcp_decode",
+    "portmap_client",
 ];
 
 pub fn run(install: bool) -> Result<()> {

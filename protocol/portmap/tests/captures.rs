@@ -153,12 +153,15 @@ fn location() -> HttpUrl {
 
 #[test]
 fn miniupnpds_description_gives_wan_ip_connection_2() {
-    let d = upnp::description::parse_description(&read("miniupnpd-rootdesc.xml"), &location())
-        .unwrap();
+    let d =
+        upnp::description::parse_description(&read("miniupnpd-rootdesc.xml"), &location()).unwrap();
     assert_eq!(d.igd_version, 2);
     let s = d.best_service().expect("a WAN service");
     assert_eq!(s.kind, ServiceKind::WanIpConnection2);
-    assert_eq!(s.control_url.to_string(), "http://192.168.1.1:5000/ctl/IPConn");
+    assert_eq!(
+        s.control_url.to_string(),
+        "http://192.168.1.1:5000/ctl/IPConn"
+    );
     // The same body through HTTP.
     let http =
         upnp::http::parse_response_at_eof(&read("miniupnpd-rootdesc.response.http")).unwrap();
@@ -168,8 +171,9 @@ fn miniupnpds_description_gives_wan_ip_connection_2() {
 
 #[test]
 fn miniupnpds_ssdp_answer_points_at_the_description() {
-    let r = upnp::ssdp::parse_response(&read("miniupnpd-ssdp-response-InternetGatewayDevice-1.txt"))
-        .unwrap();
+    let r =
+        upnp::ssdp::parse_response(&read("miniupnpd-ssdp-response-InternetGatewayDevice-1.txt"))
+            .unwrap();
     assert_eq!(r.location, location());
     assert_eq!(
         r.search_target,
@@ -229,7 +233,10 @@ fn miniupnpds_soap_answers_and_faults() {
     );
     for (name, code) in [
         ("miniupnpd-soap-AddPortMapping-fault-718.response.http", 718),
-        ("miniupnpd-deny-soap-AddPortMapping-fault-606.response.http", 606),
+        (
+            "miniupnpd-deny-soap-AddPortMapping-fault-606.response.http",
+            606,
+        ),
     ] {
         match soap(name, &add(41641)) {
             Err(UpnpError::Fault { code: c, .. }) => assert_eq!(c, code, "{name}"),
@@ -241,10 +248,19 @@ fn miniupnpds_soap_answers_and_faults() {
 #[test]
 fn upnpcs_requests_decode_on_the_gateway_side() {
     for (name, want) in [
-        ("miniupnpd-soap-GetExternalIPAddress.request.http", "GetExternalIPAddress"),
+        (
+            "miniupnpd-soap-GetExternalIPAddress.request.http",
+            "GetExternalIPAddress",
+        ),
         ("miniupnpd-soap-GetStatusInfo.request.http", "GetStatusInfo"),
-        ("miniupnpd-soap-AddPortMapping.request.http", "AddPortMapping"),
-        ("miniupnpd-soap-DeletePortMapping.request.http", "DeletePortMapping"),
+        (
+            "miniupnpd-soap-AddPortMapping.request.http",
+            "AddPortMapping",
+        ),
+        (
+            "miniupnpd-soap-DeletePortMapping.request.http",
+            "DeletePortMapping",
+        ),
     ] {
         let req = upnp::http::parse_request(&read(name))
             .unwrap()
