@@ -10,7 +10,7 @@ use crate::{parse_seeds, Cli};
 
 pub(crate) fn run_grid(cli: &Cli, threads: usize) -> GridReport {
     let started = std::time::Instant::now();
-    let pairs = grid::all_pairs();
+    let pairs = grid::grid_pairs();
     let seeds: Vec<u64> = (1..=cli.grid_seeds.max(1)).collect();
     let bar = indicatif::ProgressBar::new(pairs.len() as u64);
     bar.set_style(
@@ -59,7 +59,7 @@ pub(crate) fn print_grid(g: &GridReport) {
         print!("{:>10}", short(b));
     }
     println!();
-    for a in names {
+    for a in names.iter().chain(burrow_sim::preset::MAPPING_NAMES) {
         print!("{a:<22}");
         for b in names {
             let c = g.cells.iter().find(|c| c.a == *a && c.b == *b);
@@ -127,8 +127,9 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
     for p in [a, b] {
         if burrow_sim::preset::get(p).is_none() {
             bail!(
-                "unknown preset {p:?} (known: {})",
-                burrow_sim::preset::NAMES.join(", ")
+                "unknown preset {p:?} (known: {}, {})",
+                burrow_sim::preset::NAMES.join(", "),
+                burrow_sim::preset::MAPPING_NAMES.join(", ")
             );
         }
     }

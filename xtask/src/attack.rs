@@ -42,6 +42,8 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow", "derper_attacks", ""),
     ("burrow", "control_server_attacks", ""),
     ("burrow-sim", "attack", ""),
+    // The port mapper against forged, off-gateway and oversized answers from its LAN.
+    ("burrow-portmap", "attacks", ""),
     // A hostile or confused control plane: stolen addresses and keys refused, a removed peer's
     // packets dropped at once, secrets out of Debug; a removed or expired member cannot keep
     // talking; the reference model (no key on any wire, delivery only as the policy allows).

@@ -2,137 +2,14 @@
 //! apart: which protocol maps, what the report says, renewals, reboots, conflicts, refusals
 //! and shutdown.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use burrow_portmap::gateway::{Gateway, GatewayConfig};
-use burrow_portmap::{
-    Event, Input, PortMapError, PortMapper, PortMapperConfig, Protocol, Transmit, TransportProtocol,
-};
-
-const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
-const EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
-const PORT: u16 = 41641;
-/// The port mapper's own socket.
-const CLIENT_PORT: u16 = 40000;
-
-struct Lan {
-    mapper: PortMapper,
-    gw: Gateway,
-    now: Instant,
-    events: Vec<(Duration, Event)>,
-    t0: Instant,
-    /// Drop every datagram to the gateway (it is unreachable).
-    blackhole: bool,
-}
-
-impl Lan {
-    fn new(gw: GatewayConfig, tweak: impl FnOnce(&mut PortMapperConfig)) -> Self {
-        let t0 = Instant::now();
-        let mut c = PortMapperConfig::new(GW, ME, PORT, 7);
-        tweak(&mut c);
-        Lan {
-            mapper: PortMapper::new(c),
-            gw: Gateway::new(gw, t0, 1),
-            now: t0,
-            events: Vec::new(),
-            t0,
-            blackhole: false,
-        }
-    }
-
-    fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(t) = self.mapper.poll_transmit() {
-                moved = true;
-                if self.blackhole {
-                    continue;
-                }
-                let from = SocketAddrV4::new(ME, CLIENT_PORT);
-                match t {
-                    Transmit::Udp { dst, payload } => {
-                        let to_gw = dst.ip() == IpAddr::V4(GW) || dst.port() == 1900;
-                        if !to_gw {
-                            continue;
-                        }
-                        if let Some(answer) =
-                            self.gw.handle_udp(self.now, from, dst.port(), &payload)
-                        {
-                            let src = SocketAddr::new(IpAddr::V4(GW), dst.port());
-                            let _ = self.mapper.handle_input(
-                                self.now,
-                                Input::Udp {
-                                    from: src,
-                                    data: &answer,
-                                },
-                            );
-                        }
-                    }
-                    Transmit::Http { id, dst, request } => {
-                        assert_eq!(dst.ip(), IpAddr::V4(GW));
-                        let answer = self.gw.handle_http(self.now, from, &request);
-                        let _ = self.mapper.handle_input(
-                            self.now,
-                            Input::Http {
-                                id,
-                                response: answer.as_deref(),
-                            },
-                        );
-                    }
-                }
-            }
-            while let Some(e) = self.mapper.poll_event() {
-                moved = true;
-                self.events.push((self.now - self.t0, e));
-            }
-            if !moved {
-                break;
-            }
-        }
-    }
-
-    /// Runs until `at` after the start.
-    fn run_until(&mut self, at: Duration) {
-        let end = self.t0 + at;
-        self.pump();
-        while let Some(t) = self.mapper.poll_timeout() {
-            if t > end {
-                break;
-            }
-            self.now = self.now.max(t);
-            self.mapper.handle_timeout(self.now);
-            self.pump();
-        }
-        self.now = end;
-    }
-
-    fn start(&mut self) {
-        self.mapper.start(self.now);
-        self.pump();
-    }
-
-    fn reports(&self) -> Vec<&burrow_portmap::Report> {
-        self.events
-            .iter()
-            .filter_map(|(_, e)| match e {
-                Event::Report(r) => Some(r),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-fn gw(tweak: impl FnOnce(&mut GatewayConfig)) -> GatewayConfig {
-    let mut c = GatewayConfig::all(GW, EXT);
-    tweak(&mut c);
-    c
-}
-
-fn ext(port: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(EXT, port))
-}
+use burrow_portmap::gateway::GatewayConfig;
+use burrow_portmap::{Event, Input, PortMapError, Protocol, TransportProtocol};
+use common::{ext, gw, Lan, CLIENT_PORT, EXT, GW, ME, PORT};
 
 #[test]
 fn all_three_map_with_nat_pmp_at_once() {

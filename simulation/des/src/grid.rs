@@ -41,10 +41,24 @@ fn mapping_fixed(chain: &[NatConfig]) -> bool {
         .all(|c| c.mapping == Dependence::EndpointIndependent)
 }
 
+/// The node's gateway (a lone box) maps ports for it with some protocol it does not refuse:
+/// its mapped endpoint takes packets from anyone. (Behind a second NAT the mapping's address
+/// is private and helps no one outside.)
+pub fn maps_publicly(chain: &[NatConfig]) -> bool {
+    chain.len() == 1
+        && chain[0].gateway.as_ref().is_some_and(|g| {
+            !g.deny && (g.pmp || g.pcp || (g.upnp.is_some() && g.fail_add.is_none()))
+        })
+}
+
 /// The expected outcome of a pair, from the presets' properties alone.
 pub fn expected(a: &[NatConfig], b: &[NatConfig]) -> Expectation {
     if blocked(a) || blocked(b) {
         return Expectation::Relay;
+    }
+    // A port mapping on one side: the other side's pings reach it from any socket.
+    if maps_publicly(a) || maps_publicly(b) {
+        return Expectation::Direct;
     }
     // A fixed mapping on one side: that side's endpoint is known, so the other side reaches
     // it directly (any NAT), through predicted ports (sequential), or by birthday probing.
@@ -66,6 +80,10 @@ pub fn target(a: &[NatConfig], b: &[NatConfig]) -> Option<(&'static str, f64)> {
     match expected(a, b) {
         Expectation::Direct if mapping_fixed(a) && mapping_fixed(b) => {
             Some(("both mappings fixed", 0.5))
+        }
+        // NAT-PMP and PCP answer at once; UPnP after the others' 250 ms.
+        Expectation::Direct if maps_publicly(a) || maps_publicly(b) => {
+            Some(("a side's router maps its port (NAT-PMP, PCP, UPnP)", 1.0))
         }
         Expectation::Direct if sequential(a) || sequential(b) => {
             Some(("one side hard, sequential ports (port prediction)", 3.0))
@@ -313,6 +331,25 @@ pub fn parallel<T: Sync, R: Send>(
         .collect()
 }
 
+/// The grid's rows of port-mapping routers: each mapping preset against every preset.
+pub fn mapping_pairs() -> Vec<(String, String)> {
+    preset::MAPPING_NAMES
+        .iter()
+        .flat_map(|a| {
+            preset::NAMES
+                .iter()
+                .map(move |b| (a.to_string(), b.to_string()))
+        })
+        .collect()
+}
+
+/// Every cell of the grid: every ordered pair of presets, then the port-mapping rows.
+pub fn grid_pairs() -> Vec<(String, String)> {
+    let mut v = all_pairs();
+    v.extend(mapping_pairs());
+    v
+}
+
 /// Every ordered pair of presets.
 pub fn all_pairs() -> Vec<(String, String)> {
     preset::NAMES
@@ -507,7 +544,7 @@ impl GridReport {
         };
         let names = preset::NAMES;
         let mut rows = String::new();
-        for a in names {
+        for a in names.iter().chain(preset::MAPPING_NAMES) {
             rows.push_str(&format!("<tr><th class=\"name\">{a}</th>"));
             for b in names {
                 let Some(c) = self.cells.iter().find(|c| c.a == *a && c.b == *b) else {

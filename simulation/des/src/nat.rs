@@ -283,10 +283,10 @@ impl NatTable {
     }
 
     /// Makes the box's forwarded ports exactly `forwards` (external port → internal endpoint),
-    /// as its port-mapping service's table says: each a permanent, unfiltered inbound mapping.
-    /// As with miniupnpd's DNAT rules, the internal endpoint's own packets leave from the
-    /// forwarded port only as replies to a remote that came in through it (connection
-    /// tracking); to anyone else they take the NAT's usual mapping.
+    /// as its port-mapping service's table says: each a permanent, endpoint-independent,
+    /// unfiltered mapping, which the internal endpoint's own packets leave from too (RFC 6886
+    /// and RFC 6887 mappings). (miniupnpd on nftables forwards inbound only; the lab runs the
+    /// real one.)
     pub fn set_forwards(&mut self, forwards: &BTreeMap<u16, SocketAddr>) {
         if *forwards == self.forwards {
             return;
@@ -377,7 +377,10 @@ impl NatTable {
         self.stats.sessions_expired += gone as u64;
         if m.sessions.is_empty() {
             let m = self.mappings.remove(&port).expect("present");
-            self.by_key.remove(&(m.internal, m.key));
+            // The key may point at a forwarded port by now (a port mapping took it over).
+            if self.by_key.get(&(m.internal, m.key)) == Some(&port) {
+                self.by_key.remove(&(m.internal, m.key));
+            }
             self.closed.push(port);
             return false;
         }
@@ -453,7 +456,16 @@ impl NatTable {
             self.stats.dropped_blocked += 1;
             return Err(Drop::Blocked);
         }
-        let key = self.key(remote);
+        // A forwarded port (a port mapping) carries everything its internal endpoint sends.
+        let forwarded = self
+            .by_key
+            .get(&(internal, Key::Any))
+            .is_some_and(|p| self.forwards.contains_key(p));
+        let key = if forwarded {
+            Key::Any
+        } else {
+            self.key(remote)
+        };
         let existing = self
             .by_key
             .get(&(internal, key))
@@ -516,15 +528,7 @@ impl NatTable {
         let timeout = self.config.timeout;
         let m = self.mappings.get_mut(&port).expect("live after expire()");
         if m.permanent {
-            let internal = m.internal;
-            if self.forwards.contains_key(&port) {
-                // Connection tracking: replies to this remote leave from the forwarded port.
-                let key = self.key(remote);
-                if key != Key::Any {
-                    self.by_key.insert((internal, key), port);
-                }
-            }
-            return Ok(internal);
+            return Ok(m.internal);
         }
         let live = |last: &Instant| now.saturating_duration_since(*last) < timeout;
         let admitted = match self.config.filtering {

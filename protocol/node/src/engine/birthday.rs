@@ -10,7 +10,7 @@ use burrow_punch::{BirthdayProber, Route, SocketId, MAIN_SOCKET, MAX_BIRTHDAY_TA
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::{Event, Node, Peer, Transmit};
+use super::{Event, Node, Peer, Transmit, MAPPING_GRACE};
 
 /// The hard side's birthday role: open many sockets toward the peer's endpoints.
 #[derive(Debug)]
@@ -29,18 +29,26 @@ impl Node {
     /// Starts birthday probing toward peer `i` when both NATs are known, the peer is on DERP,
     /// and one side is hard: which role we take follows from the two NATs.
     pub(super) fn plan_birthday(&mut self, now: Instant, i: usize) {
-        let Some(me) = self.effective_nat() else {
+        let Some(me) = self.nat else {
             return;
         };
-        let has_mapping = self.has_public_mapping();
         let p = &mut self.peers[i];
         let Some(peer_nat) = p.peer_nat else {
             return;
         };
         let (peer_varies, peer_predictable) = (peer_nat.varies, peer_nat.predictable);
-        // A port mapping on either side is reachable from any socket: nothing to search for.
-        if peer_nat.mapped || has_mapping {
-            return;
+        // A port mapping on either side is reachable from any socket: give it its grace period
+        // to bring a direct path before searching (the search starts only if it did not).
+        let mapped = [self.mapped_since, p.peer_mapped_since]
+            .into_iter()
+            .flatten()
+            .max();
+        if let Some(since) = mapped {
+            let until = since + MAPPING_GRACE;
+            if now < until {
+                self.replan_birthday = Some(self.replan_birthday.map_or(until, |t| t.min(until)));
+                return;
+            }
         }
         if matches!(p.paths.route(), Route::Direct(_)) {
             return;

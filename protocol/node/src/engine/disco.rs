@@ -75,11 +75,12 @@ impl Node {
                     predictable,
                     mapped,
                 });
-                if mapped {
-                    // Its mapped endpoint takes our pings from any socket: no search.
-                    self.peers[i].prober = None;
-                    self.peers[i].opening = None;
-                }
+                let p = &mut self.peers[i];
+                p.peer_mapped_since = if mapped {
+                    p.peer_mapped_since.or(Some(now))
+                } else {
+                    None
+                };
                 self.plan_birthday(now, i);
             }
             // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path),
@@ -123,8 +124,7 @@ impl Node {
                     });
                     // The peer needs our NAT kind with our candidates (an earlier NatInfo may
                     // have been dropped while it was not yet on DERP).
-                    if let (Message::CallMeMaybe { .. }, Some(nat)) = (&t.msg, self.effective_nat())
-                    {
+                    if let (Message::CallMeMaybe { .. }, Some(nat)) = (&t.msg, self.nat) {
                         self.send_nat_info(i, nat);
                     }
                 }

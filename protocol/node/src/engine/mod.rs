@@ -66,6 +66,8 @@ struct Peer {
     wg: PeerId,
     paths: PeerPaths,
     peer_nat: Option<PeerNat>,
+    /// When the peer first said its port is mapped.
+    peer_mapped_since: Option<Instant>,
     prober: Option<BirthdayProber>,
     opening: Option<Opening>,
     first_unanswered_direct: Option<Instant>,
@@ -83,6 +85,12 @@ pub(crate) struct PeerNat {
     pub(crate) mapped: bool,
 }
 
+/// How long a port mapping (ours or the peer's) gets to give a direct path before the
+/// birthday search starts anyway: a mapping reaches us in one round trip when it works, and
+/// some gateways' mappings do not take every sender (miniupnpd's DNAT rules clash with a
+/// connection tracked from the same port, for one).
+pub(crate) const MAPPING_GRACE: Duration = Duration::from_secs(3);
+
 /// The sans-IO node engine.
 pub struct Node {
     config: NodeConfig,
@@ -98,8 +106,12 @@ pub struct Node {
     stun: Option<StunRound>,
     next_stun: Instant,
     nat: Option<NatView>,
-    /// The gateway's mapping of our port (NAT-PMP, PCP or UPnP), reachable from anywhere.
+    /// The gateway's mapping of our port (NAT-PMP, PCP or UPnP), reachable from anywhere, and
+    /// since when.
     port_mapping: Option<SocketAddr>,
+    mapped_since: Option<Instant>,
+    /// Birthday searches held back for a mapping's grace period are planned again then.
+    replan_birthday: Option<Instant>,
     candidates: Vec<Candidate>,
     user_pings: BTreeMap<burrow_disco::TxId, (usize, Instant, Route)>,
     transmits: VecDeque<Transmit>,
@@ -141,6 +153,8 @@ impl Node {
             next_stun: now,
             nat: None,
             port_mapping: None,
+            mapped_since: None,
+            replan_birthday: None,
             candidates: Vec::new(),
             user_pings: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -230,6 +244,7 @@ impl Node {
             wg,
             paths,
             peer_nat: None,
+            peer_mapped_since: None,
             prober: None,
             opening: None,
             first_unanswered_direct: None,
@@ -407,6 +422,12 @@ impl Node {
         self.handle_stun_timeout(now);
         self.device.handle_timeout(now);
         self.drain_device(now);
+        if self.replan_birthday.is_some_and(|t| t <= now) {
+            self.replan_birthday = None;
+            for i in 0..self.peers.len() {
+                self.plan_birthday(now, i);
+            }
+        }
         for i in 0..self.peers.len() {
             if self.peers[i].paths.poll_timeout().is_some_and(|t| t <= now) {
                 self.peers[i].paths.handle_timeout(now);
@@ -428,7 +449,7 @@ impl Node {
                 p.first_unanswered_direct.map(|t| t + DATA_STALL_AFTER),
             ]
         });
-        [stun, self.device.poll_timeout()]
+        [stun, self.device.poll_timeout(), self.replan_birthday]
             .into_iter()
             .chain(peers)
             .flatten()

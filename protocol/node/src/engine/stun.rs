@@ -152,13 +152,17 @@ impl Node {
 
     /// The gateway mapped our port at `external` (or the mapping is gone): a candidate that
     /// any peer reaches directly, advertised first. With a public mapping the node counts as
-    /// behind an easy NAT, so its own birthday searches stop.
+    /// behind an easy NAT, so its own birthday searches stop. A private external address (the
+    /// gateway sits behind another NAT) reaches no peer outside and is ignored.
     pub fn set_port_mapping(&mut self, now: Instant, external: Option<SocketAddr>) {
+        let external = external.filter(|a| CandidateKind::of(*a) != CandidateKind::Lan);
         if self.port_mapping == external {
             return;
         }
         self.port_mapping = external;
-        if self.has_public_mapping() {
+        self.mapped_since = external.map(|_| now);
+        if external.is_some() {
+            // Our own searches wait for the mapping's grace period.
             for p in &mut self.peers {
                 p.prober = None;
                 p.opening = None;
@@ -166,7 +170,7 @@ impl Node {
         }
         let nat = self.nat;
         self.refresh_candidates(now, nat);
-        if let Some(nat) = self.effective_nat() {
+        if let Some(nat) = self.nat {
             for i in 0..self.peers.len() {
                 self.send_nat_info(i, nat);
             }
@@ -178,23 +182,9 @@ impl Node {
         self.port_mapping
     }
 
+    /// Whether the gateway maps our port on a public address.
     pub(super) fn has_public_mapping(&self) -> bool {
-        self.port_mapping
-            .is_some_and(|a| CandidateKind::of(a) != CandidateKind::Lan)
-    }
-
-    /// Our NAT as peers should treat it: with a public port mapping, endpoint-independent.
-    pub(super) fn effective_nat(&self) -> Option<NatView> {
-        let nat = self.nat;
-        match self.port_mapping.filter(|_| self.has_public_mapping()) {
-            Some(m) => Some(NatView {
-                reflexive: m,
-                mapping_varies: false,
-                delta: None,
-                last_port: m.port(),
-            }),
-            None => nat,
-        }
+        self.port_mapping.is_some()
     }
 
     /// Interface addresses, the reflexive address, and predicted ports for a sequential NAT.

@@ -47,6 +47,10 @@ pub const STALL_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest a stalled path is left alone.
 pub const MAX_STALL_BACKOFF: Duration = Duration::from_secs(600);
 
+/// A ping from the peer on a path not in use triggers one of ours back unless we sent one
+/// there this recently.
+const TRIGGERED_CHECK_AFTER: Duration = Duration::from_millis(500);
+
 /// The path state of one peer.
 #[derive(Debug)]
 pub struct PeerPaths {
@@ -212,7 +216,13 @@ impl PeerPaths {
                 (true, false)
             }
         };
-        let idle = self.remote.get(&from).is_some_and(|r| r.pending.is_empty());
+        // No fresh ping of ours in flight there: an older one may have left before the way in
+        // opened (a port mapping made since, a firewall the peer's ping just opened).
+        let idle = self.remote.get(&from).is_some_and(|r| {
+            r.pending
+                .values()
+                .all(|sent| now.saturating_duration_since(*sent) >= TRIGGERED_CHECK_AFTER)
+        });
         if new || moved || (idle && self.route != Route::Direct(from)) {
             self.budgeted_ping(now, from);
         }
