@@ -99,6 +99,12 @@ pub struct Doctor {
     pub attempts: Vec<String>,
     /// Birthday probing toward the peer.
     pub birthday: String,
+    /// Our gateway's port mapping: each protocol's outcome and the mapping.
+    #[serde(default)]
+    pub our_port_mapping: String,
+    /// The peer's port mapping, as it told us.
+    #[serde(default)]
+    pub peer_port_mapping: String,
 }
 
 /// Answers to a `burrow ping` waiting for their pong.
@@ -119,6 +125,8 @@ pub struct ApiContext {
     pub pings: PingWaiters,
     /// Asked to stop.
     pub down: mpsc::UnboundedSender<()>,
+    /// The port mapper's latest report, in words (`None`: none yet).
+    pub port_mapping: Arc<Mutex<Option<String>>>,
 }
 
 fn describe(route: Route) -> String {
@@ -280,7 +288,20 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                 },
             };
             let x = p.and_then(|p| p.explanation.clone());
+            let ours = cx.port_mapping.lock().map(|s| s.clone()).unwrap_or(None);
+            let our_port_mapping = match (ours, x.as_ref().and_then(|x| x.port_mapping)) {
+                (Some(report), _) => report,
+                (None, Some(m)) => format!("mapped at {m}"),
+                (None, None) => "no report yet".into(),
+            };
+            let peer_port_mapping = match x.as_ref().and_then(|x| x.peer_port_mapped) {
+                None => "unknown (it has not said)".into(),
+                Some(true) => "mapped: its gateway forwards its port (see its candidates)".into(),
+                Some(false) => "none".into(),
+            };
             let doctor = Doctor {
+                our_port_mapping,
+                peer_port_mapping,
                 peer: info.node.name.clone(),
                 our_nat: nat,
                 peer_nat: match x.as_ref().and_then(|x| x.peer_mapping_varies) {

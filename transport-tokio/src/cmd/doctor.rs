@@ -15,6 +15,8 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     println!("its NAT:   {}", d.peer_nat);
     println!("path:      {}", d.path);
     println!("birthday:  {}", d.birthday);
+    println!("our port mapping: {}", d.our_port_mapping);
+    println!("its port mapping: {}", d.peer_port_mapping);
     println!("candidate pairs tried (oldest first):");
     for a in &d.attempts {
         println!("  {a}");

@@ -9,10 +9,14 @@ pub(super) async fn start(
     port: u16,
     seed: u64,
     commands: tokio::sync::mpsc::UnboundedSender<crate::node::NodeCommand>,
+    summary: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     tasks: &mut tokio::task::JoinSet<Result<()>>,
 ) -> Option<crate::portmap::PortMapHandle> {
     let Some(config) = crate::portmap::config_for(port, seed) else {
         tracing::info!("port mapping: no IPv4 default route");
+        if let Ok(mut s) = summary.lock() {
+            *s = Some("no IPv4 default route".into());
+        }
         return None;
     };
     let handle = match crate::portmap::spawn(config).await {
@@ -22,6 +26,20 @@ pub(super) async fn start(
             return None;
         }
     };
+    let mut report = handle.report.clone();
+    tasks.spawn(async move {
+        // Each report, in words, for `burrow doctor`.
+        while report.changed().await.is_ok() {
+            let line = report
+                .borrow_and_update()
+                .as_ref()
+                .map(crate::portmap::summary);
+            if let (Some(line), Ok(mut s)) = (line, summary.lock()) {
+                *s = Some(line);
+            }
+        }
+        std::future::pending().await
+    });
     let mut mapping = handle.mapping.clone();
     tasks.spawn(async move {
         loop {

@@ -83,6 +83,9 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     );
 
     let pings: crate::local_api::PingWaiters = Arc::new(Mutex::new(Vec::new()));
+    let port_mapping = Arc::new(Mutex::new(
+        (!cfg.port_mapping).then(|| "off (--no-port-mapping)".to_string()),
+    ));
     let (down_tx, mut down_rx) = tokio::sync::mpsc::unbounded_channel();
     let api = crate::local_api::ApiContext {
         commands: commands.clone(),
@@ -91,6 +94,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         addresses: node.addresses.clone(),
         pings: pings.clone(),
         down: down_tx,
+        port_mapping: port_mapping.clone(),
     };
     let mut tasks = tokio::task::JoinSet::new();
     let socket_path = cfg.socket.clone();
@@ -108,7 +112,16 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         events, tun, session, inputs, pings, buffers,
     ));
     let portmap = match cfg.port_mapping {
-        true => mapping::start(port, rand_seed(), commands.clone(), &mut tasks).await,
+        true => {
+            mapping::start(
+                port,
+                rand_seed(),
+                commands.clone(),
+                port_mapping,
+                &mut tasks,
+            )
+            .await
+        }
         false => None,
     };
     tasks.spawn(follow(driver, cfg.state_dir.clone(), state, commands));

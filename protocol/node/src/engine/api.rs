@@ -268,6 +268,10 @@ pub struct Explanation {
     pub attempts: Vec<Attempt>,
     /// The peer's NAT maps per destination (from its NatInfo), if it said.
     pub peer_mapping_varies: Option<bool>,
+    /// The peer's gateway maps its port (from its NatInfo), if it said.
+    pub peer_port_mapped: Option<bool>,
+    /// Our own port mapping, if the gateway made one.
+    pub port_mapping: Option<SocketAddr>,
     /// Birthday packets sent toward the peer.
     pub probes: u64,
     /// Birthday attempts that spent their budget without a hit.

@@ -315,6 +315,8 @@ impl Node {
             candidates: p.paths.remote_candidates().copied().collect(),
             attempts: p.paths.attempts().copied().collect(),
             peer_mapping_varies: p.peer_nat.map(|n| n.varies),
+            peer_port_mapped: p.peer_nat.map(|n| n.mapped),
+            port_mapping: self.port_mapping,
             probes: p.stats.probes,
             birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
         })
