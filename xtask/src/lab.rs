@@ -312,6 +312,28 @@ fn route_in_log(log: &str, peer_key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The external address of the node's latest mapping, from its log ("mapped with P: ADDR (…").
+fn mapped_external(log: &str) -> Option<String> {
+    let l = log.lines().rev().find(|l| l.contains("mapped with"))?;
+    let rest = l.split("mapped with").nth(1)?.split(": ").nth(1)?;
+    Some(rest.split(' ').next()?.to_string())
+}
+
+/// Whether `conntrack -L` output holds an answered flow that came in to `external` (IP:port).
+fn inbound_answered(conntrack: &str, external: &str) -> bool {
+    let Some((ip, port)) = external.rsplit_once(':') else {
+        return false;
+    };
+    conntrack.lines().any(|l| {
+        let first = |k: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or("")
+        };
+        first("dst=") == ip && first("dport=") == port && !l.contains("[UNREPLIED]")
+    })
+}
+
 /// A log line's time of day in seconds (its RFC 3339 timestamp's `HH:MM:SS.ffffff`).
 fn log_secs(line: &str) -> Option<f64> {
     let t = line.get(11..26)?;
@@ -979,6 +1001,10 @@ fn igd_checks(
         }
     };
     let mut outage = false;
+    // The path may never leave Direct in the log (re-mapped before the engine notices), so
+    // direct means: re-mapped, the route Direct, and the router's (flushed) conntrack holding
+    // a flow that came in through the mapping and was answered.
+    let external = mapped_external(&lab.log(site));
     let back = wait(Duration::from_secs(90), || {
         ping(&ns, &peer_addr);
         if !outage && t0.elapsed() > Duration::from_secs(15) {
@@ -987,7 +1013,12 @@ fn igd_checks(
         }
         let log = lab.log(site);
         let since = log.get(from..).unwrap_or_default();
-        (since.contains("mapped with") || since.contains("mapping again")) && direct_in(&log)
+        (since.contains("mapped with") || since.contains("mapping again"))
+            && direct_in(&log)
+            && external.as_deref().is_some_and(|e| {
+                lab.in_ns(&router.ns, &["conntrack", "-L", "-p", "udp"])
+                    .is_ok_and(|t| inbound_answered(&t, e))
+            })
     })
     .map(|_| t0.elapsed());
     snapshot("reboot-after");
