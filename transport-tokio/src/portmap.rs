@@ -89,6 +89,7 @@ pub async fn spawn(config: PortMapperConfig) -> std::io::Result<PortMapHandle> {
     let (mapping_tx, mapping) = watch::channel(None);
     let (report_tx, report) = watch::channel(None);
     let (commands, rx) = mpsc::channel(8);
+    let announcements = announcement_socket(config.local_ip);
     let mut mapper = PortMapper::new(config);
     mapper.start(Instant::now().into_std());
     tokio::spawn(async move {
@@ -118,7 +119,14 @@ pub async fn spawn(config: PortMapperConfig) -> std::io::Result<PortMapHandle> {
                 mapping_tx.send_replace(None);
             }
         };
-        drive(&mut mapper, &socket, rx, &mut on_event).await;
+        drive(
+            &mut mapper,
+            &socket,
+            announcements.as_ref(),
+            rx,
+            &mut on_event,
+        )
+        .await;
     });
     Ok(PortMapHandle {
         mapping,
@@ -146,14 +154,55 @@ pub async fn probe(config: PortMapperConfig, within: Duration) -> std::io::Resul
             }
         }
     };
-    let _ = tokio::time::timeout_at(deadline, drive(&mut mapper, &socket, rx, &mut on_event)).await;
+    let _ = tokio::time::timeout_at(
+        deadline,
+        drive(&mut mapper, &socket, None, rx, &mut on_event),
+    )
+    .await;
     Ok(report.unwrap_or_else(|| mapper.report()))
 }
 
-/// The machine's loop: datagrams, HTTP answers, commands and its deadline.
+/// A socket on 0.0.0.0:5350 for the gateway's multicast announcements (224.0.0.1), which a
+/// restarted NAT-PMP/PCP gateway sends: the mapper then checks its mapping at once. Shared
+/// with other clients on the host (SO_REUSEADDR); none when the port cannot be had.
+fn announcement_socket(local_ip: Ipv4Addr) -> Option<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = || -> std::io::Result<UdpSocket> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.bind(
+            &SocketAddr::from((Ipv4Addr::UNSPECIFIED, burrow_portmap::pmp::CLIENT_PORT)).into(),
+        )?;
+        // Every host is in 224.0.0.1 already; joining on the LAN's interface costs nothing.
+        let _ = s.join_multicast_v4(&Ipv4Addr::new(224, 0, 0, 1), &local_ip);
+        s.set_nonblocking(true)?;
+        UdpSocket::from_std(s.into())
+    };
+    match open() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(target: "burrow::portmap", "no socket for the gateway's announcements: {e}");
+            None
+        }
+    }
+}
+
+async fn recv_announcement(
+    socket: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The machine's loop: datagrams (its own socket's and the gateway's announcements), HTTP
+/// answers, commands and its deadline.
 async fn drive(
     mapper: &mut PortMapper,
     socket: &UdpSocket,
+    announcements: Option<&UdpSocket>,
     mut commands: mpsc::Receiver<Command>,
     on_event: &mut impl FnMut(Event),
 ) {
@@ -161,6 +210,7 @@ async fn drive(
     let http_timeout = mapper.config().http_timeout;
     let mut closing: Option<oneshot::Sender<()>> = None;
     let mut buf = vec![0u8; 2048];
+    let mut announcement = vec![0u8; 1100];
     let mut commands_open = true;
     loop {
         while let Some(t) = mapper.poll_transmit() {
@@ -198,6 +248,15 @@ async fn drive(
                     let now = Instant::now().into_std();
                     if let Err(e) = mapper.handle_input(now, Input::Udp { from, data: &buf[..n] }) {
                         tracing::debug!(target: "burrow::portmap", "from {from}: {e}");
+                    }
+                }
+            }
+            r = recv_announcement(announcements, &mut announcement) => {
+                if let Ok((n, from)) = r {
+                    let now = Instant::now().into_std();
+                    match mapper.handle_input(now, Input::Udp { from, data: &announcement[..n] }) {
+                        Ok(()) => tracing::debug!(target: "burrow::portmap", "announcement from {from}"),
+                        Err(e) => tracing::debug!(target: "burrow::portmap", "announcement from {from}: {e}"),
                     }
                 }
             }

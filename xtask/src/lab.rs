@@ -6,8 +6,10 @@
 //! It checks that every pair pings over the tunnel, that paths go direct where the NAT pair
 //! allows it and stay on DERP where it cannot, that the policy's denied ports are dropped by
 //! the receiving node, and that flushing a router's conntrack table or restarting the derper
-//! recovers without help. Needs root, iproute2, nftables, conntrack and
-//! ping.
+//! recovers without help. hard1's router runs a real miniupnpd (UPnP IGD, NAT-PMP, PCP), so
+//! hard1~hard2 goes direct through hard1's port mapping; further checks restart miniupnpd,
+//! serve one protocol at a time, deny, and run `burrow netcheck` against it. Needs root,
+//! iproute2, nftables, conntrack and ping; miniupnpd (miniupnpd-nftables) for the IGD checks.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -40,6 +42,8 @@ pub const TOOLS: &[(&str, &str)] = &[
 pub(crate) enum Nat {
     Easy,
     Hard,
+    /// A hard NAT whose router runs miniupnpd (UPnP IGD, NAT-PMP and PCP).
+    HardIgd,
     UdpBlocked,
     Double,
 }
@@ -61,7 +65,7 @@ const SITES: &[Site] = &[
     },
     Site {
         name: "hard1",
-        nat: Nat::Hard,
+        nat: Nat::HardIgd,
     },
     Site {
         name: "hard2",
@@ -106,7 +110,8 @@ const PAIRS: &[(&str, &str, bool)] = &[
     ("easy1", "easy2", true),
     ("easy1", "hard1", true),
     ("double", "easy2", true),
-    ("hard1", "hard2", false),
+    // hard1's router maps its port (miniupnpd): hard2 reaches it there.
+    ("hard1", "hard2", true),
     ("blocked", "easy1", false),
 ];
 
@@ -218,7 +223,11 @@ impl Lab {
             .args(["netns", "exec", ns])
             .arg(burrow)
             .args(args)
-            .env("RUST_LOG", "info")
+            // BURROW_LAB_RUST_LOG (e.g. "debug") for a closer look at a failing run.
+            .env(
+                "RUST_LOG",
+                std::env::var("BURROW_LAB_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
@@ -232,6 +241,18 @@ impl Lab {
             );
         }
         Ok(line.trim().to_string())
+    }
+
+    /// Stops a program the lab started (SIGKILL), keeping its log as `KEY-TAG.log`.
+    fn stop(&mut self, key: &str, tag: &str) {
+        if let Some(mut c) = self.children.remove(key) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::rename(
+            self.dir.join(format!("{key}.log")),
+            self.dir.join(format!("{key}-{tag}.log")),
+        );
     }
 
     fn log(&self, key: &str) -> String {
@@ -291,6 +312,42 @@ fn route_in_log(log: &str, peer_key: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// The external address of the node's latest mapping, from its log ("mapped with P: ADDR (…").
+fn mapped_external(log: &str) -> Option<String> {
+    let l = log.lines().rev().find(|l| l.contains("mapped with"))?;
+    let rest = l.split("mapped with").nth(1)?.split(": ").nth(1)?;
+    Some(rest.split(' ').next()?.to_string())
+}
+
+/// Whether `conntrack -L` output holds an answered flow that came in from `peer_ip` to
+/// `external` (IP:port).
+fn inbound_answered(conntrack: &str, peer_ip: &str, external: &str) -> bool {
+    let Some((ip, port)) = external.rsplit_once(':') else {
+        return false;
+    };
+    conntrack.lines().any(|l| {
+        let first = |k: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or("")
+        };
+        first("src=") == peer_ip
+            && first("dst=") == ip
+            && first("dport=") == port
+            && !l.contains("[UNREPLIED]")
+    })
+}
+
+/// A log line's time of day in seconds (its RFC 3339 timestamp's `HH:MM:SS.ffffff`).
+fn log_secs(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let mut f = t.split(':');
+    let h: f64 = f.next()?.parse().ok()?;
+    let m: f64 = f.next()?.parse().ok()?;
+    let s: f64 = f.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
 /// A built lab: namespaces, services and nodes (killed and removed when dropped).
 pub(crate) struct Built {
     pub(crate) lab: Lab,
@@ -302,6 +359,70 @@ pub(crate) struct Built {
     pub(crate) auth_key_file: PathBuf,
     /// The control server's certificate (DER), which every node trusts.
     pub(crate) ca: PathBuf,
+    /// Each node's `burrow up` arguments (to restart it).
+    node_args: BTreeMap<&'static str, Vec<String>>,
+    /// Sites whose router runs miniupnpd → how to restart it.
+    igds: BTreeMap<&'static str, IgdRouter>,
+}
+
+/// A router running miniupnpd (its child is the lab's "miniupnpd-SITE").
+#[derive(Clone)]
+pub(crate) struct IgdRouter {
+    ns: String,
+    wan_if: String,
+    lan_if: String,
+    lan_cidr: String,
+}
+
+/// The RFC 5780 STUN server miniupnpd asks for its external address, and its alternate
+/// address (a second IP on the internet namespace's loopback).
+const IGD_STUN: &str = "198.18.250.1:3490";
+const IGD_STUN_ALT: &str = "198.18.251.1:3491";
+
+fn igd_stun() -> std::net::SocketAddr {
+    IGD_STUN.parse().expect("a socket address")
+}
+
+impl IgdRouter {
+    /// Starts miniupnpd with fresh (empty) chains, as the lab's child "miniupnpd-SITE".
+    fn start(
+        &self,
+        lab: &mut Lab,
+        site: &str,
+        dir: &Path,
+        opts: &crate::igd::IgdOptions,
+    ) -> Result<()> {
+        let child = crate::igd::start_miniupnpd(
+            &self.ns,
+            &self.wan_if,
+            &self.lan_if,
+            &self.lan_cidr,
+            igd_stun(),
+            dir,
+            opts,
+        )?;
+        lab.children.insert(format!("miniupnpd-{site}"), child);
+        Ok(())
+    }
+
+    /// A router reboot: miniupnpd stopped and started again with `opts`, every mapping and
+    /// (with `flush`) every conntrack entry gone.
+    fn restart(
+        &self,
+        lab: &mut Lab,
+        site: &str,
+        dir: &Path,
+        opts: &crate::igd::IgdOptions,
+        flush: bool,
+    ) -> Result<()> {
+        if let Some(mut c) = lab.children.remove(&format!("miniupnpd-{site}")) {
+            crate::igd::stop_miniupnpd(&mut c)?;
+        }
+        if flush {
+            lab.in_ns(&self.ns, &["conntrack", "-F"])?;
+        }
+        self.start(lab, site, dir, opts)
+    }
 }
 
 /// Builds the internet (control, derper, STUN ×3), the sites' routers and a `burrow up` node
@@ -380,9 +501,34 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         burrow,
         &["stun", "--listen", "0.0.0.0:3480"],
     )?;
+    if sites.iter().any(|s| s.nat == Nat::HardIgd) {
+        // miniupnpd refuses the lab's reserved 198.18.0.0/15 as its external address unless
+        // an RFC 5780 STUN server (two addresses) tells it the router is not filtered.
+        for a in [IGD_STUN, IGD_STUN_ALT] {
+            let ip = a.split(':').next().unwrap_or_default();
+            sh(&[
+                "ip",
+                "-n",
+                &inet,
+                "addr",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                "lo",
+            ])?;
+        }
+        lab.start(
+            "stun-igd",
+            &inet,
+            burrow,
+            &["stun", "--listen", IGD_STUN, "--alt", IGD_STUN_ALT],
+        )?;
+    }
 
     // Sites: router(s) and a node behind.
     let mut nodes: BTreeMap<&str, (String, String, String)> = BTreeMap::new(); // name → (ns, address, router ns)
+    let mut node_args = BTreeMap::new();
+    let mut igds = BTreeMap::new();
     for (k, site) in sites.iter().enumerate() {
         let s = k + 1;
         let router = lab.add_ns(&format!("r{s}"))?;
@@ -417,7 +563,9 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             sh(&["ip", "netns", "exec", ns, "nft", "-f", f.to_str().unwrap()])?;
             Ok(())
         };
-        masquerade(&router, &out, site.nat == Nat::Hard)?;
+        if site.nat != Nat::HardIgd {
+            masquerade(&router, &out, site.nat == Nat::Hard)?;
+        }
         if site.nat == Nat::UdpBlocked {
             let f = dir.join(format!("{router}-block.nft"));
             std::fs::write(&f, "table ip filter {\n chain block {\n  type filter hook forward priority 0;\n  meta l4proto udp drop\n }\n}\n")?;
@@ -455,7 +603,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             gateway_ns = inner;
         }
         let node = lab.add_ns(site.name)?;
-        lab.link(
+        let (lan_if, _) = lab.link(
             &gateway_ns,
             &format!("192.168.{s}.1/24"),
             &node,
@@ -472,40 +620,72 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             "via",
             &format!("192.168.{s}.1"),
         ])?;
+        if site.nat == Nat::HardIgd {
+            // Only the LAN's packets masqueraded (fully random), so that miniupnpd's own STUN
+            // query keeps its port; the STUN server's answers from both addresses accepted.
+            let lan_cidr = format!("192.168.{s}.0/24");
+            let alt: std::net::SocketAddr = IGD_STUN_ALT.parse()?;
+            let rules =
+                crate::igd::router_rules(&out, &lan_if, &lan_cidr, true, &[igd_stun(), alt]);
+            let f = dir.join(format!("{router}.nft"));
+            std::fs::write(&f, rules)?;
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &router,
+                "nft",
+                "-f",
+                f.to_str().unwrap(),
+            ])?;
+            let igd = IgdRouter {
+                ns: router.clone(),
+                wan_if: out.clone(),
+                lan_if,
+                lan_cidr,
+            };
+            igd.start(
+                &mut lab,
+                site.name,
+                &dir,
+                &crate::igd::IgdOptions::default(),
+            )?;
+            igds.insert(site.name, igd);
+        }
         let gw = format!("198.18.{s}.1");
         let state = dir.join(site.name).display().to_string();
-        let line = lab.start(
+        let args: Vec<String> = [
+            "up",
+            "--control",
+            &format!("https://{gw}:8080"),
+            "--tls-ca",
+            &ca,
+            "--auth-key-file",
+            if site.name == SERVER_SITE {
+                srv_key.to_str().unwrap_or_default()
+            } else {
+                key.to_str().unwrap_or_default()
+            },
+            "--state-dir",
+            &state,
+            "--tun",
+            "burrow0",
+            "--derp",
+            &format!("http://{gw}:8443/derp"),
+            "--stun",
+            &format!("{gw}:3478"),
+            "--stun",
+            &format!("{gw}:3479"),
+            "--stun",
+            &format!("{gw}:3480"),
+            "--hostname",
             site.name,
-            &node,
-            burrow,
-            &[
-                "up",
-                "--control",
-                &format!("https://{gw}:8080"),
-                "--tls-ca",
-                &ca,
-                "--auth-key-file",
-                if site.name == SERVER_SITE {
-                    srv_key.to_str().unwrap_or_default()
-                } else {
-                    key.to_str().unwrap_or_default()
-                },
-                "--state-dir",
-                &state,
-                "--tun",
-                "burrow0",
-                "--derp",
-                &format!("http://{gw}:8443/derp"),
-                "--stun",
-                &format!("{gw}:3478"),
-                "--stun",
-                &format!("{gw}:3479"),
-                "--stun",
-                &format!("{gw}:3480"),
-                "--hostname",
-                site.name,
-            ],
-        )?;
+        ]
+        .map(String::from)
+        .to_vec();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let line = lab.start(site.name, &node, burrow, &argv)?;
+        node_args.insert(site.name, args);
         let addr = line
             .strip_prefix("up: ")
             .and_then(|l| l.split(' ').next())
@@ -520,6 +700,8 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         dir: dir.clone(),
         auth_key_file: key,
         ca: PathBuf::from(ca),
+        node_args,
+        igds,
     })
 }
 
@@ -533,14 +715,34 @@ pub fn run() -> Result<()> {
         return Ok(());
     }
     run_cmd(cargo().args(["build", "--quiet", "-p", "burrow"]))?;
-    let burrow = root().join("target/debug/burrow");
+    let burrow = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+        .join("debug/burrow");
+    // Without miniupnpd, hard1's router is a plain hard NAT and the IGD checks are skipped.
+    let igd = have("miniupnpd");
+    if !igd {
+        println!("SKIPPED lab IGD checks: needs miniupnpd (package miniupnpd-nftables)");
+    }
+    let sites: Vec<Site> = SITES
+        .iter()
+        .map(|s| match s.nat {
+            Nat::HardIgd if !igd => Site {
+                nat: Nat::Hard,
+                ..*s
+            },
+            _ => *s,
+        })
+        .collect();
     let Built {
         mut lab,
         inet,
         nodes,
         dir,
+        node_args,
+        igds,
         ..
-    } = build(&burrow, SITES, POLICY)?;
+    } = build(&burrow, &sites, POLICY)?;
     let pubkey = |name: &str| -> Result<String> {
         let state: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(name).join("node.json"))?)?;
@@ -567,7 +769,9 @@ pub fn run() -> Result<()> {
         "{:<18} {:>10} {:>14}  path (expected)",
         "pair", "first ping", "direct after"
     );
-    for (a, b, direct) in PAIRS {
+    for &(a, b, direct) in PAIRS {
+        // Two hard NATs meet directly only through hard1's port mapping.
+        let direct = &(direct && (igd || (a, b) != ("hard1", "hard2")));
         let (ns_a, _, _) = &nodes[a];
         let (_, addr_b, _) = &nodes[b];
         let first = wait(Duration::from_secs(20), || ping(ns_a, addr_b));
@@ -675,6 +879,18 @@ pub fn run() -> Result<()> {
         failures.push("the DERP-only pair did not recover after a derper restart".into());
     }
 
+    if igd {
+        igd_checks(
+            &mut lab,
+            &burrow,
+            &nodes,
+            &node_args,
+            &igds,
+            &pubkey,
+            &mut failures,
+        )?;
+    }
+
     if !failures.is_empty() {
         for f in &failures {
             eprintln!("FAILED {f}");
@@ -689,5 +905,278 @@ pub fn run() -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     println!("lab: every check passed");
+    Ok(())
+}
+
+/// The port-mapping checks against the real miniupnpd on hard1's router (which already served
+/// the pair table, all protocols on): `burrow netcheck` reports the mapping; a miniupnpd
+/// restart (a router reboot: mappings and conntrack gone) is re-mapped and the pair goes
+/// direct again (at once after its NAT-PMP/PCP announcement; with UPnP only, at the node's
+/// next 30 s check); with only NAT-PMP/PCP, and with only UPnP, a restarted node goes direct; an
+/// IGD that denies leaves the pair on DERP and the node's log says why. The deny check turns
+/// NAT-PMP/PCP off: a denied NAT-PMP/PCP request freezes miniupnpd 2.3.1 for over a minute.
+fn igd_checks(
+    lab: &mut Lab,
+    burrow: &Path,
+    nodes: &BTreeMap<&'static str, (String, String, String)>,
+    node_args: &BTreeMap<&'static str, Vec<String>>,
+    igds: &BTreeMap<&'static str, IgdRouter>,
+    pubkey: &dyn Fn(&str) -> Result<String>,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    use crate::igd::IgdOptions;
+    let (site, peer) = ("hard1", "hard2");
+    let Some(router) = igds.get(site) else {
+        return Ok(());
+    };
+    let dir = lab.dir.clone();
+    let (ns, _, _) = nodes[site].clone();
+    let (_, peer_addr, peer_router) = nodes[peer].clone();
+    let peer_key = pubkey(peer)?;
+    let secs =
+        |d: Option<Duration>| d.map_or("–".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let direct_in =
+        |log: &str| route_in_log(log, &peer_key).is_some_and(|r| r.starts_with("Direct"));
+
+    // How soon the pair went direct in the pair table above: from hard1 hearing of hard2 (the
+    // control server's peer update) to the path change, by the log's timestamps.
+    let log = lab.log(site);
+    let heard = log
+        .lines()
+        .find(|l| l.contains(&format!("name: \"{peer}\"")))
+        .and_then(log_secs);
+    let direct_at = log
+        .lines()
+        .find(|l| l.contains("path changed") && l.contains(&peer_key) && l.contains("to=Direct"))
+        .and_then(log_secs);
+    println!(
+        "hard1~hard2 (miniupnpd, all protocols): direct {} after hard1 heard of hard2",
+        secs(
+            heard
+                .zip(direct_at)
+                .map(|(a, b)| Duration::from_secs_f64((b - a).max(0.0)))
+        )
+    );
+
+    // netcheck on the node, against the same router.
+    let mut args = vec![
+        "ip".to_string(),
+        "netns".into(),
+        "exec".into(),
+        ns.clone(),
+        burrow.display().to_string(),
+        "netcheck".into(),
+        "--json".into(),
+    ];
+    for w in node_args[site].windows(2) {
+        if w[0] == "--stun" {
+            args.extend(["--stun".to_string(), w[1].clone()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = sh(&args).and_then(|o| Ok(serde_json::from_str::<serde_json::Value>(&o)?));
+    match report {
+        Ok(v) => {
+            let pm = &v["port_mapping"];
+            let with = pm["mapped_with"].as_str().unwrap_or("none");
+            let external = pm["external"].as_str().unwrap_or("none");
+            println!(
+                "netcheck --json on {site}: port_mapping.mapped_with {with}, external {external}"
+            );
+            if pm["mapped_with"].is_null() || pm["external"].is_null() {
+                failures.push(format!("netcheck on {site} reports no mapping: {pm}"));
+            }
+        }
+        Err(e) => failures.push(format!("netcheck on {site}: {e:#}")),
+    }
+
+    println!(
+        "{:<40} {:>12}  outcome (expected)",
+        "port mapping on hard1's router", "direct after"
+    );
+    // A router reboot mid-run: the node must notice, map again and get back to direct.
+    let reboot = |lab: &mut Lab,
+                  label: &str,
+                  opts: &IgdOptions,
+                  failures: &mut Vec<String>|
+     -> Result<()> {
+        let from = lab.log(site).len();
+        let t0 = Instant::now();
+        router.restart(lab, site, &dir, opts, true)?;
+        // Conntrack on hard1's router during the outage and after, for a look at why (kept
+        // with the logs).
+        let tag = if opts.pmp_pcp {
+            "reboot"
+        } else {
+            "reboot-upnp"
+        };
+        let snapshot = |name: &str| {
+            if let Ok(t) = lab.in_ns(&router.ns, &["conntrack", "-L", "-p", "udp"]) {
+                let _ = std::fs::write(dir.join(format!("conntrack-{site}-{tag}-{name}.txt")), t);
+            }
+        };
+        let mut outage = false;
+        // The path may never leave Direct in the log (re-mapped before the engine notices),
+        // so direct means: the route Direct, and the router's (flushed) conntrack holding a
+        // flow that came in through the mapping (so it is back) and was answered.
+        let external = mapped_external(&lab.log(site));
+        // hard2's router's address: where its packets come from.
+        let peer_ip = route_in_log(&lab.log(site), &peer_key)
+            .and_then(|r| Some(r.strip_prefix("Direct(")?.split(':').next()?.to_string()));
+        let back = wait(Duration::from_secs(90), || {
+            ping(&ns, &peer_addr);
+            if !outage && t0.elapsed() > Duration::from_secs(15) {
+                snapshot("outage");
+                outage = true;
+            }
+            direct_in(&lab.log(site))
+                && external.as_deref().is_some_and(|e| {
+                    lab.in_ns(&router.ns, &["conntrack", "-L", "-p", "udp"])
+                        .is_ok_and(|t| inbound_answered(&t, peer_ip.as_deref().unwrap_or("?"), e))
+                })
+        })
+        .map(|_| t0.elapsed());
+        snapshot("after");
+        let pings = wait(Duration::from_secs(10), || ping(&ns, &peer_addr)).is_some();
+        if !pings {
+            failures.push(format!("{label}: hard1 cannot ping hard2"));
+        }
+        let log = lab.log(site);
+        let since = log.get(from..).unwrap_or_default();
+        let left = since.lines().any(|l| {
+            l.contains("path changed")
+                && l.contains(&peer_key)
+                && !l
+                    .split("to=")
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .starts_with("Direct")
+        });
+        let noticed = if since.contains("gateway restarted") {
+            "an announcement or epoch"
+        } else if since.contains("mapping lost") {
+            "mapping lost"
+        } else {
+            "re-added at a check"
+        };
+        println!(
+            "{:<40} {:>12}  {} ({noticed}, {}; expected re-mapped, direct)",
+            label,
+            secs(back),
+            if back.is_some() {
+                "direct"
+            } else {
+                "NOT direct"
+            },
+            if left {
+                "left direct meanwhile"
+            } else {
+                "stayed direct"
+            }
+        );
+        if back.is_none() {
+            failures.push(format!("{label}: hard1~hard2 not back to direct"));
+        }
+        Ok(())
+    };
+    reboot(
+        lab,
+        "miniupnpd restarted (mappings lost)",
+        &IgdOptions::default(),
+        failures,
+    )?;
+
+    // A restarted node (fresh conntrack on both routers) against each configuration.
+    for (i, (name, opts, expect_direct)) in [
+        (
+            "NAT-PMP/PCP only",
+            IgdOptions {
+                upnp: false,
+                ..IgdOptions::default()
+            },
+            true,
+        ),
+        (
+            "UPnP only",
+            IgdOptions {
+                pmp_pcp: false,
+                ..IgdOptions::default()
+            },
+            true,
+        ),
+        (
+            "UPnP denying (NAT-PMP/PCP off)",
+            IgdOptions {
+                pmp_pcp: false,
+                deny: true,
+                ..IgdOptions::default()
+            },
+            false,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lab.stop(site, &format!("igd{i}"));
+        router.restart(lab, site, &dir, &opts, true)?;
+        lab.in_ns(&peer_router, &["conntrack", "-F"])?;
+        let t0 = Instant::now();
+        let argv: Vec<&str> = node_args[site].iter().map(String::as_str).collect();
+        lab.start(site, &ns, burrow, &argv)?;
+        let went = wait(
+            Duration::from_secs(if expect_direct { 60 } else { 20 }),
+            || {
+                ping(&ns, &peer_addr);
+                direct_in(&lab.log(site))
+            },
+        )
+        .map(|_| t0.elapsed());
+        // The tunnel carries pings (a path just switched may drop one).
+        let pings = wait(Duration::from_secs(10), || ping(&ns, &peer_addr)).is_some();
+        let log = lab.log(site);
+        let why = log
+            .lines()
+            .find(|l| l.contains("burrow::portmap") && l.contains("port mapping at"))
+            .map(|l| l[l.find("port mapping at").unwrap_or(0)..].to_string());
+        let mapped = log
+            .lines()
+            .find(|l| l.contains("mapped with"))
+            .map(|l| l[l.find("mapped with").unwrap_or(0)..].to_string());
+        println!(
+            "{:<40} {:>12}  {} ({}) — {}",
+            name,
+            secs(went),
+            if went.is_some() { "direct" } else { "DERP" },
+            if expect_direct { "direct" } else { "DERP" },
+            if expect_direct {
+                mapped.clone().unwrap_or_else(|| "no mapping logged".into())
+            } else {
+                why.clone()
+                    .unwrap_or_else(|| "no port mapping report logged".into())
+            }
+        );
+        if went.is_some() != expect_direct {
+            failures.push(format!(
+                "{name}: hard1~hard2 expected {}",
+                if expect_direct { "direct" } else { "DERP" }
+            ));
+        }
+        if !pings {
+            failures.push(format!("{name}: hard1 cannot ping hard2"));
+        }
+        if expect_direct && mapped.is_none() {
+            failures.push(format!("{name}: hard1 logged no mapping"));
+        }
+        if !expect_direct && (why.is_none() || mapped.is_some()) {
+            failures.push(format!(
+                "{name}: hard1's log does not say why it has no mapping"
+            ));
+        }
+        if !opts.pmp_pcp && expect_direct {
+            // No NAT-PMP/PCP: no announcement, so the mapping comes back at the next check.
+            reboot(lab, "miniupnpd restarted, UPnP only", &opts, failures)?;
+        }
+    }
     Ok(())
 }

@@ -248,6 +248,87 @@ fn a_rebooted_gateway_is_noticed_by_its_epoch_and_mapped_again() {
 }
 
 #[test]
+fn a_rebooted_gateways_announcement_brings_the_check_forward() {
+    for (pmp, pcp) in [(true, true), (false, true)] {
+        let mut lan = Lan::new(
+            gw(|c| {
+                c.pmp = pmp;
+                c.pcp = pcp;
+                c.upnp = None;
+            }),
+            |_| {},
+        );
+        lan.start();
+        lan.run_until(Duration::from_secs(100));
+        let checks_before = lan.events.len();
+        lan.gw.reboot(lan.now);
+        // What the restarted gateway multicasts: its address (NAT-PMP) or an ANNOUNCE (PCP),
+        // with its new epoch.
+        let (port, ask) = if pmp {
+            (
+                5351,
+                burrow_portmap::pmp::Request::ExternalAddress.to_bytes(),
+            )
+        } else {
+            (
+                5351,
+                burrow_portmap::pcp::Request::announce(IpAddr::V4(ME)).to_bytes(),
+            )
+        };
+        let from = SocketAddrV4::new(ME, CLIENT_PORT);
+        let announcement = lan
+            .gw
+            .handle_udp(lan.now, from, port, &ask)
+            .expect("the gateway answers");
+        let src = SocketAddr::new(IpAddr::V4(GW), port);
+        for _ in 0..3 {
+            // Repeated announcements bring one check forward, not three.
+            lan.mapper
+                .handle_input(
+                    lan.now,
+                    Input::Udp {
+                        from: src,
+                        data: &announcement,
+                    },
+                )
+                .expect("an announcement is welcome while mapped");
+        }
+        // Mapped again within a second, not at the next 30 s check.
+        lan.run_until(Duration::from_secs(101));
+        assert!(
+            lan.events[checks_before..]
+                .iter()
+                .any(|(_, e)| matches!(e, Event::GatewayRestarted(_))),
+            "{pmp} {pcp}: {:?}",
+            lan.events
+        );
+        assert_eq!(
+            lan.gw.inbound(lan.now, TransportProtocol::Udp, PORT),
+            Some(SocketAddrV4::new(ME, PORT)),
+            "{pmp} {pcp}: {:?}",
+            lan.events
+        );
+    }
+    // Before anything is mapped, an announcement is unsolicited.
+    let mut lan = Lan::new(gw(|_| {}), |_| {});
+    let ask = burrow_portmap::pmp::Request::ExternalAddress.to_bytes();
+    let answer = lan
+        .gw
+        .handle_udp(lan.now, SocketAddrV4::new(ME, CLIENT_PORT), 5351, &ask)
+        .expect("the gateway answers");
+    assert!(matches!(
+        lan.mapper.handle_input(
+            lan.now,
+            Input::Udp {
+                from: SocketAddr::new(IpAddr::V4(GW), 5351),
+                data: &answer,
+            },
+        ),
+        Err(PortMapError::Unsolicited)
+    ));
+}
+
+#[test]
 fn upnp_mappings_lost_in_a_reboot_come_back_at_the_next_check() {
     let mut lan = Lan::new(
         gw(|c| {

@@ -8,7 +8,8 @@
 //! with the first protocol that answered in the order NAT-PMP, PCP, UPnP, falling to the
 //! next when one refuses. A mapping is renewed at half its lease and checked between
 //! renewals; an epoch that went back (a gateway reboot) or a changed external address
-//! re-maps at once. Datagrams from anyone but the gateway are ignored, and UPnP follows only
+//! re-maps at once; the gateway's unsolicited announcements (it restarted) bring the next
+//! check forward. Datagrams from anyone but the gateway are ignored, and UPnP follows only
 //! URLs on the gateway's own address.
 
 use std::collections::VecDeque;
@@ -110,6 +111,9 @@ const MAP_TRIES: u32 = 4;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// How long shutdown waits for the gateway to confirm a deletion.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The least time between checks that a gateway's announcements bring forward (a restarted
+/// gateway repeats its announcement; a stranger spoofing the gateway gains little).
+const ANNOUNCE_GAP: Duration = Duration::from_secs(2);
 
 /// The port-mapping client: see the module's documentation.
 #[derive(Debug)]
@@ -128,6 +132,8 @@ pub struct PortMapper {
     mapping: Option<Mapping>,
     renew_at: Option<Instant>,
     check_at: Option<Instant>,
+    /// When an announcement last brought a check forward.
+    announced_at: Option<Instant>,
     /// A report is owed when the round settles.
     report_due: bool,
     next_id: u64,
@@ -160,6 +166,7 @@ impl PortMapper {
             mapping: None,
             renew_at: None,
             check_at: None,
+            announced_at: None,
             report_due: false,
             next_id: 0,
             transmits: VecDeque::new(),
@@ -550,6 +557,24 @@ impl PortMapper {
                 self.map(now, Ask::Renew);
             }
         }
+    }
+
+    /// An unsolicited NAT-PMP address announcement or PCP ANNOUNCE from the gateway (RFC 6886
+    /// 3.2.1, RFC 6887 14.1.3: sent to 224.0.0.1:5350 when it restarts or its address
+    /// changes): with a live mapping, check it now instead of at the next interval. The
+    /// announcement itself is not trusted; the check's answer decides.
+    fn announced(&mut self, now: Instant) -> Result<(), PortMapError> {
+        if self.phase != Phase::Mapped {
+            return Err(PortMapError::Unsolicited);
+        }
+        if self
+            .announced_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= ANNOUNCE_GAP)
+        {
+            self.announced_at = Some(now);
+            self.check_at = Some(now);
+        }
+        Ok(())
     }
 
     /// Checks a live mapping between renewals.

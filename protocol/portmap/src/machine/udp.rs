@@ -96,7 +96,10 @@ impl PortMapper {
             return Ok(());
         }
         let Some(pending) = self.pmp.take() else {
-            return Err(PortMapError::Unsolicited);
+            return match r {
+                pmp::Response::ExternalAddress { .. } => self.announced(now),
+                _ => Err(PortMapError::Unsolicited),
+            };
         };
         let restarted = self.pmp_epoch.observe(now, r.epoch());
         let s = &mut self.status[idx(Protocol::Pmp)];
@@ -164,7 +167,11 @@ impl PortMapper {
             return Ok(());
         }
         let Some(pending) = self.pcp.take() else {
-            return Err(PortMapError::Unsolicited);
+            return if r.opcode == pcp::Opcode::Announce {
+                self.announced(now)
+            } else {
+                Err(PortMapError::Unsolicited)
+            };
         };
         let matches = match r.opcode {
             pcp::Opcode::Announce => matches!(pending.ask, Ask::Probe | Ask::Check),
