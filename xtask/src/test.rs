@@ -20,6 +20,7 @@ const INTEROP: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("conntrack", "conntrack"),
     ("pg_ctlcluster", "postgresql"),
+    ("miniupnpd", "miniupnpd-nftables"),
 ];
 
 /// Fuzz targets, as in fuzz/Cargo.toml.
