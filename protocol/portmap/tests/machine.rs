@@ -473,3 +473,45 @@ fn strangers_and_off_gateway_urls_are_refused() {
     lan.run_until(Duration::from_secs(1));
     assert_eq!(lan.mapper.mapping().unwrap().external, ext(PORT));
 }
+
+#[test]
+fn an_igd_that_fails_every_add_falls_back_to_nothing_and_says_why() {
+    // Discovery and queries answer, AddPortMapping fails (here with 501 ActionFailed).
+    let mut lan = Lan::new(
+        gw(|c| {
+            c.pmp = false;
+            c.pcp = false;
+            c.upnp = Some(1);
+            c.fail_add = Some(501);
+        }),
+        |_| {},
+    );
+    lan.start();
+    lan.run_until(Duration::from_secs(5));
+    assert!(lan.mapper.mapping().is_none());
+    let r = lan.reports()[0].clone();
+    assert!(r.protocols[2].answered);
+    assert_eq!(r.protocols[2].error_code, Some(501), "{r:?}");
+    assert_eq!(r.protocols[2].external_ip, Some(IpAddr::V4(EXT)));
+}
+
+#[test]
+fn a_full_mapping_table_is_reported_and_mapped_later() {
+    let mut lan = Lan::new(gw(|c| c.max_mappings = 0), |c| {
+        c.retry_interval = Duration::from_secs(60);
+    });
+    lan.start();
+    lan.run_until(Duration::from_secs(5));
+    assert!(lan.mapper.mapping().is_none());
+    let r = lan.reports()[0].clone();
+    // NAT-PMP: out of resources (4); PCP: no resources (8); UPnP: no port maps available (728).
+    assert_eq!(r.protocols[0].error_code, Some(4), "{r:?}");
+    assert_eq!(r.protocols[1].error_code, Some(8), "{r:?}");
+    assert_eq!(r.protocols[2].error_code, Some(728), "{r:?}");
+    // Room again: the next round maps.
+    let mut c = lan.gw.config().clone();
+    c.max_mappings = 8;
+    lan.gw = burrow_portmap::gateway::Gateway::new(c, lan.now, 2);
+    lan.run_until(Duration::from_secs(70));
+    assert_eq!(lan.mapper.mapping().unwrap().external, ext(PORT));
+}
