@@ -515,6 +515,7 @@ impl Gateway {
         version: u8,
         action: Action,
     ) -> Result<ActionResponse, (u16, &'static str)> {
+        let any = matches!(action, Action::AddAnyPortMapping(_));
         match action {
             Action::GetExternalIpAddress => Ok(ActionResponse::ExternalIpAddress(Some(
                 self.config.external_ip,
@@ -553,14 +554,15 @@ impl Gateway {
             Action::AddAnyPortMapping(_) if version < 2 => {
                 Err((error_code::INVALID_ACTION, "Invalid Action"))
             }
-            Action::AddPortMapping(r) => {
-                if r.external_port == 0 {
+            Action::AddPortMapping(r) | Action::AddAnyPortMapping(r) => {
+                // AddPortMapping wants the port asked for; AddAnyPortMapping takes another.
+                if !any && r.external_port == 0 {
                     return Err((716, "WildCardNotPermittedInExtPort"));
                 }
                 let internal = SocketAddrV4::new(r.internal_client, r.internal_port);
                 let lease =
                     (r.lease_seconds != 0).then(|| r.lease_seconds.min(self.config.max_lease));
-                match self.add(
+                let added = self.add(
                     now,
                     r.protocol,
                     internal,
@@ -568,34 +570,18 @@ impl Gateway {
                     lease,
                     Protocol::Upnp,
                     None,
-                    true,
-                ) {
-                    Ok(_) => Ok(ActionResponse::PortMappingAdded),
-                    Err(AddError::Taken) => Err((
+                    !any,
+                );
+                match (added, any) {
+                    (Ok(port), true) => Ok(ActionResponse::AnyPortMappingAdded {
+                        reserved_port: port,
+                    }),
+                    (Ok(_), false) => Ok(ActionResponse::PortMappingAdded),
+                    (Err(AddError::Taken), false) => Err((
                         error_code::CONFLICT_IN_MAPPING_ENTRY,
                         "ConflictInMappingEntry",
                     )),
-                    Err(AddError::Full) => Err((728, "NoPortMapsAvailable")),
-                }
-            }
-            Action::AddAnyPortMapping(r) => {
-                let internal = SocketAddrV4::new(r.internal_client, r.internal_port);
-                let lease =
-                    (r.lease_seconds != 0).then(|| r.lease_seconds.min(self.config.max_lease));
-                match self.add(
-                    now,
-                    r.protocol,
-                    internal,
-                    r.external_port,
-                    lease,
-                    Protocol::Upnp,
-                    None,
-                    false,
-                ) {
-                    Ok(port) => Ok(ActionResponse::AnyPortMappingAdded {
-                        reserved_port: port,
-                    }),
-                    Err(_) => Err((728, "NoPortMapsAvailable")),
+                    (Err(_), _) => Err((728, "NoPortMapsAvailable")),
                 }
             }
             Action::DeletePortMapping {

@@ -10,6 +10,17 @@ pub mod upnp;
 pub mod gateway;
 
 mod epoch;
+mod wire {
+    //! Big-endian fields of NAT-PMP and PCP messages (callers check the length first).
+
+    pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([b[at], b[at + 1]])
+    }
+
+    pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+}
 mod machine;
 
 pub use epoch::EpochTracker;

@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
+use crate::wire::{be16, be32};
+
 /// PCP's version number.
 pub const VERSION: u8 = 2;
 /// The largest PCP message (RFC 6887 §7).
@@ -484,12 +486,4 @@ fn decode_options(mut b: &[u8]) -> Result<Vec<PcpOption>, PcpError> {
         b = b.get(4 + padded..).unwrap_or(&[]);
     }
     Ok(out)
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::wire::{be16, be32};
 use crate::TransportProtocol;
 
 /// The gateway's NAT-PMP (and PCP) port.
@@ -315,12 +316,4 @@ fn need(b: &[u8], n: usize) -> Result<(), PmpError> {
         });
     }
     Ok(())
-}
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }

@@ -191,6 +191,9 @@ struct SidePortMap {
     mapper: burrow_portmap::PortMapper,
     gateway: Option<burrow_portmap::gateway::Gateway>,
     lan_ip: std::net::Ipv4Addr,
+    /// The innermost box's forwarded ports must be set from the gateway's table again (an
+    /// exchange, a reboot, or a sweep that may have seen leases lapse).
+    sync_forwards: bool,
 }
 
 /// Disruptions still to come, and the ones in force.

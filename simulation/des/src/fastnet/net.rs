@@ -177,6 +177,9 @@ impl FastNet {
                 for (table, _) in s.boxes.iter_mut() {
                     table.expire_all(now);
                 }
+                if let Some(pm) = s.portmap.as_mut() {
+                    pm.sync_forwards = true;
+                }
             }
             self.next_sweep = now + Duration::from_secs(1);
         }
@@ -356,8 +359,11 @@ impl FastNet {
                 Disruption::DropData(x) => ds.drop_data_until = Some(now + x),
                 Disruption::RebootGateway(side) => {
                     let s = &mut self.sides[side];
-                    if let Some(g) = s.portmap.as_mut().and_then(|p| p.gateway.as_mut()) {
-                        g.reboot(now);
+                    if let Some(pm) = s.portmap.as_mut() {
+                        if let Some(g) = pm.gateway.as_mut() {
+                            g.reboot(now);
+                        }
+                        pm.sync_forwards = true;
                     }
                     if let Some((table, _)) = s.boxes.first_mut() {
                         let c = table.config().clone();
@@ -498,6 +504,10 @@ impl FastNet {
             if !moved {
                 break;
             }
+            pm.sync_forwards = true;
+        }
+        if !std::mem::take(&mut pm.sync_forwards) {
+            return;
         }
         // The gateway's table, as the innermost box's forwarded ports.
         if let (Some(g), Some((table, _))) = (pm.gateway.as_ref(), side.boxes.first_mut()) {
@@ -630,6 +640,7 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
                 mapper,
                 gateway,
                 lan_ip,
+                sync_forwards: true,
             })
         }
         _ => None,
