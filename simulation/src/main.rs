@@ -30,7 +30,8 @@ struct Cli {
     /// plus the IPv6 runs of the presets IPv6 networks use (open, firewall).
     #[arg(long)]
     matrix: bool,
-    /// Run --preset scenarios over IPv6 (turmoil simulates one family per run).
+    /// Run --preset scenarios over IPv6 (turmoil simulates one family per run); with --pair,
+    /// give both sides IPv6 as well as their IPv4 (the grid's IPv6 axis).
     #[arg(long)]
     ipv6: bool,
     /// One seed.

@@ -17,8 +17,19 @@ pub(crate) fn run_grid(cli: &Cli, threads: usize) -> GridReport {
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} NAT pairs, {elapsed} {msg}")
             .expect("template"),
     );
-    let cells = grid::parallel(&pairs, threads, |(a, b)| {
-        let c = grid::run_cell(a, b, &seeds);
+    // The IPv4 grid, then its IPv6 axis (the same pairs, IPv6 added on both sides).
+    let jobs: Vec<(String, String, bool)> = pairs
+        .iter()
+        .map(|(a, b)| (a.clone(), b.clone(), false))
+        .chain(grid::ipv6_pairs().into_iter().map(|(a, b)| (a, b, true)))
+        .collect();
+    bar.set_length(jobs.len() as u64);
+    let cells = grid::parallel(&jobs, threads, |(a, b, ipv6)| {
+        let c = if *ipv6 {
+            grid::run_cell_v6(a, b, &seeds)
+        } else {
+            grid::run_cell(a, b, &seeds)
+        };
         bar.inc(1);
         c
     });
@@ -52,6 +63,14 @@ pub(crate) fn print_grid(g: &GridReport) {
         "NAT × NAT grid ({} seeds per cell, 50 ms RTT): median time to direct in ms, DERP = relay only, ~ = long run",
         g.seeds
     );
+    print_table(g, false);
+    println!();
+    println!("The IPv6 axis: the same pairs with IPv6 on both sides; median time to direct over IPv6 in ms");
+    print_table(g, true);
+    print_totals(g);
+}
+
+fn print_table(g: &GridReport, ipv6: bool) {
     let names = burrow_sim::preset::NAMES;
     let short = |n: &str| n.chars().take(9).collect::<String>();
     print!("{:<22}", "");
@@ -62,7 +81,10 @@ pub(crate) fn print_grid(g: &GridReport) {
     for a in names.iter().chain(burrow_sim::preset::MAPPING_NAMES) {
         print!("{a:<22}");
         for b in names {
-            let c = g.cells.iter().find(|c| c.a == *a && c.b == *b);
+            let c = g
+                .cells
+                .iter()
+                .find(|c| c.a == *a && c.b == *b && c.ipv6 == ipv6);
             let text = match c {
                 None => String::new(),
                 Some(c) if !c.passed() => "FAIL".into(),
@@ -77,6 +99,9 @@ pub(crate) fn print_grid(g: &GridReport) {
         }
         println!();
     }
+}
+
+fn print_totals(g: &GridReport) {
     let worst = g.cells.iter().map(|c| c.peak_sessions).max().unwrap_or(0);
     let lost: u64 = g.cells.iter().map(|c| c.lost).sum();
     let sent: u64 = g.cells.iter().map(|c| c.sent).sum();
@@ -142,10 +167,19 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
         burrow_sim::preset::get(a).expect("checked").chain,
         burrow_sim::preset::get(b).expect("checked").chain,
     ];
-    let expected = grid::expected(&chains[0], &chains[1]);
+    let expected = if cli.ipv6 {
+        grid::Expectation::DirectIpv6
+    } else {
+        grid::expected(&chains[0], &chains[1])
+    };
     let mut all_ok = true;
     for seed in seeds {
-        let config = grid::cell_config(a, b, seed).expect("checked");
+        let config = if cli.ipv6 {
+            grid::cell_config_v6(a, b, seed)
+        } else {
+            grid::cell_config(a, b, seed)
+        }
+        .expect("checked");
         let o = burrow_sim::fastnet::run(&config);
         println!("{a} ~ {b}, seed {seed} (expected: {expected:?})");
         for line in &o.timeline {
@@ -161,7 +195,11 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
                 println!("    {e}");
             }
         }
-        let cell = grid::run_cell(a, b, &[seed]);
+        let cell = if cli.ipv6 {
+            grid::run_cell_v6(a, b, &[seed])
+        } else {
+            grid::run_cell(a, b, &[seed])
+        };
         all_ok &= cell.passed();
         for f in &cell.failures {
             println!("  FAILED {f}");

@@ -50,6 +50,48 @@ pub fn canonical_remote(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// An address family. A dual-stack peer has a path of each; they fail independently (an
+/// IPv6 path can die while IPv4 still works, or the other way round).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4 (and IPv4-mapped IPv6 addresses).
+    Ipv4,
+    /// IPv6.
+    Ipv6,
+}
+
+impl Family {
+    /// The family of `addr`, an IPv4-mapped IPv6 address counting as IPv4.
+    pub fn of(addr: SocketAddr) -> Self {
+        match canonical_remote(addr) {
+            SocketAddr::V4(_) => Family::Ipv4,
+            SocketAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// The other family.
+    pub const fn other(self) -> Self {
+        match self {
+            Family::Ipv4 => Family::Ipv6,
+            Family::Ipv6 => Family::Ipv4,
+        }
+    }
+
+    /// "IPv4" or "IPv6".
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+}
+
+impl core::fmt::Display for Family {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a candidate came from, which decides its priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CandidateKind {

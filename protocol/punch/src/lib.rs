@@ -12,11 +12,11 @@ pub use birthday::{
 };
 pub use candidate::{
     canonical_remote, choose, is_acceptable_remote, Candidate, CandidateKind, CandidateSource,
-    Hysteresis, Path,
+    Family, Hysteresis, Path,
 };
 pub use limits::{Rate, ReplayWindow, TokenBucket};
 pub use paths::{
-    Attempt, Dst, Outcome, PathConfig, PathEvent, PeerPaths, Route, SocketId, Transmit,
-    MAIN_SOCKET, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL, REPLAY_CAPACITY,
-    REPLAY_WINDOW,
+    Attempt, Dst, FamilyReport, FamilyState, Outcome, PathConfig, PathEvent, PeerPaths, Route,
+    SocketId, Transmit, MAIN_SOCKET, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL,
+    RECOVERY_PONGS, REPLAY_CAPACITY, REPLAY_WINDOW,
 };

@@ -26,6 +26,9 @@ pub enum Expectation {
     /// Both mappings vary: the two-sided birthday search finds a path in the long run (see the
     /// hard–hard curve); within one grid run either outcome is right.
     LongRun,
+    /// Both sides have IPv6 behind stateful firewalls: a direct IPv6 path within the run, and
+    /// IPv6 still in use at its end (whatever IPv4 can do).
+    DirectIpv6,
 }
 
 /// The largest share of a 65,536-entry session table any run may use.
@@ -104,6 +107,10 @@ pub fn target(a: &[NatConfig], b: &[NatConfig]) -> Option<(&'static str, f64)> {
     }
 }
 
+/// The time-to-direct target of the IPv6 axis: simultaneous pings open both stateful
+/// firewalls in one round trip.
+pub const IPV6_TARGET: (&str, f64) = ("IPv6 on both sides, through stateful firewalls", 0.5);
+
 /// A time-to-direct target judged over a class of cells.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetCheck {
@@ -155,6 +162,8 @@ pub struct Cell {
     pub a: String,
     /// Preset of node 1.
     pub b: String,
+    /// Both sides have IPv6 too (the grid's IPv6 axis).
+    pub ipv6: bool,
     /// What the presets predict.
     pub expected: Expectation,
     /// The time-to-direct target class and median target, seconds.
@@ -212,6 +221,14 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[k])
 }
 
+/// The run configuration of one cell of the IPv6 axis: the IPv4 cell's networks, with IPv6
+/// added on both sides ([`preset::ipv6_access`]).
+pub fn cell_config_v6(a: &str, b: &str, seed: u64) -> Option<FastConfig> {
+    let mut c = cell_config(a, b, crate::derive_seed(seed, "ipv6"))?;
+    c.ipv6 = [Some(preset::ipv6_access(a)?), Some(preset::ipv6_access(b)?)];
+    Some(c)
+}
+
 /// Runs one cell over `seeds`.
 pub fn run_cell(a: &str, b: &str, seeds: &[u64]) -> Cell {
     let chains = [
@@ -224,12 +241,29 @@ pub fn run_cell(a: &str, b: &str, seeds: &[u64]) -> Cell {
         .iter()
         .map(|&s| (s, run(&cell_config(a, b, s).expect("known presets"))))
         .collect();
-    summarise(a, b, expected_, target, &outcomes)
+    summarise(a, b, false, expected_, target, &outcomes)
+}
+
+/// Runs one cell of the IPv6 axis over `seeds`: it must end direct over IPv6.
+pub fn run_cell_v6(a: &str, b: &str, seeds: &[u64]) -> Cell {
+    let outcomes: Vec<(u64, FastOutcome)> = seeds
+        .iter()
+        .map(|&s| (s, run(&cell_config_v6(a, b, s).expect("known presets"))))
+        .collect();
+    summarise(
+        a,
+        b,
+        true,
+        Expectation::DirectIpv6,
+        Some(IPV6_TARGET),
+        &outcomes,
+    )
 }
 
 fn summarise(
     a: &str,
     b: &str,
+    ipv6: bool,
     expected: Expectation,
     target: Option<(&'static str, f64)>,
     outcomes: &[(u64, FastOutcome)],
@@ -240,6 +274,7 @@ fn summarise(
     let mut cell = Cell {
         a: a.into(),
         b: b.into(),
+        ipv6,
         expected,
         target,
         ttd_s: Vec::new(),
@@ -258,7 +293,12 @@ fn summarise(
         if o.direct {
             cell.direct += 1;
         }
-        if let Some(t) = o.time_to_direct {
+        let reached = if ipv6 {
+            o.time_to_direct_v6
+        } else {
+            o.time_to_direct
+        };
+        if let Some(t) = reached {
             ttd.push(t.as_secs_f64());
         }
         probes.push(o.probes);
@@ -274,6 +314,9 @@ fn summarise(
             }
             Expectation::Relay if o.direct || o.time_to_direct.is_some() => {
                 fail(format!("expected relay only, got {:?}", o.routes))
+            }
+            Expectation::DirectIpv6 if !o.direct_v6 || o.time_to_direct_v6.is_none() => {
+                fail(format!("expected direct over IPv6, ended {:?}", o.routes))
             }
             _ => {}
         }
@@ -348,6 +391,11 @@ pub fn grid_pairs() -> Vec<(String, String)> {
     let mut v = all_pairs();
     v.extend(mapping_pairs());
     v
+}
+
+/// The grid's IPv6 axis: every cell of [`grid_pairs`] again, with IPv6 on both sides.
+pub fn ipv6_pairs() -> Vec<(String, String)> {
+    grid_pairs()
 }
 
 /// Every ordered pair of presets.
@@ -534,20 +582,18 @@ impl GridReport {
             && self.targets.iter().all(|t| t.met)
     }
 
-    /// The HTML section: the NAT × NAT grid and the curves.
-    pub fn html(&self) -> String {
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
+    /// One grid table: the IPv4 grid, or its IPv6 axis.
+    fn table(&self, ipv6: bool, esc: &dyn Fn(&str) -> String) -> String {
         let names = preset::NAMES;
         let mut rows = String::new();
         for a in names.iter().chain(preset::MAPPING_NAMES) {
             rows.push_str(&format!("<tr><th class=\"name\">{a}</th>"));
             for b in names {
-                let Some(c) = self.cells.iter().find(|c| c.a == *a && c.b == *b) else {
+                let Some(c) = self
+                    .cells
+                    .iter()
+                    .find(|c| c.a == *a && c.b == *b && c.ipv6 == ipv6)
+                else {
                     rows.push_str("<td></td>");
                     continue;
                 };
@@ -556,6 +602,7 @@ impl GridReport {
                     (true, Expectation::Direct) => "direct",
                     (true, Expectation::Relay) => "relay",
                     (true, Expectation::LongRun) => "longrun",
+                    (true, Expectation::DirectIpv6) => "direct",
                 };
                 let ms =
                     |x: Option<f64>| x.map_or("–".into(), |v| format!("{:.0} ms", v * 1000.0));
@@ -604,6 +651,19 @@ impl GridReport {
             .iter()
             .map(|n| format!("<th class=\"col\">{n}</th>"))
             .collect();
+        format!("<table class=\"grid\"><thead><tr><th></th>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    }
+
+    /// The HTML section: the NAT × NAT grid and the curves.
+    pub fn html(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let grid = self.table(false, &esc);
+        let grid_v6 = self.table(true, &esc);
         let mut curves = String::new();
         for c in &self.curves {
             let unit = if c.name.starts_with("easy") {
@@ -659,7 +719,12 @@ impl GridReport {
              columns: node 1's. Green: direct (seeds direct / seeds, median time to direct); grey: DERP only, as expected; \
              blue: both mappings vary, left to the two-sided birthday search (direct in the long run, see the curve); red: failed. \
              Hover for time to direct (median, p95), birthday packets, packets lost at switches and peak session-table use.</p>\
-             <table class=\"grid\"><thead><tr><th></th>{head}</tr></thead><tbody>{rows}</tbody></table>\
+             {grid}\
+             <h2>The IPv6 axis: the same pairs with IPv6 on both sides</h2>\
+             <p>Each side also has a global IPv6 address behind its router's stateful firewall (no NAT66; full cones filter \
+             endpoint-independently, the rest address-and-port-dependently; an open host has none). Every cell must end \
+             direct over IPv6, whatever IPv4 does (time to a direct IPv6 path, median).</p>\
+             {grid_v6}\
              <h2>Time to direct by class</h2><table><thead><tr><th>class</th><th>target (median)</th><th>median</th><th>p95</th><th>runs</th><th></th></tr></thead><tbody>{targets}</tbody></table>\
              <h2>Birthday curves against theory</h2>{curves}",
             self.cells.len(),

@@ -202,3 +202,21 @@ pub fn get(name: &str) -> Option<Preset> {
     };
     Some(Preset { name, doc, chain })
 }
+
+/// The IPv6 side of a preset in the grid's IPv6 axis: the same network with a global IPv6
+/// address behind the router's stateful firewall (no NAT66). The firewall filters as the
+/// router's NAT does (endpoint-independent for a full cone, address-and-port-dependent
+/// otherwise, the usual home-router default); an `open` host has no firewall; a network that
+/// blocks UDP on IPv4 passes it on IPv6 (the case of IPv6 rescuing a blocked IPv4).
+pub fn ipv6_access(name: &str) -> Option<crate::fastnet::Ipv6Access> {
+    let chain = get(name)?.chain;
+    let Some(first) = chain.first() else {
+        return Some(crate::fastnet::Ipv6Access {
+            firewall: None,
+            only: false,
+        });
+    };
+    Some(crate::fastnet::Ipv6Access::firewall(
+        first.filtering == EndpointIndependent,
+    ))
+}

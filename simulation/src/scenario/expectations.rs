@@ -52,7 +52,9 @@ pub(super) fn judge(
                             .collect::<Vec<_>>()
                     };
                     match crate::grid::expected(&chain(a), &chain(b)) {
-                        crate::grid::Expectation::Direct => "direct".into(),
+                        crate::grid::Expectation::Direct | crate::grid::Expectation::DirectIpv6 => {
+                            "direct".into()
+                        }
                         crate::grid::Expectation::Relay => "relay".into(),
                         crate::grid::Expectation::LongRun => "any".into(),
                     }

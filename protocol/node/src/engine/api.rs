@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_punch::{Attempt, Candidate, PathConfig, ProbeBudget, Route, SocketId};
+use burrow_punch::{Attempt, Candidate, FamilyReport, PathConfig, ProbeBudget, Route, SocketId};
 use burrow_wg::{PrivateKey, PublicKey, WgError};
 use ipnet::IpNet;
 use thiserror::Error;
@@ -262,6 +262,9 @@ pub struct PeerStats {
 pub struct Explanation {
     /// Current route.
     pub route: Route,
+    /// Each address family (IPv6 first): which one carries the traffic and why the other
+    /// does not.
+    pub families: Vec<FamilyReport>,
     /// Candidates the peer advertised (and any learned peer-reflexively).
     pub candidates: Vec<Candidate>,
     /// Attempts, oldest first.

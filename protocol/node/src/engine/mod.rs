@@ -106,6 +106,10 @@ pub struct Node {
     stun: Option<StunRound>,
     next_stun: Instant,
     nat: Option<NatView>,
+    /// Our IPv6 addresses as STUN servers saw them (no NAT: normally an interface address).
+    reflexive_v6: Vec<SocketAddr>,
+    /// The latest `now` the engine was given (explanations are as of then).
+    last_now: Instant,
     /// The gateway's mapping of our port (NAT-PMP, PCP or UPnP), reachable from anywhere, and
     /// since when.
     port_mapping: Option<SocketAddr>,
@@ -152,6 +156,8 @@ impl Node {
             stun: None,
             next_stun: now,
             nat: None,
+            reflexive_v6: Vec::new(),
+            last_now: now,
             port_mapping: None,
             mapped_since: None,
             replan_birthday: None,
@@ -307,11 +313,13 @@ impl Node {
         self.peers.iter().map(|p| p.config.node_key).collect()
     }
 
-    /// Why a peer is on its path.
+    /// Why a peer is on its path, as of the latest input or timer.
     pub fn explain(&self, peer: &PublicKey) -> Option<Explanation> {
         let p = &self.peers[*self.by_node.get(peer)?];
+        let now = self.last_now;
         Some(Explanation {
             route: p.paths.route(),
+            families: p.paths.families(now),
             candidates: p.paths.remote_candidates().copied().collect(),
             attempts: p.paths.attempts().copied().collect(),
             peer_mapping_varies: p.peer_nat.map(|n| n.varies),
@@ -382,6 +390,7 @@ impl Node {
 
     /// Handles a datagram or a relayed packet.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) -> Result<(), NodeError> {
+        self.last_now = self.last_now.max(now);
         match input {
             Input::Udp { socket, from, data } => {
                 if is_stun(data) {
@@ -421,6 +430,7 @@ impl Node {
 
     /// Runs every due timer.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         self.handle_stun_timeout(now);
         self.device.handle_timeout(now);
         self.drain_device(now);

@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_punch::{predict_ports, Candidate, CandidateKind, CandidateSource, MAIN_SOCKET};
+use burrow_punch::{
+    canonical_remote, predict_ports, Candidate, CandidateKind, CandidateSource, Family, MAIN_SOCKET,
+};
 use burrow_stun::client::Event as StunEvent;
 use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -110,8 +112,30 @@ impl Node {
                 round.mapped[k] = mapped;
             }
         }
-        let done = round.pending.is_empty() || now >= round.started + STUN_ROUND_CAP;
+        // Servers of a family we have no address of cannot answer (an IPv4-only host asking
+        // an IPv6 server): the round does not wait for them.
+        let local = &self.config.local_addrs;
+        let reachable = |k: usize| {
+            let f = Family::of(self.config.stun_servers[k]);
+            local.is_empty() || local.iter().any(|a| Family::of(*a) == f)
+        };
+        let done =
+            !round.pending.values().any(|k| reachable(*k)) || now >= round.started + STUN_ROUND_CAP;
         if !done {
+            // The first round: an IPv6 answer (no NAT to classify) and the interface addresses
+            // are enough for peers to start on; IPv4's answers may be slow or never come (UDP
+            // blocked on IPv4), so do not hold IPv6 back for them.
+            let v6: Vec<SocketAddr> = round
+                .mapped
+                .iter()
+                .flatten()
+                .map(|a| canonical_remote(*a))
+                .filter(|a| Family::of(*a) == Family::Ipv6)
+                .collect();
+            if self.candidates.is_empty() && !v6.is_empty() {
+                self.reflexive_v6 = v6;
+                self.refresh_candidates(now, None);
+            }
             return;
         }
         let mapped: Vec<SocketAddr> = round.mapped.iter().flatten().copied().collect();
@@ -120,11 +144,38 @@ impl Node {
     }
 
     /// A STUN round's answers (possibly none): classify, gather, and tell peers if anything changed.
+    ///
+    /// Only IPv4 answers say what the NAT does; IPv6 has no NAT (at most a stateful firewall),
+    /// so an IPv6 server's answer is simply our global address, a candidate of its own.
     fn finish_stun(&mut self, now: Instant, mapped: &[SocketAddr]) {
         self.next_stun = now + self.config.restun_interval;
-        let nat = classify(mapped);
+        let (v4, v6): (Vec<SocketAddr>, Vec<SocketAddr>) = mapped
+            .iter()
+            .map(|a| canonical_remote(*a))
+            .partition(|a| Family::of(*a) == Family::Ipv4);
+        let nat = classify(&v4);
         self.nat = nat.or(self.nat);
+        self.reflexive_v6 = v6;
         self.refresh_candidates(now, nat);
+    }
+
+    /// The host's interface addresses changed (an address added or withdrawn, a new network):
+    /// gather again, tell peers, and ask STUN again soon.
+    pub fn set_local_addrs(&mut self, now: Instant, addrs: Vec<SocketAddr>) {
+        if addrs == self.config.local_addrs {
+            return;
+        }
+        let lost_v6 = !addrs.iter().any(|a| Family::of(*a) == Family::Ipv6);
+        self.config.local_addrs = addrs;
+        if lost_v6 {
+            // No IPv6 address left: the STUN-learned one is gone with it.
+            self.reflexive_v6.clear();
+        }
+        let nat = self.nat;
+        self.refresh_candidates(now, nat);
+        if self.stun.is_none() {
+            self.next_stun = self.next_stun.min(now);
+        }
     }
 
     /// Gathers the candidates again; tells the driver (for the control plane) and, when they
@@ -199,6 +250,10 @@ impl Node {
         // kept the port; then it is the one kept): the gateway keeps it open for any peer.
         if let Some(m) = self.port_mapping {
             out.push(Candidate::direct(m, CandidateSource::PortMapping));
+        }
+        // IPv6 as STUN saw it (normally one of the interface addresses, deduplicated below).
+        for a in &self.reflexive_v6 {
+            out.push(Candidate::direct(*a, CandidateSource::Stun));
         }
         if let Some(nat) = nat {
             out.push(Candidate::direct(nat.reflexive, CandidateSource::Stun));

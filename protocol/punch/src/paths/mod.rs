@@ -17,17 +17,20 @@ use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha20Rng;
 
 use crate::candidate::{
-    canonical_remote, choose, is_acceptable_remote, Candidate, CandidateKind, Path,
+    canonical_remote, choose, is_acceptable_remote, Candidate, CandidateKind, Family, Path,
 };
 use crate::limits::{ReplayWindow, TokenBucket};
 
 mod api;
+mod family;
 mod remote;
 
 pub use api::{
     Attempt, Dst, Outcome, PathConfig, PathEvent, Route, SocketId, Transmit, MAIN_SOCKET,
 };
+pub use family::{FamilyReport, FamilyState};
 use remote::Remote;
+pub use remote::RECOVERY_PONGS;
 
 /// Candidates learned from a peer's pings (peer-reflexive) kept at once.
 pub const MAX_PEER_REFLEXIVE: usize = 8;
@@ -67,6 +70,9 @@ pub struct PeerPaths {
     replay: ReplayWindow,
     route: Route,
     next_heartbeat: Option<Instant>,
+    /// While direct: the next keep-alive ping to the best live path of the other family, so
+    /// that losing one family falls back to the other before the relay.
+    next_standby_heartbeat: Option<Instant>,
     active_until: Option<Instant>,
     next_upgrade: Instant,
     last_call_me_maybe_reply: Option<Instant>,
@@ -92,6 +98,7 @@ impl PeerPaths {
             replay: ReplayWindow::new(REPLAY_WINDOW, REPLAY_CAPACITY),
             route: Route::Relay,
             next_heartbeat: None,
+            next_standby_heartbeat: None,
             active_until: None,
             next_upgrade: now + config.upgrade_interval,
             last_call_me_maybe_reply: None,
@@ -120,10 +127,48 @@ impl PeerPaths {
         self.events.push_back(PathEvent::Attempt(attempt));
     }
 
-    /// Our candidates changed: tell the peer over the relay (CallMeMaybe).
+    /// Our candidates changed: tell the peer over the relay (CallMeMaybe). Paths of a family
+    /// we no longer have an address of (an IPv6 address withdrawn) are dead at once, so
+    /// traffic moves to the other family now rather than after missed pongs.
     pub fn set_local_candidates(&mut self, now: Instant, candidates: Vec<Candidate>) {
+        let had = |c: &[Candidate], f: Family| c.iter().any(|c| Family::of(c.addr) == f);
+        let lost: Vec<Family> = [Family::Ipv4, Family::Ipv6]
+            .into_iter()
+            .filter(|f| had(&self.local, *f) && !had(&candidates, *f))
+            .collect();
         self.local = candidates;
+        let gone: Vec<SocketAddr> = self
+            .remote
+            .keys()
+            .filter(|a| lost.contains(&Family::of(**a)))
+            .copied()
+            .collect();
+        self.kill(now, &gone);
         self.call_me_maybe(now);
+    }
+
+    /// Declares these paths dead now (their address is gone on our side or the peer's) and
+    /// chooses again.
+    pub(super) fn kill(&mut self, now: Instant, addrs: &[SocketAddr]) {
+        let mut any = false;
+        for a in addrs {
+            let Some(r) = self.remote.get_mut(a) else {
+                continue;
+            };
+            let was_live = r.last_pong.is_some();
+            r.missed = r.missed.max(self.config.missed_before_dead);
+            r.last_pong = None;
+            r.pending.clear();
+            r.recovering |= r.rtt.is_some();
+            r.streak = 0;
+            if was_live {
+                any = true;
+                self.note(now, *a, Outcome::Dead);
+            }
+        }
+        if any {
+            self.reselect(now);
+        }
     }
 
     fn call_me_maybe(&mut self, _now: Instant) {
@@ -251,6 +296,10 @@ impl PeerPaths {
         r.rtt = Some(rtt);
         r.last_pong = Some(now);
         r.missed = 0;
+        r.streak += 1;
+        if r.streak >= RECOVERY_PONGS {
+            r.recovering = false;
+        }
         if r.reflexive_heard.is_some() {
             r.reflexive_heard = Some(now);
         }
@@ -351,8 +400,25 @@ impl PeerPaths {
         // A path whose latest ping went unanswered yields to one answering now (the peer's NAT
         // rebound, or it roamed), hysteresis or not.
         let answering = live.iter().any(|r| r.missed == 0);
-        live.into_iter()
+        let live: Vec<&Remote> = live
+            .into_iter()
             .filter(|r| !answering || r.missed == 0)
+            .collect();
+        // A path recovering from missed pongs does not displace a steady path of the other
+        // family until it has answered a few times in a row (hysteresis between families).
+        let steady = |r: &Remote| !r.recovering || self.route == Route::Direct(r.candidate.addr);
+        let steady_families: Vec<Family> = live
+            .iter()
+            .filter(|r| steady(r))
+            .map(|r| Family::of(r.candidate.addr))
+            .collect();
+        live.into_iter()
+            .filter(|r| {
+                steady(r)
+                    || !steady_families
+                        .iter()
+                        .any(|f| *f != Family::of(r.candidate.addr))
+            })
             .filter_map(|r| {
                 r.rtt.map(|rtt| Path {
                     candidate: r.candidate,
@@ -409,6 +475,11 @@ impl PeerPaths {
             if let Route::Direct(_) = next {
                 let interval = self.heartbeat_interval(now);
                 self.next_heartbeat.get_or_insert(now + interval);
+                self.next_standby_heartbeat
+                    .get_or_insert(now + self.config.heartbeat);
+                if now >= self.next_upgrade {
+                    self.next_upgrade = now + self.config.upgrade_interval;
+                }
             } else {
                 self.next_upgrade = now + self.config.upgrade_interval.min(Duration::from_secs(5));
             }
@@ -433,6 +504,8 @@ impl PeerPaths {
             // Missed pongs count in rounds: several pings expiring together are one miss.
             if r.pending.len() < before {
                 r.missed += 1;
+                r.streak = 0;
+                r.recovering |= r.rtt.is_some();
                 missed.push(*addr);
             }
         }
@@ -451,8 +524,11 @@ impl PeerPaths {
                 self.ping(now, addr);
                 self.next_heartbeat = Some(now + self.heartbeat_interval(now));
             }
+            self.keep_standby(now, addr);
+            self.retry_better_family(now, addr);
         } else {
             self.next_heartbeat = None;
+            self.next_standby_heartbeat = None;
             if now >= self.next_upgrade {
                 // Retry every candidate still vouched for (within the budget), and ask the
                 // peer to do the same.
@@ -479,12 +555,19 @@ impl PeerPaths {
             let timeout = self.timeout_of(r);
             r.pending.values().map(move |s| *s + timeout)
         });
-        let timer = match self.route {
-            Route::Direct(_) => self.next_heartbeat,
-            Route::Relay => Some(self.next_upgrade),
+        let timers = match self.route {
+            Route::Direct(addr) => [
+                self.next_heartbeat,
+                self.next_standby_heartbeat,
+                self.better_family_wanted(addr).then_some(self.next_upgrade),
+            ],
+            Route::Relay => [Some(self.next_upgrade), None, None],
         };
         let stalls = self.remote.values().filter_map(|r| r.stalled_until);
-        pong_deadlines.chain(timer).chain(stalls).min()
+        pong_deadlines
+            .chain(timers.into_iter().flatten())
+            .chain(stalls)
+            .min()
     }
 
     /// The next disco message to send.

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use burrow_disco::{TxId, MAX_CALL_ME_MAYBE_ENDPOINTS};
 
-use crate::candidate::{canonical_remote, is_acceptable_remote, Candidate, CandidateSource};
+use crate::candidate::{
+    canonical_remote, is_acceptable_remote, Candidate, CandidateSource, Family,
+};
 
 use super::api::{Route, SocketId, MAIN_SOCKET};
 use super::{PeerPaths, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL};
@@ -29,7 +31,17 @@ pub(super) struct Remote {
     pub(super) probation: bool,
     /// Learned from a ping (peer-reflexive): when a ping or pong last came from it.
     pub(super) reflexive_heard: Option<Instant>,
+    /// Missed a pong after it had answered: until [`RECOVERY_PONGS`] answers in a row, it does
+    /// not take traffic from a working path of the other family (no flapping between IPv6 and
+    /// IPv4 on a lossy link).
+    pub(super) recovering: bool,
+    /// Pongs in a row since the last miss.
+    pub(super) streak: u32,
 }
+
+/// Answers in a row a path that missed pongs needs before it displaces a working path of the
+/// other family.
+pub const RECOVERY_PONGS: u32 = 3;
 
 /// Who told us of a peer's endpoints: each source's latest list replaces its previous one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +65,8 @@ impl PeerPaths {
             stalls: 0,
             probation: false,
             reflexive_heard: None,
+            recovering: false,
+            streak: 0,
         }
     }
 
@@ -121,10 +135,25 @@ impl PeerPaths {
                 list.push(e);
             }
         }
+        // A family the peer itself stopped advertising altogether (its IPv6 address
+        // withdrawn): a path to it is dead now, not after missed pongs. Only the peer's own
+        // sealed CallMeMaybe can withdraw; single addresses come and go (predicted ports move
+        // with every STUN round) and are left to their pongs.
+        let family_gone = |a: &SocketAddr| !list.iter().any(|b| Family::of(*b) == Family::of(*a));
+        let withdrawn: Vec<SocketAddr> = match by {
+            Advertiser::Disco => self
+                .by_disco
+                .iter()
+                .filter(|a| family_gone(a) && !self.by_control.contains(a))
+                .copied()
+                .collect(),
+            Advertiser::Control => Vec::new(),
+        };
         match by {
             Advertiser::Disco => self.by_disco = list.clone(),
             Advertiser::Control => self.by_control = list.clone(),
         }
+        self.kill(now, &withdrawn);
         self.prune(now);
         list.retain(|e| {
             if self.remote.contains_key(e) {

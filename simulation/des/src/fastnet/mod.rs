@@ -10,7 +10,7 @@
 //! [`run`] drives it to the end.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_node::Node;
@@ -38,7 +38,53 @@ const STUN_2: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100
 const STUN_3: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 3)), 3478);
 /// Three servers: with two, a random allocator's two ports fall within the sequential
 /// window by chance once in 500 runs; a third answer must repeat the step.
-const STUN_SERVERS: [SocketAddr; 3] = [STUN_1, STUN_2, STUN_3];
+/// An IPv6 STUN server (IPv6 has no NAT to classify: one answer gives the global address).
+const STUN_V6: SocketAddr = SocketAddr::new(
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1)),
+    3478,
+);
+const STUN_SERVERS: [SocketAddr; 4] = [STUN_1, STUN_2, STUN_3, STUN_V6];
+
+/// How a side reaches the IPv6 Internet: its global address sits behind at most a stateful
+/// firewall (no NAT66).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ipv6Access {
+    /// The firewall in front of the host (`translate: false`; its filtering and its UDP
+    /// timeout are what matter), or none for a host open to the Internet.
+    pub firewall: Option<NatConfig>,
+    /// The host has no IPv4 at all (an IPv6-only network): its chain carries nothing.
+    pub only: bool,
+}
+
+impl Ipv6Access {
+    /// A stateful firewall: endpoint-independent filtering (`eif`) or address-and-port-
+    /// dependent (the usual home router), with a 30 s UDP timeout.
+    pub fn firewall(eif: bool) -> Self {
+        use crate::nat::{Dependence, PortAllocation, Refresh};
+        let filtering = if eif {
+            Dependence::EndpointIndependent
+        } else {
+            Dependence::AddressAndPortDependent
+        };
+        Ipv6Access {
+            firewall: Some(NatConfig {
+                translate: false,
+                mapping: Dependence::EndpointIndependent,
+                filtering,
+                allocation: PortAllocation::PreserveIfFree,
+                port_low: 1,
+                port_high: 65535,
+                timeout: Duration::from_secs(30),
+                refresh: Refresh::Outbound,
+                capacity: None,
+                hairpin: false,
+                block_udp: false,
+                gateway: None,
+            }),
+            only: false,
+        }
+    }
+}
 
 /// Something scripted to happen mid-run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -55,6 +101,9 @@ pub enum Disruption {
     /// Side 0's or 1's gateway (its innermost box) reboots: its port mappings, its NAT
     /// sessions and its epoch start again.
     RebootGateway(usize),
+    /// Side 0's or 1's IPv6 address is withdrawn for this long (the node is told, as a driver
+    /// watching its interfaces would be); nothing of that side's IPv6 passes meanwhile.
+    WithdrawIpv6(usize, Duration),
 }
 
 /// One run's network and workload.
@@ -88,6 +137,8 @@ pub struct FastConfig {
     pub probe: ProbeBudget,
     /// The nodes ask their gateway for a port mapping (when its box offers the service).
     pub port_mapping: bool,
+    /// IPv6 of node 0 and node 1 (none: IPv4 only).
+    pub ipv6: [Option<Ipv6Access>; 2],
     /// Seed for everything.
     pub seed: u64,
 }
@@ -110,6 +161,7 @@ impl FastConfig {
             disruptions: Vec::new(),
             probe: ProbeBudget::default(),
             port_mapping: true,
+            ipv6: [None, None],
             seed,
         }
     }
@@ -122,6 +174,10 @@ pub struct FastOutcome {
     pub direct: bool,
     /// Time until both nodes were first on a direct path.
     pub time_to_direct: Option<Duration>,
+    /// Time until both nodes were first on a direct IPv6 path.
+    pub time_to_direct_v6: Option<Duration>,
+    /// Both nodes' routes at the end are direct over IPv6.
+    pub direct_v6: bool,
     /// When each node's port mapping was first made (by its gateway's NAT-PMP, PCP or UPnP).
     pub time_to_mapping: [Option<Duration>; 2],
     /// Birthday packets sent by both nodes (random-port probes and socket openings).
@@ -182,8 +238,19 @@ struct Side {
     /// Boxes innermost first, each with its outside address.
     boxes: Vec<(NatTable, IpAddr)>,
     public_ip: IpAddr,
+    /// The node's global IPv6 address and the firewall in front of it, if it has IPv6.
+    v6: Option<SideV6>,
+    /// The node has IPv4 (false: an IPv6-only host).
+    has_v4: bool,
     /// The node's port mapper, and its gateway's service (behind a translating box).
     portmap: Option<SidePortMap>,
+}
+
+/// A side's IPv6: the global address, its stateful firewall, and whether it is withdrawn.
+struct SideV6 {
+    ip: IpAddr,
+    firewall: Option<NatTable>,
+    withdrawn_until: Option<Instant>,
 }
 
 /// A side's port mapping: the node's client, and the innermost box's service (if it has one).
@@ -229,12 +296,13 @@ pub struct FastNet {
     sides: Vec<Side>,
     /// Each node's peer: node 1's key for node 0 and the other way round.
     peers: [PublicKey; 2],
-    stun: [BindingServer; 3],
+    stun: [BindingServer; 4],
     queue: packets::Queue,
     disruptions: Disruptions,
     traffic: Traffic,
     last_endpoints: [Option<String>; 2],
     direct_since: [Option<Instant>; 2],
+    direct_v6_since: [Option<Instant>; 2],
     next_sweep: Instant,
     out: FastOutcome,
     tap: Option<Tap>,

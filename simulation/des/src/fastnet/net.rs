@@ -2,7 +2,7 @@
 //! instant's arrivals, disruptions, NAT sweeps, timers, application sends and node output.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_node::{Input, Node, NodeConfig, PeerConfig, Transmit};
@@ -16,7 +16,7 @@ use super::packets::{
     app_packet, copies, hop_delay, note_error, scan, secret_bytes, Packet, Queue,
 };
 use super::{
-    Disruption, Disruptions, FastConfig, FastNet, FastOutcome, Side, SidePortMap, Traffic,
+    Disruption, Disruptions, FastConfig, FastNet, FastOutcome, Side, SidePortMap, SideV6, Traffic,
     WireSend, BIRTHDAY_BASE_PORT, MAIN_PORT, STUN_SERVERS,
 };
 use crate::derive_seed;
@@ -99,6 +99,7 @@ impl FastNet {
             },
             last_endpoints: [None, None],
             direct_since: [None, None],
+            direct_v6_since: [None, None],
             next_sweep: t0,
             out: FastOutcome::default(),
             tap: None,
@@ -171,11 +172,25 @@ impl FastNet {
             self.deliver(p);
         }
         self.apply_disruptions();
+        // Withdrawn IPv6 addresses that come back: the node hears of them.
+        for s in self.sides.iter_mut() {
+            let back =
+                s.v6.as_mut()
+                    .filter(|v| v.withdrawn_until.is_some_and(|t| now >= t));
+            if let Some(v6) = back {
+                v6.withdrawn_until = None;
+                let addrs = s.local_addrs(now);
+                s.node.set_local_addrs(now, addrs);
+            }
+        }
         // NATs sweep idle sessions once a second, so peaks count live sessions.
         if now >= self.next_sweep {
             for s in self.sides.iter_mut() {
                 for (table, _) in s.boxes.iter_mut() {
                     table.expire_all(now);
+                }
+                if let Some(fw) = s.v6.as_mut().and_then(|v| v.firewall.as_mut()) {
+                    fw.expire_all(now);
                 }
                 if let Some(pm) = s.portmap.as_mut() {
                     pm.sync_forwards = true;
@@ -223,6 +238,11 @@ impl FastNet {
         if let Some(d) = self.disruptions.pending.last() {
             next = next.min(d.0);
         }
+        for s in &self.sides {
+            if let Some(t) = s.v6.as_ref().and_then(|v| v.withdrawn_until) {
+                next = next.min(t.max(now));
+            }
+        }
         next = next.min(self.next_sweep);
         let settled = self
             .out
@@ -264,7 +284,7 @@ impl FastNet {
                 if let Some(k) = STUN_SERVERS.iter().position(|s| *s == dst) {
                     let mut buf = [0u8; 1500];
                     if let Ok(r) = self.stun[k].handle_packet(dst, src, &data, &mut buf) {
-                        let side = self.sides.iter().position(|s| s.public_ip == src.ip());
+                        let side = self.sides.iter().position(|s| s.owns(src.ip()));
                         if let Some(side) = side {
                             let d = hop_delay(config, &mut self.rng);
                             let down = Packet::Down {
@@ -278,7 +298,7 @@ impl FastNet {
                     }
                     return;
                 }
-                let Some(side) = self.sides.iter().position(|s| s.public_ip == dst.ip()) else {
+                let Some(side) = self.sides.iter().position(|s| s.owns(dst.ip())) else {
                     return; // unroutable (a LAN candidate of the other side)
                 };
                 if self.disruptions.cut_until.is_some_and(|u| now < u) {
@@ -307,7 +327,24 @@ impl FastNet {
                 data,
             } => {
                 let s = &mut self.sides[side];
-                for (table, outside) in s.boxes.iter_mut().rev() {
+                if dst.is_ipv6() {
+                    let Some(v6) = s.v6.as_mut().filter(|v| v.up(now) && v.ip == dst.ip()) else {
+                        return;
+                    };
+                    if let Some(fw) = v6.firewall.as_mut() {
+                        if fw.inbound(now, dst.port(), src).is_err() {
+                            return;
+                        }
+                    }
+                } else if !s.has_v4 {
+                    return;
+                }
+                let chain = if dst.is_ipv4() {
+                    &mut s.boxes[..]
+                } else {
+                    &mut []
+                };
+                for (table, outside) in chain.iter_mut().rev() {
                     if dst.ip() != *outside {
                         return;
                     }
@@ -320,7 +357,7 @@ impl FastNet {
                         Err(_) => return,
                     }
                 }
-                if dst.ip() != s.ip {
+                if dst.is_ipv4() && dst.ip() != s.ip {
                     return;
                 }
                 let socket = match dst.port() {
@@ -357,6 +394,14 @@ impl FastNet {
                 Disruption::DerpRestart(x) => ds.derp_down_until = Some(now + x),
                 Disruption::CutDirect(x) => ds.cut_until = Some(now + x),
                 Disruption::DropData(x) => ds.drop_data_until = Some(now + x),
+                Disruption::WithdrawIpv6(side, x) => {
+                    let s = &mut self.sides[side];
+                    if let Some(v6) = s.v6.as_mut() {
+                        v6.withdrawn_until = Some(now + x);
+                        let addrs = s.local_addrs(now);
+                        s.node.set_local_addrs(now, addrs);
+                    }
+                }
                 Disruption::RebootGateway(side) => {
                     let s = &mut self.sides[side];
                     if let Some(pm) = s.portmap.as_mut() {
@@ -557,9 +602,8 @@ impl FastNet {
                     } else {
                         BIRTHDAY_BASE_PORT + socket
                     };
-                    let inside = SocketAddr::new(self.sides[s].ip, port);
-                    let Some(src) = translate_out(&mut self.sides[s], now, inside, dst) else {
-                        continue; // a box dropped it
+                    let Some(src) = send_out(&mut self.sides[s], now, port, dst) else {
+                        continue; // a box dropped it, or the host has no address of that family
                     };
                     for _ in 0..copies(&self.config, &mut self.rng) {
                         let d = hop_delay(&self.config, &mut self.rng);
@@ -574,6 +618,25 @@ impl FastNet {
             }
         }
     }
+}
+
+/// The source a datagram from `side`'s socket on `port` to `dst` has on the Internet: past
+/// the IPv4 boxes or the IPv6 firewall, or `None` when one drops it or the host has no
+/// address of `dst`'s family.
+fn send_out(side: &mut Side, now: Instant, port: u16, dst: SocketAddr) -> Option<SocketAddr> {
+    if dst.is_ipv6() {
+        let v6 = side.v6.as_mut().filter(|v| v.up(now))?;
+        let src = SocketAddr::new(v6.ip, port);
+        if let Some(fw) = v6.firewall.as_mut() {
+            fw.outbound(now, src, dst).ok()?;
+        }
+        return Some(src);
+    }
+    if !side.has_v4 {
+        return None;
+    }
+    let inside = SocketAddr::new(side.ip, port);
+    translate_out(side, now, inside, dst)
 }
 
 /// The source a datagram from `src` to `dst` has past the last of `side`'s boxes, or `None`
@@ -614,15 +677,30 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
     } else {
         public_ip
     };
+    let access = config.ipv6[s].as_ref();
+    let v6 = access.map(|a| SideV6 {
+        ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x10 + s as u16, 0, 0, 0, 0, 2)),
+        firewall: a.firewall.clone().map(|c| {
+            let rng = ChaCha20Rng::seed_from_u64(derive_seed(config.seed, &format!("fw6.{s}")));
+            NatTable::new(c, rng)
+        }),
+        withdrawn_until: None,
+    });
+    let has_v4 = !access.is_some_and(|a| a.only);
     let mut nc = NodeConfig::new(wg, disco, derive_seed(config.seed, &format!("node{s}")));
+    // Every server of both families, as a real node's DERP map lists them.
     nc.stun_servers = STUN_SERVERS.to_vec();
-    nc.local_addrs = vec![SocketAddr::new(ip, MAIN_PORT)];
+    nc.local_addrs = [has_v4.then_some(ip), v6.as_ref().map(|v| v.ip)]
+        .into_iter()
+        .flatten()
+        .map(|ip| SocketAddr::new(ip, MAIN_PORT))
+        .collect();
     nc.probe = config.probe;
     // No control plane here: the two nodes trust each other's advertised endpoints.
     nc.birthday_needs_control_ip = false;
     // Behind a translating box the node asks its gateway (the innermost box) for a mapping.
     let portmap = match ip {
-        IpAddr::V4(me) if translates && config.port_mapping => {
+        IpAddr::V4(me) if translates && config.port_mapping && has_v4 => {
             let lan_ip = Ipv4Addr::new(10, s as u8 + 1, 0, 1);
             let seed = derive_seed(config.seed, &format!("portmap{s}"));
             let pc = burrow_portmap::PortMapperConfig::new(lan_ip, me, MAIN_PORT, seed);
@@ -650,6 +728,34 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         ip,
         boxes,
         public_ip,
+        v6,
+        has_v4,
         portmap,
+    }
+}
+
+impl SideV6 {
+    /// The address is configured (not withdrawn) at `now`.
+    fn up(&self, now: Instant) -> bool {
+        self.withdrawn_until.is_none_or(|t| now >= t)
+    }
+}
+
+impl Side {
+    /// Whether `ip` reaches this side from the Internet: its outermost IPv4 address (when it
+    /// has IPv4) or its IPv6 address.
+    fn owns(&self, ip: IpAddr) -> bool {
+        (self.has_v4 && self.public_ip == ip) || self.v6.as_ref().is_some_and(|v| v.ip == ip)
+    }
+
+    /// The node's interface addresses at `now`, as its driver would list them.
+    fn local_addrs(&self, now: Instant) -> Vec<SocketAddr> {
+        let v4 = self.has_v4.then_some(self.ip);
+        let v6 = self.v6.as_ref().filter(|v| v.up(now)).map(|v| v.ip);
+        [v4, v6]
+            .into_iter()
+            .flatten()
+            .map(|ip| SocketAddr::new(ip, MAIN_PORT))
+            .collect()
     }
 }

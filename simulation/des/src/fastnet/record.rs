@@ -103,6 +103,15 @@ impl FastNet {
                     Route::Direct(_) => Some(now),
                     Route::Relay => None,
                 };
+                self.direct_v6_since[s] = match to {
+                    Route::Direct(a) if a.is_ipv6() => Some(now),
+                    _ => None,
+                };
+                if self.direct_v6_since.iter().all(Option::is_some)
+                    && self.out.time_to_direct_v6.is_none()
+                {
+                    self.out.time_to_direct_v6 = Some(now - self.t0);
+                }
                 if self.direct_since.iter().all(Option::is_some)
                     && self.out.time_to_direct.is_none()
                 {
@@ -129,11 +138,14 @@ impl FastNet {
         for s in 0..2 {
             self.out.probes += self.probes(s);
             self.out.routes[s] = format!("{:?}", self.route(s).unwrap_or(Route::Relay));
-            for (table, _) in &self.sides[s].boxes {
+            let fw6 = self.sides[s].v6.as_ref().and_then(|v| v.firewall.as_ref());
+            for table in self.sides[s].boxes.iter().map(|b| &b.0).chain(fw6) {
                 self.out.peak_sessions = self.out.peak_sessions.max(table.stats().peak_sessions);
             }
         }
         self.out.direct = self.is_direct();
+        self.out.direct_v6 =
+            (0..2).all(|s| matches!(self.route(s), Some(Route::Direct(a)) if a.is_ipv6()));
         if let Some(x) = self.sides[0].node.explain(&self.peers[0]) {
             // One line per candidate: how often it was tried and what came of it last.
             let mut by_addr: BTreeMap<SocketAddr, (usize, String)> = BTreeMap::new();
