@@ -15,6 +15,9 @@ use crate::session::Session;
 use crate::timers::*;
 use crate::WgError;
 
+/// Displaced keypairs a tunnel still receives on (see `Tunnel::retired`).
+const MAX_RETIRED: usize = 2;
+
 /// Packets queued while no session exists; older ones are dropped beyond this.
 const MAX_QUEUED: usize = 256;
 
@@ -87,6 +90,11 @@ pub struct Tunnel {
     previous: Option<Session>,
     current: Option<Session>,
     next: Option<Session>,
+    /// Receive-only: keypairs displaced by the last rotations, newest last (at most
+    /// [`MAX_RETIRED`]). After a simultaneous handshake each side sends on its own initiator
+    /// keypair, which the other holds as `previous`; when both rekey at once, what the peer
+    /// still sends on for a round trip would otherwise be dropped with it.
+    retired: VecDeque<Session>,
     pending: Option<Pending>,
     cookie: Option<([u8; 16], Instant)>,
     last_initiation: Option<([u8; 12], Instant)>,
@@ -140,6 +148,7 @@ impl Tunnel {
             previous: None,
             current: None,
             next: None,
+            retired: VecDeque::new(),
             pending: None,
             cookie: None,
             last_initiation: None,
@@ -178,6 +187,7 @@ impl Tunnel {
                 [&self.previous, &self.current, &self.next]
                     .into_iter()
                     .flatten()
+                    .chain(&self.retired)
                     .map(|s| s.local_index),
             )
     }
@@ -197,6 +207,17 @@ impl Tunnel {
 
     fn ephemeral(&mut self) -> PrivateKey {
         PrivateKey::generate(&mut self.rng)
+    }
+
+    /// Keeps a displaced keypair for receiving a little longer (the oldest goes past
+    /// [`MAX_RETIRED`]; each is refused after REJECT_AFTER_TIME anyway).
+    fn retire(&mut self, session: Option<Session>) {
+        if let Some(s) = session {
+            self.retired.push_back(s);
+            while self.retired.len() > MAX_RETIRED {
+                self.retired.pop_front();
+            }
+        }
     }
 
     /// Starts (or restarts) a handshake now, whatever the rate limit.
@@ -370,10 +391,14 @@ impl Tunnel {
         let mac1 = noise::write_macs(&mut msg, RESPONSE_MAC1, &self.mac1_to_peer, cookie.as_ref());
         self.last_response_mac1 = Some((index, mac1));
         self.last_initiation = Some((init.timestamp, now));
-        self.dead_peer_at = None; // an authenticated packet
-                                  // The responder may not send on the new keypair until the initiator used it.
+        // An authenticated packet.
+        self.dead_peer_at = None;
+        // The responder may not send on the new keypair until the initiator used it. The old
+        // previous keypair stays receive-only a little longer: in a simultaneous handshake it
+        // may be what the peer still sends on.
         self.next = Some(Session::new(&keys, now, false));
-        self.previous = None;
+        let previous = self.previous.take();
+        self.retire(previous);
         self.last_session_at = Some(now);
         self.transmits.push_back(msg.to_vec());
         Ok(())
@@ -388,10 +413,18 @@ impl Tunnel {
         self.dead_peer_at = None;
         // As wireguard-go: an unconfirmed responder keypair (from a simultaneous handshake) is
         // kept as previous, since the peer may already send on it; otherwise the old current is.
-        self.previous = match self.next.take() {
-            Some(next) => Some(next),
-            None => self.current.take(),
-        };
+        match self.next.take() {
+            Some(next) => {
+                let current = self.current.take();
+                self.retire(current);
+                self.previous = Some(next);
+            }
+            None => {
+                let previous = self.previous.take();
+                self.retire(previous);
+                self.previous = self.current.take();
+            }
+        }
         self.current = Some(Session::new(&keys, now, true));
         self.last_session_at = Some(now);
         self.events
@@ -453,13 +486,16 @@ impl Tunnel {
             .is_some_and(|s| s.local_index == receiver)
         {
             2
+        } else if let Some(k) = self.retired.iter().position(|s| s.local_index == receiver) {
+            3 + k
         } else {
             return Err(WgError::UnknownIndex(receiver));
         };
         let session = match slot {
             0 => self.current.as_mut(),
             1 => self.next.as_mut(),
-            _ => self.previous.as_mut(),
+            2 => self.previous.as_mut(),
+            k => self.retired.get_mut(k - 3),
         }
         .expect("found above");
         if now.saturating_duration_since(session.created) >= REJECT_AFTER_TIME
@@ -470,6 +506,8 @@ impl Tunnel {
         let len = session.open(counter, ciphertext, out)?;
         if slot == 1 {
             // First packet on the responder's new keypair confirms it.
+            let previous = self.previous.take();
+            self.retire(previous);
             self.previous = self.current.take();
             self.current = self.next.take();
             // As wireguard-go's timersHandshakeComplete: a confirmed keypair ends any handshake
@@ -533,6 +571,7 @@ impl Tunnel {
             self.previous = None;
             self.current = None;
             self.next = None;
+            self.retired.clear();
             self.pending = None;
             self.retransmit_at = None;
             self.attempts_since = None;

@@ -221,6 +221,66 @@ fn rekey_after_time_loses_nothing() {
     assert!(got.is_empty());
 }
 
+/// Seals `packet` from `from` (which must have a session) without delivering it.
+fn seal(from: &mut Tunnel, now: Instant, packet: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; transport_len(packet.len())];
+    match from.encapsulate(now, packet, &mut buf).unwrap() {
+        Encapsulated::Sent(n) => buf[..n].to_vec(),
+        Encapsulated::Queued => panic!("queued"),
+    }
+}
+
+#[test]
+fn a_simultaneous_rekey_loses_nothing_in_flight() {
+    // Both sides start the first handshake at once (relay-first nodes both have data): each
+    // ends up sending on its own initiator keypair, which the other holds as `previous`.
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(None, None, t0);
+    a.force_handshake(t0);
+    b.force_handshake(t0);
+    let (ia, ib) = (a.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+    let mut out = [0u8; 256];
+    b.decapsulate(t0, &ia, &mut out).unwrap();
+    a.decapsulate(t0, &ib, &mut out).unwrap();
+    pump(&mut a, &mut b, t0);
+    assert_eq!(send(&mut a, &mut b, t0, &ip(b"a")).unwrap(), ip(b"a"));
+    assert_eq!(send(&mut b, &mut a, t0, &ip(b"b")).unwrap(), ip(b"b"));
+    pump(&mut a, &mut b, t0);
+
+    // 120 s later both rekey at once. Each side's packets sealed on its old keypair just
+    // before the new handshake completes are still in flight when it does.
+    let later = t0 + REKEY_AFTER_TIME + Duration::from_secs(1);
+    let a_old = seal(&mut a, later, &ip(b"a in flight"));
+    let b_old = seal(&mut b, later, &ip(b"b in flight"));
+    let (ra, rb) = (a.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+    b.decapsulate(later, &ra, &mut out).unwrap();
+    a.decapsulate(later, &rb, &mut out).unwrap();
+    // The responses cross too; every handshake message is delivered before the old packets.
+    let (a_resp, b_resp) = (a.poll_transmit().unwrap(), b.poll_transmit().unwrap());
+    b.decapsulate(later, &a_resp, &mut out).unwrap();
+    a.decapsulate(later, &b_resp, &mut out).unwrap();
+    let mut got = [0u8; 256];
+    let n = match b.decapsulate(later, &a_old, &mut got).unwrap() {
+        Decapsulated::Data(n) => n,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(&got[..n], &ip(b"a in flight")[..]);
+    let n = match a.decapsulate(later, &b_old, &mut got).unwrap() {
+        Decapsulated::Data(n) => n,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(&got[..n], &ip(b"b in flight")[..]);
+    pump(&mut a, &mut b, later);
+    assert_eq!(
+        send(&mut a, &mut b, later, &ip(b"new")).unwrap(),
+        ip(b"new")
+    );
+    assert_eq!(
+        send(&mut b, &mut a, later, &ip(b"new")).unwrap(),
+        ip(b"new")
+    );
+}
+
 #[test]
 fn initiation_retransmits_then_gives_up() {
     let t0 = Instant::now();
