@@ -54,6 +54,9 @@ pub struct PeerStatus {
     pub node_key: String,
     /// "direct IP:PORT" or "derp region N".
     pub path: String,
+    /// The direct path's address family, "ipv4" or "ipv6"; None on DERP.
+    #[serde(default)]
+    pub family: Option<String>,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_s: Option<f64>,
     /// Plaintext bytes received.
@@ -95,6 +98,9 @@ pub struct Doctor {
     pub peer_nat: String,
     /// The chosen path.
     pub path: String,
+    /// The chosen path's address family, "ipv4" or "ipv6"; None on DERP.
+    #[serde(default)]
+    pub family: Option<String>,
     /// Candidate pairs tried, and what came of each, oldest first.
     pub attempts: Vec<String>,
     /// Birthday probing toward the peer.
@@ -127,6 +133,25 @@ pub struct ApiContext {
     pub down: mpsc::UnboundedSender<()>,
     /// The port mapper's latest report, in words (`None`: none yet).
     pub port_mapping: Arc<Mutex<Option<String>>>,
+}
+
+/// The address family of a direct route, "ipv4" or "ipv6" (an IPv4-mapped address is IPv4);
+/// None for the relay.
+pub fn route_family(route: Route) -> Option<&'static str> {
+    match route {
+        Route::Direct(a) if burrow_punch::canonical_remote(a).is_ipv4() => Some("ipv4"),
+        Route::Direct(_) => Some("ipv6"),
+        Route::Relay => None,
+    }
+}
+
+/// "IPv4" or "IPv6" for people, from [`route_family`]'s "ipv4" or "ipv6".
+pub fn family_label(family: &str) -> &str {
+    match family {
+        "ipv4" => "IPv4",
+        "ipv6" => "IPv6",
+        other => other,
+    }
 }
 
 fn describe(route: Route) -> String {
@@ -208,6 +233,7 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                             addresses: info.node.addresses.clone(),
                             node_key: p.key.to_base64(),
                             path: describe(p.route),
+                            family: route_family(p.route).map(String::from),
                             last_handshake_s: p
                                 .stats
                                 .last_handshake
@@ -310,6 +336,7 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                     Some(true) => "hard: mapping varies by destination".into(),
                 },
                 path: p.map_or("unknown".into(), |p| describe(p.route)),
+                family: p.and_then(|p| route_family(p.route)).map(String::from),
                 attempts: x
                     .as_ref()
                     .map(|x| {
@@ -367,4 +394,45 @@ pub async fn ask(path: &Path, request: &Request) -> Result<Vec<serde_json::Value
         out.push(v);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direct_route_has_the_family_of_its_address() {
+        let route = |s: &str| Route::Direct(s.parse().unwrap());
+        assert_eq!(route_family(route("198.51.100.7:41641")), Some("ipv4"));
+        assert_eq!(route_family(route("[2001:db8::2]:41641")), Some("ipv6"));
+        assert_eq!(
+            route_family(route("[::ffff:198.51.100.7]:41641")),
+            Some("ipv4")
+        );
+        assert_eq!(route_family(Route::Relay), None);
+        assert_eq!(
+            describe(route("[2001:db8::2]:41641")),
+            "direct [2001:db8::2]:41641"
+        );
+    }
+
+    #[test]
+    fn status_from_a_node_without_families_still_reads() {
+        let old = serde_json::json!({
+            "name": "b", "addresses": ["100.64.0.2"], "node_key": "k",
+            "path": "direct 192.0.2.2:41641", "last_handshake_s": null,
+            "rx_bytes": 0, "tx_bytes": 0
+        });
+        let p: PeerStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(p.family, None);
+        let new = serde_json::json!({
+            "name": "b", "addresses": ["100.64.0.2"], "node_key": "k",
+            "path": "direct [2001:db8::2]:41641", "family": "ipv6",
+            "last_handshake_s": null, "rx_bytes": 0, "tx_bytes": 0
+        });
+        let p: PeerStatus = serde_json::from_value(new).unwrap();
+        assert_eq!(p.family.as_deref(), Some("ipv6"));
+        assert_eq!(family_label("ipv6"), "IPv6");
+        assert_eq!(family_label("ipv4"), "IPv4");
+    }
 }

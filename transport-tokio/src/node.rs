@@ -23,15 +23,29 @@ pub trait SocketBinder: Send + Sync + 'static {
     fn bind(&self) -> impl Future<Output = io::Result<Self::Socket>> + Send;
 }
 
-/// Binds tokio UDP sockets on the main socket's address with port 0.
+/// Binds tokio UDP sockets on the given address's IP with port 0. Birthday sockets only ever
+/// reach IPv4 hard NATs, so an IPv6 unspecified address (a dual-stack main socket's `[::]`)
+/// binds `0.0.0.0`: an IPv4 socket, never a v6-only one.
 #[derive(Debug, Clone, Copy)]
 pub struct TokioBinder(pub SocketAddr);
+
+impl TokioBinder {
+    /// Where each birthday socket is bound.
+    pub fn bind_addr(&self) -> SocketAddr {
+        let ip = match self.0.ip() {
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            }
+            ip => ip,
+        };
+        SocketAddr::new(ip, 0)
+    }
+}
 
 impl SocketBinder for TokioBinder {
     type Socket = tokio::net::UdpSocket;
     fn bind(&self) -> impl Future<Output = io::Result<Self::Socket>> + Send {
-        let addr = SocketAddr::new(self.0.ip(), 0);
-        tokio::net::UdpSocket::bind(addr)
+        tokio::net::UdpSocket::bind(self.bind_addr())
     }
 }
 
@@ -378,7 +392,9 @@ fn spawn_reader<S: UdpTransport>(
                     Ok((len, from)) => {
                         let d = Datagram {
                             socket: id,
-                            from,
+                            // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; the
+                            // engine keys paths by the plain IPv4 address.
+                            from: burrow_punch::canonical_remote(from),
                             buf,
                             len,
                         };
@@ -393,4 +409,72 @@ fn spawn_reader<S: UdpTransport>(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::transport::{bind_udp_socket, SocketFamilies};
+
+    async fn next(rx: &mut mpsc::Receiver<Datagram>) -> Datagram {
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a datagram in time")
+            .expect("the reader runs")
+    }
+
+    #[tokio::test]
+    async fn reader_hands_the_engine_canonical_sources() {
+        let main = bind_udp_socket(0).unwrap();
+        let local = main.local_addr().unwrap();
+        if !SocketFamilies::of(local).ipv6() {
+            eprintln!("SKIPPED reader_hands_the_engine_canonical_sources: no IPv6 here");
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut returns = Vec::new();
+        let reader = spawn_reader(0, Arc::new(main), tx, &mut returns);
+        let v4 = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        let v6 = tokio::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+
+        v4.send_to(b"four", (Ipv4Addr::LOCALHOST, local.port()))
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        assert_eq!(&d.buf[..d.len], b"four");
+        assert_eq!(
+            d.from,
+            v4.local_addr().unwrap(),
+            "127.0.0.1, not ::ffff:127.0.0.1"
+        );
+        assert!(d.from.is_ipv4());
+
+        v6.send_to(b"six", (Ipv6Addr::LOCALHOST, local.port()))
+            .await
+            .unwrap();
+        let d = next(&mut rx).await;
+        assert_eq!(&d.buf[..d.len], b"six");
+        assert_eq!(d.from, v6.local_addr().unwrap());
+        reader.abort();
+    }
+
+    #[tokio::test]
+    async fn birthday_sockets_are_ipv4_beside_a_dual_stack_main_socket() {
+        let binder = TokioBinder("[::]:41641".parse().unwrap());
+        assert_eq!(binder.bind_addr(), SocketAddr::from(([0, 0, 0, 0], 0)));
+        let s = binder.bind().await.unwrap();
+        assert!(s.local_addr().unwrap().is_ipv4());
+        assert_ne!(s.local_addr().unwrap().port(), 0);
+        // An explicit address is kept (port 0: a fresh ephemeral port each).
+        let given = TokioBinder("192.0.2.7:41641".parse().unwrap());
+        assert_eq!(given.bind_addr(), "192.0.2.7:0".parse().unwrap());
+        let v6 = TokioBinder("[2001:db8::7]:41641".parse().unwrap());
+        assert_eq!(v6.bind_addr(), "[2001:db8::7]:0".parse().unwrap());
+    }
 }

@@ -12,7 +12,7 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 use tokio::net::UdpSocket;
 
-use crate::transport::now;
+use crate::transport::{now, SocketFamilies};
 use crate::wg_config::{route, IpNet, WgConfig};
 
 /// Why `burrow wg` could not run.
@@ -105,6 +105,7 @@ pub async fn run(
         port: iface.listen_port,
         source,
     })?;
+    let families = SocketFamilies::of(socket.local_addr()?);
     let mut tun_config = tun::Configuration::default();
     tun_config.tun_name(ifname).mtu(iface.mtu).up();
     let first_v4 = iface.addresses.iter().find(|a| a.addr.is_ipv4()).copied();
@@ -162,10 +163,10 @@ pub async fn run(
                         endpoint: e.clone(),
                         source,
                     })?
-                    .find(|a| a.is_ipv4())
+                    .find(|a| families.ipv6() || a.is_ipv4())
                     .ok_or_else(|| WgRunError::Resolve {
                         endpoint: e.clone(),
-                        source: io::Error::other("no IPv4 address"),
+                        source: io::Error::other("no IPv4 address (this host has no IPv6)"),
                     })?,
             ),
             None => None,
@@ -278,6 +279,8 @@ async fn inbound(
     let mut pending = Vec::new();
     loop {
         let (n, src) = socket.recv_from(&mut from_net).await?;
+        // IPv4 peers arrive as ::ffff:a.b.c.d on the dual-stack socket: keep them as IPv4.
+        let src = burrow_punch::canonical_remote(src);
         let t = now();
         let result = {
             // The device counts handshakes and asks for cookies past its rate by itself.

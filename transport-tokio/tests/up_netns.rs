@@ -400,6 +400,7 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
             .starts_with("direct 10.201.2.2"),
         "{status}"
     );
+    assert_eq!(b_entry["family"], "ipv4", "{status}");
     assert!(b_entry["rx_bytes"].as_u64().unwrap() > 0, "{status}");
     let out = run(&[
         BURROW,
@@ -417,6 +418,7 @@ fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {
         text.contains("our NAT:   easy") && text.contains("path:      direct 10.201.2.2"),
         "{text}"
     );
+    assert!(text.contains("family:    IPv4"), "{text}");
     assert!(text.contains("Validated"), "{text}");
 
     // The admin removes b: a forgets it at once, and b's `burrow up` stops, saying why.

@@ -7,13 +7,18 @@ use crate::cli::DoctorArgs;
 /// Runs `burrow doctor`.
 pub async fn run(args: DoctorArgs) -> Result<()> {
     let DoctorArgs { peer, socket } = args;
-    use burrow::local_api::{ask, Doctor, Request};
+    use burrow::local_api::{ask, family_label, Doctor, Request};
     let answer = ask(&socket, &Request::Doctor { peer }).await?;
     let d: Doctor = serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
     println!("peer:      {}", d.peer);
     println!("our NAT:   {}", d.our_nat);
     println!("its NAT:   {}", d.peer_nat);
     println!("path:      {}", d.path);
+    match (&d.family, d.path.starts_with("derp")) {
+        (Some(f), _) => println!("family:    {}", family_label(f)),
+        (None, true) => println!("family:    none (relayed over DERP)"),
+        (None, false) => println!("family:    unknown"),
+    }
     println!("birthday:  {}", d.birthday);
     println!("our port mapping: {}", d.our_port_mapping);
     println!("its port mapping: {}", d.peer_port_mapping);

@@ -7,7 +7,7 @@ use crate::cli::StatusArgs;
 /// Runs `burrow status`.
 pub async fn run(args: StatusArgs) -> Result<()> {
     let StatusArgs { json, socket } = args;
-    use burrow::local_api::{ask, Request, Status};
+    use burrow::local_api::{ask, family_label, Request, Status};
     let answer = ask(&socket, &Request::Status).await?;
     let status: Status = serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
     if json {
@@ -21,11 +21,16 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         };
         println!("{} ({})", status.name, addrs(&status.addresses));
         for p in &status.peers {
+            // "direct (IPv6) [2001:db8::2]:41641": the family of a direct path up front.
+            let path = match (&p.family, p.path.strip_prefix("direct ")) {
+                (Some(f), Some(addr)) => format!("direct ({}) {addr}", family_label(f)),
+                _ => p.path.clone(),
+            };
             println!(
-                "  {:<16} {:<36} {:<28} handshake {:<10} rx {} B, tx {} B",
+                "  {:<16} {:<36} {:<44} handshake {:<10} rx {} B, tx {} B",
                 p.name,
                 addrs(&p.addresses),
-                p.path,
+                path,
                 p.last_handshake_s
                     .map_or("never".into(), |s| format!("{s:.0}s ago")),
                 p.rx_bytes,

@@ -1,7 +1,7 @@
 //! The node's interface: the TUN device with its tailnet addresses and routes, this host's
 //! own addresses (LAN candidates), and a loud warning about plain-HTTP servers.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -29,13 +29,32 @@ pub(crate) fn create_tun(name: &str, addresses: &[IpAddr]) -> Result<Arc<tun::As
     ip_cmd(&["route", "replace", "100.64.0.0/10", "dev", name])?;
     for a in addresses {
         if let IpAddr::V6(v6) = a {
-            ip_cmd(&["-6", "address", "add", &format!("{a}/128"), "dev", name])?;
-            let segs = v6.segments();
-            let prefix = format!("{:x}:{:x}:{:x}::/48", segs[0], segs[1], segs[2]);
-            ip_cmd(&["-6", "route", "replace", &prefix, "dev", name])?;
+            // The tailnet's ULA on the TUN (no duplicate detection: nobody else is on it) and
+            // its /48 through it. A host without IPv6 goes on with the tailnet's IPv4 alone.
+            let prefix = tailnet_v6_prefix(*v6);
+            let added = ip_cmd(&[
+                "-6",
+                "address",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                name,
+                "nodad",
+            ])
+            .and_then(|()| ip_cmd(&["-6", "route", "replace", &prefix, "dev", name]));
+            if let Err(e) = added {
+                tracing::warn!(error = %e, address = %a, "no tailnet IPv6 on the TUN");
+            }
         }
     }
     Ok(tun)
+}
+
+/// The tailnet's IPv6 prefix, routed through the TUN: the /48 the control server's ULA
+/// addresses share.
+fn tailnet_v6_prefix(address: Ipv6Addr) -> String {
+    let s = address.segments();
+    format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
 }
 
 fn ip_cmd(args: &[&str]) -> Result<()> {
@@ -77,14 +96,74 @@ fn is_plain_beyond_loopback(url: &str) -> bool {
     !loopback
 }
 
-/// This host's interface addresses (not loopback, not the tailnet's) with the node's port.
-pub(crate) fn local_addresses(port: u16, ours: &[IpAddr]) -> Vec<SocketAddr> {
-    if_addrs::get_if_addrs()
+/// This host's interface addresses with the node's port: IPv4 ones but loopback, and global
+/// IPv6 ones when the socket carries IPv6 (see [`candidate_ips`]); never the tailnet's own.
+pub(crate) fn local_addresses(port: u16, ours: &[IpAddr], ipv6: bool) -> Vec<SocketAddr> {
+    let gone = std::fs::read_to_string("/proc/net/if_inet6")
+        .map(|t| unusable_v6(&t))
+        .unwrap_or_default();
+    let host: Vec<HostAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
-        .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() && !ip.is_loopback() && !ours.contains(ip))
+        .map(|i| {
+            let ip = i.ip();
+            let usable = !matches!(ip, IpAddr::V6(v6) if gone.contains(&v6));
+            HostAddr { ip, usable }
+        })
+        .collect();
+    candidate_ips(&host, ours, ipv6)
+        .into_iter()
         .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+/// An interface address, and whether the kernel still offers it for new traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostAddr {
+    /// The address.
+    pub ip: IpAddr,
+    /// False for IPv6 addresses on their way out (deprecated) or that failed duplicate
+    /// detection.
+    pub usable: bool,
+}
+
+/// Which interface addresses are candidates, each once in the host's order: IPv4 but loopback
+/// (LAN candidates); with `ipv6`, global unicast IPv6 (2000::/3), still usable. Link-local,
+/// ULA (the tailnet's fd…/48 among them) and loopback IPv6 reach no peer elsewhere, and an
+/// IPv4-only socket reaches no IPv6 one. The tailnet's own addresses (`ours`) never are.
+pub(crate) fn candidate_ips(host: &[HostAddr], ours: &[IpAddr], ipv6: bool) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for a in host {
+        let wanted = match a.ip {
+            IpAddr::V4(v4) => !v4.is_loopback(),
+            IpAddr::V6(v6) => ipv6 && a.usable && v6.segments()[0] & 0xe000 == 0x2000,
+        };
+        if wanted && !ours.contains(&a.ip) && !out.contains(&a.ip) {
+            out.push(a.ip);
+        }
+    }
+    out
+}
+
+/// IPv6 addresses `/proc/net/if_inet6` marks deprecated (IFA_F_DEPRECATED, 0x20) or failed
+/// duplicate detection (IFA_F_DADFAILED, 0x08). Tentative ones stay: they are usable within a
+/// second, and the node gathers its addresses once.
+pub(crate) fn unusable_v6(if_inet6: &str) -> Vec<Ipv6Addr> {
+    const DADFAILED: u8 = 0x08;
+    const DEPRECATED: u8 = 0x20;
+    if_inet6
+        .lines()
+        .filter_map(|line| {
+            // "20010db8000000000000000000000001 02 40 00 80 eth0": address, index, prefix
+            // length, scope, flags, name.
+            let mut fields = line.split_whitespace();
+            let hex = fields.next()?;
+            let flags = u8::from_str_radix(fields.nth(3)?, 16).ok()?;
+            let bits = u128::from_str_radix(hex, 16)
+                .ok()
+                .filter(|_| hex.len() == 32)?;
+            (flags & (DADFAILED | DEPRECATED) != 0).then(|| Ipv6Addr::from(bits))
+        })
         .collect()
 }
 
@@ -122,5 +201,92 @@ mod tests {
         ] {
             assert!(!is_plain_beyond_loopback(url), "{url}");
         }
+    }
+
+    fn usable(ips: &[&str]) -> Vec<HostAddr> {
+        ips.iter()
+            .map(|s| HostAddr {
+                ip: s.parse().unwrap(),
+                usable: true,
+            })
+            .collect()
+    }
+
+    fn ips(s: &[&str]) -> Vec<IpAddr> {
+        s.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn candidates_are_ipv4_and_global_ipv6() {
+        let host = usable(&[
+            "127.0.0.1",
+            "192.168.1.20",
+            "100.64.0.1",         // the tailnet's own IPv4 (on the TUN)
+            "::1",                // loopback
+            "fe80::fc:ff:fe00:1", // link-local
+            "fd7a:115c:a1e0::1",  // the tailnet's own ULA
+            "fd12:3456:789a::1",  // another ULA
+            "2001:db8:1::20",     // global (documentation prefix: the lab's)
+            "2a01:4f8::1",        // global
+            "ff02::1",            // multicast
+            "::ffff:192.0.2.1",   // IPv4-mapped
+            "192.168.1.20",       // twice (two interfaces)
+        ]);
+        let ours = ips(&["100.64.0.1", "fd7a:115c:a1e0::1"]);
+        assert_eq!(
+            candidate_ips(&host, &ours, true),
+            ips(&["192.168.1.20", "2001:db8:1::20", "2a01:4f8::1"])
+        );
+    }
+
+    #[test]
+    fn an_ipv4_only_socket_gets_no_ipv6_candidates() {
+        let host = usable(&["10.0.0.5", "2001:db8:1::20"]);
+        assert_eq!(candidate_ips(&host, &[], false), ips(&["10.0.0.5"]));
+    }
+
+    #[test]
+    fn deprecated_ipv6_addresses_are_left_out() {
+        let mut host = usable(&["2001:db8:1::20", "2001:db8:1::99"]);
+        host[1].usable = false;
+        assert_eq!(candidate_ips(&host, &[], true), ips(&["2001:db8:1::20"]));
+    }
+
+    #[test]
+    fn global_ipv6_that_is_ours_is_left_out() {
+        let host = usable(&["2001:db8:1::20"]);
+        assert!(candidate_ips(&host, &ips(&["2001:db8:1::20"]), true).is_empty());
+    }
+
+    #[test]
+    fn if_inet6_flags_mark_unusable_addresses() {
+        let table = "\
+fe8000000000000000fc00fffe000001 04 40 20 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+20010db8000100000000000000000020 04 40 00 80     eth0
+20010db80001000000000000000000aa 04 40 00 21     eth0
+20010db80001000000000000000000bb 04 40 00 c0     eth0
+20010db80001000000000000000000cc 04 40 00 88     eth0
+20010db80001000000000000000000dd 1a 40 00 01   wlan0
+not a line
+20010db8 04 40 00 20 eth0
+";
+        // Deprecated (0x20, here a temporary one past its preferred life) and DAD failed
+        // (0x08); tentative (0x40), permanent (0x80) and temporary (0x01) ones stay.
+        assert_eq!(
+            unusable_v6(table),
+            vec![
+                "2001:db8:1::aa".parse::<Ipv6Addr>().unwrap(),
+                "2001:db8:1::cc".parse().unwrap(),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_tailnet_prefix_is_the_ula_slash_48() {
+        let a: Ipv6Addr = "fd7a:115c:a1e0::1:2".parse().unwrap();
+        assert_eq!(tailnet_v6_prefix(a), "fd7a:115c:a1e0::/48");
+        let b: Ipv6Addr = "fd00:5:6::7".parse().unwrap();
+        assert_eq!(tailnet_v6_prefix(b), "fd00:5:6::/48");
     }
 }

@@ -25,7 +25,7 @@ use crate::control::client::ControlClient;
 use crate::derp_client::DerpClient;
 use crate::node::{channels, run_node, NodeHandle, TokioBinder};
 use crate::session::{apply_to_engine, SessionDriver};
-use crate::transport::now;
+use crate::transport::{now, SocketFamilies};
 pub use config::UpConfig;
 
 /// Runs the node until `shutdown`.
@@ -54,13 +54,19 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let tun = iface::create_tun(&cfg.tun, &node.addresses)?;
     let socket = crate::wg::bind_udp_socket(cfg.listen_port)
         .with_context(|| format!("binding UDP port {}", cfg.listen_port))?;
-    let port = socket.local_addr()?.port();
+    let local = socket.local_addr()?;
+    let port = local.port();
+    let families = SocketFamilies::of(local);
     let mut config = NodeConfig::new(private.clone(), disco, rand_seed());
     config.stun_servers = match cfg.stun.is_empty() {
         true => derp_map.iter().flat_map(|r| r.stun.clone()).collect(),
         false => cfg.stun.clone(),
     };
-    config.local_addrs = iface::local_addresses(port, &node.addresses);
+    // An IPv4-only socket cannot reach IPv6 STUN servers; a dual-stack one reaches both.
+    config
+        .stun_servers
+        .retain(|s| families.ipv6() || s.is_ipv4());
+    config.local_addrs = iface::local_addresses(port, &node.addresses, families.ipv6());
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -76,7 +82,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         },
     ) = channels();
     let peers = crate::session::lock(&driver.session()).peer_count();
-    tracing::info!(addresses = ?node.addresses, port, peers, "burrow up");
+    tracing::info!(addresses = ?node.addresses, port, ?families, peers, "burrow up");
     println!(
         "up: {} on {}, UDP port {port}, {peers} peers",
         node.addresses[0], cfg.tun
@@ -99,6 +105,8 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let mut tasks = tokio::task::JoinSet::new();
     let socket_path = cfg.socket.clone();
     tasks.spawn(async move { crate::local_api::serve(&socket_path, api).await });
+    // Birthday sockets: IPv4 (they only ever aim at IPv4 hard NATs), even beside a
+    // dual-stack main socket.
     let any = TokioBinder(SocketAddr::from(([0, 0, 0, 0], 0)));
     tasks.spawn(async move {
         Ok(run_node(engine, socket, any, derp, chans, None)
