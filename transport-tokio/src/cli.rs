@@ -161,9 +161,9 @@ pub enum Command {
 /// The arguments of `burrow control serve`.
 #[derive(Args)]
 pub struct ControlServeArgs {
-    /// TCP address for the API.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// TCP address for the API [default: [::]:8080, dual-stack; 0.0.0.0:8080 without IPv6].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// The database: a SQLite file (created and migrated at start) or postgres://USER@HOST/DB.
     #[arg(long, default_value = "burrow-control.sqlite")]
     pub db: String,
@@ -269,10 +269,11 @@ pub struct WgArgs {
 /// The arguments of `burrow derper`.
 #[derive(Args)]
 pub struct DerperArgs {
-    /// TCP address for HTTP(S) and DERP.
-    #[arg(long, default_value = "0.0.0.0:443")]
-    pub listen: SocketAddr,
-    /// UDP address for the STUN server.
+    /// TCP address for HTTP(S) and DERP [default: [::]:443, dual-stack; 0.0.0.0:443 without
+    /// IPv6].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// UDP address for the STUN server (`[::]:PORT` answers IPv4 and IPv6).
     #[arg(long)]
     pub stun_listen: Option<SocketAddr>,
     #[command(flatten)]

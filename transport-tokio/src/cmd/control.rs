@@ -102,9 +102,10 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
         control.set_verify_token(token);
     }
     let _expiry = control.spawn_expiry();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listen_on = burrow::dual_stack::listen_addr(listen, 8080);
+    let listener = burrow::dual_stack::tcp_listener(listen_on, listen.is_none())
+        .with_context(|| format!("binding {listen_on}"))?;
+    let bound = listener.local_addr()?;
     let admin = {
         let (c, path) = (control.clone(), admin_socket.clone());
         tokio::spawn(async move {
@@ -113,14 +114,14 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
             }
         })
     };
-    println!("listening on {}", listener.local_addr()?);
+    println!("listening on {bound}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let tls = tls.server_config()?;
-    if tls.is_none() && !listen.ip().is_loopback() {
+    if tls.is_none() && !bound.ip().is_loopback() {
         eprintln!(
-            "warning: serving the control API over plain HTTP on {listen}: node secrets \
+            "warning: serving the control API over plain HTTP on {bound}: node secrets \
              and netmaps cross the network in clear and can be rewritten on the path; \
              use --tls-cert/--tls-key or --self-signed"
         );
