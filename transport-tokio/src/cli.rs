@@ -173,9 +173,14 @@ pub struct ControlServeArgs {
     /// The DERP relay nodes use (region 1), handed out in every netmap.
     #[arg(long)]
     pub derp: Option<burrow::derp_client::DerpUrl>,
-    /// A STUN server for region 1 (HOST:PORT as nodes reach it); repeatable.
+    /// A STUN server for region 1 (HOST:PORT as nodes reach it, `[IPv6]:PORT` too);
+    /// repeatable.
     #[arg(long)]
     pub stun: Vec<SocketAddr>,
+    /// The DERP map as a Tailscale-style JSON file (`tailcfg.DERPMap`), instead of --derp and
+    /// --stun: every region's relay, and its STUN servers at their IPv4 and IPv6 addresses.
+    #[arg(long, conflicts_with_all = ["derp", "stun"])]
+    pub derp_map: Option<std::path::PathBuf>,
     /// How long a registration lasts before the node must register again with an auth
     /// key: 30s, 15m, 24h, 180d, or "never".
     #[arg(long, default_value = "never")]

@@ -7,10 +7,11 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use burrow::control::MapMessage;
 use burrow::derp_client::{connect_stream_to, DerpClient, DerpUrl};
 use burrow::stun_server::StunServer;
 use burrow_stun::ServerConfig;
-use common::control::{authkey, registered, temp_dir};
+use common::control::{authkey, registered, temp_dir, MapStream};
 use common::derper::{connected, deliver, derper, key};
 use common::start;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -54,6 +55,14 @@ async fn control_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
     let db = dir.join("control.sqlite");
     let key = authkey(&db, &["--reusable"]);
     let socket = dir.join("admin.sock");
+    let derp_map = dir.join("derpmap.json");
+    std::fs::write(
+        &derp_map,
+        r#"{"Regions":{"1":{"RegionID":1,"RegionCode":"lo","Nodes":[{"Name":"1a",
+            "HostName":"localhost","IPv4":"127.0.0.1","IPv6":"::1","STUNPort":3479,
+            "DERPPort":8443,"InsecureForTests":true}]}}}"#,
+    )
+    .unwrap();
     let server = start(
         "control",
         &[
@@ -64,6 +73,8 @@ async fn control_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
             db.to_str().unwrap(),
             "--admin-socket",
             socket.to_str().unwrap(),
+            "--derp-map",
+            derp_map.to_str().unwrap(),
         ],
     );
     assert!(server.addr().is_ipv6(), "announced {}", server.addr());
@@ -78,6 +89,24 @@ async fn control_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
     let a = registered(&http, &base4, &key, "over-v4", 1).await;
     let b = registered(&http, &base6, &key, "over-v6", 2).await;
     assert_ne!(a.node.id, b.node.id);
+    // The netmap carries the relay and its STUN server in both families, IPv6 first.
+    let mut stream = MapStream::open(&http, &base6, &b.secret).await;
+    let MapMessage::NetMap(map) = stream.next().await else {
+        panic!("a netmap first")
+    };
+    assert_eq!(map.peers.len(), 1);
+    assert_eq!(
+        map.derp,
+        vec![burrow_control::DerpRegion {
+            id: 1,
+            code: "lo".into(),
+            url: "http://localhost:8443/derp".into(),
+            stun: vec![
+                "[::1]:3479".parse().unwrap(),
+                "127.0.0.1:3479".parse().unwrap()
+            ],
+        }]
+    );
 }
 
 /// A listener that accepts one connection and says which family it came in on.

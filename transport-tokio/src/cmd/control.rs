@@ -31,6 +31,7 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
         policy,
         derp,
         stun,
+        derp_map,
         node_expiry,
         admin_socket,
         tls,
@@ -83,16 +84,27 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
     let store = burrow::control::open_store(&db)
         .await
         .with_context(|| format!("opening {db}"))?;
-    let regions = derp
-        .map(|url| {
-            vec![burrow_control::DerpRegion {
-                id: 1,
-                code: "default".into(),
-                url: url.to_string(),
-                stun: stun.clone(),
-            }]
-        })
-        .unwrap_or_default();
+    let regions = match &derp_map {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let map = burrow_derp::DerpMap::from_json(&text)
+                .with_context(|| format!("--derp-map {}", path.display()))?;
+            burrow::control::derp_map::regions(&map)
+                .await
+                .with_context(|| format!("--derp-map {}", path.display()))?
+        }
+        None => derp
+            .map(|url| {
+                vec![burrow_control::DerpRegion {
+                    id: 1,
+                    code: "default".into(),
+                    url: url.to_string(),
+                    stun: stun.clone(),
+                }]
+            })
+            .unwrap_or_default(),
+    };
     let control = Control::new(store, compiled, regions)?;
     control.set_policy_file(policy.clone());
     control.set_node_expiry(node_expiry);
