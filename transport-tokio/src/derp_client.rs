@@ -214,10 +214,15 @@ pub async fn upgrade(
     fast_start: bool,
     rng: ChaCha20Rng,
 ) -> io::Result<RawConn> {
+    // An IPv6 literal goes in brackets (RFC 9110 §7.2), as proxies in front of a relay expect.
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
+    } else {
+        url.host.clone()
+    };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
         url.path,
-        url.host,
         if fast_start {
             "Derp-Fast-Start: 1\r\n"
         } else {
