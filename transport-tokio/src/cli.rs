@@ -161,9 +161,9 @@ pub enum Command {
 /// The arguments of `burrow control serve`.
 #[derive(Args)]
 pub struct ControlServeArgs {
-    /// TCP address for the API.
-    #[arg(long, default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// TCP address for the API [default: [::]:8080, dual-stack; 0.0.0.0:8080 without IPv6].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// The database: a SQLite file (created and migrated at start) or postgres://USER@HOST/DB.
     #[arg(long, default_value = "burrow-control.sqlite")]
     pub db: String,
@@ -173,9 +173,14 @@ pub struct ControlServeArgs {
     /// The DERP relay nodes use (region 1), handed out in every netmap.
     #[arg(long)]
     pub derp: Option<burrow::derp_client::DerpUrl>,
-    /// A STUN server for region 1 (HOST:PORT as nodes reach it); repeatable.
+    /// A STUN server for region 1 (HOST:PORT as nodes reach it, `[IPv6]:PORT` too);
+    /// repeatable.
     #[arg(long)]
     pub stun: Vec<SocketAddr>,
+    /// The DERP map as a Tailscale-style JSON file (`tailcfg.DERPMap`), instead of --derp and
+    /// --stun: every region's relay, and its STUN servers at their IPv4 and IPv6 addresses.
+    #[arg(long, conflicts_with_all = ["derp", "stun"])]
+    pub derp_map: Option<std::path::PathBuf>,
     /// How long a registration lasts before the node must register again with an auth
     /// key: 30s, 15m, 24h, 180d, or "never".
     #[arg(long, default_value = "never")]
@@ -269,10 +274,11 @@ pub struct WgArgs {
 /// The arguments of `burrow derper`.
 #[derive(Args)]
 pub struct DerperArgs {
-    /// TCP address for HTTP(S) and DERP.
-    #[arg(long, default_value = "0.0.0.0:443")]
-    pub listen: SocketAddr,
-    /// UDP address for the STUN server.
+    /// TCP address for HTTP(S) and DERP [default: [::]:443, dual-stack; 0.0.0.0:443 without
+    /// IPv6].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// UDP address for the STUN server (`[::]:PORT` answers IPv4 and IPv6).
     #[arg(long)]
     pub stun_listen: Option<SocketAddr>,
     #[command(flatten)]

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::transport::Stream;
+
+pub mod happy_eyeballs;
+pub use happy_eyeballs::{race, sort_addresses, CONNECTION_ATTEMPT_DELAY};
 
 /// Where a relay is: `http://host:port/derp` or `https://host[:port]/derp`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,10 +114,37 @@ fn tls_connector(extra_roots: &ExtraRoots) -> io::Result<tokio_rustls::TlsConnec
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-/// A TCP connection to the URL's host and port, inside TLS for https:// (web PKI roots plus
+/// The URL's host's addresses (a name's IPv6 and IPv4 addresses, or the IP it is) with its
+/// port, in the order Happy Eyeballs tries them ([`sort_addresses`]).
+pub async fn resolve(url: &DerpUrl) -> io::Result<Vec<SocketAddr>> {
+    let addrs = tokio::net::lookup_host((url.host.as_str(), url.port)).await?;
+    Ok(sort_addresses(addrs))
+}
+
+/// A TCP connection to the URL's host and port (every address of both families, raced
+/// Happy Eyeballs style: see [`happy_eyeballs`]), inside TLS for https:// (web PKI roots plus
 /// `roots`).
 pub async fn connect_stream(url: &DerpUrl, roots: &ExtraRoots) -> io::Result<Box<dyn Stream>> {
-    let tcp = TcpStream::connect((url.host.as_str(), url.port)).await?;
+    let addrs = resolve(url).await?;
+    connect_stream_to(url, &addrs, roots).await
+}
+
+/// [`connect_stream`] to known addresses (a DERP map node's fixed IPv4 and IPv6, see
+/// [`burrow_derp::DerpNode::dial_addrs`]), tried in the order given; the URL still names the
+/// host for TLS and HTTP.
+pub async fn connect_stream_to(
+    url: &DerpUrl,
+    addrs: &[SocketAddr],
+    roots: &ExtraRoots,
+) -> io::Result<Box<dyn Stream>> {
+    let (addr, tcp) = race(
+        addrs,
+        CONNECTION_ATTEMPT_DELAY,
+        TcpStream::connect::<SocketAddr>,
+    )
+    .await
+    .map_err(|e| io::Error::new(e.kind(), format!("connecting to {url}: {e}")))?;
+    tracing::debug!(%url, %addr, "relay connected");
     let _ = tcp.set_nodelay(true);
     Ok(if url.tls {
         let name =
@@ -183,10 +214,15 @@ pub async fn upgrade(
     fast_start: bool,
     rng: ChaCha20Rng,
 ) -> io::Result<RawConn> {
+    // An IPv6 literal goes in brackets (RFC 9110 §7.2), as proxies in front of a relay expect.
+    let host = if url.host.contains(':') {
+        format!("[{}]", url.host)
+    } else {
+        url.host.clone()
+    };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n{}\r\n",
         url.path,
-        url.host,
         if fast_start {
             "Derp-Fast-Start: 1\r\n"
         } else {

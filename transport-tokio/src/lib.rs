@@ -4,6 +4,7 @@
 pub mod control;
 pub mod derp_client;
 pub mod derper;
+pub mod dual_stack;
 pub mod entry;
 pub mod local_api;
 pub mod netcheck;

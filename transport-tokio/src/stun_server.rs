@@ -43,16 +43,16 @@ pub struct StunServer<S = UdpSocket> {
 impl StunServer<UdpSocket> {
     /// Binds every address the configuration needs. A primary port of 0 is allowed only
     /// without an alternate; the chosen port is then written back into the configuration.
+    /// `[::]` is bound dual-stack: IPv4 clients are answered too, with their IPv4 address.
     pub async fn bind(mut config: ServerConfig) -> io::Result<Self> {
         if config.alternate.is_none() {
-            let socket = UdpSocket::bind(config.primary).await?;
+            let socket = crate::dual_stack::udp_socket(config.primary, false)?;
             config.primary = socket.local_addr()?;
             return Ok(Self::from_sockets(config, vec![socket]));
         }
         let mut sockets = Vec::new();
         for addr in config.listen_addresses() {
-            let socket = UdpSocket::bind(addr)
-                .await
+            let socket = crate::dual_stack::udp_socket(addr, false)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
             sockets.push(socket);
         }
@@ -142,7 +142,9 @@ async fn serve_socket<S: UdpTransport>(
     let mut out = vec![0u8; MAX_RESPONSE_LEN];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
+            // An IPv4 client of a dual-stack socket is answered with its IPv4 address
+            // (XOR-MAPPED-ADDRESS of family IPv4), and rate-limited as that address.
+            Ok((n, from)) => (n, crate::dual_stack::canonical(from)),
             Err(e) => {
                 // ICMP errors from earlier sends surface here on Linux; keep serving.
                 tracing::trace!(%local, error = %e, "recv_from failed");
@@ -159,7 +161,13 @@ async fn serve_socket<S: UdpTransport>(
             Ok(reply) => {
                 // Never answer from another address than the one RESPONSE-ORIGIN names.
                 let ok = match sockets.iter().find(|(a, _)| *a == reply.from) {
-                    Some((_, sender)) => sender.send_to(&out[..reply.len], reply.to).await.is_ok(),
+                    Some((at, sender)) => sender
+                        .send_to(
+                            &out[..reply.len],
+                            crate::dual_stack::for_socket(*at, reply.to),
+                        )
+                        .await
+                        .is_ok(),
                     None => false,
                 };
                 let class = MessageType::from_u16(u16::from_be_bytes([out[0], out[1]])).class;

@@ -1,113 +1,210 @@
-//! The node's main UDP socket on loopback: dual-stack (`[::]`, IPV6_V6ONLY off) it hears and
-//! answers IPv4 and IPv6 peers on one port; IPv4 only it keeps to 127.0.0.1. Skipped (with a
-//! SKIPPED line) on a host without IPv6.
+//! IPv6 end to end for the servers, on loopback: `burrow derper` and `burrow control serve`
+//! listening on `[::]` take clients over 127.0.0.1 and ::1; the DERP client's Happy Eyeballs
+//! over real sockets; a dual-stack STUN server answers each family with its own address.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use burrow::transport::{bind_udp_socket, bind_udp_socket_as, SocketFamilies};
-use tokio::net::UdpSocket;
+use burrow::control::MapMessage;
+use burrow::derp_client::{connect_stream_to, DerpClient, DerpUrl};
+use burrow::stun_server::StunServer;
+use burrow_stun::ServerConfig;
+use common::control::{authkey, registered, temp_dir, MapStream};
+use common::derper::{connected, deliver, derper, key};
+use common::start;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Receives one datagram, or fails the test rather than hang.
-async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-    let mut buf = [0u8; 64];
-    let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
-        .await
-        .expect("a datagram in time")
-        .expect("recv_from");
-    (buf[..n].to_vec(), from)
+/// Whether this host has IPv6 loopback (containers may not); tests print SKIPPED without.
+fn have_ipv6() -> bool {
+    std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
 }
 
-/// The dual-stack main socket, or None (and a SKIPPED line) where the host has no IPv6.
-fn dual_stack(test: &str) -> Option<UdpSocket> {
-    let s = bind_udp_socket(0).expect("bind_udp_socket");
-    let local = s.local_addr().unwrap();
-    if SocketFamilies::of(local) == SocketFamilies::Ipv4Only {
-        eprintln!("SKIPPED {test}: this host has no IPv6 (bind_udp_socket fell back to {local})");
-        return None;
+macro_rules! require_ipv6 {
+    ($name:literal) => {
+        if !have_ipv6() {
+            eprintln!("SKIPPED {}: no IPv6 loopback", $name);
+            return;
+        }
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derper_on_the_ipv6_wildcard_relays_between_ipv4_and_ipv6_clients() {
+    require_ipv6!("derper_on_the_ipv6_wildcard_relays_between_ipv4_and_ipv6_clients");
+    let d = derper(&["--listen", "[::]:0"]);
+    assert!(d.addr().is_ipv6(), "announced {}", d.addr());
+    let port = d.addr().port();
+    let v4: DerpUrl = format!("http://127.0.0.1:{port}/derp").parse().unwrap();
+    let v6: DerpUrl = format!("http://[::1]:{port}/derp").parse().unwrap();
+    let mut a = DerpClient::spawn(v4, key(1), vec![]);
+    let mut b = DerpClient::spawn(v6, key(2), vec![]);
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let src = deliver(&a, &mut b, key(2).public_key(), b"v4 to v6").await;
+    assert_eq!(src, key(1).public_key());
+    let src = deliver(&b, &mut a, key(1).public_key(), b"v6 to v4").await;
+    assert_eq!(src, key(2).public_key());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
+    require_ipv6!("control_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_clients");
+    let dir = temp_dir("dual-stack");
+    let db = dir.join("control.sqlite");
+    let key = authkey(&db, &["--reusable"]);
+    let socket = dir.join("admin.sock");
+    let derp_map = dir.join("derpmap.json");
+    std::fs::write(
+        &derp_map,
+        r#"{"Regions":{"1":{"RegionID":1,"RegionCode":"lo","Nodes":[{"Name":"1a",
+            "HostName":"localhost","IPv4":"127.0.0.1","IPv6":"::1","STUNPort":3479,
+            "DERPPort":8443,"InsecureForTests":true}]}}}"#,
+    )
+    .unwrap();
+    let server = start(
+        "control",
+        &[
+            "serve",
+            "--listen",
+            "[::]:0",
+            "--db",
+            db.to_str().unwrap(),
+            "--admin-socket",
+            socket.to_str().unwrap(),
+            "--derp-map",
+            derp_map.to_str().unwrap(),
+        ],
+    );
+    assert!(server.addr().is_ipv6(), "announced {}", server.addr());
+    let port = server.addr().port();
+    let http = reqwest::Client::new();
+    let base4 = format!("http://127.0.0.1:{port}");
+    let base6 = format!("http://[::1]:{port}");
+    for base in [&base4, &base6] {
+        let r = http.get(format!("{base}/health")).send().await.unwrap();
+        assert!(r.status().is_success(), "{base}: {}", r.status());
     }
+    let a = registered(&http, &base4, &key, "over-v4", 1).await;
+    let b = registered(&http, &base6, &key, "over-v6", 2).await;
+    assert_ne!(a.node.id, b.node.id);
+    // The netmap carries the relay and its STUN server in both families, IPv6 first.
+    let mut stream = MapStream::open(&http, &base6, &b.secret).await;
+    let MapMessage::NetMap(map) = stream.next().await else {
+        panic!("a netmap first")
+    };
+    assert_eq!(map.peers.len(), 1);
     assert_eq!(
-        local.ip(),
-        Ipv6Addr::UNSPECIFIED,
-        "a dual-stack socket is bound on [::]"
+        map.derp,
+        vec![burrow_control::DerpRegion {
+            id: 1,
+            code: "lo".into(),
+            url: "http://localhost:8443/derp".into(),
+            stun: vec![
+                "[::1]:3479".parse().unwrap(),
+                "127.0.0.1:3479".parse().unwrap()
+            ],
+        }]
     );
-    Some(s)
+}
+
+/// A listener that accepts one connection and says which family it came in on.
+async fn accept_one(l: tokio::net::TcpListener) -> IpAddr {
+    let (mut s, peer) = l.accept().await.unwrap();
+    s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+    peer.ip()
+}
+
+/// A port on ::1 with nothing listening (bound, then closed): connecting is refused.
+fn refused_v6() -> SocketAddr {
+    let l = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn connect_and_read(addrs: &[SocketAddr]) -> String {
+    let url: DerpUrl = "http://relay.test/derp".parse().unwrap();
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(5),
+        connect_stream_to(&url, addrs, &vec![]),
+    )
+    .await
+    .expect("connects in time")
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[tokio::test]
-async fn dual_stack_socket_hears_and_answers_ipv4_and_ipv6_peers() {
-    let Some(node) = dual_stack("dual_stack_socket_hears_and_answers_ipv4_and_ipv6_peers") else {
-        return;
-    };
-    let port = node.local_addr().unwrap().port();
-    let v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let v6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).await.unwrap();
-    let (v4_addr, v6_addr) = (v4.local_addr().unwrap(), v6.local_addr().unwrap());
-
-    // In: an IPv4 peer arrives as IPv4-mapped IPv6, which canonical_remote turns back.
-    v4.send_to(b"from v4", (Ipv4Addr::LOCALHOST, port))
+async fn happy_eyeballs_over_loopback_falls_back_to_ipv4_when_ipv6_is_refused() {
+    require_ipv6!("happy_eyeballs_over_loopback_falls_back_to_ipv4_when_ipv6_is_refused");
+    let v4 = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
         .unwrap();
-    let (data, from) = recv(&node).await;
-    assert_eq!(data, b"from v4");
-    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", v4_addr.port())
-        .parse()
-        .unwrap();
-    assert_eq!(from, mapped, "the kernel's form of an IPv4 source");
-    assert_eq!(burrow_punch::canonical_remote(from), v4_addr);
-
-    v6.send_to(b"from v6", (Ipv6Addr::LOCALHOST, port))
+    let v4_addr = v4.local_addr().unwrap();
+    let accepted = tokio::spawn(accept_one(v4));
+    let dead = refused_v6();
+    assert!(connect_and_read(&[dead, v4_addr])
         .await
-        .unwrap();
-    let (data, from) = recv(&node).await;
-    assert_eq!(data, b"from v6");
-    assert_eq!(from, v6_addr);
-    assert_eq!(burrow_punch::canonical_remote(from), v6_addr);
-
-    // Out: a plain IPv4 SocketAddr (as the engine keeps IPv4 peers) and an IPv6 one, both
-    // arriving from the node's one port.
-    node.send_to(b"to v4", v4_addr).await.unwrap();
-    let (data, from) = recv(&v4).await;
-    assert_eq!(data, b"to v4");
-    assert_eq!(from, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-
-    node.send_to(b"to v6", v6_addr).await.unwrap();
-    let (data, from) = recv(&v6).await;
-    assert_eq!(data, b"to v6");
-    assert_eq!(from, SocketAddr::from((Ipv6Addr::LOCALHOST, port)));
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(accepted.await.unwrap(), IpAddr::V4(Ipv4Addr::LOCALHOST));
 }
 
 #[tokio::test]
-async fn dual_stack_socket_holds_its_port_in_both_families() {
-    let Some(node) = dual_stack("dual_stack_socket_holds_its_port_in_both_families") else {
-        return;
-    };
-    let port = node.local_addr().unwrap().port();
-    // IPV6_V6ONLY is off: the IPv4 port is taken too, so nobody else hears the node's IPv4
-    // peers on it.
-    let e = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
-        .expect_err("0.0.0.0 on the dual-stack socket's port");
-    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
-}
-
-#[tokio::test]
-async fn ipv4_only_socket_keeps_to_ipv4() {
-    let node = bind_udp_socket_as(SocketFamilies::Ipv4Only, 0).unwrap();
-    let local = node.local_addr().unwrap();
-    assert_eq!(local.ip(), Ipv4Addr::UNSPECIFIED);
-    assert_eq!(SocketFamilies::of(local), SocketFamilies::Ipv4Only);
-
-    let v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    v4.send_to(b"from v4", (Ipv4Addr::LOCALHOST, local.port()))
+async fn happy_eyeballs_over_loopback_prefers_ipv6_when_both_work() {
+    require_ipv6!("happy_eyeballs_over_loopback_prefers_ipv6_when_both_work");
+    let v6 = tokio::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
         .await
         .unwrap();
-    let (data, from) = recv(&node).await;
-    assert_eq!(data, b"from v4");
-    assert_eq!(from, v4.local_addr().unwrap(), "plain IPv4 already");
-
-    let to_v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 9));
+    let v4 = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let addrs =
+        burrow::derp_client::sort_addresses([v4.local_addr().unwrap(), v6.local_addr().unwrap()]);
+    assert!(addrs[0].is_ipv6(), "IPv6 first: {addrs:?}");
+    let accepted = tokio::spawn(accept_one(v6));
+    assert!(connect_and_read(&addrs).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(accepted.await.unwrap(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+    // The IPv4 listener never saw a connection.
     assert!(
-        node.send_to(b"x", to_v6).await.is_err(),
-        "an IPv4 socket cannot send to IPv6"
+        tokio::time::timeout(Duration::from_millis(300), v4.accept())
+            .await
+            .is_err(),
+        "IPv4 was not tried"
     );
+}
+
+/// A STUN Binding request (no attributes) with a fixed transaction ID.
+fn binding_request() -> Vec<u8> {
+    let mut b = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    b.extend_from_slice(&[7u8; 12]);
+    b
+}
+
+#[tokio::test]
+async fn a_dual_stack_stun_server_answers_each_family_with_its_own_address() {
+    require_ipv6!("a_dual_stack_stun_server_answers_each_family_with_its_own_address");
+    let server = StunServer::bind(ServerConfig::new("[::]:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let port = server.config().primary.port();
+    assert!(server.config().primary.is_ipv6());
+    tokio::spawn(server.run(1, std::future::pending()));
+    for ip in [IpAddr::V4(Ipv4Addr::LOCALHOST), Ipv6Addr::LOCALHOST.into()] {
+        let c = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
+        c.send_to(&binding_request(), (ip, port)).await.unwrap();
+        let mut buf = [0u8; 512];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), c.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(from, SocketAddr::new(ip, port), "answered from the server");
+        let m = burrow_stun::Message::parse(&buf[..n]).unwrap();
+        assert_eq!(
+            m.mapped_address(),
+            Some(c.local_addr().unwrap()),
+            "a client on {ip} sees its own address, in its own family"
+        );
+    }
 }

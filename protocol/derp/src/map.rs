@@ -2,7 +2,7 @@
 //! (`tailcfg.DERPMap`), so netcheck and clients share one description of the relays.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -70,13 +70,27 @@ impl DerpNode {
         }
     }
 
-    /// The relay's URL (`https://host:port/derp`, or `http://` for tests).
-    pub fn derp_url(&self) -> String {
-        let port = if self.derp_port == 0 {
+    /// The DERP (HTTPS) port: 0 in the map means 443.
+    pub fn derp_port(&self) -> u16 {
+        if self.derp_port == 0 {
             443
         } else {
             self.derp_port
-        };
+        }
+    }
+
+    /// The relay's fixed addresses with its DERP port, IPv6 first (RFC 8305's order for
+    /// Happy Eyeballs); empty when the map gives none and the host name must be resolved.
+    pub fn dial_addrs(&self) -> Vec<SocketAddr> {
+        let port = self.derp_port();
+        let v6 = self.ipv6.map(|ip| SocketAddr::new(IpAddr::V6(ip), port));
+        let v4 = self.ipv4.map(|ip| SocketAddr::new(IpAddr::V4(ip), port));
+        v6.into_iter().chain(v4).collect()
+    }
+
+    /// The relay's URL (`https://host:port/derp`, or `http://` for tests).
+    pub fn derp_url(&self) -> String {
+        let port = self.derp_port();
         format!(
             "{}://{}:{port}/derp",
             if self.insecure_for_tests {
@@ -122,5 +136,34 @@ mod tests {
         assert_eq!(r.nodes[0].derp_url(), "https://derp.example.net:443/derp");
         assert_eq!(r.nodes[1].stun_port(), None);
         assert_eq!(r.nodes[1].derp_url(), "http://127.0.0.1:8443/derp");
+    }
+
+    #[test]
+    fn a_node_carries_both_families_through_json() {
+        let text = r#"{"Regions":{"1":{"RegionID":1,"RegionCode":"fra","Nodes":[
+            {"Name":"1a","HostName":"derp.example.net","IPv4":"192.0.2.10",
+             "IPv6":"2001:db8::10","DERPPort":8443}]}}}"#;
+        let m = DerpMap::from_json(text).unwrap();
+        let node = &m.regions["1"].nodes[0];
+        assert_eq!(node.ipv4, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(node.ipv6, Some("2001:db8::10".parse().unwrap()));
+        let dial: Vec<String> = node.dial_addrs().iter().map(|a| a.to_string()).collect();
+        assert_eq!(dial, ["[2001:db8::10]:8443", "192.0.2.10:8443"]);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(
+            json.contains(r#""IPv4":"192.0.2.10""#) && json.contains(r#""IPv6":"2001:db8::10""#),
+            "{json}"
+        );
+        assert_eq!(DerpMap::from_json(&json).unwrap(), m);
+        let only_v6 = DerpNode {
+            host_name: "derp6.example.net".into(),
+            ipv6: Some("2001:db8::6".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(
+            only_v6.dial_addrs(),
+            vec!["[2001:db8::6]:443".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(!serde_json::to_string(&only_v6).unwrap().contains("IPv4"));
     }
 }

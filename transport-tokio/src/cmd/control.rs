@@ -31,6 +31,7 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
         policy,
         derp,
         stun,
+        derp_map,
         node_expiry,
         admin_socket,
         tls,
@@ -83,16 +84,27 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
     let store = burrow::control::open_store(&db)
         .await
         .with_context(|| format!("opening {db}"))?;
-    let regions = derp
-        .map(|url| {
-            vec![burrow_control::DerpRegion {
-                id: 1,
-                code: "default".into(),
-                url: url.to_string(),
-                stun: stun.clone(),
-            }]
-        })
-        .unwrap_or_default();
+    let regions = match &derp_map {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let map = burrow_derp::DerpMap::from_json(&text)
+                .with_context(|| format!("--derp-map {}", path.display()))?;
+            burrow::control::derp_map::regions(&map)
+                .await
+                .with_context(|| format!("--derp-map {}", path.display()))?
+        }
+        None => derp
+            .map(|url| {
+                vec![burrow_control::DerpRegion {
+                    id: 1,
+                    code: "default".into(),
+                    url: url.to_string(),
+                    stun: stun.clone(),
+                }]
+            })
+            .unwrap_or_default(),
+    };
     let control = Control::new(store, compiled, regions)?;
     control.set_policy_file(policy.clone());
     control.set_node_expiry(node_expiry);
@@ -102,9 +114,10 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
         control.set_verify_token(token);
     }
     let _expiry = control.spawn_expiry();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let listen_on = burrow::dual_stack::listen_addr(listen, 8080);
+    let listener = burrow::dual_stack::tcp_listener(listen_on, listen.is_none())
+        .with_context(|| format!("binding {listen_on}"))?;
+    let bound = listener.local_addr()?;
     let admin = {
         let (c, path) = (control.clone(), admin_socket.clone());
         tokio::spawn(async move {
@@ -113,14 +126,14 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
             }
         })
     };
-    println!("listening on {}", listener.local_addr()?);
+    println!("listening on {bound}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let tls = tls.server_config()?;
-    if tls.is_none() && !listen.ip().is_loopback() {
+    if tls.is_none() && !bound.ip().is_loopback() {
         eprintln!(
-            "warning: serving the control API over plain HTTP on {listen}: node secrets \
+            "warning: serving the control API over plain HTTP on {bound}: node secrets \
              and netmaps cross the network in clear and can be rewritten on the path; \
              use --tls-cert/--tls-key or --self-signed"
         );

@@ -102,9 +102,9 @@ pub async fn run(args: DerperArgs) -> Result<()> {
         admission,
     };
     let relay = burrow::derper::Relay::new(&config);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let listen_on = burrow::dual_stack::listen_addr(listen, 443);
+    let listener = burrow::dual_stack::tcp_listener(listen_on, listen.is_none())
+        .with_context(|| format!("listening on {listen_on}"))?;
     let bound = listener.local_addr()?;
     if let Some(stun) = stun_listen {
         let server = StunServer::bind(ServerConfig::new(stun))

@@ -172,6 +172,9 @@ pub async fn serve<L>(
             _ = &mut shutdown => return,
             c = listener.accept() => c,
         };
+        // On a dual-stack listener an IPv4 client arrives IPv4-mapped: it is that IPv4
+        // address, for the caps and for every handler (`ConnectInfo`, [`Source`]).
+        let addr = crate::dual_stack::canonical(addr);
         let Some(admitted) = admit(&table, source_bucket(addr.ip()), &limits) else {
             refused += 1;
             if refused.is_power_of_two() {
@@ -249,6 +252,42 @@ mod tests {
         assert_eq!(b("192.0.2.7"), b("::ffff:192.0.2.7"));
         assert_eq!(b("2001:db8:1:2:aaaa::1"), b("2001:db8:1:2:bbbb::2"));
         assert_ne!(b("2001:db8:1:2::1"), b("2001:db8:1:3::1"));
+    }
+
+    #[tokio::test]
+    async fn an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = crate::dual_stack::tcp_listener("[::]:0".parse().unwrap(), true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(
+                |ConnectInfo(a): ConnectInfo<SocketAddr>, Source(s): Source| async move {
+                    format!("{} {s}", a.ip())
+                },
+            ),
+        );
+        let limits = Limits {
+            max_connections_per_ip: 1,
+            ..Default::default()
+        };
+        tokio::spawn(serve(
+            listener,
+            router,
+            limits,
+            None,
+            std::future::pending(),
+        ));
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b);
+        assert_eq!(body, Some("127.0.0.1 127.0.0.1"), "{out}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod derp_map;
 pub mod identity;
 pub mod limits;
 pub mod pg;

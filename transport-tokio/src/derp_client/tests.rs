@@ -197,3 +197,37 @@ fn parses_relay_urls() {
     assert_eq!(v6p.to_string().parse::<DerpUrl>().unwrap(), v6p);
     assert!("http://:80".parse::<DerpUrl>().is_err());
 }
+
+/// The upgrade request's Host header names an IPv6 relay in brackets, a name or IPv4 as is.
+#[tokio::test]
+async fn the_host_header_brackets_an_ipv6_literal() {
+    for (url, want) in [
+        ("http://[fd00::2]:8080/derp", "Host: [fd00::2]\r\n"),
+        ("http://192.0.2.1:8080/derp", "Host: 192.0.2.1\r\n"),
+        ("http://relay.test/derp", "Host: relay.test\r\n"),
+    ] {
+        let url: DerpUrl = url.parse().unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let head = tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                theirs.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            String::from_utf8(head).unwrap() // dropping `theirs` ends the upgrade
+        });
+        let r = upgrade(
+            Box::new(ours),
+            &url,
+            PrivateKey::from_bytes([1; 32]),
+            None,
+            false,
+            ChaCha20Rng::seed_from_u64(1),
+        )
+        .await;
+        assert!(r.is_err(), "no answer, no connection");
+        let head = head.await.unwrap();
+        assert!(head.contains(want), "{url}: {head:?}");
+    }
+}

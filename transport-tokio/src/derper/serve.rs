@@ -97,6 +97,8 @@ pub async fn serve(relay: Arc<Relay>, listener: TcpListener) -> io::Result<()> {
             }
         };
         let _ = tcp.set_nodelay(true);
+        // On a dual-stack listener an IPv4 client is one IPv4 source, as before.
+        let peer = crate::dual_stack::canonical(peer);
         let relay = relay.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_stream(relay, Box::new(tcp), peer).await {
