@@ -143,7 +143,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Disco-ping a peer (name or tailnet address): "pong from … via DERP(region) / ip:port".
     Ping(PingArgs),
-    /// Why a peer is on its path: both NATs, candidate pairs tried and what came of each.
+    /// Why a peer is on its path: both NATs, each address family, candidate pairs tried and
+    /// what came of each.
     Doctor(DoctorArgs),
     /// Stop the running node (its TUN interface goes with it).
     Down(DownArgs),
@@ -402,6 +403,9 @@ pub struct PingArgs {
 pub struct DoctorArgs {
     /// Name or tailnet address.
     pub peer: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
     /// The node's local API socket.
     #[arg(long, default_value = "/var/lib/burrow/burrow.sock")]
     pub socket: std::path::PathBuf,

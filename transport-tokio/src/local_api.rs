@@ -19,6 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::node::{EngineState, NodeCommand};
 
+mod family;
+pub use family::{family_line, standby_note, FamilyStatus};
+
 /// A request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -57,6 +60,9 @@ pub struct PeerStatus {
     /// The direct path's address family, "ipv4" or "ipv6"; None on DERP.
     #[serde(default)]
     pub family: Option<String>,
+    /// Where each address family stands, IPv6 first (empty from a node older than this).
+    #[serde(default)]
+    pub families: Vec<FamilyStatus>,
     /// Seconds since the last WireGuard handshake.
     pub last_handshake_s: Option<f64>,
     /// Plaintext bytes received.
@@ -101,6 +107,10 @@ pub struct Doctor {
     /// The chosen path's address family, "ipv4" or "ipv6"; None on DERP.
     #[serde(default)]
     pub family: Option<String>,
+    /// Where each address family stands and why, IPv6 first (empty from a node older than
+    /// this).
+    #[serde(default)]
+    pub families: Vec<FamilyStatus>,
     /// Candidate pairs tried, and what came of each, oldest first.
     pub attempts: Vec<String>,
     /// Birthday probing toward the peer.
@@ -159,6 +169,13 @@ fn describe(route: Route) -> String {
         Route::Direct(a) => format!("direct {a}"),
         Route::Relay => "derp region 1".into(),
     }
+}
+
+/// The wire form of a peer's family reports (none before the engine explained the peer).
+fn families_of(explanation: Option<&burrow_node::Explanation>) -> Vec<FamilyStatus> {
+    explanation.map_or_else(Vec::new, |x| {
+        x.families.iter().map(FamilyStatus::from_report).collect()
+    })
 }
 
 impl ApiContext {
@@ -234,6 +251,7 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                             node_key: p.key.to_base64(),
                             path: describe(p.route),
                             family: route_family(p.route).map(String::from),
+                            families: families_of(p.explanation.as_ref()),
                             last_handshake_s: p
                                 .stats
                                 .last_handshake
@@ -337,6 +355,7 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                 },
                 path: p.map_or("unknown".into(), |p| describe(p.route)),
                 family: p.and_then(|p| route_family(p.route)).map(String::from),
+                families: families_of(x.as_ref()),
                 attempts: x
                     .as_ref()
                     .map(|x| {
@@ -425,6 +444,7 @@ mod tests {
         });
         let p: PeerStatus = serde_json::from_value(old).unwrap();
         assert_eq!(p.family, None);
+        assert!(p.families.is_empty());
         let new = serde_json::json!({
             "name": "b", "addresses": ["100.64.0.2"], "node_key": "k",
             "path": "direct [2001:db8::2]:41641", "family": "ipv6",
@@ -432,7 +452,39 @@ mod tests {
         });
         let p: PeerStatus = serde_json::from_value(new).unwrap();
         assert_eq!(p.family.as_deref(), Some("ipv6"));
+        assert!(p.families.is_empty());
         assert_eq!(family_label("ipv6"), "IPv6");
         assert_eq!(family_label("ipv4"), "IPv4");
+    }
+
+    #[test]
+    fn doctor_from_a_node_without_families_still_reads() {
+        let old = serde_json::json!({
+            "peer": "b", "our_nat": "easy", "peer_nat": "easy",
+            "path": "direct 192.0.2.2:41641", "family": "ipv4",
+            "attempts": [], "birthday": "not needed"
+        });
+        let d: Doctor = serde_json::from_value(old).unwrap();
+        assert!(d.families.is_empty());
+        let new = serde_json::json!({
+            "peer": "b", "our_nat": "easy", "peer_nat": "easy",
+            "path": "direct [2001:db8::2]:41641", "family": "ipv6",
+            "families": [
+                { "family": "ipv6", "state": "in-use", "addr": "[2001:db8::2]:41641",
+                  "rtt_ms": 1.5, "pongs": null, "outcome": null, "candidates": null },
+                { "family": "ipv4", "state": "we-have-none" }
+            ],
+            "attempts": [], "birthday": "not needed"
+        });
+        let d: Doctor = serde_json::from_value(new).unwrap();
+        assert_eq!(d.families.len(), 2);
+        assert_eq!(
+            family_line(&d.families[0], &d.families),
+            "IPv6: in use, [2001:db8::2]:41641, rtt 1.5 ms"
+        );
+        assert_eq!(
+            family_line(&d.families[1], &d.families),
+            "IPv4: we have no IPv4 address"
+        );
     }
 }

@@ -101,6 +101,9 @@ pub enum NodeCommand {
     State(tokio::sync::oneshot::Sender<EngineState>),
     /// The gateway mapped the node's port here (or the mapping is gone).
     SetPortMapping(Option<SocketAddr>),
+    /// The host's interface addresses (with the node's port) changed: the engine gathers its
+    /// candidates again, tells its peers and asks STUN again.
+    SetLocalAddrs(Vec<SocketAddr>),
 }
 
 fn snapshot(engine: &Node) -> EngineState {
@@ -303,6 +306,9 @@ pub async fn run_node<B: SocketBinder>(
                 }
                 Some(NodeCommand::SetPortMapping(m)) => {
                     engine.set_port_mapping(now(), m);
+                }
+                Some(NodeCommand::SetLocalAddrs(addrs)) => {
+                    engine.set_local_addrs(now(), addrs);
                 }
                 None => commands_open = false,
             },

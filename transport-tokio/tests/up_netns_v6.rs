@@ -3,8 +3,9 @@
 //! 2001:db8::/32, routed through a third namespace ("the internet": control, DERP, STUN over
 //! IPv4). The nodes advertise their IPv6 interface addresses from their one dual-stack socket,
 //! go direct over IPv6 (ranked above IPv4), `burrow status` and `burrow doctor` say so, and
-//! the tunnel carries the tailnet's IPv6 (ULA) as well as its IPv4. Needs root; SKIPPED
-//! otherwise.
+//! the tunnel carries the tailnet's IPv6 (ULA) as well as its IPv4. Then b's IPv6 address is
+//! withdrawn mid-run: b notices (it watches its interface addresses), a falls to IPv4 direct,
+//! and goes back to IPv6 once the address is back. Needs root; SKIPPED otherwise.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -85,6 +86,45 @@ impl Lab {
             std::fs::read_to_string(log).unwrap_or_default()
         );
         line.trim().to_string()
+    }
+}
+
+/// `burrow ARGS…` (a client of a node's local API), its stdout.
+fn burrow(args: &[&str]) -> String {
+    let mut all = vec![BURROW];
+    all.extend_from_slice(args);
+    String::from_utf8_lossy(&run(&all).stdout).into_owned()
+}
+
+/// Peer `name` in `burrow status --json` over `sock`.
+fn peer_status(sock: &str, name: &str) -> serde_json::Value {
+    let status: serde_json::Value =
+        serde_json::from_str(&burrow(&["status", "--json", "--socket", sock])).unwrap();
+    status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no peer {name} in {status}"))
+}
+
+/// Polls `check` every 500 ms until it holds or `limit` passes; how long it took, or the last
+/// thing seen.
+fn wait_for(
+    limit: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    loop {
+        let seen = match check() {
+            Ok(()) => return Ok(start.elapsed()),
+            Err(seen) => seen,
+        };
+        if start.elapsed() > limit {
+            return Err(seen);
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -302,6 +342,33 @@ fn dual_stack_nodes_go_direct_over_ipv6_and_carry_the_tailnets_ipv6() {
         text.contains("path:      direct [2001:db8:2::2]:") && text.contains("family:    IPv6"),
         "{text}"
     );
+    // Each family on its line: IPv6 carries the traffic, IPv4 (10.202.2.2, a LAN candidate
+    // ranked below global IPv6) answers and stands by.
+    let standby = wait_for(Duration::from_secs(10), || {
+        ping(&a, &addrs[1]);
+        let text = burrow(&["doctor", "b", "--socket", &sock]);
+        let status = burrow(&["status", "--socket", &sock]);
+        match text.contains("  IPv6: in use, [2001:db8:2::2]:")
+            && text.contains("  IPv4: standby (works, ")
+            && text.contains("IPv6 ranks first)")
+            && status.contains("direct (IPv6) [2001:db8:2::2]:41641, IPv4 standby")
+        {
+            true => Ok(()),
+            false => Err(format!("{text}{status}")),
+        }
+    });
+    if let Err(seen) = standby {
+        panic!("doctor and status never showed IPv4 standing by: {seen}");
+    }
+    let doctor: serde_json::Value =
+        serde_json::from_str(&burrow(&["doctor", "b", "--json", "--socket", &sock])).unwrap();
+    assert_eq!(doctor["families"][0]["family"], "ipv6", "{doctor}");
+    assert_eq!(doctor["families"][0]["state"], "in-use", "{doctor}");
+    assert!(doctor["families"][0]["rtt_ms"].is_f64(), "{doctor}");
+    assert_eq!(doctor["families"][1]["family"], "ipv4", "{doctor}");
+    assert_eq!(doctor["families"][1]["state"], "standby", "{doctor}");
+    let b_status = peer_status(&sock, "b");
+    assert_eq!(b_status["families"][1]["state"], "standby", "{b_status}");
 
     // The tailnet's IPv6: b's ULA address, on its TUN and routed through a's.
     let b_v6 = b_entry["addresses"]
@@ -318,4 +385,105 @@ fn dual_stack_nodes_go_direct_over_ipv6_and_carry_the_tailnets_ipv6() {
         "no ping a → b over the tailnet's IPv6 ({b_v6}); {}",
         logs()
     );
+
+    // b's IPv6 address goes away mid-run: b sees it within its 2 s look and tells a; a falls
+    // to IPv4 direct (its standby), not to DERP.
+    let b_dev = format!("b62y{id}");
+    ip(
+        &b,
+        &["-6", "addr", "del", "2001:db8:2::2/64", "dev", &b_dev],
+    );
+    let b_sock = dir.join("b").join("burrow.sock").display().to_string();
+    let to_v4 = wait_for(Duration::from_secs(15), || {
+        ping(&a, &addrs[1]);
+        let p = peer_status(&sock, "b");
+        match p["family"] == "ipv4"
+            && p["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("direct 10.202.2.2:")
+        {
+            true => Ok(()),
+            false => Err(p.to_string()),
+        }
+    });
+    match to_v4 {
+        Ok(took) => eprintln!("{TEST}: IPv6 withdrawn, a direct over IPv4 after {took:?}"),
+        Err(seen) => panic!(
+            "a stayed off IPv4 direct after b's IPv6 went: {seen}; {}",
+            logs()
+        ),
+    }
+    let b_log = std::fs::read_to_string(dir.join("b.log")).unwrap_or_default();
+    assert!(
+        b_log.contains("interface addresses changed: +[] -[[2001:db8:2::2]:41641]"),
+        "b did not notice its address go; {}",
+        logs()
+    );
+    let text = burrow(&["doctor", "b", "--socket", &sock]);
+    eprintln!("a's doctor, IPv6 gone:\n{text}");
+    assert!(text.contains("  IPv4: in use, 10.202.2.2:"), "{text}");
+    assert!(!text.contains("  IPv6: in use"), "{text}");
+    let b_doctor = wait_for(Duration::from_secs(5), || {
+        let text = burrow(&["doctor", "a", "--socket", &b_sock]);
+        match text.contains("  IPv6: we have no IPv6 address") {
+            true => Ok(()),
+            false => Err(text),
+        }
+    });
+    if let Err(seen) = b_doctor {
+        panic!("b's doctor does not say it lost IPv6: {seen}");
+    }
+
+    // The address comes back: a returns to IPv6 direct.
+    ip(
+        &b,
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:2::2/64",
+            "dev",
+            &b_dev,
+            "nodad",
+        ],
+    );
+    ip(
+        &b,
+        &["-6", "route", "replace", "default", "via", "2001:db8:2::1"],
+    );
+    let to_v6 = wait_for(Duration::from_secs(30), || {
+        ping(&a, &addrs[1]);
+        let p = peer_status(&sock, "b");
+        match p["family"] == "ipv6"
+            && p["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("direct [2001:db8:2::2]:")
+        {
+            true => Ok(()),
+            false => Err(p.to_string()),
+        }
+    });
+    match to_v6 {
+        Ok(took) => eprintln!("{TEST}: IPv6 back, a direct over IPv6 after {took:?}"),
+        Err(seen) => panic!("a never went back to IPv6: {seen}; {}", logs()),
+    }
+    // b's own look (every 2 s) sees the address back (a may have found it first: b's socket
+    // answers on it as soon as it is there).
+    let noticed = wait_for(Duration::from_secs(5), || {
+        let b_log = std::fs::read_to_string(dir.join("b.log")).unwrap_or_default();
+        match b_log.contains("interface addresses changed: +[[2001:db8:2::2]:41641] -[]") {
+            true => Ok(()),
+            false => Err(String::new()),
+        }
+    });
+    assert!(
+        noticed.is_ok(),
+        "b did not notice its address come back; {}",
+        logs()
+    );
+    let text = burrow(&["doctor", "b", "--socket", &sock]);
+    eprintln!("a's doctor, IPv6 back:\n{text}");
+    assert!(text.contains("  IPv6: in use, [2001:db8:2::2]:"), "{text}");
 }

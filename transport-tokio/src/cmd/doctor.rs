@@ -6,10 +6,14 @@ use crate::cli::DoctorArgs;
 
 /// Runs `burrow doctor`.
 pub async fn run(args: DoctorArgs) -> Result<()> {
-    let DoctorArgs { peer, socket } = args;
-    use burrow::local_api::{ask, family_label, Doctor, Request};
+    let DoctorArgs { peer, json, socket } = args;
+    use burrow::local_api::{ask, family_label, family_line, Doctor, Request};
     let answer = ask(&socket, &Request::Doctor { peer }).await?;
     let d: Doctor = serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
     println!("peer:      {}", d.peer);
     println!("our NAT:   {}", d.our_nat);
     println!("its NAT:   {}", d.peer_nat);
@@ -18,6 +22,10 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
         (Some(f), _) => println!("family:    {}", family_label(f)),
         (None, true) => println!("family:    none (relayed over DERP)"),
         (None, false) => println!("family:    unknown"),
+    }
+    // Each family on a line: which one carries the traffic, and why the other does not.
+    for f in &d.families {
+        println!("  {}", family_line(f, &d.families));
     }
     println!("birthday:  {}", d.birthday);
     println!("our port mapping: {}", d.our_port_mapping);

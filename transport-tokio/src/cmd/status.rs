@@ -7,7 +7,7 @@ use crate::cli::StatusArgs;
 /// Runs `burrow status`.
 pub async fn run(args: StatusArgs) -> Result<()> {
     let StatusArgs { json, socket } = args;
-    use burrow::local_api::{ask, family_label, Request, Status};
+    use burrow::local_api::{ask, family_label, standby_note, Request, Status};
     let answer = ask(&socket, &Request::Status).await?;
     let status: Status = serde_json::from_value(answer.into_iter().next().context("no answer")?)?;
     if json {
@@ -22,8 +22,12 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         println!("{} ({})", status.name, addrs(&status.addresses));
         for p in &status.peers {
             // "direct (IPv6) [2001:db8::2]:41641": the family of a direct path up front.
+            // "…, IPv4 standby": the other family works too and takes over if this one fails.
             let path = match (&p.family, p.path.strip_prefix("direct ")) {
-                (Some(f), Some(addr)) => format!("direct ({}) {addr}", family_label(f)),
+                (Some(f), Some(addr)) => match standby_note(&p.families) {
+                    Some(note) => format!("direct ({}) {addr}, {note}", family_label(f)),
+                    None => format!("direct ({}) {addr}", family_label(f)),
+                },
                 _ => p.path.clone(),
             };
             println!(

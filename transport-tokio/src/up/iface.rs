@@ -1,12 +1,17 @@
 //! The node's interface: the TUN device with its tailnet addresses and routes, this host's
-//! own addresses (LAN candidates), and a loud warning about plain-HTTP servers.
+//! own addresses (LAN and IPv6 candidates, watched for changes), and a loud warning about
+//! plain-HTTP servers.
 
+use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tokio::sync::mpsc;
 
 use crate::derp_client::DerpUrl;
+use crate::node::NodeCommand;
 
 /// Creates the TUN interface `name` with `addresses` and routes the tailnet through it.
 pub(crate) fn create_tun(name: &str, addresses: &[IpAddr]) -> Result<Arc<tun::AsyncDevice>> {
@@ -99,11 +104,16 @@ fn is_plain_beyond_loopback(url: &str) -> bool {
 /// This host's interface addresses with the node's port: IPv4 ones but loopback, and global
 /// IPv6 ones when the socket carries IPv6 (see [`candidate_ips`]); never the tailnet's own.
 pub(crate) fn local_addresses(port: u16, ours: &[IpAddr], ipv6: bool) -> Vec<SocketAddr> {
+    try_local_addresses(port, ours, ipv6).unwrap_or_default()
+}
+
+/// [`local_addresses`], or the error listing the interfaces failed with (so a watcher keeps
+/// what it had rather than withdraw every address on a failed look).
+fn try_local_addresses(port: u16, ours: &[IpAddr], ipv6: bool) -> io::Result<Vec<SocketAddr>> {
     let gone = std::fs::read_to_string("/proc/net/if_inet6")
         .map(|t| unusable_v6(&t))
         .unwrap_or_default();
-    let host: Vec<HostAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
+    let host: Vec<HostAddr> = if_addrs::get_if_addrs()?
         .into_iter()
         .map(|i| {
             let ip = i.ip();
@@ -111,10 +121,57 @@ pub(crate) fn local_addresses(port: u16, ours: &[IpAddr], ipv6: bool) -> Vec<Soc
             HostAddr { ip, usable }
         })
         .collect();
-    candidate_ips(&host, ours, ipv6)
+    Ok(candidate_ips(&host, ours, ipv6)
         .into_iter()
         .map(|ip| SocketAddr::new(ip, port))
-        .collect()
+        .collect())
+}
+
+/// How often `burrow up` looks at the host's interface addresses again: an address added or
+/// withdrawn (IPv6 coming or going, a new network) reaches the engine within this.
+pub(crate) const ADDRESS_POLL: Duration = Duration::from_secs(2);
+
+/// What changed between two gatherings, as sets (the order alone is no change): the
+/// addresses added and those removed, or None when the sets are equal.
+pub(crate) fn address_change(
+    old: &[SocketAddr],
+    new: &[SocketAddr],
+) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let added: Vec<SocketAddr> = new.iter().filter(|a| !old.contains(a)).copied().collect();
+    let removed: Vec<SocketAddr> = old.iter().filter(|a| !new.contains(a)).copied().collect();
+    (!added.is_empty() || !removed.is_empty()).then_some((added, removed))
+}
+
+/// Gathers the interface addresses every [`ADDRESS_POLL`] and hands a changed set to the
+/// engine; `current` is what it was started with. Returns when the engine has stopped.
+pub(crate) async fn watch_addresses(
+    port: u16,
+    ours: Vec<IpAddr>,
+    ipv6: bool,
+    mut current: Vec<SocketAddr>,
+    commands: mpsc::UnboundedSender<NodeCommand>,
+) -> Result<()> {
+    let mut tick = tokio::time::interval(ADDRESS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is at once; `current` is that look
+    loop {
+        tick.tick().await;
+        let new = match try_local_addresses(port, &ours, ipv6) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list the interface addresses");
+                continue;
+            }
+        };
+        let Some((added, removed)) = address_change(&current, &new) else {
+            continue;
+        };
+        tracing::info!("interface addresses changed: +{added:?} -{removed:?}");
+        current.clone_from(&new);
+        if commands.send(NodeCommand::SetLocalAddrs(new)).is_err() {
+            return Ok(()); // the engine stopped
+        }
+    }
 }
 
 /// An interface address, and whether the kernel still offers it for new traffic.
@@ -147,7 +204,7 @@ pub(crate) fn candidate_ips(host: &[HostAddr], ours: &[IpAddr], ipv6: bool) -> V
 
 /// IPv6 addresses `/proc/net/if_inet6` marks deprecated (IFA_F_DEPRECATED, 0x20) or failed
 /// duplicate detection (IFA_F_DADFAILED, 0x08). Tentative ones stay: they are usable within a
-/// second, and the node gathers its addresses once.
+/// second, about when the node's next look (every [`ADDRESS_POLL`]) would see them anyway.
 pub(crate) fn unusable_v6(if_inet6: &str) -> Vec<Ipv6Addr> {
     const DADFAILED: u8 = 0x08;
     const DEPRECATED: u8 = 0x20;
@@ -279,6 +336,43 @@ not a line
                 "2001:db8:1::aa".parse::<Ipv6Addr>().unwrap(),
                 "2001:db8:1::cc".parse().unwrap(),
             ]
+        );
+    }
+
+    fn addrs(s: &[&str]) -> Vec<SocketAddr> {
+        s.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_address_change_is_what_was_added_and_what_was_removed() {
+        let v4 = "10.0.0.5:41641";
+        let v6 = "[2001:db8:2::2]:41641";
+        // The same set, in another order: no change.
+        assert_eq!(address_change(&addrs(&[v4, v6]), &addrs(&[v6, v4])), None);
+        assert_eq!(address_change(&[], &[]), None);
+        // IPv6 withdrawn.
+        assert_eq!(
+            address_change(&addrs(&[v4, v6]), &addrs(&[v4])),
+            Some((vec![], addrs(&[v6])))
+        );
+        // IPv6 back.
+        assert_eq!(
+            address_change(&addrs(&[v4]), &addrs(&[v4, v6])),
+            Some((addrs(&[v6]), vec![]))
+        );
+        // A new network: one address for another.
+        assert_eq!(
+            address_change(&addrs(&[v4, v6]), &addrs(&["192.168.7.9:41641", v6])),
+            Some((addrs(&["192.168.7.9:41641"]), addrs(&[v4])))
+        );
+        // Everything gone, and from nothing.
+        assert_eq!(
+            address_change(&addrs(&[v4, v6]), &[]),
+            Some((vec![], addrs(&[v4, v6])))
+        );
+        assert_eq!(
+            address_change(&[], &addrs(&[v6])),
+            Some((addrs(&[v6]), vec![]))
         );
     }
 

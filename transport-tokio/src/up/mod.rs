@@ -66,7 +66,8 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     config
         .stun_servers
         .retain(|s| families.ipv6() || s.is_ipv4());
-    config.local_addrs = iface::local_addresses(port, &node.addresses, families.ipv6());
+    let local_addrs = iface::local_addresses(port, &node.addresses, families.ipv6());
+    config.local_addrs = local_addrs.clone();
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -132,6 +133,14 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         }
         false => None,
     };
+    // Addresses added or withdrawn while the node runs (IPv6 coming and going) reach the engine.
+    tasks.spawn(iface::watch_addresses(
+        port,
+        node.addresses.clone(),
+        families.ipv6(),
+        local_addrs,
+        commands.clone(),
+    ));
     tasks.spawn(follow(driver, cfg.state_dir.clone(), state, commands));
     let result = tokio::select! {
         _ = shutdown => Ok(()),
