@@ -311,16 +311,28 @@ fn real_main() -> Result<bool> {
     if cli.matrix {
         meshes.extend(grid::all_pairs());
     }
+    if cli.matrix && !cli.ipv6 {
+        // The IPv6 world's pairs: no NAT, stateful firewalls at most.
+        for (a, b) in [("firewall", "firewall"), ("open", "firewall")] {
+            let s = scenario::mesh_for_pair_in(a, b, scenario::Family::Ipv6).expect("presets");
+            jobs.push(Job {
+                scenario: s,
+                replay: format!("--mesh {a}:{b} --ipv6"),
+                seeds: mesh_seeds.clone(),
+            });
+        }
+    }
     for (a, b) in &meshes {
-        let s = scenario::mesh_for_pair(a, b).with_context(|| {
+        let s = scenario::mesh_for_pair_in(a, b, family).with_context(|| {
             format!(
                 "unknown preset in {a}:{b} (known: {})",
                 burrow_sim::preset::NAMES.join(", ")
             )
         })?;
+        let v6 = if cli.ipv6 { " --ipv6" } else { "" };
         jobs.push(Job {
             scenario: s,
-            replay: format!("--mesh {a}:{b}"),
+            replay: format!("--mesh {a}:{b}{v6}"),
             seeds: if cli.mesh.is_empty() {
                 mesh_seeds.clone()
             } else {

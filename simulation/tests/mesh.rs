@@ -95,3 +95,30 @@ fn the_whole_story_nodes_learn_each_other_from_the_real_control_server() {
     let (again, _) = scenario::run(&s, 1, &options).unwrap();
     assert_eq!(o.trace_hash, again.trace_hash);
 }
+
+#[test]
+fn two_firewalled_ipv6_hosts_go_direct_over_ipv6_in_turmoil() {
+    // turmoil runs one family per world: here IPv6, where there is no NAT, only stateful
+    // firewalls, and simultaneous pings open both.
+    for (a, b) in [("firewall", "firewall"), ("open", "firewall")] {
+        let s = scenario::mesh_for_pair_in(a, b, scenario::Family::Ipv6).unwrap();
+        let (o, rec) = scenario::run(
+            &s,
+            1,
+            &RunOptions {
+                capture: false,
+                keep_trace: true,
+            },
+        )
+        .unwrap();
+        assert!(o.passed, "{a}~{b}: {:?} {:?}", o.error, o.mismatches);
+        let r = o.result.unwrap();
+        assert_eq!(r["route_a"], "direct", "{a}~{b}: {r}");
+        assert_eq!(r["sent_a"], r["received_b"], "{r}");
+        let trace = rec.trace_lines().join("\n");
+        assert!(
+            trace.contains("path Relay -> Direct([2001:db8:"),
+            "{a}~{b}: not an IPv6 path:\n{trace}"
+        );
+    }
+}

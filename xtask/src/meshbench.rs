@@ -1,6 +1,7 @@
 //! `cargo xtask bench mesh`: iperf3 through the burrow tunnel between two `burrow up` nodes
-//! behind real (nftables) NATs — direct, and via DERP from a site whose UDP is blocked — next
-//! to wireguard-go between the same two namespaces, through the same NATs. Root.
+//! behind real (nftables) NATs — direct over IPv4, direct over IPv6 (through the routers'
+//! stateful IPv6 firewalls), and via DERP from a site whose UDP is blocked — next to
+//! wireguard-go between the same two namespaces, through the same NATs. Root.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -67,7 +68,7 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
     }
     run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
     let burrow = root().join("target/release/burrow");
-    let sites = sites(&["easy1", "easy2", "blocked"]);
+    let sites = sites(&["easy1", "easy2", "blocked", "hard2"]);
     let built = build(
         &burrow,
         &sites,
@@ -76,6 +77,28 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
     let (ns1, _, _) = built.nodes["easy1"].clone();
     let (ns2, addr2, _) = built.nodes["easy2"].clone();
     let (nsb, _, _) = built.nodes["blocked"].clone();
+    let (nsh, _, _) = built.nodes["hard2"].clone();
+    // IPv6 for easy2 and hard2 only: easy1 → easy2 stays on IPv4, hard2 → easy2 goes direct
+    // over IPv6 (its IPv4 NAT is hard; IPv6 needs no punching beyond the firewalls).
+    for site in ["easy2", "hard2"] {
+        crate::lab::ipv6::set_node_address(&built.v6[site], true)?;
+    }
+    let sock_h = built.dir.join("hard2").join("burrow.sock");
+    let status_h = || -> String {
+        Command::new("ip")
+            .args(["netns", "exec", &nsh])
+            .arg(&burrow)
+            .args(["status", "--json", "--socket"])
+            .arg(&sock_h)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    wait(Duration::from_secs(30), || {
+        ping(&nsh, &addr2);
+        status_h().contains("\"family\":\"ipv6\"")
+    })
+    .context("hard2 → easy2 never went direct over IPv6")?;
     // Paths settle: direct for easy1 → easy2, DERP for blocked → easy2.
     for ns in [&ns1, &nsb] {
         wait(Duration::from_secs(20), || ping(ns, &addr2)).context("no ping through the tunnel")?;
@@ -120,33 +143,42 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
         .context("wireguard-go: no ping through the NATs")?;
     // Rounds interleave the three, so drift on this shared machine hits all alike.
     let (mut direct, mut relayed, mut wggo) = (Vec::new(), Vec::new(), Vec::new());
+    let mut direct6 = Vec::new();
     for round in 1..=runs {
         direct.push(iperf(&ns1, &addr2, seconds)?);
+        direct6.push(iperf(&nsh, &addr2, seconds)?);
         relayed.push(iperf(&nsb, &addr2, seconds)?);
         wggo.push(iperf(&ns1, "10.77.0.2", seconds)?);
         println!(
-            "round {round}/{runs}: burrow direct {:.0}, burrow via DERP {:.0}, wireguard-go {:.0} Mbit/s",
+            "round {round}/{runs}: burrow direct over IPv4 {:.0}, over IPv6 {:.0}, burrow via DERP {:.0}, wireguard-go {:.0} Mbit/s",
             direct.last().unwrap_or(&0.0),
+            direct6.last().unwrap_or(&0.0),
             relayed.last().unwrap_or(&0.0),
             wggo.last().unwrap_or(&0.0)
         );
+    }
+    if !status_h().contains("\"family\":\"ipv6\"") {
+        bail!("hard2 → easy2 left IPv6 during the runs");
     }
     drop(guards);
     drop(built);
     let _ = std::fs::remove_dir_all(&dir);
 
     let (d, r, w) = (summary(&direct), summary(&relayed), summary(&wggo));
-    println!("through the NATs, median of {runs} × {seconds} s: burrow direct {:.0} Mbit/s, burrow via DERP {:.0} Mbit/s, wireguard-go direct {:.0} Mbit/s ({:.2}x)", d.0, r.0, w.0, d.0 / w.0);
+    let d6 = summary(&direct6);
+    println!("through the NATs, median of {runs} × {seconds} s: burrow direct over IPv4 {:.0} Mbit/s, over IPv6 {:.0} Mbit/s ({:.2}x IPv4), burrow via DERP {:.0} Mbit/s, wireguard-go direct {:.0} Mbit/s ({:.2}x)", d.0, d6.0, d6.0 / d.0, r.0, w.0, d.0 / w.0);
     if !no_write {
         let row = |name: &str, (m, lo, hi): (f64, f64, f64)| {
             format!("| {name} | {m:.0} Mbit/s | {lo:.0}–{hi:.0} |\n")
         };
         let section = format!(
-            "## The mesh through real NATs\n\nCommand: `cargo xtask bench mesh --seconds {seconds} --runs {runs}`\n\nThe lab's topology (network namespaces, nftables masquerade with an input-drop guard, 198.18.0.0/15 as the \"internet\"), release builds, {seconds} s of iperf3 TCP per run, {runs} rounds interleaving the three: `burrow up` node easy1 → easy2 on the direct path both NATs allow; a node behind a UDP-blocking router → easy2 via DERP (TCP to the derper in the internet namespace); and wireguard-go between easy1 and easy2 through the same NATs (endpoints on the routers' public addresses, persistent keep-alive to open them). Everything shares this machine's 2 cores, so iperf3, both tunnel ends and the relay compete for CPU.\n\n| path | median | range |\n|---|---:|---:|\n{}{}{}\nburrow direct / wireguard-go (medians): **{:.2}×**.\n",
-            row("burrow, direct", d),
+            "## The mesh through real NATs\n\nCommand: `cargo xtask bench mesh --seconds {seconds} --runs {runs}`\n\nThe lab's topology (network namespaces, nftables masquerade with an input-drop guard, 198.18.0.0/15 as the \"internet\"), release builds, {seconds} s of iperf3 TCP per run, {runs} rounds interleaving the four: `burrow up` node easy1 → easy2 on the direct IPv4 path both NATs allow; hard2 → easy2 on the direct IPv6 path (both have a 2001:db8::/32 address behind their routers' `ip6` stateful firewalls; hard2's IPv4 NAT is hard, so IPv6 is its only direct path); a node behind a UDP-blocking router → easy2 via DERP (TCP to the derper in the internet namespace); and wireguard-go between easy1 and easy2 through the same NATs (endpoints on the routers' public addresses, persistent keep-alive to open them). Everything shares this machine's 2 cores, so iperf3, both tunnel ends and the relay compete for CPU.\n\n| path | median | range |\n|---|---:|---:|\n{}{}{}{}\nburrow direct / wireguard-go (medians): **{:.2}×**; burrow direct over IPv6 / over IPv4: **{:.2}×**.\n",
+            row("burrow, direct over IPv4", d),
+            row("burrow, direct over IPv6", d6),
             row("burrow, via DERP", r),
-            row("wireguard-go, direct", w),
-            d.0 / w.0
+            row("wireguard-go, direct (IPv4)", w),
+            d.0 / w.0,
+            d6.0 / d.0
         );
         crate::util::write_section(
             &root().join("BENCHMARKS.md"),

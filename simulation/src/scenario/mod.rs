@@ -26,7 +26,9 @@ mod world;
 use workloads::{MeshSlot, Slot};
 
 pub use expectations::{traversable, NetcheckExpectation};
-pub use presets::{mesh_for_pair, netcheck_for_preset, netcheck_for_preset_in, story_for_pair};
+pub use presets::{
+    mesh_for_pair, mesh_for_pair_in, netcheck_for_preset, netcheck_for_preset_in, story_for_pair,
+};
 
 /// A scenario, as written in `simulation/scenarios/*.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -103,6 +103,19 @@ pub fn mesh_for_pair(a: &str, b: &str) -> Option<Scenario> {
     })
 }
 
+/// [`mesh_for_pair`] in an IPv6 world (turmoil simulates one family per run): the presets
+/// that exist on IPv6 are `open` (no firewall) and `firewall` (a stateful firewall, no NAT),
+/// and two such nodes go direct by simultaneous pings.
+pub fn mesh_for_pair_in(a: &str, b: &str, family: Family) -> Option<Scenario> {
+    let mut s = mesh_for_pair(a, b)?;
+    if family == Family::Ipv6 {
+        s.name = format!("mesh-v6/{a}~{b}");
+        s.description = format!("{} (IPv6)", s.description);
+    }
+    s.family = family;
+    Some(s)
+}
+
 /// The whole story for presets `a` and `b`: [`mesh_for_pair`] plus the real coordination
 /// server, which the nodes register with and learn each other from.
 pub fn story_for_pair(a: &str, b: &str) -> Option<Scenario> {

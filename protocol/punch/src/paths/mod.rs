@@ -268,7 +268,10 @@ impl PeerPaths {
                 .values()
                 .all(|sent| now.saturating_duration_since(*sent) >= TRIGGERED_CHECK_AFTER)
         });
-        if new || moved || (idle && self.route != Route::Direct(from)) {
+        // A path answering already (the other family's standby, pinged by its heartbeats)
+        // needs no check: answering its pings with ours would ping-pong until the budget ran out.
+        let answering = self.remote.get(&from).is_some_and(|r| self.alive(now, r));
+        if new || moved || (idle && self.route != Route::Direct(from) && !answering) {
             self.budgeted_ping(now, from);
         }
         true

@@ -21,13 +21,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::util::{cargo, have, is_root, root, run as run_cmd};
 
+pub(crate) mod ipv6;
+
 /// The derper in the internet namespace (DERP on 8443, STUN on 3478).
 const DERPER_ARGS: &[&str] = &[
     "derper",
     "--listen",
-    "0.0.0.0:8443",
+    "[::]:8443",
     "--stun-listen",
-    "0.0.0.0:3478",
+    "[::]:3478",
 ];
 
 /// Programs the lab needs, with their Debian packages.
@@ -46,6 +48,8 @@ pub(crate) enum Nat {
     HardIgd,
     UdpBlocked,
     Double,
+    /// No IPv4 at all: an IPv6-only network (control, DERP and STUN reached over IPv6).
+    Ipv6Only,
 }
 
 #[derive(Clone, Copy)]
@@ -81,6 +85,13 @@ const SITES: &[Site] = &[
     },
 ];
 
+/// The IPv6-only site the lab adds to [`SITES`] (not in the mesh benchmark's or the attack
+/// lab's topologies).
+pub(crate) const V6_ONLY: Site = Site {
+    name: "v6only",
+    nat: Nat::Ipv6Only,
+};
+
 /// The lab's sites picked by name, in the order given (the mesh benchmark uses some of them).
 pub(crate) fn sites(names: &[&str]) -> Vec<Site> {
     names
@@ -97,11 +108,14 @@ pub(crate) fn sites(names: &[&str]) -> Vec<Site> {
 /// The site whose node is user "srv": the policy opens TCP 7000 on it, and nothing else.
 const SERVER_SITE: &str = "easy2";
 
-/// The lab's policy: ping between every pair, TCP 7000 to user srv only, all else denied.
+/// The lab's policy: ping between every pair, TCP 7000 to user srv only, iperf3's 5201
+/// anywhere, all else denied.
 const POLICY: &str = r#"{
   "acls": [
     { "action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "icmp" },
     { "action": "accept", "src": ["*"], "dst": ["srv:7000"], "proto": "tcp" },
+    // iperf3, for the IPv6 checks' throughput over the tailnet.
+    { "action": "accept", "src": ["*"], "dst": ["*:5201"], "proto": "tcp" },
   ],
 }"#;
 
@@ -181,6 +195,16 @@ impl Lab {
             "-w",
             "net.ipv4.ip_forward=1",
         ])?;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &n,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.forwarding=1",
+        ])?;
         Ok(n)
     }
 
@@ -204,7 +228,11 @@ impl Lab {
             "ip", "link", "add", &ia, "netns", a, "type", "veth", "peer", "name", &ib, "netns", b,
         ])?;
         for (n, i, addr) in [(a, &ia, a_addr), (b, &ib, b_addr)] {
-            sh(&["ip", "-n", n, "addr", "add", addr, "dev", i])?;
+            if addr.contains(':') {
+                ipv6::add_address(n, i, addr)?;
+            } else {
+                sh(&["ip", "-n", n, "addr", "add", addr, "dev", i])?;
+            }
             sh(&["ip", "-n", n, "link", "set", i, "up"])?;
         }
         Ok((ia, ib))
@@ -363,6 +391,8 @@ pub(crate) struct Built {
     node_args: BTreeMap<&'static str, Vec<String>>,
     /// Sites whose router runs miniupnpd → how to restart it.
     igds: BTreeMap<&'static str, IgdRouter>,
+    /// Sites with IPv6 behind their router whose node has no IPv6 address yet.
+    pub(crate) v6: BTreeMap<&'static str, ipv6::SiteV6>,
 }
 
 /// A router running miniupnpd (its child is the lab's "miniupnpd-SITE").
@@ -471,7 +501,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         "control",
         "serve",
         "--listen",
-        "0.0.0.0:8080",
+        "[::]:8080",
         "--db",
         &db,
         "--policy",
@@ -485,22 +515,13 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     .to_vec();
     for s in 1..=sites.len() {
         control_args.extend(["--self-signed".into(), format!("198.18.{s}.1")]);
+        control_args.extend(["--self-signed".into(), ipv6::inet_addr(s)]);
     }
     let control_args: Vec<&str> = control_args.iter().map(String::as_str).collect();
     lab.start("control", &inet, burrow, &control_args)?;
     lab.start("derper", &inet, burrow, DERPER_ARGS)?;
-    lab.start(
-        "stun2",
-        &inet,
-        burrow,
-        &["stun", "--listen", "0.0.0.0:3479"],
-    )?;
-    lab.start(
-        "stun3",
-        &inet,
-        burrow,
-        &["stun", "--listen", "0.0.0.0:3480"],
-    )?;
+    lab.start("stun2", &inet, burrow, &["stun", "--listen", "[::]:3479"])?;
+    lab.start("stun3", &inet, burrow, &["stun", "--listen", "[::]:3480"])?;
     if sites.iter().any(|s| s.nat == Nat::HardIgd) {
         // miniupnpd refuses the lab's reserved 198.18.0.0/15 as its external address unless
         // an RFC 5780 STUN server (two addresses) tells it the router is not filtered.
@@ -529,26 +550,44 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
     let mut nodes: BTreeMap<&str, (String, String, String)> = BTreeMap::new(); // name → (ns, address, router ns)
     let mut node_args = BTreeMap::new();
     let mut igds = BTreeMap::new();
+    let mut v6 = BTreeMap::new();
     for (k, site) in sites.iter().enumerate() {
         let s = k + 1;
         let router = lab.add_ns(&format!("r{s}"))?;
-        let (_, out) = lab.link(
+        let v6_only = site.nat == Nat::Ipv6Only;
+        let (inet_if, out) = lab.link(
             &inet,
-            &format!("198.18.{s}.1/24"),
+            &if v6_only {
+                format!("{}/64", ipv6::inet_addr(s))
+            } else {
+                format!("198.18.{s}.1/24")
+            },
             &router,
-            &format!("198.18.{s}.2/24"),
+            &if v6_only {
+                format!("{}/64", ipv6::router_wan_addr(s))
+            } else {
+                format!("198.18.{s}.2/24")
+            },
             &format!("bx{id}{s}"),
         )?;
-        sh(&[
-            "ip",
-            "-n",
-            &router,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("198.18.{s}.1"),
-        ])?;
+        if !v6_only {
+            sh(&[
+                "ip",
+                "-n",
+                &router,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{s}.1"),
+            ])?;
+        }
+        // IPv6 (every site but the double NAT's): the router's /64 routed from the internet,
+        // a stateful firewall in front of it, no NAT66.
+        let has_v6 = site.nat != Nat::Double;
+        if has_v6 {
+            ipv6::wan(&inet, &inet_if, &router, &out, s, !v6_only, &dir)?;
+        }
         // A home router: masquerade out, and nothing unsolicited accepted by the router itself
         // (without the input drop, an unsolicited packet to the router's outside address is
         // confirmed in conntrack and clashes with the mapping the node opens a moment later).
@@ -563,7 +602,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             sh(&["ip", "netns", "exec", ns, "nft", "-f", f.to_str().unwrap()])?;
             Ok(())
         };
-        if site.nat != Nat::HardIgd {
+        if !matches!(site.nat, Nat::HardIgd | Nat::Ipv6Only) {
             masquerade(&router, &out, site.nat == Nat::Hard)?;
         }
         if site.nat == Nat::UdpBlocked {
@@ -603,23 +642,51 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             gateway_ns = inner;
         }
         let node = lab.add_ns(site.name)?;
-        let (lan_if, _) = lab.link(
+        let (lan_if, node_if) = lab.link(
             &gateway_ns,
-            &format!("192.168.{s}.1/24"),
+            &if v6_only {
+                format!("{}/64", ipv6::lan_gateway(s))
+            } else {
+                format!("192.168.{s}.1/24")
+            },
             &node,
-            &format!("192.168.{s}.2/24"),
+            &if v6_only {
+                format!("{}/64", ipv6::node_addr(s))
+            } else {
+                format!("192.168.{s}.2/24")
+            },
             &format!("bn{id}{s}"),
         )?;
-        sh(&[
-            "ip",
-            "-n",
-            &node,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("192.168.{s}.1"),
-        ])?;
+        if v6_only {
+            ipv6::default_route(&node, s)?;
+        } else {
+            sh(&[
+                "ip",
+                "-n",
+                &node,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("192.168.{s}.1"),
+            ])?;
+            if has_v6 {
+                // The router's side of the LAN; the node's address comes later (the IPv6 checks).
+                ipv6::add_address(
+                    &gateway_ns,
+                    &lan_if,
+                    &format!("{}/64", ipv6::lan_gateway(s)),
+                )?;
+                v6.insert(
+                    site.name,
+                    ipv6::SiteV6 {
+                        ns: node.clone(),
+                        dev: node_if.clone(),
+                        s,
+                    },
+                );
+            }
+        }
         if site.nat == Nat::HardIgd {
             // Only the LAN's packets masqueraded (fully random), so that miniupnpd's own STUN
             // query keeps its port; the STUN server's answers from both addresses accepted.
@@ -652,9 +719,13 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             )?;
             igds.insert(site.name, igd);
         }
-        let gw = format!("198.18.{s}.1");
+        let gw = if v6_only {
+            format!("[{}]", ipv6::inet_addr(s))
+        } else {
+            format!("198.18.{s}.1")
+        };
         let state = dir.join(site.name).display().to_string();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "up",
             "--control",
             &format!("https://{gw}:8080"),
@@ -683,6 +754,10 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         ]
         .map(String::from)
         .to_vec();
+        if has_v6 && !v6_only {
+            // STUN over IPv6 too, for when the node gets an IPv6 address.
+            args.extend(["--stun".into(), format!("[{}]:3478", ipv6::inet_addr(s))]);
+        }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let line = lab.start(site.name, &node, burrow, &argv)?;
         node_args.insert(site.name, args);
@@ -702,6 +777,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         ca: PathBuf::from(ca),
         node_args,
         igds,
+        v6,
     })
 }
 
@@ -733,6 +809,7 @@ pub fn run() -> Result<()> {
             },
             _ => *s,
         })
+        .chain([V6_ONLY])
         .collect();
     let Built {
         mut lab,
@@ -741,6 +818,7 @@ pub fn run() -> Result<()> {
         dir,
         node_args,
         igds,
+        v6,
         ..
     } = build(&burrow, &sites, POLICY)?;
     let pubkey = |name: &str| -> Result<String> {
@@ -890,6 +968,18 @@ pub fn run() -> Result<()> {
             &mut failures,
         )?;
     }
+
+    ipv6::checks(
+        ipv6::Ipv6Lab {
+            lab: &mut lab,
+            burrow: &burrow,
+            nodes: &nodes,
+            v6: &v6,
+            node_args: &node_args,
+            pubkey: &pubkey,
+        },
+        &mut failures,
+    )?;
 
     if !failures.is_empty() {
         for f in &failures {
