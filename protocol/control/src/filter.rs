@@ -74,6 +74,11 @@ pub fn source_address(p: &[u8]) -> Option<IpAddr> {
 /// Reads the header of an IPv4 or IPv6 packet (walking IPv6 extension headers); `None` if it is
 /// not one, or if a first fragment is too short to hold the transport ports it must carry.
 pub fn parse_packet(p: &[u8]) -> Option<PacketInfo> {
+    parse_with_payload(p).map(|(info, _)| info)
+}
+
+/// [`parse_packet`], with the transport payload (empty for a later fragment).
+fn parse_with_payload(p: &[u8]) -> Option<(PacketInfo, &[u8])> {
     let version = p.first()? >> 4;
     let (proto, src, dst, l4, fragment) = match version {
         4 => {
@@ -120,14 +125,29 @@ pub fn parse_packet(p: &[u8]) -> Option<PacketInfo> {
         ICMP | ICMPV6 if first => (0, u16::from(*l4.first()?)),
         _ => (0, 0),
     };
-    Some(PacketInfo {
-        proto,
-        src,
-        dst,
-        src_port,
-        dst_port,
-        fragment,
-    })
+    Some((
+        PacketInfo {
+            proto,
+            src,
+            dst,
+            src_port,
+            dst_port,
+            fragment,
+        },
+        l4,
+    ))
+}
+
+/// Whether an ICMP or ICMPv6 packet is an error about another packet (which it quotes after
+/// its 8-byte header): destination unreachable (IPv4's "fragmentation needed" among them),
+/// packet too big, time exceeded, parameter problem.
+fn is_icmp_error(p: &PacketInfo) -> bool {
+    let kind = p.dst_port;
+    match p.proto {
+        ICMP => matches!(kind, 3 | 11 | 12),
+        ICMPV6 => matches!(kind, 1..=4),
+        _ => false,
+    }
 }
 
 /// Follows IPv6's next-header chain to the upper-layer protocol.
@@ -381,7 +401,10 @@ impl Filter {
                 Verdict::Drop(DropReason::Fragment)
             };
         }
-        let verdict = self.judge(now, peer, &p);
+        let mut verdict = self.judge(now, peer, &p);
+        if verdict == Verdict::Drop(DropReason::Denied) && self.related_error(now, peer, packet) {
+            verdict = Verdict::Reply;
+        }
         if let (Fragment::First(id), Verdict::Accept | Verdict::Reply) = (p.fragment, verdict) {
             self.fragments
                 .touch(now, peer, (peer, p.proto, p.src, p.dst, id));
@@ -406,6 +429,33 @@ impl Filter {
         } else {
             Verdict::Drop(DropReason::Denied)
         }
+    }
+
+    /// An ICMP error about a packet this node sent to `peer` on a live flow (IPv6's "packet
+    /// too big" for path MTU discovery, unreachables): let in as conntrack's "related", whatever
+    /// the rules say about ICMP. The quoted packet must be ours (its source is the error's
+    /// destination) and its flow one we opened toward this peer, so no peer opens anything
+    /// with a made-up quote.
+    fn related_error(&self, now: Instant, peer: PeerTag, packet: &[u8]) -> bool {
+        let Some((p, l4)) = parse_with_payload(packet) else {
+            return false;
+        };
+        if p.fragment != Fragment::Whole || !is_icmp_error(&p) {
+            return false;
+        }
+        let Some(quoted) = l4.get(8..).and_then(parse_packet) else {
+            return false;
+        };
+        if quoted.src != p.dst || matches!(quoted.fragment, Fragment::Later(_)) {
+            return false;
+        }
+        let (sp, dp) = if is_icmp(quoted.proto) {
+            (0, 0)
+        } else {
+            (quoted.src_port, quoted.dst_port)
+        };
+        self.flows
+            .fresh(now, &(peer, quoted.proto, quoted.src, sp, quoted.dst, dp))
     }
 
     fn accepts(&self, p: &PacketInfo) -> bool {

@@ -249,3 +249,85 @@ fn ipv6_extension_headers_are_walked_to_the_transport_header() {
         Verdict::Drop(DropReason::Fragment)
     );
 }
+
+/// An IPv6 packet from `src` to `dst` with upper-layer `proto` and `body`.
+fn v6(proto: u8, src: &str, dst: &str, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[proto, 64]);
+    p.extend_from_slice(&src.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend_from_slice(&dst.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p.extend_from_slice(body);
+    p
+}
+
+fn tcp_ports(sport: u16, dport: u16) -> Vec<u8> {
+    let mut b = sport.to_be_bytes().to_vec();
+    b.extend_from_slice(&dport.to_be_bytes());
+    b.extend_from_slice(&[0; 16]);
+    b
+}
+
+/// An ICMPv6 message of `kind` quoting `quoted` (errors quote the packet they are about).
+fn icmp6(kind: u8, src: &str, dst: &str, quoted: &[u8]) -> Vec<u8> {
+    let mut body = vec![kind, 0, 0, 0, 0, 0, 5, 0x00]; // "packet too big": MTU in bytes 4..8
+    body.extend_from_slice(quoted);
+    v6(58, src, dst, &body)
+}
+
+#[test]
+fn icmpv6_errors_about_our_own_flows_pass_and_others_do_not() {
+    // No rule admits ICMPv6 at all: only what conntrack would call "related".
+    let mut f = Filter::new(open_ports(443, 443));
+    let t = Instant::now();
+    let ours = v6(6, "fd7a::1", "fd7a::9", &tcp_ports(40000, 8080));
+    f.outbound(t, ALICE, &ours);
+    // Packet too big (path MTU discovery), unreachable, time exceeded about that flow: in.
+    for kind in [2, 1, 3] {
+        let err = icmp6(kind, "fd7a::9", "fd7a::1", &ours);
+        assert_eq!(f.inbound(t, ALICE, &err), Verdict::Reply, "type {kind}");
+    }
+    // The same error from another peer, or quoting a flow we never opened, or a packet that
+    // was not ours: dropped.
+    let err = icmp6(2, "fd7a::9", "fd7a::1", &ours);
+    assert_eq!(
+        f.inbound(t, MALLORY, &err),
+        Verdict::Drop(DropReason::Denied)
+    );
+    let never = v6(6, "fd7a::1", "fd7a::9", &tcp_ports(40001, 22));
+    let err = icmp6(2, "fd7a::9", "fd7a::1", &never);
+    assert_eq!(f.inbound(t, ALICE, &err), Verdict::Drop(DropReason::Denied));
+    let theirs = v6(6, "fd7a::7", "fd7a::9", &tcp_ports(40000, 8080));
+    let err = icmp6(2, "fd7a::9", "fd7a::1", &theirs);
+    assert_eq!(f.inbound(t, ALICE, &err), Verdict::Drop(DropReason::Denied));
+    // An informational message (an echo request quoting our packet) is no error: dropped.
+    let echo = icmp6(128, "fd7a::9", "fd7a::1", &ours);
+    assert_eq!(
+        f.inbound(t, ALICE, &echo),
+        Verdict::Drop(DropReason::Denied)
+    );
+    // A flow long gone: its errors are dropped too.
+    let later = t + Duration::from_secs(600);
+    let err = icmp6(2, "fd7a::9", "fd7a::1", &ours);
+    assert_eq!(
+        f.inbound(later, ALICE, &err),
+        Verdict::Drop(DropReason::Denied)
+    );
+}
+
+#[test]
+fn neighbour_discovery_from_a_peer_is_not_let_in() {
+    // A neighbour solicitation or router advertisement over the tunnel means nothing on a
+    // point-to-point TUN; without a rule for ICMPv6 the filter drops it (and a link-local
+    // source never passes cryptokey routing in the first place).
+    let mut f = Filter::new(open_ports(443, 443));
+    let t = Instant::now();
+    for kind in [133, 134, 135, 136, 137] {
+        let nd = v6(58, "fd7a::9", "fd7a::1", &[kind, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            f.inbound(t, ALICE, &nd),
+            Verdict::Drop(DropReason::Denied),
+            "type {kind}"
+        );
+    }
+}
