@@ -27,6 +27,8 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow-node", "engine_attacks", ""),
     ("burrow-node", "handshake_flood", ""),
     ("burrow-punch", "attacks", ""),
+    // Both families: a standby's pings set off no ping-pong; withdrawal only by the peer itself.
+    ("burrow-punch", "families", ""),
     ("burrow-disco", "messages", ""),
     ("burrow-derp", "relay", ""),
     ("burrow-derp", "relay_attacks", ""),

@@ -64,7 +64,7 @@ pub enum Which {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
-        /// Rounds (each runs all three); the table gives medians and ranges.
+        /// Rounds (each runs all four paths); the table gives medians and ranges.
         #[arg(long, default_value_t = 5)]
         runs: u32,
         /// Don't write BENCHMARKS.md.

@@ -313,3 +313,50 @@ fn birthday_targets_are_a_few_advertised_public_endpoints() {
         vec![addr("198.51.100.7:1000"), addr("198.51.100.7:1001")]
     );
 }
+
+/// Answers every direct ping in `sent` with a pong from its destination.
+fn answer_all(p: &mut PeerPaths, now: Instant, sent: &[Transmit]) {
+    for t in sent {
+        if let (Dst::Direct(a), Message::Ping { tx_id, .. }) = (t.dst, &t.msg) {
+            p.handle_pong(now, 0, a, *tx_id);
+        }
+    }
+}
+
+#[test]
+fn only_the_peer_itself_withdrawing_a_whole_family_ends_a_path_at_once() {
+    let t0 = Instant::now();
+    let (b4, b6, b6_other) = (
+        addr("198.51.100.2:41641"),
+        addr("[2001:db8:2::2]:41641"),
+        addr("[2001:db8:2::77]:41641"),
+    );
+    let mut p = paths(t0);
+    p.set_local_candidates(
+        t0,
+        vec![
+            Candidate::direct(addr("203.0.113.1:41641"), CandidateSource::Stun),
+            Candidate::direct(addr("[2001:db8:1::1]:41641"), CandidateSource::Interface),
+        ],
+    );
+    p.handle_call_me_maybe(t0, &[b4, b6]);
+    p.handle_control_endpoints(t0, &[b4, b6]);
+    let sent = drain(&mut p);
+    answer_all(&mut p, t0, &sent);
+    assert_eq!(p.route(), Route::Direct(b6));
+
+    // The control plane's list (anyone who compromised or confused it) cannot withdraw.
+    p.handle_control_endpoints(t0, &[b4]);
+    assert_eq!(p.route(), Route::Direct(b6));
+    // The peer's own list moving within a family (another IPv6 address) withdraws nothing
+    // at once: the path is left to its pongs.
+    p.handle_call_me_maybe(t0, &[b4, b6_other]);
+    assert_eq!(p.route(), Route::Direct(b6));
+    assert!(!p.attempts().any(|a| a.outcome == Outcome::Dead));
+    // The peer itself dropping IPv6 altogether: the path ends now, IPv4 (answering) takes it.
+    p.handle_call_me_maybe(t0, &[b4]);
+    assert_eq!(p.route(), Route::Direct(b4));
+    assert!(p
+        .attempts()
+        .any(|a| a.addr == b6 && a.outcome == Outcome::Dead));
+}

@@ -139,16 +139,24 @@ impl PeerPaths {
         // withdrawn): a path to it is dead now, not after missed pongs. Only the peer's own
         // sealed CallMeMaybe can withdraw; single addresses come and go (predicted ports move
         // with every STUN round) and are left to their pongs.
-        let family_gone = |a: &SocketAddr| !list.iter().any(|b| Family::of(*b) == Family::of(*a));
-        let withdrawn: Vec<SocketAddr> = match by {
-            Advertiser::Disco => self
-                .by_disco
-                .iter()
-                .filter(|a| family_gone(a) && !self.by_control.contains(a))
-                .copied()
+        let gone: Vec<Family> = match by {
+            Advertiser::Disco => [Family::Ipv4, Family::Ipv6]
+                .into_iter()
+                .filter(|f| {
+                    self.by_disco.iter().any(|a| Family::of(*a) == *f)
+                        && !list.iter().any(|a| Family::of(*a) == *f)
+                })
                 .collect(),
             Advertiser::Control => Vec::new(),
         };
+        // Every path of that family goes (one found peer-reflexively too), except what the
+        // control plane still vouches for.
+        let withdrawn: Vec<SocketAddr> = self
+            .remote
+            .keys()
+            .filter(|a| gone.contains(&Family::of(**a)) && !self.by_control.contains(a))
+            .copied()
+            .collect();
         match by {
             Advertiser::Disco => self.by_disco = list.clone(),
             Advertiser::Control => self.by_control = list.clone(),
