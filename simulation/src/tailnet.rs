@@ -156,6 +156,8 @@ pub fn run(story: &Story, seed: u64) -> (StoryOutcome, Arc<Recorder>) {
         code: "sim".into(),
         url: format!("http://{derp_addr}/derp"),
         stun: Vec::new(),
+        ipv4: None,
+        ipv6: None,
     }];
     let control = match SimControl::new(derp_map) {
         Ok(c) => Arc::new(c),

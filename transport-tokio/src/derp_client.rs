@@ -114,6 +114,47 @@ fn tls_connector(extra_roots: &ExtraRoots) -> io::Result<tokio_rustls::TlsConnec
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// The addresses to dial for a relay whose control server gave fixed `ipv4`/`ipv6` (a DERP
+/// map's), with the URL's port, in Happy Eyeballs order. A control server is not trusted to
+/// aim the node anywhere: an unspecified, multicast, broadcast or IPv4-mapped address, or a
+/// loopback one for a relay whose URL is not itself on loopback, is left out with a warning.
+/// Empty: resolve the URL's host as without fixed addresses.
+pub fn region_dial_addrs(
+    url: &DerpUrl,
+    ipv4: Option<std::net::Ipv4Addr>,
+    ipv6: Option<std::net::Ipv6Addr>,
+) -> Vec<SocketAddr> {
+    let url_loopback = url.host.eq_ignore_ascii_case("localhost")
+        || url
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let ips = ipv6
+        .map(std::net::IpAddr::V6)
+        .into_iter()
+        .chain(ipv4.map(std::net::IpAddr::V4));
+    let usable = ips.filter(|&ip| {
+        let bad = match ip {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+            }
+            std::net::IpAddr::V6(v6) => {
+                v6.is_unspecified() || v6.is_multicast() || v6.to_ipv4_mapped().is_some()
+            }
+        };
+        let why = if bad {
+            "not an address to connect to"
+        } else if ip.is_loopback() && !url_loopback {
+            "loopback, for a relay whose URL is not"
+        } else {
+            return true;
+        };
+        tracing::warn!(%url, %ip, why, "the control server's relay address ignored");
+        false
+    });
+    sort_addresses(usable.map(|ip| SocketAddr::new(ip, url.port)))
+}
+
 /// The URL's host's addresses (a name's IPv6 and IPv4 addresses, or the IP it is) with its
 /// port, in the order Happy Eyeballs tries them ([`sort_addresses`]).
 pub async fn resolve(url: &DerpUrl) -> io::Result<Vec<SocketAddr>> {
@@ -188,8 +229,25 @@ pub async fn connect_with_roots(
     fast_start: bool,
     roots: &ExtraRoots,
 ) -> io::Result<RawConn> {
+    connect_via(url, &[], key, mesh_key, fast_start, roots).await
+}
+
+/// [`connect_with_roots`] dialling `dial` (the region's fixed addresses, raced in the order
+/// given) instead of resolving the URL's host; empty `dial` resolves it. The URL still names
+/// the host for TLS and HTTP.
+pub async fn connect_via(
+    url: &DerpUrl,
+    dial: &[SocketAddr],
+    key: PrivateKey,
+    mesh_key: Option<String>,
+    fast_start: bool,
+    roots: &ExtraRoots,
+) -> io::Result<RawConn> {
     tokio::time::timeout(Duration::from_secs(10), async {
-        let stream = connect_stream(url, roots).await?;
+        let stream = match dial {
+            [] => connect_stream(url, roots).await?,
+            addrs => connect_stream_to(url, addrs, roots).await?,
+        };
         upgrade(
             stream,
             url,
@@ -391,12 +449,24 @@ pub struct DerpClient {
 impl DerpClient {
     /// Starts the client task.
     pub fn spawn(url: DerpUrl, key: PrivateKey, roots: ExtraRoots) -> Self {
+        Self::spawn_to(url, Vec::new(), key, roots)
+    }
+
+    /// Starts the client task dialling `dial` (a region's fixed addresses, see
+    /// [`region_dial_addrs`]) on every (re)connect; empty `dial` resolves the URL's host.
+    pub fn spawn_to(
+        url: DerpUrl,
+        dial: Vec<SocketAddr>,
+        key: PrivateKey,
+        roots: ExtraRoots,
+    ) -> Self {
         let label = url.to_string();
         Self::spawn_with(
             label,
             move || {
-                let (url, key, roots) = (url.clone(), key.clone(), roots.clone());
-                async move { connect_with_roots(&url, key, None, false, &roots).await }
+                let (url, dial, key, roots) =
+                    (url.clone(), dial.clone(), key.clone(), roots.clone());
+                async move { connect_via(&url, &dial, key, None, false, &roots).await }
             },
             ChaCha20Rng::from_os_rng(),
         )

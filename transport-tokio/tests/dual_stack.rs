@@ -105,7 +105,84 @@ async fn control_on_the_ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
                 "[::1]:3479".parse().unwrap(),
                 "127.0.0.1:3479".parse().unwrap()
             ],
+            // The relay's fixed addresses from the DERP map, both families.
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ipv6: Some(Ipv6Addr::LOCALHOST),
         }]
+    );
+}
+
+/// A region whose URL's host name does not resolve (`.invalid`, RFC 6761) is still reached
+/// through its fixed addresses: the DERP client dials ::1 and 127.0.0.1 and speaks to the
+/// relay under the URL's name. Without them the same URL never connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_is_reached_at_its_fixed_addresses_when_its_host_name_does_not_resolve() {
+    require_ipv6!("a_relay_is_reached_at_its_fixed_addresses_when_its_host_name_does_not_resolve");
+    let d = derper(&["--listen", "[::]:0"]);
+    let port = d.addr().port();
+    let url: DerpUrl = format!("http://derp.invalid:{port}/derp").parse().unwrap();
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut a = DerpClient::spawn_to(url.clone(), vec![v6, v4], key(1), vec![]);
+    // IPv6 refused (nothing listens there): Happy Eyeballs goes on to IPv4 at once.
+    let mut b = DerpClient::spawn_to(url.clone(), vec![refused_v6(), v4], key(2), vec![]);
+    connected(&mut a).await;
+    connected(&mut b).await;
+    let src = deliver(&a, &mut b, key(2).public_key(), b"fixed addresses").await;
+    assert_eq!(src, key(1).public_key());
+    // The name alone: the lookup fails, the client keeps trying and never connects.
+    let mut unresolved = DerpClient::spawn(url, key(3), vec![]);
+    // (A client that connected would never match: the wait would time out.)
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        unresolved.state.wait_for(|s| {
+            matches!(
+                s,
+                burrow::derp_client::DerpState::Connecting {
+                    last_error: Some(_)
+                }
+            )
+        }),
+    )
+    .await
+    .expect("a failed attempt")
+    .unwrap();
+}
+
+/// A region's fixed addresses for a relay on loopback pass the node's checks and are raced
+/// IPv6 first: with both families listening, IPv6 takes the connection and IPv4 is never tried.
+#[tokio::test]
+async fn a_regions_fixed_addresses_are_raced_ipv6_first() {
+    require_ipv6!("a_regions_fixed_addresses_are_raced_ipv6_first");
+    let v6 = tokio::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let port = v6.local_addr().unwrap().port();
+    let Ok(v4) = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await else {
+        eprintln!("SKIPPED: 127.0.0.1:{port} is taken");
+        return;
+    };
+    let url: DerpUrl = format!("http://localhost:{port}/derp").parse().unwrap();
+    let dial = burrow::derp_client::region_dial_addrs(
+        &url,
+        Some(Ipv4Addr::LOCALHOST),
+        Some(Ipv6Addr::LOCALHOST),
+    );
+    assert_eq!(
+        dial,
+        vec![
+            SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+        ]
+    );
+    let accepted = tokio::spawn(accept_one(v6));
+    assert!(connect_and_read(&dial).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(accepted.await.unwrap(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), v4.accept())
+            .await
+            .is_err(),
+        "IPv4 was not tried"
     );
 }
 

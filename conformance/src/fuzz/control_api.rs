@@ -117,6 +117,8 @@ fn server() -> Server {
         code: "fuzz".into(),
         url: "http://127.0.0.1:3340/derp".into(),
         stun: Vec::new(),
+        ipv4: None,
+        ipv6: None,
     }];
     let control = Control::new(store, policy, derp).expect("control server");
     control.set_verify_token(VERIFY_TOKEN.into());

@@ -4,7 +4,7 @@
 //! through per-user and per-tag indexes, never a recomputation over the whole network.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,13 @@ pub struct DerpRegion {
     pub url: String,
     /// STUN servers of the region.
     pub stun: Vec<SocketAddr>,
+    /// The relay's fixed IPv4 address (the DERP map's `IPv4`), dialled beside or instead of
+    /// the URL's host name; absent from netmaps of servers that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    /// The relay's fixed IPv6 address (the DERP map's `IPv6`), tried first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// A whole netmap for one node.
@@ -348,4 +355,37 @@ pub const MAX_NODE_ID: u64 = (1 << 22) - 2;
 pub fn address_v4(index: u32) -> IpAddr {
     let n = 0x6440_0000u32 + 1 + index % ((1 << 22) - 2);
     IpAddr::V4(n.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str =
+        r#"{"id":1,"code":"fra","url":"https://derp.fra.example/derp","stun":["192.0.2.1:3478"]}"#;
+
+    #[test]
+    fn a_region_without_fixed_addresses_parses_and_serializes_as_before() {
+        let r: DerpRegion = serde_json::from_str(OLD).unwrap();
+        assert_eq!((r.ipv4, r.ipv6), (None, None));
+        assert_eq!(r.url, "https://derp.fra.example/derp");
+        // No `ipv4`/`ipv6` keys: an older node's netmap is unchanged.
+        assert_eq!(serde_json::to_string(&r).unwrap(), OLD);
+    }
+
+    #[test]
+    fn a_regions_fixed_addresses_round_trip() {
+        let text = r#"{"id":1,"code":"fra","url":"https://derp.fra.example/derp","stun":[],
+            "ipv4":"192.0.2.1","ipv6":"2001:db8::1"}"#;
+        let r: DerpRegion = serde_json::from_str(text).unwrap();
+        assert_eq!(r.ipv4, Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(r.ipv6, Some("2001:db8::1".parse().unwrap()));
+        let back: DerpRegion = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        // A whole netmap from a server that predates the fields still parses.
+        let node = r#"{"id":7,"name":"a","user":"u","tags":[],"addresses":["100.64.0.1"]}"#;
+        let map = format!(r#"{{"node":{node},"peers":[],"filter":[],"derp":[{OLD}]}}"#);
+        let map: NetMap = serde_json::from_str(&map).unwrap();
+        assert_eq!(map.derp[0].ipv6, None);
+    }
 }

@@ -76,6 +76,8 @@ pub(super) fn mesh(
                         code: "sim".into(),
                         url: format!("http://{derp_addr}/derp"),
                         stun: stun_addrs.clone(),
+                        ipv4: None,
+                        ipv6: None,
                     }])
                     .map_err(|e| scenario.invalid(format!("control server: {e}")))?,
                 );

@@ -101,6 +101,8 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
                     code: "default".into(),
                     url: url.to_string(),
                     stun: stun.clone(),
+                    ipv4: None,
+                    ipv6: None,
                 }]
             })
             .unwrap_or_default(),

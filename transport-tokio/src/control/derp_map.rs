@@ -1,5 +1,6 @@
 //! The DERP map `burrow control serve` hands out, from a Tailscale-style DERP map file
-//! (`--derp-map`): each region's relay URL and its STUN servers, IPv6 and IPv4.
+//! (`--derp-map`): each region's relay URL, the relay's fixed IPv4 and IPv6 addresses, and its
+//! STUN servers, IPv6 and IPv4.
 
 use burrow_derp::DerpMap;
 
@@ -18,7 +19,8 @@ pub enum DerpMapError {
 }
 
 /// The netmap's regions for `map`, in ID order: each region's first relay that is not
-/// STUN-only (its URL; a client resolves the host name and races both families), and every
+/// STUN-only (its URL and fixed addresses; a client races those, or without them resolves
+/// the host name and races both families), and every
 /// STUN server of the region at its fixed IPv6 and IPv4 addresses (a node without fixed
 /// addresses: its host name's, resolved now). Regions without a relay are left out.
 pub async fn regions(map: &DerpMap) -> Result<Vec<burrow_control::DerpRegion>, DerpMapError> {
@@ -42,6 +44,8 @@ pub async fn regions(map: &DerpMap) -> Result<Vec<burrow_control::DerpRegion>, D
             code: r.code.clone(),
             url: relay.derp_url(),
             stun: servers,
+            ipv4: relay.ipv4,
+            ipv6: relay.ipv6,
         });
     }
     if out.is_empty() {
@@ -79,12 +83,16 @@ mod tests {
                     code: "fra".into(),
                     url: "https://derp.fra.example:8443/derp".into(),
                     stun: vec![a("[2001:db8:1::1]:3479"), a("192.0.2.1:3479")],
+                    ipv4: Some("192.0.2.1".parse().unwrap()),
+                    ipv6: Some("2001:db8:1::1".parse().unwrap()),
                 },
                 burrow_control::DerpRegion {
                     id: 2,
                     code: "nyc".into(),
                     url: "https://derp.nyc.example:443/derp".into(),
                     stun: vec![a("[2001:db8:2::1]:3478")],
+                    ipv4: Some("198.51.100.2".parse().unwrap()),
+                    ipv6: None,
                 },
             ]
         );

@@ -231,3 +231,66 @@ async fn the_host_header_brackets_an_ipv6_literal() {
         assert!(head.contains(want), "{url}: {head:?}");
     }
 }
+
+fn url(s: &str) -> DerpUrl {
+    s.parse().unwrap()
+}
+
+fn addrs(s: &[&str]) -> Vec<SocketAddr> {
+    s.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+#[test]
+fn a_regions_fixed_addresses_are_dialled_ipv6_first_on_the_urls_port() {
+    let got = region_dial_addrs(
+        &url("https://derp.example:8443/derp"),
+        Some("192.0.2.1".parse().unwrap()),
+        Some("2001:db8::1".parse().unwrap()),
+    );
+    assert_eq!(got, addrs(&["[2001:db8::1]:8443", "192.0.2.1:8443"]));
+    let v4_only = region_dial_addrs(
+        &url("https://derp.example/derp"),
+        Some("192.0.2.1".parse().unwrap()),
+        None,
+    );
+    assert_eq!(v4_only, addrs(&["192.0.2.1:443"]));
+    assert!(region_dial_addrs(&url("https://derp.example/derp"), None, None).is_empty());
+}
+
+#[test]
+fn a_control_servers_unusable_relay_addresses_are_ignored() {
+    let remote = url("https://derp.example/derp");
+    for (v4, v6) in [
+        ("0.0.0.0", "::"),
+        ("224.0.0.1", "ff02::1"),
+        ("255.255.255.255", "::ffff:192.0.2.1"),
+        // Loopback only for a relay whose URL is on loopback itself.
+        ("127.0.0.1", "::1"),
+    ] {
+        let got = region_dial_addrs(
+            &remote,
+            Some(v4.parse().unwrap()),
+            Some(v6.parse().unwrap()),
+        );
+        assert!(got.is_empty(), "{v4} {v6}: {got:?}");
+    }
+    // One bad family leaves the other.
+    let got = region_dial_addrs(
+        &remote,
+        Some("198.51.100.7".parse().unwrap()),
+        Some("::".parse().unwrap()),
+    );
+    assert_eq!(got, addrs(&["198.51.100.7:443"]));
+    for local in [
+        "http://localhost:3340/derp",
+        "http://127.0.0.1:3340/derp",
+        "http://[::1]:3340/derp",
+    ] {
+        let got = region_dial_addrs(
+            &url(local),
+            Some("127.0.0.1".parse().unwrap()),
+            Some("::1".parse().unwrap()),
+        );
+        assert_eq!(got, addrs(&["[::1]:3340", "127.0.0.1:3340"]), "{local}");
+    }
+}

@@ -237,9 +237,55 @@ pub(crate) fn derp_url(
     }
 }
 
+/// Where to dial the relay [`derp_url`] chose: the map region's fixed IPv6 and IPv4 addresses
+/// (checked, see [`crate::derp_client::region_dial_addrs`]); empty, so the URL's host is
+/// resolved, for --derp or a region without them.
+pub(crate) fn derp_dial(
+    given: Option<&DerpUrl>,
+    map: &[burrow_control::DerpRegion],
+    url: &DerpUrl,
+) -> Vec<SocketAddr> {
+    match (given, map.first()) {
+        (None, Some(r)) => crate::derp_client::region_dial_addrs(url, r.ipv4, r.ipv6),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_home_regions_fixed_addresses_are_dialled_unless_derp_is_given() {
+        let region = burrow_control::DerpRegion {
+            id: 1,
+            code: "fra".into(),
+            url: "https://derp.fra.example:8443/derp".into(),
+            stun: Vec::new(),
+            ipv4: Some("192.0.2.1".parse().unwrap()),
+            ipv6: Some("2001:db8::1".parse().unwrap()),
+        };
+        let map = [region.clone()];
+        let url = derp_url(None, &map).unwrap();
+        assert_eq!(url.host, "derp.fra.example");
+        assert_eq!(
+            derp_dial(None, &map, &url),
+            vec![
+                "[2001:db8::1]:8443".parse::<SocketAddr>().unwrap(),
+                "192.0.2.1:8443".parse().unwrap()
+            ]
+        );
+        // --derp names another relay: the region's addresses are not its.
+        let given: DerpUrl = "https://other.example/derp".parse().unwrap();
+        assert!(derp_dial(Some(&given), &map, &given).is_empty());
+        // A region without fixed addresses: the URL's host is resolved.
+        let bare = [burrow_control::DerpRegion {
+            ipv4: None,
+            ipv6: None,
+            ..region
+        }];
+        assert!(derp_dial(None, &bare, &url).is_empty());
+    }
 
     #[test]
     fn plain_http_beyond_loopback_is_flagged() {

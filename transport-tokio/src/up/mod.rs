@@ -50,6 +50,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         }
     };
     let derp_url = iface::derp_url(cfg.derp.as_ref(), &derp_map)?;
+    let derp_dial = iface::derp_dial(cfg.derp.as_ref(), &derp_map, &derp_url);
     iface::warn_if_plain("DERP relay", &derp_url.to_string());
     let tun = iface::create_tun(&cfg.tun, &node.addresses)?;
     let socket = crate::wg::bind_udp_socket(cfg.listen_port)
@@ -72,7 +73,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let engine = Node::new(config, now());
-    let derp = DerpClient::spawn(derp_url, private, cfg.extra_roots.clone());
+    let derp = DerpClient::spawn_to(derp_url, derp_dial, private, cfg.extra_roots.clone());
     let (
         chans,
         NodeHandle {
