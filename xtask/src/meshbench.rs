@@ -84,19 +84,23 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
         crate::lab::ipv6::set_node_address(&built.v6[site], true)?;
     }
     let sock_h = built.dir.join("hard2").join("burrow.sock");
-    let status_h = || -> String {
-        Command::new("ip")
+    // Whether hard2's path to its peer runs over IPv6 (`burrow status --json`).
+    let on_v6 = || -> bool {
+        let out = Command::new("ip")
             .args(["netns", "exec", &nsh])
             .arg(&burrow)
             .args(["status", "--json", "--socket"])
             .arg(&sock_h)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
+            .output();
+        let Ok(out) = out else { return false };
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["family"] == "ipv6"))
     };
     wait(Duration::from_secs(30), || {
         ping(&nsh, &addr2);
-        status_h().contains("\"family\":\"ipv6\"")
+        on_v6()
     })
     .context("hard2 → easy2 never went direct over IPv6")?;
     // Paths settle: direct for easy1 → easy2, DERP for blocked → easy2.
@@ -157,7 +161,7 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
             wggo.last().unwrap_or(&0.0)
         );
     }
-    if !status_h().contains("\"family\":\"ipv6\"") {
+    if !on_v6() {
         bail!("hard2 → easy2 left IPv6 during the runs");
     }
     drop(guards);

@@ -117,7 +117,8 @@ fn try_local_addresses(port: u16, ours: &[IpAddr], ipv6: bool) -> io::Result<Vec
         .into_iter()
         .map(|i| {
             let ip = i.ip();
-            let usable = !matches!(ip, IpAddr::V6(v6) if gone.contains(&v6));
+            let usable = !matches!(ip, IpAddr::V6(v6) if gone.contains(&v6))
+                && !is_tunnel(&link_type(&i.name));
             HostAddr { ip, usable }
         })
         .collect();
@@ -125,6 +126,24 @@ fn try_local_addresses(port: u16, ours: &[IpAddr], ipv6: bool) -> io::Result<Vec
         .into_iter()
         .map(|ip| SocketAddr::new(ip, port))
         .collect())
+}
+
+/// The link type of interface `name` (`/sys/class/net/NAME/type`, an ARPHRD_* number), if
+/// it can be read.
+fn link_type(name: &str) -> Option<u16> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a link type is a layer-3 tunnel with no link layer (ARPHRD_NONE: TUN devices,
+/// WireGuard, including other VPNs' and burrow's own): an address on one is no place a peer
+/// reaches us directly, and a path over another VPN would carry the tunnel inside the tunnel.
+pub(crate) fn is_tunnel(link_type: &Option<u16>) -> bool {
+    const ARPHRD_NONE: u16 = 0xfffe;
+    *link_type == Some(ARPHRD_NONE)
 }
 
 /// How often `burrow up` looks at the host's interface addresses again: an address added or
@@ -180,7 +199,7 @@ pub(crate) struct HostAddr {
     /// The address.
     pub ip: IpAddr,
     /// False for IPv6 addresses on their way out (deprecated) or that failed duplicate
-    /// detection.
+    /// detection, and for any address on a tunnel interface (no link layer).
     pub usable: bool,
 }
 
@@ -192,7 +211,7 @@ pub(crate) fn candidate_ips(host: &[HostAddr], ours: &[IpAddr], ipv6: bool) -> V
     let mut out: Vec<IpAddr> = Vec::new();
     for a in host {
         let wanted = match a.ip {
-            IpAddr::V4(v4) => !v4.is_loopback(),
+            IpAddr::V4(v4) => a.usable && !v4.is_loopback(),
             IpAddr::V6(v6) => ipv6 && a.usable && v6.segments()[0] & 0xe000 == 0x2000,
         };
         if wanted && !ours.contains(&a.ip) && !out.contains(&a.ip) {
@@ -353,6 +372,21 @@ mod tests {
         let mut host = usable(&["2001:db8:1::20", "2001:db8:1::99"]);
         host[1].usable = false;
         assert_eq!(candidate_ips(&host, &[], true), ips(&["2001:db8:1::20"]));
+    }
+
+    #[test]
+    fn addresses_on_tunnel_interfaces_are_left_out() {
+        // Another VPN's interface (wireguard-go's wg0 in the mesh bench, say): a path over it
+        // would carry burrow inside that tunnel.
+        assert!(is_tunnel(&Some(65534)));
+        assert!(!is_tunnel(&Some(1))); // Ethernet (veth too)
+        assert!(!is_tunnel(&None));
+        let mut host = usable(&["192.168.1.20", "10.77.0.1", "2001:db8:1::20"]);
+        host[1].usable = false;
+        assert_eq!(
+            candidate_ips(&host, &[], true),
+            ips(&["192.168.1.20", "2001:db8:1::20"])
+        );
     }
 
     #[test]
