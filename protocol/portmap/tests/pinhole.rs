@@ -22,6 +22,7 @@ fn pinhole_lan(tweak: impl FnOnce(&mut burrow_portmap::gateway::GatewayConfig)) 
             c.pinhole = Some(PinholeConfig {
                 gateway: GW6,
                 local_ip: ME6,
+                scope_id: 0,
             })
         },
     )
@@ -365,6 +366,7 @@ fn a_new_address_moves_the_pinhole() {
         Some(PinholeConfig {
             gateway: GW6,
             local_ip: new,
+            scope_id: 0,
         }),
     );
     // The old one is deleted (sent from the old address, still configured for a moment),

@@ -50,6 +50,8 @@ pub struct PinholeConfig {
     pub gateway: Ipv6Addr,
     /// The node's global IPv6 address (PCP's client address and the pinhole's internal one).
     pub local_ip: Ipv6Addr,
+    /// The interface index to reach a link-local gateway through (0 for a global one).
+    pub scope_id: u32,
 }
 
 impl PortMapperConfig {

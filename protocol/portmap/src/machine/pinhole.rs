@@ -66,7 +66,12 @@ impl Pinhole {
 }
 
 fn server(c: PinholeConfig) -> SocketAddr {
-    SocketAddr::V6(SocketAddrV6::new(c.gateway, pmp::SERVER_PORT, 0, 0))
+    SocketAddr::V6(SocketAddrV6::new(
+        c.gateway,
+        pmp::SERVER_PORT,
+        0,
+        c.scope_id,
+    ))
 }
 
 impl PortMapper {
