@@ -217,18 +217,32 @@ pub async fn spawn(config: PortMapperConfig) -> std::io::Result<PortMapHandle> {
                 mapping_tx.send_replace(None);
             }
         };
-        let mut on_pinhole = |e: PinholeEvent| match e {
-            PinholeEvent::Opened(a) => {
-                tracing::info!(target: "burrow::portmap", "IPv6 pinhole open: {a}");
-                pinhole_tx.send_replace(Some(a));
-            }
-            PinholeEvent::Lost { reason } => {
-                tracing::info!(target: "burrow::portmap", "IPv6 pinhole gone: {reason}");
-                pinhole_tx.send_replace(None);
-            }
-            PinholeEvent::Refused { code, reason } => {
-                tracing::info!(target: "burrow::portmap", ?code, "no IPv6 pinhole: {reason}");
-            }
+        let mut on_pinhole = |e: PinholeEvent| {
+            let (pinhole, error) = match e {
+                PinholeEvent::Opened(a) => {
+                    tracing::info!(target: "burrow::portmap", "IPv6 pinhole open: {a}");
+                    (Some(a), None)
+                }
+                PinholeEvent::Lost { reason } => {
+                    tracing::info!(target: "burrow::portmap", "IPv6 pinhole gone: {reason}");
+                    (None, Some((None, reason)))
+                }
+                PinholeEvent::Refused { code, reason } => {
+                    tracing::info!(target: "burrow::portmap", ?code, "no IPv6 pinhole: {reason}");
+                    (None, Some((code, reason)))
+                }
+            };
+            pinhole_tx.send_replace(pinhole);
+            // The latest report (`burrow doctor`'s line) says so too.
+            report_tx.send_modify(|r| {
+                if let Some(r) = r.as_mut() {
+                    r.pinhole = pinhole;
+                    (r.pinhole_error_code, r.pinhole_error) = match error {
+                        Some((code, reason)) => (code, Some(reason)),
+                        None => (None, None),
+                    };
+                }
+            });
         };
         drive(
             &mut mapper,

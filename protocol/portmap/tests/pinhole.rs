@@ -429,3 +429,54 @@ fn a_new_address_moves_the_pinhole() {
     lan.pump();
     assert_eq!(lan.mapper.pinhole(), None);
 }
+
+proptest::proptest! {
+    /// Whatever arrives over IPv6 before the gateway's answer — random bytes, or well-formed
+    /// MAP successes with a guessed nonce, from the gateway or anyone — opens no pinhole,
+    /// panics nowhere, and leaves the real answer working.
+    #[test]
+    fn guessed_answers_open_no_pinhole(
+        junk in proptest::collection::vec(
+            (
+                proptest::bool::ANY,
+                proptest::array::uniform12(proptest::prelude::any::<u8>()),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+                proptest::prelude::any::<u128>(),
+            ),
+            1..24,
+        ),
+    ) {
+        let mut lan = pinhole_lan(|_| {});
+        let now = lan.now;
+        lan.mapper.start(now);
+        let req = pending_map(&mut lan);
+        let real_nonce = req.map.unwrap().nonce;
+        let gw6 = SocketAddr::new(IpAddr::V6(GW6), 5351);
+        for (shaped, nonce, bytes, src) in junk {
+            let data = if shaped {
+                let mut guess = req.clone();
+                guess.map.as_mut().unwrap().nonce = nonce;
+                success(&guess, SocketAddr::new(IpAddr::V6(Ipv6Addr::from(src)), 9))
+            } else {
+                bytes
+            };
+            let from = if src % 2 == 0 {
+                gw6
+            } else {
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::from(src)), 5351)
+            };
+            let taken = lan.mapper.handle_input(now, Input::Udp { from, data: &data });
+            if taken.is_ok() {
+                // Only the gateway's answer with our nonce counts.
+                proptest::prop_assert_eq!(from, gw6);
+                proptest::prop_assert_eq!(nonce, real_nonce);
+            }
+        }
+        proptest::prop_assert_eq!(lan.mapper.pinhole(), None);
+        let real = SocketAddr::V6(me6(PORT));
+        let answer = success(&req, real);
+        let taken = lan.mapper.handle_input(now, Input::Udp { from: gw6, data: &answer });
+        proptest::prop_assert_eq!(taken, Ok(()));
+        proptest::prop_assert_eq!(lan.mapper.pinhole(), Some(real));
+    }
+}
