@@ -623,21 +623,24 @@ pub fn pcp_decode(data: &[u8]) {
 
 /// Drives a port mapper with a script of gateway answers (kind, length, payload): NAT-PMP/PCP
 /// datagrams from the gateway, SSDP answers, HTTP answers to its latest request, datagrams from
-/// strangers, time passing, recheck and shutdown. It must not panic, must send only to the
-/// gateway or SSDP's group, and must never follow a URL off the gateway.
+/// strangers, PCP over IPv6 from the gateway (the pinhole), time passing, recheck and
+/// shutdown. It must not panic, must send only to the gateway (either address) or SSDP's
+/// group, and must never follow a URL off the gateway.
 pub fn portmap_client(data: &[u8]) {
-    use burrow_portmap::{Input, PortMapper, PortMapperConfig, Transmit};
-    use std::net::{Ipv4Addr, SocketAddr};
+    use burrow_portmap::{Input, PinholeConfig, PortMapper, PortMapperConfig, Transmit};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::time::{Duration, Instant};
     let gw = Ipv4Addr::new(192, 168, 1, 1);
+    let gw6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
     let t0 = Instant::now();
     let mut now = t0;
-    let mut m = PortMapper::new(PortMapperConfig::new(
-        gw,
-        Ipv4Addr::new(192, 168, 1, 10),
-        41641,
-        1,
-    ));
+    let mut config = PortMapperConfig::new(gw, Ipv4Addr::new(192, 168, 1, 10), 41641, 1);
+    config.pinhole = Some(PinholeConfig {
+        gateway: gw6,
+        local_ip: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10),
+        scope_id: 0,
+    });
+    let mut m = PortMapper::new(config);
     m.start(now);
     let mut last_http = None;
     let mut rest = data;
@@ -648,7 +651,7 @@ pub fn portmap_client(data: &[u8]) {
         let payload = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[(2 + len).min(rest.len())..];
         let gw_port = |p| SocketAddr::from((gw, p));
-        let _ = match kind % 7 {
+        let _ = match kind % 8 {
             0 => m.handle_input(
                 now,
                 Input::Udp {
@@ -693,15 +696,23 @@ pub fn portmap_client(data: &[u8]) {
                 m.start(now);
                 Ok(())
             }
-            _ => {
+            6 => {
                 m.shutdown(now);
                 Ok(())
             }
+            _ => m.handle_input(
+                now,
+                Input::Udp {
+                    from: SocketAddr::from((gw6, 5351)),
+                    data: payload,
+                },
+            ),
         };
         while let Some(t) = m.poll_transmit() {
             match t {
                 Transmit::Udp { dst, .. } => assert!(
                     dst.ip() == std::net::IpAddr::V4(gw)
+                        || dst == SocketAddr::from((gw6, 5351))
                         || dst == SocketAddr::V4(burrow_portmap::upnp::ssdp::SSDP_ADDR),
                     "sent to {dst}"
                 ),
@@ -712,6 +723,7 @@ pub fn portmap_client(data: &[u8]) {
             }
         }
         while m.poll_event().is_some() {}
+        while m.poll_pinhole_event().is_some() {}
         if let Some(t) = m.poll_timeout() {
             assert!(t >= t0);
         }

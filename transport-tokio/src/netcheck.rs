@@ -352,6 +352,9 @@ pub fn format_report(r: &Report) -> String {
                 _ => String::new(),
             };
             let _ = writeln!(s, "  * Port mapping: {answered}{mapped}");
+            if let Some(p) = pm.pinhole_v6 {
+                let _ = writeln!(s, "  * IPv6 pinhole: {p}");
+            }
             for (p, e) in &pm.errors {
                 let _ = writeln!(s, "    - {p}: {e}");
             }

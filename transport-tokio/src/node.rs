@@ -104,6 +104,9 @@ pub enum NodeCommand {
     /// The host's interface addresses (with the node's port) changed: the engine gathers its
     /// candidates again, tells its peers and asks STUN again.
     SetLocalAddrs(Vec<SocketAddr>),
+    /// The router's IPv6 firewall opened a pinhole for the node's port here (PCP), or it is
+    /// gone.
+    SetIpv6Pinhole(Option<SocketAddr>),
 }
 
 fn snapshot(engine: &Node) -> EngineState {
@@ -309,6 +312,9 @@ pub async fn run_node<B: SocketBinder>(
                 }
                 Some(NodeCommand::SetLocalAddrs(addrs)) => {
                     engine.set_local_addrs(now(), addrs);
+                }
+                Some(NodeCommand::SetIpv6Pinhole(p)) => {
+                    engine.set_ipv6_pinhole(now(), p);
                 }
                 None => commands_open = false,
             },

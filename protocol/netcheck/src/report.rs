@@ -86,6 +86,8 @@ pub struct PortMapping {
     pub lease_secs: Option<u64>,
     /// The gateway's external address is private: it sits behind another NAT.
     pub private_external: bool,
+    /// The IPv6 pinhole the router's firewall opened for the probe's port (PCP; `null`: none).
+    pub pinhole_v6: Option<SocketAddr>,
     /// Each protocol's error, by name.
     pub errors: std::collections::BTreeMap<String, String>,
 }

@@ -249,3 +249,83 @@ fn a_removed_peer_is_forgotten_and_the_others_keep_working() {
     let got = relay_all(t2, &mut [&mut a, &mut b]);
     assert!(got[0].contains(&PACKET.to_vec()), "{got:?}");
 }
+
+/// The node's candidates from its latest `Endpoints` event.
+fn endpoints(n: &mut Node) -> Option<Vec<burrow_punch::Candidate>> {
+    let mut last = None;
+    while let Some(e) = n.poll_event() {
+        if let Event::Endpoints { candidates, .. } = e {
+            last = Some(candidates);
+        }
+    }
+    last
+}
+
+#[test]
+fn an_ipv6_pinhole_is_a_port_mapped_candidate_peers_learn() {
+    use burrow_punch::CandidateSource;
+    let now = Instant::now();
+    let key = |b| PrivateKey::from_bytes([b; 32]);
+    let v6: SocketAddr = "[2001:db8:1::10]:41641".parse().unwrap();
+    let mut ac = NodeConfig::new(key(1), key(2), 1);
+    ac.local_addrs = vec!["192.168.1.10:41641".parse().unwrap(), v6];
+    let mut bc = NodeConfig::new(key(3), key(4), 2);
+    bc.local_addrs = vec!["192.168.7.20:41641".parse().unwrap()];
+    let (mut a, mut b) = (Node::new(ac, now), Node::new(bc, now));
+    let peer = |n: &Node| PeerConfig {
+        node_key: n.public_key(),
+        disco_key: n.disco_public_key(),
+        home_region: 1,
+        endpoints: vec![],
+        allowed_ips: vec!["0.0.0.0/0".parse().unwrap()],
+    };
+    let _ = a.add_peer(now, peer(&b));
+    let _ = b.add_peer(now, peer(&a));
+    a.handle_timeout(now);
+    let before = endpoints(&mut a).expect("gathered");
+    let source =
+        |c: &[burrow_punch::Candidate], addr| c.iter().find(|x| x.addr == addr).map(|x| x.source);
+    assert_eq!(source(&before, v6), Some(CandidateSource::Interface));
+
+    // Not global: refused, nothing changes.
+    for bad in [
+        "[fe80::1]:41641",
+        "[fd00::1]:41641",
+        "[::1]:41641",
+        "1.2.3.4:41641",
+    ] {
+        a.set_ipv6_pinhole(now, Some(bad.parse().unwrap()));
+        assert_eq!(a.ipv6_pinhole(), None, "{bad}");
+    }
+
+    a.set_ipv6_pinhole(now, Some(v6));
+    assert_eq!(a.ipv6_pinhole(), Some(v6));
+    let with = endpoints(&mut a).expect("gathered again");
+    // The same address, now from the port mapping (once, and first).
+    assert_eq!(source(&with, v6), Some(CandidateSource::PortMapping));
+    assert_eq!(with.iter().filter(|c| c.addr == v6).count(), 1);
+    assert_eq!(with[0].addr, v6);
+    // A pinhole on another address than the interface's is a candidate of its own.
+    let other: SocketAddr = "[2001:db8:1::20]:41641".parse().unwrap();
+    a.set_ipv6_pinhole(now, Some(other));
+    let moved = endpoints(&mut a).expect("gathered again");
+    assert_eq!(source(&moved, other), Some(CandidateSource::PortMapping));
+    assert_eq!(source(&moved, v6), Some(CandidateSource::Interface));
+
+    // b learns it (over DERP) and its explanation shows it.
+    let t = now + Duration::from_secs(1);
+    a.handle_timeout(t);
+    b.handle_timeout(t);
+    let _ = relay_only(t, &mut a, &mut b);
+    let x = b.explain(&a.public_key()).expect("a is b's peer");
+    assert!(
+        x.candidates.iter().any(|c| c.addr == other),
+        "{:?}",
+        x.candidates
+    );
+
+    a.set_ipv6_pinhole(now, None);
+    let after = endpoints(&mut a).expect("gathered again");
+    assert_eq!(source(&after, other), None);
+    assert_eq!(source(&after, v6), Some(CandidateSource::Interface));
+}

@@ -4,7 +4,7 @@
 //! miniupnpd in the lab.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
@@ -46,6 +46,9 @@ pub struct GatewayConfig {
     pub max_lease: u32,
     /// The UPnP HTTP server's port.
     pub http_port: u16,
+    /// The router's IPv6 address on the LAN: when set (and PCP is on), it answers PCP over
+    /// IPv6 and opens pinholes in its IPv6 firewall (RFC 6887 §11).
+    pub lan_ip6: Option<Ipv6Addr>,
 }
 
 impl GatewayConfig {
@@ -63,6 +66,7 @@ impl GatewayConfig {
             max_mappings: 128,
             max_lease: 86_400,
             http_port: DEFAULT_HTTP_PORT,
+            lan_ip6: None,
         }
     }
 
@@ -94,12 +98,26 @@ pub struct GatewayMapping {
     pub nonce: Option<[u8; 12]>,
 }
 
+/// One pinhole in the router's IPv6 firewall: inbound packets to `internal` pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayPinhole {
+    /// UDP or TCP.
+    pub protocol: TransportProtocol,
+    /// The client's address and port (also the external ones: no NAT66).
+    pub internal: SocketAddrV6,
+    /// When it lapses.
+    pub expires: Instant,
+    /// PCP's nonce (only its owner may renew or delete it).
+    pub nonce: [u8; 12],
+}
+
 /// The modelled router: see the module's documentation.
 #[derive(Debug)]
 pub struct Gateway {
     config: GatewayConfig,
     epoch_start: Instant,
     mappings: BTreeMap<(TransportProtocol, u16), GatewayMapping>,
+    pinholes: BTreeMap<(TransportProtocol, SocketAddrV6), GatewayPinhole>,
     rng: ChaCha20Rng,
 }
 
@@ -110,6 +128,7 @@ impl Gateway {
             config,
             epoch_start: now,
             mappings: BTreeMap::new(),
+            pinholes: BTreeMap::new(),
             rng: ChaCha20Rng::seed_from_u64(seed),
         }
     }
@@ -127,6 +146,7 @@ impl Gateway {
     /// Reboots: every mapping is forgotten and the epoch starts again.
     pub fn reboot(&mut self, now: Instant) {
         self.mappings.clear();
+        self.pinholes.clear();
         self.epoch_start = now;
     }
 
@@ -163,6 +183,18 @@ impl Gateway {
             .map(|m| m.external_port)
     }
 
+    /// The live IPv6 pinholes.
+    pub fn pinholes(&self, now: Instant) -> impl Iterator<Item = &GatewayPinhole> {
+        self.pinholes.values().filter(move |p| now < p.expires)
+    }
+
+    /// Whether the IPv6 firewall lets an inbound packet to `dst` through (a live pinhole).
+    pub fn inbound6(&self, now: Instant, protocol: TransportProtocol, dst: SocketAddrV6) -> bool {
+        self.pinholes
+            .get(&(protocol, dst))
+            .is_some_and(|p| now < p.expires)
+    }
+
     fn epoch(&self, now: Instant) -> u32 {
         u32::try_from(now.saturating_duration_since(self.epoch_start).as_secs()).unwrap_or(u32::MAX)
     }
@@ -190,6 +222,125 @@ impl Gateway {
             },
             1900 => self.handle_ssdp(data),
             _ => None,
+        }
+    }
+
+    /// A datagram over IPv6 from `from` to the router's `port`: PCP on 5351 when
+    /// [`GatewayConfig::lan_ip6`] is set, MAP opening pinholes; the answer to send back.
+    pub fn handle_udp6(
+        &mut self,
+        now: Instant,
+        from: SocketAddrV6,
+        port: u16,
+        data: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.config.lan_ip6?;
+        if port != pmp::SERVER_PORT || !self.config.pcp || data.first() != Some(&pcp::VERSION) {
+            return None;
+        }
+        self.pinholes.retain(|_, p| now < p.expires);
+        let epoch = self.epoch(now);
+        let answer = |opcode, result, lifetime, map| {
+            pcp::Response {
+                opcode,
+                result,
+                lifetime,
+                epoch,
+                map,
+                options: Vec::new(),
+                other_body: Vec::new(),
+            }
+            .to_bytes()
+        };
+        let request = match pcp::Request::decode(data) {
+            Ok(r) => r,
+            Err(pcp::PcpError::TooShort { .. } | pcp::PcpError::Length(_)) => return None,
+            Err(_) => {
+                let op = pcp::Opcode::from_code(data.get(1).copied().unwrap_or(0));
+                return Some(answer(op, pcp::ResultCode::MalformedRequest, 0, None));
+            }
+        };
+        let refuse = |result, body| Some(answer(pcp::Opcode::Map, result, 0, body));
+        if request.client_ip != IpAddr::V6(*from.ip()) {
+            return Some(answer(
+                request.opcode,
+                pcp::ResultCode::AddressMismatch,
+                0,
+                request.map,
+            ));
+        }
+        match request.opcode {
+            pcp::Opcode::Announce => Some(answer(
+                pcp::Opcode::Announce,
+                pcp::ResultCode::Success,
+                0,
+                None,
+            )),
+            pcp::Opcode::Map => {
+                let body = request.map?;
+                let protocol = match body.protocol {
+                    pcp::PROTOCOL_UDP => TransportProtocol::Udp,
+                    pcp::PROTOCOL_TCP => TransportProtocol::Tcp,
+                    _ => return refuse(pcp::ResultCode::UnsupportedProtocol, Some(body)),
+                };
+                let third_party = request
+                    .options
+                    .iter()
+                    .any(|o| matches!(o, pcp::PcpOption::ThirdParty(_)));
+                if self.config.deny || third_party {
+                    return refuse(pcp::ResultCode::NotAuthorized, Some(body));
+                }
+                let internal = SocketAddrV6::new(*from.ip(), body.internal_port, 0, 0);
+                let key = (protocol, internal);
+                if self
+                    .pinholes
+                    .get(&key)
+                    .is_some_and(|p| p.nonce != body.nonce)
+                {
+                    return refuse(pcp::ResultCode::NotAuthorized, Some(body));
+                }
+                if request.lifetime == 0 {
+                    self.pinholes.remove(&key);
+                    return Some(answer(
+                        pcp::Opcode::Map,
+                        pcp::ResultCode::Success,
+                        0,
+                        Some(body),
+                    ));
+                }
+                if !self.pinholes.contains_key(&key)
+                    && self.pinholes.len() >= self.config.max_mappings
+                {
+                    return Some(answer(
+                        pcp::Opcode::Map,
+                        pcp::ResultCode::NoResources,
+                        30,
+                        Some(body),
+                    ));
+                }
+                let lifetime = request.lifetime.min(self.config.max_lease);
+                self.pinholes.insert(
+                    key,
+                    GatewayPinhole {
+                        protocol,
+                        internal,
+                        expires: now + Duration::from_secs(u64::from(lifetime)),
+                        nonce: body.nonce,
+                    },
+                );
+                // No NAT66: the pinhole's outside is the client's own address and port.
+                Some(answer(
+                    pcp::Opcode::Map,
+                    pcp::ResultCode::Success,
+                    lifetime,
+                    Some(pcp::MapBody {
+                        external_port: body.internal_port,
+                        external_ip: IpAddr::V6(*from.ip()),
+                        ..body
+                    }),
+                ))
+            }
+            other => Some(answer(other, pcp::ResultCode::UnsupportedOpcode, 0, None)),
         }
     }
 

@@ -25,8 +25,8 @@ mod machine;
 
 pub use epoch::EpochTracker;
 pub use machine::{
-    Event, HttpRequestId, Input, Mapping, PortMapError, PortMapper, PortMapperConfig,
-    ProtocolReport, Report, Transmit,
+    Event, HttpRequestId, Input, Mapping, PinholeConfig, PinholeEvent, PortMapError, PortMapper,
+    PortMapperConfig, ProtocolReport, Report, Transmit,
 };
 
 /// One of the three port-mapping protocols.

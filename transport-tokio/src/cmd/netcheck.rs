@@ -77,11 +77,14 @@ async fn port_mapping(deadline: Duration) -> burrow_netcheck::PortMapping {
             external: None,
             lease_secs: None,
             private_external: false,
+            pinhole_v6: None,
             errors,
         };
     };
     config.lease = Duration::from_secs(120);
     config.description = "burrow netcheck".into();
+    // With a global IPv6 address and an IPv6 default route, a PCP pinhole for the port too.
+    config.pinhole = burrow::portmap::pinhole_for(&burrow::up::host_addresses(port));
     let gateway = config.gateway;
     let report = match burrow::portmap::probe(config, deadline).await {
         Ok(r) => r,
@@ -97,6 +100,7 @@ async fn port_mapping(deadline: Duration) -> burrow_netcheck::PortMapping {
                 external: None,
                 lease_secs: None,
                 private_external: false,
+                pinhole_v6: None,
                 errors,
             };
         }

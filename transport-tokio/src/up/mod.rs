@@ -28,6 +28,12 @@ use crate::session::{apply_to_engine, SessionDriver};
 use crate::transport::{now, SocketFamilies};
 pub use config::UpConfig;
 
+/// This host's interface addresses with `port` (IPv4 but loopback, global IPv6): the
+/// candidates `burrow up` starts with, and where `burrow netcheck` asks for an IPv6 pinhole.
+pub fn host_addresses(port: u16) -> Vec<SocketAddr> {
+    iface::local_addresses(port, &[], true)
+}
+
 /// Runs the node until `shutdown`.
 pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut state = state::load_or_create_state(&cfg.state_dir)?;
@@ -123,9 +129,15 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     ));
     let portmap = match cfg.port_mapping {
         true => {
+            let v6 = mapping::Ipv6Addrs {
+                ours: node.addresses.clone(),
+                enabled: families.ipv6(),
+                current: local_addrs.clone(),
+            };
             mapping::start(
                 port,
                 rand_seed(),
+                v6,
                 commands.clone(),
                 port_mapping,
                 &mut tasks,

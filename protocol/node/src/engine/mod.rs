@@ -114,6 +114,9 @@ pub struct Node {
     /// since when.
     port_mapping: Option<SocketAddr>,
     mapped_since: Option<Instant>,
+    /// The pinhole the router's IPv6 firewall keeps open for our port (PCP), reachable from
+    /// anywhere over IPv6.
+    ipv6_pinhole: Option<SocketAddr>,
     /// Birthday searches held back for a mapping's grace period are planned again then.
     replan_birthday: Option<Instant>,
     candidates: Vec<Candidate>,
@@ -160,6 +163,7 @@ impl Node {
             last_now: now,
             port_mapping: None,
             mapped_since: None,
+            ipv6_pinhole: None,
             replan_birthday: None,
             candidates: Vec::new(),
             user_pings: BTreeMap::new(),

@@ -233,6 +233,28 @@ impl Node {
         self.port_mapping
     }
 
+    /// The router's IPv6 firewall keeps a pinhole open for our port at `pinhole` (PCP, RFC
+    /// 6887 §11), or no longer does: an IPv6 candidate any peer reaches, advertised before the
+    /// interface addresses (normally the same address: it then counts as port-mapped). Only a
+    /// global IPv6 address is taken.
+    pub fn set_ipv6_pinhole(&mut self, now: Instant, pinhole: Option<SocketAddr>) {
+        let pinhole = pinhole
+            .map(canonical_remote)
+            .filter(|a| CandidateKind::of(*a) == CandidateKind::Ipv6 && a.port() != 0)
+            .filter(|a| !a.ip().is_multicast() && !a.ip().is_unspecified());
+        if self.ipv6_pinhole == pinhole {
+            return;
+        }
+        self.ipv6_pinhole = pinhole;
+        let nat = self.nat;
+        self.refresh_candidates(now, nat);
+    }
+
+    /// The live IPv6 pinhole, if any.
+    pub fn ipv6_pinhole(&self) -> Option<SocketAddr> {
+        self.ipv6_pinhole
+    }
+
     /// Whether the gateway maps our port on a public address.
     pub(super) fn has_public_mapping(&self) -> bool {
         self.port_mapping.is_some()
@@ -240,12 +262,19 @@ impl Node {
 
     /// Interface addresses, the reflexive address, and predicted ports for a sequential NAT.
     fn gather(&self, nat: Option<NatView>) -> Vec<Candidate> {
+        // The IPv6 pinhole first: it is normally one of the interface addresses, and the
+        // deduplication below keeps the first (the firewall lets any peer in there).
         let mut out: Vec<Candidate> = self
-            .config
-            .local_addrs
-            .iter()
-            .map(|a| Candidate::direct(*a, CandidateSource::Interface))
+            .ipv6_pinhole
+            .map(|a| Candidate::direct(a, CandidateSource::PortMapping))
+            .into_iter()
             .collect();
+        out.extend(
+            self.config
+                .local_addrs
+                .iter()
+                .map(|a| Candidate::direct(*a, CandidateSource::Interface)),
+        );
         // The mapping goes before the STUN-reflexive address (equal when the NAT is easy and
         // kept the port; then it is the one kept): the gateway keeps it open for any peer.
         if let Some(m) = self.port_mapping {

@@ -1,7 +1,7 @@
 //! What the port mapper takes and gives: its settings, inputs, transmits, mappings, events
 //! and reports.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::upnp::UpnpError;
@@ -37,6 +37,21 @@ pub struct PortMapperConfig {
     pub description: String,
     /// Seeds the PCP nonces and UPnP's choice of another port after a conflict.
     pub seed: u64,
+    /// Also open an IPv6 pinhole for the same port with PCP (RFC 6887 §11), when set and
+    /// PCP is on: the node's global IPv6 address becomes reachable through the router's
+    /// IPv6 firewall.
+    pub pinhole: Option<PinholeConfig>,
+}
+
+/// Where to ask for an IPv6 pinhole: the router's LAN address and our global address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PinholeConfig {
+    /// The router's IPv6 address on the LAN (its PCP server, port 5351).
+    pub gateway: Ipv6Addr,
+    /// The node's global IPv6 address (PCP's client address and the pinhole's internal one).
+    pub local_ip: Ipv6Addr,
+    /// The interface index to reach a link-local gateway through (0 for a global one).
+    pub scope_id: u32,
 }
 
 impl PortMapperConfig {
@@ -56,6 +71,7 @@ impl PortMapperConfig {
             upnp: true,
             description: "burrow".into(),
             seed,
+            pinhole: None,
         }
     }
 
@@ -183,6 +199,35 @@ pub struct Report {
     pub protocols: Vec<ProtocolReport>,
     /// The live mapping.
     pub mapping: Option<Mapping>,
+    /// The live IPv6 pinhole (where the internet reaches our IPv6 address and port).
+    pub pinhole: Option<SocketAddr>,
+    /// Why no pinhole: the PCP result code of the latest refusal (`None`: no answer).
+    pub pinhole_error_code: Option<u16>,
+    /// Why no pinhole, in words.
+    pub pinhole_error: Option<String>,
+}
+
+/// What happened to the IPv6 pinhole (its own queue, [`PortMapper::poll_pinhole_event`], so
+/// that drivers that map IPv4 only see no new [`Event`]).
+///
+/// [`PortMapper::poll_pinhole_event`]: crate::PortMapper::poll_pinhole_event
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinholeEvent {
+    /// A new pinhole, or the live one changed: the internet reaches us here.
+    Opened(SocketAddr),
+    /// The live pinhole is gone (refused at renewal, the gateway stopped answering, our
+    /// address changed, or it was deleted at shutdown).
+    Lost {
+        /// Why.
+        reason: String,
+    },
+    /// The gateway did not open one (no pinhole was live).
+    Refused {
+        /// The PCP result code (`None`: no answer).
+        code: Option<u16>,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A datagram that could not be taken.

@@ -24,12 +24,13 @@ use crate::upnp::{self, Action, HttpUrl};
 use crate::{is_private_v4, pcp, pmp, Protocol, TransportProtocol};
 
 mod api;
+mod pinhole;
 mod udp;
 mod upnp_flow;
 
 pub use api::{
-    Event, HttpRequestId, Input, Mapping, PortMapError, PortMapperConfig, ProtocolReport, Report,
-    Transmit,
+    Event, HttpRequestId, Input, Mapping, PinholeConfig, PinholeEvent, PortMapError,
+    PortMapperConfig, ProtocolReport, Report, Transmit,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +140,10 @@ pub struct PortMapper {
     next_id: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
+    /// The IPv6 pinhole's state.
+    pinhole: pinhole::Pinhole,
+    /// Shutdown finished with the IPv4 mapping; the pinhole's deletion may still be pending.
+    v4_closed: bool,
 }
 
 impl PortMapper {
@@ -151,6 +156,7 @@ impl PortMapper {
             external_port: config.local_port,
             ..Upnp::default()
         };
+        let pinhole = pinhole::Pinhole::new(config.seed);
         PortMapper {
             config,
             rng,
@@ -171,6 +177,8 @@ impl PortMapper {
             next_id: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            pinhole,
+            v4_closed: false,
         }
     }
 
@@ -207,10 +215,17 @@ impl PortMapper {
                 }
             })
             .collect();
+        let (pinhole_error_code, pinhole_error) = match &self.pinhole.error {
+            Some((code, e)) => (*code, Some(e.clone())),
+            None => (None, None),
+        };
         Report {
             gateway: self.config.gateway,
             protocols,
             mapping: self.mapping,
+            pinhole: self.pinhole.addr,
+            pinhole_error_code,
+            pinhole_error,
         }
     }
 
@@ -245,6 +260,7 @@ impl PortMapper {
             self.send_ssdp();
             self.ssdp_resend = Some(now + half);
         }
+        self.pinhole_start(now);
     }
 
     /// Deletes the mapping (if any) and stops; [`Event::Closed`] follows.
@@ -258,12 +274,13 @@ impl PortMapper {
         self.ssdp_resend = None;
         self.renew_at = None;
         self.check_at = None;
+        self.pinhole_shutdown(now);
+        self.phase = Phase::Closing {
+            until: now + CLOSE_TIMEOUT,
+        };
         let Some(m) = self.mapping.take() else {
             self.close();
             return;
-        };
-        self.phase = Phase::Closing {
-            until: now + CLOSE_TIMEOUT,
         };
         match m.protocol {
             Protocol::Pmp => {
@@ -301,6 +318,7 @@ impl PortMapper {
 
     /// Resends, gives up on, renews and checks what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.pinhole_timeout(now);
         for p in [Protocol::Pmp, Protocol::Pcp] {
             let slot = if p == Protocol::Pmp {
                 &mut self.pmp
@@ -348,7 +366,11 @@ impl PortMapper {
         match self.phase {
             Phase::Probing { until } if now >= until => self.choose(now),
             Phase::Waiting { until } if now >= until => self.start(now),
-            Phase::Closing { until } if now >= until => self.close(),
+            Phase::Closing { until } if now >= until => {
+                // The pinhole's deletion is not waited for any longer either.
+                self.pinhole.pending = None;
+                self.close();
+            }
             _ => {}
         }
         if self.phase == Phase::Mapped {
@@ -380,6 +402,7 @@ impl PortMapper {
             self.pcp.as_ref().map(|p| p.next),
             self.upnp.http.as_ref().map(|h| h.deadline),
             self.ssdp_resend,
+            self.pinhole_timeout_at(),
         ]
         .into_iter()
         .flatten()
@@ -394,6 +417,11 @@ impl PortMapper {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// The next event of the IPv6 pinhole.
+    pub fn poll_pinhole_event(&mut self) -> Option<PinholeEvent> {
+        self.pinhole.events.pop_front()
     }
 
     // ---- the round ----
@@ -619,12 +647,17 @@ impl PortMapper {
         }
     }
 
+    /// The IPv4 side is done closing; closed once the pinhole's deletion is answered too.
     fn close(&mut self) {
-        self.phase = Phase::Closed;
         self.pmp = None;
         self.pcp = None;
         self.upnp.http = None;
         self.mapping = None;
+        self.v4_closed = true;
+        if self.pinhole.pending.is_some() && matches!(self.phase, Phase::Closing { .. }) {
+            return;
+        }
+        self.phase = Phase::Closed;
         self.events.push_back(Event::Closed);
     }
 }

@@ -49,6 +49,9 @@ impl PortMapper {
         from: SocketAddr,
         data: &[u8],
     ) -> Result<(), PortMapError> {
+        if from.is_ipv6() {
+            return self.handle_pinhole_udp(now, from, data);
+        }
         if from.ip() != IpAddr::V4(self.config.gateway) {
             return Err(PortMapError::NotGateway(from));
         }

@@ -2,16 +2,19 @@
 //! apart, every exchange answered at once, time advanced to the mapper's deadlines.
 #![allow(dead_code)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use burrow_portmap::gateway::{Gateway, GatewayConfig};
-use burrow_portmap::{Event, Input, PortMapper, PortMapperConfig, Transmit};
+use burrow_portmap::{Event, Input, PinholeEvent, PortMapper, PortMapperConfig, Transmit};
 
 pub const GW: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 pub const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 pub const EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 pub const PORT: u16 = 41641;
+/// The router's and our IPv6 addresses (global: no NAT66, a firewall).
+pub const GW6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const ME6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 /// The port mapper's own socket.
 pub const CLIENT_PORT: u16 = 40000;
 
@@ -23,6 +26,9 @@ pub struct Lan {
     pub t0: Instant,
     /// Drop every datagram to the gateway (it is unreachable).
     pub blackhole: bool,
+    /// The source of our IPv6 datagrams.
+    pub me6: Ipv6Addr,
+    pub pinhole_events: Vec<(Duration, PinholeEvent)>,
 }
 
 impl Lan {
@@ -37,6 +43,8 @@ impl Lan {
             events: Vec::new(),
             t0,
             blackhole: false,
+            me6: ME6,
+            pinhole_events: Vec::new(),
         }
     }
 
@@ -50,6 +58,27 @@ impl Lan {
                 }
                 let from = SocketAddrV4::new(ME, CLIENT_PORT);
                 match t {
+                    Transmit::Udp {
+                        dst: SocketAddr::V6(dst),
+                        payload,
+                    } => {
+                        if *dst.ip() != GW6 {
+                            continue;
+                        }
+                        let from6 = SocketAddrV6::new(self.me6, CLIENT_PORT, 0, 0);
+                        if let Some(answer) =
+                            self.gw.handle_udp6(self.now, from6, dst.port(), &payload)
+                        {
+                            let src = SocketAddr::new(IpAddr::V6(GW6), dst.port());
+                            let _ = self.mapper.handle_input(
+                                self.now,
+                                Input::Udp {
+                                    from: src,
+                                    data: &answer,
+                                },
+                            );
+                        }
+                    }
                     Transmit::Udp { dst, payload } => {
                         let to_gw = dst.ip() == IpAddr::V4(GW) || dst.port() == 1900;
                         if !to_gw {
@@ -84,6 +113,10 @@ impl Lan {
             while let Some(e) = self.mapper.poll_event() {
                 moved = true;
                 self.events.push((self.now - self.t0, e));
+            }
+            while let Some(e) = self.mapper.poll_pinhole_event() {
+                moved = true;
+                self.pinhole_events.push((self.now - self.t0, e));
             }
             if !moved {
                 break;
