@@ -49,6 +49,15 @@ fn peer_of(n: &Node) -> PeerConfig {
 impl Lab {
     /// A victim (with STUN servers when `stun`) and an attacker with these interface addresses.
     fn new(stun: bool, attacker_addrs: Vec<SocketAddr>) -> Lab {
+        Self::new_with(stun, attacker_addrs, |_| {})
+    }
+
+    /// [`Lab::new`], with the victim's configuration adjusted by `adjust`.
+    fn new_with(
+        stun: bool,
+        attacker_addrs: Vec<SocketAddr>,
+        adjust: impl FnOnce(&mut NodeConfig),
+    ) -> Lab {
         let now = Instant::now();
         let mut vc = NodeConfig::new(key(1), key(2), 1);
         vc.local_addrs = vec![addr("192.168.1.10:41641")];
@@ -58,6 +67,7 @@ impl Lab {
         // The budget layer under test: as if the control plane vouched for whatever the
         // attacker advertises (see `birthday_needs_a_vouched_ip` for the layer before it).
         vc.birthday_needs_control_ip = false;
+        adjust(&mut vc);
         let mut mc = NodeConfig::new(key(3), key(4), 2);
         mc.local_addrs = attacker_addrs;
         let (mut v, mut m) = (Node::new(vc, now), Node::new(mc, now));
@@ -521,4 +531,55 @@ fn birthday_needs_a_vouched_ip() {
         n <= budget,
         "{n} packets toward {chosen}: only budgeted pings"
     );
+}
+
+/// A peer advertises its own tailnet addresses (IPv4 and the ULA) as endpoints: pinging them
+/// would go into our TUN and through WireGuard to it, and a path there would carry WireGuard
+/// inside itself, looping on this host. They are neither pinged nor kept, from disco or the
+/// control plane, and disco arriving from one is ignored.
+#[test]
+fn a_peers_tailnet_addresses_are_no_endpoints() {
+    let inside = [addr("100.64.0.3:41641"), addr("[fd7a:115c:a1e0::3]:41641")];
+    let outside = addr("203.0.113.60:41641");
+    let mut lab = Lab::new_with(false, vec![inside[0], inside[1], outside], |c| {
+        c.tunnel_prefixes = vec![
+            "100.64.0.0/10".parse().unwrap(),
+            "fd7a:115c:a1e0::/48".parse().unwrap(),
+        ];
+    });
+    // The control plane gives the attacker those addresses (and lists them as endpoints too).
+    let mut pc = peer_of(&lab.m);
+    pc.allowed_ips = vec![
+        "100.64.0.3/32".parse().unwrap(),
+        "fd7a:115c:a1e0::3/128".parse().unwrap(),
+    ];
+    pc.endpoints = inside.to_vec();
+    lab.v.add_peer(lab.now, pc).unwrap();
+    lab.sent();
+    lab.carry_from_m(); // the attacker's CallMeMaybe with all three
+    let mut dsts = udp_dsts(&lab.sent());
+    dsts.extend(udp_dsts(&lab.run(25)));
+    for a in inside {
+        assert!(!dsts.contains(&a), "pinged {a}: {dsts:?}");
+    }
+    assert!(dsts.contains(&outside), "{dsts:?}");
+    let x = lab.v.explain(&lab.m.public_key()).unwrap();
+    let kept: BTreeSet<SocketAddr> = x.candidates.iter().map(|c| c.addr).collect();
+    assert_eq!(kept, [outside].into_iter().collect());
+    // A ping that came back through the tunnel (from the attacker's tailnet address) gets no
+    // pong and makes no peer-reflexive candidate.
+    let ping = ping_plain(&lab, [5; 12]);
+    let wire = lab.seal_plain(&ping);
+    let now = lab.now;
+    let _ = lab.v.handle_input(
+        now,
+        Input::Udp {
+            socket: 0,
+            from: inside[1],
+            data: &wire,
+        },
+    );
+    assert!(udp_dsts(&lab.sent()).is_empty());
+    let x = lab.v.explain(&lab.m.public_key()).unwrap();
+    assert!(!x.candidates.iter().any(|c| inside.contains(&c.addr)));
 }

@@ -35,7 +35,29 @@ fn acceptable_v6(ip: Ipv6Addr) -> bool {
     // ::/96 holds ::, ::1 and the deprecated IPv4-compatible form (::a.b.c.d).
     let v4_compatible = s[..6].iter().all(|&x| x == 0);
     let link_local = s[0] & 0xffc0 == 0xfe80;
-    !(v4_compatible || link_local || ip.is_multicast())
+    // Site-local (deprecated), and the discard-only prefix 100::/64.
+    let site_local = s[0] & 0xffc0 == 0xfec0;
+    let discard = s[0] == 0x0100 && s[1..4].iter().all(|&x| x == 0);
+    if v4_compatible || link_local || site_local || discard || ip.is_multicast() {
+        return false;
+    }
+    // Addresses that carry an IPv4 address (NAT64, IPv4-translated, 6to4) reach that IPv4
+    // address through a translator or relay: judged as it is.
+    embedded_v4(ip).is_none_or(acceptable_v4)
+}
+
+/// The IPv4 address inside a NAT64 (64:ff9b::/96, 64:ff9b:1::/48), IPv4-translated
+/// (::ffff:0:a.b.c.d) or 6to4 (2002:AABB:CCDD::/48) address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let o = ip.octets();
+    let tail = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    let nat64 = s[0] == 0x64 && s[1] == 0xff9b && (s[2..6].iter().all(|&x| x == 0) || s[2] == 1);
+    let translated = s[..4].iter().all(|&x| x == 0) && s[4] == 0xffff && s[5] == 0;
+    if nat64 || translated {
+        return Some(tail);
+    }
+    (s[0] == 0x2002).then(|| Ipv4Addr::new(o[2], o[3], o[4], o[5]))
 }
 
 /// The form a remote address is kept in: an IPv4-mapped IPv6 address as the IPv4 address, as

@@ -53,6 +53,8 @@ fn the_remote_address_rule() {
         "[fd00::2]:41641",
         "[::ffff:198.51.100.2]:41641",
         "[64:ff9b::c633:6402]:41641",
+        "[2002:cb00:7107::1]:41641",
+        "[2001:db8:1:2::3]:41641",
     ] {
         assert!(is_acceptable_remote(addr(good)), "{good} refused");
     }
@@ -76,6 +78,16 @@ fn the_remote_address_rule() {
         "[::ffff:224.0.0.251]:5353",
         "[::ffff:0.0.0.0]:41641",
         "[::ffff:169.254.1.1]:41641",
+        // IPv6 that carries an IPv4 address, judged by it: NAT64 to the metadata service,
+        // loopback, multicast; 6to4 of loopback; IPv4-translated of 240/4.
+        "[64:ff9b::a9fe:a9fe]:80",
+        "[64:ff9b::7f00:1]:22",
+        "[64:ff9b:1::e000:fb]:5353",
+        "[2002:7f00:1::1]:22",
+        "[::ffff:0:f000:1]:41641",
+        // Site-local (deprecated) and discard-only.
+        "[fec0::1]:41641",
+        "[100::1]:41641",
     ] {
         assert!(!is_acceptable_remote(addr(bad)), "{bad} accepted");
     }
@@ -324,7 +336,7 @@ fn answer_all(p: &mut PeerPaths, now: Instant, sent: &[Transmit]) {
 }
 
 #[test]
-fn only_the_peer_itself_withdrawing_a_whole_family_ends_a_path_at_once() {
+fn only_the_peer_itself_withdrawing_a_whole_family_ends_a_path_and_a_replay_moves_nothing() {
     let t0 = Instant::now();
     let (b4, b6, b6_other) = (
         addr("198.51.100.2:41641"),
@@ -353,10 +365,41 @@ fn only_the_peer_itself_withdrawing_a_whole_family_ends_a_path_at_once() {
     p.handle_call_me_maybe(t0, &[b4, b6_other]);
     assert_eq!(p.route(), Route::Direct(b6));
     assert!(!p.attempts().any(|a| a.outcome == Outcome::Dead));
-    // The peer itself dropping IPv6 altogether: the path ends now, IPv4 (answering) takes it.
+    // A CallMeMaybe without IPv6 (replayed from when the peer had none, or a real
+    // withdrawal) only asks: one ping to the IPv6 path, the relay carrying data meanwhile.
     p.handle_call_me_maybe(t0, &[b4]);
+    assert_eq!(p.route(), Route::Direct(b6));
+    assert!(
+        p.on_probation(b6),
+        "the relay carries data while it is checked"
+    );
+    let sent = drain(&mut p);
+    assert!(pinged(&sent).contains(&b6), "{sent:?}");
+    // Answered (a replay: the peer still has IPv6): nothing moves.
+    answer_all(&mut p, t0, &sent);
+    let later = t0 + Duration::from_secs(6);
+    p.handle_timeout(later);
+    assert_eq!(p.route(), Route::Direct(b6));
+    assert!(!p.on_probation(b6));
+    // A real withdrawal: the check goes unanswered and the path dies after one pong timeout,
+    // not three; IPv4 (answering) takes over.
+    let t1 = later + Duration::from_millis(100);
+    p.handle_call_me_maybe(t1, &[b4, b6]); // the peer's real list again
+    let sent = drain(&mut p);
+    answer_all(&mut p, t1, &sent);
+    p.handle_call_me_maybe(t1, &[b4]);
+    let sent = drain(&mut p);
+    let v4_only: Vec<Transmit> = sent
+        .into_iter()
+        .filter(|t| t.dst != Dst::Direct(b6))
+        .collect();
+    answer_all(&mut p, t1, &v4_only);
+    p.handle_timeout(t1 + Duration::from_secs(5));
     assert_eq!(p.route(), Route::Direct(b4));
-    assert!(p
-        .attempts()
-        .any(|a| a.addr == b6 && a.outcome == Outcome::Dead));
+    assert!(
+        p.attempts()
+            .any(|a| a.addr == b6 && a.outcome == Outcome::Dead),
+        "{:?}",
+        p.attempts().collect::<Vec<_>>()
+    );
 }

@@ -165,7 +165,14 @@ impl ControlClient {
         let roots = Arc::new(roots);
         let connector: Connector = Arc::new(move || {
             let (url, roots) = (parsed.clone(), roots.clone());
-            Box::pin(async move { crate::derp_client::connect_stream(&url, &roots).await })
+            Box::pin(async move {
+                // IPv4 first (then Happy Eyeballs as usual): the control server vouches for a
+                // node's public IPv4 endpoints only by the address its report comes from, so
+                // a node that reaches it over IPv4 keeps its birthday-probing peers.
+                let mut addrs = crate::derp_client::resolve(&url).await?;
+                addrs.sort_by_key(|a| a.is_ipv6());
+                crate::derp_client::connect_stream_to(&url, &addrs, &roots).await
+            })
         });
         Ok(ControlClient {
             connector,

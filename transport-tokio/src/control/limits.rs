@@ -90,11 +90,36 @@ impl<K: Ord + Clone> RateLimiter<K> {
     }
 }
 
-/// Open connections, in total and per source address.
+/// Open connections, in total, per source address, and per IPv6 /48 (a site: its 65,536
+/// /64s share [`burrow_derp::gate::SITE_SHARES`] sources' worth, as at the derper).
 #[derive(Debug, Default)]
 struct Connections {
     total: usize,
     per_ip: BTreeMap<IpAddr, usize>,
+    per_site: BTreeMap<IpAddr, usize>,
+}
+
+/// The /48 an IPv6 source belongs to (None for IPv4).
+fn site_of(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            Some(IpAddr::V6(std::net::Ipv6Addr::new(
+                s[0], s[1], s[2], 0, 0, 0, 0, 0,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// One fewer in a count, forgetting it at zero.
+fn decrement(map: &mut BTreeMap<IpAddr, usize>, key: &IpAddr) {
+    if let Some(n) = map.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(key);
+        }
+    }
 }
 
 /// One admitted connection; dropping it frees its place.
@@ -107,11 +132,9 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         let mut t = self.table.lock().expect("connections");
         t.total = t.total.saturating_sub(1);
-        if let Some(n) = t.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                t.per_ip.remove(&self.ip);
-            }
+        decrement(&mut t.per_ip, &self.ip);
+        if let Some(site) = site_of(self.ip) {
+            decrement(&mut t.per_site, &site);
         }
     }
 }
@@ -121,6 +144,16 @@ fn admit(table: &Arc<Mutex<Connections>>, ip: IpAddr, limits: &Limits) -> Option
     let here = t.per_ip.get(&ip).copied().unwrap_or(0);
     if t.total >= limits.max_connections || here >= limits.max_connections_per_ip {
         return None;
+    }
+    let site = site_of(ip);
+    if let Some(site) = site {
+        let cap = limits
+            .max_connections_per_ip
+            .saturating_mul(burrow_derp::gate::SITE_SHARES);
+        if t.per_site.get(&site).copied().unwrap_or(0) >= cap {
+            return None;
+        }
+        *t.per_site.entry(site).or_insert(0) += 1;
     }
     t.total += 1;
     *t.per_ip.entry(ip).or_insert(0) += 1;
@@ -245,6 +278,34 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Source {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_site_is_capped_across_its_64s() {
+        // 65,536 /64s in one /48: together they get SITE_SHARES sources' worth, not more.
+        let table = Arc::new(Mutex::new(Connections::default()));
+        let limits = Limits {
+            max_connections: 1000,
+            max_connections_per_ip: 2,
+            ..Limits::default()
+        };
+        let cap = 2 * burrow_derp::gate::SITE_SHARES;
+        let mut held = Vec::new();
+        for k in 0..100u16 {
+            let ip: IpAddr = format!("2001:db8:7:{k:x}::1").parse().unwrap();
+            if let Some(a) = admit(&table, source_bucket(ip), &limits) {
+                held.push(a);
+            }
+        }
+        assert_eq!(held.len(), cap, "one site holds {} connections", held.len());
+        // Another site, and IPv4, are not held back by it.
+        let other: IpAddr = "2001:db8:8::1".parse().unwrap();
+        assert!(admit(&table, source_bucket(other), &limits).is_some());
+        assert!(admit(&table, "198.51.100.7".parse().unwrap(), &limits).is_some());
+        // Closing one frees a place for the site.
+        held.pop();
+        let again: IpAddr = "2001:db8:7:ffff::1".parse().unwrap();
+        assert!(admit(&table, source_bucket(again), &limits).is_some());
+    }
 
     #[test]
     fn sources_are_counted_by_ipv4_address_and_ipv6_slash_64() {

@@ -566,7 +566,7 @@ async fn endpoints(
             "at most 64 endpoints".into(),
         ));
     }
-    req.endpoints = vouched_endpoints(source, &req.endpoints);
+    req.endpoints = vouched_endpoints(source, &req.endpoints, &node.endpoints);
     if node.endpoints == req.endpoints && node.home_region == req.home_region {
         return Ok(StatusCode::NO_CONTENT); // nothing new: no write, no deltas
     }

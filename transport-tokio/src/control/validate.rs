@@ -67,16 +67,26 @@ fn is_public_v4(ip: IpAddr) -> bool {
 /// (unspecified, loopback, multicast, broadcast, link-local, port 0), and, when the report
 /// came from a public IPv4 address, no public IPv4 endpoint on another address. Peers aim
 /// birthday probes only at public IPs the control plane lists, so this is what stops a member
-/// from pointing the tailnet's probes at a third party. Reports from private addresses (the
-/// server on a LAN, or behind a proxy) cannot be checked and keep their public endpoints.
-pub fn vouched_endpoints(source: IpAddr, claimed: &[SocketAddr]) -> Vec<SocketAddr> {
+/// from pointing the tailnet's probes at a third party. A report over IPv6 cannot show its
+/// IPv4 address: it keeps only the public IPv4 addresses an earlier IPv4 report vouched for
+/// (`known`, the node's current endpoints). Reports from private IPv4 addresses (the server
+/// on a LAN, or behind a proxy) cannot be checked and keep their public endpoints.
+pub fn vouched_endpoints(
+    source: IpAddr,
+    claimed: &[SocketAddr],
+    known: &[SocketAddr],
+) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     let source = super::limits::source_bucket(source);
     for e in claimed {
         // One spelling per address: an IPv4-mapped IPv6 endpoint is its IPv4 endpoint.
         let e = burrow_punch::canonical_remote(*e);
         let acceptable = burrow_punch::is_acceptable_remote(e);
-        let foreign = is_public_v4(source) && is_public_v4(e.ip()) && e.ip() != source;
+        let foreign = is_public_v4(e.ip())
+            && match source {
+                IpAddr::V4(_) => is_public_v4(source) && e.ip() != source,
+                IpAddr::V6(_) => !known.iter().any(|k| k.ip() == e.ip()),
+            };
         if acceptable && !foreign && !out.contains(&e) {
             out.push(e);
         }
@@ -104,7 +114,7 @@ mod tests {
             e("[2001:db8::1]:41641"),
             e("[::ffff:203.0.113.9]:53"),
         ];
-        let from_public = vouched_endpoints("198.51.100.7".parse().unwrap(), &claimed);
+        let from_public = vouched_endpoints("198.51.100.7".parse().unwrap(), &claimed, &[]);
         assert_eq!(
             from_public,
             vec![
@@ -114,12 +124,46 @@ mod tests {
             ],
             "a third party's address is not vouched for"
         );
-        let from_lan = vouched_endpoints("10.0.0.2".parse().unwrap(), &claimed);
+        let from_lan = vouched_endpoints("10.0.0.2".parse().unwrap(), &claimed, &[]);
         assert!(
             from_lan.contains(&e("203.0.113.9:53")),
             "unverifiable, kept"
         );
         assert!(!from_lan.contains(&e("224.0.0.251:5353")));
+    }
+
+    #[test]
+    fn a_report_over_ipv6_vouches_for_no_new_public_ipv4_address() {
+        // A member posting over IPv6 cannot show its IPv4 address: a third party's would
+        // otherwise be kept, and the tailnet's birthday probes aimed at it.
+        let e = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let v6: IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let claimed = [
+            e("203.0.113.9:53"),
+            e("198.51.100.7:41642"),
+            e("[2001:db8:1:2::5]:41641"),
+            e("192.168.1.5:41641"),
+        ];
+        assert_eq!(
+            vouched_endpoints(v6, &claimed, &[]),
+            vec![e("[2001:db8:1:2::5]:41641"), e("192.168.1.5:41641")]
+        );
+        // What an earlier IPv4 report vouched for stays (its port may move).
+        let known = [e("198.51.100.7:41641")];
+        assert_eq!(
+            vouched_endpoints(v6, &claimed, &known),
+            vec![
+                e("198.51.100.7:41642"),
+                e("[2001:db8:1:2::5]:41641"),
+                e("192.168.1.5:41641")
+            ]
+        );
+        // The IPv4-mapped spelling of a source is its IPv4 address.
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(
+            vouched_endpoints(mapped, &[e("203.0.113.9:53")], &[]),
+            vec![]
+        );
     }
 
     #[test]

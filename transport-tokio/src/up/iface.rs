@@ -62,6 +62,20 @@ fn tailnet_v6_prefix(address: Ipv6Addr) -> String {
     format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
 }
 
+/// The prefixes `create_tun` routes into the TUN for a node with `addresses`: the engine
+/// takes no endpoint inside them (a path there would carry WireGuard inside itself).
+pub(crate) fn tunnel_prefixes(addresses: &[IpAddr]) -> Vec<ipnet::IpNet> {
+    let mut out: Vec<ipnet::IpNet> = vec!["100.64.0.0/10".parse().expect("a prefix")];
+    for a in addresses {
+        if let IpAddr::V6(v6) = a {
+            if let Ok(p) = tailnet_v6_prefix(*v6).parse() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 fn ip_cmd(args: &[&str]) -> Result<()> {
     let out = std::process::Command::new("ip").args(args).output()?;
     if !out.status.success() {
@@ -460,6 +474,14 @@ not a line
     fn the_tailnet_prefix_is_the_ula_slash_48() {
         let a: Ipv6Addr = "fd7a:115c:a1e0::1:2".parse().unwrap();
         assert_eq!(tailnet_v6_prefix(a), "fd7a:115c:a1e0::/48");
+        let p = tunnel_prefixes(&[IpAddr::V4("100.64.0.3".parse().unwrap()), IpAddr::V6(a)]);
+        assert_eq!(
+            p,
+            vec![
+                "100.64.0.0/10".parse::<ipnet::IpNet>().unwrap(),
+                "fd7a:115c:a1e0::/48".parse().unwrap()
+            ]
+        );
         let b: Ipv6Addr = "fd00:5:6::7".parse().unwrap();
         assert_eq!(tailnet_v6_prefix(b), "fd00:5:6::/48");
     }

@@ -75,6 +75,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .retain(|s| families.ipv6() || s.is_ipv4());
     let local_addrs = iface::local_addresses(port, &node.addresses, families.ipv6());
     config.local_addrs = local_addrs.clone();
+    config.tunnel_prefixes = iface::tunnel_prefixes(&node.addresses);
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

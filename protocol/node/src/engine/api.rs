@@ -24,6 +24,11 @@ pub struct NodeConfig {
     pub home_region: u16,
     /// Addresses of the main socket on local interfaces (LAN and IPv6 candidates).
     pub local_addrs: Vec<SocketAddr>,
+    /// Prefixes the host routes into the tunnel (the tailnet's 100.64.0.0/10 and its ULA
+    /// /48): no endpoint inside them is pinged or kept, and no disco from them is heard. A
+    /// peer advertising its tailnet address would otherwise get a path that carries
+    /// WireGuard inside itself, looping on this host.
+    pub tunnel_prefixes: Vec<IpNet>,
     /// Path timings.
     pub path: PathConfig,
     /// Birthday probing budget (the easy side's random probes, or both sides' when both are hard).
@@ -60,6 +65,7 @@ impl NodeConfig {
             stun_servers: Vec::new(),
             home_region: 1,
             local_addrs: Vec::new(),
+            tunnel_prefixes: Vec::new(),
             trust: path.heartbeat + Duration::from_millis(1500),
             path,
             probe: ProbeBudget::default(),

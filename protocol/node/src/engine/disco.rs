@@ -43,6 +43,11 @@ impl Node {
         from: SocketAddr,
         msg: Message,
     ) {
+        // Disco from an address inside the tailnet came through our own tunnel (a peer that
+        // advertised its tailnet address): a path there would carry WireGuard inside itself.
+        if self.inside_tunnel(from) {
+            return;
+        }
         match msg {
             Message::Ping { tx_id, .. } => {
                 // Replays, unacceptable sources and pings over the pong budget go unanswered.
@@ -62,6 +67,7 @@ impl Node {
     pub(super) fn handle_relayed_disco(&mut self, now: Instant, i: usize, msg: Message) {
         match msg {
             Message::CallMeMaybe { endpoints } => {
+                let endpoints = self.outside_tunnel(&endpoints);
                 self.peers[i].paths.handle_call_me_maybe(now, &endpoints);
                 self.plan_birthday(now, i);
             }
@@ -162,6 +168,22 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Whether `addr` is routed into the tunnel (`NodeConfig::tunnel_prefixes`): pinging it
+    /// would go through WireGuard.
+    pub(super) fn inside_tunnel(&self, addr: SocketAddr) -> bool {
+        let ip = burrow_punch::canonical_remote(addr).ip();
+        self.config.tunnel_prefixes.iter().any(|p| p.contains(&ip))
+    }
+
+    /// The endpoints a peer or the control plane offers, minus those inside the tunnel.
+    pub(super) fn outside_tunnel(&self, endpoints: &[SocketAddr]) -> Vec<SocketAddr> {
+        endpoints
+            .iter()
+            .copied()
+            .filter(|a| !self.inside_tunnel(*a))
+            .collect()
     }
 
     /// Reports a pong that answers a `Node::ping`; false when it answers none.

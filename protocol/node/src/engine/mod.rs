@@ -219,14 +219,14 @@ impl Node {
             return Err(NodeError::OverlappingAddresses(peer.node_key));
         }
         if let Some(&i) = self.by_node.get(&peer.node_key) {
-            let endpoints = peer.endpoints.clone();
+            self.allowed.set(peer.node_key, &peer.allowed_ips);
+            let endpoints = self.outside_tunnel(&peer.endpoints);
             let old_disco = self.peers[i].config.disco_key;
             if old_disco != peer.disco_key {
                 self.by_disco.remove(&old_disco);
                 self.by_disco.insert(peer.disco_key, i);
                 self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
             }
-            self.allowed.set(peer.node_key, &peer.allowed_ips);
             self.peers[i].config = peer;
             self.peers[i]
                 .paths
@@ -241,8 +241,10 @@ impl Node {
         if !self.candidates.is_empty() {
             paths.set_local_candidates(now, self.candidates.clone());
         }
-        if !peer.endpoints.is_empty() {
-            paths.handle_control_endpoints(now, &peer.endpoints);
+        self.allowed.set(peer.node_key, &peer.allowed_ips);
+        let endpoints = self.outside_tunnel(&peer.endpoints);
+        if !endpoints.is_empty() {
+            paths.handle_control_endpoints(now, &endpoints);
         }
         self.by_node.insert(peer.node_key, i);
         self.by_disco.insert(peer.disco_key, i);
@@ -260,10 +262,6 @@ impl Node {
             first_unanswered_direct: None,
             stats: PeerStats::default(),
         });
-        self.allowed.set(
-            self.peers[i].config.node_key,
-            &self.peers[i].config.allowed_ips,
-        );
         self.flush_paths(now, i);
         Ok(())
     }

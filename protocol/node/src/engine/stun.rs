@@ -155,7 +155,11 @@ impl Node {
             .partition(|a| Family::of(*a) == Family::Ipv4);
         let nat = classify(&v4);
         self.nat = nat.or(self.nat);
-        self.reflexive_v6 = v6;
+        // A round without an IPv6 answer (one lost datagram) keeps the last one: IPv6 is gone
+        // only when our interfaces say so (`set_local_addrs`), not when STUN is quiet.
+        if !v6.is_empty() {
+            self.reflexive_v6 = v6;
+        }
         self.refresh_candidates(now, nat);
     }
 

@@ -147,8 +147,25 @@ impl PeerPaths {
         self.call_me_maybe(now);
     }
 
-    /// Declares these paths dead now (their address is gone on our side or the peer's) and
-    /// chooses again.
+    /// Puts these live paths (the peer withdrew their family) under one ping's check: the relay
+    /// carries data too until it is answered, and an unanswered ping is their death.
+    pub(super) fn check_withdrawn(&mut self, now: Instant, addrs: &[SocketAddr]) {
+        for a in addrs {
+            let live = self
+                .remote
+                .get(a)
+                .is_some_and(|r| r.last_pong.is_some() && !r.suspect);
+            if live {
+                if let Some(r) = self.remote.get_mut(a) {
+                    r.suspect = true;
+                }
+                self.ping(now, *a);
+            }
+        }
+    }
+
+    /// Declares these paths dead now (our own address of their family is gone) and chooses
+    /// again.
     pub(super) fn kill(&mut self, now: Instant, addrs: &[SocketAddr]) {
         let mut any = false;
         for a in addrs {
@@ -299,6 +316,7 @@ impl PeerPaths {
         r.rtt = Some(rtt);
         r.last_pong = Some(now);
         r.missed = 0;
+        r.suspect = false;
         r.streak += 1;
         if r.streak >= RECOVERY_PONGS {
             r.recovering = false;
@@ -379,7 +397,9 @@ impl PeerPaths {
 
     /// Whether a path was chosen again after a data stall and has not carried data since.
     pub fn on_probation(&self, addr: SocketAddr) -> bool {
-        self.remote.get(&addr).is_some_and(|r| r.probation)
+        self.remote
+            .get(&addr)
+            .is_some_and(|r| r.probation || r.suspect)
     }
 
     fn timeout_of(&self, r: &Remote) -> Duration {
@@ -509,6 +529,11 @@ impl PeerPaths {
                 r.missed += 1;
                 r.streak = 0;
                 r.recovering |= r.rtt.is_some();
+                if std::mem::take(&mut r.suspect) {
+                    // Withdrawn by the peer, and the check went unanswered: dead now.
+                    r.missed = r.missed.max(self.config.missed_before_dead);
+                    r.last_pong = None;
+                }
                 missed.push(*addr);
             }
         }

@@ -37,6 +37,9 @@ pub(super) struct Remote {
     pub(super) recovering: bool,
     /// Pongs in a row since the last miss.
     pub(super) streak: u32,
+    /// The peer stopped advertising this address's family: one ping is out to check, and the
+    /// path dies if it goes unanswered (a CallMeMaybe can be replayed, so it only asks).
+    pub(super) suspect: bool,
 }
 
 /// Answers in a row a path that missed pongs needs before it displaces a working path of the
@@ -67,6 +70,7 @@ impl PeerPaths {
             reflexive_heard: None,
             recovering: false,
             streak: 0,
+            suspect: false,
         }
     }
 
@@ -136,7 +140,9 @@ impl PeerPaths {
             }
         }
         // A family the peer itself stopped advertising altogether (its IPv6 address
-        // withdrawn): a path to it is dead now, not after missed pongs. Only the peer's own
+        // withdrawn): its paths are checked at once, with one ping each, and die if it goes
+        // unanswered (not after three missed pongs); meanwhile data goes over the relay too. A
+        // replayed CallMeMaybe thus costs one ping and moves nothing. Only the peer's own
         // sealed CallMeMaybe can withdraw; single addresses come and go (predicted ports move
         // with every STUN round) and are left to their pongs.
         let gone: Vec<Family> = match by {
@@ -161,7 +167,7 @@ impl PeerPaths {
             Advertiser::Disco => self.by_disco = list.clone(),
             Advertiser::Control => self.by_control = list.clone(),
         }
-        self.kill(now, &withdrawn);
+        self.check_withdrawn(now, &withdrawn);
         self.prune(now);
         list.retain(|e| {
             if self.remote.contains_key(e) {
