@@ -4,87 +4,14 @@
 //! ping each other through the tunnel; the receiver's packet filter drops what the policy
 //! does not allow. Needs root; SKIPPED otherwise.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+// Shared with the other namespace test (each uses only some of it).
+#[allow(dead_code)]
+mod netns;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-fn run(args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Kills the processes, then removes the namespaces, however the test ends.
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-impl Lab {
-    /// Starts `burrow ARGS…` in namespace `ns`; returns its first stdout line.
-    fn start(&mut self, ns: &str, args: &[&str], log: &std::path::Path) -> String {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, BURROW])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.children.push(child);
-        assert!(
-            !line.is_empty(),
-            "burrow {args:?} printed nothing; log: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        line.trim().to_string()
-    }
-}
-
-fn ping(ns: &str, addr: &str) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", addr])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use netns::{have, is_root, ping, run, Lab, BURROW};
 
 #[test]
 fn two_nodes_register_and_ping_through_the_tunnel_with_the_filter_enforced() {

@@ -7,87 +7,15 @@
 //! withdrawn mid-run: b notices (it watches its interface addresses), a falls to IPv4 direct,
 //! and goes back to IPv6 once the address is back. Needs root; SKIPPED otherwise.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+// Shared with the other namespace test (each uses only some of it).
+#[allow(dead_code)]
+mod netns;
+
 use std::time::{Duration, Instant};
 
-const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
+use netns::{have, ip, is_root, ping, run, Lab, BURROW};
+
 const TEST: &str = "burrow_up_dual_stack_in_namespaces";
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn have(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-fn run(args: &[&str]) -> std::process::Output {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn ip(ns: &str, args: &[&str]) {
-    let mut all = vec!["ip", "-n", ns];
-    all.extend_from_slice(args);
-    run(&all);
-}
-
-/// Kills the processes, then removes the namespaces, however the test ends.
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-impl Lab {
-    /// Starts `burrow ARGS…` in namespace `ns`; returns its first stdout line.
-    fn start(&mut self, ns: &str, args: &[&str], log: &std::path::Path) -> String {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, BURROW])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.children.push(child);
-        assert!(
-            !line.is_empty(),
-            "burrow {args:?} printed nothing; log: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        line.trim().to_string()
-    }
-}
 
 /// `burrow ARGS…` (a client of a node's local API), its stdout.
 fn burrow(args: &[&str]) -> String {
@@ -126,13 +54,6 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-fn ping(ns: &str, addr: &str) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", addr])
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 #[test]

@@ -8,29 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::lab::{build, ping, sh, sites, wait};
+use crate::lab::ipv6::iperf;
+use crate::lab::{build, ping, sites, wait};
 use crate::util::{apt_install, cargo, have, is_root, root, run as run_cmd, Guard};
 use crate::wgbench::{start_wireguard_go, wg_keypair, WgPeer};
-
-fn iperf(from_ns: &str, to: &str, seconds: u32) -> Result<f64> {
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        from_ns,
-        "iperf3",
-        "-c",
-        to,
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 result")?
-        / 1e6)
-}
 
 /// Median and range of some runs.
 fn summary(v: &[f64]) -> (f64, f64, f64) {

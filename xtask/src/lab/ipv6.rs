@@ -165,7 +165,8 @@ fn ping6(ns: &str, addr: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// iperf3 from `from_ns` to `to` for `secs` seconds: megabits per second received.
+/// iperf3 from `from_ns` to `to` for `secs` seconds: megabits per second received (the lab's
+/// IPv6 checks and the mesh benchmark).
 pub(crate) fn iperf(from_ns: &str, to: &str, secs: u32) -> Result<f64> {
     let out = sh(&[
         "ip",

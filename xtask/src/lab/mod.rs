@@ -555,19 +555,13 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         let s = k + 1;
         let router = lab.add_ns(&format!("r{s}"))?;
         let v6_only = site.nat == Nat::Ipv6Only;
+        // A link's address: the IPv6 one (a /64) on the IPv6-only site, else the IPv4 one.
+        let addr = |v6: String, v4: String| if v6_only { format!("{v6}/64") } else { v4 };
         let (inet_if, out) = lab.link(
             &inet,
-            &if v6_only {
-                format!("{}/64", ipv6::inet_addr(s))
-            } else {
-                format!("198.18.{s}.1/24")
-            },
+            &addr(ipv6::inet_addr(s), format!("198.18.{s}.1/24")),
             &router,
-            &if v6_only {
-                format!("{}/64", ipv6::router_wan_addr(s))
-            } else {
-                format!("198.18.{s}.2/24")
-            },
+            &addr(ipv6::router_wan_addr(s), format!("198.18.{s}.2/24")),
             &format!("bx{id}{s}"),
         )?;
         if !v6_only {
@@ -644,17 +638,9 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         let node = lab.add_ns(site.name)?;
         let (lan_if, node_if) = lab.link(
             &gateway_ns,
-            &if v6_only {
-                format!("{}/64", ipv6::lan_gateway(s))
-            } else {
-                format!("192.168.{s}.1/24")
-            },
+            &addr(ipv6::lan_gateway(s), format!("192.168.{s}.1/24")),
             &node,
-            &if v6_only {
-                format!("{}/64", ipv6::node_addr(s))
-            } else {
-                format!("192.168.{s}.2/24")
-            },
+            &addr(ipv6::node_addr(s), format!("192.168.{s}.2/24")),
             &format!("bn{id}{s}"),
         )?;
         if v6_only {
