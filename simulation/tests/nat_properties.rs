@@ -22,6 +22,7 @@ fn config(mapping: Dependence, filtering: Dependence, allocation: PortAllocation
         capacity: None,
         hairpin: false,
         gateway: None,
+        background: 0.0,
         block_udp: false,
     }
 }

@@ -35,7 +35,7 @@ fn every_pair_of_presets_reaches_its_expected_path() {
         21,
         "udp-blocked's row and column"
     );
-    assert!(kinds(Expectation::LongRun) >= 9);
+    assert!(kinds(Expectation::LongRun) >= 8);
     let easy = cells
         .iter()
         .find(|c| c.a == "easy" && c.b == "easy")
@@ -56,6 +56,15 @@ fn every_pair_of_presets_reaches_its_expected_path() {
         (seq.direct, seq.probes_median),
         (seeds.len(), 0),
         "port prediction, no probes"
+    );
+    let both = cells
+        .iter()
+        .find(|c| c.a == "hard-sequential" && c.b == "hard-sequential")
+        .unwrap();
+    assert_eq!(
+        (both.expected, both.direct, both.probes_median),
+        (Expectation::Direct, seeds.len(), 0),
+        "mutual port prediction, no probes"
     );
 }
 

@@ -26,6 +26,7 @@ const TYPE_PING: u8 = 0x01;
 const TYPE_PONG: u8 = 0x02;
 const TYPE_CALL_ME_MAYBE: u8 = 0x03;
 const TYPE_NAT_INFO: u8 = 0x80;
+const TYPE_PORT_PREDICTION: u8 = 0x81;
 const VERSION: u8 = 0;
 const ENDPOINT_LEN: usize = 18;
 
@@ -69,6 +70,16 @@ pub enum Message {
         /// CallMeMaybe takes packets from anyone, so no birthday search is needed either way.
         /// (Flag bit 2; receivers that predate it ignore it.)
         mapped: bool,
+    },
+    /// burrow's extension (type 0x81, sent over DERP): mutual port prediction between
+    /// sequential NATs. The sender measured its NAT's next port just now and commits to open
+    /// flows toward the receiver until one of them leaves from `port` of its public address;
+    /// the receiver aims its own flows there. A newer `round` replaces an older one.
+    PortPrediction {
+        /// The sender's round, increasing: older or repeated rounds are ignored.
+        round: u32,
+        /// The external port the sender's flow toward us will have.
+        port: u16,
     },
     /// A message type this version does not know (ignored, for forward compatibility).
     Unknown {
@@ -168,6 +179,11 @@ impl Message {
                     | (u8::from(*mapped) << 2);
                 out.extend_from_slice(&[TYPE_NAT_INFO, VERSION, flags]);
             }
+            Message::PortPrediction { round, port } => {
+                out.extend_from_slice(&[TYPE_PORT_PREDICTION, VERSION]);
+                out.extend_from_slice(&round.to_be_bytes());
+                out.extend_from_slice(&port.to_be_bytes());
+            }
             Message::Unknown { kind } => out.extend_from_slice(&[*kind, VERSION]),
         }
         out
@@ -228,6 +244,13 @@ impl Message {
                     mapping_varies: flags & 1 != 0,
                     predictable: flags & 2 != 0,
                     mapped: flags & 4 != 0,
+                }
+            }
+            TYPE_PORT_PREDICTION => {
+                let b = body.get(..6).ok_or_else(malformed)?;
+                Message::PortPrediction {
+                    round: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                    port: u16::from_be_bytes([b[4], b[5]]),
                 }
             }
             other => Message::Unknown { kind: other },

@@ -250,3 +250,27 @@ fn call_me_maybe_over_the_cap_is_refused_at_decode() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn port_prediction_extension_layout() {
+    // burrow's extension: type 0x81, version 0, round (u32 BE), port (u16 BE).
+    let m = Message::PortPrediction {
+        round: 0x0102_0304,
+        port: 0x4e21,
+    };
+    assert_eq!(
+        m.to_plaintext(),
+        vec![0x81, 0x00, 0x01, 0x02, 0x03, 0x04, 0x4e, 0x21]
+    );
+    assert_eq!(
+        Message::from_plaintext(&[0x81, 0x00, 0, 0, 0, 7, 0x9c, 0x40, 0xff]).unwrap(),
+        Message::PortPrediction {
+            round: 7,
+            port: 40000
+        }
+    );
+    assert!(matches!(
+        Message::from_plaintext(&[0x81, 0x00, 0, 0, 0, 7, 0x9c]),
+        Err(DiscoError::Malformed { kind: 0x81, .. })
+    ));
+}

@@ -6,6 +6,7 @@ pub mod birthday;
 pub mod candidate;
 pub mod limits;
 pub mod paths;
+pub mod prediction;
 
 pub use birthday::{
     predict_ports, success_probability, BirthdayProber, Probe, ProbeBudget, MAX_BIRTHDAY_TARGETS,
@@ -19,4 +20,8 @@ pub use paths::{
     Attempt, Dst, FamilyReport, FamilyState, Outcome, PathConfig, PathEvent, PeerPaths, Route,
     SocketId, Transmit, MAIN_SOCKET, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL,
     RECOVERY_PONGS, REPLAY_CAPACITY, REPLAY_WINDOW,
+};
+pub use prediction::{
+    advance, FlowLedger, MutualPrediction, PeerPort, PredictionAction, PredictionConfig,
+    PredictionReport, PredictionRole,
 };

@@ -54,6 +54,15 @@ pub fn maps_publicly(chain: &[NatConfig]) -> bool {
         })
 }
 
+/// Every box of the chain maps per destination with sequential ports: the next port is
+/// predictable (mutual port prediction).
+pub fn sequential(chain: &[NatConfig]) -> bool {
+    !mapping_fixed(chain)
+        && chain
+            .iter()
+            .all(|x| matches!(x.allocation, crate::nat::PortAllocation::Sequential { .. }))
+}
+
 /// The expected outcome of a pair, from the presets' properties alone.
 pub fn expected(a: &[NatConfig], b: &[NatConfig]) -> Expectation {
     if blocked(a) || blocked(b) {
@@ -68,6 +77,10 @@ pub fn expected(a: &[NatConfig], b: &[NatConfig]) -> Expectation {
     if mapping_fixed(a) || mapping_fixed(b) {
         return Expectation::Direct;
     }
+    // Both sequential: each predicts the other's next port (mutual port prediction).
+    if sequential(a) && sequential(b) {
+        return Expectation::Direct;
+    }
     Expectation::LongRun
 }
 
@@ -75,11 +88,6 @@ pub fn expected(a: &[NatConfig], b: &[NatConfig]) -> Expectation {
 /// mappings are fixed, 3 s when one side is hard (sequential: port prediction; random: birthday
 /// probing at 100 probes/s). Medians are judged over every seed of every cell in the class.
 pub fn target(a: &[NatConfig], b: &[NatConfig]) -> Option<(&'static str, f64)> {
-    let sequential = |c: &[NatConfig]| {
-        !mapping_fixed(c)
-            && c.iter()
-                .all(|x| matches!(x.allocation, crate::nat::PortAllocation::Sequential { .. }))
-    };
     match expected(a, b) {
         Expectation::Direct if mapping_fixed(a) && mapping_fixed(b) => {
             Some(("both mappings fixed", 0.5))
@@ -88,6 +96,10 @@ pub fn target(a: &[NatConfig], b: &[NatConfig]) -> Option<(&'static str, f64)> {
         Expectation::Direct if maps_publicly(a) || maps_publicly(b) => {
             Some(("a side's router maps its port (NAT-PMP, PCP, UPnP)", 1.0))
         }
+        Expectation::Direct if sequential(a) && sequential(b) => Some((
+            "both sides hard, sequential ports (mutual port prediction)",
+            3.0,
+        )),
         Expectation::Direct if sequential(a) || sequential(b) => {
             Some(("one side hard, sequential ports (port prediction)", 3.0))
         }

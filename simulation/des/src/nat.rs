@@ -91,6 +91,11 @@ pub struct NatConfig {
     /// Drop all UDP.
     #[serde(default)]
     pub block_udp: bool,
+    /// New mappings per second made by other hosts behind this box: each takes the next port
+    /// of a sequential allocator, so the counter moves between a node's own mappings (the
+    /// office's other traffic). Zero by default.
+    #[serde(default)]
+    pub background: f64,
     /// The box's port-mapping service for the hosts behind it (the innermost box of a chain
     /// is their gateway); none by default.
     #[serde(default)]
@@ -259,6 +264,8 @@ pub struct NatTable {
     mappings: BTreeMap<u16, Mapping>,
     by_key: BTreeMap<(SocketAddr, Key), u16>,
     next_sequential: Option<u16>,
+    /// When the sequential counter last moved (other hosts' mappings are drawn since then).
+    last_allocation: Option<Instant>,
     sessions: usize,
     stats: NatStats,
     closed: Vec<u16>,
@@ -275,6 +282,7 @@ impl NatTable {
             mappings: BTreeMap::new(),
             by_key: BTreeMap::new(),
             next_sequential: None,
+            last_allocation: None,
             sessions: 0,
             stats: NatStats::default(),
             closed: Vec::new(),
@@ -396,7 +404,7 @@ impl NatTable {
         }
     }
 
-    fn allocate(&mut self, internal: SocketAddr) -> Option<u16> {
+    fn allocate(&mut self, now: Instant, internal: SocketAddr) -> Option<u16> {
         let (low, high) = (
             self.config.port_low,
             self.config.port_high.max(self.config.port_low),
@@ -419,6 +427,14 @@ impl NatTable {
                     Some(n) => n as u32,
                     None => low as u32 + self.rng.next_u32() % span,
                 };
+                // Other hosts' mappings since the last one took the ports in between.
+                let since = self
+                    .last_allocation
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                self.last_allocation = Some(now);
+                let others = poisson(&mut self.rng, self.config.background * since.as_secs_f64());
+                next = low as u32
+                    + (next - low as u32 + (others % span as u64) as u32 * stride) % span;
                 for _ in 0..span {
                     let p = low as u32 + (next - low as u32) % span;
                     next = p + stride;
@@ -484,7 +500,7 @@ impl NatTable {
         let port = match existing.filter(|p| self.mappings.contains_key(p)) {
             Some(p) => p,
             None => {
-                let Some(p) = self.allocate(internal) else {
+                let Some(p) = self.allocate(now, internal) else {
                     self.stats.dropped_no_ports += 1;
                     return Err(Drop::NoPorts);
                 };
@@ -559,5 +575,28 @@ impl NatTable {
             }
         }
         Ok(m.internal)
+    }
+}
+
+/// A Poisson-distributed count with mean `mean` (Knuth's method for small means, a normal
+/// approximation above 30).
+fn poisson(rng: &mut ChaCha20Rng, mean: f64) -> u64 {
+    if mean <= 0.0 || !mean.is_finite() {
+        return 0;
+    }
+    let uniform = |rng: &mut ChaCha20Rng| (rng.next_u32() as f64 + 0.5) / 4_294_967_296.0;
+    if mean > 30.0 {
+        let (u, v) = (uniform(rng), uniform(rng));
+        let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+        return (mean + mean.sqrt() * z).round().max(0.0) as u64;
+    }
+    let limit = (-mean).exp();
+    let (mut k, mut p) = (0u64, 1.0f64);
+    loop {
+        p *= uniform(rng);
+        if p <= limit {
+            return k;
+        }
+        k += 1;
     }
 }

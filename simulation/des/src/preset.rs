@@ -35,6 +35,7 @@ fn nat(
         hairpin: false,
         block_udp: false,
         gateway: None,
+        background: 0.0,
     }
 }
 
@@ -142,11 +143,15 @@ pub fn single(name: &str) -> Option<NatConfig> {
             AddressAndPortDependent,
             PortAllocation::Random,
         ),
-        "hard-sequential" => nat(
-            AddressAndPortDependent,
-            AddressAndPortDependent,
-            PortAllocation::Sequential { stride: 1 },
-        ),
+        // Shared by an office: other hosts' new flows move the counter, two a second.
+        "hard-sequential" => NatConfig {
+            background: 2.0,
+            ..nat(
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAllocation::Sequential { stride: 1 },
+            )
+        },
         "cgnat" => NatConfig {
             port_low: 10_000,
             port_high: 60_000,
@@ -186,7 +191,7 @@ pub fn get(name: &str) -> Option<Preset> {
         "restricted-cone" => ("restricted-cone", "Endpoint-independent mapping, address-dependent filtering: older consumer routers (RFC 3489 'restricted cone').", vec![single("restricted-cone")?]),
         "port-restricted-cone" => ("port-restricted-cone", "Endpoint-independent mapping, address-and-port-dependent filtering, sequential ports: many small-office routers (RFC 3489 'port restricted cone').", vec![single("port-restricted-cone")?]),
         "hard" => ("hard", "Mapping and filtering depend on the remote ip:port, random ports: enterprise firewalls with PAT (Cisco ASA, Fortinet, pfSense's default outbound NAT).", vec![single("hard")?]),
-        "hard-sequential" => ("hard-sequential", "Address-and-port-dependent mapping with sequential ports: older enterprise NATs and some carrier gear; predictable, so port prediction works.", vec![single("hard-sequential")?]),
+        "hard-sequential" => ("hard-sequential", "Address-and-port-dependent mapping with sequential ports: older enterprise NATs and some carrier gear; predictable, so port prediction works (other hosts behind it open two new flows a second, moving the counter).", vec![single("hard-sequential")?]),
         "cgnat" => ("cgnat", "A home router (easy) behind a carrier-grade NAT (endpoint-independent mapping, address-dependent filtering, random ports from a pool): mobile networks and fibre ISPs short of IPv4.", vec![single("easy")?, single("cgnat")?]),
         "udp-blocked" => ("udp-blocked", "UDP dropped outright: guest Wi-Fi and corporate networks that allow only TCP 80/443.", vec![single("udp-blocked")?]),
         "srx300" => ("srx300", "Hard NAT with a 65,536-session table: a Juniper SRX300 branch firewall doing source NAT with PAT.", vec![single("srx300")?]),

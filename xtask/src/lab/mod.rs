@@ -2,7 +2,8 @@
 //! end): an "internet" running `burrow control serve` (over TLS, with a self-signed certificate
 //! the nodes trust), `burrow derper` and two `burrow stun`
 //! servers; routers doing nftables NAT — easy (masquerade, port-preserving), hard
-//! (masquerade fully-random), UDP blocked, and a double NAT; a `burrow up` node behind each.
+//! (masquerade fully-random), sequential (each new UDP flow takes the next port: nftables `snat`
+//! to a `numgen inc` map), UDP blocked, and a double NAT; a `burrow up` node behind each.
 //! It checks that every pair pings over the tunnel, that paths go direct where the NAT pair
 //! allows it and stay on DERP where it cannot, that the policy's denied ports are dropped by
 //! the receiving node, and that flushing a router's conntrack table or restarting the derper
@@ -48,6 +49,10 @@ pub(crate) enum Nat {
     HardIgd,
     UdpBlocked,
     Double,
+    /// Address-and-port-dependent mapping with sequential ports: every new UDP flow through
+    /// the router takes the next port of 20000–20999 (nftables `snat` to a `numgen inc` map),
+    /// whoever sends it.
+    Sequential,
     /// No IPv4 at all: an IPv6-only network (control, DERP and STUN reached over IPv6).
     Ipv6Only,
 }
@@ -74,6 +79,14 @@ const SITES: &[Site] = &[
     Site {
         name: "hard2",
         nat: Nat::Hard,
+    },
+    Site {
+        name: "seq1",
+        nat: Nat::Sequential,
+    },
+    Site {
+        name: "seq2",
+        nat: Nat::Sequential,
     },
     Site {
         name: "blocked",
@@ -126,6 +139,8 @@ const PAIRS: &[(&str, &str, bool)] = &[
     ("double", "easy2", true),
     // hard1's router maps its port (miniupnpd): hard2 reaches it there.
     ("hard1", "hard2", true),
+    // Two sequential NATs predict each other's next port (mutual port prediction).
+    ("seq1", "seq2", true),
     ("blocked", "easy1", false),
 ];
 
@@ -578,18 +593,31 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         }
         // IPv6 (every site but the double NAT's): the router's /64 routed from the internet,
         // a stateful firewall in front of it, no NAT66.
-        let has_v6 = site.nat != Nat::Double;
+        // The sequential sites stay IPv4-only: their pair is about predicting IPv4 ports.
+        let has_v6 = !matches!(site.nat, Nat::Double | Nat::Sequential);
         if has_v6 {
             ipv6::wan(&inet, &inet_if, &router, &out, s, !v6_only, &dir)?;
         }
         // A home router: masquerade out, and nothing unsolicited accepted by the router itself
         // (without the input drop, an unsolicited packet to the router's outside address is
         // confirmed in conntrack and clashes with the mapping the node opens a moment later).
-        let masquerade = |ns: &str, oif: &str, fully_random: bool| -> Result<()> {
+        let masquerade = |ns: &str, oif: &str, nat: Nat| -> Result<()> {
+            let rule = match nat {
+                Nat::Hard => format!("oifname \"{oif}\" masquerade fully-random"),
+                // nftables puts a `numgen` value into the port register in host byte order
+                // (ports 8270, 8526, … for 20000, 20001, …), so the ports come from a map.
+                Nat::Sequential => format!(
+                    "oifname \"{oif}\" meta l4proto udp snat ip to 198.18.{s}.2 : numgen inc mod 1000 map {{ {} }}\n  oifname \"{oif}\" masquerade",
+                    (0..1000)
+                        .map(|i| format!("{i} : {}", 20000 + i))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                _ => format!("oifname \"{oif}\" masquerade"),
+            };
             let rules = format!(
-                "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  oifname \"{oif}\" masquerade{}\n }}\n}}\n\
-                 table ip guard {{\n chain input {{\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iifname \"lo\" accept\n }}\n}}\n",
-                if fully_random { " fully-random" } else { "" }
+                "table ip nat {{\n chain post {{\n  type nat hook postrouting priority 100;\n  {rule}\n }}\n}}\n\
+                 table ip guard {{\n chain input {{\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iifname \"lo\" accept\n }}\n}}\n"
             );
             let f = dir.join(format!("{ns}.nft"));
             std::fs::write(&f, rules)?;
@@ -597,7 +625,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
             Ok(())
         };
         if !matches!(site.nat, Nat::HardIgd | Nat::Ipv6Only) {
-            masquerade(&router, &out, site.nat == Nat::Hard)?;
+            masquerade(&router, &out, site.nat)?;
         }
         if site.nat == Nat::UdpBlocked {
             let f = dir.join(format!("{router}-block.nft"));
@@ -632,7 +660,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
                 "via",
                 &format!("172.16.{s}.1"),
             ])?;
-            masquerade(&inner, &inner_out, false)?;
+            masquerade(&inner, &inner_out, Nat::Easy)?;
             gateway_ns = inner;
         }
         let node = lab.add_ns(site.name)?;

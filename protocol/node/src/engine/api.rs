@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_punch::{Attempt, Candidate, FamilyReport, PathConfig, ProbeBudget, Route, SocketId};
+use burrow_punch::{
+    Attempt, Candidate, FamilyReport, PathConfig, PredictionConfig, PredictionReport, ProbeBudget,
+    Route, SocketId,
+};
 use burrow_wg::{PrivateKey, PublicKey, WgError};
 use ipnet::IpNet;
 use thiserror::Error;
@@ -37,6 +40,8 @@ pub struct NodeConfig {
     pub birthday_sockets: u16,
     /// How fast the hard side opens them, per second (each is one session on its own NAT).
     pub open_rate: u32,
+    /// Mutual port prediction toward and between sequential NATs.
+    pub prediction: PredictionConfig,
     /// Repeat STUN this often to notice a changed reflexive address (rebinding, roaming).
     pub restun_interval: Duration,
     /// A direct path unconfirmed for longer than this also gets every packet over DERP.
@@ -71,6 +76,7 @@ impl NodeConfig {
             probe: ProbeBudget::default(),
             birthday_sockets: 256,
             open_rate: 1000,
+            prediction: PredictionConfig::default(),
             restun_interval: Duration::from_secs(20),
             birthday_needs_control_ip: true,
             seed,
@@ -250,6 +256,9 @@ pub struct PeerStats {
     pub rx_relay: u64,
     /// Birthday packets: random-port probes and hard-side socket openings.
     pub probes: u64,
+    /// Mutual port prediction packets: one per fresh socket a round opens (or per ping a
+    /// fixed side sends to an announced port).
+    pub predicted: u64,
     /// Disco packets sent directly.
     pub disco_direct: u64,
     /// Plaintext bytes sent to / received from the peer.
@@ -285,4 +294,6 @@ pub struct Explanation {
     pub probes: u64,
     /// Birthday attempts that spent their budget without a hit.
     pub birthday_attempts_exhausted: u32,
+    /// Mutual port prediction with the peer (sequential NATs), if running.
+    pub prediction: Option<PredictionReport>,
 }

@@ -63,7 +63,11 @@ impl Node {
         // - both vary: both probe (the two-sided search; slow, so paced for the long run);
         // - a predictable peer is reached through its predicted endpoints instead.
         let both_vary = me.mapping_varies && peer_varies;
-        let probe = both_vary || (!me.mapping_varies && peer_varies && !peer_predictable);
+        // Two sequential NATs predict each other instead (`prediction`): random probes would
+        // move both counters under the prediction's feet.
+        let both_predictable = me.delta.is_some() && peer_predictable;
+        let probe = (both_vary && !both_predictable)
+            || (!me.mapping_varies && peer_varies && !peer_predictable);
         let open = me.is_hard_random() && !peer_varies;
         if probe && p.prober.is_none() {
             let Some(target) = peer_public.first().map(|a| a.ip()) else {
@@ -164,7 +168,7 @@ impl Node {
     }
 
     /// One birthday packet: a disco ping from `socket` to `dst`.
-    fn send_probe_ping(&mut self, i: usize, socket: SocketId, dst: SocketAddr) {
+    pub(super) fn send_probe_ping(&mut self, i: usize, socket: SocketId, dst: SocketAddr) {
         let mut tx_id = [0u8; 12];
         self.rng.fill_bytes(&mut tx_id);
         let ping = Message::Ping {
@@ -184,7 +188,7 @@ impl Node {
 
 /// The peer's endpoints birthday probing may aim at: its first few advertised public ones,
 /// and, when `needs_control_ip`, only those on an IP the control plane lists for it.
-fn birthday_targets(p: &Peer, needs_control_ip: bool) -> Vec<SocketAddr> {
+pub(super) fn birthday_targets(p: &Peer, needs_control_ip: bool) -> Vec<SocketAddr> {
     let mut targets = p.paths.advertised_public(usize::MAX);
     if needs_control_ip {
         targets.retain(|t| p.config.endpoints.iter().any(|e| e.ip() == t.ip()));

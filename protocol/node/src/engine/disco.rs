@@ -88,6 +88,10 @@ impl Node {
                     None
                 };
                 self.plan_birthday(now, i);
+                self.plan_prediction(now, i);
+            }
+            Message::PortPrediction { round, port } => {
+                self.handle_port_prediction(now, i, round, port);
             }
             // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path),
             // unless its transaction ID was seen lately (a replay).
@@ -147,6 +151,7 @@ impl Node {
                                 b.succeeded(addr);
                             }
                             p.opening = None;
+                            p.prediction = None;
                         }
                         // Back on DERP: a birthday search that found the old path starts over
                         // (the NAT may have forgotten every mapping).

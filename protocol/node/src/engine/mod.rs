@@ -32,6 +32,7 @@
 mod api;
 mod birthday;
 mod disco;
+mod prediction;
 mod stun;
 mod wireguard;
 
@@ -40,7 +41,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_disco::{BoxKey, Message};
-use burrow_punch::{BirthdayProber, Candidate, PeerPaths, Route};
+use burrow_punch::{
+    BirthdayProber, Candidate, FlowLedger, MutualPrediction, PeerPaths, Route, MAIN_SOCKET,
+};
 use burrow_stun::is_stun;
 use burrow_wg::device::{Device, PeerId};
 use burrow_wg::tunnel::Encapsulated;
@@ -70,6 +73,7 @@ struct Peer {
     peer_mapped_since: Option<Instant>,
     prober: Option<BirthdayProber>,
     opening: Option<Opening>,
+    prediction: Option<MutualPrediction>,
     first_unanswered_direct: Option<Instant>,
     stats: PeerStats,
 }
@@ -117,6 +121,12 @@ pub struct Node {
     /// The pinhole the router's IPv6 firewall keeps open for our port (PCP), reachable from
     /// anywhere over IPv6.
     ipv6_pinhole: Option<SocketAddr>,
+    /// Our own new IPv4 flows, counted as they leave (mutual port prediction).
+    ledger: FlowLedger,
+    /// The STUN transaction measuring our NAT's counter, and its latest result.
+    measurement: Option<prediction::Measurement>,
+    measured: Option<prediction::Measured>,
+    measure_seq: u16,
     /// Birthday searches held back for a mapping's grace period are planned again then.
     replan_birthday: Option<Instant>,
     candidates: Vec<Candidate>,
@@ -165,6 +175,10 @@ impl Node {
             mapped_since: None,
             ipv6_pinhole: None,
             replan_birthday: None,
+            ledger: FlowLedger::new(Duration::from_secs(30), 4096),
+            measurement: None,
+            measured: None,
+            measure_seq: 0,
             candidates: Vec::new(),
             user_pings: BTreeMap::new(),
             transmits: VecDeque::new(),
@@ -259,6 +273,7 @@ impl Node {
             peer_mapped_since: None,
             prober: None,
             opening: None,
+            prediction: None,
             first_unanswered_direct: None,
             stats: PeerStats::default(),
         });
@@ -329,6 +344,7 @@ impl Node {
             port_mapping: self.port_mapping,
             probes: p.stats.probes,
             birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
+            prediction: p.prediction.as_ref().map(|m| m.report()),
         })
     }
 
@@ -396,6 +412,10 @@ impl Node {
         match input {
             Input::Udp { socket, from, data } => {
                 if is_stun(data) {
+                    if socket != MAIN_SOCKET {
+                        self.handle_measurement_input(now, socket, from, data);
+                        return Ok(());
+                    }
                     self.handle_stun(now, from, data);
                     return Ok(());
                 }
@@ -434,6 +454,7 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_now = self.last_now.max(now);
         self.handle_stun_timeout(now);
+        self.handle_measurement_timeout(now);
         self.device.handle_timeout(now);
         self.drain_device(now);
         if self.replan_birthday.is_some_and(|t| t <= now) {
@@ -448,6 +469,7 @@ impl Node {
             }
             self.check_stall(now, i);
             self.run_birthday(now, i);
+            self.run_prediction(now, i);
             self.flush_paths(now, i);
         }
     }
@@ -460,14 +482,20 @@ impl Node {
                 p.paths.poll_timeout(),
                 p.prober.as_ref().and_then(|b| b.poll_timeout()),
                 p.opening.as_ref().map(|o| o.next_at),
+                p.prediction.as_ref().and_then(|m| m.poll_timeout()),
                 p.first_unanswered_direct.map(|t| t + DATA_STALL_AFTER),
             ]
         });
-        [stun, self.device.poll_timeout(), self.replan_birthday]
-            .into_iter()
-            .chain(peers)
-            .flatten()
-            .min()
+        [
+            stun,
+            self.device.poll_timeout(),
+            self.replan_birthday,
+            self.poll_measurement_timeout(),
+        ]
+        .into_iter()
+        .chain(peers)
+        .flatten()
+        .min()
     }
 
     /// Takes back a payload the driver is done with (a sent transmit's, a delivered packet's),
@@ -489,7 +517,11 @@ impl Node {
 
     /// The next thing to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let t = self.transmits.pop_front()?;
+        if let Transmit::Udp { socket, dst, .. } = &t {
+            self.note_flow(*socket, *dst);
+        }
+        Some(t)
     }
 
     /// The next event.

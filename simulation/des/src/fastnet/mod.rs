@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_node::Node;
-use burrow_punch::{ProbeBudget, Route};
+use burrow_punch::{PredictionConfig, ProbeBudget, Route};
 use burrow_stun::BindingServer;
 use burrow_wg::PublicKey;
 use rand_chacha::ChaCha20Rng;
@@ -80,6 +80,7 @@ impl Ipv6Access {
                 hairpin: false,
                 block_udp: false,
                 gateway: None,
+                background: 0.0,
             }),
             only: false,
         }
@@ -135,6 +136,8 @@ pub struct FastConfig {
     pub disruptions: Vec<(Duration, Disruption)>,
     /// Birthday budget for both nodes.
     pub probe: ProbeBudget,
+    /// Mutual port prediction settings for both nodes.
+    pub prediction: PredictionConfig,
     /// The nodes ask their gateway for a port mapping (when its box offers the service).
     pub port_mapping: bool,
     /// IPv6 of node 0 and node 1 (none: IPv4 only).
@@ -160,6 +163,7 @@ impl FastConfig {
             measure_from: Duration::ZERO,
             disruptions: Vec::new(),
             probe: ProbeBudget::default(),
+            prediction: PredictionConfig::default(),
             port_mapping: true,
             ipv6: [None, None],
             seed,

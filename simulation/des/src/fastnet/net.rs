@@ -696,6 +696,7 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         .map(|ip| SocketAddr::new(ip, MAIN_PORT))
         .collect();
     nc.probe = config.probe;
+    nc.prediction = config.prediction;
     // No control plane here: the two nodes trust each other's advertised endpoints.
     nc.birthday_needs_control_ip = false;
     // Behind a translating box the node asks its gateway (the innermost box) for a mapping.

@@ -1,0 +1,313 @@
+//! Mutual port prediction toward sequential NATs ([`burrow_punch::prediction`]): the engine's
+//! side of it. One measurement of our NAT's counter (a STUN Binding request from a socket with
+//! no mapping yet) serves every peer that asks within a moment; our own new flows are counted
+//! as they leave ([`burrow_punch::FlowLedger`]); announcements travel as disco
+//! `PortPrediction` over DERP; each round's flows leave fresh sockets after the birthday ones.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use burrow_disco::Message;
+use burrow_punch::{
+    MutualPrediction, PeerPort, PredictionAction, PredictionRole, Route, SocketId, MAIN_SOCKET,
+};
+use burrow_stun::client::Event as StunEvent;
+use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use super::birthday::birthday_targets;
+use super::{Node, Transmit};
+
+/// A measurement this recent serves another peer too (its own flows since are counted).
+const MEASUREMENT_REUSE: Duration = Duration::from_millis(500);
+/// Measurement sockets rotate through this many, so none asks again within a NAT timeout
+/// (measurements are at least `min_round_interval` apart per peer).
+const MEASURE_SLOTS: u16 = 32;
+
+/// The STUN transaction measuring our NAT's counter.
+pub(super) struct Measurement {
+    client: BindingClient,
+    socket: SocketId,
+    server: SocketAddr,
+    started: Instant,
+    /// The index of its flow in the ledger (set when the request leaves; `None` if the NAT
+    /// already had a mapping for it, which makes the answer useless).
+    index: Option<u64>,
+}
+
+/// A finished measurement: the port the fresh flow got, and its index among our flows.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Measured {
+    port: u16,
+    index: u64,
+    at: Instant,
+}
+
+impl Node {
+    /// The first socket a prediction round opens (after the birthday sockets).
+    fn prediction_base(&self) -> SocketId {
+        self.config.birthday_sockets.saturating_add(1)
+    }
+
+    /// Creates (or drops) peer `i`'s prediction when the two NATs call for one: our mapping
+    /// sequential and the peer's sequential or fixed, or ours fixed and the peer's sequential;
+    /// no port mapping on either side; the peer not direct yet.
+    pub(super) fn plan_prediction(&mut self, now: Instant, i: usize) {
+        let role = self.prediction_role(i);
+        let p = &mut self.peers[i];
+        if matches!(p.paths.route(), Route::Direct(_)) {
+            return;
+        }
+        match role {
+            None => p.prediction = None,
+            Some(role) if p.prediction.as_ref().is_some_and(|m| m.role() == role) => {}
+            Some(role) => {
+                p.prediction = Some(MutualPrediction::new(self.config.prediction, role, now));
+                self.drive_prediction(now, i);
+            }
+        }
+    }
+
+    fn prediction_role(&self, i: usize) -> Option<PredictionRole> {
+        let me = self.nat?;
+        let p = &self.peers[i];
+        let peer = p.peer_nat?;
+        if peer.mapped || self.has_public_mapping() {
+            return None;
+        }
+        let peer_seq = peer.varies && peer.predictable;
+        match (me.mapping_varies, me.delta) {
+            (true, Some(delta)) if peer_seq || !peer.varies => Some(PredictionRole::Sequential {
+                delta,
+                peer_fixed: !peer.varies,
+            }),
+            (false, _) if peer_seq => Some(PredictionRole::Fixed),
+            _ => None,
+        }
+    }
+
+    /// The prediction part of `handle_timeout` for peer `i`.
+    pub(super) fn run_prediction(&mut self, now: Instant, i: usize) {
+        if self.peers[i].prediction.is_none() {
+            self.plan_prediction(now, i);
+        }
+        let Some(m) = self.peers[i].prediction.as_mut() else {
+            return;
+        };
+        if m.poll_timeout().is_some_and(|t| t <= now) {
+            m.handle_timeout(now);
+        }
+        self.drive_prediction(now, i);
+    }
+
+    /// The peer announced the port its flow toward us will have.
+    pub(super) fn handle_port_prediction(&mut self, now: Instant, i: usize, round: u32, port: u16) {
+        self.plan_prediction(now, i);
+        let own = self.ledger.created();
+        let Some(m) = self.peers[i].prediction.as_mut() else {
+            return;
+        };
+        m.handle_announce(now, round, port, own);
+        self.drive_prediction(now, i);
+    }
+
+    /// Carries out what peer `i`'s prediction wants.
+    fn drive_prediction(&mut self, now: Instant, i: usize) {
+        while let Some(action) = self.peers[i]
+            .prediction
+            .as_mut()
+            .and_then(|m| m.poll_action())
+        {
+            match action {
+                PredictionAction::Measure => self.request_measurement(now, i),
+                PredictionAction::Announce { round, port } => {
+                    self.send_disco_relay(i, &Message::PortPrediction { round, port });
+                }
+                PredictionAction::Open { sockets, port } => {
+                    // Only the peer's own advertised public IPv4 (as for birthday probing).
+                    let targets =
+                        birthday_targets(&self.peers[i], self.config.birthday_needs_control_ip);
+                    let Some(endpoint) = targets.iter().copied().find(SocketAddr::is_ipv4) else {
+                        continue;
+                    };
+                    let dst = match port {
+                        PeerPort::Announced(p) => SocketAddr::new(endpoint.ip(), p),
+                        PeerPort::Endpoint => endpoint,
+                    };
+                    if sockets == 0 {
+                        self.peers[i].stats.predicted += 1;
+                        self.send_probe_ping(i, MAIN_SOCKET, dst);
+                    }
+                    let base = self.prediction_base();
+                    for k in 0..sockets {
+                        self.peers[i].stats.predicted += 1;
+                        self.send_probe_ping(i, base.saturating_add(k), dst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Peer `i` wants our NAT's counter: a recent measurement serves it at once; otherwise one
+    /// starts (unless one is under way already).
+    fn request_measurement(&mut self, now: Instant, i: usize) {
+        if let Some(done) = self.measured {
+            if now.saturating_duration_since(done.at) < MEASUREMENT_REUSE {
+                self.deliver_measured(now, done, Some(i));
+                return;
+            }
+        }
+        if self.measurement.is_some() {
+            return;
+        }
+        let Some(server) = self
+            .config
+            .stun_servers
+            .iter()
+            .copied()
+            .find(SocketAddr::is_ipv4)
+        else {
+            if let Some(m) = self.peers[i].prediction.as_mut() {
+                m.handle_measure_failed(now);
+            }
+            return;
+        };
+        let slot = self.measure_seq % MEASURE_SLOTS;
+        self.measure_seq = self.measure_seq.wrapping_add(1);
+        let socket = self
+            .prediction_base()
+            .saturating_add(self.config.prediction.max_sockets())
+            .saturating_add(slot);
+        let mut client = BindingClient::new(
+            ClientConfig::default(),
+            ChaCha20Rng::seed_from_u64(self.rng.next_u64()),
+        );
+        client.start(now, BindingRequest::to(server));
+        self.measurement = Some(super::prediction::Measurement {
+            client,
+            socket,
+            server,
+            started: now,
+            index: None,
+        });
+        self.drain_measurement(now);
+    }
+
+    /// Sends the measurement's datagrams and takes its outcome.
+    fn drain_measurement(&mut self, now: Instant) {
+        let Some(m) = self.measurement.as_mut() else {
+            return;
+        };
+        while let Some(t) = m.client.poll_transmit() {
+            self.transmits.push_back(Transmit::Udp {
+                socket: m.socket,
+                dst: t.dst,
+                payload: t.payload,
+            });
+        }
+        let mut outcome = None;
+        while let Some(e) = m.client.poll_event() {
+            outcome = Some(match e {
+                StunEvent::Success(r) => Some(r.mapped),
+                _ => None,
+            });
+        }
+        let expired =
+            now.saturating_duration_since(m.started) >= self.config.prediction.measure_timeout;
+        if outcome.is_none() && !expired {
+            return;
+        }
+        let m = self.measurement.take().expect("present");
+        // Useful only from a fresh flow, on the address peers know us by.
+        let reflexive = self.nat.map(|n| n.reflexive.ip());
+        let done = match (outcome.flatten(), m.index) {
+            (Some(mapped), Some(index)) if Some(mapped.ip()) == reflexive => Some(Measured {
+                port: mapped.port(),
+                index,
+                at: now,
+            }),
+            _ => None,
+        };
+        self.measured = done;
+        match done {
+            Some(done) => self.deliver_measured(now, done, None),
+            None => {
+                for j in 0..self.peers.len() {
+                    if let Some(p) = self.peers[j].prediction.as_mut() {
+                        if p.is_measuring() {
+                            p.handle_measure_failed(now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a measurement to peer `only`, or to every peer waiting for one.
+    fn deliver_measured(&mut self, now: Instant, done: Measured, only: Option<usize>) {
+        let total = self.ledger.created();
+        let since = total.saturating_sub(done.index + 1);
+        for j in 0..self.peers.len() {
+            if only.is_some_and(|o| o != j) {
+                continue;
+            }
+            let Some(p) = self.peers[j].prediction.as_mut() else {
+                continue;
+            };
+            if p.is_measuring() {
+                p.handle_measured(now, done.port, since, total);
+                self.drive_prediction(now, j);
+            }
+        }
+    }
+
+    /// A STUN datagram on a socket other than the main one: the measurement's answer, if any.
+    pub(super) fn handle_measurement_input(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
+        let Some(m) = self.measurement.as_mut() else {
+            return;
+        };
+        if m.socket != socket || m.server != from {
+            return;
+        }
+        let _ = m.client.handle_input(now, from, data);
+        self.drain_measurement(now);
+    }
+
+    /// The measurement's retransmissions and deadline.
+    pub(super) fn handle_measurement_timeout(&mut self, now: Instant) {
+        if let Some(m) = self.measurement.as_mut() {
+            m.client.handle_timeout(now);
+            self.drain_measurement(now);
+        }
+    }
+
+    /// When the measurement next needs `handle_timeout`.
+    pub(super) fn poll_measurement_timeout(&self) -> Option<Instant> {
+        let m = self.measurement.as_ref()?;
+        let cap = m.started + self.config.prediction.measure_timeout;
+        Some(m.client.poll_timeout().map_or(cap, |t| t.min(cap)))
+    }
+
+    /// Counts a datagram leaving for IPv4 as a flow of ours (while our NAT's mapping varies,
+    /// or is not known yet), and notes the measurement's own flow.
+    pub(super) fn note_flow(&mut self, socket: SocketId, dst: SocketAddr) {
+        if !dst.is_ipv4() || self.nat.is_some_and(|n| !n.mapping_varies) {
+            return;
+        }
+        let Some(index) = self.ledger.note(self.last_now, socket, dst) else {
+            return;
+        };
+        if let Some(m) = self.measurement.as_mut() {
+            if m.socket == socket && m.server == dst && m.index.is_none() {
+                m.index = Some(index);
+            }
+        }
+    }
+}
