@@ -1002,3 +1002,26 @@ fn verify_bind_mac(
         .verify_slice(mac)
         .is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn vni_counter_wraps_within_24_bits_and_skips_vnis_in_use() {
+        let t0 = Instant::now();
+        let config = RelayConfig::new(vec!["198.51.100.1:7000".parse().unwrap()]);
+        let mut s = RelayServer::new(t0, config, ChaCha20Rng::seed_from_u64(1));
+        let k = |i: u8| PrivateKey::from_bytes([i; 32]).public_key();
+        let first = s.allocate(t0, k(1), [k(1), k(2)]).unwrap();
+        assert_eq!(first.vni, 1);
+        s.next_vni = MAX_VNI;
+        let top = s.allocate(t0, k(1), [k(1), k(3)]).unwrap();
+        assert_eq!(top.vni, MAX_VNI);
+        // Wraps to 1, which is in use: 2.
+        let wrapped = s.allocate(t0, k(1), [k(1), k(4)]).unwrap();
+        assert_eq!(wrapped.vni, 2);
+        assert_eq!(wrapped.lamport_id, 3);
+    }
+}
