@@ -108,6 +108,17 @@ pub struct RelayBinding {
     events: VecDeque<BindingEvent>,
 }
 
+impl std::fmt::Debug for RelayBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBinding")
+            .field("vni", &self.endpoint.vni)
+            .field("server_disco", &self.endpoint.server_disco)
+            .field("generation", &self.generation)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RelayBinding {
     /// Starts binding to `endpoint` as `local` (a client of it) towards `peer` (the other
     /// client), with handshake `generation` (nonzero, new per handshake). The first Binds are

@@ -419,6 +419,16 @@ pub struct RelayServer {
     stats: RelayStats,
 }
 
+impl std::fmt::Debug for RelayServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayServer")
+            .field("server_disco", &self.public)
+            .field("sessions", &self.sessions.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RelayServer {
     /// A server with a fresh disco key pair and MAC secret drawn from `rng` (separate from
     /// its node's disco key: clients learn it from the allocation).
