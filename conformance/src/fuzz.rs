@@ -12,9 +12,11 @@ use rand_chacha::ChaCha20Rng;
 
 mod control_api;
 mod policy;
+mod relay;
 
 pub use control_api::control_api;
 pub use policy::policy_parse;
+pub use relay::relay_server;
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -36,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pmp_decode", pmp_decode),
     ("pcp_decode", pcp_decode),
     ("portmap_client", portmap_client),
+    ("relay_server", relay_server),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the

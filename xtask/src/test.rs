@@ -40,6 +40,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "pmp_decode",
     "pcp_decode",
     "portmap_client",
+    "relay_server",
 ];
 
 pub fn run(install: bool) -> Result<()> {

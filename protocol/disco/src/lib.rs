@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 pub use burrow_nacl::BoxKey;
 use burrow_wg::{PrivateKey, PublicKey};
@@ -81,6 +82,33 @@ pub enum Message {
         /// The external port the sender's flow toward us will have.
         port: u16,
     },
+    /// Peer relays (type 0x04): a client asks the relay server to bind it to an endpoint.
+    /// Sent in Geneve (control bit set) straight to the relay, sealed to the server's disco key.
+    BindUdpRelayEndpoint(BindBody),
+    /// Peer relays (type 0x05): the server's reply to a Bind, carrying its MAC in
+    /// [`BindBody::challenge`]; sent to the Bind's source address.
+    BindUdpRelayEndpointChallenge(BindBody),
+    /// Peer relays (type 0x06): the client echoes the Challenge's MAC, proving it receives at
+    /// its address; the server then binds that address.
+    BindUdpRelayEndpointAnswer(BindBody),
+    /// Peer relays (type 0x07, over DERP only): "I allocated this relay endpoint for us; bind to
+    /// it too".
+    CallMeMaybeVia(UdpRelayEndpoint),
+    /// Peer relays (type 0x08, over DERP only, to the relay node's disco key): allocate an
+    /// endpoint for these two disco keys.
+    AllocateUdpRelayEndpointRequest {
+        /// The two disco keys allowed to bind: the requester's own and its peer's.
+        client_disco: [PublicKey; 2],
+        /// The requester's counter, echoed in the response.
+        generation: u32,
+    },
+    /// Peer relays (type 0x09, over DERP only): the relay node's answer to an allocation.
+    AllocateUdpRelayEndpointResponse {
+        /// The request's generation, echoed.
+        generation: u32,
+        /// The allocated (or existing) endpoint.
+        endpoint: UdpRelayEndpoint,
+    },
     /// A message type this version does not know (ignored, for forward compatibility).
     Unknown {
         /// The type byte.
@@ -113,6 +141,14 @@ pub enum DiscoError {
     TooManyEndpoints {
         /// How many it named.
         count: usize,
+    },
+    /// A relay endpoint's lifetime is negative or longer than [`MAX_RELAY_LIFETIME`].
+    #[error("relay endpoint lifetime of {nanos} ns in message type {kind:#04x} is negative or longer than a day")]
+    BadLifetime {
+        /// Type byte.
+        kind: u8,
+        /// The lifetime on the wire, in nanoseconds.
+        nanos: i64,
     },
 }
 
@@ -184,7 +220,31 @@ impl Message {
                 out.extend_from_slice(&round.to_be_bytes());
                 out.extend_from_slice(&port.to_be_bytes());
             }
-            Message::Unknown { kind } => out.extend_from_slice(&[*kind, VERSION]),
+            Message::BindUdpRelayEndpoint(b) => b.put(TYPE_BIND, &mut out),
+            Message::BindUdpRelayEndpointChallenge(b) => b.put(TYPE_BIND_CHALLENGE, &mut out),
+            Message::BindUdpRelayEndpointAnswer(b) => b.put(TYPE_BIND_ANSWER, &mut out),
+            Message::CallMeMaybeVia(e) => {
+                out.extend_from_slice(&[TYPE_CALL_ME_MAYBE_VIA, VERSION]);
+                e.put(&mut out);
+            }
+            Message::AllocateUdpRelayEndpointRequest {
+                client_disco,
+                generation,
+            } => {
+                out.extend_from_slice(&[TYPE_ALLOCATE_REQUEST, VERSION]);
+                out.extend_from_slice(client_disco[0].as_bytes());
+                out.extend_from_slice(client_disco[1].as_bytes());
+                out.extend_from_slice(&generation.to_be_bytes());
+            }
+            Message::AllocateUdpRelayEndpointResponse {
+                generation,
+                endpoint,
+            } => {
+                out.extend_from_slice(&[TYPE_ALLOCATE_RESPONSE, VERSION]);
+                out.extend_from_slice(&generation.to_be_bytes());
+                endpoint.put(&mut out);
+            }
+            Message::Unknown { kind } => out.extend_from_slice(&[*kind, unknown_version(*kind)]),
         }
         out
     }
@@ -253,6 +313,37 @@ impl Message {
                     port: u16::from_be_bytes([b[4], b[5]]),
                 }
             }
+            TYPE_BIND | TYPE_BIND_CHALLENGE | TYPE_BIND_ANSWER => {
+                let b = BindBody::get(body).ok_or_else(malformed)?;
+                match kind {
+                    TYPE_BIND => Message::BindUdpRelayEndpoint(b),
+                    TYPE_BIND_CHALLENGE => Message::BindUdpRelayEndpointChallenge(b),
+                    _ => Message::BindUdpRelayEndpointAnswer(b),
+                }
+            }
+            TYPE_CALL_ME_MAYBE_VIA | TYPE_ALLOCATE_REQUEST | TYPE_ALLOCATE_RESPONSE
+                if rest[0] != VERSION =>
+            {
+                // Tailscale reads a later version of these as nothing at all: ignored.
+                Message::Unknown { kind }
+            }
+            TYPE_CALL_ME_MAYBE_VIA => {
+                Message::CallMeMaybeVia(UdpRelayEndpoint::get(kind, p.len(), body)?)
+            }
+            TYPE_ALLOCATE_REQUEST => {
+                let b = body.get(..ALLOCATE_REQUEST_LEN).ok_or_else(malformed)?;
+                Message::AllocateUdpRelayEndpointRequest {
+                    client_disco: [key_at(b, 0), key_at(b, 32)],
+                    generation: u32_at(b, 64),
+                }
+            }
+            TYPE_ALLOCATE_RESPONSE => {
+                let generation = u32_at(body.get(..4).ok_or_else(malformed)?, 0);
+                Message::AllocateUdpRelayEndpointResponse {
+                    generation,
+                    endpoint: UdpRelayEndpoint::get(kind, p.len(), &body[4..])?,
+                }
+            }
             other => Message::Unknown { kind: other },
         })
     }
@@ -312,4 +403,148 @@ impl Message {
             .ok_or(DiscoError::BadBox)?;
         Ok((from, Message::from_plaintext(&plain)?))
     }
+}
+
+// ---- Peer relays (types 0x04–0x09) ----
+
+const TYPE_BIND: u8 = 0x04;
+const TYPE_BIND_CHALLENGE: u8 = 0x05;
+const TYPE_BIND_ANSWER: u8 = 0x06;
+const TYPE_CALL_ME_MAYBE_VIA: u8 = 0x07;
+const TYPE_ALLOCATE_REQUEST: u8 = 0x08;
+const TYPE_ALLOCATE_RESPONSE: u8 = 0x09;
+const ALLOCATE_REQUEST_LEN: usize = 68;
+
+/// Length of the body shared by Bind, Challenge and Answer (types 0x04–0x06).
+pub const BIND_BODY_LEN: usize = 72;
+/// Fixed part of a relay endpoint block, before its 18-byte addresses.
+pub const RELAY_ENDPOINT_FIXED_LEN: usize = 124;
+/// Longest relay endpoint lifetime a decoder accepts; longer (or negative) is
+/// [`DiscoError::BadLifetime`]. Encoding clamps to it. Tailscale sends 30 s and 5 min.
+pub const MAX_RELAY_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The body of Bind, Challenge and Answer: 72 bytes, the same for all three so a Challenge
+/// is never larger than the Bind that caused it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindBody {
+    /// The endpoint's VNI, repeated inside the box so a changed Geneve header is caught.
+    pub vni: u32,
+    /// The client's handshake generation (nonzero, new per handshake), echoed by the server.
+    pub generation: u32,
+    /// The disco key of the endpoint's *other* client, as seen by the recipient.
+    pub remote_key: PublicKey,
+    /// Padding in a Bind; the server's MAC in the Challenge; echoed in the Answer.
+    pub challenge: [u8; 32],
+}
+
+impl BindBody {
+    fn put(&self, kind: u8, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[kind, VERSION]);
+        out.extend_from_slice(&self.vni.to_be_bytes());
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(self.remote_key.as_bytes());
+        out.extend_from_slice(&self.challenge);
+    }
+
+    /// At least 72 bytes; anything after them is ignored.
+    fn get(b: &[u8]) -> Option<Self> {
+        let b = b.get(..BIND_BODY_LEN)?;
+        Some(BindBody {
+            vni: u32_at(b, 0),
+            generation: u32_at(b, 4),
+            remote_key: key_at(b, 8),
+            challenge: b[40..72].try_into().expect("32 bytes"),
+        })
+    }
+}
+
+/// A relay endpoint as allocated by a relay server (inside CallMeMaybeVia and the allocation
+/// response): who may bind, under which VNI, for how long, and at which addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpRelayEndpoint {
+    /// The relay server's own disco key (not its node's): Binds are sealed to it.
+    pub server_disco: PublicKey,
+    /// The two clients' disco keys, sorted bytewise by the server.
+    pub client_disco: [PublicKey; 2],
+    /// With `server_disco`, names the allocation; a later allocation has a larger one.
+    pub lamport_id: u64,
+    /// The Geneve VNI (24 bits used, 1..=0xFFFFFF).
+    pub vni: u32,
+    /// How long the endpoint waits for both clients to bind (i64 nanoseconds on the wire).
+    pub bind_lifetime: Duration,
+    /// How long a bound endpoint lives without traffic (i64 nanoseconds on the wire).
+    pub steady_state_lifetime: Duration,
+    /// The relay's addresses; at least one on the wire, at most
+    /// [`MAX_CALL_ME_MAYBE_ENDPOINTS`] (encoding keeps the first that many).
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl UdpRelayEndpoint {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.server_disco.as_bytes());
+        out.extend_from_slice(self.client_disco[0].as_bytes());
+        out.extend_from_slice(self.client_disco[1].as_bytes());
+        out.extend_from_slice(&self.lamport_id.to_be_bytes());
+        out.extend_from_slice(&self.vni.to_be_bytes());
+        out.extend_from_slice(&lifetime_nanos(self.bind_lifetime).to_be_bytes());
+        out.extend_from_slice(&lifetime_nanos(self.steady_state_lifetime).to_be_bytes());
+        for a in self.addrs.iter().take(MAX_CALL_ME_MAYBE_ENDPOINTS) {
+            put_endpoint(out, a);
+        }
+    }
+
+    /// 124 fixed bytes, then a nonzero multiple of 18 (no trailing bytes).
+    fn get(kind: u8, len: usize, b: &[u8]) -> Result<Self, DiscoError> {
+        let malformed = DiscoError::Malformed { kind, len };
+        if b.len() < RELAY_ENDPOINT_FIXED_LEN {
+            return Err(malformed);
+        }
+        let rest = &b[RELAY_ENDPOINT_FIXED_LEN..];
+        if rest.is_empty() || rest.len() % ENDPOINT_LEN != 0 {
+            return Err(malformed);
+        }
+        let count = rest.len() / ENDPOINT_LEN;
+        if count > MAX_CALL_ME_MAYBE_ENDPOINTS {
+            return Err(DiscoError::TooManyEndpoints { count });
+        }
+        let lifetime = |at: usize| {
+            let nanos = i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+            u64::try_from(nanos)
+                .ok()
+                .map(Duration::from_nanos)
+                .filter(|d| *d <= MAX_RELAY_LIFETIME)
+                .ok_or(DiscoError::BadLifetime { kind, nanos })
+        };
+        Ok(UdpRelayEndpoint {
+            server_disco: key_at(b, 0),
+            client_disco: [key_at(b, 32), key_at(b, 64)],
+            lamport_id: u64::from_be_bytes(b[96..104].try_into().expect("8 bytes")),
+            vni: u32_at(b, 104),
+            bind_lifetime: lifetime(108)?,
+            steady_state_lifetime: lifetime(116)?,
+            addrs: rest.chunks_exact(ENDPOINT_LEN).map(get_endpoint).collect(),
+        })
+    }
+}
+
+/// A lifetime as the wire's i64 nanoseconds, clamped to [`MAX_RELAY_LIFETIME`].
+fn lifetime_nanos(d: Duration) -> i64 {
+    i64::try_from(d.min(MAX_RELAY_LIFETIME).as_nanos()).expect("a day fits in i64 nanoseconds")
+}
+
+/// The version byte an `Unknown` is written with: 1 for the types this version reads only at
+/// version 0 (so the message stays unknown when read back), else 0.
+fn unknown_version(kind: u8) -> u8 {
+    match kind {
+        TYPE_CALL_ME_MAYBE_VIA | TYPE_ALLOCATE_REQUEST | TYPE_ALLOCATE_RESPONSE => 1,
+        _ => VERSION,
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn key_at(b: &[u8], at: usize) -> PublicKey {
+    PublicKey(b[at..at + 32].try_into().expect("32 bytes"))
 }
