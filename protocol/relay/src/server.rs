@@ -64,8 +64,8 @@ impl Default for RelayLimits {
         RelayLimits {
             max_sessions: 4096,
             max_sessions_per_requester: 64,
-            binds_per_session: Rate::new(4, 8),
-            challenges_per_source_ip: Rate::new(8, 16),
+            binds_per_session: Rate::new(10, 20),
+            challenges_per_source_ip: Rate::new(50, 200),
             challenges_total: Rate::new(2000, 4000),
             max_tracked_sources: 4096,
             session_packets: Rate::new(200_000, 400_000),
