@@ -64,8 +64,8 @@ impl Default for RelayLimits {
         RelayLimits {
             max_sessions: 4096,
             max_sessions_per_requester: 64,
-            binds_per_session: Rate::new(4, 8),
-            challenges_per_source_ip: Rate::new(8, 16),
+            binds_per_session: Rate::new(10, 20),
+            challenges_per_source_ip: Rate::new(50, 200),
             challenges_total: Rate::new(2000, 4000),
             max_tracked_sources: 4096,
             session_packets: Rate::new(200_000, 400_000),
@@ -88,7 +88,7 @@ pub struct RelayConfig {
     pub bind_lifetime: Duration,
     /// See [`DEFAULT_STEADY_STATE_LIFETIME`].
     pub steady_state_lifetime: Duration,
-    /// See [`DEFAULT_SECRET_ROTATION`].
+    /// See [`DEFAULT_SECRET_ROTATION`] (at least 1 s).
     pub secret_rotation: Duration,
     /// Budgets.
     pub limits: RelayLimits,
@@ -432,7 +432,9 @@ impl std::fmt::Debug for RelayServer {
 impl RelayServer {
     /// A server with a fresh disco key pair and MAC secret drawn from `rng` (separate from
     /// its node's disco key: clients learn it from the allocation).
-    pub fn new(now: Instant, config: RelayConfig, mut rng: ChaCha20Rng) -> Self {
+    pub fn new(now: Instant, mut config: RelayConfig, mut rng: ChaCha20Rng) -> Self {
+        // A zero rotation period would make every deadline "now", forever.
+        config.secret_rotation = config.secret_rotation.max(Duration::from_secs(1));
         let key = PrivateKey::generate(&mut rng);
         let mut secret = [0; 32];
         let mut previous_secret = [0; 32];

@@ -348,9 +348,20 @@ fn a_flood_is_dropped_and_counted_and_other_sessions_are_unaffected() {
     );
 }
 
+/// Binds answered per endpoint: 4/s, burst 8; Challenges per source IP: 8/s, burst 16.
+fn small_bind_budgets() -> Lab {
+    let mut config = RelayConfig::new(vec![addr(RELAY)]);
+    config.limits = RelayLimits {
+        binds_per_session: Rate::new(4, 8),
+        challenges_per_source_ip: Rate::new(8, 16),
+        ..RelayLimits::default()
+    };
+    Lab::with(config)
+}
+
 #[test]
 fn a_bind_flood_is_answered_at_the_budgeted_rate() {
-    let mut lab = Lab::new(); // binds_per_session: 4/s, burst 8
+    let mut lab = small_bind_budgets();
     let now = lab.at(secs(0));
     let ep = lab.allocate(now);
     let bind = captured_bind(&lab, &ep, 1);
@@ -370,7 +381,7 @@ fn a_bind_flood_is_answered_at_the_budgeted_rate() {
 
 #[test]
 fn a_replayed_bind_from_spoofed_sources_is_answered_at_most_at_the_budget_and_never_larger() {
-    let mut lab = Lab::new();
+    let mut lab = small_bind_budgets();
     let ep = lab.allocate(lab.at(secs(0)));
     let bind = captured_bind(&lab, &ep, 1);
     // 10 s of replays from 1,000 spoofed addresses, 100 per second.

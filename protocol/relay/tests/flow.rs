@@ -405,3 +405,40 @@ fn client_retries_each_second_and_gives_up_at_the_bind_lifetime() {
         Some(BindingEvent::GaveUp { vni: config_ep.vni })
     );
 }
+
+#[test]
+fn one_node_binding_many_endpoints_at_once_fits_the_default_budgets() {
+    // Three relay addresses, 60 peers of one node behind one NAT IP: 180 Binds in a burst.
+    let relays = vec![
+        addr(RELAY),
+        addr("198.51.100.1:7001"),
+        addr("[2001:db8::1]:7000"),
+    ];
+    let mut lab = Lab::with(RelayConfig::new(relays.clone()));
+    let now = lab.at(secs(0));
+    let me = lab.a.clone();
+    let mut answered = 0;
+    for i in 0..60u8 {
+        let peer = key(100 + i).public_key();
+        let ep = lab
+            .server
+            .allocate(now, me.public_key(), [me.public_key(), peer])
+            .unwrap();
+        let mut c = burrow_relay::RelayBinding::new(
+            now,
+            ep,
+            &me,
+            peer,
+            1,
+            rand_chacha::rand_core::SeedableRng::seed_from_u64(1),
+        )
+        .unwrap();
+        let from = addr(&format!("192.0.2.10:{}", 40000 + u16::from(i)));
+        for bind in std::iter::from_fn(|| c.poll_transmit()) {
+            assert_eq!(lab.send(now, from, &bind.payload), Ok(None));
+        }
+        answered += lab.server_out().len();
+    }
+    assert_eq!(answered, 180);
+    assert_eq!(lab.server.stats().dropped_total(), 0);
+}
