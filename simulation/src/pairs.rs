@@ -18,17 +18,27 @@ pub(crate) fn run_grid(cli: &Cli, threads: usize) -> GridReport {
             .expect("template"),
     );
     // The IPv4 grid, then its IPv6 axis (the same pairs, IPv6 added on both sides).
-    let jobs: Vec<(String, String, bool)> = pairs
+    // …and the peer-relay axis (the long-run pairs with a relay-capable node).
+    let jobs: Vec<(String, String, grid::Axis)> = pairs
         .iter()
-        .map(|(a, b)| (a.clone(), b.clone(), false))
-        .chain(grid::ipv6_pairs().into_iter().map(|(a, b)| (a, b, true)))
+        .map(|(a, b)| (a.clone(), b.clone(), grid::Axis::Ipv4))
+        .chain(
+            grid::ipv6_pairs()
+                .into_iter()
+                .map(|(a, b)| (a, b, grid::Axis::Ipv6)),
+        )
+        .chain(
+            grid::relay_pairs()
+                .into_iter()
+                .map(|(a, b)| (a, b, grid::Axis::PeerRelay)),
+        )
         .collect();
     bar.set_length(jobs.len() as u64);
-    let cells = grid::parallel(&jobs, threads, |(a, b, ipv6)| {
-        let c = if *ipv6 {
-            grid::run_cell_v6(a, b, &seeds)
-        } else {
-            grid::run_cell(a, b, &seeds)
+    let cells = grid::parallel(&jobs, threads, |(a, b, axis)| {
+        let c = match axis {
+            grid::Axis::Ipv4 => grid::run_cell(a, b, &seeds),
+            grid::Axis::Ipv6 => grid::run_cell_v6(a, b, &seeds),
+            grid::Axis::PeerRelay => grid::run_cell_relay(a, b, &seeds),
         };
         bar.inc(1);
         c
@@ -63,14 +73,25 @@ pub(crate) fn print_grid(g: &GridReport) {
         "NAT × NAT grid ({} seeds per cell, 50 ms RTT): median time to direct in ms, DERP = relay only, ~ = long run",
         g.seeds
     );
-    print_table(g, false);
+    print_table(g, grid::Axis::Ipv4);
     println!();
     println!("The IPv6 axis: the same pairs with IPv6 on both sides; median time to direct over IPv6 in ms");
-    print_table(g, true);
+    print_table(g, grid::Axis::Ipv6);
+    println!();
+    println!("The peer-relay axis: the long-run pairs with a relay-capable open node; median time to the peer relay in ms (R = on the relay in every seed)");
+    print_table(g, grid::Axis::PeerRelay);
+    let penalty = g
+        .cells
+        .iter()
+        .filter_map(|c| c.relay_penalty_ms)
+        .fold(None, |m: Option<f64>, p| Some(m.map_or(p, |m| m.max(p))));
+    if let Some(p) = penalty {
+        println!("round trip through the chosen relay above the best possible relay's: at most {p:.1} ms");
+    }
     print_totals(g);
 }
 
-fn print_table(g: &GridReport, ipv6: bool) {
+fn print_table(g: &GridReport, axis: grid::Axis) {
     let names = burrow_sim::preset::NAMES;
     let short = |n: &str| n.chars().take(9).collect::<String>();
     print!("{:<22}", "");
@@ -84,11 +105,14 @@ fn print_table(g: &GridReport, ipv6: bool) {
             let c = g
                 .cells
                 .iter()
-                .find(|c| c.a == *a && c.b == *b && c.ipv6 == ipv6);
+                .find(|c| c.a == *a && c.b == *b && c.axis() == axis);
             let text = match c {
                 None => String::new(),
                 Some(c) if !c.passed() => "FAIL".into(),
                 Some(c) if c.expected == grid::Expectation::Relay => "DERP".into(),
+                Some(c) if c.expected == grid::Expectation::PeerRelay => {
+                    format!("R{:.0}", c.ttd_median_s.unwrap_or(0.0) * 1000.0)
+                }
                 Some(c) => match c.ttd_median_s {
                     Some(m) if c.direct == c.seeds => format!("{:.0}", m * 1000.0),
                     Some(m) => format!("~{:.0}", m * 1000.0),

@@ -9,7 +9,9 @@ mod routing;
 
 pub use buffers::Buffers;
 pub use engine::{
-    Event, Explanation, Input, Node, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit,
+    Event, Explanation, Input, Node, NodeConfig, NodeError, PeerConfig, PeerRelayPolicy, PeerStats,
+    RelayReport, RelayServerSettings, RelayState, Transmit, MAX_RELAY_TRIES, RELAY_AFTER,
+    RELAY_SOCKET,
 };
 pub use nat::{classify, NatView};
 pub use routing::AllowedIps;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use burrow_punch::success_probability;
 use serde::Serialize;
 
-use crate::fastnet::{run, FastConfig, FastOutcome};
+use crate::fastnet::{run, FastConfig, FastOutcome, RelaySite};
 use crate::nat::{Dependence, NatConfig};
 use crate::preset;
 
@@ -29,6 +29,20 @@ pub enum Expectation {
     /// Both sides have IPv6 behind stateful firewalls: a direct IPv6 path within the run, and
     /// IPv6 still in use at its end (whatever IPv4 can do).
     DirectIpv6,
+    /// A relay-capable node exists: the pair ends on a peer relay (or direct), never on DERP.
+    PeerRelay,
+}
+
+/// Which of the grid's tables a cell belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Axis {
+    /// IPv4 only.
+    Ipv4,
+    /// IPv6 added on both sides.
+    Ipv6,
+    /// A relay-capable open node beside the pair (peer relays).
+    PeerRelay,
 }
 
 /// The largest share of a 65,536-entry session table any run may use.
@@ -123,6 +137,10 @@ pub fn target(a: &[NatConfig], b: &[NatConfig]) -> Option<(&'static str, f64)> {
 /// firewalls in one round trip.
 pub const IPV6_TARGET: (&str, f64) = ("IPv6 on both sides, through stateful firewalls", 0.5);
 
+/// The time-to-peer-relay target of the peer-relay axis: allocation and binding take a few
+/// round trips over DERP and UDP once both NATs are known.
+pub const RELAY_TARGET: (&str, f64) = ("both hard, no mapping: through a peer relay", 3.0);
+
 /// A time-to-direct target judged over a class of cells.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetCheck {
@@ -176,6 +194,11 @@ pub struct Cell {
     pub b: String,
     /// Both sides have IPv6 too (the grid's IPv6 axis).
     pub ipv6: bool,
+    /// A relay-capable node exists (the grid's peer-relay axis): times are to a peer relay.
+    pub peer_relay: bool,
+    /// The largest gap, over the seeds, between the chosen relay's round trip and the best
+    /// possible relay's (milliseconds).
+    pub relay_penalty_ms: Option<f64>,
     /// What the presets predict.
     pub expected: Expectation,
     /// The time-to-direct target class and median target, seconds.
@@ -205,6 +228,15 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// The table the cell belongs to.
+    pub fn axis(&self) -> Axis {
+        match (self.ipv6, self.peer_relay) {
+            (_, true) => Axis::PeerRelay,
+            (true, false) => Axis::Ipv6,
+            (false, false) => Axis::Ipv4,
+        }
+    }
+
     /// Whether every check held.
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
@@ -239,6 +271,56 @@ pub fn cell_config_v6(a: &str, b: &str, seed: u64) -> Option<FastConfig> {
     let mut c = cell_config(a, b, crate::derive_seed(seed, "ipv6"))?;
     c.ipv6 = [Some(preset::ipv6_access(a)?), Some(preset::ipv6_access(b)?)];
     Some(c)
+}
+
+/// The peer-relay axis's relay: an open node as far from the core as the two nodes are.
+pub fn grid_relay() -> RelaySite {
+    RelaySite {
+        chain: Vec::new(),
+        one_way: Duration::from_micros(12_500),
+    }
+}
+
+/// The run configuration of one cell of the peer-relay axis: the IPv4 cell's networks, with
+/// a relay-capable open node beside them.
+pub fn cell_config_relay(a: &str, b: &str, seed: u64) -> Option<FastConfig> {
+    let mut c = cell_config(a, b, crate::derive_seed(seed, "peer-relay"))?;
+    c.relays = vec![grid_relay()];
+    c.duration = Duration::from_secs(20);
+    Some(c)
+}
+
+/// The grid's peer-relay axis: every cell where neither side's mapping is fixed or mapped
+/// (left to the long run without relays).
+pub fn relay_pairs() -> Vec<(String, String)> {
+    grid_pairs()
+        .into_iter()
+        .filter(|(a, b)| {
+            let (a, b) = (
+                preset::get(a).expect("known"),
+                preset::get(b).expect("known"),
+            );
+            expected(&a.chain, &b.chain) == Expectation::LongRun
+        })
+        .collect()
+}
+
+/// Runs one cell of the peer-relay axis over `seeds`: it must end on a peer relay (or direct).
+pub fn run_cell_relay(a: &str, b: &str, seeds: &[u64]) -> Cell {
+    let outcomes: Vec<(u64, FastOutcome)> = seeds
+        .iter()
+        .map(|&s| (s, run(&cell_config_relay(a, b, s).expect("known presets"))))
+        .collect();
+    let mut cell = summarise(
+        a,
+        b,
+        false,
+        Expectation::PeerRelay,
+        Some(RELAY_TARGET),
+        &outcomes,
+    );
+    cell.peer_relay = true;
+    cell
 }
 
 /// Runs one cell over `seeds`.
@@ -287,6 +369,8 @@ fn summarise(
         a: a.into(),
         b: b.into(),
         ipv6,
+        peer_relay: false,
+        relay_penalty_ms: None,
         expected,
         target,
         ttd_s: Vec::new(),
@@ -305,11 +389,20 @@ fn summarise(
         if o.direct {
             cell.direct += 1;
         }
-        let reached = if ipv6 {
-            o.time_to_direct_v6
-        } else {
-            o.time_to_direct
+        let reached = match expected {
+            Expectation::DirectIpv6 => o.time_to_direct_v6,
+            Expectation::PeerRelay => o.time_to_peer_relay,
+            _ => o.time_to_direct,
         };
+        if let (Expectation::PeerRelay, Some(k)) = (expected, o.peer_relay) {
+            // The best possible relay's round trip: both legs, both ways, through the core.
+            let c = grid_relay();
+            let best = (Duration::from_micros(12_500) + c.one_way) * 4;
+            if let Some(rtt) = o.relay_rtts.get(k).copied().flatten() {
+                let gap = rtt.saturating_sub(best).as_secs_f64() * 1000.0;
+                cell.relay_penalty_ms = Some(cell.relay_penalty_ms.map_or(gap, |g| g.max(gap)));
+            }
+        }
         if let Some(t) = reached {
             ttd.push(t.as_secs_f64());
         }
@@ -330,6 +423,10 @@ fn summarise(
             Expectation::DirectIpv6 if !o.direct_v6 || o.time_to_direct_v6.is_none() => {
                 fail(format!("expected direct over IPv6, ended {:?}", o.routes))
             }
+            Expectation::PeerRelay if !o.direct && o.peer_relay.is_none() => fail(format!(
+                "expected a peer relay (or direct), ended {:?}",
+                o.routes
+            )),
             _ => {}
         }
         if lost > 0 {
@@ -594,8 +691,8 @@ impl GridReport {
             && self.targets.iter().all(|t| t.met)
     }
 
-    /// One grid table: the IPv4 grid, or its IPv6 axis.
-    fn table(&self, ipv6: bool, esc: &dyn Fn(&str) -> String) -> String {
+    /// One grid table: the IPv4 grid, or its IPv6 or peer-relay axis.
+    fn table(&self, axis: Axis, esc: &dyn Fn(&str) -> String) -> String {
         let names = preset::NAMES;
         let mut rows = String::new();
         for a in names.iter().chain(preset::MAPPING_NAMES) {
@@ -604,7 +701,7 @@ impl GridReport {
                 let Some(c) = self
                     .cells
                     .iter()
-                    .find(|c| c.a == *a && c.b == *b && c.ipv6 == ipv6)
+                    .find(|c| c.a == *a && c.b == *b && c.axis() == axis)
                 else {
                     rows.push_str("<td></td>");
                     continue;
@@ -615,6 +712,7 @@ impl GridReport {
                     (true, Expectation::Relay) => "relay",
                     (true, Expectation::LongRun) => "longrun",
                     (true, Expectation::DirectIpv6) => "direct",
+                    (true, Expectation::PeerRelay) => "direct",
                 };
                 let ms =
                     |x: Option<f64>| x.map_or("–".into(), |v| format!("{:.0} ms", v * 1000.0));
@@ -640,8 +738,19 @@ impl GridReport {
                 for f in &c.failures {
                     title.push_str(&format!("\nFAILED {f}"));
                 }
+                if let Some(p) = c.relay_penalty_ms {
+                    title.push_str(&format!(
+                        "\nround trip through the relay above the best possible: {p:.1} ms"
+                    ));
+                }
                 let text = match c.expected {
                     Expectation::Relay => "DERP".to_string(),
+                    Expectation::PeerRelay => format!(
+                        "relay {}/{}<br><small>{}</small>",
+                        c.seeds - c.failures.len().min(c.seeds),
+                        c.seeds,
+                        ms(c.ttd_median_s)
+                    ),
                     _ if c.direct == 0 => {
                         format!("DERP<br><small>{} probes</small>", c.probes_median)
                     }
@@ -674,8 +783,9 @@ impl GridReport {
                 .replace('>', "&gt;")
                 .replace('"', "&quot;")
         };
-        let grid = self.table(false, &esc);
-        let grid_v6 = self.table(true, &esc);
+        let grid = self.table(Axis::Ipv4, &esc);
+        let grid_v6 = self.table(Axis::Ipv6, &esc);
+        let grid_relay = self.table(Axis::PeerRelay, &esc);
         let mut curves = String::new();
         for c in &self.curves {
             let unit = if c.name.starts_with("easy") {
@@ -737,6 +847,12 @@ impl GridReport {
              endpoint-independently, the rest address-and-port-dependently; an open host has none). Every cell must end \
              direct over IPv6, whatever IPv4 does (time to a direct IPv6 path, median).</p>\
              {grid_v6}\
+             <h2>The peer-relay axis: the pairs left to the long run, with a relay-capable node</h2>\
+             <p>An open tailnet node, as far from the Internet core as the two nodes, offers to relay for both \
+             (Tailscale's peer relays: allocation over DERP, a bind handshake, Geneve framing). Every cell must end on the \
+             peer relay (or direct) instead of DERP (seeds on a peer relay / seeds, median time to the peer relay; hover for \
+             the round trip above the best possible relay's).</p>\
+             {grid_relay}\
              <h2>Time to direct by class</h2><table><thead><tr><th>class</th><th>target (median)</th><th>median</th><th>p95</th><th>runs</th><th></th></tr></thead><tbody>{targets}</tbody></table>\
              <h2>Birthday curves against theory</h2>{curves}",
             self.cells.len(),

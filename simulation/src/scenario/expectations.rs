@@ -42,24 +42,25 @@ pub(super) fn judge(
                 "switches": va.switches + vb.switches,
                 "probes": va.probes + vb.probes,
             }));
-            let expected = scenario.expect.route.clone().or_else(|| {
-                scenario.expect.derive.then(|| {
-                    let chain = |n: &str| {
-                        scenario
-                            .chain(n)
-                            .into_iter()
-                            .map(|x| x.1)
-                            .collect::<Vec<_>>()
-                    };
-                    match crate::grid::expected(&chain(a), &chain(b)) {
-                        crate::grid::Expectation::Direct | crate::grid::Expectation::DirectIpv6 => {
-                            "direct".into()
+            let expected =
+                scenario.expect.route.clone().or_else(|| {
+                    scenario.expect.derive.then(|| {
+                        let chain = |n: &str| {
+                            scenario
+                                .chain(n)
+                                .into_iter()
+                                .map(|x| x.1)
+                                .collect::<Vec<_>>()
+                        };
+                        match crate::grid::expected(&chain(a), &chain(b)) {
+                            crate::grid::Expectation::Direct
+                            | crate::grid::Expectation::DirectIpv6 => "direct".into(),
+                            crate::grid::Expectation::Relay => "relay".into(),
+                            crate::grid::Expectation::LongRun
+                            | crate::grid::Expectation::PeerRelay => "any".into(),
                         }
-                        crate::grid::Expectation::Relay => "relay".into(),
-                        crate::grid::Expectation::LongRun => "any".into(),
-                    }
-                })
-            });
+                    })
+                });
             if let Some(e) = expected.filter(|e| e != "any") {
                 for n in [a, b] {
                     if word(n) != e {

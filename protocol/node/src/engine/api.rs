@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub birthday_sockets: u16,
     /// How fast the hard side opens them, per second (each is one session on its own NAT).
     pub open_rate: u32,
+    /// Relay for other nodes on this port (peer relays); none by default.
+    pub relay_server: Option<super::RelayServerSettings>,
     /// Mutual port prediction toward and between sequential NATs.
     pub prediction: PredictionConfig,
     /// Repeat STUN this often to notice a changed reflexive address (rebinding, roaming).
@@ -77,6 +79,7 @@ impl NodeConfig {
             birthday_sockets: 256,
             open_rate: 1000,
             prediction: PredictionConfig::default(),
+            relay_server: None,
             restun_interval: Duration::from_secs(20),
             birthday_needs_control_ip: true,
             seed,
@@ -191,6 +194,15 @@ pub enum Event {
         /// When the next attempt starts.
         retry_at: Instant,
     },
+    /// The peer's traffic moved to a peer relay, to another, or off them (`None`).
+    PeerRelayChanged {
+        /// The peer.
+        peer: PublicKey,
+        /// The relay node now carrying the traffic, if any.
+        relay: Option<PublicKey>,
+        /// Round trip through it to the peer.
+        rtt: Option<Duration>,
+    },
     /// The answer to [`Node::ping`](super::Node::ping).
     PingResult {
         /// The peer.
@@ -238,6 +250,9 @@ pub enum NodeError {
     /// Another peer already has this disco key.
     #[error("peer {0:?} has a disco key another peer already has; refused")]
     DuplicateDiscoKey(PublicKey),
+    /// The relay we run dropped a datagram on its socket (counted in its stats).
+    #[error("peer relay: {0}")]
+    Relay(#[from] burrow_relay::RelayError),
     /// Nothing in the datagram this engine understands.
     #[error("datagram from {0} is neither STUN, disco nor WireGuard for us")]
     Unrecognised(SocketAddr),
@@ -250,6 +265,10 @@ pub struct PeerStats {
     pub tx_direct: u64,
     /// See `tx_direct`.
     pub tx_relay: u64,
+    /// WireGuard datagrams sent / received through a peer relay.
+    pub tx_peer_relay: u64,
+    /// See `tx_peer_relay`.
+    pub rx_peer_relay: u64,
     /// WireGuard datagrams received directly / over DERP.
     pub rx_direct: u64,
     /// See `rx_direct`.
@@ -296,4 +315,6 @@ pub struct Explanation {
     pub birthday_attempts_exhausted: u32,
     /// Mutual port prediction with the peer (sequential NATs), if running.
     pub prediction: Option<PredictionReport>,
+    /// Peer relays considered, with their round trips; the one in use is marked.
+    pub peer_relays: Vec<super::RelayReport>,
 }

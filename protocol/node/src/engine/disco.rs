@@ -93,6 +93,15 @@ impl Node {
             Message::PortPrediction { round, port } => {
                 self.handle_port_prediction(now, i, round, port);
             }
+            Message::AllocateUdpRelayEndpointRequest {
+                client_disco,
+                generation,
+            } => self.handle_allocate_request(now, i, client_disco, generation),
+            Message::AllocateUdpRelayEndpointResponse {
+                generation,
+                endpoint,
+            } => self.handle_allocate_response(now, i, generation, endpoint),
+            Message::CallMeMaybeVia(endpoint) => self.handle_call_me_maybe_via(now, i, endpoint),
             // A ping over DERP: answer over DERP (what `burrow ping` uses before a direct path),
             // unless its transaction ID was seen lately (a replay).
             Message::Ping { tx_id, .. } if self.peers[i].paths.admit_ping(now, tx_id) => {

@@ -32,6 +32,7 @@
 mod api;
 mod birthday;
 mod disco;
+mod peer_relay;
 mod prediction;
 mod stun;
 mod wireguard;
@@ -52,6 +53,10 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 pub use api::{Event, Explanation, Input, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit};
+pub use peer_relay::{
+    PeerRelayPolicy, RelayReport, RelayServerSettings, RelayState, MAX_RELAY_TRIES, RELAY_AFTER,
+    RELAY_SOCKET,
+};
 
 use crate::nat::NatView;
 use crate::routing::AllowedIps;
@@ -74,6 +79,7 @@ struct Peer {
     prober: Option<BirthdayProber>,
     opening: Option<Opening>,
     prediction: Option<MutualPrediction>,
+    relays: peer_relay::RelayPaths,
     first_unanswered_direct: Option<Instant>,
     stats: PeerStats,
 }
@@ -121,6 +127,11 @@ pub struct Node {
     /// The pinhole the router's IPv6 firewall keeps open for our port (PCP), reachable from
     /// anywhere over IPv6.
     ipv6_pinhole: Option<SocketAddr>,
+    /// The relay we run for others (`NodeConfig::relay_server`), who relays for whom, and
+    /// allocations and relay offers refused.
+    relay_server: Option<burrow_relay::RelayServer>,
+    relay_policy: PeerRelayPolicy,
+    relay_refused: u64,
     /// Our own new IPv4 flows, counted as they leave (mutual port prediction).
     ledger: FlowLedger,
     /// The STUN transaction measuring our NAT's counter, and its latest result.
@@ -175,6 +186,9 @@ impl Node {
             mapped_since: None,
             ipv6_pinhole: None,
             replan_birthday: None,
+            relay_server: None,
+            relay_policy: PeerRelayPolicy::default(),
+            relay_refused: 0,
             ledger: FlowLedger::new(Duration::from_secs(30), 4096),
             measurement: None,
             measured: None,
@@ -188,6 +202,7 @@ impl Node {
             disco_public: config.disco_key.public_key(),
             config,
         };
+        node.start_relay_server(now);
         node.start_stun(now);
         node
     }
@@ -274,6 +289,7 @@ impl Node {
             prober: None,
             opening: None,
             prediction: None,
+            relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
             stats: PeerStats::default(),
         });
@@ -345,6 +361,7 @@ impl Node {
             probes: p.stats.probes,
             birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
             prediction: p.prediction.as_ref().map(|m| m.report()),
+            peer_relays: self.peer_relays(peer),
         })
     }
 
@@ -411,6 +428,12 @@ impl Node {
         self.last_now = self.last_now.max(now);
         match input {
             Input::Udp { socket, from, data } => {
+                if socket == RELAY_SOCKET {
+                    return self.handle_relay_socket(now, from, data);
+                }
+                if burrow_relay::looks_like_geneve(data) {
+                    return self.handle_geneve(now, socket, from, data);
+                }
                 if is_stun(data) {
                     if socket != MAIN_SOCKET {
                         self.handle_measurement_input(now, socket, from, data);
@@ -455,6 +478,7 @@ impl Node {
         self.last_now = self.last_now.max(now);
         self.handle_stun_timeout(now);
         self.handle_measurement_timeout(now);
+        self.handle_relay_server_timeout(now);
         self.device.handle_timeout(now);
         self.drain_device(now);
         if self.replan_birthday.is_some_and(|t| t <= now) {
@@ -470,6 +494,7 @@ impl Node {
             self.check_stall(now, i);
             self.run_birthday(now, i);
             self.run_prediction(now, i);
+            self.run_peer_relay(now, i);
             self.flush_paths(now, i);
         }
     }
@@ -477,6 +502,7 @@ impl Node {
     /// When `handle_timeout` should next run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let stun = self.poll_stun_timeout();
+        let relays = (0..self.peers.len()).filter_map(|i| self.poll_relay_timeout(i));
         let peers = self.peers.iter().flat_map(|p| {
             [
                 p.paths.poll_timeout(),
@@ -491,9 +517,11 @@ impl Node {
             self.device.poll_timeout(),
             self.replan_birthday,
             self.poll_measurement_timeout(),
+            self.relay_server.as_ref().and_then(|s| s.poll_timeout()),
         ]
         .into_iter()
         .chain(peers)
+        .chain(relays.map(Some))
         .flatten()
         .min()
     }

@@ -203,6 +203,7 @@ impl Node {
         for i in 0..self.peers.len() {
             self.plan_birthday(now, i);
         }
+        self.refresh_relay_addrs();
     }
 
     /// The gateway mapped our port at `external` (or the mapping is gone): a candidate that

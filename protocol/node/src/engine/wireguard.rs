@@ -33,6 +33,15 @@ impl Node {
     pub(super) fn send_wg(&mut self, now: Instant, i: usize, datagram: &[u8], data: bool) {
         let route = self.peers[i].paths.route();
         let mut relay = true;
+        if let (Route::Relay, Some((addr, vni, trusted))) = (route, self.relay_route(now, i)) {
+            // A peer relay: DERP too until it is trusted (no loss at the switch).
+            relay = !trusted;
+            self.peers[i].stats.tx_peer_relay += 1;
+            if data {
+                self.note_relay_data(now, i);
+            }
+            self.send_wg_via_relay(addr, vni, datagram);
+        }
         if let Route::Direct(addr) = route {
             relay = !self.trusted(now, i, addr);
             let socket = self.peers[i].paths.socket_of(addr);
@@ -86,6 +95,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         let (direct, src) = match source {
             WgSource::Direct(socket, from) => (Some((socket, from)), from),
+            WgSource::PeerRelay(from, _) => (None, from),
             // Each DERP sender gets its own stand-in address, so under load WireGuard's cookies
             // bind to the sender's key: one key's flood does not cost the others their handshakes.
             WgSource::Relay(_, key) => (None, relay_addr_of(&key)),
@@ -103,12 +113,13 @@ impl Node {
                     // on the direct path, a reply means it got there (the peer may answer over
                     // DERP while its own side of the path is not validated yet).
                     p.first_unanswered_direct = None;
-                    match direct {
-                        Some((_, from)) => {
+                    match (direct, source) {
+                        (Some((_, from)), _) => {
                             p.stats.rx_direct += 1;
                             p.paths.report_data_flowing(now, from);
                         }
-                        None => p.stats.rx_relay += 1,
+                        (None, WgSource::PeerRelay(..)) => p.stats.rx_peer_relay += 1,
+                        (None, _) => p.stats.rx_relay += 1,
                     }
                     if let Decapsulated::Data(n) = what {
                         // Cryptokey routing: the inner source must be an address this peer
@@ -142,6 +153,10 @@ impl Node {
                         dst,
                         payload,
                     }),
+                    WgSource::PeerRelay(addr, vni) => {
+                        self.recycle(payload.clone());
+                        self.send_wg_via_relay(addr, vni, &payload);
+                    }
                 }
                 Ok(())
             }
@@ -176,6 +191,8 @@ pub(super) enum WgSource {
     Direct(SocketId, SocketAddr),
     /// DERP: the region and the sending node's key.
     Relay(u16, PublicKey),
+    /// A peer relay: its address and the endpoint's VNI.
+    PeerRelay(SocketAddr, u32),
 }
 
 /// A DERP sender's stand-in address for WireGuard's cookie MACs: distinct per key.

@@ -87,6 +87,19 @@ impl Ipv6Access {
     }
 }
 
+/// A relay-capable node beside the two (peer relays): its NAT chain and its distance from the
+/// Internet core. Both nodes may use it, and it relays for both.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelaySite {
+    /// Boxes in front of it, innermost first (empty: a public host).
+    pub chain: Vec<NatConfig>,
+    /// One-way latency between it and the core.
+    pub one_way: Duration,
+}
+
+/// The relay socket's port on relay nodes.
+pub const RELAY_PORT: u16 = 40000;
+
 /// Something scripted to happen mid-run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Disruption {
@@ -94,6 +107,8 @@ pub enum Disruption {
     FlushNat(usize),
     /// DERP is down for this long (a restart); packets to it are lost meanwhile.
     DerpRestart(Duration),
+    /// Relay site `k` (an index into `FastConfig::relays`) drops off the network for this long.
+    RelayDown(usize, Duration),
     /// UDP between the two sides' public addresses is dropped for this long.
     CutDirect(Duration),
     /// Between the two sides, WireGuard is dropped but disco passes, for this long (a middlebox
@@ -142,6 +157,8 @@ pub struct FastConfig {
     pub port_mapping: bool,
     /// IPv6 of node 0 and node 1 (none: IPv4 only).
     pub ipv6: [Option<Ipv6Access>; 2],
+    /// Relay-capable nodes (sides 2, 3, …), none by default.
+    pub relays: Vec<RelaySite>,
     /// Seed for everything.
     pub seed: u64,
 }
@@ -166,6 +183,7 @@ impl FastConfig {
             prediction: PredictionConfig::default(),
             port_mapping: true,
             ipv6: [None, None],
+            relays: Vec::new(),
             seed,
         }
     }
@@ -182,6 +200,12 @@ pub struct FastOutcome {
     pub time_to_direct_v6: Option<Duration>,
     /// Both nodes' routes at the end are direct over IPv6.
     pub direct_v6: bool,
+    /// Time until both nodes first sent through a peer relay (or went direct).
+    pub time_to_peer_relay: Option<Duration>,
+    /// The relay (index into `FastConfig::relays`) both nodes use at the end, if the same.
+    pub peer_relay: Option<usize>,
+    /// Node 0's round trip to node 1 through each relay at the end (`None`: not alive).
+    pub relay_rtts: Vec<Option<Duration>>,
     /// When each node's port mapping was first made (by its gateway's NAT-PMP, PCP or UPnP).
     pub time_to_mapping: [Option<Duration>; 2],
     /// Birthday packets sent by both nodes (random-port probes and socket openings).
@@ -246,6 +270,10 @@ struct Side {
     v6: Option<SideV6>,
     /// The node has IPv4 (false: an IPv6-only host).
     has_v4: bool,
+    /// One-way latency between the side and the Internet core.
+    one_way: Duration,
+    /// Unreachable until then (a relay taken down).
+    down_until: Option<Instant>,
     /// The node's port mapper, and its gateway's service (behind a translating box).
     portmap: Option<SidePortMap>,
 }
@@ -307,6 +335,8 @@ pub struct FastNet {
     last_endpoints: [Option<String>; 2],
     direct_since: [Option<Instant>; 2],
     direct_v6_since: [Option<Instant>; 2],
+    /// Since when each node has sent through a peer relay, and which (side index).
+    relayed_since: [Option<(Instant, usize)>; 2],
     next_sweep: Instant,
     out: FastOutcome,
     tap: Option<Tap>,

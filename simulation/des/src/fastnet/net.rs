@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use burrow_node::{Input, Node, NodeConfig, PeerConfig, Transmit};
+use burrow_node::{
+    Input, Node, NodeConfig, PeerConfig, PeerRelayPolicy, RelayServerSettings, Transmit,
+    RELAY_SOCKET,
+};
 use burrow_punch::Route;
 use burrow_stun::{BindingServer, ServerConfig};
 use burrow_wg::PrivateKey;
@@ -17,7 +20,7 @@ use super::packets::{
 };
 use super::{
     Disruption, Disruptions, FastConfig, FastNet, FastOutcome, Side, SidePortMap, SideV6, Traffic,
-    WireSend, BIRTHDAY_BASE_PORT, MAIN_PORT, STUN_SERVERS,
+    WireSend, BIRTHDAY_BASE_PORT, MAIN_PORT, RELAY_PORT, STUN_SERVERS,
 };
 use crate::derive_seed;
 use crate::nat::NatTable;
@@ -32,12 +35,15 @@ impl FastNet {
             let mut r = ChaCha20Rng::seed_from_u64(derive_seed(config.seed, label));
             PrivateKey::generate(&mut r)
         };
-        let keys = [(key("wg0"), key("disco0")), (key("wg1"), key("disco1"))];
+        let count = 2 + config.relays.len();
+        let keys: Vec<(PrivateKey, PrivateKey)> = (0..count)
+            .map(|s| (key(&format!("wg{s}")), key(&format!("disco{s}"))))
+            .collect();
         let secrets: Vec<[u8; 32]> = keys
             .iter()
             .flat_map(|(a, b)| [secret_bytes(a), secret_bytes(b)])
             .collect();
-        let mut sides: Vec<Side> = (0..2)
+        let mut sides: Vec<Side> = (0..count)
             .map(|s| {
                 let (wg, disco) = keys[s].clone();
                 new_side(config, s, wg, disco, t0)
@@ -63,6 +69,28 @@ impl FastNet {
                 allowed_ips: vec![IpAddr::from([100, 64, 0, 2 - s as u8]).into()],
             };
             let _ = sides[s].node.add_peer(t0, peer);
+        }
+        // Relay nodes: peers of both nodes (they relay for both), not of each other.
+        let relay_keys: std::collections::BTreeSet<_> =
+            sides[2..].iter().map(|r| r.node.public_key()).collect();
+        for r in 2..count {
+            for s in 0..2 {
+                let (a, b) = (&sides[s].node, &sides[r].node);
+                let (to_r, to_s) = (peer_of(b, r), peer_of(a, s));
+                let _ = sides[s].node.add_peer(t0, to_r);
+                let _ = sides[r].node.add_peer(t0, to_s);
+            }
+            let clients = [0, 1].map(|s| sides[s].node.public_key()).into();
+            sides[r].node.set_peer_relay_policy(PeerRelayPolicy {
+                relays: Default::default(),
+                clients,
+            });
+        }
+        for s in sides.iter_mut().take(2) {
+            s.node.set_peer_relay_policy(PeerRelayPolicy {
+                relays: relay_keys.clone(),
+                clients: Default::default(),
+            });
         }
         let peers = [sides[1].node.public_key(), sides[0].node.public_key()];
         let mut pending: Vec<(Instant, Disruption)> = config
@@ -100,6 +128,7 @@ impl FastNet {
             last_endpoints: [None, None],
             direct_since: [None, None],
             direct_v6_since: [None, None],
+            relayed_since: [None, None],
             next_sweep: t0,
             out: FastOutcome::default(),
             tap: None,
@@ -203,11 +232,11 @@ impl FastNet {
                 s.node.handle_timeout(now);
             }
         }
-        for s in 0..2 {
+        for s in 0..self.sides.len() {
             self.run_port_mapping(s);
         }
         self.send_data();
-        for s in 0..2 {
+        for s in 0..self.sides.len() {
             self.transmit(s);
             while let Some(e) = self.sides[s].node.poll_event() {
                 self.on_event(s, e);
@@ -263,11 +292,11 @@ impl FastNet {
         let now = self.now;
         let config = &self.config;
         match p {
-            Packet::Relay { to, data } => {
+            Packet::Relay { to, from, data } => {
                 if self.disruptions.derp_down_until.is_some_and(|u| now < u) {
                     return;
                 }
-                let from = self.peers[to];
+                let from = self.sides[from].node.public_key();
                 let r = self.sides[to].node.handle_input(
                     now,
                     Input::Derp {
@@ -286,7 +315,7 @@ impl FastNet {
                     if let Ok(r) = self.stun[k].handle_packet(dst, src, &data, &mut buf) {
                         let side = self.sides.iter().position(|s| s.owns(src.ip()));
                         if let Some(side) = side {
-                            let d = hop_delay(config, &mut self.rng);
+                            let d = hop_delay(self.sides[side].one_way, config, &mut self.rng);
                             let down = Packet::Down {
                                 side,
                                 src: dst,
@@ -301,6 +330,9 @@ impl FastNet {
                 let Some(side) = self.sides.iter().position(|s| s.owns(dst.ip())) else {
                     return; // unroutable (a LAN candidate of the other side)
                 };
+                if self.sides[side].down_until.is_some_and(|u| now < u) {
+                    return;
+                }
                 if self.disruptions.cut_until.is_some_and(|u| now < u) {
                     return;
                 }
@@ -310,7 +342,7 @@ impl FastNet {
                     return;
                 }
                 for _ in 0..copies(config, &mut self.rng) {
-                    let d = hop_delay(config, &mut self.rng);
+                    let d = hop_delay(self.sides[side].one_way, config, &mut self.rng);
                     let down = Packet::Down {
                         side,
                         src,
@@ -362,6 +394,7 @@ impl FastNet {
                 }
                 let socket = match dst.port() {
                     MAIN_PORT => 0,
+                    RELAY_PORT => RELAY_SOCKET,
                     p if p > BIRTHDAY_BASE_PORT => p - BIRTHDAY_BASE_PORT,
                     _ => return,
                 };
@@ -392,6 +425,11 @@ impl FastNet {
                     }
                 }
                 Disruption::DerpRestart(x) => ds.derp_down_until = Some(now + x),
+                Disruption::RelayDown(k, x) => {
+                    if let Some(s) = self.sides.get_mut(2 + k) {
+                        s.down_until = Some(now + x);
+                    }
+                }
                 Disruption::CutDirect(x) => ds.cut_until = Some(now + x),
                 Disruption::DropData(x) => ds.drop_data_until = Some(now + x),
                 Disruption::WithdrawIpv6(side, x) => {
@@ -584,10 +622,15 @@ impl FastNet {
                 });
             }
             match t {
-                Transmit::Derp { payload, .. } => {
+                Transmit::Derp { payload, dst, .. } => {
+                    let Some(to) = self.sides.iter().position(|x| x.node.public_key() == dst)
+                    else {
+                        continue;
+                    };
                     let d = self.config.derp_one_way * 2;
                     let relay = Packet::Relay {
-                        to: 1 - s,
+                        to,
+                        from: s,
                         data: payload,
                     };
                     self.queue.push(now + d, relay);
@@ -597,16 +640,19 @@ impl FastNet {
                     dst,
                     payload,
                 } => {
-                    let port = if socket == 0 {
-                        MAIN_PORT
-                    } else {
-                        BIRTHDAY_BASE_PORT + socket
+                    let port = match socket {
+                        0 => MAIN_PORT,
+                        RELAY_SOCKET => RELAY_PORT,
+                        _ => BIRTHDAY_BASE_PORT + socket,
                     };
+                    if self.sides[s].down_until.is_some_and(|u| now < u) {
+                        continue;
+                    }
                     let Some(src) = send_out(&mut self.sides[s], now, port, dst) else {
                         continue; // a box dropped it, or the host has no address of that family
                     };
                     for _ in 0..copies(&self.config, &mut self.rng) {
-                        let d = hop_delay(&self.config, &mut self.rng);
+                        let d = hop_delay(self.sides[s].one_way, &self.config, &mut self.rng);
                         let up = Packet::Up {
                             src,
                             dst,
@@ -658,7 +704,11 @@ fn translate_out(
 
 /// Node `s` behind its chain of boxes (innermost first; the outermost has the public address).
 fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0: Instant) -> Side {
-    let chain = &config.chains[s];
+    let relay = s.checked_sub(2).map(|k| &config.relays[k]);
+    let chain = match relay {
+        Some(r) => &r.chain,
+        None => &config.chains[s],
+    };
     let public_ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10 + s as u8));
     let mut boxes = Vec::new();
     for (k, c) in chain.iter().enumerate() {
@@ -677,7 +727,7 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
     } else {
         public_ip
     };
-    let access = config.ipv6[s].as_ref();
+    let access = config.ipv6.get(s).and_then(Option::as_ref);
     let v6 = access.map(|a| SideV6 {
         ip: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x10 + s as u16, 0, 0, 0, 0, 2)),
         firewall: a.firewall.clone().map(|c| {
@@ -697,6 +747,9 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         .collect();
     nc.probe = config.probe;
     nc.prediction = config.prediction;
+    if relay.is_some() {
+        nc.relay_server = Some(RelayServerSettings::on_port(RELAY_PORT));
+    }
     // No control plane here: the two nodes trust each other's advertised endpoints.
     nc.birthday_needs_control_ip = false;
     // Behind a translating box the node asks its gateway (the innermost box) for a mapping.
@@ -731,7 +784,20 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         public_ip,
         v6,
         has_v4,
+        one_way: relay.map_or(config.one_way, |r| r.one_way),
+        down_until: None,
         portmap,
+    }
+}
+
+/// Node `n` (side `s`) as a peer: its keys and its tailnet address 100.64.0.(s + 1).
+fn peer_of(n: &Node, s: usize) -> PeerConfig {
+    PeerConfig {
+        node_key: n.public_key(),
+        disco_key: n.disco_public_key(),
+        home_region: 1,
+        endpoints: Vec::new(),
+        allowed_ips: vec![IpAddr::from([100, 64, 0, s as u8 + 1]).into()],
     }
 }
 

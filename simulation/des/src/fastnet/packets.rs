@@ -29,8 +29,12 @@ pub(super) enum Packet {
         dst: SocketAddr,
         data: Vec<u8>,
     },
-    /// A relayed packet arriving at a node.
-    Relay { to: usize, data: Vec<u8> },
+    /// A relayed packet arriving at node `to` from node `from`.
+    Relay {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
+    },
 }
 
 /// Packets by arrival time; equal times leave in the order they were scheduled.
@@ -127,14 +131,15 @@ pub(super) fn scan(payload: &[u8], secrets: &[[u8; 32]], out: &mut FastOutcome) 
     }
 }
 
-/// One hop's delay: the latency plus up to `jitter`.
-pub(super) fn hop_delay(c: &FastConfig, rng: &mut ChaCha20Rng) -> Duration {
+/// One hop's delay between a side `one_way` from the core and the core: the latency plus up
+/// to `jitter`.
+pub(super) fn hop_delay(one_way: Duration, c: &FastConfig, rng: &mut ChaCha20Rng) -> Duration {
     let jitter = if c.jitter.is_zero() {
         Duration::ZERO
     } else {
         c.jitter.mul_f64(rng.next_u32() as f64 / u32::MAX as f64)
     };
-    c.one_way + jitter
+    one_way + jitter
 }
 
 /// How many copies of a datagram a hop delivers: 0 (lost), 1, or 2 (duplicated).

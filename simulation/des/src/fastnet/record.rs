@@ -15,7 +15,29 @@ impl FastNet {
     pub(super) fn on_event(&mut self, s: usize, e: Event) {
         let now = self.now;
         let at = (now - self.t0).as_secs_f64();
+        if s >= 2 {
+            // A relay node: only its handshakes with the two go on the timeline.
+            return;
+        }
         match e {
+            Event::PeerRelayChanged { relay, rtt, peer } if peer == self.peers[s] => {
+                let side =
+                    relay.and_then(|k| self.sides.iter().position(|x| x.node.public_key() == k));
+                self.out.timeline.push(format!(
+                    "{at:>8.3}s node{s} peer relay {}{}",
+                    side.map_or("none (DERP)".to_string(), |k| format!("via relay{}", k - 2)),
+                    rtt.map_or(String::new(), |r| format!(
+                        ", {:.1} ms through it",
+                        r.as_secs_f64() * 1000.0
+                    ))
+                ));
+                self.relayed_since[s] = side.map(|k| (now, k));
+                let both = (0..2)
+                    .all(|k| self.relayed_since[k].is_some() || self.direct_since[k].is_some());
+                if both && self.out.time_to_peer_relay.is_none() {
+                    self.out.time_to_peer_relay = Some(now - self.t0);
+                }
+            }
             Event::Packet { data, .. } => {
                 let Some(n) = app_seq(1 - s, &data) else {
                     return;
@@ -71,7 +93,7 @@ impl FastNet {
                     self.last_endpoints[s] = Some(what);
                 }
             }
-            Event::BirthdayStarted { probing, .. } => {
+            Event::BirthdayStarted { probing, peer } if peer == self.peers[s] => {
                 let role = if probing {
                     "probing random ports"
                 } else {
@@ -82,19 +104,21 @@ impl FastNet {
                     .push(format!("{at:>8.3}s node{s} birthday: {role}"));
             }
             Event::BirthdayExhausted {
-                probes, retry_at, ..
-            } => {
+                probes,
+                retry_at,
+                peer,
+            } if peer == self.peers[s] => {
                 self.out.timeline.push(format!(
                     "{at:>8.3}s node{s} birthday attempt spent its budget ({probes} packets so far); next at {:.3}s",
                     (retry_at - self.t0).as_secs_f64()
                 ));
             }
-            Event::HandshakeDone { .. } => {
+            Event::HandshakeDone { peer } if peer == self.peers[s] => {
                 self.out
                     .timeline
                     .push(format!("{at:>8.3}s node{s} WireGuard handshake done"));
             }
-            Event::PathChanged { from, to, .. } => {
+            Event::PathChanged { from, to, peer } if peer == self.peers[s] => {
                 self.out
                     .timeline
                     .push(format!("{at:>8.3}s node{s} path {from:?} -> {to:?}"));
@@ -111,6 +135,11 @@ impl FastNet {
                     && self.out.time_to_direct_v6.is_none()
                 {
                     self.out.time_to_direct_v6 = Some(now - self.t0);
+                }
+                let via =
+                    |k: usize| self.direct_since[k].is_some() || self.relayed_since[k].is_some();
+                if via(0) && via(1) && self.out.time_to_peer_relay.is_none() {
+                    self.out.time_to_peer_relay = Some(now - self.t0);
                 }
                 if self.direct_since.iter().all(Option::is_some)
                     && self.out.time_to_direct.is_none()
@@ -137,7 +166,41 @@ impl FastNet {
         let t0 = self.t0;
         for s in 0..2 {
             self.out.probes += self.probes(s);
-            self.out.routes[s] = format!("{:?}", self.route(s).unwrap_or(Route::Relay));
+            let relay = self.sides[s].node.peer_relay(&self.peers[s]);
+            self.out.routes[s] = match (self.route(s).unwrap_or(Route::Relay), relay) {
+                (Route::Relay, Some(r)) => {
+                    let k = self
+                        .sides
+                        .iter()
+                        .position(|x| x.node.public_key() == r.relay);
+                    format!("PeerRelay(relay{})", k.map_or(0, |k| k - 2))
+                }
+                (route, _) => format!("{route:?}"),
+            };
+        }
+        let relay_side = |net: &Self, s: usize| {
+            let r = net.sides[s].node.peer_relay(&net.peers[s])?;
+            net.sides
+                .iter()
+                .position(|x| x.node.public_key() == r.relay)
+        };
+        if matches!(self.route(0), Some(Route::Relay))
+            && matches!(self.route(1), Some(Route::Relay))
+        {
+            let (a, b) = (relay_side(&self, 0), relay_side(&self, 1));
+            self.out.peer_relay = a.filter(|_| a == b).map(|k| k - 2);
+        }
+        let reports = self.sides[0].node.peer_relays(&self.peers[0]);
+        self.out.relay_rtts = (2..self.sides.len())
+            .map(|k| {
+                let key = self.sides[k].node.public_key();
+                reports
+                    .iter()
+                    .find(|r| r.relay == key && r.state == burrow_node::RelayState::Alive)
+                    .and_then(|r| r.rtt)
+            })
+            .collect();
+        for s in 0..self.sides.len() {
             let fw6 = self.sides[s].v6.as_ref().and_then(|v| v.firewall.as_ref());
             for table in self.sides[s].boxes.iter().map(|b| &b.0).chain(fw6) {
                 self.out.peak_sessions = self.out.peak_sessions.max(table.stats().peak_sessions);
