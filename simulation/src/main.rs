@@ -64,6 +64,9 @@ struct Cli {
     /// With --matrix: seeds of the easy–hard birthday curve.
     #[arg(long, default_value_t = 200)]
     curve_seeds: u64,
+    /// With --matrix: seeds of the sequential–random search curve (0 skips it).
+    #[arg(long, default_value_t = 40)]
+    search_seeds: u64,
     /// With --matrix: seeds of the hard–hard long run (0 skips it).
     #[arg(long, default_value_t = 40)]
     long_run_seeds: u64,

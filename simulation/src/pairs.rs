@@ -49,6 +49,14 @@ pub(crate) fn run_grid(cli: &Cli, threads: usize) -> GridReport {
         let seeds: Vec<u64> = (1..=cli.curve_seeds).collect();
         curves.push(grid::easy_hard_curve(&seeds, threads));
     }
+    if cli.search_seeds > 0 {
+        let seeds: Vec<u64> = (1..=cli.search_seeds).collect();
+        curves.push(grid::sequential_random_curve(
+            &seeds,
+            std::time::Duration::from_secs(3600),
+            threads,
+        ));
+    }
     if cli.long_run_seeds > 0 {
         eprintln!(
             "hard–hard long run: {} seeds × up to {} simulated hours…",

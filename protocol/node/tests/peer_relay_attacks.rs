@@ -72,9 +72,9 @@ fn derp(
 fn derp_to(sent: &[Transmit], dst: PublicKey, dst_disco: &PrivateKey) -> Vec<Message> {
     sent.iter()
         .filter_map(|t| match t {
-            Transmit::Derp { dst: d, payload, .. } if *d == dst => {
-                Message::open(dst_disco, payload).ok().map(|(_, m)| m)
-            }
+            Transmit::Derp {
+                dst: d, payload, ..
+            } if *d == dst => Message::open(dst_disco, payload).ok().map(|(_, m)| m),
             _ => None,
         })
         .collect()
@@ -187,10 +187,26 @@ fn a_call_me_maybe_via_cannot_point_binds_at_a_third_party() {
         "no Bind toward an address that is no relay's: {sent:?}"
     );
     // Mixed in with the relay's real address, the stranger's still spoils it all.
-    derp(&mut v, now, m.public_key(), &key(41), &via(vec![relay_addr, victim])).unwrap();
-    assert!(drain(&mut v).iter().all(|t| !matches!(t, Transmit::Udp { .. })));
+    derp(
+        &mut v,
+        now,
+        m.public_key(),
+        &key(41),
+        &via(vec![relay_addr, victim]),
+    )
+    .unwrap();
+    assert!(drain(&mut v)
+        .iter()
+        .all(|t| !matches!(t, Transmit::Udp { .. })));
     // On the relay candidate's own address, the node binds (a Geneve control frame).
-    derp(&mut v, now, m.public_key(), &key(41), &via(vec![relay_addr])).unwrap();
+    derp(
+        &mut v,
+        now,
+        m.public_key(),
+        &key(41),
+        &via(vec![relay_addr]),
+    )
+    .unwrap();
     let binds: Vec<_> = drain(&mut v)
         .into_iter()
         .filter(|t| matches!(t, Transmit::Udp { dst, payload, .. } if *dst == relay_addr && looks_like_geneve(payload)))
@@ -225,7 +241,10 @@ fn relay_framed_datagrams_from_anyone_but_a_bound_relay_are_refused() {
             },
         );
         assert!(r.is_err(), "{proto:?} from a stranger accepted");
-        assert!(drain(&mut v).is_empty(), "{proto:?} from a stranger answered");
+        assert!(
+            drain(&mut v).is_empty(),
+            "{proto:?} from a stranger answered"
+        );
     }
     // The relay socket of a node that runs no relay takes nothing either.
     let r = v.handle_input(
