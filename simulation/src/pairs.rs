@@ -201,6 +201,8 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
     ];
     let expected = if cli.ipv6 {
         grid::Expectation::DirectIpv6
+    } else if cli.relay {
+        grid::Expectation::PeerRelay
     } else {
         grid::expected(&chains[0], &chains[1])
     };
@@ -208,6 +210,8 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
     for seed in seeds {
         let config = if cli.ipv6 {
             grid::cell_config_v6(a, b, seed)
+        } else if cli.relay {
+            grid::cell_config_relay(a, b, seed)
         } else {
             grid::cell_config(a, b, seed)
         }
@@ -229,6 +233,8 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
         }
         let cell = if cli.ipv6 {
             grid::run_cell_v6(a, b, &[seed])
+        } else if cli.relay {
+            grid::run_cell_relay(a, b, &[seed])
         } else {
             grid::run_cell(a, b, &[seed])
         };
