@@ -369,6 +369,14 @@ pub struct UpArgs {
     /// Do not ask the default gateway to map the node's port (NAT-PMP, PCP, UPnP IGD).
     #[arg(long)]
     pub no_port_mapping: bool,
+    /// Relay for other nodes (peer relays) on this UDP port, bound dual-stack beside the
+    /// node's own; the policy's `relay` rules (or `autoRelay`) say for whom.
+    #[arg(long)]
+    pub relay_port: Option<u16>,
+    /// An address IP:PORT peers can reach the relay at besides those found (a port forward,
+    /// a cloud's public IP); repeatable. Needs --relay-port.
+    #[arg(long, requires = "relay_port")]
+    pub relay_endpoint: Vec<std::net::SocketAddr>,
 }
 
 /// The arguments of `burrow status`.

@@ -69,6 +69,62 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     /// Plaintext bytes sent.
     pub tx_bytes: u64,
+    /// The peer relay carrying its traffic (the path then reads "relay via NODE (RTT a+b)");
+    /// None on a direct path or DERP, and from a node older than this.
+    #[serde(default)]
+    pub relay: Option<PeerRelayStatus>,
+}
+
+/// The peer relay a peer's traffic goes through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerRelayStatus {
+    /// The relay node's name from the netmap (its key when it is no peer).
+    pub via: String,
+    /// The relay node's key (base64).
+    pub via_key: String,
+    /// Round trip through the relay to the peer, ms: our leg plus the relay's.
+    pub rtt_ms: Option<f64>,
+    /// Our own round trip to the relay node, ms, when known.
+    pub our_leg_ms: Option<f64>,
+    /// The relay address and VNI bound.
+    pub path: Option<String>,
+}
+
+/// The relay this node runs for others (`burrow up --relay-port`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayServerStatus {
+    /// Endpoints allocated.
+    pub allocations: u64,
+    /// Allocations refused.
+    pub allocations_refused: u64,
+    /// Legs bound (including rebinds).
+    pub binds_completed: u64,
+    /// Datagrams forwarded.
+    pub forwarded_packets: u64,
+    /// Bytes forwarded.
+    pub forwarded_bytes: u64,
+    /// Endpoints closed unbound or idle.
+    pub expired: u64,
+    /// Datagrams dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Endpoints open now.
+    pub sessions: Vec<RelaySessionStatus>,
+}
+
+/// One endpoint of the relay this node runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaySessionStatus {
+    /// Its VNI.
+    pub vni: u32,
+    /// Each client: its node name when it is our peer (else its disco key), and the address
+    /// bound for it.
+    pub clients: [String; 2],
+    /// Each leg's bound address.
+    pub bound: [Option<String>; 2],
+    /// Datagrams forwarded from each leg.
+    pub packets: [u64; 2],
+    /// Bytes forwarded from each leg.
+    pub bytes: [u64; 2],
 }
 
 /// `burrow status`.
@@ -80,6 +136,9 @@ pub struct Status {
     pub addresses: Vec<IpAddr>,
     /// Peers.
     pub peers: Vec<PeerStatus>,
+    /// The relay this node runs for others, if it does (None from a node older than this).
+    #[serde(default)]
+    pub relay_server: Option<RelayServerStatus>,
 }
 
 /// One line of `burrow ping`.
@@ -121,6 +180,10 @@ pub struct Doctor {
     /// The peer's port mapping, as it told us.
     #[serde(default)]
     pub peer_port_mapping: String,
+    /// Peer relays considered for the peer, one line each: the relay, its state, the round
+    /// trip through it (ours + the relay's), and whether it carries the traffic.
+    #[serde(default)]
+    pub peer_relays: Vec<String>,
 }
 
 /// Answers to a `burrow ping` waiting for their pong.
@@ -168,6 +231,113 @@ fn describe(route: Route) -> String {
     match route {
         Route::Direct(a) => format!("direct {a}"),
         Route::Relay => "derp region 1".into(),
+    }
+}
+
+/// Milliseconds, for people.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// "relay via NODE (RTT a+b)": a our round trip to the relay, b the relay's to the peer
+/// (`rtt` − `our_leg`), in ms; the total alone when our leg is unknown.
+pub fn relay_path(via: &str, rtt: Option<Duration>, our_leg: Option<Duration>) -> String {
+    match (rtt, our_leg) {
+        (Some(t), Some(a)) if a <= t => {
+            format!("relay via {via} (RTT {}+{} ms)", ms(a), ms(t - a))
+        }
+        (Some(t), _) => format!("relay via {via} (RTT {} ms)", ms(t)),
+        (None, _) => format!("relay via {via}"),
+    }
+}
+
+/// A relay's name: the peer's host name when the netmap has it, else its key.
+fn relay_name(peers: &BTreeMap<PublicKey, PeerInfo>, key: &PublicKey) -> String {
+    peers
+        .get(key)
+        .map_or_else(|| key.to_base64(), |p| p.node.name.clone())
+}
+
+fn peer_relay_status(
+    peers: &BTreeMap<PublicKey, PeerInfo>,
+    r: &burrow_node::RelayReport,
+) -> PeerRelayStatus {
+    PeerRelayStatus {
+        via: relay_name(peers, &r.relay),
+        via_key: r.relay.to_base64(),
+        rtt_ms: r.rtt.map(ms),
+        our_leg_ms: r.our_leg.map(ms),
+        path: r.path.map(|(a, vni)| format!("{a} vni {vni}")),
+    }
+}
+
+/// One line per relay considered: "NODE: alive, RTT 12 ms (4+8), in use".
+fn relay_lines(
+    peers: &BTreeMap<PublicKey, PeerInfo>,
+    reports: &[burrow_node::RelayReport],
+) -> Vec<String> {
+    reports
+        .iter()
+        .map(|r| {
+            let state = match r.state {
+                burrow_node::RelayState::Allocating => "allocating",
+                burrow_node::RelayState::Binding => "binding",
+                burrow_node::RelayState::Probing => "probing",
+                burrow_node::RelayState::Alive => "alive",
+                burrow_node::RelayState::Dead => "dead",
+            };
+            let rtt = match (r.rtt, r.our_leg) {
+                (Some(t), Some(a)) if a <= t => {
+                    format!(", RTT {} ms ({} + {})", ms(t), ms(a), ms(t - a))
+                }
+                (Some(t), _) => format!(", RTT {} ms", ms(t)),
+                (None, _) => String::new(),
+            };
+            let path = r
+                .path
+                .map_or(String::new(), |(a, vni)| format!(", {a} vni {vni}"));
+            let used = if r.in_use { ", in use" } else { "" };
+            format!("{}: {state}{rtt}{path}{used}", relay_name(peers, &r.relay))
+        })
+        .collect()
+}
+
+fn relay_server_status(
+    s: &crate::node::RelayServerState,
+    peers: &BTreeMap<PublicKey, PeerInfo>,
+) -> RelayServerStatus {
+    let by_disco: BTreeMap<String, String> = peers
+        .values()
+        .map(|p| (p.disco_key.clone(), p.node.name.clone()))
+        .collect();
+    let name = |k: &PublicKey| {
+        let b = k.to_base64();
+        by_disco.get(&b).cloned().unwrap_or(b)
+    };
+    RelayServerStatus {
+        allocations: s.stats.allocations,
+        allocations_refused: s.stats.allocations_refused,
+        binds_completed: s.stats.binds_completed,
+        forwarded_packets: s.stats.forwarded_packets,
+        forwarded_bytes: s.stats.forwarded_bytes,
+        expired: s.stats.expired_unbound + s.stats.expired_idle,
+        dropped: s
+            .stats
+            .dropped
+            .iter()
+            .map(|(r, n)| (format!("{r:?}"), *n))
+            .collect(),
+        sessions: s
+            .sessions
+            .iter()
+            .map(|x| RelaySessionStatus {
+                vni: x.vni,
+                clients: [name(&x.client_disco[0]), name(&x.client_disco[1])],
+                bound: x.bound.map(|b| b.map(|a| a.to_string())),
+                packets: x.packets,
+                bytes: x.bytes,
+            })
+            .collect(),
     }
 }
 
@@ -240,16 +410,28 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
             let status = Status {
                 name: cx.name.clone(),
                 addresses: cx.addresses.clone(),
+                relay_server: state
+                    .relay_server
+                    .as_ref()
+                    .map(|s| relay_server_status(s, &peers)),
                 peers: state
                     .peers
                     .iter()
                     .filter_map(|p| {
                         let info = peers.get(&p.key)?;
+                        let relay = p.peer_relay.as_ref().map(|r| peer_relay_status(&peers, r));
+                        let path = match (&p.peer_relay, p.route) {
+                            (Some(r), Route::Relay) => {
+                                relay_path(&relay_name(&peers, &r.relay), r.rtt, r.our_leg)
+                            }
+                            _ => describe(p.route),
+                        };
                         Some(PeerStatus {
+                            relay,
                             name: info.node.name.clone(),
                             addresses: info.node.addresses.clone(),
                             node_key: p.key.to_base64(),
-                            path: describe(p.route),
+                            path,
                             family: route_family(p.route).map(String::from),
                             families: families_of(p.explanation.as_ref()),
                             last_handshake_s: p
@@ -343,7 +525,16 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                 Some(true) => "mapped: its gateway forwards its port (see its candidates)".into(),
                 Some(false) => "none".into(),
             };
+            let netmap_peers: BTreeMap<PublicKey, PeerInfo> = crate::session::lock(&cx.session)
+                .peers()
+                .map(|(p, k)| (*k, p.clone()))
+                .collect();
+            let peer_relays = x
+                .as_ref()
+                .map_or_else(Vec::new, |x| relay_lines(&netmap_peers, &x.peer_relays));
+            let relay_in_use = p.and_then(|p| p.peer_relay);
             let doctor = Doctor {
+                peer_relays,
                 our_port_mapping,
                 peer_port_mapping,
                 peer: info.node.name.clone(),
@@ -353,7 +544,12 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                     Some(false) => "easy: mapping fixed".into(),
                     Some(true) => "hard: mapping varies by destination".into(),
                 },
-                path: p.map_or("unknown".into(), |p| describe(p.route)),
+                path: match (relay_in_use, p) {
+                    (Some(r), Some(p)) if p.route == Route::Relay => {
+                        relay_path(&relay_name(&netmap_peers, &r.relay), r.rtt, r.our_leg)
+                    }
+                    (_, p) => p.map_or("unknown".into(), |p| describe(p.route)),
+                },
                 family: p.and_then(|p| route_family(p.route)).map(String::from),
                 families: families_of(x.as_ref()),
                 attempts: x
@@ -486,5 +682,43 @@ mod tests {
             family_line(&d.families[1], &d.families),
             "IPv4: we have no IPv4 address"
         );
+    }
+
+    #[test]
+    fn a_relay_path_reads_via_node_with_both_legs() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            relay_path("relay1", Some(ms(30)), Some(ms(12))),
+            "relay via relay1 (RTT 12+18 ms)"
+        );
+        // Our leg unknown (no direct path to the relay node): the total alone.
+        assert_eq!(
+            relay_path("relay1", Some(ms(30)), None),
+            "relay via relay1 (RTT 30 ms)"
+        );
+        assert_eq!(relay_path("relay1", None, None), "relay via relay1");
+        // A leg measured longer than the sum (taken at another moment): the total alone.
+        assert_eq!(
+            relay_path("r", Some(ms(10)), Some(ms(11))),
+            "relay via r (RTT 10 ms)"
+        );
+        assert_eq!(
+            relay_path("r", Some(Duration::from_micros(2_345)), Some(ms(1))),
+            "relay via r (RTT 1+1.3 ms)"
+        );
+    }
+
+    #[test]
+    fn status_from_a_node_without_relays_still_reads() {
+        let old = serde_json::json!({
+            "name": "a", "addresses": ["100.64.0.1"], "peers": [{
+                "name": "b", "addresses": ["100.64.0.2"], "node_key": "k",
+                "path": "derp region 1", "last_handshake_s": null,
+                "rx_bytes": 0, "tx_bytes": 0
+            }]
+        });
+        let s: Status = serde_json::from_value(old).unwrap();
+        assert!(s.relay_server.is_none());
+        assert!(s.peers[0].relay.is_none());
     }
 }

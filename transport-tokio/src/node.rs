@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use burrow_derp::client::ClientEvent;
-use burrow_node::{Event, Input, Node, Transmit};
+use burrow_node::{Event, Input, Node, Transmit, RELAY_SOCKET};
 use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
@@ -73,6 +73,18 @@ pub struct PeerState {
     pub stats: burrow_node::PeerStats,
     /// Why it is on that route.
     pub explanation: Option<burrow_node::Explanation>,
+    /// The peer relay carrying its traffic, if one does (the route then says DERP: the
+    /// engine's path machine knows only direct and DERP).
+    pub peer_relay: Option<burrow_node::RelayReport>,
+}
+
+/// The relay this node runs for others (`burrow up --relay-port`), for `burrow status`.
+#[derive(Debug, Clone)]
+pub struct RelayServerState {
+    /// Its counters.
+    pub stats: burrow_relay::RelayStats,
+    /// Endpoints open now.
+    pub sessions: Vec<burrow_relay::SessionInfo>,
 }
 
 /// What the engine knows, for `burrow status` and `burrow doctor`.
@@ -86,6 +98,8 @@ pub struct EngineState {
     pub candidates: Vec<burrow_punch::Candidate>,
     /// Every peer.
     pub peers: Vec<PeerState>,
+    /// The relay we run for others, if any.
+    pub relay_server: Option<RelayServerState>,
 }
 
 /// Changes to (and questions for) the engine while it runs.
@@ -107,6 +121,8 @@ pub enum NodeCommand {
     /// The router's IPv6 firewall opened a pinhole for the node's port here (PCP), or it is
     /// gone.
     SetIpv6Pinhole(Option<SocketAddr>),
+    /// Who relays for us and for whom we relay, from the netmap's grants.
+    SetPeerRelayPolicy(burrow_node::PeerRelayPolicy),
 }
 
 fn snapshot(engine: &Node) -> EngineState {
@@ -122,8 +138,13 @@ fn snapshot(engine: &Node) -> EngineState {
                 route: engine.route(&key).unwrap_or(burrow_punch::Route::Relay),
                 stats: engine.stats(&key).unwrap_or_default(),
                 explanation: engine.explain(&key),
+                peer_relay: engine.peer_relay(&key),
             })
             .collect(),
+        relay_server: engine.relay_server().map(|s| RelayServerState {
+            stats: s.stats().clone(),
+            sessions: s.sessions().collect(),
+        }),
     }
 }
 
@@ -200,8 +221,23 @@ pub fn channels() -> (NodeChannels, NodeHandle) {
 /// Runs the engine until `until`: datagrams and DERP packets in, transmits out, timers; every
 /// engine event goes to the handle. Returns the engine (for its counters and explanations).
 pub async fn run_node<B: SocketBinder>(
+    engine: Node,
+    main: B::Socket,
+    binder: B,
+    derp: DerpClient,
+    channels: NodeChannels,
+    until: Option<tokio::time::Instant>,
+) -> io::Result<Node> {
+    run_node_with_relay(engine, main, None, binder, derp, channels, until).await
+}
+
+/// [`run_node`], with the socket of the relay this node runs for others (its engine was
+/// configured with `NodeConfig::relay_server`): datagrams read there reach the engine as
+/// [`RELAY_SOCKET`]'s, and its transmits from [`RELAY_SOCKET`] leave from it.
+pub async fn run_node_with_relay<B: SocketBinder>(
     mut engine: Node,
     main: B::Socket,
+    relay: Option<B::Socket>,
     binder: B,
     mut derp: DerpClient,
     channels: NodeChannels,
@@ -220,8 +256,18 @@ pub async fn run_node<B: SocketBinder>(
     let mut sockets: Vec<Option<Arc<B::Socket>>> = Vec::new();
     let mut readers = Vec::new();
     let main = Arc::new(main);
-    readers.push(spawn_reader(0, main.clone(), in_tx.clone(), &mut returns));
+    let (reader, back) = spawn_reader(0, main.clone(), in_tx.clone());
+    readers.push(reader);
+    returns.push(Some(back));
     sockets.push(Some(main));
+    // The relay socket sits apart: its id (u16::MAX) is no index into the birthday sockets.
+    let mut relay_return = None;
+    let relay = relay.map(Arc::new);
+    if let Some(r) = &relay {
+        let (reader, back) = spawn_reader(RELAY_SOCKET, r.clone(), in_tx.clone());
+        readers.push(reader);
+        relay_return = Some(back);
+    }
     let region = 1;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     let deadline = until.unwrap_or(far);
@@ -242,6 +288,13 @@ pub async fn run_node<B: SocketBinder>(
                     dst,
                     payload,
                 } => {
+                    if socket == RELAY_SOCKET {
+                        if let Some(r) = &relay {
+                            let _ = r.send_to(&payload, dst).await;
+                        }
+                        engine.recycle(payload);
+                        continue;
+                    }
                     let i = socket as usize;
                     if sockets.len() <= i {
                         sockets.resize(i + 1, None);
@@ -250,12 +303,12 @@ pub async fn run_node<B: SocketBinder>(
                         match binder.bind().await {
                             Ok(s) => {
                                 let s = Arc::new(s);
-                                readers.push(spawn_reader(
-                                    socket,
-                                    s.clone(),
-                                    in_tx.clone(),
-                                    &mut returns,
-                                ));
+                                let (reader, back) = spawn_reader(socket, s.clone(), in_tx.clone());
+                                readers.push(reader);
+                                if returns.len() <= i {
+                                    returns.resize(i + 1, None);
+                                }
+                                returns[i] = Some(back);
                                 sockets[i] = Some(s);
                             }
                             Err(e) => {
@@ -316,11 +369,23 @@ pub async fn run_node<B: SocketBinder>(
                 Some(NodeCommand::SetIpv6Pinhole(p)) => {
                     engine.set_ipv6_pinhole(now(), p);
                 }
+                Some(NodeCommand::SetPeerRelayPolicy(p)) => {
+                    tracing::info!(
+                        relays = p.relays.len(),
+                        clients = p.clients.len(),
+                        "peer-relay policy"
+                    );
+                    engine.set_peer_relay_policy(p);
+                }
                 None => commands_open = false,
             },
             Some(Datagram { socket, from, buf, len }) = in_rx.recv() => {
                 let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &buf[..len] });
-                if let Some(Some(back)) = returns.get(usize::from(socket)) {
+                let back = match socket {
+                    RELAY_SOCKET => relay_return.as_ref(),
+                    _ => returns.get(usize::from(socket)).and_then(Option::as_ref),
+                };
+                if let Some(back) = back {
                     let _ = back.try_send(buf);
                 }
             }
@@ -370,21 +435,15 @@ const READER_BUFFERS: usize = 64;
 /// MTU, disco, STUN); anything longer is no datagram of ours and fails to authenticate.
 const READ_BUFFER: usize = 4096;
 
-/// Reads datagrams from `socket` into buffers that come back to it over `returns[id]`, so a
-/// steady stream allocates nothing.
+/// Reads datagrams from `socket` into buffers that come back to it over the returned sender,
+/// so a steady stream allocates nothing.
 fn spawn_reader<S: UdpTransport>(
     id: u16,
     socket: Arc<S>,
     tx: mpsc::Sender<Datagram>,
-    returns: &mut Vec<Option<mpsc::Sender<Vec<u8>>>>,
-) -> tokio::task::JoinHandle<()> {
+) -> (tokio::task::JoinHandle<()>, mpsc::Sender<Vec<u8>>) {
     let (back_tx, mut back_rx) = mpsc::channel::<Vec<u8>>(READER_BUFFERS);
-    let i = usize::from(id);
-    if returns.len() <= i {
-        returns.resize(i + 1, None);
-    }
-    returns[i] = Some(back_tx);
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut made = 0;
         loop {
             let mut buf = match back_rx.try_recv() {
@@ -420,7 +479,8 @@ fn spawn_reader<S: UdpTransport>(
                 }
             }
         }
-    })
+    });
+    (reader, back_tx)
 }
 
 #[cfg(test)]
@@ -446,8 +506,7 @@ mod tests {
             return;
         }
         let (tx, mut rx) = mpsc::channel(4);
-        let mut returns = Vec::new();
-        let reader = spawn_reader(0, Arc::new(main), tx, &mut returns);
+        let (reader, _back) = spawn_reader(0, Arc::new(main), tx);
         let v4 = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .unwrap();

@@ -203,6 +203,7 @@ pub fn apply_to_engine(
     let command = match event {
         SessionEvent::PeerUpsert { config, .. } => NodeCommand::AddPeer(config.clone()),
         SessionEvent::PeerRemove { key, .. } => NodeCommand::RemovePeer(*key),
+        SessionEvent::PeerRelayPolicy(p) => NodeCommand::SetPeerRelayPolicy(p.clone()),
         _ => return !commands.is_closed(),
     };
     commands.send(command).is_ok()

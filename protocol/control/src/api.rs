@@ -44,6 +44,14 @@ pub struct EndpointsRequest {
     pub endpoints: Vec<SocketAddr>,
     /// Home DERP region.
     pub home_region: u16,
+    /// The UDP port the node relays on for others (`burrow up --relay-port N`); None: it does
+    /// not relay (and what nodes older than this send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_port: Option<u16>,
+    /// Its STUN results show a fixed public mapping (no NAT, or an endpoint-independent one);
+    /// with the policy's `autoRelay`, a relay with one serves everyone the ACLs let reach it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_mapping: bool,
 }
 
 /// `GET /machine/challenge`.

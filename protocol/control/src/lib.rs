@@ -15,5 +15,8 @@ pub use api::{
 pub use filter::{
     parse_packet, source_address, DropReason, Filter, Fragment, PacketInfo, PeerTag, Verdict,
 };
-pub use netmap::{Delta, DerpRegion, NetMap, PeerInfo, Tailnet};
-pub use policy::{AclRule, CompiledPolicy, FilterRule, NodeInfo, Policy, PolicyError, PortRange};
+pub use netmap::{Delta, DerpRegion, NetMap, PeerInfo, RelayGrants, Tailnet};
+pub use policy::{
+    AclRule, CompiledPolicy, FilterRule, NodeInfo, Policy, PolicyError, PortRange, RelayCapability,
+    RelayRule,
+};

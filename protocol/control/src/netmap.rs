@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{CompiledPolicy, FilterRule, NodeInfo};
+use crate::policy::{CompiledPolicy, FilterRule, NodeInfo, RelayCapability};
 
 /// What a node is told about one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +57,30 @@ pub struct NetMap {
     /// The DERP map.
     #[serde(default)]
     pub derp: Vec<DerpRegion>,
+    /// Peer relays: which peers relay for this node and for which it relays (absent from
+    /// netmaps of servers that predate them: none).
+    #[serde(default, skip_serializing_if = "RelayGrants::is_empty")]
+    pub relay: RelayGrants,
+}
+
+/// One node's peer-relay grants, by peer node id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayGrants {
+    /// Peers that relay for this node: its relay candidates (policy `relay` with this node in
+    /// `src` and the peer in `via`, or `autoRelay`; the peer runs a relay).
+    #[serde(default)]
+    pub relays: BTreeSet<u64>,
+    /// Peers this node may relay for (it runs a relay; they are in `src` of a rule naming it
+    /// in `via`, or `autoRelay` covers them).
+    #[serde(default)]
+    pub clients: BTreeSet<u64>,
+}
+
+impl RelayGrants {
+    /// Whether it grants nothing.
+    pub fn is_empty(&self) -> bool {
+        self.relays.is_empty() && self.clients.is_empty()
+    }
 }
 
 /// An incremental update for one node.
@@ -75,6 +99,9 @@ pub enum Delta {
         /// The new rules.
         rules: Vec<FilterRule>,
     },
+    /// The node's peer-relay grants changed (the whole new set). A node older than this
+    /// fails to read it, reconnects and gets a whole netmap, once per change.
+    Relay(RelayGrants),
 }
 
 /// The tailnet: nodes, their keys and endpoints, the policy, and indexes for incremental work.
@@ -85,6 +112,10 @@ pub struct Tailnet {
     by_user: BTreeMap<String, BTreeSet<u64>>,
     by_tag: BTreeMap<String, BTreeSet<u64>>,
     derp: Vec<DerpRegion>,
+    /// Nodes that reported a relay port (or a fixed mapping), by id.
+    capabilities: BTreeMap<u64, RelayCapability>,
+    /// The relay grants each node was last told (non-empty ones only).
+    grants: BTreeMap<u64, RelayGrants>,
 }
 
 impl Tailnet {
@@ -101,6 +132,8 @@ impl Tailnet {
             by_user: BTreeMap::new(),
             by_tag: BTreeMap::new(),
             derp: Vec::new(),
+            capabilities: BTreeMap::new(),
+            grants: BTreeMap::new(),
         }
     }
 
@@ -129,8 +162,119 @@ impl Tailnet {
             if now_filter != filter {
                 out.push((id, Delta::Filter { rules: now_filter }));
             }
+            self.regrant(id, &mut out);
         }
         out
+    }
+
+    /// A node's relay capability, as it reported it.
+    pub fn relay_capability(&self, id: u64) -> RelayCapability {
+        self.capabilities.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Records what node `id` reported of its relay (its port, its mapping); returns the
+    /// deltas for the nodes whose relay grants change (it, and the peers it relays for or
+    /// stops relaying for). Work in proportion to the nodes that can see it.
+    pub fn set_relay_capability(&mut self, id: u64, cap: RelayCapability) -> Vec<(u64, Delta)> {
+        if !self.nodes.contains_key(&id) || self.relay_capability(id) == cap {
+            return Vec::new();
+        }
+        match cap == RelayCapability::default() {
+            true => self.capabilities.remove(&id),
+            false => self.capabilities.insert(id, cap),
+        };
+        let mut out = Vec::new();
+        self.regrant_around(id, &BTreeSet::new(), &mut out);
+        out
+    }
+
+    /// The relay grants node `id` has under the current policy and capabilities, computed
+    /// from scratch over the peers it sees.
+    pub fn relay_grants(&self, id: u64) -> RelayGrants {
+        let mut g = RelayGrants::default();
+        let Some(me) = self.nodes.get(&id) else {
+            return g;
+        };
+        if !self.policy.has_relay() {
+            return g;
+        }
+        let my_cap = self.relay_capability(id);
+        for p in self.watchers(&me.node) {
+            let peer = &self.nodes[&p].node;
+            if self
+                .policy
+                .relays_for(&me.node, peer, self.relay_capability(p))
+            {
+                g.relays.insert(p);
+            }
+            if self.policy.relays_for(peer, &me.node, my_cap) {
+                g.clients.insert(p);
+            }
+        }
+        g
+    }
+
+    /// Recomputes node `id`'s grants; a delta for it when they changed.
+    fn regrant(&mut self, id: u64, out: &mut Vec<(u64, Delta)>) {
+        if !self.policy.has_relay() && !self.grants.contains_key(&id) {
+            return;
+        }
+        let now = self.relay_grants(id);
+        let was = self.grants.get(&id).cloned().unwrap_or_default();
+        if now != was {
+            match now.is_empty() {
+                true => self.grants.remove(&id),
+                false => self.grants.insert(id, now.clone()),
+            };
+            out.push((id, Delta::Relay(now)));
+        }
+    }
+
+    /// Node `id` changed (identity, capability) or left: its own grants from scratch, and in
+    /// each of its watchers' (`extra` too: those that saw it before) only the entry for it.
+    fn regrant_around(&mut self, id: u64, extra: &BTreeSet<u64>, out: &mut Vec<(u64, Delta)>) {
+        if !self.policy.has_relay() && self.grants.is_empty() {
+            return;
+        }
+        let me = self.nodes.get(&id).map(|p| p.node.clone());
+        let sees_me = me.as_ref().map(|m| self.watchers(m)).unwrap_or_default();
+        let mut others: BTreeSet<u64> = extra.clone();
+        others.extend(&sees_me);
+        others.remove(&id);
+        if me.is_some() {
+            self.regrant(id, out);
+        } else {
+            self.grants.remove(&id);
+        }
+        let my_cap = self.relay_capability(id);
+        for w in others {
+            let Some(peer) = self.nodes.get(&w).map(|p| p.node.clone()) else {
+                continue;
+            };
+            let cap = self.relay_capability(w);
+            let (relays, clients) = match (&me, sees_me.contains(&w)) {
+                (Some(me), true) => (
+                    self.policy.relays_for(&peer, me, my_cap),
+                    self.policy.relays_for(me, &peer, cap),
+                ),
+                _ => (false, false),
+            };
+            let mut g = self.grants.get(&w).cloned().unwrap_or_default();
+            let before = g.clone();
+            let set = |s: &mut BTreeSet<u64>, on: bool| match on {
+                true => s.insert(id),
+                false => s.remove(&id),
+            };
+            set(&mut g.relays, relays);
+            set(&mut g.clients, clients);
+            if g != before {
+                match g.is_empty() {
+                    true => self.grants.remove(&w),
+                    false => self.grants.insert(w, g.clone()),
+                };
+                out.push((w, Delta::Relay(g)));
+            }
+        }
     }
 
     /// The peers node `id` sees and its filter.
@@ -210,6 +354,19 @@ impl Tailnet {
                 }
             }
         }
+        // Relay rules pair clients and relays: each must know the other.
+        for r in self.policy.relay_rules() {
+            if r.src.iter().any(|a| a.matches(node)) {
+                for v in &r.via {
+                    self.members(v, out);
+                }
+            }
+            if r.via.iter().any(|a| a.matches(node)) {
+                for s in &r.src {
+                    self.members(s, out);
+                }
+            }
+        }
     }
 
     fn members(&self, alias: &crate::policy::Alias, out: &mut BTreeSet<u64>) {
@@ -246,6 +403,7 @@ impl Tailnet {
             peers,
             filter: self.filter_of(&me.node),
             derp: self.derp.clone(),
+            relay: self.relay_grants(id),
         })
     }
 
@@ -294,6 +452,8 @@ impl Tailnet {
                     ));
                 }
             }
+            // Who relays for whom may change with who it is, or whom it sees.
+            self.regrant_around(id, &before, &mut out);
         }
         out
     }
@@ -304,13 +464,14 @@ impl Tailnet {
             return Vec::new();
         };
         self.unindex(&old.node);
+        self.capabilities.remove(&id);
         // Watchers among the remaining nodes (the removed one still matches its aliases).
         let mut w = BTreeSet::new();
         self.watchers_into(&old.node, &mut w);
-        let mut out: Vec<(u64, Delta)> = w
-            .into_iter()
-            .map(|n| (n, Delta::PeerRemove { id }))
-            .collect();
+        w.remove(&id);
+        let mut out: Vec<(u64, Delta)> = w.iter().map(|n| (*n, Delta::PeerRemove { id })).collect();
+        // Nobody keeps it among their relays or clients.
+        self.regrant_around(id, &w, &mut out);
         // Filters that named it by user or tag lose its addresses.
         let mut changed = BTreeSet::new();
         self.filters_naming(&old.node, &mut changed);

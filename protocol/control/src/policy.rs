@@ -27,6 +27,25 @@ pub struct Policy {
     /// The rules; anything they do not accept is denied.
     #[serde(default)]
     pub acls: Vec<AclRule>,
+    /// Peer relays: nodes matching `src` may relay through relay-capable nodes matching
+    /// `via` (the two also see each other in their netmaps).
+    #[serde(default)]
+    pub relay: Vec<RelayRule>,
+    /// A node with a relay port that reports a fixed public mapping relays for every node the
+    /// ACLs let reach it, without a `relay` rule naming it. Off by default.
+    #[serde(default, rename = "autoRelay")]
+    pub auto_relay: bool,
+}
+
+/// One peer-relay grant: `src` may relay through `via`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRule {
+    /// The clients: selectors as in an ACL's `src` (`*`, `group:…`, `tag:…`, users, hosts,
+    /// addresses).
+    pub src: Vec<String>,
+    /// The relays, among the relay-capable nodes (`burrow up --relay-port N`).
+    pub via: Vec<String>,
 }
 
 /// One rule.
@@ -65,6 +84,43 @@ pub enum PolicyError {
         /// What is wrong.
         message: String,
     },
+    /// A relay rule's `src` or `via` names nobody (an empty list grants nothing, and is
+    /// most likely a mistake).
+    #[error("line {line}: relay rule {rule}: \"{field}\" is empty; name at least one selector")]
+    EmptyRelayList {
+        /// 1-based line of the `relay` section.
+        line: usize,
+        /// 1-based index of the rule in `relay`.
+        rule: usize,
+        /// `src` or `via`.
+        field: &'static str,
+    },
+    /// A relay rule's selector names nothing the policy defines, or is not a selector.
+    #[error("line {line}: relay rule {rule}: {field} {selector:?}: {reason}")]
+    UnknownSelector {
+        /// 1-based line of the selector.
+        line: usize,
+        /// 1-based index of the rule in `relay`.
+        rule: usize,
+        /// `src` or `via`.
+        field: &'static str,
+        /// The selector as written.
+        selector: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl PolicyError {
+    /// The 1-based line the error is on (0 when unknown).
+    pub fn line(&self) -> usize {
+        match self {
+            PolicyError::Syntax { line, .. }
+            | PolicyError::Invalid { line, .. }
+            | PolicyError::EmptyRelayList { line, .. }
+            | PolicyError::UnknownSelector { line, .. } => *line,
+        }
+    }
 }
 
 /// An IP protocol a rule covers.
@@ -130,6 +186,34 @@ pub struct FilterRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledPolicy {
     rules: Vec<ResolvedRule>,
+    relay: Vec<ResolvedRelay>,
+    auto_relay: bool,
+}
+
+/// A relay rule with its selectors resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResolvedRelay {
+    pub(crate) src: Vec<Alias>,
+    pub(crate) via: Vec<Alias>,
+    /// The selectors as written, for `burrow control policy check`.
+    written: RelayRule,
+}
+
+/// What the control server knows of a node's ability to relay (it reports it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayCapability {
+    /// The UDP port it relays on (`burrow up --relay-port N`); None: it does not relay.
+    pub port: Option<u16>,
+    /// Its STUN results show a fixed public mapping (no NAT, or an endpoint-independent one):
+    /// with `autoRelay`, enough for every node the ACLs let reach it.
+    pub fixed_mapping: bool,
+}
+
+impl RelayCapability {
+    /// Whether it relays at all.
+    pub fn relays(&self) -> bool {
+        self.port.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +342,54 @@ impl Policy {
                 protos,
             });
         }
-        Ok(CompiledPolicy { rules })
+        let relay = self.compile_relay(src, &hosts)?;
+        Ok(CompiledPolicy {
+            rules,
+            relay,
+            auto_relay: self.auto_relay,
+        })
+    }
+
+    /// Resolves the `relay` section: every list non-empty, every selector defined.
+    fn compile_relay(
+        &self,
+        src: &str,
+        hosts: &BTreeMap<String, IpNet>,
+    ) -> Result<Vec<ResolvedRelay>, PolicyError> {
+        let line_of = |needle: &str| src.find(needle).map_or(0, |at| hujson::line_of(src, at));
+        let mut out = Vec::new();
+        for (i, rule) in self.relay.iter().enumerate() {
+            let rule_no = i + 1;
+            let resolve = |field: &'static str, list: &[String]| {
+                if list.is_empty() {
+                    return Err(PolicyError::EmptyRelayList {
+                        line: line_of("\"relay\""),
+                        rule: rule_no,
+                        field,
+                    });
+                }
+                list.iter()
+                    .map(|s| {
+                        self.alias(s, hosts)
+                            .map_err(|reason| PolicyError::UnknownSelector {
+                                line: line_of(&format!("\"{s}\"")),
+                                rule: rule_no,
+                                field,
+                                selector: s.clone(),
+                                reason,
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let src_aliases = resolve("src", &rule.src)?;
+            let via = resolve("via", &rule.via)?;
+            out.push(ResolvedRelay {
+                src: src_aliases,
+                via,
+                written: rule.clone(),
+            });
+        }
+        Ok(out)
     }
 
     fn alias(&self, s: &str, hosts: &BTreeMap<String, IpNet>) -> Result<Alias, String> {
@@ -444,12 +575,76 @@ impl CompiledPolicy {
             .any(|r| r.src.iter().any(|s| s.matches(a)) && r.dst.iter().any(|(d, _)| d.matches(b)))
     }
 
-    /// The peers `node` is told about: those it may talk to or hear from.
+    /// The peers `node` is told about: those it may talk to or hear from, and those a relay
+    /// rule pairs it with (as client or relay).
     pub fn visible_peers<'a>(&self, node: &NodeInfo, nodes: &'a [NodeInfo]) -> Vec<&'a NodeInfo> {
         nodes
             .iter()
             .filter(|p| p.id != node.id)
-            .filter(|p| self.may_talk(node, p) || self.may_talk(p, node))
+            .filter(|p| {
+                self.may_talk(node, p)
+                    || self.may_talk(p, node)
+                    || self.relay_paired(node, p)
+                    || self.relay_paired(p, node)
+            })
+            .collect()
+    }
+
+    pub(crate) fn relay_rules(&self) -> &[ResolvedRelay] {
+        &self.relay
+    }
+
+    /// Whether the policy grants any relaying at all (rules, or `autoRelay`).
+    pub fn has_relay(&self) -> bool {
+        !self.relay.is_empty() || self.auto_relay
+    }
+
+    /// Whether `autoRelay` is on.
+    pub fn auto_relay(&self) -> bool {
+        self.auto_relay
+    }
+
+    /// Whether a relay rule lets `client` relay through `relay` (capability aside).
+    pub fn relay_paired(&self, client: &NodeInfo, relay: &NodeInfo) -> bool {
+        self.relay.iter().any(|r| {
+            r.src.iter().any(|a| a.matches(client)) && r.via.iter().any(|a| a.matches(relay))
+        })
+    }
+
+    /// Whether `relay` relays for `client`: it runs a relay (`cap`), and a relay rule pairs
+    /// them, or `autoRelay` is on, its mapping is fixed and the ACLs let `client` reach it.
+    pub fn relays_for(&self, client: &NodeInfo, relay: &NodeInfo, cap: RelayCapability) -> bool {
+        client.id != relay.id
+            && cap.relays()
+            && (self.relay_paired(client, relay)
+                || (self.auto_relay && cap.fixed_mapping && self.may_talk(client, relay)))
+    }
+
+    /// The relay grants in words, one per rule: "src A, B may relay through via C" with the
+    /// users that groups stand for (`burrow control policy check`).
+    pub fn describe_relay(&self) -> Vec<String> {
+        let side = |written: &[String], aliases: &[Alias]| {
+            written
+                .iter()
+                .zip(aliases)
+                .map(|(w, a)| match a {
+                    Alias::Users(u) if w.starts_with("group:") => {
+                        format!("{w} ({})", u.iter().cloned().collect::<Vec<_>>().join(", "))
+                    }
+                    _ => w.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        self.relay
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} may relay through {} (when they run a relay: burrow up --relay-port)",
+                    side(&r.written.src, &r.src),
+                    side(&r.written.via, &r.via)
+                )
+            })
             .collect()
     }
 }

@@ -191,6 +191,7 @@ fn err_line(src: &str) -> (usize, String) {
     match Policy::check(src) {
         Err(PolicyError::Syntax { line, message, .. }) => (line, message),
         Err(PolicyError::Invalid { line, message }) => (line, message),
+        Err(e) => (e.line(), e.to_string()),
         Ok(_) => panic!("accepted: {src}"),
     }
 }
@@ -402,6 +403,7 @@ proptest! {
                     prop_assert_ne!(&m.filter, &rules, "a filter delta that changes nothing");
                     m.filter = rules;
                 }
+                Delta::Relay(g) => m.relay = g,
             }
         }
         for n in &nodes {

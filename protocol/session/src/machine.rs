@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use burrow_control::{
     parse_packet, Delta, DerpRegion, DropReason, EndpointsRequest, Filter, MapMessage, NetMap,
-    NodeInfo, PeerInfo, RegisterBody, RegisterResponse, Verdict,
+    NodeInfo, PeerInfo, RegisterBody, RegisterResponse, RelayGrants, Verdict,
 };
-use burrow_node::PeerConfig;
+use burrow_node::{PeerConfig, PeerRelayPolicy};
 use burrow_wg::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -47,6 +47,9 @@ pub struct SessionConfig {
     pub backoff_jitter: f64,
     /// Seed of the jitter's randomness (the driver passes one from its RNG).
     pub seed: u64,
+    /// The port this node relays on for others (`burrow up --relay-port N`), reported with
+    /// the endpoints; None: it does not relay.
+    pub relay_port: Option<u16>,
 }
 
 impl SessionConfig {
@@ -65,6 +68,7 @@ impl SessionConfig {
             endpoints_spacing: Duration::from_secs(1),
             backoff_jitter: 0.25,
             seed: 0,
+            relay_port: None,
         }
     }
 }
@@ -77,6 +81,7 @@ impl std::fmt::Debug for SessionConfig {
             .field("auth_key", &self.auth_key.as_ref().map(|_| "<redacted>"))
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("home_region", &self.home_region)
+            .field("relay_port", &self.relay_port)
             .finish_non_exhaustive()
     }
 }
@@ -162,6 +167,9 @@ pub enum Input {
     },
     /// The node engine found these endpoints (the latest set replaces any earlier one).
     LocalEndpoints(Vec<SocketAddr>),
+    /// STUN shows (or no longer shows) a fixed public mapping: no NAT, or an
+    /// endpoint-independent one. Reported with the endpoints when the node relays.
+    FixedMapping(bool),
 }
 
 /// How a request failed.
@@ -215,6 +223,9 @@ pub enum SessionEvent {
     FilterChanged,
     /// Endpoints were reported to the server.
     EndpointsPosted(Vec<SocketAddr>),
+    /// Who relays for this node and for whom it relays changed (from the netmap's grants and
+    /// the peers held): give the engine this policy.
+    PeerRelayPolicy(PeerRelayPolicy),
     /// The session cannot go on; the driver should stop and report this.
     Failed(SessionError),
 }
@@ -245,6 +256,7 @@ impl std::fmt::Debug for SessionEvent {
                 .finish(),
             SessionEvent::FilterChanged => f.write_str("FilterChanged"),
             SessionEvent::EndpointsPosted(e) => f.debug_tuple("EndpointsPosted").field(e).finish(),
+            SessionEvent::PeerRelayPolicy(p) => f.debug_tuple("PeerRelayPolicy").field(p).finish(),
             SessionEvent::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
         }
     }
@@ -313,6 +325,13 @@ pub struct Session {
     posted: Option<Vec<SocketAddr>>,
     posting: bool,
     next_post: Instant,
+    /// The latest fixed-mapping report, the one the server has, and the one in flight.
+    fixed_mapping: bool,
+    posted_fixed: Option<bool>,
+    posting_fixed: bool,
+    /// Peer-relay grants from the netmap (peer ids), and the policy last given the engine.
+    relay_grants: RelayGrants,
+    relay_policy: PeerRelayPolicy,
     rng: ChaCha20Rng,
     requests: VecDeque<Request>,
     events: VecDeque<SessionEvent>,
@@ -349,6 +368,11 @@ impl Session {
             posted: None,
             posting: false,
             next_post: now,
+            fixed_mapping: false,
+            posted_fixed: None,
+            posting_fixed: false,
+            relay_grants: RelayGrants::default(),
+            relay_policy: PeerRelayPolicy::default(),
             rng: ChaCha20Rng::seed_from_u64(seed),
             requests: VecDeque::new(),
             events: VecDeque::new(),
@@ -375,6 +399,7 @@ impl Session {
                 self.events.push_back(SessionEvent::SecretChanged(r.secret));
                 // A new registration may have new endpoints on record: report ours again.
                 self.posted = None;
+                self.posted_fixed = None;
                 self.open_map();
             }
             Input::MapOpened(map) => {
@@ -385,6 +410,7 @@ impl Session {
                 self.followed = true;
                 self.backoff = self.config.backoff_min;
                 self.take_netmap(map);
+                self.update_relay_policy();
                 self.maybe_post(now);
             }
             Input::Map(message) => {
@@ -399,7 +425,9 @@ impl Session {
                         self.filter.set_rules(rules);
                         self.events.push_back(SessionEvent::FilterChanged);
                     }
+                    MapMessage::Delta(Delta::Relay(grants)) => self.relay_grants = grants,
                 }
+                self.update_relay_policy();
             }
             Input::MapLost => {
                 if self.phase == Phase::Following {
@@ -412,11 +440,16 @@ impl Session {
                 self.events
                     .push_back(SessionEvent::EndpointsPosted(endpoints.clone()));
                 self.posted = Some(endpoints);
+                self.posted_fixed = Some(self.posting_fixed);
                 self.maybe_post(now);
             }
             Input::Failed { request, failure } => self.failed(now, request, failure),
             Input::LocalEndpoints(endpoints) => {
                 self.endpoints = Some(endpoints);
+                self.maybe_post(now);
+            }
+            Input::FixedMapping(fixed) => {
+                self.fixed_mapping = fixed;
                 self.maybe_post(now);
             }
         }
@@ -508,6 +541,11 @@ impl Session {
         self.phase == Phase::Following
     }
 
+    /// Who relays for this node and for whom it relays, as last given the engine.
+    pub fn peer_relay_policy(&self) -> &PeerRelayPolicy {
+        &self.relay_policy
+    }
+
     /// The endpoints the server has from this node (None: none posted yet).
     pub fn posted_endpoints(&self) -> Option<&[SocketAddr]> {
         self.posted.as_deref()
@@ -595,6 +633,7 @@ impl Session {
         self.filter.set_rules(map.filter);
         self.node = Some(map.node.clone());
         self.derp = map.derp.clone();
+        self.relay_grants = map.relay.clone();
         self.events.push_back(SessionEvent::NetMap {
             node: map.node,
             derp: map.derp,
@@ -641,11 +680,38 @@ impl Session {
         }
     }
 
+    /// The peer-relay policy the grants give over the peers held (by node key); an event
+    /// when it changed.
+    fn update_relay_policy(&mut self) {
+        let keys = |ids: &std::collections::BTreeSet<u64>| {
+            self.peers
+                .iter()
+                .filter(|(p, _)| ids.contains(&p.node.id))
+                .map(|(_, k)| *k)
+                .collect()
+        };
+        let policy = PeerRelayPolicy {
+            relays: keys(&self.relay_grants.relays),
+            clients: keys(&self.relay_grants.clients),
+        };
+        if policy != self.relay_policy {
+            self.relay_policy = policy.clone();
+            self.events.push_back(SessionEvent::PeerRelayPolicy(policy));
+        }
+    }
+
+    /// The fixed-mapping report the server should have: only a relay's matters (`autoRelay`).
+    fn fixed_report(&self) -> bool {
+        self.config.relay_port.is_some() && self.fixed_mapping
+    }
+
     fn wants_post(&self) -> bool {
         self.phase == Phase::Following
             && !self.posting
             && self.endpoints.is_some()
-            && self.endpoints != self.posted
+            && (self.endpoints != self.posted
+                || (self.config.relay_port.is_some()
+                    && self.posted_fixed != Some(self.fixed_report())))
     }
 
     /// Posts the latest endpoints if they changed, nothing is in flight and the spacing allows.
@@ -657,12 +723,15 @@ impl Session {
             return;
         };
         self.posting = true;
+        self.posting_fixed = self.fixed_report();
         self.next_post = now + self.config.endpoints_spacing;
         self.requests.push_back(Request::PostEndpoints {
             secret,
             request: EndpointsRequest {
                 endpoints,
                 home_region: self.config.home_region,
+                relay_port: self.config.relay_port,
+                fixed_mapping: self.posting_fixed,
             },
         });
     }

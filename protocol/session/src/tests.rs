@@ -46,6 +46,7 @@ fn netmap(peers: Vec<PeerInfo>) -> NetMap {
         peers,
         filter: vec![],
         derp: vec![],
+        relay: Default::default(),
     }
 }
 
@@ -565,6 +566,8 @@ fn secrets_stay_out_of_debug() {
         request: burrow_control::EndpointsRequest {
             endpoints: vec![],
             home_region: 1,
+            relay_port: None,
+            fixed_mapping: false,
         },
     };
     for text in [
@@ -604,4 +607,117 @@ fn back_off_waits_are_stretched_by_up_to_a_quarter_differently_per_seed() {
     let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
     assert!(distinct.len() > 10, "{waits:?}");
     assert_eq!(first_wait(3), first_wait(3), "the same seed, the same wait");
+}
+
+fn relay_policies(events: &[SessionEvent]) -> Vec<burrow_node::PeerRelayPolicy> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            SessionEvent::PeerRelayPolicy(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn grants(relays: &[u64], clients: &[u64]) -> burrow_control::RelayGrants {
+    burrow_control::RelayGrants {
+        relays: relays.iter().copied().collect(),
+        clients: clients.iter().copied().collect(),
+    }
+}
+
+#[test]
+fn relay_grants_become_the_engines_peer_relay_policy() {
+    let now = Instant::now();
+    let mut s = Session::new(config(), now);
+    s.poll_transmit();
+    s.handle_input(
+        now,
+        Input::Registered(RegisterResponse {
+            node: node(1),
+            secret: "sec".into(),
+        }),
+    );
+    s.poll_transmit();
+    let mut map = netmap(vec![peer(2, 41641), peer(3, 41641), peer(4, 41641)]);
+    // Peer 3 relays for us; we relay for 2 and 4; 9 is no peer of ours and is ignored.
+    map.relay = grants(&[3, 9], &[2, 4]);
+    s.handle_input(now, Input::MapOpened(map));
+    let p = relay_policies(&drain(&mut s));
+    assert_eq!(p.len(), 1, "one policy for the whole netmap");
+    assert_eq!(p[0].relays, [key(3)].into());
+    assert_eq!(p[0].clients, [key(2), key(4)].into());
+    assert_eq!(s.peer_relay_policy(), &p[0]);
+
+    // A delta moves the grants; an unchanged policy is not repeated.
+    s.handle_input(
+        now,
+        Input::Map(MapMessage::Delta(Delta::Relay(grants(&[3], &[2])))),
+    );
+    let p = relay_policies(&drain(&mut s));
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].clients, [key(2)].into());
+    s.handle_input(
+        now,
+        Input::Map(MapMessage::Delta(Delta::Filter { rules: vec![] })),
+    );
+    assert!(relay_policies(&drain(&mut s)).is_empty());
+
+    // The relay leaves the netmap: it is no candidate any more, even with the grant held.
+    s.handle_input(
+        now,
+        Input::Map(MapMessage::Delta(Delta::PeerRemove { id: 3 })),
+    );
+    let p = relay_policies(&drain(&mut s));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].relays.is_empty());
+    assert_eq!(p[0].clients, [key(2)].into());
+}
+
+#[test]
+fn a_relay_reports_its_port_and_its_fixed_mapping_with_the_endpoints() {
+    let now = Instant::now();
+    let mut c = config();
+    c.relay_port = Some(7000);
+    c.secret = Some("sec".into());
+    let mut s = Session::new(c, now);
+    assert!(matches!(s.poll_transmit(), Some(Request::OpenMap { .. })));
+    s.handle_input(now, Input::MapOpened(netmap(vec![])));
+    let a = vec![SocketAddr::from(([192, 0, 2, 1], 41641))];
+    s.handle_input(now, Input::LocalEndpoints(a.clone()));
+    let Some(Request::PostEndpoints { request, .. }) = s.poll_transmit() else {
+        panic!("a post")
+    };
+    assert_eq!(request.relay_port, Some(7000));
+    assert!(!request.fixed_mapping);
+    s.handle_input(now, Input::EndpointsPosted(a.clone()));
+    // STUN finds the mapping fixed: posted again (after the spacing) with the same endpoints.
+    s.handle_input(now, Input::FixedMapping(true));
+    assert_eq!(s.poll_transmit(), None, "spaced");
+    let t = now + Duration::from_secs(1);
+    s.handle_timeout(t);
+    let Some(Request::PostEndpoints { request, .. }) = s.poll_transmit() else {
+        panic!("a post for the mapping")
+    };
+    assert_eq!(request.endpoints, a);
+    assert!(request.fixed_mapping);
+    s.handle_input(t, Input::EndpointsPosted(a.clone()));
+    s.handle_timeout(t + Duration::from_secs(5));
+    assert_eq!(s.poll_transmit(), None, "nothing new");
+}
+
+#[test]
+fn a_node_that_does_not_relay_never_posts_for_its_mapping() {
+    let now = Instant::now();
+    let mut s = following(now, vec![]);
+    let a = vec![SocketAddr::from(([192, 0, 2, 1], 41641))];
+    s.handle_input(now, Input::LocalEndpoints(a.clone()));
+    let Some(Request::PostEndpoints { request, .. }) = s.poll_transmit() else {
+        panic!("a post")
+    };
+    assert_eq!((request.relay_port, request.fixed_mapping), (None, false));
+    s.handle_input(now, Input::EndpointsPosted(a));
+    s.handle_input(now, Input::FixedMapping(true));
+    s.handle_timeout(now + Duration::from_secs(10));
+    assert_eq!(s.poll_transmit(), None);
 }

@@ -268,16 +268,40 @@ fn check_policy(file: &std::path::Path) -> Result<()> {
                 p.tag_owners.len(),
                 p.hosts.len()
             );
+            // Peer relays: who may relay through whom.
+            let grants = compiled.describe_relay();
+            match (grants.is_empty(), p.auto_relay) {
+                (true, false) => println!("relay: none (no relay rules, autoRelay off)"),
+                _ => println!(
+                    "relay: {} rules, autoRelay {}",
+                    grants.len(),
+                    on_off(p.auto_relay)
+                ),
+            }
+            for g in grants {
+                println!("  {g}");
+            }
+            if p.auto_relay {
+                println!(
+                    "  autoRelay: a node with --relay-port and a fixed public mapping relays for \
+                     every node the ACLs let reach it"
+                );
+            }
             Ok(())
         }
         Err(e) => {
-            let line = match &e {
-                burrow_control::PolicyError::Syntax { line, .. }
-                | burrow_control::PolicyError::Invalid { line, .. } => *line,
-            };
+            let line = e.line();
             eprintln!("{}:{line}: {e}", file.display());
             std::process::exit(1);
         }
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 

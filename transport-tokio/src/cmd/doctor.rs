@@ -30,6 +30,14 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     println!("birthday:  {}", d.birthday);
     println!("our port mapping: {}", d.our_port_mapping);
     println!("its port mapping: {}", d.peer_port_mapping);
+    if d.peer_relays.is_empty() {
+        println!("peer relays: none considered");
+    } else {
+        println!("peer relays considered (RTT = ours to the relay + the relay's to the peer):");
+        for r in &d.peer_relays {
+            println!("  {r}");
+        }
+    }
     println!("candidate pairs tried (oldest first):");
     for a in &d.attempts {
         println!("  {a}");

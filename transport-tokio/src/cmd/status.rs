@@ -41,6 +41,38 @@ pub async fn run(args: StatusArgs) -> Result<()> {
                 p.tx_bytes
             );
         }
+        if let Some(r) = &status.relay_server {
+            let dropped: u64 = r.dropped.values().sum();
+            println!(
+                "relay server: {} sessions; {} allocations ({} refused), {} binds, forwarded {} packets / {} B, {} expired, {dropped} dropped",
+                r.sessions.len(),
+                r.allocations,
+                r.allocations_refused,
+                r.binds_completed,
+                r.forwarded_packets,
+                r.forwarded_bytes,
+                r.expired,
+            );
+            for s in &r.sessions {
+                let leg = |i: usize| {
+                    format!(
+                        "{} at {}",
+                        s.clients[i],
+                        s.bound[i].as_deref().unwrap_or("unbound")
+                    )
+                };
+                println!(
+                    "  vni {:<8} {} <-> {}  packets {}/{}, bytes {}/{}",
+                    s.vni,
+                    leg(0),
+                    leg(1),
+                    s.packets[0],
+                    s.packets[1],
+                    s.bytes[0],
+                    s.bytes[1]
+                );
+            }
+        }
     }
     Ok(())
 }

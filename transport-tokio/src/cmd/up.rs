@@ -21,6 +21,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         socket,
         tls_ca,
         no_port_mapping,
+        relay_port,
+        relay_endpoint,
     } = args;
     let socket = socket.unwrap_or_else(|| state_dir.join("burrow.sock"));
     let mut extra_roots = Vec::new();
@@ -65,6 +67,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         socket,
         extra_roots,
         port_mapping: !no_port_mapping,
+        relay_port,
+        relay_endpoints: relay_endpoint,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     burrow::up::run(config, async move {

@@ -120,6 +120,7 @@ impl Control {
                 None => {}
             }
             tailnet.upsert(peer_of(&r));
+            tailnet.set_relay_capability(r.id, r.relay_capability());
         }
         Ok(Arc::new(Control {
             store,
@@ -277,7 +278,12 @@ impl Control {
             Some(at) => inner.expires.insert(r.id, at),
             None => inner.expires.remove(&r.id),
         };
-        let deltas = inner.tailnet.upsert(peer_of(r));
+        let mut deltas = inner.tailnet.upsert(peer_of(r));
+        deltas.extend(
+            inner
+                .tailnet
+                .set_relay_capability(r.id, r.relay_capability()),
+        );
         Self::publish(&mut inner, deltas);
     }
 
@@ -290,7 +296,12 @@ impl Control {
         if inner.tailnet.get(r.id).is_none() || expired {
             return false;
         }
-        let deltas = inner.tailnet.upsert(peer_of(r));
+        let mut deltas = inner.tailnet.upsert(peer_of(r));
+        deltas.extend(
+            inner
+                .tailnet
+                .set_relay_capability(r.id, r.relay_capability()),
+        );
         Self::publish(&mut inner, deltas);
         true
     }
@@ -567,7 +578,14 @@ async fn endpoints(
         ));
     }
     req.endpoints = vouched_endpoints(source, &req.endpoints, &node.endpoints);
-    if node.endpoints == req.endpoints && node.home_region == req.home_region {
+    if req.relay_port == Some(0) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "relay_port 0 is no port".into(),
+        ));
+    }
+    let relay_same = node.relay_port == req.relay_port && node.fixed_mapping == req.fixed_mapping;
+    if node.endpoints == req.endpoints && node.home_region == req.home_region && relay_same {
         return Ok(StatusCode::NO_CONTENT); // nothing new: no write, no deltas
     }
     if !c.take_change(node.id) {
@@ -579,8 +597,16 @@ async fn endpoints(
     let (id, eps, region) = (node.id, req.endpoints.clone(), req.home_region);
     c.with_store(move |store| store.set_endpoints(id, &eps, region))
         .await?;
+    if !relay_same {
+        let (port, fixed) = (req.relay_port, req.fixed_mapping);
+        c.with_store(move |store| store.set_relay(id, port, fixed))
+            .await?;
+        tracing::info!(id, relay_port = ?port, fixed_mapping = fixed, "node relay report");
+    }
     node.endpoints = req.endpoints;
     node.home_region = req.home_region;
+    node.relay_port = req.relay_port;
+    node.fixed_mapping = req.fixed_mapping;
     if !c.update_live(&node) {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,

@@ -20,7 +20,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TE
         secret_hash TEXT NOT NULL, expires_at BIGINT, created_at BIGINT NOT NULL);",
     // Keys stored before they were canonical lose their whitespace; disco keys become unique.
     "UPDATE nodes SET node_key = btrim(node_key, E' \\t\\n\\r'), disco_key = btrim(disco_key, E' \\t\\n\\r');
-     CREATE UNIQUE INDEX nodes_disco_key ON nodes (disco_key);"];
+     CREATE UNIQUE INDEX nodes_disco_key ON nodes (disco_key);",
+    // Peer relays: the port a node relays on and whether its mapping is fixed.
+    "ALTER TABLE nodes ADD COLUMN relay_port BIGINT;
+     ALTER TABLE nodes ADD COLUMN fixed_mapping BOOLEAN NOT NULL DEFAULT FALSE;"];
 
 /// PostgreSQL storage.
 pub struct PgStore {
@@ -44,6 +47,8 @@ fn columns(r: &tokio_postgres::Row) -> Columns {
         endpoints: r.get("endpoints"),
         home_region: r.get("home_region"),
         expires_at: r.get("expires_at"),
+        relay_port: r.get("relay_port"),
+        fixed_mapping: r.get("fixed_mapping"),
     }
 }
 
@@ -297,6 +302,23 @@ impl Store for PgStore {
             c.execute(
                 "UPDATE nodes SET endpoints = $1, home_region = $2 WHERE id = $3",
                 &[&list, &i64::from(home_region), &(id as i64)],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn set_relay(
+        &self,
+        id: u64,
+        relay_port: Option<u16>,
+        fixed_mapping: bool,
+    ) -> Result<(), StoreError> {
+        let port = relay_port.map(i64::from);
+        self.with(async move |c: &mut Client| {
+            c.execute(
+                "UPDATE nodes SET relay_port = $1, fixed_mapping = $2 WHERE id = $3",
+                &[&port, &fixed_mapping, &(id as i64)],
             )
             .await?;
             Ok(())

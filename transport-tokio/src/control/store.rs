@@ -76,6 +76,21 @@ pub struct NodeRecord {
     pub home_region: u16,
     /// Unix seconds after which the node is expired (None: never).
     pub expires_at: Option<u64>,
+    /// The UDP port it relays on for others (peer relays), as it last reported; None: it
+    /// does not relay.
+    pub relay_port: Option<u16>,
+    /// It last reported a fixed public mapping (with the policy's `autoRelay`).
+    pub fixed_mapping: bool,
+}
+
+impl NodeRecord {
+    /// Its relay capability, as the policy judges it.
+    pub fn relay_capability(&self) -> burrow_control::RelayCapability {
+        burrow_control::RelayCapability {
+            port: self.relay_port,
+            fixed_mapping: self.fixed_mapping,
+        }
+    }
 }
 
 /// The server's storage.
@@ -100,6 +115,14 @@ pub trait Store: Send + Sync {
         id: u64,
         endpoints: &[SocketAddr],
         home_region: u16,
+    ) -> Result<(), StoreError>;
+    /// Records what a node reported of its relay: its port (None: it does not relay) and
+    /// whether its mapping is fixed.
+    fn set_relay(
+        &self,
+        id: u64,
+        relay_port: Option<u16>,
+        fixed_mapping: bool,
     ) -> Result<(), StoreError>;
     /// Sets when a node's key expires (unix seconds; None: never); whether it existed.
     fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError>;
@@ -127,6 +150,9 @@ const MIGRATIONS: &[&str] = &[
     "UPDATE nodes SET node_key = trim(node_key, ' ' || char(9) || char(10) || char(13)),
         disco_key = trim(disco_key, ' ' || char(9) || char(10) || char(13));
      CREATE UNIQUE INDEX nodes_disco_key ON nodes (disco_key);",
+    // Peer relays: the port a node relays on and whether its mapping is fixed.
+    "ALTER TABLE nodes ADD COLUMN relay_port INTEGER;
+     ALTER TABLE nodes ADD COLUMN fixed_mapping INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(crate) fn now_unix() -> u64 {
@@ -375,6 +401,8 @@ impl SqliteStore {
         let id: i64 = r.get("id")?;
         let expires: Option<i64> = r.get("expires_at")?;
         let region: i64 = r.get("home_region")?;
+        let relay_port: Option<i64> = r.get("relay_port")?;
+        let fixed: i64 = r.get("fixed_mapping")?;
         Ok(Columns {
             id,
             name: r.get("name")?,
@@ -385,6 +413,8 @@ impl SqliteStore {
             endpoints: r.get("endpoints")?,
             home_region: region,
             expires_at: expires,
+            relay_port,
+            fixed_mapping: fixed != 0,
         }
         .record(self.ula))
     }
@@ -401,6 +431,8 @@ pub(crate) struct Columns {
     pub(crate) endpoints: String,
     pub(crate) home_region: i64,
     pub(crate) expires_at: Option<i64>,
+    pub(crate) relay_port: Option<i64>,
+    pub(crate) fixed_mapping: bool,
 }
 
 impl Columns {
@@ -433,6 +465,8 @@ impl Columns {
                 .collect(),
             home_region: self.home_region as u16,
             expires_at: self.expires_at.map(|e| e as u64),
+            relay_port: self.relay_port.and_then(|p| u16::try_from(p).ok()),
+            fixed_mapping: self.fixed_mapping,
         }
     }
 }
@@ -638,6 +672,23 @@ impl Store for SqliteStore {
         self.db.lock().expect("db").execute(
             "UPDATE nodes SET endpoints = ?1, home_region = ?2 WHERE id = ?3",
             params![list.join(","), i64::from(home_region), id as i64],
+        )?;
+        Ok(())
+    }
+
+    fn set_relay(
+        &self,
+        id: u64,
+        relay_port: Option<u16>,
+        fixed_mapping: bool,
+    ) -> Result<(), StoreError> {
+        self.db.lock().expect("db").execute(
+            "UPDATE nodes SET relay_port = ?1, fixed_mapping = ?2 WHERE id = ?3",
+            params![
+                relay_port.map(i64::from),
+                i64::from(fixed_mapping),
+                id as i64
+            ],
         )?;
         Ok(())
     }

@@ -30,6 +30,11 @@ pub struct UpConfig {
     pub extra_roots: Vec<Vec<u8>>,
     /// Ask the default gateway to map the node's port (NAT-PMP, PCP, UPnP IGD).
     pub port_mapping: bool,
+    /// Relay for other nodes on this UDP port (peer relays; 0: any free port); None: do not.
+    pub relay_port: Option<u16>,
+    /// Addresses to advertise for the relay besides the ones found (a port forward, a
+    /// cloud's public IP).
+    pub relay_endpoints: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for UpConfig {
@@ -44,6 +49,8 @@ impl std::fmt::Debug for UpConfig {
             .field("stun", &self.stun)
             .field("hostname", &self.hostname)
             .field("port_mapping", &self.port_mapping)
+            .field("relay_port", &self.relay_port)
+            .field("relay_endpoints", &self.relay_endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +73,8 @@ mod tests {
             socket: "/tmp/x/s".into(),
             extra_roots: vec![],
             port_mapping: true,
+            relay_port: None,
+            relay_endpoints: vec![],
         };
         let s = format!("{cfg:?}");
         assert!(

@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use burrow_node::{Node, NodeConfig};
+use burrow_node::{Node, NodeConfig, RelayServerSettings};
 use burrow_session::{Session, SessionConfig, SessionEvent};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use crate::control::client::ControlClient;
 use crate::derp_client::DerpClient;
-use crate::node::{channels, run_node, NodeHandle, TokioBinder};
+use crate::node::{channels, run_node_with_relay, NodeHandle, TokioBinder};
 use crate::session::{apply_to_engine, SessionDriver};
 use crate::transport::{now, SocketFamilies};
 pub use config::UpConfig;
@@ -38,6 +38,18 @@ pub fn host_addresses(port: u16) -> Vec<SocketAddr> {
 pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut state = state::load_or_create_state(&cfg.state_dir)?;
     let (private, disco) = state.keys()?;
+    // The relay socket first: its port goes to the control server with the endpoints.
+    let relay_socket = match cfg.relay_port {
+        Some(p) => Some(
+            crate::transport::bind_udp_socket(p)
+                .with_context(|| format!("binding the relay's UDP port {p} (--relay-port)"))?,
+        ),
+        None => None,
+    };
+    let relay_port = match &relay_socket {
+        Some(s) => Some(s.local_addr()?.port()),
+        None => None,
+    };
     let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
         .with_context(|| format!("--control {:?}", cfg.control))?;
     iface::warn_if_plain("control server", &cfg.control);
@@ -45,6 +57,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     session.auth_key = cfg.auth_key.clone();
     session.secret = state.secret.clone();
     session.seed = rand_seed();
+    session.relay_port = relay_port;
     let mut driver = SessionDriver::new(Session::new(session, now()), control, private.clone());
     // The first netmap gives the node's addresses and the DERP map.
     let (node, derp_map) = loop {
@@ -76,6 +89,13 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let local_addrs = iface::local_addresses(port, &node.addresses, families.ipv6());
     config.local_addrs = local_addrs.clone();
     config.tunnel_prefixes = iface::tunnel_prefixes(&node.addresses);
+    if let Some(port) = relay_port {
+        let mut relay = RelayServerSettings::on_port(port);
+        relay.static_endpoints = cfg.relay_endpoints.clone();
+        config.relay_server = Some(relay);
+        tracing::info!(port, static_endpoints = ?cfg.relay_endpoints, "relaying for peers");
+        println!("relay: UDP port {port} (peer relays, as the policy allows)");
+    }
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -118,9 +138,11 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     // dual-stack main socket.
     let any = TokioBinder(SocketAddr::from(([0, 0, 0, 0], 0)));
     tasks.spawn(async move {
-        Ok(run_node(engine, socket, any, derp, chans, None)
-            .await
-            .map(|_| ())?)
+        Ok(
+            run_node_with_relay(engine, socket, relay_socket, any, derp, chans, None)
+                .await
+                .map(|_| ())?,
+        )
     });
     let (session, pool) = (driver.session(), buffers.clone());
     tasks.spawn(paths::tun_to_peers(tun.clone(), session, outbound, pool));

@@ -68,9 +68,23 @@ pub(crate) async fn engine_events(
                 // Never wait on the session here (packets queue behind this): the next STUN
                 // round reports the endpoints again if this one did not fit.
                 let _ = inputs.try_send(Input::LocalEndpoints(endpoints));
+                // A fixed public mapping (no NAT, or endpoint-independent mapping) makes a
+                // relay eligible under `autoRelay`. A gateway port mapping covers the main
+                // port, not the relay's, so it does not count.
+                let fixed = nat.is_some_and(|n| !n.mapping_varies);
+                let _ = inputs.try_send(Input::FixedMapping(fixed));
             }
             Event::PathChanged { peer, from, to } => {
                 tracing::info!(%peer, ?from, ?to, "path changed");
+            }
+            Event::PeerRelayChanged { peer, relay, rtt } => {
+                let via = relay.map(|r| {
+                    lock(&session)
+                        .peers()
+                        .find(|(_, k)| **k == r)
+                        .map_or_else(|| r.to_string(), |(p, _)| p.node.name.clone())
+                });
+                tracing::info!(%peer, relay = ?via, ?rtt, "peer relay changed");
             }
             Event::PingResult { peer, via, latency } => {
                 let mut waiting = pings.lock().expect("pings");
