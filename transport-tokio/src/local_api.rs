@@ -244,7 +244,9 @@ fn ms(d: Duration) -> f64 {
 pub fn relay_path(via: &str, rtt: Option<Duration>, our_leg: Option<Duration>) -> String {
     match (rtt, our_leg) {
         (Some(t), Some(a)) if a <= t => {
-            format!("relay via {via} (RTT {}+{} ms)", ms(a), ms(t - a))
+            // The two terms add up to the total as shown.
+            let rest = ((ms(t) - ms(a)) * 10.0).round() / 10.0;
+            format!("relay via {via} (RTT {}+{rest} ms)", ms(a))
         }
         (Some(t), _) => format!("relay via {via} (RTT {} ms)", ms(t)),
         (None, _) => format!("relay via {via}"),
@@ -288,7 +290,8 @@ fn relay_lines(
             };
             let rtt = match (r.rtt, r.our_leg) {
                 (Some(t), Some(a)) if a <= t => {
-                    format!(", RTT {} ms ({} + {})", ms(t), ms(a), ms(t - a))
+                    let rest = ((ms(t) - ms(a)) * 10.0).round() / 10.0;
+                    format!(", RTT {} ms ({} + {rest})", ms(t), ms(a))
                 }
                 (Some(t), _) => format!(", RTT {} ms", ms(t)),
                 (None, _) => String::new(),
@@ -705,6 +708,15 @@ mod tests {
         assert_eq!(
             relay_path("r", Some(Duration::from_micros(2_345)), Some(ms(1))),
             "relay via r (RTT 1+1.3 ms)"
+        );
+        // Rounded so the terms add up to the total shown (0.7 = 0.4 + 0.3).
+        assert_eq!(
+            relay_path(
+                "r",
+                Some(Duration::from_micros(687)),
+                Some(Duration::from_micros(437))
+            ),
+            "relay via r (RTT 0.4+0.3 ms)"
         );
     }
 

@@ -44,3 +44,40 @@ fn a_bad_policy_names_file_and_line() {
         "{err}"
     );
 }
+
+#[test]
+fn relay_grants_are_listed() {
+    let (ok, out, err) = check(
+        "{\n  \"groups\": {\"group:eng\": [\"alice\", \"bob\"]},\n  \"tagOwners\": {\"tag:relay\": [\"ops\"]},\n  \"acls\": [],\n  \"relay\": [{\"src\": [\"group:eng\"], \"via\": [\"tag:relay\"]}],\n  \"autoRelay\": true,\n}\n",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("relay: 1 rules, autoRelay on"), "{out}");
+    assert!(
+        out.contains("  group:eng (alice, bob) may relay through tag:relay"),
+        "{out}"
+    );
+    let (ok, out, _) = check("{\"acls\": []}");
+    assert!(ok);
+    assert!(
+        out.contains("relay: none (no relay rules, autoRelay off)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_relay_rule_names_file_and_line() {
+    let (ok, _, err) = check(
+        "{\n  \"relay\": [\n    {\"src\": [\"*\"],\n     \"via\": [\"tag:ghost\"]}\n  ]\n}\n",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains(".hujson:4: line 4: relay rule 1: via \"tag:ghost\""),
+        "{err}"
+    );
+    let (ok, _, err) = check("{\n  \"relay\": [{\"src\": [\"*\"], \"via\": []}]\n}\n");
+    assert!(!ok);
+    assert!(
+        err.contains(".hujson:2: line 2: relay rule 1: \"via\" is empty"),
+        "{err}"
+    );
+}

@@ -21,6 +21,9 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
     match (&d.family, d.path.starts_with("derp")) {
         (Some(f), _) => println!("family:    {}", family_label(f)),
         (None, true) => println!("family:    none (relayed over DERP)"),
+        (None, false) if d.path.starts_with("relay via") => {
+            println!("family:    none (through a peer relay)")
+        }
         (None, false) => println!("family:    unknown"),
     }
     // Each family on a line: which one carries the traffic, and why the other does not.

@@ -94,7 +94,6 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         relay.static_endpoints = cfg.relay_endpoints.clone();
         config.relay_server = Some(relay);
         tracing::info!(port, static_endpoints = ?cfg.relay_endpoints, "relaying for peers");
-        println!("relay: UDP port {port} (peer relays, as the policy allows)");
     }
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -112,8 +111,10 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     ) = channels();
     let peers = crate::session::lock(&driver.session()).peer_count();
     tracing::info!(addresses = ?node.addresses, port, ?families, peers, "burrow up");
+    // One line: scripts read it and may close the pipe after it.
+    let relaying = relay_port.map_or(String::new(), |r| format!(", relay port {r}"));
     println!(
-        "up: {} on {}, UDP port {port}, {peers} peers",
+        "up: {} on {}, UDP port {port}, {peers} peers{relaying}",
         node.addresses[0], cfg.tun
     );
 
