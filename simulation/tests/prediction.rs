@@ -86,3 +86,28 @@ fn the_margin_is_what_absorbs_other_hosts_mappings() {
         "margin 6: {default} of 20 direct in the first round"
     );
 }
+
+#[test]
+fn prediction_holds_while_searches_toward_a_random_peer_run_beside_it() {
+    // A third node behind a random-port NAT: both sequential nodes search toward it every
+    // second while predicting each other, so their rounds take turns with the counter.
+    for seed in 1..=10 {
+        let mut c = config(2.0, seed);
+        c.relays = vec![burrow_sim::fastnet::RelaySite {
+            chain: preset::get("hard").expect("preset").chain,
+            one_way: Duration::from_millis(10),
+        }];
+        c.duration = Duration::from_secs(30);
+        let out = run(&c);
+        assert!(
+            out.direct,
+            "seed {seed}: not direct\n{}",
+            out.timeline.join("\n")
+        );
+        assert!(
+            out.time_to_direct.expect("direct") < Duration::from_secs(5),
+            "seed {seed}: {:?}",
+            out.time_to_direct
+        );
+    }
+}

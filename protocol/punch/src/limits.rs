@@ -68,6 +68,16 @@ impl TokenBucket {
         true
     }
 
+    /// Takes `n` tokens if there are that many (all or none).
+    pub fn try_take_n(&mut self, now: Instant, n: u32) -> bool {
+        self.refill(now);
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+
     /// Tokens available at `now`.
     pub fn available(&mut self, now: Instant) -> u32 {
         self.refill(now);

@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::limits::Rate;
 use crate::paths::SocketId;
 
 /// Limits and timings of mutual port prediction.
@@ -60,6 +61,10 @@ pub struct PredictionConfig {
     pub search_rounds: u32,
     /// …and how long a search round waits for its hit.
     pub search_round_timeout: Duration,
+    /// New flows all predictions and searches of a node may open, over all its peers: they
+    /// are sessions on its own NAT (150 a second live at most 4,500 for a 30 s timeout, under
+    /// 10 % of a 64k-entry table).
+    pub sessions: Rate,
 }
 
 impl Default for PredictionConfig {
@@ -75,6 +80,10 @@ impl Default for PredictionConfig {
             search_sockets: 128,
             search_rounds: 600,
             search_round_timeout: Duration::from_secs(1),
+            sessions: Rate {
+                burst: 300,
+                per_second: 150,
+            },
         }
     }
 }
@@ -240,6 +249,15 @@ impl MutualPrediction {
     /// Waiting for a measurement.
     pub fn is_measuring(&self) -> bool {
         matches!(self.state, State::Measuring { .. })
+    }
+
+    /// Between measurement and flows: the round relies on the counter not moving under it
+    /// by other rounds of ours.
+    pub fn is_pending(&self) -> bool {
+        matches!(
+            self.state,
+            State::Measuring { .. } | State::Announced { .. }
+        )
     }
 
     /// Our NAT's counter was measured: the fresh flow got `port`, and we made `own_since` new

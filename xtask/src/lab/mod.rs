@@ -51,7 +51,7 @@ pub(crate) enum Nat {
     UdpBlocked,
     Double,
     /// Address-and-port-dependent mapping with sequential ports: every new UDP flow through
-    /// the router takes the next port of 20000–20999 (nftables `snat` to a `numgen inc` map),
+    /// the router takes the next port of 20000–29999 (nftables `snat` to a `numgen inc` map),
     /// whoever sends it.
     Sequential,
     /// No IPv4 at all: an IPv6-only network (control, DERP and STUN reached over IPv6).
@@ -629,8 +629,8 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
                 // nftables puts a `numgen` value into the port register in host byte order
                 // (ports 8270, 8526, … for 20000, 20001, …), so the ports come from a map.
                 Nat::Sequential => format!(
-                    "oifname \"{oif}\" meta l4proto udp snat ip to 198.18.{s}.2 : numgen inc mod 1000 map {{ {} }}\n  oifname \"{oif}\" masquerade",
-                    (0..1000)
+                    "oifname \"{oif}\" meta l4proto udp snat ip to 198.18.{s}.2 : numgen inc mod 10000 map {{ {} }}\n  oifname \"{oif}\" masquerade",
+                    (0..10_000)
                         .map(|i| format!("{i} : {}", 20000 + i))
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -648,6 +648,26 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         };
         if !matches!(site.nat, Nat::HardIgd | Nat::Ipv6Only) {
             masquerade(&router, &out, site.nat)?;
+        }
+        if RELAY_SITES.contains(&site.name) {
+            // A relay needs a UDP port anyone reaches: the router forwards it (a port forward,
+            // as Tailscale's peer relays ask for), since this NAT filters per remote endpoint.
+            let f = dir.join(format!("{router}-relay.nft"));
+            std::fs::write(
+                &f,
+                format!(
+                    "table ip relayfwd {{\n chain pre {{\n  type nat hook prerouting priority -100;\n  iifname \"{out}\" udp dport {RELAY_PORT} dnat to 192.168.{s}.2:{RELAY_PORT}\n }}\n}}\n"
+                ),
+            )?;
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &router,
+                "nft",
+                "-f",
+                f.to_str().unwrap(),
+            ])?;
         }
         if site.nat == Nat::UdpBlocked {
             let f = dir.join(format!("{router}-block.nft"));

@@ -139,8 +139,13 @@ pub struct Node {
     ledger: FlowLedger,
     /// The STUN transaction measuring our NAT's counter, and its latest result.
     measurement: Option<prediction::Measurement>,
-    measured: Option<prediction::Measured>,
+    /// The peer whose round holds our NAT's counter (measured, not opened yet), since when;
+    /// and the peers whose rounds wait for it.
+    prediction_owner: Option<(PublicKey, Instant)>,
+    prediction_waiting: VecDeque<PublicKey>,
     measure_seq: u16,
+    /// New flows every peer's predictions and searches share (`PredictionConfig::sessions`).
+    prediction_sessions: burrow_punch::TokenBucket,
     /// Birthday searches held back for a mapping's grace period are planned again then.
     replan_birthday: Option<Instant>,
     candidates: Vec<Candidate>,
@@ -196,8 +201,10 @@ impl Node {
             relay_mapped: None,
             ledger: FlowLedger::new(Duration::from_secs(30), 4096),
             measurement: None,
-            measured: None,
+            prediction_owner: None,
+            prediction_waiting: VecDeque::new(),
             measure_seq: 0,
+            prediction_sessions: burrow_punch::TokenBucket::new(config.prediction.sessions, now),
             candidates: Vec::new(),
             user_pings: BTreeMap::new(),
             transmits: VecDeque::new(),

@@ -3,9 +3,13 @@
 //! no mapping yet) serves every peer that asks within a moment; our own new flows are counted
 //! as they leave ([`burrow_punch::FlowLedger`]); announcements travel as disco
 //! `PortPrediction` over DERP; each round's flows leave fresh sockets after the birthday ones.
+//!
+//! One round at a time per node, from measurement to flows: two peers' rounds announced from
+//! one counter would promise the same port twice, and whichever opened first would take it
+//! from the other. Rounds waiting for their turn measure when the current one has opened.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burrow_disco::Message;
 use burrow_punch::{
@@ -20,8 +24,6 @@ use rand_chacha::ChaCha20Rng;
 use super::birthday::birthday_targets;
 use super::{Node, Transmit};
 
-/// A measurement this recent serves another peer too (its own flows since are counted).
-const MEASUREMENT_REUSE: Duration = Duration::from_millis(500);
 /// Measurement sockets rotate through this many, so none asks again within a NAT timeout
 /// (measurements are at least `min_round_interval` apart per peer).
 const MEASURE_SLOTS: u16 = 32;
@@ -42,7 +44,6 @@ pub(super) struct Measurement {
 pub(super) struct Measured {
     port: u16,
     index: u64,
-    at: Instant,
 }
 
 impl Node {
@@ -102,6 +103,7 @@ impl Node {
             m.handle_timeout(now);
         }
         self.drive_prediction(now, i);
+        self.release_prediction(now);
     }
 
     /// The peer announced the port its flow toward us will have.
@@ -113,6 +115,7 @@ impl Node {
         };
         m.handle_announce(now, round, port, own);
         self.drive_prediction(now, i);
+        self.release_prediction(now);
     }
 
     /// Carries out what peer `i`'s prediction wants.
@@ -131,6 +134,11 @@ impl Node {
                     self.send_disco_relay(i, &Message::PortPrediction { round, port });
                 }
                 PredictionAction::Open { sockets, port } => {
+                    // Every peer's predictions share one budget of new flows (NAT sessions).
+                    let cost = u32::from(sockets.max(1));
+                    if !self.prediction_sessions.try_take_n(now, cost) {
+                        continue;
+                    }
                     // Only the peer's own advertised public IPv4 (as for birthday probing).
                     let targets =
                         birthday_targets(&self.peers[i], self.config.birthday_needs_control_ip);
@@ -156,6 +164,10 @@ impl Node {
                     }
                 }
                 PredictionAction::Search { sockets, port } => {
+                    let sockets = sockets.min(self.config.birthday_sockets);
+                    if !self.prediction_sessions.try_take_n(now, u32::from(sockets)) {
+                        continue;
+                    }
                     let targets =
                         birthday_targets(&self.peers[i], self.config.birthday_needs_control_ip);
                     let Some(endpoint) = targets.iter().copied().find(SocketAddr::is_ipv4) else {
@@ -164,7 +176,6 @@ impl Node {
                     let dst = SocketAddr::new(endpoint.ip(), port);
                     self.peers[i].stats.prediction_rounds += 1;
                     // The birthday sockets: each flow toward a newly announced port is new.
-                    let sockets = sockets.min(self.config.birthday_sockets);
                     for k in 1..=sockets {
                         self.peers[i].stats.predicted += 1;
                         self.send_probe_ping(i, k, dst);
@@ -177,12 +188,20 @@ impl Node {
     /// Peer `i` wants our NAT's counter: a recent measurement serves it at once; otherwise one
     /// starts (unless one is under way already).
     fn request_measurement(&mut self, now: Instant, i: usize) {
-        if let Some(done) = self.measured {
-            if now.saturating_duration_since(done.at) < MEASUREMENT_REUSE {
-                self.deliver_measured(now, done, Some(i));
-                return;
+        let key = self.peers[i].config.node_key;
+        // Another peer's round holds the counter (measured, not yet opened): wait for it.
+        let held = self.prediction_owner.is_some_and(|(k, since)| {
+            k != key
+                && self.by_node.contains_key(&k)
+                && now.saturating_duration_since(since) < self.config.prediction.round_timeout
+        });
+        if held {
+            if !self.prediction_waiting.contains(&key) {
+                self.prediction_waiting.push_back(key);
             }
+            return;
         }
+        self.prediction_owner = Some((key, now));
         if self.measurement.is_some() {
             return;
         }
@@ -250,39 +269,69 @@ impl Node {
             (Some(mapped), Some(index)) if Some(mapped.ip()) == reflexive => Some(Measured {
                 port: mapped.port(),
                 index,
-                at: now,
             }),
             _ => None,
         };
-        self.measured = done;
         match done {
-            Some(done) => self.deliver_measured(now, done, None),
+            Some(done) => self.deliver_measured(now, done),
             None => {
-                for j in 0..self.peers.len() {
-                    if let Some(p) = self.peers[j].prediction.as_mut() {
-                        if p.is_measuring() {
-                            p.handle_measure_failed(now);
-                        }
+                let owner = self
+                    .prediction_owner
+                    .and_then(|(k, _)| self.by_node.get(&k).copied());
+                if let Some(p) = owner.and_then(|j| self.peers[j].prediction.as_mut()) {
+                    if p.is_measuring() {
+                        p.handle_measure_failed(now);
                     }
                 }
             }
         }
+        self.release_prediction(now);
     }
 
-    /// Hands a measurement to peer `only`, or to every peer waiting for one.
-    fn deliver_measured(&mut self, now: Instant, done: Measured, only: Option<usize>) {
+    /// Hands a measurement to the round that holds the counter.
+    fn deliver_measured(&mut self, now: Instant, done: Measured) {
         let total = self.ledger.created();
         let since = total.saturating_sub(done.index + 1);
-        for j in 0..self.peers.len() {
-            if only.is_some_and(|o| o != j) {
-                continue;
-            }
-            let Some(p) = self.peers[j].prediction.as_mut() else {
-                continue;
-            };
+        let Some(j) = self
+            .prediction_owner
+            .and_then(|(k, _)| self.by_node.get(&k).copied())
+        else {
+            return;
+        };
+        if let Some(p) = self.peers[j].prediction.as_mut() {
             if p.is_measuring() {
                 p.handle_measured(now, done.port, since, total);
                 self.drive_prediction(now, j);
+            }
+        }
+    }
+
+    /// Releases the counter when its round has opened (or ended), and starts the next
+    /// waiting round's measurement.
+    fn release_prediction(&mut self, now: Instant) {
+        let Some((k, _)) = self.prediction_owner else {
+            return;
+        };
+        let pending = self
+            .by_node
+            .get(&k)
+            .and_then(|&j| self.peers[j].prediction.as_ref())
+            .is_some_and(|m| m.is_pending());
+        if pending {
+            return;
+        }
+        self.prediction_owner = None;
+        while let Some(next) = self.prediction_waiting.pop_front() {
+            let Some(&j) = self.by_node.get(&next) else {
+                continue;
+            };
+            if self.peers[j]
+                .prediction
+                .as_ref()
+                .is_some_and(|m| m.is_measuring())
+            {
+                self.request_measurement(now, j);
+                break;
             }
         }
     }
