@@ -54,12 +54,21 @@ const RELAY_MISSED_BEFORE_DEAD: u32 = 3;
 const RELAY_PONG_TIMEOUT: Duration = Duration::from_secs(1);
 /// …nor later than this.
 const RELAY_MAX_PONG_TIMEOUT: Duration = Duration::from_secs(5);
+/// Once a direct path validates, the relay paths still take what arrives through them this
+/// long: the peer may validate direct a little later and send through the relay until then.
+const RELAY_LINGER: Duration = Duration::from_secs(5);
 /// After every relay failed, discovery waits this long before trying again.
 const REDISCOVER_AFTER: Duration = Duration::from_secs(10);
 /// A relay path replaces the one in use only when its round trip is lower by this share…
 const SWITCH_MARGIN: f64 = 0.2;
 /// …and by at least this much.
 const SWITCH_MIN: Duration = Duration::from_millis(5);
+/// A peer's CallMeMaybeVia restarts a relay's binding at most this often: each restart sends
+/// a burst of Binds at once, so offers with ever newer Lamport IDs must not multiply them.
+const VIA_RESTART_INTERVAL: Duration = Duration::from_secs(1);
+/// Relay addresses bound to per endpoint (the first ones: static and public before local);
+/// each gets a Bind every second while binding, so a long list must not multiply them.
+const MAX_RELAY_BIND_ADDRS: usize = 8;
 
 /// Running a relay for others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +137,9 @@ pub struct RelayReport {
 struct RelayTry {
     relay: PublicKey,
     generation: u32,
+    /// When its binding started (a peer's CallMeMaybeVia restarts it no sooner than
+    /// [`VIA_RESTART_INTERVAL`] after).
+    binding_since: Option<Instant>,
     asked: Option<(Instant, Instant)>,
     endpoint: Option<UdpRelayEndpoint>,
     binding: Option<RelayBinding>,
@@ -145,6 +157,7 @@ impl RelayTry {
         RelayTry {
             relay,
             generation,
+            binding_since: None,
             asked: None,
             endpoint: None,
             binding: None,
@@ -193,6 +206,8 @@ pub(super) struct RelayPaths {
     not_before: Option<Instant>,
     /// When WireGuard last went through a relay.
     last_data: Option<Instant>,
+    /// Since when the peer has been direct (the relay paths linger [`RELAY_LINGER`]).
+    direct_since: Option<Instant>,
 }
 
 impl RelayPaths {
@@ -481,6 +496,17 @@ impl Node {
         if endpoint.client_disco != pair {
             return;
         }
+        // The relay node's own addresses only, as for a peer's CallMeMaybeVia: a relay cannot
+        // point our Binds at a third party either.
+        let known = self.known_ips(j);
+        if !endpoint
+            .addrs
+            .iter()
+            .all(|a| known.contains(&canonical_remote(*a).ip()))
+        {
+            self.relay_refused += 1;
+            return;
+        }
         self.send_disco_relay(i, &Message::CallMeMaybeVia(endpoint.clone()));
         self.start_binding(now, i, t, endpoint);
     }
@@ -522,6 +548,14 @@ impl Node {
                 if same && !r.tries[t].dead {
                     return;
                 }
+                // Each restart Binds at once: paced, however many newer offers come.
+                if r.tries[t]
+                    .binding_since
+                    .is_some_and(|b| now < b + VIA_RESTART_INTERVAL)
+                {
+                    self.relay_refused += 1;
+                    return;
+                }
                 let generation = r.tries[t].generation;
                 r.tries[t] = RelayTry::new(relay, generation, now);
                 t
@@ -552,11 +586,13 @@ impl Node {
         endpoint
             .addrs
             .retain(|a| is_acceptable_remote(canonical_remote(*a)) && !self.inside_tunnel(*a));
+        endpoint.addrs.truncate(MAX_RELAY_BIND_ADDRS);
         let peer = self.peers[i].config.disco_key;
         let generation = nonzero(&mut self.rng);
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
         let tr = &mut self.peers[i].relays.tries[t];
         tr.endpoint = Some(endpoint.clone());
+        tr.binding_since = Some(now);
         match RelayBinding::new(now, endpoint, &self.config.disco_key, peer, generation, rng) {
             Ok(b) => tr.binding = Some(b),
             Err(_) => tr.dead = true,
@@ -595,17 +631,22 @@ impl Node {
     /// The peer-relay part of `handle_timeout` for peer `i`.
     pub(super) fn run_peer_relay(&mut self, now: Instant, i: usize) {
         if matches!(self.peers[i].paths.route(), Route::Direct(_)) {
-            // A direct path validated: relays are left at once (they stop answering for us
-            // when their sessions idle out).
+            // A direct path validated: relays carry nothing from us at once, and are forgotten
+            // after a moment (the peer may still send through one until it validates direct
+            // too; what arrives meanwhile is taken). Their sessions idle out.
             let r = &mut self.peers[i].relays;
             if r.chosen.is_some() {
                 self.set_chosen(now, i, None);
             }
             let r = &mut self.peers[i].relays;
-            r.tries.clear();
+            let since = *r.direct_since.get_or_insert(now);
+            if now >= since + RELAY_LINGER {
+                r.tries.clear();
+            }
             r.derp_since = None;
             return;
         }
+        self.peers[i].relays.direct_since = None;
         let since = *self.peers[i].relays.derp_since.get_or_insert(now);
         let r = &self.peers[i].relays;
         let start = if self.hopeless(i) {
@@ -943,7 +984,8 @@ impl Node {
     pub(super) fn poll_relay_timeout(&self, i: usize) -> Option<Instant> {
         let r = &self.peers[i].relays;
         if matches!(self.peers[i].paths.route(), Route::Direct(_)) {
-            return (!r.tries.is_empty()).then_some(self.last_now);
+            let forget = r.direct_since.map_or(self.last_now, |d| d + RELAY_LINGER);
+            return (!r.tries.is_empty()).then_some(forget);
         }
         let discovery = if r.tries.is_empty() && !self.relay_policy.relays.is_empty() {
             let since = r.derp_since.unwrap_or(self.last_now);
