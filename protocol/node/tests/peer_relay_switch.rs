@@ -1,0 +1,274 @@
+//! Peer relay → direct with no loss: three engines (two clients and a relay node) on a small
+//! in-memory network with latency. The clients start on a peer relay (direct UDP between them
+//! is blocked), then the block lifts and their path machines find the direct path. The side
+//! that validates direct first must keep taking what the other still sends through the relay.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use burrow_node::{
+    Event, Input, Node, NodeConfig, PeerConfig, PeerRelayPolicy, RelayServerSettings, Transmit,
+    RELAY_SOCKET,
+};
+use burrow_punch::Route;
+use burrow_wg::{PrivateKey, PublicKey};
+
+const ONE_WAY: Duration = Duration::from_millis(20);
+const DERP_ONE_WAY: Duration = Duration::from_millis(40);
+const RELAY_PORT: u16 = 40000;
+
+fn key(b: u8) -> PrivateKey {
+    PrivateKey::from_bytes([b; 32])
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+enum What {
+    Udp {
+        socket: u16,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Derp {
+        from: PublicKey,
+        data: Vec<u8>,
+    },
+}
+
+struct Net {
+    nodes: Vec<Node>,
+    addrs: Vec<SocketAddr>,
+    relay_addr: SocketAddr,
+    /// (deliver at, to, what), in sending order.
+    wire: Vec<(Instant, usize, What)>,
+    direct_open: bool,
+    /// Packets each node decrypted, by (sender index, sequence number).
+    got: Vec<BTreeSet<(usize, u16)>>,
+}
+
+impl Net {
+    fn by_key(&self, k: &PublicKey) -> Option<usize> {
+        self.nodes.iter().position(|n| n.public_key() == *k)
+    }
+
+    /// Moves every node's output onto the wire and delivers what is due.
+    fn step(&mut self, now: Instant) {
+        for i in 0..self.nodes.len() {
+            self.nodes[i].handle_timeout(now);
+            while let Some(t) = self.nodes[i].poll_transmit() {
+                match t {
+                    Transmit::Udp {
+                        socket,
+                        dst,
+                        payload,
+                    } => {
+                        let from = if socket == RELAY_SOCKET {
+                            self.relay_addr
+                        } else if socket == 0 {
+                            self.addrs[i]
+                        } else {
+                            continue;
+                        };
+                        let (to, to_socket) = if dst == self.relay_addr {
+                            (2, RELAY_SOCKET)
+                        } else if let Some(j) = self.addrs.iter().position(|a| *a == dst) {
+                            (j, 0)
+                        } else {
+                            continue;
+                        };
+                        // Direct UDP between the two clients is blocked until `direct_open`.
+                        if i < 2 && to < 2 && !self.direct_open {
+                            continue;
+                        }
+                        self.wire.push((
+                            now + ONE_WAY,
+                            to,
+                            What::Udp {
+                                socket: to_socket,
+                                from,
+                                data: payload,
+                            },
+                        ));
+                    }
+                    Transmit::Derp { dst, payload, .. } => {
+                        if let Some(j) = self.by_key(&dst) {
+                            let from = self.nodes[i].public_key();
+                            self.wire.push((
+                                now + DERP_ONE_WAY,
+                                j,
+                                What::Derp {
+                                    from,
+                                    data: payload,
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let due: Vec<_> = {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wire)
+                .into_iter()
+                .partition(|(t, _, _)| *t <= now);
+            self.wire = later;
+            due
+        };
+        for (_, to, what) in due {
+            let input = match &what {
+                What::Udp { socket, from, data } => Input::Udp {
+                    socket: *socket,
+                    from: *from,
+                    data,
+                },
+                What::Derp { from, data } => Input::Derp {
+                    region: 1,
+                    from: *from,
+                    data,
+                },
+            };
+            let _ = self.nodes[to].handle_input(now, input);
+        }
+        for i in 0..self.nodes.len() {
+            while let Some(e) = self.nodes[i].poll_event() {
+                if let Event::Packet { peer, data } = e {
+                    let from = self.by_key(&peer).unwrap();
+                    self.got[i].insert((from, u16::from_be_bytes([data[4], data[5]])));
+                }
+            }
+        }
+    }
+}
+
+/// An IPv4 header (UDP, no payload) from node `from` to node `to`'s tailnet address,
+/// carrying `seq` in its identification field.
+fn packet(seq: u16, from: u8, to: u8) -> Vec<u8> {
+    let [s0, s1] = seq.to_be_bytes();
+    vec![
+        0x45,
+        0,
+        0,
+        20,
+        s0,
+        s1,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+        100,
+        64,
+        0,
+        from + 1,
+        100,
+        64,
+        0,
+        to + 1,
+    ]
+}
+
+fn network(now: Instant) -> Net {
+    let addrs = vec![
+        addr("192.0.2.1:41641"),
+        addr("192.0.2.2:41641"),
+        addr("198.51.100.50:41641"),
+    ];
+    let relay_addr = SocketAddr::new(addrs[2].ip(), RELAY_PORT);
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let mut c = NodeConfig::new(key(10 * i as u8 + 10), key(10 * i as u8 + 11), i as u64);
+            c.local_addrs = vec![addrs[i]];
+            if i == 2 {
+                c.relay_server = Some(RelayServerSettings::on_port(RELAY_PORT));
+            }
+            Node::new(c, now)
+        })
+        .collect();
+    let keys: Vec<_> = nodes
+        .iter()
+        .map(|n| (n.public_key(), n.disco_public_key()))
+        .collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        for j in 0..3 {
+            if i != j {
+                let pc = PeerConfig {
+                    node_key: keys[j].0,
+                    disco_key: keys[j].1,
+                    home_region: 1,
+                    endpoints: vec![addrs[j]],
+                    allowed_ips: vec![format!("100.64.0.{}/32", j + 1).parse().unwrap()],
+                };
+                n.add_peer(now, pc).unwrap();
+            }
+        }
+    }
+    for n in nodes.iter_mut().take(2) {
+        n.set_peer_relay_policy(PeerRelayPolicy {
+            relays: [keys[2].0].into(),
+            clients: Default::default(),
+        });
+    }
+    nodes[2].set_peer_relay_policy(PeerRelayPolicy {
+        relays: Default::default(),
+        clients: [keys[0].0, keys[1].0].into(),
+    });
+    Net {
+        nodes,
+        addrs,
+        relay_addr,
+        wire: Vec::new(),
+        direct_open: false,
+        got: vec![BTreeSet::new(); 3],
+    }
+}
+
+#[test]
+fn no_packet_is_lost_moving_from_a_peer_relay_to_direct() {
+    let t0 = Instant::now();
+    let mut net = network(t0);
+    let (ka, kb) = (net.nodes[0].public_key(), net.nodes[1].public_key());
+    let tick = Duration::from_millis(5);
+    let mut now = t0;
+    let mut seq = 0u16;
+    let mut counted_from = None;
+    let mut direct_at = None;
+    let end = t0 + Duration::from_secs(90);
+    while now < end {
+        now += tick;
+        // Both clients send every 10 ms, until a second before the end.
+        if (now - t0).as_millis() % 10 == 0 && now + Duration::from_secs(1) < end {
+            seq += 1;
+            net.nodes[0].send(now, &kb, &packet(seq, 0, 1)).unwrap();
+            net.nodes[1].send(now, &ka, &packet(seq, 1, 0)).unwrap();
+        }
+        net.step(now);
+        let on_relay = net.nodes[0].peer_relay(&kb).is_some_and(|r| r.in_use)
+            && net.nodes[1].peer_relay(&ka).is_some_and(|r| r.in_use);
+        if counted_from.is_none() && on_relay && now > t0 + Duration::from_secs(10) {
+            // Steady on the relay: count from here, and let the direct path be found.
+            counted_from = Some(seq + 1);
+            net.direct_open = true;
+        }
+        let direct = |n: &Node, k| matches!(n.route(k), Some(Route::Direct(_)));
+        if direct_at.is_none() && direct(&net.nodes[0], &kb) && direct(&net.nodes[1], &ka) {
+            direct_at = Some(now);
+        }
+    }
+    let first = counted_from.expect("both clients settled on the peer relay");
+    assert!(direct_at.is_some(), "the direct path was found");
+    for (to, from) in [(0, 1), (1, 0)] {
+        let lost: Vec<u16> = (first..=seq)
+            .filter(|s| !net.got[to].contains(&(from, *s)))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "node {from} → node {to}: {} of {} lost moving from the peer relay to direct: {:?}",
+            lost.len(),
+            seq - first + 1,
+            &lost[..lost.len().min(20)]
+        );
+    }
+}
