@@ -79,6 +79,8 @@ struct Peer {
     prober: Option<BirthdayProber>,
     opening: Option<Opening>,
     prediction: Option<MutualPrediction>,
+    /// The prediction while the NATs call for none (its pacing kept for when they do again).
+    parked_prediction: Option<MutualPrediction>,
     relays: peer_relay::RelayPaths,
     first_unanswered_direct: Option<Instant>,
     stats: PeerStats,
@@ -294,6 +296,7 @@ impl Node {
             prober: None,
             opening: None,
             prediction: None,
+            parked_prediction: None,
             relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
             stats: PeerStats::default(),
