@@ -1,7 +1,8 @@
-//! Peer relay → direct with no loss: three engines (two clients and a relay node) on a small
-//! in-memory network with latency. The clients start on a peer relay (direct UDP between them
-//! is blocked), then the block lifts and their path machines find the direct path. The side
-//! that validates direct first must keep taking what the other still sends through the relay.
+//! Peer relay paths end to end: three engines (two clients and a relay node) on a small
+//! in-memory network with latency; direct UDP between the clients is blocked, so they settle
+//! on the peer relay. Moving to direct loses nothing (the side that validates direct first
+//! keeps taking what the other still sends through the relay), and a relay node that forwards
+//! disco but drops WireGuard cannot hold the pair's traffic.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -45,6 +46,9 @@ struct Net {
     /// (deliver at, to, what), in sending order.
     wire: Vec<(Instant, usize, What)>,
     direct_open: bool,
+    /// A hostile relay node: the WireGuard it forwards to these nodes is dropped (its disco
+    /// still goes through, so its pings are answered).
+    relay_drops_wg_to: Vec<usize>,
     /// Packets each node decrypted, by (sender index, sequence number).
     got: Vec<BTreeSet<(usize, u16)>>,
 }
@@ -81,6 +85,13 @@ impl Net {
                         };
                         // Direct UDP between the two clients is blocked until `direct_open`.
                         if i < 2 && to < 2 && !self.direct_open {
+                            continue;
+                        }
+                        let wireguard_in_geneve = payload.get(2..4) == Some(&[0x7A, 0x12][..]);
+                        if socket == RELAY_SOCKET
+                            && wireguard_in_geneve
+                            && self.relay_drops_wg_to.contains(&to)
+                        {
                             continue;
                         }
                         self.wire.push((
@@ -221,6 +232,7 @@ fn network(now: Instant) -> Net {
         relay_addr,
         wire: Vec::new(),
         direct_open: false,
+        relay_drops_wg_to: Vec::new(),
         got: vec![BTreeSet::new(); 3],
     }
 }
@@ -271,4 +283,68 @@ fn no_packet_is_lost_moving_from_a_peer_relay_to_direct() {
             &lost[..lost.len().min(20)]
         );
     }
+}
+
+/// Runs the pair on the relay, then turns the relay hostile toward `victims` for 60 s: the
+/// share of packets delivered each way in the last 30 s of it.
+fn delivered_under_hostile_relay(victims: Vec<usize>) -> [f64; 2] {
+    let t0 = Instant::now();
+    let mut net = network(t0);
+    let (ka, kb) = (net.nodes[0].public_key(), net.nodes[1].public_key());
+    let tick = Duration::from_millis(5);
+    let mut now = t0;
+    let mut seq = 0u16;
+    let mut hostile_at = None;
+    let mut judged_from = None;
+    let end = t0 + Duration::from_secs(80);
+    while now < end {
+        now += tick;
+        if (now - t0).as_millis() % 10 == 0 && now + Duration::from_secs(1) < end {
+            seq += 1;
+            net.nodes[0].send(now, &kb, &packet(seq, 0, 1)).unwrap();
+            net.nodes[1].send(now, &ka, &packet(seq, 1, 0)).unwrap();
+        }
+        net.step(now);
+        let on_relay = net.nodes[0].peer_relay(&kb).is_some_and(|r| r.in_use)
+            && net.nodes[1].peer_relay(&ka).is_some_and(|r| r.in_use);
+        if hostile_at.is_none() && on_relay && now > t0 + Duration::from_secs(10) {
+            hostile_at = Some(now);
+            net.relay_drops_wg_to = victims.clone();
+        }
+        if judged_from.is_none() && hostile_at.is_some_and(|h| now >= h + Duration::from_secs(30)) {
+            judged_from = Some(seq + 1);
+        }
+    }
+    let first = judged_from.expect("the pair settled on the relay, then 30 s passed");
+    let n = f64::from(seq - first + 1);
+    [(1, 0), (0, 1)].map(|(to, from)| {
+        let got = (first..=seq)
+            .filter(|s| net.got[to].contains(&(from, *s)))
+            .count();
+        got as f64 / n
+    })
+}
+
+/// The relay node forwards the clients' pings (so its path looks alive and fastest) but drops
+/// all their WireGuard. Before: the pair stayed on it and nothing got through, ever. Now data
+/// sent on the relay with no answer for 15 s (as on a direct path) ends it, and the pair moves
+/// to DERP (or another relay).
+#[test]
+fn a_relay_that_drops_wireguard_but_forwards_disco_cannot_hold_the_traffic() {
+    let [to_b, to_a] = delivered_under_hostile_relay(vec![0, 1]);
+    assert!(
+        to_b > 0.99 && to_a > 0.99,
+        "delivered {to_b:.3} to B and {to_a:.3} to A"
+    );
+}
+
+/// The same relay drops only what goes to A: B's data never arrives, while A's does (so A sees
+/// answers). B notices, leaves the relay and stops answering pings through it, so A leaves too.
+#[test]
+fn a_relay_that_drops_one_direction_cannot_hold_the_traffic() {
+    let [to_b, to_a] = delivered_under_hostile_relay(vec![0]);
+    assert!(
+        to_b > 0.99 && to_a > 0.99,
+        "delivered {to_b:.3} to B and {to_a:.3} to A"
+    );
 }

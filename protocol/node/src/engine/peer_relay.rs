@@ -13,7 +13,7 @@
 //!   it and DERP used until it is trusted (no loss at the switch). A direct path that validates
 //!   ends all of it; a relay that stops answering hands the traffic to the next one, or to DERP.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use burrow_wg::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::wireguard::WgSource;
+use super::wireguard::{WgSource, DATA_STALL_AFTER};
 use super::{Event, Node, NodeError, Transmit};
 
 /// The socket the relay server listens on (the driver binds it on the configured port).
@@ -57,6 +57,9 @@ const RELAY_MAX_PONG_TIMEOUT: Duration = Duration::from_secs(5);
 /// Once a direct path validates, the relay paths still take what arrives through them this
 /// long: the peer may validate direct a little later and send through the relay until then.
 const RELAY_LINGER: Duration = Duration::from_secs(5);
+/// A relay that lost our data (sent through it, unanswered for [`DATA_STALL_AFTER`]) is not
+/// tried again for this peer this long, though its pings may come back.
+const STALL_PENALTY: Duration = Duration::from_secs(300);
 /// After every relay failed, discovery waits this long before trying again.
 const REDISCOVER_AFTER: Duration = Duration::from_secs(10);
 /// A relay path replaces the one in use only when its round trip is lower by this share…
@@ -208,9 +211,22 @@ pub(super) struct RelayPaths {
     last_data: Option<Instant>,
     /// Since when the peer has been direct (the relay paths linger [`RELAY_LINGER`]).
     direct_since: Option<Instant>,
+    /// Since when data we sent through the chosen relay has had no answer from the peer.
+    first_unanswered: Option<Instant>,
+    /// Relays that lost our data, until when they are not tried.
+    stalled: BTreeMap<PublicKey, Instant>,
 }
 
 impl RelayPaths {
+    /// Something authenticated came from the peer: data sent through the relay is answered.
+    pub(super) fn note_answered(&mut self) {
+        self.first_unanswered = None;
+    }
+
+    fn is_stalled(&self, relay: &PublicKey, now: Instant) -> bool {
+        self.stalled.get(relay).is_some_and(|until| now < *until)
+    }
+
     fn chosen_try(&self) -> Option<&RelayTry> {
         let c = self.chosen?;
         self.tries.iter().find(|t| t.relay == c)
@@ -538,6 +554,10 @@ impl Node {
             self.relay_refused += 1;
             return;
         };
+        if self.peers[i].relays.is_stalled(&relay, now) {
+            self.relay_refused += 1;
+            return;
+        }
         let r = &mut self.peers[i].relays;
         let t = match r.tries.iter().position(|t| t.relay == relay) {
             Some(t) => {
@@ -647,6 +667,21 @@ impl Node {
             return;
         }
         self.peers[i].relays.direct_since = None;
+        // Data through the chosen relay unanswered as long as a direct path may go unanswered:
+        // the relay loses it (its pings may still pass). Left, and not tried again for a while.
+        let r = &mut self.peers[i].relays;
+        if r.first_unanswered
+            .is_some_and(|t| now.saturating_duration_since(t) >= DATA_STALL_AFTER)
+        {
+            r.first_unanswered = None;
+            if let Some(c) = r.chosen {
+                r.stalled.insert(c, now + STALL_PENALTY);
+                if let Some(t) = r.tries.iter_mut().find(|t| t.relay == c) {
+                    t.dead = true;
+                }
+            }
+        }
+        r.stalled.retain(|_, until| now < *until);
         let since = *self.peers[i].relays.derp_since.get_or_insert(now);
         let r = &self.peers[i].relays;
         let start = if self.hopeless(i) {
@@ -691,6 +726,7 @@ impl Node {
             .relays
             .iter()
             .filter(|r| **r != peer && **r != me && self.by_node.contains_key(r))
+            .filter(|r| !self.peers[i].relays.is_stalled(r, now))
             .map(|r| (self.direct_rtt(r).unwrap_or(Duration::MAX), *r))
             .collect();
         candidates.sort();
@@ -847,6 +883,7 @@ impl Node {
         let r = &mut self.peers[i].relays;
         r.chosen = relay;
         r.chosen_at = relay.map(|_| now);
+        r.first_unanswered = None;
         let rtt = r.chosen_try().and_then(|t| t.rtt);
         let peer = self.peers[i].config.node_key;
         self.events
@@ -870,7 +907,9 @@ impl Node {
 
     /// Notes that peer `i`'s data goes through a relay now (heartbeats quicken).
     pub(super) fn note_relay_data(&mut self, now: Instant, i: usize) {
-        self.peers[i].relays.last_data = Some(now);
+        let r = &mut self.peers[i].relays;
+        r.last_data = Some(now);
+        r.first_unanswered.get_or_insert(now);
     }
 
     /// Sends a WireGuard datagram to peer `i` through its relay.
@@ -915,6 +954,8 @@ impl Node {
                     return Err(NodeError::Unrecognised(from));
                 };
                 match msg {
+                    // A relay we left (dead) answers no pings for us, so the peer leaves it too.
+                    Message::Ping { .. } if self.peers[i].relays.tries[t].dead => {}
                     Message::Ping { tx_id, .. } if self.peers[i].paths.admit_ping(now, tx_id) => {
                         let pong = Message::Pong { tx_id, src: from };
                         if let Some(sealed) = self.seal(i, &pong) {
@@ -1010,7 +1051,15 @@ impl Node {
             let pong = t.pings.front().map(|(_, s)| *s + t.pong_timeout());
             [alloc, binding, ping, pong]
         });
-        discovery.into_iter().chain(tries.flatten()).min()
+        let stall = r
+            .chosen
+            .and(r.first_unanswered)
+            .map(|t| t + DATA_STALL_AFTER);
+        discovery
+            .into_iter()
+            .chain(tries.flatten())
+            .chain(stall)
+            .min()
     }
 }
 
