@@ -348,3 +348,59 @@ fn a_relay_that_drops_one_direction_cannot_hold_the_traffic() {
         "delivered {to_b:.3} to B and {to_a:.3} to A"
     );
 }
+
+/// The relay node's policy stops letting B use it while A and B relay through it. Allocation
+/// was checked once: before, the endpoint kept forwarding for as long as the pair kept it busy
+/// (a pair the policy no longer allows, relayed indefinitely). Now the relay closes it at once,
+/// and the pair goes back to DERP.
+#[test]
+fn a_relay_stops_relaying_for_a_pair_its_policy_no_longer_allows() {
+    let t0 = Instant::now();
+    let mut net = network(t0);
+    let (ka, kb) = (net.nodes[0].public_key(), net.nodes[1].public_key());
+    let tick = Duration::from_millis(5);
+    let mut now = t0;
+    let mut seq = 0u16;
+    let mut revoked_at = None;
+    let mut forwarded_then = 0;
+    let end = t0 + Duration::from_secs(40);
+    while now < end {
+        now += tick;
+        if (now - t0).as_millis() % 10 == 0 {
+            seq += 1;
+            net.nodes[0].send(now, &kb, &packet(seq, 0, 1)).unwrap();
+            net.nodes[1].send(now, &ka, &packet(seq, 1, 0)).unwrap();
+        }
+        net.step(now);
+        let on_relay = net.nodes[0].peer_relay(&kb).is_some_and(|r| r.in_use)
+            && net.nodes[1].peer_relay(&ka).is_some_and(|r| r.in_use);
+        if revoked_at.is_none() && on_relay && now > t0 + Duration::from_secs(10) {
+            revoked_at = Some(now);
+            net.nodes[2].set_peer_relay_policy(PeerRelayPolicy {
+                relays: Default::default(),
+                clients: [ka].into(),
+            });
+        }
+        if revoked_at.is_some_and(|r| now < r + Duration::from_secs(1)) {
+            forwarded_then = net.nodes[2]
+                .relay_server()
+                .unwrap()
+                .stats()
+                .forwarded_packets;
+        }
+    }
+    assert!(revoked_at.is_some(), "the pair settled on the relay");
+    let server = net.nodes[2].relay_server().unwrap();
+    assert_eq!(server.sessions().count(), 0, "the endpoint is closed");
+    assert_eq!(
+        server.stats().forwarded_packets,
+        forwarded_then,
+        "nothing forwarded for the pair a second after the policy changed"
+    );
+    assert!(net.nodes[0].peer_relay(&kb).is_none() && net.nodes[1].peer_relay(&ka).is_none());
+    // The pair is served by DERP: the last second's packets arrived (sent 2 s before the end).
+    let last = seq - 200;
+    assert!(
+        (last - 100..last).all(|s| net.got[1].contains(&(0, s)) && net.got[0].contains(&(1, s)))
+    );
+}

@@ -262,6 +262,7 @@ impl Node {
                 self.by_disco.remove(&old_disco);
                 self.by_disco.insert(peer.disco_key, i);
                 self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
+                self.enforce_relay_policy();
             }
             self.peers[i].config = peer;
             self.peers[i]
@@ -336,6 +337,7 @@ impl Node {
                 }
             }
         }
+        self.enforce_relay_policy();
         true
     }
 

@@ -237,6 +237,24 @@ impl Node {
     /// Sets who relays for us and for whom we relay (from the control plane's policy).
     pub fn set_peer_relay_policy(&mut self, policy: PeerRelayPolicy) {
         self.relay_policy = policy;
+        self.enforce_relay_policy();
+    }
+
+    /// Closes the endpoints of our relay whose two clients the policy (and the netmap) no
+    /// longer both let use it: allocation is checked once, so a pair revoked later would
+    /// otherwise keep its relay as long as it keeps it busy.
+    pub(super) fn enforce_relay_policy(&mut self) {
+        let Some(server) = self.relay_server.as_mut() else {
+            return;
+        };
+        let (by_disco, peers, clients) = (&self.by_disco, &self.peers, &self.relay_policy.clients);
+        let allowed = |k: &PublicKey| {
+            by_disco
+                .get(k)
+                .is_some_and(|&i| clients.contains(&peers[i].config.node_key))
+        };
+        server.close_unless(|pair| pair.iter().all(allowed));
+        self.drain_relay_server();
     }
 
     /// The relay paths considered for `peer`, as of the latest input or timer.
