@@ -49,6 +49,10 @@ struct Net {
     /// A hostile relay node: the WireGuard it forwards to these nodes is dropped (its disco
     /// still goes through, so its pings are answered).
     relay_drops_wg_to: Vec<usize>,
+    /// Control (bind handshake) frames from node 0 to the relay dropped by their order: `[1]`
+    /// loses its first Answer (its first control frame is its Bind).
+    drop_control_from_0: Vec<usize>,
+    control_from_0: usize,
     /// Packets each node decrypted, by (sender index, sequence number).
     got: Vec<BTreeSet<(usize, u16)>>,
 }
@@ -86,6 +90,13 @@ impl Net {
                         // Direct UDP between the two clients is blocked until `direct_open`.
                         if i < 2 && to < 2 && !self.direct_open {
                             continue;
+                        }
+                        if i == 0 && to == 2 && payload.get(..2) == Some(&[0, 0x80][..]) {
+                            let k = self.control_from_0;
+                            self.control_from_0 += 1;
+                            if self.drop_control_from_0.contains(&k) {
+                                continue;
+                            }
                         }
                         let wireguard_in_geneve = payload.get(2..4) == Some(&[0x7A, 0x12][..]);
                         if socket == RELAY_SOCKET
@@ -233,6 +244,8 @@ fn network(now: Instant) -> Net {
         wire: Vec::new(),
         direct_open: false,
         relay_drops_wg_to: Vec::new(),
+        drop_control_from_0: Vec::new(),
+        control_from_0: 0,
         got: vec![BTreeSet::new(); 3],
     }
 }
@@ -402,5 +415,44 @@ fn a_relay_stops_relaying_for_a_pair_its_policy_no_longer_allows() {
     let last = seq - 200;
     assert!(
         (last - 100..last).all(|s| net.got[1].contains(&(0, s)) && net.got[0].contains(&(1, s)))
+    );
+}
+
+/// A's first Answer to the relay is lost (UDP loss, or refused after an on-path attacker
+/// replayed an older Bind of A's). The relay sends no acknowledgement, so A's binding thinks it
+/// is bound; before, only the relay path's death (three missed pings) and a new discovery 10 s
+/// later bound it again. Now a relay path that never answered binds again first.
+#[test]
+fn a_lost_answer_is_bound_again_without_waiting_for_rediscovery() {
+    let t0 = Instant::now();
+    let mut net = network(t0);
+    net.drop_control_from_0 = vec![1];
+    let (ka, kb) = (net.nodes[0].public_key(), net.nodes[1].public_key());
+    let tick = Duration::from_millis(5);
+    let mut now = t0;
+    let mut first_bind = None;
+    let mut on_relay_at = None;
+    while now < t0 + Duration::from_secs(40) && on_relay_at.is_none() {
+        now += tick;
+        net.step(now);
+        if first_bind.is_none() && net.control_from_0 > 0 {
+            first_bind = Some(now);
+        }
+        let on_relay = net.nodes[0].peer_relay(&kb).is_some_and(|r| r.in_use)
+            && net.nodes[1].peer_relay(&ka).is_some_and(|r| r.in_use);
+        if on_relay {
+            on_relay_at = Some(now);
+        }
+    }
+    let first_bind = first_bind.expect("A bound to the relay");
+    let on_relay_at = on_relay_at.expect("the pair reached the relay");
+    assert!(
+        net.control_from_0 >= 3,
+        "the Answer was lost, then bound again"
+    );
+    let took = on_relay_at - first_bind;
+    assert!(
+        took < Duration::from_secs(8),
+        "on the relay {took:?} after the first Bind (simulated time)"
     );
 }

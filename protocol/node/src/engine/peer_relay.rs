@@ -50,6 +50,9 @@ const RELAY_HEARTBEAT: Duration = Duration::from_secs(2);
 const RELAY_ACTIVE_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Pings unanswered in a row before a relay path is dead.
 const RELAY_MISSED_BEFORE_DEAD: u32 = 3;
+/// A relay path that never answered binds again this many times before it is dead: the relay
+/// acknowledges no Answer, so a lost one (or one refused after a replayed Bind) looks bound.
+const MAX_REBINDS: u32 = 2;
 /// A ping unanswered for five round trips is missed, but never sooner than this…
 const RELAY_PONG_TIMEOUT: Duration = Duration::from_secs(1);
 /// …nor later than this.
@@ -152,6 +155,8 @@ struct RelayTry {
     last_pong: Option<Instant>,
     rtt: Option<Duration>,
     missed: u32,
+    /// Handshakes started again on this path (see [`MAX_REBINDS`]).
+    rebinds: u32,
     dead: bool,
 }
 
@@ -170,6 +175,7 @@ impl RelayTry {
             last_pong: None,
             rtt: None,
             missed: 0,
+            rebinds: 0,
             dead: false,
         }
     }
@@ -815,7 +821,22 @@ impl Node {
             tr.missed += 1;
         }
         if tr.missed >= RELAY_MISSED_BEFORE_DEAD {
-            tr.dead = true;
+            if tr.last_pong.is_none() && tr.rebinds < MAX_REBINDS {
+                // Never answered through it: our Answer may not have bound us. Bind again.
+                let generation = nonzero(&mut self.rng);
+                let tr = &mut self.peers[i].relays.tries[t];
+                if let Some(b) = tr.binding.as_mut() {
+                    if b.rebind(now, generation).is_ok() {
+                        tr.rebinds += 1;
+                        tr.path = None;
+                        tr.missed = 0;
+                        tr.pings.clear();
+                        self.drain_binding(now, i, t);
+                        return;
+                    }
+                }
+            }
+            self.peers[i].relays.tries[t].dead = true;
             return;
         }
         if now < tr.next_ping || !peer_box_ok {
