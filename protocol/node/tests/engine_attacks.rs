@@ -680,3 +680,47 @@ fn flipping_nat_info_does_not_reset_the_prediction_pacing() {
     );
     assert!(flows.len() as u64 <= budget, "{} fresh flows", flows.len());
 }
+
+/// The victim's NAT allocates at random; the attacker claims a sequential NAT, so the victim
+/// searches: 128 sockets toward each announced port, a round a second. Flipping its NatInfo
+/// (sequential, then fixed, then sequential…) ten times a second with a new announcement each
+/// time used to give every flip a new search with a fresh budget: 128 packets per flip. Now
+/// the search keeps its pacing across the flips.
+#[test]
+fn flipping_nat_info_does_not_multiply_a_search() {
+    let mut lab = Lab::new(true, vec![]);
+    lab.stun(["203.0.113.5:4000", "203.0.113.5:51234"]);
+    assert!(lab.v.nat().unwrap().is_hard_random());
+    let target: IpAddr = "198.51.100.66".parse().unwrap();
+    lab.relay(&Message::CallMeMaybe {
+        endpoints: vec![SocketAddr::new(target, 1000)],
+    });
+    let secs = 10;
+    let end = lab.now + Duration::from_secs(secs);
+    let mut round = 0u32;
+    while lab.now < end {
+        round += 1;
+        let fixed = round % 2 == 0;
+        lab.relay(&Message::NatInfo {
+            mapping_varies: !fixed,
+            predictable: !fixed,
+            mapped: false,
+        });
+        lab.relay(&Message::PortPrediction {
+            round,
+            port: 20000 + round as u16,
+        });
+        lab.now += Duration::from_millis(100);
+        lab.v.handle_timeout(lab.now);
+        lab.sent();
+    }
+    let predicted = lab.v.stats(&lab.m.public_key()).unwrap().predicted;
+    let config = burrow_punch::PredictionConfig::default();
+    // A round a second at most (and the first at once).
+    let budget = u64::from(config.search_sockets) * (secs + 1);
+    assert!(predicted > 0, "the search did run");
+    assert!(
+        predicted <= budget,
+        "{predicted} search pings in {secs} s (budget {budget})"
+    );
+}
