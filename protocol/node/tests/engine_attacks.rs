@@ -583,3 +583,144 @@ fn a_peers_tailnet_addresses_are_no_endpoints() {
     let x = lab.v.explain(&lab.m.public_key()).unwrap();
     assert!(!x.candidates.iter().any(|c| inside.contains(&c.addr)));
 }
+
+/// Answers every STUN request the victim sent (on any socket) as a sequential NAT would: each
+/// new request gets the next port of 203.0.113.5. Returns everything else it sent.
+fn answer_stun_sequentially(
+    lab: &mut Lab,
+    next_port: &mut u16,
+    sent: Vec<Transmit>,
+) -> Vec<Transmit> {
+    let servers = [addr(STUN_1), addr(STUN_2)];
+    let mut other = Vec::new();
+    let mut pending = sent;
+    for _ in 0..4 {
+        for t in std::mem::take(&mut pending) {
+            match &t {
+                Transmit::Udp {
+                    socket,
+                    dst,
+                    payload,
+                } if servers.contains(dst) => {
+                    let mut server = BindingServer::new(ServerConfig::new(*dst));
+                    let mut buf = [0u8; 1500];
+                    let mapped = SocketAddr::from(([203, 0, 113, 5], *next_port));
+                    *next_port += 1;
+                    let r = server
+                        .handle_packet(*dst, mapped, payload, &mut buf)
+                        .unwrap();
+                    let input = Input::Udp {
+                        socket: *socket,
+                        from: *dst,
+                        data: &buf[..r.len],
+                    };
+                    let _ = lab.v.handle_input(lab.now, input);
+                }
+                _ => other.push(t),
+            }
+        }
+        pending = lab.sent();
+    }
+    other.extend(pending);
+    other
+}
+
+/// The victim is behind a sequential NAT; the attacker flips its NatInfo between sequential and
+/// fixed five times a second, announcing a fresh port each time. Each flip used to replace the
+/// victim's prediction with a new one, whose first round starts at once: a round per flip
+/// (7 fresh flows each, sessions on the victim's NAT) instead of four rounds, then 20 s, 40 s…
+/// Now a role change keeps the pacing and back-off.
+#[test]
+fn flipping_nat_info_does_not_reset_the_prediction_pacing() {
+    let mut lab = Lab::new(true, vec![]);
+    let mut next_port = 4000;
+    let sent = lab.sent();
+    answer_stun_sequentially(&mut lab, &mut next_port, sent);
+    assert_eq!(lab.v.nat().unwrap().delta, Some(1), "{:?}", lab.v.nat());
+    let target: IpAddr = "198.51.100.66".parse().unwrap();
+    lab.relay(&Message::CallMeMaybe {
+        endpoints: vec![SocketAddr::new(target, 1000)],
+    });
+    let secs = 20;
+    let end = lab.now + Duration::from_secs(secs);
+    let mut flows = BTreeSet::new();
+    let mut round = 0u32;
+    while lab.now < end {
+        round += 1;
+        let fixed = round % 2 == 0;
+        lab.relay(&Message::NatInfo {
+            mapping_varies: !fixed,
+            predictable: !fixed,
+            mapped: false,
+        });
+        lab.relay(&Message::PortPrediction {
+            round,
+            port: 20000 + round as u16,
+        });
+        lab.now += Duration::from_millis(200);
+        lab.v.handle_timeout(lab.now);
+        let sent = lab.sent();
+        for t in answer_stun_sequentially(&mut lab, &mut next_port, sent) {
+            if let Transmit::Udp { socket, dst, .. } = t {
+                if socket != 0 && dst.ip() == target {
+                    flows.insert((socket, dst));
+                }
+            }
+        }
+    }
+    let predicted = lab.v.stats(&lab.m.public_key()).unwrap().predicted;
+    let config = burrow_punch::PredictionConfig::default();
+    // Four rounds in a row, then a 20 s pause: at most one attempt (and the next's first round).
+    let budget = u64::from(config.max_sockets()) * u64::from(config.rounds + 1);
+    assert!(predicted > 0, "prediction did run");
+    assert!(
+        predicted <= budget,
+        "{predicted} prediction pings in {secs} s (budget {budget}); {} flows",
+        flows.len()
+    );
+    assert!(flows.len() as u64 <= budget, "{} fresh flows", flows.len());
+}
+
+/// The victim's NAT allocates at random; the attacker claims a sequential NAT, so the victim
+/// searches: 128 sockets toward each announced port, a round a second. Flipping its NatInfo
+/// (sequential, then fixed, then sequential…) ten times a second with a new announcement each
+/// time used to give every flip a new search with a fresh budget: 128 packets per flip. Now
+/// the search keeps its pacing across the flips.
+#[test]
+fn flipping_nat_info_does_not_multiply_a_search() {
+    let mut lab = Lab::new(true, vec![]);
+    lab.stun(["203.0.113.5:4000", "203.0.113.5:51234"]);
+    assert!(lab.v.nat().unwrap().is_hard_random());
+    let target: IpAddr = "198.51.100.66".parse().unwrap();
+    lab.relay(&Message::CallMeMaybe {
+        endpoints: vec![SocketAddr::new(target, 1000)],
+    });
+    let secs = 10;
+    let end = lab.now + Duration::from_secs(secs);
+    let mut round = 0u32;
+    while lab.now < end {
+        round += 1;
+        let fixed = round % 2 == 0;
+        lab.relay(&Message::NatInfo {
+            mapping_varies: !fixed,
+            predictable: !fixed,
+            mapped: false,
+        });
+        lab.relay(&Message::PortPrediction {
+            round,
+            port: 20000 + round as u16,
+        });
+        lab.now += Duration::from_millis(100);
+        lab.v.handle_timeout(lab.now);
+        lab.sent();
+    }
+    let predicted = lab.v.stats(&lab.m.public_key()).unwrap().predicted;
+    let config = burrow_punch::PredictionConfig::default();
+    // A round a second at most (and the first at once).
+    let budget = u64::from(config.search_sockets) * (secs + 1);
+    assert!(predicted > 0, "the search did run");
+    assert!(
+        predicted <= budget,
+        "{predicted} search pings in {secs} s (budget {budget})"
+    );
+}

@@ -257,3 +257,143 @@ fn relay_framed_datagrams_from_anyone_but_a_bound_relay_are_refused() {
     );
     assert!(r.is_err());
 }
+
+fn via_endpoint(pair: [PublicKey; 2], lamport_id: u64, addrs: Vec<SocketAddr>) -> Message {
+    Message::CallMeMaybeVia(UdpRelayEndpoint {
+        server_disco: key(99).public_key(),
+        client_disco: pair,
+        lamport_id,
+        vni: lamport_id as u32,
+        bind_lifetime: std::time::Duration::from_secs(30),
+        steady_state_lifetime: std::time::Duration::from_secs(300),
+        addrs,
+    })
+}
+
+fn udp_count(sent: &[Transmit]) -> usize {
+    sent.iter()
+        .filter(|t| matches!(t, Transmit::Udp { .. }))
+        .count()
+}
+
+/// Mallory floods the victim with CallMeMaybeVia offers, each with a newer Lamport ID and VNI and 60
+/// ports of a relay candidate's IP (the check is on IPs). Each offer used to restart the
+/// binding with a burst of one Bind per address: 100 offers (≈ 125 kB over DERP) made 6,000
+/// Binds (≈ 1 MB) at once toward ports Mallory chose. Now a restart comes at most once a
+/// second and binds to at most 8 of the addresses.
+#[test]
+fn a_flood_of_call_me_maybe_via_offers_does_not_multiply_binds() {
+    let mut now = Instant::now();
+    let relay_addr = addr("198.51.100.50:41641");
+    let mut v = node(50, "192.168.1.2:41641", false, now);
+    let r = node(10, "198.51.100.50:41641", true, now);
+    let m = node(40, "192.168.3.2:41641", false, now);
+    v.add_peer(now, peer_of(&r, vec![relay_addr])).unwrap();
+    v.add_peer(now, peer_of(&m, vec![])).unwrap();
+    v.set_peer_relay_policy(PeerRelayPolicy {
+        relays: [r.public_key()].into(),
+        clients: Default::default(),
+    });
+    drain(&mut v);
+    let mut pair = [v.disco_public_key(), m.disco_public_key()];
+    pair.sort();
+    let ports: Vec<SocketAddr> = (0..60u16)
+        .map(|k| SocketAddr::new(relay_addr.ip(), 1000 + k))
+        .collect();
+    let mut binds = 0;
+    for lamport in 1..=100 {
+        derp(
+            &mut v,
+            now,
+            m.public_key(),
+            &key(41),
+            &via_endpoint(pair, lamport, ports.clone()),
+        )
+        .unwrap();
+        binds += udp_count(&drain(&mut v));
+    }
+    assert!(binds > 0, "the first offer is bound to");
+    assert!(binds <= 8, "{binds} Binds from 100 offers in one instant");
+    // A second later a newer offer may restart the binding: one more burst, no more.
+    now += std::time::Duration::from_secs(1);
+    let mut later = 0;
+    for lamport in 101..=200 {
+        derp(
+            &mut v,
+            now,
+            m.public_key(),
+            &key(41),
+            &via_endpoint(pair, lamport, ports.clone()),
+        )
+        .unwrap();
+        later += udp_count(&drain(&mut v));
+    }
+    assert!(
+        later <= 8,
+        "{later} Binds from 100 more offers a second later"
+    );
+}
+
+/// A relay node answers the victim's allocation request with an endpoint on a third party's
+/// address: the victim would Bind there every second for 30 s (and, through its peer's
+/// CallMeMaybeVia, nowhere else). A relay's endpoint must be on the relay node's own
+/// addresses, as a peer's offer must.
+#[test]
+fn a_relays_allocation_cannot_point_binds_at_a_third_party() {
+    let now = Instant::now();
+    let relay_addr = addr("198.51.100.50:41641");
+    let mut v = node(50, "192.168.1.2:41641", false, now);
+    let r = node(10, "198.51.100.50:41641", true, now);
+    let b = node(30, "192.168.2.2:41641", false, now);
+    v.add_peer(now, peer_of(&r, vec![relay_addr])).unwrap();
+    v.add_peer(now, peer_of(&b, vec![])).unwrap();
+    v.set_peer_relay_policy(PeerRelayPolicy {
+        relays: [r.public_key()].into(),
+        clients: Default::default(),
+    });
+    drain(&mut v);
+    // B stays on DERP: after 3 s the victim asks the relay for an endpoint.
+    let mut requests = Vec::new();
+    for ms in (0..=4000).step_by(100) {
+        v.handle_timeout(now + std::time::Duration::from_millis(ms));
+        requests.extend(derp_to(&drain(&mut v), r.public_key(), &key(11)));
+    }
+    let later = now + std::time::Duration::from_secs(4);
+    let Some(&Message::AllocateUdpRelayEndpointRequest {
+        client_disco,
+        generation,
+    }) = requests.first()
+    else {
+        panic!("no allocation request: {requests:?}");
+    };
+    let mut pair = client_disco;
+    pair.sort();
+    let victim = addr("203.0.113.99:9999");
+    let answer = Message::AllocateUdpRelayEndpointResponse {
+        generation,
+        endpoint: UdpRelayEndpoint {
+            server_disco: key(98).public_key(),
+            client_disco: pair,
+            lamport_id: 1,
+            vni: 9,
+            bind_lifetime: std::time::Duration::from_secs(30),
+            steady_state_lifetime: std::time::Duration::from_secs(300),
+            addrs: vec![victim],
+        },
+    };
+    derp(&mut v, later, r.public_key(), &key(11), &answer).unwrap();
+    let mut sent = drain(&mut v);
+    for s in 1..=5 {
+        v.handle_timeout(later + std::time::Duration::from_secs(s));
+        sent.extend(drain(&mut v));
+    }
+    let toward: Vec<_> = sent
+        .iter()
+        .filter(|t| matches!(t, Transmit::Udp { dst, .. } if dst.ip() == victim.ip()))
+        .collect();
+    assert!(toward.is_empty(), "Binds toward a third party: {toward:?}");
+    // Nor is the offer passed on to B.
+    assert!(derp_to(&sent, b.public_key(), &key(31))
+        .iter()
+        .all(|m| !matches!(m, Message::CallMeMaybeVia(_))));
+}

@@ -241,6 +241,24 @@ impl MutualPrediction {
         self.role
     }
 
+    /// Takes a new role (the NATs' view changed) and keeps the pacing and back-off: a round
+    /// under way ends and counts, and the next starts no sooner than they allow, so a peer
+    /// flipping its NatInfo cannot start rounds faster than its announcements could.
+    pub fn set_role(&mut self, now: Instant, role: PredictionRole) {
+        if role == self.role {
+            return;
+        }
+        if self.state != State::Idle {
+            self.end_round(now);
+        }
+        self.role = role;
+        self.wanted = matches!(role, PredictionRole::Sequential { .. });
+        self.peer = None;
+        self.peer_used = 0;
+        self.fixed_pending = false;
+        self.handle_timeout(now);
+    }
+
     /// What happened so far.
     pub fn report(&self) -> PredictionReport {
         self.report

@@ -280,3 +280,35 @@ fn the_sequential_side_of_a_search_guesses_without_waiting_for_the_peer() {
     m.handle_timeout(next);
     assert_eq!(drain(&mut m), vec![PredictionAction::Measure]);
 }
+
+#[test]
+fn a_role_change_keeps_the_pacing_and_back_off() {
+    let t0 = Instant::now();
+    let config = PredictionConfig::default();
+    let mut m = MutualPrediction::new(config, seq(false), t0);
+    let mut now = t0;
+    let mut measures = 0;
+    let mut round = 0;
+    // A hostile peer flips its NatInfo (sequential / fixed) and announces every 10 ms.
+    for k in 0..12_000 {
+        now += Duration::from_millis(10);
+        round += 1;
+        m.set_role(now, seq(k % 2 == 0));
+        m.handle_timeout(now);
+        m.handle_announce(now, round, 40000, 0);
+        for a in drain(&mut m) {
+            if a == PredictionAction::Measure {
+                measures += 1;
+                m.handle_measured(now, 20000, 0, 0);
+            }
+        }
+    }
+    // As without flips: a handful of rounds in two minutes.
+    assert!(measures <= 16, "{measures} measurements");
+    assert!(measures >= 4, "prediction kept going: {measures}");
+    // The same role again changes nothing.
+    let before = m.report();
+    m.set_role(now, m.role());
+    assert!(drain(&mut m).is_empty());
+    assert_eq!(m.report(), before);
+}

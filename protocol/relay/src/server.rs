@@ -268,6 +268,8 @@ pub struct RelayStats {
     pub expired_unbound: u64,
     /// Endpoints closed because a leg was idle.
     pub expired_idle: u64,
+    /// Endpoints closed because a client may no longer use the relay.
+    pub revoked: u64,
     /// Events dropped because the driver did not drain them.
     pub events_dropped: u64,
     /// Datagrams dropped, by reason.
@@ -301,6 +303,8 @@ pub enum CloseReason {
     BindTimeout,
     /// A leg sent nothing for the steady-state lifetime.
     Idle,
+    /// The relay's operator no longer lets a client use it ([`RelayServer::close_unless`]).
+    Revoked,
 }
 
 /// Something the driver may want to log or show.
@@ -885,25 +889,49 @@ impl RelayServer {
             }
         }
         for (vni, reason) in closed {
-            let s = self.sessions.remove(&vni).expect("listed");
-            self.by_pair.remove(&s.pair);
-            if let Some(n) = self.per_requester.get_mut(&s.requester) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_requester.remove(&s.requester);
-                }
-            }
-            match reason {
-                CloseReason::Idle => self.stats.expired_idle += 1,
-                CloseReason::BindTimeout => self.stats.expired_unbound += 1,
-            }
-            self.event(RelayEvent::Closed { vni, reason });
+            self.close(vni, reason);
         }
         self.next_deadline = self
             .sessions
             .values()
             .map(|s| s.deadline(&self.config))
             .min();
+    }
+
+    fn close(&mut self, vni: u32, reason: CloseReason) {
+        let Some(s) = self.sessions.remove(&vni) else {
+            return;
+        };
+        self.by_pair.remove(&s.pair);
+        if let Some(n) = self.per_requester.get_mut(&s.requester) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_requester.remove(&s.requester);
+            }
+        }
+        match reason {
+            CloseReason::Idle => self.stats.expired_idle += 1,
+            CloseReason::BindTimeout => self.stats.expired_unbound += 1,
+            CloseReason::Revoked => self.stats.revoked += 1,
+        }
+        self.event(RelayEvent::Closed { vni, reason });
+    }
+
+    /// Closes at once every endpoint whose sorted client pair `keep` refuses (a client the
+    /// policy no longer lets use this relay, or that left the tailnet): allocation is checked
+    /// once, so without this a pair keeps its relay for as long as it keeps it busy. Returns
+    /// how many closed.
+    pub fn close_unless(&mut self, mut keep: impl FnMut(&[PublicKey; 2]) -> bool) -> usize {
+        let gone: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !keep(&s.pair))
+            .map(|(vni, _)| *vni)
+            .collect();
+        for &vni in &gone {
+            self.close(vni, CloseReason::Revoked);
+        }
+        gone.len()
     }
 
     fn earlier_deadline(&mut self, d: Instant) {

@@ -161,6 +161,7 @@ impl Node {
                             }
                             p.opening = None;
                             p.prediction = None;
+                            p.parked_prediction = None;
                         }
                         // Back on DERP: a birthday search that found the old path starts over
                         // (the NAT may have forgotten every mapping).

@@ -79,6 +79,8 @@ struct Peer {
     prober: Option<BirthdayProber>,
     opening: Option<Opening>,
     prediction: Option<MutualPrediction>,
+    /// The prediction while the NATs call for none (its pacing kept for when they do again).
+    parked_prediction: Option<MutualPrediction>,
     relays: peer_relay::RelayPaths,
     first_unanswered_direct: Option<Instant>,
     stats: PeerStats,
@@ -267,6 +269,7 @@ impl Node {
                 self.by_disco.remove(&old_disco);
                 self.by_disco.insert(peer.disco_key, i);
                 self.peers[i].disco_box = BoxKey::new(&self.config.disco_key, &peer.disco_key);
+                self.enforce_relay_policy();
             }
             self.peers[i].config = peer;
             self.peers[i]
@@ -301,6 +304,7 @@ impl Node {
             prober: None,
             opening: None,
             prediction: None,
+            parked_prediction: None,
             relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
             stats: PeerStats::default(),
@@ -340,6 +344,7 @@ impl Node {
                 }
             }
         }
+        self.enforce_relay_policy();
         true
     }
 

@@ -13,7 +13,7 @@
 //!   it and DERP used until it is trusted (no loss at the switch). A direct path that validates
 //!   ends all of it; a relay that stops answering hands the traffic to the next one, or to DERP.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use burrow_wg::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::wireguard::WgSource;
+use super::wireguard::{WgSource, DATA_STALL_AFTER};
 use super::{Event, Node, NodeError, Transmit};
 
 /// The socket the relay server listens on (the driver binds it on the configured port).
@@ -50,16 +50,31 @@ const RELAY_HEARTBEAT: Duration = Duration::from_secs(2);
 const RELAY_ACTIVE_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Pings unanswered in a row before a relay path is dead.
 const RELAY_MISSED_BEFORE_DEAD: u32 = 3;
+/// A relay path that never answered binds again this many times before it is dead: the relay
+/// acknowledges no Answer, so a lost one (or one refused after a replayed Bind) looks bound.
+const MAX_REBINDS: u32 = 2;
 /// A ping unanswered for five round trips is missed, but never sooner than this…
 const RELAY_PONG_TIMEOUT: Duration = Duration::from_secs(1);
 /// …nor later than this.
 const RELAY_MAX_PONG_TIMEOUT: Duration = Duration::from_secs(5);
+/// Once a direct path validates, the relay paths still take what arrives through them this
+/// long: the peer may validate direct a little later and send through the relay until then.
+const RELAY_LINGER: Duration = Duration::from_secs(5);
+/// A relay that lost our data (sent through it, unanswered for [`DATA_STALL_AFTER`]) is not
+/// tried again for this peer this long, though its pings may come back.
+const STALL_PENALTY: Duration = Duration::from_secs(300);
 /// After every relay failed, discovery waits this long before trying again.
 const REDISCOVER_AFTER: Duration = Duration::from_secs(10);
 /// A relay path replaces the one in use only when its round trip is lower by this share…
 const SWITCH_MARGIN: f64 = 0.2;
 /// …and by at least this much.
 const SWITCH_MIN: Duration = Duration::from_millis(5);
+/// A peer's CallMeMaybeVia restarts a relay's binding at most this often: each restart sends
+/// a burst of Binds at once, so offers with ever newer Lamport IDs must not multiply them.
+const VIA_RESTART_INTERVAL: Duration = Duration::from_secs(1);
+/// Relay addresses bound to per endpoint (the first ones: static and public before local);
+/// each gets a Bind every second while binding, so a long list must not multiply them.
+const MAX_RELAY_BIND_ADDRS: usize = 8;
 
 /// Running a relay for others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +143,9 @@ pub struct RelayReport {
 struct RelayTry {
     relay: PublicKey,
     generation: u32,
+    /// When its binding started (a peer's CallMeMaybeVia restarts it no sooner than
+    /// [`VIA_RESTART_INTERVAL`] after).
+    binding_since: Option<Instant>,
     asked: Option<(Instant, Instant)>,
     endpoint: Option<UdpRelayEndpoint>,
     binding: Option<RelayBinding>,
@@ -137,6 +155,8 @@ struct RelayTry {
     last_pong: Option<Instant>,
     rtt: Option<Duration>,
     missed: u32,
+    /// Handshakes started again on this path (see [`MAX_REBINDS`]).
+    rebinds: u32,
     dead: bool,
 }
 
@@ -145,6 +165,7 @@ impl RelayTry {
         RelayTry {
             relay,
             generation,
+            binding_since: None,
             asked: None,
             endpoint: None,
             binding: None,
@@ -154,6 +175,7 @@ impl RelayTry {
             last_pong: None,
             rtt: None,
             missed: 0,
+            rebinds: 0,
             dead: false,
         }
     }
@@ -193,9 +215,24 @@ pub(super) struct RelayPaths {
     not_before: Option<Instant>,
     /// When WireGuard last went through a relay.
     last_data: Option<Instant>,
+    /// Since when the peer has been direct (the relay paths linger [`RELAY_LINGER`]).
+    direct_since: Option<Instant>,
+    /// Since when data we sent through the chosen relay has had no answer from the peer.
+    first_unanswered: Option<Instant>,
+    /// Relays that lost our data, until when they are not tried.
+    stalled: BTreeMap<PublicKey, Instant>,
 }
 
 impl RelayPaths {
+    /// Something authenticated came from the peer: data sent through the relay is answered.
+    pub(super) fn note_answered(&mut self) {
+        self.first_unanswered = None;
+    }
+
+    fn is_stalled(&self, relay: &PublicKey, now: Instant) -> bool {
+        self.stalled.get(relay).is_some_and(|until| now < *until)
+    }
+
     fn chosen_try(&self) -> Option<&RelayTry> {
         let c = self.chosen?;
         self.tries.iter().find(|t| t.relay == c)
@@ -206,6 +243,24 @@ impl Node {
     /// Sets who relays for us and for whom we relay (from the control plane's policy).
     pub fn set_peer_relay_policy(&mut self, policy: PeerRelayPolicy) {
         self.relay_policy = policy;
+        self.enforce_relay_policy();
+    }
+
+    /// Closes the endpoints of our relay whose two clients the policy (and the netmap) no
+    /// longer both let use it: allocation is checked once, so a pair revoked later would
+    /// otherwise keep its relay as long as it keeps it busy.
+    pub(super) fn enforce_relay_policy(&mut self) {
+        let Some(server) = self.relay_server.as_mut() else {
+            return;
+        };
+        let (by_disco, peers, clients) = (&self.by_disco, &self.peers, &self.relay_policy.clients);
+        let allowed = |k: &PublicKey| {
+            by_disco
+                .get(k)
+                .is_some_and(|&i| clients.contains(&peers[i].config.node_key))
+        };
+        server.close_unless(|pair| pair.iter().all(allowed));
+        self.drain_relay_server();
     }
 
     /// The relay paths considered for `peer`, as of the latest input or timer.
@@ -481,6 +536,17 @@ impl Node {
         if endpoint.client_disco != pair {
             return;
         }
+        // The relay node's own addresses only, as for a peer's CallMeMaybeVia: a relay cannot
+        // point our Binds at a third party either.
+        let known = self.known_ips(j);
+        if !endpoint
+            .addrs
+            .iter()
+            .all(|a| known.contains(&canonical_remote(*a).ip()))
+        {
+            self.relay_refused += 1;
+            return;
+        }
         self.send_disco_relay(i, &Message::CallMeMaybeVia(endpoint.clone()));
         self.start_binding(now, i, t, endpoint);
     }
@@ -512,6 +578,10 @@ impl Node {
             self.relay_refused += 1;
             return;
         };
+        if self.peers[i].relays.is_stalled(&relay, now) {
+            self.relay_refused += 1;
+            return;
+        }
         let r = &mut self.peers[i].relays;
         let t = match r.tries.iter().position(|t| t.relay == relay) {
             Some(t) => {
@@ -520,6 +590,14 @@ impl Node {
                         && (e.vni == endpoint.vni || e.lamport_id >= endpoint.lamport_id)
                 });
                 if same && !r.tries[t].dead {
+                    return;
+                }
+                // Each restart Binds at once: paced, however many newer offers come.
+                if r.tries[t]
+                    .binding_since
+                    .is_some_and(|b| now < b + VIA_RESTART_INTERVAL)
+                {
+                    self.relay_refused += 1;
                     return;
                 }
                 let generation = r.tries[t].generation;
@@ -552,11 +630,13 @@ impl Node {
         endpoint
             .addrs
             .retain(|a| is_acceptable_remote(canonical_remote(*a)) && !self.inside_tunnel(*a));
+        endpoint.addrs.truncate(MAX_RELAY_BIND_ADDRS);
         let peer = self.peers[i].config.disco_key;
         let generation = nonzero(&mut self.rng);
         let rng = ChaCha20Rng::seed_from_u64(self.rng.next_u64());
         let tr = &mut self.peers[i].relays.tries[t];
         tr.endpoint = Some(endpoint.clone());
+        tr.binding_since = Some(now);
         match RelayBinding::new(now, endpoint, &self.config.disco_key, peer, generation, rng) {
             Ok(b) => tr.binding = Some(b),
             Err(_) => tr.dead = true,
@@ -595,17 +675,37 @@ impl Node {
     /// The peer-relay part of `handle_timeout` for peer `i`.
     pub(super) fn run_peer_relay(&mut self, now: Instant, i: usize) {
         if matches!(self.peers[i].paths.route(), Route::Direct(_)) {
-            // A direct path validated: relays are left at once (they stop answering for us
-            // when their sessions idle out).
+            // A direct path validated: relays carry nothing from us at once, and are forgotten
+            // after a moment (the peer may still send through one until it validates direct
+            // too; what arrives meanwhile is taken). Their sessions idle out.
             let r = &mut self.peers[i].relays;
             if r.chosen.is_some() {
                 self.set_chosen(now, i, None);
             }
             let r = &mut self.peers[i].relays;
-            r.tries.clear();
+            let since = *r.direct_since.get_or_insert(now);
+            if now >= since + RELAY_LINGER {
+                r.tries.clear();
+            }
             r.derp_since = None;
             return;
         }
+        self.peers[i].relays.direct_since = None;
+        // Data through the chosen relay unanswered as long as a direct path may go unanswered:
+        // the relay loses it (its pings may still pass). Left, and not tried again for a while.
+        let r = &mut self.peers[i].relays;
+        if r.first_unanswered
+            .is_some_and(|t| now.saturating_duration_since(t) >= DATA_STALL_AFTER)
+        {
+            r.first_unanswered = None;
+            if let Some(c) = r.chosen {
+                r.stalled.insert(c, now + STALL_PENALTY);
+                if let Some(t) = r.tries.iter_mut().find(|t| t.relay == c) {
+                    t.dead = true;
+                }
+            }
+        }
+        r.stalled.retain(|_, until| now < *until);
         let since = *self.peers[i].relays.derp_since.get_or_insert(now);
         let r = &self.peers[i].relays;
         let start = if self.hopeless(i) {
@@ -650,6 +750,7 @@ impl Node {
             .relays
             .iter()
             .filter(|r| **r != peer && **r != me && self.by_node.contains_key(r))
+            .filter(|r| !self.peers[i].relays.is_stalled(r, now))
             .map(|r| (self.direct_rtt(r).unwrap_or(Duration::MAX), *r))
             .collect();
         candidates.sort();
@@ -720,7 +821,22 @@ impl Node {
             tr.missed += 1;
         }
         if tr.missed >= RELAY_MISSED_BEFORE_DEAD {
-            tr.dead = true;
+            if tr.last_pong.is_none() && tr.rebinds < MAX_REBINDS {
+                // Never answered through it: our Answer may not have bound us. Bind again.
+                let generation = nonzero(&mut self.rng);
+                let tr = &mut self.peers[i].relays.tries[t];
+                if let Some(b) = tr.binding.as_mut() {
+                    if b.rebind(now, generation).is_ok() {
+                        tr.rebinds += 1;
+                        tr.path = None;
+                        tr.missed = 0;
+                        tr.pings.clear();
+                        self.drain_binding(now, i, t);
+                        return;
+                    }
+                }
+            }
+            self.peers[i].relays.tries[t].dead = true;
             return;
         }
         if now < tr.next_ping || !peer_box_ok {
@@ -806,6 +922,7 @@ impl Node {
         let r = &mut self.peers[i].relays;
         r.chosen = relay;
         r.chosen_at = relay.map(|_| now);
+        r.first_unanswered = None;
         let rtt = r.chosen_try().and_then(|t| t.rtt);
         let peer = self.peers[i].config.node_key;
         self.events
@@ -829,7 +946,9 @@ impl Node {
 
     /// Notes that peer `i`'s data goes through a relay now (heartbeats quicken).
     pub(super) fn note_relay_data(&mut self, now: Instant, i: usize) {
-        self.peers[i].relays.last_data = Some(now);
+        let r = &mut self.peers[i].relays;
+        r.last_data = Some(now);
+        r.first_unanswered.get_or_insert(now);
     }
 
     /// Sends a WireGuard datagram to peer `i` through its relay.
@@ -874,6 +993,8 @@ impl Node {
                     return Err(NodeError::Unrecognised(from));
                 };
                 match msg {
+                    // A relay we left (dead) answers no pings for us, so the peer leaves it too.
+                    Message::Ping { .. } if self.peers[i].relays.tries[t].dead => {}
                     Message::Ping { tx_id, .. } if self.peers[i].paths.admit_ping(now, tx_id) => {
                         let pong = Message::Pong { tx_id, src: from };
                         if let Some(sealed) = self.seal(i, &pong) {
@@ -943,7 +1064,8 @@ impl Node {
     pub(super) fn poll_relay_timeout(&self, i: usize) -> Option<Instant> {
         let r = &self.peers[i].relays;
         if matches!(self.peers[i].paths.route(), Route::Direct(_)) {
-            return (!r.tries.is_empty()).then_some(self.last_now);
+            let forget = r.direct_since.map_or(self.last_now, |d| d + RELAY_LINGER);
+            return (!r.tries.is_empty()).then_some(forget);
         }
         let discovery = if r.tries.is_empty() && !self.relay_policy.relays.is_empty() {
             let since = r.derp_since.unwrap_or(self.last_now);
@@ -968,7 +1090,15 @@ impl Node {
             let pong = t.pings.front().map(|(_, s)| *s + t.pong_timeout());
             [alloc, binding, ping, pong]
         });
-        discovery.into_iter().chain(tries.flatten()).min()
+        let stall = r
+            .chosen
+            .and(r.first_unanswered)
+            .map(|t| t + DATA_STALL_AFTER);
+        discovery
+            .into_iter()
+            .chain(tries.flatten())
+            .chain(stall)
+            .min()
     }
 }
 

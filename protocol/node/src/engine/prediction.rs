@@ -62,10 +62,22 @@ impl Node {
             return;
         }
         match role {
-            None => p.prediction = None,
+            // Parked, not dropped: its pacing and back-off outlive a NatInfo that comes and goes.
+            None => {
+                if let Some(m) = p.prediction.take() {
+                    p.parked_prediction = Some(m);
+                }
+            }
             Some(role) if p.prediction.as_ref().is_some_and(|m| m.role() == role) => {}
             Some(role) => {
-                p.prediction = Some(MutualPrediction::new(self.config.prediction, role, now));
+                let m = match p.prediction.take().or_else(|| p.parked_prediction.take()) {
+                    Some(mut m) => {
+                        m.set_role(now, role);
+                        m
+                    }
+                    None => MutualPrediction::new(self.config.prediction, role, now),
+                };
+                p.prediction = Some(m);
                 self.drive_prediction(now, i);
             }
         }

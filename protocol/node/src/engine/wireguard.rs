@@ -113,6 +113,7 @@ impl Node {
                     // on the direct path, a reply means it got there (the peer may answer over
                     // DERP while its own side of the path is not validated yet).
                     p.first_unanswered_direct = None;
+                    p.relays.note_answered();
                     match (direct, source) {
                         (Some((_, from)), _) => {
                             p.stats.rx_direct += 1;
