@@ -29,6 +29,9 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     // Peer relays: allocation only for pairs the policy allows, no Binds toward third parties,
     // relay framing only from bound relay paths.
     ("burrow-node", "peer_relay_attacks", ""),
+    // A relay that drops WireGuard but forwards disco, a pair the policy stops allowing, a
+    // lost Answer: none holds the traffic.
+    ("burrow-node", "peer_relay_switch", ""),
     // The relay server: strangers, spoofed Answers, floods, replays, unbound destinations.
     ("burrow-relay", "adversarial", ""),
     ("burrow-relay", "geneve", ""),
