@@ -376,6 +376,8 @@ pub fn node_input(data: &[u8]) {
     );
     a_cfg.stun_servers = vec!["198.51.100.1:3478".parse().expect("addr")];
     a_cfg.local_addrs = vec!["10.0.0.1:41641".parse().expect("addr")];
+    // A relay for others too: hostile bytes reach its relay socket as well.
+    a_cfg.relay_server = Some(burrow_node::RelayServerSettings::on_port(40000));
     let mut a = Node::new(a_cfg, t0);
     let mut b = Node::new(
         NodeConfig::new(
@@ -425,7 +427,15 @@ pub fn node_input(data: &[u8]) {
         let (kind, len) = (rest[0], rest[1] as usize);
         let body = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[(2 + len).min(rest.len())..];
-        match kind % 5 {
+        match kind % 6 {
+            5 => drop(a.handle_input(
+                now,
+                Input::Udp {
+                    socket: burrow_node::RELAY_SOCKET,
+                    from,
+                    data: body,
+                },
+            )),
             0 => drop(a.handle_input(
                 now,
                 Input::Udp {

@@ -34,6 +34,9 @@ struct Cli {
     /// give both sides IPv6 as well as their IPv4 (the grid's IPv6 axis).
     #[arg(long)]
     ipv6: bool,
+    /// With --pair: add a relay-capable open node beside the pair (the grid's peer-relay axis).
+    #[arg(long, conflicts_with = "ipv6")]
+    relay: bool,
     /// One seed.
     #[arg(long, conflicts_with = "seeds")]
     seed: Option<u64>,
@@ -64,6 +67,9 @@ struct Cli {
     /// With --matrix: seeds of the easy–hard birthday curve.
     #[arg(long, default_value_t = 200)]
     curve_seeds: u64,
+    /// With --matrix: seeds of the sequential–random search curve (0 skips it).
+    #[arg(long, default_value_t = 40)]
+    search_seeds: u64,
     /// With --matrix: seeds of the hard–hard long run (0 skips it).
     #[arg(long, default_value_t = 40)]
     long_run_seeds: u64,
@@ -477,8 +483,13 @@ fn real_main() -> Result<bool> {
     if let Some(g) = &grid {
         for c in g.cells.iter().filter(|c| !c.passed()) {
             for f in &c.failures {
+                let axis = match c.axis() {
+                    burrow_sim::grid::Axis::Ipv4 => "",
+                    burrow_sim::grid::Axis::Ipv6 => " --ipv6",
+                    burrow_sim::grid::Axis::PeerRelay => " --relay",
+                };
                 eprintln!(
-                    "FAILED {}~{} {f}: replay with `cargo xtask sim --pair {}:{} --seed N`",
+                    "FAILED {}~{} {f}: replay with `cargo xtask sim --pair {}:{}{axis} --seed N`",
                     c.a, c.b, c.a, c.b
                 );
             }

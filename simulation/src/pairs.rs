@@ -49,6 +49,14 @@ pub(crate) fn run_grid(cli: &Cli, threads: usize) -> GridReport {
         let seeds: Vec<u64> = (1..=cli.curve_seeds).collect();
         curves.push(grid::easy_hard_curve(&seeds, threads));
     }
+    if cli.search_seeds > 0 {
+        let seeds: Vec<u64> = (1..=cli.search_seeds).collect();
+        curves.push(grid::sequential_random_curve(
+            &seeds,
+            std::time::Duration::from_secs(3600),
+            threads,
+        ));
+    }
     if cli.long_run_seeds > 0 {
         eprintln!(
             "hard–hard long run: {} seeds × up to {} simulated hours…",
@@ -193,6 +201,8 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
     ];
     let expected = if cli.ipv6 {
         grid::Expectation::DirectIpv6
+    } else if cli.relay {
+        grid::Expectation::PeerRelay
     } else {
         grid::expected(&chains[0], &chains[1])
     };
@@ -200,6 +210,8 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
     for seed in seeds {
         let config = if cli.ipv6 {
             grid::cell_config_v6(a, b, seed)
+        } else if cli.relay {
+            grid::cell_config_relay(a, b, seed)
         } else {
             grid::cell_config(a, b, seed)
         }
@@ -221,6 +233,8 @@ pub(crate) fn run_pair(pair: &str, cli: &Cli) -> Result<bool> {
         }
         let cell = if cli.ipv6 {
             grid::run_cell_v6(a, b, &[seed])
+        } else if cli.relay {
+            grid::run_cell_relay(a, b, &[seed])
         } else {
             grid::run_cell(a, b, &[seed])
         };

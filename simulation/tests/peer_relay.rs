@@ -154,3 +154,27 @@ fn a_relay_that_comes_back_is_used_again() {
         );
     }
 }
+
+#[test]
+fn a_relay_behind_a_full_cone_nat_that_moves_its_port_is_found_through_stun() {
+    use burrow_sim::nat::{Dependence, PortAllocation};
+    // Endpoint-independent mapping and filtering, but random ports: the relay port is not
+    // kept, so only the relay socket's own STUN answer says where it is.
+    let mut cone = preset::single("full-cone").expect("preset");
+    cone.allocation = PortAllocation::Random;
+    cone.mapping = Dependence::EndpointIndependent;
+    for seed in 1..=4 {
+        let relay = RelaySite {
+            chain: vec![cone.clone()],
+            one_way: Duration::from_millis(10),
+        };
+        let out = run(&hard_hard(seed, vec![relay]));
+        assert_eq!(
+            out.peer_relay,
+            Some(0),
+            "seed {seed}: {:?}\n{}",
+            out.routes,
+            out.timeline.join("\n")
+        );
+    }
+}

@@ -26,6 +26,14 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow-node", "cryptokey_routing", ""),
     ("burrow-node", "engine_attacks", ""),
     ("burrow-node", "handshake_flood", ""),
+    // Peer relays: allocation only for pairs the policy allows, no Binds toward third parties,
+    // relay framing only from bound relay paths.
+    ("burrow-node", "peer_relay_attacks", ""),
+    // The relay server: strangers, spoofed Answers, floods, replays, unbound destinations.
+    ("burrow-relay", "adversarial", ""),
+    ("burrow-relay", "geneve", ""),
+    // Mutual port prediction: a peer's announcements cannot make us spend sessions faster.
+    ("burrow-punch", "prediction", ""),
     ("burrow-punch", "attacks", ""),
     // Both families: a standby's pings set off no ping-pong; withdrawal only by the peer itself.
     ("burrow-punch", "families", ""),

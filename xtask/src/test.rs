@@ -164,6 +164,8 @@ fn reduced_matrix() -> Result<()> {
             "200",
             "--long-run-seeds",
             "8",
+            "--search-seeds",
+            "40",
             "--report",
             &report.to_string_lossy(),
         ]),

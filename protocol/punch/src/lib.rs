@@ -22,6 +22,6 @@ pub use paths::{
     RECOVERY_PONGS, REPLAY_CAPACITY, REPLAY_WINDOW,
 };
 pub use prediction::{
-    advance, FlowLedger, MutualPrediction, PeerPort, PredictionAction, PredictionConfig,
-    PredictionReport, PredictionRole,
+    advance, FlowLedger, MutualPrediction, PeerMapping, PeerPort, PredictionAction,
+    PredictionConfig, PredictionReport, PredictionRole,
 };

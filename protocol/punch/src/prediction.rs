@@ -15,6 +15,13 @@
 //! A side whose mapping is fixed (endpoint-independent) needs no measurement: the sequential
 //! peer aims at its known endpoint, and it pings the peer's announced port from its one socket.
 //!
+//! Against a *random* allocator only a search helps, but the sequential side's port is known:
+//! each round the random side opens [`PredictionConfig::search_sockets`] sockets toward the
+//! announced port (each gets a random port of its NAT), and the sequential side's flows go to
+//! one guessed port of the random side. A round hits when the guess is one of those ports:
+//! `search_sockets / 64,512` per round (about 0.2 % with 128 sockets, a round a second: a
+//! median of about six minutes), against hours for two random allocators.
+//!
 //! The machine here decides when to measure, announce and send; the node engine does the I/O
 //! (the STUN transaction, the disco messages, the sockets) and counts its own new flows with a
 //! [`FlowLedger`]. Rounds are paced, capped per attempt and backed off, so a peer's
@@ -46,6 +53,13 @@ pub struct PredictionConfig {
     pub max_backoff: Duration,
     /// Rounds never start closer together than this, whatever the peer announces.
     pub min_round_interval: Duration,
+    /// Against a random allocator: sockets the random side opens per round toward the
+    /// announced port (each one NAT session on its side)…
+    pub search_sockets: u16,
+    /// …rounds in a row before pausing (the search, unlike prediction, needs many)…
+    pub search_rounds: u32,
+    /// …and how long a search round waits for its hit.
+    pub search_round_timeout: Duration,
 }
 
 impl Default for PredictionConfig {
@@ -58,6 +72,9 @@ impl Default for PredictionConfig {
             backoff: Duration::from_secs(20),
             max_backoff: Duration::from_secs(300),
             min_round_interval: Duration::from_secs(1),
+            search_sockets: 128,
+            search_rounds: 600,
+            search_round_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -69,6 +86,17 @@ impl PredictionConfig {
     }
 }
 
+/// How the peer's NAT maps, as its NatInfo says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerMapping {
+    /// Per destination, sequential ports: it announces its port too.
+    Sequential,
+    /// Fixed (endpoint-independent): we aim at its endpoint without waiting for it.
+    Fixed,
+    /// Per destination, random ports: we aim at a guessed port each round (the search).
+    Random,
+}
+
 /// Which side of the pair we are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PredictionRole {
@@ -76,11 +104,14 @@ pub enum PredictionRole {
     Sequential {
         /// The port step between consecutive mappings.
         delta: i32,
-        /// The peer's mapping is fixed: we aim at its endpoint without waiting for it.
-        peer_fixed: bool,
+        /// How the peer maps.
+        peer: PeerMapping,
     },
     /// Our mapping is fixed: we ping the port the sequential peer announces.
     Fixed,
+    /// Our ports are random: each announcement of the sequential peer gets
+    /// [`PredictionConfig::search_sockets`] fresh flows toward its announced port.
+    Random,
 }
 
 /// Where a round's flows go on the peer's public address.
@@ -90,6 +121,8 @@ pub enum PeerPort {
     Announced(u16),
     /// The peer's fixed endpoint (its reflexive address).
     Endpoint,
+    /// A port of the peer's public address picked at random for this round (the search).
+    Guess,
 }
 
 /// What the machine wants done.
@@ -112,6 +145,14 @@ pub enum PredictionAction {
         sockets: u16,
         /// Where on the peer.
         port: PeerPort,
+    },
+    /// The random side of a search: one ping from each of `sockets` sockets (the birthday
+    /// ones: each flow is new, as the announced port is) to the peer's announced `port`.
+    Search {
+        /// How many sockets.
+        sockets: u16,
+        /// The sequential peer's announced port.
+        port: u16,
     },
 }
 
@@ -243,7 +284,7 @@ impl MutualPrediction {
         self.peer = Some((round, port));
         self.report.peer_port = Some(port);
         match self.role {
-            PredictionRole::Fixed => {
+            PredictionRole::Fixed | PredictionRole::Random => {
                 self.fixed_pending = true;
                 self.handle_timeout(now);
             }
@@ -270,7 +311,7 @@ impl MutualPrediction {
                 self.handle_measure_failed(now);
             }
             State::Announced { at, .. } | State::Flown { at }
-                if now >= at + self.config.round_timeout =>
+                if now >= at + self.round_timeout() =>
             {
                 self.end_round(now);
             }
@@ -279,14 +320,32 @@ impl MutualPrediction {
         if self.fixed_pending {
             let ready = self
                 .last_fixed_ping
-                .is_none_or(|t| now >= t + self.config.min_round_interval);
+                .is_none_or(|t| now >= t + self.config.min_round_interval)
+                && now >= self.next_start;
             if let (true, Some((_, port))) = (ready, self.peer) {
                 self.fixed_pending = false;
                 self.last_fixed_ping = Some(now);
-                self.actions.push_back(PredictionAction::Open {
-                    sockets: 0,
-                    port: PeerPort::Announced(port),
-                });
+                let action = if self.role == PredictionRole::Random {
+                    // Searches are capped like rounds: so many in a row, then a pause.
+                    self.report.rounds += 1;
+                    self.rounds_in_attempt += 1;
+                    if self.rounds_in_attempt >= self.config.search_rounds {
+                        self.rounds_in_attempt = 0;
+                        self.next_start = now + self.backoff;
+                        self.backoff = (self.backoff * 2).min(self.config.max_backoff);
+                    }
+                    self.report.sessions += u64::from(self.config.search_sockets);
+                    PredictionAction::Search {
+                        sockets: self.config.search_sockets,
+                        port,
+                    }
+                } else {
+                    PredictionAction::Open {
+                        sockets: 0,
+                        port: PeerPort::Announced(port),
+                    }
+                };
+                self.actions.push_back(action);
             }
         }
         if self.wanted && self.state == State::Idle && now >= self.next_start {
@@ -298,16 +357,14 @@ impl MutualPrediction {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let state = match self.state {
             State::Measuring { since } => Some(since + self.config.measure_timeout),
-            State::Announced { at, .. } | State::Flown { at } => {
-                Some(at + self.config.round_timeout)
-            }
+            State::Announced { at, .. } | State::Flown { at } => Some(at + self.round_timeout()),
             State::Idle => self.wanted.then_some(self.next_start),
         };
         let fixed = self
             .fixed_pending
             .then(|| {
                 self.last_fixed_ping
-                    .map(|t| t + self.config.min_round_interval)
+                    .map(|t| (t + self.config.min_round_interval).max(self.next_start))
             })
             .flatten();
         state.into_iter().chain(fixed).min()
@@ -316,6 +373,25 @@ impl MutualPrediction {
     /// The next thing to do.
     pub fn poll_action(&mut self) -> Option<PredictionAction> {
         self.actions.pop_front()
+    }
+
+    /// Whether we are the sequential side of a search against a random allocator.
+    fn searching(&self) -> bool {
+        matches!(
+            self.role,
+            PredictionRole::Sequential {
+                peer: PeerMapping::Random,
+                ..
+            }
+        )
+    }
+
+    fn round_timeout(&self) -> Duration {
+        if self.searching() {
+            self.config.search_round_timeout
+        } else {
+            self.config.round_timeout
+        }
     }
 
     fn begin(&mut self, now: Instant) {
@@ -329,14 +405,15 @@ impl MutualPrediction {
     }
 
     fn try_open(&mut self, now: Instant, own_total: u64) {
-        let (State::Announced { own_at, .. }, PredictionRole::Sequential { peer_fixed, .. }) =
+        let (State::Announced { own_at, .. }, PredictionRole::Sequential { peer, .. }) =
             (self.state, self.role)
         else {
             return;
         };
-        let port = match (peer_fixed, self.peer) {
-            (true, _) => PeerPort::Endpoint,
-            (false, Some((r, p))) if r > self.peer_used => {
+        let port = match (peer, self.peer) {
+            (PeerMapping::Fixed, _) => PeerPort::Endpoint,
+            (PeerMapping::Random, _) => PeerPort::Guess,
+            (PeerMapping::Sequential, Some((r, p))) if r > self.peer_used => {
                 self.peer_used = r;
                 PeerPort::Announced(p)
             }
@@ -365,7 +442,12 @@ impl MutualPrediction {
             .last_start
             .map_or(now, |t| t + self.config.min_round_interval)
             .max(now);
-        if self.rounds_in_attempt >= self.config.rounds {
+        let rounds = if self.searching() {
+            self.config.search_rounds
+        } else {
+            self.config.rounds
+        };
+        if self.rounds_in_attempt >= rounds {
             self.rounds_in_attempt = 0;
             self.next_start = now + self.backoff;
             self.backoff = (self.backoff * 2).min(self.config.max_backoff);

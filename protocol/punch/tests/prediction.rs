@@ -4,14 +4,18 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use burrow_punch::{
-    advance, FlowLedger, MutualPrediction, PeerPort, PredictionAction, PredictionConfig,
-    PredictionRole,
+    advance, FlowLedger, MutualPrediction, PeerMapping, PeerPort, PredictionAction,
+    PredictionConfig, PredictionRole,
 };
 
 fn seq(peer_fixed: bool) -> PredictionRole {
     PredictionRole::Sequential {
         delta: 1,
-        peer_fixed,
+        peer: if peer_fixed {
+            PeerMapping::Fixed
+        } else {
+            PeerMapping::Sequential
+        },
     }
 }
 
@@ -138,7 +142,7 @@ fn rounds_repeat_paced_then_back_off_however_often_the_peer_announces() {
                     m.handle_measured(now, 20000, 0, 0);
                 }
                 PredictionAction::Open { sockets: n, .. } => sockets += u64::from(n),
-                PredictionAction::Announce { .. } => {}
+                PredictionAction::Announce { .. } | PredictionAction::Search { .. } => {}
             }
         }
     }
@@ -209,4 +213,70 @@ fn the_ledger_counts_new_flows_once_and_again_after_the_nat_timeout() {
     }
     assert!(l.len() <= 3);
     assert_eq!(l.created(), 4 + 99);
+}
+
+#[test]
+fn the_random_side_of_a_search_opens_its_sockets_toward_each_announced_port_paced() {
+    let t0 = Instant::now();
+    let config = PredictionConfig {
+        search_rounds: 3,
+        ..PredictionConfig::default()
+    };
+    let mut m = MutualPrediction::new(config, PredictionRole::Random, t0);
+    assert!(
+        drain(&mut m).is_empty(),
+        "the random side waits for announcements"
+    );
+    let search = |port| PredictionAction::Search {
+        sockets: config.search_sockets,
+        port,
+    };
+    m.handle_announce(t0, 1, 30007, 0);
+    assert_eq!(drain(&mut m), vec![search(30007)]);
+    // A flood of announcements gets one search a second at most…
+    let mut now = t0;
+    let mut searches = 1;
+    for round in 2..2000u32 {
+        now += Duration::from_millis(10);
+        m.handle_announce(now, round, 30000 + (round % 1000) as u16, 0);
+        m.handle_timeout(now);
+        searches += drain(&mut m)
+            .iter()
+            .filter(|a| matches!(a, PredictionAction::Search { .. }))
+            .count();
+    }
+    // …and, three in a row, a pause of 20 s: within 20 s, 3 searches, then a few more later.
+    assert!(searches <= 3 + 1, "{searches} searches in 20 s");
+    assert!(m.report().sessions <= searches as u64 * u64::from(config.search_sockets));
+}
+
+#[test]
+fn the_sequential_side_of_a_search_guesses_without_waiting_for_the_peer() {
+    let t0 = Instant::now();
+    let config = PredictionConfig::default();
+    let role = PredictionRole::Sequential {
+        delta: 1,
+        peer: PeerMapping::Random,
+    };
+    let mut m = MutualPrediction::new(config, role, t0);
+    assert_eq!(drain(&mut m), vec![PredictionAction::Measure]);
+    m.handle_measured(t0, 20000, 0, 0);
+    assert_eq!(
+        drain(&mut m),
+        vec![
+            PredictionAction::Announce {
+                round: 1,
+                port: 20001 + config.margin
+            },
+            PredictionAction::Open {
+                sockets: config.max_sockets(),
+                port: PeerPort::Guess
+            }
+        ]
+    );
+    // Search rounds are short: the next measures after the search round timeout.
+    let next = m.poll_timeout().unwrap();
+    assert_eq!(next, t0 + config.search_round_timeout);
+    m.handle_timeout(next);
+    assert_eq!(drain(&mut m), vec![PredictionAction::Measure]);
 }

@@ -668,6 +668,50 @@ pub fn hard_hard_curve(seeds: &[u64], horizon: Duration, threads: usize) -> Curv
     }
 }
 
+/// Sequential–random: the search rounds until the first success, over `seeds` (within
+/// `horizon`), against P(hit within n rounds) = 1 − (1 − K / 64,512)ⁿ with the random side's
+/// K sockets per round toward the sequential side's announced port.
+pub fn sequential_random_curve(seeds: &[u64], horizon: Duration, threads: usize) -> Curve {
+    let outcomes = until_direct("hard-sequential", "hard", seeds, horizon, threads);
+    let k = burrow_punch::PredictionConfig::default().search_sockets as f64;
+    let space = (65535 - 1024 + 1) as f64;
+    let needed: Vec<Option<u64>> = outcomes
+        .iter()
+        .map(|o| o.time_to_direct.map(|_| o.rounds_before_direct[0]))
+        .collect();
+    let n = seeds.len();
+    let points: Vec<CurvePoint> = [50u64, 100, 250, 500, 1000]
+        .iter()
+        .map(|&r| {
+            let measured =
+                needed.iter().filter(|x| x.is_some_and(|v| v <= r)).count() as f64 / n as f64;
+            let theory = 1.0 - (1.0 - k / space).powf(r as f64);
+            CurvePoint {
+                x: r as f64,
+                measured,
+                theory,
+                tolerance: tolerance(theory, n),
+            }
+        })
+        .collect();
+    let mut ttd: Vec<f64> = outcomes
+        .iter()
+        .filter_map(|o| o.time_to_direct.map(|t| t.as_secs_f64()))
+        .collect();
+    ttd.sort_by(f64::total_cmp);
+    Curve {
+        name: "sequential–random".into(),
+        seeds: n,
+        succeeded: ttd.len(),
+        consistent: points
+            .iter()
+            .all(|p| (p.measured - p.theory).abs() <= p.tolerance),
+        points,
+        median_s: percentile(&ttd, 0.5),
+        peak_sessions: outcomes.iter().map(|o| o.peak_sessions).max().unwrap_or(0),
+    }
+}
+
 /// The grid and the curves of one `--matrix` run.
 #[derive(Debug, Clone, Serialize)]
 pub struct GridReport {
@@ -790,6 +834,8 @@ impl GridReport {
         for c in &self.curves {
             let unit = if c.name.starts_with("easy") {
                 "probes"
+            } else if c.name.starts_with("sequential") {
+                "search rounds"
             } else {
                 "seconds"
             };

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use crate::util::{cargo, have, is_root, root, run as run_cmd};
 
 pub(crate) mod ipv6;
+pub(crate) mod relay;
 
 /// The derper in the internet namespace (DERP on 8443, STUN on 3478).
 const DERPER_ARGS: &[&str] = &[
@@ -80,6 +81,15 @@ const SITES: &[Site] = &[
         name: "hard2",
         nat: Nat::Hard,
     },
+    // Two hard NATs with no port mapping meet through the relay node at relay1 (peer relays).
+    Site {
+        name: "hard3",
+        nat: Nat::Hard,
+    },
+    Site {
+        name: "relay1",
+        nat: Nat::Easy,
+    },
     Site {
         name: "seq1",
         nat: Nat::Sequential,
@@ -118,6 +128,17 @@ pub(crate) fn sites(names: &[&str]) -> Vec<Site> {
         .collect()
 }
 
+/// Sites whose node relays for others (`burrow up --relay-port RELAY_PORT`).
+pub(crate) const RELAY_SITES: &[&str] = &["relay1"];
+/// The relay port of relay nodes.
+pub(crate) const RELAY_PORT: u16 = 40000;
+
+/// Sites kept to IPv4: their checks are about IPv4 NATs (prediction, peer relays), which IPv6
+/// would go around.
+fn ipv4_only(site: &Site) -> bool {
+    matches!(site.nat, Nat::Double | Nat::Sequential) || ["hard3", "relay1"].contains(&site.name)
+}
+
 /// The site whose node is user "srv": the policy opens TCP 7000 on it, and nothing else.
 const SERVER_SITE: &str = "easy2";
 
@@ -130,6 +151,8 @@ const POLICY: &str = r#"{
     // iperf3, for the IPv6 checks' throughput over the tailnet.
     { "action": "accept", "src": ["*"], "dst": ["*:5201"], "proto": "tcp" },
   ],
+  // Every node may relay through every relay-capable node (burrow up --relay-port).
+  "relay": [{ "src": ["*"], "via": ["*"] }],
 }"#;
 
 /// (from, to, should the path go direct)
@@ -593,8 +616,7 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         }
         // IPv6 (every site but the double NAT's): the router's /64 routed from the internet,
         // a stateful firewall in front of it, no NAT66.
-        // The sequential sites stay IPv4-only: their pair is about predicting IPv4 ports.
-        let has_v6 = !matches!(site.nat, Nat::Double | Nat::Sequential);
+        let has_v6 = !ipv4_only(site);
         if has_v6 {
             ipv6::wan(&inet, &inet_if, &router, &out, s, !v6_only, &dir)?;
         }
@@ -768,6 +790,9 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         ]
         .map(String::from)
         .to_vec();
+        if RELAY_SITES.contains(&site.name) {
+            args.extend(["--relay-port".into(), RELAY_PORT.to_string()]);
+        }
         if has_v6 && !v6_only {
             // STUN over IPv6 too, for when the node gets an IPv6 address.
             args.extend(["--stun".into(), format!("[{}]:3478", ipv6::inet_addr(s))]);
@@ -982,6 +1007,19 @@ pub fn run() -> Result<()> {
             &mut failures,
         )?;
     }
+
+    relay::checks(
+        relay::RelayLab {
+            lab: &mut lab,
+            burrow: &burrow,
+            inet: &inet,
+            nodes: &nodes,
+            node_args: &node_args,
+            dir: &dir,
+            pubkey: &pubkey,
+        },
+        &mut failures,
+    )?;
 
     ipv6::checks(
         ipv6::Ipv6Lab {

@@ -278,6 +278,9 @@ pub struct PeerStats {
     /// Mutual port prediction packets: one per fresh socket a round opens (or per ping a
     /// fixed side sends to an announced port).
     pub predicted: u64,
+    /// Mutual-prediction rounds started toward the peer (sequential side: measurements;
+    /// random side of a search: searches).
+    pub prediction_rounds: u64,
     /// Disco packets sent directly.
     pub disco_direct: u64,
     /// Plaintext bytes sent to / received from the peer.

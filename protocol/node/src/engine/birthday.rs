@@ -63,10 +63,10 @@ impl Node {
         // - both vary: both probe (the two-sided search; slow, so paced for the long run);
         // - a predictable peer is reached through its predicted endpoints instead.
         let both_vary = me.mapping_varies && peer_varies;
-        // Two sequential NATs predict each other instead (`prediction`): random probes would
-        // move both counters under the prediction's feet.
-        let both_predictable = me.delta.is_some() && peer_predictable;
-        let probe = (both_vary && !both_predictable)
+        // A sequential NAT on either side predicts or searches instead (`prediction`):
+        // random probes would move its counter under the prediction's feet.
+        let either_predictable = me.delta.is_some() || peer_predictable;
+        let probe = (both_vary && !either_predictable)
             || (!me.mapping_varies && peer_varies && !peer_predictable);
         let open = me.is_hard_random() && !peer_varies;
         if probe && p.prober.is_none() {

@@ -132,6 +132,9 @@ pub struct Node {
     relay_server: Option<burrow_relay::RelayServer>,
     relay_policy: PeerRelayPolicy,
     relay_refused: u64,
+    /// The relay socket's STUN transaction (to the server it went to), and its mapping.
+    relay_stun: Option<(burrow_stun::BindingClient, SocketAddr)>,
+    relay_mapped: Option<SocketAddr>,
     /// Our own new IPv4 flows, counted as they leave (mutual port prediction).
     ledger: FlowLedger,
     /// The STUN transaction measuring our NAT's counter, and its latest result.
@@ -189,6 +192,8 @@ impl Node {
             relay_server: None,
             relay_policy: PeerRelayPolicy::default(),
             relay_refused: 0,
+            relay_stun: None,
+            relay_mapped: None,
             ledger: FlowLedger::new(Duration::from_secs(30), 4096),
             measurement: None,
             measured: None,
@@ -479,6 +484,7 @@ impl Node {
         self.handle_stun_timeout(now);
         self.handle_measurement_timeout(now);
         self.handle_relay_server_timeout(now);
+        self.handle_relay_stun_timeout(now);
         self.device.handle_timeout(now);
         self.drain_device(now);
         if self.replan_birthday.is_some_and(|t| t <= now) {
@@ -518,6 +524,7 @@ impl Node {
             self.replan_birthday,
             self.poll_measurement_timeout(),
             self.relay_server.as_ref().and_then(|s| s.poll_timeout()),
+            self.poll_relay_stun_timeout(),
         ]
         .into_iter()
         .chain(peers)

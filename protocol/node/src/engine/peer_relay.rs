@@ -23,6 +23,8 @@ use burrow_relay::{
     decap, encap, BindingEvent, GeneveHeader, GeneveProtocol, RelayBinding, RelayConfig,
     RelayLimits, RelayServer, GENEVE_HEADER_LEN,
 };
+use burrow_stun::client::Event as StunEvent;
+use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
 use burrow_wg::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -271,10 +273,13 @@ impl Node {
         };
         let mut addrs: Vec<SocketAddr> = s.static_endpoints.clone();
         let port = s.port;
-        let reflexive = self
-            .nat
-            .filter(|n| !n.mapping_varies)
-            .map(|n| SocketAddr::new(n.reflexive.ip(), port));
+        // The relay socket's own mapping as STUN saw it; until then, a guess when our NAT keeps
+        // one mapping for every destination: the reflexive address with the relay port.
+        let reflexive = self.relay_mapped.or_else(|| {
+            self.nat
+                .filter(|n| !n.mapping_varies)
+                .map(|n| SocketAddr::new(n.reflexive.ip(), port))
+        });
         addrs.extend(reflexive);
         addrs.extend(
             self.reflexive_v6
@@ -292,6 +297,73 @@ impl Node {
         server.set_addrs(addrs);
     }
 
+    /// Asks a STUN server where the relay socket's own mapping is (behind an endpoint-
+    /// independent NAT the relay port need not be kept): with each STUN round.
+    pub(super) fn start_relay_stun(&mut self, now: Instant) {
+        if self.relay_server.is_none() {
+            return;
+        }
+        let Some(server) = self
+            .config
+            .stun_servers
+            .iter()
+            .copied()
+            .find(SocketAddr::is_ipv4)
+        else {
+            return;
+        };
+        let mut client = BindingClient::new(
+            ClientConfig::default(),
+            ChaCha20Rng::seed_from_u64(self.rng.next_u64()),
+        );
+        client.start(now, BindingRequest::to(server));
+        self.relay_stun = Some((client, server));
+        self.drain_relay_stun();
+    }
+
+    fn drain_relay_stun(&mut self) {
+        let Some((client, _)) = self.relay_stun.as_mut() else {
+            return;
+        };
+        let mut mapped = None;
+        let mut done = false;
+        while let Some(t) = client.poll_transmit() {
+            self.transmits.push_back(Transmit::Udp {
+                socket: RELAY_SOCKET,
+                dst: t.dst,
+                payload: t.payload,
+            });
+        }
+        while let Some(e) = client.poll_event() {
+            done = true;
+            if let StunEvent::Success(r) = e {
+                mapped = Some(canonical_remote(r.mapped));
+            }
+        }
+        if done {
+            self.relay_stun = None;
+            if mapped.is_some() && mapped != self.relay_mapped {
+                self.relay_mapped = mapped;
+                self.refresh_relay_addrs();
+            }
+        }
+    }
+
+    /// The relay socket's STUN retransmissions.
+    pub(super) fn handle_relay_stun_timeout(&mut self, now: Instant) {
+        if let Some((client, _)) = self.relay_stun.as_mut() {
+            if client.poll_timeout().is_some_and(|t| t <= now) {
+                client.handle_timeout(now);
+            }
+        }
+        self.drain_relay_stun();
+    }
+
+    /// When the relay socket's STUN transaction next needs `handle_timeout`.
+    pub(super) fn poll_relay_stun_timeout(&self) -> Option<Instant> {
+        self.relay_stun.as_ref().and_then(|(c, _)| c.poll_timeout())
+    }
+
     /// A datagram on the relay socket.
     pub(super) fn handle_relay_socket(
         &mut self,
@@ -299,6 +371,17 @@ impl Node {
         from: SocketAddr,
         data: &[u8],
     ) -> Result<(), NodeError> {
+        if self.relay_server.is_none() {
+            return Err(NodeError::Unrecognised(from));
+        }
+        // The answer to the relay socket's own STUN request (from that server only).
+        if let Some((client, server)) = self.relay_stun.as_mut() {
+            if burrow_stun::is_stun(data) && canonical_remote(from) == *server {
+                let _ = client.handle_input(now, *server, data);
+                self.drain_relay_stun();
+                return Ok(());
+            }
+        }
         let Some(server) = self.relay_server.as_mut() else {
             return Err(NodeError::Unrecognised(from));
         };

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use burrow_disco::Message;
 use burrow_punch::{
-    MutualPrediction, PeerPort, PredictionAction, PredictionRole, Route, SocketId, MAIN_SOCKET,
+    MutualPrediction, PeerMapping, PeerPort, PredictionAction, PredictionRole, Route, SocketId,
+    MAIN_SOCKET,
 };
 use burrow_stun::client::Event as StunEvent;
 use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
@@ -76,13 +77,15 @@ impl Node {
         if peer.mapped || self.has_public_mapping() {
             return None;
         }
-        let peer_seq = peer.varies && peer.predictable;
-        match (me.mapping_varies, me.delta) {
-            (true, Some(delta)) if peer_seq || !peer.varies => Some(PredictionRole::Sequential {
-                delta,
-                peer_fixed: !peer.varies,
-            }),
-            (false, _) if peer_seq => Some(PredictionRole::Fixed),
+        let peer_mapping = match (peer.varies, peer.predictable) {
+            (false, _) => PeerMapping::Fixed,
+            (true, true) => PeerMapping::Sequential,
+            (true, false) => PeerMapping::Random,
+        };
+        match (me.mapping_varies, me.delta, peer_mapping) {
+            (true, Some(delta), peer) => Some(PredictionRole::Sequential { delta, peer }),
+            (false, _, PeerMapping::Sequential) => Some(PredictionRole::Fixed),
+            (true, None, PeerMapping::Sequential) => Some(PredictionRole::Random),
             _ => None,
         }
     }
@@ -120,7 +123,10 @@ impl Node {
             .and_then(|m| m.poll_action())
         {
             match action {
-                PredictionAction::Measure => self.request_measurement(now, i),
+                PredictionAction::Measure => {
+                    self.peers[i].stats.prediction_rounds += 1;
+                    self.request_measurement(now, i);
+                }
                 PredictionAction::Announce { round, port } => {
                     self.send_disco_relay(i, &Message::PortPrediction { round, port });
                 }
@@ -134,6 +140,10 @@ impl Node {
                     let dst = match port {
                         PeerPort::Announced(p) => SocketAddr::new(endpoint.ip(), p),
                         PeerPort::Endpoint => endpoint,
+                        PeerPort::Guess => {
+                            let p = 1024 + (self.rng.next_u32() % (65536 - 1024)) as u16;
+                            SocketAddr::new(endpoint.ip(), p)
+                        }
                     };
                     if sockets == 0 {
                         self.peers[i].stats.predicted += 1;
@@ -143,6 +153,21 @@ impl Node {
                     for k in 0..sockets {
                         self.peers[i].stats.predicted += 1;
                         self.send_probe_ping(i, base.saturating_add(k), dst);
+                    }
+                }
+                PredictionAction::Search { sockets, port } => {
+                    let targets =
+                        birthday_targets(&self.peers[i], self.config.birthday_needs_control_ip);
+                    let Some(endpoint) = targets.iter().copied().find(SocketAddr::is_ipv4) else {
+                        continue;
+                    };
+                    let dst = SocketAddr::new(endpoint.ip(), port);
+                    self.peers[i].stats.prediction_rounds += 1;
+                    // The birthday sockets: each flow toward a newly announced port is new.
+                    let sockets = sockets.min(self.config.birthday_sockets);
+                    for k in 1..=sockets {
+                        self.peers[i].stats.predicted += 1;
+                        self.send_probe_ping(i, k, dst);
                     }
                 }
             }

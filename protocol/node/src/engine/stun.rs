@@ -70,6 +70,7 @@ impl Node {
     }
 
     pub(super) fn start_stun(&mut self, now: Instant) {
+        self.start_relay_stun(now);
         if self.config.stun_servers.is_empty() {
             // No STUN: interface addresses are still candidates.
             self.finish_stun(now, &[]);

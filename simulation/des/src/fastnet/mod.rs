@@ -212,6 +212,8 @@ pub struct FastOutcome {
     pub probes: u64,
     /// Random-port probes node 0 and node 1 sent before the first direct path.
     pub probes_before_direct: [u64; 2],
+    /// Mutual-prediction rounds node 0 and node 1 started before the first direct path.
+    pub rounds_before_direct: [u64; 2],
     /// Application packets sent and received (both directions).
     pub data_sent: u64,
     /// See `data_sent`.

@@ -147,6 +147,10 @@ impl FastNet {
                     self.out.time_to_direct = Some(now - self.t0);
                     for k in 0..2 {
                         self.out.probes_before_direct[k] = self.probes(k);
+                        self.out.rounds_before_direct[k] = self.sides[k]
+                            .node
+                            .stats(&self.peers[k])
+                            .map_or(0, |st| st.prediction_rounds);
                     }
                 }
             }
