@@ -161,10 +161,9 @@ impl SessionDriver {
                     };
                     loop {
                         // The server sends a keep-alive every 15 s: silence this long is a
-                        // dead connection (a blackholed path, a half-open socket).
-                        let next = tokio::time::timeout(MAP_IDLE, stream.next()).await;
-                        let next = next.unwrap_or(Err(ClientError::Timeout(MAP_IDLE)));
-                        match next {
+                        // dead connection (a blackholed path, a half-open socket). Keep-alives
+                        // count: a netmap with nothing new is no reason to reconnect.
+                        match stream.next_within(MAP_IDLE).await {
                             Ok(m) => {
                                 if tx.send(Input::Map(m)).await.is_err() {
                                     return;

@@ -26,7 +26,19 @@ async fn registration_netmaps_and_deltas_survive_a_restart() {
 /// against the database `db` (a SQLite file or a postgres:// URL).
 async fn flow(db: &str) {
     let key = authkey(db, &["--reusable", "--user", "alice", "--expiry", "1h"]);
-    let server = serve(db, None);
+    // Everyone reaches everyone, and may relay through any node that runs a relay.
+    let policy = std::env::temp_dir().join(format!(
+        "burrow-flow-policy-{}-{}.json",
+        std::process::id(),
+        db.len()
+    ));
+    std::fs::write(
+        &policy,
+        r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+            "relay": [{"src": ["*"], "via": ["*"]}]}"#,
+    )
+    .unwrap();
+    let server = serve(db, Some(&policy));
     let base = format!("http://{}", server.addr());
     let http = reqwest::Client::new();
 
@@ -58,12 +70,17 @@ async fn flow(db: &str) {
     assert_eq!(map.peers[0].node.name, "b");
     assert_eq!(map.peers[0].node_key, keypair(2).0);
 
-    // B reports endpoints: A hears of it within a second.
+    assert!(map.relay.is_empty(), "nobody runs a relay yet");
+
+    // B reports endpoints and a relay port: A hears of it within a second, and that B now
+    // relays for it.
     let sent = Instant::now();
     let r = http
         .post(format!("{base}/machine/endpoints"))
         .bearer_auth(&b.secret)
-        .json(&serde_json::json!({ "endpoints": ["203.0.113.7:41641"], "home_region": 1 }))
+        .json(&serde_json::json!({
+            "endpoints": ["203.0.113.7:41641"], "home_region": 1, "relay_port": 7000
+        }))
         .send()
         .await
         .unwrap();
@@ -73,11 +90,16 @@ async fn flow(db: &str) {
     };
     assert!(sent.elapsed() < Duration::from_secs(1));
     assert_eq!(p.endpoints, vec!["203.0.113.7:41641".parse().unwrap()]);
+    let MapMessage::Delta(Delta::Relay(g)) = stream.next().await else {
+        panic!("a's relay grants")
+    };
+    assert_eq!(g.relays, [b.node.id].into());
+    assert!(g.clients.is_empty(), "a runs no relay");
 
     // Restart: nothing registered is lost.
     drop(stream);
     drop(server);
-    let server = serve(db, None);
+    let server = serve(db, Some(&policy));
     let base = format!("http://{}", server.addr());
     let mut stream = MapStream::open(&http, &base, &a.secret).await;
     let MapMessage::NetMap(map) = stream.next().await else {
@@ -87,6 +109,8 @@ async fn flow(db: &str) {
         map.peers[0].endpoints,
         vec!["203.0.113.7:41641".parse().unwrap()]
     );
+    // B's relay port was stored: it still relays for A.
+    assert_eq!(map.relay.relays, [b.node.id].into());
 
     // The admin lists the nodes over the admin socket: a holds a stream open, b does not.
     let nodes = admin(db, &["nodes", "--json"]).unwrap();
@@ -114,6 +138,10 @@ async fn flow(db: &str) {
     };
     assert!(sent.elapsed() < Duration::from_secs(1));
     assert_eq!(id, b.node.id);
+    let MapMessage::Delta(Delta::Relay(g)) = stream.next().await else {
+        panic!("a loses its relay")
+    };
+    assert!(g.is_empty());
     let r = http
         .get(format!("{base}/machine/map"))
         .bearer_auth(&b.secret)
@@ -131,6 +159,10 @@ async fn flow(db: &str) {
         panic!("b is back")
     };
     assert_eq!(p.node.id, b.node.id);
+    let MapMessage::Delta(Delta::Relay(g)) = stream.next().await else {
+        panic!("b relays again: its port is on record")
+    };
+    assert_eq!(g.relays, [b.node.id].into());
 
     // Removing b (by id): a hears at once, b's secret is dead, and b is no longer listed.
     let out = admin(db, &["node", "remove", &b.node.id.to_string()]).unwrap();
@@ -151,6 +183,7 @@ async fn flow(db: &str) {
     assert!(!nodes.contains("\"b\""), "{nodes}");
     let err = admin(db, &["node", "remove", "b"]).unwrap_err();
     assert!(err.contains("no node named"), "{err}");
+    let _ = std::fs::remove_file(&policy);
 }
 
 /// The same flow against a real PostgreSQL server this test starts (Debian package

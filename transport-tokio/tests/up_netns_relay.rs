@@ -35,9 +35,36 @@ fn peer<'a>(status: &'a serde_json::Value, name: &str) -> Option<&'a serde_json:
 
 #[test]
 fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
-    const TEST: &str = "burrow_up_peer_relay_in_namespaces";
+    relay_lab(
+        "burrow_up_peer_relay_in_namespaces",
+        r#"{
+  "tagOwners": { "tag:relay": ["ops"] },
+  "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ],
+  "relay": [ { "src": ["*"], "via": ["tag:relay"] } ],
+}"#,
+        &["--tag", "tag:relay"],
+    );
+}
+
+/// No relay rule: `autoRelay` makes the relay node (no NAT here, so its mapping is fixed)
+/// relay for everyone the ACLs let reach it.
+#[test]
+fn auto_relay_serves_everyone_the_acls_let_reach_a_fixed_relay() {
+    relay_lab(
+        "burrow_up_auto_relay_in_namespaces",
+        r#"{
+  "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ],
+  "autoRelay": true,
+}"#,
+        &[],
+    );
+}
+
+/// Three nodes and the internet; `policy` decides who relays; `relay_key` are the relay
+/// node's auth-key options.
+fn relay_lab(test: &str, policy_text: &str, relay_key: &[&str]) {
     if !is_root() {
-        return skip(TEST, "needs root for network namespaces and TUN devices");
+        return skip(test, "needs root for network namespaces and TUN devices");
     }
     for (program, package) in [
         ("ip", "iproute2"),
@@ -45,10 +72,13 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
         ("nft", "nftables"),
     ] {
         if !have(program) {
-            return skip(TEST, &format!("needs {program} (package {package})"));
+            return skip(test, &format!("needs {program} (package {package})"));
         }
     }
-    let id = std::process::id() % 100_000;
+    // Two tests may run at once: each its own namespaces, veths and addresses.
+    let auto = relay_key.is_empty();
+    let id = std::process::id() % 10_000 * 10 + u32::from(auto);
+    let net = if auto { 204 } else { 203 };
     let inet = format!("bri{id}");
     let names = ["a", "b", "r"];
     let ns: Vec<String> = names.iter().map(|n| format!("br{n}{id}")).collect();
@@ -63,20 +93,20 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
         run(&["ip", "netns", "add", n]);
         run(&["ip", "-n", n, "link", "set", "lo", "up"]);
     }
-    // Node k sits at 10.203.k.2 behind the internet's 10.203.k.1.
+    // Node k sits at 10.NET.k.2 behind the internet's 10.NET.k.1.
     for (k, n) in (1..).zip(&ns) {
         let (outside, inside) = (format!("br{k}x{id}"), format!("br{k}y{id}"));
         run(&[
             "ip", "link", "add", &outside, "netns", &inet, "type", "veth", "peer", "name", &inside,
             "netns", n,
         ]);
-        let outer = format!("10.203.{k}.1/24");
-        let inner = format!("10.203.{k}.2/24");
+        let outer = format!("10.{net}.{k}.1/24");
+        let inner = format!("10.{net}.{k}.2/24");
         run(&["ip", "-n", &inet, "addr", "add", &outer, "dev", &outside]);
         run(&["ip", "-n", &inet, "link", "set", &outside, "up"]);
         run(&["ip", "-n", n, "addr", "add", &inner, "dev", &inside]);
         run(&["ip", "-n", n, "link", "set", &inside, "up"]);
-        let gw = format!("10.203.{k}.1");
+        let gw = format!("10.{net}.{k}.1");
         run(&["ip", "-n", n, "route", "add", "default", "via", &gw]);
     }
     run(&[
@@ -93,9 +123,11 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
     let rules = dir.join("drop.nft");
     std::fs::write(
         &rules,
-        "table inet burrowtest {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n    \
-         ip saddr 10.203.1.2 ip daddr 10.203.2.2 meta l4proto udp drop\n    \
-         ip saddr 10.203.2.2 ip daddr 10.203.1.2 meta l4proto udp drop\n  }\n}\n",
+        format!(
+            "table inet burrowtest {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    \
+             ip saddr 10.{net}.1.2 ip daddr 10.{net}.2.2 meta l4proto udp drop\n    \
+             ip saddr 10.{net}.2.2 ip daddr 10.{net}.1.2 meta l4proto udp drop\n  }}\n}}\n"
+        ),
     )
     .unwrap();
     run(&[
@@ -108,18 +140,9 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
         &rules.display().to_string(),
     ]);
 
-    // The policy: everyone reaches everyone; everyone may relay through tag:relay.
     let db = dir.join("control.sqlite");
     let policy = dir.join("policy.hujson");
-    std::fs::write(
-        &policy,
-        r#"{
-  "tagOwners": { "tag:relay": ["ops"] },
-  "acls": [ { "action": "accept", "src": ["*"], "dst": ["*:*"] } ],
-  "relay": [ { "src": ["*"], "via": ["tag:relay"] } ],
-}"#,
-    )
-    .unwrap();
+    std::fs::write(&policy, policy_text).unwrap();
     let db_s = db.display().to_string();
     let authkey = |extra: &[&str]| {
         let mut args = vec![
@@ -131,7 +154,7 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
             .trim()
             .to_string()
     };
-    let keys = [authkey(&[]), authkey(&[]), authkey(&["--tag", "tag:relay"])];
+    let keys = [authkey(&[]), authkey(&[]), authkey(relay_key)];
     let policy_s = policy.display().to_string();
     let admin_s = dir.join("admin.sock").display().to_string();
     let line = lab.start(
@@ -146,9 +169,9 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
             "--policy",
             &policy_s,
             "--derp",
-            "http://10.203.1.1:8443/derp",
+            &format!("http://10.{net}.1.1:8443/derp"),
             "--stun",
-            "10.203.1.1:3478",
+            &format!("10.{net}.1.1:3478"),
             "--admin-socket",
             &admin_s,
         ],
@@ -174,9 +197,9 @@ fn two_clients_that_cannot_meet_talk_through_a_peer_relay() {
     let mut addrs = Vec::new();
     for (k, ((n, name), key)) in (1..).zip(ns.iter().zip(names).zip(&keys)) {
         let state = dir.join(name).display().to_string();
-        let control = format!("http://10.203.{k}.1:8080");
-        let derp = format!("http://10.203.{k}.1:8443/derp");
-        let stun = format!("10.203.{k}.1:3478");
+        let control = format!("http://10.{net}.{k}.1:8080");
+        let derp = format!("http://10.{net}.{k}.1:8443/derp");
+        let stun = format!("10.{net}.{k}.1:3478");
         let mut args = vec![
             "up",
             "--control",

@@ -114,6 +114,16 @@ const MAX_EVENT: usize = 64 << 20;
 impl MapStream {
     /// The next message; [`ClientError::Ended`] when the server closes the stream.
     pub async fn next(&mut self) -> Result<MapMessage, ClientError> {
+        self.read(None).await
+    }
+
+    /// [`MapStream::next`], failing with [`ClientError::Timeout`] when the server sends
+    /// nothing at all for `idle`: its keep-alives count, so a quiet netmap is no dead stream.
+    pub async fn next_within(&mut self, idle: Duration) -> Result<MapMessage, ClientError> {
+        self.read(Some(idle)).await
+    }
+
+    async fn read(&mut self, idle: Option<Duration>) -> Result<MapMessage, ClientError> {
         loop {
             while let Some(data) = take_event(&mut self.buf) {
                 // Events without data are keep-alive comments.
@@ -125,7 +135,13 @@ impl MapStream {
             if self.buf.len() > MAX_EVENT {
                 return Err(ClientError::BadMessage("a map event over 64 MiB".into()));
             }
-            match self.body.frame().await {
+            let frame = match idle {
+                Some(idle) => tokio::time::timeout(idle, self.body.frame())
+                    .await
+                    .map_err(|_| ClientError::Timeout(idle))?,
+                None => self.body.frame().await,
+            };
+            match frame {
                 None => return Err(ClientError::Ended),
                 Some(frame) => {
                     if let Ok(data) = frame?.into_data() {
@@ -325,6 +341,49 @@ mod tests {
         assert_eq!(take_event(&mut buf), Some(Some("{\"a\":1}".into())));
         assert_eq!(take_event(&mut buf), None);
         assert_eq!(buf, b"data: partial");
+    }
+
+    /// A quiet netmap is not a dead stream: the server's keep-alive comments keep it open
+    /// (before, only messages counted, and every idle node reconnected after 45 s).
+    #[tokio::test]
+    async fn keep_alives_hold_a_quiet_stream_open_and_silence_ends_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut req = vec![0u8; 4096];
+            let _ = conn.read(&mut req).await.unwrap();
+            let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+            let map = r#"{"type":"net-map","node":{"id":1,"name":"a","user":"u","tags":[],"addresses":[]},"peers":[],"filter":[]}"#;
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            conn.write_all(format!("{head}{}", chunk(&format!("data: {map}\n\n"))).as_bytes())
+                .await
+                .unwrap();
+            // Keep-alives every 50 ms for 600 ms, then a delta, then silence.
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                conn.write_all(chunk(":\n\n").as_bytes()).await.unwrap();
+            }
+            let delta = r#"{"type":"delta","kind":"peer-remove","id":9}"#;
+            conn.write_all(chunk(&format!("data: {delta}\n\n")).as_bytes())
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let c = ControlClient::new(&format!("http://{addr}")).unwrap();
+        let (mut stream, map) = c.open_map("secret").await.unwrap();
+        assert_eq!(map.node.id, 1);
+        let idle = Duration::from_millis(300);
+        match stream.next_within(idle).await {
+            Ok(MapMessage::Delta(burrow_control::Delta::PeerRemove { id: 9 })) => {}
+            other => panic!("the delta after 600 ms of keep-alives: {other:?}"),
+        }
+        assert!(matches!(
+            stream.next_within(idle).await,
+            Err(ClientError::Timeout(_))
+        ));
+        server.abort();
     }
 
     #[test]
