@@ -242,7 +242,20 @@ impl RelayPaths {
 impl Node {
     /// Sets who relays for us and for whom we relay (from the control plane's policy).
     pub fn set_peer_relay_policy(&mut self, policy: PeerRelayPolicy) {
+        // A relay that was not a candidate before: peers waiting out a failed discovery try
+        // again at once (with every try dead, the next would otherwise wait 10 s).
+        let new_relay = policy
+            .relays
+            .iter()
+            .any(|r| !self.relay_policy.relays.contains(r));
         self.relay_policy = policy;
+        if new_relay {
+            for p in &mut self.peers {
+                if p.relays.tries.is_empty() {
+                    p.relays.not_before = None;
+                }
+            }
+        }
         self.enforce_relay_policy();
     }
 
@@ -537,13 +550,14 @@ impl Node {
             return;
         }
         // The relay node's own addresses only, as for a peer's CallMeMaybeVia: a relay cannot
-        // point our Binds at a third party either.
+        // point our Binds at a third party either. Others (an address the control plane has
+        // not seen yet) are left out, not the whole endpoint.
+        let mut endpoint = endpoint;
         let known = self.known_ips(j);
-        if !endpoint
+        endpoint
             .addrs
-            .iter()
-            .all(|a| known.contains(&canonical_remote(*a).ip()))
-        {
+            .retain(|a| known.contains(&canonical_remote(*a).ip()));
+        if endpoint.addrs.is_empty() {
             self.relay_refused += 1;
             return;
         }
@@ -564,20 +578,32 @@ impl Node {
                 .client_disco
                 .contains(&self.peers[i].config.disco_key);
         let peer_key = self.peers[i].config.node_key;
-        let relay = self.relay_policy.relays.iter().copied().find(|r| {
-            *r != peer_key
-                && self.by_node.get(r).is_some_and(|&j| {
-                    let known = self.known_ips(j);
-                    endpoint
-                        .addrs
-                        .iter()
-                        .all(|a| known.contains(&canonical_remote(*a).ip()))
-                })
-        });
-        let (true, Some(relay)) = (pair_ok, relay) else {
+        // The relay candidate most of the offer's addresses belong to; only its addresses are
+        // kept (a peer cannot point our Binds at anyone else).
+        let relay = self
+            .relay_policy
+            .relays
+            .iter()
+            .copied()
+            .filter(|r| *r != peer_key)
+            .filter_map(|r| {
+                let known = self.known_ips(*self.by_node.get(&r)?);
+                let n = endpoint
+                    .addrs
+                    .iter()
+                    .filter(|a| known.contains(&canonical_remote(**a).ip()))
+                    .count();
+                (n > 0).then_some((n, r, known))
+            })
+            .max_by_key(|(n, r, _)| (*n, std::cmp::Reverse(*r)));
+        let (true, Some((_, relay, known))) = (pair_ok, relay) else {
             self.relay_refused += 1;
             return;
         };
+        let mut endpoint = endpoint;
+        endpoint
+            .addrs
+            .retain(|a| known.contains(&canonical_remote(*a).ip()));
         if self.peers[i].relays.is_stalled(&relay, now) {
             self.relay_refused += 1;
             return;
