@@ -244,15 +244,22 @@ impl Node {
     pub fn set_peer_relay_policy(&mut self, policy: PeerRelayPolicy) {
         // A relay that was not a candidate before: peers waiting out a failed discovery try
         // again at once (with every try dead, the next would otherwise wait 10 s).
-        let new_relay = policy
+        let new: Vec<PublicKey> = policy
             .relays
             .iter()
-            .any(|r| !self.relay_policy.relays.contains(r));
+            .filter(|r| !self.relay_policy.relays.contains(r))
+            .copied()
+            .collect();
         self.relay_policy = policy;
-        if new_relay {
-            for p in &mut self.peers {
-                if p.relays.tries.is_empty() {
-                    p.relays.not_before = None;
+        if !new.is_empty() {
+            let now = self.last_now;
+            for i in 0..self.peers.len() {
+                let r = &mut self.peers[i].relays;
+                if r.tries.is_empty() {
+                    r.not_before = None;
+                } else if r.derp_since.is_some() {
+                    // A discovery under way: the new relay is asked at once too.
+                    self.ask_relays(now, i, &new);
                 }
             }
         }
@@ -785,12 +792,37 @@ impl Node {
             self.peers[i].relays.not_before = Some(now + REDISCOVER_AFTER);
             return;
         }
+        let relays: Vec<PublicKey> = candidates.into_iter().map(|(_, r)| r).collect();
+        self.ask_relays(now, i, &relays);
+    }
+
+    /// Asks each of `relays` (not tried yet for peer `i`, within `MAX_RELAY_TRIES`) to
+    /// allocate an endpoint for the pair.
+    fn ask_relays(&mut self, now: Instant, i: usize, relays: &[PublicKey]) {
+        let peer = self.peers[i].config.node_key;
+        let me = self.device.public_key();
         let pair = [self.disco_public, self.peers[i].config.disco_key];
-        for (_, relay) in candidates {
+        for &relay in relays {
+            let r = &self.peers[i].relays;
+            // A dead try of the same relay is replaced, so one relay has one try.
+            let slot = r.tries.iter().position(|t| t.relay == relay);
+            if relay == peer
+                || relay == me
+                || !self.by_node.contains_key(&relay)
+                || slot.is_some_and(|s| !r.tries[s].dead)
+                || (slot.is_none() && r.tries.len() >= MAX_RELAY_TRIES)
+                || r.is_stalled(&relay, now)
+            {
+                continue;
+            }
             let generation = nonzero(&mut self.rng);
             let mut t = RelayTry::new(relay, generation, now);
             t.asked = Some((now, now));
-            self.peers[i].relays.tries.push(t);
+            let tries = &mut self.peers[i].relays.tries;
+            match slot {
+                Some(s) => tries[s] = t,
+                None => tries.push(t),
+            }
             let j = self.by_node[&relay];
             let msg = Message::AllocateUdpRelayEndpointRequest {
                 client_disco: pair,
