@@ -34,6 +34,7 @@ mod birthday;
 mod disco;
 mod peer_relay;
 mod prediction;
+mod relay_host;
 mod stun;
 mod wireguard;
 
@@ -54,9 +55,9 @@ use rand_chacha::ChaCha20Rng;
 
 pub use api::{Event, Explanation, Input, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit};
 pub use peer_relay::{
-    PeerRelayPolicy, RelayReport, RelayServerSettings, RelayState, MAX_RELAY_TRIES, RELAY_AFTER,
-    RELAY_SOCKET,
+    PeerRelayPolicy, RelayReport, RelayState, MAX_RELAY_TRIES, RELAY_AFTER, RELAY_SOCKET,
 };
+pub use relay_host::RelayServerSettings;
 
 use crate::nat::NatView;
 use crate::routing::AllowedIps;
