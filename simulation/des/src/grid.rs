@@ -582,18 +582,30 @@ pub fn easy_hard_curve(seeds: &[u64], threads: usize) -> Curve {
         .iter()
         .map(|o| o.time_to_direct.map(|_| o.probes_before_direct[0]))
         .collect();
-    let n = seeds.len();
-    let points: Vec<CurvePoint> = [25u32, 50, 100, 174, 250, 400, 600, 1024]
+    let points = [25u64, 50, 100, 174, 250, 400, 600, 1024];
+    count_curve("easy–hard", &outcomes, &needed, &points, |k| {
+        success_probability(256, k as u32, space)
+    })
+}
+
+/// A curve over a count (probes, rounds) each seed needed before its first direct path,
+/// measured at `points` against `theory`, with the seeds' times to direct.
+fn count_curve(
+    name: &str,
+    outcomes: &[FastOutcome],
+    needed: &[Option<u64>],
+    points: &[u64],
+    theory: impl Fn(u64) -> f64,
+) -> Curve {
+    let n = outcomes.len();
+    let points: Vec<CurvePoint> = points
         .iter()
-        .map(|&k| {
-            let measured = needed
-                .iter()
-                .filter(|x| x.is_some_and(|p| p <= k as u64))
-                .count() as f64
-                / n as f64;
-            let theory = success_probability(256, k, space);
+        .map(|&x| {
+            let measured =
+                needed.iter().filter(|v| v.is_some_and(|v| v <= x)).count() as f64 / n as f64;
+            let theory = theory(x);
             CurvePoint {
-                x: k as f64,
+                x: x as f64,
                 measured,
                 theory,
                 tolerance: tolerance(theory, n),
@@ -606,7 +618,7 @@ pub fn easy_hard_curve(seeds: &[u64], threads: usize) -> Curve {
         .collect();
     ttd.sort_by(f64::total_cmp);
     Curve {
-        name: "easy–hard".into(),
+        name: name.into(),
         seeds: n,
         succeeded: ttd.len(),
         consistent: points
@@ -679,37 +691,13 @@ pub fn sequential_random_curve(seeds: &[u64], horizon: Duration, threads: usize)
         .iter()
         .map(|o| o.time_to_direct.map(|_| o.rounds_before_direct[0]))
         .collect();
-    let n = seeds.len();
-    let points: Vec<CurvePoint> = [50u64, 100, 250, 500, 1000]
-        .iter()
-        .map(|&r| {
-            let measured =
-                needed.iter().filter(|x| x.is_some_and(|v| v <= r)).count() as f64 / n as f64;
-            let theory = 1.0 - (1.0 - k / space).powf(r as f64);
-            CurvePoint {
-                x: r as f64,
-                measured,
-                theory,
-                tolerance: tolerance(theory, n),
-            }
-        })
-        .collect();
-    let mut ttd: Vec<f64> = outcomes
-        .iter()
-        .filter_map(|o| o.time_to_direct.map(|t| t.as_secs_f64()))
-        .collect();
-    ttd.sort_by(f64::total_cmp);
-    Curve {
-        name: "sequential–random".into(),
-        seeds: n,
-        succeeded: ttd.len(),
-        consistent: points
-            .iter()
-            .all(|p| (p.measured - p.theory).abs() <= p.tolerance),
-        points,
-        median_s: percentile(&ttd, 0.5),
-        peak_sessions: outcomes.iter().map(|o| o.peak_sessions).max().unwrap_or(0),
-    }
+    count_curve(
+        "sequential–random",
+        &outcomes,
+        &needed,
+        &[50, 100, 250, 500, 1000],
+        |r| 1.0 - (1.0 - k / space).powf(r as f64),
+    )
 }
 
 /// The grid and the curves of one `--matrix` run.
