@@ -306,3 +306,79 @@ fn boringtun_initiator_handles_burrow_cookie_reply() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn simultaneous_rekey_with_boringtun_loses_nothing() {
+    // Both ends start a handshake at the same moment, each with a packet sealed on the old
+    // keypair still in flight; every message crosses the other's. Nothing may be lost: the old
+    // packets open on the keypair each side keeps receiving on, and the new sessions carry
+    // data both ways.
+    let now = Instant::now();
+    let mut w = burrow(None, now);
+    let mut b = boring(None, None);
+    let mut buf = vec![0u8; 2048];
+    assert_eq!(
+        w.encapsulate(now, &ipv4(b"queued"), &mut buf).unwrap(),
+        Encapsulated::Queued
+    );
+    let (_, got_b) = pump(&mut w, &mut b, now, vec![]);
+    assert_eq!(got_b, vec![ipv4(b"queued")]);
+    data_both_ways(&mut w, &mut b, now, "first session");
+
+    std::thread::sleep(Duration::from_millis(25)); // TAI64N granularity and the 50/s limit
+    let later = now + Duration::from_millis(25);
+    // In flight on the old keypairs, and both initiations at once.
+    let old_w = burrow_sends(&mut w, later, &ipv4(b"burrow old"));
+    let old_b = boring_sends(&mut b, &ipv4(b"boringtun old"));
+    w.force_handshake(later);
+    let init_w = w.poll_transmit().expect("burrow's initiation");
+    let TunnResult::WriteToNetwork(init_b) = b.format_handshake_initiation(&mut buf, true) else {
+        panic!("boringtun did not initiate")
+    };
+    let init_b = init_b.to_vec();
+    // The initiations cross: each answers the other's.
+    let mut out = vec![0u8; 2048];
+    assert_eq!(
+        w.decapsulate(later, &init_b, &mut out).unwrap(),
+        Decapsulated::Handshake
+    );
+    let resp_w = w.poll_transmit().expect("burrow's response");
+    let (resp_b, _) = to_boring(&mut b, &init_w);
+    // The responses cross too, then the old packets arrive last.
+    let (mut to_w, got) = to_boring(&mut b, &resp_w);
+    assert!(got.is_empty());
+    to_w.extend(resp_b);
+    let mut got_w = Vec::new();
+    for d in to_w.iter().chain([&old_b]) {
+        match w.decapsulate(later, d, &mut out) {
+            Ok(Decapsulated::Data(n)) => got_w.push(out[..n].to_vec()),
+            Ok(_) => {}
+            // boringtun's answer to our initiation, after its own keypair was confirmed and
+            // ended our attempt (as wireguard-go's timersHandshakeComplete does): refused,
+            // and both ends go on with boringtun's keypair.
+            Err(burrow_wg::WgError::Handshake(burrow_wg::HandshakeError::Unexpected)) => {}
+            Err(e) => panic!("burrow refused boringtun's datagram: {e:?}"),
+        }
+    }
+    let (more, got_b) = to_boring(&mut b, &old_w);
+    assert_eq!(
+        got_b,
+        vec![ipv4(b"burrow old")],
+        "burrow's in-flight packet"
+    );
+    assert_eq!(
+        got_w,
+        vec![ipv4(b"boringtun old")],
+        "boringtun's in-flight packet"
+    );
+    let (_, _) = pump(&mut w, &mut b, later, more);
+    // Then the new sessions carry data both ways, packet after packet.
+    for k in 0..5 {
+        data_both_ways(
+            &mut w,
+            &mut b,
+            later,
+            &format!("after the simultaneous rekey {k}"),
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod attack;
 pub mod capture;
 mod control;
+pub use burrow_des::fallback;
 pub use burrow_des::fastnet;
 pub use burrow_des::grid;
 pub use burrow_des::nat;

@@ -102,6 +102,11 @@ struct Cli {
     /// other, per second (x: dropped by the receiver's filter), and the control plane's events.
     #[arg(long, value_name = "STORY")]
     tailnet: Option<String>,
+    /// Fallback loss: a direct path cut silently at 20 s while data flows each way at 50
+    /// packets/s over a 50 ms RTT; prints each seed's loss (seeds: --seed/--seeds, default
+    /// 1..20) and fails past the budget of 3 RTT + 50 ms.
+    #[arg(long)]
+    fallback: bool,
     /// Simulated seconds each --attack run lasts.
     #[arg(long, default_value_t = 30)]
     attack_seconds: u64,
@@ -139,6 +144,43 @@ struct Job {
 }
 
 /// `--attack`: every named attack on every seed; false if any invariant broke.
+fn run_fallback(cli: &Cli) -> Result<bool> {
+    use burrow_sim::fallback::{budget, run_seed, RTT};
+    let seeds = match (&cli.seed, &cli.seeds) {
+        (Some(s), _) => vec![*s],
+        (None, Some(r)) => parse_seeds(r)?,
+        (None, None) => (1..=20).collect(),
+    };
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let mut worst = std::time::Duration::ZERO;
+    let mut ok = true;
+    for seed in seeds {
+        let r = run_seed(seed);
+        let seed_worst = r.lost_time[0].max(r.lost_time[1]);
+        worst = worst.max(seed_worst);
+        let pass = seed_worst <= budget() && r.fell_back && r.direct_again;
+        ok &= pass;
+        println!(
+            "seed {seed:>3}: lost {} + {} packets ({:.0} / {:.0} ms of traffic), {} + {} datagrams also over the relay, direct again {}{}",
+            r.lost[0],
+            r.lost[1],
+            ms(r.lost_time[0]),
+            ms(r.lost_time[1]),
+            r.duplicated[0],
+            r.duplicated[1],
+            r.direct_again,
+            if pass { "" } else { "  FAIL" }
+        );
+    }
+    println!(
+        "fallback loss at {:.0} ms RTT: at most {:.0} ms of traffic per direction (budget 3 RTT + 50 ms = {:.0} ms)",
+        ms(RTT),
+        ms(worst),
+        ms(budget())
+    );
+    Ok(ok)
+}
+
 fn run_attacks(which: &str, cli: &Cli) -> Result<bool> {
     use burrow_sim::attack::{run, Attack};
     let attacks: Vec<Attack> = if which == "all" {
@@ -262,6 +304,9 @@ fn real_main() -> Result<bool> {
     }
     if let Some(which) = &cli.tailnet {
         return run_tailnet(which, &cli);
+    }
+    if cli.fallback {
+        return run_fallback(&cli);
     }
     let mut jobs: Vec<Job> = Vec::new();
     let mut presets = cli.preset.clone();

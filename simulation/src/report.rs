@@ -38,6 +38,27 @@ pub fn write(
     Ok(())
 }
 
+/// A row's verdict: a netcheck's NAT, or the two routes of a mesh run.
+fn verdict_of(r: &serde_json::Value) -> String {
+    if r.get("route_a").is_some() {
+        return format!(
+            "mesh · routes: {} / {}",
+            r["route_a"].as_str().unwrap_or("?"),
+            r["route_b"].as_str().unwrap_or("?")
+        );
+    }
+    let varies = match r["mapping_varies_by_dest_ip"].as_bool() {
+        Some(v) => v.to_string(),
+        None => "unknown".into(),
+    };
+    format!(
+        "{} · mapping varies: {varies} · filtering: {} · ports: {}",
+        r["nat_type"].as_str().unwrap_or("?"),
+        r["filtering"].as_str().unwrap_or("?"),
+        r["port_allocation"]["kind"].as_str().unwrap_or("?")
+    )
+}
+
 fn html(outcomes: &[Outcome], wall: Duration, grid: &str) -> String {
     let mut scenarios: Vec<&str> = Vec::new();
     let mut seeds: Vec<u64> = Vec::new();
@@ -58,15 +79,7 @@ fn html(outcomes: &[Outcome], wall: Duration, grid: &str) -> String {
         let verdict = mine
             .iter()
             .find_map(|o| o.result.as_ref())
-            .map(|r| {
-                format!(
-                    "{} · mapping varies: {} · filtering: {} · ports: {}",
-                    r["nat_type"].as_str().unwrap_or("?"),
-                    r["mapping_varies_by_dest_ip"],
-                    r["filtering"].as_str().unwrap_or("?"),
-                    r["port_allocation"]["kind"].as_str().unwrap_or("?")
-                )
-            })
+            .map(verdict_of)
             .unwrap_or_else(|| "no STUN answer (UDP blocked)".into());
         rows.push_str(&format!(
             "<tr><th class=\"name\">{}<div class=\"verdict\">{}</div></th><td class=\"sum {}\">{ok}/{}</td>",
@@ -152,4 +165,25 @@ the number is simulated time in tenths of a second; hover a cell for its figures
         total = outcomes.len(),
         wall = wall.as_secs_f64(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict_of;
+
+    #[test]
+    fn mesh_rows_name_their_routes_and_netcheck_rows_their_nat() {
+        let mesh = serde_json::json!({ "route_a": "direct", "route_b": "relay" });
+        assert_eq!(verdict_of(&mesh), "mesh · routes: direct / relay");
+        let netcheck = serde_json::json!({
+            "nat_type": "easy", "mapping_varies_by_dest_ip": false,
+            "filtering": "address-dependent", "port_allocation": { "kind": "preserving" }
+        });
+        assert_eq!(
+            verdict_of(&netcheck),
+            "easy · mapping varies: false · filtering: address-dependent · ports: preserving"
+        );
+        let unknown = serde_json::json!({ "nat_type": "blocked" });
+        assert!(verdict_of(&unknown).contains("mapping varies: unknown"));
+    }
 }

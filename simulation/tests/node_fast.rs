@@ -125,11 +125,10 @@ fn a_dead_direct_path_falls_back_to_derp_and_comes_back() {
             o.timeline
         );
         assert_eq!(o.tail_sent, o.tail_received, "seed {seed}");
-        // Until the cut path misses a pong, packets go into the void: while data flows the path
-        // is pinged every second and a ping is missed after at most a second, so at most two
-        // seconds of traffic, 100 packets each way at 50/s.
+        // Until the cut path is in doubt (data unanswered for 3 round trips), packets go into
+        // the void; from then on DERP carries a copy: 9 packets each way at 50/s.
         let lost = o.data_sent - o.data_received;
-        assert!(lost <= 2 * 100, "seed {seed}: {lost} lost");
+        assert!(lost <= 2 * 10, "seed {seed}: {lost} lost");
     }
 }
 
@@ -190,18 +189,15 @@ fn a_path_that_eats_data_is_demoted_and_retried_on_probation() {
         "back on the direct path once it carries data: {:#?}",
         o.timeline
     );
-    // While demoted and on probation, DERP carries everything. The only losses after the
-    // demotion are at the WireGuard rekey both sides start when their data went unanswered
-    // (a simultaneous handshake drops the old keypair, as in wireguard-go): a few packets.
+    // Data unanswered for 3 round trips puts the path in doubt: DERP carries a copy of
+    // everything until the probe's pong (disco passes); data then gets 3 round trips again,
+    // goes unanswered again, and the doubt recurs: a data stall, the path is left. Two doubts'
+    // worth is lost (9 packets each way each at 50/s and 50 ms RTT), nothing after.
+    let lost = o.data_sent - o.data_received;
+    assert!(lost <= 2 * 2 * 10, "{lost} lost: {:?}", o.lost);
     assert!(
-        o.tail_sent - o.tail_received <= 10,
-        "{:#?} lost {:?}",
-        o.timeline,
-        o.lost
-    );
-    assert!(
-        o.lost.iter().all(|(_, _, at)| at.as_secs_f64() < 31.0),
-        "{:?}",
+        o.lost.iter().all(|(_, _, at)| at.as_secs_f64() < 10.5),
+        "only at the start of the eating: {:?}",
         o.lost
     );
     let stalled = o

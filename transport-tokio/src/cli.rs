@@ -141,7 +141,7 @@ pub enum Command {
     Up(UpArgs),
     /// Peers of the running node: addresses, current path, last handshake, bytes.
     Status(StatusArgs),
-    /// Disco-ping a peer (name or tailnet address): "pong from … via DERP(region) / ip:port".
+    /// Disco-ping a peer (name or tailnet address): "pong from … via DERP(region) / peer relay NAME / ip:port".
     Ping(PingArgs),
     /// Why a peer is on its path: both NATs, each address family, candidate pairs tried and
     /// what came of each.
@@ -377,6 +377,10 @@ pub struct UpArgs {
     /// a cloud's public IP); repeatable. Needs --relay-port.
     #[arg(long, requires = "relay_port")]
     pub relay_endpoint: Vec<std::net::SocketAddr>,
+    /// Forward at most this many Mbit/s from each client of a relayed pair (datagram bytes;
+    /// a pair gets twice that). Needs --relay-port.
+    #[arg(long, requires = "relay_port", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_max_mbit: u64,
 }
 
 /// The arguments of `burrow status`.

@@ -184,10 +184,25 @@ pub struct Doctor {
     /// trip through it (ours + the relay's), and whether it carries the traffic.
     #[serde(default)]
     pub peer_relays: Vec<String>,
+    /// Times the direct path was in doubt (data unanswered past its usual answer time, so
+    /// traffic went over the relay too), oldest first, one line each.
+    #[serde(default)]
+    pub doubts: Vec<String>,
 }
 
 /// Answers to a `burrow ping` waiting for their pong.
-pub type PingWaiters = Arc<Mutex<Vec<(PublicKey, oneshot::Sender<(Route, Duration)>)>>>;
+pub type PingWaiters = Arc<Mutex<Vec<(PublicKey, oneshot::Sender<PingAnswer>)>>>;
+
+/// A pong for `burrow ping`: the path it came back on and the round trip.
+#[derive(Debug, Clone, Copy)]
+pub struct PingAnswer {
+    /// Direct, or relayed.
+    pub via: Route,
+    /// The peer relay it came through (relayed, not over DERP).
+    pub peer_relay: Option<PublicKey>,
+    /// Round trip.
+    pub latency: Duration,
+}
 
 /// What the API needs from the running node.
 #[derive(Clone)]
@@ -469,22 +484,35 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                     .send(NodeCommand::Ping(key))
                     .map_err(|_| anyhow::anyhow!("the engine stopped"))?;
                 let answer = tokio::time::timeout(Duration::from_secs(2), rx).await;
-                let pong = match answer {
-                    Ok(Ok((route, latency))) => Pong {
-                        peer: info.node.name.clone(),
-                        via: match route {
-                            Route::Direct(a) => a.to_string(),
-                            Route::Relay => "DERP(region 1)".into(),
-                        },
-                        latency_ms: Some(latency.as_secs_f64() * 1000.0),
-                    },
-                    _ => Pong {
-                        peer: info.node.name.clone(),
-                        via: String::new(),
-                        latency_ms: None,
-                    },
+                let (pong, direct) = match answer {
+                    Ok(Ok(a)) => {
+                        let via = match (a.via, a.peer_relay) {
+                            (Route::Direct(addr), _) => addr.to_string(),
+                            (Route::Relay, Some(r)) => {
+                                let name = crate::session::lock(&cx.session)
+                                    .peers()
+                                    .find(|(_, k)| **k == r)
+                                    .map_or_else(|| r.to_base64(), |(p, _)| p.node.name.clone());
+                                format!("peer relay {name}")
+                            }
+                            (Route::Relay, None) => "DERP(region 1)".into(),
+                        };
+                        let pong = Pong {
+                            peer: info.node.name.clone(),
+                            via,
+                            latency_ms: Some(a.latency.as_secs_f64() * 1000.0),
+                        };
+                        (pong, matches!(a.via, Route::Direct(_)))
+                    }
+                    _ => {
+                        let pong = Pong {
+                            peer: info.node.name.clone(),
+                            via: String::new(),
+                            latency_ms: None,
+                        };
+                        (pong, false)
+                    }
                 };
-                let direct = pong.latency_ms.is_some() && !pong.via.starts_with("DERP");
                 wr.write_all(reply(serde_json::to_value(&pong)?).as_bytes())
                     .await?;
                 if until_direct && direct {
@@ -538,6 +566,26 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
             let relay_in_use = p.and_then(|p| p.peer_relay);
             let doctor = Doctor {
                 peer_relays,
+                doubts: x.as_ref().map_or_else(Vec::new, |x| {
+                    x.doubts
+                        .iter()
+                        .map(|d| {
+                            let ended = match d.ended {
+                                Some((lasted, how)) => {
+                                    format!("{how:?} after {} ms", lasted.as_millis())
+                                }
+                                None => "still in doubt".into(),
+                            };
+                            format!(
+                                "{:>7.1} s ago  {}  {ended}; {} datagrams ({} bytes) also over the relay",
+                                state.at.saturating_duration_since(d.began).as_secs_f64(),
+                                d.addr,
+                                d.duplicated,
+                                d.duplicated_bytes
+                            )
+                        })
+                        .collect()
+                }),
                 our_port_mapping,
                 peer_port_mapping,
                 peer: info.node.name.clone(),

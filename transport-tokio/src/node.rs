@@ -13,7 +13,7 @@ use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
 use crate::derp_client::DerpClient;
-use crate::transport::{now, UdpTransport};
+use crate::transport::{now, RecvBatch, UdpTransport};
 
 /// Opens the extra sockets birthday probing asks for (each on a fresh ephemeral port).
 pub trait SocketBinder: Send + Sync + 'static {
@@ -228,16 +228,25 @@ pub async fn run_node<B: SocketBinder>(
     channels: NodeChannels,
     until: Option<tokio::time::Instant>,
 ) -> io::Result<Node> {
-    run_node_with_relay(engine, main, None, binder, derp, channels, until).await
+    run_node_with_relay(
+        engine,
+        main,
+        None::<B::Socket>,
+        binder,
+        derp,
+        channels,
+        until,
+    )
+    .await
 }
 
 /// [`run_node`], with the socket of the relay this node runs for others (its engine was
 /// configured with `NodeConfig::relay_server`): datagrams read there reach the engine as
 /// [`RELAY_SOCKET`]'s, and its transmits from [`RELAY_SOCKET`] leave from it.
-pub async fn run_node_with_relay<B: SocketBinder>(
+pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTransport>(
     mut engine: Node,
-    main: B::Socket,
-    relay: Option<B::Socket>,
+    main: M,
+    relay: Option<R>,
     binder: B,
     mut derp: DerpClient,
     channels: NodeChannels,
@@ -259,7 +268,8 @@ pub async fn run_node_with_relay<B: SocketBinder>(
     let (reader, back) = spawn_reader(0, main.clone(), in_tx.clone());
     readers.push(reader);
     returns.push(Some(back));
-    sockets.push(Some(main));
+    // Socket 0 is `main`, kept apart from the birthday sockets (another type).
+    sockets.push(None);
     // The relay socket sits apart: its id (u16::MAX) is no index into the birthday sockets.
     let mut relay_return = None;
     let relay = relay.map(Arc::new);
@@ -268,12 +278,21 @@ pub async fn run_node_with_relay<B: SocketBinder>(
         readers.push(reader);
         relay_return = Some(back);
     }
+    // Runs of equal-sized datagrams to one destination, for one GSO send each: the main
+    // socket's to a peer, the relay socket's to one leg.
+    let mut main_run = SendRun::default();
+    let mut run = SendRun::default();
     let region = 1;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     let deadline = until.unwrap_or(far);
     let mut app_open = true;
     let mut commands_open = true;
     let result = loop {
+        // Timers that fell due while inputs kept the loop busy (a flood at the socket) run
+        // now, not once the inputs stop.
+        if engine.poll_timeout().is_some_and(|w| w <= now()) {
+            engine.handle_timeout(now());
+        }
         // Buffers the application gave back go to the engine for its next packets.
         while engine.spare_buffers() < ENGINE_SPARE {
             match buffers.pop() {
@@ -290,8 +309,13 @@ pub async fn run_node_with_relay<B: SocketBinder>(
                 } => {
                     if socket == RELAY_SOCKET {
                         if let Some(r) = &relay {
-                            let _ = r.send_to(&payload, dst).await;
+                            run.add(r.as_ref(), dst, &payload).await;
                         }
+                        engine.recycle(payload);
+                        continue;
+                    }
+                    if socket == 0 {
+                        main_run.add(main.as_ref(), dst, &payload).await;
                         engine.recycle(payload);
                         continue;
                     }
@@ -325,6 +349,10 @@ pub async fn run_node_with_relay<B: SocketBinder>(
                 }
                 Transmit::Derp { dst, payload, .. } => derp.send(dst, payload),
             }
+        }
+        main_run.flush(main.as_ref()).await;
+        if let Some(r) = &relay {
+            run.flush(r.as_ref()).await;
         }
         while let Some(e) = engine.poll_event() {
             if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(e) {
@@ -379,14 +407,28 @@ pub async fn run_node_with_relay<B: SocketBinder>(
                 }
                 None => commands_open = false,
             },
-            Some(Datagram { socket, from, buf, len }) = in_rx.recv() => {
-                let _ = engine.handle_input(now(), Input::Udp { socket, from, data: &buf[..len] });
-                let back = match socket {
-                    RELAY_SOCKET => relay_return.as_ref(),
-                    _ => returns.get(usize::from(socket)).and_then(Option::as_ref),
-                };
-                if let Some(back) = back {
-                    let _ = back.try_send(buf);
+            Some(first) = in_rx.recv() => {
+                // What else has arrived goes in before the transmits are polled, so a burst
+                // leaves as runs the relay socket can send in one call.
+                let t = now();
+                let mut next = first;
+                for handled in 1.. {
+                    let Datagram { socket, from, buf, len } = next;
+                    let _ = engine.handle_input(t, Input::Udp { socket, from, data: &buf[..len] });
+                    let back = match socket {
+                        RELAY_SOCKET => relay_return.as_ref(),
+                        _ => returns.get(usize::from(socket)).and_then(Option::as_ref),
+                    };
+                    if let Some(back) = back {
+                        let _ = back.try_send(buf);
+                    }
+                    if handled == INPUT_BATCH {
+                        break;
+                    }
+                    match in_rx.try_recv() {
+                        Ok(d) => next = d,
+                        Err(_) => break,
+                    }
                 }
             }
             e = derp.events.recv() => match e {
@@ -398,8 +440,20 @@ pub async fn run_node_with_relay<B: SocketBinder>(
             },
             p = outbound.recv(), if app_open => match p {
                 Some((peer, packet)) => {
-                    let _ = engine.send(now(), &peer, &packet);
+                    // A burst from the application is sealed in one go, so its datagrams
+                    // leave as one run.
+                    let t = now();
+                    let _ = engine.send(t, &peer, &packet);
                     engine.recycle(packet);
+                    for _ in 1..INPUT_BATCH {
+                        match outbound.try_recv() {
+                            Ok((peer, packet)) => {
+                                let _ = engine.send(t, &peer, &packet);
+                                engine.recycle(packet);
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
                 None => app_open = false,
             },
@@ -425,6 +479,73 @@ struct Datagram {
     len: usize,
 }
 
+/// Datagrams the engine takes in one go before its transmits are sent.
+const INPUT_BATCH: usize = 64;
+
+/// GSO sends stay below the 64 KiB an IP datagram can carry.
+const RUN_BYTES: usize = 60_000;
+
+/// Consecutive datagrams to one destination, all of one size but the last (which may be
+/// shorter), gathered for one [`UdpTransport::send_segments`] call.
+#[derive(Debug, Default)]
+struct SendRun {
+    dst: Option<SocketAddr>,
+    segment: usize,
+    count: usize,
+    /// A shorter datagram ended the run.
+    closed: bool,
+    buf: Vec<u8>,
+}
+
+impl SendRun {
+    /// Whether a datagram of `len` bytes to `dst` may join the run.
+    fn extends(&self, dst: SocketAddr, len: usize) -> bool {
+        self.dst == Some(dst) && !self.closed && len <= self.segment && len > 0
+    }
+
+    fn push(&mut self, dst: SocketAddr, datagram: &[u8]) {
+        if self.dst.is_none() {
+            self.dst = Some(dst);
+            self.segment = datagram.len();
+        } else if datagram.len() < self.segment {
+            self.closed = true;
+        }
+        self.buf.extend_from_slice(datagram);
+        self.count += 1;
+    }
+
+    fn is_full(&self, max_segments: usize) -> bool {
+        self.closed || self.count >= max_segments || self.buf.len() + self.segment > RUN_BYTES
+    }
+
+    /// Adds a datagram for `socket`: what came before leaves first if it cannot join, and
+    /// the run leaves once full.
+    async fn add<S: UdpTransport>(&mut self, socket: &S, dst: SocketAddr, datagram: &[u8]) {
+        if !self.extends(dst, datagram.len()) {
+            self.flush(socket).await;
+        }
+        self.push(dst, datagram);
+        if self.is_full(socket.max_segments()) {
+            self.flush(socket).await;
+        }
+    }
+
+    /// Sends the run (one datagram as itself) and empties it; send errors are the network's
+    /// answer, as for single datagrams.
+    async fn flush<S: UdpTransport>(&mut self, socket: &S) {
+        if let Some(dst) = self.dst.take() {
+            let _ = if self.count == 1 {
+                socket.send_to(&self.buf, dst).await.map(drop)
+            } else {
+                socket.send_segments(&self.buf, self.segment, dst).await
+            };
+        }
+        self.buf.clear();
+        self.count = 0;
+        self.closed = false;
+    }
+}
+
 /// Spare buffers the driver keeps the engine supplied with from the shared pool.
 const ENGINE_SPARE: usize = 64;
 
@@ -442,34 +563,48 @@ fn spawn_reader<S: UdpTransport>(
     socket: Arc<S>,
     tx: mpsc::Sender<Datagram>,
 ) -> (tokio::task::JoinHandle<()>, mpsc::Sender<Vec<u8>>) {
-    let (back_tx, mut back_rx) = mpsc::channel::<Vec<u8>>(READER_BUFFERS);
+    let (back_tx, back_rx) = mpsc::channel::<Vec<u8>>(READER_BUFFERS);
+    let mut pool = ReaderPool { back_rx, made: 0 };
     let reader = tokio::spawn(async move {
-        let mut made = 0;
-        loop {
-            let mut buf = match back_rx.try_recv() {
-                Ok(b) => b,
-                Err(_) if made < READER_BUFFERS => {
-                    made += 1;
-                    vec![0u8; READ_BUFFER]
+        // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; the engine keys paths by
+        // the plain IPv4 address.
+        let datagram = |from, buf, len| Datagram {
+            socket: id,
+            from: burrow_punch::canonical_remote(from),
+            buf,
+            len,
+        };
+        if socket.recv_slots() > 1 {
+            // Many datagrams per system call, each copied into a buffer of the pool.
+            let mut batch = RecvBatch::new(socket.recv_slots(), READ_BUFFER);
+            loop {
+                if socket.recv_batch(&mut batch).await.is_err() {
+                    // ICMP errors and the like: keep reading, without spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
                 }
-                // All in flight: wait for one to come back.
-                Err(_) => match back_rx.recv().await {
-                    Some(b) => b,
-                    None => return,
-                },
+                for (from, bytes) in batch.datagrams() {
+                    let Some(mut buf) = pool.take().await else {
+                        return;
+                    };
+                    if buf.len() < bytes.len() {
+                        buf.resize(bytes.len(), 0);
+                    }
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    if tx.send(datagram(from, buf, bytes.len())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        loop {
+            let Some(mut buf) = pool.take().await else {
+                return;
             };
             loop {
                 match socket.recv_from(&mut buf).await {
                     Ok((len, from)) => {
-                        let d = Datagram {
-                            socket: id,
-                            // A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d; the
-                            // engine keys paths by the plain IPv4 address.
-                            from: burrow_punch::canonical_remote(from),
-                            buf,
-                            len,
-                        };
-                        if tx.send(d).await.is_err() {
+                        if tx.send(datagram(from, buf, len)).await.is_err() {
                             return;
                         }
                         break;
@@ -481,6 +616,27 @@ fn spawn_reader<S: UdpTransport>(
         }
     });
     (reader, back_tx)
+}
+
+/// A reader's buffers: made up to [`READER_BUFFERS`], then only those the engine gives back.
+struct ReaderPool {
+    back_rx: mpsc::Receiver<Vec<u8>>,
+    made: usize,
+}
+
+impl ReaderPool {
+    /// A free buffer, waiting for one to come back when all are in flight (`None` once the
+    /// driver has gone).
+    async fn take(&mut self) -> Option<Vec<u8>> {
+        match self.back_rx.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if self.made < READER_BUFFERS => {
+                self.made += 1;
+                Some(vec![0u8; READ_BUFFER])
+            }
+            Err(_) => self.back_rx.recv().await,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -500,6 +656,17 @@ mod tests {
     #[tokio::test]
     async fn reader_hands_the_engine_canonical_sources() {
         let main = bind_udp_socket(0).unwrap();
+        canonical_sources(main).await;
+    }
+
+    #[tokio::test]
+    async fn the_batch_reader_hands_the_engine_canonical_sources() {
+        let main = crate::transport::BatchUdpSocket::new(bind_udp_socket(0).unwrap());
+        assert!(main.recv_slots() > 1, "the batch path");
+        canonical_sources(main).await;
+    }
+
+    async fn canonical_sources<S: UdpTransport>(main: S) {
         let local = main.local_addr().unwrap();
         if !SocketFamilies::of(local).ipv6() {
             eprintln!("SKIPPED reader_hands_the_engine_canonical_sources: no IPv6 here");
@@ -533,6 +700,107 @@ mod tests {
         assert_eq!(&d.buf[..d.len], b"six");
         assert_eq!(d.from, v6.local_addr().unwrap());
         reader.abort();
+    }
+
+    /// Records what the driver hands a socket: `(segment size, datagrams, destination)`.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<SendCall>>);
+
+    /// One send: segment size, the datagrams, their destination.
+    type SendCall = (usize, Vec<Vec<u8>>, SocketAddr);
+
+    impl UdpTransport for Recorder {
+        async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+            let call = (buf.len(), vec![buf.to_vec()], target);
+            self.0.lock().unwrap().push(call);
+            Ok(buf.len())
+        }
+        async fn recv_from(&self, _: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+            std::future::pending().await
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+        }
+        fn max_segments(&self) -> usize {
+            64
+        }
+        async fn send_segments(
+            &self,
+            buf: &[u8],
+            segment: usize,
+            to: SocketAddr,
+        ) -> io::Result<()> {
+            let datagrams = buf.chunks(segment).map(<[u8]>::to_vec).collect();
+            self.0.lock().unwrap().push((segment, datagrams, to));
+            Ok(())
+        }
+    }
+
+    /// Feeds datagrams through a [`SendRun`] as the driver does.
+    async fn drive(socket: &Recorder, datagrams: &[(SocketAddr, Vec<u8>)]) {
+        let mut run = SendRun::default();
+        for (dst, d) in datagrams {
+            run.add(socket, *dst, d).await;
+        }
+        run.flush(socket).await;
+    }
+
+    #[tokio::test]
+    async fn runs_gather_equal_datagrams_to_one_destination_in_order() {
+        let (x, y) = (
+            SocketAddr::from(([192, 0, 2, 1], 1)),
+            SocketAddr::from(([192, 0, 2, 2], 2)),
+        );
+        let socket = Recorder::default();
+        let mut input = Vec::new();
+        for i in 0..3u8 {
+            input.push((x, vec![i; 100]));
+        }
+        input.push((x, vec![3; 60])); // shorter: ends the run
+        input.push((x, vec![4; 100])); // starts the next
+        input.push((x, vec![5; 120])); // longer: cannot join a run of 100
+        input.push((y, vec![6; 120])); // another destination
+        input.push((x, vec![7; 100]));
+        drive(&socket, &input).await;
+        let calls = socket.0.into_inner().unwrap();
+        let shape: Vec<(usize, usize, SocketAddr)> =
+            calls.iter().map(|(s, d, to)| (*s, d.len(), *to)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (100, 4, x),
+                (100, 1, x),
+                (120, 1, x),
+                (120, 1, y),
+                (100, 1, x)
+            ]
+        );
+        let out: Vec<(SocketAddr, Vec<u8>)> = calls
+            .into_iter()
+            .flat_map(|(_, d, to)| d.into_iter().map(move |d| (to, d)))
+            .collect();
+        assert_eq!(out, input, "every datagram, in order, to its destination");
+    }
+
+    #[tokio::test]
+    async fn a_run_stops_at_the_segment_limit_and_below_64_kib() {
+        let x = SocketAddr::from(([192, 0, 2, 1], 1));
+        let socket = Recorder::default();
+        let input: Vec<_> = (0..200).map(|_| (x, vec![0u8; 1400])).collect();
+        drive(&socket, &input).await;
+        let calls = socket.0.into_inner().unwrap();
+        assert!(calls.len() > 1);
+        for (_, d, _) in &calls {
+            assert!(d.len() <= 64);
+            assert!(d.iter().map(Vec::len).sum::<usize>() <= RUN_BYTES);
+        }
+        assert_eq!(calls.iter().map(|(_, d, _)| d.len()).sum::<usize>(), 200);
+        let small: Vec<_> = (0..100).map(|_| (x, vec![0u8; 20])).collect();
+        let socket = Recorder::default();
+        drive(&socket, &small).await;
+        let calls = socket.0.into_inner().unwrap();
+        assert_eq!(calls[0].1.len(), 64, "the segment limit");
+        assert_eq!(calls[1].1.len(), 36);
     }
 
     #[tokio::test]

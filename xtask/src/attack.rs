@@ -38,6 +38,9 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     // Mutual port prediction: a peer's announcements cannot make us spend sessions faster.
     ("burrow-punch", "prediction", ""),
     ("burrow-punch", "attacks", ""),
+    // Fast loss detection: a path answered only over the relay (data eaten, pings passed)
+    // cannot keep us sending everything twice past the data-stall demotion.
+    ("burrow-sim", "loss_detection", ""),
     // Both families: a standby's pings set off no ping-pong; withdrawal only by the peer itself.
     ("burrow-punch", "families", ""),
     ("burrow-disco", "messages", ""),

@@ -55,6 +55,8 @@ struct Net {
     control_from_0: usize,
     /// Packets each node decrypted, by (sender index, sequence number).
     got: Vec<BTreeSet<(usize, u16)>>,
+    /// `burrow ping` answers: (node, route, peer relay).
+    pongs: Vec<(usize, Route, Option<PublicKey>)>,
 }
 
 impl Net {
@@ -155,9 +157,15 @@ impl Net {
         }
         for i in 0..self.nodes.len() {
             while let Some(e) = self.nodes[i].poll_event() {
-                if let Event::Packet { peer, data } = e {
-                    let from = self.by_key(&peer).unwrap();
-                    self.got[i].insert((from, u16::from_be_bytes([data[4], data[5]])));
+                match e {
+                    Event::Packet { peer, data } => {
+                        let from = self.by_key(&peer).unwrap();
+                        self.got[i].insert((from, u16::from_be_bytes([data[4], data[5]])));
+                    }
+                    Event::PingResult {
+                        via, peer_relay, ..
+                    } => self.pongs.push((i, via, peer_relay)),
+                    _ => {}
                 }
             }
         }
@@ -247,7 +255,55 @@ fn network(now: Instant) -> Net {
         drop_control_from_0: Vec::new(),
         control_from_0: 0,
         got: vec![BTreeSet::new(); 3],
+        pongs: Vec::new(),
     }
+}
+
+#[test]
+fn a_ping_on_a_peer_relay_path_goes_through_the_relay_and_says_so() {
+    let t0 = Instant::now();
+    let mut net = network(t0);
+    let (ka, kb) = (net.nodes[0].public_key(), net.nodes[1].public_key());
+    let relay = net.nodes[2].public_key();
+    let tick = Duration::from_millis(5);
+    let mut now = t0;
+    let mut seq = 0u16;
+    // Over DERP first: the ping says DERP (no peer relay).
+    net.nodes[0].ping(now, &kb).unwrap();
+    while now < t0 + Duration::from_secs(1) {
+        now += tick;
+        net.step(now);
+    }
+    assert_eq!(
+        net.pongs,
+        vec![(0, Route::Relay, None)],
+        "over DERP at first"
+    );
+    net.pongs.clear();
+    let on_relay = |net: &Net| {
+        net.nodes[0].peer_relay(&kb).is_some_and(|r| r.in_use)
+            && net.nodes[1].peer_relay(&ka).is_some_and(|r| r.in_use)
+    };
+    while !on_relay(&net) && now < t0 + Duration::from_secs(30) {
+        now += tick;
+        if (now - t0).as_millis() % 10 == 0 {
+            seq += 1;
+            net.nodes[0].send(now, &kb, &packet(seq, 0, 1)).unwrap();
+        }
+        net.step(now);
+    }
+    assert!(on_relay(&net), "both clients on the peer relay");
+    net.nodes[0].ping(now, &kb).unwrap();
+    let asked = now;
+    while now < asked + Duration::from_secs(1) {
+        now += tick;
+        net.step(now);
+    }
+    assert_eq!(
+        net.pongs,
+        vec![(0, Route::Relay, Some(relay))],
+        "the pong came through the peer relay, and the answer names it"
+    );
 }
 
 #[test]

@@ -59,6 +59,21 @@ pub struct RelayLimits {
     pub max_queued_events: usize,
 }
 
+impl RelayLimits {
+    /// Forwarding budgets for legs of `mbit_per_second` (datagram bytes; the default is
+    /// 1,000): a leg gets that rate with a two-second burst and one packet per 1,250 bytes of
+    /// it (no fewer than the default 100,000/s); an endpoint twice a leg's.
+    pub fn with_leg_rate(mut self, mbit_per_second: u64) -> Self {
+        let bytes = mbit_per_second.max(1).saturating_mul(125_000);
+        let packets = (bytes / 1_250).max(100_000);
+        self.leg_bytes = Rate::new(bytes, bytes.saturating_mul(2));
+        self.leg_packets = Rate::new(packets, packets.saturating_mul(2));
+        self.session_bytes = Rate::new(bytes.saturating_mul(2), bytes.saturating_mul(4));
+        self.session_packets = Rate::new(packets.saturating_mul(2), packets.saturating_mul(4));
+        self
+    }
+}
+
 impl Default for RelayLimits {
     fn default() -> Self {
         RelayLimits {
@@ -1046,6 +1061,27 @@ fn verify_bind_mac(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_leg_rate_is_one_gigabit_and_it_scales() {
+        let d = RelayLimits::default();
+        assert_eq!(
+            d.clone().with_leg_rate(1_000),
+            d,
+            "1,000 Mbit/s is the default"
+        );
+        let fast = RelayLimits::default().with_leg_rate(10_000);
+        assert_eq!(fast.leg_bytes, Rate::new(1_250_000_000, 2_500_000_000));
+        assert_eq!(fast.leg_packets, Rate::new(1_000_000, 2_000_000));
+        assert_eq!(fast.session_bytes.per_second, 2 * fast.leg_bytes.per_second);
+        let slow = RelayLimits::default().with_leg_rate(10);
+        assert_eq!(slow.leg_bytes.per_second, 1_250_000);
+        assert_eq!(
+            slow.leg_packets.per_second, 100_000,
+            "never fewer packets than the default"
+        );
+        assert_eq!(fast.max_sessions, d.max_sessions, "the rest unchanged");
+    }
     use rand_core::SeedableRng;
 
     #[test]

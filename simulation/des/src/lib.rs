@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod fallback;
 pub mod fastnet;
 pub mod grid;
 pub mod nat;

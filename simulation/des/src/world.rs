@@ -396,6 +396,7 @@ impl World {
                 SessionEvent::PeerRemove { key, .. } => {
                     m.engine.remove_peer(now, &key);
                 }
+                SessionEvent::PeerRelayPolicy(p) => m.engine.set_peer_relay_policy(p),
                 SessionEvent::Failed(_) => m.stopped = true,
                 _ => {}
             }

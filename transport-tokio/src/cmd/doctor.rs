@@ -41,6 +41,12 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
             println!("  {r}");
         }
     }
+    if !d.doubts.is_empty() {
+        println!("direct path in doubt (data unanswered; the relay carried it too):");
+        for l in &d.doubts {
+            println!("  {l}");
+        }
+    }
     println!("candidate pairs tried (oldest first):");
     for a in &d.attempts {
         println!("  {a}");

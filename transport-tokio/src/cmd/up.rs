@@ -23,6 +23,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         no_port_mapping,
         relay_port,
         relay_endpoint,
+        relay_max_mbit,
     } = args;
     let socket = socket.unwrap_or_else(|| state_dir.join("burrow.sock"));
     let mut extra_roots = Vec::new();
@@ -69,6 +70,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         port_mapping: !no_port_mapping,
         relay_port,
         relay_endpoints: relay_endpoint,
+        relay_max_mbit,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     burrow::up::run(config, async move {

@@ -35,6 +35,8 @@ pub struct UpConfig {
     /// Addresses to advertise for the relay besides the ones found (a port forward, a
     /// cloud's public IP).
     pub relay_endpoints: Vec<SocketAddr>,
+    /// The relay's forwarding budget per client of a pair, in Mbit/s.
+    pub relay_max_mbit: u64,
 }
 
 impl std::fmt::Debug for UpConfig {
@@ -51,6 +53,7 @@ impl std::fmt::Debug for UpConfig {
             .field("port_mapping", &self.port_mapping)
             .field("relay_port", &self.relay_port)
             .field("relay_endpoints", &self.relay_endpoints)
+            .field("relay_max_mbit", &self.relay_max_mbit)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +78,7 @@ mod tests {
             port_mapping: true,
             relay_port: None,
             relay_endpoints: vec![],
+            relay_max_mbit: 1000,
         };
         let s = format!("{cfg:?}");
         assert!(

@@ -42,12 +42,13 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let relay_socket = match cfg.relay_port {
         Some(p) => Some(
             crate::transport::bind_udp_socket(p)
+                .map(crate::transport::BatchUdpSocket::new)
                 .with_context(|| format!("binding the relay's UDP port {p} (--relay-port)"))?,
         ),
         None => None,
     };
     let relay_port = match &relay_socket {
-        Some(s) => Some(s.local_addr()?.port()),
+        Some(s) => Some(s.get_ref().local_addr()?.port()),
         None => None,
     };
     let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
@@ -92,8 +93,9 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     if let Some(port) = relay_port {
         let mut relay = RelayServerSettings::on_port(port);
         relay.static_endpoints = cfg.relay_endpoints.clone();
+        relay.limits = relay.limits.with_leg_rate(cfg.relay_max_mbit);
         config.relay_server = Some(relay);
-        tracing::info!(port, static_endpoints = ?cfg.relay_endpoints, "relaying for peers");
+        tracing::info!(port, static_endpoints = ?cfg.relay_endpoints, max_mbit_per_client = cfg.relay_max_mbit, "relaying for peers");
     }
     config.unix_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -139,17 +141,30 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     // dual-stack main socket.
     let any = TokioBinder(SocketAddr::from(([0, 0, 0, 0], 0)));
     tasks.spawn(async move {
-        Ok(
-            run_node_with_relay(engine, socket, relay_socket, any, derp, chans, None)
-                .await
-                .map(|_| ())?,
+        Ok(run_node_with_relay(
+            engine,
+            crate::transport::BatchUdpSocket::new(socket),
+            relay_socket,
+            any,
+            derp,
+            chans,
+            None,
         )
+        .await
+        .map(|_| ())?)
     });
     let (session, pool) = (driver.session(), buffers.clone());
     tasks.spawn(paths::tun_to_peers(tun.clone(), session, outbound, pool));
     let (session, inputs) = (driver.session(), driver.inputs());
+    let relay_forwarded = !cfg.relay_endpoints.is_empty();
     tasks.spawn(paths::engine_events(
-        events, tun, session, inputs, pings, buffers,
+        events,
+        tun,
+        session,
+        inputs,
+        pings,
+        buffers,
+        relay_forwarded,
     ));
     let portmap = match cfg.port_mapping {
         true => {

@@ -2,11 +2,12 @@
 //! session), and the engine's events back: packets through the receiver's filter into the TUN,
 //! endpoints to the session, ping answers to the local API.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use burrow_control::Verdict;
-use burrow_node::Event;
+use burrow_node::{Event, NatView};
 use burrow_session::{Input, Session};
 use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
@@ -45,6 +46,7 @@ pub(crate) async fn engine_events(
     inputs: mpsc::Sender<Input>,
     pings: PingWaiters,
     buffers: BufferPool,
+    relay_forwarded: bool,
 ) -> Result<()> {
     while let Some(e) = events.recv().await {
         match e {
@@ -68,10 +70,12 @@ pub(crate) async fn engine_events(
                 // Never wait on the session here (packets queue behind this): the next STUN
                 // round reports the endpoints again if this one did not fit.
                 let _ = inputs.try_send(Input::LocalEndpoints(endpoints));
-                // A fixed public mapping (no NAT, or endpoint-independent mapping) makes a
-                // relay eligible under `autoRelay`. A gateway port mapping covers the main
-                // port, not the relay's, so it does not count.
-                let fixed = nat.is_some_and(|n| !n.mapping_varies);
+                // A relay port anyone can reach makes a relay eligible under `autoRelay`.
+                let host: Vec<std::net::IpAddr> = super::iface::local_addresses(0, &[], true)
+                    .iter()
+                    .map(SocketAddr::ip)
+                    .collect();
+                let fixed = relay_reachable(nat.as_ref(), &host, relay_forwarded);
                 let _ = inputs.try_send(Input::FixedMapping(fixed));
             }
             Event::PathChanged { peer, from, to } => {
@@ -86,11 +90,20 @@ pub(crate) async fn engine_events(
                 });
                 tracing::info!(%peer, relay = ?via, ?rtt, "peer relay changed");
             }
-            Event::PingResult { peer, via, latency } => {
+            Event::PingResult {
+                peer,
+                via,
+                peer_relay,
+                latency,
+            } => {
                 let mut waiting = pings.lock().expect("pings");
                 if let Some(k) = waiting.iter().position(|(p, _)| *p == peer) {
                     let (_, tx) = waiting.remove(k);
-                    let _ = tx.send((via, latency));
+                    let _ = tx.send(crate::local_api::PingAnswer {
+                        via,
+                        peer_relay,
+                        latency,
+                    });
                 }
             }
             Event::BirthdayStarted { peer, probing } => {
@@ -103,4 +116,62 @@ pub(crate) async fn engine_events(
         }
     }
     Ok(())
+}
+
+/// Whether the relay port is reachable from anywhere, for `autoRelay`: the operator declared
+/// where (`--relay-endpoint`, a port forward), or there is no NAT (STUN saw one of the host's
+/// own addresses, with one mapping for every server). An endpoint-independent mapping behind a
+/// NAT does not count: its filter may still drop strangers (the lab's easy NAT does), and
+/// STUN cannot tell; nor does a gateway port mapping, which covers the main port only.
+fn relay_reachable(nat: Option<&NatView>, host: &[std::net::IpAddr], forwarded: bool) -> bool {
+    forwarded || nat.is_some_and(|n| !n.mapping_varies && host.contains(&n.reflexive.ip()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nat(reflexive: &str, mapping_varies: bool) -> NatView {
+        NatView {
+            reflexive: reflexive.parse().unwrap(),
+            mapping_varies,
+            delta: None,
+            last_port: 0,
+        }
+    }
+
+    #[test]
+    fn only_a_relay_port_strangers_can_reach_counts_for_auto_relay() {
+        let host: Vec<std::net::IpAddr> = vec![
+            "192.168.1.5".parse().unwrap(),
+            "203.0.113.9".parse().unwrap(),
+        ];
+        // No NAT: STUN saw the host's own address.
+        assert!(relay_reachable(
+            Some(&nat("203.0.113.9:41641", false)),
+            &host,
+            false
+        ));
+        // Behind an endpoint-independent NAT: its filter may drop strangers.
+        assert!(!relay_reachable(
+            Some(&nat("198.51.100.1:41641", false)),
+            &host,
+            false
+        ));
+        // A varying mapping, even on a host address (a firewall rewriting ports).
+        assert!(!relay_reachable(
+            Some(&nat("203.0.113.9:41641", true)),
+            &host,
+            false
+        ));
+        // No STUN answer yet.
+        assert!(!relay_reachable(None, &host, false));
+        // The operator declared a forwarded relay endpoint.
+        assert!(relay_reachable(
+            Some(&nat("198.51.100.1:41641", false)),
+            &host,
+            true
+        ));
+        assert!(relay_reachable(None, &host, true));
+    }
 }

@@ -812,6 +812,9 @@ pub(crate) fn build(burrow: &Path, sites: &[Site], policy_text: &str) -> Result<
         .to_vec();
         if RELAY_SITES.contains(&site.name) {
             args.extend(["--relay-port".into(), RELAY_PORT.to_string()]);
+            // Above the default 1,000 Mbit/s per client, so the mesh bench measures what the
+            // machine forwards rather than the budget.
+            args.extend(["--relay-max-mbit".into(), "10000".into()]);
         }
         if has_v6 && !v6_only {
             // STUN over IPv6 too, for when the node gets an IPv6 address.

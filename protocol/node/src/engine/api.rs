@@ -209,6 +209,9 @@ pub enum Event {
         peer: PublicKey,
         /// The path the pong came back on.
         via: Route,
+        /// The peer relay it came through, when `via` is [`Route::Relay`] and a peer relay
+        /// carries the traffic (`None`: DERP).
+        peer_relay: Option<PublicKey>,
         /// Round trip.
         latency: Duration,
     },
@@ -292,6 +295,13 @@ pub struct PeerStats {
     /// Decrypted packets dropped because their inner source is not one of the peer's
     /// allowed addresses (a spoofing peer, or a route the control plane did not grant).
     pub rx_spoofed: u64,
+    /// Times the direct path was in doubt.
+    pub doubt_episodes: u64,
+    /// WireGuard datagrams (and their bytes) also sent over the relay because the direct path
+    /// was in doubt: what fast loss detection costs.
+    pub tx_doubt: u64,
+    /// See `tx_doubt`.
+    pub tx_doubt_bytes: u64,
 }
 
 /// Why a peer is on its path: the current route and every recent attempt.
@@ -320,4 +330,7 @@ pub struct Explanation {
     pub prediction: Option<PredictionReport>,
     /// Peer relays considered, with their round trips; the one in use is marked.
     pub peer_relays: Vec<super::RelayReport>,
+    /// The latest times the direct path was in doubt (data unanswered past its usual answer
+    /// time, so every packet also went over the relay), oldest first.
+    pub doubts: Vec<super::DoubtEpisode>,
 }

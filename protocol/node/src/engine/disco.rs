@@ -53,8 +53,11 @@ impl Node {
                 // Replays, unacceptable sources and pings over the pong budget go unanswered.
                 self.peers[i].paths.handle_ping(now, socket, from, tx_id);
             }
-            Message::Pong { tx_id, .. } if !self.user_pong(now, &tx_id, Route::Direct(from)) => {
-                self.peers[i].paths.handle_pong(now, socket, from, tx_id);
+            Message::Pong { tx_id, .. }
+                if !self.user_pong(now, &tx_id, Route::Direct(from), None)
+                    && self.peers[i].paths.handle_pong(now, socket, from, tx_id) =>
+            {
+                self.peers[i].doubt.pong(now, from);
             }
             // CallMeMaybe and NatInfo only count over DERP (where the sender is authenticated
             // by its node key too).
@@ -112,7 +115,7 @@ impl Node {
                 self.send_disco_relay(i, &pong);
             }
             Message::Pong { tx_id, .. } => {
-                self.user_pong(now, &tx_id, Route::Relay);
+                self.user_pong(now, &tx_id, Route::Relay, None);
             }
             _ => {}
         }
@@ -202,7 +205,13 @@ impl Node {
     }
 
     /// Reports a pong that answers a `Node::ping`; false when it answers none.
-    fn user_pong(&mut self, now: Instant, tx_id: &burrow_disco::TxId, via: Route) -> bool {
+    pub(super) fn user_pong(
+        &mut self,
+        now: Instant,
+        tx_id: &burrow_disco::TxId,
+        via: Route,
+        peer_relay: Option<burrow_wg::PublicKey>,
+    ) -> bool {
         let Some((i, sent, _)) = self.user_pings.remove(tx_id) else {
             return false;
         };
@@ -210,6 +219,7 @@ impl Node {
         self.events.push_back(Event::PingResult {
             peer,
             via,
+            peer_relay,
             latency: now.saturating_duration_since(sent),
         });
         true

@@ -32,6 +32,7 @@
 mod api;
 mod birthday;
 mod disco;
+mod doubt;
 mod peer_relay;
 mod prediction;
 mod relay_host;
@@ -54,6 +55,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 pub use api::{Event, Explanation, Input, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit};
+pub use doubt::{DoubtEnd, DoubtEpisode, DOUBT_RTTS, MIN_DOUBT_AFTER};
 pub use peer_relay::{
     PeerRelayPolicy, RelayReport, RelayState, MAX_RELAY_TRIES, RELAY_AFTER, RELAY_SOCKET,
 };
@@ -84,6 +86,8 @@ struct Peer {
     parked_prediction: Option<MutualPrediction>,
     relays: peer_relay::RelayPaths,
     first_unanswered_direct: Option<Instant>,
+    /// Whether the direct path is in doubt (data unanswered past its usual answer time).
+    doubt: doubt::Doubt,
     stats: PeerStats,
 }
 
@@ -308,6 +312,7 @@ impl Node {
             parked_prediction: None,
             relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
+            doubt: doubt::Doubt::default(),
             stats: PeerStats::default(),
         });
         self.flush_paths(now, i);
@@ -380,6 +385,7 @@ impl Node {
             birthday_attempts_exhausted: p.prober.as_ref().map_or(0, |b| b.attempts_exhausted()),
             prediction: p.prediction.as_ref().map(|m| m.report()),
             peer_relays: self.peer_relays(peer),
+            doubts: p.doubt.episodes(),
         })
     }
 
@@ -412,7 +418,15 @@ impl Node {
                     });
                 }
             }
-            Route::Relay => self.send_disco_relay(i, &ping),
+            // Through the peer relay when one carries the traffic, else over DERP.
+            Route::Relay => match self.relay_route(now, i) {
+                Some((addr, vni, _)) => {
+                    if let Some(sealed) = self.seal(i, &ping) {
+                        self.send_disco_via_relay(addr, vni, &sealed);
+                    }
+                }
+                None => self.send_disco_relay(i, &ping),
+            },
         }
         Ok(())
     }

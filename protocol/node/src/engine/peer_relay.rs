@@ -674,6 +674,11 @@ impl Node {
         }
     }
 
+    /// Sends a sealed disco message to the relay at `addr` for endpoint `vni`.
+    pub(super) fn send_disco_via_relay(&mut self, addr: SocketAddr, vni: u32, sealed: &[u8]) {
+        self.send_via_relay(addr, vni, GeneveProtocol::Disco, sealed);
+    }
+
     /// Sends `payload` to the relay at `addr` for endpoint `vni`, Geneve-framed.
     fn send_via_relay(
         &mut self,
@@ -812,6 +817,16 @@ impl Node {
                             tr.next_ping = now;
                             self.run_try(now, i, t);
                         }
+                    }
+                    Message::Pong { tx_id, .. }
+                        if self.peers[i].relays.tries[t]
+                            .pings
+                            .iter()
+                            .all(|(id, _)| *id != tx_id) =>
+                    {
+                        // Not a probe of this relay: perhaps the answer to `burrow ping`.
+                        let relay = self.peers[i].relays.tries[t].relay;
+                        self.user_pong(now, &tx_id, Route::Relay, Some(relay));
                     }
                     Message::Pong { tx_id, .. } => {
                         let tr = &mut self.peers[i].relays.tries[t];

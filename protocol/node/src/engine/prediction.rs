@@ -217,13 +217,7 @@ impl Node {
         if self.measurement.is_some() {
             return;
         }
-        let Some(server) = self
-            .config
-            .stun_servers
-            .iter()
-            .copied()
-            .find(SocketAddr::is_ipv4)
-        else {
+        let Some(server) = self.ipv4_stun_server() else {
             if let Some(m) = self.peers[i].prediction.as_mut() {
                 m.handle_measure_failed(now);
             }

@@ -113,13 +113,7 @@ impl Node {
         if self.relay_server.is_none() {
             return;
         }
-        let Some(server) = self
-            .config
-            .stun_servers
-            .iter()
-            .copied()
-            .find(SocketAddr::is_ipv4)
-        else {
+        let Some(server) = self.ipv4_stun_server() else {
             return;
         };
         let mut client = BindingClient::new(

@@ -34,6 +34,16 @@ pub(super) struct StunRound {
 }
 
 impl Node {
+    /// The first IPv4 STUN server configured: where the relay socket and the fresh sockets
+    /// of port prediction ask for their own mappings.
+    pub(super) fn ipv4_stun_server(&self) -> Option<SocketAddr> {
+        self.config
+            .stun_servers
+            .iter()
+            .copied()
+            .find(SocketAddr::is_ipv4)
+    }
+
     /// A STUN datagram: an answer for the running round, if there is one.
     pub(super) fn handle_stun(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         if let Some(round) = self.stun.as_mut() {

@@ -32,6 +32,9 @@ impl Node {
     /// not freshly confirmed.
     pub(super) fn send_wg(&mut self, now: Instant, i: usize, datagram: &[u8], data: bool) {
         let route = self.peers[i].paths.route();
+        if !matches!(route, Route::Direct(_)) {
+            self.peers[i].doubt.end(now, super::DoubtEnd::Left);
+        }
         let mut relay = true;
         if let (Route::Relay, Some((addr, vni, trusted))) = (route, self.relay_route(now, i)) {
             // A peer relay: DERP too until it is trusted (no loss at the switch).
@@ -43,13 +46,40 @@ impl Node {
             self.send_wg_via_relay(addr, vni, datagram);
         }
         if let Route::Direct(addr) = route {
-            relay = !self.trusted(now, i, addr);
+            let trusted = self.trusted(now, i, addr);
+            let rtt = self.peers[i].paths.rtt(addr);
             let socket = self.peers[i].paths.socket_of(addr);
             let p = &mut self.peers[i];
             p.stats.tx_direct += 1;
             if data && p.first_unanswered_direct.is_none() {
                 p.first_unanswered_direct = Some(now);
             }
+            // Data unanswered past the path's usual answer time: over the relay too, and a
+            // ping to settle it (demotion waits for the usual evidence, or for the doubt to
+            // keep coming back, which is a data stall).
+            let verdict = match data {
+                true => p.doubt.on_send(now, addr, rtt),
+                false => super::doubt::Verdict {
+                    in_doubt: p.doubt.in_doubt_about(addr),
+                    ..Default::default()
+                },
+            };
+            let doubt = verdict.in_doubt;
+            if trusted && doubt {
+                p.doubt.note_duplicate(datagram.len());
+                p.stats.tx_doubt += 1;
+                p.stats.tx_doubt_bytes += datagram.len() as u64;
+            }
+            if verdict.recurring {
+                p.paths.report_data_stall(now, addr);
+            } else if verdict.began {
+                p.paths.probe(now, addr);
+            }
+            if verdict.began {
+                p.stats.doubt_episodes += 1;
+                self.flush_paths(now, i);
+            }
+            relay = !trusted || doubt;
             let payload = self.payload(datagram);
             self.transmits.push_back(Transmit::Udp {
                 socket,
@@ -112,7 +142,15 @@ impl Node {
                     // Anything authenticated from the peer answers our data: when we send only
                     // on the direct path, a reply means it got there (the peer may answer over
                     // DERP while its own side of the path is not validated yet).
-                    p.first_unanswered_direct = None;
+                    // While the direct path is in doubt, only an answer on it clears it: the
+                    // relay carries the answers then, and the data-stall clock keeps running
+                    // for a path that eats data but answers pings.
+                    let from_path = direct.map(|(_, from)| from);
+                    let relayed_in_doubt = from_path.is_none() && p.doubt.is_open();
+                    p.doubt.answered(now, from_path);
+                    if !relayed_in_doubt {
+                        p.first_unanswered_direct = None;
+                    }
                     p.relays.note_answered();
                     match (direct, source) {
                         (Some((_, from)), _) => {

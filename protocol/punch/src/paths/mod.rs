@@ -225,6 +225,18 @@ impl PeerPaths {
         true
     }
 
+    /// The round trip `addr` answered in last, if it ever did.
+    pub fn rtt(&self, addr: SocketAddr) -> Option<Duration> {
+        self.remote.get(&addr).and_then(|r| r.rtt)
+    }
+
+    /// Pings the direct path at `addr` now, outside the heartbeat schedule and out of the ping
+    /// budget (the driver saw data go unanswered on it): its pong, or its absence, settles
+    /// the doubt. Whether a ping went.
+    pub fn probe(&mut self, now: Instant, addr: SocketAddr) -> bool {
+        self.route == Route::Direct(addr) && self.budgeted_ping(now, addr)
+    }
+
     /// Whether a disco Ping with `tx_id` is new (false: seen within [`REPLAY_WINDOW`], so a
     /// replay or a duplicate, to be dropped without an answer). Records it.
     pub fn admit_ping(&mut self, now: Instant, tx_id: TxId) -> bool {

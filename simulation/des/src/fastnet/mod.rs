@@ -114,6 +114,9 @@ pub enum Disruption {
     /// Between the two sides, WireGuard is dropped but disco passes, for this long (a middlebox
     /// that lets pings through and eats data).
     DropData(Duration),
+    /// As `DropData`, one way only: WireGuard toward side 0 or 1 is dropped (a box, or an MTU
+    /// black hole, on one direction of the path), its disco and everything the other way pass.
+    DropDataTo(usize, Duration),
     /// Side 0's or 1's gateway (its innermost box) reboots: its port mappings, its NAT
     /// sessions and its epoch start again.
     RebootGateway(usize),
@@ -225,8 +228,13 @@ pub struct FastOutcome {
     /// Application packets sent from `measure_from` on that never arrived: (sending node,
     /// sequence number, sent at), the first 32.
     pub lost: Vec<(usize, u64, Duration)>,
+    /// Application packets node 0 and node 1 sent that never arrived, over the whole run.
+    pub lost_by_node: [u64; 2],
     /// Datagrams the engines refused.
     pub refused: u64,
+    /// WireGuard datagrams node 0 and node 1 also sent over the relay because their direct
+    /// path was in doubt (fast loss detection's cost).
+    pub doubt_duplicated: [u64; 2],
     /// Route changes seen (both nodes).
     pub switches: u64,
     /// Peak live sessions of any NAT box.
@@ -304,6 +312,8 @@ struct Disruptions {
     derp_down_until: Option<Instant>,
     cut_until: Option<Instant>,
     drop_data_until: Option<Instant>,
+    /// `DropDataTo`: per destination side.
+    drop_data_to_until: [Option<Instant>; 2],
 }
 
 /// The application traffic both ways and what arrived of it.

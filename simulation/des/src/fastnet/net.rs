@@ -117,6 +117,7 @@ impl FastNet {
                 derp_down_until: None,
                 cut_until: None,
                 drop_data_until: None,
+                drop_data_to_until: [None, None],
             },
             traffic: Traffic {
                 next: config.data_interval.map(|_| t0),
@@ -336,9 +337,13 @@ impl FastNet {
                 if self.disruptions.cut_until.is_some_and(|u| now < u) {
                     return;
                 }
-                if self.disruptions.drop_data_until.is_some_and(|u| now < u)
-                    && !burrow_disco::looks_like_disco(&data)
-                {
+                let eaten = self.disruptions.drop_data_until.is_some_and(|u| now < u)
+                    || self
+                        .disruptions
+                        .drop_data_to_until
+                        .get(side)
+                        .is_some_and(|u| u.is_some_and(|u| now < u));
+                if eaten && !burrow_disco::looks_like_disco(&data) {
                     return;
                 }
                 for _ in 0..copies(config, &mut self.rng) {
@@ -432,6 +437,11 @@ impl FastNet {
                 }
                 Disruption::CutDirect(x) => ds.cut_until = Some(now + x),
                 Disruption::DropData(x) => ds.drop_data_until = Some(now + x),
+                Disruption::DropDataTo(k, x) => {
+                    if let Some(u) = ds.drop_data_to_until.get_mut(k) {
+                        *u = Some(now + x);
+                    }
+                }
                 Disruption::WithdrawIpv6(side, x) => {
                     let s = &mut self.sides[side];
                     if let Some(v6) = s.v6.as_mut() {

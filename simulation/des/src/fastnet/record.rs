@@ -213,6 +213,12 @@ impl FastNet {
         self.out.direct = self.is_direct();
         self.out.direct_v6 =
             (0..2).all(|s| matches!(self.route(s), Some(Route::Direct(a)) if a.is_ipv6()));
+        for s in 0..2 {
+            self.out.doubt_duplicated[s] = self.sides[s]
+                .node
+                .stats(&self.peers[s])
+                .map_or(0, |st| st.tx_doubt);
+        }
         if let Some(x) = self.sides[0].node.explain(&self.peers[0]) {
             // One line per candidate: how often it was tried and what came of it last.
             let mut by_addr: BTreeMap<SocketAddr, (usize, String)> = BTreeMap::new();
@@ -233,11 +239,28 @@ impl FastNet {
                 })
                 .take(12)
                 .collect();
+            // Each time the direct path was in doubt (fast loss detection).
+            for d in &x.doubts {
+                self.out.explanation.push(format!(
+                    "in doubt {} at {:.3}s: {}, {} datagrams also over the relay",
+                    d.addr,
+                    (d.began - t0).as_secs_f64(),
+                    match d.ended {
+                        Some((lasted, how)) =>
+                            format!("{how:?} after {:.3}s", lasted.as_secs_f64()),
+                        None => "still".to_string(),
+                    },
+                    d.duplicated
+                ));
+            }
         }
         if let Some(iv) = self.config.data_interval {
             for s in 0..2 {
                 for n in 1..=self.traffic.seq[s] {
                     let sent_at = iv * (n as u32 - 1);
+                    if !self.traffic.received[1 - s].contains(&n) {
+                        self.out.lost_by_node[s] += 1;
+                    }
                     if self.out.lost.len() < 32
                         && sent_at >= self.config.measure_from
                         && !self.traffic.received[1 - s].contains(&n)
