@@ -369,6 +369,15 @@ pub struct UpArgs {
     /// Do not ask the default gateway to map the node's port (NAT-PMP, PCP, UPnP IGD).
     #[arg(long)]
     pub no_port_mapping: bool,
+    /// The TUN's MTU (default: the outgoing interface's, less 60 bytes of UDP and WireGuard
+    /// overhead, or 1280 with --no-path-mtu; at most 4000, the node's read buffers being 4 KiB).
+    /// Peers whose path carries less get ICMP "too big".
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1280..=4000))]
+    pub mtu: Option<u16>,
+    /// Do not probe each peer's path MTU: every packet goes as it comes (the TUN's MTU is 1280
+    /// unless --mtu says otherwise).
+    #[arg(long)]
+    pub no_path_mtu: bool,
     /// Relay for other nodes (peer relays) on this UDP port, bound dual-stack beside the
     /// node's own; the policy's `relay` rules (or `autoRelay`) say for whom.
     #[arg(long)]

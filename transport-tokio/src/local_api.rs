@@ -73,6 +73,10 @@ pub struct PeerStatus {
     /// None on a direct path or DERP, and from a node older than this.
     #[serde(default)]
     pub relay: Option<PeerRelayStatus>,
+    /// The largest packet the tunnel takes for the peer (path MTU discovery); None from a
+    /// node older than this.
+    #[serde(default)]
+    pub mtu: Option<u16>,
 }
 
 /// The peer relay a peer's traffic goes through.
@@ -188,6 +192,9 @@ pub struct Doctor {
     /// traffic went over the relay too), oldest first, one line each.
     #[serde(default)]
     pub doubts: Vec<String>,
+    /// Path MTU: the tunnel's for the peer and what the direct path's search found.
+    #[serde(default)]
+    pub mtu: String,
 }
 
 /// Answers to a `burrow ping` waiting for their pong.
@@ -458,6 +465,7 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                                 .map(|t| state.at.saturating_duration_since(t).as_secs_f64()),
                             rx_bytes: p.stats.rx_bytes,
                             tx_bytes: p.stats.tx_bytes,
+                            mtu: p.explanation.as_ref().map(|x| x.effective_mtu),
                         })
                     })
                     .collect(),
@@ -565,6 +573,7 @@ async fn handle(stream: UnixStream, cx: ApiContext) -> Result<()> {
                 .map_or_else(Vec::new, |x| relay_lines(&netmap_peers, &x.peer_relays));
             let relay_in_use = p.and_then(|p| p.peer_relay);
             let doctor = Doctor {
+                mtu: x.as_ref().map_or_else(String::new, mtu_line),
                 peer_relays,
                 doubts: x.as_ref().map_or_else(Vec::new, |x| {
                     x.doubts
@@ -660,6 +669,24 @@ pub async fn ask(path: &Path, request: &Request) -> Result<Vec<serde_json::Value
         out.push(v);
     }
     Ok(out)
+}
+
+/// `burrow doctor`'s MTU line: the tunnel's MTU for the peer, and the direct path's search.
+fn mtu_line(x: &burrow_node::Explanation) -> String {
+    let Some((addr, r)) = x.mtu else {
+        return format!("{} (no direct path probed)", x.effective_mtu);
+    };
+    let state = match r.state {
+        burrow_punch::MtuState::Searching => "searching",
+        burrow_punch::MtuState::Settled => "settled",
+    };
+    let too_big = r
+        .too_big
+        .map_or(String::new(), |b| format!(", {b} bytes went unanswered"));
+    format!(
+        "{} (direct path {addr} carries {}-byte datagrams{too_big}; {state}, {} probes, {} black holes)",
+        x.effective_mtu, r.limit, r.probes, r.black_holes
+    )
 }
 
 #[cfg(test)]

@@ -552,8 +552,9 @@ const ENGINE_SPARE: usize = 64;
 /// Buffers a reader keeps in circulation; with all of them queued it waits (the socket's own
 /// buffer holds what arrives meanwhile), so a flood costs at most this many.
 const READER_BUFFERS: usize = 64;
-/// A reader's buffer: room for any datagram of the mesh (WireGuard at the tunnel's 1280-byte
-/// MTU, disco, STUN); anything longer is no datagram of ours and fails to authenticate.
+/// A reader's buffer: room for any datagram of the mesh (WireGuard at a tunnel MTU of up to
+/// 4000, `burrow up --mtu`'s limit; disco, path MTU probes, STUN); anything longer is no
+/// datagram of ours and fails to authenticate.
 const READ_BUFFER: usize = 4096;
 
 /// Reads datagrams from `socket` into buffers that come back to it over the returned sender,

@@ -441,6 +441,25 @@ pub fn lacks_ipv6(e: &io::Error) -> bool {
     })
 }
 
+/// Sets the socket to send every datagram with Don't Fragment and never fragment it here,
+/// whatever the kernel has learned of the path (`IP_PMTUDISC_PROBE`, and its IPv6 twin on a
+/// dual-stack socket): path MTU discovery sizes datagrams itself, and its probes must be
+/// the size they say.
+pub fn set_path_mtu_probe(socket: &UdpSocket) -> io::Result<()> {
+    use rustix::net::sockopt;
+    let v6 = socket.local_addr()?.is_ipv6();
+    // On a dual-stack socket the IPv4 option covers IPv4-mapped traffic; a kernel that refuses
+    // it there still gets the IPv6 one.
+    match sockopt::set_ip_mtu_discover(socket, sockopt::Ipv4PathMtuDiscovery::PROBE) {
+        Err(e) if !v6 => return Err(e.into()),
+        _ => {}
+    }
+    if v6 {
+        sockopt::set_ipv6_mtu_discover(socket, sockopt::Ipv6PathMtuDiscovery::PROBE)?;
+    }
+    Ok(())
+}
+
 /// The node's main UDP socket, with large buffers: dual-stack `[::]:port` (IPV6_V6ONLY off,
 /// so one socket carries both families), or `0.0.0.0:port` when the host has no IPv6.
 /// [`SocketFamilies::of`] its local address tells which.

@@ -6,6 +6,7 @@ pub mod birthday;
 pub mod candidate;
 pub mod limits;
 pub mod paths;
+pub mod pmtu;
 pub mod prediction;
 
 pub use birthday::{
@@ -21,6 +22,7 @@ pub use paths::{
     SocketId, Transmit, MAIN_SOCKET, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL,
     RECOVERY_PONGS, REPLAY_CAPACITY, REPLAY_WINDOW,
 };
+pub use pmtu::{MtuReport, MtuSizes, MtuState, PathMtu};
 pub use prediction::{
     advance, FlowLedger, MutualPrediction, PeerMapping, PeerPort, PredictionAction,
     PredictionConfig, PredictionReport, PredictionRole,

@@ -41,6 +41,9 @@ pub async fn run(args: DoctorArgs) -> Result<()> {
             println!("  {r}");
         }
     }
+    if !d.mtu.is_empty() {
+        println!("mtu:       {}", d.mtu);
+    }
     if !d.doubts.is_empty() {
         println!("direct path in doubt (data unanswered; the relay carried it too):");
         for l in &d.doubts {

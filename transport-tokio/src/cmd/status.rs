@@ -30,6 +30,10 @@ pub async fn run(args: StatusArgs) -> Result<()> {
                 },
                 _ => p.path.clone(),
             };
+            let path = match p.mtu {
+                Some(m) => format!("{path}, mtu {m}"),
+                None => path,
+            };
             println!(
                 "  {:<16} {:<36} {:<44} handshake {:<10} rx {} B, tx {} B",
                 p.name,

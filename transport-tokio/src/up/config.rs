@@ -37,6 +37,10 @@ pub struct UpConfig {
     pub relay_endpoints: Vec<SocketAddr>,
     /// The relay's forwarding budget per client of a pair, in Mbit/s.
     pub relay_max_mbit: u64,
+    /// The TUN's MTU (None: from the outgoing interface, or 1280 without path MTU discovery).
+    pub mtu: Option<u16>,
+    /// Probe each peer's path MTU and follow it.
+    pub path_mtu: bool,
 }
 
 impl std::fmt::Debug for UpConfig {
@@ -54,6 +58,8 @@ impl std::fmt::Debug for UpConfig {
             .field("relay_port", &self.relay_port)
             .field("relay_endpoints", &self.relay_endpoints)
             .field("relay_max_mbit", &self.relay_max_mbit)
+            .field("mtu", &self.mtu)
+            .field("path_mtu", &self.path_mtu)
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +85,8 @@ mod tests {
             relay_port: None,
             relay_endpoints: vec![],
             relay_max_mbit: 1000,
+            mtu: None,
+            path_mtu: true,
         };
         let s = format!("{cfg:?}");
         assert!(

@@ -14,14 +14,18 @@ use crate::derp_client::DerpUrl;
 use crate::node::NodeCommand;
 
 /// Creates the TUN interface `name` with `addresses` and routes the tailnet through it.
-pub(crate) fn create_tun(name: &str, addresses: &[IpAddr]) -> Result<Arc<tun::AsyncDevice>> {
+pub(crate) fn create_tun(
+    name: &str,
+    addresses: &[IpAddr],
+    mtu: u16,
+) -> Result<Arc<tun::AsyncDevice>> {
     let v4 = addresses
         .iter()
         .find(|a| a.is_ipv4())
         .copied()
         .context("the control server gave no IPv4 address")?;
     let mut tun_config = tun::Configuration::default();
-    tun_config.tun_name(name).mtu(1280).up();
+    tun_config.tun_name(name).mtu(mtu).up();
     if let IpAddr::V4(a) = v4 {
         tun_config
             .address(a)
@@ -151,6 +155,61 @@ fn link_type(name: &str) -> Option<u16> {
         .parse()
         .ok()
 }
+
+/// The MTU of the interface this host's traffic leaves by: the IPv4 default route's, else the
+/// IPv6 one's, else the largest of the interfaces with a link layer; 1500 when none can be
+/// read. The top of path MTU discovery.
+pub(crate) fn interface_mtu() -> u16 {
+    let default_v4 = std::fs::read_to_string("/proc/net/route")
+        .ok()
+        .and_then(|t| default_route_interface(&t));
+    let default_v6 = || crate::portmap::default_gateway_v6().map(|(_, dev)| dev);
+    if let Some(mtu) = default_v4.or_else(default_v6).and_then(|d| link_mtu(&d)) {
+        return mtu;
+    }
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback() && !is_tunnel(&link_type(&i.name)))
+        .filter_map(|i| link_mtu(&i.name))
+        .max()
+        .unwrap_or(1500)
+}
+
+/// The interface of the IPv4 default route in a `/proc/net/route` table.
+pub(crate) fn default_route_interface(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+        (*f.get(1)? == "00000000" && flags & 0x1 != 0).then(|| f[0].to_string())
+    })
+}
+
+/// Interface `name`'s MTU (`/sys/class/net/NAME/mtu`).
+fn link_mtu(name: &str) -> Option<u16> {
+    let raw: u32 = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(raw.min(u32::from(u16::MAX)) as u16)
+}
+
+/// The TUN's MTU: `asked`, else the interface's less UDP and WireGuard overhead over IPv4
+/// (60 bytes), in WireGuard's 16-byte steps, at least 1280; 1280 without discovery.
+pub(crate) fn tun_mtu(asked: Option<u16>, interface: u16, discovery: bool) -> u16 {
+    match (asked, discovery) {
+        (Some(m), _) => m,
+        (None, false) => burrow_node::MIN_TUNNEL_MTU,
+        (None, true) => {
+            let fits = interface.saturating_sub(60).min(MAX_TUN_MTU) / 16 * 16;
+            fits.max(burrow_node::MIN_TUNNEL_MTU)
+        }
+    }
+}
+
+/// The largest TUN MTU chosen by itself: the node reads datagrams into 4 KiB buffers.
+const MAX_TUN_MTU: u16 = 4000;
 
 /// Whether a link type is a layer-3 tunnel with no link layer (ARPHRD_NONE: TUN devices,
 /// WireGuard, including other VPNs' and burrow's own): an address on one is no place a peer
@@ -468,6 +527,26 @@ not a line
             address_change(&[], &addrs(&[v6])),
             Some((addrs(&[v6]), vec![]))
         );
+    }
+
+    #[test]
+    fn the_default_routes_interface_from_the_route_table() {
+        let table =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth1\t000A0A0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_interface(table).as_deref(), Some("eth0"));
+        assert_eq!(default_route_interface("Iface\n"), None);
+    }
+
+    #[test]
+    fn the_tun_mtu_leaves_room_for_the_overhead_in_16_byte_steps() {
+        assert_eq!(tun_mtu(None, 1500, true), 1440);
+        assert_eq!(tun_mtu(None, 1492, true), 1424);
+        assert_eq!(tun_mtu(None, 9000, true), 4000);
+        assert_eq!(tun_mtu(None, 1280, true), 1280);
+        assert_eq!(tun_mtu(None, 1500, false), 1280);
+        assert_eq!(tun_mtu(Some(1400), 1500, true), 1400);
     }
 
     #[test]

@@ -72,9 +72,21 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let derp_url = iface::derp_url(cfg.derp.as_ref(), &derp_map)?;
     let derp_dial = iface::derp_dial(cfg.derp.as_ref(), &derp_map, &derp_url);
     iface::warn_if_plain("DERP relay", &derp_url.to_string());
-    let tun = iface::create_tun(&cfg.tun, &node.addresses)?;
     let socket = crate::wg::bind_udp_socket(cfg.listen_port)
         .with_context(|| format!("binding UDP port {}", cfg.listen_port))?;
+    // Datagrams leave at the size discovery chose, never fragmented by this host; a kernel or
+    // sandbox that refuses the option gets the node without discovery, not no node.
+    let path_mtu = cfg.path_mtu
+        && match crate::transport::set_path_mtu_probe(&socket) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "IP_MTU_DISCOVER refused: path MTU discovery off, TUN MTU 1280");
+                false
+            }
+        };
+    let interface_mtu = iface::interface_mtu();
+    let tun_mtu = iface::tun_mtu(cfg.mtu, interface_mtu, path_mtu);
+    let tun = iface::create_tun(&cfg.tun, &node.addresses, tun_mtu)?;
     let local = socket.local_addr()?;
     let port = local.port();
     let families = SocketFamilies::of(local);
@@ -90,6 +102,12 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let local_addrs = iface::local_addresses(port, &node.addresses, families.ipv6());
     config.local_addrs = local_addrs.clone();
     config.tunnel_prefixes = iface::tunnel_prefixes(&node.addresses);
+    config.mtu = burrow_node::MtuConfig {
+        discovery: path_mtu,
+        tunnel_mtu: tun_mtu,
+        interface_mtu,
+    };
+    tracing::info!(tun_mtu, interface_mtu, discovery = path_mtu, "MTU");
     if let Some(port) = relay_port {
         let mut relay = RelayServerSettings::on_port(port);
         relay.static_endpoints = cfg.relay_endpoints.clone();

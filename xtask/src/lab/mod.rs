@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use crate::util::{cargo, have, is_root, root, run as run_cmd};
 
 pub(crate) mod ipv6;
+mod pmtu;
 pub(crate) mod relay;
 
 /// The derper in the internet namespace (DERP on 8443, STUN on 3478).
@@ -1040,6 +1041,16 @@ pub fn run() -> Result<()> {
             node_args: &node_args,
             dir: &dir,
             pubkey: &pubkey,
+        },
+        &mut failures,
+    )?;
+
+    pmtu::checks(
+        pmtu::PmtuLab {
+            lab: &mut lab,
+            burrow: &burrow,
+            nodes: &nodes,
+            dir: &dir,
         },
         &mut failures,
     )?;

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Wall-clock time at `now` (WireGuard's TAI64N timestamps).
     pub unix_time: Duration,
+    /// Path MTU discovery, and the tunnel's and interface's MTUs.
+    pub mtu: super::MtuConfig,
 }
 
 impl NodeConfig {
@@ -84,6 +86,7 @@ impl NodeConfig {
             birthday_needs_control_ip: true,
             seed,
             unix_time: Duration::from_secs(1_700_000_000),
+            mtu: super::MtuConfig::default(),
         }
     }
 }
@@ -302,6 +305,15 @@ pub struct PeerStats {
     pub tx_doubt: u64,
     /// See `tx_doubt`.
     pub tx_doubt_bytes: u64,
+    /// Path MTU probes (padded disco pings) sent on the direct path.
+    pub mtu_probes: u64,
+    /// WireGuard datagrams sent over DERP instead of the direct path because they were larger
+    /// than it was known to carry (while its MTU search ran).
+    pub tx_oversize_relay: u64,
+    /// Packets too big for the path answered with ICMP "too big" into the tunnel.
+    pub tx_too_big: u64,
+    /// IPv4 fragments sent for packets too big for the path that allowed fragmenting.
+    pub tx_fragments: u64,
 }
 
 /// Why a peer is on its path: the current route and every recent attempt.
@@ -333,4 +345,9 @@ pub struct Explanation {
     /// The latest times the direct path was in doubt (data unanswered past its usual answer
     /// time, so every packet also went over the relay), oldest first.
     pub doubts: Vec<super::DoubtEpisode>,
+    /// The direct path's MTU discovery (the path's address and what the search found).
+    pub mtu: Option<(SocketAddr, burrow_punch::MtuReport)>,
+    /// The largest packet the tunnel takes for the peer now: the tunnel's MTU, or less once
+    /// the direct path's search settled below it (larger packets get ICMP "too big").
+    pub effective_mtu: u16,
 }

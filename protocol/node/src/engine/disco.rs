@@ -53,6 +53,8 @@ impl Node {
                 // Replays, unacceptable sources and pings over the pong budget go unanswered.
                 self.peers[i].paths.handle_ping(now, socket, from, tx_id);
             }
+            // A path MTU probe's answer concerns the probe only.
+            Message::Pong { tx_id, .. } if self.pmtu_pong(now, i, from, &tx_id) => {}
             Message::Pong { tx_id, .. }
                 if !self.user_pong(now, &tx_id, Route::Direct(from), None)
                     && self.peers[i].paths.handle_pong(now, socket, from, tx_id) =>
@@ -186,6 +188,7 @@ impl Node {
                 }
             }
         }
+        self.run_pmtu(now, i);
     }
 
     /// Whether `addr` is routed into the tunnel (`NodeConfig::tunnel_prefixes`): pinging it

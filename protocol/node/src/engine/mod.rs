@@ -34,6 +34,7 @@ mod birthday;
 mod disco;
 mod doubt;
 mod peer_relay;
+mod pmtu;
 mod prediction;
 mod relay_host;
 mod stun;
@@ -59,6 +60,7 @@ pub use doubt::{DoubtEnd, DoubtEpisode, DOUBT_RTTS, MIN_DOUBT_AFTER};
 pub use peer_relay::{
     PeerRelayPolicy, RelayReport, RelayState, MAX_RELAY_TRIES, RELAY_AFTER, RELAY_SOCKET,
 };
+pub use pmtu::{MtuConfig, MIN_TUNNEL_MTU};
 pub use relay_host::RelayServerSettings;
 
 use crate::nat::NatView;
@@ -88,6 +90,8 @@ struct Peer {
     first_unanswered_direct: Option<Instant>,
     /// Whether the direct path is in doubt (data unanswered past its usual answer time).
     doubt: doubt::Doubt,
+    /// The direct path's MTU discovery.
+    mtu: pmtu::PeerMtu,
     stats: PeerStats,
 }
 
@@ -313,6 +317,7 @@ impl Node {
             relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
             doubt: doubt::Doubt::default(),
+            mtu: pmtu::PeerMtu::default(),
             stats: PeerStats::default(),
         });
         self.flush_paths(now, i);
@@ -371,7 +376,8 @@ impl Node {
 
     /// Why a peer is on its path, as of the latest input or timer.
     pub fn explain(&self, peer: &PublicKey) -> Option<Explanation> {
-        let p = &self.peers[*self.by_node.get(peer)?];
+        let i = *self.by_node.get(peer)?;
+        let p = &self.peers[i];
         let now = self.last_now;
         Some(Explanation {
             route: p.paths.route(),
@@ -386,6 +392,8 @@ impl Node {
             prediction: p.prediction.as_ref().map(|m| m.report()),
             peer_relays: self.peer_relays(peer),
             doubts: p.doubt.episodes(),
+            mtu: self.mtu_report(i),
+            effective_mtu: self.path_mtu(peer).unwrap_or(self.config.mtu.tunnel_mtu),
         })
     }
 
@@ -431,12 +439,35 @@ impl Node {
         Ok(())
     }
 
-    /// Encrypts an IP packet for `peer` and sends it on its current path.
+    /// Encrypts an IP packet for `peer` and sends it on its current path. A packet larger
+    /// than the path carries (once its MTU is known) is not sent: an ICMP "too big" comes back
+    /// as an [`Event::Packet`] from the peer instead, or IPv4 fragments go when the packet
+    /// allows fragmenting.
     pub fn send(&mut self, now: Instant, peer: &PublicKey, packet: &[u8]) -> Result<(), NodeError> {
         let i = *self
             .by_node
             .get(peer)
             .ok_or(NodeError::UnknownPeer(*peer))?;
+        match self.oversize(i, packet) {
+            None => self.send_packet(now, i, packet),
+            Some(crate::icmp::TooBig::Tell(error)) => {
+                self.peers[i].stats.tx_too_big += 1;
+                let data = self.payload(&error);
+                self.events.push_back(Event::Packet { peer: *peer, data });
+                Ok(())
+            }
+            Some(crate::icmp::TooBig::Fragments(fragments)) => {
+                self.peers[i].stats.tx_fragments += fragments.len() as u64;
+                fragments
+                    .iter()
+                    .try_for_each(|f| self.send_packet(now, i, f))
+            }
+            Some(crate::icmp::TooBig::Drop) => Ok(()),
+        }
+    }
+
+    /// Encrypts an IP packet for peer `i` and sends it on its current path.
+    fn send_packet(&mut self, now: Instant, i: usize, packet: &[u8]) -> Result<(), NodeError> {
         let wg = self.peers[i].wg;
         let mut out = std::mem::take(&mut self.buf);
         let r = self.device.encapsulate(now, wg, packet, &mut out);
@@ -543,6 +574,7 @@ impl Node {
                 p.opening.as_ref().map(|o| o.next_at),
                 p.prediction.as_ref().and_then(|m| m.poll_timeout()),
                 p.first_unanswered_direct.map(|t| t + DATA_STALL_AFTER),
+                p.mtu.poll_timeout(p.paths.route()),
             ]
         });
         [

@@ -36,7 +36,11 @@ impl Node {
             self.peers[i].doubt.end(now, super::DoubtEnd::Left);
         }
         let mut relay = true;
-        if let (Route::Relay, Some((addr, vni, trusted))) = (route, self.relay_route(now, i)) {
+        let relayed = self.relay_route(now, i).filter(|(addr, _, _)| {
+            // A datagram the peer relay's socket cannot send whole goes over DERP alone.
+            self.relay_limit(*addr).is_none_or(|l| datagram.len() <= l)
+        });
+        if let (Route::Relay, Some((addr, vni, trusted))) = (route, relayed) {
             // A peer relay: DERP too until it is trusted (no loss at the switch).
             relay = !trusted;
             self.peers[i].stats.tx_peer_relay += 1;
@@ -45,7 +49,16 @@ impl Node {
             }
             self.send_wg_via_relay(addr, vni, datagram);
         }
-        if let Route::Direct(addr) = route {
+        // A datagram larger than the direct path is known to carry goes over DERP alone while
+        // the path's MTU search runs (the search settled, `Node::send` keeps such packets out).
+        let oversize = match route {
+            Route::Direct(addr) => self.path_limit(i, addr).is_some_and(|l| datagram.len() > l),
+            Route::Relay => false,
+        };
+        if oversize {
+            self.peers[i].stats.tx_oversize_relay += 1;
+        }
+        if let (Route::Direct(addr), false) = (route, oversize) {
             let trusted = self.trusted(now, i, addr);
             let rtt = self.peers[i].paths.rtt(addr);
             let socket = self.peers[i].paths.socket_of(addr);
@@ -65,21 +78,35 @@ impl Node {
                 },
             };
             let doubt = verdict.in_doubt;
+            // A doubt that keeps coming back while the path's size is being checked waits for
+            // that answer: a black hole for large packets is no reason to leave the path.
+            let verifying = verdict.recurring && self.pmtu_verifying(i, addr);
+            if data {
+                self.pmtu_note_send(now, i, addr, datagram.len());
+            }
+            let at_risk = self.pmtu_at_risk(i, addr, datagram.len());
+            let p = &mut self.peers[i];
             if trusted && doubt {
                 p.doubt.note_duplicate(datagram.len());
+            }
+            // What doubt costs, the path's size being checked included.
+            if trusted && (doubt || at_risk) {
                 p.stats.tx_doubt += 1;
                 p.stats.tx_doubt_bytes += datagram.len() as u64;
             }
-            if verdict.recurring {
+            if verdict.recurring && !verifying {
                 p.paths.report_data_stall(now, addr);
             } else if verdict.began {
                 p.paths.probe(now, addr);
             }
             if verdict.began {
                 p.stats.doubt_episodes += 1;
+                // A black hole for large packets looks just like this: the path's size is
+                // checked again beside the ping.
+                self.pmtu_verify(now, i, addr);
                 self.flush_paths(now, i);
             }
-            relay = !trusted || doubt;
+            relay = !trusted || doubt || at_risk;
             let payload = self.payload(datagram);
             self.transmits.push_back(Transmit::Udp {
                 socket,

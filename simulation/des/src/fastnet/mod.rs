@@ -123,6 +123,9 @@ pub enum Disruption {
     /// Side 0's or 1's IPv6 address is withdrawn for this long (the node is told, as a driver
     /// watching its interfaces would be); nothing of that side's IPv6 passes meanwhile.
     WithdrawIpv6(usize, Duration),
+    /// Side `k`'s access link now carries IP packets up to this size (none: any size), both
+    /// ways; larger ones vanish without an ICMP error (a black hole for large packets).
+    LinkMtu(usize, Option<usize>),
 }
 
 /// One run's network and workload.
@@ -162,6 +165,14 @@ pub struct FastConfig {
     pub ipv6: [Option<Ipv6Access>; 2],
     /// Relay-capable nodes (sides 2, 3, …), none by default.
     pub relays: Vec<RelaySite>,
+    /// The largest IP packet each side's access link carries, both ways (none: any); larger
+    /// ones vanish silently, as in a black hole that sends no ICMP.
+    pub link_mtu: [Option<usize>; 2],
+    /// Application packets are IPv4 packets of this size with Don't Fragment set (none: 44
+    /// bytes); an ICMP "too big" lowers the sender's size to the MTU it names.
+    pub data_size: Option<usize>,
+    /// Both nodes' path MTU settings (none: the engine's defaults).
+    pub mtu: Option<burrow_node::MtuConfig>,
     /// Seed for everything.
     pub seed: u64,
 }
@@ -187,6 +198,9 @@ impl FastConfig {
             port_mapping: true,
             ipv6: [None, None],
             relays: Vec::new(),
+            link_mtu: [None, None],
+            data_size: None,
+            mtu: None,
             seed,
         }
     }
@@ -230,6 +244,18 @@ pub struct FastOutcome {
     pub lost: Vec<(usize, u64, Duration)>,
     /// Application packets node 0 and node 1 sent that never arrived, over the whole run.
     pub lost_by_node: [u64; 2],
+    /// Application packets each node was told were too big for the path (ICMP back into its
+    /// tunnel), so not lost.
+    pub too_big: [u64; 2],
+    /// Each node's tunnel MTU toward the other at the end.
+    pub path_mtu: [Option<u16>; 2],
+    /// Each node's path MTU probes, datagrams sent over DERP while larger than the direct
+    /// path was known to carry, and black holes found.
+    pub mtu_probes: [u64; 2],
+    /// See `mtu_probes`.
+    pub oversize_relayed: [u64; 2],
+    /// See `mtu_probes`.
+    pub black_holes: [u32; 2],
     /// Datagrams the engines refused.
     pub refused: u64,
     /// WireGuard datagrams node 0 and node 1 also sent over the relay because their direct
@@ -284,6 +310,8 @@ struct Side {
     one_way: Duration,
     /// Unreachable until then (a relay taken down).
     down_until: Option<Instant>,
+    /// The largest IP packet its access link carries (none: any).
+    link_mtu: Option<usize>,
     /// The node's port mapper, and its gateway's service (behind a translating box).
     portmap: Option<SidePortMap>,
 }
@@ -323,6 +351,11 @@ struct Traffic {
     /// The first sequence number each side sent from `measure_from` on.
     first_measured: [Option<u64>; 2],
     received: [BTreeSet<u64>; 2],
+    /// Packets each side was told were too big (ICMP into its tunnel).
+    told: [BTreeSet<u64>; 2],
+    /// Each side's application packet size: `FastConfig::data_size`, lowered to the MTU an
+    /// ICMP error names (as TCP lowers its segment size).
+    size: [Option<usize>; 2],
     last_reported_route: [Option<Route>; 2],
 }
 

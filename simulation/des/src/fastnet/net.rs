@@ -124,6 +124,8 @@ impl FastNet {
                 seq: [0; 2],
                 first_measured: [None; 2],
                 received: [BTreeSet::new(), BTreeSet::new()],
+                told: [BTreeSet::new(), BTreeSet::new()],
+                size: [config.data_size; 2],
                 last_reported_route: [None; 2],
             },
             last_endpoints: [None, None],
@@ -331,6 +333,9 @@ impl FastNet {
                 let Some(side) = self.sides.iter().position(|s| s.owns(dst.ip())) else {
                     return; // unroutable (a LAN candidate of the other side)
                 };
+                if !fits(self.sides[side].link_mtu, dst, data.len()) {
+                    return;
+                }
                 if self.sides[side].down_until.is_some_and(|u| now < u) {
                     return;
                 }
@@ -450,6 +455,7 @@ impl FastNet {
                         s.node.set_local_addrs(now, addrs);
                     }
                 }
+                Disruption::LinkMtu(side, mtu) => self.sides[side].link_mtu = mtu,
                 Disruption::RebootGateway(side) => {
                     let s = &mut self.sides[side];
                     if let Some(pm) = s.portmap.as_mut() {
@@ -481,7 +487,7 @@ impl FastNet {
             for s in 0..2 {
                 let tr = &mut self.traffic;
                 tr.seq[s] += 1;
-                let packet = app_packet(s, tr.seq[s]);
+                let packet = app_packet(s, tr.seq[s], tr.size[s]);
                 let _ = self.sides[s].node.send(now, &self.peers[s], &packet);
                 self.out.data_sent += 1;
                 if now >= self.t0 + self.config.measure_from {
@@ -658,6 +664,9 @@ impl FastNet {
                     if self.sides[s].down_until.is_some_and(|u| now < u) {
                         continue;
                     }
+                    if !fits(self.sides[s].link_mtu, dst, payload.len()) {
+                        continue;
+                    }
                     let Some(src) = send_out(&mut self.sides[s], now, port, dst) else {
                         continue; // a box dropped it, or the host has no address of that family
                     };
@@ -674,6 +683,12 @@ impl FastNet {
             }
         }
     }
+}
+
+/// Whether a UDP datagram of `len` bytes to or from `peer` fits a link of `mtu`.
+fn fits(mtu: Option<usize>, peer: SocketAddr, len: usize) -> bool {
+    let ip = if peer.is_ipv4() { 20 } else { 40 };
+    mtu.is_none_or(|m| len + ip + 8 <= m)
 }
 
 /// The source a datagram from `side`'s socket on `port` to `dst` has on the Internet: past
@@ -757,6 +772,9 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         .collect();
     nc.probe = config.probe;
     nc.prediction = config.prediction;
+    if let Some(m) = config.mtu {
+        nc.mtu = m;
+    }
     if relay.is_some() {
         nc.relay_server = Some(RelayServerSettings::on_port(RELAY_PORT));
     }
@@ -796,6 +814,7 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         has_v4,
         one_way: relay.map_or(config.one_way, |r| r.one_way),
         down_until: None,
+        link_mtu: config.link_mtu.get(s).copied().flatten(),
         portmap,
     }
 }

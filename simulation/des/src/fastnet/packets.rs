@@ -155,7 +155,7 @@ pub(super) fn copies(c: &FastConfig, rng: &mut ChaCha20Rng) -> usize {
 }
 
 /// An IPv4/UDP-looking packet from side `s` carrying `n` and the plaintext marker.
-pub(super) fn app_packet(s: usize, n: u64) -> Vec<u8> {
+pub(super) fn app_packet(s: usize, n: u64, size: Option<usize>) -> Vec<u8> {
     let mut p = vec![
         0x45,
         0,
@@ -180,6 +180,10 @@ pub(super) fn app_packet(s: usize, n: u64) -> Vec<u8> {
     ];
     p.extend_from_slice(PLAINTEXT_MARKER);
     p.extend_from_slice(&n.to_be_bytes());
+    if let Some(size) = size.filter(|s| *s > p.len()) {
+        p.resize(size, 0);
+        p[6] = 0x40; // Don't Fragment: too big means an ICMP error, not fragments
+    }
     let len = p.len() as u16;
     p[2..4].copy_from_slice(&len.to_be_bytes());
     p
@@ -187,7 +191,17 @@ pub(super) fn app_packet(s: usize, n: u64) -> Vec<u8> {
 
 /// The sequence number of an application packet from side `from`.
 pub(super) fn app_seq(from: usize, p: &[u8]) -> Option<u64> {
-    if p.len() != 44 || p[15] != 1 + from as u8 || &p[20..36] != PLAINTEXT_MARKER {
+    let len = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
+    if p.len() != len {
+        return None;
+    }
+    quoted_seq(from, p)
+}
+
+/// The sequence number of an application packet from side `from` whose first 44 bytes are
+/// `p`'s (as an ICMP error quotes it).
+pub(super) fn quoted_seq(from: usize, p: &[u8]) -> Option<u64> {
+    if p.len() < 44 || p[15] != 1 + from as u8 || &p[20..36] != PLAINTEXT_MARKER {
         return None;
     }
     Some(u64::from_be_bytes(p[36..44].try_into().ok()?))

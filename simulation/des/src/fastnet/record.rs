@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use burrow_node::Event;
 use burrow_punch::Route;
 
-use super::packets::app_seq;
+use super::packets::{app_seq, quoted_seq};
 use super::{FastNet, FastOutcome};
 
 impl FastNet {
@@ -39,6 +39,17 @@ impl FastNet {
                 }
             }
             Event::Packet { data, .. } => {
+                // An ICMP "fragmentation needed" for one of our own packets: told, not lost.
+                if data.len() >= 28 && data[9] == 1 && data[20..22] == [3, 4] {
+                    if let Some(n) = quoted_seq(s, &data[28..]) {
+                        self.traffic.told[s].insert(n);
+                        self.out.too_big[s] += 1;
+                        let mtu = usize::from(u16::from_be_bytes([data[26], data[27]]));
+                        let size = &mut self.traffic.size[s];
+                        *size = size.map(|x| x.min(mtu));
+                    }
+                    return;
+                }
                 let Some(n) = app_seq(1 - s, &data) else {
                     return;
                 };
@@ -214,10 +225,16 @@ impl FastNet {
         self.out.direct_v6 =
             (0..2).all(|s| matches!(self.route(s), Some(Route::Direct(a)) if a.is_ipv6()));
         for s in 0..2 {
-            self.out.doubt_duplicated[s] = self.sides[s]
-                .node
-                .stats(&self.peers[s])
-                .map_or(0, |st| st.tx_doubt);
+            let node = &self.sides[s].node;
+            let stats = node.stats(&self.peers[s]).unwrap_or_default();
+            self.out.doubt_duplicated[s] = stats.tx_doubt;
+            self.out.mtu_probes[s] = stats.mtu_probes;
+            self.out.oversize_relayed[s] = stats.tx_oversize_relay;
+            self.out.path_mtu[s] = node.path_mtu(&self.peers[s]);
+            self.out.black_holes[s] = node
+                .explain(&self.peers[s])
+                .and_then(|x| x.mtu)
+                .map_or(0, |(_, r)| r.black_holes);
         }
         if let Some(x) = self.sides[0].node.explain(&self.peers[0]) {
             // One line per candidate: how often it was tried and what came of it last.
@@ -258,13 +275,12 @@ impl FastNet {
             for s in 0..2 {
                 for n in 1..=self.traffic.seq[s] {
                     let sent_at = iv * (n as u32 - 1);
-                    if !self.traffic.received[1 - s].contains(&n) {
+                    let lost = !self.traffic.received[1 - s].contains(&n)
+                        && !self.traffic.told[s].contains(&n);
+                    if lost {
                         self.out.lost_by_node[s] += 1;
                     }
-                    if self.out.lost.len() < 32
-                        && sent_at >= self.config.measure_from
-                        && !self.traffic.received[1 - s].contains(&n)
-                    {
+                    if self.out.lost.len() < 32 && sent_at >= self.config.measure_from && lost {
                         self.out.lost.push((s, n, iv * (n as u32 - 1)));
                     }
                 }

@@ -1,0 +1,543 @@
+//! Path MTU discovery for one path, by padded disco pings (packetization-layer PMTUD in the
+//! manner of RFC 8899: probes are ordinary datagrams, a lost one is the only signal, no ICMP).
+//!
+//! Sizes are UDP payload lengths of the datagrams the path carries. The machine starts from a
+//! size every path is assumed to carry (an IPv6 minimum-MTU packet's), probes the largest size
+//! worth having first (most paths carry it: one round trip and done), and otherwise searches
+//! by bisection, the tunnel's floor (a 1,280-byte inner packet) first. A size fails after
+//! [`PROBE_TRIES`] unanswered probes, so one lost probe does not shrink the path. A settled
+//! path is probed again every [`REPROBE_AFTER`], and verified at its size when the driver sees
+//! data go unanswered: a black hole for large packets that appears mid-path drops it back to
+//! the assumed size at once and starts the search again.
+
+use std::time::{Duration, Instant};
+
+use burrow_disco::TxId;
+
+/// Probes of one size that must go unanswered before the size counts as too big.
+pub const PROBE_TRIES: u8 = 2;
+/// A settled path is probed again after this long (its route may have changed).
+pub const REPROBE_AFTER: Duration = Duration::from_secs(600);
+/// A probe is given at least this long (and 3 round trips) for its pong.
+pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// While datagrams above the assumed size go out, the confirmed size is checked again when its
+/// last confirmation is older than this: a black hole for large packets shows no other sign
+/// when the traffic is sparse (a ping a second, TCP retransmitting into it with back-off).
+pub const REVERIFY_WHILE_LARGE: Duration = Duration::from_secs(3);
+/// A probe's timeout while the path's round trip is unknown.
+pub const UNKNOWN_RTT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Probe sizes move in steps of this many bytes (WireGuard pads its plaintexts to 16, so a
+/// datagram size between two steps carries no larger packet than the step below).
+pub const STEP: usize = 16;
+
+/// The sizes one path's search works with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuSizes {
+    /// A datagram size every path is taken to carry without probing.
+    pub assumed: usize,
+    /// The size probed first after the largest fails (the tunnel's minimum packet).
+    pub floor: usize,
+    /// The largest size worth probing (the tunnel's MTU, or the interface's, whichever binds).
+    pub ceiling: usize,
+}
+
+/// Where a path's search stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtuState {
+    /// Probing; datagrams above [`PathMtu::limit`] should take another way meanwhile.
+    Searching,
+    /// Done: [`PathMtu::limit`] is the largest size the path carried.
+    Settled,
+}
+
+/// One path's discovery, as a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MtuReport {
+    /// The largest datagram size confirmed (or assumed).
+    pub limit: usize,
+    /// The smallest size that went unanswered, if any.
+    pub too_big: Option<usize>,
+    /// The sizes the search works with.
+    pub sizes: MtuSizes,
+    /// Searching or settled.
+    pub state: MtuState,
+    /// Probes sent on this path.
+    pub probes: u64,
+    /// Times a confirmed size stopped getting through (a black hole appeared).
+    pub black_holes: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    tx_id: TxId,
+    size: usize,
+    deadline: Instant,
+    tries: u8,
+    /// Checking the confirmed size rather than searching above it.
+    verify: bool,
+}
+
+/// Path MTU discovery on one path.
+#[derive(Debug, Clone)]
+pub struct PathMtu {
+    sizes: MtuSizes,
+    good: usize,
+    bad: Option<usize>,
+    probe: Option<Probe>,
+    /// When the next probe goes (none: waiting for an answer, or nothing to do).
+    next_at: Option<Instant>,
+    /// A failed probe of this size is tried again.
+    retry: Option<(usize, u8, bool)>,
+    verify_wanted: bool,
+    /// When a probe last confirmed the size in use.
+    confirmed_at: Option<Instant>,
+    /// When the settled search runs again (checks of the size in use do not move it).
+    reprobe_at: Option<Instant>,
+    /// The verification under way was asked for by evidence ([`PathMtu::verify`]), not by
+    /// routine ([`PathMtu::note_send`]).
+    suspect: bool,
+    probes: u64,
+    black_holes: u32,
+}
+
+impl PathMtu {
+    /// A path just chosen: its first probe is due at once. Sizes are aligned to
+    /// `sizes.assumed` in steps of [`STEP`]; a ceiling at or below the assumed size leaves
+    /// nothing to probe.
+    pub fn new(now: Instant, sizes: MtuSizes) -> Self {
+        let ceiling = align_down(sizes.ceiling.max(sizes.assumed), sizes.assumed);
+        let floor = align_down(sizes.floor.clamp(sizes.assumed, ceiling), sizes.assumed);
+        let sizes = MtuSizes {
+            ceiling,
+            floor,
+            ..sizes
+        };
+        PathMtu {
+            sizes,
+            good: sizes.assumed,
+            bad: None,
+            probe: None,
+            next_at: (ceiling > sizes.assumed).then_some(now),
+            retry: None,
+            verify_wanted: false,
+            confirmed_at: None,
+            reprobe_at: None,
+            suspect: false,
+            probes: 0,
+            black_holes: 0,
+        }
+    }
+
+    /// The sizes in use.
+    pub fn sizes(&self) -> MtuSizes {
+        self.sizes
+    }
+
+    /// The largest datagram the path is known (or assumed) to carry.
+    pub fn limit(&self) -> usize {
+        self.good
+    }
+
+    /// Searching or settled.
+    pub fn state(&self) -> MtuState {
+        if self.probe.is_none() && self.retry.is_none() && self.next_size().is_none() {
+            MtuState::Settled
+        } else {
+            MtuState::Searching
+        }
+    }
+
+    /// The path's size once the search has settled: what packets above it are told (too big),
+    /// as against sent another way while the search goes on.
+    pub fn settled(&self) -> Option<usize> {
+        (self.state() == MtuState::Settled).then_some(self.good)
+    }
+
+    /// The next size to probe by the search alone (not a verification), if any.
+    fn next_size(&self) -> Option<usize> {
+        let top = self.sizes.ceiling;
+        if self.good >= top {
+            return None;
+        }
+        let Some(bad) = self.bad else {
+            return Some(top);
+        };
+        if self.good < self.sizes.floor && self.sizes.floor < bad {
+            return Some(self.sizes.floor);
+        }
+        // Sizes good + k·STEP strictly below `bad`: bisect them.
+        let steps = (bad - self.good).saturating_sub(1) / STEP;
+        (steps > 0).then(|| self.good + STEP * steps.div_ceil(2))
+    }
+
+    /// When [`PathMtu::handle_timeout`] or [`PathMtu::poll_probe`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.probe {
+            Some(p) => Some(p.deadline),
+            None => self.next_at,
+        }
+    }
+
+    /// The next probe, when one is due: its transaction ID (from `tx_id`) and the datagram
+    /// size to pad it to. `rtt` is the path's round trip, if known (it sets the timeout).
+    pub fn poll_probe(
+        &mut self,
+        now: Instant,
+        rtt: Option<Duration>,
+        tx_id: impl FnOnce() -> TxId,
+    ) -> Option<(TxId, usize)> {
+        if self.probe.is_some() || self.next_at.is_none_or(|t| t > now) {
+            return None;
+        }
+        let (size, tries, verify) = match self.retry.take() {
+            Some(r) => r,
+            None if self.verify_wanted && self.good > self.sizes.assumed => {
+                self.verify_wanted = false;
+                (self.good, 0, true)
+            }
+            None => match self.next_size() {
+                Some(s) => (s, 0, false),
+                // Nothing left to search, so this is the periodic re-probe: the top again (the
+                // route may have grown), or the confirmed top verified.
+                None if self.good < self.sizes.ceiling => {
+                    self.bad = None;
+                    (self.sizes.ceiling, 0, false)
+                }
+                None => (self.good, 0, true),
+            },
+        };
+        let timeout = rtt.map_or(UNKNOWN_RTT_TIMEOUT, |r| (r * 3).max(MIN_PROBE_TIMEOUT));
+        let id = tx_id();
+        self.probe = Some(Probe {
+            tx_id: id,
+            size,
+            deadline: now + timeout,
+            tries: tries + 1,
+            verify,
+        });
+        self.next_at = None;
+        self.probes += 1;
+        Some((id, size))
+    }
+
+    /// A pong arrived; whether it answers this path's probe.
+    pub fn handle_pong(&mut self, now: Instant, tx_id: &TxId) -> bool {
+        let Some(p) = self.probe.filter(|p| &p.tx_id == tx_id) else {
+            return false;
+        };
+        self.probe = None;
+        if p.verify {
+            self.suspect = false;
+        }
+        self.good = self.good.max(p.size);
+        if p.size == self.good {
+            self.confirmed_at = Some(now);
+        }
+        if self.bad.is_some_and(|b| b <= self.good) {
+            self.bad = None;
+        }
+        self.schedule_next(now, p.verify);
+        true
+    }
+
+    /// A probe's time is up: try its size again, or count it too big.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(p) = self.probe.filter(|p| p.deadline <= now) else {
+            return;
+        };
+        self.probe = None;
+        if p.tries < PROBE_TRIES {
+            self.retry = Some((p.size, p.tries, p.verify));
+            self.next_at = Some(now);
+            return;
+        }
+        if p.verify {
+            self.suspect = false;
+            // A size that got through stopped getting through: start again from the assumed
+            // size (the floor is probed next, then the search narrows again).
+            self.black_holes += 1;
+            self.good = self.sizes.assumed;
+        }
+        self.bad = Some(self.bad.map_or(p.size, |b| b.min(p.size)));
+        if self.bad.is_some_and(|b| b <= self.good) {
+            self.good = self.sizes.assumed;
+        }
+        self.schedule_next(now, p.verify);
+    }
+
+    /// Data went unanswered on the path: probe the confirmed size again (soon, and once),
+    /// since a black hole for large packets looks just like that from here.
+    pub fn verify(&mut self, now: Instant) {
+        if self.good > self.sizes.assumed {
+            self.suspect = true;
+        }
+        self.ask_verify(now);
+    }
+
+    fn ask_verify(&mut self, now: Instant) {
+        if self.good <= self.sizes.assumed || self.probe.is_some_and(|p| p.verify) {
+            return;
+        }
+        self.verify_wanted = true;
+        if self.probe.is_none() && self.retry.is_none() {
+            self.next_at = Some(now);
+        }
+    }
+
+    /// Whether the confirmed size is being checked again ([`PathMtu::verify`]) and the answer
+    /// is not in yet.
+    pub fn verifying(&self) -> bool {
+        self.verify_wanted
+            || self.probe.is_some_and(|p| p.verify)
+            || self.retry.is_some_and(|r| r.2)
+    }
+
+    /// A datagram of `len` bytes went out on the path: above the assumed size, with the
+    /// confirmation of the size in use older than [`REVERIFY_WHILE_LARGE`], the size is
+    /// verified again. At most one probe (and its retry) per that interval while large data
+    /// flows; none while it does not.
+    pub fn note_send(&mut self, now: Instant, len: usize) {
+        let stale = self
+            .confirmed_at
+            .is_none_or(|t| now.saturating_duration_since(t) > REVERIFY_WHILE_LARGE);
+        if len > self.sizes.assumed && stale && self.probe.is_none() && self.retry.is_none() {
+            // Counted from now, so a verification that is not answered soon is not asked again
+            // by every datagram meanwhile.
+            self.confirmed_at = Some(now);
+            self.ask_verify(now);
+        }
+    }
+
+    /// Whether a verification asked for by evidence ([`PathMtu::verify`]) is under way.
+    pub fn suspected(&self) -> bool {
+        self.suspect && self.verifying()
+    }
+
+    /// What the search has found so far.
+    pub fn report(&self) -> MtuReport {
+        MtuReport {
+            limit: self.good,
+            too_big: self.bad,
+            sizes: self.sizes,
+            state: self.state(),
+            probes: self.probes,
+            black_holes: self.black_holes,
+        }
+    }
+
+    fn schedule_next(&mut self, now: Instant, after_verify: bool) {
+        if self.verify_wanted || self.next_size().is_some() {
+            self.next_at = Some(now);
+            return;
+        }
+        // Settled: a search (or re-probe) that just ended sets the next re-probe; a check of
+        // the size in use leaves it where it was, so routine checks never put it off.
+        let reprobe = match self.reprobe_at {
+            Some(t) if after_verify && t > now => t,
+            _ => now + REPROBE_AFTER,
+        };
+        self.reprobe_at = Some(reprobe);
+        self.next_at = Some(reprobe);
+    }
+}
+
+/// The largest size of the form `base + k·STEP` at or below `size` (`base` when none).
+fn align_down(size: usize, base: usize) -> usize {
+    base + (size.saturating_sub(base) / STEP) * STEP
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SIZES: MtuSizes = MtuSizes {
+        assumed: 1232,
+        floor: 1312,
+        ceiling: 1472,
+    };
+    const RTT: Duration = Duration::from_millis(50);
+
+    /// Drives `m` for `secs` simulated seconds over a path that carries datagrams up to
+    /// `capacity(t)` and loses the probes `lose` picks; returns the probes sent (when, since
+    /// `t0`, and their size).
+    fn drive(
+        m: &mut PathMtu,
+        t0: Instant,
+        secs: u64,
+        capacity: impl Fn(Duration) -> usize,
+        mut lose: impl FnMut(usize) -> bool,
+    ) -> Vec<(Duration, usize)> {
+        let mut sent = Vec::new();
+        let mut id = 0u8;
+        let mut pending: Option<(Instant, TxId)> = None;
+        let mut now = t0;
+        let end = t0 + Duration::from_secs(secs);
+        while now < end {
+            if let Some((at, tx)) = pending {
+                if at <= now {
+                    pending = None;
+                    assert!(m.handle_pong(now, &tx));
+                }
+            }
+            m.handle_timeout(now);
+            while let Some((tx, size)) = m.poll_probe(now, Some(RTT), || {
+                id = id.wrapping_add(1);
+                [id; 12]
+            }) {
+                sent.push((now - t0, size));
+                let n = sent.len();
+                if size <= capacity(now - t0) && !lose(n) {
+                    pending = Some((now + RTT, tx));
+                }
+            }
+            let next = [m.poll_timeout(), pending.map(|p| p.0)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end);
+            now = next.max(now + Duration::from_millis(1)).min(end);
+        }
+        sent
+    }
+
+    fn sizes(sent: &[(Duration, usize)]) -> Vec<usize> {
+        sent.iter().map(|s| s.1).collect()
+    }
+
+    #[test]
+    fn a_path_that_carries_the_ceiling_settles_in_one_probe() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        assert_eq!(m.limit(), 1232);
+        let sent = drive(&mut m, t0, 60, |_| 1500, |_| false);
+        assert_eq!(sizes(&sent), vec![1472]);
+        assert_eq!(m.state(), MtuState::Settled);
+        assert_eq!(m.limit(), 1472);
+        assert_eq!(m.settled(), Some(1472));
+    }
+
+    #[test]
+    fn a_smaller_path_is_found_by_bisection_floor_first() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        let sent = drive(&mut m, t0, 60, |_| 1400, |_| false);
+        // Top twice (lost), floor, then bisection.
+        assert_eq!(&sizes(&sent)[..3], &[1472, 1472, 1312]);
+        assert_eq!(m.limit(), 1392, "{sent:?}");
+        assert_eq!(m.settled(), Some(1392));
+        assert!(sent.len() <= 12, "{sent:?}");
+    }
+
+    #[test]
+    fn one_lost_probe_does_not_shrink_the_path() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        let sent = drive(&mut m, t0, 60, |_| 1500, |n| n == 1);
+        assert_eq!(sizes(&sent), vec![1472, 1472]);
+        assert_eq!(m.limit(), 1472);
+    }
+
+    #[test]
+    fn a_black_hole_found_by_verification_drops_to_the_floor_then_narrows() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        drive(&mut m, t0, 5, |_| 1500, |_| false);
+        assert_eq!(m.limit(), 1472);
+        let t1 = t0 + Duration::from_secs(5);
+        m.verify(t1);
+        let sent = drive(&mut m, t1, 10, |_| 1350, |_| false);
+        assert_eq!(&sizes(&sent)[..3], &[1472, 1472, 1312], "{sent:?}");
+        assert_eq!(m.report().black_holes, 1);
+        assert_eq!(m.limit(), 1344);
+        // Within a few seconds: the verification's two probes time out (3 round trips, at
+        // least 200 ms each), and the floor goes out at once.
+        assert!(sent[2].0 <= Duration::from_millis(500), "{sent:?}");
+    }
+
+    #[test]
+    fn large_sends_reverify_a_stale_size_at_most_once_an_interval() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        drive(&mut m, t0, 1, |_| 1500, |_| false);
+        assert_eq!(m.limit(), 1472);
+        // Small datagrams never ask; large ones within the interval neither.
+        m.note_send(t0 + Duration::from_secs(10), 200);
+        m.note_send(t0 + Duration::from_millis(1500), 1472);
+        assert!(!m.verifying());
+        // Large ones past it ask once.
+        let t1 = t0 + Duration::from_secs(10);
+        m.note_send(t1, 1472);
+        assert!(m.verifying());
+        let sent = drive(&mut m, t1, 1, |_| 1500, |_| false);
+        assert_eq!(sizes(&sent), vec![1472]);
+        assert!(!m.verifying());
+        m.note_send(t1 + Duration::from_secs(2), 1472);
+        assert!(!m.verifying(), "confirmed just now");
+    }
+
+    #[test]
+    fn routine_checks_do_not_put_off_the_ten_minute_re_probe() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        drive(&mut m, t0, 1, |_| 1400, |_| false);
+        assert_eq!(m.limit(), 1392);
+        // Large data every second for 11 minutes, on a path that grew to 1,500 at once.
+        let mut now = t0 + Duration::from_secs(1);
+        while now < t0 + REPROBE_AFTER + Duration::from_secs(60) {
+            m.note_send(now, 1392);
+            drive(&mut m, now, 1, |_| 1500, |_| false);
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(m.limit(), 1472, "the re-probe ran and found the room");
+    }
+
+    #[test]
+    fn a_settled_path_is_probed_again_and_finds_more_room() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        let grows = REPROBE_AFTER + Duration::from_secs(1);
+        let sent = drive(
+            &mut m,
+            t0,
+            2 * REPROBE_AFTER.as_secs() + 10,
+            |t| if t < grows { 1400 } else { 1500 },
+            |_| false,
+        );
+        assert_eq!(m.limit(), 1472, "{sent:?}");
+    }
+
+    #[test]
+    fn nothing_to_probe_when_the_ceiling_is_the_assumed_size() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(
+            t0,
+            MtuSizes {
+                ceiling: 1000,
+                ..SIZES
+            },
+        );
+        assert_eq!(m.poll_timeout(), None);
+        assert!(m.poll_probe(t0, None, || [0; 12]).is_none());
+        assert_eq!(m.state(), MtuState::Settled);
+    }
+
+    proptest! {
+        /// Whatever the path carries and whichever probes are lost, the machine never claims
+        /// more than the path carries; with no loss it finds the largest aligned size exactly.
+        #[test]
+        fn never_claims_more_than_the_path_carries(
+            capacity in 1000usize..1600,
+            losses in proptest::collection::vec(any::<bool>(), 64),
+        ) {
+            let t0 = Instant::now();
+            let mut m = PathMtu::new(t0, SIZES);
+            drive(&mut m, t0, 120, |_| capacity, |n| losses.get(n).copied().unwrap_or(false));
+            prop_assert!(m.limit() <= capacity.max(SIZES.assumed));
+            let mut clean = PathMtu::new(t0, SIZES);
+            drive(&mut clean, t0, 120, |_| capacity, |_| false);
+            let want = align_down(capacity.clamp(SIZES.assumed, SIZES.ceiling), SIZES.assumed);
+            prop_assert_eq!(clean.limit(), want);
+        }
+    }
+}
