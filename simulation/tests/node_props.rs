@@ -72,7 +72,25 @@ proptest! {
         let quick = target(&preset::get(a).unwrap().chain, &preset::get(b).unwrap().chain)
             .is_some_and(|(class, _)| class == "both mappings fixed");
         if quick {
-            prop_assert!(o.direct, "{a}~{b} should be direct again: {:#?}", o.timeline);
+            // An idle path lives on heartbeats alone: on links that keep losing packets to the
+            // end, three lost in a row can still demote it in the last seconds, with no upgrade
+            // round (10 s) left to win it back (found in CI: full-cone~open, 4.3 % loss, no
+            // data, demoted at 97.6 s). That is the path machine's evidence rule, not a stuck
+            // engine; a demotion earlier than that must have been won back.
+            let late_demotion = !data
+                && o.timeline.iter().any(|l| {
+                    l.contains("-> Relay")
+                        && l.trim_start()
+                            .split('s')
+                            .next()
+                            .and_then(|t| t.parse::<f64>().ok())
+                            .is_some_and(|t| t >= 90.0)
+                });
+            prop_assert!(
+                o.direct || late_demotion,
+                "{a}~{b} should be direct again: {:#?}",
+                o.timeline
+            );
         }
     }
 }

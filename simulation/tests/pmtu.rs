@@ -175,6 +175,10 @@ fn full_size_packets_through_a_peer_relay_are_told_its_smaller_size() {
         no_loss(&o, seed);
         // 1,500 less 28 (IP, UDP), 8 (Geneve) and 32 (WireGuard), in 16-byte steps.
         assert_eq!(o.path_mtu, [Some(1424); 2], "seed {seed}");
-        assert!(o.too_big.iter().all(|t| *t >= 1), "seed {seed}: {:?}", o.too_big);
+        assert!(
+            o.too_big.iter().all(|t| *t >= 1),
+            "seed {seed}: {:?}",
+            o.too_big
+        );
     }
 }
