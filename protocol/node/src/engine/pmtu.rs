@@ -63,6 +63,13 @@ impl PeerMtu {
             .map(|(_, m)| m)
     }
 
+    fn on_mut(&mut self, addr: SocketAddr) -> Option<&mut PathMtu> {
+        self.path
+            .as_mut()
+            .filter(|(a, _)| *a == addr)
+            .map(|(_, m)| m)
+    }
+
     /// When its probe times out or the next is due, while `route` is the path it probes (off
     /// it, the search waits for the path to come back).
     pub(super) fn poll_timeout(&self, route: Route) -> Option<Instant> {
@@ -77,12 +84,7 @@ impl Node {
     /// The datagram sizes a direct path to `addr` is searched over.
     fn mtu_sizes(&self, addr: SocketAddr) -> MtuSizes {
         let c = self.config.mtu;
-        let ip = if burrow_punch::canonical_remote(addr).is_ipv4() {
-            20
-        } else {
-            40
-        };
-        let by_interface = usize::from(c.interface_mtu).saturating_sub(ip + 8);
+        let by_interface = usize::from(c.interface_mtu).saturating_sub(ip_udp_overhead(addr));
         MtuSizes {
             assumed: ASSUMED_DATAGRAM,
             floor: usize::from(MIN_TUNNEL_MTU) + WG_OVERHEAD,
@@ -104,34 +106,33 @@ impl Node {
         }
         let rtt = self.peers[i].paths.rtt(addr);
         let rng = &mut self.rng;
-        let Some((_, m)) = self.peers[i].mtu.path.as_mut() else {
+        let Some(m) = self.peers[i].mtu.on_mut(addr) else {
             return;
         };
         m.handle_timeout(now);
-        let mut probes = Vec::new();
-        while let Some(p) = m.poll_probe(now, rtt, || {
+        // One probe at a time: the next comes after this one's answer or timeout.
+        let probe = m.poll_probe(now, rtt, || {
             let mut id = [0u8; 12];
             rng.fill_bytes(&mut id);
             id
-        }) {
-            probes.push(p);
-        }
-        let socket = self.peers[i].paths.socket_of(addr);
-        for (tx_id, size) in probes {
-            let ping = Message::Ping {
-                tx_id,
-                node_key: Some(self.device.public_key()),
-                padding: size.saturating_sub(PING_LEN),
-            };
-            if let Some(payload) = self.seal(i, &ping) {
-                debug_assert_eq!(payload.len(), size.max(PING_LEN));
-                self.peers[i].stats.mtu_probes += 1;
-                self.transmits.push_back(Transmit::Udp {
-                    socket,
-                    dst: addr,
-                    payload,
-                });
-            }
+        });
+        let Some((tx_id, size)) = probe else {
+            return;
+        };
+        let ping = Message::Ping {
+            tx_id,
+            node_key: Some(self.device.public_key()),
+            padding: size.saturating_sub(PING_LEN),
+        };
+        if let Some(payload) = self.seal(i, &ping) {
+            debug_assert_eq!(payload.len(), size.max(PING_LEN));
+            self.peers[i].stats.mtu_probes += 1;
+            let socket = self.peers[i].paths.socket_of(addr);
+            self.transmits.push_back(Transmit::Udp {
+                socket,
+                dst: addr,
+                payload,
+            });
         }
     }
 
@@ -143,10 +144,10 @@ impl Node {
         from: SocketAddr,
         tx_id: &burrow_disco::TxId,
     ) -> bool {
-        let answered = match self.peers[i].mtu.path.as_mut() {
-            Some((addr, m)) => *addr == from && m.handle_pong(now, tx_id),
-            None => false,
-        };
+        let answered = self.peers[i]
+            .mtu
+            .on_mut(from)
+            .is_some_and(|m| m.handle_pong(now, tx_id));
         if answered {
             self.run_pmtu(now, i);
         }
@@ -155,20 +156,16 @@ impl Node {
 
     /// Data went unanswered on the direct path to `addr`: its confirmed size is checked again.
     pub(super) fn pmtu_verify(&mut self, now: Instant, i: usize, addr: SocketAddr) {
-        if let Some((a, m)) = self.peers[i].mtu.path.as_mut() {
-            if *a == addr {
-                m.verify(now);
-            }
+        if let Some(m) = self.peers[i].mtu.on_mut(addr) {
+            m.verify(now);
         }
     }
 
     /// A data datagram of `len` bytes goes out on the direct path to `addr` (large data on a
     /// size not confirmed lately has it checked again).
     pub(super) fn pmtu_note_send(&mut self, now: Instant, i: usize, addr: SocketAddr, len: usize) {
-        if let Some((a, m)) = self.peers[i].mtu.path.as_mut() {
-            if *a == addr {
-                m.note_send(now, len);
-            }
+        if let Some(m) = self.peers[i].mtu.on_mut(addr) {
+            m.note_send(now, len);
         }
     }
 
@@ -206,14 +203,9 @@ impl Node {
         if !self.config.mtu.discovery {
             return None;
         }
-        let ip = if burrow_punch::canonical_remote(relay).is_ipv4() {
-            20
-        } else {
-            40
-        };
         Some(
             usize::from(self.config.mtu.interface_mtu)
-                .saturating_sub(ip + 8 + burrow_relay::GENEVE_HEADER_LEN),
+                .saturating_sub(ip_udp_overhead(relay) + burrow_relay::GENEVE_HEADER_LEN),
         )
     }
 
@@ -260,4 +252,14 @@ impl Node {
             .as_ref()
             .map(|(a, m)| (*a, m.report()))
     }
+}
+
+/// IP and UDP header bytes on a datagram to `addr` (IPv4-mapped addresses count as IPv4).
+fn ip_udp_overhead(addr: SocketAddr) -> usize {
+    let ip = if burrow_punch::canonical_remote(addr).is_ipv4() {
+        20
+    } else {
+        40
+    };
+    ip + 8
 }
