@@ -7,6 +7,7 @@ mod control;
 pub use burrow_des::fallback;
 pub use burrow_des::fastnet;
 pub use burrow_des::grid;
+pub use burrow_des::ladder;
 pub use burrow_des::nat;
 pub mod net;
 mod node_io;

@@ -107,6 +107,14 @@ struct Cli {
     /// 1..20) and fails past the budget of 3 RTT + 50 ms.
     #[arg(long)]
     fallback: bool,
+    /// The degradation ladder: nine access links (simulation/scenarios/ladder/) against every
+    /// NAT class, with a bulk transfer; prints the rung × class table (outcome, time to
+    /// direct, goodput) and fails if a cell does (seeds: --ladder-seeds).
+    #[arg(long)]
+    ladder: bool,
+    /// Seeds per ladder cell, with --ladder or --matrix (0 leaves the ladder out of --matrix).
+    #[arg(long, default_value_t = 3)]
+    ladder_seeds: u64,
     /// Simulated seconds each --attack run lasts.
     #[arg(long, default_value_t = 30)]
     attack_seconds: u64,
@@ -141,6 +149,29 @@ struct Job {
     scenario: Scenario,
     replay: String,
     seeds: Option<Vec<u64>>,
+}
+
+/// `--ladder`: the degradation ladder alone; writes it into `--report DIR` if asked.
+fn run_ladder_only(cli: &Cli) -> Result<bool> {
+    let threads = cli
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = std::time::Instant::now();
+    let l = pairs::run_ladder(cli.ladder_seeds, threads);
+    pairs::print_ladder(&l);
+    println!("({:.1} s wall)", started.elapsed().as_secs_f64());
+    if let Some(dir) = &cli.report {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("ladder.json"), serde_json::to_string_pretty(&l)?)?;
+        let html = format!(
+            "<!doctype html><meta charset=\"utf-8\"><title>burrow degradation ladder</title><style>{}</style>{}",
+            burrow_sim::report::STYLE,
+            l.html()
+        );
+        std::fs::write(dir.join("ladder.html"), html)?;
+        println!("wrote {}", dir.join("ladder.html").display());
+    }
+    Ok(l.passed())
 }
 
 /// `--attack`: every named attack on every seed; false if any invariant broke.
@@ -304,6 +335,9 @@ fn real_main() -> Result<bool> {
     }
     if let Some(which) = &cli.tailnet {
         return run_tailnet(which, &cli);
+    }
+    if cli.ladder {
+        return run_ladder_only(&cli);
     }
     if cli.fallback {
         return run_fallback(&cli);

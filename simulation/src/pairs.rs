@@ -66,13 +66,62 @@ pub(crate) fn run_grid(cli: &Cli, threads: usize) -> GridReport {
         let horizon = std::time::Duration::from_secs_f64(cli.long_run_hours * 3600.0);
         curves.push(grid::hard_hard_curve(&seeds, horizon, threads));
     }
+    let ladder = (cli.ladder_seeds > 0).then(|| {
+        eprintln!(
+            "degradation ladder: 9 rungs × {} NAT classes × {} seeds…",
+            burrow_sim::ladder::CLASSES.len(),
+            cli.ladder_seeds
+        );
+        run_ladder(cli.ladder_seeds, threads)
+    });
     GridReport {
         targets: grid::target_checks(&cells),
         cells,
         curves,
         seeds: seeds.len(),
         wall_s: started.elapsed().as_secs_f64(),
+        ladder,
     }
+}
+
+/// Every rung of the degradation ladder against every NAT class over seeds 1..=`seeds`.
+pub(crate) fn run_ladder(seeds: u64, threads: usize) -> burrow_sim::ladder::LadderReport {
+    let seeds: Vec<u64> = (1..=seeds.max(1)).collect();
+    // The rung files are compiled in; a malformed one fails the build's own tests first.
+    burrow_sim::ladder::run_ladder(&seeds, threads).expect("the ladder's rung files parse")
+}
+
+/// Prints the ladder's table and its per-rung summary.
+pub(crate) fn print_ladder(l: &burrow_sim::ladder::LadderReport) {
+    println!();
+    println!(
+        "Degradation ladder ({} seeds per cell, {} s each, a bulk transfer node 0 → node 1; rung = node 0's access link)",
+        l.seeds,
+        burrow_sim::ladder::DURATION.as_secs()
+    );
+    print!("{}", l.text());
+    println!();
+    println!("{:<20} {:>10} {:>12}  rung", "rung", "to direct", "goodput");
+    for r in &l.rungs {
+        let (ttd, goodput) = l.rung_summary(&r.name);
+        let ok = l.rung_cells(&r.name).all(|c| c.passed());
+        println!(
+            "{:<20} {:>10} {:>12}  {}",
+            r.name,
+            ttd.map_or("-".into(), |t| format!("{t:.2} s")),
+            if goodput >= 1000.0 {
+                format!("{:.2} Mbit/s", goodput / 1000.0)
+            } else {
+                format!("{goodput:.0} kbit/s")
+            },
+            if ok { "pass" } else { "FAIL" }
+        );
+    }
+    println!(
+        "ladder cells passed: {}/{}",
+        l.cells.iter().filter(|c| c.passed()).count(),
+        l.cells.len()
+    );
 }
 
 pub(crate) fn print_grid(g: &GridReport) {
@@ -97,6 +146,9 @@ pub(crate) fn print_grid(g: &GridReport) {
         println!("round trip through the chosen relay above the best possible relay's: at most {p:.1} ms");
     }
     print_totals(g);
+    if let Some(l) = &g.ladder {
+        print_ladder(l);
+    }
 }
 
 fn print_table(g: &GridReport, axis: grid::Axis) {

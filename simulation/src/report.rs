@@ -136,21 +136,7 @@ fn html(outcomes: &[Outcome], wall: Duration, grid: &str) -> String {
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>burrow simulation report</title>
 <style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }}
-th, td {{ border: 1px solid #ddd; padding: 4px 6px; text-align: center; }}
-th.name {{ text-align: left; font-weight: 600; }}
-.verdict {{ font-weight: normal; color: #555; font-size: 12px; }}
-td.pass {{ background: #c8ebc9; }}
-td.fail {{ background: #f6b6b0; font-weight: 700; }}
-td.sum {{ font-weight: 700; }}
-td.direct {{ background: #c8ebc9; }}
-td.relay {{ background: #e2e2e2; }}
-td.longrun {{ background: #c9ddf2; }}
-table.grid td {{ min-width: 64px; font-size: 12px; }}
-th.col {{ writing-mode: vertical-rl; transform: rotate(180deg); font-weight: 600; }}
-.legend span {{ display: inline-block; padding: 2px 8px; margin-right: 8px; }}
-</style></head><body>
+{style}</style></head><body>
 <h1>burrow simulation report</h1>
 {grid}
 <h2>Netcheck per preset</h2>
@@ -164,8 +150,27 @@ the number is simulated time in tenths of a second; hover a cell for its figures
 "#,
         total = outcomes.len(),
         wall = wall.as_secs_f64(),
+        style = STYLE,
     )
 }
+
+/// The reports' style sheet.
+pub const STYLE: &str = "\
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #ddd; padding: 4px 6px; text-align: center; }
+th.name { text-align: left; font-weight: 600; }
+.verdict { font-weight: normal; color: #555; font-size: 12px; }
+td.pass { background: #c8ebc9; }
+td.fail { background: #f6b6b0; font-weight: 700; }
+td.sum { font-weight: 700; }
+td.direct { background: #c8ebc9; }
+td.relay { background: #e2e2e2; }
+td.longrun { background: #c9ddf2; }
+table.grid td { min-width: 64px; font-size: 12px; }
+th.col { writing-mode: vertical-rl; transform: rotate(180deg); font-weight: 600; }
+.legend span { display: inline-block; padding: 2px 8px; margin-right: 8px; }
+";
 
 #[cfg(test)]
 mod tests {

@@ -396,6 +396,11 @@ type Command = (PublicKey, Vec<u8>);
 /// the relay stops reading.
 pub const COMMAND_QUEUE: usize = 1024;
 
+/// Disco messages (pings, CallMeMaybe, NatInfo, port predictions) wait in a lane of their own
+/// and go out before queued data: a relay path saturated by data must not starve the messages
+/// that would move that data to a direct path.
+pub const CONTROL_QUEUE: usize = 64;
+
 /// How long one write to the relay may block before the connection is taken for dead (the
 /// relay stopped reading) and replaced.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -438,6 +443,7 @@ fn restart_plan(reconnect_in: Duration, try_for: Duration) -> (Duration, Duratio
 /// ([`COMMAND_QUEUE`]); a write blocked for [`WRITE_TIMEOUT`] ends the connection.
 pub struct DerpClient {
     commands: mpsc::Sender<Command>,
+    control: mpsc::Sender<Command>,
     preferred: watch::Sender<Option<bool>>,
     dropped: Arc<AtomicU64>,
     /// Packets and peer events from the relay.
@@ -479,7 +485,13 @@ impl DerpClient {
         F: Fn() -> Fut + Send + 'static,
         Fut: std::future::Future<Output = io::Result<RawConn>> + Send + 'static,
     {
-        let (commands, mut cmd_rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        let (commands, cmd_rx) = mpsc::channel::<Command>(COMMAND_QUEUE);
+        let (control, control_rx) = mpsc::channel::<Command>(CONTROL_QUEUE);
+        let mut lanes = Lanes {
+            control: control_rx,
+            data: cmd_rx,
+            streak: 0,
+        };
         let (preferred_tx, mut pref_rx) = watch::channel(None::<bool>);
         // Bounded: when the engine falls behind, the connection stops being read and the
         // relay's own per-client queue drops (audit #8), instead of this process growing.
@@ -497,7 +509,7 @@ impl DerpClient {
                 // ends the task.
                 let attempt = tokio::select! {
                     r = connect => Some(r),
-                    closed = hold_while_disconnected(&mut cmd_rx, &mut held) => { let () = closed; None }
+                    closed = hold_while_disconnected(&mut lanes, &mut held) => { let () = closed; None }
                 };
                 let Some(attempt) = attempt else { return };
                 let error = match attempt {
@@ -511,8 +523,7 @@ impl DerpClient {
                         for (dst, data) in held.take_fresh() {
                             conn.client.send_packet(&dst, &data);
                         }
-                        let r =
-                            drive(&mut conn, &mut cmd_rx, &ev_tx, &mut pref_rx, &mut wait).await;
+                        let r = drive(&mut conn, &mut lanes, &ev_tx, &mut pref_rx, &mut wait).await;
                         // Back off afresh only after a connection that lasted: one that is accepted
                         // and dropped at once must not be retried every 250 ms forever.
                         if up_since.elapsed() >= Duration::from_secs(10) {
@@ -541,7 +552,7 @@ impl DerpClient {
                 };
                 let slept = tokio::select! {
                     _ = tokio::time::sleep(delay) => true,
-                    () = hold_while_disconnected(&mut cmd_rx, &mut held) => false,
+                    () = hold_while_disconnected(&mut lanes, &mut held) => false,
                 };
                 if !slept {
                     return;
@@ -551,6 +562,7 @@ impl DerpClient {
         });
         DerpClient {
             commands,
+            control,
             preferred: preferred_tx,
             dropped: Arc::new(AtomicU64::new(0)),
             events,
@@ -564,8 +576,14 @@ impl DerpClient {
     /// would drop them.
     /// When [`COMMAND_QUEUE`] packets already wait (the relay is slow or stopped reading),
     /// the packet is dropped and counted in [`DerpClient::dropped`].
+    /// Disco messages take a lane of their own ([`CONTROL_QUEUE`]) that goes first.
     pub fn send(&self, dst: PublicKey, data: Vec<u8>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.commands.try_send((dst, data)) {
+        let lane = if burrow_disco::looks_like_disco(&data) {
+            &self.control
+        } else {
+            &self.commands
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = lane.try_send((dst, data)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -607,10 +625,46 @@ impl Held {
     }
 }
 
+/// The two queues toward the relay: disco first, then data.
+struct Lanes {
+    control: mpsc::Receiver<Command>,
+    data: mpsc::Receiver<Command>,
+    /// Disco frames sent in a row while data waited.
+    streak: usize,
+}
+
+/// Disco frames that may go ahead of waiting data in a row: a peer that makes us answer a
+/// flood of relayed pings gets our pongs, not our whole upload.
+const CONTROL_STREAK: usize = 8;
+
+impl Lanes {
+    /// The next packet, disco before data (but data at least every [`CONTROL_STREAK`] + 1
+    /// frames); `None` once the handle has been dropped.
+    async fn recv(&mut self) -> Option<Command> {
+        if self.streak >= CONTROL_STREAK {
+            if let Ok(c) = self.data.try_recv() {
+                self.streak = 0;
+                return Some(c);
+            }
+        }
+        tokio::select! {
+            biased;
+            Some(c) = self.control.recv() => {
+                self.streak += 1;
+                Some(c)
+            }
+            c = self.data.recv() => {
+                self.streak = 0;
+                c
+            }
+        }
+    }
+}
+
 /// Consumes packets while there is no connection: recent ones are held. Returns when the
 /// handle has been dropped.
-async fn hold_while_disconnected(commands: &mut mpsc::Receiver<Command>, held: &mut Held) {
-    while let Some((dst, data)) = commands.recv().await {
+async fn hold_while_disconnected(lanes: &mut Lanes, held: &mut Held) {
+    while let Some((dst, data)) = lanes.recv().await {
         held.push(dst, data);
     }
 }
@@ -624,7 +678,7 @@ const READ_DEADLINE: Duration = Duration::from_secs(150);
 
 async fn drive(
     conn: &mut RawConn,
-    commands: &mut mpsc::Receiver<Command>,
+    lanes: &mut Lanes,
     events: &mpsc::Sender<ClientEvent>,
     preferred: &mut watch::Receiver<Option<bool>>,
     wait: &mut Option<(Duration, Duration)>,
@@ -654,7 +708,7 @@ async fn drive(
                 }
                 conn.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
             }
-            cmd = commands.recv() => match cmd {
+            cmd = lanes.recv() => match cmd {
                 Some((dst, data)) => conn.client.send_packet(&dst, &data),
                 None => return Ok(()),
             },

@@ -19,8 +19,8 @@ pub use candidate::{
 pub use limits::{Rate, ReplayWindow, TokenBucket};
 pub use paths::{
     Attempt, Dst, FamilyReport, FamilyState, Outcome, PathConfig, PathEvent, PeerPaths, Route,
-    SocketId, Transmit, MAIN_SOCKET, MAX_PEER_REFLEXIVE, MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL,
-    RECOVERY_PONGS, REPLAY_CAPACITY, REPLAY_WINDOW,
+    SocketId, Transmit, MAIN_SOCKET, MAX_MISSES_FOR_DEAD, MAX_PEER_REFLEXIVE,
+    MAX_REMOTE_CANDIDATES, PEER_REFLEXIVE_TTL, RECOVERY_PONGS, REPLAY_CAPACITY, REPLAY_WINDOW,
 };
 pub use pmtu::{MtuReport, MtuSizes, MtuState, PathMtu};
 pub use prediction::{

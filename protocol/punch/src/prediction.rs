@@ -73,7 +73,7 @@ impl Default for PredictionConfig {
             margin: 6,
             round_timeout: Duration::from_secs(2),
             measure_timeout: Duration::from_secs(1),
-            rounds: 4,
+            rounds: 8,
             backoff: Duration::from_secs(20),
             max_backoff: Duration::from_secs(300),
             min_round_interval: Duration::from_secs(1),

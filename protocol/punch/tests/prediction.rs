@@ -146,9 +146,9 @@ fn rounds_repeat_paced_then_back_off_however_often_the_peer_announces() {
             }
         }
     }
-    // Rounds at most one per second, four in a row, then 20 s, 40 s, 80 s pauses: a handful
-    // of rounds in two minutes, each at most margin + 1 sockets.
-    assert!(measures <= 16, "{measures} measurements");
+    // Rounds at most one per second, eight in a row, then 20 s, 40 s, 80 s pauses: a few
+    // dozen rounds in two minutes, each at most margin + 1 sockets.
+    assert!(measures <= 32, "{measures} measurements");
     assert!(sockets <= measures * u64::from(config.max_sockets()));
     assert!(measures >= 4, "prediction kept going: {measures}");
 }
@@ -303,8 +303,8 @@ fn a_role_change_keeps_the_pacing_and_back_off() {
             }
         }
     }
-    // As without flips: a handful of rounds in two minutes.
-    assert!(measures <= 16, "{measures} measurements");
+    // As without flips: a few dozen rounds in two minutes.
+    assert!(measures <= 32, "{measures} measurements");
     assert!(measures >= 4, "prediction kept going: {measures}");
     // The same role again changes nothing.
     let before = m.report();

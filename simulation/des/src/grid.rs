@@ -435,11 +435,8 @@ fn summarise(
                 o.data_sent
             ));
         }
-        if o.key_leaked {
-            fail("a private key appeared on a wire".into());
-        }
-        if o.plaintext_leaked {
-            fail("application plaintext appeared on a wire".into());
+        for leak in o.leaks() {
+            fail(leak.into());
         }
         if o.peak_sessions > TABLE_BUDGET {
             fail(format!(
@@ -713,6 +710,8 @@ pub struct GridReport {
     pub targets: Vec<TargetCheck>,
     /// Wall time of the grid and curves, seconds.
     pub wall_s: f64,
+    /// The degradation ladder, when it ran.
+    pub ladder: Option<crate::ladder::LadderReport>,
 }
 
 impl GridReport {
@@ -721,6 +720,7 @@ impl GridReport {
         self.cells.iter().all(Cell::passed)
             && self.curves.iter().all(|c| c.consistent)
             && self.targets.iter().all(|t| t.met)
+            && self.ladder.as_ref().is_none_or(|l| l.passed())
     }
 
     /// One grid table: the IPv4 grid, or its IPv6 or peer-relay axis.
@@ -888,10 +888,11 @@ impl GridReport {
              the round trip above the best possible relay's).</p>\
              {grid_relay}\
              <h2>Time to direct by class</h2><table><thead><tr><th>class</th><th>target (median)</th><th>median</th><th>p95</th><th>runs</th><th></th></tr></thead><tbody>{targets}</tbody></table>\
-             <h2>Birthday curves against theory</h2>{curves}",
+             <h2>Birthday curves against theory</h2>{curves}{ladder}",
             self.cells.len(),
             self.seeds,
-            self.wall_s
+            self.wall_s,
+            ladder = self.ladder.as_ref().map_or(String::new(), |l| l.html()),
         )
     }
 }

@@ -4,6 +4,7 @@
 pub mod fallback;
 pub mod fastnet;
 pub mod grid;
+pub mod ladder;
 pub mod nat;
 pub mod preset;
 pub mod world;

@@ -294,3 +294,64 @@ fn a_control_servers_unusable_relay_addresses_are_ignored() {
         assert_eq!(got, addrs(&["[::1]:3340", "127.0.0.1:3340"]), "{local}");
     }
 }
+
+/// Ladder finding (congested links): with the data queue backed up behind a slow relay
+/// connection, a disco message used to wait behind up to COMMAND_QUEUE data packets, or be
+/// dropped with them. It now takes its own lane and is written next.
+#[tokio::test(start_paused = true)]
+async fn disco_goes_ahead_of_data_queued_for_a_slow_relay() {
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<usize>();
+    let slot = Arc::new(Mutex::new(Some((go_rx, seen_tx))));
+    let mut client = DerpClient::spawn_with(
+        "test".into(),
+        move || {
+            let slot = slot.clone();
+            async move {
+                let Some((go, seen)) = slot.lock().unwrap().take() else {
+                    return std::future::pending().await;
+                };
+                admitted_relay(4096, move |_, _, mut theirs| async move {
+                    let _ = go.await;
+                    // Read until the disco magic shows up; report how many bytes came first.
+                    let mut stream = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = theirs.read(&mut buf).await.unwrap();
+                        stream.extend_from_slice(&buf[..n]);
+                        let at = stream
+                            .windows(burrow_disco::MAGIC.len())
+                            .position(|w| w == burrow_disco::MAGIC);
+                        if let Some(at) = at {
+                            let _ = seen.send(at);
+                            return;
+                        }
+                    }
+                })
+                .await
+            }
+        },
+        ChaCha20Rng::seed_from_u64(8),
+    );
+    client
+        .state
+        .wait_for(|s| *s == DerpState::Connected)
+        .await
+        .unwrap();
+    let dst = PrivateKey::from_bytes([2; 32]).public_key();
+    for _ in 0..500 {
+        client.send(dst, vec![0u8; 1000]);
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut disco = burrow_disco::MAGIC.to_vec();
+    disco.resize(200, 1);
+    assert!(burrow_disco::looks_like_disco(&disco));
+    client.send(dst, disco);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let _ = go_tx.send(());
+    let before = seen_rx.await.expect("the relay saw the disco message");
+    // What was already written (the 4 KiB pipe, one blocked write) comes first, not the
+    // hundreds of data packets still queued.
+    assert!(before < 10 * 1000, "{before} bytes of data went first");
+    assert_eq!(client.dropped(), 0);
+}

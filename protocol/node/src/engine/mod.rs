@@ -67,7 +67,7 @@ use crate::nat::NatView;
 use crate::routing::AllowedIps;
 use birthday::Opening;
 use stun::StunRound;
-use wireguard::{WgSource, DATA_STALL_AFTER};
+use wireguard::WgSource;
 
 /// Largest datagram the engine handles.
 const MAX_DATAGRAM: usize = 65_535;
@@ -86,8 +86,12 @@ struct Peer {
     prediction: Option<MutualPrediction>,
     /// The prediction while the NATs call for none (its pacing kept for when they do again).
     parked_prediction: Option<MutualPrediction>,
+    /// The latest prediction round's flows, pinged again a few times (lossy links).
+    prediction_repeats: Option<prediction::Repeats>,
     relays: peer_relay::RelayPaths,
     first_unanswered_direct: Option<Instant>,
+    /// Data datagrams sent on the direct path since then.
+    unanswered_sent: u32,
     /// Whether the direct path is in doubt (data unanswered past its usual answer time).
     doubt: doubt::Doubt,
     /// The direct path's MTU discovery.
@@ -126,6 +130,8 @@ pub struct Node {
     allowed: AllowedIps,
     stun: Option<StunRound>,
     next_stun: Instant,
+    /// STUN rounds in a row without an IPv4 answer (they are retried sooner, backing off).
+    stun_failures: u32,
     nat: Option<NatView>,
     /// Our IPv6 addresses as STUN servers saw them (no NAT: normally an interface address).
     reflexive_v6: Vec<SocketAddr>,
@@ -198,6 +204,7 @@ impl Node {
             allowed: AllowedIps::default(),
             stun: None,
             next_stun: now,
+            stun_failures: 0,
             nat: None,
             reflexive_v6: Vec::new(),
             last_now: now,
@@ -314,8 +321,10 @@ impl Node {
             opening: None,
             prediction: None,
             parked_prediction: None,
+            prediction_repeats: None,
             relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
+            unanswered_sent: 0,
             doubt: doubt::Doubt::default(),
             mtu: pmtu::PeerMtu::default(),
             stats: PeerStats::default(),
@@ -573,7 +582,8 @@ impl Node {
                 p.prober.as_ref().and_then(|b| b.poll_timeout()),
                 p.opening.as_ref().map(|o| o.next_at),
                 p.prediction.as_ref().and_then(|m| m.poll_timeout()),
-                p.first_unanswered_direct.map(|t| t + DATA_STALL_AFTER),
+                p.prediction_repeats.as_ref().map(|r| r.next),
+                wireguard::stall_deadline(p),
                 p.mtu.poll_timeout(p.paths.route()),
             ]
         });

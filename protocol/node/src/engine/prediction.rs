@@ -9,7 +9,7 @@
 //! from the other. Rounds waiting for their turn measure when the current one has opened.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burrow_disco::Message;
 use burrow_punch::{
@@ -38,6 +38,21 @@ pub(super) struct Measurement {
     /// already had a mapping for it, which makes the answer useless).
     index: Option<u64>,
 }
+
+/// A round's flows pinged again: the same sockets to the same ports (no new NAT session, so
+/// the counter the round predicted is not disturbed), so one lost ping in a burst does not
+/// spoil the round.
+pub(super) struct Repeats {
+    targets: Vec<(SocketId, SocketAddr)>,
+    pub(super) next: Instant,
+    sent: u32,
+}
+
+/// The first repeat of a round's pings comes this long after them; each next one waits twice
+/// as long as the one before.
+const REPEAT_FIRST: Duration = Duration::from_millis(200);
+/// Repeats of a round's pings.
+const REPEATS: u32 = 5;
 
 /// A finished measurement: the port the fresh flow got, and its index among our flows.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +120,7 @@ impl Node {
 
     /// The prediction part of `handle_timeout` for peer `i`.
     pub(super) fn run_prediction(&mut self, now: Instant, i: usize) {
+        self.repeat_prediction(now, i);
         if self.peers[i].prediction.is_none() {
             self.plan_prediction(now, i);
         }
@@ -116,6 +132,31 @@ impl Node {
         }
         self.drive_prediction(now, i);
         self.release_prediction(now);
+    }
+
+    /// Pings the latest round's flows again when due (until the peer is direct).
+    fn repeat_prediction(&mut self, now: Instant, i: usize) {
+        let p = &mut self.peers[i];
+        if matches!(p.paths.route(), Route::Direct(_)) {
+            p.prediction_repeats = None;
+            return;
+        }
+        let Some(r) = p.prediction_repeats.as_mut().filter(|r| r.next <= now) else {
+            return;
+        };
+        r.sent += 1;
+        r.next = now + REPEAT_FIRST * 2u32.pow(r.sent);
+        let targets = if r.sent >= REPEATS {
+            p.prediction_repeats
+                .take()
+                .map(|r| r.targets)
+                .unwrap_or_default()
+        } else {
+            r.targets.clone()
+        };
+        for (socket, dst) in targets {
+            self.send_probe_ping(i, socket, dst);
+        }
     }
 
     /// The peer announced the port its flow toward us will have.
@@ -165,15 +206,23 @@ impl Node {
                             SocketAddr::new(endpoint.ip(), p)
                         }
                     };
-                    if sockets == 0 {
-                        self.peers[i].stats.predicted += 1;
-                        self.send_probe_ping(i, MAIN_SOCKET, dst);
-                    }
                     let base = self.prediction_base();
-                    for k in 0..sockets {
+                    let targets: Vec<(SocketId, SocketAddr)> = if sockets == 0 {
+                        vec![(MAIN_SOCKET, dst)]
+                    } else {
+                        (0..sockets)
+                            .map(|k| (base.saturating_add(k), dst))
+                            .collect()
+                    };
+                    for (socket, dst) in &targets {
                         self.peers[i].stats.predicted += 1;
-                        self.send_probe_ping(i, base.saturating_add(k), dst);
+                        self.send_probe_ping(i, *socket, *dst);
                     }
+                    self.peers[i].prediction_repeats = Some(Repeats {
+                        targets,
+                        next: now + REPEAT_FIRST,
+                        sent: 0,
+                    });
                 }
                 PredictionAction::Search { sockets, port } => {
                     let sockets = sockets.min(self.config.birthday_sockets);

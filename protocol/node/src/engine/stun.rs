@@ -22,6 +22,8 @@ const PREDICTED_PORTS: usize = 8;
 /// server must not hold the node's candidates back for STUN's full 39.5 s; three
 /// transmissions have gone out by then, and the next round comes soon).
 const STUN_ROUND_CAP: Duration = Duration::from_secs(3);
+/// The first retry after a STUN round without an IPv4 answer; it doubles with each such round.
+const STUN_RETRY_FIRST: Duration = Duration::from_secs(1);
 
 /// One round of Binding requests, one to each configured STUN server.
 pub(super) struct StunRound {
@@ -159,12 +161,47 @@ impl Node {
     /// Only IPv4 answers say what the NAT does; IPv6 has no NAT (at most a stateful firewall),
     /// so an IPv6 server's answer is simply our global address, a candidate of its own.
     fn finish_stun(&mut self, now: Instant, mapped: &[SocketAddr]) {
-        self.next_stun = now + self.config.restun_interval;
         let (v4, v6): (Vec<SocketAddr>, Vec<SocketAddr>) = mapped
             .iter()
             .map(|a| canonical_remote(*a))
             .partition(|a| Family::of(*a) == Family::Ipv4);
-        let nat = classify(&v4);
+        // A round that could not classify our IPv4 mapping (answers lost on a bad link, or
+        // UDP blocked) is tried again soon, backing off 1, 2, 4… s up to the usual interval:
+        // until it answers, peers behind filtering NATs cannot reach us directly.
+        let has_v4 = self.config.local_addrs.is_empty()
+            || self.config.local_addrs.iter().any(|a| a.is_ipv4());
+        let asks_v4 = self.config.stun_servers.iter().any(|s| s.is_ipv4());
+        let v4_servers = self
+            .config
+            .stun_servers
+            .iter()
+            .filter(|s| s.is_ipv4())
+            .count();
+        let incomplete = v4.len() < v4_servers.min(2);
+        let wait = if incomplete && has_v4 && asks_v4 {
+            let backoff = STUN_RETRY_FIRST * 2u32.saturating_pow(self.stun_failures.min(16));
+            self.stun_failures = self.stun_failures.saturating_add(1);
+            backoff.min(self.config.restun_interval)
+        } else {
+            self.stun_failures = 0;
+            self.config.restun_interval
+        };
+        self.next_stun = now + wait;
+        // One IPv4 answer cannot show a mapping that varies by destination: a NAT known to be
+        // hard (at the same public address) stays hard until a round with two answers says
+        // otherwise; its latest port is the answer's.
+        let nat = match (classify(&v4), self.nat) {
+            (Some(n), Some(o))
+                if v4.len() < 2 && o.mapping_varies && o.reflexive.ip() == n.reflexive.ip() =>
+            {
+                Some(NatView {
+                    reflexive: n.reflexive,
+                    last_port: n.last_port,
+                    ..o
+                })
+            }
+            (n, _) => n,
+        };
         self.nat = nat.or(self.nat);
         // A round without an IPv6 answer (one lost datagram) keeps the last one: IPv6 is gone
         // only when our interfaces say so (`set_local_addrs`), not when STUN is quiet.

@@ -66,6 +66,10 @@ impl Node {
             p.stats.tx_direct += 1;
             if data && p.first_unanswered_direct.is_none() {
                 p.first_unanswered_direct = Some(now);
+                p.unanswered_sent = 0;
+            }
+            if data {
+                p.unanswered_sent = p.unanswered_sent.saturating_add(1);
             }
             // Data unanswered past the path's usual answer time: over the relay too, and a
             // ping to settle it (demotion waits for the usual evidence, or for the doubt to
@@ -241,13 +245,27 @@ impl Node {
             p.first_unanswered_direct = None;
             return;
         };
-        if p.first_unanswered_direct
-            .is_some_and(|t| now.saturating_duration_since(t) >= DATA_STALL_AFTER)
-        {
+        if stall_deadline(p).is_some_and(|t| now >= t) {
             p.first_unanswered_direct = None;
             p.paths.report_data_stall(now, addr);
         }
     }
+}
+
+/// When peer `p`'s direct path counts as stalled if nothing comes back on it:
+/// [`DATA_STALL_AFTER`] after the first unanswered data, once enough has been sent. On a lossy
+/// path a few datagrams go unanswered by chance: it takes as many as make that unlikely given
+/// how often the path answers pings (one on a path answering every ping, up to five on a new
+/// one, 11 on one answering one in three).
+pub(super) fn stall_deadline(p: &super::Peer) -> Option<Instant> {
+    let Route::Direct(addr) = p.paths.route() else {
+        return None;
+    };
+    let needed = p.paths.unlikely_silence(addr);
+    if p.unanswered_sent < needed {
+        return None;
+    }
+    p.first_unanswered_direct.map(|t| t + DATA_STALL_AFTER)
 }
 
 /// Where a WireGuard datagram came from.

@@ -30,7 +30,7 @@ pub use api::{
 };
 pub use family::{FamilyReport, FamilyState};
 use remote::Remote;
-pub use remote::RECOVERY_PONGS;
+pub use remote::{MAX_MISSES_FOR_DEAD, RECOVERY_PONGS};
 
 /// Candidates learned from a peer's pings (peer-reflexive) kept at once.
 pub const MAX_PEER_REFLEXIVE: usize = 8;
@@ -326,6 +326,14 @@ impl PeerPaths {
         r.pending.clear();
         let rtt = now.saturating_duration_since(sent);
         r.rtt = Some(rtt);
+        // The misses since the previous pong, then this answer (misses before a path ever
+        // answered are the punching, not its loss).
+        if r.last_pong.is_some() {
+            for _ in 0..r.missed.min(64) {
+                r.answers.note(false);
+            }
+        }
+        r.answers.note(true);
         r.last_pong = Some(now);
         r.missed = 0;
         r.suspect = false;
@@ -414,7 +422,15 @@ impl PeerPaths {
             .is_some_and(|r| r.probation || r.suspect)
     }
 
+    /// How long a ping to `r` may go unanswered: five of its round trips once it has answered
+    /// (a dead path is noticed soon), the full `pong_timeout` for a path not in use that never
+    /// answered or is being won back: it may sit behind a queue the relayed traffic filled,
+    /// and a late pong still proves it.
     fn timeout_of(&self, r: &Remote) -> Duration {
+        let winning_back = r.last_pong.is_none() || r.recovering;
+        if self.route != Route::Direct(r.candidate.addr) && winning_back {
+            return self.config.pong_timeout;
+        }
         r.rtt.map_or(self.config.pong_timeout, |rtt| {
             (rtt * 5).clamp(self.config.min_pong_timeout, self.config.pong_timeout)
         })
@@ -484,6 +500,13 @@ impl PeerPaths {
         } else {
             self.config.heartbeat
         }
+    }
+
+    /// How many datagrams in a row `addr` may leave unanswered by chance (under one in a
+    /// hundred, by how often it answers pings): 1 on a path answering every ping, up to 5 on
+    /// a new one, 11 on one answering one in three, at most [`MAX_MISSES_FOR_DEAD`].
+    pub fn unlikely_silence(&self, addr: SocketAddr) -> u32 {
+        self.remote.get(&addr).map_or(1, remote::unlikely_run)
     }
 
     /// Unanswered pings in a row on `addr` (0: its latest ping was answered, or is in flight).

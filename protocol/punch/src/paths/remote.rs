@@ -22,6 +22,9 @@ pub(super) struct Remote {
     pub(super) rtt: Option<Duration>,
     pub(super) last_pong: Option<Instant>,
     pub(super) missed: u32,
+    /// How many of its pings it answers (as of its latest pong): a path that loses many
+    /// pings needs more misses in a row before it is taken for dead.
+    pub(super) answers: AnswerRate,
     /// Lost data while answering disco: not chosen before this time.
     pub(super) stalled_until: Option<Instant>,
     /// Stalls in a row (the back-off doubles with each).
@@ -40,6 +43,52 @@ pub(super) struct Remote {
     /// The peer stopped advertising this address's family: one ping is out to check, and the
     /// path dies if it goes unanswered (a CallMeMaybe can be replayed, so it only asks).
     pub(super) suspect: bool,
+}
+
+/// The most misses in a row any path gets before it is dead (see `misses_for_dead`).
+pub const MAX_MISSES_FOR_DEAD: u32 = 12;
+
+/// The shortest run of unanswered pings (or datagrams) that `r`'s answer rate makes a chance
+/// under one in a hundred: 2 on a path answering nine in ten, 5 on a path with one answer so
+/// far, 11 at one in three; at most
+/// [`MAX_MISSES_FOR_DEAD`].
+pub(super) fn unlikely_run(r: &Remote) -> u32 {
+    let lost = 1.0 - r.answers.rate();
+    if lost <= 0.0 {
+        return 1;
+    }
+    let run = (0.01f64.ln() / lost.ln()).ceil();
+    if !run.is_finite() {
+        return MAX_MISSES_FOR_DEAD;
+    }
+    (run as u32).clamp(1, MAX_MISSES_FOR_DEAD)
+}
+
+/// Weight of each ping's fate in a path's answer rate (about the last ten count).
+const ANSWER_WEIGHT: f64 = 0.1;
+
+/// The share of a path's pings answered since it first answered, over roughly the last ten,
+/// smoothed toward one half while there are few, so a new path's first misses do not kill it
+/// at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct AnswerRate {
+    answered: f64,
+    pinged: f64,
+}
+
+impl AnswerRate {
+    /// One ping's fate.
+    pub(super) fn note(&mut self, answered: bool) {
+        let keep = 1.0 - ANSWER_WEIGHT;
+        self.answered = self.answered * keep + f64::from(u8::from(answered));
+        self.pinged = self.pinged * keep + 1.0;
+    }
+
+    /// The smoothed share answered (Laplace's rule: a path that answered its only ping is not
+    /// yet known to answer them all).
+    pub(super) fn rate(&self) -> f64 {
+        (self.answered + 1.0) / (self.pinged + 2.0)
+    }
 }
 
 /// Answers in a row a path that missed pongs needs before it displaces a working path of the
@@ -64,6 +113,7 @@ impl PeerPaths {
             rtt: None,
             last_pong: None,
             missed: 0,
+            answers: AnswerRate::default(),
             stalled_until: None,
             stalls: 0,
             probation: false,
@@ -84,9 +134,22 @@ impl PeerPaths {
 
     /// Missed pongs in a row, and silent for long enough besides.
     pub(super) fn dead(&self, now: Instant, r: &Remote) -> bool {
-        r.missed >= self.config.missed_before_dead
+        r.missed >= self.misses_for_dead(r)
             && r.last_pong
                 .is_none_or(|t| now.saturating_duration_since(t) >= self.config.silence_before_dead)
+    }
+
+    /// Misses in a row that make a path dead: `missed_before_dead`, or more on a path that
+    /// answered only part of its pings, so that a run of misses that long would happen by
+    /// chance less than once in a hundred times (a path answering one ping in three needs 11,
+    /// one answering nine in ten the plain 3; at most [`MAX_MISSES_FOR_DEAD`]). Data goes over the relay too meanwhile, so the wait
+    /// loses nothing; a path that never answered, or was killed, gets the plain count.
+    pub(super) fn misses_for_dead(&self, r: &Remote) -> u32 {
+        let base = self.config.missed_before_dead;
+        if r.last_pong.is_none() {
+            return base;
+        }
+        unlikely_run(r).max(base)
     }
 
     /// Answered lately and not dead: a path in use or about to be.

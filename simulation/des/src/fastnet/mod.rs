@@ -22,9 +22,14 @@ use serde::Serialize;
 
 use crate::nat::{NatConfig, NatTable};
 
+mod bulk;
+mod link;
 mod net;
 mod packets;
 mod record;
+
+pub use bulk::{BulkConfig, BulkOutcome};
+pub use link::{GilbertElliott, LinkProfile, LinkStats, Spikes};
 
 /// The main socket's port on every node.
 pub const MAIN_PORT: u16 = 41641;
@@ -173,6 +178,13 @@ pub struct FastConfig {
     pub data_size: Option<usize>,
     /// Both nodes' path MTU settings (none: the engine's defaults).
     pub mtu: Option<burrow_node::MtuConfig>,
+    /// Side 0's and side 1's access link (none: `one_way`, `jitter`, `loss` and `duplicate`).
+    /// A side with a link sends and receives everything through it, DERP included: DERP's
+    /// path is then the two access links plus `derp_one_way` twice.
+    pub links: [Option<LinkProfile>; 2],
+    /// A bulk transfer from node 0 to node 1 with TCP-like congestion control (none: no
+    /// transfer); its goodput is in `FastOutcome::bulk`.
+    pub bulk: Option<BulkConfig>,
     /// Seed for everything.
     pub seed: u64,
 }
@@ -201,6 +213,8 @@ impl FastConfig {
             link_mtu: [None, None],
             data_size: None,
             mtu: None,
+            links: [None, None],
+            bulk: None,
             seed,
         }
     }
@@ -258,6 +272,17 @@ pub struct FastOutcome {
     pub black_holes: [u32; 2],
     /// Datagrams the engines refused.
     pub refused: u64,
+    /// The bulk transfer's figures (when `FastConfig::bulk` asked for one).
+    pub bulk: Option<BulkOutcome>,
+    /// What side 0's and side 1's access links did, up and down (when they have one).
+    pub link_stats: [Option<[LinkStats; 2]>; 2],
+    /// How long node 0 and node 1 each sent on a direct path.
+    pub direct_time: [Duration; 2],
+    /// Timer wake-ups of node 0 and node 1 over the run, and the most in any one simulated
+    /// second (timers that spin would show here).
+    pub wakeups: [u64; 2],
+    /// See `wakeups`.
+    pub max_wakeups_per_s: [u32; 2],
     /// WireGuard datagrams node 0 and node 1 also sent over the relay because their direct
     /// path was in doubt (fast loss detection's cost).
     pub doubt_duplicated: [u64; 2],
@@ -277,6 +302,20 @@ pub struct FastOutcome {
     pub elapsed: Duration,
     /// What happened when, per node: endpoints learned, birthday started, handshakes, routes.
     pub timeline: Vec<String>,
+}
+
+impl FastOutcome {
+    /// What must never appear on a wire and did: a private key, application plaintext.
+    pub fn leaks(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.key_leaked {
+            out.push("a private key appeared on a wire");
+        }
+        if self.plaintext_leaked {
+            out.push("application plaintext appeared on a wire");
+        }
+        out
+    }
 }
 
 /// A payload as a node put it on a wire, before any NAT touched it.
@@ -312,6 +351,8 @@ struct Side {
     down_until: Option<Instant>,
     /// The largest IP packet its access link carries (none: any).
     link_mtu: Option<usize>,
+    /// Its access link, up and down (none: the run's uniform hops).
+    link: Option<[link::LinkWay; 2]>,
     /// The node's port mapper, and its gateway's service (behind a translating box).
     portmap: Option<SidePortMap>,
 }
@@ -385,6 +426,9 @@ pub struct FastNet {
     next_sweep: Instant,
     out: FastOutcome,
     tap: Option<Tap>,
+    bulk: Option<bulk::Bulk>,
+    /// Per node: the simulated second being counted and its wake-ups so far.
+    wake: [(u64, u32); 2],
 }
 
 /// Runs one simulation to its end.

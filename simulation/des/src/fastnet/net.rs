@@ -15,6 +15,7 @@ use burrow_wg::PrivateKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use super::link::LinkWay;
 use super::packets::{
     app_packet, copies, hop_delay, note_error, scan, secret_bytes, Packet, Queue,
 };
@@ -92,6 +93,12 @@ impl FastNet {
                 clients: Default::default(),
             });
         }
+        let mut rng = rng;
+        for (s, side) in sides.iter_mut().enumerate().take(2) {
+            side.link = config.links[s]
+                .as_ref()
+                .map(|p| [(); 2].map(|_| LinkWay::new(p, t0, &mut rng)));
+        }
         let peers = [sides[1].node.public_key(), sides[0].node.public_key()];
         let mut pending: Vec<(Instant, Disruption)> = config
             .disruptions
@@ -135,6 +142,8 @@ impl FastNet {
             next_sweep: t0,
             out: FastOutcome::default(),
             tap: None,
+            bulk: config.bulk.map(|b| super::bulk::Bulk::new(b, t0)),
+            wake: [(0, 0); 2],
         }
     }
 
@@ -230,20 +239,34 @@ impl FastNet {
             }
             self.next_sweep = now + Duration::from_secs(1);
         }
-        for s in self.sides.iter_mut() {
+        for (k, s) in self.sides.iter_mut().enumerate() {
             if s.node.poll_timeout().is_some_and(|t| t <= now) {
                 s.node.handle_timeout(now);
+                if let Some(w) = self.wake.get_mut(k) {
+                    let second = (now - self.t0).as_secs();
+                    if w.0 != second {
+                        *w = (second, 0);
+                    }
+                    w.1 += 1;
+                    self.out.wakeups[k] += 1;
+                    self.out.max_wakeups_per_s[k] = self.out.max_wakeups_per_s[k].max(w.1);
+                }
             }
         }
         for s in 0..self.sides.len() {
             self.run_port_mapping(s);
         }
         self.send_data();
+        self.send_bulk();
         for s in 0..self.sides.len() {
             self.transmit(s);
             while let Some(e) = self.sides[s].node.poll_event() {
                 self.on_event(s, e);
             }
+        }
+        // What the events made the nodes send (the transfer's ACKs and retransmissions).
+        for s in 0..2 {
+            self.transmit(s);
         }
         self.advance();
         !self.done
@@ -266,6 +289,9 @@ impl FastNet {
         }
         if let Some(t) = self.traffic.next {
             next = next.min(t);
+        }
+        if let Some(t) = self.bulk.as_ref().and_then(|b| b.poll_timeout()) {
+            next = next.min(t.max(now));
         }
         if let Some(d) = self.disruptions.pending.last() {
             next = next.min(d.0);
@@ -318,14 +344,22 @@ impl FastNet {
                     if let Ok(r) = self.stun[k].handle_packet(dst, src, &data, &mut buf) {
                         let side = self.sides.iter().position(|s| s.owns(src.ip()));
                         if let Some(side) = side {
-                            let d = hop_delay(self.sides[side].one_way, config, &mut self.rng);
-                            let down = Packet::Down {
+                            let data = buf[..r.len].to_vec();
+                            let down = |data| Packet::Down {
                                 side,
                                 src: dst,
                                 dst: r.to,
-                                data: buf[..r.len].to_vec(),
+                                data,
                             };
-                            self.queue.push(now + d, down);
+                            let sd = &mut self.sides[side];
+                            if let Some(link) = sd.link.as_mut() {
+                                for at in link[1].carry(now, wire_len(dst, r.len), &mut self.rng) {
+                                    self.queue.push(at, down(data.clone()));
+                                }
+                            } else {
+                                let d = hop_delay(sd.one_way, config, &mut self.rng);
+                                self.queue.push(now + d, down(data));
+                            }
                         }
                     }
                     return;
@@ -351,15 +385,35 @@ impl FastNet {
                 if eaten && !burrow_disco::looks_like_disco(&data) {
                     return;
                 }
+                let down = |data| Packet::Down {
+                    side,
+                    src,
+                    dst,
+                    data,
+                };
+                if let Some(link) = self.sides[side].link.as_mut() {
+                    for at in link[1].carry(now, wire_len(dst, data.len()), &mut self.rng) {
+                        self.queue.push(at, down(data.clone()));
+                    }
+                    return;
+                }
                 for _ in 0..copies(config, &mut self.rng) {
                     let d = hop_delay(self.sides[side].one_way, config, &mut self.rng);
-                    let down = Packet::Down {
-                        side,
-                        src,
-                        dst,
-                        data: data.clone(),
-                    };
-                    self.queue.push(now + d, down);
+                    self.queue.push(now + d, down(data.clone()));
+                }
+            }
+            Packet::RelayCore { to, from, data } => {
+                if self.disruptions.derp_down_until.is_some_and(|u| now < u) {
+                    return;
+                }
+                let len = wire_len_tcp(data.len());
+                let disco = burrow_disco::looks_like_disco(&data);
+                let at = match self.sides[to].link.as_mut() {
+                    Some(link) => link[1].carry_stream(now, len, disco, &mut self.rng),
+                    None => Some(now),
+                };
+                if let Some(at) = at {
+                    self.queue.push(at, Packet::Relay { to, from, data });
                 }
             }
             Packet::Down {
@@ -497,6 +551,38 @@ impl FastNet {
             }
         }
         self.traffic.next = Some(t + iv);
+    }
+
+    /// The bulk transfer's sender puts out what its window and timer allow.
+    fn send_bulk(&mut self) {
+        let now = self.now;
+        let Some(b) = self.bulk.as_mut() else {
+            return;
+        };
+        for p in b.poll_send(now) {
+            let _ = self.sides[0].node.send(now, &self.peers[0], &p);
+        }
+    }
+
+    /// Node `s` received a segment of the bulk transfer: the receiver ACKs data, the sender
+    /// takes ACKs (and may retransmit or send more).
+    pub(super) fn on_segment(&mut self, s: usize, data: &[u8]) {
+        let now = self.now;
+        let Some(b) = self.bulk.as_mut() else {
+            return;
+        };
+        let reply = match super::bulk::parse(s, data) {
+            Some(super::bulk::Segment::Data(n)) => Some(b.on_data(now, n)),
+            Some(super::bulk::Segment::Ack(n)) => b.on_ack(now, n),
+            None => None,
+        };
+        let mut out: Vec<Vec<u8>> = reply.into_iter().collect();
+        if s == 0 {
+            out.extend(b.poll_send(now));
+        }
+        for p in out {
+            let _ = self.sides[s].node.send(now, &self.peers[s], &p);
+        }
     }
 
     /// Side `s`'s port mapper: its timers, its exchanges with the gateway one LAN hop away
@@ -644,12 +730,32 @@ impl FastNet {
                         continue;
                     };
                     let d = self.config.derp_one_way * 2;
-                    let relay = Packet::Relay {
-                        to,
-                        from: s,
-                        data: payload,
+                    let linked = self.sides[s].link.is_some() || self.sides[to].link.is_some();
+                    if !linked {
+                        let relay = Packet::Relay {
+                            to,
+                            from: s,
+                            data: payload,
+                        };
+                        self.queue.push(now + d, relay);
+                        continue;
+                    }
+                    // Up the sender's access link, through DERP, then down the receiver's.
+                    let len = wire_len_tcp(payload.len());
+                    // The DERP client sends disco ahead of queued data.
+                    let disco = burrow_disco::looks_like_disco(&payload);
+                    let up = match self.sides[s].link.as_mut() {
+                        Some(link) => link[0].carry_stream(now, len, disco, &mut self.rng),
+                        None => Some(now),
                     };
-                    self.queue.push(now + d, relay);
+                    if let Some(at) = up {
+                        let core = Packet::RelayCore {
+                            to,
+                            from: s,
+                            data: payload,
+                        };
+                        self.queue.push(at + d, core);
+                    }
                 }
                 Transmit::Udp {
                     socket,
@@ -670,19 +776,32 @@ impl FastNet {
                     let Some(src) = send_out(&mut self.sides[s], now, port, dst) else {
                         continue; // a box dropped it, or the host has no address of that family
                     };
+                    let up = |data| Packet::Up { src, dst, data };
+                    if let Some(link) = self.sides[s].link.as_mut() {
+                        for at in link[0].carry(now, wire_len(dst, payload.len()), &mut self.rng) {
+                            self.queue.push(at, up(payload.clone()));
+                        }
+                        continue;
+                    }
                     for _ in 0..copies(&self.config, &mut self.rng) {
                         let d = hop_delay(self.sides[s].one_way, &self.config, &mut self.rng);
-                        let up = Packet::Up {
-                            src,
-                            dst,
-                            data: payload.clone(),
-                        };
-                        self.queue.push(now + d, up);
+                        self.queue.push(now + d, up(payload.clone()));
                     }
                 }
             }
         }
     }
+}
+
+/// The IP packet a UDP payload of `len` bytes to or from `peer` makes.
+fn wire_len(peer: SocketAddr, len: usize) -> usize {
+    len + if peer.is_ipv4() { 28 } else { 48 }
+}
+
+/// What a DERP frame of `len` bytes costs on an access link: its frame header, TLS's record
+/// overhead and TCP/IP's headers.
+fn wire_len_tcp(len: usize) -> usize {
+    len + 5 + 22 + 40
 }
 
 /// Whether a UDP datagram of `len` bytes to or from `peer` fits a link of `mtu`.
@@ -815,6 +934,7 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         one_way: relay.map_or(config.one_way, |r| r.one_way),
         down_until: None,
         link_mtu: config.link_mtu.get(s).copied().flatten(),
+        link: None,
         portmap,
     }
 }

@@ -29,6 +29,12 @@ pub(super) enum Packet {
         dst: SocketAddr,
         data: Vec<u8>,
     },
+    /// A relayed packet leaving DERP toward node `to`'s access link (which it crosses next).
+    RelayCore {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
+    },
     /// A relayed packet arriving at node `to` from node `from`.
     Relay {
         to: usize,

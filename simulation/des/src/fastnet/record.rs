@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use burrow_node::Event;
 use burrow_punch::Route;
 
+use super::bulk;
 use super::packets::{app_seq, quoted_seq};
 use super::{FastNet, FastOutcome};
 
@@ -37,6 +38,9 @@ impl FastNet {
                 if both && self.out.time_to_peer_relay.is_none() {
                     self.out.time_to_peer_relay = Some(now - self.t0);
                 }
+            }
+            Event::Packet { data, .. } if bulk::parse(s, &data).is_some() => {
+                self.on_segment(s, &data);
             }
             Event::Packet { data, .. } => {
                 // An ICMP "fragmentation needed" for one of our own packets: told, not lost.
@@ -134,6 +138,9 @@ impl FastNet {
                     .timeline
                     .push(format!("{at:>8.3}s node{s} path {from:?} -> {to:?}"));
                 self.out.switches += 1;
+                if let Some(since) = self.direct_since[s] {
+                    self.out.direct_time[s] += now - since;
+                }
                 self.direct_since[s] = match to {
                     Route::Direct(_) => Some(now),
                     Route::Relay => None,
@@ -179,6 +186,17 @@ impl FastNet {
     /// NAT peaks, node 0's explanation, the application packets lost.
     pub fn finish(mut self) -> FastOutcome {
         let t0 = self.t0;
+        let now = self.now;
+        self.out.bulk = self.bulk.as_mut().map(|b| b.finish(now));
+        for s in 0..2 {
+            if let Some(since) = self.direct_since[s] {
+                self.out.direct_time[s] += now - since;
+            }
+            self.out.link_stats[s] = self.sides[s]
+                .link
+                .as_ref()
+                .map(|l| l.each_ref().map(|w| w.stats));
+        }
         for s in 0..2 {
             self.out.probes += self.probes(s);
             let relay = self.sides[s].node.peer_relay(&self.peers[s]);
