@@ -299,7 +299,7 @@ fn judge(
     failures: &mut Vec<String>,
 ) -> LadderRun {
     let bulk = o.bulk.clone().unwrap_or_default();
-    let switches = count_switches(o);
+    let switches = o.switches_by_node;
     let share = |s: Option<crate::fastnet::LinkStats>| {
         s.map_or(0.0, |s| {
             (s.lost + s.queue_drops) as f64 / (s.offered.max(1)) as f64
@@ -365,19 +365,6 @@ fn judge(
         fail(leak.into());
     }
     r
-}
-
-/// Route changes per node, from the timeline.
-fn count_switches(o: &FastOutcome) -> [u64; 2] {
-    let mut n = [0u64; 2];
-    for line in &o.timeline {
-        for (k, count) in n.iter_mut().enumerate() {
-            if line.contains(&format!("node{k} path ")) {
-                *count += 1;
-            }
-        }
-    }
-    n
 }
 
 /// The whole ladder: every rung against every class.

@@ -208,7 +208,7 @@ impl LinkWay {
     /// The packet's departure from the bottleneck, or none when the queue is full.
     fn enqueue(&mut self, now: Instant, len: usize) -> Option<Instant> {
         self.stats.offered += 1;
-        let Some(rate) = self.profile.rate_kbit.filter(|r| *r > 0.0) else {
+        let Some(send) = self.sending_time(len) else {
             return Some(now);
         };
         let start = self.busy_until.max(now);
@@ -219,7 +219,6 @@ impl LinkWay {
         }
         let wait_ms = wait.as_secs_f64() * 1000.0;
         self.stats.max_queue_ms = self.stats.max_queue_ms.max(wait_ms);
-        let send = Duration::from_secs_f64(len as f64 * 8.0 / (rate * 1000.0));
         self.busy_until = start + send;
         Some(self.busy_until)
     }
@@ -228,16 +227,21 @@ impl LinkWay {
     /// its share of the link but is never dropped.
     fn enqueue_first(&mut self, now: Instant, len: usize) -> Instant {
         self.stats.offered += 1;
-        let Some(rate) = self.profile.rate_kbit.filter(|r| *r > 0.0) else {
+        let Some(send) = self.sending_time(len) else {
             return now;
         };
         let start = self
             .busy_until
             .max(now)
             .min(now + ms(self.profile.buffer_ms));
-        let send = Duration::from_secs_f64(len as f64 * 8.0 / (rate * 1000.0));
         self.busy_until = self.busy_until.max(now) + send;
         start + send
+    }
+
+    /// How long the bottleneck takes to send `len` bytes (none: the link has no bottleneck).
+    fn sending_time(&self, len: usize) -> Option<Duration> {
+        let rate = self.profile.rate_kbit.filter(|r| *r > 0.0)?;
+        Some(Duration::from_secs_f64(len as f64 * 8.0 / (rate * 1000.0)))
     }
 
     /// One step of the Gilbert–Elliott channel: the state for this packet, then its fate.

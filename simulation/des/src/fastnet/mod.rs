@@ -288,6 +288,8 @@ pub struct FastOutcome {
     pub doubt_duplicated: [u64; 2],
     /// Route changes seen (both nodes).
     pub switches: u64,
+    /// Route changes of node 0 and of node 1.
+    pub switches_by_node: [u64; 2],
     /// Peak live sessions of any NAT box.
     pub peak_sessions: usize,
     /// Any private key seen on any wire.

@@ -138,6 +138,7 @@ impl FastNet {
                     .timeline
                     .push(format!("{at:>8.3}s node{s} path {from:?} -> {to:?}"));
                 self.out.switches += 1;
+                self.out.switches_by_node[s] += 1;
                 if let Some(since) = self.direct_since[s] {
                     self.out.direct_time[s] += now - since;
                 }
