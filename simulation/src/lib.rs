@@ -13,6 +13,7 @@ pub mod net;
 mod node_io;
 pub mod pcap;
 pub use burrow_des::preset;
+pub use burrow_des::soak;
 pub mod report;
 pub mod scenario;
 pub mod tailnet;

@@ -115,6 +115,22 @@ struct Cli {
     /// Seeds per ladder cell, with --ladder or --matrix (0 leaves the ladder out of --matrix).
     #[arg(long, default_value_t = 3)]
     ladder_seeds: u64,
+    /// The chaos soak: every NAT class for a simulated day (--soak-hours) with disruptions at
+    /// random (NAT flush, gateway reboot, new address, cut, DERP and control restarts, MTU
+    /// black holes) while traffic comes and goes; fails if a packet is lost outside a
+    /// disruption's bounded window, a key or plaintext leaks, state grows or a timer spins
+    /// (seeds: --soak-seeds; writes soak.json into --report DIR).
+    #[arg(long)]
+    soak: bool,
+    /// Seeds per class with --soak (1..=N).
+    #[arg(long, default_value_t = 20)]
+    soak_seeds: u64,
+    /// Simulated hours per --soak run.
+    #[arg(long, default_value_t = 24.0)]
+    soak_hours: f64,
+    /// Only this class with --soak (`easy~hard`).
+    #[arg(long, value_name = "A~B")]
+    soak_class: Option<String>,
     /// Simulated seconds each --attack run lasts.
     #[arg(long, default_value_t = 30)]
     attack_seconds: u64,
@@ -149,6 +165,43 @@ struct Job {
     scenario: Scenario,
     replay: String,
     seeds: Option<Vec<u64>>,
+}
+
+/// `--soak`: the chaos soak; writes soak.json into `--report DIR` if asked.
+fn run_soak(cli: &Cli) -> Result<bool> {
+    use burrow_sim::soak;
+    let threads = cli
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if !(cli.soak_hours > 0.0 && cli.soak_hours <= 24.0 * 365.0) {
+        bail!("--soak-hours {}: between 0 and a year", cli.soak_hours);
+    }
+    let duration = std::time::Duration::from_secs_f64(cli.soak_hours * 3600.0);
+    let seeds: Vec<u64> = (1..=cli.soak_seeds.max(1)).collect();
+    let started = std::time::Instant::now();
+    let report = match &cli.soak_class {
+        None => soak::run_soak(&seeds, duration, threads),
+        Some(c) => {
+            let (a, b) = c.split_once('~').context("--soak-class takes A~B")?;
+            for p in [a, b] {
+                if burrow_sim::preset::get(p).is_none() {
+                    bail!("--soak-class: no NAT preset {p}");
+                }
+            }
+            soak::run_soak_classes(&[(a, b)], &seeds, duration, threads)
+        }
+    };
+    print!("{}", report.text());
+    println!("({:.1} s wall)", started.elapsed().as_secs_f64());
+    if let Some(dir) = &cli.report {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join("soak.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        println!("wrote {}", dir.join("soak.json").display());
+    }
+    Ok(report.passed())
 }
 
 /// `--ladder`: the degradation ladder alone; writes it into `--report DIR` if asked.
@@ -338,6 +391,9 @@ fn real_main() -> Result<bool> {
     }
     if cli.ladder {
         return run_ladder_only(&cli);
+    }
+    if cli.soak {
+        return run_soak(&cli);
     }
     if cli.fallback {
         return run_fallback(&cli);

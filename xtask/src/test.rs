@@ -149,11 +149,25 @@ pub fn run(install: bool) -> Result<()> {
 }
 
 /// The simulator's matrix on a reduced seed count (release build: the hard–hard long run covers
-/// hours of simulated time): netcheck per preset, the NAT × NAT grid, the birthday curves.
+/// hours of simulated time): netcheck per preset, the NAT × NAT grid, the birthday curves; then
+/// the chaos soak's reduced form (every NAT class, one seed, four simulated hours).
 fn reduced_matrix() -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow-sim"]))?;
     let report = root().join("target/sim-report");
-    run_cmd(
+    let sim = root().join("target/release/burrow-sim");
+    let soak = run_cmd(Command::new(&sim).args([
+        "--soak",
+        "--soak-seeds",
+        "1",
+        "--soak-hours",
+        "4",
+        "--report",
+        &report.to_string_lossy(),
+    ]));
+    if let Err(e) = &soak {
+        println!("xtask: chaos soak failed: {e}");
+    }
+    let matrix = run_cmd(
         Command::new(root().join("target/release/burrow-sim")).args([
             "--matrix",
             "--seeds",
@@ -169,7 +183,8 @@ fn reduced_matrix() -> Result<()> {
             "--report",
             &report.to_string_lossy(),
         ]),
-    )
+    );
+    matrix.and(soak)
 }
 
 /// The property tests' default seed (any fixed value: what matters is that it is fixed).

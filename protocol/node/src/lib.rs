@@ -10,9 +10,9 @@ mod routing;
 
 pub use buffers::Buffers;
 pub use engine::{
-    Event, Explanation, Input, MtuConfig, Node, NodeConfig, NodeError, PeerConfig, PeerRelayPolicy,
-    PeerStats, RelayReport, RelayServerSettings, RelayState, Transmit, MAX_RELAY_TRIES,
-    MIN_TUNNEL_MTU, RELAY_AFTER, RELAY_SOCKET,
+    Event, Explanation, Footprint, Input, MtuConfig, Node, NodeConfig, NodeError, PeerConfig,
+    PeerRelayPolicy, PeerStats, RelayReport, RelayServerSettings, RelayState, Transmit,
+    MAX_RELAY_TRIES, MIN_TUNNEL_MTU, RELAY_AFTER, RELAY_SOCKET,
 };
 pub use nat::{classify, NatView};
 pub use routing::AllowedIps;

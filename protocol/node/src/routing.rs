@@ -18,6 +18,11 @@ pub struct AllowedIps {
 }
 
 impl AllowedIps {
+    /// Prefixes held.
+    pub(crate) fn len(&self) -> usize {
+        self.owners.len()
+    }
+
     /// Whether another peer than `peer` already has one of `nets` (the same prefix).
     pub fn taken_by_other(&self, peer: &PublicKey, nets: &[IpNet]) -> bool {
         nets.iter()

@@ -95,6 +95,11 @@ pub struct BirthdayProber {
 }
 
 impl BirthdayProber {
+    /// Entries held (ports tried so far): a soak checks that it stays bounded.
+    pub fn footprint(&self) -> usize {
+        self.tried.len()
+    }
+
     /// A prober for `target` (the hard side's public IP) starting at `now`.
     pub fn new(target: IpAddr, budget: ProbeBudget, rng: ChaCha20Rng, now: Instant) -> Self {
         BirthdayProber {

@@ -9,6 +9,12 @@
 //! path is probed again every [`REPROBE_AFTER`], and verified at its size when the driver sees
 //! data go unanswered: a black hole for large packets that appears mid-path drops it back to
 //! the assumed size at once and starts the search again.
+//!
+//! A lost probe is evidence of size only on a path that still answers: when the path has
+//! answered none of the driver's other (small) pings sent since the probe, the driver pings it
+//! and the verdict waits one more probe timeout; with no answer, the path is down (a NAT
+//! rebinding, a cut), not too small, and the size is tried again uncounted after
+//! [`DOWN_RETRY`].
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,8 @@ pub const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// last confirmation is older than this: a black hole for large packets shows no other sign
 /// when the traffic is sparse (a ping a second, TCP retransmitting into it with back-off).
 pub const REVERIFY_WHILE_LARGE: Duration = Duration::from_secs(3);
+/// A lost probe on a path that answered nothing since is tried again after this long.
+pub const DOWN_RETRY: Duration = Duration::from_secs(1);
 /// A probe's timeout while the path's round trip is unknown.
 pub const UNKNOWN_RTT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Probe sizes move in steps of this many bytes (WireGuard pads its plaintexts to 16, so a
@@ -71,8 +79,11 @@ pub struct MtuReport {
 struct Probe {
     tx_id: TxId,
     size: usize,
+    sent: Instant,
     deadline: Instant,
     tries: u8,
+    /// Lost, waiting for the path to show it answers at all.
+    held: bool,
     /// Checking the confirmed size rather than searching above it.
     verify: bool,
 }
@@ -211,8 +222,10 @@ impl PathMtu {
         self.probe = Some(Probe {
             tx_id: id,
             size,
+            sent: now,
             deadline: now + timeout,
             tries: tries + 1,
+            held: false,
             verify,
         });
         self.next_at = None;
@@ -240,16 +253,33 @@ impl PathMtu {
         true
     }
 
-    /// A probe's time is up: try its size again, or count it too big.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// A probe's time is up: try its size again, or count it too big. `last_pong` is when the
+    /// path last answered any of the driver's other pings: until it answers one sent after the
+    /// probe, the loss says nothing of size. True when the driver should ping the path (small)
+    /// now: the verdict waits one more probe timeout for that answer, and without it the size
+    /// is tried afresh after [`DOWN_RETRY`].
+    pub fn handle_timeout(&mut self, now: Instant, last_pong: Option<Instant>) -> bool {
         let Some(p) = self.probe.filter(|p| p.deadline <= now) else {
-            return;
+            return false;
         };
         self.probe = None;
         if p.tries < PROBE_TRIES {
             self.retry = Some((p.size, p.tries, p.verify));
             self.next_at = Some(now);
-            return;
+            return false;
+        }
+        if last_pong.is_none_or(|t| t < p.sent) {
+            if !p.held {
+                self.probe = Some(Probe {
+                    held: true,
+                    deadline: now + (p.deadline - p.sent),
+                    ..p
+                });
+                return true;
+            }
+            self.retry = Some((p.size, 0, p.verify));
+            self.next_at = Some(now + DOWN_RETRY);
+            return false;
         }
         if p.verify {
             self.suspect = false;
@@ -263,6 +293,7 @@ impl PathMtu {
             self.good = self.sizes.assumed;
         }
         self.schedule_next(now, p.verify);
+        false
     }
 
     /// Data went unanswered on the path: probe the confirmed size again (soon, and once),
@@ -366,7 +397,19 @@ mod tests {
         t0: Instant,
         secs: u64,
         capacity: impl Fn(Duration) -> usize,
+        lose: impl FnMut(usize) -> bool,
+    ) -> Vec<(Duration, usize)> {
+        drive_over(m, t0, secs, capacity, lose, |_| true)
+    }
+
+    /// As [`drive`], over a path that answers nothing at all while `path_up(t)` is false.
+    fn drive_over(
+        m: &mut PathMtu,
+        t0: Instant,
+        secs: u64,
+        capacity: impl Fn(Duration) -> usize,
         mut lose: impl FnMut(usize) -> bool,
+        path_up: impl Fn(Duration) -> bool,
     ) -> Vec<(Duration, usize)> {
         let mut sent = Vec::new();
         let mut id = 0u8;
@@ -380,14 +423,19 @@ mod tests {
                     assert!(m.handle_pong(now, &tx));
                 }
             }
-            m.handle_timeout(now);
+            // The path answers small pings one round trip on, when it was up for them (and
+            // they were sent within this drive).
+            let answering = now
+                .checked_sub(RTT)
+                .filter(|_| now >= t0 + RTT && path_up(now - t0 - RTT) && path_up(now - t0));
+            m.handle_timeout(now, answering);
             while let Some((tx, size)) = m.poll_probe(now, Some(RTT), || {
                 id = id.wrapping_add(1);
                 [id; 12]
             }) {
                 sent.push((now - t0, size));
                 let n = sent.len();
-                if size <= capacity(now - t0) && !lose(n) {
+                if size <= capacity(now - t0) && !lose(n) && path_up(now - t0) {
                     pending = Some((now + RTT, tx));
                 }
             }
@@ -453,6 +501,35 @@ mod tests {
         // Within a few seconds: the verification's two probes time out (3 round trips, at
         // least 200 ms each), and the floor goes out at once.
         assert!(sent[2].0 <= Duration::from_millis(500), "{sent:?}");
+    }
+
+    #[test]
+    fn probes_lost_on_a_path_that_answers_nothing_do_not_shrink_it() {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        drive(&mut m, t0, 5, |_| 1500, |_| false);
+        assert_eq!(m.limit(), 1472);
+        // The path goes down for every size (its NAT rebinds) just as data goes unanswered:
+        // the verification's probes are lost, but so is everything else.
+        let t1 = t0 + Duration::from_secs(5);
+        m.verify(t1);
+        let sent = drive_over(&mut m, t1, 10, |_| 1500, |_| false, |_| false);
+        assert_eq!(m.report().black_holes, 0, "{sent:?}");
+        assert_eq!(m.limit(), 1472);
+        assert!(
+            sent.iter().all(|s| s.1 == 1472),
+            "only the size in use, again: {sent:?}"
+        );
+        // Tried again (two tries, a wait for the ping, a second's pause) about once in 1.6 s,
+        // not in a loop.
+        assert!(sent.len() <= 2 * 7, "{sent:?}");
+        // Back up: a probe whose wait for an answer ends just as the path returns may still
+        // count (the race is left: it costs one step below the top until the 10-minute
+        // re-probe), and the search climbs back within a few probes.
+        let t2 = t1 + Duration::from_secs(10);
+        let sent = drive(&mut m, t2, 3, |_| 1500, |_| false);
+        assert!(m.limit() >= 1472 - STEP, "{sent:?}");
+        assert!(sent.len() <= 6, "{sent:?}");
     }
 
     #[test]

@@ -213,6 +213,11 @@ pub struct MutualPrediction {
 }
 
 impl MutualPrediction {
+    /// Entries held (actions waiting to be polled): a soak checks that it stays bounded.
+    pub fn footprint(&self) -> usize {
+        self.actions.len()
+    }
+
     /// A prediction for one peer; a sequential side starts its first round at once.
     pub fn new(config: PredictionConfig, role: PredictionRole, now: Instant) -> Self {
         let mut m = MutualPrediction {
@@ -505,14 +510,16 @@ pub fn advance(port: u16, delta: i32, steps: u64) -> u16 {
 
 /// Our own new flows (socket, IPv4 destination) as our NAT sees them: each takes a mapping, so
 /// a sequential NAT's counter moves by one. Flows idle longer than `idle` count as new again
-/// (the NAT forgot them). Bounded: past `cap` live flows, further new ones are counted without
-/// being remembered (an overcount, which the margin absorbs).
+/// (the NAT forgot them), and are dropped at least once per `idle`, so the ledger holds what
+/// the last two `idle` periods opened. Bounded: past `cap` live flows, further new ones are
+/// counted without being remembered (an overcount, which the margin absorbs).
 #[derive(Debug)]
 pub struct FlowLedger {
     flows: BTreeMap<(SocketId, SocketAddr), Instant>,
     created: u64,
     idle: Duration,
     cap: usize,
+    next_prune: Option<Instant>,
 }
 
 impl FlowLedger {
@@ -523,12 +530,18 @@ impl FlowLedger {
             created: 0,
             idle,
             cap,
+            next_prune: None,
         }
     }
 
     /// A datagram left `socket` for `dst`: returns the flow's index when it is new.
     pub fn note(&mut self, now: Instant, socket: SocketId, dst: SocketAddr) -> Option<u64> {
         let idle = self.idle;
+        if self.next_prune.is_none_or(|t| now >= t) {
+            self.flows
+                .retain(|_, last| now.saturating_duration_since(*last) < idle);
+            self.next_prune = Some(now + idle);
+        }
         if let Some(last) = self.flows.get_mut(&(socket, dst)) {
             let fresh = now.saturating_duration_since(*last) < idle;
             *last = now;

@@ -216,6 +216,21 @@ fn the_ledger_counts_new_flows_once_and_again_after_the_nat_timeout() {
 }
 
 #[test]
+fn the_flow_ledger_forgets_idle_flows_without_filling_up_first() {
+    // A long-running node opens flows now and then: the ledger holds what the last two idle
+    // periods opened, not everything up to its cap.
+    let t0 = Instant::now();
+    let a: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let mut l = FlowLedger::new(Duration::from_secs(30), 4096);
+    for k in 0..2000u64 {
+        let dst = SocketAddr::new(a.ip(), 1024 + k as u16);
+        l.note(t0 + Duration::from_secs(k), 0, dst);
+    }
+    assert!(l.len() <= 60, "{} flows held", l.len());
+    assert_eq!(l.created(), 2000);
+}
+
+#[test]
 fn the_random_side_of_a_search_opens_its_sockets_toward_each_announced_port_paced() {
     let t0 = Instant::now();
     let config = PredictionConfig {

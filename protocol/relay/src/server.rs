@@ -449,6 +449,17 @@ impl std::fmt::Debug for RelayServer {
 }
 
 impl RelayServer {
+    /// Entries the server holds (sessions, pair and requester indices, per-source buckets,
+    /// transmits and events waiting to be polled): a soak checks that it stays bounded.
+    pub fn footprint(&self) -> usize {
+        self.sessions.len()
+            + self.by_pair.len()
+            + self.per_requester.len()
+            + self.sources.len()
+            + self.transmits.len()
+            + self.events.len()
+    }
+
     /// A server with a fresh disco key pair and MAC secret drawn from `rng` (separate from
     /// its node's disco key: clients learn it from the allocation).
     pub fn new(now: Instant, mut config: RelayConfig, mut rng: ChaCha20Rng) -> Self {

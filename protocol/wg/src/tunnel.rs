@@ -123,6 +123,16 @@ impl core::fmt::Debug for Tunnel {
 }
 
 impl Tunnel {
+    /// Entries held: keypairs, packets queued for a handshake, transmits and events waiting
+    /// to be polled (see [`Device::footprint`](crate::Device::footprint)).
+    pub(crate) fn footprint(&self) -> usize {
+        let sessions = [&self.previous, &self.current, &self.next]
+            .iter()
+            .filter(|s| s.is_some())
+            .count();
+        sessions + self.retired.len() + self.queued.len() + self.transmits.len() + self.events.len()
+    }
+
     /// A tunnel. `unix_time` is the wall-clock time at `now` (for TAI64N timestamps; the
     /// tunnel never reads a clock). A persistent keep-alive starts a handshake at once.
     pub fn new(

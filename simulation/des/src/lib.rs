@@ -7,6 +7,7 @@ pub mod grid;
 pub mod ladder;
 pub mod nat;
 pub mod preset;
+pub mod soak;
 pub mod world;
 
 /// Derives a component's seed from the simulation seed and the component's name.

@@ -264,6 +264,39 @@ pub enum NodeError {
     Unrecognised(SocketAddr),
 }
 
+/// How much the engine holds, as entries in its tables and queues, by part: what a long run
+/// watches to see that nothing grows without bound (see [`Node::footprint`](super::Node::footprint)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// Peers and the indices by key, disco key, session and allowed prefix.
+    pub peers: usize,
+    /// The path machines: candidates, remote paths, pending pings, replayed IDs, attempts.
+    pub paths: usize,
+    /// Birthday searches, port predictions and their repeats, peer-relay tries, doubt records.
+    pub traversal: usize,
+    /// WireGuard: tunnels, keypairs, indices, packets queued for a handshake.
+    pub wireguard: usize,
+    /// Our own new flows (mutual prediction's ledger).
+    pub flows: usize,
+    /// The relay we run for others (sessions, per-source buckets).
+    pub relay: usize,
+    /// Transmits, events, pings and spare buffers waiting for the driver.
+    pub queues: usize,
+}
+
+impl Footprint {
+    /// Every part added up.
+    pub fn total(&self) -> usize {
+        self.peers
+            + self.paths
+            + self.traversal
+            + self.wireguard
+            + self.flows
+            + self.relay
+            + self.queues
+    }
+}
+
 /// Per-peer counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeerStats {

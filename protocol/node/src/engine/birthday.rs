@@ -25,6 +25,13 @@ pub(super) struct Opening {
     round_started: Instant,
 }
 
+impl Opening {
+    /// Entries held (the peer endpoints every socket sends to).
+    pub(super) fn footprint(&self) -> usize {
+        self.targets.len()
+    }
+}
+
 impl Node {
     /// Starts birthday probing toward peer `i` when both NATs are known, the peer is on DERP,
     /// and one side is hard: which role we take follows from the two NATs.

@@ -124,8 +124,8 @@ impl Node {
         self.flush_paths(now, i);
     }
 
-    /// Moves a peer's disco transmits and path events to the engine's queues.
-    pub(super) fn flush_paths(&mut self, now: Instant, i: usize) {
+    /// Seals a peer's queued disco messages and moves them to the engine's transmits.
+    pub(super) fn send_path_transmits(&mut self, i: usize) {
         while let Some(t) = self.peers[i].paths.poll_transmit() {
             let Some(payload) = self.seal(i, &t.msg) else {
                 continue;
@@ -154,6 +154,11 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Moves a peer's disco transmits and path events to the engine's queues.
+    pub(super) fn flush_paths(&mut self, now: Instant, i: usize) {
+        self.send_path_transmits(i);
         let peer = self.peers[i].config.node_key;
         while let Some(e) = self.peers[i].paths.poll_event() {
             match e {

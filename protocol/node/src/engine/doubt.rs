@@ -77,6 +77,11 @@ pub(crate) struct Doubt {
 }
 
 impl Doubt {
+    /// Entries held (answer times, episodes kept).
+    pub(super) fn footprint(&self) -> usize {
+        self.answers.len() + self.episodes.len()
+    }
+
     /// The wait for an answer after which the path at `rtt` is in doubt.
     pub(crate) fn threshold(rtt: Option<Duration>) -> Duration {
         rtt.map_or(MIN_DOUBT_AFTER, |r| (r * DOUBT_RTTS).max(MIN_DOUBT_AFTER))

@@ -55,7 +55,9 @@ use burrow_wg::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-pub use api::{Event, Explanation, Input, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit};
+pub use api::{
+    Event, Explanation, Footprint, Input, NodeConfig, NodeError, PeerConfig, PeerStats, Transmit,
+};
 pub use doubt::{DoubtEnd, DoubtEpisode, DOUBT_RTTS, MIN_DOUBT_AFTER};
 pub use peer_relay::{
     PeerRelayPolicy, RelayReport, RelayState, MAX_RELAY_TRIES, RELAY_AFTER, RELAY_SOCKET,
@@ -92,6 +94,8 @@ struct Peer {
     first_unanswered_direct: Option<Instant>,
     /// Data datagrams sent on the direct path since then.
     unanswered_sent: u32,
+    /// The direct address authenticated data from the peer last came from, and since when.
+    rx_source: Option<(SocketAddr, Instant)>,
     /// Whether the direct path is in doubt (data unanswered past its usual answer time).
     doubt: doubt::Doubt,
     /// The direct path's MTU discovery.
@@ -325,6 +329,7 @@ impl Node {
             relays: peer_relay::RelayPaths::default(),
             first_unanswered_direct: None,
             unanswered_sent: 0,
+            rx_source: None,
             doubt: doubt::Doubt::default(),
             mtu: pmtu::PeerMtu::default(),
             stats: PeerStats::default(),
@@ -366,6 +371,47 @@ impl Node {
         }
         self.enforce_relay_policy();
         true
+    }
+
+    /// How much the engine holds, by part (entries in its tables and queues): bounded however
+    /// long it runs and whatever the network does, which a soak checks.
+    pub fn footprint(&self) -> Footprint {
+        let traversal = self
+            .peers
+            .iter()
+            .map(|p| {
+                p.prober.as_ref().map_or(0, |b| b.footprint())
+                    + p.opening.as_ref().map_or(0, |o| o.footprint())
+                    + p.prediction.as_ref().map_or(0, |m| m.footprint())
+                    + p.parked_prediction.as_ref().map_or(0, |m| m.footprint())
+                    + p.prediction_repeats.as_ref().map_or(0, |r| r.footprint())
+                    + p.relays.footprint()
+                    + p.doubt.footprint()
+            })
+            .sum::<usize>()
+            + self.prediction_waiting.len();
+        Footprint {
+            peers: self.peers.len()
+                + self.by_node.len()
+                + self.by_disco.len()
+                + self.by_wg.len()
+                + self.allowed.len(),
+            paths: self
+                .peers
+                .iter()
+                .map(|p| p.paths.footprint())
+                .sum::<usize>()
+                + self.candidates.len()
+                + self.reflexive_v6.len(),
+            traversal,
+            wireguard: self.device.footprint(),
+            flows: self.ledger.len(),
+            relay: self.relay_server.as_ref().map_or(0, |r| r.footprint()),
+            queues: self.transmits.len()
+                + self.events.len()
+                + self.user_pings.len()
+                + self.spare.len(),
+        }
     }
 
     /// Where a peer's traffic goes now.

@@ -198,6 +198,11 @@ pub(super) struct RelayPaths {
 }
 
 impl RelayPaths {
+    /// Entries held (relays tried).
+    pub(super) fn footprint(&self) -> usize {
+        self.tries.len()
+    }
+
     /// Something authenticated came from the peer: data sent through the relay is answered.
     pub(super) fn note_answered(&mut self) {
         self.first_unanswered = None;

@@ -105,11 +105,21 @@ impl Node {
             self.peers[i].mtu.path = Some((addr, PathMtu::new(now, sizes)));
         }
         let rtt = self.peers[i].paths.rtt(addr);
+        let last_pong = self.peers[i].paths.last_pong(addr);
+        let Some(m) = self.peers[i].mtu.on_mut(addr) else {
+            return;
+        };
+        if m.handle_timeout(now, last_pong) {
+            // The path answered nothing since the probe: ping it, small, to tell a path that
+            // is down from one too small.
+            if self.peers[i].paths.probe(now, addr) {
+                self.send_path_transmits(i);
+            }
+        }
         let rng = &mut self.rng;
         let Some(m) = self.peers[i].mtu.on_mut(addr) else {
             return;
         };
-        m.handle_timeout(now);
         // One probe at a time: the next comes after this one's answer or timeout.
         let probe = m.poll_probe(now, rtt, || {
             let mut id = [0u8; 12];

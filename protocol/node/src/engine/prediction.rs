@@ -50,6 +50,13 @@ pub(super) struct Repeats {
 
 /// The first repeat of a round's pings comes this long after them; each next one waits twice
 /// as long as the one before.
+impl Repeats {
+    /// Entries held (the flows pinged again).
+    pub(super) fn footprint(&self) -> usize {
+        self.targets.len()
+    }
+}
+
 const REPEAT_FIRST: Duration = Duration::from_millis(200);
 /// Repeats of a round's pings.
 const REPEATS: u32 = 5;

@@ -17,6 +17,10 @@ use crate::routing::inner_source;
 /// answer on it for this long means the path loses data.
 pub(super) const DATA_STALL_AFTER: Duration = Duration::from_secs(15);
 
+/// Data from the peer from another direct address than its data before it answers ours on
+/// the direct path only once it has come from there this long.
+const PEER_SWITCH_WINDOW: Duration = Duration::from_secs(1);
+
 impl Node {
     /// A direct path is trusted while its pongs are recent and its latest ping was answered.
     fn trusted(&self, now: Instant, i: usize, addr: SocketAddr) -> bool {
@@ -176,9 +180,26 @@ impl Node {
                     // While the direct path is in doubt, only an answer on it clears it: the
                     // relay carries the answers then, and the data-stall clock keeps running
                     // for a path that eats data but answers pings.
+                    // Data from a direct address the peer did not send from a moment ago (its
+                    // NAT rebound, or it was renumbered) says nothing of the path we send on,
+                    // which may be dead: for a while it does not settle a doubt's clock unless
+                    // it comes from that path itself (the slower data-stall clock takes it).
                     let from_path = direct.map(|(_, from)| from);
+                    if let Some(a) = from_path {
+                        if p.rx_source.is_none_or(|(s, _)| s != a) {
+                            p.rx_source = Some((a, now));
+                        }
+                    }
+                    let new_source = from_path.is_some_and(|a| {
+                        p.paths.route() != Route::Direct(a)
+                            && p.rx_source.is_some_and(|(_, since)| {
+                                now.saturating_duration_since(since) < PEER_SWITCH_WINDOW
+                            })
+                    });
                     let relayed_in_doubt = from_path.is_none() && p.doubt.is_open();
-                    p.doubt.answered(now, from_path);
+                    if !new_source {
+                        p.doubt.answered(now, from_path);
+                    }
                     if !relayed_in_doubt {
                         p.first_unanswered_direct = None;
                     }
@@ -229,6 +250,24 @@ impl Node {
                     }
                 }
                 Ok(())
+            }
+            Err(burrow_wg::WgError::Replay) => {
+                // Authentic, but a duplicate (its twin came first over the relay): it still
+                // shows the path it came on carries the peer's data.
+                if let Some((_, from)) = direct {
+                    let peer = self.device.peer_of_transport(data);
+                    if let Some(&i) = peer.and_then(|wg| self.by_wg.get(&wg)) {
+                        let p = &mut self.peers[i];
+                        if p.paths.route() == Route::Direct(from) {
+                            p.doubt.answered(now, Some(from));
+                            p.first_unanswered_direct = None;
+                        }
+                    }
+                }
+                Err(NodeError::WgInput {
+                    from: src,
+                    source: burrow_wg::WgError::Replay,
+                })
             }
             Err(source) => Err(NodeError::WgInput { from: src, source }),
         };

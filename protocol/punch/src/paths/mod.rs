@@ -84,6 +84,24 @@ pub struct PeerPaths {
 const MAX_ATTEMPTS_KEPT: usize = 64;
 
 impl PeerPaths {
+    /// Entries held in the path machine's tables and queues (candidates, remote paths and
+    /// their pending pings, replayed IDs, attempts, transmits, events): a soak checks that it
+    /// stays bounded.
+    pub fn footprint(&self) -> usize {
+        self.local.len()
+            + self
+                .remote
+                .values()
+                .map(|r| 1 + r.pending.len())
+                .sum::<usize>()
+            + self.by_disco.len()
+            + self.by_control.len()
+            + self.replay.len()
+            + self.attempts.len()
+            + self.transmits.len()
+            + self.events.len()
+    }
+
     /// A peer reachable over the relay from `now` on.
     pub fn new(config: PathConfig, rng: ChaCha20Rng, now: Instant) -> Self {
         PeerPaths {

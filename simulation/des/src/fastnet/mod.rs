@@ -131,6 +131,13 @@ pub enum Disruption {
     /// Side `k`'s access link now carries IP packets up to this size (none: any size), both
     /// ways; larger ones vanish without an ICMP error (a black hole for large packets).
     LinkMtu(usize, Option<usize>),
+    /// Side `k` gets a new public IPv4 address (its ISP renumbered it, or it roamed): the
+    /// outermost box's mappings go with the old one. A host whose own address is public is
+    /// told, as a driver watching its interfaces would be; one behind a NAT is not.
+    NewAddress(usize),
+    /// The coordination server restarts: each node gets its netmap again when its control
+    /// stream comes back, with the other node's endpoints as last reported.
+    ControlRestart,
 }
 
 /// One run's network and workload.
@@ -150,6 +157,9 @@ pub struct FastConfig {
     pub derp_one_way: Duration,
     /// Application packets each way at this interval (none: no data plane traffic).
     pub data_interval: Option<Duration>,
+    /// When application packets flow: (from, until) windows in order (empty: all the time).
+    /// Between them the tunnel is idle, as a user's traffic comes and goes.
+    pub data_active: Vec<(Duration, Duration)>,
     /// Application traffic stops this long before the end (so nothing is in flight at the end).
     pub data_quiet_tail: Duration,
     /// Simulated duration.
@@ -200,6 +210,7 @@ impl FastConfig {
             duplicate: 0.0,
             derp_one_way: Duration::from_millis(15),
             data_interval: None,
+            data_active: Vec::new(),
             data_quiet_tail: Duration::from_secs(2),
             duration: Duration::from_secs(30),
             stop_when_direct: false,
@@ -258,6 +269,10 @@ pub struct FastOutcome {
     pub lost: Vec<(usize, u64, Duration)>,
     /// Application packets node 0 and node 1 sent that never arrived, over the whole run.
     pub lost_by_node: [u64; 2],
+    /// Every such packet: when node 0 (node 1) sent it, and whether it went on the direct path
+    /// (not over DERP, for the route or for its size).
+    #[serde(skip)]
+    pub lost_sends: [Vec<(Duration, bool)>; 2],
     /// Application packets each node was told were too big for the path (ICMP back into its
     /// tunnel), so not lost.
     pub too_big: [u64; 2],
@@ -357,6 +372,8 @@ struct Side {
     link: Option<[link::LinkWay; 2]>,
     /// The node's port mapper, and its gateway's service (behind a translating box).
     portmap: Option<SidePortMap>,
+    /// Public addresses it was given after its first (`Disruption::NewAddress`).
+    renumbered: u8,
 }
 
 /// A side's IPv6: the global address, its stateful firewall, and whether it is withdrawn.
@@ -396,6 +413,9 @@ struct Traffic {
     received: [BTreeSet<u64>; 2],
     /// Packets each side was told were too big (ICMP into its tunnel).
     told: [BTreeSet<u64>; 2],
+    /// Each side's packets by sequence number less one: when sent, and whether its route was
+    /// direct then.
+    sent: [Vec<(Duration, bool)>; 2],
     /// Each side's application packet size: `FastConfig::data_size`, lowered to the MTU an
     /// ICMP error names (as TCP lowers its segment size).
     size: [Option<usize>; 2],

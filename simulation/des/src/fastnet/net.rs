@@ -60,15 +60,7 @@ impl FastNet {
             }
         }
         for s in 0..2 {
-            let other = &sides[1 - s].node;
-            let peer = PeerConfig {
-                node_key: other.public_key(),
-                disco_key: other.disco_public_key(),
-                home_region: 1,
-                endpoints: Vec::new(),
-                // app_packet's sources: side 0 is 100.64.0.1, side 1 100.64.0.2.
-                allowed_ips: vec![IpAddr::from([100, 64, 0, 2 - s as u8]).into()],
-            };
+            let peer = peer_of(&sides[1 - s].node, 1 - s);
             let _ = sides[s].node.add_peer(t0, peer);
         }
         // Relay nodes: peers of both nodes (they relay for both), not of each other.
@@ -132,6 +124,7 @@ impl FastNet {
                 first_measured: [None; 2],
                 received: [BTreeSet::new(), BTreeSet::new()],
                 told: [BTreeSet::new(), BTreeSet::new()],
+                sent: [Vec::new(), Vec::new()],
                 size: [config.data_size; 2],
                 last_reported_route: [None; 2],
             },
@@ -477,9 +470,9 @@ impl FastNet {
     /// Applies every scripted disruption that is due.
     fn apply_disruptions(&mut self) {
         let now = self.now;
-        let ds = &mut self.disruptions;
-        while ds.pending.last().is_some_and(|d| d.0 <= now) {
-            let (_, d) = ds.pending.pop().expect("checked");
+        while self.disruptions.pending.last().is_some_and(|d| d.0 <= now) {
+            let (_, d) = self.disruptions.pending.pop().expect("checked");
+            let ds = &mut self.disruptions;
             match d {
                 Disruption::FlushNat(side) => {
                     if let Some((table, _)) = self.sides[side].boxes.last_mut() {
@@ -510,6 +503,20 @@ impl FastNet {
                     }
                 }
                 Disruption::LinkMtu(side, mtu) => self.sides[side].link_mtu = mtu,
+                Disruption::NewAddress(side) => self.renumber(side),
+                Disruption::ControlRestart => {
+                    for s in 0..2 {
+                        let other = &self.sides[1 - s].node;
+                        let endpoints = other.candidates().iter().map(|c| c.addr).collect();
+                        let peer = PeerConfig {
+                            endpoints,
+                            ..peer_of(other, 1 - s)
+                        };
+                        if let Err(e) = self.sides[s].node.add_peer(now, peer) {
+                            note_error(&mut self.out, now - self.t0, s, &e);
+                        }
+                    }
+                }
                 Disruption::RebootGateway(side) => {
                     let s = &mut self.sides[side];
                     if let Some(pm) = s.portmap.as_mut() {
@@ -528,6 +535,42 @@ impl FastNet {
         }
     }
 
+    /// Side `side` gets a new public IPv4 address (`Disruption::NewAddress`).
+    fn renumber(&mut self, side: usize) {
+        let now = self.now;
+        let s = &mut self.sides[side];
+        s.renumbered = s.renumbered % 250 + 1;
+        let ip = IpAddr::V4(Ipv4Addr::new(198, 18, side as u8, s.renumbered));
+        s.public_ip = ip;
+        let translates = s.boxes.iter().any(|b| b.0.config().translate);
+        if let Some((table, outside)) = s.boxes.last_mut() {
+            *outside = ip;
+            let c = table.config().clone();
+            *table = NatTable::new(c, ChaCha20Rng::seed_from_u64(self.rng.next_u64()));
+        }
+        if !translates {
+            // The host's own address is the public one: its interface changed.
+            s.ip = ip;
+            for b in s.boxes.iter_mut() {
+                b.1 = ip;
+            }
+            let addrs = s.local_addrs(now);
+            s.node.set_local_addrs(now, addrs);
+        } else if s.boxes.len() == 1 {
+            // The gateway itself was renumbered: its mappings name the new address.
+            let model = self.config.chains[side][0].gateway.as_ref();
+            if let (Some(pm), Some(model), IpAddr::V4(outside)) = (s.portmap.as_mut(), model, ip) {
+                let seed = self.rng.next_u64();
+                pm.gateway = Some(burrow_portmap::gateway::Gateway::new(
+                    model.config(pm.lan_ip, outside),
+                    now,
+                    seed,
+                ));
+                pm.sync_forwards = true;
+            }
+        }
+    }
+
     /// Each node sends its next application packet, when one is due.
     fn send_data(&mut self) {
         let now = self.now;
@@ -537,12 +580,37 @@ impl FastNet {
         if t > now {
             return;
         }
+        if !self.config.data_active.is_empty() {
+            let e = now - self.t0;
+            match self.config.data_active.iter().find(|w| e < w.1) {
+                None => {
+                    self.traffic.next = None;
+                    return;
+                }
+                Some(w) if e < w.0 => {
+                    self.traffic.next = Some(self.t0 + w.0);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
         if now + self.config.data_quiet_tail < self.end {
             for s in 0..2 {
+                let direct = matches!(self.route(s), Some(Route::Direct(_)));
+                let oversize = |net: &Self| {
+                    let node = &net.sides[s].node;
+                    node.stats(&net.peers[s])
+                        .map_or(0, |st| st.tx_oversize_relay)
+                };
+                let before = oversize(self);
                 let tr = &mut self.traffic;
                 tr.seq[s] += 1;
                 let packet = app_packet(s, tr.seq[s], tr.size[s]);
                 let _ = self.sides[s].node.send(now, &self.peers[s], &packet);
+                // Too large for the direct path (below the tunnel's minimum): it took DERP.
+                let direct = direct && oversize(self) == before;
+                let tr = &mut self.traffic;
+                tr.sent[s].push((now - self.t0, direct));
                 self.out.data_sent += 1;
                 if now >= self.t0 + self.config.measure_from {
                     tr.first_measured[s].get_or_insert(tr.seq[s]);
@@ -936,6 +1004,7 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         link_mtu: config.link_mtu.get(s).copied().flatten(),
         link: None,
         portmap,
+        renumbered: 0,
     }
 }
 

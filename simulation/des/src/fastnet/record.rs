@@ -65,8 +65,8 @@ impl FastNet {
                 let route = self.route(s).unwrap_or(Route::Relay);
                 if self.traffic.last_reported_route[s] != Some(route) {
                     self.traffic.last_reported_route[s] = Some(route);
-                    if let Some(iv) = self.config.data_interval {
-                        let sent_at = self.t0 + iv * (n as u32 - 1);
+                    if let Some(&(sent, _)) = self.traffic.sent[1 - s].get(n as usize - 1) {
+                        let sent_at = self.t0 + sent;
                         let via = match route {
                             Route::Relay => "DERP".to_string(),
                             Route::Direct(a) => format!("direct {a}"),
@@ -290,18 +290,17 @@ impl FastNet {
                 ));
             }
         }
-        if let Some(iv) = self.config.data_interval {
-            for s in 0..2 {
-                for n in 1..=self.traffic.seq[s] {
-                    let sent_at = iv * (n as u32 - 1);
-                    let lost = !self.traffic.received[1 - s].contains(&n)
-                        && !self.traffic.told[s].contains(&n);
-                    if lost {
-                        self.out.lost_by_node[s] += 1;
-                    }
-                    if self.out.lost.len() < 32 && sent_at >= self.config.measure_from && lost {
-                        self.out.lost.push((s, n, iv * (n as u32 - 1)));
-                    }
+        for s in 0..2 {
+            for (n, &(sent_at, direct)) in (1..).zip(&self.traffic.sent[s]) {
+                let lost = !self.traffic.received[1 - s].contains(&n)
+                    && !self.traffic.told[s].contains(&n);
+                if !lost {
+                    continue;
+                }
+                self.out.lost_by_node[s] += 1;
+                self.out.lost_sends[s].push((sent_at, direct));
+                if self.out.lost.len() < 32 && sent_at >= self.config.measure_from {
+                    self.out.lost.push((s, n, sent_at));
                 }
             }
         }
