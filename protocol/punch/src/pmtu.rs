@@ -268,11 +268,13 @@ impl PathMtu {
             self.next_at = Some(now);
             return false;
         }
-        if last_pong.is_none_or(|t| t < p.sent) {
+        // Only an answer while the probe was awaited tells: one from after a long absence (the
+        // route left the path and came back) says nothing of when the probe was lost.
+        if !last_pong.is_some_and(|t| t >= p.sent && t <= p.deadline) {
             if !p.held {
                 self.probe = Some(Probe {
                     held: true,
-                    deadline: now + (p.deadline - p.sent),
+                    deadline: now + p.deadline.saturating_duration_since(p.sent),
                     ..p
                 });
                 return true;

@@ -75,16 +75,6 @@ impl core::fmt::Debug for Device {
 }
 
 impl Device {
-    /// The peer a transport datagram is addressed to (by its receiver index), without opening
-    /// it: for a caller that got [`WgError::Replay`](crate::WgError::Replay) back, which comes
-    /// only after the datagram authenticated, to know whose duplicate it was.
-    pub fn peer_of_transport(&self, datagram: &[u8]) -> Option<PeerId> {
-        match Message::parse(datagram).ok()? {
-            Message::Transport { receiver, .. } => self.by_index.get(&receiver).copied(),
-            _ => None,
-        }
-    }
-
     /// Entries the device holds in its tables and queues (peers, indices, sources under load,
     /// keypairs, queued packets): a soak checks that it stays bounded.
     pub fn footprint(&self) -> usize {

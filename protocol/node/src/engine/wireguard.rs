@@ -183,7 +183,8 @@ impl Node {
                     // Data from a direct address the peer did not send from a moment ago (its
                     // NAT rebound, or it was renumbered) says nothing of the path we send on,
                     // which may be dead: for a while it does not settle a doubt's clock unless
-                    // it comes from that path itself (the slower data-stall clock takes it).
+                    // it comes from that path itself (it still resets the data-stall clock, as
+                    // any answer does; missed pongs then demote a dead route).
                     let from_path = direct.map(|(_, from)| from);
                     if let Some(a) = from_path {
                         if p.rx_source.is_none_or(|(s, _)| s != a) {
@@ -250,24 +251,6 @@ impl Node {
                     }
                 }
                 Ok(())
-            }
-            Err(burrow_wg::WgError::Replay) => {
-                // Authentic, but a duplicate (its twin came first over the relay): it still
-                // shows the path it came on carries the peer's data.
-                if let Some((_, from)) = direct {
-                    let peer = self.device.peer_of_transport(data);
-                    if let Some(&i) = peer.and_then(|wg| self.by_wg.get(&wg)) {
-                        let p = &mut self.peers[i];
-                        if p.paths.route() == Route::Direct(from) {
-                            p.doubt.answered(now, Some(from));
-                            p.first_unanswered_direct = None;
-                        }
-                    }
-                }
-                Err(NodeError::WgInput {
-                    from: src,
-                    source: burrow_wg::WgError::Replay,
-                })
             }
             Err(source) => Err(NodeError::WgInput { from: src, source }),
         };
