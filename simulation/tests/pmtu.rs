@@ -114,7 +114,9 @@ fn a_black_hole_that_appears_mid_path_is_found_within_seconds() {
         }
         let o = net.finish();
         let found = found.unwrap_or_else(|| panic!("seed {seed}: never settled: {o:?}"));
-        assert!(found <= Duration::from_secs(3), "seed {seed}: {found:?}");
+        // Each failing size waits for a heartbeat's answer (about 1 s) before it counts, so a
+        // path that is down is not taken for a small one.
+        assert!(found <= Duration::from_secs(5), "seed {seed}: {found:?}");
         worst = worst.max(found);
         assert!(o.direct, "seed {seed}: {:?}", o.routes);
         assert!(o.black_holes.iter().all(|b| *b >= 1), "seed {seed}: {o:?}");

@@ -274,7 +274,7 @@ impl PathMtu {
             if !p.held {
                 self.probe = Some(Probe {
                     held: true,
-                    deadline: now + p.deadline.saturating_duration_since(p.sent),
+                    deadline: now + DOWN_RETRY,
                     ..p
                 });
                 return true;

@@ -62,8 +62,8 @@ pub const HANDSHAKE_RETRY: Duration = Duration::from_secs(5);
 
 /// As [`PATH_DEATH_WINDOW`], for a link MTU lowered into a black hole for large packets:
 /// the engine takes a few seconds to find it (two probe timeouts per size, and a wait for a
-/// small ping's answer when the path showed none: 1.9 s in `tests/pmtu.rs`) and fall back.
-pub const BLACK_HOLE_WINDOW: Duration = Duration::from_secs(4);
+/// heartbeat's answer when the path showed none: 4.5 s in `tests/pmtu.rs`) and fall back.
+pub const BLACK_HOLE_WINDOW: Duration = Duration::from_secs(6);
 
 /// What the engine may hold (entries in its tables and queues, a birthday search's included)
 /// at any time, with one peer.

@@ -109,13 +109,9 @@ impl Node {
         let Some(m) = self.peers[i].mtu.on_mut(addr) else {
             return;
         };
-        if m.handle_timeout(now, last_pong) {
-            // The path answered nothing since the probe: ping it, small, to tell a path that
-            // is down from one too small.
-            if self.peers[i].paths.probe(now, addr) {
-                self.send_path_transmits(i);
-            }
-        }
+        // The path answered nothing since the probe: the verdict waits for its next
+        // heartbeat's answer (no extra ping: a lost one would count against the path).
+        m.handle_timeout(now, last_pong);
         let rng = &mut self.rng;
         let Some(m) = self.peers[i].mtu.on_mut(addr) else {
             return;
