@@ -451,6 +451,18 @@ mod tests {
         sent
     }
 
+    /// A path settled at 1,472 over 5 s, then asked to verify (data went unanswered); the
+    /// machine and the time of the request.
+    fn settled_then_verified() -> (PathMtu, Instant) {
+        let t0 = Instant::now();
+        let mut m = PathMtu::new(t0, SIZES);
+        drive(&mut m, t0, 5, |_| 1500, |_| false);
+        assert_eq!(m.limit(), 1472);
+        let t1 = t0 + Duration::from_secs(5);
+        m.verify(t1);
+        (m, t1)
+    }
+
     fn sizes(sent: &[(Duration, usize)]) -> Vec<usize> {
         sent.iter().map(|s| s.1).collect()
     }
@@ -490,12 +502,7 @@ mod tests {
 
     #[test]
     fn a_black_hole_found_by_verification_drops_to_the_floor_then_narrows() {
-        let t0 = Instant::now();
-        let mut m = PathMtu::new(t0, SIZES);
-        drive(&mut m, t0, 5, |_| 1500, |_| false);
-        assert_eq!(m.limit(), 1472);
-        let t1 = t0 + Duration::from_secs(5);
-        m.verify(t1);
+        let (mut m, t1) = settled_then_verified();
         let sent = drive(&mut m, t1, 10, |_| 1350, |_| false);
         assert_eq!(&sizes(&sent)[..3], &[1472, 1472, 1312], "{sent:?}");
         assert_eq!(m.report().black_holes, 1);
@@ -507,14 +514,9 @@ mod tests {
 
     #[test]
     fn probes_lost_on_a_path_that_answers_nothing_do_not_shrink_it() {
-        let t0 = Instant::now();
-        let mut m = PathMtu::new(t0, SIZES);
-        drive(&mut m, t0, 5, |_| 1500, |_| false);
-        assert_eq!(m.limit(), 1472);
         // The path goes down for every size (its NAT rebinds) just as data goes unanswered:
         // the verification's probes are lost, but so is everything else.
-        let t1 = t0 + Duration::from_secs(5);
-        m.verify(t1);
+        let (mut m, t1) = settled_then_verified();
         let sent = drive_over(&mut m, t1, 10, |_| 1500, |_| false, |_| false);
         assert_eq!(m.report().black_holes, 0, "{sent:?}");
         assert_eq!(m.limit(), 1472);

@@ -183,14 +183,16 @@ fn excuses(plan: &[(Duration, Disruption)], sends: &[Duration]) -> Vec<Excuse> {
     let in_flight = Duration::from_millis(100);
     let mut out = Vec::new();
     for &(at, d) in plan {
-        let death = |bound: Duration| Excuse {
+        let window = |effective: Duration, until: Duration, relayed_only: bool| Excuse {
             kind: kind(&d),
             at,
-            effective: first_send_from(at),
+            effective,
             from: at.saturating_sub(in_flight),
-            until: first_send_from(at) + bound,
-            relayed_only: false,
+            until,
+            relayed_only,
         };
+        let death =
+            |bound: Duration| window(first_send_from(at), first_send_from(at) + bound, false);
         let e = match d {
             Disruption::FlushNat(_)
             | Disruption::RebootGateway(_)
@@ -198,31 +200,16 @@ fn excuses(plan: &[(Duration, Disruption)], sends: &[Duration]) -> Vec<Excuse> {
             | Disruption::CutDirect(_) => death(PATH_DEATH_WINDOW),
             // Data vanishes between the two while disco passes: every path that comes back
             // (after the data stall's back-off) stalls again, each a data stall rule's window.
-            Disruption::DropData(x) | Disruption::DropDataTo(_, x) => Excuse {
-                kind: kind(&d),
-                at,
-                effective: first_send_from(at),
-                from: at.saturating_sub(in_flight),
-                until: first_send_from(at + x) + DATA_STALL_WINDOW + HANDSHAKE_RETRY,
-                relayed_only: false,
-            },
+            Disruption::DropData(x) | Disruption::DropDataTo(_, x) => window(
+                first_send_from(at),
+                first_send_from(at + x) + DATA_STALL_WINDOW + HANDSHAKE_RETRY,
+                false,
+            ),
             Disruption::LinkMtu(_, Some(_)) => death(BLACK_HOLE_WINDOW),
-            Disruption::DerpRestart(x) | Disruption::RelayDown(_, x) => Excuse {
-                kind: kind(&d),
-                at,
-                effective: at,
-                from: at.saturating_sub(in_flight),
-                until: at + x + in_flight,
-                relayed_only: true,
-            },
-            Disruption::WithdrawIpv6(_, x) => Excuse {
-                kind: kind(&d),
-                at,
-                effective: at,
-                from: at.saturating_sub(in_flight),
-                until: at + x,
-                relayed_only: false,
-            },
+            Disruption::DerpRestart(x) | Disruption::RelayDown(_, x) => {
+                window(at, at + x + in_flight, true)
+            }
+            Disruption::WithdrawIpv6(_, x) => window(at, at + x, false),
             Disruption::LinkMtu(_, None) | Disruption::ControlRestart => continue,
         };
         out.push(e);
