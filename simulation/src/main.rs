@@ -122,9 +122,10 @@ struct Cli {
     /// (seeds: --soak-seeds; writes soak.json into --report DIR).
     #[arg(long)]
     soak: bool,
-    /// Seeds per class with --soak (1..=N).
-    #[arg(long, default_value_t = 20)]
-    soak_seeds: u64,
+    /// Seeds per class with --soak: N (seeds 1..=N) or a range A..B (inclusive), so a long
+    /// run can be split across sittings.
+    #[arg(long, default_value = "20")]
+    soak_seeds: String,
     /// Simulated hours per --soak run.
     #[arg(long, default_value_t = 24.0)]
     soak_hours: f64,
@@ -177,7 +178,10 @@ fn run_soak(cli: &Cli) -> Result<bool> {
         bail!("--soak-hours {}: between 0 and a year", cli.soak_hours);
     }
     let duration = std::time::Duration::from_secs_f64(cli.soak_hours * 3600.0);
-    let seeds: Vec<u64> = (1..=cli.soak_seeds.max(1)).collect();
+    let seeds: Vec<u64> = match cli.soak_seeds.parse::<u64>() {
+        Ok(n) => (1..=n.max(1)).collect(),
+        Err(_) => parse_seeds(&cli.soak_seeds).context("--soak-seeds takes N or A..B")?,
+    };
     let started = std::time::Instant::now();
     let report = match &cli.soak_class {
         None => soak::run_soak(&seeds, duration, threads),

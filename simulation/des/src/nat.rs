@@ -1,7 +1,8 @@
 //! The translation and filtering logic of a NAT or stateful firewall, in RFC 4787 terms.
 //! Pure: time and randomness come in, so its properties are tested directly.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -254,6 +255,30 @@ struct Mapping {
     permanent: bool,
     /// Remote endpoint → last activity.
     sessions: BTreeMap<SocketAddr, Instant>,
+    /// No session here expires before this (a lower bound: refreshes only push expiry later),
+    /// so lookups skip the scan until then.
+    due: Option<Instant>,
+}
+
+impl Mapping {
+    /// Records activity with `remote` at `now`; true when the session is new.
+    fn touch(&mut self, remote: SocketAddr, now: Instant, timeout: Duration) -> bool {
+        // A refresh only moves expiry later, so an existing bound stays a bound.
+        self.due.get_or_insert(now + timeout);
+        self.sessions.insert(remote, now).is_none()
+    }
+
+    /// Drops sessions idle for `timeout`; returns how many went.
+    fn expire_sessions(&mut self, now: Instant, timeout: Duration) -> usize {
+        if self.due.is_some_and(|d| now < d) {
+            return 0;
+        }
+        let before = self.sessions.len();
+        self.sessions
+            .retain(|_, last| now.saturating_duration_since(*last) < timeout);
+        self.due = self.sessions.values().map(|&last| last + timeout).min();
+        before - self.sessions.len()
+    }
 }
 
 /// The state of one NAT or firewall.
@@ -271,6 +296,10 @@ pub struct NatTable {
     closed: Vec<u16>,
     /// Ports forwarded by the box's port-mapping service (see [`NatTable::set_forwards`]).
     forwards: BTreeMap<u16, SocketAddr>,
+    /// Mappings by the time their earliest session may expire (each mapping's current `due`
+    /// has an entry; entries left behind by a rescan or a closed mapping are skipped), so a
+    /// sweep visits only mappings with something to expire.
+    expiry: BinaryHeap<Reverse<(Instant, u16)>>,
 }
 
 impl NatTable {
@@ -287,6 +316,7 @@ impl NatTable {
             stats: NatStats::default(),
             closed: Vec::new(),
             forwards: BTreeMap::new(),
+            expiry: BinaryHeap::new(),
         }
     }
 
@@ -362,6 +392,7 @@ impl NatTable {
                 key: Key::Any,
                 permanent: true,
                 sessions: BTreeMap::new(),
+                due: None,
             },
         );
         self.by_key.insert((internal, Key::Any), external_port);
@@ -377,30 +408,46 @@ impl NatTable {
         if m.permanent {
             return true;
         }
-        let before = m.sessions.len();
-        m.sessions
-            .retain(|_, last| now.saturating_duration_since(*last) < timeout);
-        let gone = before - m.sessions.len();
+        let before = m.due;
+        let gone = m.expire_sessions(now, timeout);
+        let empty = m.sessions.is_empty();
+        if let Some(due) = m.due.filter(|_| m.due != before) {
+            self.expiry.push(Reverse((due, port)));
+        }
         self.sessions -= gone;
         self.stats.sessions_expired += gone as u64;
-        if m.sessions.is_empty() {
-            let m = self.mappings.remove(&port).expect("present");
-            // The key may point at a forwarded port by now (a port mapping took it over).
-            if self.by_key.get(&(m.internal, m.key)) == Some(&port) {
-                self.by_key.remove(&(m.internal, m.key));
-            }
-            self.closed.push(port);
+        if empty {
+            self.close(port);
             return false;
         }
         true
     }
 
+    /// Removes a mapping whose last session has gone.
+    fn close(&mut self, port: u16) {
+        let m = self.mappings.remove(&port).expect("present");
+        // The key may point at a forwarded port by now (a port mapping took it over).
+        if self.by_key.get(&(m.internal, m.key)) == Some(&port) {
+            self.by_key.remove(&(m.internal, m.key));
+        }
+        self.closed.push(port);
+    }
+
     /// Forgets every session idle past the timeout (a NAT's periodic sweep; lookups also
     /// expire lazily, so this only matters for counting live sessions).
     pub fn expire_all(&mut self, now: Instant) {
-        let ports: Vec<u16> = self.mappings.keys().copied().collect();
-        for p in ports {
-            self.expire(now, p);
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, port))) = self.expiry.peek().filter(|e| e.0 .0 <= now) {
+            self.expiry.pop();
+            if self.mappings.get(&port).is_some_and(|m| m.due == Some(at)) {
+                due.push(port);
+            }
+        }
+        // In port order, as a full scan would close them.
+        due.sort_unstable();
+        due.dedup();
+        for port in due {
+            self.expire(now, port);
         }
     }
 
@@ -511,6 +558,7 @@ impl NatTable {
                         key,
                         permanent: false,
                         sessions: BTreeMap::new(),
+                        due: None,
                     },
                 );
                 self.by_key.insert((internal, key), p);
@@ -518,8 +566,12 @@ impl NatTable {
                 p
             }
         };
+        let timeout = self.config.timeout;
         let m = self.mappings.get_mut(&port).expect("just ensured");
-        if m.sessions.insert(remote, now).is_none() {
+        if m.due.is_none() {
+            self.expiry.push(Reverse((now + timeout, port)));
+        }
+        if m.touch(remote, now, timeout) {
             self.sessions += 1;
             self.stats.peak_sessions = self.stats.peak_sessions.max(self.sessions);
         }
