@@ -139,7 +139,7 @@ fn html(outcomes: &[Outcome], wall: Duration, grid: &str) -> String {
 {style}</style></head><body>
 <h1>burrow simulation report</h1>
 {grid}
-<h2>Netcheck per preset</h2>
+<h2>Scenarios: netcheck per preset, and mesh pairs</h2>
 <p><b>{passed}/{total}</b> runs passed in {wall:.1} s wall time. Cells: one run per seed, coloured by outcome;
 the number is simulated time in tenths of a second; hover a cell for its figures.</p>
 <p class="legend"><span class="pass" style="background:#c8ebc9">expectations held</span><span style="background:#f6b6b0">expectation failed</span></p>
@@ -170,6 +170,8 @@ td.longrun { background: #c9ddf2; }
 table.grid td { min-width: 64px; font-size: 12px; }
 th.col { writing-mode: vertical-rl; transform: rotate(180deg); font-weight: 600; }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 8px; }
+.figure { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+details summary { font-weight: 600; margin: 8px 0 2px; cursor: pointer; }
 ";
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod derpbench;
 mod igd;
 mod lab;
 mod meshbench;
+mod shot;
 mod test;
 mod util;
 mod wgbench;
@@ -51,6 +52,16 @@ enum Command {
         /// e.g. --matrix --report out/ | --scenario NAME --seed N | --seeds A..B | --pcap DIR | --json
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Screenshot DIR/report.html (from `cargo xtask sim --matrix --report DIR`) in headless
+    /// Chromium into DIR/report.png, and check that its charts drew (installs Debian's
+    /// chromium as root).
+    Shot {
+        /// The report's folder.
+        dir: std::path::PathBuf,
+        /// Never install packages.
+        #[arg(long)]
+        no_install: bool,
     },
     /// burrow across real NATs in network namespaces (nftables): every pair pings, paths go
     /// direct where the NATs allow, recovery after a conntrack flush and a derper restart. Root.
@@ -121,6 +132,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Lab => lab::run(),
+        Command::Shot { dir, no_install } => shot::check_report(&dir, !no_install),
         Command::Attack { reduced } => attack::run(reduced),
         Command::Bench { which } => bench::run(which),
         Command::Fuzz { target, seconds } => test::fuzz(&target, seconds),

@@ -111,7 +111,7 @@ pub fn run(install: bool) -> Result<()> {
     if let Err(e) = &campaign {
         println!("xtask: fuzz campaign failed: {e}");
     }
-    let matrix = reduced_matrix();
+    let matrix = reduced_matrix(install);
     if let Err(e) = &matrix {
         println!("xtask: simulation matrix failed: {e}");
     }
@@ -150,8 +150,9 @@ pub fn run(install: bool) -> Result<()> {
 
 /// The simulator's matrix on a reduced seed count (release build: the hard–hard long run covers
 /// hours of simulated time): netcheck per preset, the NAT × NAT grid, the birthday curves; then
-/// the chaos soak's reduced form (every NAT class, one seed, four simulated hours).
-fn reduced_matrix() -> Result<()> {
+/// the chaos soak's reduced form (every NAT class, one seed, four simulated hours); then the
+/// report's screenshot in headless Chromium, checked for its charts.
+fn reduced_matrix(install: bool) -> Result<()> {
     run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow-sim"]))?;
     let report = root().join("target/sim-report");
     let sim = root().join("target/release/burrow-sim");
@@ -184,7 +185,15 @@ fn reduced_matrix() -> Result<()> {
             &report.to_string_lossy(),
         ]),
     );
-    matrix.and(soak)
+    let shot = if matrix.is_ok() {
+        crate::shot::check_report(&report, install)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = &shot {
+        println!("xtask: report screenshot failed: {e}");
+    }
+    matrix.and(soak).and(shot)
 }
 
 /// The property tests' default seed (any fixed value: what matters is that it is fixed).

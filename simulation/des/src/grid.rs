@@ -538,8 +538,11 @@ pub struct Curve {
     pub seeds: usize,
     /// Seeds that succeeded within the run.
     pub succeeded: usize,
-    /// Points.
+    /// The checked points.
     pub points: Vec<CurvePoint>,
+    /// The same, densely from 0 to the last checked point, for drawing (not checked: with this
+    /// many points some would stray past 3σ by chance).
+    pub series: Vec<CurvePoint>,
     /// Median time to direct, seconds.
     pub median_s: Option<f64>,
     /// Peak session-table use of any box.
@@ -547,6 +550,9 @@ pub struct Curve {
     /// Whether every point lies within its tolerance.
     pub consistent: bool,
 }
+
+/// Intervals of a curve's drawn series.
+const SERIES_POINTS: u64 = 64;
 
 fn tolerance(p: f64, n: usize) -> f64 {
     // Three binomial standard errors, with a floor for the extremes (p near 0 or 1).
@@ -595,20 +601,23 @@ fn count_curve(
     theory: impl Fn(u64) -> f64,
 ) -> Curve {
     let n = outcomes.len();
-    let points: Vec<CurvePoint> = points
-        .iter()
-        .map(|&x| {
-            let measured =
-                needed.iter().filter(|v| v.is_some_and(|v| v <= x)).count() as f64 / n as f64;
-            let theory = theory(x);
-            CurvePoint {
-                x: x as f64,
-                measured,
-                theory,
-                tolerance: tolerance(theory, n),
-            }
-        })
+    let at = |x: u64| {
+        let measured =
+            needed.iter().filter(|v| v.is_some_and(|v| v <= x)).count() as f64 / n as f64;
+        let theory = theory(x);
+        CurvePoint {
+            x: x as f64,
+            measured,
+            theory,
+            tolerance: tolerance(theory, n),
+        }
+    };
+    let last = points.iter().copied().max().unwrap_or(0);
+    let series = (0..=SERIES_POINTS)
+        .map(|i| last * i / SERIES_POINTS)
+        .map(at)
         .collect();
+    let points: Vec<CurvePoint> = points.iter().map(|&x| at(x)).collect();
     let mut ttd: Vec<f64> = outcomes
         .iter()
         .filter_map(|o| o.time_to_direct.map(|t| t.as_secs_f64()))
@@ -622,6 +631,7 @@ fn count_curve(
             .iter()
             .all(|p| (p.measured - p.theory).abs() <= p.tolerance),
         points,
+        series,
         median_s: percentile(&ttd, 0.5),
         peak_sessions: outcomes.iter().map(|o| o.peak_sessions).max().unwrap_or(0),
     }
@@ -647,20 +657,22 @@ pub fn hard_hard_curve(seeds: &[u64], horizon: Duration, threads: usize) -> Curv
         .map(|o| o.time_to_direct.map(|t| t.as_secs_f64()))
         .collect();
     let h = horizon.as_secs_f64();
+    let at = |t: f64| {
+        let measured = times.iter().filter(|x| x.is_some_and(|v| v <= t)).count() as f64 / n as f64;
+        let theory = 1.0 - (-lambda * t).exp();
+        CurvePoint {
+            x: t,
+            measured,
+            theory,
+            tolerance: tolerance(theory, n),
+        }
+    };
     let points: Vec<CurvePoint> = [0.125, 0.25, 0.5, 0.75, 1.0]
         .iter()
-        .map(|f| {
-            let t = h * f;
-            let measured =
-                times.iter().filter(|x| x.is_some_and(|v| v <= t)).count() as f64 / n as f64;
-            let theory = 1.0 - (-lambda * t).exp();
-            CurvePoint {
-                x: t,
-                measured,
-                theory,
-                tolerance: tolerance(theory, n),
-            }
-        })
+        .map(|f| at(h * f))
+        .collect();
+    let series = (0..=SERIES_POINTS)
+        .map(|i| at(h * i as f64 / SERIES_POINTS as f64))
         .collect();
     let mut ttd: Vec<f64> = times.iter().flatten().copied().collect();
     ttd.sort_by(f64::total_cmp);
@@ -672,6 +684,7 @@ pub fn hard_hard_curve(seeds: &[u64], horizon: Duration, threads: usize) -> Curv
             .iter()
             .all(|p| (p.measured - p.theory).abs() <= p.tolerance),
         points,
+        series,
         median_s: percentile(&ttd, 0.5),
         peak_sessions: outcomes.iter().map(|o| o.peak_sessions).max().unwrap_or(0),
     }
@@ -844,12 +857,13 @@ impl GridReport {
                 .collect();
             curves.push_str(&format!(
                 "<h3>{} — {} seeds, {} succeeded, median time to direct {}, peak session-table use {}</h3>\
-                 <table><thead><tr><th>{unit}</th><th>measured success</th><th>theory</th><th>3σ</th><th></th></tr></thead><tbody>{pts}</tbody></table>",
+                 <div class=\"figure\">{}<table><thead><tr><th>{unit}</th><th>measured success</th><th>theory</th><th>3σ</th><th></th></tr></thead><tbody>{pts}</tbody></table></div>",
                 c.name,
                 c.seeds,
                 c.succeeded,
                 c.median_s.map_or("–".into(), |m| format!("{m:.2} s")),
-                c.peak_sessions
+                c.peak_sessions,
+                crate::svg::curve_chart(c, unit),
             ));
         }
         let passed = self.cells.iter().filter(|c| c.passed()).count();
@@ -888,7 +902,10 @@ impl GridReport {
              the round trip above the best possible relay's).</p>\
              {grid_relay}\
              <h2>Time to direct by class</h2><table><thead><tr><th>class</th><th>target (median)</th><th>median</th><th>p95</th><th>runs</th><th></th></tr></thead><tbody>{targets}</tbody></table>\
-             <h2>Birthday curves against theory</h2>{curves}{ladder}",
+             <h2>Birthday curves against theory</h2>\
+             <p>Each chart: the share of seeds direct by then (black), what birthday theory predicts (dashed) and its \
+             3σ band for this many seeds (shaded); the dots are the checked points (green inside the band, red outside).</p>\
+             {curves}{ladder}",
             self.cells.len(),
             self.seeds,
             self.wall_s,

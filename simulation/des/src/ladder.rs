@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fastnet::{run, BulkConfig, FastConfig, FastOutcome, LinkProfile};
+use crate::fastnet::{run, BulkConfig, Episode, FastConfig, FastOutcome, LinkProfile};
 use crate::grid::{expected, Expectation};
 use crate::preset;
 
@@ -191,6 +191,9 @@ pub struct LadderRun {
     pub srtt_ms: Option<f64>,
     /// Loss on node 0's link up and down (on the air and in the queue).
     pub link_loss: [f64; 2],
+    /// Node 0's and node 1's route stretches and doubts (the cell's first seed only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub episodes: Option<[Vec<Episode>; 2]>,
 }
 
 /// One rung × NAT class over its seeds.
@@ -273,7 +276,9 @@ pub fn run_cell(rung: &Rung, a: &str, b: &str, seeds: &[u64]) -> LadderCell {
     let mut failures = Vec::new();
     let mut runs = Vec::new();
     for &seed in seeds {
-        let o = run(&rung_config(rung, a, b, seed).expect("known presets"));
+        let mut config = rung_config(rung, a, b, seed).expect("known presets");
+        config.record_episodes = seeds.first() == Some(&seed);
+        let o = run(&config);
         let r = judge(seed, expected, &o, &mut failures);
         runs.push(r);
     }
@@ -327,6 +332,11 @@ fn judge(
         retransmit_share: bulk.retransmits as f64 / bulk.sent.max(1) as f64,
         srtt_ms: bulk.srtt_ms,
         link_loss: [share(link.map(|l| l[0])), share(link.map(|l| l[1]))],
+        episodes: o
+            .episodes
+            .iter()
+            .any(|e| !e.is_empty())
+            .then(|| o.episodes.clone()),
     };
     let mut fail = |what: String| failures.push(format!("seed {seed}: {what}"));
     match expected {
@@ -495,12 +505,52 @@ impl LadderReport {
             }
             grid.push_str("</tr>");
         }
+        let bars: Vec<crate::svg::Bar> = self
+            .rungs
+            .iter()
+            .map(|r| {
+                let all: Vec<f64> = self
+                    .rung_cells(&r.name)
+                    .flat_map(|c| c.runs.iter().map(|x| x.goodput_kbit))
+                    .collect();
+                crate::svg::Bar {
+                    label: r.name.clone(),
+                    value: self.rung_summary(&r.name).1,
+                    low: all.iter().copied().fold(f64::INFINITY, f64::min),
+                    high: all.iter().copied().fold(0.0, f64::max),
+                }
+            })
+            .collect();
+        let goodput = crate::svg::bar_chart(&bars, "goodput, kbit/s", kbit);
+        let mut timelines = String::new();
+        for r in &self.rungs {
+            let rows: Vec<crate::svg::TimelineRow> = self
+                .rung_cells(&r.name)
+                .filter_map(|c| {
+                    let run = c.runs.first()?;
+                    Some(crate::svg::TimelineRow {
+                        label: format!("{} × {}", c.a, c.b),
+                        episodes: run.episodes.as_ref()?,
+                    })
+                })
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let secs = r.duration_s.unwrap_or(DURATION.as_secs_f64());
+            timelines.push_str(&format!(
+                "<details open><summary>{}</summary>{}</details>",
+                esc(&r.name),
+                crate::svg::timelines(&rows, secs)
+            ));
+        }
         format!(
-            "<h2>Degradation ladder</h2>\n<p>Each rung is node 0's access link (scenario files in <code>simulation/scenarios/ladder/</code>); node 1 is on a clean wired link. A bulk transfer with TCP-like congestion control runs node 0 → node 1 for {} s; {} seeds per cell. Goodput is the median over seeds; time to direct the median over seeds that got there. A cell passes when the pair reaches what its NATs allow, data gets through, no node changes route more than {} times in the run, no timer wakes more than {} times in a second, and nothing secret shows on a wire.</p>\n<table><tr><th>rung</th><th>link</th><th>RTT added</th><th>mean loss</th><th>rate</th><th>to direct</th><th>goodput</th><th>result</th></tr>{rows}</table>\n<p>Rung × NAT class: outcome, median time to direct, median goodput.</p>\n<table>{head}{grid}</table>\n",
+            "<h2>Degradation ladder</h2>\n<p>Each rung is node 0's access link (scenario files in <code>simulation/scenarios/ladder/</code>); node 1 is on a clean wired link. A bulk transfer with TCP-like congestion control runs node 0 → node 1 for {} s; {} seeds per cell. Goodput is the median over seeds; time to direct the median over seeds that got there. A cell passes when the pair reaches what its NATs allow, data gets through, no node changes route more than {} times in the run, no timer wakes more than {} times in a second, and nothing secret shows on a wire.</p>\n<table><tr><th>rung</th><th>link</th><th>RTT added</th><th>mean loss</th><th>rate</th><th>to direct</th><th>goodput</th><th>result</th></tr>{rows}</table>\n<h3>Goodput per rung</h3>\n<p>Bars: the median over the rung's cells; whiskers: the slowest and the fastest run (log scale).</p>\n{goodput}\n<p>Rung × NAT class: outcome, median time to direct, median goodput.</p>\n<table>{head}{grid}</table>\n<h3>Routes over time</h3>\n<p>Per rung, each NAT class's first seed (seed {first}): node 0's stripe above node 1's, grey on DERP, blue on a peer relay, green direct, orange while the direct path was in doubt (its traffic also went over DERP). Hover a stretch for its times.</p>\n{timelines}",
             DURATION.as_secs(),
             self.seeds,
             max_switches(DURATION),
             MAX_WAKEUPS_PER_SECOND,
+            first = self.cells.first().and_then(|c| c.runs.first()).map_or(1, |r| r.seed),
         )
     }
 }

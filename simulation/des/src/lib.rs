@@ -8,6 +8,7 @@ pub mod ladder;
 pub mod nat;
 pub mod preset;
 pub mod soak;
+pub mod svg;
 pub mod world;
 
 /// Derives a component's seed from the simulation seed and the component's name.

@@ -23,12 +23,14 @@ use serde::Serialize;
 use crate::nat::{NatConfig, NatTable};
 
 mod bulk;
+mod episodes;
 mod link;
 mod net;
 mod packets;
 mod record;
 
 pub use bulk::{BulkConfig, BulkOutcome};
+pub use episodes::{Episode, EpisodeKind};
 pub use link::{GilbertElliott, LinkProfile, LinkStats, Spikes};
 
 /// The main socket's port on every node.
@@ -195,6 +197,8 @@ pub struct FastConfig {
     /// A bulk transfer from node 0 to node 1 with TCP-like congestion control (none: no
     /// transfer); its goodput is in `FastOutcome::bulk`.
     pub bulk: Option<BulkConfig>,
+    /// Record each node's route stretches and doubt episodes (`FastOutcome::episodes`).
+    pub record_episodes: bool,
     /// Seed for everything.
     pub seed: u64,
 }
@@ -226,6 +230,7 @@ impl FastConfig {
             mtu: None,
             links: [None, None],
             bulk: None,
+            record_episodes: false,
             seed,
         }
     }
@@ -319,6 +324,14 @@ pub struct FastOutcome {
     pub elapsed: Duration,
     /// What happened when, per node: endpoints learned, birthday started, handshakes, routes.
     pub timeline: Vec<String>,
+    /// Node 0's and node 1's route stretches, then their doubt episodes (when
+    /// `FastConfig::record_episodes` asked for them).
+    #[serde(skip_serializing_if = "episodes_empty")]
+    pub episodes: [Vec<Episode>; 2],
+}
+
+fn episodes_empty(e: &[Vec<Episode>; 2]) -> bool {
+    e.iter().all(Vec::is_empty)
 }
 
 impl FastOutcome {
@@ -451,6 +464,8 @@ pub struct FastNet {
     bulk: Option<bulk::Bulk>,
     /// Per node: the simulated second being counted and its wake-ups so far.
     wake: [(u64, u32); 2],
+    /// Route stretches and doubts per node, when asked for.
+    episodes: Option<[episodes::Recorder; 2]>,
 }
 
 /// Runs one simulation to its end.

@@ -137,6 +137,7 @@ impl FastNet {
             tap: None,
             bulk: config.bulk.map(|b| super::bulk::Bulk::new(b, t0)),
             wake: [(0, 0); 2],
+            episodes: config.record_episodes.then(Default::default),
         }
     }
 
@@ -231,6 +232,7 @@ impl FastNet {
                 }
             }
             self.next_sweep = now + Duration::from_secs(1);
+            self.poll_doubts();
         }
         for (k, s) in self.sides.iter_mut().enumerate() {
             if s.node.poll_timeout().is_some_and(|t| t <= now) {

@@ -8,6 +8,7 @@ use burrow_node::Event;
 use burrow_punch::Route;
 
 use super::bulk;
+use super::episodes::EpisodeKind;
 use super::packets::{app_seq, quoted_seq};
 use super::{FastNet, FastOutcome};
 
@@ -33,6 +34,7 @@ impl FastNet {
                     ))
                 ));
                 self.relayed_since[s] = side.map(|k| (now, k));
+                self.note_route(s);
                 let both = (0..2)
                     .all(|k| self.relayed_since[k].is_some() || self.direct_since[k].is_some());
                 if both && self.out.time_to_peer_relay.is_none() {
@@ -146,6 +148,7 @@ impl FastNet {
                     Route::Direct(_) => Some(now),
                     Route::Relay => None,
                 };
+                self.note_route(s);
                 self.direct_v6_since[s] = match to {
                     Route::Direct(a) if a.is_ipv6() => Some(now),
                     _ => None,
@@ -177,6 +180,36 @@ impl FastNet {
         }
     }
 
+    /// Node `s`'s route from now on, for the timelines (when recording them).
+    fn note_route(&mut self, s: usize) {
+        let kind = if self.direct_since[s].is_some() {
+            EpisodeKind::Direct
+        } else if self.relayed_since[s].is_some() {
+            EpisodeKind::PeerRelay
+        } else {
+            EpisodeKind::Relay
+        };
+        if let Some(e) = self.episodes.as_mut() {
+            e[s].route(self.now, kind);
+        }
+    }
+
+    /// Both nodes' doubt episodes as their explanations report them (the engine keeps the
+    /// latest few, so this runs once a simulated second while recording).
+    pub(super) fn poll_doubts(&mut self) {
+        let Some(rec) = self.episodes.as_mut() else {
+            return;
+        };
+        for (s, r) in rec.iter_mut().enumerate() {
+            let Some(x) = self.sides[s].node.explain(&self.peers[s]) else {
+                continue;
+            };
+            for d in &x.doubts {
+                r.doubt(d.began, d.ended.map(|e| e.0));
+            }
+        }
+    }
+
     /// Birthday packets node `side` has sent to its peer.
     pub(super) fn probes(&self, side: usize) -> u64 {
         let s = &self.sides[side];
@@ -189,6 +222,10 @@ impl FastNet {
         let t0 = self.t0;
         let now = self.now;
         self.out.bulk = self.bulk.as_mut().map(|b| b.finish(now));
+        self.poll_doubts();
+        if let Some(rec) = &self.episodes {
+            self.out.episodes = [rec[0].episodes(t0, now), rec[1].episodes(t0, now)];
+        }
         for s in 0..2 {
             if let Some(since) = self.direct_since[s] {
                 self.out.direct_time[s] += now - since;
