@@ -142,6 +142,42 @@ fn a_black_hole_that_appears_mid_path_is_found_within_seconds() {
 }
 
 #[test]
+fn a_black_hole_that_opens_while_the_path_is_cut_costs_nothing_when_it_returns() {
+    for seed in 1..=5 {
+        let mut c = pair(seed, 60, [None, None]);
+        // The path is cut from 10 s to 30 s while the tunnel is idle (so the path dies of
+        // missed heartbeats, nothing in doubt); traffic resumes over DERP at 12 s, and at 15 s
+        // side 1's link shrinks to 1,380-byte IP packets. The path comes back with the full
+        // size it confirmed before the cut.
+        c.data_active = vec![
+            (Duration::ZERO, Duration::from_secs(8)),
+            (Duration::from_secs(12), Duration::from_secs(60)),
+        ];
+        c.disruptions = vec![
+            (
+                Duration::from_secs(10),
+                Disruption::CutDirect(Duration::from_secs(20)),
+            ),
+            (Duration::from_secs(15), Disruption::LinkMtu(1, Some(1380))),
+        ];
+        // Losses count from the cut's end.
+        c.measure_from = Duration::from_secs(30);
+        let o = run(&c);
+        assert!(o.direct, "seed {seed}: {:?}", o.routes);
+        assert_eq!(o.path_mtu, [Some(1312); 2], "seed {seed}");
+        // Entering the path again checks its size first, with large packets over DERP as
+        // well meanwhile: nothing sent after the cut is lost.
+        assert!(o.tail_sent > 2000, "seed {seed}: {}", o.tail_sent);
+        assert!(
+            o.lost.is_empty(),
+            "seed {seed}: lost after the path came back {:?}\n{}",
+            o.lost,
+            o.timeline.join("\n")
+        );
+    }
+}
+
+#[test]
 fn a_path_below_the_tunnel_floor_carries_small_packets_and_derp_the_rest() {
     for seed in 1..=3 {
         // 1,300-byte IP packets: not even a 1,280-byte inner packet fits (it needs 1,340).

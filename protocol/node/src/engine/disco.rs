@@ -186,6 +186,9 @@ impl Node {
                             }
                         }
                     }
+                    if let Route::Direct(addr) = to {
+                        self.pmtu_route_entered(now, i, addr);
+                    }
                     self.events.push_back(Event::PathChanged { peer, from, to });
                 }
                 PathEvent::Attempt(attempt) => {

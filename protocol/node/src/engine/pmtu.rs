@@ -160,6 +160,16 @@ impl Node {
         answered
     }
 
+    /// The route (re)enters the direct path to `addr`: a size the path confirmed before it was
+    /// left is checked again, and larger datagrams go over DERP as well until the answer is
+    /// in (the path's MTU may have dropped while the traffic went elsewhere, and a black hole
+    /// shows no other sign before data is lost in it).
+    pub(super) fn pmtu_route_entered(&mut self, now: Instant, i: usize, addr: SocketAddr) {
+        if let Some(m) = self.peers[i].mtu.on_mut(addr) {
+            m.verify(now);
+        }
+    }
+
     /// Data went unanswered on the direct path to `addr`: its confirmed size is checked again.
     pub(super) fn pmtu_verify(&mut self, now: Instant, i: usize, addr: SocketAddr) {
         if let Some(m) = self.peers[i].mtu.on_mut(addr) {
