@@ -47,8 +47,9 @@ pub fn check_report(dir: &Path, install: bool) -> Result<()> {
     let _ = std::fs::remove_file(&png);
     // As the machine notes advise: no sandbox as root, and no background connections (the
     // network is closed; the report fetches nothing).
+    // A browser that hangs (even on its way out) is killed: 3 minutes, then SIGKILL.
     let status = Command::new("timeout")
-        .arg("180")
+        .args(["-k", "10", "180"])
         .arg("chromium")
         .args([
             "--headless",
@@ -60,6 +61,8 @@ pub fn check_report(dir: &Path, install: bool) -> Result<()> {
             "--disable-component-update",
             "--disable-sync",
             "--hide-scrollbars",
+            // Colours as written, so the check can match them exactly.
+            "--force-color-profile=srgb",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--window-size={},{}", WINDOW.0, WINDOW.1))

@@ -298,6 +298,24 @@ impl PathMtu {
         false
     }
 
+    /// The route enters this path again after being elsewhere (nobody drove the machine
+    /// meanwhile): a probe left in flight, or its retry, is tried afresh and uncounted (its
+    /// loss says nothing of size, and a hold would judge it against answers from the whole
+    /// absence), and the confirmed size is verified as after [`PathMtu::verify`], so large
+    /// datagrams count as at risk until the answer: the path's MTU may have dropped.
+    pub fn route_entered(&mut self, now: Instant) {
+        let pending = self
+            .probe
+            .take()
+            .map(|p| (p.size, p.verify))
+            .or(self.retry.map(|r| (r.0, r.2)));
+        if let Some((size, verify)) = pending {
+            self.retry = Some((size, 0, verify));
+            self.next_at = Some(now);
+        }
+        self.verify(now);
+    }
+
     /// Data went unanswered on the path: probe the confirmed size again (soon, and once),
     /// since a black hole for large packets looks just like that from here.
     pub fn verify(&mut self, now: Instant) {
@@ -308,7 +326,12 @@ impl PathMtu {
     }
 
     fn ask_verify(&mut self, now: Instant) {
-        if self.good <= self.sizes.assumed || self.probe.is_some_and(|p| p.verify) {
+        // Nothing to verify at the assumed size; a verification in flight or queued for a
+        // retry already answers the request.
+        if self.good <= self.sizes.assumed
+            || self.probe.is_some_and(|p| p.verify)
+            || self.retry.is_some_and(|r| r.2)
+        {
             return;
         }
         self.verify_wanted = true;
@@ -359,6 +382,11 @@ impl PathMtu {
     }
 
     fn schedule_next(&mut self, now: Instant, after_verify: bool) {
+        if self.good <= self.sizes.assumed {
+            // A verification asked for meanwhile has nothing left to check (the size fell back
+            // to the assumed one): left set, it would restart the search forever.
+            self.verify_wanted = false;
+        }
         if self.verify_wanted || self.next_size().is_some() {
             self.next_at = Some(now);
             return;
@@ -401,14 +429,14 @@ mod tests {
         capacity: impl Fn(Duration) -> usize,
         lose: impl FnMut(usize) -> bool,
     ) -> Vec<(Duration, usize)> {
-        drive_over(m, t0, secs, capacity, lose, |_| true)
+        drive_over(m, t0, Duration::from_secs(secs), capacity, lose, |_| true)
     }
 
     /// As [`drive`], over a path that answers nothing at all while `path_up(t)` is false.
     fn drive_over(
         m: &mut PathMtu,
         t0: Instant,
-        secs: u64,
+        span: Duration,
         capacity: impl Fn(Duration) -> usize,
         mut lose: impl FnMut(usize) -> bool,
         path_up: impl Fn(Duration) -> bool,
@@ -417,7 +445,7 @@ mod tests {
         let mut id = 0u8;
         let mut pending: Option<(Instant, TxId)> = None;
         let mut now = t0;
-        let end = t0 + Duration::from_secs(secs);
+        let end = t0 + span;
         while now < end {
             if let Some((at, tx)) = pending {
                 if at <= now {
@@ -517,7 +545,14 @@ mod tests {
         // The path goes down for every size (its NAT rebinds) just as data goes unanswered:
         // the verification's probes are lost, but so is everything else.
         let (mut m, t1) = settled_then_verified();
-        let sent = drive_over(&mut m, t1, 10, |_| 1500, |_| false, |_| false);
+        let sent = drive_over(
+            &mut m,
+            t1,
+            Duration::from_secs(10),
+            |_| 1500,
+            |_| false,
+            |_| false,
+        );
         assert_eq!(m.report().black_holes, 0, "{sent:?}");
         assert_eq!(m.limit(), 1472);
         assert!(
@@ -534,6 +569,59 @@ mod tests {
         let sent = drive(&mut m, t2, 3, |_| 1500, |_| false);
         assert!(m.limit() >= 1472 - STEP, "{sent:?}");
         assert!(sent.len() <= 6, "{sent:?}");
+    }
+
+    #[test]
+    fn a_verification_asked_again_while_its_retry_waits_ends_when_the_size_falls() {
+        // The path is down for everything while the verification runs: after 2 s its probe
+        // waits as a retry. Asked again then (the route came back), and the path now carries
+        // no more than the assumed size: the search settles there and stops.
+        let (mut m, t1) = settled_then_verified();
+        drive_over(
+            &mut m,
+            t1,
+            Duration::from_secs(2),
+            |_| 1500,
+            |_| false,
+            |_| false,
+        );
+        assert!(m.retry.is_some_and(|r| r.2), "a verification waits: {m:?}");
+        let t2 = t1 + Duration::from_secs(2);
+        m.verify(t2);
+        let sent = drive(&mut m, t2, 60, |_| 1240, |_| false);
+        assert_eq!(m.limit(), 1232, "{sent:?}");
+        assert_eq!(m.state(), MtuState::Settled, "{m:?}");
+        assert!(!m.verifying(), "{m:?}");
+        // The verification's two tries, the floor, two bisection steps (each tried twice).
+        assert!(sent.len() <= 12, "{sent:?}");
+    }
+
+    #[test]
+    fn a_probe_frozen_while_the_route_was_elsewhere_counts_for_nothing() {
+        // A verification's second try is in flight when the route leaves the path (cut: the
+        // first try was lost); 20 s later the route is back on the path, whose size never
+        // changed.
+        let (mut m, t1) = settled_then_verified();
+        drive_over(
+            &mut m,
+            t1,
+            Duration::from_millis(300),
+            |_| 1500,
+            |_| false,
+            |_| false,
+        );
+        assert!(m.probe.is_some_and(|p| p.tries == 2 && p.verify), "{m:?}");
+        let back = t1 + Duration::from_secs(20);
+        m.route_entered(back);
+        assert!(
+            m.suspected(),
+            "large datagrams are at risk until the answer"
+        );
+        let sent = drive(&mut m, back, 5, |_| 1500, |_| false);
+        assert_eq!(m.report().black_holes, 0, "{sent:?}");
+        assert_eq!(m.limit(), 1472);
+        assert!(!m.suspected());
+        assert_eq!(sizes(&sent), vec![1472], "one fresh try, answered");
     }
 
     #[test]

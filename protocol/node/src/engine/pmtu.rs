@@ -166,7 +166,7 @@ impl Node {
     /// shows no other sign before data is lost in it).
     pub(super) fn pmtu_route_entered(&mut self, now: Instant, i: usize, addr: SocketAddr) {
         if let Some(m) = self.peers[i].mtu.on_mut(addr) {
-            m.verify(now);
+            m.route_entered(now);
         }
     }
 
