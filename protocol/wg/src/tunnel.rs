@@ -639,8 +639,14 @@ fn next_timestamp(candidate: [u8; 12], last: &[u8; 12]) -> [u8; 12] {
     t
 }
 
+/// How long before REJECT_AFTER_TIME a keypair stops carrying our packets: the two ends'
+/// keypairs are born up to a round trip apart (the responder's when it answers), so a packet
+/// sent just inside the limit by our clock can arrive past it by the peer's and be refused.
+/// Such a packet is queued for a new handshake instead. Receiving keeps the full limit.
+pub const SEND_MARGIN: Duration = KEEPALIVE_TIMEOUT;
+
 fn usable(s: &Session, now: Instant) -> bool {
-    now.saturating_duration_since(s.created) < REJECT_AFTER_TIME
+    now.saturating_duration_since(s.created) < REJECT_AFTER_TIME - SEND_MARGIN
         && s.send_counter < REJECT_AFTER_MESSAGES
 }
 
