@@ -822,12 +822,7 @@ impl GridReport {
 
     /// The HTML section: the NAT × NAT grid and the curves.
     pub fn html(&self) -> String {
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
+        let esc = crate::svg::esc;
         let grid = self.table(Axis::Ipv4, &esc);
         let grid_v6 = self.table(Axis::Ipv6, &esc);
         let grid_relay = self.table(Axis::PeerRelay, &esc);
