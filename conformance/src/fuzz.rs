@@ -11,10 +11,12 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 mod control_api;
+mod offload;
 mod policy;
 mod relay;
 
 pub use control_api::control_api;
+pub use offload::offload;
 pub use policy::policy_parse;
 pub use relay::relay_server;
 
@@ -39,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pcp_decode", pcp_decode),
     ("portmap_client", portmap_client),
     ("relay_server", relay_server),
+    ("offload", offload),
 ];
 
 /// Decodes arbitrary bytes; whatever decodes must re-encode to something that decodes to the

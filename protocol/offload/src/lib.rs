@@ -1,0 +1,52 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checksum;
+pub mod coalesce;
+pub mod split;
+pub mod virtio;
+
+pub use coalesce::{Coalescer, CoalescerFull, MAX_SEGMENTS};
+pub use split::{complete_checksum, plan, split, Plan, SlotLayout};
+pub use virtio::{GsoType, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
+
+/// Why a frame cannot be split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OffloadError {
+    /// The frame ends before a header it needs.
+    #[error("frame truncated")]
+    Truncated,
+    /// `gso_type` carries the ECN bit, which burrow never asks the TUN for.
+    #[error("GSO with ECN (CWR) was not negotiated")]
+    EcnGso,
+    /// A `gso_type` burrow does not split (UFO and the like).
+    #[error("unsupported GSO type {0}")]
+    UnsupportedGso(u8),
+    /// The GSO type does not match the packet's IP version.
+    #[error("GSO type does not match the IP version")]
+    GsoMismatch,
+    /// `csum_start` or the transport header length is impossible.
+    #[error("bad header length")]
+    BadHeaderLength,
+    /// The checksum field lies outside the packet, or at an odd distance from its start.
+    #[error("bad checksum offset")]
+    BadChecksumOffset,
+    /// A super-packet with `gso_size` 0.
+    #[error("GSO size 0")]
+    ZeroGsoSize,
+    /// More segments than the caller has slots for.
+    #[error("{segments} segments do not fit the slots given")]
+    TooManySegments {
+        /// Segments the frame makes.
+        segments: usize,
+    },
+    /// A segment longer than a slot holds.
+    #[error("a {need}-byte segment does not fit a {have}-byte slot")]
+    SlotTooSmall {
+        /// The longest segment.
+        need: usize,
+        /// What a slot holds.
+        have: usize,
+    },
+}
