@@ -270,6 +270,10 @@ pub struct WgArgs {
     /// Interface name (default: the config file's name without .conf, as wg-quick does).
     #[arg(long)]
     pub interface: Option<String>,
+    /// Open the TUN without offloads (no `IFF_VNET_HDR`, no TSO/GRO): one packet per read
+    /// and write.
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 /// The arguments of `burrow derper`.

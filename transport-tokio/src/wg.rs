@@ -6,13 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use burrow_offload::{Coalescer, SlotLayout, VirtioNetHdr, VNET_HDR_LEN};
 use burrow_wg::{Decapsulated, Device, Encapsulated, PeerId, Received};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
-use tokio::net::UdpSocket;
+use tun_rs::AsyncDevice;
 
-use crate::transport::{now, SocketFamilies};
+use crate::transport::{now, BatchUdpSocket, RecvBatch, SocketFamilies, UdpTransport};
 use crate::wg_config::{route, IpNet, WgConfig};
 
 /// Why `burrow wg` could not run.
@@ -24,7 +25,7 @@ pub enum WgRunError {
         /// Interface name.
         name: String,
         /// The OS error.
-        source: tun::Error,
+        source: io::Error,
     },
     /// The UDP socket could not be bound.
     #[error("cannot listen on UDP port {port}: {source}")]
@@ -67,15 +68,6 @@ fn ip_cmd(args: &[&str]) -> Result<(), WgRunError> {
     }
 }
 
-fn netmask(prefix: u8) -> std::net::Ipv4Addr {
-    let bits = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix as u32)
-    };
-    bits.into()
-}
-
 /// Source and destination of an IP packet, if it is one.
 fn addresses(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     match p.first()? >> 4 {
@@ -94,10 +86,64 @@ fn addresses(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
 // Moved to `crate::transport`; re-exported so existing paths keep working.
 pub use crate::transport::bind_udp_socket;
 
+/// How `burrow wg` runs its data path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WgOptions {
+    /// Open the TUN with `IFF_VNET_HDR` and TSO/USO (`TUNSETOFFLOAD`): the kernel hands over
+    /// TCP super-packets of up to 64 KiB and takes coalesced ones back. Falls back to plain
+    /// packets when the kernel refuses.
+    pub offload: bool,
+}
+
+impl Default for WgOptions {
+    fn default() -> Self {
+        WgOptions { offload: true }
+    }
+}
+
+/// What the TUN device accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunOffload {
+    /// Frames carry a virtio-net header; TCP segmentation offload is on.
+    pub tcp: bool,
+    /// UDP segmentation offload is on too (Linux 6.2+).
+    pub udp: bool,
+}
+
+/// Opens the TUN `name` with offloads if asked and the kernel agrees, else without.
+pub fn open_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(AsyncDevice, TunOffload)> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(mtu)
+            .offload(offload)
+            .build_async()
+    };
+    if offload {
+        match build(true) {
+            Ok(dev) if dev.tcp_gso() => {
+                let udp = dev.udp_gso();
+                return Ok((dev, TunOffload { tcp: true, udp }));
+            }
+            Ok(dev) => drop(dev),
+            Err(e) => tracing::info!(error = %e, "TUN offload refused; plain packets"),
+        }
+    }
+    let dev = build(false)?;
+    Ok((
+        dev,
+        TunOffload {
+            tcp: false,
+            udp: false,
+        },
+    ))
+}
+
 /// Runs the tunnel until `shutdown` completes. SIGUSR1 forces a new handshake with every peer.
 pub async fn run(
     config: WgConfig,
     ifname: &str,
+    options: WgOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WgRunError> {
     let iface = &config.interface;
@@ -106,23 +152,23 @@ pub async fn run(
         source,
     })?;
     let families = SocketFamilies::of(socket.local_addr()?);
-    let mut tun_config = tun::Configuration::default();
-    tun_config.tun_name(ifname).mtu(iface.mtu).up();
-    let first_v4 = iface.addresses.iter().find(|a| a.addr.is_ipv4()).copied();
-    if let Some(IpNet {
-        addr: IpAddr::V4(v4),
-        prefix,
-    }) = first_v4
-    {
-        tun_config.address(v4).netmask(netmask(prefix));
-    }
-    let tun = tun::create_as_async(&tun_config).map_err(|source| WgRunError::Tun {
-        name: ifname.to_owned(),
-        source,
-    })?;
-    for a in iface.addresses.iter().filter(|a| Some(**a) != first_v4) {
+    let socket = BatchUdpSocket::new(socket);
+    let (tun, offload) =
+        open_tun(ifname, iface.mtu, options.offload).map_err(|source| WgRunError::Tun {
+            name: ifname.to_owned(),
+            source,
+        })?;
+    for a in &iface.addresses {
         ip_cmd(&["address", "add", &a.to_string(), "dev", ifname])?;
     }
+    if offload.tcp {
+        // Super-packets of at most 64 segments (what a frame's slots hold, and the older
+        // kernels' UDP_MAX_SEGMENTS): the kernel cuts larger ones itself before the TUN.
+        if let Err(e) = ip_cmd(&["link", "set", "dev", ifname, "gso_max_segs", "64"]) {
+            tracing::warn!(error = %e, "gso_max_segs not set; super-packets over 64 segments are cut here");
+        }
+    }
+    ip_cmd(&["link", "set", "dev", ifname, "up"])?;
 
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -173,7 +219,16 @@ pub async fn run(
         };
         endpoints.push(endpoint);
     }
-    tracing::info!(interface = ifname, public_key = %device.public_key(), port = socket.local_addr()?.port(), peers = config.peers.len(), "burrow wg up");
+    tracing::info!(
+        interface = ifname,
+        public_key = %device.public_key(),
+        port = socket.local_addr()?.port(),
+        peers = config.peers.len(),
+        tso = offload.tcp,
+        uso = offload.udp,
+        gso = socket.max_segments() > 1,
+        "burrow wg up"
+    );
 
     let shared = Arc::new(Shared {
         device: Mutex::new(device),
@@ -183,10 +238,23 @@ pub async fn run(
     let socket = Arc::new(socket);
     let tun = Arc::new(tun);
     // Three tasks: TUN → network (encrypt), network → TUN (decrypt), and timers. They share
-    // the device behind a mutex held only for one seal or open, so both directions use a core.
+    // the device behind a mutex held for one batch's seals or opens, never across a system
+    // call, so both directions use a core.
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(outbound(shared.clone(), tun.clone(), socket.clone()));
-    tasks.spawn(inbound(shared.clone(), tun.clone(), socket.clone()));
+    let mtu = usize::from(iface.mtu);
+    tasks.spawn(outbound(
+        shared.clone(),
+        tun.clone(),
+        socket.clone(),
+        offload,
+        mtu,
+    ));
+    tasks.spawn(inbound(
+        shared.clone(),
+        tun.clone(),
+        socket.clone(),
+        offload,
+    ));
     tasks.spawn(timers(shared.clone(), socket.clone(), config.peers.len()));
     tokio::select! {
         _ = shutdown => {}
@@ -224,7 +292,7 @@ impl Shared {
     }
 }
 
-async fn send_all(socket: &UdpSocket, pending: &mut Vec<(SocketAddr, Vec<u8>)>) {
+async fn send_all(socket: &BatchUdpSocket, pending: &mut Vec<(SocketAddr, Vec<u8>)>) {
     for (ep, d) in pending.drain(..) {
         if let Err(e) = socket.send_to(&d, ep).await {
             tracing::debug!(%ep, error = %e, "send failed");
@@ -232,96 +300,281 @@ async fn send_all(socket: &UdpSocket, pending: &mut Vec<(SocketAddr, Vec<u8>)>) 
     }
 }
 
+/// TUN frames read in one go before their datagrams are sent.
+const TUN_BATCH: usize = 64;
+/// Datagrams one GSO send carries at most, and its bytes.
+const RUN_SEGMENTS: usize = 64;
+const RUN_BYTES: usize = 60_000;
+/// Room a WireGuard data message needs beyond its plaintext: header, padding, tag.
+const WG_OVERHEAD: usize = 16 + 15 + 16;
+
+/// Sealed datagrams packed back to back, with their endpoints, sent as GSO runs.
+struct Outgoing {
+    buf: Vec<u8>,
+    used: usize,
+    /// Per datagram: endpoint and length, in order.
+    datagrams: Vec<(SocketAddr, usize)>,
+}
+
+impl Outgoing {
+    fn new(bytes: usize) -> Self {
+        Outgoing {
+            buf: vec![0; bytes],
+            used: 0,
+            datagrams: Vec::with_capacity(RUN_SEGMENTS * 2),
+        }
+    }
+
+    /// Whether `bytes` more (plaintexts with their overhead) still fit.
+    fn room_for(&self, bytes: usize) -> bool {
+        self.buf.len() - self.used >= bytes
+    }
+
+    /// Sends everything: consecutive datagrams to one endpoint, all as long as the first but
+    /// a shorter last, go out in one system call.
+    async fn flush(&mut self, socket: &BatchUdpSocket) {
+        let max = socket.max_segments().min(RUN_SEGMENTS);
+        let mut at = 0;
+        let mut i = 0;
+        while i < self.datagrams.len() {
+            let (ep, seg) = self.datagrams[i];
+            let mut end = at + seg;
+            let mut j = i + 1;
+            while j < self.datagrams.len() && j - i < max {
+                let (e, len) = self.datagrams[j];
+                if e != ep || len > seg || end + len > at + RUN_BYTES {
+                    break;
+                }
+                end += len;
+                j += 1;
+                if len < seg {
+                    break;
+                }
+            }
+            if let Err(e) = socket.send_segments(&self.buf[at..end], seg, ep).await {
+                tracing::debug!(%ep, error = %e, "send failed");
+            }
+            at = end;
+            i = j;
+        }
+        self.used = 0;
+        self.datagrams.clear();
+    }
+}
+
 async fn outbound(
     shared: Arc<Shared>,
-    tun: Arc<tun::AsyncDevice>,
-    socket: Arc<UdpSocket>,
+    tun: Arc<AsyncDevice>,
+    socket: Arc<BatchUdpSocket>,
+    offload: TunOffload,
+    mtu: usize,
 ) -> Result<(), WgRunError> {
-    let mut from_tun = vec![0u8; 65_536];
-    let mut out = vec![0u8; 65_536 + 64];
+    let mut frame = vec![0u8; VNET_HDR_LEN + 65_535];
+    // Segments of one super-packet, one per slot.
+    let layout = SlotLayout {
+        stride: mtu.max(1280) + 64,
+        headroom: 0,
+        tailroom: 0,
+    };
+    let mut segments = vec![0u8; burrow_offload::MAX_SEGMENTS * layout.stride];
+    let mut lens = [0usize; burrow_offload::MAX_SEGMENTS];
+    let mut out = Outgoing::new(TUN_BATCH * (layout.stride + WG_OVERHEAD) + 65_535);
     let mut pending = Vec::new();
     loop {
-        let n = tun.recv(&mut from_tun).await?;
-        let packet = &from_tun[..n];
-        let Some((_, dst)) = addresses(packet) else {
-            continue;
-        };
-        let Some(&peer) = route(&shared.routes, dst) else {
-            continue;
-        };
-        let sent = {
-            let mut device = shared.device.lock().expect("device");
-            let r = device.encapsulate(now(), peer, packet, &mut out);
-            shared.drain(&mut device, &mut pending);
-            r
-        };
-        match sent {
+        let mut n = tun.recv(&mut frame).await?;
+        let mut frames = 0;
+        loop {
+            // One frame: a packet (its partial checksum completed in place), or a
+            // super-packet cut into segments.
+            let (single, count) = if offload.tcp {
+                match frame_segments(&mut frame[..n], &mut segments, layout, &mut lens) {
+                    Ok(None) => (Some(VNET_HDR_LEN..n), 1),
+                    Ok(Some(count)) => (None, count),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TUN frame dropped");
+                        (None, 0)
+                    }
+                }
+            } else {
+                (Some(0..n), 1)
+            };
+            let read = &frame;
+            let seg = |i: usize| -> &[u8] {
+                match &single {
+                    Some(range) => &read[range.clone()],
+                    None => &segments[i * layout.stride..i * layout.stride + lens[i]],
+                }
+            };
+            let need: usize = (0..count).map(|i| seg(i).len() + WG_OVERHEAD).sum();
+            if !out.room_for(need) {
+                out.flush(&socket).await;
+            }
+            if count > 0 {
+                seal(&shared, &mut out, &mut pending, count, &seg);
+            }
+            frames += 1;
+            if frames >= TUN_BATCH {
+                break;
+            }
+            match tun.try_recv(&mut frame) {
+                Ok(m) => n = m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.flush(&socket).await;
+        send_all(&socket, &mut pending).await;
+    }
+}
+
+/// Reads one offload frame: `None` for a single packet, which stays in `frame` with its
+/// partial checksum completed (so any size the TUN's MTU allows passes); for a super-packet,
+/// the number of segments it was cut into (in `segments`, lengths in `lens`).
+fn frame_segments(
+    frame: &mut [u8],
+    segments: &mut [u8],
+    layout: SlotLayout,
+    lens: &mut [usize],
+) -> Result<Option<usize>, burrow_offload::OffloadError> {
+    let hdr = VirtioNetHdr::parse(frame)?;
+    let packet = &mut frame[VNET_HDR_LEN..];
+    if hdr.gso()? == burrow_offload::GsoType::None {
+        burrow_offload::complete_checksum(&hdr, packet)?;
+        return Ok(None);
+    }
+    burrow_offload::split(&hdr, packet, segments, layout, lens).map(Some)
+}
+
+/// Seals the `count` packets `seg(i)` (one frame's, all to one destination) into `out`.
+fn seal<'a>(
+    shared: &Shared,
+    out: &mut Outgoing,
+    pending: &mut Vec<(SocketAddr, Vec<u8>)>,
+    count: usize,
+    seg: &dyn Fn(usize) -> &'a [u8],
+) {
+    let Some((_, dst)) = addresses(seg(0)) else {
+        return;
+    };
+    let Some(&peer) = route(&shared.routes, dst) else {
+        return;
+    };
+    let ep = shared.endpoints.lock().expect("endpoints")[peer.0];
+    let mut device = shared.device.lock().expect("device");
+    let t = now();
+    for i in 0..count {
+        let packet = seg(i);
+        match device.encapsulate(t, peer, packet, &mut out.buf[out.used..]) {
             Ok(Encapsulated::Sent(len)) => {
-                let ep = shared.endpoints.lock().expect("endpoints")[peer.0];
                 if let Some(ep) = ep {
-                    let _ = socket.send_to(&out[..len], ep).await;
+                    out.used += len;
+                    out.datagrams.push((ep, len));
                 }
             }
             Ok(Encapsulated::Queued) => {}
             Err(e) => tracing::debug!(error = %e, "packet not sent"),
         }
-        send_all(&socket, &mut pending).await;
     }
+    shared.drain(&mut device, pending);
 }
 
 async fn inbound(
     shared: Arc<Shared>,
-    tun: Arc<tun::AsyncDevice>,
-    socket: Arc<UdpSocket>,
+    tun: Arc<AsyncDevice>,
+    socket: Arc<BatchUdpSocket>,
+    offload: TunOffload,
 ) -> Result<(), WgRunError> {
-    let mut from_net = vec![0u8; 65_536];
-    let mut out = vec![0u8; 65_536 + 64];
+    let mut batch = RecvBatch::new(socket.recv_slots(), 65_535);
+    // Plaintexts of one batch back to back, and where each lies.
+    let mut plain: Vec<u8> = Vec::new();
+    let mut delivered: Vec<(usize, usize)> = Vec::new();
+    let mut cookies: Vec<(SocketAddr, usize, usize)> = Vec::new();
+    let mut gro = Coalescer::new(offload.udp, RECV_FRAMES);
     let mut pending = Vec::new();
     loop {
-        let (n, src) = socket.recv_from(&mut from_net).await?;
-        // IPv4 peers arrive as ::ffff:a.b.c.d on the dual-stack socket: keep them as IPv4.
-        let src = burrow_punch::canonical_remote(src);
+        socket.recv_batch(&mut batch).await?;
         let t = now();
-        let result = {
+        let mut used = 0;
+        {
             // The device counts handshakes and asks for cookies past its rate by itself.
             let mut device = shared.device.lock().expect("device");
-            let r = device.decapsulate(t, src, &from_net[..n], &mut out);
-            // Roam on authenticated packets only: a cookie reply is forgeable by anyone who
-            // saw our mac1.
-            if let Ok(Received::Peer(peer, result)) = r {
-                if result != Decapsulated::CookieReply {
-                    shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+            for (src, data) in batch.datagrams() {
+                // IPv4 peers arrive as ::ffff:a.b.c.d on the dual-stack socket: keep them as IPv4.
+                let src = burrow_punch::canonical_remote(src);
+                if plain.len() < used + data.len() + 64 {
+                    plain.resize(used + data.len() + 64, 0);
+                }
+                let r = device.decapsulate(t, src, data, &mut plain[used..]);
+                match r {
+                    Ok(Received::Peer(peer, result)) => {
+                        // Roam on authenticated packets only: a cookie reply is forgeable by
+                        // anyone who saw our mac1.
+                        if result != Decapsulated::CookieReply {
+                            shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+                        }
+                        if let Decapsulated::Data(len) = result {
+                            let packet = &plain[used..used + len];
+                            // Crypto-key routing: the inner source must be one of the peer's
+                            // AllowedIPs.
+                            match addresses(packet) {
+                                Some((inner, _)) if route(&shared.routes, inner) == Some(&peer) => {
+                                    delivered.push((used, len));
+                                    used += len;
+                                }
+                                _ => tracing::debug!(
+                                    %src,
+                                    "dropped a packet whose inner source the peer may not use"
+                                ),
+                            }
+                        }
+                    }
+                    Ok(Received::CookieReply(len)) => {
+                        cookies.push((src, used, len));
+                        used += len;
+                    }
+                    Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
                 }
             }
             shared.drain(&mut device, &mut pending);
-            r
-        };
-        match result {
-            Ok(Received::Peer(peer, Decapsulated::Data(len))) => {
-                let packet = &out[..len];
-                // Crypto-key routing: the inner source must be one of the peer's AllowedIPs.
-                match addresses(packet) {
-                    Some((inner_src, _)) if route(&shared.routes, inner_src) == Some(&peer) => {
-                        tun.send(packet).await?;
-                    }
-                    _ => {
-                        tracing::debug!(%src, "dropped a packet whose inner source the peer may not use")
-                    }
+        }
+        for (at, len) in delivered.drain(..) {
+            let packet = &plain[at..at + len];
+            if offload.tcp {
+                if gro.push(packet).is_err() {
+                    write_frames(&tun, &mut gro).await?;
+                    let _ = gro.push(packet);
                 }
+            } else if let Err(e) = tun.send(packet).await {
+                // One packet the kernel refuses (or a device going down) costs only itself.
+                tracing::debug!(error = %e, "TUN write failed");
             }
-            Ok(Received::Peer(..)) => {}
-            Ok(Received::CookieReply(len)) => {
-                let _ = socket.send_to(&out[..len], src).await;
-            }
-            Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
+        }
+        write_frames(&tun, &mut gro).await?;
+        for (src, at, len) in cookies.drain(..) {
+            let _ = socket.send_to(&plain[at..at + len], src).await;
         }
         send_all(&socket, &mut pending).await;
     }
 }
 
+/// Frames one coalescer holds at most: a receive batch's worth.
+const RECV_FRAMES: usize = crate::transport::RECV_SLOTS;
+
+/// Writes the coalesced frames to the TUN, then forgets them.
+async fn write_frames(tun: &AsyncDevice, gro: &mut Coalescer) -> io::Result<()> {
+    for frame in gro.frames() {
+        if let Err(e) = tun.send(frame).await {
+            // A frame the kernel refuses (or a device going down) costs only itself.
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+    gro.clear();
+    Ok(())
+}
+
 async fn timers(
     shared: Arc<Shared>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<BatchUdpSocket>,
     peers: usize,
 ) -> Result<(), WgRunError> {
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;

@@ -223,7 +223,7 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
 }
 
 /// A process's CPU time so far (user + system), seconds, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) in parentheses: utime is the 14th
     // field overall, stime the 15th, in clock ticks (100 a second on Linux).

@@ -46,6 +46,7 @@ struct Key {
 /// An open frame's merge state.
 #[derive(Clone, Copy, Debug)]
 struct Merge {
+    v6: bool,
     ip_len: usize,
     l4_len: usize,
     /// Payload bytes of the first segment: `gso_size`.
@@ -135,6 +136,7 @@ impl Coalescer {
                     }
                 }
                 let merge = candidate.filter(|c| !c.psh).map(|c| Merge {
+                    v6: key.v6,
                     ip_len: c.ip_len,
                     l4_len: c.l4_len,
                     seg: c.payload,
@@ -206,7 +208,7 @@ impl Coalescer {
         if !fits {
             return false;
         }
-        let ip_same = if ip == 20 {
+        let ip_same = if !m.v6 {
             b[..2] == p[..2] && b[6..10] == p[6..10] && c.id == m.next_id
         } else {
             b[..4] == p[..4] && b[6..8] == p[6..8]
@@ -239,7 +241,7 @@ fn seal_headers(buf: &mut [u8], proto: u8, m: &Merge) {
     let (hdr, pkt) = buf.split_at_mut(VNET_HDR_LEN);
     let total = pkt.len();
     let ip = m.ip_len;
-    let v6 = ip != 20;
+    let v6 = m.v6;
     let (src, dst) = if v6 {
         (8..24, 24..40)
     } else {

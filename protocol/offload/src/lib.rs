@@ -32,6 +32,9 @@ pub enum OffloadError {
     /// The checksum field lies outside the packet, or at an odd distance from its start.
     #[error("bad checksum offset")]
     BadChecksumOffset,
+    /// A slot layout whose head- and tailroom leave no room, or whose slots overflow.
+    #[error("impossible slot layout")]
+    BadLayout,
     /// A super-packet with `gso_size` 0.
     #[error("GSO size 0")]
     ZeroGsoSize,

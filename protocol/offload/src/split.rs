@@ -27,7 +27,8 @@ pub struct SlotLayout {
 impl SlotLayout {
     /// The longest segment a slot holds.
     pub fn capacity(&self) -> usize {
-        self.stride.saturating_sub(self.headroom + self.tailroom)
+        self.stride
+            .saturating_sub(self.headroom.saturating_add(self.tailroom))
     }
 }
 
@@ -90,12 +91,23 @@ pub fn plan(hdr: &VirtioNetHdr, packet: &[u8]) -> Result<Plan, OffloadError> {
         (GsoType::UdpL4, 6) => (true, true),
         _ => return Err(OffloadError::GsoMismatch),
     };
+    let proto = if udp { UDP } else { TCP };
     if v6 {
         if l4_start < 40 || l4_start % 8 != 0 {
             return Err(OffloadError::BadHeaderLength);
         }
     } else if l4_start != usize::from(packet[0] & 0x0f) * 4 || l4_start < 20 {
         return Err(OffloadError::BadHeaderLength);
+    }
+    // The transport protocol must be the one the GSO type names (behind IPv6 extension
+    // headers, the kernel's csum_start is taken as it comes).
+    let named = match (v6, packet.get(if v6 { 6 } else { 9 })) {
+        (_, None) => return Err(OffloadError::Truncated),
+        (true, Some(_)) if l4_start > 40 => proto,
+        (_, Some(&p)) => p,
+    };
+    if named != proto {
+        return Err(OffloadError::GsoMismatch);
     }
     let l4_len = if udp {
         8
@@ -146,7 +158,14 @@ pub fn split(
     lens: &mut [usize],
 ) -> Result<usize, OffloadError> {
     let plan = plan(hdr, packet)?;
-    if plan.segments > lens.len() || out.len() < plan.segments * layout.stride {
+    if layout.headroom.saturating_add(layout.tailroom) > layout.stride {
+        return Err(OffloadError::BadLayout);
+    }
+    let need = plan
+        .segments
+        .checked_mul(layout.stride)
+        .ok_or(OffloadError::BadLayout)?;
+    if plan.segments > lens.len() || out.len() < need {
         return Err(OffloadError::TooManySegments {
             segments: plan.segments,
         });

@@ -179,6 +179,24 @@ fn impossible_frames_are_typed_errors() {
         ..VirtioNetHdr::default()
     };
     assert_eq!(run_split(&h, &sp), Err(OffloadError::BadChecksumOffset));
+    let mut udp_byte = sp.clone();
+    udp_byte[9] = 17; // a TCPV4 frame whose protocol says UDP
+    assert_eq!(run_split(&good, &udp_byte), Err(OffloadError::GsoMismatch));
+    let upside_down = SlotLayout {
+        stride: 100,
+        headroom: 80,
+        tailroom: 80,
+    };
+    assert_eq!(
+        split(
+            &VirtioNetHdr::default(),
+            &[],
+            &mut out,
+            upside_down,
+            &mut [0; 1]
+        ),
+        Err(OffloadError::BadLayout)
+    );
     assert_eq!(
         plan(&good, &sp).map(|p| (p.segments, p.segment_len, p.last_len)),
         Ok((3, 1040, 1040))

@@ -6,7 +6,11 @@ use crate::cli::WgArgs;
 
 /// Runs `burrow wg`.
 pub async fn run(args: WgArgs) -> Result<()> {
-    let WgArgs { config, interface } = args;
+    let WgArgs {
+        config,
+        interface,
+        no_offload,
+    } = args;
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
     let parsed: burrow::wg_config::WgConfig = text
@@ -21,7 +25,10 @@ pub async fn run(args: WgArgs) -> Result<()> {
     if name.is_empty() || name.len() > 15 {
         bail!("interface name {name:?} must be 1 to 15 characters (use --interface)");
     }
-    burrow::wg::run(parsed, &name, async {
+    let options = burrow::wg::WgOptions {
+        offload: !no_offload,
+    };
+    burrow::wg::run(parsed, &name, options, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;
