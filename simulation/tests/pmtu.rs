@@ -195,6 +195,30 @@ fn a_path_below_the_tunnel_floor_carries_small_packets_and_derp_the_rest() {
     }
 }
 
+/// What the soak's loss accounting asks: which sizes leave on the direct path. A packet
+/// queued for a handshake goes out later, by this answer.
+#[test]
+fn the_engine_tells_which_sizes_leave_on_a_path_below_the_floor() {
+    let mut c = pair(1, 20, [Some(1300), None]);
+    c.data_size = Some(1280);
+    let mut net = FastNet::new(&c);
+    net.drive_until(Duration::from_secs(15));
+    let n = net.node(0);
+    let peer = n.peer_keys()[0];
+    assert!(matches!(
+        n.route(&peer),
+        Some(burrow_punch::Route::Direct(_))
+    ));
+    // 1,300 less 28 carries a 1,272-byte datagram: 1,000 bytes (1,040 sealed) fit, 1,280
+    // (1,312 sealed) do not.
+    assert!(n.goes_direct(&peer, 1000));
+    assert!(!n.goes_direct(&peer, 1280));
+    assert!(!n.goes_direct(
+        &burrow_wg::PrivateKey::from_bytes([9; 32]).public_key(),
+        100
+    ));
+}
+
 #[test]
 fn full_size_packets_through_a_peer_relay_are_told_its_smaller_size() {
     for seed in 1..=3 {

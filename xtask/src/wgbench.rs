@@ -478,7 +478,7 @@ pub fn run(seconds: u32, rounds: usize, no_write: bool) -> Result<()> {
              to the TUN coalesced into super-packets. Encryption and decryption run on separate tasks \
              (one core each way). The Debian wireguard-go measured here predates wireguard-go's own \
              offload work.\n\n\
-             Measured {}.\n",
+             Measured {}.\n\n",
             bt / bo,
             bt / ae,
             hb / ho,

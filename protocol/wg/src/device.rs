@@ -75,8 +75,15 @@ impl core::fmt::Debug for Device {
 }
 
 impl Device {
-    /// Entries the device holds in its tables and queues (peers, indices, sources under load,
-    /// keypairs, queued packets): a soak checks that it stays bounded.
+    /// Packets waiting for a handshake, over every peer (at most 256 each): they come and go
+    /// with handshakes, apart from [`footprint`](Self::footprint).
+    pub fn queued(&self) -> usize {
+        self.peers.iter().map(Tunnel::queued_len).sum()
+    }
+
+    /// Entries the device holds in its tables (peers, indices, sources under load, keypairs,
+    /// messages waiting for the driver; packets waiting for a handshake are
+    /// [`queued`](Self::queued)): a soak checks that it stays bounded.
     pub fn footprint(&self) -> usize {
         self.peers.iter().map(|t| 1 + t.footprint()).sum::<usize>()
             + self.by_key.len()

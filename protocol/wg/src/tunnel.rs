@@ -130,7 +130,12 @@ impl Tunnel {
             .iter()
             .filter(|s| s.is_some())
             .count();
-        sessions + self.retired.len() + self.queued.len() + self.transmits.len() + self.events.len()
+        sessions + self.retired.len() + self.transmits.len() + self.events.len()
+    }
+
+    /// Packets waiting for a handshake (at most 256).
+    pub(crate) fn queued_len(&self) -> usize {
+        self.queued.len()
     }
 
     /// A tunnel. `unix_time` is the wall-clock time at `now` (for TAI64N timestamps; the

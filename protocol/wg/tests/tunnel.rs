@@ -768,3 +768,34 @@ fn a_packet_near_the_keypairs_end_is_never_sent_on_keys_the_peer_has_retired() {
         );
     }
 }
+
+/// Packets waiting for a handshake are counted apart from the device's tables: they come and
+/// go with the handshake (a soak's growth check must not mistake a relay outage for a leak),
+/// and at most 256 wait.
+#[test]
+fn packets_waiting_for_a_handshake_are_counted_apart_and_bounded() {
+    let t0 = Instant::now();
+    let (ka, kb) = keys();
+    let mut dev = Device::new(ka, ChaCha20Rng::seed_from_u64(3), t0, UNIX);
+    let peer = dev.add_peer(t0, kb.public_key(), None, None);
+    assert_eq!(dev.queued(), 0);
+    let mut out = [0u8; 256];
+    let mut tables = 0;
+    for i in 0..300 {
+        assert_eq!(
+            dev.encapsulate(t0, peer, &ip(b"waiting"), &mut out)
+                .unwrap(),
+            Encapsulated::Queued
+        );
+        if i == 0 {
+            // The first one started a handshake: its index and initiation are table entries.
+            tables = dev.footprint();
+        }
+    }
+    assert_eq!(dev.queued(), 256, "the queue is bounded");
+    assert_eq!(
+        dev.footprint(),
+        tables,
+        "waiting packets are not table entries"
+    );
+}

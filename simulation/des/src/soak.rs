@@ -310,8 +310,9 @@ pub fn run_one(a: &str, b: &str, seed: u64, duration: Duration) -> SoakRun {
 
 /// Each node's footprint as a run sampled it: the peak of its lasting state over the first three
 /// quarters and over the last, and the peak of the whole. Lasting is everything but the
-/// traversal searches and the flow ledger, which come and go with each attempt (bounded by the
-/// search budgets, and by the flows of the last minute up to the ledger's cap).
+/// traversal searches, the flow ledger and the packets waiting for a handshake, which come and
+/// go with each attempt (bounded by the search budgets, by the flows of the last minute up to
+/// the ledger's cap, and by WireGuard's queue of 256 while a relay outage holds a handshake).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Footprints {
     /// Lasting state's peak, first three quarters.
@@ -325,7 +326,7 @@ pub struct Footprints {
 impl Footprints {
     /// Takes node `s`'s sample.
     pub fn sample(&mut self, s: usize, late: bool, f: burrow_node::Footprint) {
-        let lasting = f.total() - f.traversal - f.flows;
+        let lasting = f.total() - f.traversal - f.flows - f.queued;
         let p = if late {
             &mut self.late[s]
         } else {

@@ -274,8 +274,10 @@ pub struct Footprint {
     pub paths: usize,
     /// Birthday searches, port predictions and their repeats, peer-relay tries, doubt records.
     pub traversal: usize,
-    /// WireGuard: tunnels, keypairs, indices, packets queued for a handshake.
+    /// WireGuard: tunnels, keypairs, indices.
     pub wireguard: usize,
+    /// Packets waiting for a WireGuard handshake (at most 256 per peer; they leave with it).
+    pub queued: usize,
     /// Our own new flows (mutual prediction's ledger).
     pub flows: usize,
     /// The relay we run for others (sessions, per-source buckets).
@@ -291,6 +293,7 @@ impl Footprint {
             + self.paths
             + self.traversal
             + self.wireguard
+            + self.queued
             + self.flows
             + self.relay
             + self.queues

@@ -405,6 +405,7 @@ impl Node {
                 + self.reflexive_v6.len(),
             traversal,
             wireguard: self.device.footprint(),
+            queued: self.device.queued(),
             flows: self.ledger.len(),
             relay: self.relay_server.as_ref().map_or(0, |r| r.footprint()),
             queues: self.transmits.len()

@@ -253,6 +253,20 @@ impl Node {
         (packet.len() > mtu).then(|| crate::icmp::too_big(packet, mtu))
     }
 
+    /// Whether a packet of `len` bytes for `peer` leaves on the direct path as things stand:
+    /// the route is direct and the path's known size carries its datagram (a larger one takes
+    /// DERP). For observers, such as the simulator telling a relay's losses from the path's.
+    pub fn goes_direct(&self, peer: &burrow_wg::PublicKey, len: usize) -> bool {
+        let Some(&i) = self.by_node.get(peer) else {
+            return false;
+        };
+        let Route::Direct(addr) = self.peers[i].paths.route() else {
+            return false;
+        };
+        let datagram = WG_OVERHEAD + burrow_wg::messages::padded(len);
+        self.path_limit(i, addr).is_none_or(|l| datagram <= l)
+    }
+
     /// The tunnel MTU toward `peer` as things stand: its direct path's, or the tunnel's own.
     pub fn path_mtu(&self, peer: &burrow_wg::PublicKey) -> Option<u16> {
         let &i = self.by_node.get(peer)?;

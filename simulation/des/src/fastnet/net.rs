@@ -598,7 +598,6 @@ impl FastNet {
         }
         if now + self.config.data_quiet_tail < self.end {
             for s in 0..2 {
-                let direct = matches!(self.route(s), Some(Route::Direct(_)));
                 let oversize = |net: &Self| {
                     let node = &net.sides[s].node;
                     node.stats(&net.peers[s])
@@ -608,6 +607,9 @@ impl FastNet {
                 let tr = &mut self.traffic;
                 tr.seq[s] += 1;
                 let packet = app_packet(s, tr.seq[s], tr.size[s]);
+                // Whether it goes direct: one queued for a handshake leaves later, over DERP
+                // if the direct path's size does not carry it.
+                let direct = self.sides[s].node.goes_direct(&self.peers[s], packet.len());
                 let _ = self.sides[s].node.send(now, &self.peers[s], &packet);
                 // Too large for the direct path (below the tunnel's minimum): it took DERP.
                 let direct = direct && oversize(self) == before;
