@@ -382,6 +382,10 @@ pub struct UpArgs {
     /// unless --mtu says otherwise).
     #[arg(long)]
     pub no_path_mtu: bool,
+    /// Open the TUN without offloads (no `IFF_VNET_HDR`, no TSO/GRO): one packet per read
+    /// and write.
+    #[arg(long)]
+    pub no_offload: bool,
     /// Relay for other nodes (peer relays) on this UDP port, bound dual-stack beside the
     /// node's own; the policy's `relay` rules (or `autoRelay`) say for whom.
     #[arg(long)]

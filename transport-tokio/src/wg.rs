@@ -139,6 +139,15 @@ pub fn open_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(AsyncDevice,
     ))
 }
 
+/// Super-packets of at most 64 segments on the offloading TUN `ifname` (what a frame's slots
+/// hold, and older kernels' UDP_MAX_SEGMENTS): the kernel cuts larger ones itself before the
+/// TUN. Without it, such a frame is dropped here.
+pub(crate) fn limit_gso_segments(ifname: &str) {
+    if let Err(e) = ip_cmd(&["link", "set", "dev", ifname, "gso_max_segs", "64"]) {
+        tracing::warn!(error = %e, "gso_max_segs not set; super-packets over 64 segments are dropped");
+    }
+}
+
 /// Runs the tunnel until `shutdown` completes. SIGUSR1 forces a new handshake with every peer.
 pub async fn run(
     config: WgConfig,
@@ -162,11 +171,7 @@ pub async fn run(
         ip_cmd(&["address", "add", &a.to_string(), "dev", ifname])?;
     }
     if offload.tcp {
-        // Super-packets of at most 64 segments (what a frame's slots hold, and the older
-        // kernels' UDP_MAX_SEGMENTS): the kernel cuts larger ones itself before the TUN.
-        if let Err(e) = ip_cmd(&["link", "set", "dev", ifname, "gso_max_segs", "64"]) {
-            tracing::warn!(error = %e, "gso_max_segs not set; super-packets over 64 segments are cut here");
-        }
+        limit_gso_segments(ifname);
     }
     ip_cmd(&["link", "set", "dev", ifname, "up"])?;
 
@@ -430,7 +435,7 @@ async fn outbound(
 /// Reads one offload frame: `None` for a single packet, which stays in `frame` with its
 /// partial checksum completed (so any size the TUN's MTU allows passes); for a super-packet,
 /// the number of segments it was cut into (in `segments`, lengths in `lens`).
-fn frame_segments(
+pub(crate) fn frame_segments(
     frame: &mut [u8],
     segments: &mut [u8],
     layout: SlotLayout,
@@ -541,7 +546,7 @@ async fn inbound(
             let packet = &plain[at..at + len];
             if offload.tcp {
                 if gro.push(packet).is_err() {
-                    write_frames(&tun, &mut gro).await?;
+                    write_frames(&tun, &mut gro).await;
                     let _ = gro.push(packet);
                 }
             } else if let Err(e) = tun.send(packet).await {
@@ -549,7 +554,7 @@ async fn inbound(
                 tracing::debug!(error = %e, "TUN write failed");
             }
         }
-        write_frames(&tun, &mut gro).await?;
+        write_frames(&tun, &mut gro).await;
         for (src, at, len) in cookies.drain(..) {
             let _ = socket.send_to(&plain[at..at + len], src).await;
         }
@@ -561,7 +566,7 @@ async fn inbound(
 const RECV_FRAMES: usize = crate::transport::RECV_SLOTS;
 
 /// Writes the coalesced frames to the TUN, then forgets them.
-async fn write_frames(tun: &AsyncDevice, gro: &mut Coalescer) -> io::Result<()> {
+pub(crate) async fn write_frames(tun: &AsyncDevice, gro: &mut Coalescer) {
     for frame in gro.frames() {
         if let Err(e) = tun.send(frame).await {
             // A frame the kernel refuses (or a device going down) costs only itself.
@@ -569,7 +574,6 @@ async fn write_frames(tun: &AsyncDevice, gro: &mut Coalescer) -> io::Result<()> 
         }
     }
     gro.clear();
-    Ok(())
 }
 
 async fn timers(

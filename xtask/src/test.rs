@@ -41,6 +41,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "pcp_decode",
     "portmap_client",
     "relay_server",
+    "offload",
 ];
 
 pub fn run(install: bool) -> Result<()> {

@@ -41,6 +41,8 @@ pub struct UpConfig {
     pub mtu: Option<u16>,
     /// Probe each peer's path MTU and follow it.
     pub path_mtu: bool,
+    /// Open the TUN with offloads (`IFF_VNET_HDR`, TSO/USO; plain packets if refused).
+    pub offload: bool,
 }
 
 impl std::fmt::Debug for UpConfig {
@@ -60,6 +62,7 @@ impl std::fmt::Debug for UpConfig {
             .field("relay_max_mbit", &self.relay_max_mbit)
             .field("mtu", &self.mtu)
             .field("path_mtu", &self.path_mtu)
+            .field("offload", &self.offload)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +90,7 @@ mod tests {
             relay_max_mbit: 1000,
             mtu: None,
             path_mtu: true,
+            offload: true,
         };
         let s = format!("{cfg:?}");
         assert!(

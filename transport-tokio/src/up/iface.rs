@@ -13,28 +13,27 @@ use tokio::sync::mpsc;
 use crate::derp_client::DerpUrl;
 use crate::node::NodeCommand;
 
-/// Creates the TUN interface `name` with `addresses` and routes the tailnet through it.
+/// Creates the TUN interface `name` with `addresses` and routes the tailnet through it, with
+/// offloads if asked and the kernel agrees.
 pub(crate) fn create_tun(
     name: &str,
     addresses: &[IpAddr],
     mtu: u16,
-) -> Result<Arc<tun::AsyncDevice>> {
+    offload: bool,
+) -> Result<(Arc<tun_rs::AsyncDevice>, crate::wg::TunOffload)> {
     let v4 = addresses
         .iter()
         .find(|a| a.is_ipv4())
         .copied()
         .context("the control server gave no IPv4 address")?;
-    let mut tun_config = tun::Configuration::default();
-    tun_config.tun_name(name).mtu(mtu).up();
-    if let IpAddr::V4(a) = v4 {
-        tun_config
-            .address(a)
-            .netmask(std::net::Ipv4Addr::new(255, 255, 255, 255));
+    let (tun, offloads) = crate::wg::open_tun(name, mtu, offload)
+        .with_context(|| format!("creating TUN {name} (needs root or CAP_NET_ADMIN)"))?;
+    ip_cmd(&["address", "add", &format!("{v4}/32"), "dev", name])?;
+    if offloads.tcp {
+        crate::wg::limit_gso_segments(name);
     }
-    let tun = Arc::new(
-        tun::create_as_async(&tun_config)
-            .with_context(|| format!("creating TUN {name} (needs root or CAP_NET_ADMIN)"))?,
-    );
+    ip_cmd(&["link", "set", "dev", name, "up"])?;
+    let tun = Arc::new(tun);
     ip_cmd(&["route", "replace", "100.64.0.0/10", "dev", name])?;
     for a in addresses {
         if let IpAddr::V6(v6) = a {
@@ -56,7 +55,7 @@ pub(crate) fn create_tun(
             }
         }
     }
-    Ok(tun)
+    Ok((tun, offloads))
 }
 
 /// The tailnet's IPv6 prefix, routed through the TUN: the /48 the control server's ULA

@@ -86,7 +86,8 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         };
     let interface_mtu = iface::interface_mtu();
     let tun_mtu = iface::tun_mtu(cfg.mtu, interface_mtu, path_mtu);
-    let tun = iface::create_tun(&cfg.tun, &node.addresses, tun_mtu)?;
+    let (tun, offload) = iface::create_tun(&cfg.tun, &node.addresses, tun_mtu, cfg.offload)?;
+    tracing::info!(tso = offload.tcp, uso = offload.udp, "TUN offloads");
     let local = socket.local_addr()?;
     let port = local.port();
     let families = SocketFamilies::of(local);
@@ -172,12 +173,20 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .map(|_| ())?)
     });
     let (session, pool) = (driver.session(), buffers.clone());
-    tasks.spawn(paths::tun_to_peers(tun.clone(), session, outbound, pool));
+    tasks.spawn(paths::tun_to_peers(
+        tun.clone(),
+        offload,
+        tun_mtu,
+        session,
+        outbound,
+        pool,
+    ));
     let (session, inputs) = (driver.session(), driver.inputs());
     let relay_forwarded = !cfg.relay_endpoints.is_empty();
     tasks.spawn(paths::engine_events(
         events,
         tun,
+        offload,
         session,
         inputs,
         pings,

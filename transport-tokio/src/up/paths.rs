@@ -12,49 +12,140 @@ use burrow_session::{Input, Session};
 use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
+use burrow_offload::{Coalescer, SlotLayout, MAX_SEGMENTS, VNET_HDR_LEN};
+
 use crate::local_api::PingWaiters;
 use crate::node::BufferPool;
 use crate::session::lock;
 use crate::transport::now;
+use crate::wg::TunOffload;
 
 /// TUN → peers: each packet goes to the peer owning its destination, its flow recorded so
-/// the answer is let back in.
+/// the answer is let back in. From an offloading TUN, a super-packet is cut into segments
+/// first (one session lock per frame).
 pub(crate) async fn tun_to_peers(
-    tun: Arc<tun::AsyncDevice>,
+    tun: Arc<tun_rs::AsyncDevice>,
+    offload: TunOffload,
+    mtu: u16,
     session: Arc<Mutex<Session>>,
     outbound: mpsc::Sender<(PublicKey, Vec<u8>)>,
     buffers: BufferPool,
 ) -> Result<()> {
-    let mut buf = vec![0u8; 65_536];
+    let mut frame = vec![0u8; VNET_HDR_LEN + 65_535];
+    let layout = SlotLayout {
+        stride: usize::from(mtu).max(1280) + 64,
+        headroom: 0,
+        tailroom: 0,
+    };
+    let slots = if offload.tcp { MAX_SEGMENTS } else { 0 };
+    let mut segments = vec![0u8; slots * layout.stride];
+    let mut lens = [0usize; MAX_SEGMENTS];
+    let mut routed: Vec<(PublicKey, Vec<u8>)> = Vec::with_capacity(MAX_SEGMENTS);
     loop {
-        let n = tun.recv(&mut buf).await?;
-        let packet = &buf[..n];
-        let Some(peer) = lock(&session).route_outbound(now(), packet) else {
-            continue;
+        let n = tun.recv(&mut frame).await?;
+        // The frame's packets: itself, or (offloading) its one packet or its segments.
+        let (single, count) = if !offload.tcp {
+            (Some(0..n), 1)
+        } else {
+            match crate::wg::frame_segments(&mut frame[..n], &mut segments, layout, &mut lens) {
+                Ok(None) => (Some(VNET_HDR_LEN..n), 1),
+                Ok(Some(count)) => (None, count),
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN frame dropped");
+                    continue;
+                }
+            }
         };
-        if outbound.send((peer, buffers.take(packet))).await.is_err() {
-            return Ok(()); // the engine stopped
+        {
+            let mut s = lock(&session);
+            let t = now();
+            for i in 0..count {
+                let packet = match &single {
+                    Some(range) => &frame[range.clone()],
+                    None => &segments[i * layout.stride..i * layout.stride + lens[i]],
+                };
+                if let Some(peer) = s.route_outbound(t, packet) {
+                    routed.push((peer, buffers.take(packet)));
+                }
+            }
+        }
+        for item in routed.drain(..) {
+            if outbound.send(item).await.is_err() {
+                return Ok(()); // the engine stopped
+            }
         }
     }
 }
 
-/// Engine events: packets through the filter into the TUN, endpoints to the session.
+/// Events handled before the packets they let in are written to an offloading TUN, at most.
+const EVENT_BATCH: usize = 256;
+
+/// Engine events: packets through the filter into the TUN (an offloading one gets a batch's
+/// packets coalesced into super-packets), endpoints to the session.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn engine_events(
     mut events: mpsc::Receiver<Event>,
-    tun: Arc<tun::AsyncDevice>,
+    tun: Arc<tun_rs::AsyncDevice>,
+    offload: TunOffload,
     session: Arc<Mutex<Session>>,
     inputs: mpsc::Sender<Input>,
     pings: PingWaiters,
     buffers: BufferPool,
     relay_forwarded: bool,
 ) -> Result<()> {
-    while let Some(e) = events.recv().await {
+    let mut gro = Coalescer::new(offload.udp, EVENT_BATCH);
+    while let Some(first) = events.recv().await {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(e) = next.take() {
+            handle_event(
+                e,
+                &tun,
+                offload,
+                &mut gro,
+                &session,
+                &inputs,
+                &pings,
+                &buffers,
+                relay_forwarded,
+            )
+            .await;
+            taken += 1;
+            if offload.tcp && taken < EVENT_BATCH {
+                next = events.try_recv().ok();
+            }
+        }
+        crate::wg::write_frames(&tun, &mut gro).await;
+    }
+    Ok(())
+}
+
+/// One engine event.
+#[allow(clippy::too_many_arguments)]
+async fn handle_event(
+    e: Event,
+    tun: &tun_rs::AsyncDevice,
+    offload: TunOffload,
+    gro: &mut Coalescer,
+    session: &Arc<Mutex<Session>>,
+    inputs: &mpsc::Sender<Input>,
+    pings: &PingWaiters,
+    buffers: &BufferPool,
+    relay_forwarded: bool,
+) {
+    {
         match e {
             Event::Packet { peer, data } => {
                 // The engine already dropped packets whose inner source is not one of this
                 // peer's addresses (cryptokey routing); the filter keys its flows by peer too.
-                let verdict = lock(&session).admit_inbound(now(), &peer, &data);
+                let verdict = lock(session).admit_inbound(now(), &peer, &data);
                 match verdict {
+                    Verdict::Accept | Verdict::Reply if offload.tcp => {
+                        if gro.push(&data).is_err() {
+                            crate::wg::write_frames(tun, gro).await;
+                            let _ = gro.push(&data);
+                        }
+                    }
                     Verdict::Accept | Verdict::Reply => {
                         let _ = tun.send(&data).await;
                     }
@@ -83,7 +174,7 @@ pub(crate) async fn engine_events(
             }
             Event::PeerRelayChanged { peer, relay, rtt } => {
                 let via = relay.map(|r| {
-                    lock(&session)
+                    lock(session)
                         .peers()
                         .find(|(_, k)| **k == r)
                         .map_or_else(|| r.to_string(), |(p, _)| p.node.name.clone())
@@ -115,7 +206,6 @@ pub(crate) async fn engine_events(
             _ => {}
         }
     }
-    Ok(())
 }
 
 /// Whether the relay port is reachable from anywhere, for `autoRelay`: the operator declared
