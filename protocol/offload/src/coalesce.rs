@@ -20,14 +20,12 @@
 
 use crate::checksum;
 use crate::virtio::{GsoType, VirtioNetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
+use crate::{TCP, TCP_PSH, UDP};
 
 /// At most this many packets go into one frame.
 pub const MAX_SEGMENTS: usize = 64;
 const MAX_IP_LEN: usize = 65_535;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
 
 /// Every frame slot is taken: write the frames, [`Coalescer::clear`], and push again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

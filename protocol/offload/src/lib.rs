@@ -11,6 +11,11 @@ pub use coalesce::{Coalescer, CoalescerFull, MAX_SEGMENTS};
 pub use split::{complete_checksum, plan, split, Plan, SlotLayout};
 pub use virtio::{GsoType, VirtioNetHdr, F_DATA_VALID, F_NEEDS_CSUM, VNET_HDR_LEN};
 
+/// IP protocol numbers and TCP flags both directions need.
+pub(crate) const TCP: u8 = 6;
+pub(crate) const UDP: u8 = 17;
+pub(crate) const TCP_PSH: u8 = 0x08;
+
 /// Why a frame cannot be split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum OffloadError {

@@ -3,12 +3,9 @@
 
 use crate::checksum;
 use crate::virtio::{GsoType, VirtioNetHdr};
-use crate::OffloadError;
+use crate::{OffloadError, TCP, TCP_PSH, UDP};
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// Where segments go: segment `i` starts at `i * stride + headroom` of the output buffer and

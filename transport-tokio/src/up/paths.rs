@@ -133,78 +133,76 @@ async fn handle_event(
     buffers: &BufferPool,
     relay_forwarded: bool,
 ) {
-    {
-        match e {
-            Event::Packet { peer, data } => {
-                // The engine already dropped packets whose inner source is not one of this
-                // peer's addresses (cryptokey routing); the filter keys its flows by peer too.
-                let verdict = lock(session).admit_inbound(now(), &peer, &data);
-                match verdict {
-                    Verdict::Accept | Verdict::Reply if offload.tcp => {
-                        if gro.push(&data).is_err() {
-                            crate::wg::write_frames(tun, gro).await;
-                            let _ = gro.push(&data);
-                        }
-                    }
-                    Verdict::Accept | Verdict::Reply => {
-                        let _ = tun.send(&data).await;
-                    }
-                    Verdict::Drop(reason) => {
-                        tracing::debug!(%peer, ?reason, "dropped by the packet filter");
+    match e {
+        Event::Packet { peer, data } => {
+            // The engine already dropped packets whose inner source is not one of this
+            // peer's addresses (cryptokey routing); the filter keys its flows by peer too.
+            let verdict = lock(session).admit_inbound(now(), &peer, &data);
+            match verdict {
+                Verdict::Accept | Verdict::Reply if offload.tcp => {
+                    if gro.push(&data).is_err() {
+                        crate::wg::write_frames(tun, gro).await;
+                        let _ = gro.push(&data);
                     }
                 }
-                buffers.give(data);
-            }
-            Event::Endpoints { candidates, nat } => {
-                tracing::debug!(?candidates, ?nat, "endpoints");
-                let endpoints = candidates.iter().map(|c| c.addr).collect();
-                // Never wait on the session here (packets queue behind this): the next STUN
-                // round reports the endpoints again if this one did not fit.
-                let _ = inputs.try_send(Input::LocalEndpoints(endpoints));
-                // A relay port anyone can reach makes a relay eligible under `autoRelay`.
-                let host: Vec<std::net::IpAddr> = super::iface::local_addresses(0, &[], true)
-                    .iter()
-                    .map(SocketAddr::ip)
-                    .collect();
-                let fixed = relay_reachable(nat.as_ref(), &host, relay_forwarded);
-                let _ = inputs.try_send(Input::FixedMapping(fixed));
-            }
-            Event::PathChanged { peer, from, to } => {
-                tracing::info!(%peer, ?from, ?to, "path changed");
-            }
-            Event::PeerRelayChanged { peer, relay, rtt } => {
-                let via = relay.map(|r| {
-                    lock(session)
-                        .peers()
-                        .find(|(_, k)| **k == r)
-                        .map_or_else(|| r.to_string(), |(p, _)| p.node.name.clone())
-                });
-                tracing::info!(%peer, relay = ?via, ?rtt, "peer relay changed");
-            }
-            Event::PingResult {
-                peer,
-                via,
-                peer_relay,
-                latency,
-            } => {
-                let mut waiting = pings.lock().expect("pings");
-                if let Some(k) = waiting.iter().position(|(p, _)| *p == peer) {
-                    let (_, tx) = waiting.remove(k);
-                    let _ = tx.send(crate::local_api::PingAnswer {
-                        via,
-                        peer_relay,
-                        latency,
-                    });
+                Verdict::Accept | Verdict::Reply => {
+                    let _ = tun.send(&data).await;
+                }
+                Verdict::Drop(reason) => {
+                    tracing::debug!(%peer, ?reason, "dropped by the packet filter");
                 }
             }
-            Event::BirthdayStarted { peer, probing } => {
-                tracing::info!(%peer, probing, "birthday search started");
-            }
-            Event::BirthdayExhausted { peer, probes, .. } => {
-                tracing::info!(%peer, probes, "birthday attempt spent its budget");
-            }
-            _ => {}
+            buffers.give(data);
         }
+        Event::Endpoints { candidates, nat } => {
+            tracing::debug!(?candidates, ?nat, "endpoints");
+            let endpoints = candidates.iter().map(|c| c.addr).collect();
+            // Never wait on the session here (packets queue behind this): the next STUN
+            // round reports the endpoints again if this one did not fit.
+            let _ = inputs.try_send(Input::LocalEndpoints(endpoints));
+            // A relay port anyone can reach makes a relay eligible under `autoRelay`.
+            let host: Vec<std::net::IpAddr> = super::iface::local_addresses(0, &[], true)
+                .iter()
+                .map(SocketAddr::ip)
+                .collect();
+            let fixed = relay_reachable(nat.as_ref(), &host, relay_forwarded);
+            let _ = inputs.try_send(Input::FixedMapping(fixed));
+        }
+        Event::PathChanged { peer, from, to } => {
+            tracing::info!(%peer, ?from, ?to, "path changed");
+        }
+        Event::PeerRelayChanged { peer, relay, rtt } => {
+            let via = relay.map(|r| {
+                lock(session)
+                    .peers()
+                    .find(|(_, k)| **k == r)
+                    .map_or_else(|| r.to_string(), |(p, _)| p.node.name.clone())
+            });
+            tracing::info!(%peer, relay = ?via, ?rtt, "peer relay changed");
+        }
+        Event::PingResult {
+            peer,
+            via,
+            peer_relay,
+            latency,
+        } => {
+            let mut waiting = pings.lock().expect("pings");
+            if let Some(k) = waiting.iter().position(|(p, _)| *p == peer) {
+                let (_, tx) = waiting.remove(k);
+                let _ = tx.send(crate::local_api::PingAnswer {
+                    via,
+                    peer_relay,
+                    latency,
+                });
+            }
+        }
+        Event::BirthdayStarted { peer, probing } => {
+            tracing::info!(%peer, probing, "birthday search started");
+        }
+        Event::BirthdayExhausted { peer, probes, .. } => {
+            tracing::info!(%peer, probes, "birthday attempt spent its budget");
+        }
+        _ => {}
     }
 }
 
