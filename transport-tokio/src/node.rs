@@ -577,7 +577,7 @@ fn spawn_reader<S: UdpTransport>(
         };
         if socket.recv_slots() > 1 {
             // Many datagrams per system call, each copied into a buffer of the pool.
-            let mut batch = RecvBatch::new(socket.recv_slots(), READ_BUFFER);
+            let mut batch = RecvBatch::for_socket(&*socket, READ_BUFFER);
             loop {
                 if socket.recv_batch(&mut batch).await.is_err() {
                     // ICMP errors and the like: keep reading, without spinning.

@@ -63,13 +63,19 @@ pub trait UdpTransport: Send + Sync + 'static {
         1
     }
 
+    /// Bytes each slot of a [`RecvBatch`] for this socket needs at least: with UDP GRO on,
+    /// one slot takes a whole coalesced run of datagrams ([`GRO_SLOT_LEN`]).
+    fn recv_slot_len(&self) -> usize {
+        0
+    }
+
     /// Receives one or more datagrams into `batch` (its earlier contents are dropped).
     /// Without batching: one [`recv_from`](Self::recv_from).
     fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> + Send {
         async move {
             batch.clear();
             let (len, from) = self.recv_from(batch.slot_mut(0)).await?;
-            batch.push(0, from, len);
+            batch.push(from, 0, len);
             Ok(())
         }
     }
@@ -80,8 +86,9 @@ pub trait UdpTransport: Send + Sync + 'static {
 pub struct RecvBatch {
     data: Vec<u8>,
     slot_len: usize,
-    /// Per filled slot: source and length.
-    got: Vec<(SocketAddr, usize)>,
+    /// Per datagram: source, offset in `data` and length (a slot holds several when the
+    /// kernel coalesced them, UDP GRO).
+    got: Vec<(SocketAddr, usize, usize)>,
 }
 
 impl RecvBatch {
@@ -94,12 +101,17 @@ impl RecvBatch {
         }
     }
 
+    /// A batch for `socket`: its number of slots, each of `slot_len` bytes or what the
+    /// socket needs if more.
+    pub fn for_socket<S: UdpTransport>(socket: &S, slot_len: usize) -> Self {
+        RecvBatch::new(socket.recv_slots(), slot_len.max(socket.recv_slot_len()))
+    }
+
     /// The datagrams read, in order: source and bytes.
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
-        self.got.iter().enumerate().map(|(i, &(from, len))| {
-            let at = i * self.slot_len;
-            (from, &self.data[at..at + len.min(self.slot_len)])
-        })
+        self.got
+            .iter()
+            .map(|&(from, at, len)| (from, &self.data[at..at + len]))
     }
 
     /// How many datagrams the last read brought.
@@ -125,10 +137,41 @@ impl RecvBatch {
         &mut self.data[at..at + self.slot_len]
     }
 
-    /// Records slot `i` as read (slots are filled in order).
-    fn push(&mut self, i: usize, from: SocketAddr, len: usize) {
-        debug_assert_eq!(i, self.got.len());
-        self.got.push((from, len));
+    /// Records a datagram of `len` bytes at `at` as read (in order).
+    fn push(&mut self, from: SocketAddr, at: usize, len: usize) {
+        let len = len.min(self.data.len().saturating_sub(at));
+        self.got.push((from, at, len));
+    }
+
+    /// Records what one read put into slot `i`: `len` bytes, cut into datagrams of `stride`
+    /// bytes (the last may be shorter) when the kernel coalesced a run (UDP GRO). When the
+    /// slot was too small for what arrived (`truncated`), a datagram it cut is dropped.
+    fn push_slot(
+        &mut self,
+        i: usize,
+        from: SocketAddr,
+        len: usize,
+        stride: Option<usize>,
+        truncated: bool,
+    ) {
+        let base = i * self.slot_len;
+        let len = len.min(self.slot_len);
+        if len == 0 && !truncated {
+            self.push(from, base, 0);
+            return;
+        }
+        let stride = stride.filter(|&s| s > 0).unwrap_or(len.max(1));
+        let mut at = 0;
+        while at < len {
+            let seg = stride.min(len - at);
+            // Only the last piece can have been cut; a whole datagram that filled the slot
+            // to its end cannot be told from a cut one, so both go.
+            if truncated && at + stride >= len {
+                break;
+            }
+            self.push(from, base + at, seg);
+            at += stride;
+        }
     }
 }
 
@@ -138,11 +181,16 @@ impl RecvBatch {
 /// same-sized WireGuard datagrams between two legs, and GSO lets one buffer cross the kernel
 /// (on veth, through every router namespace behind it) instead of one per packet.
 ///
-/// No socket option changes: GRO stays off (each datagram arrives as itself) and path MTU
-/// handling is the kernel's default. GSO is used only where the kernel knows `UDP_SEGMENT`
-/// (Linux 4.18 and later; an older one would send a run as one large datagram). A run the
-/// kernel refuses goes out one datagram at a time; a streak of refusals turns GSO off for a
-/// while.
+/// Path MTU handling is the kernel's default. GSO is used only where the kernel knows
+/// `UDP_SEGMENT` (Linux 4.18 and later; an older one would send a run as one large datagram).
+/// A run the kernel refuses goes out one datagram at a time; a streak of refusals turns GSO
+/// off for a while.
+///
+/// [`with_gro`](Self::with_gro) turns UDP GRO on where the kernel has it (Linux 5.0): a run
+/// that crossed the kernel as one buffer (sent with GSO over veth or loopback, or merged by
+/// the NIC) is read as one, and [`RecvBatch`] cuts it back into datagrams. Every read must
+/// then go through [`recv_batch`](UdpTransport::recv_batch) with
+/// [`RecvBatch::for_socket`]'s slots: a plain `recv_from` would see a run as one datagram.
 #[derive(Debug)]
 pub struct BatchUdpSocket {
     io: UdpSocket,
@@ -153,7 +201,12 @@ pub struct BatchUdpSocket {
     gso_refusals: std::sync::atomic::AtomicU32,
     /// Datagrams sent one at a time since GSO was turned off.
     singles: std::sync::atomic::AtomicU32,
+    /// UDP GRO is on: a read may bring a coalesced run.
+    gro: bool,
 }
+
+/// Bytes a [`RecvBatch`] slot needs for a coalesced run (UDP GRO): the largest IP payload.
+pub const GRO_SLOT_LEN: usize = 65_535;
 
 /// Datagrams one `recvmmsg` call reads at most.
 pub const RECV_SLOTS: usize = 32;
@@ -176,7 +229,28 @@ impl BatchUdpSocket {
             gso: std::sync::atomic::AtomicBool::new(gso_supported),
             gso_refusals: std::sync::atomic::AtomicU32::new(0),
             singles: std::sync::atomic::AtomicU32::new(0),
+            gro: false,
         }
+    }
+
+    /// Wraps a bound socket with UDP GRO on if the kernel takes it (see the type's notes:
+    /// reads then go through `recv_batch` only).
+    pub fn with_gro(io: UdpSocket) -> Self {
+        let gro =
+            nix::sys::socket::setsockopt(&io, nix::sys::socket::sockopt::UdpGroSegment, &true)
+                .is_ok();
+        if !gro {
+            tracing::info!("UDP GRO not available; one datagram per read slot");
+        }
+        BatchUdpSocket {
+            gro,
+            ..BatchUdpSocket::new(io)
+        }
+    }
+
+    /// Whether UDP GRO is on.
+    pub fn gro(&self) -> bool {
+        self.gro
     }
 
     /// Each datagram, one at a time; the first error is returned once all were tried.
@@ -309,16 +383,28 @@ impl UdpTransport for BatchUdpSocket {
         RECV_SLOTS
     }
 
+    fn recv_slot_len(&self) -> usize {
+        if self.gro {
+            GRO_SLOT_LEN
+        } else {
+            0
+        }
+    }
+
     async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
-        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage};
+        use nix::sys::socket::{
+            recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage,
+        };
         use std::os::fd::AsRawFd;
         batch.clear();
         let slots = batch.slots().min(RECV_SLOTS);
         let slot_len = batch.slot_len;
+        let gro = self.gro;
         loop {
             self.io.readable().await?;
             let got = self.io.try_io(tokio::io::Interest::READABLE, || {
-                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, None);
+                let cmsg = gro.then(|| nix::cmsg_space!(i32));
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, cmsg);
                 let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = batch.data[..slots * slot_len]
                     .chunks_mut(slot_len)
                     .map(|c| [std::io::IoSliceMut::new(c)])
@@ -331,7 +417,7 @@ impl UdpTransport for BatchUdpSocket {
                     None,
                 )
                 .map_err(io::Error::from)?;
-                let mut got = [(None, 0usize); RECV_SLOTS];
+                let mut got = [Slot::default(); RECV_SLOTS];
                 let mut n = 0;
                 for (slot, msg) in got.iter_mut().zip(results) {
                     let from = msg
@@ -345,18 +431,34 @@ impl UdpTransport for BatchUdpSocket {
                             }
                             _ => None,
                         });
-                    *slot = (from, msg.bytes);
+                    // The run's datagram size, when the kernel coalesced one.
+                    let stride = if gro {
+                        msg.cmsgs().ok().and_then(|mut c| {
+                            c.find_map(|m| match m {
+                                ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                                _ => None,
+                            })
+                        })
+                    } else {
+                        None
+                    };
+                    *slot = Slot {
+                        from,
+                        len: msg.bytes,
+                        stride,
+                        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+                    };
                     n += 1;
                 }
                 Ok((got, n))
             });
             match got {
                 Ok((got, n)) => {
-                    for (i, (from, len)) in got.into_iter().take(n).enumerate() {
+                    for (i, slot) in got.into_iter().take(n).enumerate() {
                         // UDP always gives a source; were one missing, the datagram would come
                         // from 0.0.0.0:0, which no peer or path has.
-                        let from = from.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                        batch.push(i, from, len);
+                        let from = slot.from.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                        batch.push_slot(i, from, slot.len, slot.stride, slot.truncated);
                     }
                     return Ok(());
                 }
@@ -365,6 +467,17 @@ impl UdpTransport for BatchUdpSocket {
             }
         }
     }
+}
+
+/// What one `recvmmsg` put into a slot.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    from: Option<SocketAddr>,
+    len: usize,
+    /// Datagram size of a coalesced run (UDP GRO).
+    stride: Option<usize>,
+    /// The slot was too small for what arrived.
+    truncated: bool,
 }
 
 const EIO: i32 = nix::errno::Errno::EIO as i32;
@@ -550,6 +663,123 @@ mod tests {
             0,
             "sent as one segmented run, not refused and split"
         );
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_refuses_gso_still_sends_every_datagram_and_stops_trying() {
+        // With checksums off (SO_NO_CHECK) Linux refuses UDP GSO with EINVAL at send time,
+        // although the option reads back: a refusal only a real send finds out.
+        let io = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        const SO_NO_CHECK: libc::c_int = 11;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, and a pointer to an int with its size.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&io),
+                libc::SOL_SOCKET,
+                SO_NO_CHECK,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of_val(&on) as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK set");
+        let tx = BatchUdpSocket::new(io);
+        assert!(
+            tx.max_segments() > 1,
+            "GSO looks available before the first send"
+        );
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut sent = 0u32;
+        for run in 0..GSO_REFUSALS {
+            let mut buf = Vec::new();
+            for i in 0..3u8 {
+                buf.extend([i.wrapping_add(run as u8); 200]);
+            }
+            tx.send_segments(&buf, 200, to).await.unwrap();
+            sent += 3;
+            for i in 0..3u8 {
+                let (d, _) = recv(&rx).await;
+                assert_eq!(
+                    d,
+                    vec![i.wrapping_add(run as u8); 200],
+                    "run {run} datagram {i}"
+                );
+            }
+        }
+        assert_eq!(sent, 3 * GSO_REFUSALS);
+        assert_eq!(tx.max_segments(), 1, "a streak of refusals turns GSO off");
+        // Off, a run goes out singly without asking the kernel again, and still arrives whole.
+        tx.send_segments(&[7u8; 250], 100, to).await.unwrap();
+        assert_eq!(recv(&rx).await.0, vec![7u8; 100]);
+        assert_eq!(recv(&rx).await.0, vec![7u8; 100]);
+        assert_eq!(recv(&rx).await.0, vec![7u8; 50]);
+        assert_eq!(
+            tx.gso_refusals.load(std::sync::atomic::Ordering::Relaxed),
+            GSO_REFUSALS
+        );
+    }
+
+    #[tokio::test]
+    async fn a_coalesced_run_is_read_back_as_its_datagrams() {
+        let rx = BatchUdpSocket::with_gro(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        assert!(rx.gro(), "Linux has UDP GRO");
+        let to = rx.local_addr().unwrap();
+        let tx = BatchUdpSocket::new(bind_udp_socket(0).unwrap());
+        let mut expected = Vec::new();
+        for run in 0..3u8 {
+            let mut buf = Vec::new();
+            for i in 0..20u8 {
+                buf.extend([run * 32 + i; 1000]);
+                expected.push(vec![run * 32 + i; 1000]);
+            }
+            buf.extend([run * 32 + 31; 10]);
+            expected.push(vec![run * 32 + 31; 10]);
+            tx.send_segments(&buf, 1000, to).await.unwrap();
+        }
+        let mut batch = RecvBatch::for_socket(&rx, 2048);
+        let mut got = Vec::new();
+        let mut reads = 0;
+        while got.len() < expected.len() {
+            tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv_batch(&mut batch))
+                .await
+                .expect("datagrams in time")
+                .unwrap();
+            reads += 1;
+            // Without GRO every datagram would start a slot of its own.
+            assert!(
+                batch.got.windows(2).any(|w| w[1].1 == w[0].1 + w[0].2),
+                "a run crossed the kernel as one and shared a slot"
+            );
+            got.extend(batch.datagrams().map(|(_, d)| d.to_vec()));
+        }
+        assert_eq!(got, expected, "every datagram, whole and in order");
+        assert!(reads <= 3, "a run per slot at most ({reads} reads)");
+    }
+
+    #[test]
+    fn a_slot_is_cut_at_the_run_stride_and_a_cut_datagram_is_dropped() {
+        let from: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        let lens = |b: &RecvBatch| b.datagrams().map(|(_, d)| d.len()).collect::<Vec<_>>();
+        let mut b = RecvBatch::new(2, 100);
+        b.push_slot(0, from, 70, Some(30), false);
+        b.push_slot(1, from, 30, None, false);
+        assert_eq!(lens(&b), [30, 30, 10, 30]);
+        assert_eq!(
+            b.datagrams().nth(3).unwrap().1.as_ptr(),
+            b.data[100..].as_ptr()
+        );
+        b.clear();
+        // The run did not fit: the datagram cut at the slot's end goes, the rest stay.
+        b.push_slot(0, from, 100, Some(30), true);
+        assert_eq!(lens(&b), [30, 30, 30]);
+        b.clear();
+        // A single datagram larger than the slot is not passed on cut.
+        b.push_slot(0, from, 100, None, true);
+        assert!(b.is_empty());
+        // An empty datagram is still one.
+        b.push_slot(1, from, 0, None, false);
+        assert_eq!(lens(&b), [0]);
     }
 
     #[tokio::test]

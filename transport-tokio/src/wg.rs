@@ -110,7 +110,9 @@ pub struct TunOffload {
     pub udp: bool,
 }
 
-/// Opens the TUN `name` with offloads if asked and the kernel agrees, else without.
+/// Opens the TUN `name` with offloads if asked and the kernel agrees, else without. An
+/// offloading TUN also needs super-packets capped at 64 segments (what a frame's slots hold);
+/// a kernel that does not take the cap gets a plain TUN, so no super-packet is ever dropped.
 pub fn open_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(AsyncDevice, TunOffload)> {
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
@@ -121,7 +123,7 @@ pub fn open_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(AsyncDevice,
     };
     if offload {
         match build(true) {
-            Ok(dev) if dev.tcp_gso() => {
+            Ok(dev) if dev.tcp_gso() && limit_gso_segments(name) => {
                 let udp = dev.udp_gso();
                 return Ok((dev, TunOffload { tcp: true, udp }));
             }
@@ -139,13 +141,42 @@ pub fn open_tun(name: &str, mtu: u16, offload: bool) -> io::Result<(AsyncDevice,
     ))
 }
 
-/// Super-packets of at most 64 segments on the offloading TUN `ifname` (what a frame's slots
-/// hold, and older kernels' UDP_MAX_SEGMENTS): the kernel cuts larger ones itself before the
-/// TUN. Without it, such a frame is dropped here.
-pub(crate) fn limit_gso_segments(ifname: &str) {
-    if let Err(e) = ip_cmd(&["link", "set", "dev", ifname, "gso_max_segs", "64"]) {
-        tracing::warn!(error = %e, "gso_max_segs not set; super-packets over 64 segments are dropped");
+/// Caps super-packets on the TUN `ifname` at [`burrow_offload::MAX_SEGMENTS`] segments (the
+/// kernel cuts larger ones itself before the TUN), and reads the cap back: an old kernel or
+/// `ip` may accept the command and ignore it. False when the cap does not hold.
+fn limit_gso_segments(ifname: &str) -> bool {
+    let max = burrow_offload::MAX_SEGMENTS;
+    if let Err(e) = ip_cmd(&[
+        "link",
+        "set",
+        "dev",
+        ifname,
+        "gso_max_segs",
+        &max.to_string(),
+    ]) {
+        tracing::info!(error = %e, "gso_max_segs not taken; plain TUN packets");
+        return false;
     }
+    // Read back through netlink (`ip -d link`): /sys may show another network namespace.
+    let segs = std::process::Command::new("ip")
+        .args(["-d", "link", "show", "dev", ifname])
+        .output()
+        .ok()
+        .and_then(|out| gso_max_segs(&String::from_utf8_lossy(&out.stdout)));
+    match segs {
+        Some(segs) if segs <= max => true,
+        other => {
+            tracing::info!(?other, "gso_max_segs does not hold; plain TUN packets");
+            false
+        }
+    }
+}
+
+/// The `gso_max_segs` value in `ip -d link show` output.
+fn gso_max_segs(details: &str) -> Option<usize> {
+    let mut words = details.split_whitespace();
+    words.find(|w| *w == "gso_max_segs")?;
+    words.next()?.parse().ok()
 }
 
 /// Runs the tunnel until `shutdown` completes. SIGUSR1 forces a new handshake with every peer.
@@ -161,17 +192,14 @@ pub async fn run(
         source,
     })?;
     let families = SocketFamilies::of(socket.local_addr()?);
-    let socket = BatchUdpSocket::new(socket);
+    let socket = BatchUdpSocket::with_gro(socket);
     let (tun, offload) =
         open_tun(ifname, iface.mtu, options.offload).map_err(|source| WgRunError::Tun {
             name: ifname.to_owned(),
             source,
         })?;
     for a in &iface.addresses {
-        ip_cmd(&["address", "add", &a.to_string(), "dev", ifname])?;
-    }
-    if offload.tcp {
-        limit_gso_segments(ifname);
+        ip_cmd(&["address", "replace", &a.to_string(), "dev", ifname])?;
     }
     ip_cmd(&["link", "set", "dev", ifname, "up"])?;
 
@@ -232,6 +260,7 @@ pub async fn run(
         tso = offload.tcp,
         uso = offload.udp,
         gso = socket.max_segments() > 1,
+        gro = socket.gro(),
         "burrow wg up"
     );
 
@@ -489,7 +518,7 @@ async fn inbound(
     socket: Arc<BatchUdpSocket>,
     offload: TunOffload,
 ) -> Result<(), WgRunError> {
-    let mut batch = RecvBatch::new(socket.recv_slots(), 65_535);
+    let mut batch = RecvBatch::for_socket(&*socket, 65_535);
     // Plaintexts of one batch back to back, and where each lies.
     let mut plain: Vec<u8> = Vec::new();
     let mut delivered: Vec<(usize, usize)> = Vec::new();
@@ -609,5 +638,25 @@ async fn timers(
             }
         }
         send_all(&socket, &mut pending).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gso_max_segs;
+
+    #[test]
+    fn the_segment_cap_is_read_from_ip_link_details() {
+        let details = "7: bw0: <POINTOPOINT,MULTICAST,NOARP> mtu 1420 qdisc noop state DOWN\n    \
+            link/none  promiscuity 0 minmtu 68 maxmtu 65535\n    tun type tun pi off vnet_hdr on \
+            multi_queue off numtxqueues 1 gso_max_size 65536 gso_max_segs 64 tso_max_size 65536";
+        assert_eq!(gso_max_segs(details), Some(64));
+        assert_eq!(
+            gso_max_segs("gso_max_size 65536 gso_max_segs 65535"),
+            Some(65_535)
+        );
+        // An `ip` too old to print it, or output cut short: no cap known.
+        assert_eq!(gso_max_segs("link/none promiscuity 0"), None);
+        assert_eq!(gso_max_segs("gso_max_segs"), None);
     }
 }

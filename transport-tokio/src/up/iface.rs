@@ -28,10 +28,7 @@ pub(crate) fn create_tun(
         .context("the control server gave no IPv4 address")?;
     let (tun, offloads) = crate::wg::open_tun(name, mtu, offload)
         .with_context(|| format!("creating TUN {name} (needs root or CAP_NET_ADMIN)"))?;
-    ip_cmd(&["address", "add", &format!("{v4}/32"), "dev", name])?;
-    if offloads.tcp {
-        crate::wg::limit_gso_segments(name);
-    }
+    ip_cmd(&["address", "replace", &format!("{v4}/32"), "dev", name])?;
     ip_cmd(&["link", "set", "dev", name, "up"])?;
     let tun = Arc::new(tun);
     ip_cmd(&["route", "replace", "100.64.0.0/10", "dev", name])?;
@@ -43,7 +40,7 @@ pub(crate) fn create_tun(
             let added = ip_cmd(&[
                 "-6",
                 "address",
-                "add",
+                "replace",
                 &format!("{a}/128"),
                 "dev",
                 name,

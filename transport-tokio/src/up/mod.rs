@@ -42,7 +42,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let relay_socket = match cfg.relay_port {
         Some(p) => Some(
             crate::transport::bind_udp_socket(p)
-                .map(crate::transport::BatchUdpSocket::new)
+                .map(crate::transport::BatchUdpSocket::with_gro)
                 .with_context(|| format!("binding the relay's UDP port {p} (--relay-port)"))?,
         ),
         None => None,
@@ -162,7 +162,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     tasks.spawn(async move {
         Ok(run_node_with_relay(
             engine,
-            crate::transport::BatchUdpSocket::new(socket),
+            crate::transport::BatchUdpSocket::with_gro(socket),
             relay_socket,
             any,
             derp,
