@@ -352,10 +352,9 @@ impl RawConn {
         outgoing: &mut mpsc::Receiver<bytes::Bytes>,
     ) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::new();
         loop {
-            while let Some(b) = self.client.poll_transmit() {
-                write_within(&mut self.wr, &b).await?;
-            }
+            write_queued(&mut self.client, &mut self.wr, &mut out).await?;
             while let Some(e) = self.client.poll_event() {
                 on_event(e);
             }
@@ -368,7 +367,18 @@ impl RawConn {
                     self.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
                 }
                 frame = outgoing.recv() => match frame {
-                    Some(f) => write_within(&mut self.wr, &f).await?,
+                    Some(f) => {
+                        // Frames already waiting join this one's write.
+                        out.clear();
+                        out.extend_from_slice(&f);
+                        while out.len() < WRITE_BYTES {
+                            match outgoing.try_recv() {
+                                Ok(f) => out.extend_from_slice(&f),
+                                Err(_) => break,
+                            }
+                        }
+                        write_within(&mut self.wr, &out).await?;
+                    }
                     None => return Ok(()),
                 },
             }
@@ -404,6 +414,31 @@ pub const CONTROL_QUEUE: usize = 64;
 /// How long one write to the relay may block before the connection is taken for dead (the
 /// relay stopped reading) and replaced.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes of frames one write to the relay carries at most (it may carry one frame more).
+const WRITE_BYTES: usize = 256 * 1024;
+/// Packets taken off the queues before the frames they make are written: one system call
+/// (and one TLS flush) per wake-up, not per packet.
+const SEND_BATCH: usize = 32;
+
+/// Writes what `client` has queued, many frames per write.
+async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
+    client: &mut Client,
+    wr: &mut W,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    loop {
+        out.clear();
+        if !client.write_transmit(out, WRITE_BYTES) {
+            break;
+        }
+        write_within(wr, out).await?;
+    }
+    if out.capacity() > 4 * WRITE_BYTES {
+        *out = Vec::new();
+    }
+    Ok(())
+}
 
 /// Writes all of `bytes`, or fails after [`WRITE_TIMEOUT`].
 async fn write_within<W: tokio::io::AsyncWrite + Unpin>(
@@ -659,6 +694,24 @@ impl Lanes {
             }
         }
     }
+
+    /// The next packet already waiting, in the order [`recv`](Self::recv) keeps; `None` when
+    /// both queues are empty (or closed).
+    fn try_recv(&mut self) -> Option<Command> {
+        if self.streak < CONTROL_STREAK {
+            if let Ok(c) = self.control.try_recv() {
+                self.streak += 1;
+                return Some(c);
+            }
+        }
+        if let Ok(c) = self.data.try_recv() {
+            self.streak = 0;
+            return Some(c);
+        }
+        let c = self.control.try_recv().ok()?;
+        self.streak += 1;
+        Some(c)
+    }
 }
 
 /// Consumes packets while there is no connection: recent ones are held. Returns when the
@@ -684,10 +737,9 @@ async fn drive(
     wait: &mut Option<(Duration, Duration)>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::new();
     loop {
-        while let Some(b) = conn.client.poll_transmit() {
-            write_within(&mut conn.wr, &b).await?;
-        }
+        write_queued(&mut conn.client, &mut conn.wr, &mut out).await?;
         while let Some(e) = conn.client.poll_event() {
             if let ClientEvent::Restarting {
                 reconnect_in,
@@ -709,7 +761,16 @@ async fn drive(
                 conn.client.handle_bytes(&buf[..n]).map_err(io::Error::other)?;
             }
             cmd = lanes.recv() => match cmd {
-                Some((dst, data)) => conn.client.send_packet(&dst, &data),
+                Some((dst, data)) => {
+                    conn.client.send_packet(&dst, &data);
+                    // Packets already waiting join this one's write.
+                    for _ in 1..SEND_BATCH {
+                        let Some((dst, data)) = lanes.try_recv() else {
+                            break;
+                        };
+                        conn.client.send_packet(&dst, &data);
+                    }
+                }
                 None => return Ok(()),
             },
             changed = preferred.changed() => {

@@ -271,6 +271,20 @@ impl Client {
         self.out.pop_front()
     }
 
+    /// Appends queued frames to `out`, whole, until it has grown by `max` bytes or more (at
+    /// least one frame when any is queued), so a driver writes many frames in one system call.
+    /// Returns whether anything was appended.
+    pub fn write_transmit(&mut self, out: &mut Vec<u8>, max: usize) -> bool {
+        let start = out.len();
+        while out.len() - start < max.max(1) {
+            let Some(frame) = self.out.pop_front() else {
+                break;
+            };
+            out.extend_from_slice(&frame);
+        }
+        out.len() > start
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()

@@ -66,6 +66,47 @@ fn packets_queued_before_the_handshake_are_sent_after_it() {
 }
 
 #[test]
+fn queued_frames_leave_in_one_write_whole_and_in_order() {
+    let mut net = Net::new(ServerConfig::new(key(9)));
+    let a = net.connect(1, key(1), None);
+    let b = net.connect(2, key(2), None);
+    net.events(a);
+    net.events(b);
+    let client = net.clients.get_mut(&a).unwrap();
+    for i in 0..10u8 {
+        client.send_packet(&key(2).public_key(), &[i; 1000]);
+    }
+    // A byte budget cuts between frames, never inside one.
+    let mut first = Vec::new();
+    assert!(client.write_transmit(&mut first, 2500));
+    let mut rest = Vec::new();
+    assert!(client.write_transmit(&mut rest, 1 << 20));
+    assert!(
+        !client.write_transmit(&mut Vec::new(), 1 << 20),
+        "nothing left"
+    );
+    assert!(client.poll_transmit().is_none());
+    let frame = 5 + 32 + 1000;
+    assert_eq!(first.len(), 3 * frame, "frames up to the budget, whole");
+    assert_eq!(rest.len(), 7 * frame);
+    net.server.handle_bytes(net.now, a, &first);
+    net.server.handle_bytes(net.now, a, &rest);
+    net.pump();
+    let got: Vec<_> = net
+        .events(b)
+        .into_iter()
+        .map(|e| match e {
+            ClientEvent::Packet { src, data } => {
+                assert_eq!(src, key(1).public_key());
+                data
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(got, (0..10u8).map(|i| vec![i; 1000]).collect::<Vec<_>>());
+}
+
+#[test]
 fn unknown_destination_gets_peer_gone_for_disco_at_most_once_a_second() {
     let mut net = Net::new(ServerConfig::new(key(9)));
     let a = net.connect(1, key(1), None);
