@@ -74,18 +74,24 @@ fn wait_for(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn burrow_wg_and_wireguard_go_ping_bulk_tcp_and_rekey() {
-    interop("burrow_wg_and_wireguard_go", true);
+    interop("burrow_wg_and_wireguard_go", true, false);
+}
+
+/// Large batches sealed and opened on two threads (`--parallel-crypto`): still in order.
+#[test]
+fn burrow_wg_with_parallel_crypto_and_wireguard_go_ping_bulk_tcp_and_rekey() {
+    interop("burrow_wg_parallel_and_wireguard_go", true, true);
 }
 
 /// The fallback: a TUN opened without `IFF_VNET_HDR` (one packet per read and write).
 #[test]
 fn burrow_wg_without_tun_offload_and_wireguard_go_ping_bulk_tcp_and_rekey() {
-    interop("burrow_wg_without_offload_and_wireguard_go", false);
+    interop("burrow_wg_without_offload_and_wireguard_go", false, false);
 }
 
 /// Pings, bulk TCP both ways and a rekey between `burrow wg` (TUN offloads on or off) and
 /// wireguard-go, which gets plain, correctly sized datagrams either way.
-fn interop(test: &'static str, offload: bool) {
+fn interop(test: &'static str, offload: bool, parallel: bool) {
     let name = test;
     if !is_root() {
         assert!(
@@ -116,7 +122,7 @@ fn interop(test: &'static str, offload: bool) {
         return;
     };
     let burrow = burrow.to_str().unwrap().to_owned();
-    let id = std::process::id() % 10_000 * 10 + u32::from(offload);
+    let id = std::process::id() % 10_000 * 10 + u32::from(offload) + 2 * u32::from(parallel);
     let (na, nb) = (format!("bwa{id}"), format!("bwb{id}"));
     let (va, vb) = (format!("vwa{id}"), format!("vwb{id}"));
     let (ia, ib) = (format!("bwga{id}"), format!("bwgb{id}"));
@@ -237,6 +243,9 @@ fn interop(test: &'static str, offload: bool) {
     if !offload {
         args.push("--no-offload");
     }
+    if parallel {
+        args.push("--parallel-crypto");
+    }
     let mut burrow_child = spawn_logged(&args, &burrow_log);
     let burrow_pid = burrow_child.id();
     wait_for("burrow's interface", Duration::from_secs(10), || {
@@ -342,6 +351,10 @@ fn interop(test: &'static str, offload: bool) {
     assert!(log.matches("HandshakeCompleted").count() >= 2, "{log}");
     // The data path was the one asked for (this kernel takes TSO on a TUN).
     assert!(log.contains(&format!("tso={offload}")), "{log}");
+    assert!(
+        log.contains(&format!("parallel_crypto={parallel}")),
+        "{log}"
+    );
 
     let _ = burrow_child.kill();
     let _ = burrow_child.wait();

@@ -274,6 +274,11 @@ pub struct WgArgs {
     /// and write.
     #[arg(long)]
     pub no_offload: bool,
+    /// Split the sealing and opening of each large batch over two threads (its packets still
+    /// sent and delivered in order). Off by default: on a machine whose cores the traffic's
+    /// own TCP stacks already keep busy, the hand-over costs more than it saves.
+    #[arg(long)]
+    pub parallel_crypto: bool,
 }
 
 /// The arguments of `burrow derper`.

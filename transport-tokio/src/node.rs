@@ -554,7 +554,7 @@ const ENGINE_SPARE: usize = 64;
 const READER_BUFFERS: usize = 64;
 /// A reader's buffer: room for any datagram of the mesh (WireGuard at a tunnel MTU of up to
 /// 4000, `burrow up --mtu`'s limit; disco, path MTU probes, STUN); anything longer is no
-/// datagram of ours and fails to authenticate.
+/// datagram of ours and is dropped as it is read.
 const READ_BUFFER: usize = 4096;
 
 /// Reads datagrams from `socket` into buffers that come back to it over the returned sender,

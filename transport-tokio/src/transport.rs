@@ -57,8 +57,9 @@ pub trait UdpTransport: Send + Sync + 'static {
         }
     }
 
-    /// How many datagrams one [`recv_batch`](Self::recv_batch) may bring: a
-    /// [`RecvBatch`] for this socket has that many slots.
+    /// How many slots one [`recv_batch`](Self::recv_batch) fills at most (a slot holds one
+    /// datagram, or with UDP GRO a coalesced run of them): a [`RecvBatch`] for this socket has
+    /// that many.
     fn recv_slots(&self) -> usize {
         1
     }
@@ -86,6 +87,8 @@ pub trait UdpTransport: Send + Sync + 'static {
 pub struct RecvBatch {
     data: Vec<u8>,
     slot_len: usize,
+    /// Longer datagrams are dropped (a slot may be larger, for coalesced runs).
+    max_datagram: usize,
     /// Per datagram: source, offset in `data` and length (a slot holds several when the
     /// kernel coalesced them, UDP GRO).
     got: Vec<(SocketAddr, usize, usize)>,
@@ -97,14 +100,22 @@ impl RecvBatch {
         RecvBatch {
             data: vec![0; slots.max(1) * slot_len],
             slot_len,
+            max_datagram: slot_len,
             got: Vec::with_capacity(slots.max(1)),
         }
     }
 
-    /// A batch for `socket`: its number of slots, each of `slot_len` bytes or what the
-    /// socket needs if more.
-    pub fn for_socket<S: UdpTransport>(socket: &S, slot_len: usize) -> Self {
-        RecvBatch::new(socket.recv_slots(), slot_len.max(socket.recv_slot_len()))
+    /// A batch for `socket` that passes on datagrams of up to `max_datagram` bytes (longer
+    /// ones are dropped): its number of slots, each as large as the socket needs (a coalesced
+    /// run with UDP GRO) and at least `max_datagram`.
+    pub fn for_socket<S: UdpTransport>(socket: &S, max_datagram: usize) -> Self {
+        RecvBatch {
+            max_datagram,
+            ..RecvBatch::new(
+                socket.recv_slots(),
+                max_datagram.max(socket.recv_slot_len()),
+            )
+        }
     }
 
     /// The datagrams read, in order: source and bytes.
@@ -145,7 +156,8 @@ impl RecvBatch {
 
     /// Records what one read put into slot `i`: `len` bytes, cut into datagrams of `stride`
     /// bytes (the last may be shorter) when the kernel coalesced a run (UDP GRO). When the
-    /// slot was too small for what arrived (`truncated`), a datagram it cut is dropped.
+    /// slot was too small for what arrived (`truncated`), a datagram it cut is dropped; so is
+    /// one longer than the batch passes on, and a run no kernel would build.
     fn push_slot(
         &mut self,
         i: usize,
@@ -156,20 +168,23 @@ impl RecvBatch {
     ) {
         let base = i * self.slot_len;
         let len = len.min(self.slot_len);
-        if len == 0 && !truncated {
-            self.push(from, base, 0);
+        let Some(stride) = stride else {
+            if !truncated && len <= self.max_datagram {
+                self.push(from, base, len);
+            }
+            return;
+        };
+        if stride == 0 || len.div_ceil(stride) > MAX_RUN || stride > self.max_datagram {
             return;
         }
-        let stride = stride.filter(|&s| s > 0).unwrap_or(len.max(1));
         let mut at = 0;
         while at < len {
-            let seg = stride.min(len - at);
-            // Only the last piece can have been cut; a whole datagram that filled the slot
-            // to its end cannot be told from a cut one, so both go.
-            if truncated && at + stride >= len {
+            // Every datagram of a run but the last is `stride` long; a shorter piece at the
+            // end of a cut slot is a cut datagram.
+            if truncated && at + stride > len {
                 break;
             }
-            self.push(from, base + at, seg);
+            self.push(from, base + at, stride.min(len - at));
             at += stride;
         }
     }
@@ -208,8 +223,11 @@ pub struct BatchUdpSocket {
 /// Bytes a [`RecvBatch`] slot needs for a coalesced run (UDP GRO): the largest IP payload.
 pub const GRO_SLOT_LEN: usize = 65_535;
 
-/// Datagrams one `recvmmsg` call reads at most.
+/// Slots one `recvmmsg` call fills at most (each a datagram, or a coalesced run with GRO).
 pub const RECV_SLOTS: usize = 32;
+/// Datagrams in one coalesced run, at most: the kernel builds up to 64 (128 on recent kernels
+/// for runs sent locally); a slot claiming more is dropped whole.
+const MAX_RUN: usize = 128;
 /// Datagrams one GSO send carries at most (the kernel's `UDP_MAX_SEGMENTS`).
 const GSO_SEGMENTS: usize = 64;
 /// GSO sends refused in a row after which the socket stops trying for [`GSO_RETRY`] datagrams.
@@ -324,6 +342,13 @@ impl UdpTransport for BatchUdpSocket {
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        if self.gro {
+            // It would take a coalesced run for one datagram.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a UDP GRO socket is read with recv_batch",
+            ));
+        }
         self.io.recv_from(buf).await
     }
 
@@ -403,7 +428,8 @@ impl UdpTransport for BatchUdpSocket {
         loop {
             self.io.readable().await?;
             let got = self.io.try_io(tokio::io::Interest::READABLE, || {
-                let cmsg = gro.then(|| nix::cmsg_space!(i32));
+                // Room for UDP_GRO's size, and to spare: a truncated control buffer is caught.
+                let cmsg = gro.then(|| nix::cmsg_space!(i32, [u8; 64]));
                 let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slots, cmsg);
                 let mut iovs: Vec<[std::io::IoSliceMut<'_>; 1]> = batch.data[..slots * slot_len]
                     .chunks_mut(slot_len)
@@ -431,22 +457,25 @@ impl UdpTransport for BatchUdpSocket {
                             }
                             _ => None,
                         });
-                    // The run's datagram size, when the kernel coalesced one.
-                    let stride = if gro {
-                        msg.cmsgs().ok().and_then(|mut c| {
+                    // The run's datagram size, when the kernel coalesced one. Control messages
+                    // that did not fit (MSG_CTRUNC) could hide it: the slot is dropped whole
+                    // rather than passed on as one datagram.
+                    let (stride, unreadable) = match (gro, msg.cmsgs()) {
+                        (false, _) => (None, false),
+                        (true, Ok(mut c)) => (
                             c.find_map(|m| match m {
                                 ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
                                 _ => None,
-                            })
-                        })
-                    } else {
-                        None
+                            }),
+                            false,
+                        ),
+                        (true, Err(_)) => (None, true),
                     };
                     *slot = Slot {
                         from,
                         len: msg.bytes,
                         stride,
-                        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+                        truncated: unreadable || msg.flags.contains(MsgFlags::MSG_TRUNC),
                     };
                     n += 1;
                 }
@@ -738,6 +767,10 @@ mod tests {
             tx.send_segments(&buf, 1000, to).await.unwrap();
         }
         let mut batch = RecvBatch::for_socket(&rx, 2048);
+        assert!(
+            rx.recv_from(&mut [0u8; 2048]).await.is_err(),
+            "a plain read would take a run for one datagram"
+        );
         let mut got = Vec::new();
         let mut reads = 0;
         while got.len() < expected.len() {
@@ -780,6 +813,23 @@ mod tests {
         // An empty datagram is still one.
         b.push_slot(1, from, 0, None, false);
         assert_eq!(lens(&b), [0]);
+        b.clear();
+        // Cut exactly at a datagram's end: every piece is whole.
+        b.push_slot(0, from, 90, Some(30), true);
+        assert_eq!(lens(&b), [30, 30, 30]);
+        b.clear();
+        // No kernel builds a run of 1-byte datagrams this long, nor one of datagrams longer
+        // than the batch passes on.
+        let mut big = RecvBatch::new(1, 1000);
+        big.max_datagram = 100;
+        big.push_slot(0, from, 1000, Some(1), false);
+        big.push_slot(0, from, 1000, Some(200), false);
+        assert!(big.is_empty());
+        // A datagram longer than the batch passes on is dropped, a run of short ones is not.
+        big.push_slot(0, from, 150, None, false);
+        assert!(big.is_empty());
+        big.push_slot(0, from, 1000, Some(100), false);
+        assert_eq!(lens(&big), [100; 10]);
     }
 
     #[tokio::test]

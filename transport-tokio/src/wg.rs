@@ -93,11 +93,18 @@ pub struct WgOptions {
     /// TCP super-packets of up to 64 KiB and takes coalesced ones back. Falls back to plain
     /// packets when the kernel refuses.
     pub offload: bool,
+    /// Split the sealing and opening of a large batch over two threads (the batch's packets
+    /// still leave and arrive in order). Off by default: measured on two cores that also run
+    /// the traffic's TCP stacks, the hand-over cost more than it saved (`BENCHMARKS.md`).
+    pub parallel_crypto: bool,
 }
 
 impl Default for WgOptions {
     fn default() -> Self {
-        WgOptions { offload: true }
+        WgOptions {
+            offload: true,
+            parallel_crypto: false,
+        }
     }
 }
 
@@ -261,6 +268,7 @@ pub async fn run(
         uso = offload.udp,
         gso = socket.max_segments() > 1,
         gro = socket.gro(),
+        parallel_crypto = options.parallel_crypto,
         "burrow wg up"
     );
 
@@ -268,6 +276,11 @@ pub async fn run(
         device: Mutex::new(device),
         endpoints: Mutex::new(endpoints),
         routes,
+        parallel_from: if options.parallel_crypto {
+            PARALLEL_FROM
+        } else {
+            usize::MAX
+        },
     });
     let socket = Arc::new(socket);
     let tun = Arc::new(tun);
@@ -309,7 +322,13 @@ struct Shared {
     device: Mutex<Device>,
     endpoints: Mutex<Vec<Option<SocketAddr>>>,
     routes: Vec<(IpNet, PeerId)>,
+    /// Packets of a batch from which sealing or opening is split over two threads.
+    parallel_from: usize,
 }
+
+/// Packets of one batch from which its sealing or opening is split over two threads: below,
+/// handing half to another thread costs about what it saves.
+const PARALLEL_FROM: usize = 8;
 
 impl Shared {
     /// Takes what the device wants sent, with each peer's current endpoint.
@@ -479,13 +498,16 @@ pub(crate) fn frame_segments(
     burrow_offload::split(&hdr, packet, segments, layout, lens).map(Some)
 }
 
-/// Seals the `count` packets `seg(i)` (one frame's, all to one destination) into `out`.
+/// Seals the `count` packets `seg(i)` (one frame's, all to one destination) into `out`: with
+/// a usable keypair, counters for all of them are taken under the device's lock and the
+/// sealing happens outside it, split over two cores for a large frame; without one, each
+/// packet goes through `encapsulate` (queued for the handshake it starts).
 fn seal<'a>(
     shared: &Shared,
     out: &mut Outgoing,
     pending: &mut Vec<(SocketAddr, Vec<u8>)>,
     count: usize,
-    seg: &dyn Fn(usize) -> &'a [u8],
+    seg: &(dyn Fn(usize) -> &'a [u8] + Sync),
 ) {
     let Some((_, dst)) = addresses(seg(0)) else {
         return;
@@ -494,22 +516,61 @@ fn seal<'a>(
         return;
     };
     let ep = shared.endpoints.lock().expect("endpoints")[peer.0];
-    let mut device = shared.device.lock().expect("device");
     let t = now();
-    for i in 0..count {
-        let packet = seg(i);
-        match device.encapsulate(t, peer, packet, &mut out.buf[out.used..]) {
-            Ok(Encapsulated::Sent(len)) => {
-                if let Some(ep) = ep {
-                    out.used += len;
-                    out.datagrams.push((ep, len));
+    let run = {
+        let mut device = shared.device.lock().expect("device");
+        let run = device.reserve(t, peer, count);
+        if run.is_none() {
+            for i in 0..count {
+                match device.encapsulate(t, peer, seg(i), &mut out.buf[out.used..]) {
+                    Ok(Encapsulated::Sent(len)) => {
+                        if let Some(ep) = ep {
+                            out.used += len;
+                            out.datagrams.push((ep, len));
+                        }
+                    }
+                    Ok(Encapsulated::Queued) => {}
+                    Err(e) => tracing::debug!(error = %e, "packet not sent"),
                 }
             }
-            Ok(Encapsulated::Queued) => {}
-            Err(e) => tracing::debug!(error = %e, "packet not sent"),
         }
+        shared.drain(&mut device, pending);
+        run
+    };
+    let (Some(run), Some(ep)) = (run, ep) else {
+        return;
+    };
+    // Each sealed packet's place in `out`, in order: the run leaves in counter order.
+    let lens: Vec<usize> = (0..count)
+        .map(|i| burrow_wg::transport_len(seg(i).len()))
+        .collect();
+    let total: usize = lens.iter().sum();
+    let buf = &mut out.buf[out.used..out.used + total];
+    let seal_part = |first: usize, lens: &[usize], mut buf: &mut [u8]| {
+        for (k, &len) in lens.iter().enumerate() {
+            let (this, rest) = std::mem::take(&mut buf).split_at_mut(len);
+            if let Err(e) = run.seal(first + k, seg(first + k), this) {
+                // Cannot happen with the lengths above; the receiver drops the garbage.
+                tracing::debug!(error = %e, "packet not sealed");
+            }
+            buf = rest;
+        }
+    };
+    if count >= shared.parallel_from {
+        let half = count / 2;
+        let at: usize = lens[..half].iter().sum();
+        let (a, b) = buf.split_at_mut(at);
+        let (la, lb) = lens.split_at(half);
+        // The second half on a pool thread while this one seals the first.
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| seal_part(half, lb, b));
+            seal_part(0, la, a);
+        });
+    } else {
+        seal_part(0, &lens, buf);
     }
-    shared.drain(&mut device, pending);
+    out.used += total;
+    out.datagrams.extend(lens.iter().map(|&len| (ep, len)));
 }
 
 async fn inbound(
@@ -519,47 +580,51 @@ async fn inbound(
     offload: TunOffload,
 ) -> Result<(), WgRunError> {
     let mut batch = RecvBatch::for_socket(&*socket, 65_535);
-    // Plaintexts of one batch back to back, and where each lies.
+    // Outputs of `decapsulate` (cookie replies) back to back, and where each lies.
     let mut plain: Vec<u8> = Vec::new();
-    let mut delivered: Vec<(usize, usize)> = Vec::new();
     let mut cookies: Vec<(SocketAddr, usize, usize)> = Vec::new();
+    // Transport messages opened outside the lock: their plaintexts back to back.
+    let mut jobs: Vec<OpenJob> = Vec::new();
+    let mut opened: Vec<u8> = Vec::new();
+    let mut delivered: Vec<(usize, usize)> = Vec::new();
     let mut gro = Coalescer::new(offload.udp, RECV_FRAMES);
     let mut pending = Vec::new();
     loop {
         socket.recv_batch(&mut batch).await?;
+        let datagrams: Vec<(SocketAddr, &[u8])> = batch
+            .datagrams()
+            // IPv4 peers arrive as ::ffff:a.b.c.d on the dual-stack socket: keep them as IPv4.
+            .map(|(src, d)| (burrow_punch::canonical_remote(src), d))
+            .collect();
         let t = now();
         let mut used = 0;
+        let mut room = 0;
         {
-            // The device counts handshakes and asks for cookies past its rate by itself.
+            // Transport messages are matched to their keypairs (opened below); anything else
+            // is handled here. The device counts handshakes and asks for cookies past its
+            // rate by itself.
             let mut device = shared.device.lock().expect("device");
-            for (src, data) in batch.datagrams() {
-                // IPv4 peers arrive as ::ffff:a.b.c.d on the dual-stack socket: keep them as IPv4.
-                let src = burrow_punch::canonical_remote(src);
+            for (k, &(src, data)) in datagrams.iter().enumerate() {
+                if let Some((peer, opener)) = device.opener(t, data) {
+                    jobs.push(OpenJob {
+                        datagram: k,
+                        peer,
+                        opener,
+                        at: room,
+                        opened: Err(burrow_wg::WgError::DecryptFailed),
+                    });
+                    room += data.len();
+                    continue;
+                }
                 if plain.len() < used + data.len() + 64 {
                     plain.resize(used + data.len() + 64, 0);
                 }
-                let r = device.decapsulate(t, src, data, &mut plain[used..]);
-                match r {
+                match device.decapsulate(t, src, data, &mut plain[used..]) {
                     Ok(Received::Peer(peer, result)) => {
                         // Roam on authenticated packets only: a cookie reply is forgeable by
                         // anyone who saw our mac1.
                         if result != Decapsulated::CookieReply {
                             shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
-                        }
-                        if let Decapsulated::Data(len) = result {
-                            let packet = &plain[used..used + len];
-                            // Crypto-key routing: the inner source must be one of the peer's
-                            // AllowedIPs.
-                            match addresses(packet) {
-                                Some((inner, _)) if route(&shared.routes, inner) == Some(&peer) => {
-                                    delivered.push((used, len));
-                                    used += len;
-                                }
-                                _ => tracing::debug!(
-                                    %src,
-                                    "dropped a packet whose inner source the peer may not use"
-                                ),
-                            }
                         }
                     }
                     Ok(Received::CookieReply(len)) => {
@@ -571,8 +636,48 @@ async fn inbound(
             }
             shared.drain(&mut device, &mut pending);
         }
+        if !jobs.is_empty() {
+            if opened.len() < room {
+                opened.resize(room, 0);
+            }
+            open_all(
+                &datagrams,
+                &mut jobs,
+                &mut opened[..room],
+                shared.parallel_from,
+            );
+            // Taken in arrival order: replay window, timers, roaming, crypto-key routing.
+            let mut device = shared.device.lock().expect("device");
+            for job in jobs.drain(..) {
+                let src = datagrams[job.datagram].0;
+                let r = job.opened.and_then(|len| {
+                    device.accept_opened(t, job.peer, &job.opener, &opened[job.at..job.at + len])
+                });
+                match r {
+                    Ok(Received::Peer(peer, result)) => {
+                        shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+                        if let Decapsulated::Data(len) = result {
+                            // The inner source must be one of the peer's AllowedIPs.
+                            match addresses(&opened[job.at..job.at + len]) {
+                                Some((inner, _)) if route(&shared.routes, inner) == Some(&peer) => {
+                                    delivered.push((job.at, len));
+                                }
+                                _ => tracing::debug!(
+                                    %src,
+                                    "dropped a packet whose inner source the peer may not use"
+                                ),
+                            }
+                        }
+                    }
+                    Ok(Received::CookieReply(_)) => {}
+                    Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
+                }
+            }
+            shared.drain(&mut device, &mut pending);
+        }
+        drop(datagrams);
         for (at, len) in delivered.drain(..) {
-            let packet = &plain[at..at + len];
+            let packet = &opened[at..at + len];
             if offload.tcp {
                 if gro.push(packet).is_err() {
                     write_frames(&tun, &mut gro).await;
@@ -591,7 +696,50 @@ async fn inbound(
     }
 }
 
-/// Frames one coalescer holds at most: a receive batch's worth.
+/// A transport message matched under the lock, opened outside it.
+struct OpenJob {
+    /// Its index in the batch.
+    datagram: usize,
+    peer: PeerId,
+    opener: burrow_wg::Opener,
+    /// Where its plaintext goes (room for the whole datagram).
+    at: usize,
+    /// The plaintext's length, or why it did not open.
+    opened: Result<usize, burrow_wg::WgError>,
+}
+
+/// Opens every job's datagram into its place in `out` (which starts at the first job's),
+/// half of them on a pool thread when there are many.
+fn open_all(
+    datagrams: &[(SocketAddr, &[u8])],
+    jobs: &mut [OpenJob],
+    out: &mut [u8],
+    parallel_from: usize,
+) {
+    let open_part = |jobs: &mut [OpenJob], out: &mut [u8]| {
+        let base = jobs.first().map_or(0, |j| j.at);
+        for job in jobs.iter_mut() {
+            let data = datagrams[job.datagram].1;
+            let at = job.at - base;
+            job.opened = job.opener.open(data, &mut out[at..at + data.len()]);
+        }
+    };
+    if jobs.len() >= parallel_from.max(2) {
+        let half = jobs.len() / 2;
+        let split = jobs[half].at - jobs[0].at;
+        let (ja, jb) = jobs.split_at_mut(half);
+        let (oa, ob) = out.split_at_mut(split);
+        rayon::in_place_scope(|scope| {
+            scope.spawn(|_| open_part(jb, ob));
+            open_part(ja, oa);
+        });
+    } else {
+        open_part(jobs, out);
+    }
+}
+
+/// Frames one coalescer holds at most before they are written (a batch with more flows, or
+/// coalesced runs, writes in several goes).
 const RECV_FRAMES: usize = crate::transport::RECV_SLOTS;
 
 /// Writes the coalesced frames to the TUN, then forgets them.

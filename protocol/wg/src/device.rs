@@ -13,6 +13,7 @@ use crate::crypto::mac;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::messages::*;
 use crate::noise::{self, HandshakeError};
+use crate::session::{Opener, SealRun};
 use crate::timers::COOKIE_REFRESH_TIME;
 use crate::tunnel::{Decapsulated, Encapsulated, Event, Tunnel, TunnelConfig};
 use crate::WgError;
@@ -373,6 +374,48 @@ impl Device {
         let r = self.peers[peer.0].encapsulate(now, plaintext, out);
         self.sync_indices(peer);
         r
+    }
+
+    /// Matches a transport message to its peer and keypair without changing anything, for
+    /// opening outside the device (several threads may open a batch's messages at once);
+    /// then [`accept_opened`](Self::accept_opened) takes each, in arrival order. `None` for
+    /// anything else (a handshake message, an unknown index, an expired keypair), which goes
+    /// through [`decapsulate`](Self::decapsulate).
+    pub fn opener(&self, now: Instant, datagram: &[u8]) -> Option<(PeerId, Opener)> {
+        let Ok(Message::Transport {
+            receiver, counter, ..
+        }) = Message::parse(datagram)
+        else {
+            return None;
+        };
+        let id = *self.by_index.get(&receiver)?;
+        let opener = self.peers[id.0].opener(now, receiver, counter).ok()?;
+        Some((id, opener))
+    }
+
+    /// Takes a message `opener` (from [`opener`](Self::opener) for `peer`) authenticated into
+    /// `plaintext`: replay window, keypair confirmation, timers, as
+    /// [`decapsulate`](Self::decapsulate) would have.
+    pub fn accept_opened(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        opener: &Opener,
+        plaintext: &[u8],
+    ) -> Result<Received, WgError> {
+        let tunnel = self.peers.get_mut(peer.0).ok_or(WgError::NoSession)?;
+        let r = tunnel.accept_opened(now, opener, plaintext);
+        self.sync_indices(peer);
+        Ok(Received::Peer(peer, r?))
+    }
+
+    /// Takes counters on `peer`'s current keypair for `count` data packets, to be sealed with
+    /// the returned [`SealRun`] outside the device (several threads may seal one run); `None`
+    /// without a usable keypair, when each packet goes through [`encapsulate`](Self::encapsulate).
+    pub fn reserve(&mut self, now: Instant, peer: PeerId, count: usize) -> Option<SealRun> {
+        let run = self.peers[peer.0].reserve(now, count);
+        self.sync_indices(peer);
+        run
     }
 
     /// Runs every peer's due timers.

@@ -11,7 +11,7 @@ use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::messages::*;
 use crate::noise::{self, ConsumedInitiation, HandshakeError, InitiatorState};
 use crate::replay::REJECT_AFTER_MESSAGES;
-use crate::session::Session;
+use crate::session::{Opener, SealRun, Session};
 use crate::timers::*;
 use crate::WgError;
 
@@ -302,6 +302,27 @@ impl Tunnel {
         Ok(Encapsulated::Sent(len))
     }
 
+    /// Takes counters on the current keypair for `count` data packets, sealed later with the
+    /// returned [`SealRun`] (outside this tunnel, on any thread). The timers count them as
+    /// sent now. `None` when there is no usable keypair (or it is about to run out of
+    /// counters): then [`encapsulate`](Self::encapsulate) each packet, which queues them and
+    /// starts a handshake.
+    pub fn reserve(&mut self, now: Instant, count: usize) -> Option<SealRun> {
+        if count == 0 {
+            return None;
+        }
+        let session = self.current.as_mut().filter(|s| usable(s, now))?;
+        let run = session.reserve(count)?;
+        let rekey = session.initiator
+            && (now.saturating_duration_since(session.created) >= REKEY_AFTER_TIME
+                || session.send_counter >= REKEY_AFTER_MESSAGES);
+        self.on_sent(now, true);
+        if rekey {
+            self.maybe_handshake(now);
+        }
+        Some(run)
+    }
+
     fn on_sent(&mut self, now: Instant, data: bool) {
         self.keepalive_at = None;
         if data && self.dead_peer_at.is_none() {
@@ -374,10 +395,8 @@ impl Tunnel {
                 Ok(Decapsulated::CookieReply)
             }
             Message::Transport {
-                receiver,
-                counter,
-                ciphertext,
-            } => self.handle_transport(now, receiver, counter, ciphertext, out),
+                receiver, counter, ..
+            } => self.handle_transport(now, receiver, counter, datagram, out),
         }
     }
 
@@ -480,37 +499,50 @@ impl Tunnel {
         now: Instant,
         receiver: u32,
         counter: u64,
-        ciphertext: &[u8],
+        datagram: &[u8],
         out: &mut [u8],
     ) -> Result<Decapsulated, WgError> {
-        let slot = if self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.local_index == receiver)
-        {
-            0
-        } else if self
-            .next
-            .as_ref()
-            .is_some_and(|s| s.local_index == receiver)
-        {
-            1
-        } else if self
-            .previous
-            .as_ref()
-            .is_some_and(|s| s.local_index == receiver)
-        {
-            2
-        } else if let Some(k) = self.retired.iter().position(|s| s.local_index == receiver) {
-            3 + k
+        let opener = self.opener(now, receiver, counter)?;
+        let len = opener.open(datagram, out)?;
+        self.accept_opened(now, &opener, &out[..len])
+    }
+
+    /// Which of our keypairs `receiver` names: 0 current, 1 next, 2 previous, 3 + k retired.
+    fn slot(&self, receiver: u32) -> Option<usize> {
+        let is = |s: &Option<Session>| s.as_ref().is_some_and(|s| s.local_index == receiver);
+        if is(&self.current) {
+            Some(0)
+        } else if is(&self.next) {
+            Some(1)
+        } else if is(&self.previous) {
+            Some(2)
         } else {
-            return Err(WgError::UnknownIndex(receiver));
-        };
-        let session = match slot {
+            self.retired
+                .iter()
+                .position(|s| s.local_index == receiver)
+                .map(|k| 3 + k)
+        }
+    }
+
+    fn session_mut(&mut self, slot: usize) -> Option<&mut Session> {
+        match slot {
             0 => self.current.as_mut(),
             1 => self.next.as_mut(),
             2 => self.previous.as_mut(),
             k => self.retired.get_mut(k - 3),
+        }
+    }
+
+    /// Matches a transport message (`receiver`, `counter`) to its keypair, refusing an unknown
+    /// index or an expired keypair or counter, without changing anything: the returned
+    /// [`Opener`] authenticates it anywhere, then [`accept_opened`](Self::accept_opened).
+    pub fn opener(&self, now: Instant, receiver: u32, counter: u64) -> Result<Opener, WgError> {
+        let slot = self.slot(receiver).ok_or(WgError::UnknownIndex(receiver))?;
+        let session = match slot {
+            0 => self.current.as_ref(),
+            1 => self.next.as_ref(),
+            2 => self.previous.as_ref(),
+            k => self.retired.get(k - 3),
         }
         .expect("found above");
         if now.saturating_duration_since(session.created) >= REJECT_AFTER_TIME
@@ -518,7 +550,26 @@ impl Tunnel {
         {
             return Err(WgError::NoSession);
         }
-        let len = session.open(counter, ciphertext, out)?;
+        Ok(session.opener(receiver, counter))
+    }
+
+    /// Takes a message `opener` authenticated into `plaintext` (padded, as `open` returned
+    /// it): the replay window, a responder's new keypair confirmed, the timers. Fails if the
+    /// keypair has gone meanwhile or the counter was seen.
+    pub fn accept_opened(
+        &mut self,
+        now: Instant,
+        opener: &Opener,
+        plaintext: &[u8],
+    ) -> Result<Decapsulated, WgError> {
+        let receiver = opener.receiver();
+        let slot = self.slot(receiver).ok_or(WgError::UnknownIndex(receiver))?;
+        let session = self.session_mut(slot).expect("found above");
+        if now.saturating_duration_since(session.created) >= REJECT_AFTER_TIME {
+            return Err(WgError::NoSession);
+        }
+        session.accept(opener.counter())?;
+        let len = plaintext.len();
         if slot == 1 {
             // First packet on the responder's new keypair confirms it.
             let previous = self.previous.take();
@@ -543,7 +594,7 @@ impl Tunnel {
         if len == 0 {
             return Ok(Decapsulated::Keepalive);
         }
-        Ok(Decapsulated::Data(ip_length(&out[..len]).unwrap_or(len)))
+        Ok(Decapsulated::Data(ip_length(plaintext).unwrap_or(len)))
     }
 
     /// Runs whatever timers are due.

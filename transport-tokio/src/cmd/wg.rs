@@ -10,6 +10,7 @@ pub async fn run(args: WgArgs) -> Result<()> {
         config,
         interface,
         no_offload,
+        parallel_crypto,
     } = args;
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("reading {}", config.display()))?;
@@ -27,6 +28,7 @@ pub async fn run(args: WgArgs) -> Result<()> {
     }
     let options = burrow::wg::WgOptions {
         offload: !no_offload,
+        parallel_crypto,
     };
     burrow::wg::run(parsed, &name, options, async {
         let _ = tokio::signal::ctrl_c().await;
