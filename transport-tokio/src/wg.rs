@@ -537,7 +537,7 @@ fn seal<'a>(
         shared.drain(&mut device, pending);
         run
     };
-    let (Some(run), Some(ep)) = (run, ep) else {
+    let (Some(mut run), Some(ep)) = (run, ep) else {
         return;
     };
     // Each sealed packet's place in `out`, in order: the run leaves in counter order.
@@ -545,29 +545,36 @@ fn seal<'a>(
         .map(|i| burrow_wg::transport_len(seg(i).len()))
         .collect();
     let total: usize = lens.iter().sum();
-    let buf = &mut out.buf[out.used..out.used + total];
-    let seal_part = |first: usize, lens: &[usize], mut buf: &mut [u8]| {
-        for (k, &len) in lens.iter().enumerate() {
-            let (this, rest) = std::mem::take(&mut buf).split_at_mut(len);
-            if let Err(e) = run.seal(first + k, seg(first + k), this) {
-                // Cannot happen with the lengths above; the receiver drops the garbage.
-                tracing::debug!(error = %e, "packet not sealed");
-            }
-            buf = rest;
-        }
+    let Some(buf) = out.buf.get_mut(out.used..out.used + total) else {
+        // `room_for` made space for any frame; were it short, the frame is lost, not the task.
+        tracing::debug!(total, "no room for a frame's datagrams");
+        return;
     };
+    let seal_part =
+        |run: &mut burrow_wg::SealRun, first: usize, lens: &[usize], mut buf: &mut [u8]| {
+            for (k, &len) in lens.iter().enumerate() {
+                let (this, rest) = std::mem::take(&mut buf).split_at_mut(len);
+                if let Err(e) = run.seal(t, seg(first + k), this) {
+                    // Cannot happen with the lengths above and a run just taken; the receiver
+                    // drops what is left in the slot.
+                    tracing::debug!(error = %e, "packet not sealed");
+                }
+                buf = rest;
+            }
+        };
     if count >= shared.parallel_from {
         let half = count / 2;
         let at: usize = lens[..half].iter().sum();
         let (a, b) = buf.split_at_mut(at);
         let (la, lb) = lens.split_at(half);
+        let mut rest = run.split_off(half);
         // The second half on a pool thread while this one seals the first.
         rayon::in_place_scope(|scope| {
-            scope.spawn(|_| seal_part(half, lb, b));
-            seal_part(0, la, a);
+            scope.spawn(|_| seal_part(&mut rest, half, lb, b));
+            seal_part(&mut run, 0, la, a);
         });
     } else {
-        seal_part(0, &lens, buf);
+        seal_part(&mut run, 0, &lens, buf);
     }
     out.used += total;
     out.datagrams.extend(lens.iter().map(|&len| (ep, len)));
@@ -599,59 +606,73 @@ async fn inbound(
         let t = now();
         let mut used = 0;
         let mut room = 0;
-        {
-            // Transport messages are matched to their keypairs (opened below); anything else
-            // is handled here. The device counts handshakes and asks for cookies past its
-            // rate by itself.
-            let mut device = shared.device.lock().expect("device");
-            for (k, &(src, data)) in datagrams.iter().enumerate() {
-                if let Some((peer, opener)) = device.opener(t, data) {
-                    jobs.push(OpenJob {
-                        datagram: k,
-                        peer,
-                        opener,
-                        at: room,
-                        opened: Err(burrow_wg::WgError::DecryptFailed),
-                    });
-                    room += data.len();
-                    continue;
-                }
-                if plain.len() < used + data.len() + 64 {
-                    plain.resize(used + data.len() + 64, 0);
-                }
-                match device.decapsulate(t, src, data, &mut plain[used..]) {
-                    Ok(Received::Peer(peer, result)) => {
-                        // Roam on authenticated packets only: a cookie reply is forgeable by
-                        // anyone who saw our mac1.
-                        if result != Decapsulated::CookieReply {
-                            shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+        let mut next = 0;
+        while next < datagrams.len() {
+            {
+                // Transport messages are matched to their keypairs (opened below); anything
+                // else is handled here, once the transport messages before it were taken, so
+                // the batch is handled in arrival order. The device counts handshakes and asks
+                // for cookies past its rate by itself.
+                let mut device = shared.device.lock().expect("device");
+                while let Some(&(src, data)) = datagrams.get(next) {
+                    if let Some((peer, opener)) = device.opener(t, data) {
+                        jobs.push(OpenJob {
+                            datagram: next,
+                            peer,
+                            opener: Some(opener),
+                            at: room,
+                            opened: Err(burrow_wg::WgError::DecryptFailed),
+                        });
+                        room += data.len();
+                        next += 1;
+                        continue;
+                    }
+                    if !jobs.is_empty() {
+                        break;
+                    }
+                    next += 1;
+                    if plain.len() < used + data.len() + 64 {
+                        plain.resize(used + data.len() + 64, 0);
+                    }
+                    match device.decapsulate(t, src, data, &mut plain[used..]) {
+                        Ok(Received::Peer(peer, result)) => {
+                            // What `opener` refused cannot carry data here.
+                            debug_assert!(!matches!(result, Decapsulated::Data(_)));
+                            // Roam on authenticated packets only: a cookie reply is forgeable
+                            // by anyone who saw our mac1.
+                            if result != Decapsulated::CookieReply {
+                                shared.endpoints.lock().expect("endpoints")[peer.0] = Some(src);
+                            }
                         }
+                        Ok(Received::CookieReply(len)) => {
+                            cookies.push((src, used, len));
+                            used += len;
+                        }
+                        Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
                     }
-                    Ok(Received::CookieReply(len)) => {
-                        cookies.push((src, used, len));
-                        used += len;
-                    }
-                    Err(e) => tracing::debug!(%src, error = %e, "datagram refused"),
                 }
+                shared.drain(&mut device, &mut pending);
             }
-            shared.drain(&mut device, &mut pending);
-        }
-        if !jobs.is_empty() {
+            if jobs.is_empty() {
+                continue;
+            }
+            let base = jobs[0].at;
             if opened.len() < room {
                 opened.resize(room, 0);
             }
             open_all(
                 &datagrams,
                 &mut jobs,
-                &mut opened[..room],
+                &mut opened[base..room],
                 shared.parallel_from,
             );
             // Taken in arrival order: replay window, timers, roaming, crypto-key routing.
             let mut device = shared.device.lock().expect("device");
             for job in jobs.drain(..) {
                 let src = datagrams[job.datagram].0;
-                let r = job.opened.and_then(|len| {
-                    device.accept_opened(t, job.peer, &job.opener, &opened[job.at..job.at + len])
+                let r = job.opened.and_then(|o| {
+                    let at = job.at;
+                    device.accept_opened(t, job.peer, o, &opened[at..])
                 });
                 match r {
                     Ok(Received::Peer(peer, result)) => {
@@ -701,15 +722,16 @@ struct OpenJob {
     /// Its index in the batch.
     datagram: usize,
     peer: PeerId,
-    opener: burrow_wg::Opener,
+    /// Spent by opening.
+    opener: Option<burrow_wg::Opener>,
     /// Where its plaintext goes (room for the whole datagram).
     at: usize,
-    /// The plaintext's length, or why it did not open.
-    opened: Result<usize, burrow_wg::WgError>,
+    /// The proof it authenticated, or why it did not.
+    opened: Result<burrow_wg::Opened, burrow_wg::WgError>,
 }
 
 /// Opens every job's datagram into its place in `out` (which starts at the first job's),
-/// half of them on a pool thread when there are many.
+/// half of them on a pool thread when there are `parallel_from` or more.
 fn open_all(
     datagrams: &[(SocketAddr, &[u8])],
     jobs: &mut [OpenJob],
@@ -721,7 +743,9 @@ fn open_all(
         for job in jobs.iter_mut() {
             let data = datagrams[job.datagram].1;
             let at = job.at - base;
-            job.opened = job.opener.open(data, &mut out[at..at + data.len()]);
+            if let Some(opener) = job.opener.take() {
+                job.opened = opener.open(data, &mut out[at..at + data.len()]);
+            }
         }
     };
     if jobs.len() >= parallel_from.max(2) {

@@ -13,7 +13,7 @@ use crate::crypto::mac;
 use crate::keys::{PrivateKey, PublicKey};
 use crate::messages::*;
 use crate::noise::{self, HandshakeError};
-use crate::session::{Opener, SealRun};
+use crate::session::{Opened, Opener, SealRun};
 use crate::timers::COOKIE_REFRESH_TIME;
 use crate::tunnel::{Decapsulated, Encapsulated, Event, Tunnel, TunnelConfig};
 use crate::WgError;
@@ -393,18 +393,18 @@ impl Device {
         Some((id, opener))
     }
 
-    /// Takes a message `opener` (from [`opener`](Self::opener) for `peer`) authenticated into
-    /// `plaintext`: replay window, keypair confirmation, timers, as
-    /// [`decapsulate`](Self::decapsulate) would have.
+    /// Takes a message [`Opener::open`] authenticated (an opener from
+    /// [`opener`](Self::opener) for `peer`), its plaintext at the start of `plaintext`: replay
+    /// window, keypair confirmation, timers, as [`decapsulate`](Self::decapsulate) would have.
     pub fn accept_opened(
         &mut self,
         now: Instant,
         peer: PeerId,
-        opener: &Opener,
+        opened: Opened,
         plaintext: &[u8],
     ) -> Result<Received, WgError> {
         let tunnel = self.peers.get_mut(peer.0).ok_or(WgError::NoSession)?;
-        let r = tunnel.accept_opened(now, opener, plaintext);
+        let r = tunnel.accept_opened(now, opened, plaintext);
         self.sync_indices(peer);
         Ok(Received::Peer(peer, r?))
     }

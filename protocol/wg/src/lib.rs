@@ -17,7 +17,7 @@ pub use device::{Device, PeerId, Received, UNDER_LOAD_HANDSHAKES_PER_SECOND};
 pub use keys::{KeyFormatError, PresharedKey, PrivateKey, PublicKey};
 pub use messages::{transport_len, Message, ParseError};
 pub use noise::HandshakeError;
-pub use session::{Opener, SealRun};
+pub use session::{Opened, Opener, SealRun};
 pub use tunnel::{Decapsulated, Encapsulated, Event, Tunnel, TunnelConfig};
 
 /// Errors from the tunnel and device.

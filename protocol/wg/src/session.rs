@@ -48,9 +48,9 @@ impl Session {
         seal_transport(&self.send, self.remote_index, counter, plaintext, out)
     }
 
-    /// Takes the next `count` send counters for a [`SealRun`]; `None` if the keypair's
-    /// message limit would be passed.
-    pub fn reserve(&mut self, count: usize) -> Option<SealRun> {
+    /// Takes the next `count` send counters for a [`SealRun`] usable until `until`; `None`
+    /// if the keypair's message limit would be passed.
+    pub fn reserve(&mut self, count: usize, until: Instant) -> Option<SealRun> {
         let first = self.send_counter;
         let end = first.checked_add(u64::try_from(count).ok()?)?;
         if end > REJECT_AFTER_MESSAGES {
@@ -60,8 +60,9 @@ impl Session {
         Some(SealRun {
             aead: self.send.clone(),
             remote_index: self.remote_index,
-            first,
-            count,
+            next: first,
+            end,
+            until,
         })
     }
 
@@ -74,10 +75,14 @@ impl Session {
         }
     }
 
-    /// Takes `counter`, whose message authenticated, through the replay window: it must come
-    /// only after the tag verified.
-    pub fn accept(&mut self, counter: u64) -> Result<(), WgError> {
-        if self.replay.check_and_set(counter) {
+    /// Takes a message opened under this keypair's receiving key through the replay window
+    /// (only after its tag verified, which an [`Opened`] proves); refuses one opened under
+    /// another key.
+    pub fn accept(&mut self, opened: &Opened) -> Result<(), WgError> {
+        if !Arc::ptr_eq(&self.recv, &opened.aead) {
+            return Err(WgError::UnknownIndex(opened.receiver));
+        }
+        if self.replay.check_and_set(opened.counter) {
             Ok(())
         } else {
             Err(WgError::Replay)
@@ -86,11 +91,10 @@ impl Session {
 }
 
 /// A transport message matched to one of a tunnel's keypairs, to be authenticated and
-/// decrypted outside the tunnel (on any thread), then handed back to it with
-/// [`Tunnel::accept_opened`](crate::Tunnel::accept_opened) (or
-/// [`Device::accept_opened`](crate::Device::accept_opened)), which checks the replay window and
-/// runs the timers. Nothing counts as received until then.
-#[derive(Clone)]
+/// decrypted outside the tunnel (on any thread); what [`open`](Opener::open) returns, an
+/// [`Opened`], goes back to it with [`Tunnel::accept_opened`](crate::Tunnel::accept_opened)
+/// (or [`Device::accept_opened`](crate::Device::accept_opened)), which checks the replay
+/// window and runs the timers. Nothing counts as received until then.
 pub struct Opener {
     aead: Arc<DefaultAead>,
     receiver: u32,
@@ -118,12 +122,18 @@ impl Opener {
     }
 
     /// Authenticates and decrypts the transport message `datagram` (the whole of it, header
-    /// included) into `out`; returns the padded plaintext's length.
-    pub fn open(&self, datagram: &[u8], out: &mut [u8]) -> Result<usize, WgError> {
-        let ciphertext = datagram
-            .get(TRANSPORT_HEADER_LEN..)
-            .filter(|c| c.len() >= TAG_LEN)
+    /// included, which must name this opener's receiver and counter) into `out`; the
+    /// [`Opened`] proof carries the padded plaintext's length.
+    pub fn open(self, datagram: &[u8], out: &mut [u8]) -> Result<Opened, WgError> {
+        let (header, ciphertext) = datagram
+            .split_at_checked(TRANSPORT_HEADER_LEN)
+            .filter(|(_, c)| c.len() >= TAG_LEN)
             .ok_or(WgError::DecryptFailed)?;
+        if header[4..8] != self.receiver.to_le_bytes()
+            || header[8..16] != self.counter.to_le_bytes()
+        {
+            return Err(WgError::DecryptFailed);
+        }
         let len = ciphertext.len() - TAG_LEN;
         if out.len() < len {
             return Err(WgError::BufferTooSmall { needed: len });
@@ -136,7 +146,49 @@ impl Opener {
         {
             return Err(WgError::DecryptFailed);
         }
-        Ok(len)
+        Ok(Opened {
+            aead: self.aead,
+            receiver: self.receiver,
+            counter: self.counter,
+            len,
+        })
+    }
+}
+
+/// Proof that a transport message authenticated under a keypair's receiving key (made only by
+/// [`Opener::open`]), for the tunnel to accept: it names the key, the receiver index, the
+/// counter and the plaintext's (padded) length.
+pub struct Opened {
+    aead: Arc<DefaultAead>,
+    receiver: u32,
+    counter: u64,
+    len: usize,
+}
+
+impl core::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Opened")
+            .field("receiver", &self.receiver)
+            .field("counter", &self.counter)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opened {
+    /// The receiver index the message named.
+    pub fn receiver(&self) -> u32 {
+        self.receiver
+    }
+
+    /// The padded plaintext's length, at the start of the buffer `open` wrote.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the plaintext is empty (a keepalive).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -166,46 +218,73 @@ fn seal_transport(
 }
 
 /// Send counters taken from the current keypair for a run of data packets, sealed outside
-/// the tunnel, by several threads at once if the caller likes: packet `i` of the run gets
-/// counter `first + i`, so sending the run in index order keeps the flow in order whoever
-/// sealed which packet. A counter left unused is harmless (the receiver's replay window
-/// takes gaps). The run keeps its keypair's sending key alive until dropped.
-#[derive(Clone)]
+/// the tunnel. Each counter can seal once: [`seal`](SealRun::seal) takes the next, and
+/// [`split_off`](SealRun::split_off) hands the later counters to another thread, so a run cut
+/// in two is sealed on two cores and still leaves in counter order. A counter left unused is
+/// harmless (the receiver's replay window takes gaps). The run keeps its keypair's sending key
+/// alive until dropped, and seals nothing once the keypair is too old to send on.
 pub struct SealRun {
     aead: Arc<DefaultAead>,
     remote_index: u32,
-    first: u64,
-    count: usize,
+    next: u64,
+    end: u64,
+    /// No sealing from this moment (the keypair's sending life).
+    until: Instant,
 }
 
 impl core::fmt::Debug for SealRun {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SealRun")
             .field("remote_index", &self.remote_index)
-            .field("first", &self.first)
-            .field("count", &self.count)
+            .field("next", &self.next)
+            .field("end", &self.end)
             .finish_non_exhaustive()
     }
 }
 
 impl SealRun {
-    /// Packets the run has counters for.
+    /// Counters left.
     pub fn len(&self) -> usize {
-        self.count
+        usize::try_from(self.end - self.next).unwrap_or(usize::MAX)
     }
 
-    /// Whether the run has no counter.
+    /// Whether no counter is left.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.next == self.end
     }
 
-    /// Seals packet `i` of the run into `out`; returns the transport message's length.
-    /// Fails for an index past the run ([`WgError::NoSession`]) or too small a buffer.
-    pub fn seal(&self, i: usize, plaintext: &[u8], out: &mut [u8]) -> Result<usize, WgError> {
-        if i >= self.count {
+    /// Keeps the first `at` counters left and returns a run of the rest (all of them if `at`
+    /// is larger): two runs that never share a counter.
+    pub fn split_off(&mut self, at: usize) -> SealRun {
+        let mid = self
+            .next
+            .saturating_add(u64::try_from(at).unwrap_or(u64::MAX))
+            .min(self.end);
+        let rest = SealRun {
+            aead: self.aead.clone(),
+            remote_index: self.remote_index,
+            next: mid,
+            end: self.end,
+            until: self.until,
+        };
+        self.end = mid;
+        rest
+    }
+
+    /// Seals `plaintext` into `out` with the run's next counter; returns the transport
+    /// message's length. Fails, spending nothing, when no counter is left or the keypair is
+    /// too old ([`WgError::NoSession`]: send through the device again) or `out` is too small.
+    pub fn seal(
+        &mut self,
+        now: Instant,
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, WgError> {
+        if self.next == self.end || now >= self.until {
             return Err(WgError::NoSession);
         }
-        let counter = self.first + i as u64;
-        seal_transport(&self.aead, self.remote_index, counter, plaintext, out)
+        let len = seal_transport(&self.aead, self.remote_index, self.next, plaintext, out)?;
+        self.next += 1;
+        Ok(len)
     }
 }

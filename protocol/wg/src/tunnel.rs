@@ -11,7 +11,7 @@ use crate::keys::{PresharedKey, PrivateKey, PublicKey};
 use crate::messages::*;
 use crate::noise::{self, ConsumedInitiation, HandshakeError, InitiatorState};
 use crate::replay::REJECT_AFTER_MESSAGES;
-use crate::session::{Opener, SealRun, Session};
+use crate::session::{Opened, Opener, SealRun, Session};
 use crate::timers::*;
 use crate::WgError;
 
@@ -312,7 +312,8 @@ impl Tunnel {
             return None;
         }
         let session = self.current.as_mut().filter(|s| usable(s, now))?;
-        let run = session.reserve(count)?;
+        let until = session.created + (REJECT_AFTER_TIME - SEND_MARGIN);
+        let run = session.reserve(count, until)?;
         let rekey = session.initiator
             && (now.saturating_duration_since(session.created) >= REKEY_AFTER_TIME
                 || session.send_counter >= REKEY_AFTER_MESSAGES);
@@ -502,9 +503,9 @@ impl Tunnel {
         datagram: &[u8],
         out: &mut [u8],
     ) -> Result<Decapsulated, WgError> {
-        let opener = self.opener(now, receiver, counter)?;
-        let len = opener.open(datagram, out)?;
-        self.accept_opened(now, &opener, &out[..len])
+        let opened = self.opener(now, receiver, counter)?.open(datagram, out)?;
+        let len = opened.len();
+        self.accept_opened(now, opened, &out[..len])
     }
 
     /// Which of our keypairs `receiver` names: 0 current, 1 next, 2 previous, 3 + k retired.
@@ -553,22 +554,29 @@ impl Tunnel {
         Ok(session.opener(receiver, counter))
     }
 
-    /// Takes a message `opener` authenticated into `plaintext` (padded, as `open` returned
-    /// it): the replay window, a responder's new keypair confirmed, the timers. Fails if the
-    /// keypair has gone meanwhile or the counter was seen.
+    /// Takes a message [`Opener::open`] authenticated, its plaintext at the start of
+    /// `plaintext` (the buffer `open` wrote): the replay window, a responder's new keypair
+    /// confirmed, the timers. Fails if the keypair has gone meanwhile (or its index now names
+    /// another) or the counter was seen.
     pub fn accept_opened(
         &mut self,
         now: Instant,
-        opener: &Opener,
+        opened: Opened,
         plaintext: &[u8],
     ) -> Result<Decapsulated, WgError> {
-        let receiver = opener.receiver();
+        let receiver = opened.receiver();
         let slot = self.slot(receiver).ok_or(WgError::UnknownIndex(receiver))?;
         let session = self.session_mut(slot).expect("found above");
         if now.saturating_duration_since(session.created) >= REJECT_AFTER_TIME {
             return Err(WgError::NoSession);
         }
-        session.accept(opener.counter())?;
+        let plaintext = plaintext
+            .get(..opened.len())
+            .ok_or(WgError::BufferTooSmall {
+                needed: opened.len(),
+            })?;
+        // Refused unless opened under this keypair's own key (an index reused meanwhile).
+        session.accept(&opened)?;
         let len = plaintext.len();
         if slot == 1 {
             // First packet on the responder's new keypair confirms it.

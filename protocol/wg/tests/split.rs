@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use burrow_wg::{
-    transport_len, Decapsulated, Device, Encapsulated, PeerId, PrivateKey, Received, WgError,
+    transport_len, Decapsulated, Device, Encapsulated, Opened, PeerId, PrivateKey, Received,
+    SealRun, WgError,
 };
 use proptest::prelude::*;
 use rand_chacha::rand_core::SeedableRng;
@@ -72,22 +73,45 @@ fn ip(len: usize, fill: u8) -> Vec<u8> {
     p
 }
 
+/// Cuts a run into runs of one counter each, in order.
+fn singles(mut run: SealRun) -> Vec<SealRun> {
+    let mut out = Vec::new();
+    while !run.is_empty() {
+        let rest = run.split_off(1);
+        out.push(run);
+        run = rest;
+    }
+    out
+}
+
 /// Seals `packets` as one run, packet `order[k]` sealed k-th, each into its own place.
 fn seal_run(dev: &mut Device, now: Instant, packets: &[Vec<u8>], order: &[usize]) -> Vec<Vec<u8>> {
     let run = dev
         .reserve(now, PeerId(0), packets.len())
         .expect("a keypair");
     assert_eq!(run.len(), packets.len());
+    let mut runs = singles(run);
+    assert_eq!(runs.len(), packets.len());
     let mut sealed: Vec<Vec<u8>> = packets
         .iter()
         .map(|p| vec![0u8; transport_len(p.len())])
         .collect();
     for &i in order {
-        let n = run.seal(i, &packets[i], &mut sealed[i]).unwrap();
+        let n = runs[i].seal(now, &packets[i], &mut sealed[i]).unwrap();
         assert_eq!(n, sealed[i].len());
+        assert!(
+            matches!(
+                runs[i].seal(now, &packets[i], &mut sealed[i].clone()),
+                Err(WgError::NoSession)
+            ),
+            "a counter seals once"
+        );
     }
     sealed
 }
+
+/// A message opened outside the device: the proof and the plaintext, or why not.
+type OpenResult = Result<(Opened, Vec<u8>), WgError>;
 
 /// Opens `datagrams` as one batch at `dev`: all matched first, opened in `order`, then
 /// accepted in arrival order. Returns what each acceptance gave.
@@ -97,29 +121,33 @@ fn open_batch(
     datagrams: &[Vec<u8>],
     order: &[usize],
 ) -> Vec<Result<Vec<u8>, WgError>> {
-    let openers: Vec<_> = datagrams
+    let mut openers: Vec<_> = datagrams
         .iter()
         .map(|d| {
-            dev.opener(now, d)
-                .expect("a transport message for a keypair")
+            let (peer, opener) = dev
+                .opener(now, d)
+                .expect("a transport message for a keypair");
+            (peer, Some(opener))
         })
         .collect();
-    let mut plain: Vec<Result<Vec<u8>, WgError>> = vec![Err(WgError::NoSession); datagrams.len()];
+    let mut opened: Vec<Option<OpenResult>> = (0..datagrams.len()).map(|_| None).collect();
     for &i in order {
         let mut out = vec![0u8; datagrams[i].len()];
-        plain[i] = openers[i].1.open(&datagrams[i], &mut out).map(|n| {
-            out.truncate(n);
-            out
-        });
+        let opener = openers[i].1.take().unwrap();
+        opened[i] = Some(opener.open(&datagrams[i], &mut out).map(|o| (o, out)));
     }
     openers
         .iter()
-        .zip(plain)
-        .map(|((peer, opener), p)| {
-            let p = p?;
-            match dev.accept_opened(now, *peer, opener, &p)? {
+        .zip(opened)
+        .map(|((peer, _), o)| {
+            let (o, p) = o.unwrap()?;
+            let len = o.len();
+            match dev.accept_opened(now, *peer, o, &p)? {
                 Received::Peer(_, Decapsulated::Data(n)) => Ok(p[..n].to_vec()),
-                Received::Peer(_, Decapsulated::Keepalive) => Ok(Vec::new()),
+                Received::Peer(_, Decapsulated::Keepalive) => {
+                    assert_eq!(len, 0);
+                    Ok(Vec::new())
+                }
                 other => panic!("unexpected {other:?}"),
             }
         })
@@ -174,15 +202,30 @@ fn a_run_needs_a_keypair_and_stays_inside_its_bounds() {
     assert!(lonely.reserve(t0, PeerId(0), 4).is_none(), "no keypair yet");
     let (mut a, _) = connected(t0);
     assert!(a.reserve(t0, PeerId(0), 0).is_none(), "an empty run");
-    let run = a.reserve(t0, PeerId(0), 2).unwrap();
+    let mut run = a.reserve(t0, PeerId(0), 2).unwrap();
     let mut out = vec![0u8; 256];
     assert!(matches!(
-        run.seal(2, &ip(40, 1), &mut out),
+        run.seal(t0, &ip(40, 1), &mut out[..40]),
+        Err(WgError::BufferTooSmall { .. })
+    ));
+    assert_eq!(run.len(), 2, "a refused seal spends no counter");
+    // A run outliving its keypair's sending life seals nothing.
+    let old = t0 + burrow_wg::timers::REJECT_AFTER_TIME;
+    assert!(matches!(
+        run.seal(old, &ip(40, 1), &mut out),
         Err(WgError::NoSession)
     ));
+    run.seal(t0, &ip(40, 1), &mut out).unwrap();
+    let mut rest = run.split_off(5);
+    assert!(rest.is_empty(), "nothing past the run");
     assert!(matches!(
-        run.seal(0, &ip(40, 1), &mut out[..40]),
-        Err(WgError::BufferTooSmall { .. })
+        rest.seal(t0, &ip(40, 1), &mut out),
+        Err(WgError::NoSession)
+    ));
+    run.seal(t0, &ip(40, 2), &mut out).unwrap();
+    assert!(matches!(
+        run.seal(t0, &ip(40, 3), &mut out),
+        Err(WgError::NoSession)
     ));
     // Past REJECT_AFTER_TIME the keypair takes no run: packets queue for a handshake.
     let late = t0 + burrow_wg::timers::REJECT_AFTER_TIME;
@@ -214,6 +257,33 @@ fn opening_outside_the_device_checks_replay_and_forgery_at_acceptance() {
     assert!(matches!(forged[0], Err(WgError::DecryptFailed)));
     let real = open_batch(&mut b, t0, &[genuine], &[0]);
     assert_eq!(real[0].as_ref().unwrap(), &packets[0]);
+}
+
+#[test]
+fn an_opened_message_counts_only_for_the_keypair_and_datagram_it_was_made_for() {
+    let t0 = Instant::now();
+    // Two pairs built alike: the same keys and indices, distinct keypair objects.
+    let (mut a1, mut b1) = connected(t0);
+    let (_, mut b2) = connected(t0);
+    let packets = vec![ip(100, 1), ip(100, 2)];
+    let sealed = seal_run(&mut a1, t0, &packets, &[0, 1]);
+    let (peer, opener) = b1.opener(t0, &sealed[0]).unwrap();
+    // Another message than the one matched: refused, whatever the key.
+    let (_, other) = b1.opener(t0, &sealed[1]).unwrap();
+    assert!(matches!(
+        other.open(&sealed[0], &mut [0u8; 256]),
+        Err(WgError::DecryptFailed)
+    ));
+    let mut out = vec![0u8; 256];
+    let opened = opener.open(&sealed[0], &mut out).unwrap();
+    // The twin device has a keypair under the same index, but not this one.
+    assert!(matches!(
+        b2.accept_opened(t0, peer, opened, &out),
+        Err(WgError::UnknownIndex(_))
+    ));
+    // The message itself still counts once where it belongs.
+    let got = open_batch(&mut b1, t0, &sealed[..1], &[0]);
+    assert_eq!(got[0].as_ref().unwrap(), &packets[0]);
 }
 
 #[test]
