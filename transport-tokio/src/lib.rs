@@ -14,6 +14,7 @@ pub mod session;
 pub mod stun_server;
 pub mod tls;
 pub mod transport;
+pub mod tun;
 pub mod up;
 pub mod wg;
 pub mod wg_config;

@@ -36,16 +36,13 @@ impl Session {
 
     /// Writes a transport message for `plaintext` into `out`; returns its length.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut [u8]) -> Result<usize, WgError> {
-        let total = transport_len(plaintext.len());
-        if out.len() < total {
-            return Err(WgError::BufferTooSmall { needed: total });
-        }
         let counter = self.send_counter;
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(WgError::NoSession);
         }
+        let len = seal_transport(&self.send, self.remote_index, counter, plaintext, out)?;
         self.send_counter += 1;
-        seal_transport(&self.send, self.remote_index, counter, plaintext, out)
+        Ok(len)
     }
 
     /// Takes the next `count` send counters for a [`SealRun`] usable until `until`; `None`
@@ -192,8 +189,8 @@ impl Opened {
     }
 }
 
-/// Writes the transport message for `plaintext` under `counter` into `out` (which the caller
-/// made long enough); returns its length.
+/// Writes the transport message for `plaintext` under `counter` into `out`; returns its length,
+/// or fails, writing nothing, when `out` is too short.
 fn seal_transport(
     aead: &DefaultAead,
     remote_index: u32,

@@ -292,13 +292,7 @@ impl Tunnel {
             return Ok(Encapsulated::Queued);
         };
         let len = session.seal(plaintext, out)?;
-        let rekey = session.initiator
-            && (now.saturating_duration_since(session.created) >= REKEY_AFTER_TIME
-                || session.send_counter >= REKEY_AFTER_MESSAGES);
-        self.on_sent(now, !plaintext.is_empty());
-        if rekey {
-            self.maybe_handshake(now);
-        }
+        self.sent_on_current(now, !plaintext.is_empty());
         Ok(Encapsulated::Sent(len))
     }
 
@@ -314,14 +308,22 @@ impl Tunnel {
         let session = self.current.as_mut().filter(|s| usable(s, now))?;
         let until = session.created + (REJECT_AFTER_TIME - SEND_MARGIN);
         let run = session.reserve(count, until)?;
-        let rekey = session.initiator
-            && (now.saturating_duration_since(session.created) >= REKEY_AFTER_TIME
-                || session.send_counter >= REKEY_AFTER_MESSAGES);
-        self.on_sent(now, true);
+        self.sent_on_current(now, true);
+        Some(run)
+    }
+
+    /// After sending on the current keypair: the timers, and a rekey when the initiator's
+    /// keypair is old or has sent many messages.
+    fn sent_on_current(&mut self, now: Instant, data: bool) {
+        let rekey = self.current.as_ref().is_some_and(|s| {
+            s.initiator
+                && (now.saturating_duration_since(s.created) >= REKEY_AFTER_TIME
+                    || s.send_counter >= REKEY_AFTER_MESSAGES)
+        });
+        self.on_sent(now, data);
         if rekey {
             self.maybe_handshake(now);
         }
-        Some(run)
     }
 
     fn on_sent(&mut self, now: Instant, data: bool) {
@@ -525,6 +527,15 @@ impl Tunnel {
         }
     }
 
+    fn session(&self, slot: usize) -> Option<&Session> {
+        match slot {
+            0 => self.current.as_ref(),
+            1 => self.next.as_ref(),
+            2 => self.previous.as_ref(),
+            k => self.retired.get(k - 3),
+        }
+    }
+
     fn session_mut(&mut self, slot: usize) -> Option<&mut Session> {
         match slot {
             0 => self.current.as_mut(),
@@ -538,14 +549,10 @@ impl Tunnel {
     /// index or an expired keypair or counter, without changing anything: the returned
     /// [`Opener`] authenticates it anywhere, then [`accept_opened`](Self::accept_opened).
     pub fn opener(&self, now: Instant, receiver: u32, counter: u64) -> Result<Opener, WgError> {
-        let slot = self.slot(receiver).ok_or(WgError::UnknownIndex(receiver))?;
-        let session = match slot {
-            0 => self.current.as_ref(),
-            1 => self.next.as_ref(),
-            2 => self.previous.as_ref(),
-            k => self.retired.get(k - 3),
-        }
-        .expect("found above");
+        let session = self
+            .slot(receiver)
+            .and_then(|slot| self.session(slot))
+            .ok_or(WgError::UnknownIndex(receiver))?;
         if now.saturating_duration_since(session.created) >= REJECT_AFTER_TIME
             || counter >= REJECT_AFTER_MESSAGES
         {

@@ -20,13 +20,13 @@ pub(crate) fn create_tun(
     addresses: &[IpAddr],
     mtu: u16,
     offload: bool,
-) -> Result<(Arc<tun_rs::AsyncDevice>, crate::wg::TunOffload)> {
+) -> Result<(Arc<tun_rs::AsyncDevice>, crate::tun::TunOffload)> {
     let v4 = addresses
         .iter()
         .find(|a| a.is_ipv4())
         .copied()
         .context("the control server gave no IPv4 address")?;
-    let (tun, offloads) = crate::wg::open_tun(name, mtu, offload)
+    let (tun, offloads) = crate::tun::open_tun(name, mtu, offload)
         .with_context(|| format!("creating TUN {name} (needs root or CAP_NET_ADMIN)"))?;
     ip_cmd(&["address", "replace", &format!("{v4}/32"), "dev", name])?;
     ip_cmd(&["link", "set", "dev", name, "up"])?;

@@ -12,13 +12,13 @@ use burrow_session::{Input, Session};
 use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
-use burrow_offload::{Coalescer, SlotLayout, MAX_SEGMENTS, VNET_HDR_LEN};
+use burrow_offload::{Coalescer, MAX_SEGMENTS};
 
 use crate::local_api::PingWaiters;
 use crate::node::BufferPool;
 use crate::session::lock;
 use crate::transport::now;
-use crate::wg::TunOffload;
+use crate::tun::{write_frames, TunFrames, TunOffload};
 
 /// TUN → peers: each packet goes to the peer owning its destination, its flow recorded so
 /// the answer is let back in. From an offloading TUN, a super-packet is cut into segments
@@ -31,39 +31,15 @@ pub(crate) async fn tun_to_peers(
     outbound: mpsc::Sender<(PublicKey, Vec<u8>)>,
     buffers: BufferPool,
 ) -> Result<()> {
-    let mut frame = vec![0u8; VNET_HDR_LEN + 65_535];
-    let layout = SlotLayout {
-        stride: usize::from(mtu).max(1280) + 64,
-        headroom: 0,
-        tailroom: 0,
-    };
-    let slots = if offload.tcp { MAX_SEGMENTS } else { 0 };
-    let mut segments = vec![0u8; slots * layout.stride];
-    let mut lens = [0usize; MAX_SEGMENTS];
+    let mut frames = TunFrames::new(offload, usize::from(mtu));
     let mut routed: Vec<(PublicKey, Vec<u8>)> = Vec::with_capacity(MAX_SEGMENTS);
     loop {
-        let n = tun.recv(&mut frame).await?;
-        // The frame's packets: itself, or (offloading) its one packet or its segments.
-        let (single, count) = if !offload.tcp {
-            (Some(0..n), 1)
-        } else {
-            match crate::wg::frame_segments(&mut frame[..n], &mut segments, layout, &mut lens) {
-                Ok(None) => (Some(VNET_HDR_LEN..n), 1),
-                Ok(Some(count)) => (None, count),
-                Err(e) => {
-                    tracing::debug!(error = %e, "TUN frame dropped");
-                    continue;
-                }
-            }
-        };
+        let count = frames.recv(&tun).await?;
         {
             let mut s = lock(&session);
             let t = now();
             for i in 0..count {
-                let packet = match &single {
-                    Some(range) => &frame[range.clone()],
-                    None => &segments[i * layout.stride..i * layout.stride + lens[i]],
-                };
+                let packet = frames.packet(i);
                 if let Some(peer) = s.route_outbound(t, packet) {
                     routed.push((peer, buffers.take(packet)));
                 }
@@ -115,7 +91,7 @@ pub(crate) async fn engine_events(
                 next = events.try_recv().ok();
             }
         }
-        crate::wg::write_frames(&tun, &mut gro).await;
+        write_frames(&tun, &mut gro).await;
     }
     Ok(())
 }
@@ -141,7 +117,7 @@ async fn handle_event(
             match verdict {
                 Verdict::Accept | Verdict::Reply if offload.tcp => {
                     if gro.push(&data).is_err() {
-                        crate::wg::write_frames(tun, gro).await;
+                        write_frames(tun, gro).await;
                         let _ = gro.push(&data);
                     }
                 }

@@ -24,7 +24,9 @@ fn main() {
     let mut buf = vec![0u8; 1424];
     let ring = RingAead::new(&key);
     let rust = RustCryptoAead::new(&key);
-    let aws = aws_lc_rs::aead::LessSafeKey::new(aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::CHACHA20_POLY1305, &key).unwrap());
+    let aws = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::CHACHA20_POLY1305, &key).unwrap(),
+    );
     let (mut best_ring, mut best_aws, mut best_rust) = (f64::MAX, f64::MAX, f64::MAX);
     let d = Duration::from_millis(800);
     for _ in 0..5 {
@@ -37,10 +39,19 @@ fn main() {
             let mut nonce = [0u8; 12];
             nonce[4..].copy_from_slice(&c.to_le_bytes());
             let tag = aws
-                .seal_in_place_separate_tag(aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce), aws_lc_rs::aead::Aad::empty(), &mut buf)
+                .seal_in_place_separate_tag(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::empty(),
+                    &mut buf,
+                )
                 .unwrap();
-            aws.open_in_place_separate_tag(aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce), aws_lc_rs::aead::Aad::empty(), tag.as_ref(), &mut buf)
-                .unwrap();
+            aws.open_in_place_separate_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::empty(),
+                tag.as_ref(),
+                &mut buf,
+            )
+            .unwrap();
             black_box(&buf);
         }));
         best_rust = best_rust.min(time_per_op(d, |c| {
@@ -65,28 +76,16 @@ fn two_cores(key: &[u8; 32], for_: Duration) -> (f64, f64) {
     let tag = sealer.seal_in_place(1, &[], &mut sealed);
     let seal = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1424];
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < for_ {
-            for _ in 0..256 {
-                black_box(sealer.seal_in_place(n, &[], &mut buf));
-                n += 1;
-            }
-        }
-        n as f64 / start.elapsed().as_secs_f64()
+        1e6 / time_per_op(for_, |n| {
+            black_box(sealer.seal_in_place(n, &[], &mut buf));
+        })
     });
     let open = std::thread::spawn(move || {
         let mut buf = vec![0u8; 1424];
-        let start = Instant::now();
-        let mut n = 0u64;
-        while start.elapsed() < for_ {
-            for _ in 0..256 {
-                buf.copy_from_slice(&sealed);
-                assert!(opener.open_in_place(1, &[], &mut buf, &tag));
-                n += 1;
-            }
-        }
-        n as f64 / start.elapsed().as_secs_f64()
+        1e6 / time_per_op(for_, |_| {
+            buf.copy_from_slice(&sealed);
+            assert!(opener.open_in_place(1, &[], &mut buf, &tag));
+        })
     });
     (
         seal.join().expect("sealing thread"),
