@@ -368,7 +368,9 @@ pub fn disco_decode(data: &[u8]) {
 /// bytes are a script: kind, length, payload). The engine must not panic, must never put its
 /// private keys on a wire, and must still carry a packet from its peer over DERP afterwards.
 pub fn node_input(data: &[u8]) {
-    use burrow_node::{Event, Input, Node, NodeConfig, PeerConfig, Transmit};
+    use burrow_node::{
+        Dest, Event, Input, Node, NodeConfig, PacketBatch, PeerConfig, Transmit, TransmitBatch,
+    };
     use burrow_wg::PrivateKey;
     let t0 = Instant::now();
     let keys = [[1u8; 32], [2; 32], [3; 32], [4; 32]];
@@ -411,10 +413,7 @@ pub fn node_input(data: &[u8]) {
         })
         .chain(keys[..2].iter().copied())
         .collect();
-    let check = |t: &Transmit| {
-        let bytes = match t {
-            Transmit::Udp { payload, .. } | Transmit::Derp { payload, .. } => payload,
-        };
+    let check_bytes = |bytes: &[u8]| {
         for k in &secrets {
             assert!(
                 !bytes.windows(32).any(|w| w == k),
@@ -422,14 +421,79 @@ pub fn node_input(data: &[u8]) {
             );
         }
     };
+    let check = |t: &Transmit| match t {
+        Transmit::Udp { payload, .. } | Transmit::Derp { payload, .. } => check_bytes(payload),
+    };
     let mut now = t0;
     let from: SocketAddr = "203.0.113.7:41641".parse().expect("addr");
     let b_key = b.public_key();
+    let (mut out, mut delivered, mut packets) =
+        (TransmitBatch::new(), PacketBatch::new(), PacketBatch::new());
     let mut rest = data;
     while rest.len() >= 2 {
         let (kind, len) = (rest[0], rest[1] as usize);
         let body = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[(2 + len).min(rest.len())..];
+        // The high bit: the body is a batch of several inputs (or packets), through the batch
+        // calls, split in as many pieces as its first byte says.
+        if kind & 0x80 != 0 {
+            let (n, body) = body
+                .split_first()
+                .map_or((1, body), |(n, b)| (*n as usize % 8 + 1, b));
+            let piece = body.len().div_ceil(n).max(1);
+            let pieces = body.chunks(piece);
+            match (kind & 0x7f) % 3 {
+                0 => {
+                    let inputs = pieces.enumerate().map(|(k, data)| match k % 3 {
+                        0 => Input::Udp {
+                            socket: 0,
+                            from,
+                            data,
+                        },
+                        1 => Input::Udp {
+                            socket: burrow_node::RELAY_SOCKET,
+                            from,
+                            data,
+                        },
+                        _ => Input::Derp {
+                            region: 1,
+                            from: b_key,
+                            data,
+                        },
+                    });
+                    let o = a.handle_batch(now, inputs, &mut out, &mut delivered);
+                    assert!(o.refused <= o.handled && o.handled <= n);
+                }
+                1 => {
+                    packets.clear();
+                    for p in pieces {
+                        packets.push(b_key, p);
+                    }
+                    let o = a.send_batch(now, &packets, &mut out, &mut delivered);
+                    assert_eq!(o.handled, packets.len());
+                }
+                _ => {
+                    now += Duration::from_millis(100 * (len as u64 + 1));
+                    a.handle_timeout(now);
+                    a.poll_transmits(&mut out);
+                }
+            }
+            // Every datagram is in exactly one run, in order, whole.
+            let udp: Vec<&[u8]> = out
+                .iter()
+                .filter(|(d, _)| matches!(d, Dest::Udp { .. }))
+                .map(|(_, b)| b)
+                .collect();
+            let in_runs: Vec<&[u8]> = out.udp_runs(64).flat_map(|r| r.segments()).collect();
+            assert_eq!(udp, in_runs, "the runs hold every datagram in order");
+            for (_, bytes) in out.iter() {
+                check_bytes(bytes);
+            }
+            out.clear();
+            delivered.clear();
+            while a.poll_event().is_some() {}
+            continue;
+        }
         match kind % 6 {
             5 => drop(a.handle_input(
                 now,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use burrow_derp::client::ClientEvent;
-use burrow_node::{Event, Input, Node, Transmit, RELAY_SOCKET};
+use burrow_node::{Event, Input, Node, PacketBatch, TransmitBatch, UdpRun, RELAY_SOCKET};
 use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
@@ -150,7 +150,8 @@ fn snapshot(engine: &Node) -> EngineState {
 
 /// Payload buffers the application and the driver share: the application gives back each
 /// delivered packet's buffer once it wrote it out and takes one for each packet it sends; the
-/// driver hands them to the engine. A steady stream then allocates nothing per packet.
+/// driver copies delivered packets (and DERP sends) into them and gives back what it copied
+/// into the engine's batches. A steady stream then allocates nothing per packet.
 #[derive(Clone, Debug, Default)]
 pub struct BufferPool(Arc<std::sync::Mutex<burrow_node::Buffers>>);
 
@@ -163,10 +164,6 @@ impl BufferPool {
     /// Gives a buffer back for reuse.
     pub fn give(&self, buf: Vec<u8>) {
         self.lock().give(buf);
-    }
-
-    fn pop(&self) -> Option<Vec<u8>> {
-        self.lock().pop()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, burrow_node::Buffers> {
@@ -278,10 +275,18 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
         readers.push(reader);
         relay_return = Some(back);
     }
-    // Runs of equal-sized datagrams to one destination, for one GSO send each: the main
-    // socket's to a peer, the relay socket's to one leg.
-    let mut main_run = SendRun::default();
-    let mut run = SendRun::default();
+    // The engine's batches: what to send (its UDP datagrams leave as runs of equal-sized
+    // datagrams to one destination, one GSO send each), packets it delivered, and packets
+    // and datagrams gathered for it.
+    let mut tx = TransmitBatch::new();
+    let mut rx = PacketBatch::new();
+    let mut to_send = PacketBatch::new();
+    let mut arrived: Vec<Datagram> = Vec::with_capacity(INPUT_BATCH);
+    let mut relayed: Vec<(PublicKey, Vec<u8>)> = Vec::with_capacity(INPUT_BATCH);
+    let max_segments = relay
+        .as_ref()
+        .map_or(usize::MAX, |r| r.max_segments())
+        .min(main.max_segments());
     let region = 1;
     let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
     let deadline = until.unwrap_or(far);
@@ -293,33 +298,17 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
         if engine.poll_timeout().is_some_and(|w| w <= now()) {
             engine.handle_timeout(now());
         }
-        // Buffers the application gave back go to the engine for its next packets.
-        while engine.spare_buffers() < ENGINE_SPARE {
-            match buffers.pop() {
-                Some(b) => engine.recycle(b),
-                None => break,
-            }
-        }
-        while let Some(t) = engine.poll_transmit() {
-            match t {
-                Transmit::Udp {
-                    socket,
-                    dst,
-                    payload,
-                } => {
-                    if socket == RELAY_SOCKET {
-                        if let Some(r) = &relay {
-                            run.add(r.as_ref(), dst, &payload).await;
-                        }
-                        engine.recycle(payload);
-                        continue;
+        engine.poll_transmits(&mut tx);
+        for run in tx.udp_runs(max_segments) {
+            match run.socket {
+                RELAY_SOCKET => {
+                    if let Some(r) = &relay {
+                        send_run(r.as_ref(), &run).await;
                     }
-                    if socket == 0 {
-                        main_run.add(main.as_ref(), dst, &payload).await;
-                        engine.recycle(payload);
-                        continue;
-                    }
-                    let i = socket as usize;
+                }
+                0 => send_run(main.as_ref(), &run).await,
+                socket => {
+                    let i = usize::from(socket);
                     if sockets.len() <= i {
                         sockets.resize(i + 1, None);
                     }
@@ -343,18 +332,23 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
                     }
                     if let Some(s) = &sockets[i] {
                         // Send errors (unreachable, no route) are the network's answer, not ours.
-                        let _ = s.send_to(&payload, dst).await;
+                        for d in run.segments() {
+                            let _ = s.send_to(d, run.dst).await;
+                        }
                     }
-                    engine.recycle(payload);
                 }
-                Transmit::Derp { dst, payload, .. } => derp.send(dst, payload),
             }
         }
-        main_run.flush(main.as_ref()).await;
-        if let Some(r) = &relay {
-            run.flush(r.as_ref()).await;
+        for (_, dst, packet) in tx.derp() {
+            derp.send(dst, buffers.take(packet));
         }
-        while let Some(e) = engine.poll_event() {
+        tx.clear();
+        // Packets for the application go ahead of the engine's other events.
+        let packets = rx.iter().map(|(peer, packet)| Event::Packet {
+            peer,
+            data: buffers.take(packet),
+        });
+        for e in packets.chain(std::iter::from_fn(|| engine.poll_event())) {
             if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(e) {
                 events_dropped += 1;
                 if events_dropped.is_power_of_two() {
@@ -365,6 +359,7 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
                 }
             }
         }
+        rx.clear();
         let wake = engine
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
@@ -408,52 +403,71 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
                 None => commands_open = false,
             },
             Some(first) = in_rx.recv() => {
-                // What else has arrived goes in before the transmits are polled, so a burst
-                // leaves as runs the relay socket can send in one call.
-                let t = now();
-                let mut next = first;
-                for handled in 1.. {
-                    let Datagram { socket, from, buf, len } = next;
-                    let _ = engine.handle_input(t, Input::Udp { socket, from, data: &buf[..len] });
-                    let back = match socket {
+                // What else has arrived goes in as one batch, so a burst leaves as runs the
+                // sockets send in one call each.
+                arrived.push(first);
+                while arrived.len() < INPUT_BATCH {
+                    match in_rx.try_recv() {
+                        Ok(d) => arrived.push(d),
+                        Err(_) => break,
+                    }
+                }
+                let inputs = arrived.iter().map(|d| Input::Udp {
+                    socket: d.socket,
+                    from: d.from,
+                    data: &d.buf[..d.len],
+                });
+                engine.handle_batch(now(), inputs, &mut tx, &mut rx);
+                for d in arrived.drain(..) {
+                    let back = match d.socket {
                         RELAY_SOCKET => relay_return.as_ref(),
-                        _ => returns.get(usize::from(socket)).and_then(Option::as_ref),
+                        socket => returns.get(usize::from(socket)).and_then(Option::as_ref),
                     };
                     if let Some(back) = back {
-                        let _ = back.try_send(buf);
-                    }
-                    if handled == INPUT_BATCH {
-                        break;
-                    }
-                    match in_rx.try_recv() {
-                        Ok(d) => next = d,
-                        Err(_) => break,
+                        let _ = back.try_send(d.buf);
                     }
                 }
             }
             e = derp.events.recv() => match e {
                 Some(ClientEvent::Packet { src, data }) => {
-                    let _ = engine.handle_input(now(), Input::Derp { region, from: src, data: &data });
+                    relayed.push((src, data));
+                    while relayed.len() < INPUT_BATCH {
+                        match derp.events.try_recv() {
+                            Ok(ClientEvent::Packet { src, data }) => relayed.push((src, data)),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let inputs = relayed.iter().map(|(from, data)| Input::Derp {
+                        region,
+                        from: *from,
+                        data,
+                    });
+                    engine.handle_batch(now(), inputs, &mut tx, &mut rx);
+                    for (_, data) in relayed.drain(..) {
+                        buffers.give(data);
+                    }
                 }
                 Some(_) => {}
                 None => break Err(io::Error::other("the DERP client stopped")),
             },
             p = outbound.recv(), if app_open => match p {
                 Some((peer, packet)) => {
-                    // A burst from the application is sealed in one go, so its datagrams
+                    // A burst from the application goes in as one batch, so its datagrams
                     // leave as one run.
-                    let t = now();
-                    let _ = engine.send(t, &peer, &packet);
-                    engine.recycle(packet);
-                    for _ in 1..INPUT_BATCH {
+                    to_send.push(peer, &packet);
+                    buffers.give(packet);
+                    while to_send.len() < INPUT_BATCH {
                         match outbound.try_recv() {
                             Ok((peer, packet)) => {
-                                let _ = engine.send(t, &peer, &packet);
-                                engine.recycle(packet);
+                                to_send.push(peer, &packet);
+                                buffers.give(packet);
                             }
                             Err(_) => break,
                         }
                     }
+                    engine.send_batch(now(), &to_send, &mut tx, &mut rx);
+                    to_send.clear();
                 }
                 None => app_open = false,
             },
@@ -482,72 +496,17 @@ struct Datagram {
 /// Datagrams the engine takes in one go before its transmits are sent.
 const INPUT_BATCH: usize = 64;
 
-/// GSO sends stay below the 64 KiB an IP datagram can carry.
-const RUN_BYTES: usize = 60_000;
-
-/// Consecutive datagrams to one destination, all of one size but the last (which may be
-/// shorter), gathered for one [`UdpTransport::send_segments`] call.
-#[derive(Debug, Default)]
-struct SendRun {
-    dst: Option<SocketAddr>,
-    segment: usize,
-    count: usize,
-    /// A shorter datagram ended the run.
-    closed: bool,
-    buf: Vec<u8>,
+/// Sends one run from `socket`: a lone datagram by itself, more as one GSO send. Send errors
+/// (unreachable, no route) are the network's answer, not ours.
+async fn send_run<S: UdpTransport>(socket: &S, run: &UdpRun<'_>) {
+    let _ = if run.count() == 1 {
+        socket.send_to(run.datagrams, run.dst).await.map(drop)
+    } else {
+        socket
+            .send_segments(run.datagrams, run.segment, run.dst)
+            .await
+    };
 }
-
-impl SendRun {
-    /// Whether a datagram of `len` bytes to `dst` may join the run.
-    fn extends(&self, dst: SocketAddr, len: usize) -> bool {
-        self.dst == Some(dst) && !self.closed && len <= self.segment && len > 0
-    }
-
-    fn push(&mut self, dst: SocketAddr, datagram: &[u8]) {
-        if self.dst.is_none() {
-            self.dst = Some(dst);
-            self.segment = datagram.len();
-        } else if datagram.len() < self.segment {
-            self.closed = true;
-        }
-        self.buf.extend_from_slice(datagram);
-        self.count += 1;
-    }
-
-    fn is_full(&self, max_segments: usize) -> bool {
-        self.closed || self.count >= max_segments || self.buf.len() + self.segment > RUN_BYTES
-    }
-
-    /// Adds a datagram for `socket`: what came before leaves first if it cannot join, and
-    /// the run leaves once full.
-    async fn add<S: UdpTransport>(&mut self, socket: &S, dst: SocketAddr, datagram: &[u8]) {
-        if !self.extends(dst, datagram.len()) {
-            self.flush(socket).await;
-        }
-        self.push(dst, datagram);
-        if self.is_full(socket.max_segments()) {
-            self.flush(socket).await;
-        }
-    }
-
-    /// Sends the run (one datagram as itself) and empties it; send errors are the network's
-    /// answer, as for single datagrams.
-    async fn flush<S: UdpTransport>(&mut self, socket: &S) {
-        if let Some(dst) = self.dst.take() {
-            let _ = if self.count == 1 {
-                socket.send_to(&self.buf, dst).await.map(drop)
-            } else {
-                socket.send_segments(&self.buf, self.segment, dst).await
-            };
-        }
-        self.buf.clear();
-        self.count = 0;
-        self.closed = false;
-    }
-}
-
-/// Spare buffers the driver keeps the engine supplied with from the shared pool.
-const ENGINE_SPARE: usize = 64;
 
 /// Buffers a reader keeps in circulation; with all of them queued it waits (the socket's own
 /// buffer holds what arrives meanwhile), so a flood costs at most this many.
@@ -646,6 +605,7 @@ mod tests {
 
     use super::*;
     use crate::transport::{bind_udp_socket, SocketFamilies};
+    use burrow_node::Dest;
 
     async fn next(rx: &mut mpsc::Receiver<Datagram>) -> Datagram {
         tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
@@ -737,13 +697,22 @@ mod tests {
         }
     }
 
-    /// Feeds datagrams through a [`SendRun`] as the driver does.
+    /// Sends datagrams from the main socket as the driver does: from the engine's batch, as
+    /// runs.
     async fn drive(socket: &Recorder, datagrams: &[(SocketAddr, Vec<u8>)]) {
-        let mut run = SendRun::default();
+        let mut batch = TransmitBatch::new();
         for (dst, d) in datagrams {
-            run.add(socket, *dst, d).await;
+            batch.push(
+                Dest::Udp {
+                    socket: 0,
+                    dst: *dst,
+                },
+                d,
+            );
         }
-        run.flush(socket).await;
+        for run in batch.udp_runs(socket.max_segments()) {
+            send_run(socket, &run).await;
+        }
     }
 
     #[tokio::test]
@@ -793,7 +762,7 @@ mod tests {
         assert!(calls.len() > 1);
         for (_, d, _) in &calls {
             assert!(d.len() <= 64);
-            assert!(d.iter().map(Vec::len).sum::<usize>() <= RUN_BYTES);
+            assert!(d.iter().map(Vec::len).sum::<usize>() <= burrow_node::batch::RUN_BYTES);
         }
         assert_eq!(calls.iter().map(|(_, d, _)| d.len()).sum::<usize>(), 200);
         let small: Vec<_> = (0..100).map(|_| (x, vec![0u8; 20])).collect();

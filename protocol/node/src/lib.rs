@@ -2,12 +2,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod batch;
 mod buffers;
 pub mod engine;
 pub mod icmp;
 pub mod nat;
 mod routing;
 
+pub use batch::{BatchOutcome, Dest, PacketBatch, TransmitBatch, UdpRun};
 pub use buffers::Buffers;
 pub use engine::{
     Event, Explanation, Footprint, Input, MtuConfig, Node, NodeConfig, NodeError, PeerConfig,

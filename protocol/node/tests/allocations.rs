@@ -6,9 +6,9 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_node::{Event, Input, Node, NodeConfig, PeerConfig, Transmit};
+use burrow_node::{Dest, Event, Input, Node, PacketBatch, Transmit, TransmitBatch};
 use burrow_punch::Route;
-use burrow_wg::PrivateKey;
+use burrow_wg::PublicKey;
 
 /// Counts this thread's allocations (other test threads do not disturb the count).
 struct Counting;
@@ -36,31 +36,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+mod common;
+use common::{lan_pair, A_ADDR, B_ADDR};
+
 fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
-}
-
-const A_ADDR: &str = "192.168.1.10:41641";
-const B_ADDR: &str = "192.168.1.20:41641";
-
-fn node(n: u8, addr: &str, now: Instant) -> Node {
-    let mut c = NodeConfig::new(
-        PrivateKey::from_bytes([n; 32]),
-        PrivateKey::from_bytes([n + 1; 32]),
-        u64::from(n),
-    );
-    c.local_addrs = vec![addr.parse().unwrap()];
-    Node::new(c, now)
-}
-
-fn peer_of(n: &Node, addr: &str, ip: &str) -> PeerConfig {
-    PeerConfig {
-        node_key: n.public_key(),
-        disco_key: n.disco_public_key(),
-        home_region: 1,
-        endpoints: vec![addr.parse().unwrap()],
-        allowed_ips: vec![ip.parse().unwrap()],
-    }
 }
 
 /// Carries everything `from` sends to `to` (both on one LAN; DERP straight across), recycling
@@ -106,11 +86,7 @@ fn carry(now: Instant, from: &mut Node, from_addr: SocketAddr, to: &mut Node) ->
 fn ten_thousand_packets_allocate_nothing_once_the_path_is_direct() {
     let mut now = Instant::now();
     let (a_addr, b_addr) = (A_ADDR.parse().unwrap(), B_ADDR.parse().unwrap());
-    let (mut a, mut b) = (node(1, A_ADDR, now), node(3, B_ADDR, now));
-    a.add_peer(now, peer_of(&b, B_ADDR, "100.64.0.2/32"))
-        .unwrap();
-    b.add_peer(now, peer_of(&a, A_ADDR, "100.64.0.1/32"))
-        .unwrap();
+    let [mut a, mut b] = lan_pair(now);
     let (a_key, b_key) = (a.public_key(), b.public_key());
     // 1280 bytes from a's tailnet address to b's.
     let mut packet = vec![0u8; 1280];
@@ -150,4 +126,85 @@ fn ten_thousand_packets_allocate_nothing_once_the_path_is_direct() {
     let made = allocations() - before;
     assert_eq!(delivered, 10_000);
     assert_eq!(made, 0, "{made} allocations over 10,000 packets");
+}
+
+/// Carries `out` (what `from` sent) into `to` as one batch; returns how many packets `to`
+/// delivered. `out` ends empty, `replies` holds what `to` sends back.
+fn carry_batch(
+    now: Instant,
+    from: (PublicKey, SocketAddr),
+    out: &mut TransmitBatch,
+    to: &mut Node,
+    replies: &mut TransmitBatch,
+    delivered: &mut PacketBatch,
+) -> usize {
+    let (key, addr) = from;
+    let inputs = out.iter().map(|(dest, data)| match dest {
+        Dest::Udp { socket, .. } => Input::Udp {
+            socket,
+            from: addr,
+            data,
+        },
+        Dest::Derp { .. } => Input::Derp {
+            region: 1,
+            from: key,
+            data,
+        },
+    });
+    to.handle_batch(now, inputs, replies, delivered);
+    out.clear();
+    let n = delivered.len();
+    delivered.clear();
+    n
+}
+
+#[test]
+fn ten_thousand_packets_in_batches_allocate_nothing_once_the_path_is_direct() {
+    let mut now = Instant::now();
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        (A_ADDR.parse().unwrap(), B_ADDR.parse().unwrap());
+    let [mut a, mut b] = lan_pair(now);
+    let (a_key, b_key) = (a.public_key(), b.public_key());
+    let mut packet = vec![0u8; 1280];
+    packet[..20].copy_from_slice(&[
+        0x45, 0, 5, 0, 0, 0, 0, 0, 64, 17, 0, 0, 100, 64, 0, 1, 100, 64, 0, 2,
+    ]);
+    // Sixteen packets per batch, as a TUN read of a super-packet hands over.
+    let mut packets = PacketBatch::new();
+    for _ in 0..16 {
+        packets.push(b_key, &packet);
+    }
+    let (mut a_out, mut b_out) = (TransmitBatch::new(), TransmitBatch::new());
+    let mut delivered = PacketBatch::new();
+    let mut round = |now: Instant,
+                     a: &mut Node,
+                     b: &mut Node,
+                     a_out: &mut TransmitBatch,
+                     b_out: &mut TransmitBatch| {
+        a.send_batch(now, &packets, a_out, &mut delivered);
+        let mut got = 0;
+        for _ in 0..3 {
+            got += carry_batch(now, (a_key, a_addr), a_out, b, b_out, &mut delivered);
+            carry_batch(now, (b_key, b_addr), b_out, a, a_out, &mut delivered);
+        }
+        got
+    };
+    for _ in 0..200 {
+        now += Duration::from_millis(50);
+        a.handle_timeout(now);
+        a.poll_transmits(&mut a_out);
+        b.handle_timeout(now);
+        b.poll_transmits(&mut b_out);
+        round(now, &mut a, &mut b, &mut a_out, &mut b_out);
+    }
+    assert!(matches!(a.route(&b_key), Some(Route::Direct(addr)) if addr == b_addr));
+    let before = allocations();
+    let mut delivered = 0;
+    for _ in 0..625 {
+        now += Duration::from_micros(800);
+        delivered += round(now, &mut a, &mut b, &mut a_out, &mut b_out);
+    }
+    let made = allocations() - before;
+    assert_eq!(delivered, 10_000);
+    assert_eq!(made, 0, "{made} allocations over 10,000 packets in batches");
 }

@@ -154,6 +154,40 @@ pub enum Transmit {
     },
 }
 
+impl Transmit {
+    /// A transmit to `dest` carrying `payload`.
+    pub fn new(dest: crate::Dest, payload: Vec<u8>) -> Self {
+        match dest {
+            crate::Dest::Udp { socket, dst } => Transmit::Udp {
+                socket,
+                dst,
+                payload,
+            },
+            crate::Dest::Derp { region, dst } => Transmit::Derp {
+                region,
+                dst,
+                payload,
+            },
+        }
+    }
+
+    /// Where it goes, and its bytes.
+    pub fn into_parts(self) -> (crate::Dest, Vec<u8>) {
+        match self {
+            Transmit::Udp {
+                socket,
+                dst,
+                payload,
+            } => (crate::Dest::Udp { socket, dst }, payload),
+            Transmit::Derp {
+                region,
+                dst,
+                payload,
+            } => (crate::Dest::Derp { region, dst }, payload),
+        }
+    }
+}
+
 /// Something that happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

@@ -184,7 +184,7 @@ impl Node {
             padding: 0,
         };
         if let Some(payload) = self.seal(i, &ping) {
-            self.transmits.push_back(Transmit::Udp {
+            self.queue(Transmit::Udp {
                 socket,
                 dst,
                 payload,

@@ -26,7 +26,7 @@ impl Node {
     pub(super) fn send_disco_relay(&mut self, i: usize, msg: &Message) {
         if let Some(payload) = self.seal(i, msg) {
             let p = &self.peers[i].config;
-            self.transmits.push_back(Transmit::Derp {
+            self.queue(Transmit::Derp {
                 region: p.home_region,
                 dst: p.node_key,
                 payload,
@@ -133,7 +133,7 @@ impl Node {
             match t.dst {
                 Dst::Direct(dst) => {
                     self.peers[i].stats.disco_direct += 1;
-                    self.transmits.push_back(Transmit::Udp {
+                    self.queue(Transmit::Udp {
                         socket: t.socket,
                         dst,
                         payload,
@@ -141,7 +141,7 @@ impl Node {
                 }
                 Dst::Relay => {
                     let p = &self.peers[i].config;
-                    self.transmits.push_back(Transmit::Derp {
+                    self.queue(Transmit::Derp {
                         region: p.home_region,
                         dst: p.node_key,
                         payload,

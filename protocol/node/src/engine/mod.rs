@@ -11,6 +11,10 @@
 //! - Commands: [`Node::send`] (an IP packet), [`Node::ping`] (`burrow ping`).
 //! - Inputs: [`Node::handle_input`] (a datagram or a DERP packet), [`Node::handle_timeout`].
 //! - Outputs: [`Node::poll_transmit`], [`Node::poll_event`], [`Node::poll_timeout`].
+//! - Batches: [`Node::send_batch`] and [`Node::handle_batch`] take a burst and write what to
+//!   send and the packets delivered into the caller's buffers ([`TransmitBatch`],
+//!   [`PacketBatch`]); [`Node::poll_transmits`] moves what timers queued there too. Each item
+//!   goes through what its one-at-a-time call does.
 //! - Queries: keys, [`Node::nat`], [`Node::candidates`], and per peer [`Node::route`],
 //!   [`Node::stats`], [`Node::explain`], [`Node::peer_for_ip`].
 //!
@@ -65,6 +69,7 @@ pub use peer_relay::{
 pub use pmtu::{MtuConfig, MIN_TUNNEL_MTU};
 pub use relay_host::RelayServerSettings;
 
+use crate::batch::{BatchOutcome, Dest, PacketBatch, TransmitBatch};
 use crate::nat::NatView;
 use crate::routing::AllowedIps;
 use birthday::Opening;
@@ -171,7 +176,11 @@ pub struct Node {
     replan_birthday: Option<Instant>,
     candidates: Vec<Candidate>,
     user_pings: BTreeMap<burrow_disco::TxId, (usize, Instant, Route)>,
-    transmits: VecDeque<Transmit>,
+    /// What to send, in one buffer ([`Node::poll_transmit`] takes it one at a time,
+    /// [`Node::poll_transmits`] whole).
+    transmits: TransmitBatch,
+    /// The caller's batch while a batch call runs: delivered packets go there, not to events.
+    rx: Option<PacketBatch>,
     events: VecDeque<Event>,
     buf: Vec<u8>,
     /// Payload buffers given back by the driver, for reuse.
@@ -229,7 +238,8 @@ impl Node {
             prediction_sessions: burrow_punch::TokenBucket::new(config.prediction.sessions, now),
             candidates: Vec::new(),
             user_pings: BTreeMap::new(),
-            transmits: VecDeque::new(),
+            transmits: TransmitBatch::new(),
+            rx: None,
             events: VecDeque::new(),
             buf: vec![0u8; MAX_DATAGRAM + 64],
             spare: crate::Buffers::default(),
@@ -475,7 +485,7 @@ impl Node {
             Route::Direct(addr) => {
                 let socket = self.peers[i].paths.socket_of(addr);
                 if let Some(payload) = self.seal(i, &ping) {
-                    self.transmits.push_back(Transmit::Udp {
+                    self.queue(Transmit::Udp {
                         socket,
                         dst: addr,
                         payload,
@@ -508,8 +518,7 @@ impl Node {
             None => self.send_packet(now, i, packet),
             Some(crate::icmp::TooBig::Tell(error)) => {
                 self.peers[i].stats.tx_too_big += 1;
-                let data = self.payload(&error);
-                self.events.push_back(Event::Packet { peer: *peer, data });
+                self.deliver(*peer, &error);
                 Ok(())
             }
             Some(crate::icmp::TooBig::Fragments(fragments)) => {
@@ -661,18 +670,95 @@ impl Node {
         self.spare.len()
     }
 
-    /// A payload holding `bytes`, in a recycled buffer when there is one.
-    pub(super) fn payload(&mut self, bytes: &[u8]) -> Vec<u8> {
-        self.spare.take(bytes)
-    }
-
     /// The next thing to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front()?;
-        if let Transmit::Udp { socket, dst, .. } = &t {
-            self.note_flow(*socket, *dst);
+        let (dest, bytes) = self.transmits.pop_front()?;
+        let payload = self.spare.take(bytes);
+        if let Dest::Udp { socket, dst } = dest {
+            self.note_flow(socket, dst);
         }
-        Some(t)
+        Some(Transmit::new(dest, payload))
+    }
+
+    /// Everything waiting to be sent, moved to the end of `out` (without a copy when `out` is
+    /// empty: the two swap buffers).
+    pub fn poll_transmits(&mut self, out: &mut TransmitBatch) {
+        // Our new flows are counted as they leave (mutual port prediction).
+        let mut batch = std::mem::take(&mut self.transmits);
+        for (dest, _) in batch.iter() {
+            if let Dest::Udp { socket, dst } = dest {
+                self.note_flow(socket, dst);
+            }
+        }
+        out.append(&mut batch);
+        self.transmits = batch;
+    }
+
+    /// Sends each packet of `packets` as [`Node::send`] would, in order. What to send goes to
+    /// the end of `out` (with anything else waiting), and packets for the application (an ICMP
+    /// "too big" for a packet the path cannot carry) to the end of `delivered`, not to events.
+    pub fn send_batch(
+        &mut self,
+        now: Instant,
+        packets: &PacketBatch,
+        out: &mut TransmitBatch,
+        delivered: &mut PacketBatch,
+    ) -> BatchOutcome {
+        self.rx = Some(std::mem::take(delivered));
+        let mut outcome = BatchOutcome::default();
+        for (k, (peer, packet)) in packets.iter().enumerate() {
+            outcome.handled += 1;
+            if let Err(e) = self.send(now, &peer, packet) {
+                outcome.refused += 1;
+                outcome.last_error = Some((k, e));
+            }
+        }
+        *delivered = self.rx.take().unwrap_or_default();
+        self.poll_transmits(out);
+        outcome
+    }
+
+    /// Handles each input as [`Node::handle_input`] would, in order. What to send goes to the
+    /// end of `out` (with anything else waiting), and decrypted packets to the end of
+    /// `delivered`, not to events; other events wait for [`Node::poll_event`] as ever.
+    pub fn handle_batch<'a>(
+        &mut self,
+        now: Instant,
+        inputs: impl IntoIterator<Item = Input<'a>>,
+        out: &mut TransmitBatch,
+        delivered: &mut PacketBatch,
+    ) -> BatchOutcome {
+        self.rx = Some(std::mem::take(delivered));
+        let mut outcome = BatchOutcome::default();
+        for (k, input) in inputs.into_iter().enumerate() {
+            outcome.handled += 1;
+            if let Err(e) = self.handle_input(now, input) {
+                outcome.refused += 1;
+                outcome.last_error = Some((k, e));
+            }
+        }
+        *delivered = self.rx.take().unwrap_or_default();
+        self.poll_transmits(out);
+        outcome
+    }
+
+    /// Queues a transmit made as a `Vec`, which goes back to the spare buffers.
+    pub(super) fn queue(&mut self, t: Transmit) {
+        let (dest, payload) = t.into_parts();
+        self.transmits.push(dest, &payload);
+        self.spare.give(payload);
+    }
+
+    /// Hands a decrypted packet (or an ICMP answer) to the application: into the caller's
+    /// batch during a batch call, else as an [`Event::Packet`].
+    pub(super) fn deliver(&mut self, peer: PublicKey, packet: &[u8]) {
+        match self.rx.as_mut() {
+            Some(rx) => rx.push(peer, packet),
+            None => {
+                let data = self.spare.take(packet);
+                self.events.push_back(Event::Packet { peer, data });
+            }
+        }
     }
 
     /// The next event.

@@ -28,6 +28,7 @@ use rand_chacha::ChaCha20Rng;
 
 use super::wireguard::{WgSource, DATA_STALL_AFTER};
 use super::{Event, Node, NodeError, Transmit};
+use crate::batch::Dest;
 
 /// The socket the relay server listens on (the driver binds it on the configured port).
 pub const RELAY_SOCKET: SocketId = u16::MAX;
@@ -448,7 +449,7 @@ impl Node {
             }
         }
         for x in out {
-            self.transmits.push_back(Transmit::Udp {
+            self.queue(Transmit::Udp {
                 socket: MAIN_SOCKET,
                 dst: x.dst,
                 payload: x.payload,
@@ -692,16 +693,13 @@ impl Node {
         proto: GeneveProtocol,
         payload: &[u8],
     ) {
-        let mut out = self.spare.take(&[]);
-        out.resize(GENEVE_HEADER_LEN + payload.len(), 0);
-        if let Ok(n) = encap(vni, proto, payload, &mut out) {
-            out.truncate(n);
-            self.transmits.push_back(Transmit::Udp {
-                socket: MAIN_SOCKET,
-                dst: addr,
-                payload: out,
-            });
-        }
+        let dest = Dest::Udp {
+            socket: MAIN_SOCKET,
+            dst: addr,
+        };
+        let max = GENEVE_HEADER_LEN + payload.len();
+        self.transmits
+            .push_with(dest, max, |out| encap(vni, proto, payload, out).ok());
     }
 
     /// Picks the relay with the lowest round trip among those alive, keeping the one in use

@@ -134,7 +134,7 @@ impl Node {
             debug_assert_eq!(payload.len(), size.max(PING_LEN));
             self.peers[i].stats.mtu_probes += 1;
             let socket = self.peers[i].paths.socket_of(addr);
-            self.transmits.push_back(Transmit::Udp {
+            self.queue(Transmit::Udp {
                 socket,
                 dst: addr,
                 payload,

@@ -22,7 +22,8 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use super::birthday::birthday_targets;
-use super::{Node, Transmit};
+use super::Node;
+use crate::batch::Dest;
 
 /// Measurement sockets rotate through this many, so none asks again within a NAT timeout
 /// (measurements are at least `min_round_interval` apart per peer).
@@ -306,11 +307,11 @@ impl Node {
             return;
         };
         while let Some(t) = m.client.poll_transmit() {
-            self.transmits.push_back(Transmit::Udp {
+            let dest = Dest::Udp {
                 socket: m.socket,
                 dst: t.dst,
-                payload: t.payload,
-            });
+            };
+            self.transmits.push(dest, &t.payload);
         }
         let mut outcome = None;
         while let Some(e) = m.client.poll_event() {

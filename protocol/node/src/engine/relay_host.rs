@@ -14,7 +14,8 @@ use burrow_wg::PublicKey;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::{Node, NodeError, Transmit, RELAY_SOCKET};
+use super::{Node, NodeError, RELAY_SOCKET};
+use crate::batch::Dest;
 
 /// Running a relay for others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,11 +133,11 @@ impl Node {
         let mut mapped = None;
         let mut done = false;
         while let Some(t) = client.poll_transmit() {
-            self.transmits.push_back(Transmit::Udp {
+            let dest = Dest::Udp {
                 socket: RELAY_SOCKET,
                 dst: t.dst,
-                payload: t.payload,
-            });
+            };
+            self.transmits.push(dest, &t.payload);
         }
         while let Some(e) = client.poll_event() {
             done = true;
@@ -193,12 +194,11 @@ impl Node {
         self.drain_relay_server();
         match r {
             Ok(Some(fwd)) => {
-                let payload = self.payload(data);
-                self.transmits.push_back(Transmit::Udp {
+                let dest = Dest::Udp {
                     socket: RELAY_SOCKET,
                     dst: fwd.dst,
-                    payload,
-                });
+                };
+                self.transmits.push(dest, data);
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -211,11 +211,11 @@ impl Node {
             return;
         };
         while let Some(t) = server.poll_transmit() {
-            self.transmits.push_back(Transmit::Udp {
+            let dest = Dest::Udp {
                 socket: RELAY_SOCKET,
                 dst: t.dst,
-                payload: t.payload,
-            });
+            };
+            self.transmits.push(dest, &t.payload);
         }
         while server.poll_event().is_some() {}
     }

@@ -12,7 +12,8 @@ use burrow_stun::{BindingClient, BindingRequest, ClientConfig};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use super::{Event, Node, Transmit};
+use super::{Event, Node};
+use crate::batch::Dest;
 use crate::nat::{classify, NatView};
 
 /// How many predicted ports a sequential-NAT node advertises.
@@ -110,11 +111,11 @@ impl Node {
             return;
         };
         while let Some(t) = round.client.poll_transmit() {
-            self.transmits.push_back(Transmit::Udp {
+            let dest = Dest::Udp {
                 socket: MAIN_SOCKET,
                 dst: t.dst,
-                payload: t.payload,
-            });
+            };
+            self.transmits.push(dest, &t.payload);
         }
         while let Some(e) = round.client.poll_event() {
             let (id, mapped) = match e {

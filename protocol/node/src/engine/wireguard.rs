@@ -10,7 +10,8 @@ use burrow_wg::device::Received;
 use burrow_wg::tunnel::{Decapsulated, Event as WgEvent};
 use burrow_wg::PublicKey;
 
-use super::{Event, Node, NodeError, Transmit};
+use super::{Event, Node, NodeError};
+use crate::batch::Dest;
 use crate::routing::inner_source;
 
 /// WireGuard keep-alive (10 s) plus rekey timeout (5 s): data sent on a direct path with no
@@ -115,22 +116,17 @@ impl Node {
                 self.flush_paths(now, i);
             }
             relay = !trusted || doubt || at_risk;
-            let payload = self.payload(datagram);
-            self.transmits.push_back(Transmit::Udp {
-                socket,
-                dst: addr,
-                payload,
-            });
+            self.transmits
+                .push(Dest::Udp { socket, dst: addr }, datagram);
         }
         if relay {
-            let payload = self.payload(datagram);
             let p = &mut self.peers[i];
             p.stats.tx_relay += 1;
-            self.transmits.push_back(Transmit::Derp {
+            let dest = Dest::Derp {
                 region: p.config.home_region,
                 dst: p.config.node_key,
-                payload,
-            });
+            };
+            self.transmits.push(dest, datagram);
         }
     }
 
@@ -219,11 +215,10 @@ impl Node {
                         let owner =
                             inner_source(&out[..n]).and_then(|ip| self.allowed.owner_of(ip));
                         if owner == Some(self.peers[i].config.node_key) {
-                            let data = self.payload(&out[..n]);
                             let p = &mut self.peers[i];
                             p.stats.rx_bytes += n as u64;
                             let peer = p.config.node_key;
-                            self.events.push_back(Event::Packet { peer, data });
+                            self.deliver(peer, &out[..n]);
                         } else {
                             self.peers[i].stats.rx_spoofed += 1;
                         }
@@ -233,22 +228,15 @@ impl Node {
                 Ok(())
             }
             Ok(Received::CookieReply(n)) => {
-                let payload = self.payload(&out[..n]);
+                let reply = &out[..n];
                 match source {
-                    WgSource::Direct(socket, dst) => self.transmits.push_back(Transmit::Udp {
-                        socket,
-                        dst,
-                        payload,
-                    }),
-                    WgSource::Relay(region, dst) => self.transmits.push_back(Transmit::Derp {
-                        region,
-                        dst,
-                        payload,
-                    }),
-                    WgSource::PeerRelay(addr, vni) => {
-                        self.recycle(payload.clone());
-                        self.send_wg_via_relay(addr, vni, &payload);
+                    WgSource::Direct(socket, dst) => {
+                        self.transmits.push(Dest::Udp { socket, dst }, reply)
                     }
+                    WgSource::Relay(region, dst) => {
+                        self.transmits.push(Dest::Derp { region, dst }, reply)
+                    }
+                    WgSource::PeerRelay(addr, vni) => self.send_wg_via_relay(addr, vni, reply),
                 }
                 Ok(())
             }

@@ -387,6 +387,10 @@ struct Side {
     portmap: Option<SidePortMap>,
     /// Public addresses it was given after its first (`Disruption::NewAddress`).
     renumbered: u8,
+    /// The node's batches: what it sends, and packets it delivered (the engine is driven
+    /// through its batch calls, as the real driver drives it).
+    tx: burrow_node::TransmitBatch,
+    rx: burrow_node::PacketBatch,
 }
 
 /// A side's IPv6: the global address, its stateful firewall, and whether it is withdrawn.

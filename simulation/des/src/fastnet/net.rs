@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use burrow_node::{
-    Input, Node, NodeConfig, PeerConfig, PeerRelayPolicy, RelayServerSettings, Transmit,
-    RELAY_SOCKET,
+    Event, Input, Node, NodeConfig, PacketBatch, PeerConfig, PeerRelayPolicy, RelayServerSettings,
+    Transmit, TransmitBatch, RELAY_SOCKET,
 };
 use burrow_punch::Route;
 use burrow_stun::{BindingServer, ServerConfig};
@@ -255,6 +255,7 @@ impl FastNet {
         self.send_bulk();
         for s in 0..self.sides.len() {
             self.transmit(s);
+            self.take_delivered(s);
             while let Some(e) = self.sides[s].node.poll_event() {
                 self.on_event(s, e);
             }
@@ -321,15 +322,12 @@ impl FastNet {
                     return;
                 }
                 let from = self.sides[from].node.public_key();
-                let r = self.sides[to].node.handle_input(
-                    now,
-                    Input::Derp {
-                        region: 1,
-                        from,
-                        data: &data,
-                    },
-                );
-                if let Err(e) = r {
+                let input = Input::Derp {
+                    region: 1,
+                    from,
+                    data: &data,
+                };
+                if let Some((_, e)) = self.sides[to].input(now, input) {
                     note_error(&mut self.out, now - self.t0, to, &e);
                 }
             }
@@ -462,7 +460,7 @@ impl FastNet {
                     from: src,
                     data: &data,
                 };
-                if let Err(e) = s.node.handle_input(now, input) {
+                if let Some((_, e)) = s.input(now, input) {
                     note_error(&mut self.out, now - self.t0, side, &e);
                 }
             }
@@ -610,7 +608,7 @@ impl FastNet {
                 // Whether it goes direct: one queued for a handshake leaves later, over DERP
                 // if the direct path's size does not carry it.
                 let direct = self.sides[s].node.goes_direct(&self.peers[s], packet.len());
-                let _ = self.sides[s].node.send(now, &self.peers[s], &packet);
+                self.send_packets(s, std::iter::once(packet.as_slice()));
                 // Too large for the direct path (below the tunnel's minimum): it took DERP.
                 let direct = direct && oversize(self) == before;
                 let tr = &mut self.traffic;
@@ -631,9 +629,8 @@ impl FastNet {
         let Some(b) = self.bulk.as_mut() else {
             return;
         };
-        for p in b.poll_send(now) {
-            let _ = self.sides[0].node.send(now, &self.peers[0], &p);
-        }
+        let burst = b.poll_send(now);
+        self.send_packets(0, burst.iter().map(Vec::as_slice));
     }
 
     /// Node `s` received a segment of the bulk transfer: the receiver ACKs data, the sender
@@ -652,8 +649,39 @@ impl FastNet {
         if s == 0 {
             out.extend(b.poll_send(now));
         }
-        for p in out {
-            let _ = self.sides[s].node.send(now, &self.peers[s], &p);
+        self.send_packets(s, out.iter().map(Vec::as_slice));
+    }
+
+    /// Node `s` sends these packets to its peer, as one batch.
+    fn send_packets<'a>(&mut self, s: usize, packets: impl Iterator<Item = &'a [u8]>) {
+        let now = self.now;
+        let peer = self.peers[s];
+        let mut batch = PacketBatch::new();
+        for p in packets {
+            batch.push(peer, p);
+        }
+        let side = &mut self.sides[s];
+        side.node
+            .send_batch(now, &batch, &mut side.tx, &mut side.rx);
+    }
+
+    /// Hands the packets node `s` delivered to the run, as the events they were.
+    pub(super) fn take_delivered(&mut self, s: usize) {
+        loop {
+            let mut rx = std::mem::take(&mut self.sides[s].rx);
+            if rx.is_empty() {
+                self.sides[s].rx = rx;
+                return;
+            }
+            for (peer, data) in rx.iter() {
+                let data = data.to_vec();
+                self.on_event(s, Event::Packet { peer, data });
+            }
+            rx.clear();
+            // The memory is kept unless the packets' answers delivered more meanwhile.
+            if self.sides[s].rx.is_empty() {
+                self.sides[s].rx = rx;
+            }
         }
     }
 
@@ -779,8 +807,19 @@ impl FastNet {
 
     /// Puts node `s`'s output on the wires: DERP, or UDP out through its NAT chain.
     fn transmit(&mut self, s: usize) {
+        let mut batch = std::mem::take(&mut self.sides[s].tx);
+        self.sides[s].node.poll_transmits(&mut batch);
+        for (dest, bytes) in batch.iter() {
+            self.transmit_one(s, Transmit::new(dest, bytes.to_vec()));
+        }
+        batch.clear();
+        self.sides[s].tx = batch;
+    }
+
+    /// Puts one transmit of node `s` on the wires.
+    fn transmit_one(&mut self, s: usize, t: Transmit) {
         let now = self.now;
-        while let Some(t) = self.sides[s].node.poll_transmit() {
+        {
             let (dst, payload) = match &t {
                 Transmit::Derp { payload, .. } => (None, payload),
                 Transmit::Udp { dst, payload, .. } => (Some(*dst), payload),
@@ -799,7 +838,7 @@ impl FastNet {
                 Transmit::Derp { payload, dst, .. } => {
                     let Some(to) = self.sides.iter().position(|x| x.node.public_key() == dst)
                     else {
-                        continue;
+                        return;
                     };
                     let d = self.config.derp_one_way * 2;
                     let linked = self.sides[s].link.is_some() || self.sides[to].link.is_some();
@@ -810,7 +849,7 @@ impl FastNet {
                             data: payload,
                         };
                         self.queue.push(now + d, relay);
-                        continue;
+                        return;
                     }
                     // Up the sender's access link, through DERP, then down the receiver's.
                     let len = wire_len_tcp(payload.len());
@@ -840,20 +879,20 @@ impl FastNet {
                         _ => BIRTHDAY_BASE_PORT + socket,
                     };
                     if self.sides[s].down_until.is_some_and(|u| now < u) {
-                        continue;
+                        return;
                     }
                     if !fits(self.sides[s].link_mtu, dst, payload.len()) {
-                        continue;
+                        return;
                     }
                     let Some(src) = send_out(&mut self.sides[s], now, port, dst) else {
-                        continue; // a box dropped it, or the host has no address of that family
+                        return; // a box dropped it, or the host has no address of that family
                     };
                     let up = |data| Packet::Up { src, dst, data };
                     if let Some(link) = self.sides[s].link.as_mut() {
                         for at in link[0].carry(now, wire_len(dst, payload.len()), &mut self.rng) {
                             self.queue.push(at, up(payload.clone()));
                         }
-                        continue;
+                        return;
                     }
                     for _ in 0..copies(&self.config, &mut self.rng) {
                         let d = hop_delay(self.sides[s].one_way, &self.config, &mut self.rng);
@@ -1009,6 +1048,8 @@ fn new_side(config: &FastConfig, s: usize, wg: PrivateKey, disco: PrivateKey, t0
         link: None,
         portmap,
         renumbered: 0,
+        tx: TransmitBatch::new(),
+        rx: PacketBatch::new(),
     }
 }
 
@@ -1031,6 +1072,15 @@ impl SideV6 {
 }
 
 impl Side {
+    /// One datagram or relayed packet for the node, through its batch call; the refusal, if
+    /// it was refused.
+    fn input(&mut self, now: Instant, input: Input<'_>) -> Option<(usize, burrow_node::NodeError)> {
+        let outcome = self
+            .node
+            .handle_batch(now, [input], &mut self.tx, &mut self.rx);
+        outcome.last_error
+    }
+
     /// Whether `ip` reaches this side from the Internet: its outermost IPv4 address (when it
     /// has IPv4) or its IPv6 address.
     fn owns(&self, ip: IpAddr) -> bool {
