@@ -478,14 +478,53 @@ pub fn node_input(data: &[u8]) {
                     a.poll_transmits(&mut out);
                 }
             }
-            // Every datagram is in exactly one run, in order, whole.
-            let udp: Vec<&[u8]> = out
+            // Every datagram is in exactly one run, whole, each socket's in order; and new
+            // flows leave in the order they were made.
+            let udp: Vec<(Dest, &[u8])> = out
                 .iter()
                 .filter(|(d, _)| matches!(d, Dest::Udp { .. }))
-                .map(|(_, b)| b)
                 .collect();
-            let in_runs: Vec<&[u8]> = out.udp_runs(64).flat_map(|r| r.segments()).collect();
-            assert_eq!(udp, in_runs, "the runs hold every datagram in order");
+            let in_runs: Vec<(Dest, &[u8])> = out
+                .udp_runs(64)
+                .flat_map(|r| {
+                    let dest = Dest::Udp {
+                        socket: r.socket,
+                        dst: r.dst,
+                    };
+                    r.segments().map(move |d| (dest, d))
+                })
+                .collect();
+            let of = |v: &[(Dest, &[u8])], s: u16| -> Vec<Vec<u8>> {
+                v.iter()
+                    .filter(|(d, _)| matches!(d, Dest::Udp { socket, .. } if *socket == s))
+                    .map(|(_, b)| b.to_vec())
+                    .collect()
+            };
+            for s in udp.iter().filter_map(|(d, _)| match d {
+                Dest::Udp { socket, .. } => Some(*socket),
+                Dest::Derp { .. } => None,
+            }) {
+                assert_eq!(
+                    of(&udp, s),
+                    of(&in_runs, s),
+                    "socket {s}'s datagrams in order"
+                );
+            }
+            assert_eq!(udp.len(), in_runs.len(), "every datagram in one run");
+            let firsts = |v: &[(Dest, &[u8])]| {
+                let mut seen: Vec<Dest> = Vec::new();
+                for (d, _) in v {
+                    if !seen.contains(d) {
+                        seen.push(*d);
+                    }
+                }
+                seen
+            };
+            assert_eq!(
+                firsts(&udp),
+                firsts(&in_runs),
+                "flows leave in the order made"
+            );
             for (_, bytes) in out.iter() {
                 check_bytes(bytes);
             }

@@ -377,7 +377,8 @@ impl NodeRun {
             outbound,
             commands,
             mut events,
-            ..
+            mut delivered,
+            batches,
         } = handle;
         crate::control::follow(driver, commands, rec.clone(), name.clone(), None);
         let binder = crate::node_io::SimBinder {
@@ -398,21 +399,27 @@ impl NodeRun {
         let mut sent: u32 = 0;
         loop {
             tokio::select! {
-                e = events.recv() => match e {
-                    Some(burrow_node::Event::Packet { peer, data }) => {
+                b = delivered.recv() => match b {
+                    Some(batch) => {
                         let now = tokio::time::Instant::now();
-                        let verdict = lock(&session).admit_inbound(now.into_std(), &peer, &data);
-                        let from = data.get(12..16).and_then(|b| <[u8; 4]>::try_from(b).ok());
-                        let from = from.and_then(|b| {
-                            self.book.lock().expect("book").get(&IpAddr::from(b)).copied()
-                        });
-                        if let Some(from) = from {
-                            let at_ms = now.duration_since(start).as_millis() as u64;
-                            let accepted = !matches!(verdict, Verdict::Drop(_));
-                            self.arrivals.lock().expect("arrivals")[*index]
-                                .push(Arrival { at_ms, from, accepted });
+                        for (peer, data) in batch.iter() {
+                            let verdict = lock(&session).admit_inbound(now.into_std(), &peer, data);
+                            let from = data.get(12..16).and_then(|b| <[u8; 4]>::try_from(b).ok());
+                            let from = from.and_then(|b| {
+                                self.book.lock().expect("book").get(&IpAddr::from(b)).copied()
+                            });
+                            if let Some(from) = from {
+                                let at_ms = now.duration_since(start).as_millis() as u64;
+                                let accepted = !matches!(verdict, Verdict::Drop(_));
+                                self.arrivals.lock().expect("arrivals")[*index]
+                                    .push(Arrival { at_ms, from, accepted });
+                            }
                         }
+                        batches.give(batch);
                     }
+                    None => break,
+                },
+                e = events.recv() => match e {
                     Some(burrow_node::Event::Endpoints { candidates, .. }) => {
                         let endpoints = candidates.iter().map(|c| c.addr).collect();
                         let _ = inputs.try_send(burrow_session::Input::LocalEndpoints(endpoints));
@@ -441,7 +448,9 @@ impl NodeRun {
                         sent += 1;
                         let peer = lock(&session).route_outbound(now.into_std(), &p);
                         if let Some(peer) = peer {
-                            let _ = outbound.try_send((peer, p));
+                            let mut batch = batches.take();
+                            batch.push(peer, &p);
+                            let _ = outbound.try_send(batch);
                         }
                     }
                 }

@@ -49,18 +49,24 @@ impl SocketBinder for TokioBinder {
     }
 }
 
-/// What the application hands the driver: IP packets for peers.
-pub type Outbound = mpsc::Receiver<(PublicKey, Vec<u8>)>;
+/// What the application hands the driver: batches of IP packets for peers (a TUN read's).
+pub type Outbound = mpsc::Receiver<PacketBatch>;
 
 /// Datagrams read from the sockets but not yet handled by the engine. When the engine falls
 /// behind, the readers wait and the kernel drops (its buffers are the backpressure): a flood
 /// costs a bounded amount of memory (audit #8).
 const INBOUND_QUEUE: usize = 1024;
-/// Packets from the application waiting for the engine (the TUN reader waits when full).
-const OUTBOUND_QUEUE: usize = 1024;
+/// Batches of packets from the application waiting for the engine (the TUN reader waits when
+/// full): each a burst of TUN reads (up to about [`INPUT_BATCH`] packets, a super-packet's
+/// segments more), so at most about a thousand packets.
+const OUTBOUND_QUEUE: usize = 16;
 /// Engine events waiting for the application; past it, events are dropped (and counted), not
 /// buffered without limit behind a slow TUN writer.
 const EVENT_QUEUE: usize = 4096;
+/// Batches of delivered packets waiting for the application (each what one wakeup of the
+/// driver delivered: about [`INPUT_BATCH`] packets); past it, a batch is dropped (and
+/// counted).
+const DELIVERED_QUEUE: usize = 64;
 
 /// One peer as `burrow status` shows it.
 #[derive(Debug, Clone)]
@@ -148,25 +154,31 @@ fn snapshot(engine: &Node) -> EngineState {
     }
 }
 
-/// Payload buffers the application and the driver share: the application gives back each
-/// delivered packet's buffer once it wrote it out and takes one for each packet it sends; the
-/// driver copies delivered packets (and DERP sends) into them and gives back what it copied
-/// into the engine's batches. A steady stream then allocates nothing per packet.
+/// Packet batches the application and the driver pass each other and give back here once
+/// read, so a steady stream allocates nothing per packet or per batch.
 #[derive(Clone, Debug, Default)]
-pub struct BufferPool(Arc<std::sync::Mutex<burrow_node::Buffers>>);
+pub struct BatchPool(Arc<std::sync::Mutex<Vec<PacketBatch>>>);
 
-impl BufferPool {
-    /// A buffer holding a copy of `bytes`, reused when one is spare.
-    pub fn take(&self, bytes: &[u8]) -> Vec<u8> {
-        self.lock().take(bytes)
+/// Spare batches kept at most, and the largest kept (bytes of room): at most 64 MiB wait.
+const SPARE_BATCHES: usize = 64;
+const SPARE_BATCH_BYTES: usize = 1 << 20;
+
+impl BatchPool {
+    /// An empty batch, reused when one is spare.
+    pub fn take(&self) -> PacketBatch {
+        self.lock().pop().unwrap_or_default()
     }
 
-    /// Gives a buffer back for reuse.
-    pub fn give(&self, buf: Vec<u8>) {
-        self.lock().give(buf);
+    /// Gives a batch back for reuse (emptied), unless enough are spare or it grew too large.
+    pub fn give(&self, mut batch: PacketBatch) {
+        batch.clear();
+        let mut spare = self.lock();
+        if spare.len() < SPARE_BATCHES && batch.capacity() <= SPARE_BATCH_BYTES {
+            spare.push(batch);
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, burrow_node::Buffers> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PacketBatch>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -177,20 +189,24 @@ pub struct NodeChannels {
     outbound: Outbound,
     commands: mpsc::UnboundedReceiver<NodeCommand>,
     events: mpsc::Sender<Event>,
-    buffers: BufferPool,
+    delivered: mpsc::Sender<PacketBatch>,
+    batches: BatchPool,
 }
 
-/// The application's side: packets to send, commands, and the engine's events.
+/// The application's side: packets to send, commands, the packets delivered and the engine's
+/// other events.
 #[derive(Debug)]
 pub struct NodeHandle {
-    /// IP packets for peers.
-    pub outbound: mpsc::Sender<(PublicKey, Vec<u8>)>,
+    /// Batches of IP packets for peers (take them from `batches`).
+    pub outbound: mpsc::Sender<PacketBatch>,
     /// Peers from the control plane.
     pub commands: mpsc::UnboundedSender<NodeCommand>,
-    /// Everything the engine reports (decrypted packets, path changes, endpoints…).
+    /// Everything else the engine reports (path changes, endpoints, ping results…).
     pub events: mpsc::Receiver<Event>,
-    /// Buffers for packets to send; give delivered packets' buffers back here.
-    pub buffers: BufferPool,
+    /// Batches of decrypted packets from peers (give them back to `batches` once read).
+    pub delivered: mpsc::Receiver<PacketBatch>,
+    /// Empty batches for packets to send; give delivered batches back here.
+    pub batches: BatchPool,
 }
 
 /// Both ends.
@@ -198,19 +214,22 @@ pub fn channels() -> (NodeChannels, NodeHandle) {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-    let buffers = BufferPool::default();
+    let (del_tx, del_rx) = mpsc::channel(DELIVERED_QUEUE);
+    let batches = BatchPool::default();
     (
         NodeChannels {
             outbound: out_rx,
             commands: cmd_rx,
             events: ev_tx,
-            buffers: buffers.clone(),
+            delivered: del_tx,
+            batches: batches.clone(),
         },
         NodeHandle {
             outbound: out_tx,
             commands: cmd_tx,
             events: ev_rx,
-            buffers,
+            delivered: del_rx,
+            batches,
         },
     )
 }
@@ -253,7 +272,8 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
         mut outbound,
         mut commands,
         events,
-        buffers,
+        delivered,
+        batches,
     } = channels;
     let (in_tx, mut in_rx) = mpsc::channel::<Datagram>(INBOUND_QUEUE);
     // Each reader's buffers come back to it once the engine has read them.
@@ -279,10 +299,11 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
     // datagrams to one destination, one GSO send each), packets it delivered, and packets
     // and datagrams gathered for it.
     let mut tx = TransmitBatch::new();
-    let mut rx = PacketBatch::new();
-    let mut to_send = PacketBatch::new();
+    let mut rx = batches.take();
     let mut arrived: Vec<Datagram> = Vec::with_capacity(INPUT_BATCH);
     let mut relayed: Vec<(PublicKey, Vec<u8>)> = Vec::with_capacity(INPUT_BATCH);
+    // The DERP client's received packets' buffers, reused for the packets we hand it.
+    let mut derp_buffers = burrow_node::Buffers::default();
     let max_segments = relay
         .as_ref()
         .map_or(usize::MAX, |r| r.max_segments())
@@ -340,26 +361,37 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
             }
         }
         for (_, dst, packet) in tx.derp() {
-            derp.send(dst, buffers.take(packet));
+            derp.send(dst, derp_buffers.take(packet));
         }
         tx.clear();
-        // Packets for the application go ahead of the engine's other events.
-        let packets = rx.iter().map(|(peer, packet)| Event::Packet {
-            peer,
-            data: buffers.take(packet),
-        });
-        for e in packets.chain(std::iter::from_fn(|| engine.poll_event())) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(e) {
-                events_dropped += 1;
-                if events_dropped.is_power_of_two() {
-                    tracing::warn!(
-                        events_dropped,
-                        "the application is not keeping up; events dropped"
-                    );
+        // Packets for the application, as a batch (on a channel of their own).
+        let mut dropped = 0;
+        if !rx.is_empty() {
+            match delivered.try_send(std::mem::replace(&mut rx, batches.take())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(b)) => {
+                    dropped += b.len() as u64;
+                    batches.give(b);
                 }
+                Err(mpsc::error::TrySendError::Closed(b)) => batches.give(b),
             }
         }
-        rx.clear();
+        while let Some(e) = engine.poll_event() {
+            if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(e) {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            let before = events_dropped;
+            events_dropped += dropped;
+            // Warned at each power of two reached.
+            if before == 0 || events_dropped.ilog2() > before.ilog2() {
+                tracing::warn!(
+                    events_dropped,
+                    "the application is not keeping up; packets and events dropped"
+                );
+            }
+        }
         let wake = engine
             .poll_timeout()
             .map(tokio::time::Instant::from_std)
@@ -431,7 +463,8 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
             e = derp.events.recv() => match e {
                 Some(ClientEvent::Packet { src, data }) => {
                     relayed.push((src, data));
-                    while relayed.len() < INPUT_BATCH {
+                    // Every event counts toward the batch, packets or not.
+                    for _ in 1..INPUT_BATCH {
                         match derp.events.try_recv() {
                             Ok(ClientEvent::Packet { src, data }) => relayed.push((src, data)),
                             Ok(_) => {}
@@ -445,29 +478,30 @@ pub async fn run_node_with_relay<B: SocketBinder, M: UdpTransport, R: UdpTranspo
                     });
                     engine.handle_batch(now(), inputs, &mut tx, &mut rx);
                     for (_, data) in relayed.drain(..) {
-                        buffers.give(data);
+                        derp_buffers.give(data);
                     }
                 }
                 Some(_) => {}
                 None => break Err(io::Error::other("the DERP client stopped")),
             },
             p = outbound.recv(), if app_open => match p {
-                Some((peer, packet)) => {
-                    // A burst from the application goes in as one batch, so its datagrams
-                    // leave as one run.
-                    to_send.push(peer, &packet);
-                    buffers.give(packet);
-                    while to_send.len() < INPUT_BATCH {
+                Some(batch) => {
+                    // What else the application has queued goes in too (up to a budget), so
+                    // its datagrams leave as runs.
+                    let t = now();
+                    let mut taken = batch.len();
+                    engine.send_batch(t, &batch, &mut tx, &mut rx);
+                    batches.give(batch);
+                    while taken < INPUT_BATCH {
                         match outbound.try_recv() {
-                            Ok((peer, packet)) => {
-                                to_send.push(peer, &packet);
-                                buffers.give(packet);
+                            Ok(batch) => {
+                                taken += batch.len().max(1);
+                                engine.send_batch(t, &batch, &mut tx, &mut rx);
+                                batches.give(batch);
                             }
                             Err(_) => break,
                         }
                     }
-                    engine.send_batch(now(), &to_send, &mut tx, &mut rx);
-                    to_send.clear();
                 }
                 None => app_open = false,
             },
@@ -494,7 +528,7 @@ struct Datagram {
 }
 
 /// Datagrams the engine takes in one go before its transmits are sent.
-const INPUT_BATCH: usize = 64;
+pub(crate) const INPUT_BATCH: usize = 64;
 
 /// Sends one run from `socket`: a lone datagram by itself, more as one GSO send. Send errors
 /// (unreachable, no route) are the network's answer, not ours.

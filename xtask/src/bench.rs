@@ -70,6 +70,10 @@ pub enum Which {
         /// Don't write BENCHMARKS.md.
         #[arg(long)]
         no_write: bool,
+        /// Measure this `burrow` binary instead of this tree's release build (an earlier
+        /// commit's, for a before/after in the same conditions); BENCHMARKS.md is left alone.
+        #[arg(long)]
+        burrow: Option<std::path::PathBuf>,
     },
     /// WireGuard: seal+open and handshakes vs boringtun and the bare AEAD; TUN-to-TUN iperf3
     /// vs wireguard-go between two network namespaces (root).
@@ -121,7 +125,8 @@ pub fn run(which: Which) -> Result<()> {
             seconds,
             runs,
             no_write,
-        } => return crate::meshbench::run(seconds, runs, no_write),
+            burrow,
+        } => return crate::meshbench::run(seconds, runs, no_write, burrow),
     };
     let reference_ready = have("turnserver") || (is_root() && apt_install(&["coturn"]));
     if !reference_ready {

@@ -3,6 +3,7 @@
 //! stateful IPv6 firewalls), and via DERP from a site whose UDP is blocked — next to
 //! wireguard-go between the same two namespaces, through the same NATs. Root.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ fn summary(v: &[f64]) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
+pub fn run(seconds: u32, runs: u32, no_write: bool, other: Option<PathBuf>) -> Result<()> {
+    let no_write = no_write || other.is_some();
     let runs = runs.max(1);
     if !is_root() {
         bail!("the mesh benchmark needs root (network namespaces, nftables, TUN)");
@@ -47,8 +49,14 @@ pub fn run(seconds: u32, runs: u32, no_write: bool) -> Result<()> {
     {
         bail!("cannot install the tools the benchmark needs");
     }
-    run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
-    let burrow = root().join("target/release/burrow");
+    let burrow = match other {
+        Some(path) => std::fs::canonicalize(&path)
+            .with_context(|| format!("--burrow {}: no such binary", path.display()))?,
+        None => {
+            run_cmd(cargo().args(["build", "--release", "--quiet", "-p", "burrow"]))?;
+            root().join("target/release/burrow")
+        }
+    };
     let sites = sites(&["easy1", "easy2", "blocked", "hard2", "hard3", "relay1"]);
     let built = build(
         &burrow,

@@ -4,8 +4,10 @@
 
 use std::net::SocketAddr;
 
-use burrow_punch::SocketId;
+use burrow_punch::{SocketId, MAIN_SOCKET};
 use burrow_wg::PublicKey;
+
+use crate::engine::RELAY_SOCKET;
 
 /// The most a UDP run carries: below the 64 KiB an IP datagram can hold, headers included.
 pub const RUN_BYTES: usize = 60_000;
@@ -37,13 +39,38 @@ struct Slot {
     len: usize,
 }
 
-/// Datagrams to send, in the order the engine made them. UDP datagrams sit back to back in
-/// one lane and DERP packets in another, so consecutive datagrams to one destination are one
-/// contiguous slice ([`TransmitBatch::udp_runs`]) however DERP copies interleave with them.
+/// The lanes: the main socket's datagrams, the relay socket's, every other socket's (birthday
+/// probes), DERP packets.
+const LANES: usize = 4;
+const DERP_LANE: usize = 3;
+
+/// Which lane a transmit's bytes go to.
+fn lane_of(dest: Dest) -> usize {
+    match dest {
+        Dest::Udp {
+            socket: MAIN_SOCKET,
+            ..
+        } => 0,
+        Dest::Udp {
+            socket: RELAY_SOCKET,
+            ..
+        } => 1,
+        Dest::Udp { .. } => 2,
+        Dest::Derp { .. } => DERP_LANE,
+    }
+}
+
+/// Transmits taken one at a time that a batch keeps before it sheds them (when they are at
+/// least half of it too), so a caller that never drains it whole does not make it grow.
+const SHED_AFTER: usize = 64;
+
+/// Datagrams to send, in the order the engine made them. The main socket's datagrams sit back
+/// to back in a lane of their own, as do the relay socket's, the birthday sockets' and the
+/// DERP packets, so consecutive datagrams from one socket to one destination are one
+/// contiguous slice ([`TransmitBatch::udp_runs`]) however the others interleave with them.
 #[derive(Debug, Clone, Default)]
 pub struct TransmitBatch {
-    udp: Vec<u8>,
-    derp: Vec<u8>,
+    lanes: [Vec<u8>; LANES],
     slots: Vec<Slot>,
     /// Transmits before this one were taken one at a time ([`TransmitBatch::pop_front`]).
     head: usize,
@@ -55,14 +82,13 @@ impl TransmitBatch {
         Self::default()
     }
 
-    /// An empty batch with room for `bytes` bytes of UDP datagrams and `count` transmits.
+    /// An empty batch with room for `bytes` bytes of the main socket's datagrams and `count`
+    /// transmits.
     pub fn with_capacity(bytes: usize, count: usize) -> Self {
-        Self {
-            udp: Vec::with_capacity(bytes),
-            derp: Vec::new(),
-            slots: Vec::with_capacity(count),
-            head: 0,
-        }
+        let mut b = Self::default();
+        b.lanes[0].reserve(bytes);
+        b.slots.reserve(count);
+        b
     }
 
     /// Transmits waiting.
@@ -75,29 +101,50 @@ impl TransmitBatch {
         self.len() == 0
     }
 
-    /// Bytes waiting, both lanes.
+    /// Bytes waiting, every lane.
     pub fn bytes(&self) -> usize {
         self.slots[self.head..].iter().map(|s| s.len).sum()
     }
 
     /// Forgets every transmit, keeping the memory.
     pub fn clear(&mut self) {
-        self.udp.clear();
-        self.derp.clear();
+        self.lanes.iter_mut().for_each(Vec::clear);
         self.slots.clear();
         self.head = 0;
     }
 
-    /// The end of `dest`'s lane, where a new transmit goes (the batch emptied first when
-    /// everything in it was taken one at a time).
-    fn lane_for_push(&mut self, dest: Dest) -> &mut Vec<u8> {
-        if self.head > 0 && self.head == self.slots.len() {
+    /// Drops the transmits already taken one at a time, and their bytes.
+    fn shed_taken(&mut self) {
+        if self.head == self.slots.len() {
             self.clear();
+            return;
         }
-        match dest {
-            Dest::Udp { .. } => &mut self.udp,
-            Dest::Derp { .. } => &mut self.derp,
+        for (l, lane) in self.lanes.iter_mut().enumerate() {
+            // Every lane's bytes before its first transmit still waiting were taken.
+            let cut = self.slots[self.head..]
+                .iter()
+                .find(|s| lane_of(s.dest) == l)
+                .map_or(lane.len(), |s| s.at);
+            lane.drain(..cut);
+            for s in self.slots[self.head..]
+                .iter_mut()
+                .filter(|s| lane_of(s.dest) == l)
+            {
+                s.at -= cut;
+            }
         }
+        self.slots.drain(..self.head);
+        self.head = 0;
+    }
+
+    /// The end of `dest`'s lane, where a new transmit goes.
+    fn lane_for_push(&mut self, dest: Dest) -> &mut Vec<u8> {
+        if self.head > 0
+            && (self.head == self.slots.len() || self.head >= SHED_AFTER.max(self.len()))
+        {
+            self.shed_taken();
+        }
+        &mut self.lanes[lane_of(dest)]
     }
 
     /// Adds a transmit at the end.
@@ -133,11 +180,7 @@ impl TransmitBatch {
     }
 
     fn bytes_of(&self, s: &Slot) -> &[u8] {
-        let lane = match s.dest {
-            Dest::Udp { .. } => &self.udp,
-            Dest::Derp { .. } => &self.derp,
-        };
-        &lane[s.at..s.at + s.len]
+        &self.lanes[lane_of(s.dest)][s.at..s.at + s.len]
     }
 
     /// Every transmit waiting, in order.
@@ -168,11 +211,15 @@ impl TransmitBatch {
 
     /// The UDP datagrams waiting, as runs for one send each: consecutive datagrams from one
     /// socket to one destination, all of one size but the last (which may be shorter), at most
-    /// `max_segments` of them and [`RUN_BYTES`] in all. A run of one is a plain datagram.
+    /// `max_segments` of them and [`RUN_BYTES`] in all (a longer datagram goes as a run of its
+    /// own). A run of one is a plain datagram. DERP packets and the other socket kinds'
+    /// datagrams in between do not break a run (the main socket, the relay socket and the
+    /// birthday sockets each have a lane; birthday sockets share theirs). Runs come in the
+    /// order of their first datagrams, each socket's datagrams in the order they were made.
     pub fn udp_runs(&self, max_segments: usize) -> UdpRuns<'_> {
         UdpRuns {
             batch: self,
-            next: self.head,
+            next: [self.head; DERP_LANE],
             max_segments: max_segments.max(1),
         }
     }
@@ -225,53 +272,55 @@ impl<'a> UdpRun<'a> {
 #[derive(Debug)]
 pub struct UdpRuns<'a> {
     batch: &'a TransmitBatch,
-    next: usize,
+    /// Per socket lane, the slot to look from for its next datagram.
+    next: [usize; DERP_LANE],
     max_segments: usize,
+}
+
+impl UdpRuns<'_> {
+    /// The slot of lane `lane`'s next datagram, from its cursor on.
+    fn first_in(&self, lane: usize) -> Option<usize> {
+        let slots = &self.batch.slots;
+        (self.next[lane]..slots.len()).find(|&i| lane_of(slots[i].dest) == lane)
+    }
 }
 
 impl<'a> Iterator for UdpRuns<'a> {
     type Item = UdpRun<'a>;
 
     fn next(&mut self) -> Option<UdpRun<'a>> {
+        // The run starting earliest goes first, so new flows leave in the order they were
+        // made (the port-prediction ledger counts them in that order).
+        let (lane, at) = (0..DERP_LANE)
+            .filter_map(|l| self.first_in(l).map(|i| (l, i)))
+            .min_by_key(|&(_, i)| i)?;
         let slots = &self.batch.slots;
-        // The next UDP datagram starts a run.
-        let first = loop {
-            let s = slots.get(self.next)?;
-            self.next += 1;
-            if matches!(s.dest, Dest::Udp { .. }) {
-                break *s;
-            }
-        };
+        let first = slots[at];
+        self.next[lane] = at + 1;
         let Dest::Udp { socket, dst } = first.dest else {
-            unreachable!("the loop stops at a UDP slot");
+            unreachable!("socket lanes hold UDP datagrams");
         };
         let segment = first.len;
         let (mut end, mut count) = (first.at + first.len, 1);
-        // DERP packets between the datagrams do not break the run: their bytes are elsewhere.
-        let mut i = self.next;
+        let mut i = at + 1;
         while segment > 0 && count < self.max_segments {
             let Some(s) = slots.get(i) else { break };
-            match s.dest {
-                Dest::Derp { .. } => {
-                    i += 1;
-                    continue;
-                }
-                Dest::Udp { socket: so, dst: d } => {
-                    let fits = so == socket
-                        && d == dst
-                        && s.len > 0
-                        && s.len <= segment
-                        && s.at == end
-                        && end - first.at + s.len <= RUN_BYTES;
-                    if !fits {
-                        break;
-                    }
-                }
+            i += 1;
+            if lane_of(s.dest) != lane {
+                // Another lane's bytes are elsewhere: they do not break the run.
+                continue;
+            }
+            let fits = s.dest == first.dest
+                && s.len > 0
+                && s.len <= segment
+                && s.at == end
+                && end - first.at + s.len <= RUN_BYTES;
+            if !fits {
+                break;
             }
             end += s.len;
             count += 1;
-            i += 1;
-            self.next = i;
+            self.next[lane] = i;
             if s.len < segment {
                 break;
             }
@@ -280,7 +329,7 @@ impl<'a> Iterator for UdpRuns<'a> {
             socket,
             dst,
             segment,
-            datagrams: &self.batch.udp[first.at..end],
+            datagrams: &self.batch.lanes[lane][first.at..end],
         })
     }
 }
@@ -341,6 +390,11 @@ impl PacketBatch {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.slots.clear();
+    }
+
+    /// Bytes of room it holds (what it keeps when cleared).
+    pub fn capacity(&self) -> usize {
+        self.bytes.capacity()
     }
 }
 
@@ -429,6 +483,61 @@ mod tests {
         let r = runs(&b, 128);
         assert_eq!(r, vec![(0, 1, 1000, 60), (0, 1, 1000, 10)]);
         assert!(b.udp_runs(128).all(|r| r.datagrams.len() <= RUN_BYTES));
+    }
+
+    #[test]
+    fn each_socket_keeps_its_runs_whatever_interleaves() {
+        let mut b = TransmitBatch::new();
+        for k in 0..6 {
+            // A node relaying for others while it sends its own traffic.
+            b.push(udp(0, 1), &[k; 100]);
+            b.push(udp(RELAY_SOCKET, 2), &[k; 80]);
+            b.push(derp(), &[k; 10]);
+            b.push(udp(5, 3), &[k; 40]);
+        }
+        assert_eq!(
+            runs(&b, 64),
+            vec![(0, 1, 100, 6), (RELAY_SOCKET, 2, 80, 6), (5, 3, 40, 6)]
+        );
+        for r in b.udp_runs(64) {
+            // Each run's datagrams in the order they were pushed.
+            let firsts: Vec<u8> = r.segments().map(|d| d[0]).collect();
+            assert_eq!(firsts, (0..6).collect::<Vec<u8>>());
+        }
+    }
+
+    #[test]
+    fn runs_leave_in_the_order_their_first_datagrams_were_made() {
+        let mut b = TransmitBatch::new();
+        b.push(udp(7, 1), &[1; 40]); // a birthday socket's probe first
+        b.push(udp(0, 2), &[2; 100]);
+        b.push(udp(RELAY_SOCKET, 3), &[3; 80]);
+        b.push(udp(0, 2), &[2; 100]);
+        b.push(udp(7, 1), &[1; 40]);
+        let order: Vec<(SocketId, u16, usize)> = b
+            .udp_runs(64)
+            .map(|r| (r.socket, r.dst.port(), r.count()))
+            .collect();
+        assert_eq!(order, vec![(7, 1, 2), (0, 2, 2), (RELAY_SOCKET, 3, 1)]);
+    }
+
+    #[test]
+    fn a_batch_taken_one_at_a_time_but_never_drained_stays_bounded() {
+        let mut b = TransmitBatch::new();
+        let mut taken = 0u32;
+        for k in 0..10_000u32 {
+            b.push(udp(0, 1), &k.to_be_bytes());
+            b.push(derp(), &k.to_be_bytes());
+            // Always one left behind.
+            while b.len() > 1 {
+                let (_, bytes) = b.pop_front().unwrap();
+                assert_eq!(bytes, (taken / 2).to_be_bytes(), "in order");
+                taken += 1;
+            }
+            assert!(b.slots.len() <= 2 * SHED_AFTER + 2, "{}", b.slots.len());
+            assert!(b.lanes.iter().map(Vec::len).sum::<usize>() <= 8 * (SHED_AFTER + 2));
+        }
+        assert_eq!(b.iter().count(), 1);
     }
 
     #[test]

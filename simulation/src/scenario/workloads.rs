@@ -150,7 +150,7 @@ pub(super) fn mesh(
                 let start = tokio::time::Instant::now();
                 let mut engine = burrow_node::Node::new(config, start.into_std());
                 let (channels, handle) = burrow::node::channels();
-                let burrow::node::NodeHandle { outbound: app_tx, commands, events: mut ev_rx, .. } = handle;
+                let burrow::node::NodeHandle { outbound: app_tx, commands, events: mut ev_rx, delivered: mut del_rx, batches } = handle;
                 // Whether the peer is known yet (without a control server: from the start).
                 let (known_tx, mut known_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
                 let mut peer_known = joined.is_none();
@@ -184,14 +184,20 @@ pub(super) fn mesh(
                     }
                     tokio::select! {
                         Some(()) = known_rx.recv() => peer_known = true,
-                        e = ev_rx.recv() => match e {
-                            Some(burrow_node::Event::Packet { .. }) => {
-                                if view.received == 0 {
-                                    let via = view.route.unwrap_or(burrow_punch::Route::Relay);
-                                    rec.event(format_args!("mesh {me} first packet from the peer, via {via:?}"));
+                        b = del_rx.recv() => match b {
+                            Some(batch) => {
+                                for _ in batch.iter() {
+                                    if view.received == 0 {
+                                        let via = view.route.unwrap_or(burrow_punch::Route::Relay);
+                                        rec.event(format_args!("mesh {me} first packet from the peer, via {via:?}"));
+                                    }
+                                    view.received += 1;
                                 }
-                                view.received += 1;
+                                batches.give(batch);
                             }
+                            None => break,
+                        },
+                        e = ev_rx.recv() => match e {
                             Some(burrow_node::Event::PingResult { via, latency, .. }) => {
                                 rec.event(format_args!("mesh {me} pong via {via:?} in {:.1} ms", latency.as_secs_f64() * 1000.0));
                             }
@@ -240,7 +246,9 @@ pub(super) fn mesh(
                                         p.extend_from_slice(&my_ip.octets());
                                         p.extend_from_slice(&tailnet_ip(1 - side).octets());
                                         p.extend_from_slice(&view.sent.to_be_bytes());
-                                        let _ = app_tx.try_send((peer_key, p));
+                                        let mut batch = batches.take();
+                                        batch.push(peer_key, &p);
+                                        let _ = app_tx.try_send(batch);
                                         view.sent += 1;
                                     }
                                     next_data = Some(t + iv);

@@ -127,7 +127,8 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             outbound,
             commands,
             events,
-            buffers,
+            delivered,
+            batches,
         },
     ) = channels();
     let peers = crate::session::lock(&driver.session()).peer_count();
@@ -172,7 +173,7 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .await
         .map(|_| ())?)
     });
-    let (session, pool) = (driver.session(), buffers.clone());
+    let (session, pool) = (driver.session(), batches.clone());
     tasks.spawn(paths::tun_to_peers(
         tun.clone(),
         offload,
@@ -185,12 +186,13 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
     let relay_forwarded = !cfg.relay_endpoints.is_empty();
     tasks.spawn(paths::engine_events(
         events,
+        delivered,
+        batches,
         tun,
         offload,
         session,
         inputs,
         pings,
-        buffers,
         relay_forwarded,
     ));
     let portmap = match cfg.port_mapping {

@@ -7,129 +7,165 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use burrow_control::Verdict;
-use burrow_node::{Event, NatView};
+use burrow_node::{Event, NatView, PacketBatch};
 use burrow_session::{Input, Session};
-use burrow_wg::PublicKey;
 use tokio::sync::mpsc;
 
-use burrow_offload::{Coalescer, MAX_SEGMENTS};
+use burrow_offload::Coalescer;
 
 use crate::local_api::PingWaiters;
-use crate::node::BufferPool;
+use crate::node::BatchPool;
 use crate::session::lock;
 use crate::transport::now;
 use crate::tun::{write_frames, TunFrames, TunOffload};
 
 /// TUN → peers: each packet goes to the peer owning its destination, its flow recorded so
-/// the answer is let back in. From an offloading TUN, a super-packet is cut into segments
-/// first (one session lock per frame).
+/// the answer is let back in; a read's packets go to the engine as one batch. From an
+/// offloading TUN, a super-packet is cut into segments first (one session lock per frame).
 pub(crate) async fn tun_to_peers(
     tun: Arc<tun_rs::AsyncDevice>,
     offload: TunOffload,
     mtu: u16,
     session: Arc<Mutex<Session>>,
-    outbound: mpsc::Sender<(PublicKey, Vec<u8>)>,
-    buffers: BufferPool,
+    outbound: mpsc::Sender<PacketBatch>,
+    batches: BatchPool,
 ) -> Result<()> {
     let mut frames = TunFrames::new(offload, usize::from(mtu));
-    let mut routed: Vec<(PublicKey, Vec<u8>)> = Vec::with_capacity(MAX_SEGMENTS);
     loop {
-        let count = frames.recv(&tun).await?;
-        {
-            let mut s = lock(&session);
-            let t = now();
-            for i in 0..count {
-                let packet = frames.packet(i);
-                if let Some(peer) = s.route_outbound(t, packet) {
-                    routed.push((peer, buffers.take(packet)));
+        let mut count = frames.recv(&tun).await?;
+        let mut batch = batches.take();
+        loop {
+            {
+                let mut s = lock(&session);
+                let t = now();
+                for i in 0..count {
+                    let packet = frames.packet(i);
+                    if let Some(peer) = s.route_outbound(t, packet) {
+                        batch.push(peer, packet);
+                    }
                 }
             }
-        }
-        for item in routed.drain(..) {
-            if outbound.send(item).await.is_err() {
-                return Ok(()); // the engine stopped
+            // What else the TUN holds joins the batch (single packets without offloads), up
+            // to a burst.
+            if batch.len() >= crate::node::INPUT_BATCH {
+                break;
             }
+            match frames.try_recv(&tun)? {
+                Some(n) => count = n,
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            batches.give(batch);
+        } else if outbound.send(batch).await.is_err() {
+            return Ok(()); // the engine stopped
         }
     }
 }
 
-/// Events handled before the packets they let in are written to an offloading TUN, at most.
-const EVENT_BATCH: usize = 256;
+/// Packets written to an offloading TUN in one go, at most (coalesced first).
+const TUN_BATCH: usize = 256;
 
-/// Engine events: packets through the filter into the TUN (an offloading one gets a batch's
-/// packets coalesced into super-packets), endpoints to the session.
+/// The engine's output: delivered packets through the filter into the TUN (an offloading one
+/// gets them coalesced into super-packets), its events to the session and the local API.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn engine_events(
     mut events: mpsc::Receiver<Event>,
+    mut delivered: mpsc::Receiver<PacketBatch>,
+    batches: BatchPool,
     tun: Arc<tun_rs::AsyncDevice>,
     offload: TunOffload,
     session: Arc<Mutex<Session>>,
     inputs: mpsc::Sender<Input>,
     pings: PingWaiters,
-    buffers: BufferPool,
     relay_forwarded: bool,
 ) -> Result<()> {
-    let mut gro = Coalescer::new(offload.udp, EVENT_BATCH);
-    while let Some(first) = events.recv().await {
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(e) = next.take() {
-            handle_event(
-                e,
-                &tun,
-                offload,
-                &mut gro,
-                &session,
-                &inputs,
-                &pings,
-                &buffers,
-                relay_forwarded,
-            )
-            .await;
-            taken += 1;
-            if offload.tcp && taken < EVENT_BATCH {
-                next = events.try_recv().ok();
+    let mut gro = Coalescer::new(offload.udp, TUN_BATCH);
+    let mut admitted = Vec::new();
+    let mut events_open = true;
+    loop {
+        tokio::select! {
+            b = delivered.recv() => {
+                let Some(batch) = b else { return Ok(()) };
+                let mut written = batch.len();
+                packets_to_tun(&batch, &tun, offload, &mut gro, &session, &mut admitted).await;
+                batches.give(batch);
+                // What else waits joins the same super-packets.
+                while offload.tcp && written < TUN_BATCH {
+                    let Ok(batch) = delivered.try_recv() else { break };
+                    written += batch.len().max(1);
+                    packets_to_tun(&batch, &tun, offload, &mut gro, &session, &mut admitted).await;
+                    batches.give(batch);
+                }
+                write_frames(&tun, &mut gro).await;
             }
+            e = events.recv(), if events_open => match e {
+                // Not from the batch calls the driver makes; should one come, it is written
+                // like the others.
+                Some(Event::Packet { peer, data }) => {
+                    let mut batch = batches.take();
+                    batch.push(peer, &data);
+                    packets_to_tun(&batch, &tun, offload, &mut gro, &session, &mut admitted).await;
+                    write_frames(&tun, &mut gro).await;
+                    batches.give(batch);
+                }
+                Some(e) => handle_event(e, &session, &inputs, &pings, relay_forwarded),
+                None => events_open = false,
+            },
         }
-        write_frames(&tun, &mut gro).await;
     }
-    Ok(())
 }
 
-/// One engine event.
-#[allow(clippy::too_many_arguments)]
-async fn handle_event(
-    e: Event,
+/// A batch of delivered packets through the receiver's filter (one session lock) into the TUN,
+/// or into `gro` for an offloading one (written out when full).
+async fn packets_to_tun(
+    batch: &PacketBatch,
     tun: &tun_rs::AsyncDevice,
     offload: TunOffload,
     gro: &mut Coalescer,
     session: &Arc<Mutex<Session>>,
+    admitted: &mut Vec<bool>,
+) {
+    admitted.clear();
+    {
+        // The engine already dropped packets whose inner source is not one of this peer's
+        // addresses (cryptokey routing); the filter keys its flows by peer too.
+        let mut s = lock(session);
+        let t = now();
+        for (peer, packet) in batch.iter() {
+            match s.admit_inbound(t, &peer, packet) {
+                Verdict::Accept | Verdict::Reply => admitted.push(true),
+                Verdict::Drop(reason) => {
+                    tracing::debug!(%peer, ?reason, "dropped by the packet filter");
+                    admitted.push(false);
+                }
+            }
+        }
+    }
+    for ((_, packet), ok) in batch.iter().zip(admitted.iter()) {
+        if !ok {
+            continue;
+        }
+        if offload.tcp {
+            if gro.push(packet).is_err() {
+                write_frames(tun, gro).await;
+                let _ = gro.push(packet);
+            }
+        } else {
+            let _ = tun.send(packet).await;
+        }
+    }
+}
+
+/// One engine event (delivered packets come as batches, not events).
+fn handle_event(
+    e: Event,
+    session: &Arc<Mutex<Session>>,
     inputs: &mpsc::Sender<Input>,
     pings: &PingWaiters,
-    buffers: &BufferPool,
     relay_forwarded: bool,
 ) {
     match e {
-        Event::Packet { peer, data } => {
-            // The engine already dropped packets whose inner source is not one of this
-            // peer's addresses (cryptokey routing); the filter keys its flows by peer too.
-            let verdict = lock(session).admit_inbound(now(), &peer, &data);
-            match verdict {
-                Verdict::Accept | Verdict::Reply if offload.tcp => {
-                    if gro.push(&data).is_err() {
-                        write_frames(tun, gro).await;
-                        let _ = gro.push(&data);
-                    }
-                }
-                Verdict::Accept | Verdict::Reply => {
-                    let _ = tun.send(&data).await;
-                }
-                Verdict::Drop(reason) => {
-                    tracing::debug!(%peer, ?reason, "dropped by the packet filter");
-                }
-            }
-            buffers.give(data);
-        }
         Event::Endpoints { candidates, nat } => {
             tracing::debug!(?candidates, ?nat, "endpoints");
             let endpoints = candidates.iter().map(|c| c.addr).collect();

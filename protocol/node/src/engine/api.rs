@@ -257,7 +257,8 @@ pub enum Event {
         /// The peer.
         peer: PublicKey,
     },
-    /// A decrypted packet from a peer.
+    /// A decrypted packet from a peer (through the one-at-a-time calls: the batch calls put
+    /// packets into the caller's [`PacketBatch`](crate::PacketBatch) instead).
     Packet {
         /// The peer.
         peer: PublicKey,

@@ -507,8 +507,8 @@ impl Node {
 
     /// Encrypts an IP packet for `peer` and sends it on its current path. A packet larger
     /// than the path carries (once its MTU is known) is not sent: an ICMP "too big" comes back
-    /// as an [`Event::Packet`] from the peer instead, or IPv4 fragments go when the packet
-    /// allows fragmenting.
+    /// as an [`Event::Packet`] from the peer instead (into the delivered batch, through
+    /// [`Node::send_batch`]), or IPv4 fragments go when the packet allows fragmenting.
     pub fn send(&mut self, now: Instant, peer: &PublicKey, packet: &[u8]) -> Result<(), NodeError> {
         let i = *self
             .by_node
@@ -683,19 +683,23 @@ impl Node {
     /// Everything waiting to be sent, moved to the end of `out` (without a copy when `out` is
     /// empty: the two swap buffers).
     pub fn poll_transmits(&mut self, out: &mut TransmitBatch) {
-        // Our new flows are counted as they leave (mutual port prediction).
-        let mut batch = std::mem::take(&mut self.transmits);
-        for (dest, _) in batch.iter() {
+        let start = out.len();
+        out.append(&mut self.transmits);
+        self.note_flows(out, start);
+    }
+
+    /// Counts our new flows as they leave (mutual port prediction): `batch`'s from `start` on.
+    fn note_flows(&mut self, batch: &TransmitBatch, start: usize) {
+        for (dest, _) in batch.iter().skip(start) {
             if let Dest::Udp { socket, dst } = dest {
                 self.note_flow(socket, dst);
             }
         }
-        out.append(&mut batch);
-        self.transmits = batch;
     }
 
     /// Sends each packet of `packets` as [`Node::send`] would, in order. What to send goes to
-    /// the end of `out` (with anything else waiting), and packets for the application (an ICMP
+    /// the end of `out` (with anything else waiting, written there in place: nothing is copied
+    /// into `out` afterwards), and packets for the application (an ICMP
     /// "too big" for a packet the path cannot carry) to the end of `delivered`, not to events.
     pub fn send_batch(
         &mut self,
@@ -704,17 +708,16 @@ impl Node {
         out: &mut TransmitBatch,
         delivered: &mut PacketBatch,
     ) -> BatchOutcome {
-        self.rx = Some(std::mem::take(delivered));
+        let lent = Lent::new(self, out, delivered);
         let mut outcome = BatchOutcome::default();
         for (k, (peer, packet)) in packets.iter().enumerate() {
             outcome.handled += 1;
-            if let Err(e) = self.send(now, &peer, packet) {
+            if let Err(e) = lent.node.send(now, &peer, packet) {
                 outcome.refused += 1;
                 outcome.last_error = Some((k, e));
             }
         }
-        *delivered = self.rx.take().unwrap_or_default();
-        self.poll_transmits(out);
+        drop(lent);
         outcome
     }
 
@@ -728,17 +731,16 @@ impl Node {
         out: &mut TransmitBatch,
         delivered: &mut PacketBatch,
     ) -> BatchOutcome {
-        self.rx = Some(std::mem::take(delivered));
+        let lent = Lent::new(self, out, delivered);
         let mut outcome = BatchOutcome::default();
         for (k, input) in inputs.into_iter().enumerate() {
             outcome.handled += 1;
-            if let Err(e) = self.handle_input(now, input) {
+            if let Err(e) = lent.node.handle_input(now, input) {
                 outcome.refused += 1;
                 outcome.last_error = Some((k, e));
             }
         }
-        *delivered = self.rx.take().unwrap_or_default();
-        self.poll_transmits(out);
+        drop(lent);
         outcome
     }
 
@@ -764,6 +766,43 @@ impl Node {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+}
+
+/// The caller's batches, lent to the engine for one batch call and given back when this goes
+/// out of scope, however the call ends: the engine queues its transmits straight after what
+/// `out` holds (anything it had queued moved there first), and delivers into `delivered`.
+struct Lent<'a> {
+    node: &'a mut Node,
+    out: &'a mut TransmitBatch,
+    delivered: &'a mut PacketBatch,
+    /// Transmits in `out` before the call: handed over already.
+    start: usize,
+}
+
+impl<'a> Lent<'a> {
+    fn new(node: &'a mut Node, out: &'a mut TransmitBatch, delivered: &'a mut PacketBatch) -> Self {
+        debug_assert!(node.rx.is_none(), "batch calls do not nest");
+        let start = out.len();
+        out.append(&mut node.transmits);
+        std::mem::swap(&mut node.transmits, out);
+        node.rx = Some(std::mem::take(delivered));
+        Self {
+            node,
+            out,
+            delivered,
+            start,
+        }
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        std::mem::swap(&mut self.node.transmits, self.out);
+        if let Some(rx) = self.node.rx.take() {
+            *self.delivered = rx;
+        }
+        self.node.note_flows(self.out, self.start);
     }
 }
 
