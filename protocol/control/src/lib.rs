@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod changelog;
 pub mod filter;
 pub mod hujson;
 pub mod netmap;
@@ -12,6 +13,7 @@ pub use api::{
     ChallengeResponse, EndpointsRequest, MapMessage, RegisterBody, RegisterRequest,
     RegisterResponse,
 };
+pub use changelog::{Change, ChangeId, Follower};
 pub use filter::{
     parse_packet, source_address, DropReason, Filter, Fragment, PacketInfo, PeerTag, Verdict,
 };
