@@ -181,6 +181,10 @@ pub(crate) fn follow(
                     let peers = lock(&driver.session()).peer_count();
                     rec.event(format_args!("control {me} netmap resync: {peers} peer(s)"));
                 }
+                SessionEvent::MapResumed => {
+                    let peers = lock(&driver.session()).peer_count();
+                    rec.event(format_args!("control {me} netmap resumed: {peers} peer(s)"));
+                }
                 SessionEvent::FilterChanged => {
                     rec.event(format_args!("control {me} filter changed"));
                 }

@@ -309,7 +309,7 @@ async fn admin_action(control: &SimControl, action: &Action, rec: &Recorder) {
             (format!("expire {n}"), r.await.map(|r| r.status().as_u16()))
         }
         Action::Policy(text) => {
-            let told = burrow::control::Control::policy(text).map(|p| c.set_policy(p));
+            let told = c.set_policy_source(text);
             let status = told.as_ref().map_or(422, |_| 200);
             (format!("policy change ({told:?} nodes told)"), Ok(status))
         }

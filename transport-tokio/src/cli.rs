@@ -338,7 +338,8 @@ pub struct DerperArgs {
 /// The arguments of `burrow up`.
 #[derive(Args)]
 pub struct UpArgs {
-    /// The coordination server, e.g. http://192.0.2.1:8080.
+    /// The coordination server, e.g. http://192.0.2.1:8080; several replicas of one control
+    /// plane comma-separated (tried in turn when one cannot be reached).
     #[arg(long)]
     pub control: String,
     /// A pre-auth key (first start, or if the server forgot this node). Prefer

@@ -9,7 +9,7 @@ use burrow_wg::PrivateKey;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::control::client::{ClientError, ControlClient};
+use crate::control::client::{ClientError, ControlClient, Opened};
 use crate::node::NodeCommand;
 use crate::transport::now;
 
@@ -137,18 +137,27 @@ impl SessionDriver {
                     let _ = tx.send(input).await;
                 });
             }
-            Request::OpenMap { secret } => {
+            Request::OpenMap { secret, since } => {
                 let again = self.opened > 0;
                 self.opened += 1;
                 self.tasks.spawn(async move {
-                    let mut stream = match client.open_map(&secret).await {
-                        Ok((stream, map)) => {
-                            let peers = map.peers.len();
-                            match again {
-                                true => tracing::info!(peers, "netmap stream reconnected"),
-                                false => tracing::info!(peers, "netmap stream open"),
-                            }
-                            if tx.send(Input::MapOpened(map)).await.is_err() {
+                    let mut stream = match client.open_map_since(&secret, since).await {
+                        Ok((stream, opened)) => {
+                            let input = match opened {
+                                Opened::NetMap(map) => {
+                                    let peers = map.peers.len();
+                                    match again {
+                                        true => tracing::info!(peers, "netmap stream reconnected"),
+                                        false => tracing::info!(peers, "netmap stream open"),
+                                    }
+                                    Input::MapOpened(*map)
+                                }
+                                Opened::Resumed { since } => {
+                                    tracing::info!(since, "netmap stream resumed");
+                                    Input::MapResumed
+                                }
+                            };
+                            if tx.send(input).await.is_err() {
                                 return;
                             }
                             stream
@@ -159,7 +168,16 @@ impl SessionDriver {
                             return;
                         }
                     };
+                    let mut seen = None;
                     loop {
+                        if stream.last_change() != seen {
+                            seen = stream.last_change();
+                            if let Some(id) = seen {
+                                if tx.send(Input::MapSeen(id)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                         // The server sends a keep-alive every 15 s: silence this long is a
                         // dead connection (a blackholed path, a half-open socket). Keep-alives
                         // count: a netmap with nothing new is no reason to reconnect.

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use burrow::control::MapMessage;
@@ -190,98 +188,10 @@ async fn flow(db: &str) {
 /// postgresql) in a directory of its own, and stops. Needs root; SKIPPED otherwise.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_flow_on_postgresql() {
-    const TEST: &str = "control_on_postgresql";
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
-        d.filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin"))
-            .find(|b| b.join("initdb").is_file())
-    });
-    let (true, Some(bin)) = (root, bin) else {
-        assert!(
-            std::env::var_os("BURROW_REQUIRE_INTEROP").is_none(),
-            "{TEST} needs root and postgresql"
-        );
-        eprintln!("SKIPPED {TEST}: needs root and PostgreSQL (package postgresql)");
+    let Some(pg) = common::postgres::Postgres::start("control_on_postgresql") else {
         return;
     };
-    let dir = temp_dir("pg");
-    let run_as = |args: &[&str]| {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    assert!(Command::new("chown")
-        .args(["-R", "postgres"])
-        .arg(&dir)
-        .status()
-        .unwrap()
-        .success());
-    let data = dir.join("data");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    run_as(&[
-        bin.join("initdb").to_str().unwrap(),
-        "-D",
-        data.to_str().unwrap(),
-        "-A",
-        "trust",
-        "-U",
-        "postgres",
-    ]);
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1",
-        dir.display()
-    );
-    run_as(&[
-        bin.join("pg_ctl").to_str().unwrap(),
-        "-D",
-        data.to_str().unwrap(),
-        "-o",
-        &opts,
-        "-l",
-        dir.join("pg.log").to_str().unwrap(),
-        "-w",
-        "start",
-    ]);
-    struct Stop(PathBuf, PathBuf);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(self.0.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.1)
-                .args(["-m", "immediate", "stop"])
-                .output();
-        }
-    }
-    let _stop = Stop(bin.clone(), data.clone());
-    run_as(&[
-        bin.join("createdb").to_str().unwrap(),
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "burrow",
-    ]);
-    flow(&format!("postgres://postgres@127.0.0.1:{port}/burrow")).await;
-    drop(_stop);
-    let _ = std::fs::remove_dir_all(&dir);
+    flow(&pg.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -101,7 +101,7 @@ fn server() -> Server {
     let node_key = PrivateKey::from_bytes([1; 32]);
     // Its disco key is the one `script` names @DISCOKEY@.
     let disco = PrivateKey::from_bytes([2; 32]).public_key().to_base64();
-    let (_, secret) = store
+    let (_, secret, _) = store
         .register(&Registration {
             auth_key: Some(&auth_key),
             node_secret: None,
@@ -109,6 +109,7 @@ fn server() -> Server {
             node_key: &node_key.public_key().to_base64(),
             disco_key: &disco,
             expires_at: None,
+            challenge: None,
         })
         .expect("setup registration");
     let policy = Control::policy(ALLOW_ALL).expect("policy");

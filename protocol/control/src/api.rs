@@ -17,6 +17,12 @@ pub enum MapMessage {
     NetMap(NetMap),
     /// A change.
     Delta(Delta),
+    /// The first message of a stream that resumed (the node named the last change it saw,
+    /// `Last-Event-ID`): the deltas since that change follow, and no netmap.
+    Resumed {
+        /// The last change the node saw.
+        since: crate::changelog::ChangeId,
+    },
 }
 
 /// The answer to a registration.

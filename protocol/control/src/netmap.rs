@@ -167,6 +167,11 @@ impl Tailnet {
         out
     }
 
+    /// The policy in force.
+    pub fn policy(&self) -> &CompiledPolicy {
+        &self.policy
+    }
+
     /// A node's relay capability, as it reported it.
     pub fn relay_capability(&self, id: u64) -> RelayCapability {
         self.capabilities.get(&id).copied().unwrap_or_default()

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use burrow_control::changelog::ChangeId;
 use burrow_control::{
     parse_packet, Delta, DerpRegion, DropReason, EndpointsRequest, Filter, MapMessage, NetMap,
     NodeInfo, PeerInfo, RegisterBody, RegisterResponse, RelayGrants, Verdict,
@@ -92,12 +93,16 @@ pub enum Request {
     /// Register (challenge, sealed body): answer with [`Input::Registered`] or
     /// [`Input::Failed`].
     Register(RegisterBody),
-    /// Open the map stream with this secret: answer with [`Input::MapOpened`], then each
-    /// message as [`Input::Map`], and [`Input::MapLost`] when the stream ends; or
-    /// [`Input::Failed`] if it cannot be opened.
+    /// Open the map stream with this secret: answer with [`Input::MapOpened`] (or
+    /// [`Input::MapResumed`] when the server resumed after `since`), then each message as
+    /// [`Input::Map`] and the change it completes as [`Input::MapSeen`], and
+    /// [`Input::MapLost`] when the stream ends; or [`Input::Failed`] if it cannot be opened.
     OpenMap {
         /// The node's bearer secret.
         secret: String,
+        /// The last change a stream delivered in full (`Last-Event-ID`): the server may
+        /// resume after it instead of sending the whole netmap again.
+        since: Option<ChangeId>,
     },
     /// Report the node's endpoints: answer with [`Input::EndpointsPosted`] or
     /// [`Input::Failed`].
@@ -152,6 +157,11 @@ pub enum Input {
     Registered(RegisterResponse),
     /// The map stream opened with this netmap.
     MapOpened(NetMap),
+    /// The map stream resumed after the change the request named: the netmap held stays,
+    /// and the deltas since then follow.
+    MapResumed,
+    /// The map stream delivered every message of this change (its event id).
+    MapSeen(ChangeId),
     /// A message on the map stream.
     Map(MapMessage),
     /// The map stream ended or broke.
@@ -198,6 +208,9 @@ pub enum SessionEvent {
         /// The DERP map.
         derp: Vec<DerpRegion>,
     },
+    /// The map stream came back without a whole netmap: the server resumed after the last
+    /// change this node saw, and the netmap it holds stays.
+    MapResumed,
     /// Give the engine this peer (new, or changed).
     PeerUpsert {
         /// The peer's host name.
@@ -254,6 +267,7 @@ impl std::fmt::Debug for SessionEvent {
                 .field("name", name)
                 .field("reason", reason)
                 .finish(),
+            SessionEvent::MapResumed => f.write_str("MapResumed"),
             SessionEvent::FilterChanged => f.write_str("FilterChanged"),
             SessionEvent::EndpointsPosted(e) => f.debug_tuple("EndpointsPosted").field(e).finish(),
             SessionEvent::PeerRelayPolicy(p) => f.debug_tuple("PeerRelayPolicy").field(p).finish(),
@@ -316,6 +330,9 @@ pub struct Session {
     /// enough: a server that forgets it again at once is not helped by a loop).
     reregistered: bool,
     node: Option<NodeInfo>,
+    /// The last change the map stream delivered in full, to resume from (None: start again
+    /// from a whole netmap).
+    last_change: Option<ChangeId>,
     derp: Vec<DerpRegion>,
     peers: Peers,
     filter: Filter,
@@ -361,6 +378,7 @@ impl Session {
             config,
             phase: Phase::Stopped,
             node: None,
+            last_change: None,
             derp: Vec::new(),
             peers: Peers::default(),
             filter: Filter::new(Vec::new()),
@@ -396,6 +414,8 @@ impl Session {
                     return;
                 }
                 self.secret = Some(r.secret.clone());
+                // A new registration starts again from a whole netmap.
+                self.last_change = None;
                 self.events.push_back(SessionEvent::SecretChanged(r.secret));
                 // A new registration may have new endpoints on record: report ours again.
                 self.posted = None;
@@ -426,8 +446,25 @@ impl Session {
                         self.events.push_back(SessionEvent::FilterChanged);
                     }
                     MapMessage::Delta(Delta::Relay(grants)) => self.relay_grants = grants,
+                    // Only a stream opened with the last change's id resumes; the netmap it
+                    // holds stays, and the deltas since that change follow.
+                    MapMessage::Resumed { .. } => {}
                 }
                 self.update_relay_policy();
+            }
+            Input::MapResumed => {
+                if self.phase != Phase::Opening || self.last_change.is_none() {
+                    return;
+                }
+                self.phase = Phase::Following;
+                self.backoff = self.config.backoff_min;
+                self.events.push_back(SessionEvent::MapResumed);
+                self.maybe_post(now);
+            }
+            Input::MapSeen(id) => {
+                if self.phase == Phase::Following {
+                    self.last_change = Some(id);
+                }
             }
             Input::MapLost => {
                 if self.phase == Phase::Following {
@@ -572,7 +609,10 @@ impl Session {
             return self.register();
         };
         self.phase = Phase::Opening;
-        self.requests.push_back(Request::OpenMap { secret });
+        self.requests.push_back(Request::OpenMap {
+            secret,
+            since: self.last_change,
+        });
     }
 
     fn wait(&mut self, now: Instant, register: bool) {

@@ -71,7 +71,8 @@ fn following(now: Instant, peers: Vec<PeerInfo>) -> Session {
     assert_eq!(
         s.poll_transmit(),
         Some(Request::OpenMap {
-            secret: "sec".into()
+            secret: "sec".into(),
+            since: None,
         })
     );
     s.handle_input(now, Input::MapOpened(netmap(peers)));
@@ -150,8 +151,49 @@ fn a_node_with_a_secret_opens_the_map_without_registering() {
     assert_eq!(
         s.poll_transmit(),
         Some(Request::OpenMap {
-            secret: "kept".into()
+            secret: "kept".into(),
+            since: None,
         })
+    );
+}
+
+/// A stream that is lost reopens after the last change it delivered in full, and a resumed
+/// stream keeps the netmap it had.
+#[test]
+fn a_lost_stream_resumes_after_its_last_change() {
+    let now = Instant::now();
+    let mut s = following(now, vec![peer(2, 1)]);
+    s.handle_input(now, Input::MapSeen(7));
+    s.handle_input(
+        now,
+        Input::Map(MapMessage::Delta(Delta::PeerUpsert(peer(3, 1)))),
+    );
+    s.handle_input(now, Input::MapSeen(8));
+    s.handle_input(now, Input::MapLost);
+    let later = s.poll_timeout().expect("a reconnect is due");
+    s.handle_timeout(later);
+    assert_eq!(
+        s.poll_transmit(),
+        Some(Request::OpenMap {
+            secret: "sec".into(),
+            since: Some(8),
+        })
+    );
+    drain(&mut s);
+    s.handle_input(later, Input::MapResumed);
+    assert_eq!(
+        s.peer_for_ip("100.64.0.3".parse().unwrap()),
+        Some(key(3)),
+        "kept"
+    );
+    s.handle_input(
+        later,
+        Input::Map(MapMessage::Delta(Delta::PeerRemove { id: 2 })),
+    );
+    assert_eq!(
+        s.peer_for_ip("100.64.0.2".parse().unwrap()),
+        None,
+        "followed"
     );
 }
 

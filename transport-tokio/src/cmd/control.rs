@@ -107,6 +107,11 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
             })
             .unwrap_or_default(),
     };
+    if store.shared_url().is_some() && store.snapshot()?.policy.is_none() {
+        // The first server on a shared store puts its policy in force; later ones follow the
+        // store's (a reload on any server replaces it everywhere).
+        store.set_policy(&text)?;
+    }
     let control = Control::new(store, compiled, regions)?;
     control.set_policy_file(policy.clone());
     control.set_node_expiry(node_expiry);
@@ -116,6 +121,7 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
         control.set_verify_token(token);
     }
     let _expiry = control.spawn_expiry();
+    let _follow = control.spawn_follow();
     let listen_on = burrow::dual_stack::listen_addr(listen, 8080);
     let listener = burrow::dual_stack::tcp_listener(listen_on, listen.is_none())
         .with_context(|| format!("binding {listen_on}"))?;

@@ -119,9 +119,10 @@ async fn remove(
 ) -> Result<Json<ActionResult>, ApiError> {
     let r = c.find(&node).await?;
     let id = r.id;
-    c.with_store(move |store| store.remove(id)).await?;
+    let c2 = c.clone();
+    c.with_store(move |store| Ok(store.remove(id)?.map(|logged| c2.commit(logged))))
+        .await?;
     let summary = c.summary(&r, now_unix());
-    c.retire(id);
     tracing::info!(id, name = %r.name, "node removed by the admin");
     Ok(Json(ActionResult {
         node: summary,
@@ -136,10 +137,10 @@ async fn expire(
     let mut r = c.find(&node).await?;
     let now = now_unix();
     let id = r.id;
-    c.with_store(move |store| store.set_expiry(id, Some(now)))
+    let c2 = c.clone();
+    c.with_store(move |store| Ok(store.expire(id, now)?.map(|logged| c2.commit(logged))))
         .await?;
     r.expires_at = Some(now);
-    c.retire(id);
     tracing::info!(id, name = %r.name, "node expired by the admin");
     Ok(Json(ActionResult {
         node: c.summary(&r, now),

@@ -5,9 +5,11 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use burrow_control::changelog::ChangeId;
 use burrow_control::NetMap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -65,39 +67,74 @@ impl ClientError {
 /// How long a request (not the map stream) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A client of one control server.
+/// One control server: how to reach it, its Host header and path prefix.
 #[derive(Clone)]
-pub struct ControlClient {
+struct Server {
     connector: Connector,
     host: String,
     prefix: String,
 }
 
+/// A client of the control plane: one server, or several replicas sharing one database. A
+/// request goes to the server that answered last; one that cannot be reached passes the
+/// request to the next (each tried once per request), so a dead replica costs a refused
+/// connection, not a back-off.
+#[derive(Clone)]
+pub struct ControlClient {
+    servers: Arc<[Server]>,
+    current: Arc<AtomicUsize>,
+}
+
 impl std::fmt::Debug for ControlClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hosts: Vec<&str> = self.servers.iter().map(|s| s.host.as_str()).collect();
         f.debug_struct("ControlClient")
-            .field("host", &self.host)
-            .field("prefix", &self.prefix)
+            .field("hosts", &hosts)
             .finish_non_exhaustive()
     }
 }
 
-/// One SSE event's data, once a whole event ("…\n\n") is in `buf`.
-fn take_event(buf: &mut Vec<u8>) -> Option<Option<String>> {
+/// One server-sent event: its id and data lines (none: a keep-alive comment).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Event {
+    id: Option<String>,
+    data: Option<String>,
+}
+
+/// One SSE event, once a whole event ("…\n\n") is in `buf`.
+fn take_event(buf: &mut Vec<u8>) -> Option<Event> {
     let end = buf.windows(2).position(|w| w == b"\n\n")?;
     let event: Vec<u8> = buf.drain(..end + 2).collect();
     let text = String::from_utf8_lossy(&event);
-    Some(
-        text.lines()
-            .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
-            .map(str::to_owned),
-    )
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let v = l.strip_prefix(name)?.strip_prefix(':')?;
+            Some(v.strip_prefix(' ').unwrap_or(v).to_owned())
+        })
+    };
+    Some(Event {
+        id: field("id"),
+        data: field("data"),
+    })
+}
+
+/// How a map stream began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// With the whole netmap.
+    NetMap(Box<NetMap>),
+    /// Resumed after the change the node named: the deltas since then follow.
+    Resumed {
+        /// That change.
+        since: ChangeId,
+    },
 }
 
 /// The netmap stream: one [`MapMessage`] at a time.
 pub struct MapStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    last: Option<ChangeId>,
 }
 
 impl std::fmt::Debug for MapStream {
@@ -112,6 +149,11 @@ impl std::fmt::Debug for MapStream {
 const MAX_EVENT: usize = 64 << 20;
 
 impl MapStream {
+    /// The last change whose messages this stream has delivered in full (to resume from).
+    pub fn last_change(&self) -> Option<ChangeId> {
+        self.last
+    }
+
     /// The next message; [`ClientError::Ended`] when the server closes the stream.
     pub async fn next(&mut self) -> Result<MapMessage, ClientError> {
         self.read(None).await
@@ -125,11 +167,16 @@ impl MapStream {
 
     async fn read(&mut self, idle: Option<Duration>) -> Result<MapMessage, ClientError> {
         loop {
-            while let Some(data) = take_event(&mut self.buf) {
+            while let Some(event) = take_event(&mut self.buf) {
                 // Events without data are keep-alive comments.
-                if let Some(data) = data {
-                    return serde_json::from_str(&data)
-                        .map_err(|e| ClientError::BadMessage(format!("map message: {e}")));
+                if let Some(data) = event.data {
+                    let message = serde_json::from_str(&data)
+                        .map_err(|e| ClientError::BadMessage(format!("map message: {e}")))?;
+                    // The id names the change the node is up to once it has taken this.
+                    if let Some(id) = event.id.and_then(|i| i.trim().parse().ok()) {
+                        self.last = Some(id);
+                    }
+                    return Ok(message);
                 }
             }
             if self.buf.len() > MAX_EVENT {
@@ -190,31 +237,107 @@ impl ControlClient {
                 crate::derp_client::connect_stream_to(&url, &addrs, &roots).await
             })
         });
-        Ok(ControlClient {
+        Ok(ControlClient::of(vec![Server {
             connector,
             host,
             prefix,
-        })
+        }]))
+    }
+
+    /// A client of several replicas (`--control URL,URL,…`), each URL as
+    /// [`ControlClient::with_roots`] takes it.
+    pub fn replicas(
+        urls: &[&str],
+        roots: crate::derp_client::ExtraRoots,
+    ) -> Result<Self, ClientError> {
+        let mut servers = Vec::new();
+        for url in urls {
+            servers.extend(
+                Self::with_roots(url, roots.clone())?
+                    .servers
+                    .iter()
+                    .cloned(),
+            );
+        }
+        if servers.is_empty() {
+            return Err(ClientError::BadUrl("no control server named".into()));
+        }
+        Ok(ControlClient::of(servers))
+    }
+
+    fn of(servers: Vec<Server>) -> Self {
+        ControlClient {
+            servers: servers.into(),
+            current: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// How many servers this client knows.
+    pub fn servers(&self) -> usize {
+        self.servers.len()
     }
 
     /// A client that reaches the server through `connector` (the simulator's TCP, a proxy…);
     /// `host` is the Host header.
     pub fn with_connector(host: impl Into<String>, connector: Connector) -> Self {
-        ControlClient {
+        ControlClient::of(vec![Server {
             connector,
             host: host.into(),
             prefix: String::new(),
-        }
+        }])
     }
 
+    /// Sends a request to the server that answered last; one that cannot be reached (no
+    /// connection within the request timeout) hands it to the next, each tried once.
     async fn send(
         &self,
         method: &str,
         path: &str,
         secret: Option<&str>,
         body: Option<Vec<u8>>,
+        last_event: Option<ChangeId>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = (self.connector)().await?;
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failure = None;
+        for k in 0..self.servers.len() {
+            let i = (first + k) % self.servers.len();
+            let server = &self.servers[i];
+            let stream = match tokio::time::timeout(REQUEST_TIMEOUT, (server.connector)()).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    failure = Some(ClientError::Io(e));
+                    continue;
+                }
+                Err(_) => {
+                    failure = Some(ClientError::Timeout(REQUEST_TIMEOUT));
+                    continue;
+                }
+            };
+            if i != first {
+                tracing::info!(server = %server.host, "control server failover");
+                self.current.store(i, Ordering::Relaxed);
+            }
+            return server
+                .send(stream, method, path, secret, body, last_event)
+                .await;
+        }
+        // The next attempt starts with the next server.
+        self.current
+            .store((first + 1) % self.servers.len(), Ordering::Relaxed);
+        Err(failure.unwrap_or(ClientError::Ended))
+    }
+}
+
+impl Server {
+    async fn send(
+        &self,
+        stream: Box<dyn Stream>,
+        method: &str,
+        path: &str,
+        secret: Option<&str>,
+        body: Option<Vec<u8>>,
+        last_event: Option<ChangeId>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(async move {
@@ -226,6 +349,9 @@ impl ControlClient {
             .header("host", &self.host);
         if let Some(s) = secret {
             req = req.header("authorization", format!("Bearer {s}"));
+        }
+        if let Some(id) = last_event {
+            req = req.header("last-event-id", id.to_string());
         }
         if body.is_some() {
             req = req.header("content-type", "application/json");
@@ -248,7 +374,9 @@ impl ControlClient {
             reason,
         })
     }
+}
 
+impl ControlClient {
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -258,7 +386,7 @@ impl ControlClient {
     ) -> Result<Option<T>, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::BadMessage(e.to_string()))?;
         let exchange = async {
-            let res = self.send(method, path, secret, Some(body)).await?;
+            let res = self.send(method, path, secret, Some(body), None).await?;
             if res.status() == hyper::StatusCode::NO_CONTENT {
                 return Ok(None);
             }
@@ -281,7 +409,9 @@ impl ControlClient {
         body: RegisterBody,
     ) -> Result<RegisterResponse, ClientError> {
         let exchange = async {
-            let res = self.send("GET", "/machine/challenge", None, None).await?;
+            let res = self
+                .send("GET", "/machine/challenge", None, None, None)
+                .await?;
             let bytes = res.into_body().collect().await?.to_bytes();
             serde_json::from_slice::<ChallengeResponse>(&bytes)
                 .map_err(|e| ClientError::BadMessage(format!("/machine/challenge: {e}")))
@@ -309,15 +439,38 @@ impl ControlClient {
 
     /// Opens the netmap stream: the whole netmap first, then deltas.
     pub async fn open_map(&self, secret: &str) -> Result<(MapStream, NetMap), ClientError> {
+        match self.open_map_since(secret, None).await? {
+            (stream, Opened::NetMap(map)) => Ok((stream, *map)),
+            (_, Opened::Resumed { .. }) => Err(ClientError::BadMessage(
+                "the map stream resumed unasked".into(),
+            )),
+        }
+    }
+
+    /// Opens the netmap stream after change `since` (the last one a stream delivered in full,
+    /// [`MapStream::last_change`]): the server resumes with the deltas since then when it
+    /// still has them all, or starts again with the whole netmap.
+    pub async fn open_map_since(
+        &self,
+        secret: &str,
+        since: Option<ChangeId>,
+    ) -> Result<(MapStream, Opened), ClientError> {
         let open = async {
-            let res = self.send("GET", "/machine/map", Some(secret), None).await?;
+            let res = self
+                .send("GET", "/machine/map", Some(secret), None, since)
+                .await?;
             let mut stream = MapStream {
                 body: res.into_body(),
                 buf: Vec::new(),
+                last: None,
             };
             match stream.next().await? {
-                MapMessage::NetMap(m) => Ok((stream, m)),
-                MapMessage::Delta(_) => Err(ClientError::BadMessage(
+                MapMessage::NetMap(m) => Ok((stream, Opened::NetMap(Box::new(m)))),
+                MapMessage::Resumed { since: s } if Some(s) == since => {
+                    stream.last = Some(s);
+                    Ok((stream, Opened::Resumed { since: s }))
+                }
+                MapMessage::Delta(_) | MapMessage::Resumed { .. } => Err(ClientError::BadMessage(
                     "the map stream did not start with a netmap".into(),
                 )),
             }
@@ -336,9 +489,12 @@ mod tests {
 
     #[test]
     fn server_sent_events_split_on_blank_lines_and_skip_comments() {
-        let mut buf = b": keep-alive\n\ndata: {\"a\":1}\n\ndata: partial".to_vec();
-        assert_eq!(take_event(&mut buf), Some(None));
-        assert_eq!(take_event(&mut buf), Some(Some("{\"a\":1}".into())));
+        let mut buf = b": keep-alive\n\ndata: {\"a\":1}\nid: 7\n\ndata:x\n\ndata: partial".to_vec();
+        assert_eq!(take_event(&mut buf), Some(Event::default()));
+        let event = take_event(&mut buf).unwrap();
+        assert_eq!(event.data.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(event.id.as_deref(), Some("7"));
+        assert_eq!(take_event(&mut buf).unwrap().data.as_deref(), Some("x"));
         assert_eq!(take_event(&mut buf), None);
         assert_eq!(buf, b"data: partial");
     }
@@ -389,10 +545,12 @@ mod tests {
     #[test]
     fn urls_give_the_host_header_and_the_path_prefix() {
         let c = ControlClient::new("http://10.0.0.1:8080").unwrap();
-        assert_eq!((c.host.as_str(), c.prefix.as_str()), ("10.0.0.1:8080", ""));
+        let s = &c.servers[0];
+        assert_eq!((s.host.as_str(), s.prefix.as_str()), ("10.0.0.1:8080", ""));
         let c = ControlClient::new("https://control.example/burrow/").unwrap();
+        let s = &c.servers[0];
         assert_eq!(
-            (c.host.as_str(), c.prefix.as_str()),
+            (s.host.as_str(), s.prefix.as_str()),
             ("control.example", "/burrow")
         );
         assert!(ControlClient::new("ftp://x").is_err());

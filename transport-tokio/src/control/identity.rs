@@ -84,6 +84,11 @@ fn decode32(s: &str, what: &'static str) -> Result<[u8; 32], ProofError> {
     <[u8; 32]>::try_from(v.as_slice()).map_err(|_| ProofError::Malformed(what))
 }
 
+/// The challenge a registration answers, as bytes (None: malformed; redeeming it says why).
+pub fn challenge_bytes(req: &RegisterRequest) -> Option<[u8; 32]> {
+    decode32(&req.challenge, "challenge").ok()
+}
+
 /// The server's side: issues challenges and checks answers.
 pub struct Challenges {
     mac_key: [u8; 32],

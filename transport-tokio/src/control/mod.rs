@@ -24,13 +24,14 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use burrow_control::{CompiledPolicy, Delta, NodeInfo, PeerInfo, Policy, Tailnet};
+use burrow_control::changelog::{Change, ChangeId, Follower};
+use burrow_control::{CompiledPolicy, Delta, Policy, Tailnet};
 use tokio::sync::mpsc;
 
 pub use identity::{ChallengeResponse, RegisterBody, RegisterRequest};
 use identity::{Challenges, ProofError};
 use limits::{Limits, RateLimiter};
-use store::{NodeRecord, Registration, Store, StoreError};
+use store::{Logged, NodeRecord, Registration, Report, Store, StoreError};
 use validate::{canonical_key, is_canonical_key};
 pub use validate::{hostname_label, valid_hostname, vouched_endpoints};
 
@@ -40,6 +41,10 @@ pub const ALLOW_ALL: &str =
 
 pub use burrow_control::{EndpointsRequest, MapMessage, RegisterResponse};
 
+/// Deltas kept per node for streams that resume (`Last-Event-ID`); a node further behind gets
+/// a whole netmap.
+pub const HISTORY_PER_NODE: usize = 64;
+
 /// Map streams a node may hold at once; a newer one replaces the oldest.
 pub const MAX_STREAMS_PER_NODE: usize = 2;
 /// Messages a map stream may have waiting; a stream that falls this far behind is closed, and
@@ -48,15 +53,58 @@ pub const STREAM_QUEUE: usize = 256;
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// A message for a map stream. A delta that many nodes are sent (a peer's new endpoints) is
+/// one allocation, shared by their streams and histories, and serialized per stream.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    NetMap(Box<burrow_control::NetMap>),
+    Delta(Arc<Delta>),
+    Resumed(ChangeId),
+}
+
+/// [`MapMessage`] as the wire spells it, borrowed.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum WireMessage<'a> {
+    NetMap(&'a burrow_control::NetMap),
+    Delta(&'a Delta),
+    Resumed { since: ChangeId },
+}
+
+impl Outgoing {
+    fn to_json(&self) -> String {
+        let wire = match self {
+            Outgoing::NetMap(m) => WireMessage::NetMap(m),
+            Outgoing::Delta(d) => WireMessage::Delta(d),
+            Outgoing::Resumed(since) => WireMessage::Resumed { since: *since },
+        };
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+}
+
+/// A map stream's messages, each with the change id a resuming stream names (on the last
+/// message of each change, and on the netmap).
+type StreamTx = mpsc::Sender<(Option<ChangeId>, Outgoing)>;
+
+/// The deltas a node was sent lately, for a stream that resumes.
+#[derive(Default)]
+struct History {
+    /// Deltas of changes after this one that were let go: a resume from before it gets a
+    /// whole netmap.
+    floor: ChangeId,
+    deltas: VecDeque<(ChangeId, Arc<Delta>)>,
+}
+
 struct Inner {
     tailnet: Tailnet,
-    streams: BTreeMap<u64, VecDeque<mpsc::Sender<MapMessage>>>,
+    /// Where this server is in the change log.
+    follower: Follower,
+    /// The first change whose deltas the histories hold (where this server loaded the tailnet).
+    history_start: ChangeId,
+    history: BTreeMap<u64, History>,
+    streams: BTreeMap<u64, VecDeque<StreamTx>>,
     /// How long a registration is good for (None: forever).
     node_expiry: Option<Duration>,
-    /// When each node in the tailnet expires (unix seconds).
-    expires: BTreeMap<u64, u64>,
-    /// Each node's endpoint-change budget.
-    changes: RateLimiter<u64>,
     /// Challenges issued and redeemed.
     challenges: Challenges,
     /// Challenge, registration and map requests per source address.
@@ -67,14 +115,11 @@ struct Inner {
     per_node_map: RateLimiter<u64>,
 }
 
-/// Endpoint changes a node may make in a burst, and per second after that: a flapping or
-/// hostile node cannot make the server flood its peers with deltas.
-const CHANGE_BURST: f64 = 10.0;
-const CHANGES_PER_SECOND: f64 = 1.0;
-
 /// The server's shared state.
 pub struct Control {
     store: Arc<dyn Store>,
+    /// The DERP map every netmap carries (kept for reloads of the whole tailnet).
+    derp: Vec<burrow_control::DerpRegion>,
     /// The token relays present to `GET /derp/verify/…` (none: no such route).
     verify_token: Mutex<Option<String>>,
     /// The policy file `reload_policy` reads again (None: the built-in allow-all).
@@ -82,20 +127,27 @@ pub struct Control {
     inner: Mutex<Inner>,
 }
 
-fn peer_of(r: &NodeRecord) -> PeerInfo {
-    PeerInfo {
-        node: NodeInfo {
-            id: r.id,
-            name: r.name.clone(),
-            user: r.user.clone(),
-            tags: r.tags.clone(),
-            addresses: r.addresses.clone(),
-        },
-        node_key: r.node_key.clone(),
-        disco_key: r.disco_key.clone(),
-        endpoints: r.endpoints.clone(),
-        home_region: r.home_region,
+/// The tailnet a snapshot holds, under `policy` (or the snapshot's own, where the store keeps
+/// one).
+fn load(
+    snapshot: &store::Snapshot,
+    policy: CompiledPolicy,
+    derp: Vec<burrow_control::DerpRegion>,
+) -> Tailnet {
+    let policy = match &snapshot.policy {
+        Some(source) => Control::policy(source).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the stored policy does not compile; using the given one");
+            policy
+        }),
+        None => policy,
+    };
+    let mut tailnet = Tailnet::new(policy);
+    tailnet.set_derp_map(derp);
+    for r in &snapshot.nodes {
+        tailnet.upsert(r.peer());
+        tailnet.set_relay_capability(r.id, r.relay_capability());
     }
+    tailnet
 }
 
 impl Control {
@@ -105,34 +157,24 @@ impl Control {
         policy: CompiledPolicy,
         derp: Vec<burrow_control::DerpRegion>,
     ) -> Result<Arc<Self>, StoreError> {
-        let mut tailnet = Tailnet::new(policy);
-        tailnet.set_derp_map(derp);
-        let mut expires = BTreeMap::new();
-        let now = store::now_unix();
-        // Expired nodes stay stored (an admin may list them, the node may re-register) but
-        // are not part of the tailnet.
-        for r in store.nodes()? {
-            match r.expires_at {
-                Some(at) if at <= now => continue,
-                Some(at) => {
-                    expires.insert(r.id, at);
-                }
-                None => {}
-            }
-            tailnet.upsert(peer_of(&r));
-            tailnet.set_relay_capability(r.id, r.relay_capability());
-        }
+        // Nodes retired by expiry stay stored (an admin may list them, the node may
+        // re-register) but are not part of the tailnet.
+        let snapshot = store.snapshot()?;
+        let challenge_key = store.challenge_key()?.unwrap_or_else(random_bytes);
+        let tailnet = load(&snapshot, policy, derp.clone());
         Ok(Arc::new(Control {
             store,
+            derp,
             verify_token: Mutex::new(None),
             policy_file: Mutex::new(None),
             inner: Mutex::new(Inner {
                 tailnet,
+                follower: Follower::new(snapshot.head),
+                history_start: snapshot.head,
+                history: BTreeMap::new(),
                 streams: BTreeMap::new(),
                 node_expiry: None,
-                expires,
-                changes: RateLimiter::new(CHANGES_PER_SECOND, CHANGE_BURST, 65_536),
-                challenges: Challenges::new(random_bytes()),
+                challenges: Challenges::new(challenge_key),
                 per_ip: per_ip_limiter(Limits::default().per_ip_rate),
                 per_key: RateLimiter::new(0.2, 10.0, 65_536),
                 per_node_map: RateLimiter::new(1.0, 10.0, 65_536),
@@ -176,34 +218,75 @@ impl Control {
         self.inner.lock().expect("control state").node_expiry = expiry;
     }
 
-    /// Takes a node out of the tailnet (removed or expired): its peers are told at once and
-    /// its own map streams end.
-    fn retire(&self, id: u64) {
+    /// Applies changes the store committed (from this server's writes, or read from the log
+    /// other servers write): each in id order, once, its deltas sent to the streams. Returns
+    /// the nodes told something.
+    pub fn commit(&self, logged: Logged) -> std::collections::BTreeSet<u64> {
         let mut inner = self.inner.lock().expect("control state");
-        inner.expires.remove(&id);
-        inner.changes.forget(&id);
-        inner.per_node_map.forget(&id);
-        inner.streams.remove(&id);
-        let deltas = inner.tailnet.remove(id);
-        Self::publish(&mut inner, deltas);
+        for (id, change) in logged {
+            inner.follower.offer(id, change);
+        }
+        Self::apply_ready(&mut inner)
     }
 
-    /// Retires every node whose key expired by `now` (unix seconds); returns their ids.
-    pub fn expire_due(&self, now: u64) -> Vec<u64> {
-        let due: Vec<u64> = self
-            .inner
-            .lock()
-            .expect("control state")
-            .expires
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &due {
-            tracing::info!(id, "node key expired");
-            self.retire(*id);
+    fn apply_ready(inner: &mut Inner) -> std::collections::BTreeSet<u64> {
+        let mut told = std::collections::BTreeSet::new();
+        while let Some((id, change)) = inner.follower.next_ready() {
+            if let Change::Remove { id: node } = &change {
+                // Its streams end, and its budgets are forgotten.
+                inner.per_node_map.forget(node);
+                inner.streams.remove(node);
+                inner.history.remove(node);
+            }
+            match change.apply(&mut inner.tailnet) {
+                Ok(deltas) => {
+                    told.extend(deltas.iter().map(|(n, _)| *n));
+                    Self::publish(inner, id, deltas);
+                }
+                Err(e) => {
+                    tracing::error!(change = id, error = %e, "a logged policy does not compile")
+                }
+            }
         }
-        due
+        told
+    }
+
+    /// The last change this server applied.
+    pub fn applied(&self) -> ChangeId {
+        self.inner.lock().expect("control state").follower.applied()
+    }
+
+    /// Reloads the whole tailnet from the store (this server fell further behind than the log
+    /// reaches): every stream ends, so its node reconnects and gets a whole netmap.
+    fn reload(&self) -> Result<(), StoreError> {
+        let snapshot = self.store.snapshot()?;
+        let mut inner = self.inner.lock().expect("control state");
+        let policy = inner.tailnet.policy().clone();
+        inner.tailnet = load(&snapshot, policy, self.derp.clone());
+        inner.follower = Follower::new(snapshot.head);
+        inner.history_start = snapshot.head;
+        inner.history.clear();
+        inner.streams.clear();
+        tracing::warn!(head = snapshot.head, "reloaded the tailnet from the store");
+        Ok(())
+    }
+
+    /// Retires every node whose key expired by `now` (unix seconds; the store does it once,
+    /// whichever server asks first); returns their ids.
+    pub fn expire_due(&self, now: u64) -> Result<Vec<u64>, StoreError> {
+        let logged = self.store.expire_due(now)?;
+        let ids = logged
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Change::Remove { id } => Some(*id),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        for id in &ids {
+            tracing::info!(id, "node key expired");
+        }
+        self.commit(logged);
+        Ok(ids)
     }
 
     /// Checks for expired nodes once a second, for as long as the runtime runs.
@@ -214,19 +297,102 @@ impl Control {
             loop {
                 tick.tick().await;
                 let Some(c) = c.upgrade() else { return };
-                c.expire_due(store::now_unix());
+                let c2 = c.clone();
+                if let Err(e) = c
+                    .with_store(move |_| c2.expire_due(store::now_unix()))
+                    .await
+                {
+                    tracing::warn!(error = %e.1, "expiry check failed");
+                }
             }
         })
     }
 
-    /// Replaces the policy: every node is told at once of the peers it may now see, those it
-    /// no longer may, and its new filter. Returns how many nodes were told something.
-    pub fn set_policy(&self, policy: CompiledPolicy) -> usize {
-        let mut inner = self.inner.lock().expect("control state");
-        let deltas = inner.tailnet.set_policy(policy);
-        let told: std::collections::BTreeSet<u64> = deltas.iter().map(|(id, _)| *id).collect();
-        Self::publish(&mut inner, deltas);
-        told.len()
+    /// Follows the changes other servers commit to a shared store (PostgreSQL): listens for
+    /// their announcements, reads the log for every change it has not applied (after a lost
+    /// announcement or a dropped connection too, and once a second regardless), and reloads
+    /// the whole tailnet if it fell behind what the log keeps. Reconnects with back-off.
+    /// Does nothing for a store only this process writes.
+    pub fn spawn_follow(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let url = self.store.shared_url()?;
+        let c = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match pg::listen(&url).await {
+                    Ok((client, mut heads)) => {
+                        backoff = Duration::from_millis(100);
+                        tracing::info!("following the change log");
+                        let mut tick = tokio::time::interval(Duration::from_secs(1));
+                        // The head is read from the log at first and on every tick (covering
+                        // announcements lost or dropped), and otherwise taken from them.
+                        let mut announced = None;
+                        loop {
+                            let Some(control) = c.upgrade() else { return };
+                            if let Err(e) = control.catch_up(&client, announced.take()).await {
+                                tracing::warn!(error = %e, "reading the change log failed");
+                                break;
+                            }
+                            drop(control);
+                            tokio::select! {
+                                head = heads.recv() => match head {
+                                    Some(mut h) => {
+                                        // A burst of announcements is read as one.
+                                        while let Ok(later) = heads.try_recv() {
+                                            h = h.max(later);
+                                        }
+                                        announced = Some(h);
+                                    }
+                                    None => break,
+                                },
+                                _ = tick.tick() => {}
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "listening for changes failed"),
+                }
+                let jitter = Duration::from_millis(u64::from(random_bytes::<1>()[0]));
+                tokio::time::sleep(backoff + jitter).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }))
+    }
+
+    /// Reads from the log every change this server has not applied, up to the log's head
+    /// (`announced`, or read from the log).
+    async fn catch_up(
+        &self,
+        client: &tokio_postgres::Client,
+        announced: Option<ChangeId>,
+    ) -> Result<(), StoreError> {
+        let head = match announced {
+            Some(h) => h,
+            None => pg::head(client).await?,
+        };
+        self.inner
+            .lock()
+            .expect("control state")
+            .follower
+            .note_head(head);
+        loop {
+            let gap = self.inner.lock().expect("control state").follower.gap();
+            let Some(gap) = gap else { return Ok(()) };
+            let logged = pg::changes_since(client, *gap.start(), 1000).await?;
+            if logged.first().is_none_or(|(id, _)| id > gap.start()) {
+                // The log no longer reaches back to what this server needs.
+                tokio::task::block_in_place(|| self.reload())?;
+                continue;
+            }
+            self.commit(logged);
+        }
+    }
+
+    /// Puts a policy's source in force tailnet-wide: checked, committed, applied. Returns how
+    /// many nodes were told something.
+    pub fn set_policy_source(&self, source: &str) -> Result<usize, String> {
+        Control::policy(source).map_err(|e| e.to_string())?;
+        let logged = self.store.set_policy(source).map_err(|e| e.to_string())?;
+        Ok(self.commit(logged).len())
     }
 
     /// Names the policy file the server was started with, for [`Control::reload_policy`].
@@ -246,11 +412,10 @@ impl Control {
             }
             None => ALLOW_ALL.to_string(),
         };
-        let policy = Control::policy(&text).map_err(|e| match &*path {
+        let told = self.set_policy_source(&text).map_err(|e| match &*path {
             Some(p) => format!("{}: {e}", p.display()),
-            None => e.to_string(),
+            None => e,
         })?;
-        let told = self.set_policy(policy);
         drop(path);
         Ok(told)
     }
@@ -260,60 +425,61 @@ impl Control {
         Policy::check(text).map(|(_, c)| c)
     }
 
-    /// Sends deltas to their nodes' streams, under the same lock that computed them (so no
-    /// later change can overtake them). A stream whose queue is full is closed (its sender
-    /// dropped): the node reconnects and starts again from a whole netmap, so a slow or
-    /// hostile reader costs the server at most `STREAM_QUEUE` messages.
-    fn publish(inner: &mut Inner, deltas: Vec<(u64, Delta)>) {
-        for (id, d) in deltas {
-            if let Some(subs) = inner.streams.get_mut(&id) {
-                subs.retain(|tx| tx.try_send(MapMessage::Delta(d.clone())).is_ok());
+    /// Sends a change's deltas to their nodes' streams, under the same lock that computed them
+    /// (so no later change can overtake them), and keeps them for streams that resume. The
+    /// last delta of the change for each node carries its id. A stream whose queue is full is
+    /// closed (its sender dropped): the node reconnects and resumes, or starts again from a
+    /// whole netmap, so a slow or hostile reader costs the server at most `STREAM_QUEUE`
+    /// messages.
+    fn publish(inner: &mut Inner, id: ChangeId, deltas: Vec<(u64, Delta)>) {
+        let mut last: BTreeMap<u64, usize> = BTreeMap::new();
+        for (i, (node, _)) in deltas.iter().enumerate() {
+            last.insert(*node, i);
+        }
+        // The same delta for many nodes (a peer's upsert for each that sees it) is shared.
+        let mut shared: Option<Arc<Delta>> = None;
+        for (i, (node, d)) in deltas.into_iter().enumerate() {
+            let d = match &shared {
+                Some(s) if **s == d => s.clone(),
+                _ => shared.insert(Arc::new(d)).clone(),
+            };
+            let tag = (last[&node] == i).then_some(id);
+            if let Some(subs) = inner.streams.get_mut(&node) {
+                subs.retain(|tx| tx.try_send((tag, Outgoing::Delta(d.clone()))).is_ok());
+            }
+            let h = inner.history.entry(node).or_default();
+            h.deltas.push_back((id, d));
+            while h.deltas.len() > HISTORY_PER_NODE {
+                if let Some((gone, _)) = h.deltas.pop_front() {
+                    h.floor = gone;
+                }
             }
         }
     }
 
-    fn upsert(&self, r: &NodeRecord) {
-        let mut inner = self.inner.lock().expect("control state");
-        match r.expires_at {
-            Some(at) => inner.expires.insert(r.id, at),
-            None => inner.expires.remove(&r.id),
-        };
-        let mut deltas = inner.tailnet.upsert(peer_of(r));
-        deltas.extend(
-            inner
-                .tailnet
-                .set_relay_capability(r.id, r.relay_capability()),
-        );
-        Self::publish(&mut inner, deltas);
-    }
-
-    /// Updates a node that must still be in the tailnet: a change that was in flight while an
-    /// admin removed or expired the node must not bring it back (security audit #19). The
-    /// check and the update happen under one lock, and removal takes the same lock.
-    fn update_live(&self, r: &NodeRecord) -> bool {
-        let mut inner = self.inner.lock().expect("control state");
-        let expired = r.expires_at.is_some_and(|at| at <= store::now_unix());
-        if inner.tailnet.get(r.id).is_none() || expired {
-            return false;
+    /// The deltas since `last` for `node`, if this server still has every one of them.
+    fn resume(
+        inner: &Inner,
+        node: u64,
+        last: ChangeId,
+    ) -> Option<Vec<(Option<ChangeId>, Outgoing)>> {
+        let applied = inner.follower.applied();
+        if last < inner.history_start || last > applied {
+            return None;
         }
-        let mut deltas = inner.tailnet.upsert(peer_of(r));
-        deltas.extend(
-            inner
-                .tailnet
-                .set_relay_capability(r.id, r.relay_capability()),
-        );
-        Self::publish(&mut inner, deltas);
-        true
-    }
-
-    /// Takes one endpoint change from a node's budget; false when it is spent.
-    fn take_change(&self, id: u64) -> bool {
-        let now = tokio::time::Instant::now();
-        self.inner
-            .lock()
-            .expect("control state")
-            .changes
-            .allow(&id, now)
+        let h = inner.history.get(&node);
+        if h.is_some_and(|h| h.floor > last) {
+            return None;
+        }
+        let deltas: Vec<&(ChangeId, Arc<Delta>)> = h
+            .map(|h| h.deltas.iter().filter(|(id, _)| *id > last).collect())
+            .unwrap_or_default();
+        let mut out: Vec<(Option<ChangeId>, Outgoing)> = Vec::with_capacity(deltas.len());
+        for (i, (id, d)) in deltas.iter().enumerate() {
+            let closes = deltas.get(i + 1).is_none_or(|(next, _)| next != id);
+            out.push((closes.then_some(*id), Outgoing::Delta(d.clone())));
+        }
+        Some(out)
     }
 
     /// Runs a storage call off the async workers (on a multi-threaded runtime), or inline on a
@@ -377,13 +543,23 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::BadAuthKey | StoreError::NotPermitted => {
+            StoreError::BadAuthKey | StoreError::NotPermitted | StoreError::ChallengeReplayed => {
                 ApiError(StatusCode::UNAUTHORIZED, e.to_string())
             }
             StoreError::DiscoKeyTaken => ApiError(StatusCode::CONFLICT, e.to_string()),
+            StoreError::ChangeBudgetSpent => ApiError(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             StoreError::AddressPoolExhausted => {
                 tracing::error!("registration refused: the address pool is exhausted");
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            StoreError::Pg(e) if pg::unavailable(&e) => {
+                // The database cannot be reached (restarting, a broken connection): nothing
+                // was written, and the request may be tried again.
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable; try again shortly".into(),
+                )
             }
             other => {
                 tracing::error!(error = %other, "storage failed");
@@ -460,7 +636,8 @@ async fn register(
         .expect("control state")
         .challenges
         .redeem(now, &req)?;
-    let result = admit_registration(&c, now, node_key, body).await;
+    let challenge = identity::challenge_bytes(&req);
+    let result = admit_registration(&c, now, node_key, body, challenge).await;
     if result.is_err() {
         c.inner
             .lock()
@@ -476,6 +653,7 @@ async fn admit_registration(
     now: u64,
     node_key: burrow_wg::PublicKey,
     body: RegisterBody,
+    challenge: Option<[u8; 32]>,
 ) -> Result<RegisterResponse, ApiError> {
     if !is_canonical_key(&node_key) {
         return Err(ApiError(
@@ -506,34 +684,30 @@ async fn admit_registration(
         }
         inner.node_expiry.map(|d| now + d.as_secs())
     };
+    // Servers that share a store spend the challenge in the registration's transaction.
+    let challenge = challenge.filter(|_| c.store.shared_url().is_some());
+    let c2 = c.clone();
     let (record, secret) = c
         .with_store(move |store| {
-            store.register(&Registration {
+            let (record, secret, logged) = store.register(&Registration {
                 auth_key: body.auth_key.as_deref(),
                 node_secret: body.node_secret.as_deref(),
                 name: &body.hostname,
                 node_key: &node_key,
                 disco_key: &disco_key,
                 expires_at,
-            })
+                challenge,
+            })?;
+            // Applied here, in the blocking call, so a request dropped midway cannot leave a
+            // committed change unapplied; an admin's remove or expire that lands meanwhile has
+            // a later id, and is applied after it (audit #19).
+            c2.commit(logged);
+            Ok((record, secret))
         })
         .await?;
-    c.upsert(&record);
-    // An admin's remove or expire may have landed between the store's commit and the upsert
-    // (audit #19): read the record back and retire the node if it is gone or expired. The
-    // admin removes from the store before retiring, so one of the two always sees the other.
-    let id = record.id;
-    let stored = c.with_store(move |store| store.node(id)).await?;
-    if stored.is_none_or(|r| r.expires_at.is_some_and(|at| at <= store::now_unix())) {
-        c.retire(id);
-        return Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "the node was removed or expired while it registered".into(),
-        ));
-    }
     tracing::info!(id = record.id, name = %record.name, "node registered");
     Ok(RegisterResponse {
-        node: peer_of(&record).node,
+        node: record.peer().node,
         secret,
     })
 }
@@ -570,7 +744,7 @@ async fn endpoints(
     Json(mut req): Json<EndpointsRequest>,
 ) -> Result<StatusCode, ApiError> {
     c.allow_source(source)?;
-    let mut node = authenticate(&c, &headers).await?;
+    let node = authenticate(&c, &headers).await?;
     if req.endpoints.len() > 64 {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
@@ -588,34 +762,38 @@ async fn endpoints(
     if node.endpoints == req.endpoints && node.home_region == req.home_region && relay_same {
         return Ok(StatusCode::NO_CONTENT); // nothing new: no write, no deltas
     }
-    if !c.take_change(node.id) {
-        return Err(ApiError(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many endpoint changes: at most 10 at once, then 1 a second".into(),
-        ));
-    }
-    let (id, eps, region) = (node.id, req.endpoints.clone(), req.home_region);
-    c.with_store(move |store| store.set_endpoints(id, &eps, region))
+    let report = Report {
+        endpoints: req.endpoints,
+        home_region: req.home_region,
+        relay_port: req.relay_port,
+        fixed_mapping: req.fixed_mapping,
+    };
+    let (id, c2) = (node.id, c.clone());
+    // Recorded only while the node is in the tailnet: a change in flight when an admin
+    // removes or expires the node must not bring it back (security audit #19). The store
+    // takes it from the node's budget of changes, which every server sharing it draws on.
+    let live = c
+        .with_store(move |store| {
+            let done = store.report(id, &report)?;
+            Ok(done.map(|(_, logged)| c2.commit(logged)).is_some())
+        })
         .await?;
-    if !relay_same {
-        let (port, fixed) = (req.relay_port, req.fixed_mapping);
-        c.with_store(move |store| store.set_relay(id, port, fixed))
-            .await?;
-        tracing::info!(id, relay_port = ?port, fixed_mapping = fixed, "node relay report");
-    }
-    node.endpoints = req.endpoints;
-    node.home_region = req.home_region;
-    node.relay_port = req.relay_port;
-    node.fixed_mapping = req.fixed_mapping;
-    if !c.update_live(&node) {
+    if !live {
         return Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "the node was removed or expired".into(),
         ));
     }
+    if !relay_same {
+        tracing::info!(id, relay_port = ?req.relay_port, fixed_mapping = req.fixed_mapping, "node relay report");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A node's map stream: a whole netmap, then deltas as changes are applied, as server-sent
+/// events whose ids are change ids. A node that reconnects with `Last-Event-ID` (to this
+/// server or another sharing the store) gets the deltas since then, or a whole netmap when
+/// they are no longer all here.
 async fn map(
     State(c): State<Arc<Control>>,
     limits::Source(ip): limits::Source,
@@ -623,6 +801,10 @@ async fn map(
 ) -> Result<Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     c.allow_source(ip)?;
     let node = authenticate(&c, &headers).await?;
+    let last: Option<ChangeId> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     {
         let mut inner = c.inner.lock().expect("control state");
@@ -635,11 +817,25 @@ async fn map(
                 "too many map streams opened by this node; slow down".into(),
             ));
         }
-        let netmap = inner
-            .tailnet
-            .netmap(node.id)
-            .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "node was removed".into()))?;
-        let _ = tx.try_send(MapMessage::NetMap(netmap));
+        if inner.tailnet.get(node.id).is_none() {
+            return Err(ApiError(StatusCode::NOT_FOUND, "node was removed".into()));
+        }
+        match last.and_then(|l| Some((l, Control::resume(&inner, node.id, l)?))) {
+            Some((since, deltas)) if deltas.len() < STREAM_QUEUE => {
+                let _ = tx.try_send((None, Outgoing::Resumed(since)));
+                for m in deltas {
+                    let _ = tx.try_send(m);
+                }
+            }
+            _ => {
+                let netmap = inner
+                    .tailnet
+                    .netmap(node.id)
+                    .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "node was removed".into()))?;
+                let applied = inner.follower.applied();
+                let _ = tx.try_send((Some(applied), Outgoing::NetMap(Box::new(netmap))));
+            }
+        }
         let streams = inner.streams.entry(node.id).or_default();
         streams.retain(|s| !s.is_closed());
         while streams.len() >= MAX_STREAMS_PER_NODE {
@@ -648,9 +844,12 @@ async fn map(
         streams.push_back(tx);
     }
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let m = rx.recv().await?;
-        let data = serde_json::to_string(&m).unwrap_or_default();
-        Some((Ok(SseEvent::default().data(data)), rx))
+        let (id, m) = rx.recv().await?;
+        let mut event = SseEvent::default().data(m.to_json());
+        if let Some(id) = id {
+            event = event.id(id.to_string());
+        }
+        Some((Ok(event), rx))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -1,14 +1,17 @@
 //! PostgreSQL storage (`burrow control serve --db postgres://…`), for deployments that
 //! outgrow one machine's SQLite file. Same schema and behaviour as [`super::store::SqliteStore`].
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::Ipv6Addr;
 use std::sync::Mutex;
 
-use tokio_postgres::{Client, NoTls, Transaction};
+use burrow_control::changelog::{Change, ChangeId};
+use tokio_postgres::{Client, IsolationLevel, NoTls, Transaction};
 
+use super::identity::CHALLENGE_TTL;
 use super::store::{
-    fresh_ula, hash, now_unix, random_token, register_in, AuthKeySpec, Columns, KeyRow, NodeRecord,
-    NodeRow, RegisterTx, Registration, Store, StoreError,
+    fresh_ula, hash, now_secs, now_unix, number, random_token, record_changes, register_in,
+    AuthKeySpec, Columns, KeyRow, Logged, NodeRecord, NodeRow, RegisterTx, Registration, Report,
+    Snapshot, Store, StoreError, CHANGE_BUDGET,
 };
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -23,12 +26,26 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TE
      CREATE UNIQUE INDEX nodes_disco_key ON nodes (disco_key);",
     // Peer relays: the port a node relays on and whether its mapping is fixed.
     "ALTER TABLE nodes ADD COLUMN relay_port BIGINT;
-     ALTER TABLE nodes ADD COLUMN fixed_mapping BOOLEAN NOT NULL DEFAULT FALSE;"];
+     ALTER TABLE nodes ADD COLUMN fixed_mapping BOOLEAN NOT NULL DEFAULT FALSE;",
+    // Replicas: nodes retired by expiry stay stored; every change is logged with an id from
+    // the one-row head (consecutive, in commit order); challenges are spent tailnet-wide.
+    "ALTER TABLE nodes ADD COLUMN retired BOOLEAN NOT NULL DEFAULT FALSE;
+     ALTER TABLE nodes ADD COLUMN change_tokens DOUBLE PRECISION NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN change_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+     UPDATE nodes SET retired = TRUE
+        WHERE expires_at IS NOT NULL AND expires_at <= extract(epoch FROM now())::bigint;
+     CREATE INDEX nodes_expiry ON nodes (expires_at) WHERE NOT retired;
+     CREATE TABLE change_log (id BIGINT PRIMARY KEY, change TEXT NOT NULL, at BIGINT NOT NULL);
+     CREATE TABLE change_head (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), id BIGINT NOT NULL);
+     INSERT INTO change_head (id) VALUES (0);
+     CREATE TABLE redeemed_challenges (challenge BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL);"];
 
 /// PostgreSQL storage.
 pub struct PgStore {
     client: Mutex<Client>,
     ula: Ipv6Addr,
+    url: String,
+    challenge_key: [u8; 32],
 }
 
 /// Runs a future to completion from synchronous code, inside or outside the runtime's workers.
@@ -55,12 +72,7 @@ fn columns(r: &tokio_postgres::Row) -> Columns {
 impl PgStore {
     /// Connects and migrates (a `postgres://user@host:port/db` URL).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (mut client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::error!(error = %e, "postgres connection ended");
-            }
-        });
+        let mut client = connect(url).await?;
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL); ")
             .await?;
@@ -81,34 +93,21 @@ impl PgStore {
             .await?;
         }
         tx.commit().await?;
-        let ula = match client
-            .query_opt("SELECT value FROM meta WHERE key = 'ula'", &[])
-            .await?
-        {
-            Some(r) => {
-                let s: String = r.get(0);
-                s.parse()
-                    .map_err(|_| StoreError::Corrupt(format!("ula {s:?}")))?
-            }
-            None => {
-                let a = fresh_ula();
-                client
-                    .execute(
-                        "INSERT INTO meta (key, value) VALUES ('ula', $1) ON CONFLICT DO NOTHING",
-                        &[&a.to_string()],
-                    )
-                    .await?;
-                let r = client
-                    .query_one("SELECT value FROM meta WHERE key = 'ula'", &[])
-                    .await?;
-                let s: String = r.get(0);
-                s.parse()
-                    .map_err(|_| StoreError::Corrupt(format!("ula {s:?}")))?
-            }
-        };
+        let ula = meta_once(&client, "ula", || fresh_ula().to_string()).await?;
+        let ula = ula
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("ula {ula:?}")))?;
+        let key = meta_once(&client, "challenge_key", || {
+            hex(&super::random_bytes::<32>())
+        })
+        .await?;
+        let challenge_key =
+            unhex(&key).ok_or_else(|| StoreError::Corrupt("challenge_key".into()))?;
         Ok(PgStore {
             client: Mutex::new(client),
             ula,
+            url: url.to_owned(),
+            challenge_key,
         })
     }
 
@@ -117,8 +116,71 @@ impl PgStore {
         f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut client = self.client.lock().expect("postgres client");
+        if client.is_closed() {
+            // The server restarted or the connection broke: connect again (this request
+            // fails if it cannot, and the next one tries again).
+            *client = block(connect(&self.url))?;
+            tracing::info!("reconnected to postgres");
+        }
         block(f(&mut client))
     }
+}
+
+/// Whether an error means the database cannot be reached now (down, restarting, shutting
+/// sessions down, a broken connection), rather than that it refused the request.
+pub fn unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // Connection exceptions (08…) and operator intervention (57…: shutdown, restart).
+        Some(code) => code.code().starts_with("08") || code.code().starts_with("57"),
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// A connection, driven by a task of its own until it ends.
+async fn connect(url: &str) -> Result<Client, StoreError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A value in `meta`, made by `fresh` by whichever server asks first.
+async fn meta_once(
+    client: &Client,
+    key: &str,
+    fresh: impl FnOnce() -> String,
+) -> Result<String, StoreError> {
+    client
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&key, &fresh()],
+        )
+        .await?;
+    Ok(client
+        .query_one("SELECT value FROM meta WHERE key = $1", &[&key])
+        .await?
+        .get(0))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if s.len() != 64 {
+        return None;
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A registration's steps on an open PostgreSQL transaction; the key and node rows it reads
@@ -185,7 +247,7 @@ impl RegisterTx for PgTx<'_> {
         if set_expiry {
             self.0
                 .execute(
-                    "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4 WHERE id = $5",
+                    "UPDATE nodes SET name = $1, disco_key = $2, secret_hash = $3, expires_at = $4, retired = FALSE WHERE id = $5",
                     &[&reg.name, &reg.disco_key, &secret_hash, &reg.expires_at.map(|e| e as i64), &id],
                 )
                 .await?;
@@ -244,106 +306,189 @@ impl Store for PgStore {
         Ok(key)
     }
 
-    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError> {
+    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String, Logged), StoreError> {
         let ula = self.ula;
         self.with(async move |c: &mut Client| {
             let mut tx = PgTx(c.transaction().await?);
+            if let Some(challenge) = reg.challenge {
+                let until = (now_unix() + 2 * CHALLENGE_TTL) as i64;
+                let fresh = tx
+                    .0
+                    .execute(
+                        "INSERT INTO redeemed_challenges (challenge, expires_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&challenge.as_slice(), &until],
+                    )
+                    .await?;
+                if fresh == 0 {
+                    return Err(StoreError::ChallengeReplayed);
+                }
+            }
             let secret = register_in(&mut tx, reg).await?;
             let row =
                 tx.0.query_one("SELECT * FROM nodes WHERE node_key = $1", &[&reg.node_key])
                     .await?;
+            let record = columns(&row).record(ula);
+            let logged = log(&tx.0, record_changes(&record, false)).await?;
             tx.0.commit().await?;
-            Ok((columns(&row).record(ula), secret))
+            Ok((record, secret, logged))
         })
     }
 
     fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError> {
-        let ula = self.ula;
-        self.with(async move |c: &mut Client| {
-            Ok(
-                c.query_opt("SELECT * FROM nodes WHERE id = $1", &[&(id as i64)])
-                    .await?
-                    .map(|r| columns(&r).record(ula)),
-            )
-        })
+        self.one("SELECT * FROM nodes WHERE id = $1", id as i64)
     }
 
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError> {
-        let (ula, h) = (self.ula, hash(secret));
-        self.with(async move |c: &mut Client| {
-            Ok(
-                c.query_opt("SELECT * FROM nodes WHERE secret_hash = $1", &[&h])
-                    .await?
-                    .map(|r| columns(&r).record(ula)),
-            )
-        })
+        self.one("SELECT * FROM nodes WHERE secret_hash = $1", hash(secret))
     }
 
     fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
-        let (ula, key) = (self.ula, key.to_owned());
-        self.with(async move |c: &mut Client| {
-            Ok(
-                c.query_opt("SELECT * FROM nodes WHERE node_key = $1", &[&key])
-                    .await?
-                    .map(|r| columns(&r).record(ula)),
-            )
-        })
+        self.one("SELECT * FROM nodes WHERE node_key = $1", key.to_owned())
     }
 
-    fn set_endpoints(
-        &self,
-        id: u64,
-        endpoints: &[SocketAddr],
-        home_region: u16,
-    ) -> Result<(), StoreError> {
-        let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+    fn report(&self, id: u64, report: &Report) -> Result<Option<(NodeRecord, Logged)>, StoreError> {
+        let list: Vec<String> = report.endpoints.iter().map(|e| e.to_string()).collect();
         let list = list.join(",");
+        let report = report.clone();
+        let ula = self.ula;
         self.with(async move |c: &mut Client| {
-            c.execute(
-                "UPDATE nodes SET endpoints = $1, home_region = $2 WHERE id = $3",
-                &[&list, &i64::from(home_region), &(id as i64)],
+            let tx = c.transaction().await?;
+            let Some(old) = tx
+                .query_opt(
+                    "SELECT * FROM nodes WHERE id = $1 AND NOT retired FOR UPDATE",
+                    &[&(id as i64)],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let (tokens, at): (f64, f64) = (old.get("change_tokens"), old.get("change_at"));
+            let old = columns(&old).record(ula);
+            let now = now_secs();
+            let tokens = CHANGE_BUDGET
+                .take(tokens, at, now)
+                .ok_or(StoreError::ChangeBudgetSpent)?;
+            let row = tx
+                .query_one(
+                    "UPDATE nodes SET endpoints = $1, home_region = $2, relay_port = $3, fixed_mapping = $4,
+                        change_tokens = $5, change_at = $6 WHERE id = $7 RETURNING *",
+                    &[
+                        &list,
+                        &i64::from(report.home_region),
+                        &report.relay_port.map(i64::from),
+                        &report.fixed_mapping,
+                        &tokens,
+                        &now,
+                        &(id as i64),
+                    ],
+                )
+                .await?;
+            let record = columns(&row).record(ula);
+            let relay_changed = old.relay_capability() != record.relay_capability();
+            let logged = log(&tx, record_changes(&record, relay_changed)).await?;
+            tx.commit().await?;
+            Ok(Some((record, logged)))
+        })
+    }
+
+    fn expire(&self, id: u64, now: u64) -> Result<Option<Logged>, StoreError> {
+        self.with(async move |c: &mut Client| {
+            let tx = c.transaction().await?;
+            let Some(row) = tx
+                .query_opt(
+                    "SELECT retired FROM nodes WHERE id = $1 FOR UPDATE",
+                    &[&(id as i64)],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let retired: bool = row.get(0);
+            tx.execute(
+                "UPDATE nodes SET expires_at = $1, retired = TRUE WHERE id = $2",
+                &[&(now as i64), &(id as i64)],
             )
             .await?;
-            Ok(())
+            let changes = match retired {
+                false => vec![Change::Remove { id }],
+                true => Vec::new(),
+            };
+            let logged = log(&tx, changes).await?;
+            tx.commit().await?;
+            Ok(Some(logged))
         })
     }
 
-    fn set_relay(
-        &self,
-        id: u64,
-        relay_port: Option<u16>,
-        fixed_mapping: bool,
-    ) -> Result<(), StoreError> {
-        let port = relay_port.map(i64::from);
+    fn remove(&self, id: u64) -> Result<Option<Logged>, StoreError> {
         self.with(async move |c: &mut Client| {
-            c.execute(
-                "UPDATE nodes SET relay_port = $1, fixed_mapping = $2 WHERE id = $3",
-                &[&port, &fixed_mapping, &(id as i64)],
+            let tx = c.transaction().await?;
+            if tx
+                .execute("DELETE FROM nodes WHERE id = $1", &[&(id as i64)])
+                .await?
+                == 0
+            {
+                return Ok(None);
+            }
+            let logged = log(&tx, vec![Change::Remove { id }]).await?;
+            tx.commit().await?;
+            Ok(Some(logged))
+        })
+    }
+
+    fn expire_due(&self, now: u64) -> Result<Logged, StoreError> {
+        self.with(async move |c: &mut Client| {
+            let tx = c.transaction().await?;
+            // One replica at a time retires and tidies; the others follow the log.
+            let leader: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&EXPIRY_LOCK])
+                .await?
+                .get(0);
+            if !leader {
+                return Ok(Vec::new());
+            }
+            let now = now as i64;
+            let ids: Vec<i64> = tx
+                .query(
+                    "UPDATE nodes SET retired = TRUE WHERE NOT retired AND expires_at <= $1 RETURNING id",
+                    &[&now],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            tx.execute(
+                "DELETE FROM redeemed_challenges WHERE expires_at < $1",
+                &[&now],
             )
             .await?;
-            Ok(())
+            tx.execute(
+                "DELETE FROM change_log WHERE id <= (SELECT id FROM change_head) - $1",
+                &[&LOG_KEPT],
+            )
+            .await?;
+            let changes = ids
+                .into_iter()
+                .map(|id| Change::Remove { id: id as u64 })
+                .collect();
+            let logged = log(&tx, changes).await?;
+            tx.commit().await?;
+            Ok(logged)
         })
     }
 
-    fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError> {
-        let expires_at = expires_at.map(|e| e as i64);
+    fn set_policy(&self, source: &str) -> Result<Logged, StoreError> {
+        let source = source.to_owned();
         self.with(async move |c: &mut Client| {
-            Ok(c.execute(
-                "UPDATE nodes SET expires_at = $1 WHERE id = $2",
-                &[&expires_at, &(id as i64)],
+            let tx = c.transaction().await?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('policy', $1)
+                    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&source],
             )
-            .await?
-                > 0)
-        })
-    }
-
-    fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        self.with(async move |c: &mut Client| {
-            Ok(
-                c.execute("DELETE FROM nodes WHERE id = $1", &[&(id as i64)])
-                    .await?
-                    > 0,
-            )
+            .await?;
+            let logged = log(&tx, vec![Change::Policy { source }]).await?;
+            tx.commit().await?;
+            Ok(logged)
         })
     }
 
@@ -357,4 +502,158 @@ impl Store for PgStore {
                 .collect())
         })
     }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let ula = self.ula;
+        self.with(async move |c: &mut Client| snapshot(c, ula).await)
+    }
+
+    fn changes_since(&self, from: ChangeId, limit: usize) -> Result<Logged, StoreError> {
+        self.with(async move |c: &mut Client| changes_since(c, from, limit).await)
+    }
+
+    fn shared_url(&self) -> Option<String> {
+        Some(self.url.clone())
+    }
+
+    fn challenge_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(Some(self.challenge_key))
+    }
+}
+
+impl PgStore {
+    fn one(
+        &self,
+        sql: &'static str,
+        param: impl tokio_postgres::types::ToSql + Sync + Send + 'static,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        let ula = self.ula;
+        self.with(async move |c: &mut Client| {
+            Ok(c.query_opt(sql, &[&param])
+                .await?
+                .map(|r| columns(&r).record(ula)))
+        })
+    }
+}
+
+/// The channel replicas announce committed changes on; the payload is the last id committed.
+pub const CHANNEL: &str = "burrow_changes";
+/// The advisory lock whose holder retires expired nodes and trims the log.
+const EXPIRY_LOCK: i64 = 0x6275_7272_6f77_0001;
+/// Changes the log keeps; a replica further behind than this reloads the whole tailnet.
+pub const LOG_KEPT: i64 = 100_000;
+
+/// Appends `changes` to the log inside `tx`, numbered after the head; the head's row stays
+/// locked until `tx` ends, so ids are consecutive and in commit order, and a rolled-back
+/// transaction gives its ids back. Announces the new head on [`CHANNEL`] (sent on commit).
+async fn log(tx: &Transaction<'_>, changes: Vec<Change>) -> Result<Logged, StoreError> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = changes.len() as i64;
+    let last: i64 = tx
+        .query_one("UPDATE change_head SET id = id + $1 RETURNING id", &[&n])
+        .await?
+        .get(0);
+    let logged = number((last - n) as ChangeId, changes);
+    let at = now_unix() as i64;
+    let insert = tx
+        .prepare("INSERT INTO change_log (id, change, at) VALUES ($1, $2, $3)")
+        .await?;
+    for (id, change) in &logged {
+        let json = serde_json::to_string(change).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(&insert, &[&(*id as i64), &json, &at]).await?;
+    }
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+        .await?;
+    Ok(logged)
+}
+
+/// The tailnet as committed, in one repeatable-read transaction.
+pub(crate) async fn snapshot(c: &mut Client, ula: Ipv6Addr) -> Result<Snapshot, StoreError> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let head: i64 = tx
+        .query_one("SELECT id FROM change_head", &[])
+        .await?
+        .get(0);
+    let nodes = tx
+        .query("SELECT * FROM nodes WHERE NOT retired ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| columns(r).record(ula))
+        .collect();
+    let policy = tx
+        .query_opt("SELECT value FROM meta WHERE key = 'policy'", &[])
+        .await?
+        .map(|r| r.get(0));
+    tx.commit().await?;
+    Ok(Snapshot {
+        nodes,
+        head: head as ChangeId,
+        policy,
+    })
+}
+
+/// Up to `limit` logged changes from `from` on.
+pub(crate) async fn changes_since(
+    c: &Client,
+    from: ChangeId,
+    limit: usize,
+) -> Result<Logged, StoreError> {
+    let rows = c
+        .query(
+            "SELECT id, change FROM change_log WHERE id >= $1 ORDER BY id LIMIT $2",
+            &[&(from as i64), &(limit as i64)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let text: String = r.get(1);
+            let change = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("change {id}: {e}")))?;
+            Ok((id as ChangeId, change))
+        })
+        .collect()
+}
+
+/// The log's head as committed.
+pub(crate) async fn head(c: &Client) -> Result<ChangeId, StoreError> {
+    let id: i64 = c.query_one("SELECT id FROM change_head", &[]).await?.get(0);
+    Ok(id as ChangeId)
+}
+
+/// A connection that listens on [`CHANNEL`]: the client (for reading the log) and a stream of
+/// announced heads; the stream ends when the connection does.
+pub(crate) async fn listen(
+    url: &str,
+) -> Result<(Client, tokio::sync::mpsc::Receiver<ChangeId>), StoreError> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(async move {
+        loop {
+            let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+            match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if let Ok(id) = n.payload().parse() {
+                        // A full queue loses nothing: the follower reads the head again.
+                        let _ = tx.try_send(id);
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "postgres listener connection failed");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok((client, rx))
 }

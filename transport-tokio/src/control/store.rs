@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use burrow_control::changelog::{Change, ChangeId};
 use burrow_control::netmap::MAX_NODE_ID;
 use futures::FutureExt;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -32,6 +33,12 @@ pub enum StoreError {
     /// Every tailnet address has been handed out (node ids are never reused).
     #[error("the tailnet's address pool is exhausted")]
     AddressPoolExhausted,
+    /// The node's budget of endpoint changes is spent ([`CHANGE_BUDGET`]).
+    #[error("too many endpoint changes: at most 10 at once, then 1 a second")]
+    ChangeBudgetSpent,
+    /// The challenge was answered already (on this server or another sharing the store).
+    #[error("challenge already used: ask for a new one")]
+    ChallengeReplayed,
     /// A stored value did not parse.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -84,6 +91,23 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
+    /// The node as its peers see it.
+    pub fn peer(&self) -> burrow_control::PeerInfo {
+        burrow_control::PeerInfo {
+            node: burrow_control::NodeInfo {
+                id: self.id,
+                name: self.name.clone(),
+                user: self.user.clone(),
+                tags: self.tags.clone(),
+                addresses: self.addresses.clone(),
+            },
+            node_key: self.node_key.clone(),
+            disco_key: self.disco_key.clone(),
+            endpoints: self.endpoints.clone(),
+            home_region: self.home_region,
+        }
+    }
+
     /// Its relay capability, as the policy judges it.
     pub fn relay_capability(&self) -> burrow_control::RelayCapability {
         burrow_control::RelayCapability {
@@ -93,15 +117,99 @@ impl NodeRecord {
     }
 }
 
-/// The server's storage.
+/// Changes one write committed, with the ids the store gave them (consecutive, in commit
+/// order): the server applies them through its [`burrow_control::Follower`].
+pub type Logged = Vec<(ChangeId, Change)>;
+
+/// What a node reports of itself (`POST /machine/endpoints`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Its candidate endpoints, as vouched for.
+    pub endpoints: Vec<SocketAddr>,
+    /// Its home DERP region.
+    pub home_region: u16,
+    /// The UDP port it relays on (None: it does not relay).
+    pub relay_port: Option<u16>,
+    /// Its mapping is fixed.
+    pub fixed_mapping: bool,
+}
+
+/// The tailnet as committed, read in one transaction: the live nodes, the id of the last
+/// change they include, and the policy the store holds (shared stores only).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Nodes in the tailnet (neither removed nor retired by expiry).
+    pub nodes: Vec<NodeRecord>,
+    /// The last change the nodes include.
+    pub head: ChangeId,
+    /// The policy source in force, where the store keeps it.
+    pub policy: Option<String>,
+}
+
+/// The changes that bring a replica's tailnet up to `record`: its peer entry, and its relay
+/// capability when it relays or `relay_changed`.
+pub fn record_changes(record: &NodeRecord, relay_changed: bool) -> Vec<Change> {
+    let mut out = vec![Change::Upsert(record.peer())];
+    let capability = record.relay_capability();
+    if relay_changed || capability != burrow_control::RelayCapability::default() {
+        out.push(Change::RelayCapability {
+            id: record.id,
+            capability,
+        });
+    }
+    out
+}
+
+/// A token bucket kept in a node's row: every server sharing the store draws on one budget.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeBudget {
+    /// Changes at once.
+    pub burst: f64,
+    /// Changes per second after that.
+    pub per_second: f64,
+}
+
+/// Endpoint changes a node may make in a burst, and per second after that: a flapping or
+/// hostile node cannot make the servers flood its peers with deltas, however many servers it
+/// spreads its reports over.
+pub const CHANGE_BUDGET: ChangeBudget = ChangeBudget {
+    burst: 10.0,
+    per_second: 1.0,
+};
+
+impl ChangeBudget {
+    /// The tokens left after taking one at `now` from a bucket that held `tokens` at `at`
+    /// (unix seconds); None when it is spent. A clock that went back refills nothing.
+    pub fn take(&self, tokens: f64, at: f64, now: f64) -> Option<f64> {
+        let t = (tokens + (now - at).max(0.0) * self.per_second).min(self.burst);
+        (t >= 1.0).then_some(t - 1.0)
+    }
+}
+
+/// Unix time in seconds, with fractions.
+pub(crate) fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Numbers `changes` from `head + 1` on.
+pub(crate) fn number(head: ChangeId, changes: Vec<Change>) -> Logged {
+    (head + 1..).zip(changes).collect()
+}
+
+/// The server's storage. Every write that changes the tailnet returns the changes it
+/// committed, numbered by the store, so replicas (and one server's concurrent requests)
+/// apply them in commit order.
 pub trait Store: Send + Sync {
     /// Creates a pre-auth key; returns it (only its hash is kept).
     fn create_auth_key(&self, spec: &AuthKeySpec) -> Result<String, StoreError>;
-    /// Registers (or re-registers, by node key) a node as [`admit`] allows; returns the node
-    /// and a fresh secret for its later requests (only its hash is kept). The node key
-    /// expires at `expires_at` (unix seconds; None: never); re-registering renews it. The caller
-    /// has checked that the registrant holds the node key's private key.
-    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError>;
+    /// Registers (or re-registers, by node key) a node as [`admit`] allows; returns the node,
+    /// a fresh secret for its later requests (only its hash is kept) and the changes logged.
+    /// The node key expires at `expires_at` (unix seconds; None: never); re-registering renews
+    /// it and brings an expired node back. The caller has checked that the registrant holds
+    /// the node key's private key.
+    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String, Logged), StoreError>;
     /// The node a request secret belongs to.
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
     /// The node with this node key (canonical base64, as stored): one indexed lookup, for
@@ -109,32 +217,45 @@ pub trait Store: Send + Sync {
     fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError>;
     /// The node with this id.
     fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError>;
-    /// Records a node's endpoints and home region.
-    fn set_endpoints(
-        &self,
-        id: u64,
-        endpoints: &[SocketAddr],
-        home_region: u16,
-    ) -> Result<(), StoreError>;
-    /// Records what a node reported of its relay: its port (None: it does not relay) and
-    /// whether its mapping is fixed.
-    fn set_relay(
-        &self,
-        id: u64,
-        relay_port: Option<u16>,
-        fixed_mapping: bool,
-    ) -> Result<(), StoreError>;
-    /// Sets when a node's key expires (unix seconds; None: never); whether it existed.
-    fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError>;
-    /// Removes a node; whether it existed.
-    fn remove(&self, id: u64) -> Result<bool, StoreError>;
-    /// Every node.
+    /// Records a node's report, if the node is in the tailnet (not removed, not retired by
+    /// expiry) and its [`CHANGE_BUDGET`] allows: the updated record and the changes logged;
+    /// None when the node is not in the tailnet.
+    fn report(&self, id: u64, report: &Report) -> Result<Option<(NodeRecord, Logged)>, StoreError>;
+    /// Expires a node at `now` (unix seconds): it leaves the tailnet until it registers again.
+    /// None: no such node.
+    fn expire(&self, id: u64, now: u64) -> Result<Option<Logged>, StoreError>;
+    /// Removes a node; None: no such node.
+    fn remove(&self, id: u64) -> Result<Option<Logged>, StoreError>;
+    /// Retires every node whose key expired by `now` (each once, whichever server asks).
+    fn expire_due(&self, now: u64) -> Result<Logged, StoreError>;
+    /// Puts a policy (its checked source) in force.
+    fn set_policy(&self, source: &str) -> Result<Logged, StoreError>;
+    /// Every node, expired ones included.
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// The tailnet as committed.
+    fn snapshot(&self) -> Result<Snapshot, StoreError>;
+    /// Committed changes from `from` on, at most `limit`, in id order (what the log still
+    /// holds; a store whose changes never leave the process holds none).
+    fn changes_since(&self, from: ChangeId, limit: usize) -> Result<Logged, StoreError>;
+    /// Where other servers share this store (a PostgreSQL URL to listen for changes on);
+    /// None: this process is the only writer.
+    fn shared_url(&self) -> Option<String> {
+        None
+    }
+    /// The key challenges are made under, where servers share it (None: a key of this
+    /// process's own).
+    fn challenge_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// SQLite storage: one file, migrated at open.
 pub struct SqliteStore {
     db: Mutex<Connection>,
+    /// The last change id given out (taken while `db` is held, so ids follow commit order,
+    /// and kept in `meta` so they stay unique across restarts). Only this process writes, so
+    /// the changes themselves are handed straight to its server.
+    head: Mutex<ChangeId>,
     ula: Ipv6Addr,
 }
 
@@ -153,6 +274,15 @@ const MIGRATIONS: &[&str] = &[
     // Peer relays: the port a node relays on and whether its mapping is fixed.
     "ALTER TABLE nodes ADD COLUMN relay_port INTEGER;
      ALTER TABLE nodes ADD COLUMN fixed_mapping INTEGER NOT NULL DEFAULT 0;",
+    // A node retired by expiry stays stored (listed, and it may register again) but is out of
+    // the tailnet, and nothing but a registration brings it back. Its budget of endpoint
+    // changes is kept with it.
+    "ALTER TABLE nodes ADD COLUMN retired INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN change_tokens REAL NOT NULL DEFAULT 0;
+     ALTER TABLE nodes ADD COLUMN change_at REAL NOT NULL DEFAULT 0;
+     UPDATE nodes SET retired = 1
+        WHERE expires_at IS NOT NULL AND expires_at <= CAST(strftime('%s', 'now') AS INTEGER);
+     CREATE INDEX nodes_expiry ON nodes (expires_at) WHERE retired = 0;",
 ];
 
 pub(crate) fn now_unix() -> u64 {
@@ -177,6 +307,9 @@ pub struct Registration<'a> {
     pub disco_key: &'a str,
     /// When the registration expires (unix seconds; None: never).
     pub expires_at: Option<u64>,
+    /// The challenge it answered, for stores that servers share: spent in the registration's
+    /// transaction, so no replica accepts it twice (one server alone remembers its own).
+    pub challenge: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Registration<'_> {
@@ -391,8 +524,23 @@ impl SqliteStore {
                 a
             }
         };
+        // The last change id, kept so ids stay unique across restarts.
+        let head: Option<String> = db
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'change_head'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let head = match head {
+            Some(s) => s
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("change_head {s:?}")))?,
+            None => 0,
+        };
         Ok(SqliteStore {
             db: Mutex::new(db),
+            head: Mutex::new(head),
             ula,
         })
     }
@@ -556,7 +704,7 @@ impl RegisterTx for SqliteTx<'_> {
     ) -> Result<(), StoreError> {
         if set_expiry {
             self.0.execute(
-                "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4 WHERE id = ?5",
+                "UPDATE nodes SET name = ?1, disco_key = ?2, secret_hash = ?3, expires_at = ?4, retired = 0 WHERE id = ?5",
                 params![reg.name, reg.disco_key, secret_hash, reg.expires_at.map(|e| e as i64), id],
             )?;
         } else {
@@ -608,7 +756,7 @@ impl Store for SqliteStore {
         Ok(key)
     }
 
-    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String), StoreError> {
+    fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String, Logged), StoreError> {
         let mut db = self.db.lock().expect("db");
         let mut tx = SqliteTx(db.transaction()?);
         let secret = register_in(&mut tx, reg)
@@ -619,99 +767,200 @@ impl Store for SqliteStore {
             params![reg.node_key],
             |r| self.record(r),
         )?;
+        let logged = self.log(&tx.0, record_changes(&record, false))?;
         tx.0.commit()?;
-        Ok((record, secret))
+        Ok((record, secret, self.committed(logged)))
     }
 
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(self
-            .db
-            .lock()
-            .expect("db")
-            .query_row(
-                "SELECT * FROM nodes WHERE secret_hash = ?1",
-                params![hash(secret)],
-                |r| self.record(r),
-            )
-            .optional()?)
+        self.one("SELECT * FROM nodes WHERE secret_hash = ?1", &hash(secret))
     }
 
     fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(self
-            .db
-            .lock()
-            .expect("db")
-            .query_row(
-                "SELECT * FROM nodes WHERE node_key = ?1",
-                params![key],
-                |r| self.record(r),
-            )
-            .optional()?)
+        self.one("SELECT * FROM nodes WHERE node_key = ?1", &key)
     }
 
     fn node(&self, id: u64) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(self
-            .db
-            .lock()
-            .expect("db")
+        self.one("SELECT * FROM nodes WHERE id = ?1", &(id as i64))
+    }
+
+    fn report(&self, id: u64, report: &Report) -> Result<Option<(NodeRecord, Logged)>, StoreError> {
+        let list: Vec<String> = report.endpoints.iter().map(|e| e.to_string()).collect();
+        let mut db = self.db.lock().expect("db");
+        let tx = db.transaction()?;
+        let Some((old, tokens, at)) = tx
             .query_row(
-                "SELECT * FROM nodes WHERE id = ?1",
+                "SELECT * FROM nodes WHERE id = ?1 AND retired = 0",
                 params![id as i64],
-                |r| self.record(r),
+                |r| {
+                    Ok((
+                        self.record(r)?,
+                        r.get("change_tokens")?,
+                        r.get("change_at")?,
+                    ))
+                },
             )
-            .optional()?)
-    }
-
-    fn set_endpoints(
-        &self,
-        id: u64,
-        endpoints: &[SocketAddr],
-        home_region: u16,
-    ) -> Result<(), StoreError> {
-        let list: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
-        self.db.lock().expect("db").execute(
-            "UPDATE nodes SET endpoints = ?1, home_region = ?2 WHERE id = ?3",
-            params![list.join(","), i64::from(home_region), id as i64],
-        )?;
-        Ok(())
-    }
-
-    fn set_relay(
-        &self,
-        id: u64,
-        relay_port: Option<u16>,
-        fixed_mapping: bool,
-    ) -> Result<(), StoreError> {
-        self.db.lock().expect("db").execute(
-            "UPDATE nodes SET relay_port = ?1, fixed_mapping = ?2 WHERE id = ?3",
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let now = now_secs();
+        let tokens = CHANGE_BUDGET
+            .take(tokens, at, now)
+            .ok_or(StoreError::ChangeBudgetSpent)?;
+        let record = tx.query_row(
+            "UPDATE nodes SET endpoints = ?1, home_region = ?2, relay_port = ?3, fixed_mapping = ?4,
+                change_tokens = ?5, change_at = ?6 WHERE id = ?7 RETURNING *",
             params![
-                relay_port.map(i64::from),
-                i64::from(fixed_mapping),
+                list.join(","),
+                i64::from(report.home_region),
+                report.relay_port.map(i64::from),
+                i64::from(report.fixed_mapping),
+                tokens,
+                now,
                 id as i64
             ],
+            |r| self.record(r),
         )?;
-        Ok(())
+        let relay_changed = old.relay_capability() != record.relay_capability();
+        let logged = self.log(&tx, record_changes(&record, relay_changed))?;
+        tx.commit()?;
+        Ok(Some((record, self.committed(logged))))
     }
 
-    fn set_expiry(&self, id: u64, expires_at: Option<u64>) -> Result<bool, StoreError> {
-        Ok(self.db.lock().expect("db").execute(
-            "UPDATE nodes SET expires_at = ?1 WHERE id = ?2",
-            params![expires_at.map(|e| e as i64), id as i64],
-        )? > 0)
+    fn expire(&self, id: u64, now: u64) -> Result<Option<Logged>, StoreError> {
+        let mut db = self.db.lock().expect("db");
+        let db = db.transaction()?;
+        let retired: Option<i64> = db
+            .query_row(
+                "SELECT retired FROM nodes WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(retired) = retired else {
+            return Ok(None);
+        };
+        db.execute(
+            "UPDATE nodes SET expires_at = ?1, retired = 1 WHERE id = ?2",
+            params![now as i64, id as i64],
+        )?;
+        let changes = match retired {
+            0 => vec![Change::Remove { id }],
+            _ => Vec::new(),
+        };
+        let logged = self.log(&db, changes)?;
+        db.commit()?;
+        Ok(Some(self.committed(logged)))
     }
 
-    fn remove(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .lock()
-            .expect("db")
-            .execute("DELETE FROM nodes WHERE id = ?1", params![id as i64])?
-            > 0)
+    fn remove(&self, id: u64) -> Result<Option<Logged>, StoreError> {
+        let mut db = self.db.lock().expect("db");
+        let db = db.transaction()?;
+        if db.execute("DELETE FROM nodes WHERE id = ?1", params![id as i64])? == 0 {
+            return Ok(None);
+        }
+        let logged = self.log(&db, vec![Change::Remove { id }])?;
+        db.commit()?;
+        Ok(Some(self.committed(logged)))
+    }
+
+    fn expire_due(&self, now: u64) -> Result<Logged, StoreError> {
+        let mut db = self.db.lock().expect("db");
+        let db = db.transaction()?;
+        let mut st = db.prepare(
+            "UPDATE nodes SET retired = 1 WHERE retired = 0 AND expires_at <= ?1 RETURNING id",
+        )?;
+        let ids = st
+            .query_map(params![now as i64], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(st);
+        let changes = ids
+            .into_iter()
+            .map(|id| Change::Remove { id: id as u64 })
+            .collect();
+        let logged = self.log(&db, changes)?;
+        db.commit()?;
+        Ok(self.committed(logged))
+    }
+
+    fn set_policy(&self, source: &str) -> Result<Logged, StoreError> {
+        let mut db = self.db.lock().expect("db");
+        let db = db.transaction()?;
+        let policy = Change::Policy {
+            source: source.to_owned(),
+        };
+        let logged = self.log(&db, vec![policy])?;
+        db.commit()?;
+        Ok(self.committed(logged))
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.all("SELECT * FROM nodes ORDER BY id")
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let db = self.db.lock().expect("db");
-        let mut st = db.prepare("SELECT * FROM nodes ORDER BY id")?;
+        let mut st = db.prepare("SELECT * FROM nodes WHERE retired = 0 ORDER BY id")?;
+        let nodes = st
+            .query_map([], |r| self.record(r))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Snapshot {
+            nodes,
+            head: *self.head.lock().expect("head"),
+            policy: None,
+        })
+    }
+
+    fn changes_since(&self, _from: ChangeId, _limit: usize) -> Result<Logged, StoreError> {
+        // Every change reaches this process's server as it commits.
+        Ok(Vec::new())
+    }
+}
+
+impl SqliteStore {
+    /// Numbers changes and records the new head, inside the transaction that makes them
+    /// (the caller holds `db`, so ids follow commit order); [`SqliteStore::committed`] takes
+    /// the head on once it commits, so a rolled-back write gives its ids back.
+    fn log(&self, db: &Connection, changes: Vec<Change>) -> Result<Logged, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let head = *self.head.lock().expect("head");
+        let logged = number(head, changes);
+        let last = head + logged.len() as u64;
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('change_head', ?1)
+                ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![last.to_string()],
+        )?;
+        Ok(logged)
+    }
+
+    /// Takes the head on past changes just committed.
+    fn committed(&self, logged: Logged) -> Logged {
+        if let Some((last, _)) = logged.last() {
+            *self.head.lock().expect("head") = *last;
+        }
+        logged
+    }
+
+    fn one(
+        &self,
+        sql: &str,
+        param: &dyn rusqlite::ToSql,
+    ) -> Result<Option<NodeRecord>, StoreError> {
+        Ok(self
+            .db
+            .lock()
+            .expect("db")
+            .query_row(sql, [param], |r| self.record(r))
+            .optional()?)
+    }
+
+    fn all(&self, sql: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        let db = self.db.lock().expect("db");
+        let mut st = db.prepare(sql)?;
         let rows = st.query_map([], |r| self.record(r))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
@@ -735,7 +984,7 @@ pub(crate) fn memory_store_with_node() -> (std::sync::Arc<SqliteStore>, NodeReco
             .public_key()
             .to_base64()
     };
-    let (record, _) = store
+    let (record, _, _) = store
         .register(&Registration {
             auth_key: Some(&key),
             node_secret: None,
@@ -743,6 +992,7 @@ pub(crate) fn memory_store_with_node() -> (std::sync::Arc<SqliteStore>, NodeReco
             node_key: &pk(1),
             disco_key: &pk(2),
             expires_at: None,
+            challenge: None,
         })
         .expect("registered");
     (store, record)

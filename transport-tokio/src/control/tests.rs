@@ -8,16 +8,110 @@ fn control_with_node() -> (Arc<Control>, NodeRecord) {
     (c, record)
 }
 
+fn report(port: u16) -> Report {
+    Report {
+        endpoints: vec![SocketAddr::from(([203, 0, 113, 1], port))],
+        home_region: 1,
+        relay_port: None,
+        fixed_mapping: false,
+    }
+}
+
 /// Audit #19: an endpoint change in flight while the admin removes the node must not
-/// bring it back into the tailnet.
+/// bring it back into the tailnet, whichever order the two are applied in.
 #[test]
 fn a_change_in_flight_does_not_revive_a_removed_node() {
-    let (c, mut record) = control_with_node();
+    let (c, record) = control_with_node();
     assert!(c.inner.lock().unwrap().tailnet.get(record.id).is_some());
-    c.retire(record.id); // the admin's remove/expire lands first
-    record.endpoints = vec!["203.0.113.1:41641".parse().unwrap()];
-    assert!(!c.update_live(&record), "refused");
+    // The report commits first, the removal second, but the removal is applied first.
+    let (_, reported) = c.store.report(record.id, &report(41641)).unwrap().unwrap();
+    let removed = c.store.remove(record.id).unwrap().unwrap();
+    c.commit(removed);
+    c.commit(reported);
     assert!(c.inner.lock().unwrap().tailnet.get(record.id).is_none());
+    // Once removed, a report is refused and logs nothing.
+    assert!(c.store.report(record.id, &report(41642)).unwrap().is_none());
+}
+
+/// An expired node's report is refused, and a later expiry sweep does not log it twice.
+#[test]
+fn an_expired_node_reports_nothing_and_expires_once() {
+    let (c, record) = control_with_node();
+    let before = c.applied();
+    let expired = c.store.expire(record.id, 5).unwrap().unwrap();
+    assert_eq!(expired.len(), 1);
+    c.commit(expired);
+    assert!(c.inner.lock().unwrap().tailnet.get(record.id).is_none());
+    assert!(c.store.report(record.id, &report(41641)).unwrap().is_none());
+    assert_eq!(c.expire_due(10).unwrap(), Vec::<u64>::new());
+    assert_eq!(c.applied(), before + 1, "one removal logged");
+}
+
+/// A stream that reconnects with the id of the last change it saw gets the deltas since,
+/// and a whole netmap once they are gone from the history.
+#[test]
+fn a_stream_resumes_from_its_last_change() {
+    let (store, a) = store::memory_store_with_node();
+    let pk = |b| {
+        burrow_wg::PrivateKey::from_bytes([b; 32])
+            .public_key()
+            .to_base64()
+    };
+    let key = store
+        .create_auth_key(&store::AuthKeySpec {
+            user: "u".into(),
+            reusable: true,
+            expires_at: None,
+            tags: vec![],
+        })
+        .unwrap();
+    let c = Control::new(store.clone(), Control::policy(ALLOW_ALL).unwrap(), vec![]).unwrap();
+    let (b, _, logged) = store
+        .register(&Registration {
+            auth_key: Some(&key),
+            node_secret: None,
+            name: "b",
+            node_key: &pk(5),
+            disco_key: &pk(6),
+            expires_at: None,
+            challenge: None,
+        })
+        .unwrap();
+    c.commit(logged);
+    let seen = c.applied();
+    for port in 1..=3 {
+        let (_, logged) = store.report(b.id, &report(port)).unwrap().unwrap();
+        c.commit(logged);
+    }
+    let inner = c.inner.lock().unwrap();
+    let resumed = Control::resume(&inner, a.id, seen).expect("all here");
+    assert_eq!(resumed.len(), 3, "one upsert of b per report");
+    assert_eq!(resumed.last().unwrap().0, Some(seen + 3));
+    let Outgoing::Delta(d) = &resumed[2].1 else {
+        panic!("a delta")
+    };
+    let Delta::PeerUpsert(p) = &**d else {
+        panic!("b's last endpoints")
+    };
+    assert_eq!(p.endpoints, report(3).endpoints);
+    assert_eq!(Control::resume(&inner, a.id, seen + 3).unwrap().len(), 0);
+    assert!(
+        Control::resume(&inner, a.id, seen + 4).is_none(),
+        "ahead of this server"
+    );
+    drop(inner);
+    // More changes than the history keeps (straight into the log: the store would hold
+    // them back by the node's budget of changes).
+    let mut record = store.node(b.id).unwrap().unwrap();
+    for port in 10..10 + HISTORY_PER_NODE as u16 {
+        record.endpoints = report(port).endpoints;
+        c.commit(vec![(c.applied() + 1, Change::Upsert(record.peer()))]);
+    }
+    let inner = c.inner.lock().unwrap();
+    assert!(
+        Control::resume(&inner, a.id, seen).is_none(),
+        "let go: a whole netmap"
+    );
 }
 
 /// Audit #6: a stream that does not read is closed once its queue is full, instead of
@@ -36,12 +130,13 @@ fn a_stream_that_falls_behind_is_closed_not_buffered() {
     for _ in 0..STREAM_QUEUE * 3 {
         Control::publish(
             &mut c.inner.lock().unwrap(),
+            1,
             vec![(record.id, Delta::PeerRemove { id: 99 })],
         );
     }
     let mut queued = 0;
     while let Ok(m) = rx.try_recv() {
-        assert!(matches!(m, MapMessage::Delta(_)));
+        assert!(matches!(m, (Some(1), Outgoing::Delta(_))));
         queued += 1;
     }
     assert_eq!(queued, STREAM_QUEUE);
@@ -79,7 +174,7 @@ fn a_reported_relay_port_survives_a_restart_and_grants_its_peers() {
             .unwrap();
         let mut ids = Vec::new();
         for (name, b) in [("a", 1), ("r", 3)] {
-            let (rec, _) = store
+            let (rec, _, _) = store
                 .register(&store::Registration {
                     auth_key: Some(&key),
                     node_secret: None,
@@ -87,12 +182,19 @@ fn a_reported_relay_port_survives_a_restart_and_grants_its_peers() {
                     node_key: &pk(b),
                     disco_key: &pk(b + 1),
                     expires_at: None,
+                    challenge: None,
                 })
                 .unwrap();
             assert_eq!((rec.relay_port, rec.fixed_mapping), (None, false));
             ids.push(rec.id);
         }
-        store.set_relay(ids[1], Some(7000), true).unwrap();
+        let relay = Report {
+            endpoints: vec![],
+            home_region: 1,
+            relay_port: Some(7000),
+            fixed_mapping: true,
+        };
+        store.report(ids[1], &relay).unwrap().unwrap();
         (ids[0], ids[1])
     };
     let store = Arc::new(store::SqliteStore::open(&path).unwrap());
@@ -138,10 +240,99 @@ fn an_older_database_migrates_to_relay_columns() {
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].name, "old");
     assert_eq!((nodes[0].relay_port, nodes[0].fixed_mapping), (None, false));
-    store.set_relay(nodes[0].id, Some(41642), false).unwrap();
+    let relay = Report {
+        relay_port: Some(41642),
+        ..report(1)
+    };
+    store.report(nodes[0].id, &relay).unwrap().unwrap();
     assert_eq!(
         store.node(nodes[0].id).unwrap().unwrap().relay_port,
         Some(41642)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The borrowed wire form spells every message as [`MapMessage`] does.
+#[test]
+fn outgoing_messages_serialize_as_map_messages() {
+    let (c, record) = control_with_node();
+    let netmap = c.inner.lock().unwrap().tailnet.netmap(record.id).unwrap();
+    let delta = Delta::PeerRemove { id: 9 };
+    let pairs = [
+        (
+            Outgoing::NetMap(Box::new(netmap.clone())),
+            MapMessage::NetMap(netmap),
+        ),
+        (
+            Outgoing::Delta(Arc::new(delta.clone())),
+            MapMessage::Delta(delta),
+        ),
+        (Outgoing::Resumed(7), MapMessage::Resumed { since: 7 }),
+    ];
+    for (out, message) in pairs {
+        let json = out.to_json();
+        assert_eq!(json, serde_json::to_string(&message).unwrap());
+        assert_eq!(serde_json::from_str::<MapMessage>(&json).unwrap(), message);
+    }
+}
+
+/// Nodes sent the same delta share one copy of it.
+#[test]
+fn a_delta_for_many_nodes_is_kept_once() {
+    let (c, _) = control_with_node();
+    let mut inner = c.inner.lock().unwrap();
+    let d = Delta::PeerRemove { id: 9 };
+    Control::publish(&mut inner, 5, vec![(1, d.clone()), (2, d.clone()), (3, d)]);
+    let a = &inner.history[&1].deltas[0].1;
+    let b = &inner.history[&3].deltas[0].1;
+    assert!(Arc::ptr_eq(a, b));
+}
+
+/// The endpoint budget: ten at once, then one a second; a clock that went back refills
+/// nothing.
+#[test]
+fn the_change_budget_is_a_token_bucket() {
+    let b = store::CHANGE_BUDGET;
+    let (mut tokens, mut at) = (0.0, 0.0);
+    for _ in 0..10 {
+        tokens = b.take(tokens, at, 1000.0).expect("a burst of ten");
+        at = 1000.0;
+    }
+    assert_eq!(b.take(tokens, at, 1000.5), None, "spent");
+    assert!(b.take(tokens, at, 1001.0).is_some(), "one a second");
+    assert_eq!(b.take(tokens, at, 900.0), None, "back in time");
+}
+
+/// The budget is kept in the store: a node that spends it is refused until it refills.
+#[test]
+fn a_node_that_spends_its_budget_is_refused_by_the_store() {
+    let (c, record) = control_with_node();
+    for port in 1..=10 {
+        assert!(c.store.report(record.id, &report(port)).unwrap().is_some());
+    }
+    assert!(matches!(
+        c.store.report(record.id, &report(11)),
+        Err(StoreError::ChangeBudgetSpent)
+    ));
+}
+
+/// Change ids stay unique across restarts of a SQLite server: a node's last id from an earlier
+/// run never names a change of this one.
+#[test]
+fn sqlite_change_ids_continue_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("burrow-change-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("control.sqlite");
+    let _ = std::fs::remove_file(&path);
+    let before = {
+        let store = store::SqliteStore::open(&path).unwrap();
+        store.set_policy(ALLOW_ALL).unwrap();
+        let logged = store.set_policy(ALLOW_ALL).unwrap();
+        assert_eq!(logged[0].0, 2);
+        store.snapshot().unwrap().head
+    };
+    let store = store::SqliteStore::open(&path).unwrap();
+    assert_eq!(store.snapshot().unwrap().head, before);
+    assert_eq!(store.set_policy(ALLOW_ALL).unwrap()[0].0, before + 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

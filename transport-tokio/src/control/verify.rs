@@ -249,7 +249,7 @@ mod tests {
         let keys = StoreKeys(store.clone());
         assert!(keys.is_live(&pk(1)).unwrap());
         assert!(!keys.is_live(&pk(3)).unwrap(), "unknown");
-        assert!(store.set_expiry(node.id, Some(1)).unwrap());
+        assert!(store.expire(node.id, 1).unwrap().is_some());
         assert!(!keys.is_live(&pk(1)).unwrap(), "expired");
     }
 }

@@ -51,9 +51,18 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         Some(s) => Some(s.get_ref().local_addr()?.port()),
         None => None,
     };
-    let control = ControlClient::with_roots(&cfg.control, cfg.extra_roots.clone())
+    // Several replicas of one control plane: comma-separated, failed over in turn.
+    let urls: Vec<&str> = cfg
+        .control
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let control = ControlClient::replicas(&urls, cfg.extra_roots.clone())
         .with_context(|| format!("--control {:?}", cfg.control))?;
-    iface::warn_if_plain("control server", &cfg.control);
+    for url in &urls {
+        iface::warn_if_plain("control server", url);
+    }
     let mut session = SessionConfig::new(cfg.hostname.clone(), disco.public_key());
     session.auth_key = cfg.auth_key.clone();
     session.secret = state.secret.clone();

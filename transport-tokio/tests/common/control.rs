@@ -72,6 +72,36 @@ pub fn serve_with(
     start("control", &args)
 }
 
+/// Starts replica `n` of a control plane whose servers share database `db` (PostgreSQL) on
+/// `listen` (127.0.0.1:0: a free port) with an admin socket of its own; the server and its
+/// admin socket.
+pub fn serve_replica(
+    db: &str,
+    policy: &Path,
+    n: usize,
+    listen: &str,
+    extra: &[&str],
+) -> (Running, PathBuf) {
+    let socket = std::env::temp_dir().join(format!(
+        "burrow-admin-{}-replica{n}.sock",
+        std::process::id()
+    ));
+    let mut args = vec![
+        "serve".to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--db".into(),
+        db.into(),
+        "--admin-socket".into(),
+        socket.display().to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (start("control", &args), socket)
+}
+
 pub fn keypair(seed: u8) -> (String, String) {
     let wg = burrow_wg::PrivateKey::from_bytes([seed; 32])
         .public_key()
@@ -177,13 +207,19 @@ impl MapStream {
     }
 }
 
-/// failure.
+/// `burrow control ARGS…` against the server `serve` started on database `db`: its output, or
+/// its error output on failure.
 pub fn admin(db: &str, args: &[&str]) -> Result<String, String> {
+    admin_at(&admin_socket(db), args)
+}
+
+/// `burrow control ARGS… --admin-socket SOCKET`: its output, or its error output on failure.
+pub fn admin_at(socket: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new(BURROW)
         .arg("control")
         .args(args)
         .arg("--admin-socket")
-        .arg(admin_socket(db))
+        .arg(socket)
         .output()
         .unwrap();
     if out.status.success() {

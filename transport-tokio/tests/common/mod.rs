@@ -11,6 +11,9 @@ pub mod control;
 /// Helpers for the derper's test targets (each uses only some of them).
 #[allow(dead_code)]
 pub mod derper;
+/// A PostgreSQL server of a test's own.
+#[allow(dead_code)]
+pub mod postgres;
 
 pub const BURROW: &str = env!("CARGO_BIN_EXE_burrow");
 
