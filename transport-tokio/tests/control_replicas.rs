@@ -527,9 +527,12 @@ async fn three_replicas_share_one_postgresql_and_ride_out_a_kill_and_a_database_
         "{refused}"
     );
     let http = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_secs(6)).await;
     for url in [&plane.urls[0], &plane.urls[2]] {
+        // Still answering, and telling load balancers it is not following the others.
         let health = http.get(format!("{url}/health")).send().await.unwrap();
-        assert_eq!(health.status(), 200, "{url} still serves");
+        assert_eq!(health.status(), 503, "{url}");
+        assert!(health.text().await.unwrap().contains("not following"));
     }
     pg.start_again().unwrap();
     let late = loop {
@@ -555,6 +558,45 @@ async fn three_replicas_share_one_postgresql_and_ride_out_a_kill_and_a_database_
         "after the database restart, {} nodes converged in {took:?}",
         nodes.len()
     );
+    // Any replica's node list shows who is online, wherever each streams.
+    let t = Instant::now();
+    loop {
+        let out = admin_at(&plane.socket(2), &["nodes", "--json"]).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let offline: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["online"] != true)
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        if offline.is_empty() && list.as_array().unwrap().len() == nodes.len() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(25),
+            "offline on replica 2's list: {offline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // And the replicas follow the log again.
+    let t = Instant::now();
+    for url in [&plane.urls[0], &plane.urls[2]] {
+        while http
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{url} never recovered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     drop(dir);
 }
 

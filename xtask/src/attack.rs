@@ -57,6 +57,10 @@ const ATTACK_TESTS: &[(&str, &str, &str)] = &[
     ("burrow", "derper", ""),
     ("burrow", "derper_attacks", ""),
     ("burrow", "control_server_attacks", ""),
+    // Control replicas (root, PostgreSQL): a challenge replayed on another replica, an
+    // endpoint budget spread over replicas, a replica killed mid-burst (nothing lost or
+    // duplicated), a database restart.
+    ("burrow", "control_replicas", ""),
     ("burrow-sim", "attack", ""),
     // The port mapper against forged, off-gateway and oversized answers from its LAN.
     ("burrow-portmap", "attacks", ""),

@@ -58,6 +58,10 @@ pub enum Which {
         /// Don't write BENCHMARKS.md.
         #[arg(long)]
         no_write: bool,
+        /// Instead: this many replicas on one PostgreSQL server (started here; root), against
+        /// one replica on the same server, side by side.
+        #[arg(long)]
+        replicas: Option<usize>,
     },
     /// The mesh through real NATs: iperf3 via burrow up (direct and DERP) vs wireguard-go (root).
     Mesh {
@@ -120,7 +124,14 @@ pub fn run(which: Which) -> Result<()> {
             nodes,
             team,
             no_write,
+            replicas: None,
         } => return crate::controlbench::run(&nodes, team, no_write),
+        Which::Control {
+            nodes,
+            team,
+            no_write,
+            replicas: Some(replicas),
+        } => return crate::controlbench::replicas(&nodes, team, no_write, replicas),
         Which::Mesh {
             seconds,
             runs,

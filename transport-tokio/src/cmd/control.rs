@@ -107,10 +107,22 @@ async fn serve(args: ControlServeArgs) -> Result<()> {
             })
             .unwrap_or_default(),
     };
-    if store.shared_url().is_some() && store.snapshot()?.policy.is_none() {
+    if store.shared_url().is_some() {
         // The first server on a shared store puts its policy in force; later ones follow the
         // store's (a reload on any server replaces it everywhere).
-        store.set_policy(&text)?;
+        match store.snapshot()?.policy {
+            None => {
+                store.set_policy(&text)?;
+            }
+            Some(stored) if stored != text => eprintln!(
+                "warning: the database holds another policy than {}; it stays in force \
+                 (burrow control policy reload puts this file's in force everywhere)",
+                policy
+                    .as_ref()
+                    .map_or("the built-in allow-all".into(), |p| p.display().to_string())
+            ),
+            Some(_) => {}
+        }
     }
     let control = Control::new(store, compiled, regions)?;
     control.set_policy_file(policy.clone());

@@ -3,6 +3,7 @@
 //! `burrow control nodes` and `burrow control node …` are its client, and
 //! `curl --unix-socket` works too.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -60,14 +61,15 @@ impl Control {
             .with_state(self.clone())
     }
 
-    fn summary(&self, r: &NodeRecord, now: u64) -> NodeSummary {
-        let online = self
-            .inner
-            .lock()
-            .expect("control state")
-            .streams
-            .get(&r.id)
-            .is_some_and(|s| s.iter().any(|tx| !tx.is_closed()));
+    fn summary(&self, r: &NodeRecord, now: u64, elsewhere: &BTreeSet<u64>) -> NodeSummary {
+        let online = elsewhere.contains(&r.id)
+            || self
+                .inner
+                .lock()
+                .expect("control state")
+                .streams
+                .get(&r.id)
+                .is_some_and(|s| s.iter().any(|tx| !tx.is_closed()));
         NodeSummary {
             id: r.id,
             name: r.name.clone(),
@@ -79,6 +81,13 @@ impl Control {
             expired: r.expires_at.is_some_and(|at| at <= now),
             online,
         }
+    }
+
+    /// Nodes another server sharing the store saw streaming lately.
+    async fn online_elsewhere(self: &Arc<Self>, now: u64) -> Result<BTreeSet<u64>, ApiError> {
+        let since = now.saturating_sub(3 * super::ONLINE_EVERY);
+        self.with_store(move |store| store.online_since(since))
+            .await
     }
 
     async fn all_nodes(self: &Arc<Self>) -> Result<Vec<NodeRecord>, ApiError> {
@@ -110,7 +119,13 @@ impl Control {
 async fn list(State(c): State<Arc<Control>>) -> Result<Json<Vec<NodeSummary>>, ApiError> {
     let now = now_unix();
     let nodes = c.all_nodes().await?;
-    Ok(Json(nodes.iter().map(|r| c.summary(r, now)).collect()))
+    let elsewhere = c.online_elsewhere(now).await?;
+    Ok(Json(
+        nodes
+            .iter()
+            .map(|r| c.summary(r, now, &elsewhere))
+            .collect(),
+    ))
 }
 
 async fn remove(
@@ -122,7 +137,7 @@ async fn remove(
     let c2 = c.clone();
     c.with_store(move |store| Ok(store.remove(id)?.map(|logged| c2.commit(logged))))
         .await?;
-    let summary = c.summary(&r, now_unix());
+    let summary = c.summary(&r, now_unix(), &BTreeSet::new());
     tracing::info!(id, name = %r.name, "node removed by the admin");
     Ok(Json(ActionResult {
         node: summary,
@@ -143,7 +158,7 @@ async fn expire(
     r.expires_at = Some(now);
     tracing::info!(id, name = %r.name, "node expired by the admin");
     Ok(Json(ActionResult {
-        node: c.summary(&r, now),
+        node: c.summary(&r, now, &BTreeSet::new()),
         action: "expired".into(),
     }))
 }

@@ -288,7 +288,8 @@ impl ControlClient {
     }
 
     /// Sends a request to the server that answered last; one that cannot be reached (no
-    /// connection within the request timeout) hands it to the next, each tried once.
+    /// connection within the request timeout) or cannot serve now (502, 503, 504) hands it to
+    /// the next, each tried once.
     async fn send(
         &self,
         method: &str,
@@ -302,14 +303,20 @@ impl ControlClient {
         for k in 0..self.servers.len() {
             let i = (first + k) % self.servers.len();
             let server = &self.servers[i];
+            // A server's answer says more than another's silence: it is the error kept.
+            let answered = matches!(failure, Some(ClientError::Refused { .. }));
             let stream = match tokio::time::timeout(REQUEST_TIMEOUT, (server.connector)()).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    failure = Some(ClientError::Io(e));
+                    if !answered {
+                        failure = Some(ClientError::Io(e));
+                    }
                     continue;
                 }
                 Err(_) => {
-                    failure = Some(ClientError::Timeout(REQUEST_TIMEOUT));
+                    if !answered {
+                        failure = Some(ClientError::Timeout(REQUEST_TIMEOUT));
+                    }
                     continue;
                 }
             };
@@ -317,9 +324,17 @@ impl ControlClient {
                 tracing::info!(server = %server.host, "control server failover");
                 self.current.store(i, Ordering::Relaxed);
             }
-            return server
-                .send(stream, method, path, secret, body, last_event)
+            let sent = server
+                .send(stream, method, path, secret, body.clone(), last_event)
                 .await;
+            // A replica that cannot serve now (its database out of reach, catching up) hands
+            // the request on, if there is another.
+            let unavailable = matches!(&sent, Err(ClientError::Refused { status, .. })
+                if (502..=504).contains(status));
+            if !unavailable || k + 1 == self.servers.len() {
+                return sent;
+            }
+            failure = sent.err();
         }
         // The next attempt starts with the next server.
         self.current
@@ -467,7 +482,8 @@ impl ControlClient {
             match stream.next().await? {
                 MapMessage::NetMap(m) => Ok((stream, Opened::NetMap(Box::new(m)))),
                 MapMessage::Resumed { since: s } if Some(s) == since => {
-                    stream.last = Some(s);
+                    // Up to `since` unless the event named a later change (nothing followed).
+                    stream.last = stream.last.or(Some(s));
                     Ok((stream, Opened::Resumed { since: s }))
                 }
                 MapMessage::Delta(_) | MapMessage::Resumed { .. } => Err(ClientError::BadMessage(

@@ -41,9 +41,13 @@ pub const ALLOW_ALL: &str =
 
 pub use burrow_control::{EndpointsRequest, MapMessage, RegisterResponse};
 
-/// Deltas kept per node for streams that resume (`Last-Event-ID`); a node further behind gets
-/// a whole netmap.
-pub const HISTORY_PER_NODE: usize = 64;
+/// Parts of its netmap (a peer, the filter, the relay grants) remembered per node as changed,
+/// for streams that resume (`Last-Event-ID`); a node further behind gets a whole netmap.
+pub const HISTORY_PER_NODE: usize = 32;
+
+/// How often (seconds) a server sharing its store notes which nodes stream from it; a node
+/// counts as online on every server for three times as long.
+pub const ONLINE_EVERY: u64 = 10;
 
 /// Map streams a node may hold at once; a newer one replaces the oldest.
 pub const MAX_STREAMS_PER_NODE: usize = 2;
@@ -86,13 +90,69 @@ impl Outgoing {
 /// message of each change, and on the netmap).
 type StreamTx = mpsc::Sender<(Option<ChangeId>, Outgoing)>;
 
-/// The deltas a node was sent lately, for a stream that resumes.
+/// What part of a node's netmap a delta changed: a resumed stream is sent the current value
+/// of each part that changed since the node's last change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Peer(u64),
+    Filter,
+    Relay,
+}
+
+impl Part {
+    fn of(d: &Delta) -> Part {
+        match d {
+            Delta::PeerUpsert(p) => Part::Peer(p.node.id),
+            Delta::PeerRemove { id } => Part::Peer(*id),
+            Delta::Filter { .. } => Part::Filter,
+            Delta::Relay(_) => Part::Relay,
+        }
+    }
+
+    /// Four bytes: node ids stay below `MAX_NODE_ID` (2^22).
+    fn pack(self) -> u32 {
+        match self {
+            Part::Peer(id) => u32::try_from(id).unwrap_or(u32::MAX - 2),
+            Part::Filter => u32::MAX,
+            Part::Relay => u32::MAX - 1,
+        }
+    }
+
+    fn unpack(p: u32) -> Part {
+        match p {
+            u32::MAX => Part::Filter,
+            x if x == u32::MAX - 1 => Part::Relay,
+            id => Part::Peer(u64::from(id)),
+        }
+    }
+}
+
+/// The parts of a node's netmap that changed lately, each with the last change that touched
+/// it: eight bytes an entry (the change as an offset from where the server loaded the
+/// tailnet), so every replica can keep them for every node.
 #[derive(Default)]
 struct History {
-    /// Deltas of changes after this one that were let go: a resume from before it gets a
+    /// Parts changed at or before this offset were let go: a resume from before it gets a
     /// whole netmap.
-    floor: ChangeId,
-    deltas: VecDeque<(ChangeId, Arc<Delta>)>,
+    floor: u32,
+    touched: VecDeque<(u32, u32)>,
+}
+
+impl History {
+    /// Notes that change `offset` (from the history's start) changed `part`.
+    fn touch(&mut self, offset: u32, part: Part) {
+        let part = part.pack();
+        if self.touched.capacity() == 0 {
+            self.touched.reserve_exact(HISTORY_PER_NODE + 1);
+        }
+        self.touched.retain(|(_, p)| *p != part);
+        self.touched.push_back((offset, part));
+        while self.touched.len() > HISTORY_PER_NODE {
+            if let Some((gone, _)) = self.touched.pop_front() {
+                self.floor = self.floor.max(gone);
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -120,6 +180,9 @@ pub struct Control {
     store: Arc<dyn Store>,
     /// The DERP map every netmap carries (kept for reloads of the whole tailnet).
     derp: Vec<burrow_control::DerpRegion>,
+    /// When this server last read the shared change log to its head (a store other servers
+    /// write only): `/health` fails when that is not recent.
+    caught_up: Mutex<Option<tokio::time::Instant>>,
     /// The token relays present to `GET /derp/verify/…` (none: no such route).
     verify_token: Mutex<Option<String>>,
     /// The policy file `reload_policy` reads again (None: the built-in allow-all).
@@ -166,6 +229,7 @@ impl Control {
             store,
             derp,
             verify_token: Mutex::new(None),
+            caught_up: Mutex::new(None),
             policy_file: Mutex::new(None),
             inner: Mutex::new(Inner {
                 tailnet,
@@ -294,8 +358,10 @@ impl Control {
         let c = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut ticks = 0u64;
             loop {
                 tick.tick().await;
+                ticks += 1;
                 let Some(c) = c.upgrade() else { return };
                 let c2 = c.clone();
                 if let Err(e) = c
@@ -303,6 +369,22 @@ impl Control {
                     .await
                 {
                     tracing::warn!(error = %e.1, "expiry check failed");
+                }
+                // Who streams here, for the other servers' node lists.
+                if ticks % ONLINE_EVERY == 1 && c.store.shared_url().is_some() {
+                    let ids: Vec<u64> = c
+                        .inner
+                        .lock()
+                        .expect("control state")
+                        .streams
+                        .iter()
+                        .filter(|(_, s)| s.iter().any(|tx| !tx.is_closed()))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let now = store::now_unix();
+                    if let Err(e) = c.with_store(move |s| s.note_online(&ids, now)).await {
+                        tracing::warn!(error = %e.1, "noting online nodes failed");
+                    }
                 }
             }
         })
@@ -321,7 +403,6 @@ impl Control {
             loop {
                 match pg::listen(&url).await {
                     Ok((client, mut heads)) => {
-                        backoff = Duration::from_millis(100);
                         tracing::info!("following the change log");
                         let mut tick = tokio::time::interval(Duration::from_secs(1));
                         // The head is read from the log at first and on every tick (covering
@@ -333,6 +414,10 @@ impl Control {
                                 tracing::warn!(error = %e, "reading the change log failed");
                                 break;
                             }
+                            // Back-off starts over only once the log was read.
+                            backoff = Duration::from_millis(100);
+                            *control.caught_up.lock().expect("caught up") =
+                                Some(tokio::time::Instant::now());
                             drop(control);
                             tokio::select! {
                                 head = heads.recv() => match head {
@@ -365,19 +450,41 @@ impl Control {
         client: &tokio_postgres::Client,
         announced: Option<ChangeId>,
     ) -> Result<(), StoreError> {
-        let head = match announced {
-            Some(h) => h,
-            None => pg::head(client).await?,
+        // An announcement may name an older commit than one this server applied already
+        // (its own, applied as it committed); the head read from the log may not.
+        // What was applied before the read was committed before it, so the head read can
+        // be no lower.
+        let applied_before = self.applied();
+        let (head, read) = match announced {
+            Some(h) => (h, false),
+            None => (pg::head(client).await?, true),
         };
+        let behind = read && head < applied_before;
         self.inner
             .lock()
             .expect("control state")
             .follower
             .note_head(head);
+        if behind {
+            // The log went back (a database restored from a backup, a failover that lost
+            // commits): what this server applied is not the log's any more.
+            tracing::error!(head, "the change log is behind this server");
+            tokio::task::block_in_place(|| self.reload())?;
+        }
         loop {
             let gap = self.inner.lock().expect("control state").follower.gap();
             let Some(gap) = gap else { return Ok(()) };
-            let logged = pg::changes_since(client, *gap.start(), 1000).await?;
+            let logged = match pg::changes_since(client, *gap.start(), 1000).await {
+                Ok(logged) => logged,
+                Err(StoreError::Corrupt(what)) => {
+                    // A change this version cannot read (a newer replica's, or damaged):
+                    // the tables hold its effect, so load them whole.
+                    tracing::error!(%what, "an unreadable change in the log");
+                    tokio::task::block_in_place(|| self.reload())?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if logged.first().is_none_or(|(id, _)| id > gap.start()) {
                 // The log no longer reaches back to what this server needs.
                 tokio::task::block_in_place(|| self.reload())?;
@@ -410,6 +517,15 @@ impl Control {
             Some(p) => {
                 std::fs::read_to_string(p).map_err(|e| format!("reading {}: {e}", p.display()))?
             }
+            // The whole tailnet follows a reload on a shared store: one without a file of its
+            // own must not put allow-all in force everywhere.
+            None if self.store.shared_url().is_some() => {
+                return Err(
+                    "this server was started without --policy: reload on one that \
+                     has the policy file"
+                        .into(),
+                )
+            }
             None => ALLOW_ALL.to_string(),
         };
         let told = self.set_policy_source(&text).map_err(|e| match &*path {
@@ -438,46 +554,74 @@ impl Control {
         }
         // The same delta for many nodes (a peer's upsert for each that sees it) is shared.
         let mut shared: Option<Arc<Delta>> = None;
+        // A change too far past the history's start to note (2^32 changes) lets it go: such
+        // a node resumes with a whole netmap.
+        let offset = u32::try_from(id.saturating_sub(inner.history_start)).ok();
         for (i, (node, d)) in deltas.into_iter().enumerate() {
+            let h = inner.history.entry(node).or_default();
+            match offset {
+                Some(o) => h.touch(o, Part::of(&d)),
+                None => h.floor = u32::MAX,
+            }
+            let Some(subs) = inner.streams.get_mut(&node) else {
+                continue;
+            };
             let d = match &shared {
                 Some(s) if **s == d => s.clone(),
                 _ => shared.insert(Arc::new(d)).clone(),
             };
             let tag = (last[&node] == i).then_some(id);
-            if let Some(subs) = inner.streams.get_mut(&node) {
-                subs.retain(|tx| tx.try_send((tag, Outgoing::Delta(d.clone()))).is_ok());
-            }
-            let h = inner.history.entry(node).or_default();
-            h.deltas.push_back((id, d));
-            while h.deltas.len() > HISTORY_PER_NODE {
-                if let Some((gone, _)) = h.deltas.pop_front() {
-                    h.floor = gone;
-                }
-            }
+            subs.retain(|tx| tx.try_send((tag, Outgoing::Delta(d.clone()))).is_ok());
         }
     }
 
-    /// The deltas since `last` for `node`, if this server still has every one of them.
+    /// What a stream that resumes after change `last` is sent: the current value of every
+    /// part of the node's netmap that changed since (the last message carrying the id this
+    /// server is at), or None when this server cannot tell what changed: `last` is from
+    /// before it loaded the tailnet (an earlier run of it, whose configuration may differ),
+    /// ahead of it, or older than what the node's history keeps.
     fn resume(
         inner: &Inner,
         node: u64,
         last: ChangeId,
     ) -> Option<Vec<(Option<ChangeId>, Outgoing)>> {
         let applied = inner.follower.applied();
-        if last < inner.history_start || last > applied {
+        if last <= inner.history_start || last > applied {
             return None;
         }
+        let last_offset = u32::try_from(last - inner.history_start).ok()?;
         let h = inner.history.get(&node);
-        if h.is_some_and(|h| h.floor > last) {
+        if h.is_some_and(|h| h.floor > last_offset) {
             return None;
         }
-        let deltas: Vec<&(ChangeId, Arc<Delta>)> = h
-            .map(|h| h.deltas.iter().filter(|(id, _)| *id > last).collect())
+        let parts: Vec<Part> = h
+            .map(|h| {
+                h.touched
+                    .iter()
+                    .filter(|(o, _)| *o > last_offset)
+                    .map(|(_, p)| Part::unpack(*p))
+                    .collect()
+            })
             .unwrap_or_default();
-        let mut out: Vec<(Option<ChangeId>, Outgoing)> = Vec::with_capacity(deltas.len());
-        for (i, (id, d)) in deltas.iter().enumerate() {
-            let closes = deltas.get(i + 1).is_none_or(|(next, _)| next != id);
-            out.push((closes.then_some(*id), Outgoing::Delta(d.clone())));
+        let mut out = vec![(None, Outgoing::Resumed(last))];
+        if !parts.is_empty() {
+            let map = inner.tailnet.netmap(node)?;
+            for part in parts {
+                let d = match part {
+                    Part::Filter => Delta::Filter {
+                        rules: map.filter.clone(),
+                    },
+                    Part::Relay => Delta::Relay(map.relay.clone()),
+                    Part::Peer(p) => match map.peers.iter().find(|q| q.node.id == p) {
+                        Some(peer) => Delta::PeerUpsert(peer.clone()),
+                        None => Delta::PeerRemove { id: p },
+                    },
+                };
+                out.push((None, Outgoing::Delta(Arc::new(d))));
+            }
+        }
+        if let Some(closing) = out.last_mut() {
+            closing.0 = Some(applied);
         }
         Some(out)
     }
@@ -601,11 +745,26 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// `GET /health`: "ok", or 503 while a server sharing its store with others is not following
+/// their changes (it could serve stale maps), for load balancers to route around it.
 async fn health(
     State(c): State<Arc<Control>>,
     limits::Source(ip): limits::Source,
 ) -> Result<&'static str, ApiError> {
     c.allow_source(ip)?;
+    if c.store.shared_url().is_some() {
+        let recent = c
+            .caught_up
+            .lock()
+            .expect("caught up")
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+        if !recent {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not following the change log (is the database reachable?)".into(),
+            ));
+        }
+    }
     Ok("ok\n")
 }
 
@@ -806,6 +965,33 @@ async fn map(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    if c.store.shared_url().is_some() {
+        // Another server may have committed what this one has not applied yet (the node
+        // registered there a moment ago, or saw later changes there): read the log first.
+        let behind = {
+            let inner = c.inner.lock().expect("control state");
+            inner.tailnet.get(node.id).is_none()
+                || last.is_some_and(|l| l > inner.follower.applied())
+        };
+        if behind {
+            let (c2, from) = (c.clone(), c.applied() + 1);
+            c.with_store(move |store| {
+                let logged = store.changes_since(from, 1000)?;
+                c2.commit(logged);
+                Ok(())
+            })
+            .await?;
+            let inner = c.inner.lock().expect("control state");
+            if inner.tailnet.get(node.id).is_none()
+                || last.is_some_and(|l| l > inner.follower.applied())
+            {
+                return Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this server is catching up with the others; try again".into(),
+                ));
+            }
+        }
+    }
     {
         let mut inner = c.inner.lock().expect("control state");
         if !inner
@@ -820,10 +1006,9 @@ async fn map(
         if inner.tailnet.get(node.id).is_none() {
             return Err(ApiError(StatusCode::NOT_FOUND, "node was removed".into()));
         }
-        match last.and_then(|l| Some((l, Control::resume(&inner, node.id, l)?))) {
-            Some((since, deltas)) if deltas.len() < STREAM_QUEUE => {
-                let _ = tx.try_send((None, Outgoing::Resumed(since)));
-                for m in deltas {
+        match last.and_then(|l| Control::resume(&inner, node.id, l)) {
+            Some(messages) if messages.len() < STREAM_QUEUE => {
+                for m in messages {
                     let _ = tx.try_send(m);
                 }
             }

@@ -38,7 +38,8 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TE
      CREATE TABLE change_log (id BIGINT PRIMARY KEY, change TEXT NOT NULL, at BIGINT NOT NULL);
      CREATE TABLE change_head (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), id BIGINT NOT NULL);
      INSERT INTO change_head (id) VALUES (0);
-     CREATE TABLE redeemed_challenges (challenge BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL);"];
+     CREATE TABLE redeemed_challenges (challenge BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL);
+     ALTER TABLE nodes ADD COLUMN seen_at BIGINT;"];
 
 /// PostgreSQL storage.
 pub struct PgStore {
@@ -139,9 +140,26 @@ pub fn unavailable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The connection settings of `url`, with time limits where it sets none: a database that
+/// vanished from the network (no reset, no answer) fails requests within seconds instead of
+/// holding them for TCP's two hours.
+fn config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(std::time::Duration::from_secs(15));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10));
+    Ok(config)
+}
+
 /// A connection, driven by a task of its own until it ends.
 async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, connection) = config(url)?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "postgres connection ended");
@@ -209,7 +227,7 @@ impl RegisterTx for PgTx<'_> {
         Ok(self
             .0
             .query_opt(
-                "SELECT id, \"user\", tags, secret_hash, expires_at FROM nodes WHERE node_key = $1 FOR UPDATE",
+                "SELECT id, \"user\", tags, secret_hash, expires_at, retired FROM nodes WHERE node_key = $1 FOR UPDATE",
                 &[&node_key],
             )
             .await?
@@ -219,6 +237,7 @@ impl RegisterTx for PgTx<'_> {
                 tags: r.get(2),
                 secret_hash: r.get(3),
                 expires_at: r.get(4),
+                retired: r.get(5),
             }))
     }
 
@@ -311,7 +330,12 @@ impl Store for PgStore {
         self.with(async move |c: &mut Client| {
             let mut tx = PgTx(c.transaction().await?);
             if let Some(challenge) = reg.challenge {
-                let until = (now_unix() + 2 * CHALLENGE_TTL) as i64;
+                // Kept past the challenge's own expiry (its first 8 bytes are when it was
+                // issued), whichever server's clock sweeps it.
+                let mut issued = [0u8; 8];
+                issued.copy_from_slice(&challenge[..8]);
+                let until = u64::from_be_bytes(issued).saturating_add(2 * CHALLENGE_TTL);
+                let until = i64::try_from(until).unwrap_or(i64::MAX);
                 let fresh = tx
                     .0
                     .execute(
@@ -364,9 +388,8 @@ impl Store for PgStore {
             };
             let (tokens, at): (f64, f64) = (old.get("change_tokens"), old.get("change_at"));
             let old = columns(&old).record(ula);
-            let now = now_secs();
-            let tokens = CHANGE_BUDGET
-                .take(tokens, at, now)
+            let (tokens, now) = CHANGE_BUDGET
+                .take(tokens, at, now_secs())
                 .ok_or(StoreError::ChangeBudgetSpent)?;
             let row = tx
                 .query_one(
@@ -519,6 +542,34 @@ impl Store for PgStore {
     fn challenge_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(Some(self.challenge_key))
     }
+
+    fn note_online(&self, ids: &[u64], now: u64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = ids.iter().map(|i| *i as i64).collect();
+        self.with(async move |c: &mut Client| {
+            c.execute(
+                "UPDATE nodes SET seen_at = $1 WHERE id = ANY($2)",
+                &[&(now as i64), &ids],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn online_since(&self, since: u64) -> Result<std::collections::BTreeSet<u64>, StoreError> {
+        self.with(async move |c: &mut Client| {
+            Ok(c.query(
+                "SELECT id FROM nodes WHERE seen_at >= $1",
+                &[&(since as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect())
+        })
+    }
 }
 
 impl PgStore {
@@ -633,7 +684,7 @@ pub(crate) async fn head(c: &Client) -> Result<ChangeId, StoreError> {
 pub(crate) async fn listen(
     url: &str,
 ) -> Result<(Client, tokio::sync::mpsc::Receiver<ChangeId>), StoreError> {
-    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, mut connection) = config(url)?.connect(NoTls).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(async move {
         loop {

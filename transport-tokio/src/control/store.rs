@@ -179,10 +179,13 @@ pub const CHANGE_BUDGET: ChangeBudget = ChangeBudget {
 
 impl ChangeBudget {
     /// The tokens left after taking one at `now` from a bucket that held `tokens` at `at`
-    /// (unix seconds); None when it is spent. A clock that went back refills nothing.
-    pub fn take(&self, tokens: f64, at: f64, now: f64) -> Option<f64> {
-        let t = (tokens + (now - at).max(0.0) * self.per_second).min(self.burst);
-        (t >= 1.0).then_some(t - 1.0)
+    /// (unix seconds), and the time to record with them; None when it is spent. Time never
+    /// goes back: a server whose clock is behind the last one's refills nothing and records
+    /// the later time, so servers with different clocks cannot refill a budget between them.
+    pub fn take(&self, tokens: f64, at: f64, now: f64) -> Option<(f64, f64)> {
+        let now = now.max(at);
+        let t = (tokens + (now - at) * self.per_second).min(self.burst);
+        (t >= 1.0).then_some((t - 1.0, now))
     }
 }
 
@@ -246,6 +249,15 @@ pub trait Store: Send + Sync {
     /// process's own).
     fn challenge_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
         Ok(None)
+    }
+    /// Notes that these nodes hold a map stream on this server at `now` (unix seconds), for
+    /// the other servers sharing the store (nothing where no other server does).
+    fn note_online(&self, _ids: &[u64], _now: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The nodes some server sharing the store saw holding a map stream since `since`.
+    fn online_since(&self, _since: u64) -> Result<std::collections::BTreeSet<u64>, StoreError> {
+        Ok(std::collections::BTreeSet::new())
     }
 }
 
@@ -348,6 +360,8 @@ pub(crate) struct NodeRow {
     pub(crate) tags: String,
     pub(crate) secret_hash: String,
     pub(crate) expires_at: Option<i64>,
+    /// Retired by expiry (whatever this server's clock says of `expires_at`).
+    pub(crate) retired: bool,
 }
 
 /// What a registration may do.
@@ -385,7 +399,7 @@ pub(crate) fn admit(
         key.ok_or(StoreError::BadAuthKey)?;
         return Ok(Admission::New { spend: true });
     };
-    let live = node.expires_at.is_none_or(|e| now < e);
+    let live = !node.retired && node.expires_at.is_none_or(|e| now < e);
     let secret_ok = reg.node_secret.is_some_and(|s| {
         use subtle::ConstantTimeEq;
         hash(s).as_bytes().ct_eq(node.secret_hash.as_bytes()).into()
@@ -664,7 +678,7 @@ impl RegisterTx for SqliteTx<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT id, user, tags, secret_hash, expires_at FROM nodes WHERE node_key = ?1",
+                "SELECT id, user, tags, secret_hash, expires_at, retired FROM nodes WHERE node_key = ?1",
                 params![node_key],
                 |r| {
                     Ok(NodeRow {
@@ -673,6 +687,7 @@ impl RegisterTx for SqliteTx<'_> {
                         tags: r.get(2)?,
                         secret_hash: r.get(3)?,
                         expires_at: r.get(4)?,
+                        retired: r.get(5)?,
                     })
                 },
             )
@@ -804,9 +819,8 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let now = now_secs();
-        let tokens = CHANGE_BUDGET
-            .take(tokens, at, now)
+        let (tokens, now) = CHANGE_BUDGET
+            .take(tokens, at, now_secs())
             .ok_or(StoreError::ChangeBudgetSpent)?;
         let record = tx.query_row(
             "UPDATE nodes SET endpoints = ?1, home_region = ?2, relay_port = ?3, fixed_mapping = ?4,

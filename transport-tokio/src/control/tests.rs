@@ -84,30 +84,43 @@ fn a_stream_resumes_from_its_last_change() {
         c.commit(logged);
     }
     let inner = c.inner.lock().unwrap();
+    // b changed three times: the resumed stream gets b as it is now, once.
     let resumed = Control::resume(&inner, a.id, seen).expect("all here");
-    assert_eq!(resumed.len(), 3, "one upsert of b per report");
-    assert_eq!(resumed.last().unwrap().0, Some(seen + 3));
-    let Outgoing::Delta(d) = &resumed[2].1 else {
+    assert!(matches!(resumed[0], (None, Outgoing::Resumed(s)) if s == seen));
+    assert_eq!(resumed.len(), 2, "{resumed:?}");
+    assert_eq!(
+        resumed[1].0,
+        Some(seen + 3),
+        "the last message names the head"
+    );
+    let Outgoing::Delta(d) = &resumed[1].1 else {
         panic!("a delta")
     };
     let Delta::PeerUpsert(p) = &**d else {
         panic!("b's last endpoints")
     };
     assert_eq!(p.endpoints, report(3).endpoints);
-    assert_eq!(Control::resume(&inner, a.id, seen + 3).unwrap().len(), 0);
+    let nothing = Control::resume(&inner, a.id, seen + 3).unwrap();
+    assert!(matches!(nothing[..], [(Some(id), Outgoing::Resumed(_))] if id == seen + 3));
     assert!(
         Control::resume(&inner, a.id, seen + 4).is_none(),
         "ahead of this server"
     );
+    assert!(
+        Control::resume(&inner, a.id, inner.history_start).is_none(),
+        "from before this server loaded the tailnet (its configuration may have changed)"
+    );
     drop(inner);
-    // More changes than the history keeps (straight into the log: the store would hold
-    // them back by the node's budget of changes).
-    let mut record = store.node(b.id).unwrap().unwrap();
-    for port in 10..10 + HISTORY_PER_NODE as u16 {
-        record.endpoints = report(port).endpoints;
-        c.commit(vec![(c.applied() + 1, Change::Upsert(record.peer()))]);
+    // More parts changed than the history keeps: a whole netmap.
+    let mut inner = c.inner.lock().unwrap();
+    let applied = inner.follower.applied();
+    for k in 0..=HISTORY_PER_NODE as u64 {
+        Control::publish(
+            &mut inner,
+            applied,
+            vec![(a.id, Delta::PeerRemove { id: 1000 + k })],
+        );
     }
-    let inner = c.inner.lock().unwrap();
     assert!(
         Control::resume(&inner, a.id, seen).is_none(),
         "let go: a whole netmap"
@@ -278,14 +291,25 @@ fn outgoing_messages_serialize_as_map_messages() {
 
 /// Nodes sent the same delta share one copy of it.
 #[test]
-fn a_delta_for_many_nodes_is_kept_once() {
+fn a_delta_for_many_nodes_is_sent_as_one_copy() {
     let (c, _) = control_with_node();
     let mut inner = c.inner.lock().unwrap();
+    let mut receivers = Vec::new();
+    for node in 1..=3 {
+        let (tx, rx) = mpsc::channel(4);
+        inner.streams.entry(node).or_default().push_back(tx);
+        receivers.push(rx);
+    }
     let d = Delta::PeerRemove { id: 9 };
     Control::publish(&mut inner, 5, vec![(1, d.clone()), (2, d.clone()), (3, d)]);
-    let a = &inner.history[&1].deltas[0].1;
-    let b = &inner.history[&3].deltas[0].1;
-    assert!(Arc::ptr_eq(a, b));
+    let arcs: Vec<Arc<Delta>> = receivers
+        .iter_mut()
+        .map(|rx| match rx.try_recv().unwrap() {
+            (Some(5), Outgoing::Delta(d)) => d,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(Arc::ptr_eq(&arcs[0], &arcs[2]));
 }
 
 /// The endpoint budget: ten at once, then one a second; a clock that went back refills
@@ -295,12 +319,17 @@ fn the_change_budget_is_a_token_bucket() {
     let b = store::CHANGE_BUDGET;
     let (mut tokens, mut at) = (0.0, 0.0);
     for _ in 0..10 {
-        tokens = b.take(tokens, at, 1000.0).expect("a burst of ten");
-        at = 1000.0;
+        (tokens, at) = b.take(tokens, at, 1000.0).expect("a burst of ten");
     }
     assert_eq!(b.take(tokens, at, 1000.5), None, "spent");
     assert!(b.take(tokens, at, 1001.0).is_some(), "one a second");
     assert_eq!(b.take(tokens, at, 900.0), None, "back in time");
+    // Two servers, one a minute ahead: alternating between them refills nothing.
+    let (t, ahead) = b.take(0.0, 0.0, 2060.0).unwrap();
+    assert_eq!(ahead, 2060.0);
+    let (t, kept) = b.take(t, ahead, 2000.0).unwrap();
+    assert_eq!(kept, 2060.0, "the later time is kept");
+    assert!(t < 9.0, "{t}");
 }
 
 /// The budget is kept in the store: a node that spends it is refused until it refills.

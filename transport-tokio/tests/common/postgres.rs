@@ -11,6 +11,8 @@ pub struct Postgres {
     dir: PathBuf,
     data: PathBuf,
     pub port: u16,
+    /// The network namespace it runs in (None: the test's own).
+    netns: Option<String>,
 }
 
 /// The directory of the newest installed server's programs.
@@ -25,8 +27,16 @@ fn installed() -> Option<PathBuf> {
     bins.pop()
 }
 
-fn run_as_postgres(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("runuser")
+fn run_as_postgres(netns: Option<&str>, args: &[&str]) -> Result<(), String> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "runuser"]);
+            c
+        }
+        None => Command::new("runuser"),
+    };
+    let out = cmd
         .args(["-u", "postgres", "--"])
         .args(args)
         .output()
@@ -46,6 +56,11 @@ impl Postgres {
     /// Starts a fresh server with a database `burrow`; None (after printing SKIPPED, or failing
     /// when BURROW_REQUIRE_INTEROP is set) without root or the package.
     pub fn start(test: &str) -> Option<Postgres> {
+        Self::start_in(test, None)
+    }
+
+    /// [`Postgres::start`] inside network namespace `netns` (its loopback), when given.
+    pub fn start_in(test: &str, netns: Option<&str>) -> Option<Postgres> {
         let root = Command::new("id")
             .arg("-u")
             .output()
@@ -78,8 +93,9 @@ impl Postgres {
             dir,
             data,
             port,
+            netns: netns.map(str::to_owned),
         };
-        run_as_postgres(&[
+        pg.as_postgres(&[
             pg.bin.join("initdb").to_str().unwrap(),
             "-D",
             pg.data.to_str().unwrap(),
@@ -90,7 +106,7 @@ impl Postgres {
         ])
         .unwrap();
         pg.start_again().unwrap();
-        run_as_postgres(&[
+        pg.as_postgres(&[
             pg.bin.join("createdb").to_str().unwrap(),
             "-h",
             "127.0.0.1",
@@ -100,6 +116,10 @@ impl Postgres {
         ])
         .unwrap();
         Some(pg)
+    }
+
+    fn as_postgres(&self, args: &[&str]) -> Result<(), String> {
+        run_as_postgres(self.netns.as_deref(), args)
     }
 
     /// The URL of database `burrow`.
@@ -115,7 +135,7 @@ impl Postgres {
             self.port,
             self.dir.display()
         );
-        run_as_postgres(&[
+        self.as_postgres(&[
             self.bin.join("pg_ctl").to_str().unwrap(),
             "-D",
             self.data.to_str().unwrap(),
@@ -131,7 +151,7 @@ impl Postgres {
     /// Stops the server the way an administrator's restart does (`-m fast`: sessions are
     /// ended, nothing committed is lost).
     pub fn stop(&self) -> Result<(), String> {
-        run_as_postgres(&[
+        self.as_postgres(&[
             self.bin.join("pg_ctl").to_str().unwrap(),
             "-D",
             self.data.to_str().unwrap(),
@@ -145,7 +165,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = run_as_postgres(&[
+        let _ = self.as_postgres(&[
             self.bin.join("pg_ctl").to_str().unwrap(),
             "-D",
             self.data.to_str().unwrap(),

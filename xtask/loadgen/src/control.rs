@@ -4,14 +4,13 @@
 //! every other member of its team has heard, and how many bytes that took. The second team
 //! must hear nothing: the change costs work for the affected nodes only.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde::Serialize;
 
-use burrow::control::store::{AuthKeySpec, SqliteStore, Store};
+use burrow::control::store::AuthKeySpec;
 use burrow::control::{MapMessage, RegisterResponse};
 
 /// What one run measured.
@@ -25,6 +24,9 @@ pub struct ControlLoad {
     pub register_s: f64,
     /// From the endpoint update to the last affected node hearing of it.
     pub propagate_ms: f64,
+    /// The same, per replica (the affected streams are spread over the replicas in turn;
+    /// the change is posted to the first).
+    pub per_replica_ms: Vec<f64>,
     /// Bytes the affected streams received for the change.
     pub propagate_bytes: u64,
     /// Affected nodes that heard (must be team − 1).
@@ -72,10 +74,11 @@ async fn next(stream: &mut Stream, buf: &mut String) -> Result<(MapMessage, usiz
     }
 }
 
-/// Runs the load against `url` whose database is `db`.
-pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<ControlLoad> {
+/// Runs the load against the replicas `urls` (comma-separated) whose database is `db`.
+pub async fn run(urls: &str, db: &str, nodes: usize, team: usize) -> Result<ControlLoad> {
+    let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
     let teams = nodes.div_ceil(team);
-    let store = SqliteStore::open(db)?;
+    let store = burrow::control::open_store(db).await?;
     let keys: Vec<String> = (0..teams)
         .map(|t| {
             store.create_auth_key(&AuthKeySpec {
@@ -105,7 +108,7 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
     let results = futures::stream::iter(0..nodes)
         .map(|i| {
             let (http, key, (nk, dk)) = (http.clone(), keys[i / team].clone(), pubs[i].clone());
-            let url = url.to_string();
+            let url = urls[i % urls.len()].clone();
             async move {
                 // A node's registration: a challenge, then the body sealed with its key.
                 let challenge: burrow::control::ChallengeResponse = http
@@ -144,15 +147,16 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
 
     // Streams of team 0 (affected) and team 1 (not), past their netmaps.
     let mut affected = Vec::new();
-    for s in secrets.iter().take(team).skip(1) {
-        let mut st = open(&http, url, s).await?;
+    for (k, s) in secrets.iter().take(team).skip(1).enumerate() {
+        let replica = k % urls.len();
+        let mut st = open(&http, &urls[replica], s).await?;
         let mut buf = String::new();
         next(&mut st, &mut buf).await?;
-        affected.push((st, buf));
+        affected.push((st, buf, replica));
     }
     let mut others = Vec::new();
-    for s in secrets.iter().skip(team).take(team) {
-        let mut st = open(&http, url, s).await?;
+    for (k, s) in secrets.iter().skip(team).take(team).enumerate() {
+        let mut st = open(&http, &urls[k % urls.len()], s).await?;
         let mut buf = String::new();
         next(&mut st, &mut buf).await?;
         others.push((st, buf));
@@ -161,7 +165,7 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
     // Move node 0.
     let t0 = Instant::now();
     let r = http
-        .post(format!("{url}/machine/endpoints"))
+        .post(format!("{}/machine/endpoints", urls[0]))
         .bearer_auth(&secrets[0])
         .json(&serde_json::json!({ "endpoints": ["198.51.100.9:41641"], "home_region": 1 }))
         .send()
@@ -169,24 +173,27 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
     if !r.status().is_success() {
         bail!("endpoint update: {}", r.status());
     }
-    let waits = affected.iter_mut().map(|(st, buf)| async move {
+    let waits = affected.iter_mut().map(|(st, buf, replica)| async move {
         let (m, bytes) = tokio::time::timeout(Duration::from_secs(10), next(st, buf)).await??;
         Ok::<_, anyhow::Error>((
             matches!(m, MapMessage::Delta(burrow_control::Delta::PeerUpsert(_))),
             bytes,
             t0.elapsed(),
+            *replica,
         ))
     });
     let got = futures::future::join_all(waits).await;
     let mut heard = 0;
     let mut bytes = 0u64;
     let mut last = Duration::ZERO;
+    let mut per_replica = vec![Duration::ZERO; urls.len()];
     for g in got {
-        let (ok, b, at) = g?;
+        let (ok, b, at, replica) = g?;
         if ok {
             heard += 1;
             bytes += b as u64;
             last = last.max(at);
+            per_replica[replica] = per_replica[replica].max(at);
         }
     }
     // The other team: nothing within a second.
@@ -205,6 +212,10 @@ pub async fn run(url: &str, db: &Path, nodes: usize, team: usize) -> Result<Cont
         team,
         register_s,
         propagate_ms: last.as_secs_f64() * 1000.0,
+        per_replica_ms: per_replica
+            .iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect(),
         propagate_bytes: bytes,
         heard,
         unaffected_heard,

@@ -56,10 +56,12 @@ enum Command {
     /// Registrations and one change's propagation against `burrow control serve`
     /// (`cargo xtask bench control`).
     Control {
+        /// The server, or several replicas comma-separated (nodes spread over them).
         #[arg(long)]
         url: String,
+        /// Its database: a SQLite file or a postgres:// URL.
         #[arg(long)]
-        db: std::path::PathBuf,
+        db: String,
         #[arg(long, default_value_t = 1000)]
         nodes: usize,
         #[arg(long, default_value_t = 50)]
