@@ -94,6 +94,10 @@ impl std::fmt::Debug for ControlClient {
     }
 }
 
+fn sent_is_refusal<T>(sent: &Result<T, ClientError>) -> bool {
+    matches!(sent, Err(ClientError::Refused { .. }))
+}
+
 /// One server-sent event: its id and data lines (none: a keep-alive comment).
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Event {
@@ -299,13 +303,21 @@ impl ControlClient {
         last_event: Option<ChangeId>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let first = self.current.load(Ordering::Relaxed);
+        let n = self.servers.len();
+        // Each server gets its share of the request's time, so one that hangs leaves time
+        // for the others (the whole request stays within REQUEST_TIMEOUT).
+        let attempt = (REQUEST_TIMEOUT / n as u32).max(Duration::from_secs(3));
+        // A registration may have committed on a server that then failed to answer (a proxy's
+        // 502, a connection lost during the commit): sent again elsewhere it would be refused
+        // as a replay, and its secret lost. Only a server never reached passes it on.
+        let idempotent = path != "/machine/register";
         let mut failure = None;
-        for k in 0..self.servers.len() {
-            let i = (first + k) % self.servers.len();
+        for k in 0..n {
+            let i = (first + k) % n;
             let server = &self.servers[i];
             // A server's answer says more than another's silence: it is the error kept.
             let answered = matches!(failure, Some(ClientError::Refused { .. }));
-            let stream = match tokio::time::timeout(REQUEST_TIMEOUT, (server.connector)()).await {
+            let stream = match tokio::time::timeout(attempt, (server.connector)()).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     if !answered {
@@ -315,7 +327,7 @@ impl ControlClient {
                 }
                 Err(_) => {
                     if !answered {
-                        failure = Some(ClientError::Timeout(REQUEST_TIMEOUT));
+                        failure = Some(ClientError::Timeout(attempt));
                     }
                     continue;
                 }
@@ -324,21 +336,32 @@ impl ControlClient {
                 tracing::info!(server = %server.host, "control server failover");
                 self.current.store(i, Ordering::Relaxed);
             }
-            let sent = server
-                .send(stream, method, path, secret, body.clone(), last_event)
-                .await;
-            // A replica that cannot serve now (its database out of reach, catching up) hands
-            // the request on, if there is another.
-            let unavailable = matches!(&sent, Err(ClientError::Refused { status, .. })
-                if (502..=504).contains(status));
-            if !unavailable || k + 1 == self.servers.len() {
+            let last = k + 1 == n;
+            let exchange = server.send(stream, method, path, secret, body.clone(), last_event);
+            let sent = if last || !idempotent {
+                exchange.await
+            } else {
+                match tokio::time::timeout(attempt, exchange).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(ClientError::Timeout(attempt)),
+                }
+            };
+            // A replica that cannot serve now (its database out of reach, catching up, hung)
+            // hands the request on, if there is another.
+            let unavailable = match &sent {
+                Err(ClientError::Refused { status, .. }) => (502..=504).contains(status),
+                Err(ClientError::Timeout(_)) => true,
+                _ => false,
+            };
+            if !unavailable || last || !idempotent {
                 return sent;
             }
-            failure = sent.err();
+            if !matches!(failure, Some(ClientError::Refused { .. })) || sent_is_refusal(&sent) {
+                failure = sent.err();
+            }
         }
         // The next attempt starts with the next server.
-        self.current
-            .store((first + 1) % self.servers.len(), Ordering::Relaxed);
+        self.current.store((first + 1) % n, Ordering::Relaxed);
         Err(failure.unwrap_or(ClientError::Ended))
     }
 }

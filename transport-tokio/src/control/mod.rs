@@ -159,6 +159,9 @@ struct Inner {
     tailnet: Tailnet,
     /// Where this server is in the change log.
     follower: Follower,
+    /// The last change applied, to check that the log still holds it (a database restored
+    /// from a backup holds other changes under the same ids).
+    last_applied: Option<(ChangeId, Change)>,
     /// The first change whose deltas the histories hold (where this server loaded the tailnet).
     history_start: ChangeId,
     history: BTreeMap<u64, History>,
@@ -234,6 +237,7 @@ impl Control {
             inner: Mutex::new(Inner {
                 tailnet,
                 follower: Follower::new(snapshot.head),
+                last_applied: None,
                 history_start: snapshot.head,
                 history: BTreeMap::new(),
                 streams: BTreeMap::new(),
@@ -297,11 +301,18 @@ impl Control {
         let mut told = std::collections::BTreeSet::new();
         while let Some((id, change)) = inner.follower.next_ready() {
             if let Change::Remove { id: node } = &change {
-                // Its streams end, and its budgets are forgotten.
+                // Its streams end, and its budgets are forgotten. Its history is let go up to
+                // this change: a stream back with an id from before (the node registered
+                // again under its id) gets a whole netmap.
                 inner.per_node_map.forget(node);
                 inner.streams.remove(node);
-                inner.history.remove(node);
+                let offset =
+                    u32::try_from(id.saturating_sub(inner.history_start)).unwrap_or(u32::MAX);
+                let h = inner.history.entry(*node).or_default();
+                h.touched = VecDeque::new();
+                h.floor = offset;
             }
+            inner.last_applied = Some((id, change.clone()));
             match change.apply(&mut inner.tailnet) {
                 Ok(deltas) => {
                     told.extend(deltas.iter().map(|(n, _)| *n));
@@ -328,6 +339,7 @@ impl Control {
         let policy = inner.tailnet.policy().clone();
         inner.tailnet = load(&snapshot, policy, self.derp.clone());
         inner.follower = Follower::new(snapshot.head);
+        inner.last_applied = None;
         inner.history_start = snapshot.head;
         inner.history.clear();
         inner.streams.clear();
@@ -459,7 +471,19 @@ impl Control {
             Some(h) => (h, false),
             None => (pg::head(client).await?, true),
         };
-        let behind = read && head < applied_before;
+        let mut behind = read && head < applied_before;
+        if read && !behind {
+            // The same id, another change: the log was replaced under this server.
+            let last = self
+                .inner
+                .lock()
+                .expect("control state")
+                .last_applied
+                .clone();
+            if let Some((id, change)) = last {
+                behind = pg::change_at(client, id).await?.as_ref() != Some(&change);
+            }
+        }
         self.inner
             .lock()
             .expect("control state")
@@ -884,7 +908,9 @@ async fn authenticate(c: &Arc<Control>, headers: &HeaderMap) -> Result<NodeRecor
         .ok_or_else(|| {
             ApiError(
                 StatusCode::UNAUTHORIZED,
-                "unknown node secret (the node was removed, or never registered)".into(),
+                "unknown node secret: the node was removed, its key expired, or it never \
+                 registered (register again with an auth key)"
+                    .into(),
             )
         })?;
     if node.expires_at.is_some_and(|at| at <= store::now_unix()) {
@@ -965,6 +991,18 @@ async fn map(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    if !c
+        .inner
+        .lock()
+        .expect("control state")
+        .per_node_map
+        .allow(&node.id, tokio::time::Instant::now())
+    {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many map streams opened by this node; slow down".into(),
+        ));
+    }
     if c.store.shared_url().is_some() {
         // Another server may have committed what this one has not applied yet (the node
         // registered there a moment ago, or saw later changes there): read the log first.
@@ -981,9 +1019,14 @@ async fn map(
                 Ok(())
             })
             .await?;
-            let inner = c.inner.lock().expect("control state");
-            if inner.tailnet.get(node.id).is_none()
-                || last.is_some_and(|l| l > inner.follower.applied())
+            // A change the node saw that is still not in the log is from a timeline the
+            // database lost (a restore): it gets a whole netmap below, not a resume.
+            if c.inner
+                .lock()
+                .expect("control state")
+                .tailnet
+                .get(node.id)
+                .is_none()
             {
                 return Err(ApiError(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -994,15 +1037,6 @@ async fn map(
     }
     {
         let mut inner = c.inner.lock().expect("control state");
-        if !inner
-            .per_node_map
-            .allow(&node.id, tokio::time::Instant::now())
-        {
-            return Err(ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many map streams opened by this node; slow down".into(),
-            ));
-        }
         if inner.tailnet.get(node.id).is_none() {
             return Err(ApiError(StatusCode::NOT_FOUND, "node was removed".into()));
         }

@@ -9,9 +9,9 @@ use tokio_postgres::{Client, IsolationLevel, NoTls, Transaction};
 
 use super::identity::CHALLENGE_TTL;
 use super::store::{
-    fresh_ula, hash, now_secs, now_unix, number, random_token, record_changes, register_in,
-    AuthKeySpec, Columns, KeyRow, Logged, NodeRecord, NodeRow, RegisterTx, Registration, Report,
-    Snapshot, Store, StoreError, CHANGE_BUDGET,
+    fresh_ula, hash, now_unix, number, random_token, record_changes, register_in, AuthKeySpec,
+    Columns, KeyRow, Logged, NodeRecord, NodeRow, RegisterTx, Registration, Report, Snapshot,
+    Store, StoreError, CHANGE_BUDGET,
 };
 
 const MIGRATIONS: &[&str] = &["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -363,7 +363,10 @@ impl Store for PgStore {
     }
 
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError> {
-        self.one("SELECT * FROM nodes WHERE secret_hash = $1", hash(secret))
+        self.one(
+            "SELECT * FROM nodes WHERE secret_hash = $1 AND NOT retired",
+            hash(secret),
+        )
     }
 
     fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {
@@ -379,7 +382,9 @@ impl Store for PgStore {
             let tx = c.transaction().await?;
             let Some(old) = tx
                 .query_opt(
-                    "SELECT * FROM nodes WHERE id = $1 AND NOT retired FOR UPDATE",
+                    // The database's clock times the budget: one clock for every replica.
+                    "SELECT *, extract(epoch FROM clock_timestamp())::float8 AS db_now
+                        FROM nodes WHERE id = $1 AND NOT retired FOR UPDATE",
                     &[&(id as i64)],
                 )
                 .await?
@@ -387,9 +392,10 @@ impl Store for PgStore {
                 return Ok(None);
             };
             let (tokens, at): (f64, f64) = (old.get("change_tokens"), old.get("change_at"));
+            let db_now: f64 = old.get("db_now");
             let old = columns(&old).record(ula);
             let (tokens, now) = CHANGE_BUDGET
-                .take(tokens, at, now_secs())
+                .take(tokens, at, db_now)
                 .ok_or(StoreError::ChangeBudgetSpent)?;
             let row = tx
                 .query_one(
@@ -671,6 +677,15 @@ pub(crate) async fn changes_since(
             Ok((id as ChangeId, change))
         })
         .collect()
+}
+
+/// The logged change with this id, if the log holds it.
+pub(crate) async fn change_at(c: &Client, id: ChangeId) -> Result<Option<Change>, StoreError> {
+    Ok(changes_since(c, id, 1)
+        .await?
+        .into_iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, change)| change))
 }
 
 /// The log's head as committed.

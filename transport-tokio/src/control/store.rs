@@ -213,7 +213,8 @@ pub trait Store: Send + Sync {
     /// it and brings an expired node back. The caller has checked that the registrant holds
     /// the node key's private key.
     fn register(&self, reg: &Registration<'_>) -> Result<(NodeRecord, String, Logged), StoreError>;
-    /// The node a request secret belongs to.
+    /// The node a request secret belongs to, if it is in the tailnet (not retired by expiry,
+    /// whatever this server's clock says).
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError>;
     /// The node with this node key (canonical base64, as stored): one indexed lookup, for
     /// the relays' client verification.
@@ -788,7 +789,10 @@ impl Store for SqliteStore {
     }
 
     fn node_by_secret(&self, secret: &str) -> Result<Option<NodeRecord>, StoreError> {
-        self.one("SELECT * FROM nodes WHERE secret_hash = ?1", &hash(secret))
+        self.one(
+            "SELECT * FROM nodes WHERE secret_hash = ?1 AND retired = 0",
+            &hash(secret),
+        )
     }
 
     fn node_by_key(&self, key: &str) -> Result<Option<NodeRecord>, StoreError> {

@@ -125,6 +125,47 @@ fn a_stream_resumes_from_its_last_change() {
         Control::resume(&inner, a.id, seen).is_none(),
         "let go: a whole netmap"
     );
+    assert!(
+        Control::resume(&inner, a.id, applied).is_some(),
+        "from the last change let go on, it resumes"
+    );
+}
+
+/// A node retired and registered again under its id gets a whole netmap for a stream from
+/// before: what changed while it was out is not in its history.
+#[test]
+fn a_node_back_under_its_id_does_not_resume_from_before() {
+    let (store, a) = store::memory_store_with_node();
+    let c = Control::new(store.clone(), Control::policy(ALLOW_ALL).unwrap(), vec![]).unwrap();
+    let (_, logged) = store.report(a.id, &report(1)).unwrap().unwrap();
+    c.commit(logged);
+    let seen = c.applied();
+    c.commit(store.expire(a.id, 5).unwrap().unwrap());
+    let key = store
+        .create_auth_key(&store::AuthKeySpec {
+            user: "u".into(),
+            reusable: false,
+            expires_at: None,
+            tags: vec![],
+        })
+        .unwrap();
+    let (back, _, logged) = store
+        .register(&Registration {
+            auth_key: Some(&key),
+            node_secret: None,
+            name: "a",
+            node_key: &a.node_key,
+            disco_key: &a.disco_key,
+            expires_at: None,
+            challenge: None,
+        })
+        .unwrap();
+    assert_eq!(back.id, a.id, "the same node");
+    c.commit(logged);
+    let inner = c.inner.lock().unwrap();
+    assert!(inner.tailnet.get(a.id).is_some());
+    assert!(Control::resume(&inner, a.id, seen).is_none());
+    assert!(Control::resume(&inner, a.id, inner.follower.applied()).is_some());
 }
 
 /// Audit #6: a stream that does not read is closed once its queue is full, instead of
