@@ -406,3 +406,186 @@ fn sqlite_change_ids_continue_after_a_restart() {
     assert_eq!(store.set_policy(ALLOW_ALL).unwrap()[0].0, before + 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node's netmap as a stream builds it, and where the stream is.
+#[derive(Default)]
+struct Follower2 {
+    map: Option<burrow_control::NetMap>,
+    last: Option<ChangeId>,
+    rx: Option<mpsc::Receiver<(Option<ChangeId>, Outgoing)>>,
+}
+
+impl Follower2 {
+    fn take(&mut self, (tag, m): (Option<ChangeId>, Outgoing)) {
+        match m {
+            Outgoing::NetMap(map) => self.map = Some(*map),
+            Outgoing::Resumed(_) => {}
+            Outgoing::Delta(d) => {
+                let map = self.map.as_mut().expect("a netmap first");
+                match (*d).clone() {
+                    Delta::PeerUpsert(p) => {
+                        map.peers.retain(|q| q.node.id != p.node.id);
+                        map.peers.push(p);
+                    }
+                    Delta::PeerRemove { id } => map.peers.retain(|q| q.node.id != id),
+                    Delta::Filter { rules } => map.filter = rules,
+                    Delta::Relay(g) => map.relay = g,
+                }
+            }
+        }
+        if tag.is_some() {
+            self.last = tag;
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut got = Vec::new();
+        if let Some(rx) = self.rx.as_mut() {
+            while let Ok(m) = rx.try_recv() {
+                got.push(m);
+            }
+        }
+        for m in got {
+            self.take(m);
+        }
+    }
+
+    /// Opens a stream as the map handler does: resumed after `last` when the server can,
+    /// else from a whole netmap; whether it resumed.
+    fn connect(&mut self, c: &Control, id: u64) -> bool {
+        let mut inner = c.inner.lock().unwrap();
+        let resumed = self.last.and_then(|l| Control::resume(&inner, id, l));
+        let was_resumed = resumed.is_some();
+        let messages = match resumed {
+            Some(m) => m,
+            None => {
+                let map = inner.tailnet.netmap(id).unwrap();
+                vec![(
+                    Some(inner.follower.applied()),
+                    Outgoing::NetMap(Box::new(map)),
+                )]
+            }
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        inner.streams.entry(id).or_default().push_back(tx);
+        drop(inner);
+        for m in messages {
+            self.take(m);
+        }
+        self.rx = Some(rx);
+        was_resumed
+    }
+}
+
+/// Streams that drop and resume at random moments, through registrations, endpoint and relay
+/// reports, expiries and policy changes, end with the netmap a whole one gives: what a
+/// resume sends (the current value of every part that changed) is enough, whatever was let go.
+#[test]
+fn resumed_streams_end_with_the_netmap_a_whole_one_gives() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    const SPLIT: &str = r#"{ "acls": [ { "action": "accept", "src": ["u"], "dst": ["u:*"] },
+                                  { "action": "accept", "src": ["v"], "dst": ["*:22"] } ],
+                             "relay": [ { "src": ["*"], "via": ["*"] } ] }"#;
+    let pk = |b: u8| {
+        burrow_wg::PrivateKey::from_bytes([b; 32])
+            .public_key()
+            .to_base64()
+    };
+    let mut resumes = 0;
+    for seed in 0..32u64 {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let (store, a) = store::memory_store_with_node();
+        let c = Control::new(store.clone(), Control::policy(ALLOW_ALL).unwrap(), vec![]).unwrap();
+        let keys: Vec<String> = ["u", "v"]
+            .iter()
+            .map(|user| {
+                store
+                    .create_auth_key(&store::AuthKeySpec {
+                        user: (*user).into(),
+                        reusable: true,
+                        expires_at: None,
+                        tags: vec![],
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let mut nodes: BTreeMap<u64, (NodeRecord, Follower2)> = BTreeMap::new();
+        let mut first = Follower2::default();
+        let _ = first.connect(&c, a.id);
+        nodes.insert(a.id, (a.clone(), first));
+        let mut next_key = 10u8;
+        for _ in 0..160 {
+            let live: Vec<u64> = nodes.keys().copied().collect();
+            let pick = live[rng.next_u32() as usize % live.len()];
+            match rng.next_u32() % 10 {
+                0..=2 if next_key < 90 => {
+                    let user = rng.next_u32() as usize % 2;
+                    let (r, _, logged) = store
+                        .register(&Registration {
+                            auth_key: Some(&keys[user]),
+                            node_secret: None,
+                            name: &format!("n{next_key}"),
+                            node_key: &pk(next_key),
+                            disco_key: &pk(next_key + 100),
+                            expires_at: None,
+                            challenge: None,
+                        })
+                        .unwrap();
+                    next_key += 1;
+                    c.commit(logged);
+                    let mut f = Follower2::default();
+                    let _ = f.connect(&c, r.id);
+                    nodes.insert(r.id, (r, f));
+                }
+                2 | 3 => {
+                    let mut rep = report(1 + (rng.next_u32() % 5) as u16);
+                    rep.relay_port = (rng.next_u32() % 3 == 0).then_some(7000);
+                    if let Ok(Some((_, logged))) = store.report(pick, &rep) {
+                        c.commit(logged);
+                    }
+                }
+                4 if nodes.len() > 2 => {
+                    c.commit(store.expire(pick, 5).unwrap().unwrap());
+                    nodes.remove(&pick);
+                }
+                5 => {
+                    let text = if rng.next_u32() % 2 == 0 {
+                        SPLIT
+                    } else {
+                        ALLOW_ALL
+                    };
+                    c.set_policy_source(text).unwrap();
+                }
+                6 | 7 => {
+                    // The stream drops.
+                    let f = &mut nodes.get_mut(&pick).unwrap().1;
+                    f.drain();
+                    f.rx = None;
+                    c.inner.lock().unwrap().streams.remove(&pick);
+                }
+                _ => {
+                    let f = &mut nodes.get_mut(&pick).unwrap().1;
+                    if f.rx.is_none() && f.connect(&c, pick) {
+                        resumes += 1;
+                    }
+                }
+            }
+            for (_, f) in nodes.values_mut() {
+                f.drain();
+            }
+        }
+        for (id, (_, f)) in nodes.iter_mut() {
+            if f.rx.is_none() && f.connect(&c, *id) {
+                resumes += 1;
+            }
+            f.drain();
+            let inner = c.inner.lock().unwrap();
+            let mut want = inner.tailnet.netmap(*id).unwrap();
+            let mut have = f.map.clone().unwrap();
+            want.peers.sort_by_key(|p| p.node.id);
+            have.peers.sort_by_key(|p| p.node.id);
+            assert_eq!(have, want, "seed {seed}, node {id}");
+        }
+    }
+    assert!(resumes > 200, "the resume path ran {resumes} times");
+}
