@@ -26,6 +26,44 @@ fn usage(pid: u32) -> Option<(f64, u64)> {
     Some((ticks / 100.0, hwm))
 }
 
+/// The bench's policy for `n` nodes in teams of `team`, written to `path`.
+fn write_policy(
+    loadgen: &std::path::Path,
+    db: &str,
+    n: usize,
+    team: usize,
+    path: &std::path::Path,
+) -> Result<()> {
+    let out = Command::new(loadgen)
+        .args(["control", "--url", "x", "--db", db, "--print-policy"])
+        .args(["--nodes", &n.to_string(), "--team", &team.to_string()])
+        .output()?;
+    std::fs::write(path, &out.stdout)?;
+    Ok(())
+}
+
+/// `burrow-loadgen control` against the servers `urls` (comma-separated) on `db`: its report.
+fn load(
+    loadgen: &std::path::Path,
+    urls: &str,
+    db: &str,
+    n: usize,
+    team: usize,
+) -> Result<serde_json::Value> {
+    let out = Command::new(loadgen)
+        .args(["control", "--url", urls, "--db", db])
+        .args(["--nodes", &n.to_string(), "--team", &team.to_string()])
+        .env("RUST_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "burrow-loadgen control: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
     let (burrow, loadgen) = release_binaries()?;
     let mut rows = Vec::new();
@@ -36,40 +74,18 @@ pub fn run(sizes: &[usize], team: usize, no_write: bool) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         let db = dir.join("control.sqlite");
         let policy = dir.join("policy.json");
-        let out = Command::new(&loadgen)
-            .args(["control", "--url", "x", "--db"])
-            .arg(&db)
-            .args([
-                "--nodes",
-                &n.to_string(),
-                "--team",
-                &team.to_string(),
-                "--print-policy",
-            ])
-            .output()?;
-        std::fs::write(&policy, &out.stdout)?;
         let db_s = db.display().to_string();
+        write_policy(&loadgen, &db_s, n, team, &policy)?;
         let (server, port) = serve(&burrow, &db_s, &policy, &dir.join("admin.sock"))?;
         let pid = server.0.id();
         let _server = server;
-        let out = Command::new(&loadgen)
-            .args([
-                "control",
-                "--url",
-                &format!("http://127.0.0.1:{port}"),
-                "--db",
-            ])
-            .arg(&db)
-            .args(["--nodes", &n.to_string(), "--team", &team.to_string()])
-            .env("RUST_LOG", "warn")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "burrow-loadgen control: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let r = load(
+            &loadgen,
+            &format!("http://127.0.0.1:{port}"),
+            &db_s,
+            n,
+            team,
+        )?;
         let (cpu, hwm) = usage(pid).unwrap_or((0.0, 0));
         println!(
             "{n:>6} nodes: registered in {:.1} s; one change reached {} of {} affected nodes in {:.1} ms ({} bytes); unaffected streams that heard: {}; server CPU {:.1} s, peak memory {:.1} MiB",
@@ -273,17 +289,7 @@ pub fn replicas(sizes: &[usize], team: usize, no_write: bool, replicas: usize) -
             std::fs::create_dir_all(&dir)?;
             let db = pg.database(&format!("burrow_{n}_{count}"))?;
             let policy = dir.join("policy.json");
-            let out = Command::new(&loadgen)
-                .args(["control", "--url", "x", "--db", &db])
-                .args([
-                    "--nodes",
-                    &n.to_string(),
-                    "--team",
-                    &team.to_string(),
-                    "--print-policy",
-                ])
-                .output()?;
-            std::fs::write(&policy, &out.stdout)?;
+            write_policy(&loadgen, &db, n, team, &policy)?;
             let mut servers = Vec::new();
             for k in 0..count {
                 servers.push(serve(
@@ -297,18 +303,7 @@ pub fn replicas(sizes: &[usize], team: usize, no_write: bool, replicas: usize) -
                 .iter()
                 .map(|(_, port)| format!("http://127.0.0.1:{port}"))
                 .collect();
-            let out = Command::new(&loadgen)
-                .args(["control", "--url", &urls.join(","), "--db", &db])
-                .args(["--nodes", &n.to_string(), "--team", &team.to_string()])
-                .env("RUST_LOG", "warn")
-                .output()?;
-            if !out.status.success() {
-                bail!(
-                    "burrow-loadgen control: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let r = load(&loadgen, &urls.join(","), &db, n, team)?;
             let usage: Vec<(f64, u64)> = servers
                 .iter()
                 .map(|(g, _)| usage(g.0.id()).unwrap_or((0.0, 0)))

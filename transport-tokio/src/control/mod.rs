@@ -181,6 +181,8 @@ struct Inner {
 /// The server's shared state.
 pub struct Control {
     store: Arc<dyn Store>,
+    /// Whether other servers share the store (PostgreSQL), read once at start.
+    shared: bool,
     /// The DERP map every netmap carries (kept for reloads of the whole tailnet).
     derp: Vec<burrow_control::DerpRegion>,
     /// When this server last read the shared change log to its head (a store other servers
@@ -228,11 +230,13 @@ impl Control {
         let snapshot = store.snapshot()?;
         let challenge_key = store.challenge_key()?.unwrap_or_else(random_bytes);
         let tailnet = load(&snapshot, policy, derp.clone());
+        let shared = store.shared_url().is_some();
         Ok(Arc::new(Control {
             store,
             derp,
             verify_token: Mutex::new(None),
             caught_up: Mutex::new(None),
+            shared,
             policy_file: Mutex::new(None),
             inner: Mutex::new(Inner {
                 tailnet,
@@ -383,7 +387,7 @@ impl Control {
                     tracing::warn!(error = %e.1, "expiry check failed");
                 }
                 // Who streams here, for the other servers' node lists.
-                if ticks % ONLINE_EVERY == 1 && c.store.shared_url().is_some() {
+                if ticks % ONLINE_EVERY == 1 && c.shared {
                     let ids: Vec<u64> = c
                         .inner
                         .lock()
@@ -543,7 +547,7 @@ impl Control {
             }
             // The whole tailnet follows a reload on a shared store: one without a file of its
             // own must not put allow-all in force everywhere.
-            None if self.store.shared_url().is_some() => {
+            None if self.shared => {
                 return Err(
                     "this server was started without --policy: reload on one that \
                      has the policy file"
@@ -776,7 +780,7 @@ async fn health(
     limits::Source(ip): limits::Source,
 ) -> Result<&'static str, ApiError> {
     c.allow_source(ip)?;
-    if c.store.shared_url().is_some() {
+    if c.shared {
         let recent = c
             .caught_up
             .lock()
@@ -868,7 +872,7 @@ async fn admit_registration(
         inner.node_expiry.map(|d| now + d.as_secs())
     };
     // Servers that share a store spend the challenge in the registration's transaction.
-    let challenge = challenge.filter(|_| c.store.shared_url().is_some());
+    let challenge = challenge.filter(|_| c.shared);
     let c2 = c.clone();
     let (record, secret) = c
         .with_store(move |store| {
@@ -1003,7 +1007,7 @@ async fn map(
             "too many map streams opened by this node; slow down".into(),
         ));
     }
-    if c.store.shared_url().is_some() {
+    if c.shared {
         // Another server may have committed what this one has not applied yet (the node
         // registered there a moment ago, or saw later changes there): read the log first.
         let behind = {
